@@ -1,0 +1,263 @@
+//! The commands besides `run`: one-off `read`/`write` for commissioning, `demo`, `simulate`,
+//! `check-config` and `hash-password`.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Link, Parity};
+use crate::modbus::codec::{self, DataType, Format, Table};
+use crate::modbus::link::{self, exception_name, Data, LinkError, WriteOp};
+use crate::modbus::plan::{MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ};
+use crate::modbus::simulator::{self, Profile, Simulator};
+use crate::model::Value;
+
+/// Exit codes of `read` and `write` (SPEC.md).
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_EXCEPTION: i32 = 2;
+pub const EXIT_LINK: i32 = 3;
+/// Bad arguments or config (EX_USAGE / EX_CONFIG style; 2 is taken by exceptions).
+pub const EXIT_USAGE: i32 = 64;
+
+/// A link given on the command line: `--tcp HOST:PORT` or `--serial DEV [--baud N] [--parity P]`.
+pub fn link_from_args(
+    tcp: Option<String>,
+    serial: Option<String>,
+    baud: u32,
+    parity: &str,
+) -> Result<Link, String> {
+    match (tcp, serial) {
+        (Some(address), None) => Ok(Link::Tcp { address }),
+        (None, Some(port)) => Ok(Link::Rtu {
+            port,
+            baud,
+            parity: match parity {
+                "none" => Parity::None,
+                "even" => Parity::Even,
+                "odd" => Parity::Odd,
+                other => {
+                    return Err(format!(
+                        "unknown parity `{other}` (expected none, even or odd)"
+                    ))
+                }
+            },
+            data_bits: 8,
+            stop_bits: 1,
+        }),
+        _ => Err("give exactly one of --tcp HOST:PORT or --serial DEV".into()),
+    }
+}
+
+/// What `read` and `write` need besides the link.
+pub struct Target {
+    pub link: Link,
+    pub unit: u8,
+    pub table: Table,
+    pub address: u16,
+    pub format: Format,
+    pub timeout: Duration,
+}
+
+/// Builds the point format from the CLI's type and order flags.
+pub fn format_from_args(
+    table: &str,
+    data_type: Option<&str>,
+    byte_order: &str,
+    word_order: &str,
+    length: u16,
+) -> Result<(Table, Format), String> {
+    let table = Table::parse(table).ok_or_else(|| {
+        format!("unknown table `{table}` (expected coil, discrete, input or holding)")
+    })?;
+    let default_type = if table.is_bits() { "bool" } else { "u16" };
+    let t = data_type.unwrap_or(default_type);
+    let data_type = DataType::parse(t).ok_or_else(|| format!("unknown type `{t}`"))?;
+    if table.is_bits() && data_type != DataType::Bool {
+        return Err(format!("a {table} holds bits: --type must be bool"));
+    }
+    if data_type == DataType::String && length == 0 {
+        return Err("--type string needs --length N registers".into());
+    }
+    let mut f = Format::raw(table, data_type);
+    f.length = length;
+    f.byte_order = codec::ByteOrder::parse(byte_order).ok_or("--byte-order is big or little")?;
+    f.word_order = codec::WordOrder::parse(word_order).ok_or("--word-order is big or little")?;
+    Ok((table, f))
+}
+
+fn link_exit(e: &LinkError) -> i32 {
+    eprintln!("error: {e}");
+    EXIT_LINK
+}
+
+/// `read`: prints `count` decoded values, one per line or as `{"values":[…]}`.
+pub async fn read(t: Target, count: u16, json: bool) -> i32 {
+    let width = t.format.width() as u32;
+    let total = width * count as u32;
+    if total == 0 || t.address as u32 + total > 65536 {
+        eprintln!(
+            "error: {count} values of {width} from address {} run past 65535",
+            t.address
+        );
+        return EXIT_USAGE;
+    }
+    let per_read = if t.table.is_bits() {
+        MAX_BITS_PER_READ
+    } else {
+        MAX_REGISTERS_PER_READ
+    } as u32;
+    // Whole values per request, so no value straddles two reads.
+    let chunk = (per_read / width).max(1) * width;
+    let mut l = link::Link::new(t.link.clone(), t.timeout, Duration::ZERO);
+    let mut bits = Vec::new();
+    let mut regs = Vec::new();
+    let mut done = 0u32;
+    while done < total {
+        let n = chunk.min(total - done) as u16;
+        match l.read(t.unit, t.table, t.address + done as u16, n).await {
+            Ok(Ok(Data::Bits(b))) => bits.extend(b),
+            Ok(Ok(Data::Registers(r))) => regs.extend(r),
+            Ok(Err(code)) => {
+                eprintln!(
+                    "error: device answered exception 0x{code:02X}: {}",
+                    exception_name(code)
+                );
+                return EXIT_EXCEPTION;
+            }
+            Err(e) => return link_exit(&e),
+        }
+        done += n as u32;
+    }
+    let mut values = Vec::with_capacity(count as usize);
+    for i in 0..count as usize {
+        let v = if t.table.is_bits() {
+            Ok(codec::decode_bit(bits.get(i).copied().unwrap_or(false)))
+        } else {
+            let w = width as usize;
+            codec::decode_registers(&t.format, regs.get(i * w..).unwrap_or(&[]))
+        };
+        values.push(match v {
+            Ok(v) => v.to_json(),
+            // NaN and infinity are what the device holds; show them rather than fail.
+            Err(codec::CodecError::NotFinite(x)) => serde_json::Value::String(x.to_string()),
+            Err(e) => {
+                eprintln!("error: value {i}: {e}");
+                return EXIT_EXCEPTION;
+            }
+        });
+    }
+    let mut out = std::io::stdout().lock();
+    if json {
+        let _ = writeln!(out, "{}", serde_json::json!({ "values": values }));
+    } else {
+        for v in values {
+            let _ = match v {
+                serde_json::Value::String(s) => writeln!(out, "{s}"),
+                other => writeln!(out, "{other}"),
+            };
+        }
+    }
+    EXIT_OK
+}
+
+/// `write`: FC 5 for a coil, 6 for one register, 16 for wider types.
+pub async fn write(t: Target, value: &str) -> i32 {
+    let op = match t.table {
+        Table::Coil => match codec::parse_bool(value) {
+            Some(b) => WriteOp::Coil(b),
+            None => {
+                eprintln!("error: a coil takes true/false, on/off or 1/0, not `{value}`");
+                return EXIT_USAGE;
+            }
+        },
+        Table::Holding => match codec::encode_registers(&t.format, &Value::Text(value.to_string()))
+        {
+            Ok(r) if r.len() == 1 => WriteOp::Register(r[0]),
+            Ok(r) => WriteOp::Registers(r),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_USAGE;
+            }
+        },
+        other => {
+            eprintln!("error: a {other} table cannot be written (coil or holding only)");
+            return EXIT_USAGE;
+        }
+    };
+    let mut l = link::Link::new(t.link.clone(), t.timeout, Duration::ZERO);
+    match l.write(t.unit, t.address, op).await {
+        Ok(Ok(())) => {
+            println!("ok");
+            EXIT_OK
+        }
+        Ok(Err(code)) => {
+            eprintln!(
+                "error: device answered exception 0x{code:02X}: {}",
+                exception_name(code)
+            );
+            EXIT_EXCEPTION
+        }
+        Err(e) => link_exit(&e),
+    }
+}
+
+/// `hash-password`: an argon2id PHC string for `[[users]]`.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt_bytes: [u8; 16] = rand::random();
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// The demo's embedded config; `demo` points its bus at the in-process simulator.
+pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+
+/// The demo config with the simulator's address, the data dir and the listen address filled in.
+pub fn demo_config(sim_addr: std::net::SocketAddr, data: PathBuf, listen: &str) -> config::Config {
+    let mut c = config::parse(DEMO_CONFIG)
+        .unwrap_or_else(|e| panic!("embedded demo config is invalid: {e:?}"))
+        .config;
+    for b in &mut c.buses {
+        b.link = Link::Tcp {
+            address: sim_addr.to_string(),
+        };
+    }
+    c.gateway.data_dir = data;
+    c.http.listen = listen.to_string();
+    c
+}
+
+/// `demo`: the simulator and the gateway in one process, until Ctrl-C or SIGTERM.
+pub async fn demo(listen: &str, data: PathBuf, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let sim = Simulator::new(Profile::Demo);
+    let sim_addr = simulator::spawn_tcp(sim, "127.0.0.1:0", shutdown.child_token()).await?;
+    let config = demo_config(sim_addr, data.clone(), listen);
+    let gw = crate::Gateway::start(config).await?;
+    let url = format!("http://{}/", gw.http_addr);
+    println!("edge-gateway demo");
+    println!("  dashboard:  {url}");
+    println!("  health:     {url}healthz");
+    println!("  logins:     admin/admin (admin), viewer/viewer (viewer)");
+    println!("  simulator:  modbus tcp {sim_addr} (units 1 boiler, 2 pump, 3 meter)");
+    println!("  data:       {}", data.display());
+    if !gw.http_addr.ip().is_loopback() {
+        eprintln!();
+        eprintln!(
+            "WARNING: the demo listens on {} with the well-known logins admin/admin and",
+            gw.http_addr
+        );
+        eprintln!(
+            "WARNING: viewer/viewer. Anyone on this network can log in and write to devices."
+        );
+        eprintln!();
+    }
+    println!("Press Ctrl-C to stop.");
+    shutdown.cancelled().await;
+    gw.shutdown().await;
+    Ok(())
+}

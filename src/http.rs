@@ -1,0 +1,84 @@
+//! The HTTP listener: `/healthz`, `/metrics`, and the dashboard page.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::state::{self, SharedLive};
+use crate::store::StoreHandle;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub live: SharedLive,
+    pub metrics: Arc<Metrics>,
+    pub store: StoreHandle,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("../web/index.html"))
+}
+
+/// SPEC: 200 while serving, 503 with `"status":"failing"` when the store cannot write; sinks
+/// that are off are absent.
+async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+    let (online, total) = {
+        let live = state::read(&s.live);
+        (live.online_count(), live.devices.len())
+    };
+    let ok = s.store.healthy.load(Relaxed);
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else { "failing" },
+        "devices": {"online": online, "total": total},
+        "sinks": {},
+    });
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body))
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    let mut text = s.metrics.render();
+    let live = state::read(&s.live);
+    text.push_str(&format!(
+        "# TYPE edge_devices_online gauge\nedge_devices_online {}\n",
+        live.online_count()
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// Binds the listener (so the caller knows the port before anything else starts) and serves
+/// until cancelled.
+pub async fn bind(listen: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(listen).await
+}
+
+pub async fn serve(listener: TcpListener, state: AppState, cancel: CancellationToken) {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!("http listening on {addr:?}");
+    if let Err(e) = axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+    {
+        tracing::error!("http server failed: {e}");
+    }
+}

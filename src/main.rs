@@ -1,0 +1,344 @@
+//! The `edge-gateway` binary: parses the command line, sets up logging and signals, and hands
+//! over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use edge_gateway::cli::{self, Target, EXIT_USAGE};
+use edge_gateway::config::{self, ConfigError};
+use edge_gateway::modbus::simulator::{Profile, Simulator};
+
+#[derive(Parser)]
+#[command(
+    name = "edge-gateway",
+    version,
+    about = "Industrial edge gateway: Modbus TCP/RTU to SQLite, MQTT, MySQL and a live LAN dashboard"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        #[arg(long, default_value = "/etc/edge-gateway/gateway.toml")]
+        config: PathBuf,
+    },
+    /// Built-in simulator plus the gateway on embedded defaults; needs no other program.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        #[arg(long, default_value = "./demo-data")]
+        data: PathBuf,
+    },
+    /// Validate a config file: exit 0 when valid, 1 with one line per problem.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// The Modbus simulator alone (TCP, or RTU on a serial port).
+    Simulate {
+        #[arg(long, default_value = "127.0.0.1:5020")]
+        listen: String,
+        /// demo (boiler, pump, meter on units 1-3) or bench (50 identical units).
+        #[arg(long, default_value = "demo")]
+        profile: String,
+        /// Serve Modbus RTU on this serial device instead of TCP.
+        #[arg(long)]
+        serial: Option<String>,
+        #[arg(long, default_value_t = 9600)]
+        baud: u32,
+    },
+    /// Read a password on stdin and print an argon2id PHC string for [[users]].
+    HashPassword,
+    /// One-off read for commissioning a device.
+    Read {
+        #[command(flatten)]
+        link: LinkArgs,
+        #[command(flatten)]
+        at: AtArgs,
+        #[arg(long, default_value_t = 1)]
+        count: u16,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One-off write (FC 5 coil, FC 6 one register, FC 16 wider types).
+    Write {
+        #[command(flatten)]
+        link: LinkArgs,
+        #[command(flatten)]
+        at: AtArgs,
+        #[arg(long)]
+        value: String,
+    },
+}
+
+#[derive(Args)]
+struct LinkArgs {
+    /// Modbus TCP device, HOST:PORT.
+    #[arg(long)]
+    tcp: Option<String>,
+    /// Modbus RTU serial device, e.g. /dev/ttyUSB0.
+    #[arg(long)]
+    serial: Option<String>,
+    #[arg(long, default_value_t = 9600)]
+    baud: u32,
+    #[arg(long, default_value = "none")]
+    parity: String,
+    /// How long to wait for the answer.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+}
+
+#[derive(Args)]
+struct AtArgs {
+    #[arg(long)]
+    unit: u8,
+    /// coil, discrete, input or holding.
+    #[arg(long)]
+    table: String,
+    /// 0-based protocol address.
+    #[arg(long)]
+    address: u16,
+    /// bool u16 i16 u32 i32 u64 i64 f32 f64 string (default u16, bool for coil/discrete).
+    #[arg(long = "type")]
+    data_type: Option<String>,
+    /// Registers, for --type string.
+    #[arg(long, default_value_t = 0)]
+    length: u16,
+    #[arg(long, default_value = "big")]
+    byte_order: String,
+    #[arg(long, default_value = "big")]
+    word_order: String,
+}
+
+fn target(link: LinkArgs, at: AtArgs) -> Result<Target, String> {
+    let l = cli::link_from_args(link.tcp, link.serial, link.baud, &link.parity)?;
+    let (table, format) = cli::format_from_args(
+        &at.table,
+        at.data_type.as_deref(),
+        &at.byte_order,
+        &at.word_order,
+        at.length,
+    )?;
+    Ok(Target {
+        link: l,
+        unit: at.unit,
+        table,
+        address: at.address,
+        format,
+        timeout: Duration::from_millis(link.timeout_ms),
+    })
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // journald stamps every line itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Cancelled on SIGTERM or SIGINT.
+fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        t.cancel();
+    });
+    token
+}
+
+fn print_config_error(path: &std::path::Path, e: &ConfigError) {
+    match e {
+        ConfigError::Read { .. } => eprintln!("{e}"),
+        ConfigError::Invalid(problems) => {
+            for p in problems {
+                eprintln!("{}:{p}", path.display());
+            }
+        }
+    }
+}
+
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(c as u8)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => code(EXIT_USAGE),
+            };
+        }
+    };
+    init_logging();
+    match cli.command {
+        Command::Run { config } => {
+            let loaded = match config::load(&config) {
+                Ok(l) => l,
+                Err(e) => {
+                    print_config_error(&config, &e);
+                    return code(64);
+                }
+            };
+            for w in &loaded.warnings {
+                tracing::warn!("{}:{w}", config.display());
+            }
+            match edge_gateway::run(loaded.config, shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo { listen, data } => match cli::demo(&listen, data, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::CheckConfig { config } => match config::load(&config) {
+            Ok(l) => {
+                for w in &l.warnings {
+                    eprintln!("{}:{w} (warning)", config.display());
+                }
+                println!(
+                    "{}: ok ({} buses, {} devices, {} points)",
+                    config.display(),
+                    l.config.buses.len(),
+                    l.config.devices.len(),
+                    l.config
+                        .devices
+                        .iter()
+                        .map(|d| d.points.len())
+                        .sum::<usize>()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                print_config_error(&config, &e);
+                ExitCode::FAILURE
+            }
+        },
+        Command::Simulate {
+            listen,
+            profile,
+            serial,
+            baud,
+        } => {
+            let Some(p) = Profile::parse(&profile) else {
+                eprintln!("error: unknown profile `{profile}` (expected demo or bench)");
+                return code(EXIT_USAGE);
+            };
+            let sim = Simulator::new(p);
+            let cancel = shutdown_signal();
+            if let Some(dev) = serial {
+                use tokio_serial::SerialPortBuilderExt;
+                let port = match tokio_serial::new(&dev, baud).open_native_async() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        eprintln!("error: cannot open {dev}: {e}");
+                        return code(cli::EXIT_LINK);
+                    }
+                };
+                println!("simulator: modbus rtu on {dev}, units {:?}", sim.unit_ids());
+                tokio::spawn(sim.clone().animate(cancel.clone()));
+                sim.serve_rtu(port, cancel).await;
+            } else {
+                match edge_gateway::modbus::simulator::spawn_tcp(
+                    sim.clone(),
+                    &listen,
+                    cancel.clone(),
+                )
+                .await
+                {
+                    Ok(addr) => println!(
+                        "simulator: modbus tcp on {addr}, units {:?}",
+                        sim.unit_ids()
+                    ),
+                    Err(e) => {
+                        eprintln!("error: cannot listen on {listen}: {e}");
+                        return code(cli::EXIT_LINK);
+                    }
+                }
+                cancel.cancelled().await;
+            }
+            ExitCode::SUCCESS
+        }
+        Command::HashPassword => {
+            let mut pw = String::new();
+            if std::io::stdin().read_line(&mut pw).is_err() {
+                eprintln!("error: cannot read the password from stdin");
+                return code(EXIT_USAGE);
+            }
+            let pw = pw.trim_end_matches(['\r', '\n']);
+            if pw.is_empty() {
+                eprintln!("error: empty password");
+                return code(EXIT_USAGE);
+            }
+            match cli::hash_password(pw) {
+                Ok(h) => {
+                    println!("{h}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Read {
+            link,
+            at,
+            count,
+            json,
+        } => match target(link, at) {
+            Ok(t) => code(cli::read(t, count, json).await),
+            Err(e) => {
+                eprintln!("error: {e}");
+                code(EXIT_USAGE)
+            }
+        },
+        Command::Write { link, at, value } => match target(link, at) {
+            Ok(t) => code(cli::write(t, &value).await),
+            Err(e) => {
+                eprintln!("error: {e}");
+                code(EXIT_USAGE)
+            }
+        },
+    }
+}

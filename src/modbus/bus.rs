@@ -1,0 +1,498 @@
+//! The bus scheduler: one task per link polls its devices by deadline, one request at a time,
+//! puts writes ahead of polls, and backs off from dead slaves so they never stall the rest.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::codec::{self, CodecError, DataType, Table};
+use super::link::{exception_name, Data, Link, LinkError, Reply, WriteOp};
+use super::plan::{self, Block, Span};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::model::{now_ms, Millis, Value};
+
+/// Why one point has no fresh value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PointError {
+    #[error("device answered {}", exception_name(*.0))]
+    Exception(u8),
+    #[error("{0}")]
+    Link(LinkError),
+    #[error("decode: {0}")]
+    Decode(CodecError),
+}
+
+/// What a bus tells the rest of the pipeline.
+#[derive(Debug, Clone)]
+pub enum BusEvent {
+    /// One poll of one device: every point's new value or why it has none.
+    Polled {
+        device: usize,
+        ts: Millis,
+        results: Vec<(usize, Result<Value, PointError>)>,
+    },
+    /// The device came online or went offline.
+    Status {
+        device: usize,
+        ts: Millis,
+        online: bool,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WriteError {
+    #[error("point is not writable")]
+    NotWritable,
+    #[error("cannot encode value: {0}")]
+    Encode(CodecError),
+    #[error("device answered {}", exception_name(*.0))]
+    Exception(u8),
+    #[error("device unreachable: {0}")]
+    Link(LinkError),
+    #[error("the bus is not running")]
+    BusGone,
+}
+
+/// A write for the bus to put ahead of its polls.
+#[derive(Debug)]
+pub struct WriteCommand {
+    pub device: usize,
+    pub point: usize,
+    pub value: Value,
+    pub reply: oneshot::Sender<Result<(), WriteError>>,
+}
+
+/// The longest a dead slave is left alone between probes.
+const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(60);
+const PROBE_BACKOFF_MIN: Duration = Duration::from_secs(1);
+
+struct DeviceSlot {
+    /// Index into `Config::devices`.
+    index: usize,
+    spans: Vec<Span>,
+    /// The current read plan; blocks refused with exception 02 are replaced by their halves.
+    blocks: Vec<Block>,
+    next_due: Instant,
+    failures: u32,
+    online: Option<bool>,
+    probe_backoff: Duration,
+    /// The last problem logged, so a persisting fault is logged once, not every poll.
+    last_problem: Option<String>,
+}
+
+pub struct BusTask {
+    bus: usize,
+    config: Arc<Config>,
+    link: Link,
+    slots: Vec<DeviceSlot>,
+    events: mpsc::Sender<BusEvent>,
+    writes: mpsc::Receiver<WriteCommand>,
+    metrics: Arc<Metrics>,
+}
+
+impl BusTask {
+    pub fn new(
+        bus: usize,
+        config: Arc<Config>,
+        events: mpsc::Sender<BusEvent>,
+        writes: mpsc::Receiver<WriteCommand>,
+        metrics: Arc<Metrics>,
+    ) -> BusTask {
+        let b = &config.buses[bus];
+        let link = Link::new(b.link.clone(), b.timeout, b.inter_request_delay);
+        let now = Instant::now();
+        let slots = config
+            .devices
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.bus == bus)
+            .enumerate()
+            .map(|(k, (index, d))| {
+                let spans: Vec<Span> = d
+                    .points
+                    .iter()
+                    .map(|p| Span {
+                        table: p.format.table,
+                        address: p.address,
+                        width: p.format.width(),
+                    })
+                    .collect();
+                let blocks = plan::plan(&spans, d.max_registers_per_read, d.max_gap);
+                DeviceSlot {
+                    index,
+                    spans,
+                    blocks,
+                    // Stagger the first polls a little so many devices do not all start at once.
+                    next_due: now + Duration::from_millis(k as u64 % 50),
+                    failures: 0,
+                    online: None,
+                    probe_backoff: PROBE_BACKOFF_MIN,
+                    last_problem: None,
+                }
+            })
+            .collect();
+        BusTask {
+            bus,
+            config,
+            link,
+            slots,
+            events,
+            writes,
+            metrics,
+        }
+    }
+
+    /// How many requests one full poll of each device takes now (for tests and logs).
+    pub fn plan_sizes(&self) -> Vec<usize> {
+        self.slots.iter().map(|s| s.blocks.len()).collect()
+    }
+
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let name = self.config.buses[self.bus].name.clone();
+        tracing::info!(bus = %name, link = %self.link.describe(), devices = self.slots.len(), "bus started");
+        if self.slots.is_empty() {
+            // Nothing to poll; still serve (and refuse) writes until shutdown.
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    cmd = self.writes.recv() => match cmd {
+                        Some(cmd) => { let _ = cmd.reply.send(Err(WriteError::BusGone)); }
+                        None => return,
+                    },
+                }
+            }
+        }
+        loop {
+            // Writes jump the queue: an operator is waiting on each.
+            while let Ok(cmd) = self.writes.try_recv() {
+                self.write(cmd).await;
+            }
+            let (k, due) = self
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(k, s)| (k, s.next_due))
+                .min_by_key(|&(_, due)| due)
+                .expect("slots is not empty");
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                cmd = self.writes.recv() => match cmd {
+                    Some(cmd) => self.write(cmd).await,
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(due) => {
+                    if !self.poll(k).await {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::info!(bus = %name, "bus stopped");
+    }
+
+    /// One request with the bus's retries on link faults (never on an exception: that is the
+    /// device's considered answer).
+    async fn read(&mut self, slot: usize, block: &Block, retries: u32) -> Reply<Data> {
+        let device = self.slots[slot].index;
+        let unit = self.config.devices[device].unit;
+        let mut attempt = 0;
+        loop {
+            let started = Instant::now();
+            let r = self
+                .link
+                .read(unit, block.table, block.start, block.count)
+                .await;
+            let result = match &r {
+                Ok(Ok(_)) => 0,
+                Ok(Err(_)) => 1,
+                Err(LinkError::Timeout(_)) => 2,
+                Err(_) => 3,
+            };
+            self.metrics
+                .request(device, self.bus, result, started.elapsed());
+            match r {
+                Err(LinkError::Down(_)) => return r,
+                Err(_) if attempt < retries => attempt += 1,
+                _ => return r,
+            }
+        }
+    }
+
+    /// Polls one device. Returns false when the pipeline is gone and the bus should stop.
+    async fn poll(&mut self, k: usize) -> bool {
+        let device = self.slots[k].index;
+        let dev = self.config.devices[device].clone();
+        let retries = self.config.buses[self.bus].retries;
+
+        if self.slots[k].online == Some(false) {
+            // Offline: one probe, no retries, so a dead slave costs at most one timeout per
+            // backoff period.
+            let first = self.slots[k].blocks[0].clone();
+            match self.read(k, &first, 0).await {
+                Ok(Ok(_)) | Ok(Err(_)) => {}
+                Err(e) => {
+                    let s = &mut self.slots[k];
+                    s.probe_backoff = (s.probe_backoff * 2).min(PROBE_BACKOFF_MAX);
+                    let jitter = rand::random_range(0.9..1.1);
+                    s.next_due = Instant::now() + s.probe_backoff.mul_f64(jitter);
+                    tracing::debug!(device = %dev.id, "probe failed: {e}; next in {:?}", s.probe_backoff);
+                    return true;
+                }
+            }
+        }
+
+        let mut work: VecDeque<Block> = self.slots[k].blocks.iter().cloned().collect();
+        let mut plan_after: Vec<Block> = Vec::with_capacity(work.len());
+        let mut results: Vec<(usize, Result<Value, PointError>)> =
+            Vec::with_capacity(dev.points.len());
+        let mut link_failure: Option<LinkError> = None;
+        let mut answered = false;
+        let mut problem: Option<String> = None;
+        let mut replanned = false;
+        while let Some(block) = work.pop_front() {
+            if let Some(e) = &link_failure {
+                // The link just failed: don't spend another timeout on this device now.
+                results.extend(
+                    block
+                        .points
+                        .iter()
+                        .map(|&p| (p, Err(PointError::Link(e.clone())))),
+                );
+                plan_after.push(block);
+                continue;
+            }
+            match self.read(k, &block, retries).await {
+                Ok(Ok(data)) => {
+                    answered = true;
+                    for &p in &block.points {
+                        let point = &dev.points[p];
+                        let r = decode_point(point, &block, &data).map_err(PointError::Decode);
+                        if let Err(e) = &r {
+                            self.metrics.devices[device]
+                                .decode_errors
+                                .fetch_add(1, Relaxed);
+                            problem.get_or_insert_with(|| format!("point {}: {e}", point.id));
+                        }
+                        results.push((p, r));
+                    }
+                    plan_after.push(block);
+                }
+                Ok(Err(0x02)) if block.points.len() > 1 => {
+                    // One bad address in a merged read: bisect, so it costs one point.
+                    answered = true;
+                    replanned = true;
+                    let (a, b) =
+                        plan::split(&block, &self.slots[k].spans).expect("two or more points");
+                    work.push_front(b);
+                    work.push_front(a);
+                }
+                Ok(Err(code)) => {
+                    // 0A/0B come from a gateway in front of the device: the device itself is absent.
+                    answered |= !matches!(code, 0x0A | 0x0B);
+                    problem.get_or_insert_with(|| {
+                        format!(
+                            "{} at {} {}+{}",
+                            exception_name(code),
+                            block.table,
+                            block.start,
+                            block.count
+                        )
+                    });
+                    results.extend(
+                        block
+                            .points
+                            .iter()
+                            .map(|&p| (p, Err(PointError::Exception(code)))),
+                    );
+                    plan_after.push(block);
+                }
+                Err(e) => {
+                    problem.get_or_insert_with(|| e.to_string());
+                    results.extend(
+                        block
+                            .points
+                            .iter()
+                            .map(|&p| (p, Err(PointError::Link(e.clone())))),
+                    );
+                    link_failure = Some(e);
+                    plan_after.push(block);
+                }
+            }
+        }
+        if replanned {
+            plan_after.sort_by_key(|b| (b.table, b.start));
+            tracing::info!(device = %dev.id, requests = plan_after.len(), "read plan split around a refused address");
+            self.slots[k].blocks = plan_after;
+        }
+        results.sort_by_key(|(p, _)| *p);
+
+        let ts = now_ms();
+        let s = &mut self.slots[k];
+        if s.last_problem != problem {
+            match &problem {
+                Some(p) => tracing::warn!(device = %dev.id, unit = dev.unit, "{p}"),
+                None if s.last_problem.is_some() => {
+                    tracing::info!(device = %dev.id, "reads good again")
+                }
+                None => {}
+            }
+            s.last_problem = problem.clone();
+        }
+        let mut status = None;
+        if answered {
+            s.failures = 0;
+            s.probe_backoff = PROBE_BACKOFF_MIN;
+            if s.online != Some(true) {
+                s.online = Some(true);
+                status = Some((true, "answering".to_string()));
+            }
+            s.next_due = (s.next_due + dev.poll_interval).max(Instant::now());
+        } else {
+            s.failures += 1;
+            if s.failures >= dev.offline_after && s.online != Some(false) {
+                s.online = Some(false);
+                s.probe_backoff = PROBE_BACKOFF_MIN;
+                status = Some((false, problem.clone().unwrap_or_default()));
+            }
+            if s.online == Some(false) {
+                s.next_due = Instant::now() + s.probe_backoff;
+            } else {
+                s.next_due = (s.next_due + dev.poll_interval).max(Instant::now());
+            }
+        }
+        if let Some((online, reason)) = status {
+            self.metrics.devices[device]
+                .online
+                .store(online as i64, Relaxed);
+            if online {
+                tracing::info!(device = %dev.id, "online");
+            } else {
+                tracing::warn!(device = %dev.id, "offline after {} failed polls: {reason}", dev.offline_after);
+            }
+            if self
+                .events
+                .send(BusEvent::Status {
+                    device,
+                    ts,
+                    online,
+                    reason,
+                })
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        self.events
+            .send(BusEvent::Polled {
+                device,
+                ts,
+                results,
+            })
+            .await
+            .is_ok()
+    }
+
+    async fn write(&mut self, cmd: WriteCommand) {
+        let result = self.do_write(cmd.device, cmd.point, &cmd.value).await;
+        if result.is_ok() {
+            // Re-read soon so the new value shows up in the state.
+            if let Some(s) = self.slots.iter_mut().find(|s| s.index == cmd.device) {
+                s.next_due = Instant::now();
+            }
+        }
+        let _ = cmd.reply.send(result);
+    }
+
+    async fn do_write(
+        &mut self,
+        device: usize,
+        point: usize,
+        value: &Value,
+    ) -> Result<(), WriteError> {
+        let dev = &self.config.devices[device];
+        let Some(p) = dev.points.get(point) else {
+            return Err(WriteError::NotWritable);
+        };
+        if !p.writable || dev.bus != self.bus {
+            return Err(WriteError::NotWritable);
+        }
+        let (unit, address, format) = (dev.unit, p.address, p.format.clone());
+        let op = match (format.table, format.data_type, format.bit) {
+            (Table::Coil, _, _) => WriteOp::Coil(
+                value.as_f64().unwrap_or_else(|| match value {
+                    Value::Text(s) => codec::parse_bool(s).map(|b| b as u8 as f64).unwrap_or(0.0),
+                    _ => 0.0,
+                }) != 0.0,
+            ),
+            (Table::Holding, DataType::Bool, Some(bit)) => {
+                // One bit of a register: read, change the bit, write back.
+                let on =
+                    codec::encode_registers(&format, value).map_err(WriteError::Encode)?[0] != 0;
+                let current = match self.link.read(unit, Table::Holding, address, 1).await {
+                    Ok(Ok(Data::Registers(r))) if !r.is_empty() => r[0],
+                    Ok(Ok(_)) => {
+                        return Err(WriteError::Link(LinkError::Protocol("empty read".into())))
+                    }
+                    Ok(Err(code)) => return Err(WriteError::Exception(code)),
+                    Err(e) => return Err(WriteError::Link(e)),
+                };
+                WriteOp::Register(if on {
+                    current | (1 << bit)
+                } else {
+                    current & !(1 << bit)
+                })
+            }
+            (Table::Holding, _, _) => {
+                let regs = codec::encode_registers(&format, value).map_err(WriteError::Encode)?;
+                if regs.len() == 1 {
+                    WriteOp::Register(regs[0])
+                } else {
+                    WriteOp::Registers(regs)
+                }
+            }
+            _ => return Err(WriteError::NotWritable),
+        };
+        let retries = self.config.buses[self.bus].retries;
+        let mut attempt = 0;
+        loop {
+            match self.link.write(unit, address, op.clone()).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(code)) => return Err(WriteError::Exception(code)),
+                Err(e @ LinkError::Down(_)) => return Err(WriteError::Link(e)),
+                Err(_) if attempt < retries => attempt += 1,
+                Err(e) => return Err(WriteError::Link(e)),
+            }
+        }
+    }
+}
+
+/// Cuts one point out of a block's data and decodes it.
+pub fn decode_point(
+    point: &crate::config::Point,
+    block: &Block,
+    data: &Data,
+) -> Result<Value, CodecError> {
+    let off = (point.address - block.start) as usize;
+    match data {
+        Data::Bits(bits) => bits
+            .get(off)
+            .map(|&b| codec::decode_bit(b))
+            .ok_or(CodecError::Short {
+                expected: off + 1,
+                got: bits.len(),
+            }),
+        Data::Registers(regs) => {
+            let slice = regs.get(off..).unwrap_or(&[]);
+            codec::decode_registers(&point.format, slice)
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! One Modbus link (a TCP connection or a serial port) as a client: every request under a
+//! deadline, reconnects with exponential backoff and jitter, exceptions kept apart from faults.
+
+use std::time::Duration;
+
+use tokio::time::{timeout, Instant};
+use tokio_modbus::client::{Context, Reader, Writer};
+use tokio_modbus::prelude::SlaveContext;
+use tokio_modbus::Slave;
+
+use super::codec::Table;
+use crate::config::{self, Parity};
+
+/// What a read returns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Data {
+    Bits(Vec<bool>),
+    Registers(Vec<u16>),
+}
+
+/// A write request on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOp {
+    /// FC 5.
+    Coil(bool),
+    /// FC 15.
+    Coils(Vec<bool>),
+    /// FC 6.
+    Register(u16),
+    /// FC 16.
+    Registers(Vec<u16>),
+}
+
+/// A fault of the link, as opposed to an exception, which is the device's answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LinkError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("cannot connect to {target}: {reason}")]
+    Connect { target: String, reason: String },
+    #[error("link down, next connect attempt in {0:?}")]
+    Down(Duration),
+    #[error("transport error: {0}")]
+    Transport(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl LinkError {
+    /// The label used in counters and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LinkError::Timeout(_) => "timeout",
+            LinkError::Connect { .. } | LinkError::Down(_) => "connect",
+            LinkError::Transport(_) => "transport",
+            LinkError::Protocol(_) => "protocol",
+        }
+    }
+}
+
+/// The name SPEC.md uses for an exception code (`illegal data address`).
+pub fn exception_name(code: u8) -> String {
+    match code {
+        0x01 => "illegal function".into(),
+        0x02 => "illegal data address".into(),
+        0x03 => "illegal data value".into(),
+        0x04 => "server device failure".into(),
+        0x05 => "acknowledge".into(),
+        0x06 => "server device busy".into(),
+        0x08 => "memory parity error".into(),
+        0x0A => "gateway path unavailable".into(),
+        0x0B => "gateway target device failed to respond".into(),
+        other => format!("exception 0x{other:02X}"),
+    }
+}
+
+/// A Modbus request result: outer = the link, inner = the device's exception code.
+pub type Reply<T> = Result<Result<T, u8>, LinkError>;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+pub struct Link {
+    cfg: config::Link,
+    timeout: Duration,
+    inter_request_delay: Duration,
+    ctx: Option<Context>,
+    /// No connect attempt before this instant (exponential backoff with jitter).
+    reconnect_at: Option<Instant>,
+    backoff: Duration,
+    last_request_end: Option<Instant>,
+}
+
+impl Link {
+    pub fn new(cfg: config::Link, timeout: Duration, inter_request_delay: Duration) -> Link {
+        Link {
+            cfg,
+            timeout,
+            inter_request_delay,
+            ctx: None,
+            reconnect_at: None,
+            backoff: BACKOFF_MIN,
+            last_request_end: None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        describe(&self.cfg)
+    }
+
+    async fn connect(&mut self) -> Result<&mut Context, LinkError> {
+        if self.ctx.is_none() {
+            let now = Instant::now();
+            if let Some(at) = self.reconnect_at.filter(|&at| at > now) {
+                return Err(LinkError::Down(at - now));
+            }
+            match open(self.cfg.clone(), self.timeout).await {
+                Ok(ctx) => {
+                    self.ctx = Some(ctx);
+                    self.backoff = BACKOFF_MIN;
+                    self.reconnect_at = None;
+                }
+                Err(e) => {
+                    let jitter = rand::random_range(0.8..1.2);
+                    self.reconnect_at = Some(Instant::now() + self.backoff.mul_f64(jitter));
+                    self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(self.ctx.as_mut().expect("connected above"))
+    }
+}
+
+/// Opens the link. A free function over owned values: the future must not borrow the
+/// (non-`Sync`) client context it is about to replace.
+async fn open(cfg: config::Link, connect_timeout: Duration) -> Result<Context, LinkError> {
+    let target = describe(&cfg);
+    let fail = |reason: String| LinkError::Connect {
+        target: target.clone(),
+        reason,
+    };
+    match &cfg {
+        config::Link::Tcp { address } => {
+            let stream = timeout(
+                connect_timeout.max(Duration::from_secs(1)),
+                tokio::net::TcpStream::connect(address),
+            )
+            .await
+            .map_err(|_| fail("connect timed out".into()))?
+            .map_err(|e| fail(e.to_string()))?;
+            // One small request at a time: Nagle would only add latency.
+            let _ = stream.set_nodelay(true);
+            Ok(tokio_modbus::client::tcp::attach(stream))
+        }
+        config::Link::Rtu {
+            port,
+            baud,
+            parity,
+            data_bits,
+            stop_bits,
+        } => {
+            use tokio_serial::SerialPortBuilderExt;
+            let stream = tokio_serial::new(port, *baud)
+                .parity(match parity {
+                    Parity::None => tokio_serial::Parity::None,
+                    Parity::Even => tokio_serial::Parity::Even,
+                    Parity::Odd => tokio_serial::Parity::Odd,
+                })
+                .data_bits(match data_bits {
+                    5 => tokio_serial::DataBits::Five,
+                    6 => tokio_serial::DataBits::Six,
+                    7 => tokio_serial::DataBits::Seven,
+                    _ => tokio_serial::DataBits::Eight,
+                })
+                .stop_bits(if *stop_bits == 2 {
+                    tokio_serial::StopBits::Two
+                } else {
+                    tokio_serial::StopBits::One
+                })
+                .open_native_async()
+                .map_err(|e| fail(e.to_string()))?;
+            Ok(tokio_modbus::client::rtu::attach(stream))
+        }
+    }
+}
+
+impl Link {
+    /// Drops the connection so the next request starts clean: after a timeout or a framing
+    /// error a late or partial answer may still be in the pipe and would be taken for the next.
+    pub fn reset(&mut self) {
+        self.ctx = None;
+    }
+
+    /// When the next request may go on the wire (`inter_request_delay_ms` of silence).
+    fn next_slot(&self) -> Option<Instant> {
+        self.last_request_end
+            .map(|end| end + self.inter_request_delay)
+    }
+
+    async fn call<T>(
+        &mut self,
+        unit: u8,
+        f: impl for<'a> FnOnce(
+            &'a mut Context,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = tokio_modbus::Result<T>> + Send + 'a>,
+        >,
+    ) -> Reply<T> {
+        if let Some(at) = self.next_slot() {
+            tokio::time::sleep_until(at).await;
+        }
+        let deadline = self.timeout;
+        let ctx = self.connect().await?;
+        ctx.set_slave(Slave(unit));
+        let result = timeout(deadline, f(ctx)).await;
+        self.last_request_end = Some(Instant::now());
+        match result {
+            Err(_) => {
+                self.reset();
+                Err(LinkError::Timeout(deadline))
+            }
+            Ok(Err(tokio_modbus::Error::Transport(e))) => {
+                self.reset();
+                Err(LinkError::Transport(e.to_string()))
+            }
+            Ok(Err(tokio_modbus::Error::Protocol(e))) => {
+                self.reset();
+                Err(LinkError::Protocol(e.to_string()))
+            }
+            Ok(Ok(Err(code))) => Ok(Err(u8::from(code))),
+            Ok(Ok(Ok(v))) => Ok(Ok(v)),
+        }
+    }
+
+    pub async fn read(&mut self, unit: u8, table: Table, address: u16, count: u16) -> Reply<Data> {
+        self.call(unit, move |ctx| {
+            Box::pin(async move {
+                Ok(match table {
+                    Table::Coil => ctx
+                        .read_coils(address, count)
+                        .await?
+                        .map(trim(count))
+                        .map(Data::Bits),
+                    Table::Discrete => ctx
+                        .read_discrete_inputs(address, count)
+                        .await?
+                        .map(trim(count))
+                        .map(Data::Bits),
+                    Table::Input => ctx
+                        .read_input_registers(address, count)
+                        .await?
+                        .map(Data::Registers),
+                    Table::Holding => ctx
+                        .read_holding_registers(address, count)
+                        .await?
+                        .map(Data::Registers),
+                })
+            })
+        })
+        .await
+    }
+
+    pub async fn write(&mut self, unit: u8, address: u16, op: WriteOp) -> Reply<()> {
+        self.call(unit, move |ctx| {
+            Box::pin(async move {
+                match op {
+                    WriteOp::Coil(b) => ctx.write_single_coil(address, b).await,
+                    WriteOp::Coils(bs) => ctx.write_multiple_coils(address, &bs).await,
+                    WriteOp::Register(r) => ctx.write_single_register(address, r).await,
+                    WriteOp::Registers(rs) => ctx.write_multiple_registers(address, &rs).await,
+                }
+            })
+        })
+        .await
+    }
+}
+
+fn describe(cfg: &config::Link) -> String {
+    match cfg {
+        config::Link::Tcp { address } => format!("tcp {address}"),
+        config::Link::Rtu { port, baud, .. } => format!("rtu {port} @{baud}"),
+    }
+}
+
+/// Bit reads come back padded to whole bytes; keep exactly the bits asked for.
+fn trim(count: u16) -> impl FnOnce(Vec<bool>) -> Vec<bool> {
+    move |mut v| {
+        v.truncate(count as usize);
+        v
+    }
+}

@@ -1,0 +1,8 @@
+//! Modbus: the codec, the read planner, the bus scheduler, one-off client calls and the simulator.
+
+pub mod bus;
+pub mod codec;
+pub mod frame;
+pub mod link;
+pub mod plan;
+pub mod simulator;

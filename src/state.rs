@@ -1,0 +1,190 @@
+//! The live state of every device and point, and the report-on-change decision (deadband and
+//! `report_every_s`) that turns polls into history rows for the store.
+
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::mpsc;
+
+use crate::config::{Config, Point};
+use crate::modbus::bus::BusEvent;
+use crate::model::{Millis, Quality, Value};
+use crate::store::{Restored, Row, StoreCmd, StoreHandle};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointLive {
+    /// The last value read; kept (with quality `bad`) when a later read fails, so a technician
+    /// still sees what the device last said.
+    pub value: Option<Value>,
+    pub quality: Quality,
+    pub ts: Millis,
+    /// Why the last read gave no value.
+    pub error: Option<String>,
+    /// What was last written to history, and when.
+    reported: Option<(Option<Value>, Quality, Millis)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceLive {
+    pub online: bool,
+    pub last_seen: Option<Millis>,
+    pub points: Vec<PointLive>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    pub devices: Vec<DeviceLive>,
+}
+
+pub type SharedLive = Arc<RwLock<Live>>;
+
+impl Live {
+    /// The state a (re)start begins with: what the store remembers, every value `stale` until
+    /// it is polled again.
+    pub fn restored(config: &Config, restored: &Restored) -> Live {
+        let devices = config
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(d, dev)| DeviceLive {
+                online: false,
+                last_seen: restored.devices.get(d).and_then(|x| x.1),
+                points: dev
+                    .points
+                    .iter()
+                    .enumerate()
+                    .map(|(p, _)| {
+                        let old = restored
+                            .points
+                            .get(d)
+                            .and_then(|v| v.get(p))
+                            .cloned()
+                            .flatten();
+                        PointLive {
+                            value: old.as_ref().and_then(|(v, _)| v.clone()),
+                            quality: Quality::Stale,
+                            ts: old.as_ref().map(|(_, ts)| *ts).unwrap_or(0),
+                            error: None,
+                            reported: None,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        Live { devices }
+    }
+
+    pub fn online_count(&self) -> usize {
+        self.devices.iter().filter(|d| d.online).count()
+    }
+}
+
+/// Reads the lock even if a panicking thread poisoned it: the data is plain values.
+pub fn read(live: &SharedLive) -> std::sync::RwLockReadGuard<'_, Live> {
+    live.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write(live: &SharedLive) -> std::sync::RwLockWriteGuard<'_, Live> {
+    live.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether a new reading must go to history: a change of quality, a move past the deadband,
+/// or `report_every` elapsed since the last report.
+fn must_report(point: &Point, p: &PointLive, ts: Millis) -> bool {
+    let Some((old_value, old_quality, old_ts)) = &p.reported else {
+        return true;
+    };
+    if *old_quality != p.quality || ts - old_ts >= point.report_every.as_millis() as i64 {
+        return true;
+    }
+    match (old_value, &p.value) {
+        (Some(a), Some(b)) => match (a.as_f64(), b.as_f64()) {
+            (Some(x), Some(y)) if point.deadband > 0.0 => (x - y).abs() > point.deadband,
+            _ => a != b,
+        },
+        (None, None) => false,
+        _ => true,
+    }
+}
+
+/// Applies bus events to the live state and sends what must be stored. Ends when every bus
+/// has stopped (its sender dropped), so nothing polled is lost at shutdown.
+pub async fn run(
+    config: Arc<Config>,
+    live: SharedLive,
+    mut rx: mpsc::Receiver<BusEvent>,
+    store: StoreHandle,
+) {
+    while let Some(ev) = rx.recv().await {
+        let cmd = apply(&config, &live, ev);
+        if let Some(cmd) = cmd {
+            if !store.send(cmd).await {
+                tracing::error!("store writer is gone; stopping the pipeline");
+                return;
+            }
+        }
+    }
+}
+
+/// One bus event → the state change, and the store command it calls for.
+pub fn apply(config: &Config, live: &SharedLive, ev: BusEvent) -> Option<StoreCmd> {
+    match ev {
+        BusEvent::Polled {
+            device,
+            ts,
+            results,
+        } => {
+            let dev = &config.devices[device];
+            let mut rows = Vec::new();
+            let mut guard = write(live);
+            let d = &mut guard.devices[device];
+            let mut any_good = false;
+            for (p, r) in results {
+                let point = &dev.points[p];
+                let pl = &mut d.points[p];
+                match r {
+                    Ok(v) => {
+                        any_good = true;
+                        pl.value = Some(v);
+                        pl.quality = Quality::Good;
+                        pl.error = None;
+                    }
+                    Err(e) => {
+                        pl.quality = Quality::Bad;
+                        pl.error = Some(e.to_string());
+                    }
+                }
+                pl.ts = ts;
+                if must_report(point, pl, ts) {
+                    pl.reported = Some((pl.value.clone(), pl.quality, ts));
+                    rows.push(Row {
+                        device,
+                        point: p,
+                        ts,
+                        value: pl.value.clone(),
+                        quality: pl.quality,
+                    });
+                }
+            }
+            if any_good {
+                d.last_seen = Some(ts);
+            }
+            (!rows.is_empty()).then_some(StoreCmd::Report(rows))
+        }
+        BusEvent::Status {
+            device, ts, online, ..
+        } => {
+            let mut guard = write(live);
+            let d = &mut guard.devices[device];
+            d.online = online;
+            if online {
+                d.last_seen = Some(ts);
+            }
+            Some(StoreCmd::Status {
+                device,
+                online,
+                last_seen: d.last_seen,
+                ts,
+            })
+        }
+    }
+}
