@@ -1276,8 +1276,8 @@ impl Validator<'_> {
         for (i, (pa, a)) in points.iter().enumerate() {
             for (_, b) in &points[..i] {
                 let same_table = a.format.table == b.format.table;
-                let overlap = a.address < b.address + b.format.width()
-                    && b.address < a.address + a.format.width();
+                let end = |p: &Point| p.address as u32 + p.format.width() as u32;
+                let overlap = (a.address as u32) < end(b) && (b.address as u32) < end(a);
                 let bits = a.format.bit.is_some() || b.format.bit.is_some();
                 if same_table && overlap && !bits && a.format.data_type != b.format.data_type {
                     self.warn(

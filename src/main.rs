@@ -179,7 +179,7 @@ fn print_config_error(path: &std::path::Path, e: &ConfigError) {
         ConfigError::Read { .. } => eprintln!("{e}"),
         ConfigError::Invalid(problems) => {
             for p in problems {
-                eprintln!("{}:{p}", path.display());
+                eprintln!("{}: {p}", path.display());
             }
         }
     }
@@ -214,7 +214,7 @@ async fn main() -> ExitCode {
                 }
             };
             for w in &loaded.warnings {
-                tracing::warn!("{}:{w}", config.display());
+                tracing::warn!("{}: {w}", config.display());
             }
             match edge_gateway::run(loaded.config, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -234,7 +234,7 @@ async fn main() -> ExitCode {
         Command::CheckConfig { config } => match config::load(&config) {
             Ok(l) => {
                 for w in &l.warnings {
-                    eprintln!("{}:{w} (warning)", config.display());
+                    eprintln!("{}: {w} (warning)", config.display());
                 }
                 println!(
                     "{}: ok ({} buses, {} devices, {} points)",

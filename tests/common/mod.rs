@@ -1,0 +1,162 @@
+//! Shared test helpers: start the simulator and the gateway on port 0, wait for conditions.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use edge_gateway::config;
+use edge_gateway::modbus::simulator::{Profile, Simulator};
+use edge_gateway::model::Quality;
+use edge_gateway::state;
+use edge_gateway::Gateway;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The simulator on a free loopback port, values still (no animation) so tests control them.
+pub async fn start_sim(profile: Profile) -> (Simulator, SocketAddr, CancellationToken) {
+    let sim = Simulator::new(profile);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cancel = CancellationToken::new();
+    tokio::spawn(sim.clone().serve_tcp(listener, cancel.clone()));
+    (sim, addr, cancel)
+}
+
+/// A gateway config: `[gateway]` with a fresh data dir, HTTP on port 0, and the given body.
+pub fn config(data_dir: &std::path::Path, body: &str) -> config::Config {
+    let text = format!(
+        "[gateway]\nid = \"test-gw\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n{body}",
+        data_dir.display().to_string()
+    );
+    match config::parse(&text) {
+        Ok(l) => l.config,
+        Err(e) => panic!("test config invalid: {e:?}\n{text}"),
+    }
+}
+
+/// A TCP bus named `b` with short timeouts, for fast fault tests.
+pub fn tcp_bus(addr: &str) -> String {
+    format!(
+        "[[buses]]\nname = \"b\"\nkind = \"tcp\"\naddress = \"{addr}\"\ntimeout_ms = 200\nretries = 0\n"
+    )
+}
+
+/// The demo boiler (unit 1) and pump (unit 2) on bus `b`, polled every 100 ms.
+pub const BOILER_AND_PUMP: &str = r#"
+[[devices]]
+id = "boiler"
+bus = "b"
+unit = 1
+poll_interval_ms = 100
+offline_after = 2
+points = [
+  { id = "temperature", table = "holding", address = 0, type = "f32" },
+  { id = "setpoint", table = "holding", address = 2, type = "u16", scale = 0.1, writable = true },
+  { id = "burner", table = "coil", address = 0, type = "bool", writable = true },
+]
+
+[[devices]]
+id = "pump"
+bus = "b"
+unit = 2
+poll_interval_ms = 100
+offline_after = 2
+points = [
+  { id = "speed_setpoint", table = "holding", address = 0, type = "u16", writable = true },
+  { id = "speed", table = "input", address = 0, type = "u16" },
+]
+"#;
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after a generous deadline.
+/// The deadline only bounds a hang: no test asserts how fast anything happened.
+pub async fn wait_for<F: FnMut() -> bool>(what: &str, mut cond: F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn wait_for_async<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !cond().await {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Quality of a point, by ids.
+pub fn quality(gw: &Gateway, device: &str, point: &str) -> Quality {
+    let (d, p) = gw.find(device, point).expect("known point");
+    state::read(&gw.live).devices[d].points[p].quality
+}
+
+pub fn point(gw: &Gateway, device: &str, point: &str) -> state::PointLive {
+    let (d, p) = gw.find(device, point).expect("known point");
+    state::read(&gw.live).devices[d].points[p].clone()
+}
+
+pub fn online(gw: &Gateway, device: &str) -> bool {
+    let d = gw.config.devices.iter().position(|x| x.id == device).unwrap();
+    state::read(&gw.live).devices[d].online
+}
+
+pub fn requests(gw: &Gateway, device: &str, result: &str) -> u64 {
+    let d = gw.config.devices.iter().position(|x| x.id == device).unwrap();
+    gw.metrics.requests(d, result)
+}
+
+/// Two connected pseudo-terminals from `socat`, or `None` when socat is not installed.
+pub struct PtyPair {
+    pub a: String,
+    pub b: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for PtyPair {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn pty_pair() -> Option<PtyPair> {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a").display().to_string();
+    let b = dir.path().join("b").display().to_string();
+    let child = std::process::Command::new("socat")
+        .args([
+            format!("pty,raw,echo=0,link={a}"),
+            format!("pty,raw,echo=0,link={b}"),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut pair = PtyPair {
+        a,
+        b,
+        child,
+        _dir: dir,
+    };
+    for _ in 0..250 {
+        if std::path::Path::new(&pair.a).exists() && std::path::Path::new(&pair.b).exists() {
+            return Some(pair);
+        }
+        if let Ok(Some(_)) = pair.child.try_wait() {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = pair.child.kill();
+    None
+}

@@ -1,0 +1,101 @@
+//! The config corpus: every file in `config/` and `tests/config/valid` loads; every file in
+//! `tests/config/invalid` fails with the problems its `# expect: PATH @ LINE` lines name.
+
+use std::path::Path;
+
+use edge_gateway::config::{self, ConfigError};
+
+fn toml_files(dir: &str) -> Vec<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no toml files in {}", dir.display());
+    files
+}
+
+#[test]
+fn every_shipped_and_valid_config_loads() {
+    for f in toml_files("config").into_iter().chain(toml_files("tests/config/valid")) {
+        if let Err(e) = config::load(&f) {
+            panic!("{}: {e}: {e:?}", f.display());
+        }
+    }
+}
+
+#[test]
+fn every_invalid_config_names_each_problem_with_key_path_and_line() {
+    for f in toml_files("tests/config/invalid") {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let expected: Vec<(String, usize)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# expect:"))
+            .map(|e| {
+                let (path, line) = e.split_once('@').expect("# expect: PATH @ LINE");
+                (path.trim().to_string(), line.trim().parse().unwrap())
+            })
+            .collect();
+        assert!(!expected.is_empty(), "{} has no # expect lines", f.display());
+        let problems = match config::parse(&text) {
+            Ok(_) => panic!("{} should be invalid", f.display()),
+            Err(ConfigError::Invalid(p)) => p,
+            Err(e) => panic!("{}: {e}", f.display()),
+        };
+        for (path, line) in &expected {
+            assert!(
+                problems.iter().any(|p| &p.path == path && p.line == Some(*line)),
+                "{}: expected a problem at `{path}` line {line}; got:\n{}",
+                f.display(),
+                problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")
+            );
+        }
+        assert!(problems.iter().all(|p| !p.message.is_empty()));
+    }
+}
+
+#[test]
+fn templates_expand_into_device_points_with_device_orders() {
+    let l = config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config/valid/rtu_templates_rules.toml")).unwrap();
+    let d = &l.config.devices[0];
+    let ids: Vec<_> = d.points.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["voltage", "energy", "alarm_bit"]);
+    assert_eq!(d.points[0].format.word_order, edge_gateway::modbus::codec::WordOrder::Little);
+    assert_eq!(d.points[2].format.bit, Some(15));
+    assert!(matches!(&l.config.buses[0].link, config::Link::Rtu { baud: 19200, parity: config::Parity::Even, .. }));
+    assert_eq!(l.config.mqtt.as_ref().unwrap().client_id, "line3-gw1");
+}
+
+#[test]
+fn points_over_the_same_registers_with_different_types_are_a_warning_not_an_error() {
+    let text = r#"
+[gateway]
+id = "gw"
+[[buses]]
+name = "b"
+kind = "tcp"
+address = "h:502"
+[[devices]]
+id = "d"
+bus = "b"
+unit = 1
+points = [
+  { id = "as_float", table = "holding", address = 0, type = "f32" },
+  { id = "as_int", table = "holding", address = 0, type = "u32" },
+  { id = "a_bit", table = "holding", address = 0, type = "bool", bit = 2 },
+]
+"#;
+    let l = config::parse(text).unwrap();
+    assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+    assert!(l.warnings[0].message.contains("overlaps"));
+    assert_eq!(l.warnings[0].path, "devices[0].points[1].address");
+}
+
+#[test]
+fn secrets_are_masked_in_debug_output() {
+    let l = config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config/valid/rtu_templates_rules.toml")).unwrap();
+    let dbg = format!("{:?}", l.config);
+    assert!(!dbg.contains("u:p@db"), "{dbg}");
+}

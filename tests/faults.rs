@@ -1,0 +1,232 @@
+//! Bad input from devices and links: every fault gives the faulty device's points quality
+//! `bad` and a counter, leaves the other slaves on the same bus polling, and panics nothing.
+
+mod common;
+
+use common::*;
+use edge_gateway::modbus::simulator::{Fault, Profile, BOILER, PUMP};
+use edge_gateway::model::{Quality, Value};
+use edge_gateway::Gateway;
+
+/// Starts the boiler+pump gateway on the simulator, scripts `fault` on the pump, and checks
+/// the pump goes bad while the boiler keeps being polled.
+async fn pump_fault_leaves_boiler_polling(fault: Fault, counter: &str) -> (Gateway, tempfile::TempDir) {
+    let (sim, addr, _cancel) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(dir.path(), &format!("{}{}", tcp_bus(&addr.to_string()), BOILER_AND_PUMP)))
+        .await
+        .unwrap();
+    wait_for("pump good", || quality(&gw, "pump", "speed") == Quality::Good).await;
+    sim.set_fault(PUMP, Some(fault.clone()));
+    wait_for("pump bad", || quality(&gw, "pump", "speed") == Quality::Bad).await;
+    let err = point(&gw, "pump", "speed").error.unwrap_or_default();
+    assert!(!err.is_empty(), "{fault:?}: a bad point says why");
+    wait_for("fault counted", || requests(&gw, "pump", counter) > 0).await;
+    // The healthy slave on the same link goes on being polled with good values.
+    let before = requests(&gw, "boiler", "ok");
+    wait_for("boiler polled on", || requests(&gw, "boiler", "ok") >= before + 10).await;
+    assert_eq!(quality(&gw, "boiler", "temperature"), Quality::Good, "{fault:?}");
+    // Clearing the fault heals the pump.
+    sim.set_fault(PUMP, None);
+    wait_for("pump good again", || quality(&gw, "pump", "speed") == Quality::Good).await;
+    (gw, dir)
+}
+
+#[tokio::test]
+async fn exception_responses_are_bad_quality_named_and_counted_while_the_device_stays_online() {
+    for code in [0x01u8, 0x02, 0x03, 0x04, 0x06] {
+        let (gw, _dir) = pump_fault_leaves_boiler_polling(Fault::Exception(code), "exception").await;
+        assert!(online(&gw, "pump"), "an exception is an answer: the device is online");
+        gw.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn exception_names_reach_the_point_error() {
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(dir.path(), &format!("{}{}", tcp_bus(&addr.to_string()), BOILER_AND_PUMP)))
+        .await
+        .unwrap();
+    sim.set_fault(PUMP, Some(Fault::Exception(0x04)));
+    wait_for("pump bad", || quality(&gw, "pump", "speed") == Quality::Bad).await;
+    assert_eq!(point(&gw, "pump", "speed").error.unwrap(), "device answered server device failure");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_response_for_the_wrong_unit_is_a_fault_not_a_value() {
+    let (gw, _dir) = pump_fault_leaves_boiler_polling(Fault::WrongUnit, "error").await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_response_with_the_wrong_transaction_id_is_a_fault_not_a_value() {
+    let (gw, _dir) = pump_fault_leaves_boiler_polling(Fault::WrongTransaction, "error").await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_short_frame_times_out_and_the_link_recovers() {
+    let (gw, _dir) = pump_fault_leaves_boiler_polling(Fault::Short, "timeout").await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_over_long_frame_is_refused() {
+    let (gw, _dir) = pump_fault_leaves_boiler_polling(Fault::Overlong, "error").await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_reset_mid_frame_reconnects() {
+    let (gw, _dir) = pump_fault_leaves_boiler_polling(Fault::ResetMidFrame, "error").await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dead_slave_goes_offline_and_costs_the_bus_one_probe_per_backoff() {
+    let (gw, _dir) = pump_fault_leaves_boiler_polling(Fault::Silent, "timeout").await;
+    gw.shutdown().await;
+
+    // Again, this time watching the dead slave after it went offline.
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(dir.path(), &format!("{}{}", tcp_bus(&addr.to_string()), BOILER_AND_PUMP)))
+        .await
+        .unwrap();
+    wait_for("pump online", || online(&gw, "pump")).await;
+    sim.set_fault(PUMP, Some(Fault::Silent));
+    wait_for("pump offline", || !online(&gw, "pump")).await;
+    let timeouts = requests(&gw, "pump", "timeout");
+    let boiler = requests(&gw, "boiler", "ok");
+    // 30 healthy polls at 100 ms: about 3 s, in which the dead slave is probed at 1 s and 2 s
+    // backoff. A slow machine stretches the window, but the probes stay far below one per poll.
+    wait_for("boiler polled", || requests(&gw, "boiler", "ok") >= boiler + 30).await;
+    let probes = requests(&gw, "pump", "timeout") - timeouts;
+    assert!(probes <= 4, "dead slave was probed {probes} times during 30 healthy polls");
+    assert!(online(&gw, "boiler"));
+    // Back to life: the probe finds it.
+    sim.set_fault(PUMP, None);
+    wait_for("pump back online", || online(&gw, "pump")).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn connection_refused_marks_devices_offline_without_panic() {
+    // A port nobody listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(dir.path(), &format!("{}{}", tcp_bus(&format!("127.0.0.1:{port}")), BOILER_AND_PUMP)))
+        .await
+        .unwrap();
+    wait_for("connect failures counted", || requests(&gw, "boiler", "error") >= 2).await;
+    wait_for("bad", || quality(&gw, "boiler", "temperature") == Quality::Bad).await;
+    let err = point(&gw, "boiler", "temperature").error.unwrap();
+    assert!(err.contains("cannot connect") || err.contains("link down"), "{err}");
+    assert!(!online(&gw, "boiler") && !online(&gw, "pump"));
+    // The HTTP side is unaffected.
+    let body = reqwest_healthz(gw.http_addr).await;
+    assert!(body.contains(r#""online":0"#), "{body}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn nan_and_infinity_floats_are_bad_quality_and_counted() {
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(dir.path(), &format!("{}{}", tcp_bus(&addr.to_string()), BOILER_AND_PUMP)))
+        .await
+        .unwrap();
+    wait_for("good", || quality(&gw, "boiler", "temperature") == Quality::Good).await;
+    for regs in [[0x7FC0u16, 0], [0x7F80, 0], [0xFF80, 0]] {
+        sim.with_memory(BOILER, |m| m.holding[0..2].copy_from_slice(&regs));
+        wait_for("bad", || quality(&gw, "boiler", "temperature") == Quality::Bad).await;
+        assert!(point(&gw, "boiler", "temperature").error.unwrap().contains("not a number"));
+        // The other points of the same read are still good.
+        assert_eq!(quality(&gw, "boiler", "setpoint"), Quality::Good);
+        sim.with_memory(BOILER, |m| m.holding[0..2].copy_from_slice(&[0x42F6, 0xE979]));
+        wait_for("good again", || quality(&gw, "boiler", "temperature") == Quality::Good).await;
+    }
+    assert!(gw.metrics.devices[0].decode_errors.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_bad_address_in_a_merged_read_costs_one_point() {
+    let (_sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The simulator has 200 holding registers: 205 does not exist, and max_gap merges all three.
+    let body = format!(
+        "{}{}",
+        tcp_bus(&addr.to_string()),
+        r#"
+[[devices]]
+id = "d"
+bus = "b"
+unit = 1
+poll_interval_ms = 100
+max_gap = 20
+points = [
+  { id = "a", table = "holding", address = 195, type = "u16" },
+  { id = "b", table = "holding", address = 198, type = "u16" },
+  { id = "missing", table = "holding", address = 205, type = "u16" },
+]
+"#
+    );
+    let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
+    wait_for("split plan read", || {
+        quality(&gw, "d", "a") == Quality::Good && quality(&gw, "d", "missing") == Quality::Bad
+    })
+    .await;
+    assert_eq!(quality(&gw, "d", "b"), Quality::Good);
+    // Once split, each poll costs one exception (the bad point), not a failed device.
+    let ok = requests(&gw, "d", "ok");
+    let ex = requests(&gw, "d", "exception");
+    wait_for("more polls", || requests(&gw, "d", "ok") >= ok + 5).await;
+    let (ok2, ex2) = (requests(&gw, "d", "ok") - ok, requests(&gw, "d", "exception") - ex);
+    assert!(ex2 <= ok2 + 1, "after the split, one exception per poll: ok {ok2} exceptions {ex2}");
+    assert!(online(&gw, "d"));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn writes_jump_the_queue_and_reach_the_device() {
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(dir.path(), &format!("{}{}", tcp_bus(&addr.to_string()), BOILER_AND_PUMP)))
+        .await
+        .unwrap();
+    wait_for("online", || online(&gw, "boiler")).await;
+    gw.write("boiler", "setpoint", Value::Float(72.5)).await.unwrap();
+    assert_eq!(sim.with_memory(BOILER, |m| m.holding[2]), Some(725));
+    gw.write("boiler", "burner", Value::Bool(false)).await.unwrap();
+    assert_eq!(sim.with_memory(BOILER, |m| m.coils[0]), Some(false));
+    wait_for("new value read back", || {
+        point(&gw, "boiler", "setpoint").value.and_then(|v| v.as_f64()).is_some_and(|v| (v - 72.5).abs() < 1e-9)
+    })
+    .await;
+    // Not writable, and a dead device: clear errors.
+    let e = gw.write("pump", "speed", Value::Int(1)).await.unwrap_err();
+    assert_eq!(e.to_string(), "point is not writable");
+    sim.set_fault(PUMP, Some(Fault::Silent));
+    let e = gw.write("pump", "speed_setpoint", Value::Int(1000)).await.unwrap_err();
+    assert!(e.to_string().starts_with("device unreachable"), "{e}");
+    sim.set_fault(PUMP, Some(Fault::Exception(0x03)));
+    let e = gw.write("pump", "speed_setpoint", Value::Int(1000)).await.unwrap_err();
+    assert_eq!(e.to_string(), "device answered illegal data value");
+    gw.shutdown().await;
+}
+
+/// A bare HTTP/1.0 GET of /healthz (no client library needed for one request).
+async fn reqwest_healthz(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
