@@ -74,7 +74,8 @@ enum Command {
         link: LinkArgs,
         #[command(flatten)]
         at: AtArgs,
-        #[arg(long)]
+        /// The value; negative numbers need no `=` (`--value -7`).
+        #[arg(long, allow_hyphen_values = true)]
         value: String,
     },
 }
