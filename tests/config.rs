@@ -19,7 +19,10 @@ fn toml_files(dir: &str) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn every_shipped_and_valid_config_loads() {
-    for f in toml_files("config").into_iter().chain(toml_files("tests/config/valid")) {
+    for f in toml_files("config")
+        .into_iter()
+        .chain(toml_files("tests/config/valid"))
+    {
         if let Err(e) = config::load(&f) {
             panic!("{}: {e}: {e:?}", f.display());
         }
@@ -38,7 +41,11 @@ fn every_invalid_config_names_each_problem_with_key_path_and_line() {
                 (path.trim().to_string(), line.trim().parse().unwrap())
             })
             .collect();
-        assert!(!expected.is_empty(), "{} has no # expect lines", f.display());
+        assert!(
+            !expected.is_empty(),
+            "{} has no # expect lines",
+            f.display()
+        );
         let problems = match config::parse(&text) {
             Ok(_) => panic!("{} should be invalid", f.display()),
             Err(ConfigError::Invalid(p)) => p,
@@ -46,10 +53,16 @@ fn every_invalid_config_names_each_problem_with_key_path_and_line() {
         };
         for (path, line) in &expected {
             assert!(
-                problems.iter().any(|p| &p.path == path && p.line == Some(*line)),
+                problems
+                    .iter()
+                    .any(|p| &p.path == path && p.line == Some(*line)),
                 "{}: expected a problem at `{path}` line {line}; got:\n{}",
                 f.display(),
-                problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")
+                problems
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
         }
         assert!(problems.iter().all(|p| !p.message.is_empty()));
@@ -58,13 +71,26 @@ fn every_invalid_config_names_each_problem_with_key_path_and_line() {
 
 #[test]
 fn templates_expand_into_device_points_with_device_orders() {
-    let l = config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config/valid/rtu_templates_rules.toml")).unwrap();
+    let l = config::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config/valid/rtu_templates_rules.toml"),
+    )
+    .unwrap();
     let d = &l.config.devices[0];
     let ids: Vec<_> = d.points.iter().map(|p| p.id.as_str()).collect();
     assert_eq!(ids, ["voltage", "energy", "alarm_bit"]);
-    assert_eq!(d.points[0].format.word_order, edge_gateway::modbus::codec::WordOrder::Little);
+    assert_eq!(
+        d.points[0].format.word_order,
+        edge_gateway::modbus::codec::WordOrder::Little
+    );
     assert_eq!(d.points[2].format.bit, Some(15));
-    assert!(matches!(&l.config.buses[0].link, config::Link::Rtu { baud: 19200, parity: config::Parity::Even, .. }));
+    assert!(matches!(
+        &l.config.buses[0].link,
+        config::Link::Rtu {
+            baud: 19200,
+            parity: config::Parity::Even,
+            ..
+        }
+    ));
     assert_eq!(l.config.mqtt.as_ref().unwrap().client_id, "line3-gw1");
 }
 
@@ -95,7 +121,10 @@ points = [
 
 #[test]
 fn secrets_are_masked_in_debug_output() {
-    let l = config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config/valid/rtu_templates_rules.toml")).unwrap();
+    let l = config::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config/valid/rtu_templates_rules.toml"),
+    )
+    .unwrap();
     let dbg = format!("{:?}", l.config);
     assert!(!dbg.contains("u:p@db"), "{dbg}");
 }

@@ -10,13 +10,22 @@ use edge_gateway::Gateway;
 
 /// Starts the boiler+pump gateway on the simulator, scripts `fault` on the pump, and checks
 /// the pump goes bad while the boiler keeps being polled.
-async fn pump_fault_leaves_boiler_polling(fault: Fault, counter: &str) -> (Gateway, tempfile::TempDir) {
+async fn pump_fault_leaves_boiler_polling(
+    fault: Fault,
+    counter: &str,
+) -> (Gateway, tempfile::TempDir) {
     let (sim, addr, _cancel) = start_sim(Profile::Demo).await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(config(dir.path(), &format!("{}{}", tcp_bus(&addr.to_string()), BOILER_AND_PUMP)))
-        .await
-        .unwrap();
-    wait_for("pump good", || quality(&gw, "pump", "speed") == Quality::Good).await;
+    let gw = Gateway::start(config(
+        dir.path(),
+        &format!("{}{}", tcp_bus(&addr.to_string()), BOILER_AND_PUMP),
+    ))
+    .await
+    .unwrap();
+    wait_for("pump good", || {
+        quality(&gw, "pump", "speed") == Quality::Good
+    })
+    .await;
     sim.set_fault(PUMP, Some(fault.clone()));
     wait_for("pump bad", || quality(&gw, "pump", "speed") == Quality::Bad).await;
     let err = point(&gw, "pump", "speed").error.unwrap_or_default();
@@ -24,19 +33,33 @@ async fn pump_fault_leaves_boiler_polling(fault: Fault, counter: &str) -> (Gatew
     wait_for("fault counted", || requests(&gw, "pump", counter) > 0).await;
     // The healthy slave on the same link goes on being polled with good values.
     let before = requests(&gw, "boiler", "ok");
-    wait_for("boiler polled on", || requests(&gw, "boiler", "ok") >= before + 10).await;
-    assert_eq!(quality(&gw, "boiler", "temperature"), Quality::Good, "{fault:?}");
+    wait_for("boiler polled on", || {
+        requests(&gw, "boiler", "ok") >= before + 10
+    })
+    .await;
+    assert_eq!(
+        quality(&gw, "boiler", "temperature"),
+        Quality::Good,
+        "{fault:?}"
+    );
     // Clearing the fault heals the pump.
     sim.set_fault(PUMP, None);
-    wait_for("pump good again", || quality(&gw, "pump", "speed") == Quality::Good).await;
+    wait_for("pump good again", || {
+        quality(&gw, "pump", "speed") == Quality::Good
+    })
+    .await;
     (gw, dir)
 }
 
 #[tokio::test]
 async fn exception_responses_are_bad_quality_named_and_counted_while_the_device_stays_online() {
     for code in [0x01u8, 0x02, 0x03, 0x04, 0x06] {
-        let (gw, _dir) = pump_fault_leaves_boiler_polling(Fault::Exception(code), "exception").await;
-        assert!(online(&gw, "pump"), "an exception is an answer: the device is online");
+        let (gw, _dir) =
+            pump_fault_leaves_boiler_polling(Fault::Exception(code), "exception").await;
+        assert!(
+            online(&gw, "pump"),
+            "an exception is an answer: the device is online"
+        );
         gw.shutdown().await;
     }
 }
@@ -45,12 +68,18 @@ async fn exception_responses_are_bad_quality_named_and_counted_while_the_device_
 async fn exception_names_reach_the_point_error() {
     let (sim, addr, _c) = start_sim(Profile::Demo).await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(config(dir.path(), &format!("{}{}", tcp_bus(&addr.to_string()), BOILER_AND_PUMP)))
-        .await
-        .unwrap();
+    let gw = Gateway::start(config(
+        dir.path(),
+        &format!("{}{}", tcp_bus(&addr.to_string()), BOILER_AND_PUMP),
+    ))
+    .await
+    .unwrap();
     sim.set_fault(PUMP, Some(Fault::Exception(0x04)));
     wait_for("pump bad", || quality(&gw, "pump", "speed") == Quality::Bad).await;
-    assert_eq!(point(&gw, "pump", "speed").error.unwrap(), "device answered server device failure");
+    assert_eq!(
+        point(&gw, "pump", "speed").error.unwrap(),
+        "device answered server device failure"
+    );
     gw.shutdown().await;
 }
 
@@ -92,9 +121,12 @@ async fn a_dead_slave_goes_offline_and_costs_the_bus_one_probe_per_backoff() {
     // Again, this time watching the dead slave after it went offline.
     let (sim, addr, _c) = start_sim(Profile::Demo).await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(config(dir.path(), &format!("{}{}", tcp_bus(&addr.to_string()), BOILER_AND_PUMP)))
-        .await
-        .unwrap();
+    let gw = Gateway::start(config(
+        dir.path(),
+        &format!("{}{}", tcp_bus(&addr.to_string()), BOILER_AND_PUMP),
+    ))
+    .await
+    .unwrap();
     wait_for("pump online", || online(&gw, "pump")).await;
     sim.set_fault(PUMP, Some(Fault::Silent));
     wait_for("pump offline", || !online(&gw, "pump")).await;
@@ -102,9 +134,15 @@ async fn a_dead_slave_goes_offline_and_costs_the_bus_one_probe_per_backoff() {
     let boiler = requests(&gw, "boiler", "ok");
     // 30 healthy polls at 100 ms: about 3 s, in which the dead slave is probed at 1 s and 2 s
     // backoff. A slow machine stretches the window, but the probes stay far below one per poll.
-    wait_for("boiler polled", || requests(&gw, "boiler", "ok") >= boiler + 30).await;
+    wait_for("boiler polled", || {
+        requests(&gw, "boiler", "ok") >= boiler + 30
+    })
+    .await;
     let probes = requests(&gw, "pump", "timeout") - timeouts;
-    assert!(probes <= 4, "dead slave was probed {probes} times during 30 healthy polls");
+    assert!(
+        probes <= 4,
+        "dead slave was probed {probes} times during 30 healthy polls"
+    );
     assert!(online(&gw, "boiler"));
     // Back to life: the probe finds it.
     sim.set_fault(PUMP, None);
@@ -120,13 +158,29 @@ async fn connection_refused_marks_devices_offline_without_panic() {
         l.local_addr().unwrap().port()
     };
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(config(dir.path(), &format!("{}{}", tcp_bus(&format!("127.0.0.1:{port}")), BOILER_AND_PUMP)))
-        .await
-        .unwrap();
-    wait_for("connect failures counted", || requests(&gw, "boiler", "error") >= 2).await;
-    wait_for("bad", || quality(&gw, "boiler", "temperature") == Quality::Bad).await;
+    let gw = Gateway::start(config(
+        dir.path(),
+        &format!(
+            "{}{}",
+            tcp_bus(&format!("127.0.0.1:{port}")),
+            BOILER_AND_PUMP
+        ),
+    ))
+    .await
+    .unwrap();
+    wait_for("connect failures counted", || {
+        requests(&gw, "boiler", "error") >= 2
+    })
+    .await;
+    wait_for("bad", || {
+        quality(&gw, "boiler", "temperature") == Quality::Bad
+    })
+    .await;
     let err = point(&gw, "boiler", "temperature").error.unwrap();
-    assert!(err.contains("cannot connect") || err.contains("link down"), "{err}");
+    assert!(
+        err.contains("cannot connect") || err.contains("link down"),
+        "{err}"
+    );
     assert!(!online(&gw, "boiler") && !online(&gw, "pump"));
     // The HTTP side is unaffected.
     let body = reqwest_healthz(gw.http_addr).await;
@@ -138,20 +192,42 @@ async fn connection_refused_marks_devices_offline_without_panic() {
 async fn nan_and_infinity_floats_are_bad_quality_and_counted() {
     let (sim, addr, _c) = start_sim(Profile::Demo).await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(config(dir.path(), &format!("{}{}", tcp_bus(&addr.to_string()), BOILER_AND_PUMP)))
-        .await
-        .unwrap();
-    wait_for("good", || quality(&gw, "boiler", "temperature") == Quality::Good).await;
+    let gw = Gateway::start(config(
+        dir.path(),
+        &format!("{}{}", tcp_bus(&addr.to_string()), BOILER_AND_PUMP),
+    ))
+    .await
+    .unwrap();
+    wait_for("good", || {
+        quality(&gw, "boiler", "temperature") == Quality::Good
+    })
+    .await;
     for regs in [[0x7FC0u16, 0], [0x7F80, 0], [0xFF80, 0]] {
         sim.with_memory(BOILER, |m| m.holding[0..2].copy_from_slice(&regs));
-        wait_for("bad", || quality(&gw, "boiler", "temperature") == Quality::Bad).await;
-        assert!(point(&gw, "boiler", "temperature").error.unwrap().contains("not a number"));
+        wait_for("bad", || {
+            quality(&gw, "boiler", "temperature") == Quality::Bad
+        })
+        .await;
+        assert!(point(&gw, "boiler", "temperature")
+            .error
+            .unwrap()
+            .contains("not a number"));
         // The other points of the same read are still good.
         assert_eq!(quality(&gw, "boiler", "setpoint"), Quality::Good);
-        sim.with_memory(BOILER, |m| m.holding[0..2].copy_from_slice(&[0x42F6, 0xE979]));
-        wait_for("good again", || quality(&gw, "boiler", "temperature") == Quality::Good).await;
+        sim.with_memory(BOILER, |m| {
+            m.holding[0..2].copy_from_slice(&[0x42F6, 0xE979])
+        });
+        wait_for("good again", || {
+            quality(&gw, "boiler", "temperature") == Quality::Good
+        })
+        .await;
     }
-    assert!(gw.metrics.devices[0].decode_errors.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    assert!(
+        gw.metrics.devices[0]
+            .decode_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 3
+    );
     gw.shutdown().await;
 }
 
@@ -187,8 +263,14 @@ points = [
     let ok = requests(&gw, "d", "ok");
     let ex = requests(&gw, "d", "exception");
     wait_for("more polls", || requests(&gw, "d", "ok") >= ok + 5).await;
-    let (ok2, ex2) = (requests(&gw, "d", "ok") - ok, requests(&gw, "d", "exception") - ex);
-    assert!(ex2 <= ok2 + 1, "after the split, one exception per poll: ok {ok2} exceptions {ex2}");
+    let (ok2, ex2) = (
+        requests(&gw, "d", "ok") - ok,
+        requests(&gw, "d", "exception") - ex,
+    );
+    assert!(
+        ex2 <= ok2 + 1,
+        "after the split, one exception per poll: ok {ok2} exceptions {ex2}"
+    );
     assert!(online(&gw, "d"));
     gw.shutdown().await;
 }
@@ -197,26 +279,42 @@ points = [
 async fn writes_jump_the_queue_and_reach_the_device() {
     let (sim, addr, _c) = start_sim(Profile::Demo).await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(config(dir.path(), &format!("{}{}", tcp_bus(&addr.to_string()), BOILER_AND_PUMP)))
+    let gw = Gateway::start(config(
+        dir.path(),
+        &format!("{}{}", tcp_bus(&addr.to_string()), BOILER_AND_PUMP),
+    ))
+    .await
+    .unwrap();
+    wait_for("online", || online(&gw, "boiler")).await;
+    gw.write("boiler", "setpoint", Value::Float(72.5))
         .await
         .unwrap();
-    wait_for("online", || online(&gw, "boiler")).await;
-    gw.write("boiler", "setpoint", Value::Float(72.5)).await.unwrap();
     assert_eq!(sim.with_memory(BOILER, |m| m.holding[2]), Some(725));
-    gw.write("boiler", "burner", Value::Bool(false)).await.unwrap();
+    gw.write("boiler", "burner", Value::Bool(false))
+        .await
+        .unwrap();
     assert_eq!(sim.with_memory(BOILER, |m| m.coils[0]), Some(false));
     wait_for("new value read back", || {
-        point(&gw, "boiler", "setpoint").value.and_then(|v| v.as_f64()).is_some_and(|v| (v - 72.5).abs() < 1e-9)
+        point(&gw, "boiler", "setpoint")
+            .value
+            .and_then(|v| v.as_f64())
+            .is_some_and(|v| (v - 72.5).abs() < 1e-9)
     })
     .await;
     // Not writable, and a dead device: clear errors.
     let e = gw.write("pump", "speed", Value::Int(1)).await.unwrap_err();
     assert_eq!(e.to_string(), "point is not writable");
     sim.set_fault(PUMP, Some(Fault::Silent));
-    let e = gw.write("pump", "speed_setpoint", Value::Int(1000)).await.unwrap_err();
+    let e = gw
+        .write("pump", "speed_setpoint", Value::Int(1000))
+        .await
+        .unwrap_err();
     assert!(e.to_string().starts_with("device unreachable"), "{e}");
     sim.set_fault(PUMP, Some(Fault::Exception(0x03)));
-    let e = gw.write("pump", "speed_setpoint", Value::Int(1000)).await.unwrap_err();
+    let e = gw
+        .write("pump", "speed_setpoint", Value::Int(1000))
+        .await
+        .unwrap_err();
     assert_eq!(e.to_string(), "device answered illegal data value");
     gw.shutdown().await;
 }
@@ -225,7 +323,9 @@ async fn writes_jump_the_queue_and_reach_the_device() {
 async fn reqwest_healthz(addr: std::net::SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out

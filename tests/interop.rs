@@ -15,7 +15,9 @@ fn python() -> Option<String> {
     match std::env::var("EDGE_PYMODBUS_PYTHON") {
         Ok(p) if !p.is_empty() => Some(p),
         _ => {
-            eprintln!("SKIPPED: EDGE_PYMODBUS_PYTHON is not set (run .ci/run, which installs pymodbus)");
+            eprintln!(
+                "SKIPPED: EDGE_PYMODBUS_PYTHON is not set (run .ci/run, which installs pymodbus)"
+            );
             None
         }
     }
@@ -31,7 +33,10 @@ impl Drop for Server {
 }
 
 fn start_pymodbus(python: &str, kind: &str, at: &str) -> Server {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/pymodbus_server.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/pymodbus_server.py"
+    );
     Server(
         Command::new(python)
             .args([script, kind, at])
@@ -42,7 +47,11 @@ fn start_pymodbus(python: &str, kind: &str, at: &str) -> Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Every type and order pymodbus serves (see pymodbus_server.py), as gateway points.
@@ -66,12 +75,32 @@ fn points() -> String {
         r#"{ id = "w_f64", table = "holding", address = 100, type = "f64", writable = true }"#.into(),
         r#"{ id = "w_u16", table = "holding", address = 104, type = "u16", writable = true }"#.into(),
     ];
-    for (k, (bo, wo)) in [("big", "big"), ("little", "little"), ("little", "big"), ("big", "little")].iter().enumerate() {
+    for (k, (bo, wo)) in [
+        ("big", "big"),
+        ("little", "little"),
+        ("little", "big"),
+        ("big", "little"),
+    ]
+    .iter()
+    .enumerate()
+    {
         let o = format!(r#"byte_order = "{bo}", word_order = "{wo}""#);
-        p.push(format!(r#"{{ id = "f32_{k}", table = "holding", address = {}, type = "f32", {o} }}"#, 30 + 2 * k));
-        p.push(format!(r#"{{ id = "f64_{k}", table = "holding", address = {}, type = "f64", {o} }}"#, 40 + 4 * k));
-        p.push(format!(r#"{{ id = "u32_{k}", table = "holding", address = {}, type = "u32", {o} }}"#, 60 + 2 * k));
-        p.push(format!(r#"{{ id = "i64_{k}", table = "holding", address = {}, type = "i64", {o} }}"#, 70 + 4 * k));
+        p.push(format!(
+            r#"{{ id = "f32_{k}", table = "holding", address = {}, type = "f32", {o} }}"#,
+            30 + 2 * k
+        ));
+        p.push(format!(
+            r#"{{ id = "f64_{k}", table = "holding", address = {}, type = "f64", {o} }}"#,
+            40 + 4 * k
+        ));
+        p.push(format!(
+            r#"{{ id = "u32_{k}", table = "holding", address = {}, type = "u32", {o} }}"#,
+            60 + 2 * k
+        ));
+        p.push(format!(
+            r#"{{ id = "i64_{k}", table = "holding", address = {}, type = "i64", {o} }}"#,
+            70 + 4 * k
+        ));
     }
     // The holding points span gaps pymodbus has no registers for: a plan of one merged read
     // gets exception 02 and must split around them.
@@ -82,18 +111,34 @@ fn points() -> String {
 }
 
 fn float(gw: &Gateway, id: &str) -> f64 {
-    point(gw, "py", id).value.and_then(|v| v.as_f64()).unwrap_or(f64::NAN)
+    point(gw, "py", id)
+        .value
+        .and_then(|v| v.as_f64())
+        .unwrap_or(f64::NAN)
 }
 
 async fn check_every_type_and_order(gw: &Gateway) {
-    let ids: Vec<String> = gw.config.devices[0].points.iter().map(|p| p.id.clone()).collect();
-    wait_for("every point good", || ids.iter().all(|id| quality(gw, "py", id) == Quality::Good)).await;
+    let ids: Vec<String> = gw.config.devices[0]
+        .points
+        .iter()
+        .map(|p| p.id.clone())
+        .collect();
+    wait_for("every point good", || {
+        ids.iter().all(|id| quality(gw, "py", id) == Quality::Good)
+    })
+    .await;
     assert!((float(gw, "f32") - 123.456).abs() < 1e-4);
     assert_eq!(point(gw, "py", "i32").value, Some(Value::Int(-123456)));
-    assert_eq!(point(gw, "py", "u64").value, Some(Value::UInt(0x0102030405060708)));
+    assert_eq!(
+        point(gw, "py", "u64").value,
+        Some(Value::UInt(0x0102030405060708))
+    );
     assert_eq!(point(gw, "py", "i16").value, Some(Value::Int(-2)));
     assert_eq!(point(gw, "py", "u16").value, Some(Value::Int(65000)));
-    assert_eq!(point(gw, "py", "string").value, Some(Value::Text("HELLO-PLC!".into())));
+    assert_eq!(
+        point(gw, "py", "string").value,
+        Some(Value::Text("HELLO-PLC!".into()))
+    );
     assert_eq!(point(gw, "py", "f64").value, Some(Value::Float(-1.5)));
     assert_eq!(point(gw, "py", "i64").value, Some(Value::Int(-5)));
     assert_eq!(point(gw, "py", "u32").value, Some(Value::Int(0x12345678)));
@@ -102,12 +147,30 @@ async fn check_every_type_and_order(gw: &Gateway) {
     assert_eq!(point(gw, "py", "coil0").value, Some(Value::Bool(true)));
     assert_eq!(point(gw, "py", "di1").value, Some(Value::Bool(true)));
     // 65000 = 0xFDE8: bit 3 is set.
-    assert_eq!(point(gw, "py", "bit0_of_u16").value, Some(Value::Bool(true)));
+    assert_eq!(
+        point(gw, "py", "bit0_of_u16").value,
+        Some(Value::Bool(true))
+    );
     for k in 0..4 {
-        assert!((float(gw, &format!("f32_{k}")) - 123.456).abs() < 1e-4, "f32 order {k}");
-        assert_eq!(point(gw, "py", &format!("f64_{k}")).value, Some(Value::Float(-1.5)), "f64 order {k}");
-        assert_eq!(point(gw, "py", &format!("u32_{k}")).value, Some(Value::Int(0x12345678)), "u32 order {k}");
-        assert_eq!(point(gw, "py", &format!("i64_{k}")).value, Some(Value::Int(-5)), "i64 order {k}");
+        assert!(
+            (float(gw, &format!("f32_{k}")) - 123.456).abs() < 1e-4,
+            "f32 order {k}"
+        );
+        assert_eq!(
+            point(gw, "py", &format!("f64_{k}")).value,
+            Some(Value::Float(-1.5)),
+            "f64 order {k}"
+        );
+        assert_eq!(
+            point(gw, "py", &format!("u32_{k}")).value,
+            Some(Value::Int(0x12345678)),
+            "u32 order {k}"
+        );
+        assert_eq!(
+            point(gw, "py", &format!("i64_{k}")).value,
+            Some(Value::Int(-5)),
+            "i64 order {k}"
+        );
     }
     // Writes: FC 16 for an f64, FC 6 for a u16, FC 5 for a coil; read back by polling.
     gw.write("py", "w_f64", Value::Float(2.25)).await.unwrap();
@@ -123,7 +186,9 @@ async fn check_every_type_and_order(gw: &Gateway) {
 
 async fn wait_tcp(port: u16) {
     wait_for_async("pymodbus listening", || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
     })
     .await;
 }
@@ -135,15 +200,21 @@ async fn pymodbus_tcp_every_type_and_order_reads_and_writes() {
     let _server = start_pymodbus(&py, "tcp", &port.to_string());
     wait_tcp(port).await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(config(dir.path(), &format!("{}{}", tcp_bus(&format!("127.0.0.1:{port}")), points())))
-        .await
-        .unwrap();
+    let gw = Gateway::start(config(
+        dir.path(),
+        &format!("{}{}", tcp_bus(&format!("127.0.0.1:{port}")), points()),
+    ))
+    .await
+    .unwrap();
     check_every_type_and_order(&gw).await;
     gw.shutdown().await;
 }
 
 fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_edge-gateway")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -165,18 +236,68 @@ async fn pymodbus_tcp_commissioning_cli_reads_writes_and_names_exceptions() {
         a.extend_from_slice(extra);
         cli(&a)
     };
-    let (code, out, err) = run(&["--table", "holding", "--address", "32", "--type", "f32", "--byte-order", "little", "--word-order", "little"]);
+    let (code, out, err) = run(&[
+        "--table",
+        "holding",
+        "--address",
+        "32",
+        "--type",
+        "f32",
+        "--byte-order",
+        "little",
+        "--word-order",
+        "little",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.trim().starts_with("123.456"), "{out}");
-    let (code, out, _) = run(&["--table", "coil", "--address", "0", "--count", "4", "--json"]);
-    assert_eq!((code, out.trim()), (0, r#"{"values":[true,false,true,true]}"#));
+    let (code, out, _) = run(&[
+        "--table",
+        "coil",
+        "--address",
+        "0",
+        "--count",
+        "4",
+        "--json",
+    ]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, r#"{"values":[true,false,true,true]}"#)
+    );
     let (code, _, err) = run(&["--table", "holding", "--address", "500"]);
     assert_eq!(code, 2);
     assert!(err.contains("illegal data address"), "{err}");
-    let (code, out, _) = cli(&["write", "--tcp", &tcp, "--unit", "1", "--table", "holding", "--address", "106", "--type", "i32", "--word-order", "little", "--value", "-7"]);
+    let (code, out, _) = cli(&[
+        "write",
+        "--tcp",
+        &tcp,
+        "--unit",
+        "1",
+        "--table",
+        "holding",
+        "--address",
+        "106",
+        "--type",
+        "i32",
+        "--word-order",
+        "little",
+        "--value",
+        "-7",
+    ]);
     assert_eq!((code, out.trim()), (0, "ok"));
-    let (code, out, _) = run(&["--table", "holding", "--address", "106", "--count", "2", "--json"]);
-    assert_eq!((code, out.trim()), (0, r#"{"values":[65529,65535]}"#), "-7 = 0xFFFFFFF9 as i32, low word first");
+    let (code, out, _) = run(&[
+        "--table",
+        "holding",
+        "--address",
+        "106",
+        "--count",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, r#"{"values":[65529,65535]}"#),
+        "-7 = 0xFFFFFFF9 as i32, low word first"
+    );
 }
 
 #[tokio::test]
@@ -194,7 +315,9 @@ async fn pymodbus_rtu_on_a_pty_pair_every_type_and_order_reads_and_writes() {
         pair.b
     );
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(config(dir.path(), &format!("{bus}{}", points()))).await.unwrap();
+    let gw = Gateway::start(config(dir.path(), &format!("{bus}{}", points())))
+        .await
+        .unwrap();
     check_every_type_and_order(&gw).await;
     gw.shutdown().await;
 }

@@ -106,12 +106,22 @@ pub fn point(gw: &Gateway, device: &str, point: &str) -> state::PointLive {
 }
 
 pub fn online(gw: &Gateway, device: &str) -> bool {
-    let d = gw.config.devices.iter().position(|x| x.id == device).unwrap();
+    let d = gw
+        .config
+        .devices
+        .iter()
+        .position(|x| x.id == device)
+        .unwrap();
     state::read(&gw.live).devices[d].online
 }
 
 pub fn requests(gw: &Gateway, device: &str, result: &str) -> u64 {
-    let d = gw.config.devices.iter().position(|x| x.id == device).unwrap();
+    let d = gw
+        .config
+        .devices
+        .iter()
+        .position(|x| x.id == device)
+        .unwrap();
     gw.metrics.requests(d, result)
 }
 

@@ -1,0 +1,148 @@
+//! The binary's commands as a user runs them: exit codes and messages of `check-config`, `run`,
+//! `read`, `write` and `hash-password`.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+use edge_gateway::modbus::simulator::{Fault, Profile, PUMP};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
+}
+
+/// Runs the binary off the async runtime so the in-process simulator keeps answering.
+async fn run(args: Vec<String>) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = bin().args(&args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+fn args(s: &str) -> Vec<String> {
+    s.split_whitespace().map(String::from).collect()
+}
+
+#[tokio::test]
+async fn check_config_lists_every_problem_with_key_path_and_line_and_exits_1() {
+    let f = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/config/invalid/many_problems.toml"
+    );
+    let (code, _, err) = run(args(&format!("check-config --config {f}"))).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("many_problems.toml: line 79: devices[1].points[5].type: unknown type `f23`"),
+        "{err}"
+    );
+    assert!(err.lines().count() >= 14, "{err}");
+    let ok = concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml");
+    let (code, out, _) = run(args(&format!("check-config --config {ok}"))).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("ok (1 buses, 3 devices"), "{out}");
+}
+
+#[tokio::test]
+async fn run_exits_64_on_an_invalid_config_before_opening_any_port() {
+    let dir = tempfile::tempdir().unwrap();
+    // Valid except one key; its HTTP port is held by us, so a bind attempt would fail differently.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = dir.path().join("g.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nid = \"gw\"\ndata_dir = {:?}\n[http]\nlisten = \"{}\"\n[[buses]]\nname = \"b\"\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\n[[devices]]\nid = \"d\"\nbus = \"b\"\nunit = 0\npoints = [{{ id = \"p\", table = \"holding\", address = 0, type = \"u16\" }}]\n",
+            dir.path().join("data").display().to_string(),
+            held.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run(vec![
+        "run".into(),
+        "--config".into(),
+        cfg.display().to_string(),
+    ])
+    .await;
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("devices[0].unit") && err.contains("line 13"),
+        "{err}"
+    );
+    assert!(!dir.path().join("data").exists(), "nothing was opened");
+    let (code, _, err) = run(args("run --config /nonexistent/gateway.toml")).await;
+    assert_eq!(code, 64);
+    assert!(
+        err.contains("cannot read /nonexistent/gateway.toml"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn read_and_write_exit_codes_ok_exception_and_timeout() {
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    let a = addr.to_string();
+    let (code, out, _) = run(args(&format!(
+        "read --tcp {a} --unit 3 --table holding --address 100 --type string --length 8"
+    )))
+    .await;
+    assert_eq!((code, out.trim()), (0, "PM-2000-0042"));
+    let (code, out, _) = run(args(&format!(
+        "write --tcp {a} --unit 2 --table holding --address 0 --value 1200"
+    )))
+    .await;
+    assert_eq!((code, out.trim()), (0, "ok"));
+    let (code, out, _) = run(args(&format!(
+        "read --tcp {a} --unit 2 --table holding --address 0 --count 1 --json"
+    )))
+    .await;
+    assert_eq!((code, out.trim()), (0, r#"{"values":[1200]}"#));
+    let (code, _, err) = run(args(&format!(
+        "read --tcp {a} --unit 2 --table input --address 199 --count 2"
+    )))
+    .await;
+    assert_eq!(code, 2);
+    assert!(err.contains("illegal data address"), "{err}");
+    sim.set_fault(PUMP, Some(Fault::Silent));
+    let (code, _, err) = run(args(&format!(
+        "read --tcp {a} --unit 2 --table holding --address 0 --timeout-ms 200"
+    )))
+    .await;
+    assert_eq!(code, 3);
+    assert!(err.contains("timed out"), "{err}");
+    let (code, _, err) = run(args(
+        "write --tcp 127.0.0.1:1 --unit 2 --table coil --address 0 --value on",
+    ))
+    .await;
+    assert_eq!(code, 3);
+    assert!(err.contains("cannot connect"), "{err}");
+    let (code, _, err) = run(args(&format!(
+        "write --tcp {a} --unit 2 --table input --address 0 --value 1"
+    )))
+    .await;
+    assert_eq!(code, 64);
+    assert!(err.contains("cannot be written"), "{err}");
+}
+
+#[test]
+fn hash_password_prints_an_argon2id_phc_string() {
+    use std::io::Write;
+    let mut child = bin()
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(s.starts_with("$argon2id$v=19$"), "{s}");
+    assert!(!s.contains("s3cret"));
+}

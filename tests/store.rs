@@ -1,0 +1,172 @@
+//! The SQLite store: state survives a restart (stale until re-polled), history follows the
+//! deadband, retention prunes, and a damaged or unwritable store is a clear error.
+
+mod common;
+
+use common::*;
+use edge_gateway::modbus::simulator::{Profile, BOILER};
+use edge_gateway::model::{now_ms, Quality, Value};
+use edge_gateway::{Gateway, StartError};
+
+fn body(addr: &str) -> String {
+    format!("{}{}", tcp_bus(addr), BOILER_AND_PUMP)
+}
+
+#[tokio::test]
+async fn after_a_restart_the_last_state_is_there_at_once_marked_stale_until_repolled() {
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    sim.with_memory(BOILER, |m| m.holding[2] = 777);
+    let gw = Gateway::start(config(dir.path(), &body(&addr.to_string())))
+        .await
+        .unwrap();
+    wait_for("read", || point(&gw, "boiler", "setpoint").value.is_some()).await;
+    gw.shutdown().await;
+
+    // Restart against a link that answers nothing: only the store can supply the value.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw = Gateway::start(config(dir.path(), &body(&format!("127.0.0.1:{port}"))))
+        .await
+        .unwrap();
+    let p = point(&gw, "boiler", "setpoint");
+    assert_eq!(p.quality, Quality::Stale);
+    let v = p.value.and_then(|v| v.as_f64()).unwrap();
+    assert!((v - 77.7).abs() < 1e-9, "{v}");
+    let status = edge_gateway::state::read(&gw.live).devices[0].last_seen;
+    assert!(status.is_some(), "last seen survives the restart");
+    gw.shutdown().await;
+
+    // And with the device back, the value is polled fresh.
+    let gw = Gateway::start(config(dir.path(), &body(&addr.to_string())))
+        .await
+        .unwrap();
+    wait_for("re-polled", || {
+        quality(&gw, "boiler", "setpoint") == Quality::Good
+    })
+    .await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn history_is_recorded_on_change_beyond_the_deadband_and_queried_oldest_first() {
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let devices = r#"
+[[devices]]
+id = "boiler"
+bus = "b"
+unit = 1
+poll_interval_ms = 50
+points = [ { id = "setpoint", table = "holding", address = 2, type = "u16", deadband = 10.0 } ]
+"#;
+    let gw = Gateway::start(config(
+        dir.path(),
+        &format!("{}{devices}", tcp_bus(&addr.to_string())),
+    ))
+    .await
+    .unwrap();
+    // 100 -> 105 (inside the deadband) -> 120 (beyond it).
+    let set = |v: u16| sim.with_memory(BOILER, |m| m.holding[2] = v);
+    set(100);
+    wait_for("100", || {
+        point(&gw, "boiler", "setpoint").value == Some(Value::Int(100))
+    })
+    .await;
+    set(105);
+    wait_for("105", || {
+        point(&gw, "boiler", "setpoint").value == Some(Value::Int(105))
+    })
+    .await;
+    set(120);
+    wait_for("120", || {
+        point(&gw, "boiler", "setpoint").value == Some(Value::Int(120))
+    })
+    .await;
+    gw.store.flush().await;
+    let conn = edge_gateway::store::open_reader(dir.path()).unwrap();
+    let dev = &gw.config.devices[0];
+    let rows = edge_gateway::store::history(&conn, dev, &dev.points[0], 0, now_ms(), 100).unwrap();
+    let values: Vec<_> = rows.iter().map(|r| r.1.clone().unwrap()).collect();
+    // The first reading (the simulator's initial 800) and the values past the deadband.
+    assert_eq!(values.last(), Some(&Value::Int(120)));
+    assert!(values.contains(&Value::Int(100)));
+    assert!(!values.contains(&Value::Int(105)), "{values:?}");
+    assert!(rows.windows(2).all(|w| w[0].0 <= w[1].0), "oldest first");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn history_older_than_the_retention_is_pruned_at_start() {
+    let (_sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(dir.path(), &body(&addr.to_string())))
+        .await
+        .unwrap();
+    gw.shutdown().await;
+    let db = dir.path().join(edge_gateway::store::DB_FILE);
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let old = now_ms() - 8 * 86_400_000;
+        conn.execute(
+            "INSERT INTO telemetry (device_id, point_id, ts, value, quality) VALUES ('boiler', 'setpoint', ?1, 1, 'good')",
+            [old],
+        )
+        .unwrap();
+    }
+    let gw = Gateway::start(config(dir.path(), &body(&addr.to_string())))
+        .await
+        .unwrap();
+    gw.store.flush().await;
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM telemetry WHERE ts < ?1",
+            [now_ms() - 7 * 86_400_000],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 0, "rows past the 7-day default retention are gone");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_corrupt_database_file_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(edge_gateway::store::DB_FILE),
+        b"this is not sqlite, just junk bytes ".repeat(200),
+    )
+    .unwrap();
+    let err = match Gateway::start(config(dir.path(), &body("127.0.0.1:1"))).await {
+        Err(e) => e,
+        Ok(_) => panic!("a junk file must not open as a store"),
+    };
+    assert!(matches!(err, StartError::Store(_)));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("gateway.db")
+            && msg.contains("not a database")
+            && msg.contains("move it aside"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn an_unwritable_data_dir_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the data directory should be.
+    let blocker = dir.path().join("data");
+    std::fs::write(&blocker, b"x").unwrap();
+    let err = match Gateway::start(config(&blocker.join("sub"), &body("127.0.0.1:1"))).await {
+        Err(e) => e,
+        Ok(_) => panic!("must fail"),
+    };
+    assert!(
+        err.to_string().contains("cannot create the data directory"),
+        "{err}"
+    );
+}
