@@ -1,1 +1,226 @@
-fn main() {}
+//! Polling benchmark: 500 devices × 30 points (10 TCP buses of 50 unit ids) polled every second
+//! from the simulator, measured on the gateway process alone: points/s, CPU % of one core, peak
+//! RSS. Then the idle RSS of `demo`. Run: `cargo bench --bench poll` (release profile).
+//!
+//! The simulator runs as its own process (`edge-gateway simulate --profile bench`) so that its
+//! work is not counted against the gateway.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BUSES: usize = 10;
+const UNITS: usize = 50;
+const POINTS: usize = 30;
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// A field of /proc/PID/status in kB (VmRSS, VmHWM).
+fn status_kb(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Successful Modbus requests so far, summed over devices, from /metrics.
+fn ok_requests(port: u16) -> u64 {
+    http_get(port, "/metrics")
+        .lines()
+        .filter(|l| l.starts_with("edge_modbus_requests_total{") && l.contains("result=\"ok\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn wait_for_line(child: &mut Child, needle: &str) {
+    let out = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    for l in lines.by_ref() {
+        if l.unwrap().contains(needle) {
+            break;
+        }
+    }
+    // Keep draining so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+}
+
+fn bench_config(dir: &std::path::Path, sim: u16, http: u16) -> String {
+    let mut c = format!(
+        "[gateway]\nid = \"bench\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:{http}\"\n",
+        dir.display().to_string()
+    );
+    for b in 0..BUSES {
+        c += &format!("[[buses]]\nname = \"bus{b}\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{sim}\"\ntimeout_ms = 1000\n");
+    }
+    // 10 f32, 10 u16, 10 i16: 40 registers, one read per device.
+    let mut pts = Vec::new();
+    for i in 0..10 {
+        pts.push(format!(
+            r#"{{ id = "f{i}", table = "holding", address = {}, type = "f32", deadband = 0.5 }}"#,
+            i * 2
+        ));
+        pts.push(format!(
+            r#"{{ id = "u{i}", table = "holding", address = {}, type = "u16", deadband = 1.0 }}"#,
+            20 + i
+        ));
+        pts.push(format!(
+            r#"{{ id = "s{i}", table = "holding", address = {}, type = "i16", scale = 0.1 }}"#,
+            30 + i
+        ));
+    }
+    assert_eq!(pts.len(), POINTS);
+    c += &format!("[templates.dev]\npoints = [\n  {}\n]\n", pts.join(",\n  "));
+    for b in 0..BUSES {
+        for u in 1..=UNITS {
+            c += &format!(
+                "[[devices]]\nid = \"b{b}u{u}\"\nbus = \"bus{b}\"\nunit = {u}\npoll_interval_ms = 1000\ntemplate = \"dev\"\n"
+            );
+        }
+    }
+    c
+}
+
+fn main() {
+    // `cargo bench` passes --bench; a filter argument is not used.
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let dir = tempfile::tempdir().unwrap();
+    let sim_port = free_port();
+    let mut sim = Proc(
+        bin()
+            .args([
+                "simulate",
+                "--profile",
+                "bench",
+                "--listen",
+                &format!("127.0.0.1:{sim_port}"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_line(&mut sim.0, "simulator:");
+
+    let http = free_port();
+    let cfg = dir.path().join("bench.toml");
+    std::fs::write(&cfg, bench_config(&dir.path().join("data"), sim_port, http)).unwrap();
+    let gw = Proc(
+        bin()
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = gw.0.id();
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", http)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "gateway did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Warm up: every device online and the store past its first writes.
+    std::thread::sleep(Duration::from_secs(5));
+    let (req0, cpu0, t0) = (ok_requests(http), cpu_seconds(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(secs));
+    let (req1, cpu1, wall) = (
+        ok_requests(http),
+        cpu_seconds(pid),
+        t0.elapsed().as_secs_f64(),
+    );
+    let health = http_get(http, "/healthz");
+    let points_per_s = (req1 - req0) as f64 * POINTS as f64 / wall;
+    let cpu_pct = (cpu1 - cpu0) / wall * 100.0;
+    let peak_rss = status_kb(pid, "VmHWM");
+    let rss = status_kb(pid, "VmRSS");
+    drop(gw);
+    drop(sim);
+
+    println!(
+        "poll benchmark: {BUSES} buses x {UNITS} units x {POINTS} points at 1 s, {secs} s measured"
+    );
+    println!("  points/s sustained:    {points_per_s:.0} (target 15000)");
+    println!(
+        "  requests/s:            {:.0}",
+        (req1 - req0) as f64 / wall
+    );
+    println!("  gateway CPU:           {cpu_pct:.1} % of one core (target < 15 %)");
+    println!(
+        "  gateway RSS:           {:.1} MB now, {:.1} MB peak (target < 30 MB)",
+        rss as f64 / 1024.0,
+        peak_rss as f64 / 1024.0
+    );
+    println!(
+        "  healthz:               {}",
+        health.lines().last().unwrap_or("")
+    );
+
+    // Idle RSS of demo (simulator + gateway in one process).
+    let demo_port = free_port();
+    let mut demo = Proc(
+        bin()
+            .args([
+                "demo",
+                "--listen",
+                &format!("127.0.0.1:{demo_port}"),
+                "--data",
+                dir.path().join("demo").to_str().unwrap(),
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_line(&mut demo.0, "Press Ctrl-C");
+    std::thread::sleep(Duration::from_secs(10));
+    let demo_rss = status_kb(demo.0.id(), "VmRSS");
+    println!(
+        "  demo idle RSS:         {:.1} MB after 10 s (target < 15 MB)",
+        demo_rss as f64 / 1024.0
+    );
+}

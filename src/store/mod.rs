@@ -91,13 +91,16 @@ pub enum StoreCmd {
     Flush(oneshot::Sender<()>),
 }
 
+/// A point's last stored value (`None` when the last report had none) and its time.
+pub type LastValue = (Option<Value>, Millis);
+
 /// The state a restart begins with.
 #[derive(Debug, Default, Clone)]
 pub struct Restored {
     /// Per device (config order): last known online flag and last-seen time.
     pub devices: Vec<(Option<bool>, Option<Millis>)>,
     /// Per device, per point: last value, its time.
-    pub points: Vec<Vec<Option<(Option<Value>, Millis)>>>,
+    pub points: Vec<Vec<Option<LastValue>>>,
 }
 
 /// The sending side of the writer, cheap to clone.
