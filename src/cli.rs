@@ -162,16 +162,21 @@ pub async fn read(t: Target, count: u16, json: bool) -> i32 {
     EXIT_OK
 }
 
-/// `write`: FC 5 for a coil, 6 for one register, 16 for wider types.
+/// `write`: FC 5 for a coil (FC 15 for a list of coils), 6 for one register, 16 for wider types.
 pub async fn write(t: Target, value: &str) -> i32 {
     let op = match t.table {
-        Table::Coil => match codec::parse_bool(value) {
-            Some(b) => WriteOp::Coil(b),
-            None => {
-                eprintln!("error: a coil takes true/false, on/off or 1/0, not `{value}`");
-                return EXIT_USAGE;
+        Table::Coil => {
+            // One value: FC 5. A comma-separated list: FC 15 from --address on.
+            let bits: Option<Vec<bool>> = value.split(',').map(codec::parse_bool).collect();
+            match bits {
+                Some(b) if b.len() == 1 => WriteOp::Coil(b[0]),
+                Some(b) if b.len() <= 1968 => WriteOp::Coils(b),
+                _ => {
+                    eprintln!("error: a coil takes true/false, on/off or 1/0 (or a comma-separated list of up to 1968), not `{value}`");
+                    return EXIT_USAGE;
+                }
             }
-        },
+        }
         Table::Holding => match codec::encode_registers(&t.format, &Value::Text(value.to_string()))
         {
             Ok(r) if r.len() == 1 => WriteOp::Register(r[0]),

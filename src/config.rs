@@ -965,6 +965,19 @@ impl Validator<'_> {
                     }
                 }
             };
+            if let Link::Rtu { port, .. } = &link {
+                if let Some(other) = out.iter().find(
+                    |o: &&Bus| matches!(&o.link, Link::Rtu { port: theirs, .. } if theirs == port),
+                ) {
+                    self.err(
+                        &p.key("port"),
+                        format!(
+                            "{port} is already bus `{}`: one serial port is one bus (put all its devices on that bus)",
+                            other.name
+                        ),
+                    );
+                }
+            }
             out.push(Bus {
                 name: b.name,
                 link,

@@ -103,6 +103,16 @@ async fn read_and_write_exit_codes_ok_exception_and_timeout() {
     )))
     .await;
     assert_eq!((code, out.trim()), (0, r#"{"values":[1200]}"#));
+    // FC 15: several coils at once.
+    let (code, out, _) = run(args(&format!(
+        "write --tcp {a} --unit 1 --table coil --address 10 --value 1,0,on,off,true"
+    )))
+    .await;
+    assert_eq!((code, out.trim()), (0, "ok"));
+    assert_eq!(
+        sim.with_memory(1, |m| m.coils[10..15].to_vec()),
+        Some(vec![true, false, true, false, true])
+    );
     let (code, _, err) = run(args(&format!(
         "read --tcp {a} --unit 2 --table input --address 199 --count 2"
     )))

@@ -117,37 +117,6 @@ async fn a_connection_reset_mid_frame_reconnects() {
 async fn a_dead_slave_goes_offline_and_costs_the_bus_one_probe_per_backoff() {
     let (gw, _dir) = pump_fault_leaves_boiler_polling(Fault::Silent, "timeout").await;
     gw.shutdown().await;
-
-    // Again, this time watching the dead slave after it went offline.
-    let (sim, addr, _c) = start_sim(Profile::Demo).await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(config(
-        dir.path(),
-        &format!("{}{}", tcp_bus(&addr.to_string()), BOILER_AND_PUMP),
-    ))
-    .await
-    .unwrap();
-    wait_for("pump online", || online(&gw, "pump")).await;
-    sim.set_fault(PUMP, Some(Fault::Silent));
-    wait_for("pump offline", || !online(&gw, "pump")).await;
-    let timeouts = requests(&gw, "pump", "timeout");
-    let boiler = requests(&gw, "boiler", "ok");
-    // 30 healthy polls at 100 ms: about 3 s, in which the dead slave is probed at 1 s and 2 s
-    // backoff. A slow machine stretches the window, but the probes stay far below one per poll.
-    wait_for("boiler polled", || {
-        requests(&gw, "boiler", "ok") >= boiler + 30
-    })
-    .await;
-    let probes = requests(&gw, "pump", "timeout") - timeouts;
-    assert!(
-        probes <= 4,
-        "dead slave was probed {probes} times during 30 healthy polls"
-    );
-    assert!(online(&gw, "boiler"));
-    // Back to life: the probe finds it.
-    sim.set_fault(PUMP, None);
-    wait_for("pump back online", || online(&gw, "pump")).await;
-    gw.shutdown().await;
 }
 
 #[tokio::test]
@@ -329,4 +298,66 @@ async fn reqwest_healthz(addr: std::net::SocketAddr) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
+}
+
+#[tokio::test]
+async fn inter_request_delay_is_silence_on_the_wire_between_any_two_requests() {
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bus = tcp_bus(&addr.to_string()).replace(
+        "retries = 0\n",
+        "retries = 0\ninter_request_delay_ms = 40\n",
+    );
+    let gw = Gateway::start(config(dir.path(), &format!("{bus}{BOILER_AND_PUMP}")))
+        .await
+        .unwrap();
+    wait_for("20 requests", || {
+        sim.arrivals(BOILER).len() + sim.arrivals(PUMP).len() >= 20
+    })
+    .await;
+    gw.shutdown().await;
+    let mut all: Vec<_> = sim
+        .arrivals(BOILER)
+        .into_iter()
+        .chain(sim.arrivals(PUMP))
+        .collect();
+    all.sort();
+    // A lower bound only: a slow machine can widen the gaps, never narrow them.
+    for w in all.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= std::time::Duration::from_millis(40),
+            "only {gap:?} between two requests"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_offline_slave_is_only_probed_while_its_neighbour_is_polled_on_schedule() {
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(
+        dir.path(),
+        &format!("{}{}", tcp_bus(&addr.to_string()), BOILER_AND_PUMP),
+    ))
+    .await
+    .unwrap();
+    wait_for("pump online", || online(&gw, "pump")).await;
+    sim.set_fault(PUMP, Some(Fault::Silent));
+    wait_for("pump offline", || !online(&gw, "pump")).await;
+    let pump_before = sim.arrivals(PUMP).len();
+    let boiler_before = sim.arrivals(BOILER).len();
+    wait_for("30 boiler requests", || {
+        sim.arrivals(BOILER).len() >= boiler_before + 30
+    })
+    .await;
+    let probes = sim.arrivals(PUMP).len() - pump_before;
+    assert!(
+        probes <= 4,
+        "{probes} requests reached the dead slave during 30 healthy polls"
+    );
+    // Back to life: a probe finds it.
+    sim.set_fault(PUMP, None);
+    wait_for("pump back online", || online(&gw, "pump")).await;
+    gw.shutdown().await;
 }

@@ -320,4 +320,30 @@ async fn pymodbus_rtu_on_a_pty_pair_every_type_and_order_reads_and_writes() {
         .unwrap();
     check_every_type_and_order(&gw).await;
     gw.shutdown().await;
+    // The commissioning CLI on the same line: a value, and an exception named.
+    let serial = |address: &'static str, ty: &'static str| {
+        let port = pair.b.clone();
+        tokio::task::spawn_blocking(move || {
+            cli(&[
+                "read",
+                "--serial",
+                &port,
+                "--baud",
+                "19200",
+                "--unit",
+                "1",
+                "--table",
+                "holding",
+                "--address",
+                address,
+                "--type",
+                ty,
+            ])
+        })
+    };
+    let (code, out, err) = serial("4", "u64").await.unwrap();
+    assert_eq!((code, out.trim()), (0, "72623859790382856"), "{err}");
+    let (code, _, err) = serial("500", "u16").await.unwrap();
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("illegal data address"), "{err}");
 }

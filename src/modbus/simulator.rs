@@ -1,9 +1,9 @@
 //! The built-in device simulator: a set of Modbus units whose values move plausibly, served over
 //! TCP (and RTU on a serial port), with scripted faults for tests and technicians.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -41,6 +41,21 @@ pub enum Fault {
 pub struct Unit {
     pub mem: Memory,
     pub fault: Option<Fault>,
+    /// When the last requests arrived (newest last, at most [`ARRIVALS_KEPT`]): lets tests see
+    /// the wire timing and how often a dead slave is tried.
+    pub arrivals: VecDeque<Instant>,
+}
+
+pub const ARRIVALS_KEPT: usize = 256;
+
+impl Unit {
+    fn new(mem: Memory) -> Unit {
+        Unit {
+            mem,
+            fault: None,
+            arrivals: VecDeque::new(),
+        }
+    }
 }
 
 /// A device set served on one port: unit id → unit.
@@ -107,18 +122,12 @@ impl Simulator {
                     .collect();
                 Memory::set_regs(&mut meter.holding, 100, &serial);
                 for (id, mem) in [(BOILER, boiler), (PUMP, pump), (METER, meter)] {
-                    units.insert(id, Mutex::new(Unit { mem, fault: None }));
+                    units.insert(id, Mutex::new(Unit::new(mem)));
                 }
             }
             Profile::Bench(n) => {
                 for id in 1..=n {
-                    units.insert(
-                        id,
-                        Mutex::new(Unit {
-                            mem: Memory::new(64),
-                            fault: None,
-                        }),
-                    );
+                    units.insert(id, Mutex::new(Unit::new(Memory::new(64))));
                 }
             }
         }
@@ -146,6 +155,21 @@ impl Simulator {
         self.units
             .get(&unit)
             .map(|u| f(&mut u.lock().unwrap_or_else(|e| e.into_inner()).mem))
+    }
+
+    /// When requests for `unit` arrived, oldest first.
+    pub fn arrivals(&self, unit: u8) -> Vec<Instant> {
+        self.units
+            .get(&unit)
+            .map(|u| {
+                u.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .arrivals
+                    .iter()
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Moves every value to where it would be `t` seconds after start.
@@ -239,6 +263,10 @@ impl Simulator {
     fn answer(&self, unit: u8, pdu: &[u8]) -> Option<(Vec<u8>, Option<Fault>)> {
         let u = self.units.get(&unit)?;
         let mut u = u.lock().unwrap_or_else(|e| e.into_inner());
+        if u.arrivals.len() == ARRIVALS_KEPT {
+            u.arrivals.pop_front();
+        }
+        u.arrivals.push_back(Instant::now());
         let fault = u.fault.clone();
         let resp = match fault {
             Some(Fault::Exception(code)) => vec![pdu.first().copied().unwrap_or(0) | 0x80, code],
