@@ -114,7 +114,7 @@ async fn a_connection_reset_mid_frame_reconnects() {
 }
 
 #[tokio::test]
-async fn a_dead_slave_goes_offline_and_costs_the_bus_one_probe_per_backoff() {
+async fn a_silent_slave_goes_bad_and_its_neighbour_polls_on() {
     let (gw, _dir) = pump_fault_leaves_boiler_polling(Fault::Silent, "timeout").await;
     gw.shutdown().await;
 }
