@@ -12,20 +12,15 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
-use crate::state::{self, SharedLive};
-use crate::store::StoreHandle;
+use crate::state;
+use crate::Shared;
 
-#[derive(Clone)]
-pub struct AppState {
-    pub live: SharedLive,
-    pub metrics: Arc<Metrics>,
-    pub store: StoreHandle,
-}
+type AppState = Arc<Shared>;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/ws", get(crate::ws::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -75,7 +70,8 @@ pub async fn bind(listen: &str) -> std::io::Result<TcpListener> {
 pub async fn serve(listener: TcpListener, state: AppState, cancel: CancellationToken) {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!("http listening on {addr:?}");
-    if let Err(e) = axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await
     {

@@ -10,7 +10,8 @@
 //!   link), the client link with deadlines and backoff, server framing, and the simulator.
 //! - [`state`]: the live state of every point and the report-on-change decision.
 //! - [`store`]: SQLite schema, migrations, the writer thread, restore at start, retention.
-//! - [`http`]: `/healthz`, `/metrics` and the dashboard page.
+//! - [`ws`]: the WebSocket service: sessions, roles, services, client hub and pushes.
+//! - [`http`]: `/ws`, `/healthz`, `/metrics` and the dashboard page.
 //! - [`metrics`]: counters kept by every stage, rendered for Prometheus.
 //! - [`cli`]: the commissioning commands `read` and `write`, and `demo`.
 
@@ -22,29 +23,110 @@ pub mod modbus;
 pub mod model;
 pub mod state;
 pub mod store;
+pub mod ws;
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use config::Config;
 use metrics::Metrics;
 use modbus::bus::{BusTask, WriteCommand, WriteError};
-use model::Value;
+use model::{now_ms, Value};
 use state::SharedLive;
-use store::StoreHandle;
+use store::{StoreCmd, StoreHandle};
+
+/// What every task and handler shares: the config, the live state, and the ways into the
+/// buses, the store and the connected clients.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub live: SharedLive,
+    pub metrics: Arc<Metrics>,
+    pub store: StoreHandle,
+    /// One per bus, in config order: writes jump that bus's poll queue.
+    pub writes: Vec<mpsc::Sender<WriteCommand>>,
+    pub hub: ws::hub::Hub,
+    pub auth: ws::auth::Auth,
+    /// The snapshot push period; `push.setInterval` changes it at run time.
+    pub push_interval: watch::Sender<Duration>,
+    /// Caps WebSocket connections at `push.max_clients`.
+    pub conn_limit: Arc<Semaphore>,
+    pub next_client_id: AtomicU64,
+    pub started: Instant,
+    /// Cancelled at shutdown: open connections close with 1001.
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// Writes a point through its bus, ahead of the polls; returns the value it had before once
+    /// the device confirmed. Every attempt is recorded in the audit table.
+    pub async fn write_audited(
+        &self,
+        user: &str,
+        source: &str,
+        device: usize,
+        point: usize,
+        value: Value,
+    ) -> Result<Option<Value>, WriteError> {
+        let old = state::read(&self.live).devices[device].points[point]
+            .value
+            .clone();
+        let (tx, rx) = oneshot::channel();
+        let cmd = WriteCommand {
+            device,
+            point,
+            value: value.clone(),
+            reply: tx,
+        };
+        let result = match self.writes[self.config.devices[device].bus].send(cmd).await {
+            Ok(()) => rx.await.unwrap_or(Err(WriteError::BusGone)),
+            Err(_) => Err(WriteError::BusGone),
+        };
+        let dev = &self.config.devices[device];
+        tracing::info!(
+            user,
+            source,
+            device = %dev.id,
+            point = %dev.points[point].id,
+            "write {value} (was {}): {}",
+            old.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "unknown".into()),
+            match &result {
+                Ok(()) => "ok".to_string(),
+                Err(e) => e.to_string(),
+            }
+        );
+        self.store
+            .send(StoreCmd::Audit(store::Audit {
+                ts: now_ms(),
+                user: user.to_string(),
+                source: source.to_string(),
+                device,
+                point,
+                old: old.clone(),
+                new: value,
+                result: match &result {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) => e.to_string(),
+                },
+            }))
+            .await;
+        result.map(|()| old)
+    }
+}
 
 /// A running gateway: what tests and `demo` hold on to.
 pub struct Gateway {
+    pub shared: Arc<Shared>,
     pub config: Arc<Config>,
     pub http_addr: SocketAddr,
     pub live: SharedLive,
     pub metrics: Arc<Metrics>,
     pub store: StoreHandle,
-    writes: Vec<mpsc::Sender<WriteCommand>>,
     cancel: CancellationToken,
     tasks: TaskTracker,
     store_thread: Option<std::thread::JoinHandle<()>>,
@@ -71,71 +153,68 @@ impl Gateway {
         ));
         let (store, restored, store_thread) = store::open(config.clone(), metrics.clone())?;
         let live: SharedLive = Arc::new(RwLock::new(state::Live::restored(&config, &restored)));
-        let listener =
-            http::bind(&config.http.listen)
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: config.http.listen.clone(),
-                    source,
-                })?;
-        let http_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        let listen_err = |source| StartError::Listen {
             addr: config.http.listen.clone(),
             source,
-        })?;
+        };
+        let listener = http::bind(&config.http.listen).await.map_err(listen_err)?;
+        let http_addr = listener.local_addr().map_err(listen_err)?;
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
 
-        // Bounded: a slow store slows the buses down instead of growing memory.
-        let (events_tx, events_rx) = mpsc::channel(256);
         let mut writes = Vec::new();
-        for b in 0..config.buses.len() {
+        let mut write_rxs = Vec::new();
+        for _ in &config.buses {
             let (wtx, wrx) = mpsc::channel(16);
             writes.push(wtx);
+            write_rxs.push(wrx);
+        }
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            live: live.clone(),
+            metrics: metrics.clone(),
+            store: store.clone(),
+            writes,
+            hub: ws::hub::Hub::new(config.devices.len(), metrics.clone()),
+            auth: ws::auth::Auth::new(config.users.clone()),
+            push_interval: watch::channel(config.push.interval).0,
+            conn_limit: Arc::new(Semaphore::new(config.push.max_clients)),
+            next_client_id: AtomicU64::new(1),
+            started: Instant::now(),
+            shutdown: cancel.child_token(),
+        });
+
+        // Bounded: a slow store slows the buses down instead of growing memory.
+        let (events_tx, events_rx) = mpsc::channel(256);
+        for (b, wrx) in write_rxs.into_iter().enumerate() {
             let task = BusTask::new(b, config.clone(), events_tx.clone(), wrx, metrics.clone());
             tasks.spawn(task.run(cancel.child_token()));
         }
         drop(events_tx);
-        tasks.spawn(state::run(
-            config.clone(),
-            live.clone(),
-            events_rx,
-            store.clone(),
-        ));
-        let app = http::AppState {
-            live: live.clone(),
-            metrics: metrics.clone(),
-            store: store.clone(),
-        };
-        tasks.spawn(http::serve(listener, app, cancel.child_token()));
+        tasks.spawn(state::run(shared.clone(), events_rx));
+        tasks.spawn(ws::snapshot_ticker(shared.clone(), cancel.child_token()));
+        tasks.spawn(http::serve(listener, shared.clone(), cancel.child_token()));
         tasks.close();
         Ok(Gateway {
+            shared,
             config,
             http_addr,
             live,
             metrics,
             store,
-            writes,
             cancel,
             tasks,
             store_thread: Some(store_thread),
         })
     }
 
-    /// Writes a point through its bus, ahead of the polls; returns once the device confirmed.
+    /// Writes a point by ids (as the local operator "gateway"); see [`Shared::write_audited`].
     pub async fn write(&self, device: &str, point: &str, value: Value) -> Result<(), WriteError> {
         let (d, p) = self.find(device, point).ok_or(WriteError::NotWritable)?;
-        let (tx, rx) = oneshot::channel();
-        let cmd = WriteCommand {
-            device: d,
-            point: p,
-            value,
-            reply: tx,
-        };
-        self.writes[self.config.devices[d].bus]
-            .send(cmd)
+        self.shared
+            .write_audited("gateway", "api", d, p, value)
             .await
-            .map_err(|_| WriteError::BusGone)?;
-        rx.await.map_err(|_| WriteError::BusGone)?
+            .map(|_| ())
     }
 
     /// Device and point indexes by id.
@@ -156,6 +235,7 @@ impl Gateway {
         self.store.flush().await;
         let thread = self.store_thread.take();
         drop(self.store);
+        drop(self.shared);
         if let Some(t) = thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
@@ -189,9 +269,6 @@ fn warn_unbuilt(config: &Config) {
     }
     if !config.rules.is_empty() {
         missing.push("[[rules]] (alarm evaluation)");
-    }
-    if !config.users.is_empty() {
-        missing.push("[[users]] (WebSocket logins)");
     }
     for m in missing {
         tracing::warn!("{m} is configured but not implemented in this build yet; it is validated and otherwise ignored");

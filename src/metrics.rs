@@ -23,7 +23,95 @@ pub struct BusCounters {
     pub request_count: AtomicU64,
 }
 
+/// Push kinds counted in `edge_push_messages_total{kind}`.
+pub const PUSH_KINDS: [&str; 3] = ["snapshot", "telemetry", "event"];
+
+/// A histogram with fixed buckets in seconds, sized for millisecond latencies.
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+const BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let s = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(d.as_nanos() as u64, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.counts[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
+        }
+        cumulative += self.counts[BUCKETS.len()].load(Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+        );
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{braces} {}",
+            self.sum_ns.load(Relaxed) as f64 / 1e9
+        );
+        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
+    }
+}
+
+/// WebSocket push figures.
+#[derive(Default)]
+pub struct PushCounters {
+    /// `[kind][0 = sent, 1 = dropped]`, kinds as [`PUSH_KINDS`].
+    pub messages: [[AtomicU64; 2]; 3],
+    pub clients: AtomicI64,
+    /// Time to hand one push to every recipient's queue.
+    pub duration: Histogram,
+    /// Sample read (or push created) → frame handed to the socket.
+    pub latency: Histogram,
+}
+
+impl PushCounters {
+    pub fn sent(&self, kind: usize) {
+        self.messages[kind][0].fetch_add(1, Relaxed);
+    }
+    pub fn dropped(&self, kind: usize) {
+        self.messages[kind][1].fetch_add(1, Relaxed);
+    }
+    pub fn count(&self, kind: usize, dropped: bool) -> u64 {
+        self.messages[kind][dropped as usize].load(Relaxed)
+    }
+}
+
 pub struct Metrics {
+    pub push: PushCounters,
     device_names: Vec<String>,
     bus_names: Vec<String>,
     pub devices: Vec<DeviceCounters>,
@@ -35,6 +123,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(device_names: Vec<String>, bus_names: Vec<String>) -> Metrics {
         Metrics {
+            push: PushCounters::default(),
             devices: device_names
                 .iter()
                 .map(|_| DeviceCounters::default())
@@ -103,9 +192,41 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# TYPE edge_ws_clients gauge\nedge_ws_clients {}",
+            self.push.clients.load(Relaxed)
+        );
+        out.push_str("# TYPE edge_push_messages_total counter\n");
+        for (k, kind) in PUSH_KINDS.iter().enumerate() {
+            for (r, result) in ["sent", "dropped"].iter().enumerate() {
+                let v = self.push.messages[k][r].load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "edge_push_messages_total{{kind=\"{kind}\",result=\"{result}\"}} {v}"
+                );
+            }
+        }
+        out.push_str("# TYPE edge_push_duration_seconds histogram\n");
+        self.push
+            .duration
+            .render(&mut out, "edge_push_duration_seconds", "");
+        out.push_str("# TYPE edge_push_latency_seconds histogram\n");
+        self.push
+            .latency
+            .render(&mut out, "edge_push_latency_seconds", "");
+        let _ = writeln!(
+            out,
             "# TYPE edge_store_rows_total counter\nedge_store_rows_total {}",
             self.store_rows.load(Relaxed)
         );
         out
     }
+}
+
+/// Resident set size of this process, from /proc (0 where there is no /proc).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
 }

@@ -105,6 +105,12 @@ pub fn rfc3339(ms: Millis) -> String {
     t.format(&fmt).unwrap_or_default()
 }
 
+/// Parses RFC 3339 (any offset) into milliseconds since the epoch.
+pub fn parse_rfc3339(s: &str) -> Option<Millis> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +119,14 @@ mod tests {
     fn rfc3339_has_milliseconds_and_utc() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            parse_rfc3339("2023-11-14T22:13:20.123Z"),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(
+            parse_rfc3339("2023-11-14T23:13:20.123+01:00"),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

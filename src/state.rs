@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use crate::config::{Config, Point};
 use crate::modbus::bus::BusEvent;
 use crate::model::{Millis, Quality, Value};
-use crate::store::{Restored, Row, StoreCmd, StoreHandle};
+use crate::store::{Restored, Row, StoreCmd};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PointLive {
@@ -106,18 +106,21 @@ fn must_report(point: &Point, p: &PointLive, ts: Millis) -> bool {
     }
 }
 
-/// Applies bus events to the live state and sends what must be stored. Ends when every bus
-/// has stopped (its sender dropped), so nothing polled is lost at shutdown.
-pub async fn run(
-    config: Arc<Config>,
-    live: SharedLive,
-    mut rx: mpsc::Receiver<BusEvent>,
-    store: StoreHandle,
-) {
+/// Applies bus events to the live state, pushes reported changes to WebSocket subscribers, and
+/// sends what must be stored. Ends when every bus has stopped (its sender dropped), so nothing
+/// polled is lost at shutdown.
+pub async fn run(shared: Arc<crate::Shared>, mut rx: mpsc::Receiver<BusEvent>) {
     while let Some(ev) = rx.recv().await {
-        let cmd = apply(&config, &live, ev);
+        let read_at = match &ev {
+            BusEvent::Polled { at, .. } => *at,
+            BusEvent::Status { .. } => std::time::Instant::now(),
+        };
+        let cmd = apply(&shared.config, &shared.live, ev);
+        if let Some(StoreCmd::Report { device, ts, rows }) = &cmd {
+            crate::ws::push_telemetry(&shared, *device, *ts, rows, read_at);
+        }
         if let Some(cmd) = cmd {
-            if !store.send(cmd).await {
+            if !shared.store.send(cmd).await {
                 tracing::error!("store writer is gone; stopping the pipeline");
                 return;
             }
@@ -132,6 +135,7 @@ pub fn apply(config: &Config, live: &SharedLive, ev: BusEvent) -> Option<StoreCm
             device,
             ts,
             results,
+            ..
         } => {
             let dev = &config.devices[device];
             let mut rows = Vec::new();
@@ -168,7 +172,7 @@ pub fn apply(config: &Config, live: &SharedLive, ev: BusEvent) -> Option<StoreCm
             if any_good {
                 d.last_seen = Some(ts);
             }
-            (!rows.is_empty()).then_some(StoreCmd::Report(rows))
+            (!rows.is_empty()).then_some(StoreCmd::Report { device, ts, rows })
         }
         BusEvent::Status {
             device, ts, online, ..

@@ -35,6 +35,8 @@ pub enum BusEvent {
     Polled {
         device: usize,
         ts: Millis,
+        /// When the read completed, for the push latency histogram.
+        at: std::time::Instant,
         results: Vec<(usize, Result<Value, PointError>)>,
     },
     /// The device came online or went offline.
@@ -395,6 +397,7 @@ impl BusTask {
             .send(BusEvent::Polled {
                 device,
                 ts,
+                at: std::time::Instant::now(),
                 results,
             })
             .await

@@ -41,6 +41,17 @@ const MIGRATIONS: &[&str] = &[
         quality TEXT NOT NULL);
      CREATE INDEX telemetry_point_ts ON telemetry (device_id, point_id, ts);
      CREATE INDEX telemetry_ts ON telemetry (ts);",
+    // 2: who wrote what to which device, and how it went.
+    "CREATE TABLE write_audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts INTEGER NOT NULL,
+        user TEXT NOT NULL,
+        source TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        point_id TEXT NOT NULL,
+        old_value,
+        new_value,
+        result TEXT NOT NULL);",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -78,9 +89,30 @@ pub struct Row {
     pub quality: Quality,
 }
 
+/// One write attempt, for the audit table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audit {
+    pub ts: Millis,
+    pub user: String,
+    /// Where the write came from: `ws`, `mqtt`, `api`.
+    pub source: String,
+    pub device: usize,
+    pub point: usize,
+    pub old: Option<Value>,
+    pub new: Value,
+    /// `ok` or the error.
+    pub result: String,
+}
+
 #[derive(Debug)]
 pub enum StoreCmd {
-    Report(Vec<Row>),
+    /// One poll's reported changes of one device.
+    Report {
+        device: usize,
+        ts: Millis,
+        rows: Vec<Row>,
+    },
+    Audit(Audit),
     Status {
         device: usize,
         online: bool,
@@ -345,9 +377,27 @@ impl Writer {
                  ON CONFLICT (device_id) DO UPDATE SET device_type = ?2, online = ?3,
                     last_seen = COALESCE(?4, last_seen), changed_at = ?5",
             )?;
+            let mut audit = tx.prepare_cached(
+                "INSERT INTO write_audit (ts, user, source, device_id, point_id, old_value, new_value, result)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
             for cmd in batch {
                 match cmd {
-                    StoreCmd::Report(list) => {
+                    StoreCmd::Audit(a) => {
+                        let d = &self.config.devices[a.device];
+                        audit.execute(params![
+                            a.ts,
+                            a.user,
+                            a.source,
+                            d.id,
+                            d.points[a.point].id,
+                            sql_value(&a.old),
+                            sql_value(&Some(a.new.clone())),
+                            a.result
+                        ])?;
+                        rows += 1;
+                    }
+                    StoreCmd::Report { rows: list, .. } => {
                         for r in list {
                             let d = &self.config.devices[r.device];
                             let p = &d.points[r.point];

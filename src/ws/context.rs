@@ -1,0 +1,254 @@
+//! The request context: parses the envelope, hands handlers typed parameters, and turns their
+//! results into uniform replies (`code`, `msg`, `data`).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value as Json};
+
+use super::hub::Client;
+use crate::Shared;
+
+/// A handler's error: becomes the reply's `code` and `msg`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code} {msg}")]
+pub struct ServiceError {
+    pub code: u16,
+    pub msg: String,
+}
+
+impl ServiceError {
+    pub fn new(code: u16, msg: impl Into<String>) -> Self {
+        ServiceError {
+            code,
+            msg: msg.into(),
+        }
+    }
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        Self::new(400, msg)
+    }
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        Self::new(404, msg)
+    }
+    pub fn forbidden(msg: impl Into<String>) -> Self {
+        Self::new(403, msg)
+    }
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Self::new(500, msg)
+    }
+}
+
+pub type HandlerResult = Result<Json, ServiceError>;
+
+/// One parsed request.
+#[derive(Debug)]
+pub struct Request {
+    pub request_id: Json,
+    pub service: String,
+    pub params: Map<String, Json>,
+}
+
+/// Parses a text frame into a request, or the 400 reply that says why not.
+pub fn parse(text: &str) -> Result<Request, Json> {
+    let v: Json = serde_json::from_str(text).map_err(|e| {
+        reply(
+            &Json::Null,
+            None,
+            Err(ServiceError::bad_request(format!("malformed JSON: {e}"))),
+        )
+    })?;
+    let Json::Object(mut obj) = v else {
+        return Err(reply(
+            &Json::Null,
+            None,
+            Err(ServiceError::bad_request("a request is a JSON object")),
+        ));
+    };
+    let request_id = obj.remove("requestId").unwrap_or(Json::Null);
+    let service = match obj.remove("service") {
+        Some(Json::String(s)) => s,
+        Some(_) => {
+            return Err(reply(
+                &request_id,
+                None,
+                Err(ServiceError::bad_request("`service` must be a string")),
+            ))
+        }
+        None => {
+            return Err(reply(
+                &request_id,
+                None,
+                Err(ServiceError::bad_request("missing `service`")),
+            ))
+        }
+    };
+    let params = match obj.remove("params") {
+        None | Some(Json::Null) => Map::new(),
+        Some(Json::Object(m)) => m,
+        Some(_) => {
+            return Err(reply(
+                &request_id,
+                Some(&service),
+                Err(ServiceError::bad_request("`params` must be an object")),
+            ));
+        }
+    };
+    Ok(Request {
+        request_id,
+        service,
+        params,
+    })
+}
+
+/// The reply envelope: echoes `requestId` and `service`.
+pub fn reply(request_id: &Json, service: Option<&str>, result: HandlerResult) -> Json {
+    match result {
+        Ok(data) => {
+            json!({"requestId": request_id, "service": service, "code": 0, "msg": "ok", "data": data})
+        }
+        Err(e) => {
+            json!({"requestId": request_id, "service": service, "code": e.code, "msg": e.msg})
+        }
+    }
+}
+
+/// What a handler gets: the gateway, its own connection, and typed access to the parameters.
+pub struct Ctx {
+    pub shared: Arc<Shared>,
+    pub client: Arc<Client>,
+    pub remote: IpAddr,
+    pub params: Map<String, Json>,
+}
+
+fn type_name(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "a list",
+        Json::Object(_) => "an object",
+    }
+}
+
+impl Ctx {
+    fn get(&self, name: &str) -> Option<&Json> {
+        self.params.get(name).filter(|v| !v.is_null())
+    }
+
+    fn mistyped(name: &str, want: &str, got: &Json) -> ServiceError {
+        ServiceError::bad_request(format!(
+            "param `{name}` must be {want}, not {}",
+            type_name(got)
+        ))
+    }
+
+    fn missing(name: &str) -> ServiceError {
+        ServiceError::bad_request(format!("missing param `{name}`"))
+    }
+
+    pub fn opt_string(&self, name: &str) -> Result<Option<String>, ServiceError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Json::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(Self::mistyped(name, "a string", v)),
+        }
+    }
+
+    pub fn string(&self, name: &str) -> Result<String, ServiceError> {
+        self.opt_string(name)?.ok_or_else(|| Self::missing(name))
+    }
+
+    pub fn opt_int(&self, name: &str) -> Result<Option<i64>, ServiceError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| Self::mistyped(name, "an integer", v)),
+        }
+    }
+
+    pub fn int(&self, name: &str) -> Result<i64, ServiceError> {
+        self.opt_int(name)?.ok_or_else(|| Self::missing(name))
+    }
+
+    pub fn int_or(&self, name: &str, default: i64) -> Result<i64, ServiceError> {
+        Ok(self.opt_int(name)?.unwrap_or(default))
+    }
+
+    pub fn opt_float(&self, name: &str) -> Result<Option<f64>, ServiceError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| Self::mistyped(name, "a number", v)),
+        }
+    }
+
+    pub fn opt_bool(&self, name: &str) -> Result<Option<bool>, ServiceError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Json::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(Self::mistyped(name, "a boolean", v)),
+        }
+    }
+
+    pub fn bool_or(&self, name: &str, default: bool) -> Result<bool, ServiceError> {
+        Ok(self.opt_bool(name)?.unwrap_or(default))
+    }
+
+    pub fn opt_string_list(&self, name: &str) -> Result<Option<Vec<String>>, ServiceError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Json::Array(items)) => items
+                .iter()
+                .map(|i| {
+                    i.as_str()
+                        .map(String::from)
+                        .ok_or_else(|| Self::mistyped(name, "a list of strings", i))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(v) => Err(Self::mistyped(name, "a list of strings", v)),
+        }
+    }
+
+    /// Any JSON value, present.
+    pub fn value(&self, name: &str) -> Result<Json, ServiceError> {
+        self.get(name).cloned().ok_or_else(|| Self::missing(name))
+    }
+
+    /// A time given as RFC 3339 or as milliseconds since the epoch.
+    pub fn opt_time(&self, name: &str) -> Result<Option<i64>, ServiceError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Json::Number(n)) => n
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| Self::mistyped(name, "a time", &Json::Number(n.clone()))),
+            Some(Json::String(s)) => crate::model::parse_rfc3339(s).map(Some).ok_or_else(|| {
+                ServiceError::bad_request(format!("param `{name}`: `{s}` is not an RFC 3339 time"))
+            }),
+            Some(v) => Err(Self::mistyped(name, "an RFC 3339 time or milliseconds", v)),
+        }
+    }
+
+    /// Device and point indexes by id, or 404 naming what is unknown.
+    pub fn device(&self, id: &str) -> Result<usize, ServiceError> {
+        self.shared
+            .config
+            .devices
+            .iter()
+            .position(|d| d.id == id)
+            .ok_or_else(|| ServiceError::not_found(format!("unknown device `{id}`")))
+    }
+
+    pub fn point(&self, device: usize, id: &str) -> Result<usize, ServiceError> {
+        let d = &self.shared.config.devices[device];
+        d.points.iter().position(|p| p.id == id).ok_or_else(|| {
+            ServiceError::not_found(format!("device `{}` has no point `{id}`", d.id))
+        })
+    }
+}

@@ -1,0 +1,383 @@
+//! The client registry and fan-out: bounded per-client queues with an overflow policy,
+//! subscriptions indexed by device and event-type bitmask, one encoding shared by all recipients.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::Notify;
+
+use crate::config::{Overflow, Priority, Role};
+use crate::metrics::Metrics;
+
+/// Push kinds, indexes into [`crate::metrics::PUSH_KINDS`].
+pub const KIND_SNAPSHOT: usize = 0;
+pub const KIND_TELEMETRY: usize = 1;
+pub const KIND_EVENT: usize = 2;
+
+/// One queued push: the encoded frame (shared, never copied per client), its kind, and when
+/// the data in it was read, for the latency histogram.
+#[derive(Clone)]
+pub struct Push {
+    pub frame: Utf8Bytes,
+    pub kind: usize,
+    pub since: Instant,
+}
+
+/// Who is logged in on a connection.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub user: String,
+    pub role: Role,
+    pub token: String,
+}
+
+/// What a client wants pushed (SPEC `subscribe`); replaced whole by each `subscribe`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscription {
+    /// Device indexes; `None` is every device.
+    pub devices: Option<Vec<usize>>,
+    /// Bit per event type (see `crate::ws::EVENT_TYPES`); all ones by default.
+    pub event_mask: u32,
+    pub min_priority: Priority,
+    pub telemetry: bool,
+}
+
+impl Default for Subscription {
+    fn default() -> Self {
+        Subscription {
+            devices: None,
+            event_mask: u32::MAX,
+            min_priority: Priority::Normal,
+            telemetry: true,
+        }
+    }
+}
+
+/// One connection's outbound side.
+pub struct Client {
+    pub id: u64,
+    queue: Mutex<VecDeque<Push>>,
+    capacity: usize,
+    overflow: Overflow,
+    /// Wakes the writer task when the queue gains an entry or the client must close.
+    pub notify: Notify,
+    /// Set when the `disconnect` policy fired or the server drops the client.
+    pub kicked: AtomicBool,
+    pub login: Mutex<Option<Login>>,
+}
+
+impl Client {
+    pub fn new(id: u64, capacity: usize, overflow: Overflow) -> Client {
+        Client {
+            id,
+            queue: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+            capacity,
+            overflow,
+            notify: Notify::new(),
+            kicked: AtomicBool::new(false),
+            login: Mutex::new(None),
+        }
+    }
+
+    pub fn login(&self) -> Option<Login> {
+        self.login.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Queues a push by the client's overflow policy; never waits. Returns whether it was queued.
+    fn offer(&self, push: Push, metrics: &Metrics) -> bool {
+        let kind = push.kind;
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= self.capacity {
+            match self.overflow {
+                Overflow::DropNew => {
+                    drop(q);
+                    metrics.push.dropped(kind);
+                    return false;
+                }
+                Overflow::DropOldest => {
+                    if let Some(old) = q.pop_front() {
+                        metrics.push.dropped(old.kind);
+                    }
+                }
+                Overflow::Disconnect => {
+                    drop(q);
+                    metrics.push.dropped(kind);
+                    self.kick();
+                    return false;
+                }
+            }
+        }
+        q.push_back(push);
+        drop(q);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Takes the next queued push, if any.
+    pub fn next(&self) -> Option<Push> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Asks the writer task to close the connection.
+    pub fn kick(&self) {
+        self.kicked.store(true, Relaxed);
+        self.notify.notify_one();
+    }
+
+    /// Whatever is still queued when the client goes counts as dropped.
+    pub fn discard(&self, metrics: &Metrics) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        for p in q.drain(..) {
+            metrics.push.dropped(p.kind);
+        }
+    }
+}
+
+struct Entry {
+    client: Arc<Client>,
+    sub: Subscription,
+}
+
+#[derive(Default)]
+struct Registry {
+    /// Authenticated clients: only they get pushes.
+    clients: HashMap<u64, Entry>,
+    /// Device index → clients subscribed to that device by name.
+    by_device: Vec<Vec<u64>>,
+    /// Clients subscribed to every device.
+    all_devices: Vec<u64>,
+}
+
+impl Registry {
+    fn unindex(&mut self, id: u64, sub: &Subscription) {
+        match &sub.devices {
+            None => self.all_devices.retain(|c| *c != id),
+            Some(ds) => {
+                for &d in ds {
+                    if let Some(v) = self.by_device.get_mut(d) {
+                        v.retain(|c| *c != id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn index(&mut self, id: u64, sub: &Subscription) {
+        match &sub.devices {
+            None => self.all_devices.push(id),
+            Some(ds) => {
+                for &d in ds {
+                    if let Some(v) = self.by_device.get_mut(d) {
+                        v.push(id);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The registry of pushed-to clients. Read far more than written: a publish takes the read lock
+/// only long enough to copy out its recipients, and never sends under it.
+pub struct Hub {
+    registry: RwLock<Registry>,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    pub fn new(devices: usize, metrics: Arc<Metrics>) -> Hub {
+        Hub {
+            registry: RwLock::new(Registry {
+                clients: HashMap::new(),
+                by_device: vec![Vec::new(); devices],
+                all_devices: Vec::new(),
+            }),
+            metrics,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
+        self.registry.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts pushing to a client (at login), with the default subscription: everything.
+    pub fn register(&self, client: Arc<Client>) {
+        let mut r = self.write();
+        let id = client.id;
+        if let Some(old) = r.clients.remove(&id) {
+            r.unindex(id, &old.sub);
+        }
+        let sub = Subscription::default();
+        r.index(id, &sub);
+        r.clients.insert(id, Entry { client, sub });
+    }
+
+    /// Stops pushing to a client (logout or disconnect).
+    pub fn unregister(&self, id: u64) {
+        let mut r = self.write();
+        if let Some(old) = r.clients.remove(&id) {
+            r.unindex(id, &old.sub);
+        }
+    }
+
+    /// Replaces a client's subscription. False when the client is not registered.
+    pub fn subscribe(&self, id: u64, sub: Subscription) -> bool {
+        let mut r = self.write();
+        let Some(old) = r.clients.get(&id).map(|e| e.sub.clone()) else {
+            return false;
+        };
+        r.unindex(id, &old);
+        r.index(id, &sub);
+        if let Some(e) = r.clients.get_mut(&id) {
+            e.sub = sub;
+        }
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sizes of the indexes, for leak tests: (clients, by-device entries, all-device entries).
+    pub fn index_sizes(&self) -> (usize, usize, usize) {
+        let r = self.read();
+        (
+            r.clients.len(),
+            r.by_device.iter().map(Vec::len).sum(),
+            r.all_devices.len(),
+        )
+    }
+
+    fn deliver(&self, recipients: Vec<Arc<Client>>, push: Push) {
+        let started = Instant::now();
+        // Counted as sent when the writer hands it to the socket; drops are counted here.
+        for c in recipients {
+            c.offer(push.clone(), &self.metrics);
+        }
+        self.metrics.push.duration.observe(started.elapsed());
+    }
+
+    /// A snapshot to every authenticated client.
+    pub fn publish_all(&self, push: Push) {
+        let recipients: Vec<Arc<Client>> = self
+            .read()
+            .clients
+            .values()
+            .map(|e| e.client.clone())
+            .collect();
+        self.deliver(recipients, push);
+    }
+
+    /// Telemetry of one device to the clients subscribed to it with `telemetry`.
+    pub fn publish_telemetry(&self, device: usize, push: Push) {
+        self.publish_device(device, push, |s| s.telemetry);
+    }
+
+    /// An event of one device, by type bit and priority.
+    pub fn publish_event(&self, device: usize, type_bit: u32, priority: Priority, push: Push) {
+        self.publish_device(device, push, |s| {
+            s.event_mask & type_bit != 0 && priority >= s.min_priority
+        });
+    }
+
+    fn publish_device(&self, device: usize, push: Push, wants: impl Fn(&Subscription) -> bool) {
+        let recipients: Vec<Arc<Client>> = {
+            let r = self.read();
+            let named = r.by_device.get(device).map(|v| v.as_slice()).unwrap_or(&[]);
+            named
+                .iter()
+                .chain(r.all_devices.iter())
+                .filter_map(|id| r.clients.get(id))
+                .filter(|e| wants(&e.sub))
+                .map(|e| e.client.clone())
+                .collect()
+        };
+        self.deliver(recipients, push);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(kind: usize, n: u8) -> Push {
+        Push {
+            frame: Utf8Bytes::from(format!("{n}")),
+            kind,
+            since: Instant::now(),
+        }
+    }
+
+    fn metrics() -> Arc<Metrics> {
+        Arc::new(Metrics::new(vec!["a".into(), "b".into()], vec![]))
+    }
+
+    #[test]
+    fn overflow_policies_drop_and_count() {
+        let m = metrics();
+        let c = Client::new(1, 2, Overflow::DropOldest);
+        for i in 0..5 {
+            c.offer(push(KIND_TELEMETRY, i), &m);
+        }
+        assert_eq!(c.next().unwrap().frame.as_str(), "3");
+        assert_eq!(m.push.count(KIND_TELEMETRY, true), 3);
+        let c = Client::new(2, 2, Overflow::DropNew);
+        for i in 0..5 {
+            c.offer(push(KIND_EVENT, i), &m);
+        }
+        assert_eq!(c.next().unwrap().frame.as_str(), "0");
+        assert_eq!(m.push.count(KIND_EVENT, true), 3);
+        let c = Client::new(3, 1, Overflow::Disconnect);
+        c.offer(push(KIND_SNAPSHOT, 0), &m);
+        assert!(!c.kicked.load(Relaxed));
+        c.offer(push(KIND_SNAPSHOT, 1), &m);
+        assert!(c.kicked.load(Relaxed));
+    }
+
+    #[test]
+    fn subscriptions_route_by_device_type_and_priority_and_unregister_cleans_the_index() {
+        let m = metrics();
+        let hub = Hub::new(2, m.clone());
+        let a = Arc::new(Client::new(1, 10, Overflow::DropOldest));
+        let b = Arc::new(Client::new(2, 10, Overflow::DropOldest));
+        hub.register(a.clone());
+        hub.register(b.clone());
+        hub.subscribe(
+            2,
+            Subscription {
+                devices: Some(vec![1]),
+                event_mask: 0b10,
+                min_priority: Priority::High,
+                telemetry: false,
+            },
+        );
+        hub.publish_telemetry(1, push(KIND_TELEMETRY, 1));
+        hub.publish_event(1, 0b10, Priority::Emergency, push(KIND_EVENT, 2));
+        hub.publish_event(1, 0b10, Priority::Normal, push(KIND_EVENT, 3));
+        hub.publish_event(0, 0b10, Priority::Emergency, push(KIND_EVENT, 4));
+        hub.publish_event(1, 0b01, Priority::Emergency, push(KIND_EVENT, 5));
+        assert_eq!(a.queued(), 5);
+        assert_eq!(b.next().unwrap().frame.as_str(), "2");
+        assert!(b.next().is_none());
+        hub.unregister(1);
+        hub.unregister(2);
+        assert_eq!(hub.index_sizes(), (0, 0, 0));
+    }
+}

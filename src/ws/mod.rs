@@ -1,0 +1,363 @@
+//! The WebSocket service at `GET /ws`: the upgrade (Origin check, connection cap, frame limit),
+//! one reader and one writer task per connection, heartbeats, and the timed snapshot push.
+
+pub mod auth;
+pub mod context;
+pub mod hub;
+pub mod services;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{now_ms, rfc3339};
+use crate::store::Row;
+use crate::Shared;
+use context::{reply, Ctx, ServiceError};
+use hub::{Client, Push, KIND_SNAPSHOT, KIND_TELEMETRY};
+
+/// Event types, in the order of their bit in a subscription's mask.
+pub const EVENT_TYPES: [&str; 6] = [
+    "device_online",
+    "device_offline",
+    "device_abnormal",
+    "threshold_exceeded",
+    "threshold_cleared",
+    "data_point_reached",
+];
+
+/// The largest frame accepted (SPEC: 413 / close 1009 beyond it).
+pub const MAX_FRAME: usize = 64 * 1024;
+/// A connection that has not logged in by then is closed.
+pub const LOGIN_DEADLINE: Duration = Duration::from_secs(10);
+/// Requests per connection: a bucket of this many, refilled at `RATE_PER_S`.
+const RATE_BURST: f64 = 50.0;
+const RATE_PER_S: f64 = 20.0;
+/// Requests of one connection being handled at once.
+const MAX_IN_FLIGHT: usize = 16;
+
+/// Whether a browser's `Origin` may open the socket: the page's own host, or a listed origin.
+fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool {
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let origin_host = origin
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or(origin);
+    host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host))
+}
+
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    // A request without Origin is not a browser (SPEC); a browser must come from our own page.
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        if !origin_allowed(origin, host, &shared.config.http.allowed_origins) {
+            tracing::warn!(%remote, origin, "websocket refused: foreign Origin");
+            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+        }
+    }
+    let Ok(permit) = shared.conn_limit.clone().try_acquire_owned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many clients").into_response();
+    };
+    ws.max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
+        .on_upgrade(move |socket| async move {
+            connection(shared, socket, remote).await;
+            drop(permit);
+        })
+}
+
+fn text(v: serde_json::Value) -> Message {
+    Message::Text(Utf8Bytes::from(v.to_string()))
+}
+
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
+}
+
+/// A tungstenite capacity error: the frame or message was over the limit.
+fn too_large(e: &axum::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(tungstenite::Error::Capacity(_)) = s.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
+async fn connection(shared: Arc<Shared>, socket: WebSocket, remote: SocketAddr) {
+    let id = shared.next_client_id.fetch_add(1, Relaxed);
+    let push = &shared.config.push;
+    let client = Arc::new(Client::new(id, push.queue_capacity, push.overflow));
+    shared.metrics.push.clients.fetch_add(1, Relaxed);
+    let (sink, mut stream) = socket.split();
+    let (replies, replies_rx) = mpsc::channel::<Message>(MAX_IN_FLIGHT * 2);
+    let last_heard = Arc::new(AtomicU64::new(0));
+    let epoch = Instant::now();
+    let done = CancellationToken::new();
+    let writer = tokio::spawn(writer(
+        sink,
+        client.clone(),
+        replies_rx,
+        shared.clone(),
+        last_heard.clone(),
+        epoch,
+        done.clone(),
+    ));
+    let mut in_flight: JoinSet<()> = JoinSet::new();
+    let login_deadline = tokio::time::sleep(LOGIN_DEADLINE);
+    tokio::pin!(login_deadline);
+    let mut tokens = RATE_BURST;
+    let mut refilled = Instant::now();
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => break,
+            _ = shared.shutdown.cancelled() => {
+                let _ = replies.send(close(1001, "gateway shutting down")).await;
+                break;
+            }
+            _ = &mut login_deadline, if client.login().is_none() => {
+                let _ = replies.send(close(1008, "login required within 10 s")).await;
+                break;
+            }
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            msg = stream.next() => {
+                last_heard.store(epoch.elapsed().as_millis() as u64, Relaxed);
+                let frame = match msg {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Binary(_))) => {
+                        let r = reply(&serde_json::Value::Null, None, Err(ServiceError::bad_request("text frames only")));
+                        let _ = replies.send(text(r)).await;
+                        continue;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Err(e)) => {
+                        if too_large(&e) {
+                            tracing::warn!(%remote, "websocket frame over {MAX_FRAME} bytes: closing with 1009");
+                            let _ = replies.send(close(1009, "frame too large (max 64 KiB)")).await;
+                        } else {
+                            tracing::debug!(%remote, "websocket read error: {e}");
+                        }
+                        break;
+                    }
+                };
+                // Token bucket per connection.
+                let now = Instant::now();
+                tokens = (tokens + now.duration_since(refilled).as_secs_f64() * RATE_PER_S).min(RATE_BURST);
+                refilled = now;
+                let request = match context::parse(&frame) {
+                    Ok(r) => r,
+                    Err(r) => {
+                        let _ = replies.send(text(r)).await;
+                        continue;
+                    }
+                };
+                if tokens < 1.0 || in_flight.len() >= MAX_IN_FLIGHT {
+                    let r = reply(&request.request_id, Some(&request.service), Err(ServiceError::new(429, "too many requests")));
+                    let _ = replies.send(text(r)).await;
+                    continue;
+                }
+                tokens -= 1.0;
+                let ctx = Ctx { shared: shared.clone(), client: client.clone(), remote: remote.ip(), params: request.params };
+                let replies = replies.clone();
+                in_flight.spawn(async move {
+                    let result = services::dispatch(&request.service, ctx).await;
+                    let r = reply(&request.request_id, Some(&request.service), result);
+                    let _ = replies.send(text(r)).await;
+                });
+            }
+        }
+    }
+    in_flight.abort_all();
+    shared.hub.unregister(id);
+    drop(replies);
+    done.cancel();
+    let _ = writer.await;
+    client.discard(&shared.metrics);
+    shared.metrics.push.clients.fetch_sub(1, Relaxed);
+}
+
+type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+
+/// Sends one frame, giving up after `limit`: a client that cannot take a frame in a heartbeat
+/// timeout is as good as gone, and must not hold its task forever.
+async fn send(sink: &mut Sink, limit: Duration, m: Message) -> bool {
+    matches!(tokio::time::timeout(limit, sink.send(m)).await, Ok(Ok(())))
+}
+
+/// Sends replies first, then queued pushes; pings on the heartbeat and drops a client that went
+/// silent past the timeout or cannot take a frame within it.
+async fn writer(
+    mut sink: Sink,
+    client: Arc<Client>,
+    mut replies: mpsc::Receiver<Message>,
+    shared: Arc<Shared>,
+    last_heard: Arc<AtomicU64>,
+    epoch: Instant,
+    done: CancellationToken,
+) {
+    let hb = shared.config.push.heartbeat_interval;
+    let hb_timeout = shared.config.push.heartbeat_timeout;
+    let metrics = &shared.metrics;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = done.cancelled() => break,
+            r = replies.recv() => match r {
+                Some(m) => {
+                    let closing = matches!(m, Message::Close(_));
+                    if !send(&mut sink, hb_timeout, m).await || closing {
+                        break;
+                    }
+                }
+                None => break,
+            },
+            _ = client.notify.notified() => {
+                if client.kicked.load(Relaxed) {
+                    let _ = send(&mut sink, hb_timeout, close(1008, "too slow: push queue overflowed")).await;
+                    break;
+                }
+                let mut ok = true;
+                while let Some(p) = client.next() {
+                    if !send(&mut sink, hb_timeout, Message::Text(p.frame)).await {
+                        metrics.push.dropped(p.kind);
+                        ok = false;
+                        break;
+                    }
+                    metrics.push.sent(p.kind);
+                    metrics.push.latency.observe(p.since.elapsed());
+                }
+                if !ok {
+                    break;
+                }
+            }
+            _ = ping.tick() => {
+                let heard = Duration::from_millis(last_heard.load(Relaxed));
+                if epoch.elapsed().saturating_sub(heard) > hb_timeout {
+                    tracing::info!(client = client.id, "no pong within {hb_timeout:?}: dropping the client");
+                    let _ = send(&mut sink, hb_timeout, close(1001, "heartbeat timeout")).await;
+                    break;
+                }
+                if !send(&mut sink, hb_timeout, Message::Ping(Default::default())).await {
+                    break;
+                }
+            }
+        }
+    }
+    done.cancel();
+    let _ = sink.close().await;
+}
+
+/// The timed snapshot push: every `push.interval_ms`, changeable at run time. A change restarts
+/// the period from now, so a shorter interval takes effect at once and never bursts.
+pub async fn snapshot_ticker(shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut rx = shared.push_interval.subscribe();
+    let mut period = *rx.borrow_and_update();
+    let mut next = tokio::time::Instant::now() + period;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                period = *rx.borrow_and_update();
+                next = tokio::time::Instant::now() + period;
+            }
+            _ = tokio::time::sleep_until(next) => {
+                if !shared.hub.is_empty() {
+                    let since = Instant::now();
+                    let frame = json!({
+                        "service": "push.snapshot",
+                        "data": {"ts": rfc3339(now_ms()), "devices": services::devices_json(&shared)},
+                    });
+                    shared.hub.publish_all(Push { frame: Utf8Bytes::from(frame.to_string()), kind: KIND_SNAPSHOT, since });
+                }
+                next += period;
+                let now = tokio::time::Instant::now();
+                if next < now {
+                    next = now + period;
+                }
+            }
+        }
+    }
+}
+
+/// `push.telemetry` for one device's reported changes, encoded once for every subscriber.
+pub fn push_telemetry(shared: &Shared, device: usize, ts: i64, rows: &[Row], read_at: Instant) {
+    if shared.hub.is_empty() || rows.is_empty() {
+        return;
+    }
+    let dev = &shared.config.devices[device];
+    let points: serde_json::Map<String, serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            (
+                dev.points[r.point].id.clone(),
+                json!({"v": r.value.as_ref().map(crate::model::Value::to_json), "q": r.quality.as_str()}),
+            )
+        })
+        .collect();
+    let frame = json!({
+        "service": "push.telemetry",
+        "data": {"deviceId": dev.id, "ts": rfc3339(ts), "points": points},
+    });
+    shared.hub.publish_telemetry(
+        device,
+        Push {
+            frame: Utf8Bytes::from(frame.to_string()),
+            kind: KIND_TELEMETRY,
+            since: read_at,
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_must_be_the_page_host_or_listed() {
+        assert!(origin_allowed(
+            "http://10.0.0.5:8080",
+            Some("10.0.0.5:8080"),
+            &[]
+        ));
+        assert!(!origin_allowed(
+            "http://evil.example",
+            Some("10.0.0.5:8080"),
+            &[]
+        ));
+        assert!(origin_allowed(
+            "https://scada.plant",
+            Some("10.0.0.5:8080"),
+            &["https://scada.plant".into()]
+        ));
+    }
+}

@@ -1,0 +1,82 @@
+//! `auth.login`, `auth.resume`, `auth.logout`.
+
+use serde_json::json;
+
+use crate::config::Role;
+use crate::ws::auth::{Auth, LoginError, Session};
+use crate::ws::context::{Ctx, HandlerResult, ServiceError};
+use crate::ws::hub::Login;
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Admin => "admin",
+        Role::Viewer => "viewer",
+    }
+}
+
+/// Binds a session to the connection and starts its pushes.
+fn bind(ctx: &Ctx, token: String, session: &Session) -> HandlerResult {
+    *ctx.client.login.lock().unwrap_or_else(|e| e.into_inner()) = Some(Login {
+        user: session.user.clone(),
+        role: session.role,
+        token: token.clone(),
+    });
+    ctx.shared.hub.register(ctx.client.clone());
+    Ok(json!({
+        "token": token,
+        "role": role_name(session.role),
+        "user": session.user,
+        "expiresInS": Auth::expires_in(session).as_secs(),
+    }))
+}
+
+pub async fn login(ctx: Ctx) -> HandlerResult {
+    let username = ctx.string("username")?;
+    let password = ctx.string("password")?;
+    let shared = ctx.shared.clone();
+    let remote = ctx.remote;
+    // argon2 is deliberately slow: keep it off the async workers.
+    let result =
+        tokio::task::spawn_blocking(move || shared.auth.login(remote, &username, &password))
+            .await
+            .map_err(|e| ServiceError::internal(format!("login check failed: {e}")))?;
+    match result {
+        Ok((token, session)) => {
+            tracing::info!(user = %session.user, remote = %ctx.remote, "login");
+            bind(&ctx, token, &session)
+        }
+        Err(LoginError::BadCredentials) => {
+            tracing::warn!(remote = %ctx.remote, "failed login");
+            Err(ServiceError::new(401, "wrong username or password"))
+        }
+        Err(LoginError::Limited(left)) => Err(ServiceError::new(
+            429,
+            format!(
+                "too many failed logins from this address; retry in {} s",
+                left.as_secs().max(1)
+            ),
+        )),
+    }
+}
+
+pub async fn resume(ctx: Ctx) -> HandlerResult {
+    let token = ctx.string("token")?;
+    match ctx.shared.auth.resume(&token) {
+        Some(session) => bind(&ctx, token, &session),
+        None => Err(ServiceError::new(401, "unknown or expired token")),
+    }
+}
+
+pub async fn logout(ctx: Ctx) -> HandlerResult {
+    let login = ctx
+        .client
+        .login
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(l) = login {
+        ctx.shared.auth.logout(&l.token);
+    }
+    ctx.shared.hub.unregister(ctx.client.id);
+    Ok(json!({}))
+}

@@ -1,0 +1,131 @@
+//! `devices.list`, `points.history`, `device.write`.
+
+use serde_json::{json, Value as Json};
+
+use crate::modbus::bus::WriteError;
+use crate::model::{now_ms, rfc3339, Value};
+use crate::state;
+use crate::ws::context::{Ctx, HandlerResult, ServiceError};
+use crate::Shared;
+
+/// Every device as `devices.list` and `push.snapshot` give it (SPEC shape).
+pub fn devices_json(shared: &Shared) -> Json {
+    let live = state::read(&shared.live);
+    let devices: Vec<Json> = shared
+        .config
+        .devices
+        .iter()
+        .zip(live.devices.iter())
+        .map(|(d, l)| {
+            let points: Vec<Json> = d
+                .points
+                .iter()
+                .zip(l.points.iter())
+                .map(|(p, pl)| {
+                    json!({
+                        "id": p.id,
+                        "value": pl.value.as_ref().map(Value::to_json),
+                        "quality": pl.quality.as_str(),
+                        "unit": p.unit,
+                        "ts": (pl.ts > 0).then(|| rfc3339(pl.ts)),
+                    })
+                })
+                .collect();
+            json!({
+                "id": d.id,
+                "type": d.device_type,
+                "online": l.online,
+                "lastSeen": l.last_seen.map(rfc3339),
+                "points": points,
+            })
+        })
+        .collect();
+    Json::Array(devices)
+}
+
+pub async fn list(ctx: Ctx) -> HandlerResult {
+    Ok(json!({ "devices": devices_json(&ctx.shared) }))
+}
+
+/// The most rows one history request returns.
+const HISTORY_MAX: i64 = 10_000;
+
+pub async fn history(ctx: Ctx) -> HandlerResult {
+    let d = ctx.device(&ctx.string("deviceId")?)?;
+    let p = ctx.point(d, &ctx.string("pointId")?)?;
+    let until = ctx.opt_time("until")?.unwrap_or_else(now_ms);
+    let since = ctx.opt_time("since")?.unwrap_or(until - 3_600_000);
+    let limit = ctx.int_or("limit", 1000)?;
+    if !(1..=HISTORY_MAX).contains(&limit) {
+        return Err(ServiceError::bad_request(format!(
+            "param `limit` must be 1..={HISTORY_MAX}"
+        )));
+    }
+    let shared = ctx.shared.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        let conn = crate::store::open_reader(&shared.config.gateway.data_dir)
+            .map_err(|e| e.to_string())?;
+        let dev = &shared.config.devices[d];
+        crate::store::history(&conn, dev, &dev.points[p], since, until, limit as usize)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| ServiceError::internal(e.to_string()))?
+    .map_err(|e| ServiceError::internal(format!("history query failed: {e}")))?;
+    let rows: Vec<Json> = rows
+        .into_iter()
+        .map(|(ts, v, q)| json!({"ts": rfc3339(ts), "v": v.as_ref().map(Value::to_json), "q": q.as_str()}))
+        .collect();
+    let dev = &ctx.shared.config.devices[d];
+    Ok(json!({"deviceId": dev.id, "pointId": dev.points[p].id, "rows": rows}))
+}
+
+/// A JSON value from a client as a point value.
+pub fn value_from_json(v: &Json) -> Result<Value, ServiceError> {
+    Ok(match v {
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Value::Int(i),
+            (None, Some(u), _) => Value::UInt(u),
+            (_, _, Some(f)) => Value::Float(f),
+            _ => {
+                return Err(ServiceError::bad_request(
+                    "param `value` is not a usable number",
+                ))
+            }
+        },
+        Json::String(s) => Value::Text(s.clone()),
+        _ => {
+            return Err(ServiceError::bad_request(
+                "param `value` must be a boolean, number or string",
+            ))
+        }
+    })
+}
+
+pub async fn write(ctx: Ctx) -> HandlerResult {
+    let d = ctx.device(&ctx.string("deviceId")?)?;
+    let p = ctx.point(d, &ctx.string("pointId")?)?;
+    let value = value_from_json(&ctx.value("value")?)?;
+    let user = ctx.client.login().map(|l| l.user).unwrap_or_default();
+    let old = ctx
+        .shared
+        .write_audited(&user, "ws", d, p, value.clone())
+        .await;
+    match old {
+        Ok(old) => {
+            let dev = &ctx.shared.config.devices[d];
+            Ok(json!({
+                "deviceId": dev.id,
+                "pointId": dev.points[p].id,
+                "old": old.as_ref().map(Value::to_json),
+                "value": value.to_json(),
+            }))
+        }
+        Err(WriteError::NotWritable) => Err(ServiceError::forbidden("point is not writable")),
+        Err(WriteError::Encode(e)) => Err(ServiceError::bad_request(format!("param `value`: {e}"))),
+        Err(e @ (WriteError::Exception(_) | WriteError::Link(_) | WriteError::BusGone)) => {
+            Err(ServiceError::new(503, e.to_string()))
+        }
+    }
+}

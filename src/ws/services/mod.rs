@@ -1,0 +1,98 @@
+//! The service registry: every WebSocket service by name, with the role it needs and its
+//! handler. One file per family; every handler has the same shape.
+
+mod auth;
+mod devices;
+mod push;
+mod system;
+
+pub use devices::devices_json;
+
+use futures_util::future::BoxFuture;
+
+use super::context::{Ctx, HandlerResult, ServiceError};
+use crate::config::Role;
+
+/// Who may call a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, logged in or not.
+    Public,
+    /// Any logged-in user.
+    Any,
+    /// Logged-in admins only.
+    Admin,
+}
+
+pub type Handler = fn(Ctx) -> BoxFuture<'static, HandlerResult>;
+
+pub struct Service {
+    pub name: &'static str,
+    pub access: Access,
+    pub handler: Handler,
+}
+
+pub static SERVICES: &[Service] = &[
+    Service {
+        name: "auth.login",
+        access: Access::Public,
+        handler: |c| Box::pin(auth::login(c)),
+    },
+    Service {
+        name: "auth.resume",
+        access: Access::Public,
+        handler: |c| Box::pin(auth::resume(c)),
+    },
+    Service {
+        name: "auth.logout",
+        access: Access::Any,
+        handler: |c| Box::pin(auth::logout(c)),
+    },
+    Service {
+        name: "devices.list",
+        access: Access::Any,
+        handler: |c| Box::pin(devices::list(c)),
+    },
+    Service {
+        name: "points.history",
+        access: Access::Any,
+        handler: |c| Box::pin(devices::history(c)),
+    },
+    Service {
+        name: "device.write",
+        access: Access::Admin,
+        handler: |c| Box::pin(devices::write(c)),
+    },
+    Service {
+        name: "subscribe",
+        access: Access::Any,
+        handler: |c| Box::pin(push::subscribe(c)),
+    },
+    Service {
+        name: "push.setInterval",
+        access: Access::Admin,
+        handler: |c| Box::pin(push::set_interval(c)),
+    },
+    Service {
+        name: "system.stats",
+        access: Access::Any,
+        handler: |c| Box::pin(system::stats(c)),
+    },
+];
+
+/// Finds the service and checks the caller may use it, then runs it.
+pub async fn dispatch(name: &str, ctx: Ctx) -> HandlerResult {
+    let Some(service) = SERVICES.iter().find(|s| s.name == name) else {
+        return Err(ServiceError::not_found(format!("unknown service `{name}`")));
+    };
+    let role = ctx.client.login().map(|l| l.role);
+    match (service.access, role) {
+        (Access::Public, _) => {}
+        (_, None) => return Err(ServiceError::new(401, "not logged in")),
+        (Access::Admin, Some(Role::Viewer)) => {
+            return Err(ServiceError::forbidden("admin role required"))
+        }
+        _ => {}
+    }
+    (service.handler)(ctx).await
+}

@@ -1,0 +1,76 @@
+//! `subscribe` and `push.setInterval`.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::config::Priority;
+use crate::ws::context::{Ctx, HandlerResult, ServiceError};
+use crate::ws::hub::Subscription;
+use crate::ws::EVENT_TYPES;
+
+pub fn parse_priority(s: &str) -> Option<Priority> {
+    match s {
+        "normal" => Some(Priority::Normal),
+        "high" => Some(Priority::High),
+        "emergency" => Some(Priority::Emergency),
+        _ => None,
+    }
+}
+
+pub async fn subscribe(ctx: Ctx) -> HandlerResult {
+    let devices = match ctx.opt_string_list("deviceIds")? {
+        None => None,
+        Some(ids) => Some(
+            ids.iter()
+                .map(|id| ctx.device(id))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let event_mask = match ctx.opt_string_list("eventTypes")? {
+        None => u32::MAX,
+        Some(types) => types.iter().try_fold(0u32, |mask, t| {
+            EVENT_TYPES
+                .iter()
+                .position(|e| e == t)
+                .map(|i| mask | 1 << i)
+                .ok_or_else(|| ServiceError::bad_request(format!("unknown event type `{t}`")))
+        })?,
+    };
+    let min_priority = match ctx.opt_string("minPriority")? {
+        None => Priority::Normal,
+        Some(p) => parse_priority(&p).ok_or_else(|| {
+            ServiceError::bad_request(format!(
+                "param `minPriority`: unknown priority `{p}` (normal, high, emergency)"
+            ))
+        })?,
+    };
+    let telemetry = ctx.bool_or("telemetry", true)?;
+    let sub = Subscription {
+        devices,
+        event_mask,
+        min_priority,
+        telemetry,
+    };
+    if !ctx.shared.hub.subscribe(ctx.client.id, sub) {
+        return Err(ServiceError::new(401, "not logged in"));
+    }
+    Ok(json!({}))
+}
+
+pub const MIN_INTERVAL_MS: i64 = 500;
+pub const MAX_INTERVAL_MS: i64 = 3_600_000;
+
+pub async fn set_interval(ctx: Ctx) -> HandlerResult {
+    let ms = ctx.int("intervalMs")?;
+    if !(MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&ms) {
+        return Err(ServiceError::bad_request(format!(
+            "param `intervalMs` must be {MIN_INTERVAL_MS}..={MAX_INTERVAL_MS}"
+        )));
+    }
+    ctx.shared
+        .push_interval
+        .send_replace(Duration::from_millis(ms as u64));
+    tracing::info!(user = ?ctx.client.login().map(|l| l.user), "push interval set to {ms} ms");
+    Ok(json!({ "intervalMs": ms }))
+}
