@@ -2,12 +2,12 @@
 //! subscriptions indexed by device and event-type bitmask, one encoding shared by all recipients.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Overflow, Priority, Role};
 use crate::metrics::Metrics;
@@ -64,8 +64,9 @@ pub struct Client {
     overflow: Overflow,
     /// Wakes the writer task when the queue gains an entry or the client must close.
     pub notify: Notify,
-    /// Set when the `disconnect` policy fired or the server drops the client.
-    pub kicked: AtomicBool,
+    /// Cancelled when the `disconnect` policy fired: also interrupts a send blocked on a
+    /// client that stopped reading.
+    pub kicked: CancellationToken,
     pub login: Mutex<Option<Login>>,
 }
 
@@ -77,7 +78,7 @@ impl Client {
             capacity,
             overflow,
             notify: Notify::new(),
-            kicked: AtomicBool::new(false),
+            kicked: CancellationToken::new(),
             login: Mutex::new(None),
         }
     }
@@ -130,8 +131,7 @@ impl Client {
 
     /// Asks the writer task to close the connection.
     pub fn kick(&self) {
-        self.kicked.store(true, Relaxed);
-        self.notify.notify_one();
+        self.kicked.cancel();
     }
 
     /// Whatever is still queued when the client goes counts as dropped.
@@ -346,9 +346,9 @@ mod tests {
         assert_eq!(m.push.count(KIND_EVENT, true), 3);
         let c = Client::new(3, 1, Overflow::Disconnect);
         c.offer(push(KIND_SNAPSHOT, 0), &m);
-        assert!(!c.kicked.load(Relaxed));
+        assert!(!c.kicked.is_cancelled());
         c.offer(push(KIND_SNAPSHOT, 1), &m);
-        assert!(c.kicked.load(Relaxed));
+        assert!(c.kicked.is_cancelled());
     }
 
     #[test]

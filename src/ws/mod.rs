@@ -196,17 +196,28 @@ async fn connection(shared: Arc<Shared>, socket: WebSocket, remote: SocketAddr) 
     shared.hub.unregister(id);
     drop(replies);
     done.cancel();
-    let _ = writer.await;
+    // A well-behaved client gets its close frame; a stuck one is cut off after a second.
+    let mut writer = writer;
+    if tokio::time::timeout(Duration::from_secs(1), &mut writer)
+        .await
+        .is_err()
+    {
+        client.kicked.cancel();
+        let _ = writer.await;
+    }
     client.discard(&shared.metrics);
     shared.metrics.push.clients.fetch_sub(1, Relaxed);
 }
 
 type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
 
-/// Sends one frame, giving up after `limit`: a client that cannot take a frame in a heartbeat
-/// timeout is as good as gone, and must not hold its task forever.
-async fn send(sink: &mut Sink, limit: Duration, m: Message) -> bool {
-    matches!(tokio::time::timeout(limit, sink.send(m)).await, Ok(Ok(())))
+/// Sends one frame, giving up after `limit` or when the client is kicked: a client that cannot
+/// take a frame in a heartbeat timeout is as good as gone, and must not hold its task forever.
+async fn send(sink: &mut Sink, limit: Duration, kicked: &CancellationToken, m: Message) -> bool {
+    tokio::select! {
+        r = tokio::time::timeout(limit, sink.send(m)) => matches!(r, Ok(Ok(()))),
+        _ = kicked.cancelled() => false,
+    }
 }
 
 /// Sends replies first, then queued pushes; pings on the heartbeat and drops a client that went
@@ -228,24 +239,26 @@ async fn writer(
     loop {
         tokio::select! {
             biased;
-            _ = done.cancelled() => break,
+            // Replies first, so a close the reader queued goes out before the writer stops.
             r = replies.recv() => match r {
                 Some(m) => {
                     let closing = matches!(m, Message::Close(_));
-                    if !send(&mut sink, hb_timeout, m).await || closing {
+                    if !send(&mut sink, hb_timeout, &client.kicked, m).await || closing {
                         break;
                     }
                 }
                 None => break,
             },
+            _ = done.cancelled() => break,
+            _ = client.kicked.cancelled() => {
+                // The socket is likely full: try the close frame briefly, then let go.
+                let _ = tokio::time::timeout(Duration::from_millis(100), sink.send(close(1008, "too slow: push queue overflowed"))).await;
+                break;
+            }
             _ = client.notify.notified() => {
-                if client.kicked.load(Relaxed) {
-                    let _ = send(&mut sink, hb_timeout, close(1008, "too slow: push queue overflowed")).await;
-                    break;
-                }
                 let mut ok = true;
                 while let Some(p) = client.next() {
-                    if !send(&mut sink, hb_timeout, Message::Text(p.frame)).await {
+                    if !send(&mut sink, hb_timeout, &client.kicked, Message::Text(p.frame)).await {
                         metrics.push.dropped(p.kind);
                         ok = false;
                         break;
@@ -261,17 +274,18 @@ async fn writer(
                 let heard = Duration::from_millis(last_heard.load(Relaxed));
                 if epoch.elapsed().saturating_sub(heard) > hb_timeout {
                     tracing::info!(client = client.id, "no pong within {hb_timeout:?}: dropping the client");
-                    let _ = send(&mut sink, hb_timeout, close(1001, "heartbeat timeout")).await;
+                    let _ = send(&mut sink, hb_timeout, &client.kicked, close(1001, "heartbeat timeout")).await;
                     break;
                 }
-                if !send(&mut sink, hb_timeout, Message::Ping(Default::default())).await {
+                if !send(&mut sink, hb_timeout, &client.kicked, Message::Ping(Default::default())).await {
                     break;
                 }
             }
         }
     }
     done.cancel();
-    let _ = sink.close().await;
+    // Closing flushes: bounded, for a client that stopped reading.
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
 }
 
 /// The timed snapshot push: every `push.interval_ms`, changeable at run time. A change restarts

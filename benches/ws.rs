@@ -1,0 +1,241 @@
+//! WebSocket fan-out benchmark: 1,000 authenticated clients, a 1 KB push to all every 100 ms
+//! (10,000 messages/s), latency measured at the clients; then the same with 50 of them stalled
+//! (a tiny receive window and never reading). Run: `cargo bench --bench ws`.
+//!
+//! The gateway side runs in this process; the clients run in a child process (this same binary
+//! with BENCH_ROLE=clients) so the gateway's CPU and RSS are its own.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::Utf8Bytes;
+use edge_gateway::ws::hub::{Push, KIND_EVENT};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value as Json};
+use tokio_tungstenite::tungstenite::Message;
+
+const CLIENTS: usize = 1000;
+const STALLED: usize = 50;
+const PERIOD: Duration = Duration::from_millis(100);
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
+fn status_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p) as usize] as f64 / 1000.0
+}
+
+/// Client side: connects, resumes the session with the token, then records the latency of
+/// every push until told to stop; prints one JSON line of results.
+async fn clients(addr: String, token: String, healthy: usize, stalled: usize, secs: u64) {
+    let mut tasks = Vec::new();
+    for i in 0..healthy + stalled {
+        let url = format!("ws://{addr}/ws");
+        let token = token.clone();
+        let is_stalled = i >= healthy;
+        tasks.push(tokio::spawn(async move {
+            let (mut s, _) = if is_stalled {
+                let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                sock.set_recv_buffer_size(2048).unwrap();
+                let tcp = sock.connect(addr.parse().unwrap()).await.unwrap();
+                tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+                    .await
+                    .unwrap()
+            } else {
+                tokio_tungstenite::connect_async(url).await.unwrap()
+            };
+            let req =
+                json!({"requestId": "r", "service": "auth.resume", "params": {"token": token}});
+            s.send(Message::Text(req.to_string().into())).await.unwrap();
+            let mut lat = Vec::new();
+            // Wait for the resume reply, then (stalled) stop reading or (healthy) measure.
+            while let Some(Ok(m)) = s.next().await {
+                if let Message::Text(t) = m {
+                    if t.contains("\"requestId\":\"r\"") {
+                        break;
+                    }
+                }
+            }
+            if is_stalled {
+                tokio::time::sleep(Duration::from_secs(secs + 10)).await;
+                return lat;
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+            loop {
+                let m = tokio::select! {
+                    m = s.next() => m,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                };
+                match m {
+                    Some(Ok(Message::Text(t))) => {
+                        let j: Json = serde_json::from_str(&t).unwrap();
+                        if let Some(sent) = j["data"]["sentUs"].as_u64() {
+                            lat.push(now_us().saturating_sub(sent));
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => break,
+                }
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    println!(
+        "{}",
+        json!({"count": all.len(), "p50_ms": pct(&all, 0.5), "p99_ms": pct(&all, 0.99), "max_ms": pct(&all, 1.0)})
+    );
+}
+
+struct Run {
+    received: u64,
+    p50: f64,
+    p99: f64,
+    cpu_pct: f64,
+    rss_mb: f64,
+    sent: u64,
+    dropped: u64,
+}
+
+async fn run(gw: &edge_gateway::Gateway, token: &str, stalled: usize, secs: u64) -> Run {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .env("BENCH_ROLE", "clients")
+        .env("BENCH_ADDR", gw.http_addr.to_string())
+        .env("BENCH_TOKEN", token)
+        .env("BENCH_HEALTHY", (CLIENTS - stalled).to_string())
+        .env("BENCH_STALLED", stalled.to_string())
+        .env("BENCH_SECS", secs.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let m = &gw.metrics.push;
+    while m.clients.load(Relaxed) < CLIENTS as i64 || gw.shared.hub.len() < CLIENTS {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pad = "x".repeat(900);
+    let (sent0, dropped0) = (m.count(KIND_EVENT, false), m.count(KIND_EVENT, true));
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let mut tick = tokio::time::interval(PERIOD);
+    while t0.elapsed() < Duration::from_secs(secs) {
+        tick.tick().await;
+        let frame =
+            json!({"service": "push.event", "data": {"sentUs": now_us(), "pad": pad}}).to_string();
+        gw.shared.hub.publish_all(Push {
+            frame: Utf8Bytes::from(frame),
+            kind: KIND_EVENT,
+            since: Instant::now(),
+        });
+    }
+    let cpu_pct = (cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+    let rss_mb = status_kb("VmRSS") as f64 / 1024.0;
+    let line = tokio::task::spawn_blocking(move || {
+        let mut l = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut l)
+            .unwrap();
+        let _ = child.wait();
+        l
+    })
+    .await
+    .unwrap();
+    let r: Json = serde_json::from_str(&line).unwrap();
+    // Let the server notice the clients leaving before the next run.
+    while m.clients.load(Relaxed) > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Run {
+        received: r["count"].as_u64().unwrap(),
+        p50: r["p50_ms"].as_f64().unwrap(),
+        p99: r["p99_ms"].as_f64().unwrap(),
+        cpu_pct,
+        rss_mb,
+        sent: m.count(KIND_EVENT, false) - sent0,
+        dropped: m.count(KIND_EVENT, true) - dropped0,
+    }
+}
+
+fn main() {
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    if std::env::var("BENCH_ROLE").as_deref() == Ok("clients") {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let env = |k: &str| std::env::var(k).unwrap();
+        rt.block_on(clients(
+            env("BENCH_ADDR"),
+            env("BENCH_TOKEN"),
+            env("BENCH_HEALTHY").parse().unwrap(),
+            env("BENCH_STALLED").parse().unwrap(),
+            secs,
+        ));
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = edge_gateway::cli::hash_password("bench").unwrap();
+        let text = format!(
+            "[gateway]\nid = \"bench\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [[users]]\nname = \"b\"\nrole = \"viewer\"\npassword_hash = \"{hash}\"\n\
+             [push]\nmax_clients = 2000\nqueue_capacity = 100\noverflow = \"drop_oldest\"\ninterval_ms = 3600000\nheartbeat_timeout_s = 600\n",
+            dir.path().display().to_string()
+        );
+        let config = edge_gateway::config::parse(&text).unwrap().config;
+        let gw = edge_gateway::Gateway::start(config).await.unwrap();
+        // One login; every client resumes its token (argon2 once, not a thousand times).
+        let (mut s, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http_addr)).await.unwrap();
+        s.send(Message::Text(json!({"requestId": "1", "service": "auth.login", "params": {"username": "b", "password": "bench"}}).to_string().into())).await.unwrap();
+        let token = loop {
+            if let Some(Ok(Message::Text(t))) = s.next().await {
+                let j: Json = serde_json::from_str(&t).unwrap();
+                break j["data"]["token"].as_str().unwrap().to_string();
+            }
+        };
+        drop(s);
+
+        println!("ws fan-out: {CLIENTS} clients, 1 KB push to all every {PERIOD:?}, {secs} s per run");
+        for stalled in [0, STALLED] {
+            let r = run(&gw, &token, stalled, secs).await;
+            let label = if stalled == 0 { "all reading".to_string() } else { format!("{stalled} stalled") };
+            println!(
+                "  {label:>12}: latency p50 {:.2} ms, p99 {:.2} ms over {} deliveries to healthy clients; \
+                 gateway CPU {:.0} % of one core, RSS {:.1} MB; pushes sent {} dropped {}",
+                r.p50, r.p99, r.received, r.cpu_pct, r.rss_mb, r.sent, r.dropped
+            );
+        }
+        println!("  peak RSS {:.1} MB (VmHWM)", status_kb("VmHWM") as f64 / 1024.0);
+        gw.shutdown().await;
+    });
+}

@@ -1,0 +1,709 @@
+//! The WebSocket service over real sockets with a real client: the envelope and every code,
+//! roles, limits, pushes, slow clients, heartbeats, and no leaks over many connections.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use common::*;
+use edge_gateway::modbus::simulator::{Fault, Profile, BOILER, PUMP};
+use edge_gateway::Gateway;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value as Json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Ws {
+    s: Stream,
+    next_id: u64,
+    pushes: VecDeque<Json>,
+}
+
+impl Ws {
+    async fn connect(addr: SocketAddr) -> Ws {
+        let (s, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .expect("ws connect");
+        Ws {
+            s,
+            next_id: 1,
+            pushes: VecDeque::new(),
+        }
+    }
+
+    async fn send_text(&mut self, t: String) {
+        self.s.send(Message::Text(t.into())).await.unwrap();
+    }
+
+    /// The next text frame as JSON; `None` when the server closed.
+    async fn recv(&mut self) -> Option<Json> {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(30), self.s.next())
+                .await
+                .expect("no frame within 30 s");
+            match m {
+                Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Sends a request and returns its reply (pushes on the way are kept for later).
+    async fn call(&mut self, service: &str, params: Json) -> Json {
+        let id = self.next_id.to_string();
+        self.next_id += 1;
+        self.send_text(json!({"requestId": id, "service": service, "params": params}).to_string())
+            .await;
+        loop {
+            let m = self
+                .recv()
+                .await
+                .expect("connection closed before the reply");
+            if m.get("requestId") == Some(&Json::String(id.clone())) {
+                assert_eq!(m["service"], service);
+                return m;
+            }
+            self.pushes.push_back(m);
+        }
+    }
+
+    async fn login(&mut self, user: &str, pw: &str) -> Json {
+        self.call("auth.login", json!({"username": user, "password": pw}))
+            .await
+    }
+
+    async fn next_push(&mut self, service: &str) -> Json {
+        if let Some(i) = self.pushes.iter().position(|p| p["service"] == service) {
+            return self.pushes.remove(i).unwrap();
+        }
+        loop {
+            let m = self.recv().await.expect("closed while waiting for a push");
+            if m["service"] == service && m.get("requestId").is_none() {
+                return m;
+            }
+        }
+    }
+}
+
+fn code(reply: &Json) -> u64 {
+    reply["code"].as_u64().unwrap()
+}
+
+/// Users admin/admin and viewer/viewer, and the push settings given.
+fn users_and_push(push: &str) -> String {
+    let admin = edge_gateway::cli::hash_password("admin").unwrap();
+    let viewer = edge_gateway::cli::hash_password("viewer").unwrap();
+    format!(
+        "[[users]]\nname = \"admin\"\nrole = \"admin\"\npassword_hash = \"{admin}\"\n\
+         [[users]]\nname = \"viewer\"\nrole = \"viewer\"\npassword_hash = \"{viewer}\"\n[push]\n{push}\n"
+    )
+}
+
+async fn gateway(
+    push: &str,
+) -> (
+    Gateway,
+    edge_gateway::modbus::simulator::Simulator,
+    tempfile::TempDir,
+) {
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    std::mem::forget(_c);
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "{}{}{}",
+        users_and_push(push),
+        tcp_bus(&addr.to_string()),
+        BOILER_AND_PUMP
+    );
+    let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
+    (gw, sim, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_code_of_the_contract_is_reached_and_the_connection_lives_on() {
+    let (gw, sim, _dir) = gateway("").await;
+    let mut ws = Ws::connect(gw.http_addr).await;
+
+    // 400: malformed JSON, not an object, missing service, missing and mistyped params.
+    ws.send_text("{not json".into()).await;
+    let r = ws.recv().await.unwrap();
+    assert_eq!((code(&r), r["requestId"].clone()), (400, Json::Null));
+    assert!(r["msg"].as_str().unwrap().starts_with("malformed JSON"));
+    ws.send_text("[1,2]".into()).await;
+    assert_eq!(code(&ws.recv().await.unwrap()), 400);
+    ws.send_text(r#"{"requestId":"x"}"#.into()).await;
+    let r = ws.recv().await.unwrap();
+    assert_eq!((code(&r), r["requestId"].as_str()), (400, Some("x")));
+    let r = ws.call("auth.login", json!({"username": "admin"})).await;
+    assert_eq!(
+        (code(&r), r["msg"].as_str().unwrap()),
+        (400, "missing param `password`")
+    );
+    let r = ws
+        .call("auth.login", json!({"username": 7, "password": "x"}))
+        .await;
+    assert_eq!(
+        (code(&r), r["msg"].as_str().unwrap()),
+        (400, "param `username` must be a string, not a number")
+    );
+
+    // 401: not logged in, and wrong password.
+    let r = ws.call("devices.list", json!({})).await;
+    assert_eq!(
+        (code(&r), r["msg"].as_str().unwrap()),
+        (401, "not logged in")
+    );
+    assert_eq!(code(&ws.login("admin", "wrong").await), 401);
+    // 404: unknown service (also before login).
+    let r = ws.call("no.such", json!({})).await;
+    assert_eq!(
+        (code(&r), r["msg"].as_str().unwrap()),
+        (404, "unknown service `no.such`")
+    );
+
+    // 0: login, then the services.
+    let r = ws.login("admin", "admin").await;
+    assert_eq!(
+        (
+            code(&r),
+            r["msg"].as_str().unwrap(),
+            r["data"]["role"].as_str().unwrap()
+        ),
+        (0, "ok", "admin")
+    );
+    assert_eq!(r["data"]["token"].as_str().unwrap().len(), 64);
+    wait_for("polled", || {
+        quality(&gw, "boiler", "setpoint") == edge_gateway::model::Quality::Good
+    })
+    .await;
+    let r = ws.call("devices.list", json!({})).await;
+    assert_eq!(code(&r), 0);
+    let boiler = &r["data"]["devices"][0];
+    assert_eq!(boiler["id"], "boiler");
+    assert_eq!(boiler["online"], true);
+    assert!(boiler["lastSeen"].as_str().unwrap().ends_with('Z'));
+    let sp = &boiler["points"][1];
+    assert_eq!(
+        (
+            sp["id"].as_str(),
+            sp["value"].as_f64(),
+            sp["quality"].as_str()
+        ),
+        (Some("setpoint"), Some(80.0), Some("good"))
+    );
+
+    // 404: unknown device and point.
+    let r = ws
+        .call(
+            "points.history",
+            json!({"deviceId": "nope", "pointId": "x"}),
+        )
+        .await;
+    assert_eq!(
+        (code(&r), r["msg"].as_str().unwrap()),
+        (404, "unknown device `nope`")
+    );
+    let r = ws
+        .call(
+            "device.write",
+            json!({"deviceId": "boiler", "pointId": "x", "value": 1}),
+        )
+        .await;
+    assert_eq!(code(&r), 404);
+    // 403 for a point that is not writable; 503 for a device that does not answer.
+    let r = ws
+        .call(
+            "device.write",
+            json!({"deviceId": "pump", "pointId": "speed", "value": 1}),
+        )
+        .await;
+    assert_eq!(
+        (code(&r), r["msg"].as_str().unwrap()),
+        (403, "point is not writable")
+    );
+    sim.set_fault(PUMP, Some(Fault::Silent));
+    let r = ws
+        .call(
+            "device.write",
+            json!({"deviceId": "pump", "pointId": "speed_setpoint", "value": 900}),
+        )
+        .await;
+    assert_eq!(code(&r), 503, "{r}");
+    sim.set_fault(PUMP, None);
+    // 0: a write the device confirms, with the old value.
+    let r = ws
+        .call(
+            "device.write",
+            json!({"deviceId": "boiler", "pointId": "setpoint", "value": 65.5}),
+        )
+        .await;
+    assert_eq!(code(&r), 0, "{r}");
+    assert_eq!(
+        (r["data"]["old"].as_f64(), r["data"]["value"].as_f64()),
+        (Some(80.0), Some(65.5))
+    );
+    assert_eq!(sim.with_memory(BOILER, |m| m.holding[2]), Some(655));
+    // 400: a value the point cannot take.
+    let r = ws
+        .call(
+            "device.write",
+            json!({"deviceId": "boiler", "pointId": "setpoint", "value": "hot"}),
+        )
+        .await;
+    assert_eq!(code(&r), 400, "{r}");
+
+    // points.history from SQLite.
+    let r = ws
+        .call(
+            "points.history",
+            json!({"deviceId": "boiler", "pointId": "setpoint", "limit": 10}),
+        )
+        .await;
+    assert_eq!(code(&r), 0, "{r}");
+    assert!(!r["data"]["rows"].as_array().unwrap().is_empty());
+    let r = ws
+        .call(
+            "points.history",
+            json!({"deviceId": "boiler", "pointId": "setpoint", "since": "yesterday"}),
+        )
+        .await;
+    assert_eq!(code(&r), 400);
+    // system.stats.
+    let r = ws.call("system.stats", json!({})).await;
+    assert_eq!(
+        (code(&r), r["data"]["devices"]["total"].as_u64()),
+        (0, Some(2))
+    );
+
+    // 413 (close 1009): a 100 KB frame.
+    let mut big = Ws::connect(gw.http_addr).await;
+    big.send_text(format!(
+        r#"{{"service":"system.stats","pad":"{}"}}"#,
+        "x".repeat(100_000)
+    ))
+    .await;
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(30), big.s.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(f))) => break f.map(|f| f.code),
+            Some(Ok(Message::Text(t))) => {
+                let j: Json = serde_json::from_str(&t).unwrap();
+                assert_eq!(code(&j), 413);
+                break Some(CloseCode::Size);
+            }
+            Some(Ok(_)) => continue,
+            _ => break None,
+        }
+    };
+    assert_eq!(closed, Some(CloseCode::Size));
+
+    // 500: the history store has gone away under the gateway.
+    std::fs::remove_file(gw.config.gateway.data_dir.join("gateway.db")).unwrap();
+    let r = ws
+        .call(
+            "points.history",
+            json!({"deviceId": "boiler", "pointId": "setpoint"}),
+        )
+        .await;
+    assert_eq!(code(&r), 500, "{r}");
+
+    // And after all that, the first connection still works.
+    assert_eq!(code(&ws.call("system.stats", json!({})).await), 0);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_audit_records_who_what_and_how_it_went() {
+    let (gw, _sim, dir) = gateway("").await;
+    let mut ws = Ws::connect(gw.http_addr).await;
+    ws.login("admin", "admin").await;
+    wait_for("online", || online(&gw, "boiler")).await;
+    assert_eq!(
+        code(
+            &ws.call(
+                "device.write",
+                json!({"deviceId": "boiler", "pointId": "burner", "value": false})
+            )
+            .await
+        ),
+        0
+    );
+    gw.store.flush().await;
+    let conn = rusqlite::Connection::open(dir.path().join("gateway.db")).unwrap();
+    let row: (String, String, String, String, String) = conn
+        .query_row(
+            "SELECT user, source, device_id, point_id, result FROM write_audit",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        row,
+        (
+            "admin".into(),
+            "ws".into(),
+            "boiler".into(),
+            "burner".into(),
+            "ok".into()
+        )
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_read_but_do_not_write_ack_or_change_the_interval() {
+    let (gw, sim, _dir) = gateway("").await;
+    let mut ws = Ws::connect(gw.http_addr).await;
+    let r = ws.login("viewer", "viewer").await;
+    assert_eq!(r["data"]["role"], "viewer");
+    assert_eq!(code(&ws.call("devices.list", json!({})).await), 0);
+    let r = ws
+        .call(
+            "device.write",
+            json!({"deviceId": "boiler", "pointId": "setpoint", "value": 1}),
+        )
+        .await;
+    assert_eq!(
+        (code(&r), r["msg"].as_str().unwrap()),
+        (403, "admin role required")
+    );
+    assert_eq!(
+        code(
+            &ws.call("push.setInterval", json!({"intervalMs": 1000}))
+                .await
+        ),
+        403
+    );
+    assert_eq!(
+        sim.with_memory(BOILER, |m| m.holding[2]),
+        Some(800),
+        "nothing written"
+    );
+    // Logout revokes the token; resume on a new connection then fails.
+    let mut admin = Ws::connect(gw.http_addr).await;
+    let token = admin.login("admin", "admin").await["data"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut again = Ws::connect(gw.http_addr).await;
+    let r = again.call("auth.resume", json!({"token": token})).await;
+    assert_eq!((code(&r), r["data"]["role"].as_str()), (0, Some("admin")));
+    assert_eq!(code(&admin.call("auth.logout", json!({})).await), 0);
+    assert_eq!(code(&admin.call("devices.list", json!({})).await), 401);
+    let mut third = Ws::connect(gw.http_addr).await;
+    assert_eq!(
+        code(&third.call("auth.resume", json!({"token": token})).await),
+        401
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_limited_per_address_and_requests_per_connection() {
+    let (gw, _sim, _dir) = gateway("").await;
+    let mut ws = Ws::connect(gw.http_addr).await;
+    for _ in 0..5 {
+        assert_eq!(code(&ws.login("admin", "nope").await), 401);
+    }
+    let r = ws.login("admin", "admin").await;
+    assert_eq!(code(&r), 429, "{r}");
+    // A flood of requests on one connection: the excess gets 429, the connection lives.
+    let mut flood = Ws::connect(gw.http_addr).await;
+    for i in 0..200 {
+        flood
+            .send_text(json!({"requestId": i, "service": "no.such"}).to_string())
+            .await;
+    }
+    let mut codes = Vec::new();
+    for _ in 0..200 {
+        codes.push(code(&flood.recv().await.unwrap()));
+    }
+    assert!(codes.contains(&429) && codes.contains(&404), "{codes:?}");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_origin_is_refused_at_the_upgrade_and_the_own_host_is_allowed() {
+    let (gw, _sim, _dir) = gateway("").await;
+    let url = format!("ws://{}/ws", gw.http_addr);
+    let mut req = url.clone().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Origin", "http://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Origin",
+        format!("http://{}", gw.http_addr).parse().unwrap(),
+    );
+    // Compression is never negotiated (memory per client, and CRIME-style leaks).
+    req.headers_mut().insert(
+        "Sec-WebSocket-Extensions",
+        "permessage-deflate".parse().unwrap(),
+    );
+    let (_ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert!(resp.headers().get("Sec-WebSocket-Extensions").is_none());
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_clients_get_503() {
+    let (gw, _sim, _dir) = gateway("max_clients = 2").await;
+    let _a = Ws::connect(gw.http_addr).await;
+    let _b = Ws::connect(gw.http_addr).await;
+    match tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http_addr)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    drop(_a);
+    wait_for_async("a place frees up", || async {
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http_addr))
+            .await
+            .is_ok()
+    })
+    .await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_interval_takes_effect_within_the_new_interval_without_a_restart() {
+    // An hour between snapshots: one arriving at all proves the new interval took over.
+    let (gw, _sim, _dir) = gateway("interval_ms = 3600000").await;
+    let mut ws = Ws::connect(gw.http_addr).await;
+    ws.login("admin", "admin").await;
+    let r = ws
+        .call("push.setInterval", json!({"intervalMs": 500}))
+        .await;
+    assert_eq!(code(&r), 0);
+    assert_eq!(
+        code(
+            &ws.call("push.setInterval", json!({"intervalMs": 499}))
+                .await
+        ),
+        400
+    );
+    let snap = ws.next_push("push.snapshot").await;
+    assert!(snap.get("requestId").is_none());
+    assert_eq!(snap["data"]["devices"].as_array().unwrap().len(), 2);
+    assert!(snap["data"]["ts"].as_str().unwrap().ends_with('Z'));
+    ws.next_push("push.snapshot").await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_pushes_follow_the_subscription_and_unauthenticated_sessions_get_none() {
+    let (gw, sim, _dir) = gateway("").await;
+    let mut anon = Ws::connect(gw.http_addr).await;
+    let mut ws = Ws::connect(gw.http_addr).await;
+    ws.login("viewer", "viewer").await;
+    let r = ws
+        .call(
+            "subscribe",
+            json!({"deviceIds": ["pump"], "telemetry": true}),
+        )
+        .await;
+    assert_eq!(code(&r), 0);
+    assert_eq!(
+        code(&ws.call("subscribe", json!({"deviceIds": ["nope"]})).await),
+        404
+    );
+    assert_eq!(
+        code(&ws.call("subscribe", json!({"minPriority": "urgent"})).await),
+        400
+    );
+    // The anonymous connection gets nothing pushed: its first frame is the reply to this call.
+    let r = anon.call("system.stats", json!({})).await;
+    assert_eq!(code(&r), 401);
+    assert!(anon.pushes.is_empty());
+    sim.with_memory(PUMP, |m| m.holding[0] = 1234);
+    sim.with_memory(BOILER, |m| m.holding[2] = 555);
+    loop {
+        let t = ws.next_push("push.telemetry").await;
+        assert_eq!(
+            t["data"]["deviceId"], "pump",
+            "only the subscribed device: {t}"
+        );
+        if t["data"]["points"]["speed_setpoint"]["v"] == 1234 {
+            assert_eq!(t["data"]["points"]["speed_setpoint"]["q"], "good");
+            break;
+        }
+    }
+    let r = anon.call("system.stats", json!({})).await;
+    assert_eq!(code(&r), 401);
+    assert!(anon.pushes.is_empty(), "{:?}", anon.pushes);
+    gw.shutdown().await;
+}
+
+/// A connection whose TCP receive window is tiny and which never reads: the server's writes
+/// to it block almost at once.
+async fn stalled_client(addr: SocketAddr) -> Stream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(2048).unwrap();
+    let tcp = sock.connect(addr).await.unwrap();
+    let (s, _) =
+        tokio_tungstenite::client_async(format!("ws://{addr}/ws"), MaybeTlsStream::Plain(tcp))
+            .await
+            .unwrap();
+    s
+}
+
+async fn login_stalled(s: &mut Stream) {
+    s.send(Message::Text(json!({"requestId": "1", "service": "auth.login", "params": {"username": "viewer", "password": "viewer"}}).to_string().into()))
+        .await
+        .unwrap();
+    // Read only the login reply, then never again.
+    loop {
+        if let Some(Ok(Message::Text(t))) = s.next().await {
+            if t.contains("auth.login") {
+                break;
+            }
+        }
+    }
+}
+
+/// Fifty devices of thirty points: snapshots of ~150 KB fill a stalled client's socket fast.
+async fn big_gateway(push: &str) -> (Gateway, tempfile::TempDir) {
+    let (_sim, addr, c) = start_sim(Profile::Bench(50)).await;
+    std::mem::forget(c);
+    let dir = tempfile::tempdir().unwrap();
+    let mut body = format!("{}{}", users_and_push(push), tcp_bus(&addr.to_string()));
+    let pts: Vec<String> = (0..30)
+        .map(|i| format!(r#"{{ id = "p{i}", table = "holding", address = {i}, type = "u16" }}"#))
+        .collect();
+    body += &format!("[templates.t]\npoints = [{}]\n", pts.join(", "));
+    for u in 1..=50 {
+        body += &format!("[[devices]]\nid = \"d{u}\"\nbus = \"b\"\nunit = {u}\ntemplate = \"t\"\npoll_interval_ms = 500\n");
+    }
+    let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
+    (gw, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_loses_pushes_by_its_policy_and_never_delays_the_others() {
+    let (gw, _dir) = big_gateway("interval_ms = 500\nqueue_capacity = 4\noverflow = \"drop_oldest\"\nheartbeat_timeout_s = 600").await;
+    let mut slow = stalled_client(gw.http_addr).await;
+    login_stalled(&mut slow).await;
+    let mut fast = Ws::connect(gw.http_addr).await;
+    fast.login("viewer", "viewer").await;
+    let m = &gw.metrics.push;
+    // The healthy client keeps getting snapshots while the stalled one's drops pile up.
+    let mut snapshots = 0;
+    while m.count(0, true) < 5 || snapshots < 10 {
+        fast.next_push("push.snapshot").await;
+        snapshots += 1;
+        assert!(snapshots < 200, "the stalled client never overflowed");
+    }
+    assert_eq!(
+        gw.shared.hub.len(),
+        2,
+        "drop_oldest keeps the slow client connected"
+    );
+    let sent = m.count(0, false);
+    let dropped = m.count(0, true);
+    assert!(sent >= 10 && dropped >= 5, "sent {sent} dropped {dropped}");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disconnect_policy_drops_a_slow_client_and_frees_it() {
+    let (gw, _dir) = big_gateway("interval_ms = 500\nqueue_capacity = 2\noverflow = \"disconnect\"\nheartbeat_timeout_s = 600").await;
+    let mut slow = stalled_client(gw.http_addr).await;
+    login_stalled(&mut slow).await;
+    let mut fast = Ws::connect(gw.http_addr).await;
+    fast.login("viewer", "viewer").await;
+    wait_for("slow client dropped", || gw.shared.hub.len() == 1).await;
+    assert!(gw.metrics.push.count(0, true) >= 1);
+    // The healthy one is unaffected.
+    fast.next_push("push.snapshot").await;
+    wait_for("its connection freed", || {
+        gw.metrics.push.clients.load(Relaxed) == 1
+    })
+    .await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_pongs_is_dropped_after_the_heartbeat_timeout_and_freed() {
+    let (gw, _sim, _dir) = gateway("heartbeat_interval_s = 1\nheartbeat_timeout_s = 2").await;
+    let mut silent = Ws::connect(gw.http_addr).await;
+    silent.login("viewer", "viewer").await;
+    // A client that keeps reading answers pings automatically and stays.
+    let mut alive = Ws::connect(gw.http_addr).await;
+    alive.login("viewer", "viewer").await;
+    let keep_reading = tokio::spawn(async move { while alive.s.next().await.is_some() {} });
+    assert_eq!(gw.shared.hub.len(), 2);
+    wait_for("silent client dropped", || gw.shared.hub.len() == 1).await;
+    wait_for("its connection freed", || {
+        gw.metrics.push.clients.load(Relaxed) == 1
+    })
+    .await;
+    keep_reading.abort();
+    drop(silent);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_logs_in_is_closed_after_10_s() {
+    let (gw, _sim, _dir) = gateway("").await;
+    let mut ws = Ws::connect(gw.http_addr).await;
+    let frame = tokio::time::timeout(Duration::from_secs(30), ws.s.next())
+        .await
+        .unwrap();
+    match frame {
+        Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Policy),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    wait_for("freed", || gw.metrics.push.clients.load(Relaxed) == 0).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_connect_disconnect_cycles_leave_no_task_or_registry_entry_behind() {
+    let (gw, _sim, _dir) = gateway("max_clients = 50").await;
+    let handle = tokio::runtime::Handle::current();
+    // Warm up once so lazily started tasks exist before the baseline.
+    {
+        let mut ws = Ws::connect(gw.http_addr).await;
+        ws.login("viewer", "viewer").await;
+    }
+    wait_for("idle", || gw.metrics.push.clients.load(Relaxed) == 0).await;
+    let baseline = handle.metrics().num_alive_tasks();
+    for i in 0..10_000 {
+        let mut ws = Ws::connect(gw.http_addr).await;
+        if i % 200 == 0 {
+            assert_eq!(code(&ws.login("viewer", "viewer").await), 0);
+            ws.call("subscribe", json!({"deviceIds": ["pump"]})).await;
+        }
+        if i % 2 == 0 {
+            let _ = ws.s.close(None).await;
+        } // else: dropped without a close handshake.
+    }
+    wait_for("every connection gone", || {
+        gw.metrics.push.clients.load(Relaxed) == 0
+    })
+    .await;
+    wait_for("tasks back to the baseline", || {
+        handle.metrics().num_alive_tasks() <= baseline
+    })
+    .await;
+    assert_eq!(gw.shared.hub.index_sizes(), (0, 0, 0));
+    assert_eq!(
+        gw.shared.conn_limit.available_permits(),
+        50,
+        "every connection slot returned"
+    );
+    gw.shutdown().await;
+}
