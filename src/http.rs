@@ -70,6 +70,12 @@ pub async fn bind(listen: &str) -> std::io::Result<TcpListener> {
 pub async fn serve(listener: TcpListener, state: AppState, cancel: CancellationToken) {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!("http listening on {addr:?}");
+    // Pushes are small frames that must leave at once: Nagle plus a client's delayed ACK would
+    // hold them for tens of milliseconds.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
