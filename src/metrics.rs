@@ -124,8 +124,21 @@ impl PushCounters {
     }
 }
 
+/// Event engine figures.
+pub struct EventCounters {
+    /// `[event type][0 = committed, 1 = suppressed]`, types in `EventType::ALL` order.
+    pub processed: [[AtomicU64; 2]; 6],
+    /// Per device, events suppressed by storm control.
+    pub suppressed: Vec<AtomicU64>,
+    /// Draft made (sample read) → committed and pushed.
+    pub duration: Histogram,
+    /// Queue length per priority: normal, high, emergency.
+    pub queue: [AtomicI64; 3],
+}
+
 pub struct Metrics {
     pub push: PushCounters,
+    pub events: EventCounters,
     device_names: Vec<String>,
     bus_names: Vec<String>,
     pub devices: Vec<DeviceCounters>,
@@ -138,6 +151,12 @@ impl Metrics {
     pub fn new(device_names: Vec<String>, bus_names: Vec<String>) -> Metrics {
         Metrics {
             push: PushCounters::default(),
+            events: EventCounters {
+                processed: Default::default(),
+                suppressed: device_names.iter().map(|_| AtomicU64::new(0)).collect(),
+                duration: Histogram::default(),
+                queue: Default::default(),
+            },
             devices: device_names
                 .iter()
                 .map(|_| DeviceCounters::default())
@@ -219,6 +238,31 @@ impl Metrics {
                 );
             }
         }
+        out.push_str("# TYPE edge_events_processed_total counter\n");
+        for (t, name) in crate::events::EventType::ALL.iter().enumerate() {
+            for (k, status) in ["committed", "suppressed"].iter().enumerate() {
+                let v = self.events.processed[t][k].load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "edge_events_processed_total{{event_type=\"{}\",status=\"{status}\"}} {v}",
+                    name.as_str()
+                );
+            }
+        }
+        out.push_str("# TYPE edge_events_suppressed_total counter\n");
+        for (d, name) in self.device_names.iter().enumerate() {
+            let v = self.events.suppressed[d].load(Relaxed);
+            let _ = writeln!(out, "edge_events_suppressed_total{{device=\"{name}\"}} {v}");
+        }
+        out.push_str("# TYPE edge_event_queue_length gauge\n");
+        for (i, p) in ["normal", "high", "emergency"].iter().enumerate() {
+            let v = self.events.queue[i].load(Relaxed);
+            let _ = writeln!(out, "edge_event_queue_length{{priority=\"{p}\"}} {v}");
+        }
+        out.push_str("# TYPE edge_event_process_duration_seconds histogram\n");
+        self.events
+            .duration
+            .render(&mut out, "edge_event_process_duration_seconds", "");
         out.push_str("# TYPE edge_push_duration_seconds histogram\n");
         self.push
             .duration

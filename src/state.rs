@@ -106,22 +106,60 @@ fn must_report(point: &Point, p: &PointLive, ts: Millis) -> bool {
     }
 }
 
-/// Applies bus events to the live state, pushes reported changes to WebSocket subscribers, and
-/// sends what must be stored. Ends when every bus has stopped (its sender dropped), so nothing
-/// polled is lost at shutdown.
-pub async fn run(shared: Arc<crate::Shared>, mut rx: mpsc::Receiver<BusEvent>) {
-    while let Some(ev) = rx.recv().await {
-        let read_at = match &ev {
-            BusEvent::Polled { at, .. } => *at,
-            BusEvent::Status { .. } => std::time::Instant::now(),
-        };
-        let cmd = apply(&shared.config, &shared.live, ev);
-        if let Some(StoreCmd::Report { device, ts, rows }) = &cmd {
-            crate::ws::push_telemetry(&shared, *device, *ts, rows, read_at);
+/// The pipeline between the buses and the store: applies bus events to the live state, runs
+/// the rule engine on every sample (and on a 100 ms tick for on-delays and staleness), pushes
+/// reported changes to WebSocket subscribers, and sends what must be stored. Ends when every
+/// bus has stopped (its sender dropped), so nothing polled is lost at shutdown.
+pub async fn run(
+    shared: Arc<crate::Shared>,
+    mut rx: mpsc::Receiver<BusEvent>,
+    mut engine: crate::events::rules::Engine,
+    queues: crate::events::processor::Queues,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drafts = Vec::new();
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { break };
+                let read_at = match &ev {
+                    BusEvent::Polled { device, ts, at, results } => {
+                        for (p, r) in results {
+                            engine.on_sample(*device, *p, r, *ts, *at, &mut drafts);
+                        }
+                        *at
+                    }
+                    BusEvent::Status { device, ts, online, reason } => {
+                        let now = tokio::time::Instant::now();
+                        engine.on_status(*device, *online, reason, *ts, now, &mut drafts);
+                        now
+                    }
+                };
+                let cmd = apply(&shared.config, &shared.live, ev);
+                if let Some(StoreCmd::Report { device, ts, rows }) = &cmd {
+                    crate::ws::push_telemetry(&shared, *device, *ts, rows, read_at.into_std());
+                }
+                if let Some(cmd) = cmd {
+                    if !shared.store.send(cmd).await {
+                        tracing::error!("store writer is gone; stopping the pipeline");
+                        return;
+                    }
+                }
+            }
+            _ = tick.tick(), if engine.rule_count() > 0 => {
+                let stale = engine.tick(crate::model::now_ms(), tokio::time::Instant::now(), &mut drafts);
+                if !stale.is_empty() {
+                    let mut live = write(&shared.live);
+                    for (d, p) in stale {
+                        live.devices[d].points[p].quality = Quality::Stale;
+                    }
+                }
+            }
         }
-        if let Some(cmd) = cmd {
-            if !shared.store.send(cmd).await {
-                tracing::error!("store writer is gone; stopping the pipeline");
+        for d in drafts.drain(..) {
+            if !queues.send(d).await {
+                tracing::error!("event processor is gone; stopping the pipeline");
                 return;
             }
         }

@@ -36,7 +36,7 @@ pub enum BusEvent {
         device: usize,
         ts: Millis,
         /// When the read completed, for the push latency histogram.
-        at: std::time::Instant,
+        at: tokio::time::Instant,
         results: Vec<(usize, Result<Value, PointError>)>,
     },
     /// The device came online or went offline.
@@ -397,7 +397,7 @@ impl BusTask {
             .send(BusEvent::Polled {
                 device,
                 ts,
-                at: std::time::Instant::now(),
+                at: tokio::time::Instant::now(),
                 results,
             })
             .await

@@ -52,6 +52,33 @@ const MIGRATIONS: &[&str] = &[
         old_value,
         new_value,
         result TEXT NOT NULL);",
+    // 3: events (the log) and alarms (their current state, ISA-18.2 style).
+    "CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL UNIQUE,
+        device_id TEXT NOT NULL,
+        point_id TEXT,
+        type TEXT NOT NULL,
+        priority TEXT NOT NULL,
+        priority_rank INTEGER NOT NULL,
+        device_seq INTEGER NOT NULL,
+        value,
+        message TEXT NOT NULL,
+        state TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        acked_by TEXT,
+        acked_at INTEGER);
+     CREATE INDEX events_device ON events (device_id, device_seq);
+     CREATE INDEX events_ts ON events (ts);
+     CREATE TABLE alarms (
+        key TEXT PRIMARY KEY,
+        event_seq INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        priority_rank INTEGER NOT NULL,
+        raised_at INTEGER NOT NULL,
+        cleared_at INTEGER,
+        acked_by TEXT,
+        acked_at INTEGER);",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -119,8 +146,29 @@ pub enum StoreCmd {
         last_seen: Option<Millis>,
         ts: Millis,
     },
+    /// Numbered events with their alarm changes; `done` answers after the commit, so nothing
+    /// is pushed that a crash could lose.
+    Events {
+        events: Vec<crate::events::Event>,
+        done: oneshot::Sender<()>,
+    },
+    /// Acknowledge the alarm raised by an event.
+    Ack {
+        event_id: String,
+        user: String,
+        ts: Millis,
+        reply: oneshot::Sender<Result<(), AckError>>,
+    },
     /// Answers once everything sent before it is committed.
     Flush(oneshot::Sender<()>),
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AckError {
+    #[error("no alarm for event `{0}`")]
+    NotFound(String),
+    #[error("store error: {0}")]
+    Store(String),
 }
 
 /// A point's last stored value (`None` when the last report had none) and its time.
@@ -133,6 +181,12 @@ pub struct Restored {
     pub devices: Vec<(Option<bool>, Option<Millis>)>,
     /// Per device, per point: last value, its time.
     pub points: Vec<Vec<Option<LastValue>>>,
+    /// The highest event `seq` ever committed (0 for none).
+    pub last_seq: u64,
+    /// Per device (config order): the highest committed `deviceSeq`.
+    pub device_seq: Vec<u64>,
+    /// Keys of alarms still active.
+    pub active_alarms: std::collections::HashSet<String>,
 }
 
 /// The sending side of the writer, cheap to clone.
@@ -286,7 +340,25 @@ fn restore(conn: &Connection, config: &Config) -> rusqlite::Result<Restored> {
             pts.push(row.map(|(v, ts)| (from_sql(p, v), ts)));
         }
         out.points.push(pts);
+        let ds: Option<i64> = conn.query_row(
+            "SELECT MAX(device_seq) FROM events WHERE device_id = ?1",
+            [&d.id],
+            |r| r.get(0),
+        )?;
+        out.device_seq.push(ds.unwrap_or(0) as u64);
     }
+    let max_seq: Option<i64> = conn.query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?;
+    let meta_seq: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'event_seq'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    out.last_seq =
+        (max_seq.unwrap_or(0) as u64).max(meta_seq.and_then(|s| s.parse().ok()).unwrap_or(0));
+    let mut q = conn.prepare("SELECT key FROM alarms WHERE state = 'active'")?;
+    out.active_alarms = q
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<_>>()?;
     Ok(out)
 }
 
@@ -354,8 +426,23 @@ impl Writer {
             }
         }
         for cmd in batch.drain(..) {
-            if let StoreCmd::Flush(reply) = cmd {
-                let _ = reply.send(());
+            match cmd {
+                StoreCmd::Flush(reply) => {
+                    let _ = reply.send(());
+                }
+                StoreCmd::Events { done, .. } => {
+                    let _ = done.send(());
+                }
+                StoreCmd::Ack {
+                    event_id,
+                    user,
+                    ts,
+                    reply,
+                } => {
+                    // After the batch it came with, so an ack never overtakes its raise.
+                    let _ = reply.send(self.ack(&event_id, &user, ts));
+                }
+                _ => {}
             }
         }
     }
@@ -423,12 +510,101 @@ impl Writer {
                         ])?;
                         rows += 1;
                     }
-                    StoreCmd::Flush(_) => {}
+                    StoreCmd::Events { events, .. } => {
+                        for e in events {
+                            Self::write_event(&self.config, &tx, e)?;
+                            rows += 1;
+                        }
+                        if let Some(last) = events.last() {
+                            tx.execute(
+                                "INSERT INTO meta (key, value) VALUES ('event_seq', ?1)
+                                 ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), ?1)",
+                                [last.seq as i64],
+                            )?;
+                        }
+                    }
+                    StoreCmd::Ack { .. } | StoreCmd::Flush(_) => {}
                 }
             }
         }
         tx.commit()?;
         Ok(rows)
+    }
+
+    fn write_event(
+        config: &Config,
+        tx: &rusqlite::Transaction<'_>,
+        e: &crate::events::Event,
+    ) -> rusqlite::Result<()> {
+        use crate::events::{priority_rank, priority_str, AlarmOp};
+        let d = &config.devices[e.device];
+        let id = e.id(&config.gateway.id);
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO events (seq, event_id, device_id, point_id, type, priority, priority_rank,
+                device_seq, value, message, state, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )?
+        .execute(params![
+            e.seq as i64,
+            id,
+            d.id,
+            e.point.map(|p| d.points[p].id.clone()),
+            e.kind.as_str(),
+            priority_str(e.priority),
+            priority_rank(e.priority),
+            e.device_seq as i64,
+            sql_value(&e.value),
+            e.message,
+            e.state.as_str(),
+            e.ts
+        ])?;
+        match &e.alarm {
+            Some(AlarmOp::Raise(key)) => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO alarms (key, event_seq, state, priority_rank, raised_at)
+                     VALUES (?1, ?2, 'active', ?3, ?4)",
+                )?
+                .execute(params![key, e.seq as i64, priority_rank(e.priority), e.ts])?;
+            }
+            Some(AlarmOp::Clear(key)) => {
+                tx.prepare_cached(
+                    "UPDATE alarms SET state = 'cleared', cleared_at = ?2 WHERE key = ?1",
+                )?
+                .execute(params![key, e.ts])?;
+                // Cleared and acknowledged: no longer listed.
+                tx.prepare_cached("DELETE FROM alarms WHERE key = ?1 AND acked_by IS NOT NULL")?
+                    .execute([key])?;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn ack(&mut self, event_id: &str, user: &str, ts: Millis) -> Result<(), AckError> {
+        let run = |conn: &mut Connection| -> rusqlite::Result<bool> {
+            let tx = conn.transaction()?;
+            let n = tx.execute(
+                "UPDATE alarms SET acked_by = ?2, acked_at = ?3
+                 WHERE event_seq = (SELECT seq FROM events WHERE event_id = ?1)",
+                params![event_id, user, ts],
+            )?;
+            if n > 0 {
+                tx.execute(
+                    "UPDATE events SET acked_by = ?2, acked_at = ?3 WHERE event_id = ?1",
+                    params![event_id, user, ts],
+                )?;
+                tx.execute(
+                    "DELETE FROM alarms WHERE state = 'cleared' AND acked_by IS NOT NULL",
+                    [],
+                )?;
+            }
+            tx.commit()?;
+            Ok(n > 0)
+        };
+        match run(&mut self.conn) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(AckError::NotFound(event_id.to_string())),
+            Err(e) => Err(AckError::Store(e.to_string())),
+        }
     }
 
     /// Drops history past its retention, then the oldest history while the file is over
@@ -530,4 +706,95 @@ pub fn history(
         .collect::<rusqlite::Result<_>>()?;
     rows.reverse();
     Ok(rows)
+}
+
+/// An event read back from the store, as the SPEC JSON.
+fn event_row_json(config: &Config, r: &rusqlite::Row<'_>) -> rusqlite::Result<serde_json::Value> {
+    let device_id: String = r.get("device_id")?;
+    let point_id: Option<String> = r.get("point_id")?;
+    let value = match (config.devices.iter().find(|d| d.id == device_id), &point_id) {
+        (Some(d), Some(p)) => match d.points.iter().find(|x| &x.id == p) {
+            Some(point) => from_sql(point, r.get("value")?).map(|v| v.to_json()),
+            None => None,
+        },
+        _ => None,
+    };
+    let acked_at: Option<Millis> = r.get("acked_at")?;
+    Ok(serde_json::json!({
+        "id": r.get::<_, String>("event_id")?,
+        "deviceId": device_id,
+        "pointId": point_id,
+        "type": r.get::<_, String>("type")?,
+        "priority": r.get::<_, String>("priority")?,
+        "deviceSeq": r.get::<_, i64>("device_seq")?,
+        "value": value,
+        "message": r.get::<_, String>("message")?,
+        "ts": crate::model::rfc3339(r.get("ts")?),
+        "state": r.get::<_, String>("state")?,
+        "ackedBy": r.get::<_, Option<String>>("acked_by")?,
+        "ackedAt": acked_at.map(crate::model::rfc3339),
+    }))
+}
+
+/// Filters of `events.query`.
+#[derive(Debug, Default, Clone)]
+pub struct EventFilter {
+    pub device_id: Option<String>,
+    pub kind: Option<String>,
+    pub min_priority_rank: i64,
+    pub since: Option<Millis>,
+    /// Paging: only events older than this seq.
+    pub before_seq: Option<i64>,
+    pub limit: usize,
+}
+
+/// Events newest first, by the filter.
+pub fn query_events(
+    conn: &Connection,
+    config: &Config,
+    f: &EventFilter,
+) -> rusqlite::Result<Vec<serde_json::Value>> {
+    let mut q = conn.prepare_cached(
+        "SELECT * FROM events WHERE (?1 IS NULL OR device_id = ?1) AND (?2 IS NULL OR type = ?2)
+         AND priority_rank >= ?3 AND (?4 IS NULL OR ts >= ?4) AND (?5 IS NULL OR seq < ?5)
+         ORDER BY seq DESC LIMIT ?6",
+    )?;
+    let rows = q.query_map(
+        params![
+            f.device_id,
+            f.kind,
+            f.min_priority_rank,
+            f.since,
+            f.before_seq,
+            f.limit as i64
+        ],
+        |r| event_row_json(config, r),
+    )?;
+    rows.collect()
+}
+
+/// The seq of an event id, for paging.
+pub fn event_seq(conn: &Connection, event_id: &str) -> rusqlite::Result<Option<i64>> {
+    conn.query_row(
+        "SELECT seq FROM events WHERE event_id = ?1",
+        [event_id],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Alarms still listed (active, or cleared but not acknowledged): highest priority first, then
+/// newest first. Each is its raising event with the alarm's current `state` and ack.
+pub fn active_alarms(
+    conn: &Connection,
+    config: &Config,
+) -> rusqlite::Result<Vec<serde_json::Value>> {
+    let mut q = conn.prepare_cached(
+        "SELECT e.seq, e.event_id, e.device_id, e.point_id, e.type, e.priority, e.device_seq, e.value,
+                e.message, e.ts, a.state AS state, a.acked_by AS acked_by, a.acked_at AS acked_at
+         FROM alarms a JOIN events e ON e.seq = a.event_seq
+         ORDER BY a.priority_rank DESC, a.raised_at DESC",
+    )?;
+    let rows = q.query_map([], |r| event_row_json(config, r))?;
+    rows.collect()
 }

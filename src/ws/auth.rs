@@ -191,7 +191,10 @@ mod tests {
             Err(LoginError::Limited(_))
         ));
         // Limited before the name is even looked at.
-        assert!(matches!(a.login(ip, "nobody", "pw"), Err(LoginError::Limited(_))));
+        assert!(matches!(
+            a.login(ip, "nobody", "pw"),
+            Err(LoginError::Limited(_))
+        ));
         // Another address is not affected.
         assert!(a.login("10.0.0.3".parse().unwrap(), "admin", "pw").is_ok());
     }

@@ -39,7 +39,7 @@ pub struct Login {
 pub struct Subscription {
     /// Device indexes; `None` is every device.
     pub devices: Option<Vec<usize>>,
-    /// Bit per event type (see `crate::ws::EVENT_TYPES`); all ones by default.
+    /// Bit per event type (`EventType::bit`); all ones by default.
     pub event_mask: u32,
     pub min_priority: Priority,
     pub telemetry: bool,

@@ -27,16 +27,6 @@ use crate::Shared;
 use context::{reply, Ctx, ServiceError};
 use hub::{Client, Push, KIND_SNAPSHOT, KIND_TELEMETRY};
 
-/// Event types, in the order of their bit in a subscription's mask.
-pub const EVENT_TYPES: [&str; 6] = [
-    "device_online",
-    "device_offline",
-    "device_abnormal",
-    "threshold_exceeded",
-    "threshold_cleared",
-    "data_point_reached",
-];
-
 /// The largest frame accepted (SPEC: 413 / close 1009 beyond it).
 pub const MAX_FRAME: usize = 64 * 1024;
 /// A connection that has not logged in by then is closed.

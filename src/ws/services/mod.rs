@@ -3,6 +3,7 @@
 
 mod auth;
 mod devices;
+mod events;
 mod push;
 mod system;
 
@@ -62,6 +63,21 @@ pub static SERVICES: &[Service] = &[
         name: "device.write",
         access: Access::Admin,
         handler: |c| Box::pin(devices::write(c)),
+    },
+    Service {
+        name: "events.query",
+        access: Access::Any,
+        handler: |c| Box::pin(events::query(c)),
+    },
+    Service {
+        name: "alarms.active",
+        access: Access::Any,
+        handler: |c| Box::pin(events::active(c)),
+    },
+    Service {
+        name: "alarms.ack",
+        access: Access::Admin,
+        handler: |c| Box::pin(events::ack(c)),
     },
     Service {
         name: "subscribe",

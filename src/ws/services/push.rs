@@ -5,9 +5,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::config::Priority;
+use crate::events::EventType;
 use crate::ws::context::{Ctx, HandlerResult, ServiceError};
 use crate::ws::hub::Subscription;
-use crate::ws::EVENT_TYPES;
 
 pub fn parse_priority(s: &str) -> Option<Priority> {
     match s {
@@ -30,10 +30,8 @@ pub async fn subscribe(ctx: Ctx) -> HandlerResult {
     let event_mask = match ctx.opt_string_list("eventTypes")? {
         None => u32::MAX,
         Some(types) => types.iter().try_fold(0u32, |mask, t| {
-            EVENT_TYPES
-                .iter()
-                .position(|e| e == t)
-                .map(|i| mask | 1 << i)
+            EventType::parse(t)
+                .map(|e| mask | e.bit())
                 .ok_or_else(|| ServiceError::bad_request(format!("unknown event type `{t}`")))
         })?,
     };

@@ -1,0 +1,152 @@
+//! Events: what the gateway tells people. The rule engine turns samples into event drafts; the
+//! processor orders them by priority, applies storm control, numbers them, commits them with
+//! the alarm lifecycle to SQLite, and only then pushes them.
+
+pub mod processor;
+pub mod rules;
+
+use serde_json::{json, Value as Json};
+
+use crate::config::{Config, Priority};
+use crate::model::{rfc3339, Millis, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    DeviceOnline,
+    DeviceOffline,
+    DeviceAbnormal,
+    ThresholdExceeded,
+    ThresholdCleared,
+    DataPointReached,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 6] = [
+        EventType::DeviceOnline,
+        EventType::DeviceOffline,
+        EventType::DeviceAbnormal,
+        EventType::ThresholdExceeded,
+        EventType::ThresholdCleared,
+        EventType::DataPointReached,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::DeviceOnline => "device_online",
+            EventType::DeviceOffline => "device_offline",
+            EventType::DeviceAbnormal => "device_abnormal",
+            EventType::ThresholdExceeded => "threshold_exceeded",
+            EventType::ThresholdCleared => "threshold_cleared",
+            EventType::DataPointReached => "data_point_reached",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventType> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Its bit in a subscription's event mask (same order as `ws::EVENT_TYPES`).
+    pub fn bit(self) -> u32 {
+        1 << Self::ALL.iter().position(|t| *t == self).unwrap_or(0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventState {
+    Active,
+    Cleared,
+    Info,
+}
+
+impl EventState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventState::Active => "active",
+            EventState::Cleared => "cleared",
+            EventState::Info => "info",
+        }
+    }
+}
+
+pub fn priority_str(p: Priority) -> &'static str {
+    match p {
+        Priority::Emergency => "emergency",
+        Priority::High => "high",
+        Priority::Normal => "normal",
+    }
+}
+
+pub fn priority_rank(p: Priority) -> i64 {
+    match p {
+        Priority::Normal => 0,
+        Priority::High => 1,
+        Priority::Emergency => 2,
+    }
+}
+
+/// What an alarm-changing event does to the alarm it belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlarmOp {
+    /// Raises the alarm with this key (rule id, `offline:DEV`, `abnormal:DEV:POINT`, …).
+    Raise(String),
+    Clear(String),
+}
+
+/// An event before it is numbered: what the rule engine produces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Draft {
+    pub device: usize,
+    pub point: Option<usize>,
+    pub kind: EventType,
+    pub priority: Priority,
+    pub value: Option<Value>,
+    pub message: String,
+    pub state: EventState,
+    pub ts: Millis,
+    pub alarm: Option<AlarmOp>,
+    /// When the sample behind it was read, for the processing-latency histogram.
+    pub at: tokio::time::Instant,
+}
+
+/// A numbered, committed event (SPEC "Events").
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub seq: u64,
+    pub device: usize,
+    pub point: Option<usize>,
+    pub kind: EventType,
+    pub priority: Priority,
+    pub device_seq: u64,
+    pub value: Option<Value>,
+    pub message: String,
+    pub state: EventState,
+    pub ts: Millis,
+    pub alarm: Option<AlarmOp>,
+    pub acked_by: Option<String>,
+    pub acked_at: Option<Millis>,
+}
+
+impl Event {
+    pub fn id(&self, gateway_id: &str) -> String {
+        format!("{gateway_id}-{}", self.seq)
+    }
+
+    /// The SPEC JSON of an event.
+    pub fn to_json(&self, config: &Config) -> Json {
+        let d = &config.devices[self.device];
+        json!({
+            "id": self.id(&config.gateway.id),
+            "deviceId": d.id,
+            "pointId": self.point.map(|p| d.points[p].id.clone()),
+            "type": self.kind.as_str(),
+            "priority": priority_str(self.priority),
+            "deviceSeq": self.device_seq,
+            "value": self.value.as_ref().map(Value::to_json),
+            "message": self.message,
+            "ts": rfc3339(self.ts),
+            "state": self.state.as_str(),
+            "ackedBy": self.acked_by,
+            "ackedAt": self.acked_at.map(rfc3339),
+        })
+    }
+}

@@ -1,0 +1,281 @@
+//! The event processor: takes drafts from three priority queues (emergency first, always),
+//! applies storm control per device, numbers them (`seq` gateway-wide, `deviceSeq` per device),
+//! commits them with their alarm changes, then pushes them.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Draft, Event, EventState, EventType};
+use crate::config::Priority;
+use crate::model::now_ms;
+use crate::store::StoreCmd;
+use crate::ws::hub::{Push, KIND_EVENT};
+use crate::Shared;
+
+/// Capacity of each priority queue.
+pub const QUEUE: usize = 1024;
+/// Most drafts taken into one commit.
+const BATCH: usize = 256;
+
+/// The sending side, by priority.
+#[derive(Clone)]
+pub struct Queues {
+    emergency: mpsc::Sender<Draft>,
+    high: mpsc::Sender<Draft>,
+    normal: mpsc::Sender<Draft>,
+}
+
+pub struct Receivers {
+    emergency: mpsc::Receiver<Draft>,
+    high: mpsc::Receiver<Draft>,
+    normal: mpsc::Receiver<Draft>,
+}
+
+pub fn queues() -> (Queues, Receivers) {
+    let (e, er) = mpsc::channel(QUEUE);
+    let (h, hr) = mpsc::channel(QUEUE);
+    let (n, nr) = mpsc::channel(QUEUE);
+    (
+        Queues {
+            emergency: e,
+            high: h,
+            normal: n,
+        },
+        Receivers {
+            emergency: er,
+            high: hr,
+            normal: nr,
+        },
+    )
+}
+
+impl Queues {
+    /// Queues a draft by its priority; waits when that queue is full (backpressure).
+    pub async fn send(&self, d: Draft) -> bool {
+        let q = match d.priority {
+            Priority::Emergency => &self.emergency,
+            Priority::High => &self.high,
+            Priority::Normal => &self.normal,
+        };
+        q.send(d).await.is_ok()
+    }
+}
+
+/// Per-device storm control: at most `max` events per wall-clock second; the excess is counted
+/// and summarised once the storm is over.
+#[derive(Default, Clone)]
+struct Storm {
+    second: i64,
+    count: u32,
+    suppressed: u64,
+}
+
+pub struct Processor {
+    shared: Arc<Shared>,
+    next_seq: u64,
+    device_seq: Vec<u64>,
+    storms: Vec<Storm>,
+}
+
+impl Processor {
+    pub fn new(shared: Arc<Shared>, last_seq: u64, device_seq: Vec<u64>) -> Processor {
+        let n = shared.config.devices.len();
+        Processor {
+            shared,
+            next_seq: last_seq + 1,
+            device_seq,
+            storms: vec![Storm::default(); n],
+        }
+    }
+
+    fn summary(&mut self, device: usize, ts: i64) -> Option<Event> {
+        let n = std::mem::take(&mut self.storms[device].suppressed);
+        (n > 0).then(|| {
+            let max = self.shared.config.events.max_per_device_per_s;
+            self.number(Draft {
+                device,
+                point: None,
+                kind: EventType::DeviceAbnormal,
+                priority: Priority::Normal,
+                value: None,
+                message: format!(
+                    "{n} events suppressed by storm control (more than {max} per second)"
+                ),
+                state: EventState::Info,
+                ts,
+                alarm: None,
+                at: tokio::time::Instant::now(),
+            })
+        })
+    }
+
+    fn number(&mut self, d: Draft) -> Event {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.device_seq[d.device] += 1;
+        Event {
+            seq,
+            device: d.device,
+            point: d.point,
+            kind: d.kind,
+            priority: d.priority,
+            device_seq: self.device_seq[d.device],
+            value: d.value,
+            message: d.message,
+            state: d.state,
+            ts: d.ts,
+            alarm: d.alarm,
+            acked_by: None,
+            acked_at: None,
+        }
+    }
+
+    /// Storm control, then numbering, in the order drafts were taken (so each device's
+    /// `deviceSeq` follows the order its events reach every sink).
+    fn admit(&mut self, drafts: Vec<Draft>, out: &mut Vec<Event>) {
+        let max = self.shared.config.events.max_per_device_per_s;
+        for d in drafts {
+            let second = d.ts.div_euclid(1000);
+            if self.storms[d.device].second != second {
+                if let Some(s) = self.summary(d.device, d.ts) {
+                    out.push(s);
+                }
+                let st = &mut self.storms[d.device];
+                st.second = second;
+                st.count = 0;
+            }
+            let st = &mut self.storms[d.device];
+            // Emergencies are never suppressed.
+            if st.count >= max && d.priority != Priority::Emergency {
+                st.suppressed += 1;
+                let m = &self.shared.metrics.events;
+                m.suppressed[d.device].fetch_add(1, Relaxed);
+                m.processed[type_index(d.kind)][1].fetch_add(1, Relaxed);
+                continue;
+            }
+            st.count += 1;
+            out.push(self.number(d));
+        }
+    }
+
+    /// Summaries for storms that ended with no event after them.
+    fn quiet_storms(&mut self, out: &mut Vec<Event>) {
+        let now = now_ms();
+        for device in 0..self.storms.len() {
+            if self.storms[device].suppressed > 0
+                && self.storms[device].second < now.div_euclid(1000)
+            {
+                if let Some(s) = self.summary(device, now) {
+                    out.push(s);
+                }
+            }
+        }
+    }
+
+    /// Commits, then pushes. Returns false when the store is gone.
+    async fn commit(&mut self, events: Vec<Event>, started: &[tokio::time::Instant]) -> bool {
+        if events.is_empty() {
+            return true;
+        }
+        let (done, committed) = oneshot::channel();
+        if !self
+            .shared
+            .store
+            .send(StoreCmd::Events {
+                events: events.clone(),
+                done,
+            })
+            .await
+            || committed.await.is_err()
+        {
+            tracing::error!(
+                "store writer is gone: {} events not committed",
+                events.len()
+            );
+            return false;
+        }
+        let m = &self.shared.metrics.events;
+        for e in &events {
+            m.processed[type_index(e.kind)][0].fetch_add(1, Relaxed);
+            if !self.shared.hub.is_empty() {
+                let frame = serde_json::json!({"service": "push.event", "data": e.to_json(&self.shared.config)});
+                self.shared.hub.publish_event(
+                    e.device,
+                    e.kind.bit(),
+                    e.priority,
+                    Push {
+                        frame: Utf8Bytes::from(frame.to_string()),
+                        kind: KIND_EVENT,
+                        since: std::time::Instant::now(),
+                    },
+                );
+            }
+        }
+        for s in started {
+            m.duration.observe(s.elapsed());
+        }
+        true
+    }
+
+    pub async fn run(mut self, mut rx: Receivers) {
+        let mut open = [true; 3];
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while open.iter().any(|o| *o) {
+            let first = tokio::select! {
+                biased;
+                d = rx.emergency.recv(), if open[0] => d.or_else(|| { open[0] = false; None }),
+                d = rx.high.recv(), if open[1] => d.or_else(|| { open[1] = false; None }),
+                d = rx.normal.recv(), if open[2] => d.or_else(|| { open[2] = false; None }),
+                _ = tick.tick() => {
+                    let mut out = Vec::new();
+                    self.quiet_storms(&mut out);
+                    if !self.commit(out, &[]).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Some(first) = first else { continue };
+            let mut drafts = vec![first];
+            // Fill the batch, emergency first, then high, then normal.
+            while drafts.len() < BATCH {
+                let next = rx
+                    .emergency
+                    .try_recv()
+                    .or_else(|_| rx.high.try_recv())
+                    .or_else(|_| rx.normal.try_recv());
+                match next {
+                    Ok(d) => drafts.push(d),
+                    Err(_) => break,
+                }
+            }
+            let m = &self.shared.metrics.events;
+            m.queue[0].store(rx.normal.len() as i64, Relaxed);
+            m.queue[1].store(rx.high.len() as i64, Relaxed);
+            m.queue[2].store(rx.emergency.len() as i64, Relaxed);
+            let started: Vec<_> = drafts.iter().map(|d| d.at).collect();
+            let mut events = Vec::with_capacity(drafts.len());
+            self.admit(drafts, &mut events);
+            if !self.commit(events, &started).await {
+                return;
+            }
+        }
+        // Storms still open at shutdown are summarised too: nothing vanishes silently.
+        let mut out = Vec::new();
+        for device in 0..self.storms.len() {
+            if let Some(s) = self.summary(device, now_ms()) {
+                out.push(s);
+            }
+        }
+        self.commit(out, &[]).await;
+    }
+}
+
+fn type_index(t: EventType) -> usize {
+    EventType::ALL.iter().position(|x| *x == t).unwrap_or(0)
+}

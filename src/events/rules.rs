@@ -1,0 +1,474 @@
+//! The rule engine: thresholds with hysteresis and on-delay, equals, rate, stale, and the
+//! built-in online/offline and abnormal-data alarms. Pure: it is given the time, so every rule
+//! is testable to the millisecond.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{AlarmOp, Draft, EventState, EventType};
+use crate::config::{Config, Priority, RuleKind};
+use crate::modbus::bus::PointError;
+use crate::model::{Millis, Value};
+
+struct RuleState {
+    /// The alarm is raised (persisted: an alarm active before a restart stays raised).
+    active: bool,
+    /// Since when the raise condition has held, waiting out `for_ms`.
+    pending_since: Option<Instant>,
+    pending_value: Option<f64>,
+    /// `equals`: whether the last value was on target, so it fires once per arrival.
+    on_target: bool,
+    /// `rate`: the previous good sample.
+    last: Option<(f64, Instant)>,
+    /// `stale`: last change of value.
+    last_change: Instant,
+    last_value: Option<f64>,
+}
+
+pub struct Engine {
+    rules: Vec<crate::config::Rule>,
+    state: Vec<RuleState>,
+    /// (device, point) → rules on it.
+    by_point: HashMap<(usize, usize), Vec<usize>>,
+    /// Raised built-in alarms, by key.
+    raised: HashSet<String>,
+    /// Devices seen online since start (the first `online` is news only after an offline).
+    online: Vec<Option<bool>>,
+    device_ids: Vec<String>,
+    point_ids: Vec<Vec<String>>,
+    min_max: Vec<Vec<(Option<f64>, Option<f64>)>>,
+}
+
+pub fn offline_key(device: &str) -> String {
+    format!("offline:{device}")
+}
+
+pub fn abnormal_key(device: &str, point: &str) -> String {
+    format!("abnormal:{device}:{point}")
+}
+
+impl Engine {
+    /// `active_alarms`: the keys of alarms active in the store, so a restart does not raise
+    /// them again.
+    pub fn new(config: &Config, active_alarms: &HashSet<String>, now: Instant) -> Engine {
+        let mut by_point: HashMap<(usize, usize), Vec<usize>> = HashMap::new();
+        for (i, r) in config.rules.iter().enumerate() {
+            by_point.entry((r.device, r.point)).or_default().push(i);
+        }
+        Engine {
+            state: config
+                .rules
+                .iter()
+                .map(|r| RuleState {
+                    active: active_alarms.contains(&r.id),
+                    pending_since: None,
+                    pending_value: None,
+                    on_target: false,
+                    last: None,
+                    last_change: now,
+                    last_value: None,
+                })
+                .collect(),
+            rules: config.rules.clone(),
+            by_point,
+            raised: active_alarms.clone(),
+            online: vec![None; config.devices.len()],
+            device_ids: config.devices.iter().map(|d| d.id.clone()).collect(),
+            point_ids: config
+                .devices
+                .iter()
+                .map(|d| d.points.iter().map(|p| p.id.clone()).collect())
+                .collect(),
+            min_max: config
+                .devices
+                .iter()
+                .map(|d| d.points.iter().map(|p| (p.min, p.max)).collect())
+                .collect(),
+        }
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// A device came online or went offline.
+    pub fn on_status(
+        &mut self,
+        device: usize,
+        online: bool,
+        reason: &str,
+        ts: Millis,
+        now: Instant,
+        out: &mut Vec<Draft>,
+    ) {
+        let key = offline_key(&self.device_ids[device]);
+        let was = self.online[device].replace(online);
+        let draft = |kind, priority, state, message: String, alarm| Draft {
+            device,
+            point: None,
+            kind,
+            priority,
+            value: None,
+            message,
+            state,
+            ts,
+            alarm,
+            at: now,
+        };
+        if online {
+            if self.raised.remove(&key) {
+                out.push(draft(
+                    EventType::DeviceOnline,
+                    Priority::Normal,
+                    EventState::Cleared,
+                    "device answering again".into(),
+                    Some(AlarmOp::Clear(key)),
+                ));
+            } else if was.is_none() {
+                out.push(draft(
+                    EventType::DeviceOnline,
+                    Priority::Normal,
+                    EventState::Info,
+                    "device online".into(),
+                    None,
+                ));
+            }
+        } else if self.raised.insert(key.clone()) {
+            out.push(draft(
+                EventType::DeviceOffline,
+                Priority::High,
+                EventState::Active,
+                format!("device offline: {reason}"),
+                Some(AlarmOp::Raise(key)),
+            ));
+        }
+    }
+
+    /// One point's poll result.
+    pub fn on_sample(
+        &mut self,
+        device: usize,
+        point: usize,
+        result: &Result<Value, PointError>,
+        ts: Millis,
+        now: Instant,
+        out: &mut Vec<Draft>,
+    ) {
+        self.builtin_abnormal(device, point, result, ts, now, out);
+        let Ok(v) = result else { return };
+        let Some(x) = v.as_f64() else { return };
+        // Taken out and put back: evaluating needs the engine mutably.
+        let Some(rules) = self.by_point.remove(&(device, point)) else {
+            return;
+        };
+        for &r in &rules {
+            self.evaluate(r, x, v, ts, now, out);
+        }
+        self.by_point.insert((device, point), rules);
+    }
+
+    fn builtin_abnormal(
+        &mut self,
+        device: usize,
+        point: usize,
+        result: &Result<Value, PointError>,
+        ts: Millis,
+        now: Instant,
+        out: &mut Vec<Draft>,
+    ) {
+        let problem = match result {
+            Err(PointError::Exception(_)) | Err(PointError::Decode(_)) => {
+                Some(result.as_ref().unwrap_err().to_string())
+            }
+            // A link fault is the device's, not the point's: the offline alarm covers it.
+            Err(PointError::Link(_)) => return,
+            Ok(v) => {
+                let (min, max) = self.min_max[device][point];
+                match v.as_f64() {
+                    Some(x) if min.is_some_and(|m| x < m) || max.is_some_and(|m| x > m) => {
+                        Some(format!(
+                            "value {x} outside the valid range {}..{}",
+                            min.map(|m| m.to_string()).unwrap_or_default(),
+                            max.map(|m| m.to_string()).unwrap_or_default()
+                        ))
+                    }
+                    _ => None,
+                }
+            }
+        };
+        let key = abnormal_key(&self.device_ids[device], &self.point_ids[device][point]);
+        let value = result.as_ref().ok().cloned();
+        match problem {
+            Some(msg) if self.raised.insert(key.clone()) => out.push(Draft {
+                device,
+                point: Some(point),
+                kind: EventType::DeviceAbnormal,
+                priority: Priority::High,
+                value,
+                message: msg,
+                state: EventState::Active,
+                ts,
+                alarm: Some(AlarmOp::Raise(key)),
+                at: now,
+            }),
+            None if self.raised.remove(&key) => out.push(Draft {
+                device,
+                point: Some(point),
+                kind: EventType::DeviceAbnormal,
+                priority: Priority::Normal,
+                value,
+                message: "value good again".into(),
+                state: EventState::Cleared,
+                ts,
+                alarm: Some(AlarmOp::Clear(key)),
+                at: now,
+            }),
+            _ => {}
+        }
+    }
+
+    fn draft(
+        &self,
+        r: usize,
+        kind: EventType,
+        state: EventState,
+        x: Option<f64>,
+        value: Option<&Value>,
+        ts: Millis,
+        now: Instant,
+        message: String,
+    ) -> Draft {
+        let rule = &self.rules[r];
+        let alarm = match state {
+            EventState::Active => Some(AlarmOp::Raise(rule.id.clone())),
+            EventState::Cleared => Some(AlarmOp::Clear(rule.id.clone())),
+            EventState::Info => None,
+        };
+        Draft {
+            device: rule.device,
+            point: Some(rule.point),
+            kind,
+            // A clear keeps its alarm's priority: whoever saw the raise must see the clear.
+            priority: rule.priority,
+            value: value.cloned().or_else(|| x.map(Value::Float)),
+            message,
+            state,
+            ts,
+            alarm,
+            at: now,
+        }
+    }
+
+    fn message(&self, r: usize, default: &str) -> String {
+        let m = &self.rules[r].message;
+        if m.is_empty() {
+            default.to_string()
+        } else {
+            m.clone()
+        }
+    }
+
+    fn evaluate(
+        &mut self,
+        r: usize,
+        x: f64,
+        v: &Value,
+        ts: Millis,
+        now: Instant,
+        out: &mut Vec<Draft>,
+    ) {
+        let rule = self.rules[r].clone();
+        let for_delay = Duration::from_millis(rule.for_ms);
+        let st = &mut self.state[r];
+        // Stale bookkeeping for every rule kind is cheap; only `stale` rules read it.
+        if st.last_value != Some(x) {
+            st.last_change = now;
+            st.last_value = Some(x);
+        }
+        let (raise, clear) = match rule.kind {
+            RuleKind::Above { threshold, clear } => (x > threshold, x <= clear),
+            RuleKind::Below { threshold, clear } => (x < threshold, x >= clear),
+            RuleKind::Outside { low, high, clear } => {
+                let margin = clear.unwrap_or(0.0);
+                (x < low || x > high, x >= low + margin && x <= high - margin)
+            }
+            RuleKind::Equals { threshold } => {
+                let on = (x - threshold).abs() <= f64::EPSILON * threshold.abs().max(1.0);
+                let arrived = on && !st.on_target;
+                st.on_target = on;
+                if arrived {
+                    let msg = self.message(r, &format!("reached {threshold}"));
+                    out.push(self.draft(
+                        r,
+                        EventType::DataPointReached,
+                        EventState::Info,
+                        Some(x),
+                        Some(v),
+                        ts,
+                        now,
+                        msg,
+                    ));
+                }
+                return;
+            }
+            RuleKind::Rate { per_s } => {
+                let prev = st.last.replace((x, now));
+                let Some((x0, t0)) = prev else { return };
+                let dt = now.duration_since(t0).as_secs_f64();
+                if dt <= 0.0 {
+                    return;
+                }
+                let rate = (x - x0).abs() / dt;
+                if rate > per_s && !st.active {
+                    st.active = true;
+                    let msg = format!(
+                        "{} (rate_of_change {rate:.3}/s > {per_s}/s)",
+                        self.message(r, "value changes too fast")
+                    );
+                    out.push(self.draft(
+                        r,
+                        EventType::DeviceAbnormal,
+                        EventState::Active,
+                        Some(x),
+                        Some(v),
+                        ts,
+                        now,
+                        msg,
+                    ));
+                } else if rate <= per_s && st.active {
+                    st.active = false;
+                    out.push(self.draft(
+                        r,
+                        EventType::DeviceAbnormal,
+                        EventState::Cleared,
+                        Some(x),
+                        Some(v),
+                        ts,
+                        now,
+                        "rate_of_change back within limit".into(),
+                    ));
+                }
+                return;
+            }
+            RuleKind::Stale => {
+                if st.active {
+                    st.active = false;
+                    out.push(self.draft(
+                        r,
+                        EventType::DeviceAbnormal,
+                        EventState::Cleared,
+                        Some(x),
+                        Some(v),
+                        ts,
+                        now,
+                        "stale: fresh data again".into(),
+                    ));
+                }
+                return;
+            }
+        };
+        if !st.active {
+            if raise {
+                let since = *st.pending_since.get_or_insert(now);
+                st.pending_value = Some(x);
+                if now.duration_since(since) >= for_delay {
+                    st.active = true;
+                    st.pending_since = None;
+                    let msg = self.message(r, "threshold exceeded");
+                    out.push(self.draft(
+                        r,
+                        EventType::ThresholdExceeded,
+                        EventState::Active,
+                        Some(x),
+                        Some(v),
+                        ts,
+                        now,
+                        msg,
+                    ));
+                }
+            } else {
+                // A spike shorter than `for_ms` raises nothing.
+                st.pending_since = None;
+            }
+        } else if clear {
+            st.active = false;
+            st.pending_since = None;
+            let msg = format!("{}: cleared", self.message(r, "threshold"));
+            out.push(self.draft(
+                r,
+                EventType::ThresholdCleared,
+                EventState::Cleared,
+                Some(x),
+                Some(v),
+                ts,
+                now,
+                msg,
+            ));
+        }
+    }
+
+    /// Time-driven rules: an on-delay that ran out with no new sample, and staleness. Returns
+    /// the (device, point) of points that just went stale.
+    pub fn tick(&mut self, ts: Millis, now: Instant, out: &mut Vec<Draft>) -> Vec<(usize, usize)> {
+        let mut stale = Vec::new();
+        for r in 0..self.rules.len() {
+            let rule = &self.rules[r];
+            let for_delay = Duration::from_millis(rule.for_ms);
+            let st = &self.state[r];
+            match rule.kind {
+                RuleKind::Stale => {
+                    // A value that has not changed for `for_ms`, whether because no good sample
+                    // came or because it came frozen (a change needs a good sample, so this
+                    // covers both).
+                    let frozen = now.duration_since(st.last_change);
+                    if !st.active && frozen >= for_delay {
+                        let msg = format!(
+                            "{} (stale: no fresh value for {} ms)",
+                            self.message(r, "point is stale"),
+                            rule.for_ms
+                        );
+                        let d = self.draft(
+                            r,
+                            EventType::DeviceAbnormal,
+                            EventState::Active,
+                            st.last_value,
+                            None,
+                            ts,
+                            now,
+                            msg,
+                        );
+                        stale.push((rule.device, rule.point));
+                        self.state[r].active = true;
+                        out.push(d);
+                    }
+                }
+                RuleKind::Above { .. } | RuleKind::Below { .. } | RuleKind::Outside { .. } => {
+                    if let (false, Some(since)) = (st.active, st.pending_since) {
+                        if now.duration_since(since) >= for_delay {
+                            let x = st.pending_value;
+                            let msg = self.message(r, "threshold exceeded");
+                            let d = self.draft(
+                                r,
+                                EventType::ThresholdExceeded,
+                                EventState::Active,
+                                x,
+                                None,
+                                ts,
+                                now,
+                                msg,
+                            );
+                            let st = &mut self.state[r];
+                            st.active = true;
+                            st.pending_since = None;
+                            out.push(d);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        stale
+    }
+}
