@@ -132,6 +132,11 @@ pub struct Gateway {
     cancel: CancellationToken,
     tasks: TaskTracker,
     store_thread: Option<std::thread::JoinHandle<()>>,
+    /// Another way into the pipeline, as a bus would feed it (replay, tests); dropped at
+    /// shutdown so the pipeline can drain and end.
+    bus_events: Option<mpsc::Sender<modbus::bus::BusEvent>>,
+    /// Another way into the event processor, as the rule engine would feed it.
+    event_queues: Option<events::processor::Queues>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,13 +197,14 @@ impl Gateway {
             let task = BusTask::new(b, config.clone(), events_tx.clone(), wrx, metrics.clone());
             tasks.spawn(task.run(cancel.child_token()));
         }
-        drop(events_tx);
+        let bus_events = Some(events_tx);
         let engine = events::rules::Engine::new(
             &config,
             &restored.active_alarms,
             tokio::time::Instant::now(),
         );
         let (queues, queue_rx) = events::processor::queues();
+        let event_queues = Some(queues.clone());
         tasks.spawn(state::run(shared.clone(), events_rx, engine, queues));
         let processor = events::processor::Processor::new(
             shared.clone(),
@@ -219,7 +225,23 @@ impl Gateway {
             cancel,
             tasks,
             store_thread: Some(store_thread),
+            bus_events,
+            event_queues,
         })
+    }
+
+    /// Feeds one bus event into the pipeline, exactly as a bus task would.
+    pub async fn inject(&self, ev: modbus::bus::BusEvent) {
+        if let Some(tx) = &self.bus_events {
+            let _ = tx.send(ev).await;
+        }
+    }
+
+    /// Feeds one event draft to the processor, exactly as the rule engine would.
+    pub async fn inject_draft(&self, d: events::Draft) {
+        if let Some(q) = &self.event_queues {
+            q.send(d).await;
+        }
     }
 
     /// Writes a point by ids (as the local operator "gateway"); see [`Shared::write_audited`].
@@ -244,6 +266,8 @@ impl Gateway {
     /// Stops the buses, lets the pipeline drain into the store, and waits for the store to
     /// commit everything: the store flushes last.
     pub async fn shutdown(mut self) {
+        self.bus_events.take();
+        self.event_queues.take();
         self.cancel.cancel();
         self.tasks.wait().await;
         self.store.flush().await;

@@ -148,9 +148,13 @@ impl Processor {
                 st.second = second;
                 st.count = 0;
             }
+            // Emergencies are never suppressed, and do not use up the budget of the others.
+            if d.priority == Priority::Emergency {
+                out.push(self.number(d));
+                continue;
+            }
             let st = &mut self.storms[d.device];
-            // Emergencies are never suppressed.
-            if st.count >= max && d.priority != Priority::Emergency {
+            if st.count >= max {
                 st.suppressed += 1;
                 let m = &self.shared.metrics.events;
                 m.suppressed[d.device].fetch_add(1, Relaxed);

@@ -1,0 +1,331 @@
+//! The event pipeline with tokio's paused clock: samples injected as a bus would send them,
+//! events read back from SQLite. On-delay, hysteresis, stale, ids across a restart, deviceSeq
+//! without gaps, emergency overtaking a flood, and storm suppression with its summary.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use edge_gateway::config::Priority;
+use edge_gateway::events::{Draft, EventState, EventType};
+use edge_gateway::modbus::bus::BusEvent;
+use edge_gateway::model::{now_ms, Quality, Value};
+use edge_gateway::store::{self, EventFilter};
+use edge_gateway::Gateway;
+use serde_json::Value as Json;
+
+const DEVICES: &str = r#"
+[[buses]]
+name = "b"
+kind = "tcp"
+address = "127.0.0.1:1"
+[[devices]]
+id = "boiler"
+bus = "b"
+unit = 1
+poll_interval_ms = 3600000
+points = [
+  { id = "temperature", table = "holding", address = 0, type = "f32" },
+  { id = "counter", table = "holding", address = 2, type = "u32" },
+]
+[[devices]]
+id = "pump"
+bus = "b"
+unit = 2
+poll_interval_ms = 3600000
+points = [ { id = "speed", table = "input", address = 0, type = "u16" } ]
+[[rules]]
+id = "overheat"
+device = "boiler"
+point = "temperature"
+kind = "above"
+threshold = 90.0
+clear = 85.0
+for_ms = 2000
+priority = "emergency"
+message = "Boiler over temperature"
+[[rules]]
+id = "frozen-counter"
+device = "boiler"
+point = "counter"
+kind = "stale"
+for_ms = 60000
+"#;
+
+/// The bus points at a closed port: wait for its first (failed) polls, so they cannot land on
+/// top of the samples the test injects. The next polls are an hour away.
+async fn start(dir: &std::path::Path, extra: &str) -> Gateway {
+    let gw = Gateway::start(config(dir, &format!("{extra}{DEVICES}")))
+        .await
+        .unwrap();
+    wait_for("first polls", || {
+        requests(&gw, "boiler", "error") >= 1 && requests(&gw, "pump", "error") >= 1
+    })
+    .await;
+    gw
+}
+
+/// Waits in real time (the store writer is a real thread) until `n` events are committed.
+async fn settle(gw: &Gateway, n: usize) {
+    for _ in 0..3000 {
+        if events_now(gw, None).await.len() >= n {
+            return;
+        }
+        tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(10)))
+            .await
+            .unwrap();
+    }
+    panic!("fewer than {n} events committed");
+}
+
+async fn events_now(gw: &Gateway, kind: Option<&str>) -> Vec<Json> {
+    gw.store.flush().await;
+    let conn = store::open_reader(&gw.config.gateway.data_dir).unwrap();
+    let f = EventFilter {
+        kind: kind.map(String::from),
+        limit: 100_000,
+        ..Default::default()
+    };
+    let mut v = store::query_events(&conn, &gw.config, &f).unwrap();
+    v.reverse();
+    v
+}
+
+async fn sample(gw: &Gateway, device: usize, point: usize, v: Value) {
+    gw.inject(BusEvent::Polled {
+        device,
+        ts: now_ms(),
+        at: tokio::time::Instant::now(),
+        results: vec![(point, Ok(v))],
+    })
+    .await;
+}
+
+async fn events(gw: &Gateway, kind: Option<&str>) -> Vec<Json> {
+    // Let the pipeline and processor catch up, then read what is committed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(50)))
+        .await
+        .unwrap();
+    events_now(gw, kind).await
+}
+
+async fn alarms(gw: &Gateway) -> Vec<Json> {
+    gw.store.flush().await;
+    let conn = store::open_reader(&gw.config.gateway.data_dir).unwrap();
+    store::active_alarms(&conn, &gw.config).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_delay_and_hysteresis_raise_once_and_clear_once_with_the_alarm_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(dir.path(), "").await;
+    // A spike of 1 s under a 2 s on-delay: nothing.
+    sample(&gw, 0, 0, Value::Float(95.0)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sample(&gw, 0, 0, Value::Float(80.0)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(events(&gw, Some("threshold_exceeded")).await.is_empty());
+    // Held past the on-delay: raised once, even with no new sample (the tick raises it).
+    sample(&gw, 0, 0, Value::Float(95.0)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    sample(&gw, 0, 0, Value::Float(97.0)).await;
+    let raised = events(&gw, Some("threshold_exceeded")).await;
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    let e = &raised[0];
+    assert_eq!(
+        (
+            e["priority"].as_str(),
+            e["state"].as_str(),
+            e["pointId"].as_str()
+        ),
+        (Some("emergency"), Some("active"), Some("temperature"))
+    );
+    assert_eq!(e["message"], "Boiler over temperature");
+    assert!(e["id"].as_str().unwrap().starts_with("test-gw-"));
+    let a = alarms(&gw).await;
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0]["id"], e["id"]);
+    // Between clear and threshold: no clear. Past clear: one clear.
+    for x in [89.0, 91.0, 86.0] {
+        sample(&gw, 0, 0, Value::Float(x)).await;
+    }
+    assert!(events(&gw, Some("threshold_cleared")).await.is_empty());
+    sample(&gw, 0, 0, Value::Float(84.0)).await;
+    sample(&gw, 0, 0, Value::Float(83.0)).await;
+    assert_eq!(events(&gw, Some("threshold_cleared")).await.len(), 1);
+    // Cleared but not acknowledged: still listed (ISA-18.2), until acked.
+    let a = alarms(&gw).await;
+    assert_eq!((a.len(), a[0]["state"].as_str()), (1, Some("cleared")));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let id = e["id"].as_str().unwrap().to_string();
+    gw.store
+        .send(store::StoreCmd::Ack {
+            event_id: id,
+            user: "tech".into(),
+            ts: now_ms(),
+            reply: tx,
+        })
+        .await;
+    rx.await.unwrap().unwrap();
+    assert!(alarms(&gw).await.is_empty());
+    let acked = events(&gw, Some("threshold_exceeded")).await;
+    assert_eq!(acked[0]["ackedBy"], "tech");
+    gw.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_frozen_value_goes_stale_in_quality_and_as_an_abnormal_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(dir.path(), "").await;
+    sample(&gw, 0, 1, Value::Int(7)).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    sample(&gw, 0, 1, Value::Int(7)).await;
+    assert_eq!(quality(&gw, "boiler", "counter"), Quality::Good);
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let ev = events(&gw, Some("device_abnormal")).await;
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert!(ev[0]["message"].as_str().unwrap().contains("stale"));
+    assert_eq!(quality(&gw, "boiler", "counter"), Quality::Stale);
+    sample(&gw, 0, 1, Value::Int(8)).await;
+    let ev = events(&gw, Some("device_abnormal")).await;
+    assert_eq!(ev.last().unwrap()["state"], "cleared");
+    assert_eq!(quality(&gw, "boiler", "counter"), Quality::Good);
+    gw.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn ids_survive_a_restart_and_device_seq_has_no_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = |online| BusEvent::Status {
+        device: 1,
+        ts: now_ms(),
+        online,
+        reason: "test".into(),
+    };
+    let gw = start(dir.path(), "").await;
+    for i in 0..6 {
+        gw.inject(status(i % 2 == 0)).await;
+    }
+    let before = events(&gw, None).await;
+    gw.shutdown().await;
+    let gw = start(dir.path(), "").await;
+    for i in 0..6 {
+        gw.inject(status(i % 2 == 1)).await;
+    }
+    let all = events(&gw, None).await;
+    assert!(all.len() > before.len());
+    let seqs: Vec<u64> = all
+        .iter()
+        .map(|e| {
+            e["id"]
+                .as_str()
+                .unwrap()
+                .rsplit('-')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seq never repeats: {seqs:?}"
+    );
+    let pump: Vec<u64> = all
+        .iter()
+        .filter(|e| e["deviceId"] == "pump")
+        .map(|e| e["deviceSeq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        pump,
+        (1..=pump.len() as u64).collect::<Vec<_>>(),
+        "deviceSeq +1 per event, across the restart"
+    );
+    gw.shutdown().await;
+}
+
+fn draft(device: usize, priority: Priority, ts: i64) -> Draft {
+    Draft {
+        device,
+        point: None,
+        kind: EventType::DeviceAbnormal,
+        priority,
+        value: None,
+        message: "flood".into(),
+        state: EventState::Info,
+        ts,
+        alarm: None,
+        at: tokio::time::Instant::now(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_emergency_overtakes_a_flood_of_normal_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(dir.path(), "[events]\nmax_per_device_per_s = 100000\n").await;
+    for _ in 0..1000 {
+        gw.inject_draft(draft(0, Priority::Normal, now_ms())).await;
+    }
+    gw.inject_draft(draft(1, Priority::Emergency, now_ms()))
+        .await;
+    settle(&gw, 1001).await;
+    let all = events(&gw, Some("device_abnormal")).await;
+    assert_eq!(all.len(), 1001);
+    let pos = all
+        .iter()
+        .position(|e| e["priority"] == "emergency")
+        .unwrap();
+    assert!(
+        pos < 300,
+        "the emergency was committed {pos}th, behind the flood"
+    );
+    // And each device's own order is intact.
+    let seqs: Vec<u64> = all
+        .iter()
+        .filter(|e| e["deviceId"] == "boiler")
+        .map(|e| e["deviceSeq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=1000).collect::<Vec<_>>());
+    gw.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_storm_is_limited_per_device_counted_and_summarised() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(dir.path(), "[events]\nmax_per_device_per_s = 5\n").await;
+    // All in one (past) second, so the storm is over as soon as the processor looks again.
+    let ts = now_ms() - 10_000;
+    for _ in 0..50 {
+        gw.inject_draft(draft(0, Priority::Normal, ts)).await;
+    }
+    gw.inject_draft(draft(0, Priority::Emergency, ts)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let all = events(&gw, Some("device_abnormal")).await;
+    let flood = all.iter().filter(|e| e["message"] == "flood").count();
+    assert_eq!(
+        flood, 6,
+        "5 per second, plus the emergency, which is never suppressed"
+    );
+    let summary: Vec<_> = all
+        .iter()
+        .filter(|e| e["message"].as_str().unwrap().contains("suppressed"))
+        .collect();
+    assert_eq!(summary.len(), 1, "{all:?}");
+    assert!(summary[0]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("45 events suppressed"));
+    assert_eq!(summary[0]["state"], "info");
+    assert_eq!(
+        gw.metrics.events.suppressed[0].load(std::sync::atomic::Ordering::Relaxed),
+        45
+    );
+    let text = gw.metrics.render();
+    assert!(
+        text.contains("edge_events_suppressed_total{device=\"boiler\"} 45"),
+        "{text}"
+    );
+    gw.shutdown().await;
+}
