@@ -347,3 +347,46 @@ async fn pymodbus_rtu_on_a_pty_pair_every_type_and_order_reads_and_writes() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("illegal data address"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pymodbus_a_register_changed_by_another_client_arrives_as_a_websocket_event() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let Some(py) = python() else { return };
+    let port = free_port();
+    let _server = start_pymodbus(&py, "tcp", &port.to_string());
+    wait_tcp(port).await;
+    let hash = edge_gateway::cli::hash_password("pw").unwrap();
+    let body = format!(
+        "[[users]]\nname = \"tech\"\nrole = \"viewer\"\npassword_hash = \"{hash}\"\n{}\n\
+         [[devices]]\nid = \"tank\"\nbus = \"b\"\nunit = 1\npoll_interval_ms = 200\n\
+         points = [{{ id = \"level\", table = \"holding\", address = 105, type = \"u16\" }}]\n\
+         [[rules]]\nid = \"tank-full\"\ndevice = \"tank\"\npoint = \"level\"\nkind = \"above\"\nthreshold = 1000.0\npriority = \"high\"\n",
+        tcp_bus(&format!("127.0.0.1:{port}"))
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http_addr)).await.unwrap();
+    let login = serde_json::json!({"requestId": "1", "service": "auth.login", "params": {"username": "tech", "password": "pw"}});
+    ws.send(Message::Text(login.to_string().into())).await.unwrap();
+    wait_for("polled", || quality(&gw, "tank", "level") == Quality::Good).await;
+    // Another Modbus client (our CLI, its own connection) changes the register on pymodbus.
+    let tcp = format!("127.0.0.1:{port}");
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        cli(&["write", "--tcp", &tcp, "--unit", "1", "--table", "holding", "--address", "105", "--value", "4321"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let event = loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("an event within 30 s");
+        if let Some(Ok(Message::Text(t))) = m {
+            let j: serde_json::Value = serde_json::from_str(&t).unwrap();
+            if j["service"] == "push.event" && j["data"]["type"] == "threshold_exceeded" {
+                break j["data"].clone();
+            }
+        }
+    };
+    assert_eq!((event["deviceId"].as_str(), event["value"].as_i64(), event["priority"].as_str()), (Some("tank"), Some(4321), Some("high")));
+    gw.shutdown().await;
+}
