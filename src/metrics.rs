@@ -33,7 +33,7 @@ pub struct Histogram {
 }
 
 const BUCKETS: [f64; 12] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
 impl Default for Histogram {
@@ -139,6 +139,8 @@ pub struct EventCounters {
 pub struct Metrics {
     pub push: PushCounters,
     pub events: EventCounters,
+    /// Point results that went through the pipeline (state, rules).
+    pub samples: AtomicU64,
     device_names: Vec<String>,
     bus_names: Vec<String>,
     pub devices: Vec<DeviceCounters>,
@@ -150,6 +152,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(device_names: Vec<String>, bus_names: Vec<String>) -> Metrics {
         Metrics {
+            samples: AtomicU64::new(0),
             push: PushCounters::default(),
             events: EventCounters {
                 processed: Default::default(),
@@ -238,6 +241,11 @@ impl Metrics {
                 );
             }
         }
+        let _ = writeln!(
+            out,
+            "# TYPE edge_samples_total counter\nedge_samples_total {}",
+            self.samples.load(Relaxed)
+        );
         out.push_str("# TYPE edge_events_processed_total counter\n");
         for (t, name) in crate::events::EventType::ALL.iter().enumerate() {
             for (k, status) in ["committed", "suppressed"].iter().enumerate() {

@@ -128,6 +128,7 @@ pub async fn run(
                         for (p, r) in results {
                             engine.on_sample(*device, *p, r, *ts, *at, &mut drafts);
                         }
+                        shared.metrics.samples.fetch_add(results.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         *at
                     }
                     BusEvent::Status { device, ts, online, reason } => {

@@ -13,18 +13,29 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value as Json};
 use tokio_tungstenite::tungstenite::Message;
 
-type Stream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Stream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(gw: &Gateway, user: &str) -> Stream {
-    let (mut s, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http_addr)).await.unwrap();
-    let r = call(&mut s, "auth.login", json!({"username": user, "password": user})).await;
+    let (mut s, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http_addr))
+        .await
+        .unwrap();
+    let r = call(
+        &mut s,
+        "auth.login",
+        json!({"username": user, "password": user}),
+    )
+    .await;
     assert_eq!(r["code"], 0);
     s
 }
 
 async fn next(s: &mut Stream) -> Json {
     loop {
-        match tokio::time::timeout(Duration::from_secs(30), s.next()).await.expect("a frame within 30 s") {
+        match tokio::time::timeout(Duration::from_secs(30), s.next())
+            .await
+            .expect("a frame within 30 s")
+        {
             Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
             Some(Ok(_)) => continue,
             other => panic!("connection ended: {other:?}"),
@@ -34,9 +45,13 @@ async fn next(s: &mut Stream) -> Json {
 
 async fn call(s: &mut Stream, service: &str, params: Json) -> Json {
     let id = format!("{service}-{}", rand_id());
-    s.send(Message::Text(json!({"requestId": id, "service": service, "params": params}).to_string().into()))
-        .await
-        .unwrap();
+    s.send(Message::Text(
+        json!({"requestId": id, "service": service, "params": params})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
     loop {
         let m = next(s).await;
         if m["requestId"] == id {
@@ -91,7 +106,9 @@ message = "Setpoint too high"
 async fn an_alarm_is_pushed_listed_acked_by_an_admin_only_and_leaves_the_list_once_cleared() {
     let (sim, addr, _c) = start_sim(Profile::Demo).await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(config(dir.path(), &body(&addr.to_string()))).await.unwrap();
+    let gw = Gateway::start(config(dir.path(), &body(&addr.to_string())))
+        .await
+        .unwrap();
     let mut admin = connect(&gw, "admin").await;
     let mut viewer = connect(&gw, "viewer").await;
     // The viewer only wants emergencies of the threshold kind.
@@ -101,33 +118,78 @@ async fn an_alarm_is_pushed_listed_acked_by_an_admin_only_and_leaves_the_list_on
 
     sim.with_memory(BOILER, |m| m.holding[2] = 950);
     let e = next_event(&mut admin, "threshold_exceeded").await;
-    assert_eq!((e["deviceId"].as_str(), e["pointId"].as_str(), e["priority"].as_str()), (Some("boiler"), Some("setpoint"), Some("emergency")));
-    assert_eq!((e["state"].as_str(), e["value"].as_f64()), (Some("active"), Some(95.0)));
+    assert_eq!(
+        (
+            e["deviceId"].as_str(),
+            e["pointId"].as_str(),
+            e["priority"].as_str()
+        ),
+        (Some("boiler"), Some("setpoint"), Some("emergency"))
+    );
+    assert_eq!(
+        (e["state"].as_str(), e["value"].as_f64()),
+        (Some("active"), Some(95.0))
+    );
     assert!(e["ts"].as_str().unwrap().ends_with('Z') && e["deviceSeq"].as_u64().unwrap() >= 1);
     let seen_by_viewer = next_event(&mut viewer, "threshold_exceeded").await;
     assert_eq!(seen_by_viewer["id"], e["id"]);
     // Pushed after commit: it is already in the store.
-    let r = call(&mut admin, "events.query", json!({"type": "threshold_exceeded"})).await;
+    let r = call(
+        &mut admin,
+        "events.query",
+        json!({"type": "threshold_exceeded"}),
+    )
+    .await;
     assert_eq!(r["data"]["events"][0]["id"], e["id"]);
 
     let r = call(&mut admin, "alarms.active", json!({})).await;
     let alarms = r["data"]["alarms"].as_array().unwrap();
     assert_eq!(alarms[0]["id"], e["id"], "emergency first");
-    assert_eq!(call(&mut viewer, "alarms.ack", json!({"eventId": e["id"]})).await["code"], 403);
-    assert_eq!(call(&mut admin, "alarms.ack", json!({"eventId": "test-gw-999999"})).await["code"], 404);
+    assert_eq!(
+        call(&mut viewer, "alarms.ack", json!({"eventId": e["id"]})).await["code"],
+        403
+    );
+    assert_eq!(
+        call(
+            &mut admin,
+            "alarms.ack",
+            json!({"eventId": "test-gw-999999"})
+        )
+        .await["code"],
+        404
+    );
     let r = call(&mut admin, "alarms.ack", json!({"eventId": e["id"]})).await;
-    assert_eq!((r["code"].as_u64(), r["data"]["ackedBy"].as_str()), (Some(0), Some("admin")));
+    assert_eq!(
+        (r["code"].as_u64(), r["data"]["ackedBy"].as_str()),
+        (Some(0), Some("admin"))
+    );
     // Acked but still active: still listed, with who acked.
     let r = call(&mut viewer, "alarms.active", json!({})).await;
-    let listed = r["data"]["alarms"].as_array().unwrap().iter().find(|a| a["id"] == e["id"]).cloned().unwrap();
-    assert_eq!((listed["state"].as_str(), listed["ackedBy"].as_str()), (Some("active"), Some("admin")));
+    let listed = r["data"]["alarms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == e["id"])
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (listed["state"].as_str(), listed["ackedBy"].as_str()),
+        (Some("active"), Some("admin"))
+    );
 
     sim.with_memory(BOILER, |m| m.holding[2] = 800);
     let c = next_event(&mut viewer, "threshold_cleared").await;
     assert_eq!(c["state"], "cleared");
     assert!(c["deviceSeq"].as_u64() > e["deviceSeq"].as_u64());
     let r = call(&mut admin, "alarms.active", json!({})).await;
-    assert!(r["data"]["alarms"].as_array().unwrap().iter().all(|a| a["id"] != e["id"]), "cleared and acked: gone");
+    assert!(
+        r["data"]["alarms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["id"] != e["id"]),
+        "cleared and acked: gone"
+    );
     gw.shutdown().await;
 }
 
@@ -135,7 +197,9 @@ async fn an_alarm_is_pushed_listed_acked_by_an_admin_only_and_leaves_the_list_on
 async fn events_query_filters_and_pages_newest_first() {
     let (sim, addr, _c) = start_sim(Profile::Demo).await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(config(dir.path(), &body(&addr.to_string()))).await.unwrap();
+    let gw = Gateway::start(config(dir.path(), &body(&addr.to_string())))
+        .await
+        .unwrap();
     let mut s = connect(&gw, "viewer").await;
     wait_for("online", || online(&gw, "boiler")).await;
     for _ in 0..3 {
@@ -144,20 +208,49 @@ async fn events_query_filters_and_pages_newest_first() {
         sim.with_memory(BOILER, |m| m.holding[2] = 800);
         next_event(&mut s, "threshold_cleared").await;
     }
-    let r = call(&mut s, "events.query", json!({"deviceId": "boiler", "limit": 4})).await;
+    let r = call(
+        &mut s,
+        "events.query",
+        json!({"deviceId": "boiler", "limit": 4}),
+    )
+    .await;
     let page1 = r["data"]["events"].as_array().unwrap().clone();
     assert_eq!(page1.len(), 4);
-    let seqs: Vec<u64> = page1.iter().map(|e| e["deviceSeq"].as_u64().unwrap()).collect();
-    assert!(seqs.windows(2).all(|w| w[0] > w[1]), "newest first: {seqs:?}");
-    let r = call(&mut s, "events.query", json!({"deviceId": "boiler", "limit": 4, "before": r["data"]["next"]})).await;
+    let seqs: Vec<u64> = page1
+        .iter()
+        .map(|e| e["deviceSeq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {seqs:?}"
+    );
+    let r = call(
+        &mut s,
+        "events.query",
+        json!({"deviceId": "boiler", "limit": 4, "before": r["data"]["next"]}),
+    )
+    .await;
     let page2 = r["data"]["events"].as_array().unwrap();
     assert!(page2[0]["deviceSeq"].as_u64().unwrap() < *seqs.last().unwrap());
     let r = call(&mut s, "events.query", json!({"type": "threshold_cleared"})).await;
     assert_eq!(r["data"]["events"].as_array().unwrap().len(), 3);
     let r = call(&mut s, "events.query", json!({"minPriority": "emergency"})).await;
-    assert!(r["data"]["events"].as_array().unwrap().iter().all(|e| e["priority"] == "emergency"));
-    assert_eq!(call(&mut s, "events.query", json!({"limit": 1001})).await["code"], 400);
-    assert_eq!(call(&mut s, "events.query", json!({"type": "boom"})).await["code"], 400);
-    assert_eq!(call(&mut s, "events.query", json!({"deviceId": "nope"})).await["code"], 404);
+    assert!(r["data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["priority"] == "emergency"));
+    assert_eq!(
+        call(&mut s, "events.query", json!({"limit": 1001})).await["code"],
+        400
+    );
+    assert_eq!(
+        call(&mut s, "events.query", json!({"type": "boom"})).await["code"],
+        400
+    );
+    assert_eq!(
+        call(&mut s, "events.query", json!({"deviceId": "nope"})).await["code"],
+        404
+    );
     gw.shutdown().await;
 }

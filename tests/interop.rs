@@ -366,20 +366,38 @@ async fn pymodbus_a_register_changed_by_another_client_arrives_as_a_websocket_ev
     );
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http_addr)).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http_addr))
+        .await
+        .unwrap();
     let login = serde_json::json!({"requestId": "1", "service": "auth.login", "params": {"username": "tech", "password": "pw"}});
-    ws.send(Message::Text(login.to_string().into())).await.unwrap();
+    ws.send(Message::Text(login.to_string().into()))
+        .await
+        .unwrap();
     wait_for("polled", || quality(&gw, "tank", "level") == Quality::Good).await;
     // Another Modbus client (our CLI, its own connection) changes the register on pymodbus.
     let tcp = format!("127.0.0.1:{port}");
     let (code, _, err) = tokio::task::spawn_blocking(move || {
-        cli(&["write", "--tcp", &tcp, "--unit", "1", "--table", "holding", "--address", "105", "--value", "4321"])
+        cli(&[
+            "write",
+            "--tcp",
+            &tcp,
+            "--unit",
+            "1",
+            "--table",
+            "holding",
+            "--address",
+            "105",
+            "--value",
+            "4321",
+        ])
     })
     .await
     .unwrap();
     assert_eq!(code, 0, "{err}");
     let event = loop {
-        let m = tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("an event within 30 s");
+        let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("an event within 30 s");
         if let Some(Ok(Message::Text(t))) = m {
             let j: serde_json::Value = serde_json::from_str(&t).unwrap();
             if j["service"] == "push.event" && j["data"]["type"] == "threshold_exceeded" {
@@ -387,6 +405,13 @@ async fn pymodbus_a_register_changed_by_another_client_arrives_as_a_websocket_ev
             }
         }
     };
-    assert_eq!((event["deviceId"].as_str(), event["value"].as_i64(), event["priority"].as_str()), (Some("tank"), Some(4321), Some("high")));
+    assert_eq!(
+        (
+            event["deviceId"].as_str(),
+            event["value"].as_i64(),
+            event["priority"].as_str()
+        ),
+        (Some("tank"), Some(4321), Some("high"))
+    );
     gw.shutdown().await;
 }

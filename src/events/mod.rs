@@ -124,6 +124,8 @@ pub struct Event {
     pub alarm: Option<AlarmOp>,
     pub acked_by: Option<String>,
     pub acked_at: Option<Millis>,
+    /// When the sample behind it was read (not stored): push latency is measured from here.
+    pub at: tokio::time::Instant,
 }
 
 impl Event {

@@ -131,6 +131,7 @@ impl Processor {
             alarm: d.alarm,
             acked_by: None,
             acked_at: None,
+            at: d.at,
         }
     }
 
@@ -214,7 +215,7 @@ impl Processor {
                     Push {
                         frame: Utf8Bytes::from(frame.to_string()),
                         kind: KIND_EVENT,
-                        since: std::time::Instant::now(),
+                        since: e.at.into_std(),
                     },
                 );
             }

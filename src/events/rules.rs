@@ -229,17 +229,17 @@ impl Engine {
         }
     }
 
+    /// A draft for rule `r`; `when` is the sample's wall time and read instant.
     fn draft(
         &self,
         r: usize,
         kind: EventType,
         state: EventState,
-        x: Option<f64>,
-        value: Option<&Value>,
-        ts: Millis,
-        now: Instant,
+        value: Option<Value>,
+        when: (Millis, Instant),
         message: String,
     ) -> Draft {
+        let (ts, now) = when;
         let rule = &self.rules[r];
         let alarm = match state {
             EventState::Active => Some(AlarmOp::Raise(rule.id.clone())),
@@ -252,7 +252,7 @@ impl Engine {
             kind,
             // A clear keeps its alarm's priority: whoever saw the raise must see the clear.
             priority: rule.priority,
-            value: value.cloned().or_else(|| x.map(Value::Float)),
+            value,
             message,
             state,
             ts,
@@ -304,10 +304,8 @@ impl Engine {
                         r,
                         EventType::DataPointReached,
                         EventState::Info,
-                        Some(x),
-                        Some(v),
-                        ts,
-                        now,
+                        Some(v.clone()),
+                        (ts, now),
                         msg,
                     ));
                 }
@@ -331,10 +329,8 @@ impl Engine {
                         r,
                         EventType::DeviceAbnormal,
                         EventState::Active,
-                        Some(x),
-                        Some(v),
-                        ts,
-                        now,
+                        Some(v.clone()),
+                        (ts, now),
                         msg,
                     ));
                 } else if rate <= per_s && st.active {
@@ -343,10 +339,8 @@ impl Engine {
                         r,
                         EventType::DeviceAbnormal,
                         EventState::Cleared,
-                        Some(x),
-                        Some(v),
-                        ts,
-                        now,
+                        Some(v.clone()),
+                        (ts, now),
                         "rate_of_change back within limit".into(),
                     ));
                 }
@@ -359,10 +353,8 @@ impl Engine {
                         r,
                         EventType::DeviceAbnormal,
                         EventState::Cleared,
-                        Some(x),
-                        Some(v),
-                        ts,
-                        now,
+                        Some(v.clone()),
+                        (ts, now),
                         "stale: fresh data again".into(),
                     ));
                 }
@@ -381,10 +373,8 @@ impl Engine {
                         r,
                         EventType::ThresholdExceeded,
                         EventState::Active,
-                        Some(x),
-                        Some(v),
-                        ts,
-                        now,
+                        Some(v.clone()),
+                        (ts, now),
                         msg,
                     ));
                 }
@@ -400,10 +390,8 @@ impl Engine {
                 r,
                 EventType::ThresholdCleared,
                 EventState::Cleared,
-                Some(x),
-                Some(v),
-                ts,
-                now,
+                Some(v.clone()),
+                (ts, now),
                 msg,
             ));
         }
@@ -433,10 +421,8 @@ impl Engine {
                             r,
                             EventType::DeviceAbnormal,
                             EventState::Active,
-                            st.last_value,
-                            None,
-                            ts,
-                            now,
+                            st.last_value.map(Value::Float),
+                            (ts, now),
                             msg,
                         );
                         stale.push((rule.device, rule.point));
@@ -453,10 +439,8 @@ impl Engine {
                                 r,
                                 EventType::ThresholdExceeded,
                                 EventState::Active,
-                                x,
-                                None,
-                                ts,
-                                now,
+                                x.map(Value::Float),
+                                (ts, now),
                                 msg,
                             );
                             let st = &mut self.state[r];
