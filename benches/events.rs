@@ -1,6 +1,7 @@
 //! Event engine benchmark. (1) Samples per second through the pipeline (state, 1,000 rules,
 //! report-on-change into SQLite) on a one-thread runtime. (2) Latency from sample read to the
-//! `push.event` frame handed to the socket, with 100 WebSocket clients subscribed.
+//! `push.event` frame handed to the socket, with 100 WebSocket clients subscribed, one event
+//! every 10 ms.
 //! Run: `cargo bench --bench events`.
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -133,9 +134,10 @@ fn main() {
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         while t0.elapsed() < Duration::from_secs(secs) {
             tick.tick().await;
-            // Alternate above the threshold and back below clear: one event per tick.
-            let v = if k % 2 == 0 { 150.0 } else { 50.0 };
-            gw.inject(poll(k % DEVICES, v)).await;
+            // Point 0 of one device goes above its threshold, or back below clear: one event
+            // per tick.
+            let v = if (k / DEVICES) % 2 == 0 { 150.0 } else { 50.0 };
+            gw.inject(poll_one(k % DEVICES, v)).await;
             k += 1;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -191,4 +193,16 @@ fn clients() {
             let _ = r.await;
         }
     });
+}
+
+/// A poll in which only point 0 moves to `v`; the others sit still below their thresholds.
+fn poll_one(device: usize, v: f64) -> BusEvent {
+    BusEvent::Polled {
+        device,
+        ts: now_ms(),
+        at: tokio::time::Instant::now(),
+        results: (0..POINTS)
+            .map(|p| (p, Ok(Value::Float(if p == 0 { v } else { 50.0 }))))
+            .collect(),
+    }
 }

@@ -301,6 +301,23 @@ pub fn open(
         path: path.clone(),
         source,
     })?;
+    // Checkpoints (the only fsyncs in WAL with synchronous=NORMAL) run on their own thread and
+    // connection, so no commit ever waits for one: events are pushed right after their commit.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+    let checkpointer = open_connection(&path)?;
+    let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
+    let spawn_err = |source| StoreError::Dir {
+        path: path.clone(),
+        source,
+    };
+    std::thread::Builder::new()
+        .name("store-checkpoint".into())
+        .spawn(move || checkpoints(checkpointer, stopped))
+        .map_err(spawn_err)?;
     let (tx, rx) = mpsc::channel(1024);
     let healthy = Arc::new(AtomicBool::new(true));
     let writer = Writer {
@@ -309,14 +326,12 @@ pub fn open(
         metrics,
         healthy: healthy.clone(),
         last_prune: 0,
+        _stop_checkpoints: stop_checkpoints,
     };
     let thread = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || writer.run(rx))
-        .map_err(|source| StoreError::Dir {
-            path: path.clone(),
-            source,
-        })?;
+        .map_err(spawn_err)?;
     Ok((StoreHandle { tx, healthy }, restored, thread))
 }
 
@@ -368,6 +383,30 @@ struct Writer {
     metrics: Arc<Metrics>,
     healthy: Arc<AtomicBool>,
     last_prune: Millis,
+    /// Dropped with the writer: tells the checkpoint thread to do a last one and stop.
+    _stop_checkpoints: std::sync::mpsc::Sender<()>,
+}
+
+/// Copies the WAL into the database every 10 s (PASSIVE: never blocks the writer), and once
+/// more, truncating the WAL, when the writer has stopped. Rarely, because each checkpoint
+/// fsyncs, and on a small board's SD card that stalls every other write for a moment.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
+
+fn checkpoints(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    loop {
+        match stop.recv_timeout(CHECKPOINT_EVERY) {
+            Err(RecvTimeoutError::Timeout) => {
+                if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                    tracing::debug!("checkpoint: {e}");
+                }
+            }
+            _ => {
+                let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+                return;
+            }
+        }
+    }
 }
 
 /// How many commands one transaction takes at most: big enough to amortise the commit, small
