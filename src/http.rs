@@ -38,10 +38,19 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
         (live.online_count(), live.devices.len())
     };
     let ok = s.store.healthy.load(Relaxed);
+    let mut sinks = serde_json::Map::new();
+    if s.config.mysql.is_some() {
+        let m = &s.sinks.mysql;
+        let mut v = serde_json::json!({"backlog": m.backlog.load(Relaxed)});
+        if let Some(e) = m.error() {
+            v["error"] = e.into();
+        }
+        sinks.insert("mysql".into(), v);
+    }
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "failing" },
         "devices": {"online": online, "total": total},
-        "sinks": {},
+        "sinks": sinks,
     });
     let code = if ok {
         StatusCode::OK
@@ -58,6 +67,17 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         "# TYPE edge_devices_online gauge\nedge_devices_online {}\n",
         live.online_count()
     ));
+    if s.config.mysql.is_some() {
+        let m = &s.sinks.mysql;
+        text.push_str(&format!(
+            "# TYPE edge_sink_backlog gauge\nedge_sink_backlog{{sink=\"mysql\"}} {}\n\
+             # TYPE edge_sink_rows_total counter\nedge_sink_rows_total{{sink=\"mysql\",result=\"ok\"}} {}\n\
+             edge_sink_rows_total{{sink=\"mysql\",result=\"failed\"}} {}\n",
+            m.backlog.load(Relaxed),
+            m.rows_ok.load(Relaxed),
+            m.rows_failed.load(Relaxed)
+        ));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 

@@ -12,6 +12,8 @@
 //! - [`store`]: SQLite schema, migrations, the writer thread, restore at start, retention.
 //! - [`events`]: the rule engine (thresholds, rate, stale, abnormal, online/offline), and the
 //!   processor that orders events by priority, limits storms, numbers, commits and pushes them.
+//! - [`sinks`]: upstream store-and-forward: the MySQL sink reads the SQLite outbox after its
+//!   cursor and advances it only after MySQL committed.
 //! - [`ws`]: the WebSocket service: sessions, roles, services, client hub and pushes.
 //! - [`http`]: `/ws`, `/healthz`, `/metrics` and the dashboard page.
 //! - [`metrics`]: counters kept by every stage, rendered for Prometheus.
@@ -19,10 +21,12 @@
 
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod modbus;
 pub mod model;
+pub mod sinks;
 pub mod state;
 pub mod store;
 pub mod ws;
@@ -62,6 +66,14 @@ pub struct Shared {
     pub started: Instant,
     /// Cancelled at shutdown: open connections close with 1001.
     pub shutdown: CancellationToken,
+    /// Upstream sinks' state, for `/healthz` and `/metrics`.
+    pub sinks: Sinks,
+}
+
+/// The state of each upstream sink (shown only for the sinks that are configured).
+#[derive(Default)]
+pub struct Sinks {
+    pub mysql: Arc<sinks::SinkStatus>,
 }
 
 impl Shared {
@@ -189,6 +201,7 @@ impl Gateway {
             next_client_id: AtomicU64::new(1),
             started: Instant::now(),
             shutdown: cancel.child_token(),
+            sinks: Sinks::default(),
         });
 
         // Bounded: a slow store slows the buses down instead of growing memory.
@@ -213,6 +226,9 @@ impl Gateway {
         );
         tasks.spawn(processor.run(queue_rx));
         tasks.spawn(ws::snapshot_ticker(shared.clone(), cancel.child_token()));
+        if config.mysql.is_some() {
+            tasks.spawn(sinks::mysql::run(shared.clone(), cancel.child_token()));
+        }
         tasks.spawn(http::serve(listener, shared.clone(), cancel.child_token()));
         tasks.close();
         Ok(Gateway {
@@ -299,9 +315,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 /// Configured features this build does not act on yet: said loudly, never silently ignored.
 fn warn_unbuilt(config: &Config) {
     let mut missing = Vec::new();
-    if config.mysql.is_some() {
-        missing.push("[mysql] (upstream sync)");
-    }
     if config.mqtt.is_some() {
         missing.push("[mqtt] (upstream publishing)");
     }
@@ -309,4 +322,3 @@ fn warn_unbuilt(config: &Config) {
         tracing::warn!("{m} is configured but not implemented in this build yet; it is validated and otherwise ignored");
     }
 }
-pub mod events;

@@ -79,6 +79,18 @@ const MIGRATIONS: &[&str] = &[
         cleared_at INTEGER,
         acked_by TEXT,
         acked_at INTEGER);",
+    // 4: the upstream outbox: device status changes as a log, and each sink's cursors.
+    "CREATE TABLE status_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id TEXT NOT NULL,
+        online INTEGER NOT NULL,
+        last_seen INTEGER,
+        ts INTEGER NOT NULL);
+     CREATE TABLE sink_cursors (
+        sink TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        last_id INTEGER NOT NULL,
+        PRIMARY KEY (sink, stream)) WITHOUT ROWID;",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +170,12 @@ pub enum StoreCmd {
         user: String,
         ts: Millis,
         reply: oneshot::Sender<Result<(), AckError>>,
+    },
+    /// A sink's upstream confirmed everything up to `last_id` of `stream`.
+    Cursor {
+        sink: &'static str,
+        stream: &'static str,
+        last_id: i64,
     },
     /// Answers once everything sent before it is committed.
     Flush(oneshot::Sender<()>),
@@ -547,7 +565,22 @@ impl Writer {
                             last_seen,
                             ts
                         ])?;
+                        tx.prepare_cached(
+                            "INSERT INTO status_log (device_id, online, last_seen, ts) VALUES (?1, ?2, ?3, ?4)",
+                        )?
+                        .execute(params![d.id, *online as i64, last_seen, ts])?;
                         rows += 1;
+                    }
+                    StoreCmd::Cursor {
+                        sink,
+                        stream,
+                        last_id,
+                    } => {
+                        tx.prepare_cached(
+                            "INSERT INTO sink_cursors (sink, stream, last_id) VALUES (?1, ?2, ?3)
+                             ON CONFLICT (sink, stream) DO UPDATE SET last_id = MAX(last_id, ?3)",
+                        )?
+                        .execute(params![sink, stream, last_id])?;
                     }
                     StoreCmd::Events { events, .. } => {
                         for e in events {
@@ -836,4 +869,75 @@ pub fn active_alarms(
     )?;
     let rows = q.query_map([], |r| event_row_json(config, r))?;
     rows.collect()
+}
+
+/// One outbox row for an upstream sink: its id in its stream and the column values.
+pub type OutboxRow = (i64, Vec<rusqlite::types::Value>);
+
+/// The outbox streams a sink forwards, with the query that reads a batch after a cursor.
+pub const STREAMS: [(&str, &str); 3] = [
+    (
+        "events",
+        "SELECT seq, event_id, device_id, point_id, type, priority, device_seq, value, message, state, ts
+         FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    ),
+    (
+        "status",
+        "SELECT s.id, s.device_id, COALESCE(d.device_type, ''), s.online, s.last_seen, s.ts
+         FROM status_log s LEFT JOIN device_status d ON d.device_id = s.device_id
+         WHERE s.id > ?1 ORDER BY s.id LIMIT ?2",
+    ),
+    (
+        "telemetry",
+        "SELECT id, device_id, point_id, ts, value, quality FROM telemetry WHERE id > ?1 ORDER BY id LIMIT ?2",
+    ),
+];
+
+/// A sink's cursor in a stream (0: nothing sent yet).
+pub fn cursor(conn: &Connection, sink: &str, stream: &str) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT last_id FROM sink_cursors WHERE sink = ?1 AND stream = ?2",
+        [sink, stream],
+        |r| r.get(0),
+    )
+    .optional()
+    .map(|v| v.unwrap_or(0))
+}
+
+/// Up to `limit` rows of a stream after `after`.
+pub fn outbox(
+    conn: &Connection,
+    query: &str,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<OutboxRow>> {
+    let mut q = conn.prepare_cached(query)?;
+    let n = q.column_count();
+    let rows = q.query_map(params![after, limit as i64], |r| {
+        let id: i64 = r.get(0)?;
+        let cols = (1..n)
+            .map(|i| r.get::<_, rusqlite::types::Value>(i))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok((id, cols))
+    })?;
+    rows.collect()
+}
+
+/// Rows of all streams not yet confirmed by a sink.
+pub fn backlog(conn: &Connection, sink: &str) -> rusqlite::Result<i64> {
+    let mut total = 0;
+    for (stream, table, id) in [
+        ("events", "events", "seq"),
+        ("status", "status_log", "id"),
+        ("telemetry", "telemetry", "id"),
+    ] {
+        let c = cursor(conn, sink, stream)?;
+        let n: i64 = conn.query_row(
+            &format!("SELECT COUNT(*) FROM {table} WHERE {id} > ?1"),
+            [c],
+            |r| r.get(0),
+        )?;
+        total += n;
+    }
+    Ok(total)
 }

@@ -25,8 +25,13 @@ pub async fn start_sim(profile: Profile) -> (Simulator, SocketAddr, Cancellation
 
 /// A gateway config: `[gateway]` with a fresh data dir, HTTP on port 0, and the given body.
 pub fn config(data_dir: &std::path::Path, body: &str) -> config::Config {
+    config_id("test-gw", data_dir, body)
+}
+
+/// The same with a gateway id of the test's choosing (upstream rows are keyed by it).
+pub fn config_id(id: &str, data_dir: &std::path::Path, body: &str) -> config::Config {
     let text = format!(
-        "[gateway]\nid = \"test-gw\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n{body}",
+        "[gateway]\nid = \"{id}\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n{body}",
         data_dir.display().to_string()
     );
     match config::parse(&text) {

@@ -1,0 +1,280 @@
+//! The MySQL sink: creates its tables, then sends the outbox in multi-row idempotent batches
+//! (`INSERT … ON DUPLICATE KEY UPDATE`), one transaction each, reconnecting with backoff.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Opts, OptsBuilder, Pool, TxOpts, Value as My};
+use rusqlite::types::Value as Sql;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{self, StoreCmd, STREAMS};
+use crate::Shared;
+
+pub const SINK: &str = "mysql";
+
+const SCHEMA: [&str; 3] = [
+    "CREATE TABLE IF NOT EXISTS edge_events (
+        event_id VARCHAR(100) NOT NULL PRIMARY KEY,
+        gateway_id VARCHAR(64) NOT NULL,
+        device_id VARCHAR(255) NOT NULL,
+        point_id VARCHAR(255) NULL,
+        type VARCHAR(32) NOT NULL,
+        priority VARCHAR(16) NOT NULL,
+        device_seq BIGINT NOT NULL,
+        value TEXT NULL,
+        message TEXT NOT NULL,
+        state VARCHAR(16) NOT NULL,
+        occurred_at DATETIME(3) NOT NULL,
+        KEY edge_events_gateway (gateway_id, occurred_at))",
+    "CREATE TABLE IF NOT EXISTS edge_telemetry (
+        gateway_id VARCHAR(64) NOT NULL,
+        device_id VARCHAR(190) NOT NULL,
+        point_id VARCHAR(190) NOT NULL,
+        ts DATETIME(3) NOT NULL,
+        value TEXT NULL,
+        quality VARCHAR(8) NOT NULL,
+        PRIMARY KEY (gateway_id, device_id, point_id, ts))",
+    "CREATE TABLE IF NOT EXISTS edge_device_status (
+        gateway_id VARCHAR(64) NOT NULL,
+        device_id VARCHAR(190) NOT NULL,
+        device_type VARCHAR(255) NOT NULL,
+        online BOOLEAN NOT NULL,
+        last_seen DATETIME(3) NULL,
+        PRIMARY KEY (gateway_id, device_id))",
+];
+
+/// A SQLite value as MySQL text (`value` columns keep every type losslessly as text).
+fn text(v: &Sql) -> My {
+    match v {
+        Sql::Null => My::NULL,
+        Sql::Integer(i) => My::from(i.to_string()),
+        Sql::Real(f) => My::from(f.to_string()),
+        Sql::Text(s) => My::from(s.clone()),
+        Sql::Blob(b) => My::from(b.clone()),
+    }
+}
+
+fn int(v: &Sql) -> My {
+    match v {
+        Sql::Integer(i) => My::from(*i),
+        _ => My::NULL,
+    }
+}
+
+/// Milliseconds since the epoch as a DATETIME(3) parameter (the session is in UTC).
+fn ms(v: &Sql) -> My {
+    match v {
+        Sql::Integer(i) => My::from(format!("{}.{:03}", i.div_euclid(1000), i.rem_euclid(1000))),
+        _ => My::NULL,
+    }
+}
+
+/// The statement and parameters for one batch of a stream.
+fn batch(gateway: &str, stream: &str, rows: &[store::OutboxRow]) -> (String, Vec<My>) {
+    let mut params = Vec::new();
+    let (head, one, tail) = match stream {
+        "events" => (
+            "INSERT INTO edge_events (event_id, gateway_id, device_id, point_id, type, priority, device_seq, value, message, state, occurred_at) VALUES ",
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, FROM_UNIXTIME(?))",
+            // A retried batch is the same rows again: the state is the only thing that may have
+            // been written differently (never, today), so keep the row and refresh it.
+            " ON DUPLICATE KEY UPDATE state = VALUES(state)",
+        ),
+        "status" => (
+            "INSERT INTO edge_device_status (gateway_id, device_id, device_type, online, last_seen) VALUES ",
+            "(?, ?, ?, ?, FROM_UNIXTIME(?))",
+            " ON DUPLICATE KEY UPDATE device_type = VALUES(device_type), online = VALUES(online),
+              last_seen = COALESCE(VALUES(last_seen), last_seen)",
+        ),
+        _ => (
+            "INSERT INTO edge_telemetry (gateway_id, device_id, point_id, ts, value, quality) VALUES ",
+            "(?, ?, ?, FROM_UNIXTIME(?), ?, ?)",
+            " ON DUPLICATE KEY UPDATE value = VALUES(value), quality = VALUES(quality)",
+        ),
+    };
+    for (_, c) in rows {
+        match stream {
+            // event_id, device_id, point_id, type, priority, device_seq, value, message, state, ts
+            "events" => params.extend([
+                text(&c[0]),
+                My::from(gateway),
+                text(&c[1]),
+                text(&c[2]),
+                text(&c[3]),
+                text(&c[4]),
+                int(&c[5]),
+                text(&c[6]),
+                text(&c[7]),
+                text(&c[8]),
+                ms(&c[9]),
+            ]),
+            // device_id, device_type, online, last_seen, ts
+            "status" => params.extend([
+                My::from(gateway),
+                text(&c[0]),
+                text(&c[1]),
+                int(&c[2]),
+                ms(&c[3]),
+            ]),
+            // device_id, point_id, ts, value, quality
+            _ => params.extend([
+                My::from(gateway),
+                text(&c[0]),
+                text(&c[1]),
+                ms(&c[2]),
+                text(&c[3]),
+                text(&c[4]),
+            ]),
+        }
+    }
+    let values = vec![one; rows.len()].join(", ");
+    (format!("{head}{values}{tail}"), params)
+}
+
+/// Sends one batch of one stream in a transaction. Returns the last id sent.
+async fn send(
+    pool: &Pool,
+    gateway: &str,
+    stream: &str,
+    rows: &[store::OutboxRow],
+) -> Result<i64, mysql_async::Error> {
+    let (sql, params) = batch(gateway, stream, rows);
+    let mut conn = pool.get_conn().await?;
+    let mut tx = conn.start_transaction(TxOpts::default()).await?;
+    tx.exec_drop(sql, params).await?;
+    tx.commit().await?;
+    Ok(rows.last().map(|r| r.0).unwrap_or(0))
+}
+
+async fn create_tables(pool: &Pool) -> Result<(), mysql_async::Error> {
+    let mut conn = pool.get_conn().await?;
+    for sql in SCHEMA {
+        conn.query_drop(sql).await?;
+    }
+    Ok(())
+}
+
+/// How long one batch (connect, insert, commit) may take before it counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every await on the database has a deadline: a half-open connection must not hang the sink.
+async fn deadline<T>(
+    f: impl std::future::Future<Output = Result<T, mysql_async::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer from MySQL within {REQUEST_TIMEOUT:?}")),
+    }
+}
+
+/// Runs the sink until cancelled: tables first, then the outbox, stream by stream, in batches
+/// of `batch_size`; on any error, backs off (0.5 s doubling to 30 s, with jitter) and resumes
+/// from the cursor.
+pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
+    let Some(cfg) = shared.config.mysql.clone() else {
+        return;
+    };
+    let status = shared.sinks.mysql.clone();
+    let opts = match Opts::from_url(&cfg.url.0) {
+        // UTC for FROM_UNIXTIME; and the configured address only (mysql_async would otherwise
+        // switch a loopback TCP connection to the server's Unix socket behind our back).
+        Ok(o) => OptsBuilder::from_opts(o)
+            .init(vec!["SET time_zone = '+00:00'"])
+            .prefer_socket(false),
+        Err(e) => {
+            status.set_error(SINK, Some(format!("bad [mysql] url: {e}")));
+            return;
+        }
+    };
+    let pool = Pool::new(opts);
+    let reader = match store::open_reader(&shared.config.gateway.data_dir) {
+        Ok(c) => Arc::new(Mutex::new(c)),
+        Err(e) => {
+            status.set_error(SINK, Some(e.to_string()));
+            return;
+        }
+    };
+    let gateway = shared.config.gateway.id.clone();
+    let mut backoff = Duration::from_millis(500);
+    let mut tables = false;
+    'outer: while !cancel.is_cancelled() {
+        let result: Result<bool, String> = async {
+            if !tables {
+                deadline(create_tables(&pool)).await?;
+                tables = true;
+            }
+            let mut sent_any = false;
+            for (stream, query) in STREAMS {
+                let r = reader.clone();
+                let limit = cfg.batch_size;
+                let rows = tokio::task::spawn_blocking(move || {
+                    let conn = r.lock().unwrap_or_else(|e| e.into_inner());
+                    let after = store::cursor(&conn, SINK, stream)?;
+                    store::outbox(&conn, query, after, limit)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("reading the outbox: {e}"))?;
+                if rows.is_empty() {
+                    continue;
+                }
+                match deadline(send(&pool, &gateway, stream, &rows)).await {
+                    Ok(last) => {
+                        status.rows_ok.fetch_add(rows.len() as u64, Relaxed);
+                        sent_any = true;
+                        shared
+                            .store
+                            .send(StoreCmd::Cursor {
+                                sink: SINK,
+                                stream,
+                                last_id: last,
+                            })
+                            .await;
+                        // The cursor must be written before the next read of the same stream.
+                        shared.store.flush().await;
+                    }
+                    Err(e) => {
+                        status.rows_failed.fetch_add(rows.len() as u64, Relaxed);
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(sent_any)
+        }
+        .await;
+        let r = reader.clone();
+        if let Ok(Ok(b)) = tokio::task::spawn_blocking(move || {
+            store::backlog(&r.lock().unwrap_or_else(|e| e.into_inner()), SINK)
+        })
+        .await
+        {
+            status.backlog.store(b, Relaxed);
+        }
+        let pause = match result {
+            Ok(true) => {
+                status.set_error(SINK, None);
+                backoff = Duration::from_millis(500);
+                continue 'outer;
+            }
+            Ok(false) => {
+                status.set_error(SINK, None);
+                backoff = Duration::from_millis(500);
+                Duration::from_millis(200)
+            }
+            Err(e) => {
+                status.set_error(SINK, Some(e));
+                let p = backoff.mul_f64(rand::random_range(0.8..1.2));
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                p
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+    let _ = pool.disconnect().await;
+}

@@ -1,0 +1,277 @@
+//! The MySQL sink against a real MariaDB (`EDGE_TEST_MYSQL_URL`, set by `./scripts/test`):
+//! rows arrive keyed by gateway id, an outage loses and duplicates nothing, several gateways
+//! share one database, and a wrong password is a clear state, not a crash loop.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+
+use common::*;
+use edge_gateway::modbus::simulator::{Fault, Profile, PUMP};
+use edge_gateway::Gateway;
+use mysql_async::prelude::Queryable;
+
+fn url() -> Option<String> {
+    match std::env::var("EDGE_TEST_MYSQL_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            eprintln!("SKIPPED: EDGE_TEST_MYSQL_URL is not set (./scripts/test sets it to the local MariaDB)");
+            None
+        }
+    }
+}
+
+/// A gateway id no other test run uses, so runs and tests never see each other's rows.
+fn unique_id(name: &str) -> String {
+    format!("{name}-{}-{}", std::process::id(), rand::random::<u32>())
+}
+
+async fn count(url: &str, table: &str, gw: &str) -> i64 {
+    let pool = mysql_async::Pool::new(url);
+    let mut c = pool.get_conn().await.unwrap();
+    let n: Option<i64> = c
+        .exec_first(
+            format!("SELECT COUNT(*) FROM {table} WHERE gateway_id = ?"),
+            (gw,),
+        )
+        .await
+        .unwrap_or(Some(0));
+    drop(c);
+    let _ = pool.disconnect().await;
+    n.unwrap_or(0)
+}
+
+fn sqlite_count(gw: &Gateway, table: &str) -> i64 {
+    let c = edge_gateway::store::open_reader(&gw.config.gateway.data_dir).unwrap();
+    c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+fn body(addr: &str, mysql: &str) -> String {
+    format!(
+        "[mysql]\nurl = \"{mysql}\"\nbatch_size = 50\n{}{BOILER_AND_PUMP}",
+        tcp_bus(addr)
+    )
+}
+
+async fn caught_up(gw: &Gateway) {
+    wait_for_async("mysql backlog drained", || async {
+        gw.store.flush().await;
+        let c = edge_gateway::store::open_reader(&gw.config.gateway.data_dir).unwrap();
+        edge_gateway::store::backlog(&c, "mysql").unwrap() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_events_and_device_status_arrive_keyed_by_gateway_id() {
+    let Some(url) = url() else { return };
+    let (_sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let id = unique_id("rows");
+    let gw = Gateway::start(config_id(&id, dir.path(), &body(&addr.to_string(), &url)))
+        .await
+        .unwrap();
+    wait_for("online", || online(&gw, "pump") && online(&gw, "boiler")).await;
+    caught_up(&gw).await;
+    assert_eq!(count(&url, "edge_device_status", &id).await, 2);
+    assert!(
+        count(&url, "edge_events", &id).await >= 2,
+        "device_online events"
+    );
+    assert_eq!(
+        count(&url, "edge_events", &id).await,
+        sqlite_count(&gw, "events")
+    );
+    assert_eq!(
+        count(&url, "edge_telemetry", &id).await,
+        sqlite_count(&gw, "telemetry")
+    );
+    let health = healthz(gw.http_addr).await;
+    assert!(health.contains(r#""mysql":{"backlog":0}"#), "{health}");
+    gw.shutdown().await;
+}
+
+/// A TCP relay to MariaDB that the test can cut (every connection dropped, new ones refused).
+struct Relay {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
+        let (u, g) = (up.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !u.load(Relaxed) {
+                    continue; // dropped at once: the connection is refused in effect
+                }
+                let mut cut = g.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Relay {
+            addr,
+            up,
+            generation,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Relaxed);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Relaxed);
+    }
+}
+
+async fn healthz(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_the_database_loses_nothing_and_duplicates_nothing() {
+    let Some(url) = url() else { return };
+    let target: SocketAddr = url
+        .trim_start_matches("mysql://")
+        .split('@')
+        .next_back()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let relay = Relay::start(target).await;
+    let via_relay = url.replace(&target.to_string(), &relay.addr.to_string());
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let id = unique_id("outage");
+    let gw = Gateway::start(config_id(
+        &id,
+        dir.path(),
+        &body(&addr.to_string(), &via_relay),
+    ))
+    .await
+    .unwrap();
+    wait_for("online", || online(&gw, "pump")).await;
+    caught_up(&gw).await;
+    relay.cut();
+    // Events made while the database is away: the pump dies and comes back, values move.
+    sim.set_fault(PUMP, Some(Fault::Silent));
+    wait_for("pump offline", || !online(&gw, "pump")).await;
+    sim.set_fault(PUMP, None);
+    wait_for("pump online", || online(&gw, "pump")).await;
+    wait_for_async("outage seen", || async {
+        let h = healthz(gw.http_addr).await;
+        h.contains(r#""error""#) && !h.contains(r#""backlog":0"#)
+    })
+    .await;
+    relay.restore();
+    caught_up(&gw).await;
+    let events = sqlite_count(&gw, "events");
+    assert!(events >= 4, "online, offline, online again: {events}");
+    assert_eq!(
+        count(&url, "edge_events", &id).await,
+        events,
+        "every event once"
+    );
+    assert_eq!(
+        count(&url, "edge_telemetry", &id).await,
+        sqlite_count(&gw, "telemetry")
+    );
+    assert!(!healthz(gw.http_addr).await.contains(r#""error""#));
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_gateways_sync_into_one_database_concurrently() {
+    let Some(url) = url() else { return };
+    let mut gws = Vec::new();
+    let mut dirs = Vec::new();
+    let mut sims = Vec::new();
+    for i in 0..3 {
+        let (sim, addr, c) = start_sim(Profile::Demo).await;
+        sims.push((sim, c));
+        let dir = tempfile::tempdir().unwrap();
+        let id = unique_id(&format!("three{i}"));
+        gws.push((
+            id.clone(),
+            Gateway::start(config_id(&id, dir.path(), &body(&addr.to_string(), &url)))
+                .await
+                .unwrap(),
+        ));
+        dirs.push(dir);
+    }
+    for (_, gw) in &gws {
+        wait_for("online", || online(gw, "pump")).await;
+    }
+    for (id, gw) in &gws {
+        caught_up(gw).await;
+        assert_eq!(count(&url, "edge_device_status", id).await, 2);
+        assert_eq!(
+            count(&url, "edge_events", id).await,
+            sqlite_count(gw, "events")
+        );
+    }
+    for (_, gw) in gws {
+        gw.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_a_clear_error_in_healthz_and_polling_goes_on() {
+    let Some(url) = url() else { return };
+    let bad = url.replacen("mysql://root", "mysql://nobody:wrong", 1);
+    let (_sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config_id(
+        &unique_id("badpw"),
+        dir.path(),
+        &body(&addr.to_string(), &bad),
+    ))
+    .await
+    .unwrap();
+    wait_for_async("error shown", || async {
+        healthz(gw.http_addr).await.contains("Access denied")
+    })
+    .await;
+    let h = healthz(gw.http_addr).await;
+    assert!(
+        h.lines().next().unwrap().contains(" 200 "),
+        "the gateway still serves: {h}"
+    );
+    let before = requests(&gw, "boiler", "ok");
+    wait_for("polling goes on", || {
+        requests(&gw, "boiler", "ok") > before + 5
+    })
+    .await;
+    gw.shutdown().await;
+}
