@@ -1,0 +1,92 @@
+//! MySQL catch-up benchmark: a backlog of telemetry rows and events (written straight into the
+//! store's outbox) drains into the local MariaDB while the gateway keeps polling the simulator.
+//! Run: `EDGE_TEST_MYSQL_URL=mysql://root@127.0.0.1:3306/test cargo bench --bench mysql`
+//! (`BENCH_TELEMETRY`, default 1,000,000; `BENCH_EVENTS`, default 100,000).
+
+use std::time::{Duration, Instant};
+
+fn status_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let Ok(url) = std::env::var("EDGE_TEST_MYSQL_URL") else {
+        println!("SKIPPED: set EDGE_TEST_MYSQL_URL (./scripts/test shows how the local MariaDB is reached)");
+        return;
+    };
+    let n_tel: i64 = std::env::var("BENCH_TELEMETRY")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let n_ev: i64 = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let sim = edge_gateway::modbus::simulator::Simulator::new(edge_gateway::modbus::simulator::Profile::Demo);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let sim_addr = edge_gateway::modbus::simulator::spawn_tcp(sim, "127.0.0.1:0", cancel.clone()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let id = format!("bench-{}", std::process::id());
+        let mut config = edge_gateway::cli::demo_config(sim_addr, dir.path().to_path_buf(), "127.0.0.1:0");
+        config.gateway.id = id.clone();
+        config.mysql = Some(edge_gateway::config::Mysql {
+            url: edge_gateway::config::Secret(url.clone()),
+            batch_size: 500,
+        });
+        // Create the store, then fill its outbox directly: the backlog an outage leaves.
+        let gw = edge_gateway::Gateway::start(edge_gateway::cli::demo_config(sim_addr, dir.path().to_path_buf(), "127.0.0.1:0"))
+            .await
+            .unwrap();
+        gw.shutdown().await;
+        {
+            let mut db = rusqlite::Connection::open(dir.path().join("gateway.db")).unwrap();
+            let tx = db.transaction().unwrap();
+            let t0 = edge_gateway::model::now_ms() - 86_400_000;
+            {
+                let mut q = tx
+                    .prepare("INSERT INTO telemetry (device_id, point_id, ts, value, quality) VALUES ('meter-1', ?1, ?2, ?3, 'good')")
+                    .unwrap();
+                for i in 0..n_tel {
+                    q.execute(rusqlite::params![format!("p{}", i % 50), t0 + i / 50, (i % 1000) as f64 * 0.5]).unwrap();
+                }
+                let mut q = tx
+                    .prepare(
+                        "INSERT INTO events (seq, event_id, device_id, point_id, type, priority, priority_rank, device_seq, value, message, state, ts)
+                         VALUES (?1, ?2, 'meter-1', NULL, 'device_abnormal', 'normal', 0, ?1, NULL, 'backlog', 'info', ?3)",
+                    )
+                    .unwrap();
+                for i in 1..=n_ev {
+                    q.execute(rusqlite::params![i, format!("{id}-{i}"), t0 + i]).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let gw = edge_gateway::Gateway::start(config).await.unwrap();
+        let t0 = Instant::now();
+        let mut peak_rss = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            peak_rss = peak_rss.max(status_kb("VmRSS"));
+            let b = gw.shared.sinks.mysql.backlog.load(std::sync::atomic::Ordering::Relaxed);
+            if b == 0 && t0.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(1800), "no catch-up in 30 minutes (backlog {b})");
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        let rows = (n_tel + n_ev) as f64;
+        let ok = gw.shared.sinks.mysql.rows_ok.load(std::sync::atomic::Ordering::Relaxed);
+        println!("mysql catch-up: {n_tel} telemetry rows + {n_ev} events, batch_size 500, polling on");
+        println!("  drained in {wall:.1} s: {:.0} rows/s (target >= 20000); {ok} rows confirmed", rows / wall);
+        println!("  gateway RSS during catch-up: peak {:.1} MB (target < 50 MB)", peak_rss as f64 / 1024.0);
+        gw.shutdown().await;
+        cancel.cancel();
+    });
+}
