@@ -152,7 +152,7 @@ async fn connection_refused_marks_devices_offline_without_panic() {
     );
     assert!(!online(&gw, "boiler") && !online(&gw, "pump"));
     // The HTTP side is unaffected.
-    let body = reqwest_healthz(gw.http_addr).await;
+    let body = healthz(gw.http_addr).await;
     assert!(body.contains(r#""online":0"#), "{body}");
     gw.shutdown().await;
 }
@@ -286,18 +286,6 @@ async fn writes_jump_the_queue_and_reach_the_device() {
         .unwrap_err();
     assert_eq!(e.to_string(), "device answered illegal data value");
     gw.shutdown().await;
-}
-
-/// A bare HTTP/1.0 GET of /healthz (no client library needed for one request).
-async fn reqwest_healthz(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 #[tokio::test]

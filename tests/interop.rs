@@ -46,14 +46,6 @@ fn start_pymodbus(python: &str, kind: &str, at: &str) -> Server {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Every type and order pymodbus serves (see pymodbus_server.py), as gateway points.
 fn points() -> String {
     let mut p = vec![

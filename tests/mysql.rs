@@ -145,17 +145,6 @@ impl Relay {
     }
 }
 
-async fn healthz(addr: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_of_the_database_loses_nothing_and_duplicates_nothing() {
     let Some(url) = url() else { return };
@@ -274,15 +263,6 @@ async fn a_wrong_password_is_a_clear_error_in_healthz_and_polling_goes_on() {
     })
     .await;
     gw.shutdown().await;
-}
-
-/// Free loopback port for a child process.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Child(std::process::Child);
