@@ -61,17 +61,11 @@ pub async fn history(ctx: Ctx) -> HandlerResult {
             "param `limit` must be 1..={HISTORY_MAX}"
         )));
     }
-    let shared = ctx.shared.clone();
-    let rows = tokio::task::spawn_blocking(move || {
-        let conn = crate::store::open_reader(&shared.config.gateway.data_dir)
-            .map_err(|e| e.to_string())?;
-        let dev = &shared.config.devices[d];
-        crate::store::history(&conn, dev, &dev.points[p], since, until, limit as usize)
-            .map_err(|e| e.to_string())
+    let rows = super::read_store(&ctx, move |conn, config| {
+        let dev = &config.devices[d];
+        crate::store::history(conn, dev, &dev.points[p], since, until, limit as usize)
     })
-    .await
-    .map_err(|e| ServiceError::internal(e.to_string()))?
-    .map_err(|e| ServiceError::internal(format!("history query failed: {e}")))?;
+    .await?;
     let rows: Vec<Json> = rows
         .into_iter()
         .map(|(ts, v, q)| json!({"ts": rfc3339(ts), "v": v.as_ref().map(Value::to_json), "q": q.as_str()}))

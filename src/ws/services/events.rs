@@ -4,28 +4,11 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use super::push::parse_priority;
+use super::read_store;
 use crate::events::{priority_rank, EventType};
 use crate::model::now_ms;
 use crate::store::{self, AckError, EventFilter, StoreCmd};
 use crate::ws::context::{Ctx, HandlerResult, ServiceError};
-
-/// Runs a read-only query off the async workers.
-async fn read<T: Send + 'static>(
-    ctx: &Ctx,
-    f: impl FnOnce(&rusqlite::Connection, &crate::config::Config) -> rusqlite::Result<T>
-        + Send
-        + 'static,
-) -> Result<T, ServiceError> {
-    let shared = ctx.shared.clone();
-    tokio::task::spawn_blocking(move || {
-        let conn =
-            store::open_reader(&shared.config.gateway.data_dir).map_err(|e| e.to_string())?;
-        f(&conn, &shared.config).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| ServiceError::internal(e.to_string()))?
-    .map_err(|e| ServiceError::internal(format!("query failed: {e}")))
-}
 
 pub async fn query(ctx: Ctx) -> HandlerResult {
     let device_id = ctx.opt_string("deviceId")?;
@@ -58,7 +41,7 @@ pub async fn query(ctx: Ctx) -> HandlerResult {
         before_seq: None,
         limit: limit as usize,
     };
-    let events = read(&ctx, move |conn, config| {
+    let events = read_store(&ctx, move |conn, config| {
         let mut f = filter;
         if let Some(b) = before {
             // Paging: events older than the given one (an unknown id pages from the start).
@@ -75,7 +58,7 @@ pub async fn query(ctx: Ctx) -> HandlerResult {
 }
 
 pub async fn active(ctx: Ctx) -> HandlerResult {
-    let alarms = read(&ctx, store::active_alarms).await?;
+    let alarms = read_store(&ctx, store::active_alarms).await?;
     Ok(json!({ "alarms": alarms }))
 }
 

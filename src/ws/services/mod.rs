@@ -96,6 +96,24 @@ pub static SERVICES: &[Service] = &[
     },
 ];
 
+/// Runs a read-only query off the async workers.
+pub(super) async fn read_store<T: Send + 'static>(
+    ctx: &Ctx,
+    f: impl FnOnce(&rusqlite::Connection, &crate::config::Config) -> rusqlite::Result<T>
+        + Send
+        + 'static,
+) -> Result<T, ServiceError> {
+    let shared = ctx.shared.clone();
+    tokio::task::spawn_blocking(move || {
+        let conn = crate::store::open_reader(&shared.config.gateway.data_dir)
+            .map_err(|e| e.to_string())?;
+        f(&conn, &shared.config).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| ServiceError::internal(e.to_string()))?
+    .map_err(|e| ServiceError::internal(format!("query failed: {e}")))
+}
+
 /// Finds the service and checks the caller may use it, then runs it.
 pub async fn dispatch(name: &str, ctx: Ctx) -> HandlerResult {
     let Some(service) = SERVICES.iter().find(|s| s.name == name) else {
