@@ -39,13 +39,12 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     };
     let ok = s.store.healthy.load(Relaxed);
     let mut sinks = serde_json::Map::new();
-    if s.config.mysql.is_some() {
-        let m = &s.sinks.mysql;
+    for (name, m) in s.sinks.configured(&s.config) {
         let mut v = serde_json::json!({"backlog": m.backlog.load(Relaxed)});
         if let Some(e) = m.error() {
             v["error"] = e.into();
         }
-        sinks.insert("mysql".into(), v);
+        sinks.insert(name.into(), v);
     }
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "failing" },
@@ -67,15 +66,23 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         "# TYPE edge_devices_online gauge\nedge_devices_online {}\n",
         live.online_count()
     ));
-    if s.config.mysql.is_some() {
-        let m = &s.sinks.mysql;
+    let sinks = s.sinks.configured(&s.config);
+    if !sinks.is_empty() {
+        let (mut backlog, mut rows) = (String::new(), String::new());
+        for (name, m) in sinks {
+            backlog.push_str(&format!(
+                "edge_sink_backlog{{sink=\"{name}\"}} {}\n",
+                m.backlog.load(Relaxed)
+            ));
+            rows.push_str(&format!(
+                "edge_sink_rows_total{{sink=\"{name}\",result=\"ok\"}} {}\n\
+                 edge_sink_rows_total{{sink=\"{name}\",result=\"failed\"}} {}\n",
+                m.rows_ok.load(Relaxed),
+                m.rows_failed.load(Relaxed)
+            ));
+        }
         text.push_str(&format!(
-            "# TYPE edge_sink_backlog gauge\nedge_sink_backlog{{sink=\"mysql\"}} {}\n\
-             # TYPE edge_sink_rows_total counter\nedge_sink_rows_total{{sink=\"mysql\",result=\"ok\"}} {}\n\
-             edge_sink_rows_total{{sink=\"mysql\",result=\"failed\"}} {}\n",
-            m.backlog.load(Relaxed),
-            m.rows_ok.load(Relaxed),
-            m.rows_failed.load(Relaxed)
+            "# TYPE edge_sink_backlog gauge\n{backlog}# TYPE edge_sink_rows_total counter\n{rows}"
         ));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)

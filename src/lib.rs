@@ -74,6 +74,21 @@ pub struct Shared {
 #[derive(Default)]
 pub struct Sinks {
     pub mysql: Arc<sinks::SinkStatus>,
+    pub mqtt: Arc<sinks::SinkStatus>,
+}
+
+impl Sinks {
+    /// The sinks the config turns on, by name.
+    pub fn configured<'a>(&'a self, config: &Config) -> Vec<(&'static str, &'a sinks::SinkStatus)> {
+        let mut out = Vec::new();
+        if config.mysql.is_some() {
+            out.push((sinks::mysql::SINK, &*self.mysql));
+        }
+        if config.mqtt.is_some() {
+            out.push((sinks::mqtt::SINK, &*self.mqtt));
+        }
+        out
+    }
 }
 
 impl Shared {
@@ -229,6 +244,9 @@ impl Gateway {
         if config.mysql.is_some() {
             tasks.spawn(sinks::mysql::run(shared.clone(), cancel.child_token()));
         }
+        if config.mqtt.is_some() {
+            tasks.spawn(sinks::mqtt::run(shared.clone(), cancel.child_token()));
+        }
         tasks.spawn(http::serve(listener, shared.clone(), cancel.child_token()));
         tasks.close();
         Ok(Gateway {
@@ -298,7 +316,6 @@ impl Gateway {
 
 /// The daemon: runs until `shutdown` is cancelled, then stops cleanly.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
-    warn_unbuilt(&config);
     let gw = Gateway::start(config).await?;
     tracing::info!(
         "gateway running: {} buses, {} devices, http on {}",
@@ -310,15 +327,4 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     tracing::info!("shutting down");
     gw.shutdown().await;
     Ok(())
-}
-
-/// Configured features this build does not act on yet: said loudly, never silently ignored.
-fn warn_unbuilt(config: &Config) {
-    let mut missing = Vec::new();
-    if config.mqtt.is_some() {
-        missing.push("[mqtt] (upstream publishing)");
-    }
-    for m in missing {
-        tracing::warn!("{m} is configured but not implemented in this build yet; it is validated and otherwise ignored");
-    }
 }

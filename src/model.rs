@@ -42,6 +42,22 @@ impl Value {
             Value::Text(s) => serde_json::Value::String(s.clone()),
         }
     }
+
+    /// A value a client sent (WebSocket or MQTT write); the error names what is wrong.
+    pub fn from_json(v: &serde_json::Value) -> Result<Value, &'static str> {
+        use serde_json::Value as J;
+        Ok(match v {
+            J::Bool(b) => Value::Bool(*b),
+            J::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                (Some(i), _, _) => Value::Int(i),
+                (None, Some(u), _) => Value::UInt(u),
+                (_, _, Some(f)) => Value::Float(f),
+                _ => return Err("param `value` is not a usable number"),
+            },
+            J::String(s) => Value::Text(s.clone()),
+            _ => return Err("param `value` must be a boolean, number or string"),
+        })
+    }
 }
 
 impl std::fmt::Display for Value {

@@ -4,10 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
-
 use common::*;
 use edge_gateway::modbus::simulator::{Fault, Profile, PUMP};
 use edge_gateway::Gateway;
@@ -21,11 +17,6 @@ fn url() -> Option<String> {
             None
         }
     }
-}
-
-/// A gateway id no other test run uses, so runs and tests never see each other's rows.
-fn unique_id(name: &str) -> String {
-    format!("{name}-{}-{}", std::process::id(), rand::random::<u32>())
 }
 
 async fn count(url: &str, table: &str, gw: &str) -> i64 {
@@ -56,15 +47,6 @@ fn body(addr: &str, mysql: &str) -> String {
     )
 }
 
-async fn caught_up(gw: &Gateway) {
-    wait_for_async("mysql backlog drained", || async {
-        gw.store.flush().await;
-        let c = edge_gateway::store::open_reader(&gw.config.gateway.data_dir).unwrap();
-        edge_gateway::store::backlog(&c, "mysql").unwrap() == 0
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_events_and_device_status_arrive_keyed_by_gateway_id() {
     let Some(url) = url() else { return };
@@ -75,7 +57,7 @@ async fn rows_events_and_device_status_arrive_keyed_by_gateway_id() {
         .await
         .unwrap();
     wait_for("online", || online(&gw, "pump") && online(&gw, "boiler")).await;
-    caught_up(&gw).await;
+    caught_up(&gw, "mysql").await;
     assert_eq!(count(&url, "edge_device_status", &id).await, 2);
     assert!(
         count(&url, "edge_events", &id).await >= 2,
@@ -94,61 +76,10 @@ async fn rows_events_and_device_status_arrive_keyed_by_gateway_id() {
     gw.shutdown().await;
 }
 
-/// A TCP relay to MariaDB that the test can cut (every connection dropped, new ones refused).
-struct Relay {
-    addr: SocketAddr,
-    up: Arc<AtomicBool>,
-    generation: Arc<tokio::sync::watch::Sender<u64>>,
-}
-
-impl Relay {
-    async fn start(target: SocketAddr) -> Relay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let up = Arc::new(AtomicBool::new(true));
-        let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
-        let (u, g) = (up.clone(), generation.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if !u.load(Relaxed) {
-                    continue; // dropped at once: the connection is refused in effect
-                }
-                let mut cut = g.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        Relay {
-            addr,
-            up,
-            generation,
-        }
-    }
-
-    fn cut(&self) {
-        self.up.store(false, Relaxed);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Relaxed);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_of_the_database_loses_nothing_and_duplicates_nothing() {
     let Some(url) = url() else { return };
-    let target: SocketAddr = url
+    let target: std::net::SocketAddr = url
         .trim_start_matches("mysql://")
         .split('@')
         .next_back()
@@ -171,7 +102,7 @@ async fn an_outage_of_the_database_loses_nothing_and_duplicates_nothing() {
     .await
     .unwrap();
     wait_for("online", || online(&gw, "pump")).await;
-    caught_up(&gw).await;
+    caught_up(&gw, "mysql").await;
     relay.cut();
     // Events made while the database is away: the pump dies and comes back, values move.
     sim.set_fault(PUMP, Some(Fault::Silent));
@@ -184,7 +115,7 @@ async fn an_outage_of_the_database_loses_nothing_and_duplicates_nothing() {
     })
     .await;
     relay.restore();
-    caught_up(&gw).await;
+    caught_up(&gw, "mysql").await;
     let events = sqlite_count(&gw, "events");
     assert!(events >= 4, "online, offline, online again: {events}");
     assert_eq!(
@@ -223,7 +154,7 @@ async fn three_gateways_sync_into_one_database_concurrently() {
         wait_for("online", || online(gw, "pump")).await;
     }
     for (id, gw) in &gws {
-        caught_up(gw).await;
+        caught_up(gw, "mysql").await;
         assert_eq!(count(&url, "edge_device_status", id).await, 2);
         assert_eq!(
             count(&url, "edge_events", id).await,
@@ -265,38 +196,6 @@ async fn a_wrong_password_is_a_clear_error_in_healthz_and_polling_goes_on() {
     gw.shutdown().await;
 }
 
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(args: &[&str]) -> Child {
-    Child(
-        std::process::Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-async fn backlog_of(http: u16) -> Option<i64> {
-    let addr: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    let body: serde_json::Value = serde_json::from_str(out.split("\r\n\r\n").nth(1)?).ok()?;
-    body["sinks"]["mysql"]["backlog"].as_i64()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_killed_with_sigkill_mid_stream_resends_after_restart_without_loss_or_duplicates()
 {
@@ -327,10 +226,16 @@ async fn a_gateway_killed_with_sigkill_mid_stream_resends_after_restart_without_
     // SIGKILL: no shutdown, no flush, whatever batch was in flight is cut.
     unsafe_kill(&mut gw);
     let gw2 = run();
-    wait_for_async("restarted", || async { backlog_of(http).await.is_some() }).await;
+    wait_for_async("restarted", || async {
+        backlog_of(http, "mysql").await.is_some()
+    })
+    .await;
     // Stop the polls (kill the simulator's answers by stopping the gateway cleanly later), and
     // wait for the sink to catch up with what the store has.
-    wait_for_async("caught up", || async { backlog_of(http).await == Some(0) }).await;
+    wait_for_async("caught up", || async {
+        backlog_of(http, "mysql").await == Some(0)
+    })
+    .await;
     // A clean stop now (SIGTERM), then compare the store with the database.
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &gw2.0.id().to_string()])
@@ -359,10 +264,4 @@ async fn a_gateway_killed_with_sigkill_mid_stream_resends_after_restart_without_
         (confirmed_ev..=local_ev).contains(&up_ev),
         "events: confirmed {confirmed_ev} upstream {up_ev} local {local_ev}"
     );
-}
-
-fn unsafe_kill(c: &mut Child) {
-    // std's kill() is SIGKILL on Unix.
-    let _ = c.0.kill();
-    let _ = c.0.wait();
 }

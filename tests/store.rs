@@ -170,3 +170,91 @@ async fn an_unwritable_data_dir_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// Live first: a long telemetry backlog drains one batch per round beside the newest rows, and
+/// the persisted cursor stays at the backlog's front until it is drained.
+#[tokio::test]
+async fn a_sink_sends_new_telemetry_first_while_its_backlog_drains() {
+    use edge_gateway::sinks::feed::Feed;
+    let dir = tempfile::tempdir().unwrap();
+    // The store's schema, then no writer but the test.
+    let gw = Gateway::start(config(dir.path(), &body("127.0.0.1:1")))
+        .await
+        .unwrap();
+    gw.shutdown().await;
+    let db = rusqlite::Connection::open(dir.path().join("gateway.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let add = |n: usize| {
+        let tx = db.unchecked_transaction().unwrap();
+        for _ in 0..n {
+            tx.execute(
+                "INSERT INTO telemetry (device_id, point_id, ts, value, quality)
+                 VALUES ('boiler', 'setpoint', 0, 1, 'good')",
+                [],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    };
+    let newest = |db: &rusqlite::Connection| -> i64 {
+        db.query_row("SELECT COALESCE(MAX(id), 0) FROM telemetry", [], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    let first = newest(&db) + 1;
+    add(5000);
+    let mut feed = Feed::new(
+        "test",
+        edge_gateway::store::open_reader(dir.path()).unwrap(),
+        100,
+    );
+    feed.reset().await.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut round = |feed_batches: Vec<edge_gateway::sinks::feed::Batch>, feed: &mut Feed| {
+        let mut ids = Vec::new();
+        for b in feed_batches.into_iter().filter(|b| b.name() == "telemetry") {
+            let rows: Vec<i64> = b.rows.iter().map(|r| r.0).collect();
+            for id in &rows {
+                assert!(seen.insert(*id), "row {id} read twice");
+            }
+            ids.extend(&rows);
+            feed.confirm(b.stream, rows);
+        }
+        ids
+    };
+    let ids = round(feed.next().await.unwrap(), &mut feed);
+    assert_eq!(ids, (first..first + 100).collect::<Vec<_>>());
+    // Far behind now: the next rows are read at once, beside one backlog batch.
+    add(5);
+    let live = newest(&db);
+    let ids = round(feed.next().await.unwrap(), &mut feed);
+    assert!(
+        ids.contains(&live),
+        "the newest row goes out in the next round"
+    );
+    assert_eq!(ids.len(), 105);
+    let cursor: Vec<_> = feed.advanced();
+    assert!(
+        cursor.contains(&("telemetry", first + 199)),
+        "the cursor is the backlog's front, not the live one: {cursor:?}"
+    );
+    loop {
+        let batches = feed.next().await.unwrap();
+        if batches.is_empty() {
+            break;
+        }
+        round(batches, &mut feed);
+    }
+    let all: std::collections::BTreeSet<i64> = db
+        .prepare("SELECT id FROM telemetry WHERE id >= ?1")
+        .unwrap()
+        .query_map([first], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(seen, all);
+    let end = *all.last().unwrap();
+    assert!(end >= live);
+    assert!(feed.advanced().contains(&("telemetry", end)));
+}

@@ -62,6 +62,17 @@ pub enum WriteError {
     BusGone,
 }
 
+impl WriteError {
+    /// The SPEC reply code of a failed write (WebSocket `device.write`, MQTT `write/result`).
+    pub fn code(&self) -> u16 {
+        match self {
+            WriteError::NotWritable => 403,
+            WriteError::Encode(_) => 400,
+            WriteError::Exception(_) | WriteError::Link(_) | WriteError::BusGone => 503,
+        }
+    }
+}
+
 /// A write for the bus to put ahead of its polls.
 #[derive(Debug)]
 pub struct WriteCommand {

@@ -1,6 +1,8 @@
 //! Upstream sinks: each forwards the SQLite outbox (events, device status, telemetry) after its
 //! own persisted cursor, and moves the cursor only after the upstream confirmed.
 
+pub mod feed;
+pub mod mqtt;
 pub mod mysql;
 
 use std::sync::atomic::{AtomicI64, AtomicU64};

@@ -2,7 +2,7 @@
 //! (`INSERT … ON DUPLICATE KEY UPDATE`), one transaction each, reconnecting with backoff.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
@@ -10,7 +10,8 @@ use mysql_async::{Opts, OptsBuilder, Pool, TxOpts, Value as My};
 use rusqlite::types::Value as Sql;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{self, StoreCmd, STREAMS};
+use super::feed::Feed;
+use crate::store::{self, StoreCmd};
 use crate::Shared;
 
 pub const SINK: &str = "mysql";
@@ -134,19 +135,18 @@ fn batch(gateway: &str, stream: &str, rows: &[store::OutboxRow]) -> (String, Vec
     (format!("{head}{values}{tail}"), params)
 }
 
-/// Sends one batch of one stream in a transaction. Returns the last id sent.
+/// Sends one batch of one stream in a transaction.
 async fn send(
     pool: &Pool,
     gateway: &str,
     stream: &str,
     rows: &[store::OutboxRow],
-) -> Result<i64, mysql_async::Error> {
+) -> Result<(), mysql_async::Error> {
     let (sql, params) = batch(gateway, stream, rows);
     let mut conn = pool.get_conn().await?;
     let mut tx = conn.start_transaction(TxOpts::default()).await?;
     tx.exec_drop(sql, params).await?;
-    tx.commit().await?;
-    Ok(rows.last().map(|r| r.0).unwrap_or(0))
+    tx.commit().await
 }
 
 async fn create_tables(pool: &Pool) -> Result<(), mysql_async::Error> {
@@ -170,8 +170,8 @@ async fn deadline<T>(
     }
 }
 
-/// Runs the sink until cancelled: tables first, then the outbox, stream by stream, in batches
-/// of `batch_size`; on any error, backs off (0.5 s doubling to 30 s, with jitter) and resumes
+/// Runs the sink until cancelled: tables first, then the outbox in batches of `batch_size`
+/// (events, status, then telemetry live-first: see [`Feed`]); on any error, backs off (0.5 s doubling to 30 s, with jitter) and resumes
 /// from the cursor.
 pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     let Some(cfg) = shared.config.mysql.clone() else {
@@ -190,8 +190,8 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
         }
     };
     let pool = Pool::new(opts);
-    let reader = match store::open_reader(&shared.config.gateway.data_dir) {
-        Ok(c) => Arc::new(Mutex::new(c)),
+    let mut feed = match store::open_reader(&shared.config.gateway.data_dir) {
+        Ok(c) => Feed::new(SINK, c, cfg.batch_size),
         Err(e) => {
             status.set_error(SINK, Some(e.to_string()));
             return;
@@ -200,44 +200,35 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     let gateway = shared.config.gateway.id.clone();
     let mut backoff = Duration::from_millis(500);
     let mut tables = false;
-    'outer: while !cancel.is_cancelled() {
+    // False after a failure: what was read and not committed is read again from the cursors.
+    let mut ready = false;
+    while !cancel.is_cancelled() {
         let result: Result<bool, String> = async {
             if !tables {
                 deadline(create_tables(&pool)).await?;
                 tables = true;
             }
-            let mut sent_any = false;
-            for (stream, query) in STREAMS {
-                let r = reader.clone();
-                let limit = cfg.batch_size;
-                let rows = tokio::task::spawn_blocking(move || {
-                    let conn = r.lock().unwrap_or_else(|e| e.into_inner());
-                    let after = store::cursor(&conn, SINK, stream)?;
-                    store::outbox(&conn, query, after, limit)
-                })
+            if !ready {
+                shared.store.flush().await;
+                feed.reset()
+                    .await
+                    .map_err(|e| format!("reading the outbox: {e}"))?;
+                ready = true;
+            }
+            let batches = feed
+                .next()
                 .await
-                .map_err(|e| e.to_string())?
                 .map_err(|e| format!("reading the outbox: {e}"))?;
-                if rows.is_empty() {
-                    continue;
-                }
-                match deadline(send(&pool, &gateway, stream, &rows)).await {
-                    Ok(last) => {
-                        status.rows_ok.fetch_add(rows.len() as u64, Relaxed);
-                        sent_any = true;
-                        shared
-                            .store
-                            .send(StoreCmd::Cursor {
-                                sink: SINK,
-                                stream,
-                                last_id: last,
-                            })
-                            .await;
-                        // The cursor must be written before the next read of the same stream.
-                        shared.store.flush().await;
+            let sent_any = !batches.is_empty();
+            for b in batches {
+                let n = b.rows.len() as u64;
+                match deadline(send(&pool, &gateway, b.name(), &b.rows)).await {
+                    Ok(()) => {
+                        status.rows_ok.fetch_add(n, Relaxed);
+                        feed.confirm(b.stream, b.rows.iter().map(|r| r.0));
                     }
                     Err(e) => {
-                        status.rows_failed.fetch_add(rows.len() as u64, Relaxed);
+                        status.rows_failed.fetch_add(n, Relaxed);
                         return Err(e);
                     }
                 }
@@ -245,19 +236,25 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             Ok(sent_any)
         }
         .await;
-        let r = reader.clone();
-        if let Ok(Ok(b)) = tokio::task::spawn_blocking(move || {
-            store::backlog(&r.lock().unwrap_or_else(|e| e.into_inner()), SINK)
-        })
-        .await
-        {
+        // Whatever was committed before a failure keeps its place.
+        for (stream, last_id) in feed.advanced() {
+            shared
+                .store
+                .send(StoreCmd::Cursor {
+                    sink: SINK,
+                    stream,
+                    last_id,
+                })
+                .await;
+        }
+        if let Ok(b) = feed.backlog().await {
             status.backlog.store(b, Relaxed);
         }
         let pause = match result {
             Ok(true) => {
                 status.set_error(SINK, None);
                 backoff = Duration::from_millis(500);
-                continue 'outer;
+                continue;
             }
             Ok(false) => {
                 status.set_error(SINK, None);
@@ -265,6 +262,7 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
                 Duration::from_millis(200)
             }
             Err(e) => {
+                ready = false;
                 status.set_error(SINK, Some(e));
                 let p = backoff.mul_f64(rand::random_range(0.8..1.2));
                 backoff = (backoff * 2).min(Duration::from_secs(30));

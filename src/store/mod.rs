@@ -879,17 +879,17 @@ pub const STREAMS: [(&str, &str); 3] = [
     (
         "events",
         "SELECT seq, event_id, device_id, point_id, type, priority, device_seq, value, message, state, ts
-         FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+         FROM events WHERE seq > ?1 AND seq <= ?3 ORDER BY seq LIMIT ?2",
     ),
     (
         "status",
         "SELECT s.id, s.device_id, COALESCE(d.device_type, ''), s.online, s.last_seen, s.ts
          FROM status_log s LEFT JOIN device_status d ON d.device_id = s.device_id
-         WHERE s.id > ?1 ORDER BY s.id LIMIT ?2",
+         WHERE s.id > ?1 AND s.id <= ?3 ORDER BY s.id LIMIT ?2",
     ),
     (
         "telemetry",
-        "SELECT id, device_id, point_id, ts, value, quality FROM telemetry WHERE id > ?1 ORDER BY id LIMIT ?2",
+        "SELECT id, device_id, point_id, ts, value, quality FROM telemetry WHERE id > ?1 AND id <= ?3 ORDER BY id LIMIT ?2",
     ),
 ];
 
@@ -904,16 +904,17 @@ pub fn cursor(conn: &Connection, sink: &str, stream: &str) -> rusqlite::Result<i
     .map(|v| v.unwrap_or(0))
 }
 
-/// Up to `limit` rows of a stream after `after`.
+/// Up to `limit` rows of a stream after `after`, up to and including `upto`.
 pub fn outbox(
     conn: &Connection,
     query: &str,
     after: i64,
+    upto: i64,
     limit: usize,
 ) -> rusqlite::Result<Vec<OutboxRow>> {
     let mut q = conn.prepare_cached(query)?;
     let n = q.column_count();
-    let rows = q.query_map(params![after, limit as i64], |r| {
+    let rows = q.query_map(params![after, limit as i64, upto], |r| {
         let id: i64 = r.get(0)?;
         let cols = (1..n)
             .map(|i| r.get::<_, rusqlite::types::Value>(i))
@@ -923,24 +924,33 @@ pub fn outbox(
     rows.collect()
 }
 
+/// The highest id of an outbox table (0 when empty).
+pub fn newest_id(conn: &Connection, stream: &str) -> rusqlite::Result<i64> {
+    let (table, id) = stream_table(stream);
+    conn.query_row(
+        &format!("SELECT COALESCE(MAX({id}), 0) FROM {table}"),
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// The table and id column behind an outbox stream.
+fn stream_table(stream: &str) -> (&'static str, &'static str) {
+    match stream {
+        "events" => ("events", "seq"),
+        "status" => ("status_log", "id"),
+        _ => ("telemetry", "id"),
+    }
+}
+
 /// Rows of all streams not yet confirmed by a sink: the highest id of each stream less the
 /// sink's cursor. Ids only grow (AUTOINCREMENT, event seq), so this is exact but for rows pruned
 /// past the cursor, and costs one index lookup per stream instead of counting a backlog that
 /// may be a million rows long on every batch.
 pub fn backlog(conn: &Connection, sink: &str) -> rusqlite::Result<i64> {
     let mut total = 0;
-    for (stream, table, id) in [
-        ("events", "events", "seq"),
-        ("status", "status_log", "id"),
-        ("telemetry", "telemetry", "id"),
-    ] {
-        let c = cursor(conn, sink, stream)?;
-        let max: i64 = conn.query_row(
-            &format!("SELECT COALESCE(MAX({id}), 0) FROM {table}"),
-            [],
-            |r| r.get(0),
-        )?;
-        total += (max - c).max(0);
+    for (stream, _) in STREAMS {
+        total += (newest_id(conn, stream)? - cursor(conn, sink, stream)?).max(0);
     }
     Ok(total)
 }

@@ -3,6 +3,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use edge_gateway::config;
@@ -195,4 +197,111 @@ pub async fn healthz(addr: SocketAddr) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
+}
+
+/// A TCP relay to a server that the test can cut (every connection dropped, new ones refused).
+pub struct Relay {
+    pub addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Relay {
+    pub async fn start(target: SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
+        let (u, g) = (up.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !u.load(Relaxed) {
+                    continue; // dropped at once: the connection is refused in effect
+                }
+                let mut cut = g.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Relay {
+            addr,
+            up,
+            generation,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.up.store(false, Relaxed);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Relaxed);
+    }
+}
+
+/// A gateway process, killed when dropped.
+pub struct Child(pub std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn spawn(args: &[&str]) -> Child {
+    Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// A sink's backlog from a process's `/healthz`; `None` while it does not answer.
+pub async fn backlog_of(http: u16, sink: &str) -> Option<i64> {
+    let addr: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let body: serde_json::Value = serde_json::from_str(out.split("\r\n\r\n").nth(1)?).ok()?;
+    body["sinks"][sink]["backlog"].as_i64()
+}
+
+/// SIGKILL: no shutdown, no flush.
+pub fn unsafe_kill(c: &mut Child) {
+    // std's kill() is SIGKILL on Unix.
+    let _ = c.0.kill();
+    let _ = c.0.wait();
+}
+
+/// A gateway id no other test run uses, so runs and tests never see each other's rows.
+pub fn unique_id(name: &str) -> String {
+    format!("{name}-{}-{}", std::process::id(), rand::random::<u32>())
+}
+
+/// Waits until a sink has confirmed everything the store holds.
+pub async fn caught_up(gw: &Gateway, sink: &str) {
+    wait_for_async(&format!("{sink} backlog drained"), || async {
+        gw.store.flush().await;
+        let c = edge_gateway::store::open_reader(&gw.config.gateway.data_dir).unwrap();
+        edge_gateway::store::backlog(&c, sink).unwrap() == 0
+    })
+    .await;
 }

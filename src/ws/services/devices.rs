@@ -74,33 +74,10 @@ pub async fn history(ctx: Ctx) -> HandlerResult {
     Ok(json!({"deviceId": dev.id, "pointId": dev.points[p].id, "rows": rows}))
 }
 
-/// A JSON value from a client as a point value.
-pub fn value_from_json(v: &Json) -> Result<Value, ServiceError> {
-    Ok(match v {
-        Json::Bool(b) => Value::Bool(*b),
-        Json::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => Value::Int(i),
-            (None, Some(u), _) => Value::UInt(u),
-            (_, _, Some(f)) => Value::Float(f),
-            _ => {
-                return Err(ServiceError::bad_request(
-                    "param `value` is not a usable number",
-                ))
-            }
-        },
-        Json::String(s) => Value::Text(s.clone()),
-        _ => {
-            return Err(ServiceError::bad_request(
-                "param `value` must be a boolean, number or string",
-            ))
-        }
-    })
-}
-
 pub async fn write(ctx: Ctx) -> HandlerResult {
     let d = ctx.device(&ctx.string("deviceId")?)?;
     let p = ctx.point(d, &ctx.string("pointId")?)?;
-    let value = value_from_json(&ctx.value("value")?)?;
+    let value = Value::from_json(&ctx.value("value")?).map_err(ServiceError::bad_request)?;
     let user = ctx.client.login().map(|l| l.user).unwrap_or_default();
     let old = ctx
         .shared
@@ -116,10 +93,9 @@ pub async fn write(ctx: Ctx) -> HandlerResult {
                 "value": value.to_json(),
             }))
         }
-        Err(WriteError::NotWritable) => Err(ServiceError::forbidden("point is not writable")),
-        Err(WriteError::Encode(e)) => Err(ServiceError::bad_request(format!("param `value`: {e}"))),
-        Err(e @ (WriteError::Exception(_) | WriteError::Link(_) | WriteError::BusGone)) => {
-            Err(ServiceError::new(503, e.to_string()))
+        Err(e @ WriteError::Encode(_)) => {
+            Err(ServiceError::new(e.code(), format!("param `value`: {e}")))
         }
+        Err(e) => Err(ServiceError::new(e.code(), e.to_string())),
     }
 }

@@ -1,0 +1,630 @@
+//! The MQTT sink: publishes the outbox to the SPEC topics and moves each cursor only after the
+//! broker confirmed the message (PUBACK for QoS 1, PUBCOMP for QoS 2); birth and last will on
+//! `status`; point writes from `devices/{device}/write` when `allow_writes`.
+//!
+//! rumqttc keeps unconfirmed publishes only in memory, so a lost connection drops the client
+//! and its event loop whole and the next connection resends from the persisted cursors: the
+//! outbox, not the client, decides what is resent.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ClientError, ConnectReturnCode, Event, EventLoop, Incoming, LastWill, MqttOptions,
+    Outgoing, QoS, TlsConfiguration, Transport,
+};
+use rusqlite::types::Value as Sql;
+use serde_json::{json, Map, Value as Json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::feed::{Batch, Feed};
+use crate::config::{Config, Mqtt};
+use crate::model::{rfc3339, Value};
+use crate::store::{self, StoreCmd};
+use crate::Shared;
+
+pub const SINK: &str = "mqtt";
+
+/// Outbox rows read ahead of the broker's confirmations: the publish window.
+const WINDOW: usize = 1000;
+/// Outbox rows read per stream and round.
+const BATCH: usize = 500;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where and how to connect, from `mqtt[s]://[user[:password]@]host[:port]`.
+#[derive(Debug, PartialEq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub credentials: Option<(String, String)>,
+}
+
+pub fn parse_url(url: &str) -> Result<Target, String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("mqtt://") {
+        (false, r)
+    } else {
+        return Err("must start with mqtt:// or mqtts://".into());
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let (credentials, hostport) = match authority.rsplit_once('@') {
+        Some((user, hp)) => {
+            let (u, p) = user.split_once(':').unwrap_or((user, ""));
+            (Some((u.to_string(), p.to_string())), hp)
+        }
+        None => (None, authority),
+    };
+    let default_port = if tls { 8883 } else { 1883 };
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or("unclosed [ in the host")?;
+        match after.strip_prefix(':') {
+            Some(p) => (h, p),
+            None => (h, ""),
+        }
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, p),
+            None => (hostport, ""),
+        }
+    };
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    let port = if port.is_empty() {
+        default_port
+    } else {
+        port.parse().map_err(|_| format!("bad port `{port}`"))?
+    };
+    Ok(Target {
+        host: host.to_string(),
+        port,
+        tls,
+        credentials,
+    })
+}
+
+/// TLS with the ring provider and the system's roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` override
+/// them, e.g. for a plant CA).
+fn tls_config() -> Result<TlsConfiguration, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for cert in found.certs {
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "no trusted CA certificates found for mqtts:// ({:?})",
+            found.errors
+        ));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(TlsConfiguration::Rustls(Arc::new(config)))
+}
+
+/// The topics under `{prefix}/{gateway_id}/`.
+struct Topics {
+    base: String,
+}
+
+impl Topics {
+    fn status(&self) -> String {
+        format!("{}/status", self.base)
+    }
+    fn device(&self, device: &str, leaf: &str) -> String {
+        format!("{}/devices/{device}/{leaf}", self.base)
+    }
+    fn writes(&self) -> String {
+        self.device("+", "write")
+    }
+    /// The device of a `devices/{device}/write` topic.
+    fn write_device<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        topic
+            .strip_prefix(&self.base)?
+            .strip_prefix("/devices/")?
+            .strip_suffix("/write")
+    }
+}
+
+fn options(cfg: &Mqtt, target: &Target, topics: &Topics) -> Result<MqttOptions, String> {
+    let mut o = MqttOptions::new(cfg.client_id.clone(), target.host.clone(), target.port);
+    o.set_keep_alive(Duration::from_secs(15))
+        // A persistent session: the broker keeps our write subscription and queues writes.
+        .set_clean_session(false)
+        .set_last_will(LastWill::new(
+            topics.status(),
+            r#"{"online":false}"#,
+            QoS::AtLeastOnce,
+            true,
+        ))
+        .set_max_packet_size(256 * 1024, 1024 * 1024)
+        .set_inflight(100)
+        // Never full: we hold at most WINDOW outbox messages plus a few of our own.
+        .set_request_channel_capacity(WINDOW + 64);
+    if let Some((u, p)) = &target.credentials {
+        o.set_credentials(u.clone(), p.clone());
+    }
+    if target.tls {
+        o.set_transport(Transport::tls_with_config(tls_config()?));
+    }
+    Ok(o)
+}
+
+fn qos(n: u8) -> QoS {
+    match n {
+        0 => QoS::AtMostOnce,
+        2 => QoS::ExactlyOnce,
+        _ => QoS::AtLeastOnce,
+    }
+}
+
+fn text(v: &Sql) -> Option<String> {
+    match v {
+        Sql::Text(s) => Some(s.clone()),
+        Sql::Integer(i) => Some(i.to_string()),
+        Sql::Real(f) => Some(f.to_string()),
+        _ => None,
+    }
+}
+
+fn int(v: &Sql) -> i64 {
+    match v {
+        Sql::Integer(i) => *i,
+        _ => 0,
+    }
+}
+
+fn time(v: &Sql) -> Json {
+    match v {
+        Sql::Integer(ms) => rfc3339(*ms).into(),
+        _ => Json::Null,
+    }
+}
+
+/// A stored value as JSON, typed by its point.
+fn value(config: &Config, device: &str, point: &str, v: &Sql) -> Json {
+    config
+        .devices
+        .iter()
+        .find(|d| d.id == device)
+        .and_then(|d| d.points.iter().find(|p| p.id == point))
+        .and_then(|p| store::from_sql(p, v.clone()))
+        .map(|v| v.to_json())
+        .unwrap_or(Json::Null)
+}
+
+/// One message to publish and the outbox rows it confirms.
+struct Message {
+    topic: String,
+    payload: Vec<u8>,
+    retain: bool,
+    rows: Vec<i64>,
+}
+
+/// One device sample being gathered from telemetry rows: device, time, points, row ids.
+type Sample = (String, i64, Map<String, Json>, Vec<i64>);
+
+/// The messages of one outbox batch: one per event, one per status change, one per device
+/// sample (the consecutive telemetry rows of one device and time).
+fn messages(config: &Config, topics: &Topics, batch: &Batch) -> Vec<Message> {
+    let mut out: Vec<Message> = Vec::new();
+    match batch.name() {
+        "events" => {
+            for (id, c) in &batch.rows {
+                // seq, event_id, device_id, point_id, type, priority, device_seq, value, message, state, ts
+                let device = text(&c[1]).unwrap_or_default();
+                let point = text(&c[2]);
+                let body = json!({
+                    "id": text(&c[0]),
+                    "deviceId": device,
+                    "pointId": point,
+                    "type": text(&c[3]),
+                    "priority": text(&c[4]),
+                    "deviceSeq": int(&c[5]),
+                    "value": point.as_deref().map(|p| value(config, &device, p, &c[6])).unwrap_or(Json::Null),
+                    "message": text(&c[7]),
+                    "ts": time(&c[9]),
+                    "state": text(&c[8]),
+                    "ackedBy": null,
+                    "ackedAt": null,
+                });
+                out.push(Message {
+                    topic: topics.device(&device, "events"),
+                    payload: body.to_string().into_bytes(),
+                    retain: false,
+                    rows: vec![*id],
+                });
+            }
+        }
+        "status" => {
+            for (id, c) in &batch.rows {
+                // device_id, device_type, online, last_seen, ts
+                let device = text(&c[0]).unwrap_or_default();
+                let body = json!({
+                    "online": int(&c[2]) != 0,
+                    "type": text(&c[1]),
+                    "lastSeen": time(&c[3]),
+                    "ts": time(&c[4]),
+                });
+                out.push(Message {
+                    topic: topics.device(&device, "status"),
+                    payload: body.to_string().into_bytes(),
+                    retain: true,
+                    rows: vec![*id],
+                });
+            }
+        }
+        _ => {
+            // device_id, point_id, ts, value, quality
+            let mut group: Option<Sample> = None;
+            let mut flush = |g: Option<Sample>| {
+                if let Some((device, ts, points, rows)) = g {
+                    let body = json!({"ts": rfc3339(ts), "points": points});
+                    out.push(Message {
+                        topic: topics.device(&device, "telemetry"),
+                        payload: body.to_string().into_bytes(),
+                        retain: false,
+                        rows,
+                    });
+                }
+            };
+            for (id, c) in &batch.rows {
+                let device = text(&c[0]).unwrap_or_default();
+                let point = text(&c[1]).unwrap_or_default();
+                let ts = int(&c[2]);
+                if !matches!(&group, Some((d, t, _, _)) if *d == device && *t == ts) {
+                    flush(group.take());
+                    group = Some((device.clone(), ts, Map::new(), Vec::new()));
+                }
+                if let Some((_, _, points, rows)) = &mut group {
+                    let v = value(config, &device, &point, &c[3]);
+                    points.insert(point, json!({"v": v, "q": text(&c[4])}));
+                    rows.push(*id);
+                }
+            }
+            flush(group);
+        }
+    }
+    out
+}
+
+/// Runs the sink until cancelled, reconnecting with backoff (0.5 s doubling to 30 s, jitter).
+pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
+    let Some(cfg) = shared.config.mqtt.clone() else {
+        return;
+    };
+    let status = shared.sinks.mqtt.clone();
+    let topics = Topics {
+        base: format!("{}/{}", cfg.topic_prefix, shared.config.gateway.id),
+    };
+    let opts = match parse_url(&cfg.url.0).and_then(|t| options(&cfg, &t, &topics)) {
+        Ok(o) => o,
+        Err(e) => {
+            status.set_error(SINK, Some(format!("[mqtt] url: {e}")));
+            return;
+        }
+    };
+    let mut feed = match store::open_reader(&shared.config.gateway.data_dir) {
+        Ok(c) => Feed::new(SINK, c, BATCH),
+        Err(e) => {
+            status.set_error(SINK, Some(e.to_string()));
+            return;
+        }
+    };
+    let mut backoff = Duration::from_millis(500);
+    while !cancel.is_cancelled() {
+        let mut session = Session {
+            shared: &shared,
+            cfg: &cfg,
+            topics: &topics,
+            feed: &mut feed,
+            tags: VecDeque::new(),
+            inflight: HashMap::new(),
+            connected: false,
+        };
+        let (client, eventloop) = AsyncClient::new(opts.clone(), WINDOW + 64);
+        let result = session.run(&client, eventloop, &cancel).await;
+        let connected = session.connected;
+        persist(&shared, &mut feed).await;
+        match result {
+            Ok(()) => break,
+            Err(e) => status.set_error(SINK, Some(e)),
+        }
+        if connected {
+            backoff = Duration::from_millis(500);
+        }
+        let pause = backoff.mul_f64(rand::random_range(0.8..1.2));
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Writes the cursors that moved.
+async fn persist(shared: &Shared, feed: &mut Feed) {
+    for (stream, last_id) in feed.advanced() {
+        shared
+            .store
+            .send(StoreCmd::Cursor {
+                sink: SINK,
+                stream,
+                last_id,
+            })
+            .await;
+    }
+}
+
+/// The outbox rows a publish confirms: `None` for our own messages (birth, write results).
+type Tag = Option<(usize, Vec<i64>)>;
+
+/// One connection's life.
+struct Session<'a> {
+    shared: &'a Arc<Shared>,
+    cfg: &'a Mqtt,
+    topics: &'a Topics,
+    feed: &'a mut Feed,
+    /// Tags of the publishes handed to the client, in order; the event loop reports each one
+    /// as it goes out, in the same order, with its packet id.
+    tags: VecDeque<Tag>,
+    /// Sent, awaiting the broker's ack, by packet id.
+    inflight: HashMap<u16, Tag>,
+    connected: bool,
+}
+
+impl Session<'_> {
+    async fn run(
+        &mut self,
+        client: &AsyncClient,
+        mut eventloop: EventLoop,
+        cancel: &CancellationToken,
+    ) -> Result<(), String> {
+        let status = &self.shared.sinks.mqtt;
+        // Connect: the first event is the broker's CONNACK or an error.
+        let connack = tokio::time::timeout(CONNECT_TIMEOUT, eventloop.poll()).await;
+        match connack {
+            Ok(Ok(Event::Incoming(Incoming::ConnAck(ack)))) => {
+                if ack.code != ConnectReturnCode::Success {
+                    return Err(format!("broker refused the connection: {:?}", ack.code));
+                }
+            }
+            Ok(Ok(other)) => return Err(format!("unexpected first packet {other:?}")),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("no CONNACK within {CONNECT_TIMEOUT:?}")),
+        }
+        self.connected = true;
+        status.set_error(SINK, None);
+        // What the last connection left unconfirmed is read again from the cursors.
+        self.shared.store.flush().await;
+        self.feed.reset().await.map_err(|e| e.to_string())?;
+        self.publish(
+            client,
+            None,
+            self.topics.status(),
+            true,
+            br#"{"online":true}"#.to_vec(),
+        )?;
+        // The session is persistent: a subscription from a run with `allow_writes` outlives it.
+        let subscribed = if self.cfg.allow_writes {
+            client.try_subscribe(self.topics.writes(), qos(self.cfg.qos))
+        } else {
+            client.try_unsubscribe(self.topics.writes())
+        };
+        subscribed.map_err(|e| e.to_string())?;
+        let (results_tx, mut results) = mpsc::channel::<(String, Json)>(64);
+        let mut idle = false;
+        let mut last_backlog = tokio::time::Instant::now();
+        loop {
+            if self.feed.in_flight() < WINDOW / 2 && !idle {
+                let batches = self.feed.next().await.map_err(|e| e.to_string())?;
+                idle = batches.is_empty();
+                for b in &batches {
+                    for m in messages(&self.shared.config, self.topics, b) {
+                        self.publish(
+                            client,
+                            Some((b.stream, m.rows)),
+                            m.topic,
+                            m.retain,
+                            m.payload,
+                        )?;
+                    }
+                }
+            }
+            if last_backlog.elapsed() > Duration::from_millis(500) {
+                last_backlog = tokio::time::Instant::now();
+                persist(self.shared, self.feed).await;
+                if let Ok(b) = self.feed.backlog().await {
+                    status.backlog.store(b, Relaxed);
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    // A clean goodbye: the will is not sent on DISCONNECT, so say it ourselves.
+                    let _ = self.publish(client, None, self.topics.status(), true,
+                        br#"{"online":false}"#.to_vec());
+                    let _ = client.try_disconnect();
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+                    while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, eventloop.poll()).await {
+                        self.handle(ev);
+                    }
+                    return Ok(());
+                }
+                ev = eventloop.poll() => {
+                    let ev = ev.map_err(|e| e.to_string())?;
+                    if let Some(write) = self.handle(ev) {
+                        let (shared, tx) = (self.shared.clone(), results_tx.clone());
+                        tokio::spawn(async move {
+                            let r = write_point(&shared, &write.0, &write.1).await;
+                            let _ = tx.send((write.0, r)).await;
+                        });
+                    }
+                }
+                Some((device, body)) = results.recv() => {
+                    let topic = self.topics.device(&device, "write/result");
+                    self.publish(client, None, topic, false, body.to_string().into_bytes())?;
+                }
+                // Nothing to send: look at the outbox again shortly.
+                _ = tokio::time::sleep(Duration::from_millis(100)), if idle => idle = false,
+            }
+        }
+    }
+
+    fn publish(
+        &mut self,
+        client: &AsyncClient,
+        tag: Tag,
+        topic: String,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<(), String> {
+        match client.try_publish(topic, qos(self.cfg.qos), retain, payload) {
+            Ok(()) => {
+                self.tags.push_back(tag);
+                Ok(())
+            }
+            Err(ClientError::TryRequest(_)) | Err(ClientError::Request(_)) => {
+                Err("the MQTT client's queue is closed".into())
+            }
+        }
+    }
+
+    /// Tracks publishes to their acks; returns a write request (device, payload) to serve.
+    fn handle(&mut self, ev: Event) -> Option<(String, Vec<u8>)> {
+        match ev {
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                let tag = self.tags.pop_front().flatten();
+                if self.cfg.qos == 0 {
+                    self.confirm(tag);
+                } else {
+                    self.inflight.insert(pkid, tag);
+                }
+            }
+            Event::Incoming(Incoming::PubAck(ack)) if self.cfg.qos == 1 => {
+                let tag = self.inflight.remove(&ack.pkid).flatten();
+                self.confirm(tag);
+            }
+            Event::Incoming(Incoming::PubComp(ack)) if self.cfg.qos == 2 => {
+                let tag = self.inflight.remove(&ack.pkid).flatten();
+                self.confirm(tag);
+            }
+            Event::Incoming(Incoming::Publish(p)) if self.cfg.allow_writes => {
+                if let Some(device) = self.topics.write_device(&p.topic) {
+                    return Some((device.to_string(), p.payload.to_vec()));
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn confirm(&mut self, tag: Tag) {
+        if let Some((stream, rows)) = tag {
+            self.shared
+                .sinks
+                .mqtt
+                .rows_ok
+                .fetch_add(rows.len() as u64, Relaxed);
+            self.feed.confirm(stream, rows);
+        }
+    }
+}
+
+/// Serves one write request: `{"pointId", "value", "requestId"?}`; the reply carries `code`
+/// and `msg` as a WebSocket reply would.
+async fn write_point(shared: &Shared, device: &str, payload: &[u8]) -> Json {
+    let req: Json = serde_json::from_slice(payload).unwrap_or(Json::Null);
+    let request_id = req.get("requestId").cloned().unwrap_or(Json::Null);
+    let reply = |code: u16, msg: String, extra: Json| {
+        let mut r = json!({"requestId": request_id, "deviceId": device, "code": code, "msg": msg});
+        if let (Some(r), Json::Object(e)) = (r.as_object_mut(), extra) {
+            r.extend(e);
+        }
+        r
+    };
+    let Some(obj) = req.as_object() else {
+        return reply(400, "payload must be a JSON object".into(), Json::Null);
+    };
+    let Some(point_id) = obj.get("pointId").and_then(Json::as_str) else {
+        return reply(
+            400,
+            "param `pointId` missing or not a string".into(),
+            Json::Null,
+        );
+    };
+    let Some(raw) = obj.get("value") else {
+        return reply(400, "param `value` missing".into(), Json::Null);
+    };
+    let Some(d) = shared.config.devices.iter().position(|x| x.id == device) else {
+        return reply(404, format!("unknown device `{device}`"), Json::Null);
+    };
+    let Some(p) = shared.config.devices[d]
+        .points
+        .iter()
+        .position(|x| x.id == point_id)
+    else {
+        return reply(404, format!("unknown point `{point_id}`"), Json::Null);
+    };
+    let value = match Value::from_json(raw) {
+        Ok(v) => v,
+        Err(e) => return reply(400, e.into(), Json::Null),
+    };
+    match shared
+        .write_audited("mqtt", "mqtt", d, p, value.clone())
+        .await
+    {
+        Ok(old) => reply(
+            0,
+            "ok".into(),
+            json!({"pointId": point_id, "old": old.as_ref().map(Value::to_json), "value": value.to_json()}),
+        ),
+        Err(e) => reply(e.code(), e.to_string(), json!({"pointId": point_id})),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let t = parse_url("mqtt://broker.plant:1883").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.tls),
+            ("broker.plant", 1883, false)
+        );
+        let t = parse_url("mqtts://u:p%w@host").unwrap();
+        assert_eq!((t.port, t.tls), (8883, true));
+        assert_eq!(t.credentials, Some(("u".into(), "p%w".into())));
+        let t = parse_url("mqtt://[::1]:1884/").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 1884));
+        assert!(parse_url("mqtt://:1883").is_err());
+        assert!(parse_url("mqtt://h:99999").is_err());
+        assert!(parse_url("http://h").is_err());
+    }
+
+    #[test]
+    fn write_topics() {
+        let t = Topics {
+            base: "edge/gw1".into(),
+        };
+        assert_eq!(t.writes(), "edge/gw1/devices/+/write");
+        assert_eq!(
+            t.write_device("edge/gw1/devices/pump-1/write"),
+            Some("pump-1")
+        );
+        assert_eq!(t.write_device("edge/gw1/devices/pump-1/write/result"), None);
+        assert_eq!(t.write_device("edge/gw2/devices/pump-1/write"), None);
+    }
+}

@@ -1,0 +1,360 @@
+//! The MQTT sink against a real Mosquitto (`EDGE_TEST_MQTT_ADDR`, set by `./scripts/test`):
+//! topics and payloads, birth and last will (also on SIGKILL), an outage through a relay loses
+//! nothing, and writes only when `allow_writes`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::*;
+use edge_gateway::config::Priority;
+use edge_gateway::events::{Draft, EventState, EventType};
+use edge_gateway::modbus::simulator::{Profile, BOILER};
+use edge_gateway::model::now_ms;
+use edge_gateway::Gateway;
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use serde_json::{json, Value as Json};
+use tokio::sync::mpsc;
+
+fn broker() -> Option<String> {
+    match std::env::var("EDGE_TEST_MQTT_ADDR") {
+        Ok(a) if !a.is_empty() => Some(a),
+        _ => {
+            eprintln!("SKIPPED: EDGE_TEST_MQTT_ADDR is not set (./scripts/test sets it to the local Mosquitto)");
+            None
+        }
+    }
+}
+
+/// A test's own MQTT client: everything under `edge/{id}/#` arrives on the channel.
+struct Watcher {
+    client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<(String, Json, bool)>,
+    /// Received and not yet taken by `next`, oldest first.
+    kept: Vec<(String, Json, bool)>,
+}
+
+impl Watcher {
+    async fn start(broker: &str, id: &str) -> Watcher {
+        let (host, port) = broker.rsplit_once(':').unwrap();
+        let mut o = MqttOptions::new(
+            format!("watch-{}", rand::random::<u32>()),
+            host,
+            port.parse().unwrap(),
+        );
+        o.set_keep_alive(Duration::from_secs(5));
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut el) = AsyncClient::new(o, 100);
+        let (tx, rx) = mpsc::unbounded_channel();
+        client
+            .subscribe(format!("edge/{id}/#"), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let (sub_tx, mut sub_rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        let body = serde_json::from_slice(&p.payload).unwrap_or(Json::Null);
+                        let _ = tx.send((p.topic, body, p.retain));
+                    }
+                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                        let _ = sub_tx.try_send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        sub_rx.recv().await;
+        Watcher {
+            client,
+            rx,
+            kept: Vec::new(),
+        }
+    }
+
+    /// The oldest message not taken yet on a topic ending with `suffix` that `pred` accepts.
+    async fn next(&mut self, suffix: &str, pred: impl Fn(&Json) -> bool) -> (String, Json, bool) {
+        let fits = |m: &(String, Json, bool)| m.0.ends_with(suffix) && pred(&m.1);
+        if let Some(i) = self.kept.iter().position(fits) {
+            return self.kept.remove(i);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no message on …{suffix} within 20 s"))
+                .unwrap();
+            if fits(&m) {
+                return m;
+            }
+            self.kept.push(m);
+        }
+    }
+}
+
+fn body(broker: &str, addr: &str, extra: &str) -> String {
+    format!(
+        "[mqtt]\nurl = \"mqtt://{broker}\"\nqos = 1\n{extra}\n{}{BOILER_AND_PUMP}",
+        tcp_bus(addr)
+    )
+}
+
+fn draft(device: usize, n: usize) -> Draft {
+    Draft {
+        device,
+        point: None,
+        kind: EventType::DeviceAbnormal,
+        priority: Priority::Normal,
+        value: None,
+        message: format!("test event {n}"),
+        state: EventState::Info,
+        ts: now_ms(),
+        alarm: None,
+        at: tokio::time::Instant::now(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn birth_status_telemetry_and_events_arrive_on_the_spec_topics() {
+    let Some(broker) = broker() else { return };
+    let (_sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let id = unique_id("topics");
+    let mut w = Watcher::start(&broker, &id).await;
+    let gw = Gateway::start(config_id(
+        &id,
+        dir.path(),
+        &body(&broker, &addr.to_string(), ""),
+    ))
+    .await
+    .unwrap();
+    let (_, birth, retained) = w.next("/status", |b| b["online"] == true).await;
+    assert_eq!(birth, json!({"online": true}));
+    assert!(!retained, "live delivery of a retained publish");
+    let (topic, status, _) = w.next("/devices/boiler/status", |_| true).await;
+    assert_eq!(topic, format!("edge/{id}/devices/boiler/status"));
+    assert_eq!(
+        (status["online"].as_bool(), status["type"].as_str()),
+        (Some(true), Some(""))
+    );
+    let (_, t, _) = w
+        .next("/devices/boiler/telemetry", |b| {
+            b["points"]["temperature"]["q"] == "good"
+        })
+        .await;
+    assert!(t["ts"].as_str().unwrap().ends_with('Z'), "{t}");
+    assert!(t["points"]["temperature"]["v"].is_number(), "{t}");
+    let (_, e, _) = w
+        .next("/devices/boiler/events", |b| b["type"] == "device_online")
+        .await;
+    assert_eq!(
+        e["id"],
+        format!(
+            "{id}-{}",
+            e["id"].as_str().unwrap().rsplit('-').next().unwrap()
+        )
+    );
+    assert_eq!(
+        (e["deviceId"].as_str(), e["deviceSeq"].as_i64()),
+        (Some("boiler"), Some(1))
+    );
+    caught_up(&gw, "mqtt").await;
+    let h = healthz(gw.http_addr).await;
+    let sinks: Json = serde_json::from_str(h.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert!(sinks["sinks"]["mqtt"]["backlog"].is_i64(), "{h}");
+    assert!(sinks["sinks"]["mqtt"].get("error").is_none(), "{h}");
+    // A clean stop says offline itself (a DISCONNECT does not fire the will).
+    gw.shutdown().await;
+    w.next("/status", |b| b["online"] == false).await;
+    // Retained: a newcomer learns the gateway and device state at once.
+    let mut late = Watcher::start(&broker, &id).await;
+    let (_, s, retained) = late.next("/status", |_| true).await;
+    assert_eq!((s, retained), (json!({"online": false}), true));
+    let (_, _, retained) = late.next("/devices/pump/status", |_| true).await;
+    assert!(retained);
+    clear_retained(&w.client, &id).await;
+}
+
+/// Leaves the shared broker as it was found.
+async fn clear_retained(c: &AsyncClient, id: &str) {
+    for t in ["status", "devices/boiler/status", "devices/pump/status"] {
+        let _ = c
+            .publish(format!("edge/{id}/{t}"), QoS::AtLeastOnce, true, Vec::new())
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_made_while_the_broker_is_unreachable_arrive_after() {
+    let Some(broker) = broker() else { return };
+    let relay = Relay::start(broker.parse().unwrap()).await;
+    let (_sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let id = unique_id("outage");
+    let mut w = Watcher::start(&broker, &id).await;
+    let gw = Gateway::start(config_id(
+        &id,
+        dir.path(),
+        // No storm control: every one of the events below is published.
+        &(body(&relay.addr.to_string(), &addr.to_string(), "")
+            + "[events]\nmax_per_device_per_s = 100000\n"),
+    ))
+    .await
+    .unwrap();
+    w.next("/status", |b| b["online"] == true).await;
+    caught_up(&gw, "mqtt").await;
+    relay.cut();
+    // The broker sees the connection die and publishes the will.
+    w.next("/status", |b| b["online"] == false).await;
+    for n in 0..200 {
+        gw.inject_draft(draft(n % 2, n)).await;
+    }
+    wait_for_async("backlog in healthz", || async {
+        let h = healthz(gw.http_addr).await;
+        h.contains(r#""mqtt":{"backlog":"#) && h.contains("error")
+    })
+    .await;
+    relay.restore();
+    w.next("/status", |b| b["online"] == true).await;
+    caught_up(&gw, "mqtt").await;
+    let mut seen: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+    let mut made = BTreeSet::new();
+    while made.len() < 200 {
+        let (_, e, _) = w
+            .next("/events", |b| {
+                b["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("test event"))
+            })
+            .await;
+        made.insert(e["message"].as_str().unwrap().to_string());
+        seen.entry(e["deviceId"].as_str().unwrap().to_string())
+            .or_default()
+            .insert(e["deviceSeq"].as_i64().unwrap());
+    }
+    // Every event made in the outage arrived; deviceSeq shows no gap per device.
+    for (device, seqs) in &seen {
+        let (lo, hi) = (*seqs.first().unwrap(), *seqs.last().unwrap());
+        assert_eq!(
+            seqs.len() as i64,
+            hi - lo + 1,
+            "gap in {device}'s deviceSeq"
+        );
+    }
+    gw.shutdown().await;
+    clear_retained(&w.client, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_will_is_published_when_the_gateway_is_killed() {
+    let Some(broker) = broker() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let id = unique_id("will");
+    let mut w = Watcher::start(&broker, &id).await;
+    let http = free_port();
+    let cfg = dir.path().join("g.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nid = \"{id}\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:{http}\"\n[mqtt]\nurl = \"mqtt://{broker}\"\n{}{BOILER_AND_PUMP}",
+            dir.path().join("data").display().to_string(),
+            tcp_bus("127.0.0.1:1")
+        ),
+    )
+    .unwrap();
+    let mut gw = spawn(&["run", "--config", cfg.to_str().unwrap()]);
+    w.next("/status", |b| b["online"] == true).await;
+    unsafe_kill(&mut gw);
+    let (_, will, _) = w.next("/status", |_| true).await;
+    assert_eq!(will, json!({"online": false}));
+    clear_retained(&w.client, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_through_the_audited_path_only_when_allowed() {
+    let Some(broker) = broker() else { return };
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let id = unique_id("writes");
+    let mut w = Watcher::start(&broker, &id).await;
+    let gw = Gateway::start(config_id(
+        &id,
+        dir.path(),
+        &body(&broker, &addr.to_string(), "allow_writes = true"),
+    ))
+    .await
+    .unwrap();
+    w.next("/status", |b| b["online"] == true).await;
+    wait_for("online", || online(&gw, "boiler")).await;
+    let client = w.client.clone();
+    let write = |payload: Json| {
+        let c = client.clone();
+        let topic = format!("edge/{id}/devices/boiler/write");
+        async move {
+            c.publish(topic, QoS::AtLeastOnce, false, payload.to_string())
+                .await
+                .unwrap()
+        }
+    };
+    write(json!({"requestId": "w1", "pointId": "setpoint", "value": 61.5})).await;
+    let (_, r, _) = w
+        .next("/devices/boiler/write/result", |b| b["requestId"] == "w1")
+        .await;
+    assert_eq!(
+        (r["code"].as_i64(), r["value"].as_f64()),
+        (Some(0), Some(61.5)),
+        "{r}"
+    );
+    assert_eq!(sim.with_memory(BOILER, |m| m.holding[2]), Some(615));
+    write(json!({"requestId": "w2", "pointId": "temperature", "value": 1})).await;
+    let (_, r, _) = w.next("/write/result", |b| b["requestId"] == "w2").await;
+    assert_eq!(r["code"], 403, "{r}");
+    write(json!({"requestId": "w3", "pointId": "nope", "value": 1})).await;
+    let (_, r, _) = w.next("/write/result", |b| b["requestId"] == "w3").await;
+    assert_eq!(r["code"], 404, "{r}");
+    write(json!("not an object")).await;
+    let (_, r, _) = w.next("/write/result", |b| b["code"] == 400).await;
+    assert_eq!(r["requestId"], Json::Null);
+    // Audited like a WebSocket write, with the MQTT source.
+    gw.store.flush().await;
+    let db = edge_gateway::store::open_reader(&gw.config.gateway.data_dir).unwrap();
+    let (user, result): (String, String) = db
+        .query_row(
+            "SELECT user, result FROM write_audit WHERE point_id = 'setpoint'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((user.as_str(), result.as_str()), ("mqtt", "ok"));
+    gw.shutdown().await;
+
+    // Without allow_writes nothing listens on the write topic.
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config_id(
+        &id,
+        dir.path(),
+        &body(&broker, &addr.to_string(), ""),
+    ))
+    .await
+    .unwrap();
+    w.next("/status", |b| b["online"] == true).await;
+    write(json!({"requestId": "w4", "pointId": "setpoint", "value": 70})).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    while let Ok(m) = w.rx.try_recv() {
+        w.kept.push(m);
+    }
+    assert!(
+        !w.kept
+            .iter()
+            .any(|m| m.0.ends_with("/write/result") && m.1["requestId"] == "w4"),
+        "{:?}",
+        w.kept
+    );
+    assert_eq!(sim.with_memory(BOILER, |m| m.holding[2]), Some(615));
+    gw.shutdown().await;
+    clear_retained(&w.client, &id).await;
+}
