@@ -148,14 +148,17 @@ pub async fn run(
                     }
                 }
             }
-            _ = tick.tick(), if engine.rule_count() > 0 => {
-                let stale = engine.tick(crate::model::now_ms(), tokio::time::Instant::now(), &mut drafts);
-                if !stale.is_empty() {
-                    let mut live = write(&shared.live);
-                    for (d, p) in stale {
-                        live.devices[d].points[p].quality = Quality::Stale;
+            _ = tick.tick() => {
+                if engine.rule_count() > 0 {
+                    let stale = engine.tick(crate::model::now_ms(), tokio::time::Instant::now(), &mut drafts);
+                    if !stale.is_empty() {
+                        let mut live = write(&shared.live);
+                        for (d, p) in stale {
+                            live.devices[d].points[p].quality = Quality::Stale;
+                        }
                     }
                 }
+                gap_events(&shared, &mut drafts);
             }
         }
         for d in drafts.drain(..) {
@@ -164,6 +167,36 @@ pub async fn run(
                 return;
             }
         }
+    }
+}
+
+/// Telemetry the store's size cap dropped before any upstream had it: one `device_abnormal`
+/// info event per device and drop, saying exactly what range was lost.
+fn gap_events(shared: &crate::Shared, drafts: &mut Vec<crate::events::Draft>) {
+    use crate::events::{Draft, EventState, EventType};
+    let gaps = std::mem::take(&mut *shared.store.gaps.lock().unwrap_or_else(|e| e.into_inner()));
+    for g in gaps {
+        // A device no longer configured has no event stream to carry its gap: logged only.
+        let Some(device) = shared
+            .config
+            .devices
+            .iter()
+            .position(|d| d.id == g.device_id)
+        else {
+            continue;
+        };
+        drafts.push(Draft {
+            device,
+            point: None,
+            kind: EventType::DeviceAbnormal,
+            priority: crate::config::Priority::Normal,
+            value: None,
+            message: g.message(),
+            state: EventState::Info,
+            ts: crate::model::now_ms(),
+            alarm: None,
+            at: tokio::time::Instant::now(),
+        });
     }
 }
 

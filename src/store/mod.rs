@@ -213,6 +213,29 @@ pub struct StoreHandle {
     tx: mpsc::Sender<StoreCmd>,
     /// False while the store cannot write (disk full, file gone): `/healthz` answers 503.
     pub healthy: Arc<AtomicBool>,
+    /// Unsent telemetry the size cap had to drop, for the pipeline to turn into gap events.
+    pub gaps: Arc<std::sync::Mutex<Vec<Gap>>>,
+}
+
+/// Telemetry of one device that no upstream had confirmed, dropped to keep the store under
+/// `max_db_mb`: exactly what was lost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gap {
+    pub device_id: String,
+    pub rows: i64,
+    pub from_ts: Millis,
+    pub to_ts: Millis,
+}
+
+impl Gap {
+    pub fn message(&self) -> String {
+        format!(
+            "telemetry gap: {} unsent rows from {} to {} dropped to stay under store.max_db_mb",
+            self.rows,
+            crate::model::rfc3339(self.from_ts),
+            crate::model::rfc3339(self.to_ts)
+        )
+    }
 }
 
 impl StoreHandle {
@@ -338,19 +361,22 @@ pub fn open(
         .map_err(spawn_err)?;
     let (tx, rx) = mpsc::channel(1024);
     let healthy = Arc::new(AtomicBool::new(true));
+    let gaps = Arc::default();
     let writer = Writer {
         conn,
         config,
         metrics,
         healthy: healthy.clone(),
+        gaps: Arc::clone(&gaps),
         last_prune: 0,
+        last_cap: 0,
         _stop_checkpoints: stop_checkpoints,
     };
     let thread = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || writer.run(rx))
         .map_err(spawn_err)?;
-    Ok((StoreHandle { tx, healthy }, restored, thread))
+    Ok((StoreHandle { tx, healthy, gaps }, restored, thread))
 }
 
 fn restore(conn: &Connection, config: &Config) -> rusqlite::Result<Restored> {
@@ -400,7 +426,9 @@ struct Writer {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     healthy: Arc<AtomicBool>,
+    gaps: Arc<std::sync::Mutex<Vec<Gap>>>,
     last_prune: Millis,
+    last_cap: Millis,
     /// Dropped with the writer: tells the checkpoint thread to do a last one and stop.
     _stop_checkpoints: std::sync::mpsc::Sender<()>,
 }
@@ -431,6 +459,8 @@ fn checkpoints(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
 /// enough that a flush never waits long.
 const MAX_BATCH: usize = 512;
 const PRUNE_EVERY_MS: Millis = 10 * 60 * 1000;
+/// The size cap is checked this often (two header reads: cheap).
+const CAP_EVERY_MS: Millis = 1000;
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<StoreCmd>) {
@@ -447,6 +477,8 @@ impl Writer {
             self.commit(&mut batch);
             if now_ms() - self.last_prune > PRUNE_EVERY_MS {
                 self.prune();
+            } else if now_ms() - self.last_cap > CAP_EVERY_MS {
+                self.cap();
             }
         }
         tracing::debug!("store writer stopped");
@@ -692,29 +724,101 @@ impl Writer {
             Ok(_) => {}
             Err(e) => tracing::warn!("pruning telemetry failed: {e}"),
         }
+        self.cap();
+    }
+
+    /// Keeps the store under `max_db_mb`: first the oldest telemetry history that every
+    /// upstream sink has confirmed (or all of it, with no sink), then, only if that is not
+    /// enough, the oldest unsent telemetry, recorded as gaps. Events are never dropped.
+    fn cap(&mut self) {
+        self.last_cap = now_ms();
         let max = self.config.store.max_db_mb * 1024 * 1024;
-        for _ in 0..20 {
-            let size = self.size_bytes().unwrap_or(0);
-            if size <= max {
-                break;
-            }
-            // A tenth of the history at a time, oldest first; the freed pages are reused.
-            let r = self.conn.execute(
-                "DELETE FROM telemetry WHERE id IN (SELECT id FROM telemetry ORDER BY id
-                 LIMIT MAX(1000, (SELECT COUNT(*) FROM telemetry) / 10))",
-                [],
-            );
-            match r {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    tracing::warn!("store over max_db_mb: dropped the oldest {n} telemetry rows")
+        if self.used_bytes().unwrap_or(0) <= max {
+            return;
+        }
+        let sent = self.confirmed_telemetry().unwrap_or(0);
+        for unsent in [false, true] {
+            for _ in 0..50 {
+                match self.drop_oldest(sent, unsent) {
+                    Ok(0) => break,
+                    Ok(n) if unsent => {
+                        tracing::error!("store over max_db_mb: dropped the oldest {n} telemetry rows not yet sent upstream")
+                    }
+                    Ok(n) => tracing::warn!("store over max_db_mb: dropped the oldest {n} telemetry rows (already upstream)"),
+                    Err(e) => {
+                        tracing::warn!("keeping the store under max_db_mb failed: {e}");
+                        return;
+                    }
+                }
+                if self.used_bytes().unwrap_or(0) <= max {
+                    let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+                    return;
                 }
             }
-            let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
-            if self.used_bytes().unwrap_or(0) <= max {
-                break;
-            }
         }
+    }
+
+    /// Telemetry rows up to this id are confirmed by every configured sink.
+    fn confirmed_telemetry(&self) -> rusqlite::Result<i64> {
+        let mut sinks = Vec::new();
+        if self.config.mysql.is_some() {
+            sinks.push(crate::sinks::mysql::SINK);
+        }
+        if self.config.mqtt.is_some() {
+            sinks.push(crate::sinks::mqtt::SINK);
+        }
+        let mut min = i64::MAX;
+        for s in sinks {
+            min = min.min(cursor(&self.conn, s, "telemetry")?);
+        }
+        Ok(min)
+    }
+
+    /// Drops a tenth of the telemetry rows of one kind (confirmed upstream, or not), oldest
+    /// first; unsent ones are recorded per device as gaps. Returns how many went.
+    fn drop_oldest(&mut self, sent: i64, unsent: bool) -> rusqlite::Result<usize> {
+        let tx = self.conn.transaction()?;
+        let total: i64 = tx.query_row("SELECT COUNT(*) FROM telemetry", [], |r| r.get(0))?;
+        let chunk = (total / 10).max(1000);
+        let (lo, hi) = if unsent { (sent, i64::MAX) } else { (0, sent) };
+        tx.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS doomed (id INTEGER PRIMARY KEY); DELETE FROM doomed;",
+        )?;
+        tx.execute(
+            "INSERT INTO doomed SELECT id FROM telemetry WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
+            params![lo, hi, chunk],
+        )?;
+        let mut gaps = Vec::new();
+        if unsent {
+            let mut q = tx.prepare(
+                "SELECT device_id, COUNT(*), MIN(ts), MAX(ts) FROM telemetry
+                 WHERE id IN (SELECT id FROM doomed) GROUP BY device_id ORDER BY device_id",
+            )?;
+            gaps = q
+                .query_map([], |r| {
+                    Ok(Gap {
+                        device_id: r.get(0)?,
+                        rows: r.get(1)?,
+                        from_ts: r.get(2)?,
+                        to_ts: r.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+        }
+        let n = tx.execute(
+            "DELETE FROM telemetry WHERE id IN (SELECT id FROM doomed)",
+            [],
+        )?;
+        tx.execute_batch("DELETE FROM doomed;")?;
+        tx.commit()?;
+        for g in &gaps {
+            tracing::error!(device = %g.device_id, "{}", g.message());
+        }
+        self.gaps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(gaps);
+        Ok(n)
     }
 
     fn size_bytes(&self) -> rusqlite::Result<u64> {
