@@ -29,7 +29,7 @@ use crate::Shared;
 pub const SINK: &str = "mqtt";
 
 /// Outbox rows read ahead of the broker's confirmations: the publish window.
-const WINDOW: usize = 1000;
+const WINDOW: usize = 4000;
 /// Outbox rows read per stream and round.
 const BATCH: usize = 500;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -148,7 +148,7 @@ fn options(cfg: &Mqtt, target: &Target, topics: &Topics) -> Result<MqttOptions, 
             true,
         ))
         .set_max_packet_size(256 * 1024, 1024 * 1024)
-        .set_inflight(100)
+        .set_inflight(1000)
         // Never full: we hold at most WINDOW outbox messages plus a few of our own.
         .set_request_channel_capacity(WINDOW + 64);
     if let Some((u, p)) = &target.credentials {

@@ -1,7 +1,9 @@
-//! MySQL catch-up benchmark: a backlog of telemetry rows and events (written straight into the
-//! store's outbox) drains into the local MariaDB while the gateway keeps polling the simulator.
-//! Run: `EDGE_TEST_MYSQL_URL=mysql://root@127.0.0.1:3306/test cargo bench --bench mysql`
-//! (`BENCH_TELEMETRY`, default 1,000,000; `BENCH_EVENTS`, default 100,000).
+//! Upstream catch-up benchmark: a backlog of telemetry rows and events (written straight into the
+//! store's outbox) drains into the local MariaDB and, separately, the local Mosquitto (QoS 1)
+//! while the gateway keeps polling the simulator.
+//! Run: `EDGE_TEST_MYSQL_URL=mysql://root@127.0.0.1:3306/test EDGE_TEST_MQTT_ADDR=127.0.0.1:1883
+//! cargo bench --bench catchup` (each sink runs when its variable is set; `BENCH_TELEMETRY`,
+//! default 1,000,000; `BENCH_EVENTS`, default 100,000).
 
 use std::time::{Duration, Instant};
 
@@ -15,10 +17,26 @@ fn status_kb(field: &str) -> u64 {
 }
 
 fn main() {
-    let Ok(url) = std::env::var("EDGE_TEST_MYSQL_URL") else {
-        println!("SKIPPED: set EDGE_TEST_MYSQL_URL (./scripts/test shows how the local MariaDB is reached)");
-        return;
-    };
+    let mut ran = false;
+    if let Ok(url) = std::env::var("EDGE_TEST_MYSQL_URL") {
+        catch_up(Sink::Mysql(url));
+        ran = true;
+    }
+    if let Ok(addr) = std::env::var("EDGE_TEST_MQTT_ADDR") {
+        catch_up(Sink::Mqtt(addr));
+        ran = true;
+    }
+    if !ran {
+        println!("SKIPPED: set EDGE_TEST_MYSQL_URL and/or EDGE_TEST_MQTT_ADDR (./scripts/test shows how the local servers are reached)");
+    }
+}
+
+enum Sink {
+    Mysql(String),
+    Mqtt(String),
+}
+
+fn catch_up(sink: Sink) {
     let n_tel: i64 = std::env::var("BENCH_TELEMETRY")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -36,10 +54,25 @@ fn main() {
         let id = format!("bench-{}", std::process::id());
         let mut config = edge_gateway::cli::demo_config(sim_addr, dir.path().to_path_buf(), "127.0.0.1:0");
         config.gateway.id = id.clone();
-        config.mysql = Some(edge_gateway::config::Mysql {
-            url: edge_gateway::config::Secret(url.clone()),
-            batch_size: 500,
-        });
+        let name = match &sink {
+            Sink::Mysql(url) => {
+                config.mysql = Some(edge_gateway::config::Mysql {
+                    url: edge_gateway::config::Secret(url.clone()),
+                    batch_size: 500,
+                });
+                "mysql"
+            }
+            Sink::Mqtt(addr) => {
+                config.mqtt = Some(edge_gateway::config::Mqtt {
+                    url: edge_gateway::config::Secret(format!("mqtt://{addr}")),
+                    client_id: id.clone(),
+                    topic_prefix: "edge-bench".into(),
+                    qos: 1,
+                    allow_writes: false,
+                });
+                "mqtt"
+            }
+        };
         // Create the store, then fill its outbox directly: the backlog an outage leaves.
         let gw = edge_gateway::Gateway::start(edge_gateway::cli::demo_config(sim_addr, dir.path().to_path_buf(), "127.0.0.1:0"))
             .await
@@ -74,7 +107,8 @@ fn main() {
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             peak_rss = peak_rss.max(status_kb("VmRSS"));
-            let b = gw.shared.sinks.mysql.backlog.load(std::sync::atomic::Ordering::Relaxed);
+            let status = if name == "mysql" { &gw.shared.sinks.mysql } else { &gw.shared.sinks.mqtt };
+            let b = status.backlog.load(std::sync::atomic::Ordering::Relaxed);
             if b == 0 && t0.elapsed() > Duration::from_secs(2) {
                 break;
             }
@@ -82,9 +116,20 @@ fn main() {
         }
         let wall = t0.elapsed().as_secs_f64();
         let rows = (n_tel + n_ev) as f64;
-        let ok = gw.shared.sinks.mysql.rows_ok.load(std::sync::atomic::Ordering::Relaxed);
-        println!("mysql catch-up: {n_tel} telemetry rows + {n_ev} events, batch_size 500, polling on");
-        println!("  drained in {wall:.1} s: {:.0} rows/s (target >= 20000); {ok} rows confirmed", rows / wall);
+        let status = if name == "mysql" { &gw.shared.sinks.mysql } else { &gw.shared.sinks.mqtt };
+        let ok = status.rows_ok.load(std::sync::atomic::Ordering::Relaxed);
+        println!("{name} catch-up: {n_tel} telemetry rows + {n_ev} events, polling on");
+        if name == "mysql" {
+            println!("  drained in {wall:.1} s: {:.0} rows/s (target >= 20000); {ok} rows confirmed", rows / wall);
+        } else {
+            // One message per event, one per device sample (the bench writes 50 points a sample).
+            let msgs = (n_ev + n_tel / 50) as f64;
+            println!(
+                "  drained in {wall:.1} s: {:.0} QoS 1 messages/s (target >= 10000), {:.0} rows/s; {ok} rows confirmed by PUBACK",
+                msgs / wall,
+                rows / wall
+            );
+        }
         println!("  gateway RSS during catch-up: peak {:.1} MB (target < 50 MB)", peak_rss as f64 / 1024.0);
         gw.shutdown().await;
         cancel.cancel();
