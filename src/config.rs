@@ -1029,6 +1029,9 @@ impl Validator<'_> {
             let p = KeyPath::default().key("devices").index(i);
             if d.id.is_empty() {
                 self.err(&p.key("id"), "must not be empty");
+            } else if d.id.contains(['/', '+', '#']) {
+                // The id is one level of the MQTT topics (`devices/{device}/…`).
+                self.err(&p.key("id"), "must not contain `/`, `+` or `#`");
             } else if !seen.insert(d.id.clone()) {
                 self.err(&p.key("id"), format!("duplicate device `{}`", d.id));
             }
