@@ -358,3 +358,184 @@ async fn writes_go_through_the_audited_path_only_when_allowed() {
     gw.shutdown().await;
     clear_retained(&w.client, &id).await;
 }
+
+/// A private Mosquitto with a plain listener (for the test's watcher) and a TLS one whose
+/// certificate is signed by a CA made for the test; `None` when mosquitto or openssl is
+/// missing.
+struct TlsBroker {
+    child: std::process::Child,
+    plain: u16,
+    tls: u16,
+    ca: std::path::PathBuf,
+}
+
+impl Drop for TlsBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_broker(dir: &std::path::Path) -> Option<TlsBroker> {
+    let run = |args: &[&str]| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let made = run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=edge test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]) && run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]) && std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .is_ok()
+        && run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
+        ]);
+    if !made {
+        eprintln!("SKIPPED: openssl could not make a test CA");
+        return None;
+    }
+    let (plain, tls) = (free_port(), free_port());
+    // `user root`: started as root, mosquitto would otherwise drop to its own user, which cannot
+    // read the test's private temp dir.
+    std::fs::write(
+        dir.join("mosquitto.conf"),
+        format!(
+            "user root\nallow_anonymous true\nlistener {plain} 127.0.0.1\nlistener {tls} 127.0.0.1\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n",
+            d = dir.display()
+        ),
+    )
+    .ok()?;
+    let child = std::process::Command::new("mosquitto")
+        .args(["-c", dir.join("mosquitto.conf").to_str()?])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(child) = child else {
+        eprintln!("SKIPPED: mosquitto is not installed");
+        return None;
+    };
+    Some(TlsBroker {
+        child,
+        plain,
+        tls,
+        ca: dir.join("ca.pem"),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtts_urls_connect_over_tls_and_verify_the_broker() {
+    if broker().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(b) = tls_broker(dir.path()) else {
+        return;
+    };
+    wait_for("the test broker", || {
+        std::net::TcpStream::connect(("127.0.0.1", b.tls)).is_ok()
+    })
+    .await;
+    let id = unique_id("tls");
+    let mut w = Watcher::start(&format!("127.0.0.1:{}", b.plain), &id).await;
+    let cfg = dir.path().join("g.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nid = \"{id}\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:{}\"\n[mqtt]\nurl = \"mqtts://localhost:{}\"\n{}{BOILER_AND_PUMP}",
+            dir.path().join("data").display().to_string(),
+            free_port(),
+            b.tls,
+            tcp_bus("127.0.0.1:1")
+        ),
+    )
+    .unwrap();
+    let spawn_with_ca = |ca: &std::path::Path| {
+        Child(
+            std::process::Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
+                .args(["run", "--config", cfg.to_str().unwrap()])
+                .env("RUST_LOG", "warn")
+                .env("SSL_CERT_FILE", ca)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    // Trusting the test CA: connected, birth published.
+    let gw = spawn_with_ca(&b.ca);
+    w.next("/status", |s| s["online"] == true).await;
+    drop(gw);
+    // Trusting only another CA: the broker's certificate is refused, nothing is published.
+    let other = tempfile::tempdir().unwrap();
+    std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=other",
+            "-keyout",
+            "o.key",
+            "-out",
+            "o.pem",
+        ])
+        .current_dir(other.path())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    w.kept.clear();
+    let _gw = spawn_with_ca(&other.path().join("o.pem"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while let Ok(m) = w.rx.try_recv() {
+        assert!(
+            m.1["online"] != true,
+            "connected without a trusted certificate: {m:?}"
+        );
+    }
+}
