@@ -26,6 +26,7 @@ pub mod http;
 pub mod metrics;
 pub mod modbus;
 pub mod model;
+pub mod service;
 pub mod sinks;
 pub mod state;
 pub mod store;
@@ -317,14 +318,20 @@ impl Gateway {
 /// The daemon: runs until `shutdown` is cancelled, then stops cleanly.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     let gw = Gateway::start(config).await?;
-    tracing::info!(
-        "gateway running: {} buses, {} devices, http on {}",
+    let status = format!(
+        "{} buses, {} devices, http on {}",
         gw.config.buses.len(),
         gw.config.devices.len(),
         gw.http_addr
     );
+    tracing::info!("gateway running: {status}");
+    // Config valid, store open, HTTP bound: ready.
+    service::ready(&status);
+    let watchdog = tokio::spawn(service::watchdog(gw.shared.clone(), shutdown.clone()));
     shutdown.cancelled().await;
     tracing::info!("shutting down");
+    service::stopping();
     gw.shutdown().await;
+    let _ = watchdog.await;
     Ok(())
 }

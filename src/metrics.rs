@@ -17,10 +17,11 @@ pub struct DeviceCounters {
     pub online: AtomicI64,
 }
 
+/// Per bus: how long its requests take. The histogram's sum is the bus's busy time, which over
+/// the wall time since start is its utilisation.
 #[derive(Default)]
 pub struct BusCounters {
-    pub request_seconds_sum_us: AtomicU64,
-    pub request_count: AtomicU64,
+    pub duration: Histogram,
 }
 
 /// Push kinds counted in `edge_push_messages_total{kind}`.
@@ -58,6 +59,10 @@ impl Histogram {
 
     pub fn count(&self) -> u64 {
         self.counts.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_ns.load(Relaxed) as f64 / 1e9
     }
 
     /// The upper bound (seconds) of the bucket holding quantile `q`; infinity past the last.
@@ -147,6 +152,40 @@ pub struct Metrics {
     pub buses: Vec<BusCounters>,
     pub store_rows: AtomicU64,
     pub store_errors: AtomicU64,
+    /// Progress stamps for the systemd watchdog.
+    pub beats: Beats,
+    started: std::time::Instant,
+}
+
+/// When each long-lived task last made progress, in ms since start: the watchdog pings
+/// systemd only while all of them move.
+pub struct Beats {
+    pub buses: Vec<AtomicU64>,
+    pub pipeline: AtomicU64,
+    started: std::time::Instant,
+}
+
+impl Beats {
+    fn new(buses: usize) -> Beats {
+        Beats {
+            buses: (0..buses).map(|_| AtomicU64::new(0)).collect(),
+            pipeline: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub fn beat(&self, stamp: &AtomicU64) {
+        stamp.store(self.now(), Relaxed);
+    }
+
+    /// How long ago a stamp was made.
+    pub fn age(&self, stamp: &AtomicU64) -> std::time::Duration {
+        std::time::Duration::from_millis(self.now().saturating_sub(stamp.load(Relaxed)))
+    }
 }
 
 impl Metrics {
@@ -165,19 +204,18 @@ impl Metrics {
                 .map(|_| DeviceCounters::default())
                 .collect(),
             buses: bus_names.iter().map(|_| BusCounters::default()).collect(),
+            beats: Beats::new(bus_names.len()),
             device_names,
             bus_names,
             store_rows: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
+            started: std::time::Instant::now(),
         }
     }
 
     pub fn request(&self, device: usize, bus: usize, result: usize, took: std::time::Duration) {
         self.devices[device].requests[result].fetch_add(1, Relaxed);
-        self.buses[bus].request_count.fetch_add(1, Relaxed);
-        self.buses[bus]
-            .request_seconds_sum_us
-            .fetch_add(took.as_micros() as u64, Relaxed);
+        self.buses[bus].duration.observe(took);
     }
 
     pub fn requests(&self, device: usize, result: &str) -> u64 {
@@ -213,17 +251,22 @@ impl Metrics {
             let v = self.devices[d].online.load(Relaxed);
             let _ = writeln!(out, "edge_device_online{{device=\"{name}\"}} {v}");
         }
-        out.push_str("# TYPE edge_modbus_request_duration_seconds summary\n");
+        out.push_str("# TYPE edge_modbus_request_duration_seconds histogram\n");
         for (b, name) in self.bus_names.iter().enumerate() {
-            let sum = self.buses[b].request_seconds_sum_us.load(Relaxed) as f64 / 1e6;
-            let n = self.buses[b].request_count.load(Relaxed);
-            let _ = writeln!(
-                out,
-                "edge_modbus_request_duration_seconds_sum{{bus=\"{name}\"}} {sum}"
+            self.buses[b].duration.render(
+                &mut out,
+                "edge_modbus_request_duration_seconds",
+                &format!("bus=\"{name}\""),
             );
+        }
+        out.push_str("# TYPE edge_bus_utilization_ratio gauge\n");
+        let wall = self.started.elapsed().as_secs_f64().max(1e-9);
+        for (b, name) in self.bus_names.iter().enumerate() {
+            let busy = self.buses[b].duration.sum_seconds();
             let _ = writeln!(
                 out,
-                "edge_modbus_request_duration_seconds_count{{bus=\"{name}\"}} {n}"
+                "edge_bus_utilization_ratio{{bus=\"{name}\"}} {:.4}",
+                (busy / wall).min(1.0)
             );
         }
         let _ = writeln!(
@@ -284,6 +327,20 @@ impl Metrics {
             "# TYPE edge_store_rows_total counter\nedge_store_rows_total {}",
             self.store_rows.load(Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# TYPE edge_store_errors_total counter\nedge_store_errors_total {}",
+            self.store_errors.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n\
+             # TYPE process_open_fds gauge\nprocess_open_fds {}\n\
+             # TYPE edge_uptime_seconds gauge\nedge_uptime_seconds {:.0}",
+            rss_bytes(),
+            open_fds(),
+            self.started.elapsed().as_secs_f64()
+        );
         out
     }
 }
@@ -294,5 +351,12 @@ pub fn rss_bytes() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}
+
+/// Open file descriptors of this process, from /proc (0 where there is no /proc).
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count().saturating_sub(1)) // less the one read_dir itself holds
         .unwrap_or(0)
 }

@@ -119,7 +119,9 @@ pub async fn run(
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut drafts = Vec::new();
+    let beats = &shared.metrics.beats;
     loop {
+        beats.beat(&beats.pipeline);
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };

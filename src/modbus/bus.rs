@@ -73,6 +73,16 @@ impl WriteError {
     }
 }
 
+/// An idle bus stamps its progress this often; a bus is stalled when its last stamp is older
+/// than [`stall_limit`].
+pub const BEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a healthy bus can go without a progress stamp: one request at its deadline, the
+/// silence after it, an idle wake-up, and slack for a loaded board.
+pub fn stall_limit(bus: &crate::config::Bus) -> Duration {
+    bus.timeout + bus.inter_request_delay + BEAT_EVERY + Duration::from_secs(10)
+}
+
 /// A write for the bus to put ahead of its polls.
 #[derive(Debug)]
 pub struct WriteCommand {
@@ -173,16 +183,20 @@ impl BusTask {
         if self.slots.is_empty() {
             // Nothing to poll; still serve (and refuse) writes until shutdown.
             loop {
+                self.metrics.beats.beat(&self.metrics.beats.buses[self.bus]);
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     cmd = self.writes.recv() => match cmd {
                         Some(cmd) => { let _ = cmd.reply.send(Err(WriteError::BusGone)); }
                         None => return,
                     },
+                    _ = tokio::time::sleep(BEAT_EVERY) => {}
                 }
             }
         }
+        let (metrics, bus) = (self.metrics.clone(), self.bus);
         loop {
+            metrics.beats.beat(&metrics.beats.buses[bus]);
             // Writes jump the queue: an operator is waiting on each.
             while let Ok(cmd) = self.writes.try_recv() {
                 self.write(cmd).await;
@@ -201,8 +215,9 @@ impl BusTask {
                     Some(cmd) => self.write(cmd).await,
                     None => break,
                 },
-                _ = tokio::time::sleep_until(due) => {
-                    if !self.poll(k).await {
+                // Wake at least every BEAT_EVERY so an idle bus still shows it is alive.
+                _ = tokio::time::sleep_until(due.min(Instant::now() + BEAT_EVERY)) => {
+                    if Instant::now() >= due && !self.poll(k).await {
                         break;
                     }
                 }
@@ -219,6 +234,7 @@ impl BusTask {
         let mut attempt = 0;
         loop {
             let started = Instant::now();
+            self.metrics.beats.beat(&self.metrics.beats.buses[self.bus]);
             let r = self
                 .link
                 .read(unit, block.table, block.start, block.count)

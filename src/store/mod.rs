@@ -481,6 +481,11 @@ impl Writer {
                 self.cap();
             }
         }
+        // Everything into the database file and the WAL emptied: a clean stop leaves one file
+        // that is complete on its own (the checkpoint thread is not waited for at exit).
+        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            tracing::warn!("final checkpoint failed: {e}");
+        }
         tracing::debug!("store writer stopped");
     }
 

@@ -189,9 +189,14 @@ pub fn free_port() -> u16 {
 
 /// A bare HTTP/1.0 GET of /healthz: status line, headers and body as one string.
 pub async fn healthz(addr: SocketAddr) -> String {
+    http_get(addr, "/healthz").await
+}
+
+/// A bare HTTP/1.0 GET: status line, headers and body as one string.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut out = String::new();
