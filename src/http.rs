@@ -1,4 +1,4 @@
-//! The HTTP listener: `/healthz`, `/metrics`, and the dashboard page.
+//! The HTTP listener: `/ws`, `/healthz`, `/metrics`, and the dashboard's files.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
@@ -19,15 +19,12 @@ type AppState = Arc<Shared>;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(index))
         .route("/ws", get(crate::ws::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        // `/` and `/app/…`: the dashboard's embedded files.
+        .fallback(get(crate::assets::serve))
         .with_state(state)
-}
-
-async fn index() -> Html<&'static str> {
-    Html(include_str!("../web/index.html"))
 }
 
 /// SPEC: 200 while serving, 503 with `"status":"failing"` when the store cannot write; sinks

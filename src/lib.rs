@@ -19,6 +19,7 @@
 //! - [`metrics`]: counters kept by every stage, rendered for Prometheus.
 //! - [`cli`]: the commissioning commands `read` and `write`, and `demo`.
 
+pub mod assets;
 pub mod cli;
 pub mod config;
 pub mod events;
@@ -43,7 +44,7 @@ use tokio_util::task::TaskTracker;
 
 use config::Config;
 use metrics::Metrics;
-use modbus::bus::{BusTask, WriteCommand, WriteError};
+use modbus::bus::{BusRequest, BusTask, WriteCommand, WriteError};
 use model::{now_ms, Value};
 use state::SharedLive;
 use store::{StoreCmd, StoreHandle};
@@ -56,7 +57,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub store: StoreHandle,
     /// One per bus, in config order: writes jump that bus's poll queue.
-    pub writes: Vec<mpsc::Sender<WriteCommand>>,
+    /// Per bus: operator requests (writes, raw reads) that go ahead of its polls.
+    pub writes: Vec<mpsc::Sender<BusRequest>>,
     pub hub: ws::hub::Hub,
     pub auth: ws::auth::Auth,
     /// The snapshot push period; `push.setInterval` changes it at run time.
@@ -113,7 +115,8 @@ impl Shared {
             value: value.clone(),
             reply: tx,
         };
-        let result = match self.writes[self.config.devices[device].bus].send(cmd).await {
+        let bus = self.config.devices[device].bus;
+        let result = match self.writes[bus].send(BusRequest::Write(cmd)).await {
             Ok(()) => rx.await.unwrap_or(Err(WriteError::BusGone)),
             Err(_) => Err(WriteError::BusGone),
         };
@@ -146,6 +149,33 @@ impl Shared {
             }))
             .await;
         result.map(|()| old)
+    }
+
+    /// Reads raw registers or bits of a device in its bus's turn (the register inspector).
+    pub async fn read_raw(
+        &self,
+        device: usize,
+        table: modbus::codec::Table,
+        address: u16,
+        count: u16,
+    ) -> modbus::link::Reply<modbus::link::Data> {
+        let (reply, rx) = oneshot::channel();
+        let req = BusRequest::Read(modbus::bus::RawRead {
+            device,
+            table,
+            address,
+            count,
+            reply,
+        });
+        let gone = || {
+            Err(modbus::link::LinkError::Transport(
+                "the bus is not running".into(),
+            ))
+        };
+        match self.writes[self.config.devices[device].bus].send(req).await {
+            Ok(()) => rx.await.unwrap_or_else(|_| gone()),
+            Err(_) => gone(),
+        }
     }
 }
 

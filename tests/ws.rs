@@ -709,3 +709,127 @@ async fn ten_thousand_connect_disconnect_cycles_leave_no_task_or_registry_entry_
     );
     gw.shutdown().await;
 }
+
+/// The dashboard's two services beyond SPEC.md: the configuration beside live values, and raw
+/// reads for the register inspector (admin only, in the bus's turn, errors as codes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_describe_and_registers_read_serve_the_dashboard() {
+    let (gw, sim, _dir) = gateway("").await;
+    sim.with_memory(BOILER, |m| {
+        m.holding[10] = 0x4148;
+        m.holding[11] = 0x0000;
+    });
+    let mut ws = Ws::connect(gw.http_addr).await;
+    ws.login("viewer", "viewer").await;
+    let r = ws.call("devices.describe", json!({})).await;
+    assert_eq!(code(&r), 0, "{r}");
+    let boiler = &r["data"]["devices"][0];
+    assert_eq!(
+        (
+            boiler["id"].as_str(),
+            boiler["bus"].as_str(),
+            boiler["unit"].as_u64()
+        ),
+        (Some("boiler"), Some("b"), Some(1))
+    );
+    let sp = &boiler["points"][1];
+    assert_eq!(
+        (
+            sp["id"].as_str(),
+            sp["type"].as_str(),
+            sp["table"].as_str(),
+            sp["address"].as_u64(),
+            sp["writable"].as_bool()
+        ),
+        (
+            Some("setpoint"),
+            Some("u16"),
+            Some("holding"),
+            Some(2),
+            Some(true)
+        )
+    );
+    let read = json!({"deviceId": "boiler", "table": "holding", "address": 10, "count": 2});
+    assert_eq!(
+        code(&ws.call("registers.read", read.clone()).await),
+        403,
+        "viewers cannot read raw"
+    );
+
+    let mut ws = Ws::connect(gw.http_addr).await;
+    ws.login("admin", "admin").await;
+    let r = ws.call("registers.read", read).await;
+    assert_eq!(code(&r), 0, "{r}");
+    assert_eq!(r["data"]["registers"], json!([0x4148, 0]));
+    let r = ws
+        .call(
+            "registers.read",
+            json!({"deviceId": "boiler", "table": "coil", "address": 0, "count": 1}),
+        )
+        .await;
+    assert!(r["data"]["bits"].is_array(), "{r}");
+    for (params, want) in [
+        (
+            json!({"deviceId": "boiler", "table": "holding", "address": 0, "count": 126}),
+            400,
+        ),
+        (
+            json!({"deviceId": "boiler", "table": "fifo", "address": 0}),
+            400,
+        ),
+        (
+            json!({"deviceId": "boiler", "table": "holding", "address": 65535, "count": 2}),
+            400,
+        ),
+        (json!({"deviceId": "nope", "table": "holding"}), 404),
+        // The simulator has no register 60000: the device's exception, named.
+        (
+            json!({"deviceId": "boiler", "table": "holding", "address": 60000, "count": 1}),
+            503,
+        ),
+    ] {
+        let r = ws.call("registers.read", params.clone()).await;
+        assert_eq!(code(&r), want, "{params} → {r}");
+    }
+    gw.shutdown().await;
+}
+
+/// The dashboard's files: embedded, gzipped for clients that take it, revalidated by ETag.
+#[tokio::test]
+async fn the_dashboard_files_are_served_with_gzip_and_etags() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gw, _sim, _dir) = gateway("").await;
+    let get = |path: &'static str, headers: String| async move {
+        let mut s = TcpStream::connect(gw.http_addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n{headers}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        (
+            String::from_utf8_lossy(&out[..split]).to_lowercase(),
+            out[split + 4..].to_vec(),
+        )
+    };
+    let (head, body) = get("/", String::new()).await;
+    assert!(head.starts_with("http/1.0 200"), "{head}");
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("/app/main.js"));
+    let etag = head
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: "))
+        .unwrap()
+        .to_string();
+    let (head, _) = get("/", format!("If-None-Match: {etag}\r\n")).await;
+    assert!(head.starts_with("http/1.0 304"), "{head}");
+    let (head, body) = get("/app/main.js", "Accept-Encoding: gzip, br\r\n".into()).await;
+    assert!(
+        head.contains("content-encoding: gzip") && head.contains("text/javascript"),
+        "{head}"
+    );
+    assert_eq!(&body[..2], &[0x1f, 0x8b], "a gzip stream");
+    let (head, _) = get("/app/nope.js", String::new()).await;
+    assert!(head.starts_with("http/1.0 404"), "{head}");
+    gw.shutdown().await;
+}

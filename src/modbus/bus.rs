@@ -92,6 +92,23 @@ pub struct WriteCommand {
     pub reply: oneshot::Sender<Result<(), WriteError>>,
 }
 
+/// A raw read for commissioning (the register inspector), in the bus's turn like a write.
+#[derive(Debug)]
+pub struct RawRead {
+    pub device: usize,
+    pub table: Table,
+    pub address: u16,
+    pub count: u16,
+    pub reply: oneshot::Sender<Reply<Data>>,
+}
+
+/// What an operator asks of a bus, ahead of its polls.
+#[derive(Debug)]
+pub enum BusRequest {
+    Write(WriteCommand),
+    Read(RawRead),
+}
+
 /// The longest a dead slave is left alone between probes.
 const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(60);
 const PROBE_BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -116,7 +133,7 @@ pub struct BusTask {
     link: Link,
     slots: Vec<DeviceSlot>,
     events: mpsc::Sender<BusEvent>,
-    writes: mpsc::Receiver<WriteCommand>,
+    writes: mpsc::Receiver<BusRequest>,
     metrics: Arc<Metrics>,
 }
 
@@ -125,7 +142,7 @@ impl BusTask {
         bus: usize,
         config: Arc<Config>,
         events: mpsc::Sender<BusEvent>,
-        writes: mpsc::Receiver<WriteCommand>,
+        writes: mpsc::Receiver<BusRequest>,
         metrics: Arc<Metrics>,
     ) -> BusTask {
         let b = &config.buses[bus];
@@ -187,7 +204,10 @@ impl BusTask {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     cmd = self.writes.recv() => match cmd {
-                        Some(cmd) => { let _ = cmd.reply.send(Err(WriteError::BusGone)); }
+                        Some(BusRequest::Write(cmd)) => { let _ = cmd.reply.send(Err(WriteError::BusGone)); }
+                        Some(BusRequest::Read(cmd)) => {
+                            let _ = cmd.reply.send(Err(LinkError::Transport("the bus has no devices".into())));
+                        }
                         None => return,
                     },
                     _ = tokio::time::sleep(BEAT_EVERY) => {}
@@ -199,7 +219,7 @@ impl BusTask {
             metrics.beats.beat(&metrics.beats.buses[bus]);
             // Writes jump the queue: an operator is waiting on each.
             while let Ok(cmd) = self.writes.try_recv() {
-                self.write(cmd).await;
+                self.request(cmd).await;
             }
             let (k, due) = self
                 .slots
@@ -212,7 +232,7 @@ impl BusTask {
                 biased;
                 _ = cancel.cancelled() => break,
                 cmd = self.writes.recv() => match cmd {
-                    Some(cmd) => self.write(cmd).await,
+                    Some(cmd) => self.request(cmd).await,
                     None => break,
                 },
                 // Wake at least every BEAT_EVERY so an idle bus still shows it is alive.
@@ -429,6 +449,18 @@ impl BusTask {
             })
             .await
             .is_ok()
+    }
+
+    async fn request(&mut self, req: BusRequest) {
+        match req {
+            BusRequest::Write(cmd) => self.write(cmd).await,
+            BusRequest::Read(r) => {
+                let unit = self.config.devices[r.device].unit;
+                self.metrics.beats.beat(&self.metrics.beats.buses[self.bus]);
+                let result = self.link.read(unit, r.table, r.address, r.count).await;
+                let _ = r.reply.send(result);
+            }
+        }
     }
 
     async fn write(&mut self, cmd: WriteCommand) {

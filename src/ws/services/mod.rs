@@ -60,6 +60,16 @@ pub static SERVICES: &[Service] = &[
         handler: |c| Box::pin(devices::history(c)),
     },
     Service {
+        name: "devices.describe",
+        access: Access::Any,
+        handler: |c| Box::pin(devices::describe(c)),
+    },
+    Service {
+        name: "registers.read",
+        access: Access::Admin,
+        handler: |c| Box::pin(devices::read_registers(c)),
+    },
+    Service {
         name: "device.write",
         access: Access::Admin,
         handler: |c| Box::pin(devices::write(c)),

@@ -1,0 +1,30 @@
+//! The dashboard end to end in headless Chromium (`tests/e2e/dashboard.mjs`, playwright-core)
+//! against `edge-gateway demo`. Needs `EDGE_TEST_CHROMIUM` (set by `./scripts/test`, which
+//! installs Debian's chromium and the script's npm dependency); without it, says it skipped.
+
+#[test]
+fn the_dashboard_works_in_a_real_browser() {
+    let Some(chromium) = std::env::var_os("EDGE_TEST_CHROMIUM") else {
+        eprintln!(
+            "SKIPPED: EDGE_TEST_CHROMIUM is not set (./scripts/test installs Chromium and sets it)"
+        );
+        return;
+    };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg("dashboard.mjs")
+        .current_dir(&dir)
+        .env("EDGE_BIN", env!("CARGO_BIN_EXE_edge-gateway"))
+        .env("CHROMIUM", chromium);
+    if let Some(shots) = std::env::var_os("EDGE_SCREENSHOTS") {
+        cmd.env("SCREENSHOTS", shots);
+    }
+    let out = cmd.output().expect("node runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(out.status.success(), "dashboard e2e failed:\n{text}");
+}

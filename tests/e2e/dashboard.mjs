@@ -1,0 +1,167 @@
+// The dashboard end to end, in headless Chromium against `edge-gateway demo`:
+// log in; all demo devices shown; a value changes live; a write from the device view changes the
+// simulator's register; the alarm that follows appears and is acknowledged; a viewer sees no
+// write or ack controls; the page fits 390 px. With SCREENSHOTS=dir, saves desktop and phone
+// screenshots there.
+//
+// Env: EDGE_BIN (the gateway binary), CHROMIUM (default /usr/bin/chromium), SCREENSHOTS.
+
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const bin = process.env.EDGE_BIN;
+const shots = process.env.SCREENSHOTS;
+if (!bin) throw new Error("EDGE_BIN is not set");
+
+function step(name) {
+  console.log(`-- ${name}`);
+}
+
+/** Starts the demo on a free port; resolves with its dashboard URL and simulator address. */
+function startDemo() {
+  const data = mkdtempSync(join(tmpdir(), "edge-e2e-"));
+  const child = spawn(bin, ["demo", "--listen", "127.0.0.1:0", "--data", data], {
+    env: { ...process.env, RUST_LOG: "warn" },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  return new Promise((resolve, reject) => {
+    let out = "";
+    const timer = setTimeout(() => reject(new Error(`demo did not start: ${out}`)), 30000);
+    child.stdout.on("data", (b) => {
+      out += b;
+      const url = out.match(/dashboard:\s+(\S+)/);
+      const sim = out.match(/simulator:\s+modbus tcp (\S+)/);
+      if (url && sim) {
+        clearTimeout(timer);
+        resolve({ child, url: url[1], sim: sim[1] });
+      }
+    });
+    child.on("exit", (c) => reject(new Error(`demo exited with ${c}: ${out}`)));
+  });
+}
+
+async function login(page, url, user) {
+  await page.goto(url);
+  await page.getByLabel("User").fill(user);
+  await page.getByLabel("Password").fill(user);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.waitForSelector("#devices article[data-device]");
+}
+
+/** The page is no wider than its viewport: nothing to scroll sideways. */
+async function fits(page, where) {
+  const { scroll, width } = await page.evaluate(() => ({
+    scroll: document.documentElement.scrollWidth,
+    width: window.innerWidth,
+  }));
+  if (scroll > width) throw new Error(`${where}: page is ${scroll}px wide in a ${width}px viewport`);
+}
+
+const demo = await startDemo();
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+});
+let failed = false;
+try {
+  if (shots) mkdirSync(shots, { recursive: true });
+
+  step("admin logs in; all demo devices are shown");
+  const desk = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  desk.on("pageerror", (e) => { throw new Error(`page error: ${e.message}`); });
+  await login(desk, demo.url, "admin");
+  const ids = await desk.$$eval("#devices article[data-device]", (a) => a.map((x) => x.dataset.device));
+  if (ids.join(",") !== "boiler-1,pump-1,meter-1") throw new Error(`devices shown: ${ids}`);
+  await desk.waitForFunction(() => document.querySelector("#count-online").textContent === "3 online");
+
+  step("a value changes live");
+  const voltage = '[data-device="meter-1"] [data-point="voltage"] .value';
+  await desk.waitForFunction((sel) => /\d/.test(document.querySelector(sel).textContent), voltage);
+  const first = await desk.textContent(voltage);
+  await desk.waitForFunction(([sel, v]) => document.querySelector(sel).textContent !== v, [voltage, first], { timeout: 20000 });
+  if (shots) await desk.screenshot({ path: join(shots, "desktop-overview.png") });
+
+  step("a write from the device view changes the simulator's register");
+  await desk.goto(`${demo.url}#/device/boiler-1`);
+  await desk.getByLabel("New setpoint (°C)").fill("100");
+  await desk.locator('[data-point="setpoint"] form.write button').click();
+  const body = await desk.textContent("#confirm-body");
+  if (!/→ 100 °C/.test(body)) throw new Error(`confirmation shows ${body}`);
+  await desk.locator("#confirm-ok").click();
+  await desk.waitForFunction(() => /Written: .* → 100/.test(document.querySelector('[data-point="setpoint"] .result').textContent));
+  const reg = execFileSync(bin, ["read", "--tcp", demo.sim, "--unit", "1", "--table", "holding", "--address", "2"]).toString().trim();
+  if (reg !== "1000") throw new Error(`simulator setpoint register is ${reg}, expected 1000`);
+  await desk.waitForFunction(() => document.querySelector('[data-point="setpoint"] .value').textContent.startsWith("100"));
+  if (shots) await desk.screenshot({ path: join(shots, "desktop-device.png") });
+
+  step("the simulator crosses the threshold: the emergency alarm appears and is acknowledged");
+  await desk.waitForSelector("#banner:not([hidden])", { timeout: 30000 });
+  await desk.goto(`${demo.url}#/alarms`);
+  const alarm = desk.locator(".alarm-item.p-emergency", { hasText: "Boiler over temperature" });
+  await alarm.waitFor({ timeout: 30000 });
+  if (shots) await desk.screenshot({ path: join(shots, "desktop-alarms.png") });
+  await alarm.getByRole("button", { name: /Acknowledge/ }).click();
+  await desk.locator(".alarm-item.p-emergency", { hasText: "acknowledged by admin" }).waitFor();
+
+  step("the register inspector decodes the setpoint in every order");
+  await desk.goto(`${demo.url}#/inspector?device=boiler-1`);
+  await desk.getByLabel("Address").fill("2");
+  await desk.getByLabel("Count").fill("2");
+  await desk.getByRole("button", { name: "Read" }).click();
+  await desk.waitForSelector("table.decoded");
+  const u16 = await desk.$eval("table.decoded tbody tr", (tr) => tr.children[1].textContent);
+  if (u16 !== "1000") throw new Error(`inspector u16 ABCD shows ${u16}`);
+  if (shots) await desk.screenshot({ path: join(shots, "desktop-inspector.png") });
+
+  step("a viewer sees no write or ack controls");
+  const viewer = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  await login(viewer, demo.url, "viewer");
+  await viewer.goto(`${demo.url}#/device/boiler-1`);
+  await viewer.waitForSelector('[data-point="setpoint"]');
+  if (await viewer.locator("form.write").count()) throw new Error("viewer sees write controls");
+  await viewer.goto(`${demo.url}#/alarms`);
+  await viewer.waitForSelector("#alarm-list li");
+  if (await viewer.locator("button.ack").count()) throw new Error("viewer sees ack buttons");
+  if (await viewer.locator('#nav a[data-view="inspector"]').isVisible()) throw new Error("viewer sees the inspector");
+  if (await viewer.locator("#interval-form").isVisible()) throw new Error("viewer sees the push interval control");
+
+  step("the page fits 390 px (phone)");
+  const phone = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  await login(phone, demo.url, "admin");
+  await fits(phone, "overview");
+  if (shots) await phone.screenshot({ path: join(shots, "phone-overview.png") });
+  await phone.goto(`${demo.url}#/device/boiler-1`);
+  await phone.waitForSelector('[data-point="setpoint"]');
+  await fits(phone, "device");
+  if (shots) await phone.screenshot({ path: join(shots, "phone-device.png") });
+  await phone.goto(`${demo.url}#/alarms`);
+  await phone.waitForSelector("#alarm-list li");
+  await fits(phone, "alarms");
+  await phone.goto(`${demo.url}#/inspector`);
+  await phone.getByRole("button", { name: "Read" }).click();
+  await phone.waitForSelector("table.decoded");
+  await fits(phone, "inspector");
+  const small = await phone.$$eval("button, nav a, input, select", (els) =>
+    els.filter((e) => e.offsetParent !== null && e.getBoundingClientRect().height < 44).map((e) => e.outerHTML.slice(0, 60)));
+  if (small.length) throw new Error(`touch targets under 44 px: ${small.join(" | ")}`);
+  if (shots) {
+    await desk.emulateMedia({ colorScheme: "dark" });
+    await desk.goto(`${demo.url}#/overview`);
+    await desk.waitForSelector("#devices article[data-device]");
+    await desk.screenshot({ path: join(shots, "desktop-overview-dark.png") });
+  }
+  console.log("dashboard e2e: ok");
+} catch (e) {
+  failed = true;
+  console.error(`dashboard e2e FAILED: ${e.stack || e}`);
+} finally {
+  await browser.close();
+  demo.child.kill("SIGTERM");
+}
+process.exit(failed ? 1 : 0);

@@ -1,0 +1,759 @@
+// The technicians' dashboard: login, overview, alarms and events, device detail with trends and
+// writes, the register inspector, and the status bar. It speaks only the gateway's WebSocket
+// protocol and updates only the DOM nodes whose values changed.
+
+import { Conn } from "./conn.js";
+import { ORDERS, TYPES, ascii, decode, show } from "./decode.js";
+import { Trend } from "./chart.js";
+
+// ---------------------------------------------------------------------------------------------
+// Small DOM helpers
+// ---------------------------------------------------------------------------------------------
+
+const $ = (sel, root = document) => root.querySelector(sel);
+
+/** Builds an element: attrs may hold `class`, `text`, `on<event>` handlers and attributes. */
+function h(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (k in e && typeof v !== "string") e[k] = v;
+    else e.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) if (c != null) e.append(c);
+  return e;
+}
+
+/** Sets text only when it differs: no layout work for values that did not change. */
+function setText(e, text) {
+  if (e.textContent !== text) e.textContent = text;
+}
+
+function setClass(e, cls) {
+  if (e.className !== cls) e.className = cls;
+}
+
+const PRIORITY_RANK = { normal: 0, high: 1, emergency: 2 };
+const EVENT_TYPES = [
+  "device_online", "device_offline", "device_abnormal",
+  "threshold_exceeded", "threshold_cleared", "data_point_reached",
+];
+
+function fmtValue(v) {
+  if (v === null || v === undefined) return "—";
+  if (typeof v === "boolean") return v ? "ON" : "OFF";
+  if (typeof v === "number") {
+    if (Number.isInteger(v)) return String(v);
+    const a = Math.abs(v);
+    return v.toFixed(a >= 1000 ? 0 : a >= 100 ? 1 : 2);
+  }
+  return String(v);
+}
+
+function fmtTime(ts) {
+  if (!ts) return "never";
+  const d = new Date(ts);
+  const today = new Date().toDateString() === d.toDateString();
+  return today ? d.toLocaleTimeString() : d.toLocaleString();
+}
+
+const QUALITY_TEXT = { good: "", bad: "BAD", stale: "STALE" };
+
+// ---------------------------------------------------------------------------------------------
+// State
+// ---------------------------------------------------------------------------------------------
+
+const S = {
+  token: sessionStorage.getItem("edge.token"),
+  role: null,
+  user: null,
+  order: [], // device ids, config order
+  desc: new Map(), // id → devices.describe entry
+  live: new Map(), // id → { online, lastSeen, type, points: Map(pid → {value, quality, unit, ts}) }
+  alarms: [],
+  view: null, // { name, update(kind, data) } of the view on screen
+  alerted: new Set(), // emergency alarm ids already announced
+  loggedIn: false,
+};
+
+const conn = new Conn({ onPush, onState, onOpen });
+
+function isAdmin() {
+  return S.role === "admin";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session
+// ---------------------------------------------------------------------------------------------
+
+async function onOpen() {
+  if (S.token) {
+    try {
+      const d = await conn.call("auth.resume", { token: S.token });
+      await afterLogin(d);
+      return;
+    } catch (e) {
+      if (e.code === -1) return; // the link went down again; the next open retries
+      sessionStorage.removeItem("edge.token");
+      S.token = null;
+    }
+  }
+  if (!$("form.login")) showLogin();
+}
+
+async function afterLogin(d) {
+  S.role = d.role;
+  S.user = d.user;
+  S.loggedIn = true;
+  document.body.classList.toggle("admin", isAdmin());
+  $("#top").hidden = false;
+  $("#status-bar").hidden = false;
+  setText($("#who"), `${d.user} (${d.role})`);
+  const [desc, list, alarms, stats] = await Promise.all([
+    conn.call("devices.describe"),
+    conn.call("devices.list"),
+    conn.call("alarms.active"),
+    conn.call("system.stats"),
+  ]);
+  S.order = desc.devices.map((x) => x.id);
+  S.desc = new Map(desc.devices.map((x) => [x.id, x]));
+  applyDevices(list.devices);
+  setAlarms(alarms.alarms, false);
+  setText($("#gw-title"), `edge-gateway · ${stats.gatewayId}`);
+  $("#interval").value = stats.pushIntervalMs / 1000;
+  route();
+}
+
+function showLogin(message) {
+  S.loggedIn = false;
+  S.view = null;
+  $("#top").hidden = true;
+  $("#status-bar").hidden = true;
+  document.body.classList.remove("admin");
+  const err = h("p", { class: "error", role: "alert", text: message || "" });
+  const user = h("input", { id: "username", name: "username", autocomplete: "username", required: true });
+  const pass = h("input", { id: "password", name: "password", type: "password", autocomplete: "current-password", required: true });
+  const button = h("button", { type: "submit", class: "primary", text: "Log in" });
+  const form = h(
+    "form",
+    {
+      class: "login",
+      onsubmit: async (ev) => {
+        ev.preventDefault();
+        button.disabled = true;
+        setText(err, "");
+        try {
+          const d = await conn.call("auth.login", { username: user.value, password: pass.value });
+          S.token = d.token;
+          sessionStorage.setItem("edge.token", d.token);
+          await afterLogin(d);
+        } catch (e) {
+          setText(err, e.code === 401 ? "Wrong user name or password." : e.code === 429 ? "Too many attempts; wait a minute." : `Cannot log in: ${e.message}`);
+        } finally {
+          button.disabled = false;
+        }
+      },
+    },
+    h("h1", { text: "edge-gateway" }),
+    h("label", { for: "username", text: "User" }), user,
+    h("label", { for: "password", text: "Password" }), pass,
+    button, err,
+  );
+  mount(form);
+  user.focus();
+}
+
+$("#logout").addEventListener("click", async () => {
+  try { await conn.call("auth.logout"); } catch { /* the session ends either way */ }
+  sessionStorage.removeItem("edge.token");
+  S.token = null;
+  showLogin();
+});
+
+$("#theme").addEventListener("click", () => {
+  const root = document.documentElement;
+  const dark = root.dataset.theme
+    ? root.dataset.theme === "dark"
+    : matchMedia("(prefers-color-scheme: dark)").matches;
+  root.dataset.theme = dark ? "light" : "dark";
+  localStorage.setItem("edge.theme", root.dataset.theme);
+  if (S.view && S.view.redraw) S.view.redraw();
+});
+if (localStorage.getItem("edge.theme")) document.documentElement.dataset.theme = localStorage.getItem("edge.theme");
+
+function onState(state, waitMs) {
+  const c = $("#conn");
+  setClass(c, `conn ${state}`);
+  setText(c, state === "online" ? "Connected" : state === "connecting" ? "Connecting…" : `Connection lost — retrying in ${Math.ceil(waitMs / 1000)} s`);
+}
+
+$("#interval-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const ms = Math.round(Number($("#interval").value) * 1000);
+  try {
+    const d = await conn.call("push.setInterval", { intervalMs: ms });
+    setText($("#interval-msg"), `Snapshot every ${d.intervalMs / 1000} s`);
+  } catch (e) {
+    setText($("#interval-msg"), `Not changed: ${e.message}`);
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// Live data
+// ---------------------------------------------------------------------------------------------
+
+function applyDevices(devices) {
+  const changed = [];
+  for (const d of devices) {
+    let l = S.live.get(d.id);
+    if (!l) {
+      l = { points: new Map() };
+      S.live.set(d.id, l);
+    }
+    l.type = d.type;
+    l.online = d.online;
+    l.lastSeen = d.lastSeen;
+    for (const p of d.points) l.points.set(p.id, { value: p.value, quality: p.quality, unit: p.unit, ts: p.ts });
+    changed.push(d.id);
+  }
+  updateCounts();
+  if (S.view) S.view.update("devices", changed);
+}
+
+function onPush(service, data) {
+  if (!S.loggedIn) return;
+  if (service === "push.snapshot") applyDevices(data.devices);
+  else if (service === "push.telemetry") {
+    const l = S.live.get(data.deviceId);
+    if (!l) return;
+    for (const [pid, x] of Object.entries(data.points)) {
+      const p = l.points.get(pid) || { unit: "" };
+      p.value = x.v;
+      p.quality = x.q;
+      p.ts = data.ts;
+      l.points.set(pid, p);
+    }
+    if (S.view) S.view.update("telemetry", data);
+  } else if (service === "push.event") {
+    if (data.type === "device_online" || data.type === "device_offline") {
+      const l = S.live.get(data.deviceId);
+      if (l) l.online = data.type === "device_online";
+      updateCounts();
+      if (S.view) S.view.update("devices", [data.deviceId]);
+    }
+    if (data.state === "active" || data.state === "cleared") refreshAlarms();
+    if (S.view) S.view.update("event", data);
+  }
+}
+
+let alarmTimer = null;
+function refreshAlarms() {
+  clearTimeout(alarmTimer);
+  alarmTimer = setTimeout(async () => {
+    try {
+      const d = await conn.call("alarms.active");
+      setAlarms(d.alarms, true);
+    } catch { /* the next event or reconnect refreshes */ }
+  }, 150);
+}
+
+function setAlarms(alarms, announce) {
+  S.alarms = alarms.slice().sort((a, b) =>
+    (PRIORITY_RANK[b.priority] - PRIORITY_RANK[a.priority]) || (b.ts < a.ts ? -1 : b.ts > a.ts ? 1 : 0));
+  for (const a of S.alarms) {
+    if (a.priority === "emergency" && a.state === "active" && !S.alerted.has(a.id)) {
+      S.alerted.add(a.id);
+      if (announce) cue(a);
+    }
+  }
+  updateCounts();
+  if (S.view) S.view.update("alarms");
+}
+
+/** A new emergency: a banner that flashes, and a tone (where the browser allows sound). */
+function cue(a) {
+  const b = $("#banner");
+  b.hidden = false;
+  b.replaceChildren(
+    h("span", { text: `EMERGENCY: ${a.deviceId} — ${a.message} ` }),
+    h("a", { href: "#/alarms", text: "Show alarms", style: "color:#fff" }),
+  );
+  clearTimeout(cue.timer);
+  cue.timer = setTimeout(() => { b.hidden = true; }, 30000);
+  try {
+    const ctx = cue.ctx || (cue.ctx = new AudioContext());
+    const o = ctx.createOscillator(), g = ctx.createGain();
+    o.frequency.value = 880;
+    g.gain.value = 0.2;
+    o.connect(g).connect(ctx.destination);
+    o.start();
+    o.stop(ctx.currentTime + 0.6);
+  } catch { /* no audio: the banner remains */ }
+}
+
+function updateCounts() {
+  let on = 0, off = 0;
+  for (const l of S.live.values()) (l.online ? on++ : off++);
+  const active = S.alarms.filter((a) => a.state === "active").length;
+  setText($("#count-online"), `${on} online`);
+  setText($("#count-offline"), `${off} offline`);
+  setText($("#count-alarms"), `${active} alarm${active === 1 ? "" : "s"}`);
+  setText($("#nav-alarms"), String(S.alarms.length));
+}
+
+function devicesInAlarm() {
+  return new Set(S.alarms.filter((a) => a.state === "active").map((a) => a.deviceId));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing
+// ---------------------------------------------------------------------------------------------
+
+function mount(node) {
+  const main = $("#main");
+  main.replaceChildren(node);
+}
+
+function route() {
+  if (!S.loggedIn) return;
+  const [path, query] = (location.hash.slice(1) || "/overview").split("?");
+  const params = new URLSearchParams(query || "");
+  const parts = path.split("/").filter(Boolean);
+  let view;
+  if (parts[0] === "device" && parts[1]) view = deviceView(decodeURIComponent(parts[1]));
+  else if (parts[0] === "alarms") view = alarmsView();
+  else if (parts[0] === "inspector" && isAdmin()) view = inspectorView(params.get("device"));
+  else view = overviewView(params.get("state"));
+  S.view = view;
+  for (const a of document.querySelectorAll("#nav a")) {
+    if (a.dataset.view === view.name) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  mount(view.node);
+}
+window.addEventListener("hashchange", route);
+
+// ---------------------------------------------------------------------------------------------
+// Overview
+// ---------------------------------------------------------------------------------------------
+
+/** How many points a card shows: the first ones in config order. */
+const CARD_POINTS = 6;
+
+function overviewView(initialState) {
+  const text = h("input", { id: "f-text", type: "search", placeholder: "device, type or point", autocomplete: "off" });
+  const state = h("select", { id: "f-state" },
+    h("option", { value: "", text: "All" }),
+    h("option", { value: "online", text: "Online" }),
+    h("option", { value: "offline", text: "Offline" }),
+    h("option", { value: "alarm", text: "In alarm" }));
+  state.value = initialState || "";
+  const grid = h("div", { class: "grid", id: "devices" });
+  const cards = new Map();
+
+  for (const id of S.order) {
+    const d = S.desc.get(id);
+    const state = h("span", { class: "state" });
+    const seen = h("span", {});
+    const list = h("ul", { class: "points" });
+    const pts = new Map();
+    for (const p of d.points.slice(0, CARD_POINTS)) {
+      const value = h("span", { class: "value" });
+      const q = h("span", { class: "q" });
+      list.append(h("li", { "data-point": p.id }, h("span", { class: "name", text: p.id }), h("span", {}, value, q)));
+      pts.set(p.id, { value, q, unit: p.unit });
+    }
+    const card = h("article", { class: "card", "data-device": id, "aria-label": `device ${id}` },
+      h("h2", {}, h("a", { href: `#/device/${encodeURIComponent(id)}`, text: id })),
+      h("div", { class: "meta" }, h("span", { text: d.type || "—" }), state, seen),
+      list);
+    grid.append(card);
+    cards.set(id, { card, state, seen, pts, haystack: [id, d.type, ...d.points.map((p) => p.id)].join(" ").toLowerCase() });
+  }
+
+  function paint(id, alarmed) {
+    const c = cards.get(id), l = S.live.get(id);
+    if (!c || !l) return;
+    setClass(c.card, `card${l.online ? "" : " offline"}${alarmed.has(id) ? " in-alarm" : ""}`);
+    setClass(c.state, `state ${l.online ? "on" : "off"}`);
+    setText(c.state, l.online ? "● Online" : "○ Offline");
+    setText(c.seen, `last seen ${fmtTime(l.lastSeen)}`);
+    for (const [pid, e] of c.pts) {
+      const p = l.points.get(pid);
+      if (!p) continue;
+      setText(e.value, `${fmtValue(p.value)}${e.unit ? " " + e.unit : ""}`);
+      setClass(e.value, `value ${p.quality}`);
+      setClass(e.q, `q q-${p.quality}`);
+      setText(e.q, QUALITY_TEXT[p.quality] || "");
+    }
+  }
+
+  function filter() {
+    const t = text.value.trim().toLowerCase();
+    const s = state.value;
+    const alarmed = devicesInAlarm();
+    for (const [id, c] of cards) {
+      const l = S.live.get(id) || {};
+      const ok = (!t || c.haystack.includes(t))
+        && (!s || (s === "online" && l.online) || (s === "offline" && !l.online) || (s === "alarm" && alarmed.has(id)));
+      c.card.hidden = !ok;
+    }
+  }
+  text.addEventListener("input", filter);
+  state.addEventListener("change", filter);
+
+  const alarmed = devicesInAlarm();
+  for (const id of S.order) paint(id, alarmed);
+  filter();
+
+  return {
+    name: "overview",
+    node: h("section", {},
+      h("h1", { text: "Devices" }),
+      h("div", { class: "toolbar", role: "search" },
+        h("div", {}, h("label", { for: "f-text", text: "Filter" }), text),
+        h("div", {}, h("label", { for: "f-state", text: "State" }), state)),
+      grid),
+    update(kind, data) {
+      const alarmed = devicesInAlarm();
+      if (kind === "devices") data.forEach((id) => paint(id, alarmed));
+      else if (kind === "telemetry") paint(data.deviceId, alarmed);
+      else if (kind === "alarms") S.order.forEach((id) => paint(id, alarmed));
+      if (kind !== "event") filter();
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Alarms and the event log
+// ---------------------------------------------------------------------------------------------
+
+function alarmsView() {
+  const list = h("ul", { class: "list", id: "alarm-list", "aria-live": "polite" });
+
+  function paintAlarms() {
+    if (!S.alarms.length) {
+      list.replaceChildren(h("li", { class: "small", text: "No active or unacknowledged alarms." }));
+      return;
+    }
+    list.replaceChildren(...S.alarms.map((a) => {
+      const ack = a.ackedBy
+        ? h("span", { class: "small", text: `acknowledged by ${a.ackedBy} at ${fmtTime(a.ackedAt)}` })
+        : isAdmin()
+          ? h("button", {
+            type: "button", class: "ack", text: "Acknowledge",
+            "aria-label": `Acknowledge ${a.message} on ${a.deviceId}`,
+            onclick: async (ev) => {
+              ev.target.disabled = true;
+              try {
+                await conn.call("alarms.ack", { eventId: a.id });
+                refreshAlarms();
+              } catch (e) {
+                ev.target.disabled = false;
+                ev.target.textContent = `Ack failed: ${e.message}`;
+              }
+            },
+          })
+          : h("span", { class: "small", text: "not acknowledged" });
+      return h("li", { class: `alarm-item p-${a.priority}${a.state === "cleared" ? " cleared" : ""}`, "data-event": a.id },
+        h("span", { class: `prio prio-${a.priority}`, text: a.priority }),
+        h("div", { class: "text" },
+          h("div", {}, h("a", { href: `#/device/${encodeURIComponent(a.deviceId)}`, text: a.deviceId }), " — ", h("strong", { text: a.message })),
+          h("div", { class: "small", text: `${a.state === "active" ? "ACTIVE" : "CLEARED, awaiting acknowledgement"} · since ${fmtTime(a.ts)}${a.value != null ? " · value " + fmtValue(a.value) : ""}` })),
+        ack);
+    }));
+  }
+
+  // The event log, newest first, with filters and paging.
+  const fDevice = h("select", { id: "e-device" }, h("option", { value: "", text: "All devices" }), ...S.order.map((id) => h("option", { value: id, text: id })));
+  const fType = h("select", { id: "e-type" }, h("option", { value: "", text: "All types" }), ...EVENT_TYPES.map((t) => h("option", { value: t, text: t.replace(/_/g, " ") })));
+  const fPrio = h("select", { id: "e-prio" }, ...["normal", "high", "emergency"].map((p) => h("option", { value: p, text: `≥ ${p}` })));
+  const fSince = h("input", { id: "e-since", type: "datetime-local" });
+  const rows = h("tbody", {});
+  const more = h("button", { type: "button", text: "Load older events", hidden: true });
+  let next = null;
+
+  async function load(append) {
+    const params = { limit: 50, minPriority: fPrio.value };
+    if (fDevice.value) params.deviceId = fDevice.value;
+    if (fType.value) params.type = fType.value;
+    if (fSince.value) params.since = new Date(fSince.value).toISOString();
+    if (append && next) params.before = next;
+    try {
+      const d = await conn.call("events.query", params);
+      next = d.next;
+      more.hidden = !next;
+      const trs = d.events.map(eventRow);
+      if (append) rows.append(...trs);
+      else rows.replaceChildren(...trs);
+      if (!append && !trs.length) rows.replaceChildren(h("tr", {}, h("td", { colspan: 5, text: "No events match." })));
+    } catch (e) {
+      rows.replaceChildren(h("tr", {}, h("td", { colspan: 5, class: "error", text: `Cannot load events: ${e.message}` })));
+    }
+  }
+
+  function eventRow(e) {
+    return h("tr", {},
+      h("td", { "data-label": "Time", text: fmtTime(e.ts) }),
+      h("td", { "data-label": "Device", text: e.deviceId }),
+      h("td", { "data-label": "Type", text: e.type.replace(/_/g, " ") }),
+      h("td", { "data-label": "Priority" }, h("span", { class: `prio prio-${e.priority}`, text: e.priority })),
+      h("td", { "data-label": "Message", text: `${e.message}${e.value != null ? " (" + fmtValue(e.value) + ")" : ""}` }));
+  }
+
+  const form = h("form", { class: "toolbar", onsubmit: (ev) => { ev.preventDefault(); load(false); } },
+    h("div", {}, h("label", { for: "e-device", text: "Device" }), fDevice),
+    h("div", {}, h("label", { for: "e-type", text: "Type" }), fType),
+    h("div", {}, h("label", { for: "e-prio", text: "Priority" }), fPrio),
+    h("div", {}, h("label", { for: "e-since", text: "Since" }), fSince),
+    h("button", { type: "submit", text: "Show" }));
+  more.addEventListener("click", () => load(true));
+
+  paintAlarms();
+  load(false);
+  let reload = null;
+  return {
+    name: "alarms",
+    node: h("section", {},
+      h("h1", { text: "Alarms" }), list,
+      h("h2", { text: "Event log" }), form,
+      h("table", { class: "events" },
+        h("thead", {}, h("tr", {}, ...["Time", "Device", "Type", "Priority", "Message"].map((t) => h("th", { text: t })))),
+        rows),
+      more),
+    update(kind) {
+      if (kind === "alarms") paintAlarms();
+      if (kind === "event" && !next) {
+        // Still on the first page: show new events as they come (batched).
+        clearTimeout(reload);
+        reload = setTimeout(() => load(false), 300);
+      }
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device detail: every point, its trend, and writes
+// ---------------------------------------------------------------------------------------------
+
+function deviceView(id) {
+  const d = S.desc.get(id);
+  if (!d) return { name: "device", node: h("p", { class: "error", text: `No device ${id}.` }), update() {} };
+  const state = h("span", { class: "state" });
+  const seen = h("span", {});
+  const rows = new Map();
+  const list = h("div", { class: "list" });
+
+  for (const p of d.points) {
+    const value = h("span", { class: "value" });
+    const q = h("span", { class: "q" });
+    const ts = h("span", { class: "small" });
+    const canvas = p.type === "string" ? null : h("canvas", { "aria-label": `trend of ${p.id}, last hour`, role: "img" });
+    const trend = canvas ? new Trend(canvas) : null;
+    const row = h("section", { class: "point-row", "data-point": p.id },
+      h("header", {},
+        h("strong", { text: p.id }),
+        h("span", {}, value, q),
+        ts),
+      canvas);
+    if (p.writable && isAdmin()) row.append(writeControl(d, p));
+    list.append(row);
+    rows.set(p.id, { value, q, ts, trend, unit: p.unit, type: p.type });
+  }
+
+  const num = (v) => (typeof v === "boolean" ? (v ? 1 : 0) : typeof v === "number" ? v : NaN);
+
+  function paint() {
+    const l = S.live.get(id);
+    if (!l) return;
+    setClass(state, `state ${l.online ? "on" : "off"}`);
+    setText(state, l.online ? "● Online" : "○ Offline");
+    setText(seen, `last seen ${fmtTime(l.lastSeen)}`);
+    for (const [pid, r] of rows) {
+      const p = l.points.get(pid);
+      if (!p) continue;
+      setText(r.value, `${fmtValue(p.value)}${r.unit ? " " + r.unit : ""}`);
+      setClass(r.value, `value ${p.quality}`);
+      setClass(r.q, `q q-${p.quality}`);
+      setText(r.q, QUALITY_TEXT[p.quality] || "");
+      setText(r.ts, p.ts ? `at ${fmtTime(p.ts)}` : "");
+    }
+  }
+
+  // The last hour of each point from the store, then live samples on top.
+  for (const [pid, r] of rows) {
+    if (!r.trend) continue;
+    conn.call("points.history", { deviceId: id, pointId: pid, limit: 2000 })
+      .then((hst) => r.trend.set(hst.rows.map((x) => [Date.parse(x.ts), num(x.v)])))
+      .catch(() => r.trend.set([]));
+  }
+
+  paint();
+  return {
+    name: "device",
+    node: h("section", {},
+      h("h1", { text: id }),
+      h("div", { class: "meta toolbar" },
+        h("span", { text: `${d.type || "device"} · bus ${d.bus} · unit ${d.unit}` }), state, seen,
+        isAdmin() ? h("a", { href: `#/inspector?device=${encodeURIComponent(id)}`, text: "Inspect registers" }) : null),
+      list),
+    update(kind, data) {
+      if (kind === "telemetry" && data.deviceId === id) {
+        for (const [pid, x] of Object.entries(data.points)) {
+          const r = rows.get(pid);
+          if (r && r.trend && x.q === "good") r.trend.push(Date.parse(data.ts), num(x.v));
+        }
+        paint();
+      } else if (kind === "devices" && data.includes(id)) paint();
+    },
+    redraw() {
+      for (const r of rows.values()) if (r.trend) r.trend.draw();
+    },
+  };
+}
+
+/** The write control of a writable point: a value, a confirmation showing old → new, the result. */
+function writeControl(d, p) {
+  const inputId = `w-${d.id}-${p.id}`;
+  const input = p.type === "bool"
+    ? h("select", { id: inputId }, h("option", { value: "true", text: "ON" }), h("option", { value: "false", text: "OFF" }))
+    : h("input", { id: inputId, type: p.type === "string" ? "text" : "number", step: "any", inputmode: p.type === "string" ? "text" : "decimal", required: true });
+  const result = h("span", { class: "result", role: "status" });
+  const button = h("button", { type: "submit", text: "Write…" });
+  return h("form", {
+    class: "write",
+    onsubmit: async (ev) => {
+      ev.preventDefault();
+      const raw = input.value;
+      let value;
+      if (p.type === "bool") value = raw === "true";
+      else if (p.type === "string") value = raw;
+      else {
+        value = Number(raw);
+        if (raw === "" || !Number.isFinite(value)) {
+          setText(result, "Enter a number.");
+          setClass(result, "result err");
+          return;
+        }
+      }
+      const current = S.live.get(d.id)?.points.get(p.id)?.value;
+      const unit = p.unit ? ` ${p.unit}` : "";
+      const ok = await confirmDialog(`Write ${d.id} / ${p.id}`, `${fmtValue(current)}${unit} → ${fmtValue(value)}${unit}`);
+      if (!ok) return;
+      button.disabled = true;
+      setText(result, "Writing…");
+      setClass(result, "result");
+      try {
+        const r = await conn.call("device.write", { deviceId: d.id, pointId: p.id, value });
+        setText(result, `Written: ${fmtValue(r.old)} → ${fmtValue(r.value)}${unit}`);
+        setClass(result, "result ok");
+      } catch (e) {
+        setText(result, `Not written (${e.code}): ${e.message}`);
+        setClass(result, "result err");
+      } finally {
+        button.disabled = false;
+      }
+    },
+  }, h("div", {}, h("label", { for: inputId, text: `New ${p.id}${p.unit ? " (" + p.unit + ")" : ""}` }), input), button, result);
+}
+
+function confirmDialog(title, body) {
+  const dlg = $("#confirm");
+  setText($("#confirm-title"), title);
+  setText($("#confirm-body"), body);
+  return new Promise((resolve) => {
+    dlg.addEventListener("close", () => resolve(dlg.returnValue === "ok"), { once: true });
+    dlg.returnValue = "";
+    dlg.showModal();
+    $("#confirm-ok").focus();
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Register inspector
+// ---------------------------------------------------------------------------------------------
+
+function inspectorView(deviceId) {
+  const first = S.desc.get(deviceId) || S.desc.get(S.order[0]);
+  const device = h("select", { id: "i-device" }, ...S.order.map((id) => h("option", { value: id, text: id })));
+  const table = h("select", { id: "i-table" }, ...["holding", "input", "coil", "discrete"].map((t) => h("option", { value: t, text: t })));
+  const address = h("input", { id: "i-address", type: "number", min: 0, max: 65535, value: 0, required: true });
+  const count = h("input", { id: "i-count", type: "number", min: 1, max: 125, value: 4, required: true });
+  const out = h("div", { "aria-live": "polite" });
+  if (first) {
+    device.value = first.id;
+    const p = first.points.find((x) => x.table === "holding" || x.table === "input") || first.points[0];
+    if (p) { table.value = p.table; address.value = p.address; }
+  }
+
+  async function read() {
+    setText(out, "Reading…");
+    try {
+      const r = await conn.call("registers.read", {
+        deviceId: device.value, table: table.value,
+        address: Number(address.value), count: Number(count.value),
+      });
+      out.replaceChildren(r.bits ? bitsOut(r) : registersOut(r, S.desc.get(device.value)));
+    } catch (e) {
+      out.replaceChildren(h("p", { class: "error", text: `Read failed (${e.code}): ${e.message}` }));
+    }
+  }
+
+  const form = h("form", { class: "toolbar", onsubmit: (ev) => { ev.preventDefault(); read(); } },
+    h("div", {}, h("label", { for: "i-device", text: "Device" }), device),
+    h("div", {}, h("label", { for: "i-table", text: "Table" }), table),
+    h("div", {}, h("label", { for: "i-address", text: "Address" }), address),
+    h("div", {}, h("label", { for: "i-count", text: "Count" }), count),
+    h("button", { type: "submit", class: "primary", text: "Read" }));
+
+  return {
+    name: "inspector",
+    node: h("section", {},
+      h("h1", { text: "Register inspector" }),
+      h("p", { class: "small", text: "Reads raw registers in the bus's turn and decodes them in every type, byte order and word order, so the right combination can be picked on the spot." }),
+      form, out),
+    update() {},
+  };
+}
+
+function bitsOut(r) {
+  return h("div", { class: "regs" }, ...r.bits.map((b, i) => h("span", { text: `${r.address + i}: ${b ? 1 : 0}` })));
+}
+
+function registersOut(r, desc) {
+  const regs = r.registers;
+  const offset = h("select", { id: "i-offset" }, ...regs.map((_, i) => h("option", { value: i, text: `${r.address + i}` })));
+  const body = h("tbody", {});
+  const configured = desc && ORDERS.find((o) => o.byteOrder === desc.byteOrder && o.wordOrder === desc.wordOrder);
+
+  function paint() {
+    const from = regs.slice(Number(offset.value));
+    const lines = TYPES.map(({ type, regs: n }) =>
+      h("tr", {}, h("th", { scope: "row", text: type }),
+        ...ORDERS.map((o) => h("td", { text: from.length >= n ? show(decode(from, type, o.byteOrder, o.wordOrder)) : "—" }))));
+    lines.push(h("tr", {}, h("th", { scope: "row", text: "text" }),
+      ...ORDERS.map((o) => h("td", { text: o.wordOrder === "big" ? ascii(from, o.byteOrder) : "" }))));
+    body.replaceChildren(...lines);
+  }
+  offset.addEventListener("change", paint);
+  paint();
+
+  return h("div", {},
+    h("h2", { text: "Raw registers" }),
+    h("div", { class: "regs" }, ...regs.map((v, i) => h("span", { text: `${r.address + i}: ${v} (0x${v.toString(16).padStart(4, "0")})` }))),
+    h("h2", { text: "Decoded" }),
+    h("div", { class: "toolbar" }, h("div", {}, h("label", { for: "i-offset", text: "Starting at register" }), offset)),
+    configured ? h("p", { class: "small", text: `This device is configured as ${configured.name} (bytes ${configured.byteOrder}, words ${configured.wordOrder}).` }) : null,
+    h("div", { class: "scroll" }, h("table", { class: "decoded" },
+      h("thead", {}, h("tr", {}, h("th", { text: "type" }),
+        ...ORDERS.map((o) => h("th", { scope: "col", title: `bytes ${o.byteOrder}, words ${o.wordOrder}`, text: o.name + (configured === o ? " ✓" : "") })))),
+      body)));
+}
+
+// ---------------------------------------------------------------------------------------------
+
+conn.connect();
+if (!S.token) showLogin();
