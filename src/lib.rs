@@ -33,6 +33,7 @@ pub mod state;
 pub mod store;
 pub mod ws;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
@@ -179,6 +180,44 @@ impl Shared {
     }
 }
 
+/// What a live reload carries from the running gateway into the next one.
+#[derive(Default)]
+struct Carry {
+    /// Handed-over bus tasks, by bus name.
+    buses: HashMap<String, BusTask>,
+    /// Live state of the devices on those buses, by device id.
+    live: HashMap<String, state::DeviceLive>,
+    /// Logged-in sessions (token, session).
+    sessions: Vec<(String, ws::auth::Session)>,
+}
+
+/// What a reload did with each bus, by name.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ReloadSummary {
+    /// Unchanged: handed over with their links and state.
+    pub kept: Vec<String>,
+    /// Changed (settings or devices): started fresh.
+    pub restarted: Vec<String>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// A bus is unchanged when its settings and its devices (in order, every setting and point)
+/// are, wherever it sits in the list.
+fn same_bus(old: &Config, ob: usize, new: &Config, nb: usize) -> bool {
+    let devices = |c: &Config, b: usize| -> Vec<config::Device> {
+        c.devices
+            .iter()
+            .filter(|d| d.bus == b)
+            .map(|d| config::Device {
+                bus: 0,
+                ..d.clone()
+            })
+            .collect()
+    };
+    old.buses[ob] == new.buses[nb] && devices(old, ob) == devices(new, nb)
+}
+
 /// A running gateway: what tests and `demo` hold on to.
 pub struct Gateway {
     pub shared: Arc<Shared>,
@@ -211,13 +250,25 @@ pub enum StartError {
 impl Gateway {
     /// Opens the store, binds HTTP and starts one task per bus. The config is already valid.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        Self::start_with(config, Carry::default()).await
+    }
+
+    async fn start_with(config: Config, mut carry: Carry) -> Result<Gateway, StartError> {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new(
             config.devices.iter().map(|d| d.id.clone()).collect(),
             config.buses.iter().map(|b| b.name.clone()).collect(),
         ));
         let (store, restored, store_thread) = store::open(config.clone(), metrics.clone())?;
-        let live: SharedLive = Arc::new(RwLock::new(state::Live::restored(&config, &restored)));
+        let mut restored_live = state::Live::restored(&config, &restored);
+        // A reload keeps the live state of the devices whose bus carries on: not stale, not
+        // offline, just as they were a moment ago.
+        for (d, dev) in config.devices.iter().enumerate() {
+            if let Some(l) = carry.live.remove(&dev.id) {
+                restored_live.devices[d] = l;
+            }
+        }
+        let live: SharedLive = Arc::new(RwLock::new(restored_live));
         let listen_err = |source| StartError::Listen {
             addr: config.http.listen.clone(),
             source,
@@ -250,10 +301,26 @@ impl Gateway {
             sinks: Sinks::default(),
         });
 
+        shared.auth.adopt(std::mem::take(&mut carry.sessions));
+
         // Bounded: a slow store slows the buses down instead of growing memory.
         let (events_tx, events_rx) = mpsc::channel(256);
         for (b, wrx) in write_rxs.into_iter().enumerate() {
-            let task = BusTask::new(b, config.clone(), events_tx.clone(), wrx, metrics.clone());
+            let task = match carry.buses.remove(&config.buses[b].name) {
+                Some(mut task) => {
+                    let cfg = config.clone();
+                    task.retarget(
+                        b,
+                        config.clone(),
+                        events_tx.clone(),
+                        wrx,
+                        metrics.clone(),
+                        move |id| cfg.devices.iter().position(|d| d.id == id),
+                    );
+                    task
+                }
+                None => BusTask::new(b, config.clone(), events_tx.clone(), wrx, metrics.clone()),
+            };
             tasks.spawn(task.run(cancel.child_token()));
         }
         let bus_events = Some(events_tx);
@@ -328,6 +395,64 @@ impl Gateway {
         Some((d, p))
     }
 
+    /// Live reload (SIGHUP): applies a new, valid config as a difference. A bus whose settings
+    /// and devices are unchanged is handed over whole (its open link, schedule, backoffs) and
+    /// its devices keep their live state; changed and new buses start fresh, removed ones stop.
+    /// Everything else (pipeline, rules, users, sinks, HTTP) is rebuilt from the new config;
+    /// logged-in sessions of users that still exist with the same role carry over.
+    pub async fn reload(self, new: Config) -> Result<(Gateway, ReloadSummary), StartError> {
+        let old = self.config.clone();
+        let mut carry = Carry::default();
+        let mut summary = ReloadSummary::default();
+        for (b, bus) in old.buses.iter().enumerate() {
+            let same = new
+                .buses
+                .iter()
+                .position(|n| n.name == bus.name)
+                .is_some_and(|nb| same_bus(&old, b, &new, nb));
+            if !same {
+                if new.buses.iter().any(|n| n.name == bus.name) {
+                    summary.restarted.push(bus.name.clone());
+                } else {
+                    summary.removed.push(bus.name.clone());
+                }
+                continue;
+            }
+            let (tx, rx) = oneshot::channel();
+            let handed = match self.shared.writes[b].send(BusRequest::Handover(tx)).await {
+                // A bus finishes the request it is in (bounded by its deadline) first.
+                Ok(()) => tokio::time::timeout(Duration::from_secs(30), rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                Err(_) => None,
+            };
+            match handed {
+                Some(mut task) => {
+                    // Its sender into the old pipeline must go, or the old pipeline never ends.
+                    task.detach();
+                    let live = state::read(&self.live);
+                    for (d, dev) in old.devices.iter().enumerate().filter(|(_, d)| d.bus == b) {
+                        carry.live.insert(dev.id.clone(), live.devices[d].clone());
+                    }
+                    carry.buses.insert(bus.name.clone(), task);
+                    summary.kept.push(bus.name.clone());
+                }
+                None => summary.restarted.push(bus.name.clone()),
+            }
+        }
+        summary.added = new
+            .buses
+            .iter()
+            .filter(|n| !old.buses.iter().any(|o| o.name == n.name))
+            .map(|n| n.name.clone())
+            .collect();
+        carry.sessions = self.shared.auth.sessions();
+        self.shutdown().await;
+        let gw = Gateway::start_with(new, carry).await?;
+        Ok((gw, summary))
+    }
+
     /// Stops the buses, lets the pipeline drain into the store, and waits for the store to
     /// commit everything: the store flushes last.
     pub async fn shutdown(mut self) {
@@ -345,23 +470,101 @@ impl Gateway {
     }
 }
 
-/// The daemon: runs until `shutdown` is cancelled, then stops cleanly.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
-    let gw = Gateway::start(config).await?;
-    let status = format!(
-        "{} buses, {} devices, http on {}",
-        gw.config.buses.len(),
-        gw.config.devices.len(),
-        gw.http_addr
-    );
-    tracing::info!("gateway running: {status}");
+/// The daemon: runs until `shutdown` is cancelled, then stops cleanly. With the config's path,
+/// SIGHUP re-reads it: an invalid file is logged and the running config stays; a valid one is
+/// applied as a difference ([`Gateway::reload`]).
+pub async fn run(
+    config: Config,
+    path: Option<std::path::PathBuf>,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let mut gw = Gateway::start(config).await?;
+    let status = |gw: &Gateway| {
+        format!(
+            "{} buses, {} devices, http on {}",
+            gw.config.buses.len(),
+            gw.config.devices.len(),
+            gw.http_addr
+        )
+    };
+    tracing::info!("gateway running: {}", status(&gw));
     // Config valid, store open, HTTP bound: ready.
-    service::ready(&status);
-    let watchdog = tokio::spawn(service::watchdog(gw.shared.clone(), shutdown.clone()));
-    shutdown.cancelled().await;
+    service::ready(&status(&gw));
+    let mut hup = sighup();
+    loop {
+        let watchdog_stop = shutdown.child_token();
+        let watchdog = tokio::spawn(service::watchdog(gw.shared.clone(), watchdog_stop.clone()));
+        let reload = tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = hup.recv() => true,
+        };
+        watchdog_stop.cancel();
+        let _ = watchdog.await;
+        if !reload {
+            break;
+        }
+        let Some(path) = &path else { continue };
+        service::reloading();
+        let loaded = match config::load(path) {
+            Ok(l) => l,
+            Err(config::ConfigError::Invalid(problems)) => {
+                for p in &problems {
+                    tracing::error!(
+                        "reload refused, the running config stays: {}: {p}",
+                        path.display()
+                    );
+                }
+                service::ready(&status(&gw));
+                continue;
+            }
+            Err(e) => {
+                tracing::error!("reload refused, the running config stays: {e}");
+                service::ready(&status(&gw));
+                continue;
+            }
+        };
+        let previous = (*gw.config).clone();
+        match gw.reload(loaded.config).await {
+            Ok((next, summary)) => {
+                tracing::info!(
+                    kept = ?summary.kept,
+                    restarted = ?summary.restarted,
+                    added = ?summary.added,
+                    removed = ?summary.removed,
+                    "config reloaded: {}",
+                    status(&next)
+                );
+                gw = next;
+            }
+            Err(e) => {
+                // The new config could not start (its HTTP address is taken, say): back to the
+                // one that ran.
+                tracing::error!("reload failed ({e}); restarting with the previous config");
+                gw = Gateway::start(previous).await?;
+            }
+        }
+        service::ready(&status(&gw));
+    }
     tracing::info!("shutting down");
     service::stopping();
     gw.shutdown().await;
-    let _ = watchdog.await;
     Ok(())
+}
+
+/// SIGHUP as a stream; never fires where there is no such signal.
+fn sighup() -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel(1);
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut s) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while s.recv().await.is_some() {
+            let _ = tx.try_send(());
+        }
+    });
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }

@@ -217,7 +217,7 @@ async fn main() -> ExitCode {
             for w in &loaded.warnings {
                 tracing::warn!("{}: {w}", config.display());
             }
-            match edge_gateway::run(loaded.config, shutdown_signal()).await {
+            match edge_gateway::run(loaded.config, Some(config.clone()), shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

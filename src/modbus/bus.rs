@@ -107,6 +107,9 @@ pub struct RawRead {
 pub enum BusRequest {
     Write(WriteCommand),
     Read(RawRead),
+    /// Live reload: stop between requests and hand the task over whole (its open link, its
+    /// schedule and backoffs), to be re-targeted at the new config and run again.
+    Handover(oneshot::Sender<BusTask>),
 }
 
 /// The longest a dead slave is left alone between probes.
@@ -135,6 +138,15 @@ pub struct BusTask {
     events: mpsc::Sender<BusEvent>,
     writes: mpsc::Receiver<BusRequest>,
     metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for BusTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusTask")
+            .field("bus", &self.config.buses[self.bus].name)
+            .field("devices", &self.slots.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl BusTask {
@@ -189,6 +201,35 @@ impl BusTask {
         }
     }
 
+    /// Points a handed-over task at a new config (live reload). Its bus and devices are
+    /// unchanged but may sit at other positions; `device_index` maps a device id to its new
+    /// index. The link, the schedule and the backoffs carry on as they were.
+    pub fn retarget(
+        &mut self,
+        bus: usize,
+        config: Arc<Config>,
+        events: mpsc::Sender<BusEvent>,
+        writes: mpsc::Receiver<BusRequest>,
+        metrics: Arc<Metrics>,
+        device_index: impl Fn(&str) -> Option<usize>,
+    ) {
+        for slot in &mut self.slots {
+            let id = &self.config.devices[slot.index].id;
+            slot.index = device_index(id).expect("a kept bus keeps its devices");
+        }
+        self.bus = bus;
+        self.config = config;
+        self.events = events;
+        self.writes = writes;
+        self.metrics = metrics;
+    }
+
+    /// Cuts a handed-over task from the old pipeline (which ends only when every sender into it
+    /// is gone) until [`BusTask::retarget`] connects it to the new one.
+    pub fn detach(&mut self) {
+        self.events = mpsc::channel(1).0;
+    }
+
     /// How many requests one full poll of each device takes now (for tests and logs).
     pub fn plan_sizes(&self) -> Vec<usize> {
         self.slots.iter().map(|s| s.blocks.len()).collect()
@@ -208,6 +249,10 @@ impl BusTask {
                         Some(BusRequest::Read(cmd)) => {
                             let _ = cmd.reply.send(Err(LinkError::Transport("the bus has no devices".into())));
                         }
+                        Some(BusRequest::Handover(tx)) => {
+                            let _ = tx.send(self);
+                            return;
+                        }
                         None => return,
                     },
                     _ = tokio::time::sleep(BEAT_EVERY) => {}
@@ -215,11 +260,15 @@ impl BusTask {
             }
         }
         let (metrics, bus) = (self.metrics.clone(), self.bus);
-        loop {
+        let mut handover = None;
+        'run: loop {
             metrics.beats.beat(&metrics.beats.buses[bus]);
             // Writes jump the queue: an operator is waiting on each.
             while let Ok(cmd) = self.writes.try_recv() {
-                self.request(cmd).await;
+                if let Err(tx) = self.request(cmd).await {
+                    handover = Some(tx);
+                    break 'run;
+                }
             }
             let (k, due) = self
                 .slots
@@ -232,7 +281,10 @@ impl BusTask {
                 biased;
                 _ = cancel.cancelled() => break,
                 cmd = self.writes.recv() => match cmd {
-                    Some(cmd) => self.request(cmd).await,
+                    Some(cmd) => if let Err(tx) = self.request(cmd).await {
+                        handover = Some(tx);
+                        break;
+                    },
                     None => break,
                 },
                 // Wake at least every BEAT_EVERY so an idle bus still shows it is alive.
@@ -242,6 +294,11 @@ impl BusTask {
                     }
                 }
             }
+        }
+        if let Some(tx) = handover {
+            tracing::info!(bus = %name, "bus handed over for a reload");
+            let _ = tx.send(self);
+            return;
         }
         tracing::info!(bus = %name, "bus stopped");
     }
@@ -451,7 +508,8 @@ impl BusTask {
             .is_ok()
     }
 
-    async fn request(&mut self, req: BusRequest) {
+    /// Serves an operator request; a handover comes back as `Err` for the loop to end with.
+    async fn request(&mut self, req: BusRequest) -> Result<(), oneshot::Sender<BusTask>> {
         match req {
             BusRequest::Write(cmd) => self.write(cmd).await,
             BusRequest::Read(r) => {
@@ -460,7 +518,9 @@ impl BusTask {
                 let result = self.link.read(unit, r.table, r.address, r.count).await;
                 let _ = r.reply.send(result);
             }
+            BusRequest::Handover(tx) => return Err(tx),
         }
+        Ok(())
     }
 
     async fn write(&mut self, cmd: WriteCommand) {

@@ -423,12 +423,17 @@ impl Session<'_> {
         };
         subscribed.map_err(|e| e.to_string())?;
         let (results_tx, mut results) = mpsc::channel::<(String, Json)>(64);
-        let mut idle = false;
+        // When the outbox was last found empty, the next look is due then: a fixed instant, so
+        // a steady trickle of broker packets cannot keep postponing it.
+        let mut next_read = tokio::time::Instant::now();
         let mut last_backlog = tokio::time::Instant::now();
         loop {
-            if self.feed.in_flight() < WINDOW / 2 && !idle {
+            let now = tokio::time::Instant::now();
+            if self.feed.in_flight() < WINDOW / 2 && now >= next_read {
                 let batches = self.feed.next().await.map_err(|e| e.to_string())?;
-                idle = batches.is_empty();
+                if batches.is_empty() {
+                    next_read = now + Duration::from_millis(100);
+                }
                 for b in &batches {
                     for m in messages(&self.shared.config, self.topics, b) {
                         self.publish(
@@ -476,7 +481,7 @@ impl Session<'_> {
                     self.publish(client, None, topic, false, body.to_string().into_bytes())?;
                 }
                 // Nothing to send: look at the outbox again shortly.
-                _ = tokio::time::sleep(Duration::from_millis(100)), if idle => idle = false,
+                _ = tokio::time::sleep_until(next_read), if next_read > tokio::time::Instant::now() => {}
             }
         }
     }

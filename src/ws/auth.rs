@@ -50,6 +50,30 @@ impl Auth {
         }
     }
 
+    /// The live sessions, for a reload to carry over.
+    pub fn sessions(&self) -> Vec<(String, Session)> {
+        let t = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        t.iter()
+            .filter(|(_, s)| s.expires > Instant::now())
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect()
+    }
+
+    /// Takes over sessions from before a reload: only those whose user still exists with the
+    /// same role (a removed user or a demoted admin must log in again).
+    pub fn adopt(&self, sessions: Vec<(String, Session)>) {
+        let mut t = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        for (token, s) in sessions {
+            if self
+                .users
+                .iter()
+                .any(|u| u.name == s.user && u.role == s.role)
+            {
+                t.insert(token, s);
+            }
+        }
+    }
+
     fn limited(&self, from: IpAddr) -> Option<Duration> {
         let f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let (n, since) = f.get(&from)?;

@@ -207,6 +207,8 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
 /// A TCP relay to a server that the test can cut (every connection dropped, new ones refused).
 pub struct Relay {
     pub addr: SocketAddr,
+    /// Connections relayed so far.
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
     up: Arc<AtomicBool>,
     generation: Arc<tokio::sync::watch::Sender<u64>>,
 }
@@ -216,6 +218,8 @@ impl Relay {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
         let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
         let (u, g) = (up.clone(), generation.clone());
         tokio::spawn(async move {
@@ -226,6 +230,7 @@ impl Relay {
                 if !u.load(Relaxed) {
                     continue; // dropped at once: the connection is refused in effect
                 }
+                count.fetch_add(1, Relaxed);
                 let mut cut = g.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
@@ -240,6 +245,7 @@ impl Relay {
         });
         Relay {
             addr,
+            accepted,
             up,
             generation,
         }
