@@ -60,6 +60,45 @@ async function fits(page, where) {
   if (scroll > width) throw new Error(`${where}: page is ${scroll}px wide in a ${width}px viewport`);
 }
 
+/**
+ * Text whose contrast against its background is below WCAG AA (4.5:1, or 3:1 for large text),
+ * computed from the rendered colours.
+ */
+async function lowContrast(page) {
+  return page.evaluate(() => {
+    const rgb = (c) => (c.match(/[\d.]+/g) || []).map(Number);
+    const lum = ([r, g, b]) => {
+      const f = (v) => ((v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
+      return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+    };
+    const background = (e) => {
+      for (; e; e = e.parentElement) {
+        const c = rgb(getComputedStyle(e).backgroundColor);
+        if (c.length === 3 || (c.length === 4 && c[3] > 0.5)) return c.slice(0, 3);
+      }
+      return [255, 255, 255];
+    };
+    const out = [];
+    for (const e of document.querySelectorAll("body *")) {
+      const own = [...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+      if (!own || e.offsetParent === null || e.closest("[hidden], dialog:not([open]), option")) continue;
+      const st = getComputedStyle(e);
+      const fg = rgb(st.color).slice(0, 3);
+      const [a, b] = [lum(fg), lum(background(e))].sort((x, y) => y - x);
+      const ratio = (a + 0.05) / (b + 0.05);
+      const size = parseFloat(st.fontSize), bold = Number(st.fontWeight) >= 700;
+      const need = size >= 24 || (bold && size >= 18.66) ? 3 : 4.5;
+      if (ratio < need) out.push(`${e.tagName.toLowerCase()}.${e.className} "${e.textContent.trim().slice(0, 30)}" ${ratio.toFixed(2)}`);
+    }
+    return out;
+  });
+}
+
+async function contrastOk(page, where) {
+  const bad = await lowContrast(page);
+  if (bad.length) throw new Error(`${where}: contrast under WCAG AA: ${bad.join(" | ")}`);
+}
+
 const demo = await startDemo();
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -86,6 +125,7 @@ try {
   const first = await desk.textContent(voltage);
   await desk.waitForFunction(([sel, v]) => document.querySelector(sel).textContent !== v, [voltage, first], { timeout: 20000 });
   if (shots) await desk.screenshot({ path: join(shots, "desktop-overview.png") });
+  await contrastOk(desk, "overview, light");
 
   step("a write from the device view changes the simulator's register");
   await desk.goto(`${demo.url}#/device/boiler-1`);
@@ -106,6 +146,7 @@ try {
   const alarm = desk.locator(".alarm-item.p-emergency", { hasText: "Boiler over temperature" });
   await alarm.waitFor({ timeout: 30000 });
   if (shots) await desk.screenshot({ path: join(shots, "desktop-alarms.png") });
+  await contrastOk(desk, "alarms, light");
   await alarm.getByRole("button", { name: /Acknowledge/ }).click();
   await desk.locator(".alarm-item.p-emergency", { hasText: "acknowledged by admin" }).waitFor();
 
@@ -150,12 +191,18 @@ try {
   const small = await phone.$$eval("button, nav a, input, select", (els) =>
     els.filter((e) => e.offsetParent !== null && e.getBoundingClientRect().height < 44).map((e) => e.outerHTML.slice(0, 60)));
   if (small.length) throw new Error(`touch targets under 44 px: ${small.join(" | ")}`);
-  if (shots) {
-    await desk.emulateMedia({ colorScheme: "dark" });
-    await desk.goto(`${demo.url}#/overview`);
-    await desk.waitForSelector("#devices article[data-device]");
-    await desk.screenshot({ path: join(shots, "desktop-overview-dark.png") });
-  }
+  step("the dark theme keeps WCAG AA contrast");
+  await desk.emulateMedia({ colorScheme: "dark" });
+  await desk.goto(`${demo.url}#/overview`);
+  await desk.waitForSelector("#devices article[data-device]");
+  if (shots) await desk.screenshot({ path: join(shots, "desktop-overview-dark.png") });
+  await contrastOk(desk, "overview, dark");
+  await desk.goto(`${demo.url}#/alarms`);
+  await desk.waitForSelector("#alarm-list li");
+  await contrastOk(desk, "alarms, dark");
+  await desk.goto(`${demo.url}#/device/boiler-1`);
+  await desk.waitForSelector('[data-point="setpoint"]');
+  await contrastOk(desk, "device, dark");
   console.log("dashboard e2e: ok");
 } catch (e) {
   failed = true;
