@@ -233,3 +233,57 @@ async fn sigterm_stops_the_daemon_cleanly_with_the_store_flushed() {
         .unwrap();
     assert_eq!(n, 5, "every point's last value stored");
 }
+
+/// A bus task that stops making progress is named by the watchdog's check (here the task is
+/// taken away between two requests, so it never stamps again), while the rest keeps going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_that_stops_making_progress_stops_the_watchdog() {
+    let (_sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!("{}{BOILER_AND_PUMP}", tcp_bus(&addr.to_string()));
+    let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
+    wait_for("polls", || requests(&gw, "boiler", "ok") > 3).await;
+    let limit = Duration::from_secs(2);
+    assert_eq!(
+        edge_gateway::service::stalled(&gw.shared, limit).await,
+        None
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    gw.shared.writes[0]
+        .send(edge_gateway::modbus::bus::BusRequest::Handover(tx))
+        .await
+        .unwrap();
+    let hung = rx.await.unwrap();
+    wait_for_async("the stalled bus named", || async {
+        edge_gateway::service::stalled(&gw.shared, limit)
+            .await
+            .is_some_and(|why| why.contains("bus `b`"))
+    })
+    .await;
+    // It holds a sender into the pipeline, which must go for the pipeline to end.
+    drop(hung);
+    gw.shutdown().await;
+}
+
+/// `/healthz` answers 503 "failing" while the store cannot write, and 200 again after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_503_while_the_store_cannot_write() {
+    let (_sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!("{}{BOILER_AND_PUMP}", tcp_bus(&addr.to_string()));
+    let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
+    assert!(healthz(gw.http_addr).await.starts_with("HTTP/1.0 200"));
+    let db = rusqlite::Connection::open(dir.path().join("gateway.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    wait_for_async("503", || async {
+        let h = healthz(gw.http_addr).await;
+        h.starts_with("HTTP/1.0 503") && h.contains(r#""status":"failing""#)
+    })
+    .await;
+    db.execute_batch("ROLLBACK").unwrap();
+    wait_for_async("200 again", || async {
+        healthz(gw.http_addr).await.starts_with("HTTP/1.0 200")
+    })
+    .await;
+    gw.shutdown().await;
+}
