@@ -833,3 +833,28 @@ async fn the_dashboard_files_are_served_with_gzip_and_etags() {
     assert!(head.starts_with("http/1.0 404"), "{head}");
     gw.shutdown().await;
 }
+
+/// A big installation's `devices.list` (and so its snapshot) is far larger than a request may
+/// be: it is sent whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_installation_is_listed_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut body = format!("{}{}", users_and_push(""), tcp_bus("127.0.0.1:1"));
+    for d in 0..100 {
+        let points: Vec<String> = (0..30)
+            .map(|p| format!("{{ id = \"a-rather-long-descriptive-point-name-{p}\", table = \"holding\", address = {p}, type = \"u16\", unit = \"units\" }}"))
+            .collect();
+        body.push_str(&format!(
+            "[[devices]]\nid = \"device-{d}\"\nbus = \"b\"\nunit = 1\npoints = [{}]\n",
+            points.join(", ")
+        ));
+    }
+    let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
+    let mut ws = Ws::connect(gw.http_addr).await;
+    ws.login("viewer", "viewer").await;
+    let r = ws.call("devices.list", json!({})).await;
+    assert_eq!(code(&r), 0);
+    assert!(r.to_string().len() > 300_000, "{}", r.to_string().len());
+    assert_eq!(r["data"]["devices"].as_array().unwrap().len(), 100);
+    gw.shutdown().await;
+}

@@ -68,17 +68,22 @@ pub async fn upgrade(
         return (StatusCode::SERVICE_UNAVAILABLE, "too many clients").into_response();
     };
     // tungstenite's defaults (128 KiB read and write buffers per connection) would cost a
-    // quarter of a gigabyte at 1,000 clients; pushes are small and each is flushed whole.
+    // quarter of a gigabyte at 1,000 clients; pushes are small and each is flushed whole. The
+    // write buffer's cap is only a cap: it grows to the largest message a client was sent (a
+    // snapshot of 200 devices × 30 points is ~0.5 MB), which must fit whole.
     ws.max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(8 * 1024)
-        .max_write_buffer_size(4 * MAX_FRAME)
+        .max_write_buffer_size(MAX_OUTGOING)
         .on_upgrade(move |socket| async move {
             connection(shared, socket, remote).await;
             drop(permit);
         })
 }
+
+/// The largest reply or push a client can be sent: a snapshot of a big installation.
+const MAX_OUTGOING: usize = 16 * 1024 * 1024;
 
 fn text(v: serde_json::Value) -> Message {
     Message::Text(Utf8Bytes::from(v.to_string()))
