@@ -47,6 +47,7 @@ struct RawConfig {
 struct RawGateway {
     id: Option<String>,
     data_dir: Option<PathBuf>,
+    log_level: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -226,6 +227,8 @@ pub struct Gateway {
     /// Goes into event ids and upstream rows, so it is restricted to `[a-z0-9_-]{1,64}`.
     pub id: String,
     pub data_dir: PathBuf,
+    /// `error`, `warn`, `info`, `debug` or `trace` (beyond SPEC.md); `RUST_LOG` overrides it.
+    pub log_level: String,
 }
 
 #[derive(Debug, Clone)]
@@ -757,10 +760,17 @@ impl Validator<'_> {
     }
 
     fn gateway(&mut self, raw: Option<RawGateway>, p: &KeyPath) -> Gateway {
-        let (id, data_dir) = match raw {
-            Some(g) => (g.id, g.data_dir),
-            None => (None, None),
+        let (id, data_dir, log_level) = match raw {
+            Some(g) => (g.id, g.data_dir, g.log_level),
+            None => (None, None, None),
         };
+        let log_level = log_level.unwrap_or_else(|| "info".into());
+        if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+            self.err(
+                &p.key("log_level"),
+                format!("`{log_level}` must be error, warn, info, debug or trace"),
+            );
+        }
         let id = match id {
             Some(id) => {
                 let ok = !id.is_empty()
@@ -784,6 +794,7 @@ impl Validator<'_> {
         Gateway {
             id,
             data_dir: data_dir.unwrap_or_else(|| PathBuf::from("/var/lib/edge-gateway")),
+            log_level,
         }
     }
 

@@ -138,9 +138,10 @@ fn target(link: LinkArgs, at: AtArgs) -> Result<Target, String> {
     })
 }
 
-fn init_logging() {
+/// Logging to stderr; `RUST_LOG` wins over `level` (the config's `gateway.log_level`).
+fn init_logging(level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -204,7 +205,10 @@ async fn main() -> ExitCode {
             };
         }
     };
-    init_logging();
+    // `run` starts logging once its config (which may set the level) is read.
+    if !matches!(cli.command, Command::Run { .. }) {
+        init_logging("info");
+    }
     match cli.command {
         Command::Run { config } => {
             let loaded = match config::load(&config) {
@@ -214,6 +218,7 @@ async fn main() -> ExitCode {
                     return code(64);
                 }
             };
+            init_logging(&loaded.config.gateway.log_level);
             for w in &loaded.warnings {
                 tracing::warn!("{}: {w}", config.display());
             }

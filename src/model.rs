@@ -30,7 +30,7 @@ impl Value {
         }
     }
 
-    /// JSON form, used by the CLI, the store and (later) the push and upstream sinks.
+    /// JSON form, used by the CLI, the store, the pushes and the upstream sinks.
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             Value::Bool(b) => serde_json::Value::Bool(*b),

@@ -156,3 +156,42 @@ fn hash_password_prints_an_argon2id_phc_string() {
     assert!(s.starts_with("$argon2id$v=19$"), "{s}");
     assert!(!s.contains("s3cret"));
 }
+
+/// `gateway.log_level` sets the level; `RUST_LOG`, when set, wins.
+#[test]
+fn the_log_level_comes_from_the_config_unless_rust_log_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr_of = |level: &str, rust_log: Option<&str>| {
+        let cfg = dir.path().join(format!("{level}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[gateway]\nid = \"logs\"\ndata_dir = {:?}\nlog_level = \"{level}\"\n[http]\nlisten = \"127.0.0.1:0\"\n{}{BOILER_AND_PUMP}",
+                dir.path().join(level).display().to_string(),
+                tcp_bus("127.0.0.1:1")
+            ),
+        )
+        .unwrap();
+        let mut cmd = bin();
+        cmd.args(["run", "--config", cfg.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(r) = rust_log {
+            cmd.env("RUST_LOG", r);
+        }
+        let child = cmd.spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr).into_owned()
+    };
+    assert!(stderr_of("info", None).contains("gateway running"));
+    let quiet = stderr_of("error", None);
+    assert!(
+        !quiet.contains("gateway running") && !quiet.contains("WARN"),
+        "{quiet}"
+    );
+    assert!(stderr_of("warn", Some("info")).contains("gateway running"));
+}
