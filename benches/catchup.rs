@@ -17,6 +17,8 @@ fn status_kb(field: &str) -> u64 {
 }
 
 fn main() {
+    // As the daemon does, so the figures are the product's.
+    edge_gateway::tune_allocator();
     let mut ran = false;
     if let Ok(url) = std::env::var("EDGE_TEST_MYSQL_URL") {
         catch_up(Sink::Mysql(url));

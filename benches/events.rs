@@ -51,6 +51,8 @@ fn poll(device: usize, v: f64) -> BusEvent {
 }
 
 fn main() {
+    // As the daemon does, so the figures are the product's.
+    edge_gateway::tune_allocator();
     if std::env::var("BENCH_ROLE").as_deref() == Ok("clients") {
         return clients();
     }

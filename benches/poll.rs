@@ -119,6 +119,8 @@ fn bench_config(dir: &std::path::Path, sim: u16, http: u16) -> String {
 }
 
 fn main() {
+    // As the daemon does, so the figures are the product's.
+    edge_gateway::tune_allocator();
     // `cargo bench` passes --bench; a filter argument is not used.
     let secs: u64 = std::env::var("BENCH_SECS")
         .ok()

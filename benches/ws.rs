@@ -3,7 +3,8 @@
 //! (a tiny receive window and never reading). Run: `cargo bench --bench ws`.
 //!
 //! The gateway side runs in this process; the clients run in a child process (this same binary
-//! with BENCH_ROLE=clients) so the gateway's CPU and RSS are its own.
+//! with BENCH_ROLE=clients) so the gateway's CPU and RSS are its own. `BENCH_PIN=1` puts the
+//! gateway on CPU 0 and the clients on CPU 1.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -193,12 +194,26 @@ async fn run(gw: &edge_gateway::Gateway, token: &str, stalled: usize, secs: u64)
     }
 }
 
+/// With `BENCH_PIN=1`, the gateway runs on CPU 0 and the clients on CPU 1, so neither side's
+/// CPU time delays the other (call before any thread exists: threads inherit the affinity).
+fn pin(cpu: &str) {
+    if std::env::var("BENCH_PIN").as_deref() == Ok("1") {
+        let _ = Command::new("taskset")
+            .args(["-p", "-c", cpu, &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
 fn main() {
+    // As the daemon does, so the figures are the product's.
+    edge_gateway::tune_allocator();
     let secs: u64 = std::env::var("BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
     if std::env::var("BENCH_ROLE").as_deref() == Ok("clients") {
+        pin("1");
         let rt = tokio::runtime::Runtime::new().unwrap();
         let env = |k: &str| std::env::var(k).unwrap();
         rt.block_on(clients(
@@ -210,6 +225,7 @@ fn main() {
         ));
         return;
     }
+    pin("0");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
