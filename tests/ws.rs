@@ -619,7 +619,10 @@ async fn a_client_that_stops_reading_loses_pushes_by_its_policy_and_never_delays
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_disconnect_policy_drops_a_slow_client_and_frees_it() {
-    let (gw, _dir) = big_gateway("interval_ms = 500\nqueue_capacity = 2\noverflow = \"disconnect\"\nheartbeat_timeout_s = 600").await;
+    // A queue of 10: deep enough for a healthy client on a busy machine to fall behind by a few
+    // reports without being dropped (a queue of 2 was not), shallow enough that the stalled
+    // client overflows it within seconds.
+    let (gw, _dir) = big_gateway("interval_ms = 500\nqueue_capacity = 10\noverflow = \"disconnect\"\nheartbeat_timeout_s = 600").await;
     let mut slow = stalled_client(gw.http_addr).await;
     login_stalled(&mut slow).await;
     let mut fast = Ws::connect(gw.http_addr).await;
