@@ -68,6 +68,11 @@ try {
   }), seconds * 1000);
   const long = await page.evaluate(() => window.__long);
   const shown = await page.$$eval("#devices .value", (v) => v.length);
+  // A device of 30 points: every trend gets its hour of history (no request refused).
+  await page.goto(`${url}#/device/dev-0-1`);
+  await page.waitForFunction((n) => document.querySelectorAll("[data-history]").length === n, POINTS, { timeout: 30000 });
+  const refused = await page.$$eval("[data-history^=error]", (e) => e.map((x) => `${x.dataset.point}: ${x.dataset.history}`));
+  if (refused.length) throw new Error(`history refused: ${refused.join(", ")}`);
   console.log(`dashboard load: ${DEVICES} devices × ${POINTS} points (${shown} values on the overview), snapshot every 1 s + telemetry`);
   console.log(`  login → all ${DEVICES} cards rendered: ${firstRender} ms`);
   console.log(`  over ${seconds} s of pushes: ${(frames / seconds).toFixed(1)} frames/s, ${long.length} long tasks (> 50 ms)${long.length ? `, longest ${Math.max(...long).toFixed(0)} ms` : ""}`);

@@ -561,7 +561,7 @@ function deviceView(id) {
       canvas);
     if (p.writable && isAdmin()) row.append(writeControl(d, p));
     list.append(row);
-    rows.set(p.id, { value, q, ts, trend, unit: p.unit, type: p.type });
+    rows.set(p.id, { el: row, value, q, ts, trend, unit: p.unit, type: p.type });
   }
 
   const num = (v) => (typeof v === "boolean" ? (v ? 1 : 0) : typeof v === "number" ? v : NaN);
@@ -583,13 +583,24 @@ function deviceView(id) {
     }
   }
 
-  // The last hour of each point from the store, then live samples on top.
-  for (const [pid, r] of rows) {
-    if (!r.trend) continue;
-    conn.call("points.history", { deviceId: id, pointId: pid, limit: 2000 })
-      .then((hst) => r.trend.set(hst.rows.map((x) => [Date.parse(x.ts), num(x.v)])))
-      .catch(() => r.trend.set([]));
-  }
+  // The last hour of each point from the store, then live samples on top. At most four
+  // requests at a time: the gateway allows 16 in flight per connection, and a device may have
+  // dozens of points.
+  const pending = [...rows].filter(([, r]) => r.trend);
+  const fetchNext = async () => {
+    for (let item = pending.shift(); item; item = pending.shift()) {
+      const [pid, r] = item;
+      try {
+        const hst = await conn.call("points.history", { deviceId: id, pointId: pid, limit: 2000 });
+        r.trend.set(hst.rows.map((x) => [Date.parse(x.ts), num(x.v)]));
+        r.el.dataset.history = String(hst.rows.length);
+      } catch (e) {
+        r.trend.set([]);
+        r.el.dataset.history = `error ${e.code}`;
+      }
+    }
+  };
+  for (let i = 0; i < 4; i++) fetchNext();
 
   paint();
   return {
