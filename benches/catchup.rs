@@ -5,16 +5,10 @@
 //! cargo bench --bench catchup` (each sink runs when its variable is set; `BENCH_TELEMETRY`,
 //! default 1,000,000; `BENCH_EVENTS`, default 100,000).
 
-use std::time::{Duration, Instant};
+mod common;
+use common::status_kb;
 
-fn status_kb(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
+use std::time::{Duration, Instant};
 
 fn main() {
     // As the daemon does, so the figures are the product's.

@@ -6,6 +6,9 @@
 //! with BENCH_ROLE=clients) so the gateway's CPU and RSS are its own. `BENCH_PIN=1` puts the
 //! gateway on CPU 0 and the clients on CPU 1.
 
+mod common;
+use common::status_kb;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
@@ -35,15 +38,6 @@ fn cpu_seconds() -> f64 {
         .split_whitespace()
         .collect();
     (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
-}
-
-fn status_kb(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn pct(sorted: &[u64], p: f64) -> f64 {

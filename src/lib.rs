@@ -84,14 +84,17 @@ pub struct Sinks {
 impl Sinks {
     /// The sinks the config turns on, by name.
     pub fn configured<'a>(&'a self, config: &Config) -> Vec<(&'static str, &'a sinks::SinkStatus)> {
-        let mut out = Vec::new();
-        if config.mysql.is_some() {
-            out.push((sinks::mysql::SINK, &*self.mysql));
-        }
-        if config.mqtt.is_some() {
-            out.push((sinks::mqtt::SINK, &*self.mqtt));
-        }
-        out
+        sinks::configured(config)
+            .into_iter()
+            .map(|name| {
+                let status = if name == sinks::mqtt::SINK {
+                    &*self.mqtt
+                } else {
+                    &*self.mysql
+                };
+                (name, status)
+            })
+            .collect()
     }
 }
 

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use common::*;
 use edge_gateway::config::Priority;
-use edge_gateway::events::{Draft, EventState, EventType};
 use edge_gateway::modbus::bus::BusEvent;
 use edge_gateway::model::{now_ms, Quality, Value};
 use edge_gateway::store::{self, EventFilter};
@@ -243,21 +242,6 @@ async fn ids_survive_a_restart_and_device_seq_has_no_gaps() {
     gw.shutdown().await;
 }
 
-fn draft(device: usize, priority: Priority, ts: i64) -> Draft {
-    Draft {
-        device,
-        point: None,
-        kind: EventType::DeviceAbnormal,
-        priority,
-        value: None,
-        message: "flood".into(),
-        state: EventState::Info,
-        ts,
-        alarm: None,
-        at: tokio::time::Instant::now(),
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn an_emergency_overtakes_a_flood_of_normal_events() {
     let dir = tempfile::tempdir().unwrap();
@@ -268,9 +252,10 @@ async fn an_emergency_overtakes_a_flood_of_normal_events() {
     let lock = rusqlite::Connection::open(dir.path().join("gateway.db")).unwrap();
     lock.execute_batch("BEGIN IMMEDIATE").unwrap();
     for _ in 0..1000 {
-        gw.inject_draft(draft(0, Priority::Normal, now_ms())).await;
+        gw.inject_draft(info_draft(0, Priority::Normal, "flood", now_ms()))
+            .await;
     }
-    gw.inject_draft(draft(1, Priority::Emergency, now_ms()))
+    gw.inject_draft(info_draft(1, Priority::Emergency, "flood", now_ms()))
         .await;
     tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(200)))
         .await
@@ -316,9 +301,11 @@ async fn a_storm_is_limited_per_device_counted_and_summarised() {
     // All in one (past) second, so the storm is over as soon as the processor looks again.
     let ts = now_ms() - 10_000;
     for _ in 0..50 {
-        gw.inject_draft(draft(0, Priority::Normal, ts)).await;
+        gw.inject_draft(info_draft(0, Priority::Normal, "flood", ts))
+            .await;
     }
-    gw.inject_draft(draft(0, Priority::Emergency, ts)).await;
+    gw.inject_draft(info_draft(0, Priority::Emergency, "flood", ts))
+        .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let all = events(&gw, Some("device_abnormal")).await;
     let flood = all.iter().filter(|e| e["message"] == "flood").count();

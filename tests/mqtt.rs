@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::*;
 use edge_gateway::config::Priority;
-use edge_gateway::events::{Draft, EventState, EventType};
 use edge_gateway::modbus::simulator::{Profile, BOILER};
 use edge_gateway::model::now_ms;
 use edge_gateway::Gateway;
@@ -102,35 +101,33 @@ fn body(broker: &str, addr: &str, extra: &str) -> String {
     )
 }
 
-fn draft(device: usize, n: usize) -> Draft {
-    Draft {
-        device,
-        point: None,
-        kind: EventType::DeviceAbnormal,
-        priority: Priority::Normal,
-        value: None,
-        message: format!("test event {n}"),
-        state: EventState::Info,
-        ts: now_ms(),
-        alarm: None,
-        at: tokio::time::Instant::now(),
-    }
+/// A gateway with its own data dir and id, polling the simulator at `sim` and publishing to
+/// `via` (the broker, or a relay in front of it); `mqtt` adds keys to `[mqtt]`, `more` sections.
+async fn start_gateway(
+    id: &str,
+    via: &str,
+    sim: std::net::SocketAddr,
+    mqtt: &str,
+    more: &str,
+) -> (Gateway, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config_id(
+        id,
+        dir.path(),
+        &(body(via, &sim.to_string(), mqtt) + more),
+    ))
+    .await
+    .unwrap();
+    (gw, dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn birth_status_telemetry_and_events_arrive_on_the_spec_topics() {
     let Some(broker) = broker() else { return };
     let (_sim, addr, _c) = start_sim(Profile::Demo).await;
-    let dir = tempfile::tempdir().unwrap();
     let id = unique_id("topics");
     let mut w = Watcher::start(&broker, &id).await;
-    let gw = Gateway::start(config_id(
-        &id,
-        dir.path(),
-        &body(&broker, &addr.to_string(), ""),
-    ))
-    .await
-    .unwrap();
+    let (gw, _dir) = start_gateway(&id, &broker, addr, "", "").await;
     let (_, birth, retained) = w.next("/status", |b| b["online"] == true).await;
     assert_eq!(birth, json!({"online": true}));
     assert!(!retained, "live delivery of a retained publish");
@@ -193,25 +190,24 @@ async fn events_made_while_the_broker_is_unreachable_arrive_after() {
     let Some(broker) = broker() else { return };
     let relay = Relay::start(broker.parse().unwrap()).await;
     let (_sim, addr, _c) = start_sim(Profile::Demo).await;
-    let dir = tempfile::tempdir().unwrap();
     let id = unique_id("outage");
     let mut w = Watcher::start(&broker, &id).await;
-    let gw = Gateway::start(config_id(
-        &id,
-        dir.path(),
-        // No storm control: every one of the events below is published.
-        &(body(&relay.addr.to_string(), &addr.to_string(), "")
-            + "[events]\nmax_per_device_per_s = 100000\n"),
-    ))
-    .await
-    .unwrap();
+    // No storm control: every one of the events below is published.
+    let no_storms = "[events]\nmax_per_device_per_s = 100000\n";
+    let (gw, _dir) = start_gateway(&id, &relay.addr.to_string(), addr, "", no_storms).await;
     w.next("/status", |b| b["online"] == true).await;
     caught_up(&gw, "mqtt").await;
     relay.cut();
     // The broker sees the connection die and publishes the will.
     w.next("/status", |b| b["online"] == false).await;
     for n in 0..200 {
-        gw.inject_draft(draft(n % 2, n)).await;
+        gw.inject_draft(info_draft(
+            n % 2,
+            Priority::Normal,
+            &format!("test event {n}"),
+            now_ms(),
+        ))
+        .await;
     }
     wait_for_async("backlog in healthz", || async {
         let h = healthz(gw.http_addr).await;
@@ -278,16 +274,9 @@ async fn the_last_will_is_published_when_the_gateway_is_killed() {
 async fn writes_go_through_the_audited_path_only_when_allowed() {
     let Some(broker) = broker() else { return };
     let (sim, addr, _c) = start_sim(Profile::Demo).await;
-    let dir = tempfile::tempdir().unwrap();
     let id = unique_id("writes");
     let mut w = Watcher::start(&broker, &id).await;
-    let gw = Gateway::start(config_id(
-        &id,
-        dir.path(),
-        &body(&broker, &addr.to_string(), "allow_writes = true"),
-    ))
-    .await
-    .unwrap();
+    let (gw, _dir) = start_gateway(&id, &broker, addr, "allow_writes = true", "").await;
     w.next("/status", |b| b["online"] == true).await;
     wait_for("online", || online(&gw, "boiler")).await;
     let client = w.client.clone();
@@ -333,14 +322,7 @@ async fn writes_go_through_the_audited_path_only_when_allowed() {
     gw.shutdown().await;
 
     // Without allow_writes nothing listens on the write topic.
-    let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(config_id(
-        &id,
-        dir.path(),
-        &body(&broker, &addr.to_string(), ""),
-    ))
-    .await
-    .unwrap();
+    let (gw, _dir) = start_gateway(&id, &broker, addr, "", "").await;
     w.next("/status", |b| b["online"] == true).await;
     write(json!({"requestId": "w4", "pointId": "setpoint", "value": 70})).await;
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -147,6 +147,23 @@ fn write_config(dir: &std::path::Path, sim: u16, http: u16) -> std::path::PathBu
     cfg
 }
 
+/// `run` under a fake systemd: notifications to `notify`, and a watchdog when `watchdog_usec`.
+fn run_notified(
+    cfg: &std::path::Path,
+    notify: &Notify,
+    watchdog_usec: Option<&str>,
+) -> std::process::Child {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_edge-gateway"));
+    cmd.args(["run", "--config", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .env("NOTIFY_SOCKET", &notify.path)
+        .stdout(std::process::Stdio::null());
+    if let Some(usec) = watchdog_usec {
+        cmd.env("WATCHDOG_USEC", usec);
+    }
+    cmd.spawn().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_after_start_and_the_watchdog_pings_only_while_the_store_makes_progress() {
     let dir = tempfile::tempdir().unwrap();
@@ -155,16 +172,7 @@ async fn ready_after_start_and_the_watchdog_pings_only_while_the_store_makes_pro
     let http = free_port();
     let cfg = write_config(dir.path(), sim, http);
     let notify = Notify::new(dir.path());
-    let _gw = Child(
-        std::process::Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
-            .args(["run", "--config", cfg.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .env("NOTIFY_SOCKET", &notify.path)
-            .env("WATCHDOG_USEC", "1000000")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _gw = Child(run_notified(&cfg, &notify, Some("1000000")));
     let seen = notify.wait_for("READY=1", Duration::from_secs(20));
     // Ready means the HTTP port answers.
     let h = healthz(format!("127.0.0.1:{http}").parse().unwrap()).await;
@@ -193,13 +201,7 @@ async fn sigterm_stops_the_daemon_cleanly_with_the_store_flushed() {
     let http = free_port();
     let cfg = write_config(dir.path(), sim, http);
     let notify = Notify::new(dir.path());
-    let mut gw = std::process::Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
-        .args(["run", "--config", cfg.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .env("NOTIFY_SOCKET", &notify.path)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut gw = run_notified(&cfg, &notify, None);
     notify.wait_for("READY=1", Duration::from_secs(20));
     wait_for_async("rows stored", || async {
         let h = http_get(format!("127.0.0.1:{http}").parse().unwrap(), "/metrics").await;

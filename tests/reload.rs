@@ -143,17 +143,7 @@ async fn sighup_with_an_invalid_config_keeps_the_running_one_and_a_valid_one_app
     let gw = spawn(&["run", "--config", cfg.to_str().unwrap()]);
     let addr = format!("127.0.0.1:{http}").parse().unwrap();
     // Devices in /healthz; None while the listener is being rebuilt by a reload.
-    let total = |addr: std::net::SocketAddr| async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
-            .await
-            .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.ok()?;
-        let body: serde_json::Value = serde_json::from_str(out.split("\r\n\r\n").nth(1)?).ok()?;
-        body["devices"]["total"].as_u64()
-    };
+    let total = |addr| async move { healthz_json(addr).await?["devices"]["total"].as_u64() };
     wait_for_async("serving", || async { total(addr).await.is_some() }).await;
     assert_eq!(total(addr).await, Some(1));
     let hup = || {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
-use crate::store::{self, OutboxRow, STREAMS};
+use crate::store::{self, OutboxRow, StoreCmd, StoreHandle, STREAMS};
 
 /// Telemetry further behind than this many batches drains beside live data.
 pub const LIVE_LAG: usize = 10;
@@ -159,6 +159,19 @@ impl Feed {
         let s = &mut self.streams[stream];
         for id in ids {
             s.unconfirmed.remove(&id);
+        }
+    }
+
+    /// Writes the cursors that moved since the last call through the store writer.
+    pub async fn persist(&mut self, store: &StoreHandle) {
+        for (stream, last_id) in self.advanced() {
+            store
+                .send(StoreCmd::Cursor {
+                    sink: self.sink,
+                    stream,
+                    last_id,
+                })
+                .await;
         }
     }
 

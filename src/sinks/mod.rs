@@ -6,6 +6,20 @@ pub mod mqtt;
 pub mod mysql;
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
+
+use crate::config::Config;
+
+/// The sinks the config turns on, by name (the name keys their cursors and metrics).
+pub fn configured(config: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if config.mysql.is_some() {
+        out.push(mysql::SINK);
+    }
+    if config.mqtt.is_some() {
+        out.push(mqtt::SINK);
+    }
+    out
+}
 use std::sync::Mutex;
 
 /// What `/healthz` and `/metrics` show of a sink.

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::feed::{Batch, Feed};
 use crate::config::{Config, Mqtt};
 use crate::model::{rfc3339, Value};
-use crate::store::{self, StoreCmd};
+use crate::store;
 use crate::Shared;
 
 pub const SINK: &str = "mqtt";
@@ -335,7 +335,7 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
         let (client, eventloop) = AsyncClient::new(opts.clone(), WINDOW + 64);
         let result = session.run(&client, eventloop, &cancel).await;
         let connected = session.connected;
-        persist(&shared, &mut feed).await;
+        feed.persist(&shared.store).await;
         match result {
             Ok(()) => break,
             Err(e) => status.set_error(SINK, Some(e)),
@@ -349,20 +349,6 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(pause) => {}
         }
-    }
-}
-
-/// Writes the cursors that moved.
-async fn persist(shared: &Shared, feed: &mut Feed) {
-    for (stream, last_id) in feed.advanced() {
-        shared
-            .store
-            .send(StoreCmd::Cursor {
-                sink: SINK,
-                stream,
-                last_id,
-            })
-            .await;
     }
 }
 
@@ -448,7 +434,7 @@ impl Session<'_> {
             }
             if last_backlog.elapsed() > Duration::from_millis(500) {
                 last_backlog = tokio::time::Instant::now();
-                persist(self.shared, self.feed).await;
+                self.feed.persist(&self.shared.store).await;
                 if let Ok(b) = self.feed.backlog().await {
                     status.backlog.store(b, Relaxed);
                 }

@@ -11,7 +11,7 @@ use rusqlite::types::Value as Sql;
 use tokio_util::sync::CancellationToken;
 
 use super::feed::Feed;
-use crate::store::{self, StoreCmd};
+use crate::store;
 use crate::Shared;
 
 pub const SINK: &str = "mysql";
@@ -237,16 +237,7 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
         }
         .await;
         // Whatever was committed before a failure keeps its place.
-        for (stream, last_id) in feed.advanced() {
-            shared
-                .store
-                .send(StoreCmd::Cursor {
-                    sink: SINK,
-                    stream,
-                    last_id,
-                })
-                .await;
-        }
+        feed.persist(&shared.store).await;
         if let Ok(b) = feed.backlog().await {
             status.backlog.store(b, Relaxed);
         }

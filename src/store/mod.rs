@@ -765,15 +765,8 @@ impl Writer {
 
     /// Telemetry rows up to this id are confirmed by every configured sink.
     fn confirmed_telemetry(&self) -> rusqlite::Result<i64> {
-        let mut sinks = Vec::new();
-        if self.config.mysql.is_some() {
-            sinks.push(crate::sinks::mysql::SINK);
-        }
-        if self.config.mqtt.is_some() {
-            sinks.push(crate::sinks::mqtt::SINK);
-        }
         let mut min = i64::MAX;
-        for s in sinks {
+        for s in crate::sinks::configured(&self.config) {
             min = min.min(cursor(&self.conn, s, "telemetry")?);
         }
         Ok(min)

@@ -284,15 +284,7 @@ pub fn spawn(args: &[&str]) -> Child {
 /// A sink's backlog from a process's `/healthz`; `None` while it does not answer.
 pub async fn backlog_of(http: u16, sink: &str) -> Option<i64> {
     let addr: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    let body: serde_json::Value = serde_json::from_str(out.split("\r\n\r\n").nth(1)?).ok()?;
-    body["sinks"][sink]["backlog"].as_i64()
+    healthz_json(addr).await?["sinks"][sink]["backlog"].as_i64()
 }
 
 /// SIGKILL: no shutdown, no flush.
@@ -315,4 +307,39 @@ pub async fn caught_up(gw: &Gateway, sink: &str) {
         edge_gateway::store::backlog(&c, sink).unwrap() == 0
     })
     .await;
+}
+
+/// An `info` `device_abnormal` draft, as the rule engine would make one, for feeding the event
+/// processor directly.
+pub fn info_draft(
+    device: usize,
+    priority: edge_gateway::config::Priority,
+    message: &str,
+    ts: i64,
+) -> edge_gateway::events::Draft {
+    edge_gateway::events::Draft {
+        device,
+        point: None,
+        kind: edge_gateway::events::EventType::DeviceAbnormal,
+        priority,
+        value: None,
+        message: message.into(),
+        state: edge_gateway::events::EventState::Info,
+        ts,
+        alarm: None,
+        at: tokio::time::Instant::now(),
+    }
+}
+
+/// `/healthz` of a listener as JSON; `None` while nothing answers (a process starting, or a
+/// reload rebuilding the listener).
+pub async fn healthz_json(addr: SocketAddr) -> Option<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    serde_json::from_str(out.split("\r\n\r\n").nth(1)?).ok()
 }
