@@ -7,7 +7,7 @@
 //! gateway on CPU 0 and the clients on CPU 1.
 
 mod common;
-use common::status_kb;
+use common::{status_kb, ws_client};
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -18,6 +18,7 @@ use axum::extract::ws::Utf8Bytes;
 use edge_gateway::ws::hub::{Push, KIND_EVENT};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value as Json};
+use tokio::io::AsyncWriteExt;
 
 use tokio_tungstenite::tungstenite::Message;
 
@@ -53,20 +54,10 @@ async fn clients(addr: String, token: String, healthy: usize, stalled: usize, se
     let mut tasks = Vec::new();
     for i in 0..healthy + stalled {
         let url = format!("ws://{addr}/ws");
-        let sock_addr: std::net::SocketAddr = addr.parse().unwrap();
         let token = token.clone();
         let is_stalled = i >= healthy;
         tasks.push(tokio::spawn(async move {
-            let (mut s, _) = if is_stalled {
-                let sock = tokio::net::TcpSocket::new_v4().unwrap();
-                sock.set_recv_buffer_size(2048).unwrap();
-                let tcp = sock.connect(sock_addr).await.unwrap();
-                tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
-                    .await
-                    .unwrap()
-            } else {
-                tokio_tungstenite::connect_async(url).await.unwrap()
-            };
+            let mut s = ws_client(&url, is_stalled.then_some(2048)).await;
             let req =
                 json!({"requestId": "r", "service": "auth.resume", "params": {"token": token}});
             s.send(Message::Text(req.to_string().into())).await.unwrap();
@@ -124,44 +115,22 @@ struct Run {
     dropped: u64,
 }
 
-async fn run(gw: &edge_gateway::Gateway, token: &str, stalled: usize, secs: u64) -> Run {
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
+/// Starts the client process against `addr`.
+fn spawn_clients(addr: &str, token: &str, stalled: usize, secs: u64) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
         .env("BENCH_ROLE", "clients")
-        .env("BENCH_ADDR", gw.http_addr.to_string())
+        .env("BENCH_ADDR", addr)
         .env("BENCH_TOKEN", token)
         .env("BENCH_HEALTHY", (CLIENTS - stalled).to_string())
         .env("BENCH_STALLED", stalled.to_string())
         .env("BENCH_SECS", secs.to_string())
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap();
-    let m = &gw.metrics.push;
-    while m.clients.load(Relaxed) < CLIENTS as i64 || gw.shared.hub.len() < CLIENTS {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let pad = "x".repeat(900);
-    let (sent0, dropped0) = (m.count(KIND_EVENT, false), m.count(KIND_EVENT, true));
-    let (cpu0, t0) = (cpu_seconds(), Instant::now());
-    let mut tick = tokio::time::interval(PERIOD);
-    while t0.elapsed() < Duration::from_secs(secs) {
-        tick.tick().await;
-        let frame =
-            json!({"service": "push.event", "data": {"sentUs": now_us(), "pad": pad}}).to_string();
-        gw.shared.hub.publish_all(Push {
-            frame: Utf8Bytes::from(frame),
-            kind: KIND_EVENT,
-            since: Instant::now(),
-        });
-    }
-    let cpu_pct = (cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
-    let stop = json!({"service": "push.event", "data": {"stop": true}}).to_string();
-    gw.shared.hub.publish_all(Push {
-        frame: Utf8Bytes::from(stop),
-        kind: KIND_EVENT,
-        since: Instant::now(),
-    });
-    let rss_mb = status_kb("VmRSS") as f64 / 1024.0;
+        .unwrap()
+}
+
+/// The client process's one line of results: (deliveries, p50 ms, p99 ms).
+async fn client_results(mut child: std::process::Child) -> (u64, f64, f64) {
     let line = tokio::task::spawn_blocking(move || {
         let mut l = String::new();
         BufReader::new(child.stdout.take().unwrap())
@@ -173,19 +142,138 @@ async fn run(gw: &edge_gateway::Gateway, token: &str, stalled: usize, secs: u64)
     .await
     .unwrap();
     let r: Json = serde_json::from_str(&line).unwrap();
+    (
+        r["count"].as_u64().unwrap(),
+        r["p50_ms"].as_f64().unwrap(),
+        r["p99_ms"].as_f64().unwrap(),
+    )
+}
+
+/// The ~1 KB push carrying its send time.
+fn timed_frame() -> String {
+    json!({"service": "push.event", "data": {"sentUs": now_us(), "pad": "x".repeat(900)}})
+        .to_string()
+}
+
+fn stop_frame() -> String {
+    json!({"service": "push.event", "data": {"stop": true}}).to_string()
+}
+
+async fn run(gw: &edge_gateway::Gateway, token: &str, stalled: usize, secs: u64) -> Run {
+    let child = spawn_clients(&gw.http_addr.to_string(), token, stalled, secs);
+    let m = &gw.metrics.push;
+    while m.clients.load(Relaxed) < CLIENTS as i64 || gw.shared.hub.len() < CLIENTS {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (sent0, dropped0) = (m.count(KIND_EVENT, false), m.count(KIND_EVENT, true));
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    // The publisher is a task on the gateway's runtime, as the event pipeline is in the daemon.
+    let shared = gw.shared.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PERIOD);
+        while t0.elapsed() < Duration::from_secs(secs) {
+            tick.tick().await;
+            shared.hub.publish_all(Push {
+                frame: Utf8Bytes::from(timed_frame()),
+                kind: KIND_EVENT,
+                since: Instant::now(),
+            });
+        }
+    })
+    .await
+    .unwrap();
+    let cpu_pct = (cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+    gw.shared.hub.publish_all(Push {
+        frame: Utf8Bytes::from(stop_frame()),
+        kind: KIND_EVENT,
+        since: Instant::now(),
+    });
+    let rss_mb = status_kb("VmRSS") as f64 / 1024.0;
+    let (received, p50, p99) = client_results(child).await;
     // Let the server notice the clients leaving before the next run.
     while m.clients.load(Relaxed) > 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Run {
-        received: r["count"].as_u64().unwrap(),
-        p50: r["p50_ms"].as_f64().unwrap(),
-        p99: r["p99_ms"].as_f64().unwrap(),
+        received,
+        p50,
+        p99,
         cpu_pct,
         rss_mb,
         sent: m.count(KIND_EVENT, false) - sent0,
         dropped: m.count(KIND_EVENT, true) - dropped0,
     }
+}
+
+/// An unmasked server-to-client text frame.
+fn ws_text_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x81];
+    match payload.len() {
+        n if n < 126 => f.push(n as u8),
+        n if n <= 0xffff => {
+            f.push(126);
+            f.extend((n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(127);
+            f.extend((n as u64).to_be_bytes());
+        }
+    }
+    f.extend(payload);
+    f
+}
+
+/// This machine's floor for the same load: the same client process and frames, but one task
+/// writing each pre-framed push straight to the 1,000 TCP sockets, with no gateway at all (no
+/// registry, queues, writer tasks or tungstenite on the sending side). What is left is the
+/// kernel's loopback TCP path and the clients' reading. Returns (deliveries, p50, p99, CPU %).
+async fn floor(secs: u64) -> (u64, f64, f64, f64) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let child = spawn_clients(&listener.local_addr().unwrap().to_string(), "-", 0, secs);
+    let mut handshakes = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        handshakes.spawn(async move {
+            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                .read_buffer_size(4 * 1024)
+                .write_buffer_size(8 * 1024);
+            let mut ws = tokio_tungstenite::accept_async_with_config(tcp, Some(config))
+                .await
+                .unwrap();
+            // The client's auth.resume, answered as the gateway would.
+            while let Some(Ok(m)) = ws.next().await {
+                if m.is_text() {
+                    break;
+                }
+            }
+            let ok = json!({"requestId": "r", "code": 0, "msg": "ok", "data": {}}).to_string();
+            ws.send(Message::Text(ok.into())).await.unwrap();
+            ws
+        });
+    }
+    let mut sockets = handshakes.join_all().await;
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let mut sockets = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PERIOD);
+        while t0.elapsed() < Duration::from_secs(secs) {
+            tick.tick().await;
+            let frame = ws_text_frame(timed_frame().as_bytes());
+            for ws in &mut sockets {
+                ws.get_mut().write_all(&frame).await.unwrap();
+            }
+        }
+        sockets
+    })
+    .await
+    .unwrap();
+    let cpu_pct = (cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+    let stop = ws_text_frame(stop_frame().as_bytes());
+    for ws in &mut sockets {
+        let _ = ws.get_mut().write_all(&stop).await;
+    }
+    let (received, p50, p99) = client_results(child).await;
+    (received, p50, p99, cpu_pct)
 }
 
 /// With `BENCH_PIN=1`, the gateway runs on CPU 0 and the clients on CPU 1, so neither side's
@@ -260,7 +348,14 @@ fn main() {
                 h.quantile(0.99) * 1000.0
             );
         }
-        println!("  peak RSS {:.1} MB (VmHWM)", status_kb("VmHWM") as f64 / 1024.0);
+        println!("  gateway peak RSS {:.1} MB (VmHWM)", status_kb("VmHWM") as f64 / 1024.0);
+        // Last, so its sockets do not count in the gateway's RSS.
+        let (received, p50, p99, cpu) = floor(secs).await;
+        println!(
+            "  {:>12}: latency p50 {p50:.2} ms, p99 {p99:.2} ms over {received} deliveries; sender CPU {cpu:.0} % of one core \
+             (raw frames written by one task straight to the sockets, no gateway)",
+            "machine floor"
+        );
         gw.shutdown().await;
     });
 }
