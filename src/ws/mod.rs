@@ -275,7 +275,7 @@ async fn writer(
             biased;
             // Replies first, so a close the reader queued goes out before the writer stops;
             // pushes before the stop signals, so a wake-up for a push does not poll (and lock)
-            // them. A kicked client still stops at its first write that would wait.
+            // them; the push branch checks the kick itself.
             r = replies.recv() => match r {
                 Some(m) => {
                     let closing = matches!(m, Message::Close(_));
@@ -286,6 +286,12 @@ async fn writer(
                 None => break,
             },
             _ = client.notify.notified() => {
+                // The `disconnect` policy fired: the client goes, even if its socket has room
+                // again by now (the pushes keep this branch ready ahead of `kicked`).
+                if client.kicked.is_cancelled() {
+                    too_slow(&mut sink).await;
+                    break;
+                }
                 // Everything queued goes into one buffer and out in one flush: under load a
                 // slow client catches up in few writes instead of one per push.
                 batch.clear();
