@@ -270,15 +270,29 @@ async fn over_the_size_cap_sent_history_goes_first_then_unsent_rows_with_a_gap_e
         body("127.0.0.1:1")
     );
     let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
+    // The writer prunes history past the retention when it starts, and the rows below are from
+    // 1970: they must arrive after that prune, or it takes them (unsent ones too) on a slow
+    // start. A flush is answered only after it.
+    gw.store.flush().await;
     let db = rusqlite::Connection::open(dir.path().join("gateway.db")).unwrap();
     db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
-    let add = |n: i64, from_ts: i64| {
+    // Rows, and with them (in the same transaction, so the cap never sees them all unsent) the
+    // sink's cursor at the row of `confirm_ts`.
+    let add = |n: i64, from_ts: i64, confirm_ts: Option<i64>| {
         let tx = db.unchecked_transaction().unwrap();
         for i in 0..n {
             tx.execute(
                 "INSERT INTO telemetry (device_id, point_id, ts, value, quality)
                  VALUES ('boiler', 'temperature', ?1, 71.25, 'good')",
                 [from_ts + i],
+            )
+            .unwrap();
+        }
+        if let Some(ts) = confirm_ts {
+            tx.execute(
+                "INSERT OR REPLACE INTO sink_cursors (sink, stream, last_id)
+                 SELECT 'mqtt', 'telemetry', id FROM telemetry WHERE ts = ?1",
+                [ts],
             )
             .unwrap();
         }
@@ -289,13 +303,8 @@ async fn over_the_size_cap_sent_history_goes_first_then_unsent_rows_with_a_gap_e
     };
     let events_before = n(&db, "SELECT COUNT(*) FROM events");
     // ~15 MB of history, the older two thirds of it confirmed by the sink.
-    add(150_000, 1_000_000);
+    add(150_000, 1_000_000, Some(1_099_999));
     let confirmed = n(&db, "SELECT id FROM telemetry WHERE ts = 1099999");
-    db.execute(
-        "INSERT OR REPLACE INTO sink_cursors (sink, stream, last_id) VALUES ('mqtt', 'telemetry', ?1)",
-        [confirmed],
-    )
-    .unwrap();
     let used = |db: &rusqlite::Connection| {
         n(db, "PRAGMA page_count") - n(db, "PRAGMA freelist_count")
     } * n(db, "PRAGMA page_size");
@@ -321,7 +330,7 @@ async fn over_the_size_cap_sent_history_goes_first_then_unsent_rows_with_a_gap_e
     );
 
     // Now ~20 MB of unsent rows: the oldest of them go, and say so.
-    add(150_000, 2_000_000);
+    add(150_000, 2_000_000, None);
     wait_for_async("the cap applied again", || async {
         gw.store.flush().await;
         used(&db) <= 8 << 20
