@@ -205,22 +205,18 @@ async fn run(gw: &edge_gateway::Gateway, token: &str, stalled: usize, secs: u64)
     }
 }
 
-/// An unmasked server-to-client text frame.
-fn ws_text_frame(payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x81];
-    match payload.len() {
-        n if n < 126 => f.push(n as u8),
-        n if n <= 0xffff => {
-            f.push(126);
-            f.extend((n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(127);
-            f.extend((n as u64).to_be_bytes());
-        }
-    }
-    f.extend(payload);
-    f
+/// An unmasked server-to-client text frame, as the gateway's tungstenite would write it.
+fn ws_text_frame(payload: &str) -> Vec<u8> {
+    use tokio_tungstenite::tungstenite::protocol::frame::{coding, Frame};
+    let mut out = Vec::new();
+    Frame::message(
+        payload.to_owned(),
+        coding::OpCode::Data(coding::Data::Text),
+        true,
+    )
+    .format(&mut out)
+    .unwrap();
+    out
 }
 
 /// This machine's floor for the same load: the same client process and frames, but one task
@@ -258,7 +254,7 @@ async fn floor(secs: u64) -> (u64, f64, f64, f64) {
         let mut tick = tokio::time::interval(PERIOD);
         while t0.elapsed() < Duration::from_secs(secs) {
             tick.tick().await;
-            let frame = ws_text_frame(timed_frame().as_bytes());
+            let frame = ws_text_frame(&timed_frame());
             for ws in &mut sockets {
                 ws.get_mut().write_all(&frame).await.unwrap();
             }
@@ -268,7 +264,7 @@ async fn floor(secs: u64) -> (u64, f64, f64, f64) {
     .await
     .unwrap();
     let cpu_pct = (cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
-    let stop = ws_text_frame(stop_frame().as_bytes());
+    let stop = ws_text_frame(&stop_frame());
     for ws in &mut sockets {
         let _ = ws.get_mut().write_all(&stop).await;
     }

@@ -6,6 +6,7 @@ pub mod mqtt;
 pub mod mysql;
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::Mutex;
 
 use crate::config::Config;
 
@@ -20,7 +21,6 @@ pub fn configured(config: &Config) -> Vec<&'static str> {
     }
     out
 }
-use std::sync::Mutex;
 
 /// What `/healthz` and `/metrics` show of a sink.
 #[derive(Default)]
