@@ -50,6 +50,10 @@ use model::{now_ms, Value};
 use state::SharedLive;
 use store::{StoreCmd, StoreHandle};
 
+/// How often the store writer is made to take its write lock even with nothing to write, so
+/// `/healthz` knows within seconds that a quiet gateway's store cannot write.
+const STORE_PROBE_EVERY: Duration = Duration::from_secs(1);
+
 /// What every task and handler shares: the config, the live state, and the ways into the
 /// buses, the store and the connected clients.
 pub struct Shared {
@@ -366,6 +370,7 @@ impl Gateway {
         );
         tasks.spawn(processor.run(queue_rx));
         tasks.spawn(ws::snapshot_ticker(shared.clone(), cancel.child_token()));
+        tasks.spawn(store.clone().probe(STORE_PROBE_EVERY, cancel.child_token()));
         if config.mysql.is_some() {
             tasks.spawn(sinks::mysql::run(shared.clone(), cancel.child_token()));
         }

@@ -4,10 +4,11 @@
 mod common;
 
 use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use edge_gateway::modbus::simulator::{Profile, BOILER};
+use edge_gateway::modbus::simulator::Profile;
 use edge_gateway::Gateway;
 
 /// Every name SPEC.md lists, with the labels it lists.
@@ -281,28 +282,27 @@ async fn a_bus_that_stops_making_progress_stops_the_watchdog() {
 /// `/healthz` answers 503 "failing" while the store cannot write, and 200 again after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_is_503_while_the_store_cannot_write() {
-    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    let (_sim, addr, _c) = start_sim(Profile::Demo).await;
     let dir = tempfile::tempdir().unwrap();
     let body = format!("{}{BOILER_AND_PUMP}", tcp_bus(&addr.to_string()));
     let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
     assert!(healthz(gw.http_addr).await.starts_with("HTTP/1.0 200"));
-    // The test's simulator holds its values still, and the store only learns of a write when
-    // it tries one: the boiler's setpoint moves on every check so there is always a change to
-    // store (once the first polls were stored, nothing else would be).
-    let change = || {
-        sim.with_memory(BOILER, |m| m.holding[2] = m.holding[2].wrapping_add(1));
-    };
+    // The test simulator holds its values still: once the first polls are stored, the gateway
+    // has nothing more to write. The store must find out it cannot write all the same.
+    wait_for("first polls stored", || {
+        gw.shared.metrics.store_rows.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    gw.shared.store.flush().await;
     let db = rusqlite::Connection::open(dir.path().join("gateway.db")).unwrap();
     db.execute_batch("BEGIN IMMEDIATE").unwrap();
     wait_for_async("503", || async {
-        change();
         let h = healthz(gw.http_addr).await;
         h.starts_with("HTTP/1.0 503") && h.contains(r#""status":"failing""#)
     })
     .await;
     db.execute_batch("ROLLBACK").unwrap();
     wait_for_async("200 again", || async {
-        change();
         healthz(gw.http_addr).await.starts_with("HTTP/1.0 200")
     })
     .await;

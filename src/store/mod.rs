@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Point};
 use crate::metrics::Metrics;
@@ -179,6 +180,9 @@ pub enum StoreCmd {
     },
     /// Answers once everything sent before it is committed.
     Flush(oneshot::Sender<()>),
+    /// Nothing to write: makes the writer take the write lock, so a store that cannot write is
+    /// known (and `/healthz` says so) while nothing else is being written.
+    Probe,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -247,6 +251,22 @@ impl StoreHandle {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(StoreCmd::Flush(tx)).await.is_ok() {
             let _ = rx.await;
+        }
+    }
+
+    /// Sends a probe every `every` until cancelled. A quiet gateway (steady values, every
+    /// device offline) may write nothing for minutes, and the store learns it cannot write only
+    /// by trying. A full queue is skipped: the writes in it will tell.
+    pub async fn probe(self, every: Duration, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {
+                    let _ = self.tx.try_send(StoreCmd::Probe);
+                }
+            }
         }
     }
 }
@@ -492,6 +512,13 @@ impl Writer {
     /// Writes a batch in one transaction, retrying a few times if the disk refuses; flushes are
     /// answered whatever happens so nobody waits forever.
     fn commit(&mut self, batch: &mut Vec<StoreCmd>) {
+        // Flushes, probes and acks alone carry nothing that a retry could save.
+        let carries_data = batch.iter().any(|c| {
+            !matches!(
+                c,
+                StoreCmd::Flush(_) | StoreCmd::Probe | StoreCmd::Ack { .. }
+            )
+        });
         let mut attempt = 0;
         loop {
             match self.write(batch) {
@@ -508,6 +535,9 @@ impl Writer {
                         tracing::error!("store cannot write: {e}");
                     }
                     attempt += 1;
+                    if !carries_data {
+                        break;
+                    }
                     if attempt >= 3 {
                         tracing::error!(
                             "dropping {} store commands after {attempt} failed attempts",
@@ -542,7 +572,12 @@ impl Writer {
     }
 
     fn write(&mut self, batch: &[StoreCmd]) -> rusqlite::Result<u64> {
-        let tx = self.conn.transaction()?;
+        // Immediate: the write lock is taken even by a batch with nothing to write (a flush, a
+        // probe), so a store that cannot write fails every batch. A deferred empty transaction
+        // would commit and mark the store healthy while another process holds the lock.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut rows = 0;
         {
             let mut hist = tx.prepare_cached(
@@ -632,7 +667,7 @@ impl Writer {
                             )?;
                         }
                     }
-                    StoreCmd::Ack { .. } | StoreCmd::Flush(_) => {}
+                    StoreCmd::Ack { .. } | StoreCmd::Flush(_) | StoreCmd::Probe => {}
                 }
             }
         }
