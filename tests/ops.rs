@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use edge_gateway::modbus::simulator::Profile;
+use edge_gateway::modbus::simulator::{Profile, BOILER};
 use edge_gateway::Gateway;
 
 /// Every name SPEC.md lists, with the labels it lists.
@@ -302,6 +302,51 @@ async fn healthz_is_503_while_the_store_cannot_write() {
     })
     .await;
     db.execute_batch("ROLLBACK").unwrap();
+    wait_for_async("200 again", || async {
+        healthz(gw.http_addr).await.starts_with("HTTP/1.0 200")
+    })
+    .await;
+    gw.shutdown().await;
+}
+
+/// A store whose writes all fail while its lock is still granted (as on a full disk) stays 503
+/// until a write succeeds: the idle probe's lock alone does not count as writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_stays_503_while_every_write_fails_and_recovers_after() {
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!("{}{BOILER_AND_PUMP}", tcp_bus(&addr.to_string()));
+    let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
+    wait_for("first polls stored", || {
+        gw.shared.metrics.store_rows.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    // Writes refused by triggers, the way ENOSPC refuses them: telemetry, and the probe's row.
+    let db = rusqlite::Connection::open(dir.path().join("gateway.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER full_t BEFORE INSERT ON telemetry BEGIN SELECT RAISE(ABORT, 'full'); END;
+         CREATE TRIGGER full_mi BEFORE INSERT ON meta BEGIN SELECT RAISE(ABORT, 'full'); END;
+         CREATE TRIGGER full_mu BEFORE UPDATE ON meta BEGIN SELECT RAISE(ABORT, 'full'); END;",
+    )
+    .unwrap();
+    // The test simulator holds its values still: one move of the boiler's setpoint gives the
+    // store one row to fail on. After that only the idle probes try to write.
+    sim.with_memory(BOILER, |m| m.holding[2] += 1);
+    wait_for_async("503", || async {
+        healthz(gw.http_addr).await.starts_with("HTTP/1.0 503")
+    })
+    .await;
+    // Several probes' worth, with nothing else to write: never healthy in between.
+    for _ in 0..250 {
+        let h = healthz(gw.http_addr).await;
+        assert!(
+            h.starts_with("HTTP/1.0 503"),
+            "healthy while every write fails: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    db.execute_batch("DROP TRIGGER full_t; DROP TRIGGER full_mi; DROP TRIGGER full_mu;")
+        .unwrap();
     wait_for_async("200 again", || async {
         healthz(gw.http_addr).await.starts_with("HTTP/1.0 200")
     })
