@@ -8,8 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use edge_gateway::modbus::simulator::{Profile, BOILER};
+use edge_gateway::modbus::simulator::{Profile, Simulator, BOILER};
 use edge_gateway::Gateway;
+use tokio_util::sync::CancellationToken;
 
 /// Every name SPEC.md lists, with the labels it lists.
 const SPEC_METRICS: [(&str, &[&str]); 15] = [
@@ -279,21 +280,27 @@ async fn a_bus_that_stops_making_progress_stops_the_watchdog() {
     gw.shutdown().await;
 }
 
-/// `/healthz` answers 503 "failing" while the store cannot write, and 200 again after.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn healthz_is_503_while_the_store_cannot_write() {
-    let (_sim, addr, _c) = start_sim(Profile::Demo).await;
+/// A gateway on the test simulator with its first polls stored. The test simulator holds its
+/// values still, so from here on the gateway has nothing to write unless a test moves a value.
+async fn quiet_gateway() -> (Simulator, CancellationToken, tempfile::TempDir, Gateway) {
+    let (sim, addr, cancel) = start_sim(Profile::Demo).await;
     let dir = tempfile::tempdir().unwrap();
     let body = format!("{}{BOILER_AND_PUMP}", tcp_bus(&addr.to_string()));
     let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
-    assert!(healthz(gw.http_addr).await.starts_with("HTTP/1.0 200"));
-    // The test simulator holds its values still: once the first polls are stored, the gateway
-    // has nothing more to write. The store must find out it cannot write all the same.
     wait_for("first polls stored", || {
         gw.shared.metrics.store_rows.load(Ordering::Relaxed) > 0
     })
     .await;
     gw.shared.store.flush().await;
+    (sim, cancel, dir, gw)
+}
+
+/// `/healthz` answers 503 "failing" while the store cannot write, and 200 again after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_503_while_the_store_cannot_write() {
+    // Nothing to write: the store must find out it cannot write all the same.
+    let (_sim, _c, dir, gw) = quiet_gateway().await;
+    assert!(healthz(gw.http_addr).await.starts_with("HTTP/1.0 200"));
     let db = rusqlite::Connection::open(dir.path().join("gateway.db")).unwrap();
     db.execute_batch("BEGIN IMMEDIATE").unwrap();
     wait_for_async("503", || async {
@@ -313,14 +320,7 @@ async fn healthz_is_503_while_the_store_cannot_write() {
 /// until a write succeeds: the idle probe's lock alone does not count as writing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_stays_503_while_every_write_fails_and_recovers_after() {
-    let (sim, addr, _c) = start_sim(Profile::Demo).await;
-    let dir = tempfile::tempdir().unwrap();
-    let body = format!("{}{BOILER_AND_PUMP}", tcp_bus(&addr.to_string()));
-    let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
-    wait_for("first polls stored", || {
-        gw.shared.metrics.store_rows.load(Ordering::Relaxed) > 0
-    })
-    .await;
+    let (sim, _c, dir, gw) = quiet_gateway().await;
     // Writes refused by triggers, the way ENOSPC refuses them: telemetry, and the probe's row.
     let db = rusqlite::Connection::open(dir.path().join("gateway.db")).unwrap();
     db.execute_batch(
@@ -329,8 +329,8 @@ async fn healthz_stays_503_while_every_write_fails_and_recovers_after() {
          CREATE TRIGGER full_mu BEFORE UPDATE ON meta BEGIN SELECT RAISE(ABORT, 'full'); END;",
     )
     .unwrap();
-    // The test simulator holds its values still: one move of the boiler's setpoint gives the
-    // store one row to fail on. After that only the idle probes try to write.
+    // One move of the boiler's setpoint gives the store one row to fail on. After that only the
+    // idle probes try to write.
     sim.with_memory(BOILER, |m| m.holding[2] += 1);
     wait_for_async("503", || async {
         healthz(gw.http_addr).await.starts_with("HTTP/1.0 503")
