@@ -188,10 +188,13 @@ impl Feed {
         out
     }
 
-    /// Rows of all streams not yet confirmed by this sink.
+    /// Rows of all streams not yet confirmed by this sink. The cursors just handed to the store
+    /// count before their commit, so the figure does not lag a round behind what was sent.
     pub async fn backlog(&self) -> rusqlite::Result<i64> {
         let sink = self.sink;
-        self.blocking(move |c| store::backlog(c, sink)).await
+        let sent: Vec<i64> = self.streams.iter().map(|s| s.persisted).collect();
+        self.blocking(move |c| store::backlog_past(c, sink, &sent))
+            .await
     }
 
     async fn blocking<T: Send + 'static>(
