@@ -193,8 +193,7 @@ impl Feed {
     pub async fn backlog(&self) -> rusqlite::Result<i64> {
         let sink = self.sink;
         let sent: Vec<i64> = self.streams.iter().map(|s| s.persisted).collect();
-        self.blocking(move |c| store::backlog_past(c, sink, &sent))
-            .await
+        self.blocking(move |c| store::backlog(c, sink, &sent)).await
     }
 
     async fn blocking<T: Send + 'static>(

@@ -1095,14 +1095,10 @@ fn stream_table(stream: &str) -> (&'static str, &'static str) {
 /// Rows of all streams not yet confirmed by a sink: the highest id of each stream less the
 /// sink's cursor. Ids only grow (AUTOINCREMENT, event seq), so this is exact but for rows pruned
 /// past the cursor, and costs one index lookup per stream instead of counting a backlog that
-/// may be a million rows long on every batch.
-pub fn backlog(conn: &Connection, sink: &str) -> rusqlite::Result<i64> {
-    backlog_past(conn, sink, &[])
-}
-
-/// The same, with cursors the sink has handed to the writer and that may not be committed yet
-/// (one per stream, in [`STREAMS`] order): whichever is further counts.
-pub fn backlog_past(conn: &Connection, sink: &str, sent: &[i64]) -> rusqlite::Result<i64> {
+/// may be a million rows long on every batch. `sent` holds cursors the sink has handed to the
+/// writer that may not be committed yet (in [`STREAMS`] order, or empty): whichever cursor is
+/// further counts.
+pub fn backlog(conn: &Connection, sink: &str, sent: &[i64]) -> rusqlite::Result<i64> {
     let mut total = 0;
     for (i, (stream, _)) in STREAMS.iter().enumerate() {
         let cursor = cursor(conn, sink, stream)?.max(sent.get(i).copied().unwrap_or(0));
