@@ -5,82 +5,18 @@
 //! The simulator runs as its own process (`edge-gateway simulate --profile bench`) so that its
 //! work is not counted against the gateway.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+use common::process::{
+    bin, cpu_seconds, free_port, http_get, ok_requests, pid_status_kb, wait_for_line, Proc,
+};
+
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const BUSES: usize = 10;
 const UNITS: usize = 50;
 const POINTS: usize = 30;
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / 100.0 // USER_HZ is 100 on Linux
-}
-
-/// A field of /proc/PID/status in kB (VmRSS, VmHWM).
-fn status_kb(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-/// Successful Modbus requests so far, summed over devices, from /metrics.
-fn ok_requests(port: u16) -> u64 {
-    http_get(port, "/metrics")
-        .lines()
-        .filter(|l| l.starts_with("edge_modbus_requests_total{") && l.contains("result=\"ok\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
-fn wait_for_line(child: &mut Child, needle: &str) {
-    let out = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(out).lines();
-    for l in lines.by_ref() {
-        if l.unwrap().contains(needle) {
-            break;
-        }
-    }
-    // Keep draining so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-}
 
 fn bench_config(dir: &std::path::Path, sim: u16, http: u16) -> String {
     let mut c = format!(
@@ -177,8 +113,8 @@ fn main() {
     let health = http_get(http, "/healthz");
     let points_per_s = (req1 - req0) as f64 * POINTS as f64 / wall;
     let cpu_pct = (cpu1 - cpu0) / wall * 100.0;
-    let peak_rss = status_kb(pid, "VmHWM");
-    let rss = status_kb(pid, "VmRSS");
+    let peak_rss = pid_status_kb(pid, "VmHWM");
+    let rss = pid_status_kb(pid, "VmRSS");
     drop(gw);
     drop(sim);
 
@@ -220,7 +156,7 @@ fn main() {
     );
     wait_for_line(&mut demo.0, "Press Ctrl-C");
     std::thread::sleep(Duration::from_secs(10));
-    let demo_rss = status_kb(demo.0.id(), "VmRSS");
+    let demo_rss = pid_status_kb(demo.0.id(), "VmRSS");
     println!(
         "  demo idle RSS:         {:.1} MB after 10 s (target < 15 MB)",
         demo_rss as f64 / 1024.0

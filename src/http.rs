@@ -43,10 +43,12 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
         }
         sinks.insert(name.into(), v);
     }
+    let (db, wal) = crate::store::file_sizes(&s.config.gateway.data_dir);
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "failing" },
         "devices": {"online": online, "total": total},
         "sinks": sinks,
+        "store": {"dbBytes": db, "walBytes": wal},
     });
     let code = if ok {
         StatusCode::OK
@@ -63,6 +65,17 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         "# TYPE edge_devices_online gauge\nedge_devices_online {}\n",
         live.online_count()
     ));
+    let (db, wal) = crate::store::file_sizes(&s.config.gateway.data_dir);
+    text.push_str(&format!(
+        "# TYPE edge_store_bytes gauge\nedge_store_bytes{{file=\"db\"}} {db}\nedge_store_bytes{{file=\"wal\"}} {wal}\n"
+    ));
+    // Where the kernel does not count a process's disk writes, the family is absent rather
+    // than a made-up figure.
+    if let Some(w) = crate::metrics::written_bytes() {
+        text.push_str(&format!(
+            "# TYPE edge_store_written_bytes_total counter\nedge_store_written_bytes_total {w}\n"
+        ));
+    }
     let sinks = s.sinks.configured(&s.config);
     if !sinks.is_empty() {
         let (mut backlog, mut rows) = (String::new(), String::new());

@@ -290,7 +290,8 @@ impl Gateway {
             config.devices.iter().map(|d| d.id.clone()).collect(),
             config.buses.iter().map(|b| b.name.clone()).collect(),
         ));
-        let (store, restored, store_thread) = store::open(config.clone(), metrics.clone())?;
+        let (store, restored, store_thread) =
+            store::open(config.clone(), metrics.clone(), sinks::configured(&config))?;
         let mut restored_live = state::Live::restored(&config, &restored);
         // A reload keeps the live state of the devices whose bus carries on: not stale, not
         // offline, just as they were a moment ago.

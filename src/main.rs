@@ -145,9 +145,12 @@ fn init_logging(level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: a file or journald would keep the escapes.
+    use std::io::IsTerminal;
+    let builder = builder.with_ansi(std::io::stderr().is_terminal());
     // journald stamps every line itself.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().with_ansi(false).init();
+        builder.without_time().init();
     } else {
         builder.init();
     }
@@ -281,7 +284,7 @@ async fn run_cli() -> ExitCode {
             baud,
         } => {
             let Some(p) = Profile::parse(&profile) else {
-                eprintln!("error: unknown profile `{profile}` (expected demo or bench)");
+                eprintln!("error: unknown profile `{profile}` (expected demo, bench or changing)");
                 return code(EXIT_USAGE);
             };
             let sim = Simulator::new(p);

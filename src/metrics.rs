@@ -355,6 +355,16 @@ pub fn rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes this process caused to be written to storage (`write_bytes` of /proc/self/io: what
+/// the kernel sends to the disk, not what `write()` was called with), if the kernel counts it.
+pub fn written_bytes() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Open file descriptors of this process, from /proc (0 where there is no /proc).
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")

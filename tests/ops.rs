@@ -244,7 +244,7 @@ async fn sigterm_stops_the_daemon_cleanly_with_the_store_flushed() {
     );
     let db = rusqlite::Connection::open(dir.path().join("data/gateway.db")).unwrap();
     let n: i64 = db
-        .query_row("SELECT COUNT(*) FROM point_latest", [], |r| r.get(0))
+        .query_row("SELECT COUNT(*) FROM latest", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 5, "every point's last value stored");
 }
@@ -324,7 +324,7 @@ async fn healthz_stays_503_while_every_write_fails_and_recovers_after() {
     // Writes refused by triggers, the way ENOSPC refuses them: telemetry, and the probe's row.
     let db = rusqlite::Connection::open(dir.path().join("gateway.db")).unwrap();
     db.execute_batch(
-        "CREATE TRIGGER full_t BEFORE INSERT ON telemetry BEGIN SELECT RAISE(ABORT, 'full'); END;
+        "CREATE TRIGGER full_t BEFORE INSERT ON samples BEGIN SELECT RAISE(ABORT, 'full'); END;
          CREATE TRIGGER full_mi BEFORE INSERT ON meta BEGIN SELECT RAISE(ABORT, 'full'); END;
          CREATE TRIGGER full_mu BEFORE UPDATE ON meta BEGIN SELECT RAISE(ABORT, 'full'); END;",
     )

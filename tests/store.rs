@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use edge_gateway::modbus::simulator::{Profile, BOILER};
 use edge_gateway::model::{now_ms, Quality, Value};
+use edge_gateway::store::{OutboxRow, Stream};
 use edge_gateway::{Gateway, StartError};
 
 fn body(addr: &str) -> String {
@@ -111,9 +112,11 @@ async fn history_older_than_the_retention_is_pruned_at_start() {
     {
         let conn = rusqlite::Connection::open(&db).unwrap();
         let old = now_ms() - 8 * 86_400_000;
-        conn.execute(
-            "INSERT INTO telemetry (device_id, point_id, ts, value, quality) VALUES ('boiler', 'setpoint', ?1, 1, 'good')",
-            [old],
+        edge_gateway::store::append_sample(
+            &conn,
+            "boiler",
+            old,
+            &[("setpoint", Some(Value::Int(1)), Quality::Good)],
         )
         .unwrap();
     }
@@ -124,7 +127,7 @@ async fn history_older_than_the_retention_is_pruned_at_start() {
     let conn = rusqlite::Connection::open(&db).unwrap();
     let n: i64 = conn
         .query_row(
-            "SELECT COUNT(*) FROM telemetry WHERE ts < ?1",
+            "SELECT COUNT(*) FROM samples WHERE ts < ?1",
             [now_ms() - 7 * 86_400_000],
             |r| r.get(0),
         )
@@ -187,34 +190,37 @@ async fn a_sink_sends_new_telemetry_first_while_its_backlog_drains() {
     let add = |n: usize| {
         let tx = db.unchecked_transaction().unwrap();
         for _ in 0..n {
-            tx.execute(
-                "INSERT INTO telemetry (device_id, point_id, ts, value, quality)
-                 VALUES ('boiler', 'setpoint', 0, 1, 'good')",
-                [],
+            edge_gateway::store::append_sample(
+                &tx,
+                "boiler",
+                0,
+                &[("setpoint", Some(Value::Int(1)), Quality::Good)],
             )
             .unwrap();
         }
         tx.commit().unwrap();
     };
     let newest = |db: &rusqlite::Connection| -> i64 {
-        db.query_row("SELECT COALESCE(MAX(id), 0) FROM telemetry", [], |r| {
-            r.get(0)
-        })
-        .unwrap()
+        db.query_row("SELECT COALESCE(MAX(id), 0) FROM samples", [], |r| r.get(0))
+            .unwrap()
     };
     let first = newest(&db) + 1;
     add(5000);
     let mut feed = Feed::new(
         "test",
         edge_gateway::store::open_reader(dir.path()).unwrap(),
+        std::sync::Arc::new(config(dir.path(), &body("127.0.0.1:1"))),
         100,
     );
     feed.reset().await.unwrap();
     let mut seen = std::collections::BTreeSet::new();
     let mut round = |feed_batches: Vec<edge_gateway::sinks::feed::Batch>, feed: &mut Feed| {
         let mut ids = Vec::new();
-        for b in feed_batches.into_iter().filter(|b| b.name() == "telemetry") {
-            let rows: Vec<i64> = b.rows.iter().map(|r| r.0).collect();
+        for b in feed_batches
+            .into_iter()
+            .filter(|b| b.stream == Stream::Telemetry)
+        {
+            let rows: Vec<i64> = b.rows.iter().map(OutboxRow::id).collect();
             for id in &rows {
                 assert!(seen.insert(*id), "row {id} read twice");
             }
@@ -236,7 +242,7 @@ async fn a_sink_sends_new_telemetry_first_while_its_backlog_drains() {
     assert_eq!(ids.len(), 105);
     let cursor: Vec<_> = feed.advanced();
     assert!(
-        cursor.contains(&("telemetry", first + 199)),
+        cursor.contains(&(Stream::Telemetry, first + 199)),
         "the cursor is the backlog's front, not the live one: {cursor:?}"
     );
     loop {
@@ -247,7 +253,7 @@ async fn a_sink_sends_new_telemetry_first_while_its_backlog_drains() {
         round(batches, &mut feed);
     }
     let all: std::collections::BTreeSet<i64> = db
-        .prepare("SELECT id FROM telemetry WHERE id >= ?1")
+        .prepare("SELECT id FROM samples WHERE id >= ?1")
         .unwrap()
         .query_map([first], |r| r.get(0))
         .unwrap()
@@ -256,7 +262,7 @@ async fn a_sink_sends_new_telemetry_first_while_its_backlog_drains() {
     assert_eq!(seen, all);
     let end = *all.last().unwrap();
     assert!(end >= live);
-    assert!(feed.advanced().contains(&("telemetry", end)));
+    assert!(feed.advanced().contains(&(Stream::Telemetry, end)));
 }
 
 /// `max_db_mb`: history already upstream goes first; only when that is not enough does unsent
@@ -280,18 +286,19 @@ async fn over_the_size_cap_sent_history_goes_first_then_unsent_rows_with_a_gap_e
     // sink's cursor at the row of `confirm_ts`.
     let add = |n: i64, from_ts: i64, confirm_ts: Option<i64>| {
         let tx = db.unchecked_transaction().unwrap();
+        // A sample of five values each, as a real device's would be.
+        let points: Vec<(&str, Option<Value>, Quality)> =
+            ["temperature", "pressure", "a", "b", "c"]
+                .into_iter()
+                .map(|p| (p, Some(Value::Float(71.123456789)), Quality::Good))
+                .collect();
         for i in 0..n {
-            tx.execute(
-                "INSERT INTO telemetry (device_id, point_id, ts, value, quality)
-                 VALUES ('boiler', 'temperature', ?1, 71.25, 'good')",
-                [from_ts + i],
-            )
-            .unwrap();
+            edge_gateway::store::append_sample(&tx, "boiler", from_ts + i, &points).unwrap();
         }
         if let Some(ts) = confirm_ts {
             tx.execute(
                 "INSERT OR REPLACE INTO sink_cursors (sink, stream, last_id)
-                 SELECT 'mqtt', 'telemetry', id FROM telemetry WHERE ts = ?1",
+                 SELECT 'mqtt', 'telemetry', id FROM samples WHERE ts = ?1",
                 [ts],
             )
             .unwrap();
@@ -304,7 +311,7 @@ async fn over_the_size_cap_sent_history_goes_first_then_unsent_rows_with_a_gap_e
     let events_before = n(&db, "SELECT COUNT(*) FROM events");
     // ~15 MB of history, the older two thirds of it confirmed by the sink.
     add(150_000, 1_000_000, Some(1_099_999));
-    let confirmed = n(&db, "SELECT id FROM telemetry WHERE ts = 1099999");
+    let confirmed = n(&db, "SELECT id FROM samples WHERE ts = 1099999");
     let used = |db: &rusqlite::Connection| {
         n(db, "PRAGMA page_count") - n(db, "PRAGMA freelist_count")
     } * n(db, "PRAGMA page_size");
@@ -317,7 +324,7 @@ async fn over_the_size_cap_sent_history_goes_first_then_unsent_rows_with_a_gap_e
     assert!(
         n(
             &db,
-            &format!("SELECT COUNT(*) FROM telemetry WHERE id > {confirmed}")
+            &format!("SELECT COUNT(*) FROM samples WHERE id > {confirmed}")
         ) >= 50_000,
         "no unsent row dropped while sent ones were left"
     );
@@ -361,7 +368,7 @@ async fn over_the_size_cap_sent_history_goes_first_then_unsent_rows_with_a_gap_e
     let accounted = || {
         let left = n(
             &db,
-            &format!("SELECT COUNT(*) FROM telemetry WHERE id > {confirmed}"),
+            &format!("SELECT COUNT(*) FROM samples WHERE id > {confirmed}"),
         );
         let lost = n(&db, "SELECT COALESCE(SUM(CAST(substr(message, 16, instr(substr(message, 16), ' ') - 1) AS INTEGER)), 0) FROM events WHERE message LIKE 'telemetry gap%'");
         left + lost

@@ -1,6 +1,8 @@
 //! What the benches share: this process's figures from /proc.
 #![allow(dead_code)]
 
+pub mod process;
+
 /// A `VmRSS`/`VmHWM`-style field of /proc/self/status, in kB (0 where there is no /proc).
 pub fn status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")

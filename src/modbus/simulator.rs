@@ -71,6 +71,9 @@ pub enum Profile {
     Demo,
     /// `n` identical units 1..=n with 40 registers each, for the polling benchmark.
     Bench(u8),
+    /// `n` units 1..=n with 40 holding registers each, every one of them changing at every
+    /// step (twice a second): the store's worst case, for the store benchmark and soak.
+    Changing(u8),
 }
 
 impl Profile {
@@ -78,6 +81,7 @@ impl Profile {
         match s {
             "demo" => Some(Profile::Demo),
             "bench" => Some(Profile::Bench(50)),
+            "changing" => Some(Profile::Changing(50)),
             _ => None,
         }
     }
@@ -125,7 +129,7 @@ impl Simulator {
                     units.insert(id, Mutex::new(Unit::new(mem)));
                 }
             }
-            Profile::Bench(n) => {
+            Profile::Bench(n) | Profile::Changing(n) => {
                 for id in 1..=n {
                     units.insert(id, Mutex::new(Unit::new(Memory::new(64))));
                 }
@@ -228,6 +232,15 @@ impl Simulator {
                     Memory::set_regs(&mut m.input, 6, &w);
                 });
             }
+            Profile::Changing(_) => {
+                let step = (t * 2.0) as u32;
+                for (id, u) in self.units.iter() {
+                    let m = &mut u.lock().unwrap_or_else(|e| e.into_inner()).mem;
+                    for (r, v) in m.holding.iter_mut().take(40).enumerate() {
+                        *v = (step.wrapping_mul(7 + r as u32) + r as u32 * 13 + *id as u32) as u16;
+                    }
+                }
+            }
             Profile::Bench(_) => {
                 for (id, u) in self.units.iter() {
                     let m = &mut u.lock().unwrap_or_else(|e| e.into_inner()).mem;
@@ -247,6 +260,9 @@ impl Simulator {
     }
 
     /// Steps the values every 500 ms until cancelled.
+    ///
+    /// (`Profile::Changing` moves every register by a different step each time, so no two
+    /// consecutive polls read the same value.)
     pub async fn animate(self, cancel: CancellationToken) {
         let start = tokio::time::Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(500));

@@ -15,28 +15,21 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::Connection;
-
-use crate::store::{self, OutboxRow, StoreCmd, StoreHandle, STREAMS};
+use crate::config::Config;
+use crate::store::outbox::{self, Outbox};
+use crate::store::{OutboxRow, StoreCmd, StoreHandle, Stream};
 
 /// Telemetry further behind than this many batches drains beside live data.
 pub const LIVE_LAG: usize = 10;
 
 /// One batch of one stream, oldest first.
 pub struct Batch {
-    /// Index into [`STREAMS`].
-    pub stream: usize,
+    pub stream: Stream,
     pub rows: Vec<OutboxRow>,
 }
 
-impl Batch {
-    pub fn name(&self) -> &'static str {
-        STREAMS[self.stream].0
-    }
-}
-
 #[derive(Default)]
-struct Stream {
+struct Cursors {
     /// Persisted cursor.
     persisted: i64,
     /// Every row up to here has been read (the backlog's front while live-first is on).
@@ -47,7 +40,7 @@ struct Stream {
     unconfirmed: BTreeSet<i64>,
 }
 
-impl Stream {
+impl Cursors {
     fn cursor(&self) -> i64 {
         match self.unconfirmed.first() {
             Some(&first) => self.back.min(first - 1),
@@ -58,16 +51,21 @@ impl Stream {
 
 pub struct Feed {
     sink: &'static str,
-    reader: Arc<Mutex<Connection>>,
-    streams: [Stream; 3],
+    reader: Arc<Mutex<Outbox>>,
+    streams: [Cursors; 3],
     batch: usize,
 }
 
 impl Feed {
-    pub fn new(sink: &'static str, reader: Connection, batch: usize) -> Feed {
+    pub fn new(
+        sink: &'static str,
+        reader: rusqlite::Connection,
+        config: Arc<Config>,
+        batch: usize,
+    ) -> Feed {
         Feed {
             sink,
-            reader: Arc::new(Mutex::new(reader)),
+            reader: Arc::new(Mutex::new(Outbox::new(reader, config))),
             streams: Default::default(),
             batch,
         }
@@ -78,18 +76,18 @@ impl Feed {
     pub async fn reset(&mut self) -> rusqlite::Result<()> {
         let sink = self.sink;
         let cursors = self
-            .blocking(move |c| {
-                STREAMS
+            .blocking(move |o| {
+                Stream::ALL
                     .iter()
-                    .map(|(s, _)| store::cursor(c, sink, s))
+                    .map(|s| outbox::cursor(o.conn(), sink, *s))
                     .collect::<rusqlite::Result<Vec<_>>>()
             })
             .await?;
         for (s, c) in self.streams.iter_mut().zip(cursors) {
-            *s = Stream {
+            *s = Cursors {
                 persisted: c,
                 back: c,
-                ..Stream::default()
+                ..Cursors::default()
             };
         }
         Ok(())
@@ -103,7 +101,7 @@ impl Feed {
     /// The next batches to send, at most one per stream and two of telemetry (live, backlog);
     /// empty when everything has been read. Their rows count as read until confirmed.
     pub async fn next(&mut self) -> rusqlite::Result<Vec<Batch>> {
-        const TELEMETRY: usize = 2;
+        const TELEMETRY: usize = Stream::Telemetry as usize;
         let limit = self.batch;
         let tele = &self.streams[TELEMETRY];
         let (backs, live) = (
@@ -111,25 +109,26 @@ impl Feed {
             tele.live,
         );
         let (batches, newest) = self
-            .blocking(move |c| {
+            .blocking(move |o| {
                 let mut out = Vec::new();
-                for (i, (_, query)) in STREAMS.iter().enumerate() {
+                for stream in Stream::ALL {
+                    let i = stream.index();
                     let upto = match (i, live) {
                         (TELEMETRY, Some((frozen, front))) => {
-                            out.push((i, true, store::outbox(c, query, front, i64::MAX, limit)?));
+                            out.push((i, true, o.read(stream, front, i64::MAX, limit)?));
                             frozen
                         }
                         _ => i64::MAX,
                     };
-                    out.push((i, false, store::outbox(c, query, backs[i], upto, limit)?));
+                    out.push((i, false, o.read(stream, backs[i], upto, limit)?));
                 }
-                let newest = store::newest_id(c, "telemetry")?;
+                let newest = o.newest(Stream::Telemetry)?;
                 Ok((out, newest))
             })
             .await?;
         let mut result = Vec::new();
         for (i, is_live, rows) in batches {
-            let Some(last) = rows.last().map(|r| r.0) else {
+            let Some(last) = rows.last().map(OutboxRow::id) else {
                 if i == TELEMETRY && !is_live {
                     // The backlog is drained: one reader again, from the live front.
                     let s = &mut self.streams[i];
@@ -140,12 +139,15 @@ impl Feed {
                 continue;
             };
             let s = &mut self.streams[i];
-            s.unconfirmed.extend(rows.iter().map(|r| r.0));
+            s.unconfirmed.extend(rows.iter().map(OutboxRow::id));
             match (&mut s.live, is_live) {
                 (Some((_, front)), true) => *front = last,
                 _ => s.back = last,
             }
-            result.push(Batch { stream: i, rows });
+            result.push(Batch {
+                stream: Stream::ALL[i],
+                rows,
+            });
         }
         let s = &mut self.streams[TELEMETRY];
         if s.live.is_none() && newest - s.back > (LIVE_LAG * limit) as i64 {
@@ -155,8 +157,8 @@ impl Feed {
     }
 
     /// Marks rows of a stream as confirmed upstream.
-    pub fn confirm(&mut self, stream: usize, ids: impl IntoIterator<Item = i64>) {
-        let s = &mut self.streams[stream];
+    pub fn confirm(&mut self, stream: Stream, ids: impl IntoIterator<Item = i64>) {
+        let s = &mut self.streams[stream.index()];
         for id in ids {
             s.unconfirmed.remove(&id);
         }
@@ -176,13 +178,13 @@ impl Feed {
     }
 
     /// Streams whose cursor moved since the last call, with the cursor to persist.
-    pub fn advanced(&mut self) -> Vec<(&'static str, i64)> {
+    pub fn advanced(&mut self) -> Vec<(Stream, i64)> {
         let mut out = Vec::new();
         for (i, s) in self.streams.iter_mut().enumerate() {
             let c = s.cursor();
             if c > s.persisted {
                 s.persisted = c;
-                out.push((STREAMS[i].0, c));
+                out.push((Stream::ALL[i], c));
             }
         }
         out
@@ -193,15 +195,16 @@ impl Feed {
     pub async fn backlog(&self) -> rusqlite::Result<i64> {
         let sink = self.sink;
         let sent: Vec<i64> = self.streams.iter().map(|s| s.persisted).collect();
-        self.blocking(move |c| store::backlog(c, sink, &sent)).await
+        self.blocking(move |o| outbox::backlog(o.conn(), sink, &sent))
+            .await
     }
 
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        f: impl FnOnce(&mut Outbox) -> rusqlite::Result<T> + Send + 'static,
     ) -> rusqlite::Result<T> {
         let r = self.reader.clone();
-        tokio::task::spawn_blocking(move || f(&r.lock().unwrap_or_else(|e| e.into_inner())))
+        tokio::task::spawn_blocking(move || f(&mut r.lock().unwrap_or_else(|e| e.into_inner())))
             .await
             .unwrap_or_else(|e| {
                 Err(rusqlite::Error::ToSqlConversionFailure(Box::new(

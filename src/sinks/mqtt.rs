@@ -15,15 +15,14 @@ use rumqttc::{
     AsyncClient, ClientError, ConnectReturnCode, Event, EventLoop, Incoming, LastWill, MqttOptions,
     Outgoing, QoS, TlsConfiguration, Transport,
 };
-use rusqlite::types::Value as Sql;
 use serde_json::{json, Map, Value as Json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::feed::{Batch, Feed};
-use crate::config::{Config, Mqtt};
+use crate::config::Mqtt;
 use crate::model::{rfc3339, Value};
-use crate::store;
+use crate::store::{self, OutboxRow};
 use crate::Shared;
 
 pub const SINK: &str = "mqtt";
@@ -168,41 +167,6 @@ fn qos(n: u8) -> QoS {
     }
 }
 
-fn text(v: &Sql) -> Option<String> {
-    match v {
-        Sql::Text(s) => Some(s.clone()),
-        Sql::Integer(i) => Some(i.to_string()),
-        Sql::Real(f) => Some(f.to_string()),
-        _ => None,
-    }
-}
-
-fn int(v: &Sql) -> i64 {
-    match v {
-        Sql::Integer(i) => *i,
-        _ => 0,
-    }
-}
-
-fn time(v: &Sql) -> Json {
-    match v {
-        Sql::Integer(ms) => rfc3339(*ms).into(),
-        _ => Json::Null,
-    }
-}
-
-/// A stored value as JSON, typed by its point.
-fn value(config: &Config, device: &str, point: &str, v: &Sql) -> Json {
-    config
-        .devices
-        .iter()
-        .find(|d| d.id == device)
-        .and_then(|d| d.points.iter().find(|p| p.id == point))
-        .and_then(|p| store::from_sql(p, v.clone()))
-        .map(|v| v.to_json())
-        .unwrap_or(Json::Null)
-}
-
 /// One message to publish and the outbox rows it confirms.
 struct Message {
     topic: String,
@@ -211,91 +175,68 @@ struct Message {
     rows: Vec<i64>,
 }
 
-/// One device sample being gathered from telemetry rows: device, time, points, row ids.
-type Sample = (String, i64, Map<String, Json>, Vec<i64>);
-
 /// The messages of one outbox batch: one per event, one per status change, one per device
-/// sample (the consecutive telemetry rows of one device and time).
-fn messages(config: &Config, topics: &Topics, batch: &Batch) -> Vec<Message> {
-    let mut out: Vec<Message> = Vec::new();
-    match batch.name() {
-        "events" => {
-            for (id, c) in &batch.rows {
-                // seq, event_id, device_id, point_id, type, priority, device_seq, value, message, state, ts
-                let device = text(&c[1]).unwrap_or_default();
-                let point = text(&c[2]);
-                let body = json!({
-                    "id": text(&c[0]),
-                    "deviceId": device,
-                    "pointId": point,
-                    "type": text(&c[3]),
-                    "priority": text(&c[4]),
-                    "deviceSeq": int(&c[5]),
-                    "value": point.as_deref().map(|p| value(config, &device, p, &c[6])).unwrap_or(Json::Null),
-                    "message": text(&c[7]),
-                    "ts": time(&c[9]),
-                    "state": text(&c[8]),
-                    "ackedBy": null,
-                    "ackedAt": null,
-                });
-                out.push(Message {
-                    topic: topics.device(&device, "events"),
-                    payload: body.to_string().into_bytes(),
-                    retain: false,
-                    rows: vec![*id],
-                });
-            }
-        }
-        "status" => {
-            for (id, c) in &batch.rows {
-                // device_id, device_type, online, last_seen, ts
-                let device = text(&c[0]).unwrap_or_default();
-                let body = json!({
-                    "online": int(&c[2]) != 0,
-                    "type": text(&c[1]),
-                    "lastSeen": time(&c[3]),
-                    "ts": time(&c[4]),
-                });
-                out.push(Message {
-                    topic: topics.device(&device, "status"),
-                    payload: body.to_string().into_bytes(),
-                    retain: true,
-                    rows: vec![*id],
-                });
-            }
-        }
-        _ => {
-            // device_id, point_id, ts, value, quality
-            let mut group: Option<Sample> = None;
-            let mut flush = |g: Option<Sample>| {
-                if let Some((device, ts, points, rows)) = g {
-                    let body = json!({"ts": rfc3339(ts), "points": points});
-                    out.push(Message {
-                        topic: topics.device(&device, "telemetry"),
-                        payload: body.to_string().into_bytes(),
-                        retain: false,
-                        rows,
-                    });
+/// sample. A sample without points (a damaged row) has no message.
+fn messages(topics: &Topics, batch: &Batch) -> Vec<Message> {
+    let time = |ms: Option<i64>| ms.map(rfc3339);
+    batch
+        .rows
+        .iter()
+        .filter_map(|row| {
+            let (topic, body, retain) = match row {
+                OutboxRow::Event(e) => (
+                    topics.device(&e.device_id, "events"),
+                    json!({
+                        "id": e.event_id,
+                        "deviceId": e.device_id,
+                        "pointId": e.point_id,
+                        "type": e.kind,
+                        "priority": e.priority,
+                        "deviceSeq": e.device_seq,
+                        "value": e.value.as_ref().map(Value::to_json),
+                        "message": e.message,
+                        "ts": rfc3339(e.ts),
+                        "state": e.state,
+                        "ackedBy": null,
+                        "ackedAt": null,
+                    }),
+                    false,
+                ),
+                OutboxRow::Status(s) => (
+                    topics.device(&s.device_id, "status"),
+                    json!({
+                        "online": s.online,
+                        "type": s.device_type,
+                        "lastSeen": time(s.last_seen),
+                        "ts": rfc3339(s.ts),
+                    }),
+                    true,
+                ),
+                OutboxRow::Sample(t) if t.points.is_empty() => return None,
+                OutboxRow::Sample(t) => {
+                    let points: Map<String, Json> = t
+                        .points
+                        .iter()
+                        .map(|(p, v, q)| {
+                            let v = v.as_ref().map(Value::to_json).unwrap_or(Json::Null);
+                            (p.to_string(), json!({"v": v, "q": q.as_str()}))
+                        })
+                        .collect();
+                    (
+                        topics.device(&t.device_id, "telemetry"),
+                        json!({"ts": rfc3339(t.ts), "points": points}),
+                        false,
+                    )
                 }
             };
-            for (id, c) in &batch.rows {
-                let device = text(&c[0]).unwrap_or_default();
-                let point = text(&c[1]).unwrap_or_default();
-                let ts = int(&c[2]);
-                if !matches!(&group, Some((d, t, _, _)) if *d == device && *t == ts) {
-                    flush(group.take());
-                    group = Some((device.clone(), ts, Map::new(), Vec::new()));
-                }
-                if let Some((_, _, points, rows)) = &mut group {
-                    let v = value(config, &device, &point, &c[3]);
-                    points.insert(point, json!({"v": v, "q": text(&c[4])}));
-                    rows.push(*id);
-                }
-            }
-            flush(group);
-        }
-    }
-    out
+            Some(Message {
+                topic,
+                payload: body.to_string().into_bytes(),
+                retain,
+                rows: vec![row.id()],
+            })
+        })
+        .collect()
 }
 
 /// Runs the sink until cancelled, reconnecting with backoff (0.5 s doubling to 30 s, jitter).
@@ -315,7 +256,7 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
         }
     };
     let mut feed = match store::open_reader(&shared.config.gateway.data_dir) {
-        Ok(c) => Feed::new(SINK, c, BATCH),
+        Ok(c) => Feed::new(SINK, c, shared.config.clone(), BATCH),
         Err(e) => {
             status.set_error(SINK, Some(e.to_string()));
             return;
@@ -353,7 +294,7 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
 }
 
 /// The outbox rows a publish confirms: `None` for our own messages (birth, write results).
-type Tag = Option<(usize, Vec<i64>)>;
+type Tag = Option<(store::Stream, Vec<i64>)>;
 
 /// One connection's life.
 struct Session<'a> {
@@ -421,7 +362,15 @@ impl Session<'_> {
                     next_read = now + Duration::from_millis(100);
                 }
                 for b in &batches {
-                    for m in messages(&self.shared.config, self.topics, b) {
+                    // Rows with nothing to say (damaged samples) are done at once.
+                    self.feed.confirm(
+                        b.stream,
+                        b.rows
+                            .iter()
+                            .filter(|r| matches!(r, OutboxRow::Sample(t) if t.points.is_empty()))
+                            .map(OutboxRow::id),
+                    );
+                    for m in messages(self.topics, b) {
                         self.publish(
                             client,
                             Some((b.stream, m.rows)),

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, OptsBuilder, Pool, TxOpts, Value as My};
-use rusqlite::types::Value as Sql;
 use tokio_util::sync::CancellationToken;
 
 use super::feed::Feed;
-use crate::store;
+use crate::model::{Millis, Value};
+use crate::store::{self, OutboxRow};
 use crate::Shared;
 
 pub const SINK: &str = "mysql";
@@ -47,105 +47,126 @@ const SCHEMA: [&str; 3] = [
         PRIMARY KEY (gateway_id, device_id))",
 ];
 
-/// A SQLite value as MySQL text (`value` columns keep every type losslessly as text).
-fn text(v: &Sql) -> My {
+/// A value as MySQL text (`value` columns keep every type losslessly as text; a bool is `1` or
+/// `0`, as it always was).
+fn text(v: &Option<Value>) -> My {
     match v {
-        Sql::Null => My::NULL,
-        Sql::Integer(i) => My::from(i.to_string()),
-        Sql::Real(f) => My::from(f.to_string()),
-        Sql::Text(s) => My::from(s.clone()),
-        Sql::Blob(b) => My::from(b.clone()),
-    }
-}
-
-fn int(v: &Sql) -> My {
-    match v {
-        Sql::Integer(i) => My::from(*i),
-        _ => My::NULL,
+        None => My::NULL,
+        Some(Value::Bool(b)) => My::from(if *b { "1" } else { "0" }),
+        Some(v) => My::from(v.to_string()),
     }
 }
 
 /// Milliseconds since the epoch as a DATETIME(3) parameter (the session is in UTC).
-fn ms(v: &Sql) -> My {
-    match v {
-        Sql::Integer(i) => My::from(format!("{}.{:03}", i.div_euclid(1000), i.rem_euclid(1000))),
-        _ => My::NULL,
-    }
+fn ms(v: Millis) -> My {
+    My::from(format!("{}.{:03}", v.div_euclid(1000), v.rem_euclid(1000)))
 }
 
-/// The statement and parameters for one batch of a stream.
-fn batch(gateway: &str, stream: &str, rows: &[store::OutboxRow]) -> (String, Vec<My>) {
+/// Rows per statement: a sample of many points becomes many rows, and MySQL allows at most
+/// 65,535 placeholders in one statement (6 per telemetry row).
+const ROWS_PER_STATEMENT: usize = 2000;
+
+/// The statements and parameters for one batch of a stream.
+fn statements(gateway: &str, rows: &[OutboxRow]) -> Vec<(String, Vec<My>)> {
+    let mut out: Vec<(String, Vec<My>)> = Vec::new();
     let mut params = Vec::new();
-    let (head, one, tail) = match stream {
-        "events" => (
-            "INSERT INTO edge_events (event_id, gateway_id, device_id, point_id, type, priority, device_seq, value, message, state, occurred_at) VALUES ",
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, FROM_UNIXTIME(?))",
-            // A retried batch is the same rows again: the state is the only thing that may have
-            // been written differently (never, today), so keep the row and refresh it.
-            " ON DUPLICATE KEY UPDATE state = VALUES(state)",
-        ),
-        "status" => (
-            "INSERT INTO edge_device_status (gateway_id, device_id, device_type, online, last_seen) VALUES ",
-            "(?, ?, ?, ?, FROM_UNIXTIME(?))",
-            " ON DUPLICATE KEY UPDATE device_type = VALUES(device_type), online = VALUES(online),
-              last_seen = COALESCE(VALUES(last_seen), last_seen)",
-        ),
-        _ => (
-            "INSERT INTO edge_telemetry (gateway_id, device_id, point_id, ts, value, quality) VALUES ",
-            "(?, ?, ?, FROM_UNIXTIME(?), ?, ?)",
-            " ON DUPLICATE KEY UPDATE value = VALUES(value), quality = VALUES(quality)",
-        ),
+    let mut n = 0;
+    let mut kind = "";
+    let mut flush = |kind: &str, params: &mut Vec<My>, n: &mut usize| {
+        if *n == 0 {
+            return;
+        }
+        let (head, one, tail) = match kind {
+            "events" => (
+                "INSERT INTO edge_events (event_id, gateway_id, device_id, point_id, type, priority, device_seq, value, message, state, occurred_at) VALUES ",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, FROM_UNIXTIME(?))",
+                // A retried batch is the same rows again: the state is the only thing that may
+                // have been written differently (never, today), so keep the row and refresh it.
+                " ON DUPLICATE KEY UPDATE state = VALUES(state)",
+            ),
+            "status" => (
+                "INSERT INTO edge_device_status (gateway_id, device_id, device_type, online, last_seen) VALUES ",
+                "(?, ?, ?, ?, FROM_UNIXTIME(?))",
+                " ON DUPLICATE KEY UPDATE device_type = VALUES(device_type), online = VALUES(online),
+                  last_seen = COALESCE(VALUES(last_seen), last_seen)",
+            ),
+            _ => (
+                "INSERT INTO edge_telemetry (gateway_id, device_id, point_id, ts, value, quality) VALUES ",
+                "(?, ?, ?, FROM_UNIXTIME(?), ?, ?)",
+                " ON DUPLICATE KEY UPDATE value = VALUES(value), quality = VALUES(quality)",
+            ),
+        };
+        let values = vec![one; *n].join(", ");
+        out.push((format!("{head}{values}{tail}"), std::mem::take(params)));
+        *n = 0;
     };
-    for (_, c) in rows {
-        match stream {
-            // event_id, device_id, point_id, type, priority, device_seq, value, message, state, ts
-            "events" => params.extend([
-                text(&c[0]),
-                My::from(gateway),
-                text(&c[1]),
-                text(&c[2]),
-                text(&c[3]),
-                text(&c[4]),
-                int(&c[5]),
-                text(&c[6]),
-                text(&c[7]),
-                text(&c[8]),
-                ms(&c[9]),
-            ]),
-            // device_id, device_type, online, last_seen, ts
-            "status" => params.extend([
-                My::from(gateway),
-                text(&c[0]),
-                text(&c[1]),
-                int(&c[2]),
-                ms(&c[3]),
-            ]),
-            // device_id, point_id, ts, value, quality
-            _ => params.extend([
-                My::from(gateway),
-                text(&c[0]),
-                text(&c[1]),
-                ms(&c[2]),
-                text(&c[3]),
-                text(&c[4]),
-            ]),
+    for row in rows {
+        match row {
+            OutboxRow::Event(e) => {
+                kind = "events";
+                params.extend([
+                    My::from(&e.event_id),
+                    My::from(gateway),
+                    My::from(&e.device_id),
+                    e.point_id.as_deref().map(My::from).unwrap_or(My::NULL),
+                    My::from(&e.kind),
+                    My::from(&e.priority),
+                    My::from(e.device_seq),
+                    text(&e.value),
+                    My::from(&e.message),
+                    My::from(&e.state),
+                    ms(e.ts),
+                ]);
+                n += 1;
+            }
+            OutboxRow::Status(s) => {
+                kind = "status";
+                params.extend([
+                    My::from(gateway),
+                    My::from(&s.device_id),
+                    My::from(&s.device_type),
+                    My::from(s.online as i64),
+                    s.last_seen.map(ms).unwrap_or(My::NULL),
+                ]);
+                n += 1;
+            }
+            OutboxRow::Sample(t) => {
+                kind = "telemetry";
+                for (point, value, quality) in &t.points {
+                    params.extend([
+                        My::from(gateway),
+                        My::from(&*t.device_id),
+                        My::from(&**point),
+                        ms(t.ts),
+                        text(value),
+                        My::from(quality.as_str()),
+                    ]);
+                    n += 1;
+                    if n >= ROWS_PER_STATEMENT {
+                        flush(kind, &mut params, &mut n);
+                    }
+                }
+            }
+        }
+        if n >= ROWS_PER_STATEMENT {
+            flush(kind, &mut params, &mut n);
         }
     }
-    let values = vec![one; rows.len()].join(", ");
-    (format!("{head}{values}{tail}"), params)
+    flush(kind, &mut params, &mut n);
+    out
 }
 
 /// Sends one batch of one stream in a transaction.
-async fn send(
-    pool: &Pool,
-    gateway: &str,
-    stream: &str,
-    rows: &[store::OutboxRow],
-) -> Result<(), mysql_async::Error> {
-    let (sql, params) = batch(gateway, stream, rows);
+async fn send(pool: &Pool, gateway: &str, rows: &[OutboxRow]) -> Result<(), mysql_async::Error> {
+    let statements = statements(gateway, rows);
+    if statements.is_empty() {
+        return Ok(());
+    }
     let mut conn = pool.get_conn().await?;
     let mut tx = conn.start_transaction(TxOpts::default()).await?;
-    tx.exec_drop(sql, params).await?;
+    for (sql, params) in statements {
+        tx.exec_drop(sql, params).await?;
+    }
     tx.commit().await
 }
 
@@ -191,7 +212,7 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     };
     let pool = Pool::new(opts);
     let mut feed = match store::open_reader(&shared.config.gateway.data_dir) {
-        Ok(c) => Feed::new(SINK, c, cfg.batch_size),
+        Ok(c) => Feed::new(SINK, c, shared.config.clone(), cfg.batch_size),
         Err(e) => {
             status.set_error(SINK, Some(e.to_string()));
             return;
@@ -222,10 +243,10 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             let sent_any = !batches.is_empty();
             for b in batches {
                 let n = b.rows.len() as u64;
-                match deadline(send(&pool, &gateway, b.name(), &b.rows)).await {
+                match deadline(send(&pool, &gateway, &b.rows)).await {
                     Ok(()) => {
                         status.rows_ok.fetch_add(n, Relaxed);
-                        feed.confirm(b.stream, b.rows.iter().map(|r| r.0));
+                        feed.confirm(b.stream, b.rows.iter().map(OutboxRow::id));
                     }
                     Err(e) => {
                         status.rows_failed.fetch_add(n, Relaxed);

@@ -304,7 +304,7 @@ pub async fn caught_up(gw: &Gateway, sink: &str) {
     wait_for_async(&format!("{sink} backlog drained"), || async {
         gw.store.flush().await;
         let c = edge_gateway::store::open_reader(&gw.config.gateway.data_dir).unwrap();
-        edge_gateway::store::backlog(&c, sink, &[]).unwrap() == 0
+        edge_gateway::store::outbox::backlog(&c, sink, &[]).unwrap() == 0
     })
     .await;
 }

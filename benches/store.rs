@@ -1,0 +1,209 @@
+//! Store endurance benchmark: the store's worst case, every register changing every second.
+//! BUSES TCP buses × 50 unit ids × 30 u16 points (deadband 0) polled every second from the
+//! simulator's `changing` profile (its own process), with the MySQL sink (local MariaDB) and
+//! the MQTT sink (local Mosquitto, QoS 1) on. Measured on the gateway process alone: points/s,
+//! CPU % of one core, RSS, bytes the kernel wrote for it per point sample, WAL max, database
+//! size, and what that write rate means for an SD card per day.
+//!
+//! Run: `EDGE_TEST_MYSQL_URL=mysql://root@127.0.0.1:3306/test EDGE_TEST_MQTT_ADDR=127.0.0.1:1883
+//! cargo bench --bench store` (`BENCH_BUSES`, default 10; `BENCH_SECS`, default 60;
+//! `BENCH_SAMPLE_EVERY` prints one line per that many seconds: the soak).
+//!
+//! The ratio printed beside the CPU figure is the gateway's CPU over the simulator's, which
+//! answers the same 500 requests/s: a peer on the same load, from the same run.
+
+mod common;
+use common::process::{
+    bin, cpu_seconds, free_port, http_get, metric, pid_status_kb, wait_for_line, write_bytes, Proc,
+};
+
+use std::net::TcpStream;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const UNITS: usize = 50;
+const POINTS: usize = 30;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn config(dir: &std::path::Path, buses: usize, sim: u16, http: u16, id: &str) -> String {
+    let mut c = format!(
+        "[gateway]\nid = \"{id}\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:{http}\"\n",
+        dir.display().to_string()
+    );
+    if let Ok(url) = std::env::var("EDGE_TEST_MYSQL_URL") {
+        c += &format!("[mysql]\nurl = \"{url}\"\nbatch_size = 500\n");
+    }
+    if let Ok(addr) = std::env::var("EDGE_TEST_MQTT_ADDR") {
+        c += &format!("[mqtt]\nurl = \"mqtt://{addr}\"\nclient_id = \"{id}\"\ntopic_prefix = \"edge-bench\"\nqos = 1\n");
+    }
+    for b in 0..buses {
+        c += &format!("[[buses]]\nname = \"bus{b}\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{sim}\"\ntimeout_ms = 1000\n");
+    }
+    let pts: Vec<String> = (0..POINTS)
+        .map(|i| format!(r#"{{ id = "r{i}", table = "holding", address = {i}, type = "u16", deadband = 0.0 }}"#))
+        .collect();
+    c += &format!("[templates.dev]\npoints = [\n  {}\n]\n", pts.join(",\n  "));
+    for b in 0..buses {
+        for u in 1..=UNITS {
+            c += &format!(
+                "[[devices]]\nid = \"b{b}u{u}\"\nbus = \"bus{b}\"\nunit = {u}\npoll_interval_ms = 1000\ntemplate = \"dev\"\n"
+            );
+        }
+    }
+    c
+}
+
+/// One reading of everything the bench reports.
+struct Reading {
+    at: Instant,
+    cpu: f64,
+    sim_cpu: f64,
+    written: u64,
+    samples: f64,
+}
+
+fn read(pid: u32, sim: u32, http: u16) -> Reading {
+    Reading {
+        at: Instant::now(),
+        cpu: cpu_seconds(pid),
+        sim_cpu: cpu_seconds(sim),
+        written: write_bytes(pid),
+        samples: metric(http, "edge_store_rows_total", ""),
+    }
+}
+
+fn main() {
+    edge_gateway::tune_allocator();
+    let buses = env_or("BENCH_BUSES", 10) as usize;
+    let secs = env_or("BENCH_SECS", 60);
+    let every = env_or("BENCH_SAMPLE_EVERY", 0);
+    let sinks: Vec<&str> = [
+        ("mysql", "EDGE_TEST_MYSQL_URL"),
+        ("mqtt", "EDGE_TEST_MQTT_ADDR"),
+    ]
+    .into_iter()
+    .filter(|(_, v)| std::env::var(v).is_ok())
+    .map(|(n, _)| n)
+    .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let sim_port = free_port();
+    let mut sim = Proc(
+        bin()
+            .args([
+                "simulate",
+                "--profile",
+                "changing",
+                "--listen",
+                &format!("127.0.0.1:{sim_port}"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_line(&mut sim.0, "simulator:");
+    let http = free_port();
+    let cfg = dir.path().join("bench.toml");
+    let id = format!("store-bench-{}", std::process::id());
+    std::fs::write(&cfg, config(&data, buses, sim_port, http, &id)).unwrap();
+    let gw = Proc(
+        bin()
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let (pid, sim_pid) = (gw.0.id(), sim.0.id());
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", http)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "gateway did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "store benchmark: {buses} buses x {UNITS} units x {POINTS} u16 points, every one changing every second, deadband 0; sinks: {}; {secs} s measured after 10 s",
+        if sinks.is_empty() { "none (set EDGE_TEST_MYSQL_URL / EDGE_TEST_MQTT_ADDR)".to_string() } else { sinks.join(" + ") }
+    );
+    std::thread::sleep(Duration::from_secs(10));
+    let first = read(pid, sim_pid, http);
+    let (mut wal_max, mut rss_max, mut last) = (0u64, 0u64, read(pid, sim_pid, http));
+    if every > 0 {
+        println!("  minute  CPU%   RSS MB  db MB   WAL MB  written KB/s  B/sample  backlog");
+    }
+    while first.at.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_millis(250));
+        let (db, wal) = edge_gateway::store::file_sizes(&data);
+        wal_max = wal_max.max(wal);
+        rss_max = rss_max.max(pid_status_kb(pid, "VmRSS"));
+        if every > 0 && last.at.elapsed() >= Duration::from_secs(every) {
+            let now = read(pid, sim_pid, http);
+            let dt = now.at.duration_since(last.at).as_secs_f64();
+            let backlog = metric(http, "edge_sink_backlog", "");
+            println!(
+                "  {:6.1}  {:5.1}  {:6.1}  {:6.1}  {:6.2}  {:12.0}  {:8.1}  {backlog:.0}",
+                first.at.elapsed().as_secs_f64() / 60.0,
+                (now.cpu - last.cpu) / dt * 100.0,
+                pid_status_kb(pid, "VmRSS") as f64 / 1024.0,
+                db as f64 / 1048576.0,
+                wal as f64 / 1048576.0,
+                (now.written - last.written) as f64 / dt / 1024.0,
+                (now.written - last.written) as f64 / (now.samples - last.samples).max(1.0),
+            );
+            last = now;
+        }
+    }
+    let end = read(pid, sim_pid, http);
+    let wall = end.at.duration_since(first.at).as_secs_f64();
+    let (db, _) = edge_gateway::store::file_sizes(&data);
+    let health = http_get(http, "/healthz");
+    drop(gw);
+    drop(sim);
+
+    let samples = end.samples - first.samples;
+    let per_s = samples / wall;
+    let cpu = (end.cpu - first.cpu) / wall * 100.0;
+    let sim_cpu = (end.sim_cpu - first.sim_cpu) / wall * 100.0;
+    let written = (end.written - first.written) as f64;
+    let per_sample = written / samples.max(1.0);
+    let gb_day = |rate: f64| per_sample * rate * 86_400.0 / 1e9;
+    println!("  points/s stored:       {per_s:.0}");
+    println!(
+        "  gateway CPU:           {cpu:.1} % of one core (target <= 5 %); simulator on the same load {sim_cpu:.1} %: ratio {:.2}",
+        cpu / sim_cpu.max(0.01)
+    );
+    println!(
+        "  gateway RSS:           max {:.1} MB over the window",
+        rss_max as f64 / 1024.0
+    );
+    println!(
+        "  written to storage:    {:.0} KB/s, {per_sample:.1} bytes per point sample (target <= 64, stretch <= 32)",
+        written / wall / 1024.0
+    );
+    println!(
+        "  at this rate:          {:.0} MB/day; SD card: {:.2} GB/day at 1,500 points/s, {:.2} GB/day at 15,000",
+        written / wall * 86_400.0 / 1e6,
+        gb_day(1_500.0),
+        gb_day(15_000.0)
+    );
+    println!(
+        "  WAL:                   max {:.2} MB (target < 32 MB); database {:.1} MB after {:.0} s",
+        wal_max as f64 / 1048576.0,
+        db as f64 / 1048576.0,
+        start.elapsed().as_secs_f64()
+    );
+    println!(
+        "  healthz:               {}",
+        health.lines().last().unwrap_or("")
+    );
+}

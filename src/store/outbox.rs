@@ -1,0 +1,259 @@
+//! The upstream outbox: the three streams a sink forwards (events, device status changes,
+//! telemetry samples), decoded into typed rows in this one place, and each sink's cursors.
+
+use std::sync::Arc;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::packed::{self, Names};
+use crate::config::Config;
+use crate::model::{Millis, Quality, Value};
+
+/// An outbox stream. Ids within a stream only grow, so a cursor is one number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Events,
+    Status,
+    Telemetry,
+}
+
+impl Stream {
+    /// In the order a sink sends them: events and status before telemetry.
+    pub const ALL: [Stream; 3] = [Stream::Events, Stream::Status, Stream::Telemetry];
+
+    /// The name that keys the stream's cursor in `sink_cursors`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Events => "events",
+            Stream::Status => "status",
+            Stream::Telemetry => "telemetry",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The highest id of the stream (0 when empty).
+    fn newest_sql(self) -> &'static str {
+        match self {
+            Stream::Events => "SELECT COALESCE(MAX(seq), 0) FROM events",
+            Stream::Status => "SELECT COALESCE(MAX(id), 0) FROM status_log",
+            Stream::Telemetry => "SELECT COALESCE(MAX(id), 0) FROM samples",
+        }
+    }
+}
+
+/// An event as the sinks send it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    pub seq: i64,
+    pub event_id: String,
+    pub device_id: String,
+    pub point_id: Option<String>,
+    pub kind: String,
+    pub priority: String,
+    pub device_seq: i64,
+    pub value: Option<Value>,
+    pub message: String,
+    pub state: String,
+    pub ts: Millis,
+}
+
+/// A device's status change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusRow {
+    pub id: i64,
+    pub device_id: String,
+    pub device_type: String,
+    pub online: bool,
+    pub last_seen: Option<Millis>,
+    pub ts: Millis,
+}
+
+/// One device sample: the points reported at one poll.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleRow {
+    pub id: i64,
+    pub device_id: Arc<str>,
+    pub ts: Millis,
+    pub points: Vec<(Arc<str>, Option<Value>, Quality)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutboxRow {
+    Event(EventRow),
+    Status(StatusRow),
+    Sample(SampleRow),
+}
+
+impl OutboxRow {
+    /// The row's id in its stream.
+    pub fn id(&self) -> i64 {
+        match self {
+            OutboxRow::Event(e) => e.seq,
+            OutboxRow::Status(s) => s.id,
+            OutboxRow::Sample(s) => s.id,
+        }
+    }
+}
+
+/// A reader of the outbox for one sink: its connection and the key names it has decoded.
+pub struct Outbox {
+    conn: Connection,
+    config: Arc<Config>,
+    names: Names,
+}
+
+impl Outbox {
+    pub fn new(conn: Connection, config: Arc<Config>) -> Outbox {
+        Outbox {
+            conn,
+            config,
+            names: Names::default(),
+        }
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Up to `limit` rows of a stream after `after`, up to and including `upto`, oldest first.
+    pub fn read(
+        &mut self,
+        stream: Stream,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<OutboxRow>> {
+        let args = params![after, upto, limit as i64];
+        match stream {
+            Stream::Events => {
+                let config = &self.config;
+                let mut q = self.conn.prepare_cached(
+                    "SELECT seq, event_id, device_id, point_id, type, priority, device_seq, value,
+                            message, state, ts
+                     FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
+                )?;
+                let rows = q.query_map(args, |r| {
+                    let device_id: String = r.get(2)?;
+                    let point_id: Option<String> = r.get(3)?;
+                    let value =
+                        super::event_value(config, &device_id, point_id.as_deref(), r.get(7)?);
+                    Ok(OutboxRow::Event(EventRow {
+                        seq: r.get(0)?,
+                        event_id: r.get(1)?,
+                        device_id,
+                        point_id,
+                        kind: r.get(4)?,
+                        priority: r.get(5)?,
+                        device_seq: r.get(6)?,
+                        value,
+                        message: r.get(8)?,
+                        state: r.get(9)?,
+                        ts: r.get(10)?,
+                    }))
+                })?;
+                rows.collect()
+            }
+            Stream::Status => {
+                let mut q = self.conn.prepare_cached(
+                    "SELECT s.id, s.device_id, COALESCE(d.device_type, ''), s.online, s.last_seen, s.ts
+                     FROM status_log s LEFT JOIN device_status d ON d.device_id = s.device_id
+                     WHERE s.id > ?1 AND s.id <= ?2 ORDER BY s.id LIMIT ?3",
+                )?;
+                let rows = q.query_map(args, |r| {
+                    Ok(OutboxRow::Status(StatusRow {
+                        id: r.get(0)?,
+                        device_id: r.get(1)?,
+                        device_type: r.get(2)?,
+                        online: r.get::<_, i64>(3)? != 0,
+                        last_seen: r.get(4)?,
+                        ts: r.get(5)?,
+                    }))
+                })?;
+                rows.collect()
+            }
+            Stream::Telemetry => {
+                let raw: Vec<(i64, i64, Millis, Vec<u8>)> = {
+                    let mut q = self.conn.prepare_cached(
+                        "SELECT id, device, ts, points FROM samples
+                         WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
+                    )?;
+                    let rows =
+                        q.query_map(args, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                };
+                let mut out = Vec::with_capacity(raw.len());
+                for (id, device, ts, blob) in raw {
+                    out.push(OutboxRow::Sample(self.sample(id, device, ts, &blob)?));
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Decodes one sample. A damaged one, or one of a device no name is known for, comes back
+    /// without points: logged, and still an id that counts as read, so the cursor moves on.
+    fn sample(
+        &mut self,
+        id: i64,
+        device: i64,
+        ts: Millis,
+        blob: &[u8],
+    ) -> rusqlite::Result<SampleRow> {
+        let mut row = SampleRow {
+            id,
+            device_id: Arc::from(""),
+            ts,
+            points: Vec::new(),
+        };
+        let (Ok(entries), Some((d, _))) =
+            (packed::decode(blob), self.names.get(&self.conn, device)?)
+        else {
+            tracing::warn!("telemetry sample {id} is damaged: skipped");
+            return Ok(row);
+        };
+        row.device_id = d.clone();
+        row.points.reserve(entries.len());
+        for (key, value, quality) in entries {
+            if let Some((_, p)) = self.names.get(&self.conn, key)? {
+                row.points.push((p.clone(), value, quality));
+            }
+        }
+        Ok(row)
+    }
+
+    /// The highest id of a stream (0 when empty).
+    pub fn newest(&self, stream: Stream) -> rusqlite::Result<i64> {
+        newest(&self.conn, stream)
+    }
+}
+
+pub fn newest(conn: &Connection, stream: Stream) -> rusqlite::Result<i64> {
+    conn.prepare_cached(stream.newest_sql())?
+        .query_row([], |r| r.get(0))
+}
+
+/// A sink's cursor in a stream (0: nothing sent yet).
+pub fn cursor(conn: &Connection, sink: &str, stream: Stream) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT last_id FROM sink_cursors WHERE sink = ?1 AND stream = ?2")?
+        .query_row([sink, stream.name()], |r| r.get(0))
+        .optional()
+        .map(|v| v.unwrap_or(0))
+}
+
+/// Rows of all streams not yet confirmed by a sink: the highest id of each stream less the
+/// sink's cursor. Ids only grow, so this is exact but for rows pruned past the cursor, and
+/// costs one index lookup per stream instead of counting a backlog that may be a million rows
+/// long on every batch. `sent` holds cursors the sink has handed to the writer that may not be
+/// committed yet (in [`Stream::ALL`] order, or empty): whichever cursor is further counts.
+pub fn backlog(conn: &Connection, sink: &str, sent: &[i64]) -> rusqlite::Result<i64> {
+    let mut total = 0;
+    for stream in Stream::ALL {
+        let cursor =
+            cursor(conn, sink, stream)?.max(sent.get(stream.index()).copied().unwrap_or(0));
+        total += (newest(conn, stream)? - cursor).max(0);
+    }
+    Ok(total)
+}

@@ -1,0 +1,221 @@
+//! Reads of the store: the state a restart begins with, a point's history, the event log and
+//! the alarm list. Each runs on a reader connection, never the writer's.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::packed::{self, find_key};
+use super::{from_sql, Keys, Restored};
+use crate::config::{Config, Point};
+use crate::model::{Millis, Quality, Value};
+
+/// The last state: device status, each point's latest value (the `latest` table, then every
+/// sample written after it was last saved, replayed on top), event numbering and the alarms
+/// still active.
+pub fn restore(conn: &Connection, config: &Config, keys: &Keys) -> rusqlite::Result<Restored> {
+    let mut out = Restored::default();
+    let mut dev_q =
+        conn.prepare("SELECT online, last_seen FROM device_status WHERE device_id = ?1")?;
+    let mut pt_q = conn.prepare("SELECT value, ts FROM latest WHERE point = ?1")?;
+    // Which device and point each key stands for, for the replay.
+    let mut at = std::collections::HashMap::new();
+    for (d, dev) in config.devices.iter().enumerate() {
+        let st: Option<(bool, Option<Millis>)> = dev_q
+            .query_row([&dev.id], |r| Ok((r.get::<_, i64>(0)? != 0, r.get(1)?)))
+            .optional()?;
+        out.devices
+            .push(st.map(|(o, l)| (Some(o), l)).unwrap_or((None, None)));
+        let mut pts = Vec::with_capacity(dev.points.len());
+        for (p, point) in dev.points.iter().enumerate() {
+            let key = keys.points[d][p];
+            at.insert(key, (d, p));
+            let row: Option<(rusqlite::types::Value, Millis)> = pt_q
+                .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            pts.push(row.map(|(v, ts)| (from_sql(point, v), ts)));
+        }
+        out.points.push(pts);
+        let ds: Option<i64> = conn.query_row(
+            "SELECT MAX(device_seq) FROM events WHERE device_id = ?1",
+            [&dev.id],
+            |r| r.get(0),
+        )?;
+        out.device_seq.push(ds.unwrap_or(0) as u64);
+    }
+    let upto = meta_int(conn, "latest_upto")?.unwrap_or(0);
+    let mut q = conn.prepare("SELECT ts, points FROM samples WHERE id > ?1 ORDER BY id")?;
+    let mut rows = q.query([upto])?;
+    while let Some(r) = rows.next()? {
+        let ts: Millis = r.get(0)?;
+        let Ok(entries) = packed::decode(r.get_ref(1)?.as_blob()?) else {
+            continue;
+        };
+        for (key, value, _) in entries {
+            if let Some(&(d, p)) = at.get(&key) {
+                out.points[d][p] = Some((value, ts));
+            }
+        }
+    }
+    let max_seq: Option<i64> = conn.query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?;
+    out.last_seq =
+        (max_seq.unwrap_or(0) as u64).max(meta_int(conn, "event_seq")?.unwrap_or(0) as u64);
+    let mut q = conn.prepare("SELECT key FROM alarms WHERE state = 'active'")?;
+    out.active_alarms = q
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(out)
+}
+
+/// A number kept in `meta`.
+pub fn meta_int(conn: &Connection, key: &str) -> rusqlite::Result<Option<i64>> {
+    let v: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?;
+    Ok(v.and_then(|s| s.parse().ok()))
+}
+
+/// History of one point, oldest first: `(ts, value, quality)`, at most `limit` rows, the newest
+/// ones when there are more. Walks the device's chain of samples back from its newest, in one
+/// read transaction so the chain is seen as of one moment.
+pub fn history(
+    conn: &Connection,
+    device: &crate::config::Device,
+    point: &Point,
+    since: Millis,
+    until: Millis,
+    limit: usize,
+) -> rusqlite::Result<Vec<(Millis, Option<Value>, Quality)>> {
+    let (Some(dk), Some(pk)) = (
+        find_key(conn, &device.id, "")?,
+        find_key(conn, &device.id, &point.id)?,
+    ) else {
+        return Ok(Vec::new());
+    };
+    let tx = conn.unchecked_transaction()?;
+    let mut next: Option<i64> = tx
+        .query_row("SELECT last FROM heads WHERE device = ?1", [dk], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let mut step = tx.prepare_cached("SELECT ts, prev, points FROM samples WHERE id = ?1")?;
+    let mut rows = Vec::new();
+    while let Some(id) = next.filter(|&id| id > 0) {
+        if rows.len() >= limit {
+            break;
+        }
+        let Some((ts, prev, blob)) = step
+            .query_row([id], |r| {
+                Ok((
+                    r.get::<_, Millis>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })
+            .optional()?
+        else {
+            break; // pruned: the chain ends here
+        };
+        if ts < since {
+            break;
+        }
+        // Ids only grow along a chain; anything else is damage, not a reason to loop.
+        next = (prev < id).then_some(prev);
+        if ts > until {
+            continue;
+        }
+        if let Some((_, v, q)) = packed::decode(&blob)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|e| e.0 == pk)
+        {
+            rows.push((ts, v, q));
+        }
+    }
+    rows.reverse();
+    Ok(rows)
+}
+
+/// An event read back from the store, as the SPEC JSON.
+fn event_row_json(config: &Config, r: &rusqlite::Row<'_>) -> rusqlite::Result<serde_json::Value> {
+    let device_id: String = r.get("device_id")?;
+    let point_id: Option<String> = r.get("point_id")?;
+    let value = super::event_value(config, &device_id, point_id.as_deref(), r.get("value")?)
+        .map(|v| v.to_json());
+    let acked_at: Option<Millis> = r.get("acked_at")?;
+    Ok(serde_json::json!({
+        "id": r.get::<_, String>("event_id")?,
+        "deviceId": device_id,
+        "pointId": point_id,
+        "type": r.get::<_, String>("type")?,
+        "priority": r.get::<_, String>("priority")?,
+        "deviceSeq": r.get::<_, i64>("device_seq")?,
+        "value": value,
+        "message": r.get::<_, String>("message")?,
+        "ts": crate::model::rfc3339(r.get("ts")?),
+        "state": r.get::<_, String>("state")?,
+        "ackedBy": r.get::<_, Option<String>>("acked_by")?,
+        "ackedAt": acked_at.map(crate::model::rfc3339),
+    }))
+}
+
+/// Filters of `events.query`.
+#[derive(Debug, Default, Clone)]
+pub struct EventFilter {
+    pub device_id: Option<String>,
+    pub kind: Option<String>,
+    pub min_priority_rank: i64,
+    pub since: Option<Millis>,
+    /// Paging: only events older than this seq.
+    pub before_seq: Option<i64>,
+    pub limit: usize,
+}
+
+/// Events newest first, by the filter.
+pub fn query_events(
+    conn: &Connection,
+    config: &Config,
+    f: &EventFilter,
+) -> rusqlite::Result<Vec<serde_json::Value>> {
+    let mut q = conn.prepare_cached(
+        "SELECT * FROM events WHERE (?1 IS NULL OR device_id = ?1) AND (?2 IS NULL OR type = ?2)
+         AND priority_rank >= ?3 AND (?4 IS NULL OR ts >= ?4) AND (?5 IS NULL OR seq < ?5)
+         ORDER BY seq DESC LIMIT ?6",
+    )?;
+    let rows = q.query_map(
+        params![
+            f.device_id,
+            f.kind,
+            f.min_priority_rank,
+            f.since,
+            f.before_seq,
+            f.limit as i64
+        ],
+        |r| event_row_json(config, r),
+    )?;
+    rows.collect()
+}
+
+/// The seq of an event id, for paging.
+pub fn event_seq(conn: &Connection, event_id: &str) -> rusqlite::Result<Option<i64>> {
+    conn.query_row(
+        "SELECT seq FROM events WHERE event_id = ?1",
+        [event_id],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Alarms still listed (active, or cleared but not acknowledged): highest priority first, then
+/// newest first. Each is its raising event with the alarm's current `state` and ack.
+pub fn active_alarms(
+    conn: &Connection,
+    config: &Config,
+) -> rusqlite::Result<Vec<serde_json::Value>> {
+    let mut q = conn.prepare_cached(
+        "SELECT e.seq, e.event_id, e.device_id, e.point_id, e.type, e.priority, e.device_seq, e.value,
+                e.message, e.ts, a.state AS state, a.acked_by AS acked_by, a.acked_at AS acked_at
+         FROM alarms a JOIN events e ON e.seq = a.event_seq
+         ORDER BY a.priority_rank DESC, a.raised_at DESC",
+    )?;
+    let rows = q.query_map([], |r| event_row_json(config, r))?;
+    rows.collect()
+}

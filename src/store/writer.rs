@@ -1,0 +1,637 @@
+//! The one writer thread: group commits (telemetry waits up to [`GROUP_COMMIT`], anything else
+//! commits at once), the latest values saved now and then, retention and the size cap, and the
+//! checkpoint thread that keeps the WAL bounded.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, Transaction};
+use tokio::sync::mpsc;
+
+use super::{packed, sql_value, AckError, Gap, Keys, StoreCmd};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::model::{now_ms, Millis, Quality, Value};
+
+/// How long telemetry may wait for company before it is committed. Each commit appends every
+/// page it touched to the WAL, and the newest pages are touched by every commit, so fewer
+/// commits is what makes a sample cheap on an SD card. A power cut loses at most this window
+/// of telemetry (a process crash loses nothing committed); events, status changes, audits and
+/// flushes commit at once, taking waiting telemetry with them.
+pub const GROUP_COMMIT: Duration = Duration::from_millis(200);
+/// How many commands one transaction takes at most.
+const MAX_BATCH: usize = 2048;
+/// How often the latest value of each point is saved (and at a clean stop). A crash in between
+/// loses nothing: the samples written since are replayed at start.
+const LATEST_EVERY: Duration = Duration::from_secs(30);
+const PRUNE_EVERY: Duration = Duration::from_secs(10 * 60);
+/// The size cap is checked this often (two header reads and a stat: cheap).
+const CAP_EVERY: Duration = Duration::from_secs(1);
+
+pub(super) struct Writer {
+    pub conn: Connection,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub healthy: Arc<AtomicBool>,
+    pub gaps: Arc<Mutex<Vec<Gap>>>,
+    pub keys: Keys,
+    /// The sinks whose cursors say which telemetry is upstream.
+    pub sinks: Vec<&'static str>,
+    /// The WAL's size past which it is checkpointed at once: the cap's reserve for it.
+    pub wal_limit: u64,
+    /// The latest value of every point reported since the last save: (value, quality, ts).
+    pub dirty: HashMap<i64, (Option<Value>, Quality, Millis)>,
+    pub last_latest: Instant,
+    pub last_prune: Instant,
+    pub last_cap: Instant,
+    /// Dropped with the writer: tells the checkpoint thread to do a last one and stop.
+    pub _stop_checkpoints: std::sync::mpsc::Sender<()>,
+}
+
+/// The SQL that appends a sample to its device's chain (the writer's and
+/// [`super::append_sample`]'s). Ids continue from `meta.samples_hw` when every sample has been
+/// pruned: they are the sinks' cursors and are never handed out twice.
+pub(super) fn insert_sample(
+    conn: &Connection,
+    device: i64,
+    ts: Millis,
+    blob: &[u8],
+) -> rusqlite::Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO samples (id, device, ts, prev, points)
+         VALUES (COALESCE((SELECT MAX(id) FROM samples),
+                          (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'samples_hw'), 0) + 1,
+                 ?1, ?2, COALESCE((SELECT last FROM heads WHERE device = ?1), 0), ?3)",
+    )?
+    .execute(params![device, ts, blob])?;
+    let id = conn.last_insert_rowid();
+    conn.prepare_cached(
+        "INSERT INTO heads (device, last) VALUES (?1, ?2)
+         ON CONFLICT (device) DO UPDATE SET last = excluded.last",
+    )?
+    .execute([device, id])?;
+    Ok(id)
+}
+
+/// Whether a command may wait for the group commit: telemetry, cursors, probes. Everything
+/// else has someone waiting (an event to push, a flush, an ack) or is rare.
+fn may_wait(cmd: &StoreCmd) -> bool {
+    matches!(
+        cmd,
+        StoreCmd::Report { .. } | StoreCmd::Cursor { .. } | StoreCmd::Probe
+    )
+}
+
+impl Writer {
+    pub fn run(mut self, mut rx: mpsc::Receiver<StoreCmd>) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!("store writer cannot start its timer: {e}");
+                return;
+            }
+        };
+        self.prune();
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let mut open = true;
+        while open {
+            let next = rt.block_on(async {
+                match deadline {
+                    None => Ok(rx.recv().await),
+                    Some(d) => tokio::time::timeout_at(d, rx.recv()).await,
+                }
+            });
+            let mut now_due = false;
+            match next {
+                Ok(Some(cmd)) => {
+                    now_due |= !may_wait(&cmd);
+                    batch.push(cmd);
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(c) => {
+                                now_due |= !may_wait(&c);
+                                batch.push(c);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Ok(None) => open = false,
+                Err(_elapsed) => now_due = true,
+            }
+            let d = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + GROUP_COMMIT);
+            if !(now_due || !open || batch.len() >= MAX_BATCH || tokio::time::Instant::now() >= d) {
+                continue;
+            }
+            deadline = None;
+            if !batch.is_empty() {
+                self.commit(&mut batch);
+            }
+            if self.last_prune.elapsed() > PRUNE_EVERY {
+                self.prune();
+            } else if self.last_cap.elapsed() > CAP_EVERY {
+                self.cap();
+            }
+        }
+        self.save_latest_now();
+        // Everything into the database file and the WAL emptied: a clean stop leaves one file
+        // that is complete on its own (the checkpoint thread is not waited for at exit).
+        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            tracing::warn!("final checkpoint failed: {e}");
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    /// Writes a batch in one transaction, retrying a few times if the disk refuses; flushes are
+    /// answered whatever happens so nobody waits forever.
+    fn commit(&mut self, batch: &mut Vec<StoreCmd>) {
+        // Flushes, probes and acks alone carry nothing that a retry could save.
+        let carries_data = batch.iter().any(|c| {
+            !matches!(
+                c,
+                StoreCmd::Flush(_) | StoreCmd::Probe | StoreCmd::Ack { .. }
+            )
+        });
+        let mut attempt = 0;
+        loop {
+            // Taking the lock is all a healthy store's empty batch does: no disk write each
+            // second on a quiet box. Only a failing store's probe writes, since only a write
+            // proves that writing works again (a full disk still grants the lock).
+            let prove = !carries_data && !self.healthy.load(Relaxed);
+            match self.write(batch, prove) {
+                Ok(rows) => {
+                    self.metrics.store_rows.fetch_add(rows, Relaxed);
+                    if !self.healthy.swap(true, Relaxed) {
+                        tracing::info!("store writes again");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    self.metrics.store_errors.fetch_add(1, Relaxed);
+                    if self.healthy.swap(false, Relaxed) {
+                        tracing::error!("store cannot write: {e}");
+                    }
+                    attempt += 1;
+                    if !carries_data {
+                        break;
+                    }
+                    if attempt >= 3 {
+                        tracing::error!(
+                            "dropping {} store commands after {attempt} failed attempts",
+                            batch.len()
+                        );
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(200 * attempt));
+                }
+            }
+        }
+        for cmd in batch.drain(..) {
+            match cmd {
+                StoreCmd::Flush(reply) => {
+                    let _ = reply.send(());
+                }
+                StoreCmd::Events { done, .. } => {
+                    let _ = done.send(());
+                }
+                StoreCmd::Ack {
+                    event_id,
+                    user,
+                    ts,
+                    reply,
+                } => {
+                    // After the batch it came with, so an ack never overtakes its raise.
+                    let _ = reply.send(self.ack(&event_id, &user, ts));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn write(&mut self, batch: &[StoreCmd], prove: bool) -> rusqlite::Result<u64> {
+        // Immediate: the write lock is taken even by a batch with nothing to write (a flush, a
+        // probe), so a store that cannot write fails every batch. A deferred empty transaction
+        // would commit and mark the store healthy while another process holds the lock.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut rows = 0;
+        for cmd in batch {
+            match cmd {
+                StoreCmd::Audit(a) => {
+                    let d = &self.config.devices[a.device];
+                    tx.prepare_cached(
+                        "INSERT INTO write_audit (ts, user, source, device_id, point_id, old_value, new_value, result)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    )?
+                    .execute(params![
+                        a.ts,
+                        a.user,
+                        a.source,
+                        d.id,
+                        d.points[a.point].id,
+                        sql_value(&a.old),
+                        sql_value(&Some(a.new.clone())),
+                        a.result
+                    ])?;
+                    rows += 1;
+                }
+                StoreCmd::Report {
+                    device,
+                    ts,
+                    rows: list,
+                } => {
+                    let keys = &self.keys.points[*device];
+                    let blob = packed::encode(
+                        list.iter()
+                            .map(|r| (keys[r.point], r.value.as_ref(), r.quality)),
+                    );
+                    insert_sample(&tx, self.keys.devices[*device], *ts, &blob)?;
+                    for r in list {
+                        self.dirty
+                            .insert(keys[r.point], (r.value.clone(), r.quality, r.ts));
+                    }
+                    rows += list.len() as u64;
+                }
+                StoreCmd::Status {
+                    device,
+                    online,
+                    last_seen,
+                    ts,
+                } => {
+                    let d = &self.config.devices[*device];
+                    tx.prepare_cached(
+                        "INSERT INTO device_status (device_id, device_type, online, last_seen, changed_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (device_id) DO UPDATE SET device_type = ?2, online = ?3,
+                            last_seen = COALESCE(?4, last_seen), changed_at = ?5",
+                    )?
+                    .execute(params![d.id, d.device_type, *online as i64, last_seen, ts])?;
+                    tx.prepare_cached(
+                        "INSERT INTO status_log (device_id, online, last_seen, ts) VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![d.id, *online as i64, last_seen, ts])?;
+                    rows += 1;
+                }
+                StoreCmd::Cursor {
+                    sink,
+                    stream,
+                    last_id,
+                } => {
+                    tx.prepare_cached(
+                        "INSERT INTO sink_cursors (sink, stream, last_id) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (sink, stream) DO UPDATE SET last_id = MAX(last_id, ?3)",
+                    )?
+                    .execute(params![sink, stream.name(), last_id])?;
+                }
+                StoreCmd::Events { events, .. } => {
+                    for e in events {
+                        write_event(&self.config, &tx, e)?;
+                        rows += 1;
+                    }
+                    if let Some(last) = events.last() {
+                        tx.execute(
+                            "INSERT INTO meta (key, value) VALUES ('event_seq', ?1)
+                             ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), ?1)",
+                            [last.seq as i64],
+                        )?;
+                    }
+                }
+                StoreCmd::Ack { .. } | StoreCmd::Flush(_) | StoreCmd::Probe => {}
+            }
+        }
+        if prove {
+            set_meta(&tx, "store_probe", now_ms())?;
+        }
+        let save = self.last_latest.elapsed() >= LATEST_EVERY && !self.dirty.is_empty();
+        if save {
+            Self::save_latest(&tx, &self.dirty)?;
+        }
+        tx.commit()?;
+        if save {
+            self.dirty.clear();
+            self.last_latest = Instant::now();
+        }
+        Ok(rows)
+    }
+
+    /// Writes the latest value of every point reported since the last save, and which sample
+    /// they include, so a start replays only the samples after it.
+    fn save_latest(
+        tx: &Transaction<'_>,
+        dirty: &HashMap<i64, (Option<Value>, Quality, Millis)>,
+    ) -> rusqlite::Result<()> {
+        let mut q = tx.prepare_cached(
+            "INSERT INTO latest (point, value, quality, ts) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (point) DO UPDATE SET value = ?2, quality = ?3, ts = ?4",
+        )?;
+        for (key, (value, quality, ts)) in dirty {
+            q.execute(params![key, sql_value(value), quality.as_str(), ts])?;
+        }
+        let upto: i64 =
+            tx.query_row("SELECT COALESCE(MAX(id), 0) FROM samples", [], |r| r.get(0))?;
+        set_meta(tx, "latest_upto", upto)
+    }
+
+    fn save_latest_now(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let r = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .and_then(|tx| {
+                Self::save_latest(&tx, &self.dirty)?;
+                tx.commit()
+            });
+        match r {
+            Ok(()) => self.dirty.clear(),
+            Err(e) => {
+                tracing::warn!("saving the latest values failed (the samples replay at start): {e}")
+            }
+        }
+    }
+
+    fn ack(&mut self, event_id: &str, user: &str, ts: Millis) -> Result<(), AckError> {
+        let run = |conn: &mut Connection| -> rusqlite::Result<bool> {
+            let tx = conn.transaction()?;
+            let n = tx.execute(
+                "UPDATE alarms SET acked_by = ?2, acked_at = ?3
+                 WHERE event_seq = (SELECT seq FROM events WHERE event_id = ?1)",
+                params![event_id, user, ts],
+            )?;
+            if n > 0 {
+                tx.execute(
+                    "UPDATE events SET acked_by = ?2, acked_at = ?3 WHERE event_id = ?1",
+                    params![event_id, user, ts],
+                )?;
+                tx.execute(
+                    "DELETE FROM alarms WHERE state = 'cleared' AND acked_by IS NOT NULL",
+                    [],
+                )?;
+            }
+            tx.commit()?;
+            Ok(n > 0)
+        };
+        match run(&mut self.conn) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(AckError::NotFound(event_id.to_string())),
+            Err(e) => Err(AckError::Store(e.to_string())),
+        }
+    }
+
+    /// Drops history past its retention, then applies the size cap.
+    fn prune(&mut self) {
+        self.last_prune = Instant::now();
+        let cutoff = now_ms() - self.config.store.history_retention_days as i64 * 86_400_000;
+        // Samples are appended in time order, so the first one inside the retention is found
+        // by reading exactly the ones that go.
+        let r = self.conn.query_row(
+            "SELECT COALESCE((SELECT id FROM samples WHERE ts >= ?1 ORDER BY id LIMIT 1),
+                             (SELECT MAX(id) + 1 FROM samples), 0)",
+            [cutoff],
+            |r| r.get::<_, i64>(0),
+        );
+        let r = r.and_then(|keep| delete_samples(&mut self.conn, 0, keep - 1));
+        match r {
+            Ok(n) if n > 0 => {
+                tracing::info!("pruned {n} telemetry samples older than the retention")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("pruning telemetry failed: {e}"),
+        }
+        self.cap();
+    }
+
+    /// Keeps database and WAL budget together under `max_db_mb`: first the oldest telemetry that
+    /// every upstream sink has confirmed (or all of it, with no sink), then, only if that is not
+    /// enough, the oldest unsent telemetry, recorded as gaps. Events are never dropped.
+    fn cap(&mut self) {
+        self.last_cap = Instant::now();
+        let max = self.config.store.max_db_mb * 1024 * 1024;
+        if self.used_bytes().unwrap_or(0) <= max {
+            return;
+        }
+        let sent = self.confirmed_telemetry().unwrap_or(0);
+        for unsent in [false, true] {
+            for _ in 0..50 {
+                match self.drop_oldest(sent, unsent) {
+                    Ok(0) => break,
+                    Ok(n) if unsent => {
+                        tracing::error!("store over max_db_mb: dropped the oldest {n} telemetry samples not yet sent upstream")
+                    }
+                    Ok(n) => tracing::warn!("store over max_db_mb: dropped the oldest {n} telemetry samples (already upstream)"),
+                    Err(e) => {
+                        tracing::warn!("keeping the store under max_db_mb failed: {e}");
+                        return;
+                    }
+                }
+                if self.used_bytes().unwrap_or(0) <= max {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Telemetry samples up to this id are confirmed by every configured sink.
+    fn confirmed_telemetry(&self) -> rusqlite::Result<i64> {
+        let mut min = i64::MAX;
+        for s in &self.sinks {
+            min = min.min(super::outbox::cursor(
+                &self.conn,
+                s,
+                super::Stream::Telemetry,
+            )?);
+        }
+        Ok(min)
+    }
+
+    /// Drops a tenth of the samples of one kind (confirmed upstream, or not), oldest first;
+    /// unsent ones are recorded per device as gaps. Returns how many went.
+    fn drop_oldest(&mut self, sent: i64, unsent: bool) -> rusqlite::Result<usize> {
+        let tx = self.conn.transaction()?;
+        let (first, newest): (i64, i64) = tx.query_row(
+            "SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) FROM samples",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let chunk = ((newest - first) / 10).max(1000);
+        let (lo, hi) = if unsent {
+            (sent, newest)
+        } else {
+            (0, sent.min(newest))
+        };
+        let lo = lo.max(first - 1);
+        let hi = hi.min(lo + chunk);
+        if hi <= lo {
+            return Ok(0);
+        }
+        let mut gaps = Vec::new();
+        if unsent {
+            let mut q = tx.prepare(
+                "SELECT n.device_id, COUNT(*), MIN(s.ts), MAX(s.ts) FROM samples s
+                 JOIN names n ON n.id = s.device
+                 WHERE s.id > ?1 AND s.id <= ?2 GROUP BY n.device_id ORDER BY n.device_id",
+            )?;
+            gaps = q
+                .query_map([lo, hi], |r| {
+                    Ok(Gap {
+                        device_id: r.get(0)?,
+                        rows: r.get(1)?,
+                        from_ts: r.get(2)?,
+                        to_ts: r.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+        }
+        let n = delete_in(&tx, lo, hi)?;
+        tx.commit()?;
+        for g in &gaps {
+            tracing::error!(device = %g.device_id, "{}", g.message());
+        }
+        self.gaps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(gaps);
+        Ok(n)
+    }
+
+    /// Bytes in use: the database's pages less its free ones, plus the WAL's budget. The WAL
+    /// is kept near its limit by the checkpoints, not by dropping data (deleting rows only
+    /// writes more WAL), so the cap reserves the limit for it.
+    fn used_bytes(&self) -> rusqlite::Result<u64> {
+        let q = |pragma: &str| -> rusqlite::Result<i64> {
+            self.conn.pragma_query_value(None, pragma, |r| r.get(0))
+        };
+        let used = (q("page_count")? - q("freelist_count")?) * q("page_size")?;
+        Ok(used.max(0) as u64 + self.wal_limit)
+    }
+}
+
+/// Deletes the samples with ids in `(after, upto]`, remembering the highest id ever given.
+fn delete_in(tx: &Connection, after: i64, upto: i64) -> rusqlite::Result<usize> {
+    let newest: Option<i64> = tx.query_row("SELECT MAX(id) FROM samples", [], |r| r.get(0))?;
+    if let Some(id) = newest {
+        set_meta(tx, "samples_hw", id)?;
+    }
+    tx.execute(
+        "DELETE FROM samples WHERE id > ?1 AND id <= ?2",
+        [after, upto],
+    )
+}
+
+fn delete_samples(conn: &mut Connection, after: i64, upto: i64) -> rusqlite::Result<usize> {
+    if upto <= after {
+        return Ok(0);
+    }
+    let tx = conn.transaction()?;
+    let n = delete_in(&tx, after, upto)?;
+    tx.commit()?;
+    Ok(n)
+}
+
+fn set_meta(tx: &Connection, key: &str, value: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+    )?
+    .execute(params![key, value.to_string()])?;
+    Ok(())
+}
+
+fn write_event(
+    config: &Config,
+    tx: &Transaction<'_>,
+    e: &crate::events::Event,
+) -> rusqlite::Result<()> {
+    use crate::events::{priority_rank, priority_str, AlarmOp};
+    let d = &config.devices[e.device];
+    let id = e.id(&config.gateway.id);
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO events (seq, event_id, device_id, point_id, type, priority, priority_rank,
+            device_seq, value, message, state, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        e.seq as i64,
+        id,
+        d.id,
+        e.point.map(|p| d.points[p].id.clone()),
+        e.kind.as_str(),
+        priority_str(e.priority),
+        priority_rank(e.priority),
+        e.device_seq as i64,
+        sql_value(&e.value),
+        e.message,
+        e.state.as_str(),
+        e.ts
+    ])?;
+    match &e.alarm {
+        Some(AlarmOp::Raise(key)) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO alarms (key, event_seq, state, priority_rank, raised_at)
+                 VALUES (?1, ?2, 'active', ?3, ?4)",
+            )?
+            .execute(params![key, e.seq as i64, priority_rank(e.priority), e.ts])?;
+        }
+        Some(AlarmOp::Clear(key)) => {
+            tx.prepare_cached(
+                "UPDATE alarms SET state = 'cleared', cleared_at = ?2 WHERE key = ?1",
+            )?
+            .execute(params![key, e.ts])?;
+            // Cleared and acknowledged: no longer listed.
+            tx.prepare_cached("DELETE FROM alarms WHERE key = ?1 AND acked_by IS NOT NULL")?
+                .execute([key])?;
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// The WAL is checkpointed at least this often.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
+
+/// Keeps the WAL bounded without making commits wait on an fsync: once a second it looks at
+/// the WAL file, and every [`CHECKPOINT_EVERY`], or at once when the WAL has grown past
+/// `limit`, it copies the WAL into the database (PASSIVE: never blocks the writer) and then
+/// restarts it (RESTART: waits a moment for readers, so the next commit writes from the start
+/// of the file again, which `journal_size_limit` then trims). Readers that never pause would
+/// otherwise starve every checkpoint and the WAL would grow without end. At stop, a last
+/// TRUNCATE.
+pub(super) fn checkpoints(
+    conn: Connection,
+    wal: PathBuf,
+    limit: u64,
+    stop: std::sync::mpsc::Receiver<()>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    // RESTART blocks new writers while it waits for readers: never long.
+    let _ = conn.busy_timeout(Duration::from_millis(500));
+    let mut last = Instant::now();
+    loop {
+        match stop.recv_timeout(Duration::from_secs(1)) {
+            Err(RecvTimeoutError::Timeout) => {
+                let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+                if size <= limit && last.elapsed() < CHECKPOINT_EVERY {
+                    continue;
+                }
+                last = Instant::now();
+                let r = conn
+                    .execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
+                    .and_then(|_| conn.execute_batch("PRAGMA wal_checkpoint(RESTART)"));
+                if let Err(e) = r {
+                    tracing::debug!("checkpoint: {e}");
+                }
+            }
+            _ => {
+                let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+                return;
+            }
+        }
+    }
+}
