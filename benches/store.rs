@@ -7,7 +7,8 @@
 //!
 //! Run: `EDGE_TEST_MYSQL_URL=mysql://root@127.0.0.1:3306/test EDGE_TEST_MQTT_ADDR=127.0.0.1:1883
 //! cargo bench --bench store` (`BENCH_BUSES`, default 10; `BENCH_SECS`, default 60;
-//! `BENCH_SAMPLE_EVERY` prints one line per that many seconds: the soak).
+//! `BENCH_SAMPLE_EVERY` prints one line per that many seconds: the soak; `BENCH_MAX_DB_MB` sets
+//! `store.max_db_mb`, so a soak reaches its cap).
 //!
 //! The ratio printed beside the CPU figure is the gateway's CPU over the simulator's, which
 //! answers the same 500 requests/s: a peer on the same load, from the same run.
@@ -36,6 +37,9 @@ fn config(dir: &std::path::Path, buses: usize, sim: u16, http: u16, id: &str) ->
         "[gateway]\nid = \"{id}\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:{http}\"\n",
         dir.display().to_string()
     );
+    if let Ok(mb) = std::env::var("BENCH_MAX_DB_MB") {
+        c += &format!("[store]\nmax_db_mb = {mb}\n");
+    }
     if let Ok(url) = std::env::var("EDGE_TEST_MYSQL_URL") {
         c += &format!("[mysql]\nurl = \"{url}\"\nbatch_size = 500\n");
     }

@@ -9,7 +9,9 @@
 //! - [`modbus`]: codec (types, byte/word order, scale), read planner, bus scheduler (one task per
 //!   link), the client link with deadlines and backoff, server framing, and the simulator.
 //! - [`state`]: the live state of every point and the report-on-change decision.
-//! - [`store`]: SQLite schema, migrations, the writer thread, restore at start, retention.
+//! - [`store`]: SQLite schema and migrations, the writer thread with group commits, compact
+//!   history (one row per device sample), restore at start, retention, the size cap, a bounded
+//!   WAL, and the outbox the sinks read as typed rows.
 //! - [`events`]: the rule engine (thresholds, rate, stale, abnormal, online/offline), and the
 //!   processor that orders events by priority, limits storms, numbers, commits and pushes them.
 //! - [`sinks`]: upstream store-and-forward: the MySQL sink reads the SQLite outbox after its

@@ -15,7 +15,7 @@ use rumqttc::{
     AsyncClient, ClientError, ConnectReturnCode, Event, EventLoop, Incoming, LastWill, MqttOptions,
     Outgoing, QoS, TlsConfiguration, Transport,
 };
-use serde_json::{json, Map, Value as Json};
+use serde_json::{json, Value as Json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -167,6 +167,35 @@ fn qos(n: u8) -> QoS {
     }
 }
 
+/// `{"ts":…,"points":{"temperature":{"v":21.5,"q":"good"},…}}`, written straight into the
+/// payload: a device sample per message is the sink's hot path (500 a second at full load),
+/// where a `serde_json::Map` per message cost a tree of allocations.
+fn telemetry_payload(t: &store::outbox::SampleRow) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::with_capacity(48 + t.points.len() * 32);
+    let _ = write!(out, "{{\"ts\":\"{}\",\"points\":{{", rfc3339(t.ts));
+    for (i, (point, value, quality)) in t.points.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut out, &**point);
+        out.extend_from_slice(b":{\"v\":");
+        let _ = match value {
+            None => serde_json::to_writer(&mut out, &()),
+            Some(Value::Bool(b)) => serde_json::to_writer(&mut out, b),
+            Some(Value::Int(v)) => serde_json::to_writer(&mut out, v),
+            Some(Value::UInt(v)) => serde_json::to_writer(&mut out, v),
+            // NaN and infinity have no JSON number: null, as `Value::to_json` gives.
+            Some(Value::Float(v)) if v.is_finite() => serde_json::to_writer(&mut out, v),
+            Some(Value::Float(_)) => serde_json::to_writer(&mut out, &()),
+            Some(Value::Text(v)) => serde_json::to_writer(&mut out, v),
+        };
+        let _ = write!(out, ",\"q\":\"{}\"}}", quality.as_str());
+    }
+    out.extend_from_slice(b"}}");
+    out
+}
+
 /// One message to publish and the outbox rows it confirms.
 struct Message {
     topic: String,
@@ -214,19 +243,12 @@ fn messages(topics: &Topics, batch: &Batch) -> Vec<Message> {
                 ),
                 OutboxRow::Sample(t) if t.points.is_empty() => return None,
                 OutboxRow::Sample(t) => {
-                    let points: Map<String, Json> = t
-                        .points
-                        .iter()
-                        .map(|(p, v, q)| {
-                            let v = v.as_ref().map(Value::to_json).unwrap_or(Json::Null);
-                            (p.to_string(), json!({"v": v, "q": q.as_str()}))
-                        })
-                        .collect();
-                    (
-                        topics.device(&t.device_id, "telemetry"),
-                        json!({"ts": rfc3339(t.ts), "points": points}),
-                        false,
-                    )
+                    return Some(Message {
+                        topic: topics.device(&t.device_id, "telemetry"),
+                        payload: telemetry_payload(t),
+                        retain: false,
+                        rows: vec![t.id],
+                    })
                 }
             };
             Some(Message {
@@ -536,6 +558,44 @@ async fn write_point(shared: &Shared, device: &str, payload: &[u8]) -> Json {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_telemetry_payload_is_the_json_the_spec_shows() {
+        use crate::model::Quality;
+        let t = store::outbox::SampleRow {
+            id: 1,
+            device_id: std::sync::Arc::from("boiler"),
+            ts: 1_700_000_000_123,
+            points: vec![
+                (
+                    "temperature".into(),
+                    Some(Value::Float(71.5)),
+                    Quality::Good,
+                ),
+                ("on".into(), Some(Value::Bool(true)), Quality::Good),
+                ("energy".into(), Some(Value::UInt(u64::MAX)), Quality::Stale),
+                (
+                    "name \"x\"".into(),
+                    Some(Value::Text("a\nb".into())),
+                    Quality::Good,
+                ),
+                ("nan".into(), Some(Value::Float(f64::NAN)), Quality::Bad),
+                ("gone".into(), None, Quality::Bad),
+            ],
+        };
+        let got: Json = serde_json::from_slice(&telemetry_payload(&t)).unwrap();
+        assert_eq!(
+            got,
+            json!({"ts": "2023-11-14T22:13:20.123Z", "points": {
+                "temperature": {"v": 71.5, "q": "good"},
+                "on": {"v": true, "q": "good"},
+                "energy": {"v": u64::MAX, "q": "stale"},
+                "name \"x\"": {"v": "a\nb", "q": "good"},
+                "nan": {"v": null, "q": "bad"},
+                "gone": {"v": null, "q": "bad"},
+            }})
+        );
+    }
 
     #[test]
     fn urls() {

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::feed::Feed;
 use crate::model::{Millis, Value};
-use crate::store::{self, OutboxRow};
+use crate::store::{self, OutboxRow, Stream};
 use crate::Shared;
 
 pub const SINK: &str = "mysql";
@@ -62,110 +62,119 @@ fn ms(v: Millis) -> My {
     My::from(format!("{}.{:03}", v.div_euclid(1000), v.rem_euclid(1000)))
 }
 
-/// Rows per statement: a sample of many points becomes many rows, and MySQL allows at most
-/// 65,535 placeholders in one statement (6 per telemetry row).
-const ROWS_PER_STATEMENT: usize = 2000;
+/// The most rows one statement carries. Statements carry a power of two of rows (512, 256, …,
+/// 1), so a connection prepares at most ten distinct ones per stream and keeps them in its
+/// statement cache: a statement prepared for every odd batch size had its parameters'
+/// metadata (thousands per statement) parsed again each time and cached 32 deep, which cost
+/// 28 MB of RSS and a third of the sink's CPU at 15,000 values/s (BENCHMARKS.md).
+const MAX_ROWS: usize = 512;
 
-/// The statements and parameters for one batch of a stream.
-fn statements(gateway: &str, rows: &[OutboxRow]) -> Vec<(String, Vec<My>)> {
-    let mut out: Vec<(String, Vec<My>)> = Vec::new();
-    let mut params = Vec::new();
-    let mut n = 0;
-    let mut kind = "";
-    let mut flush = |kind: &str, params: &mut Vec<My>, n: &mut usize| {
-        if *n == 0 {
-            return;
-        }
-        let (head, one, tail) = match kind {
-            "events" => (
-                "INSERT INTO edge_events (event_id, gateway_id, device_id, point_id, type, priority, device_seq, value, message, state, occurred_at) VALUES ",
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, FROM_UNIXTIME(?))",
-                // A retried batch is the same rows again: the state is the only thing that may
-                // have been written differently (never, today), so keep the row and refresh it.
-                " ON DUPLICATE KEY UPDATE state = VALUES(state)",
-            ),
-            "status" => (
-                "INSERT INTO edge_device_status (gateway_id, device_id, device_type, online, last_seen) VALUES ",
-                "(?, ?, ?, ?, FROM_UNIXTIME(?))",
-                " ON DUPLICATE KEY UPDATE device_type = VALUES(device_type), online = VALUES(online),
-                  last_seen = COALESCE(VALUES(last_seen), last_seen)",
-            ),
-            _ => (
-                "INSERT INTO edge_telemetry (gateway_id, device_id, point_id, ts, value, quality) VALUES ",
-                "(?, ?, ?, FROM_UNIXTIME(?), ?, ?)",
-                " ON DUPLICATE KEY UPDATE value = VALUES(value), quality = VALUES(quality)",
-            ),
-        };
-        let values = vec![one; *n].join(", ");
-        out.push((format!("{head}{values}{tail}"), std::mem::take(params)));
-        *n = 0;
+/// The statement text for `rows` rows of a stream.
+fn sql(stream: Stream, rows: usize) -> String {
+    let (head, one, tail) = match stream {
+        Stream::Events => (
+            "INSERT INTO edge_events (event_id, gateway_id, device_id, point_id, type, priority, device_seq, value, message, state, occurred_at) VALUES ",
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, FROM_UNIXTIME(?))",
+            // A retried batch is the same rows again: the state is the only thing that may have
+            // been written differently (never, today), so keep the row and refresh it.
+            " ON DUPLICATE KEY UPDATE state = VALUES(state)",
+        ),
+        Stream::Status => (
+            "INSERT INTO edge_device_status (gateway_id, device_id, device_type, online, last_seen) VALUES ",
+            "(?, ?, ?, ?, FROM_UNIXTIME(?))",
+            " ON DUPLICATE KEY UPDATE device_type = VALUES(device_type), online = VALUES(online),
+              last_seen = COALESCE(VALUES(last_seen), last_seen)",
+        ),
+        Stream::Telemetry => (
+            "INSERT INTO edge_telemetry (gateway_id, device_id, point_id, ts, value, quality) VALUES ",
+            "(?, ?, ?, FROM_UNIXTIME(?), ?, ?)",
+            " ON DUPLICATE KEY UPDATE value = VALUES(value), quality = VALUES(quality)",
+        ),
     };
-    for row in rows {
-        match row {
-            OutboxRow::Event(e) => {
-                kind = "events";
-                params.extend([
-                    My::from(&e.event_id),
+    let values = vec![one; rows].join(", ");
+    format!("{head}{values}{tail}")
+}
+
+/// The parameters of the upstream rows one outbox row makes (a sample: one per point).
+fn row_params(gateway: &str, row: &OutboxRow) -> Vec<Vec<My>> {
+    match row {
+        OutboxRow::Event(e) => vec![vec![
+            My::from(&e.event_id),
+            My::from(gateway),
+            My::from(&e.device_id),
+            e.point_id.as_deref().map(My::from).unwrap_or(My::NULL),
+            My::from(&e.kind),
+            My::from(&e.priority),
+            My::from(e.device_seq),
+            text(&e.value),
+            My::from(&e.message),
+            My::from(&e.state),
+            ms(e.ts),
+        ]],
+        OutboxRow::Status(s) => vec![vec![
+            My::from(gateway),
+            My::from(&s.device_id),
+            My::from(&s.device_type),
+            My::from(s.online as i64),
+            s.last_seen.map(ms).unwrap_or(My::NULL),
+        ]],
+        OutboxRow::Sample(t) => t
+            .points
+            .iter()
+            .map(|(point, value, quality)| {
+                vec![
                     My::from(gateway),
-                    My::from(&e.device_id),
-                    e.point_id.as_deref().map(My::from).unwrap_or(My::NULL),
-                    My::from(&e.kind),
-                    My::from(&e.priority),
-                    My::from(e.device_seq),
-                    text(&e.value),
-                    My::from(&e.message),
-                    My::from(&e.state),
-                    ms(e.ts),
-                ]);
-                n += 1;
-            }
-            OutboxRow::Status(s) => {
-                kind = "status";
-                params.extend([
-                    My::from(gateway),
-                    My::from(&s.device_id),
-                    My::from(&s.device_type),
-                    My::from(s.online as i64),
-                    s.last_seen.map(ms).unwrap_or(My::NULL),
-                ]);
-                n += 1;
-            }
-            OutboxRow::Sample(t) => {
-                kind = "telemetry";
-                for (point, value, quality) in &t.points {
-                    params.extend([
-                        My::from(gateway),
-                        My::from(&*t.device_id),
-                        My::from(&**point),
-                        ms(t.ts),
-                        text(value),
-                        My::from(quality.as_str()),
-                    ]);
-                    n += 1;
-                    if n >= ROWS_PER_STATEMENT {
-                        flush(kind, &mut params, &mut n);
-                    }
-                }
-            }
-        }
-        if n >= ROWS_PER_STATEMENT {
-            flush(kind, &mut params, &mut n);
-        }
+                    My::from(&*t.device_id),
+                    My::from(&**point),
+                    ms(t.ts),
+                    text(value),
+                    My::from(quality.as_str()),
+                ]
+            })
+            .collect(),
     }
-    flush(kind, &mut params, &mut n);
+}
+
+/// How many upstream rows a batch makes.
+fn upstream_rows(rows: &[OutboxRow]) -> usize {
+    rows.iter()
+        .map(|r| match r {
+            OutboxRow::Sample(t) => t.points.len(),
+            _ => 1,
+        })
+        .sum()
+}
+
+/// The statement sizes for `n` rows: powers of two, largest first, none over [`MAX_ROWS`].
+fn chunks(mut n: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    while n > 0 {
+        let size = (1usize << (usize::BITS - 1 - n.leading_zeros())).min(MAX_ROWS);
+        out.push(size);
+        n -= size;
+    }
     out
 }
 
-/// Sends one batch of one stream in a transaction.
-async fn send(pool: &Pool, gateway: &str, rows: &[OutboxRow]) -> Result<(), mysql_async::Error> {
-    let statements = statements(gateway, rows);
-    if statements.is_empty() {
+/// Sends one batch of one stream in a transaction. Each statement's parameters are built just
+/// before it is sent: a batch of 500 samples is 15,000 rows, and all their parameters at once
+/// were megabytes of short-lived allocations.
+async fn send(
+    pool: &Pool,
+    gateway: &str,
+    stream: Stream,
+    rows: &[OutboxRow],
+) -> Result<(), mysql_async::Error> {
+    let sizes = chunks(upstream_rows(rows));
+    if sizes.is_empty() {
         return Ok(());
     }
+    let mut params = rows.iter().flat_map(|r| row_params(gateway, r));
     let mut conn = pool.get_conn().await?;
     let mut tx = conn.start_transaction(TxOpts::default()).await?;
-    for (sql, params) in statements {
-        tx.exec_drop(sql, params).await?;
+    for size in sizes {
+        let p: Vec<My> = params.by_ref().take(size).flatten().collect();
+        tx.exec_drop(sql(stream, size), p).await?;
     }
     tx.commit().await
 }
@@ -243,7 +252,7 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             let sent_any = !batches.is_empty();
             for b in batches {
                 let n = b.rows.len() as u64;
-                match deadline(send(&pool, &gateway, &b.rows)).await {
+                match deadline(send(&pool, &gateway, b.stream, &b.rows)).await {
                     Ok(()) => {
                         status.rows_ok.fetch_add(n, Relaxed);
                         feed.confirm(b.stream, b.rows.iter().map(OutboxRow::id));
@@ -287,4 +296,43 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
         }
     }
     let _ = pool.disconnect().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Quality;
+    use crate::store::outbox::SampleRow;
+
+    #[test]
+    fn a_batch_goes_out_in_power_of_two_statements_with_every_row_once() {
+        let points: Vec<_> = (0..30)
+            .map(|i| {
+                (
+                    Arc::from(format!("r{i}")),
+                    Some(Value::Int(i)),
+                    Quality::Good,
+                )
+            })
+            .collect();
+        let rows: Vec<OutboxRow> = (0..40)
+            .map(|id| {
+                OutboxRow::Sample(SampleRow {
+                    id,
+                    device_id: Arc::from("d"),
+                    ts: 1000 + id,
+                    points: points.clone(),
+                })
+            })
+            .collect();
+        assert_eq!(upstream_rows(&rows), 1200);
+        assert_eq!(chunks(1200), vec![512, 512, 128, 32, 16]);
+        assert!(chunks(0).is_empty());
+        let params: Vec<Vec<My>> = rows.iter().flat_map(|r| row_params("gw", r)).collect();
+        assert_eq!(params.len(), 1200);
+        assert!(params
+            .iter()
+            .all(|p| p.len() == sql(Stream::Telemetry, 1).matches('?').count()));
+        assert_eq!(sql(Stream::Telemetry, 512).matches('?').count(), 512 * 6);
+    }
 }

@@ -174,7 +174,7 @@ pub struct Gap {
 impl Gap {
     pub fn message(&self) -> String {
         format!(
-            "telemetry gap: {} unsent rows from {} to {} dropped to stay under store.max_db_mb",
+            "telemetry gap: {} unsent device samples from {} to {} dropped to stay under store.max_db_mb",
             self.rows,
             crate::model::rfc3339(self.from_ts),
             crate::model::rfc3339(self.to_ts)
@@ -333,6 +333,7 @@ pub fn open(
     let (tx, rx) = mpsc::channel(1024);
     let healthy = Arc::new(AtomicBool::new(true));
     let gaps = Arc::default();
+    let dirty = writer::Latest::new(&keys);
     let writer = writer::Writer {
         conn,
         config,
@@ -342,7 +343,7 @@ pub fn open(
         keys,
         sinks,
         wal_limit: limit,
-        dirty: Default::default(),
+        dirty,
         last_latest: Instant::now(),
         last_prune: Instant::now(),
         last_cap: Instant::now(),

@@ -192,11 +192,12 @@ pub fn find_key(conn: &Connection, device: &str, point: &str) -> rusqlite::Resul
         .optional()
 }
 
-/// Every key's device and point id, for a reader that decodes many samples (a sink). Reloaded
-/// when a key is missing: a reload of the config may have added points since.
+/// Every key's device and point id, for a reader that decodes many samples (a sink), indexed
+/// by key (keys are small and dense: SQLite's rowids from 1). Reloaded when a key is missing: a
+/// reload of the config may have added points since.
 #[derive(Default)]
 pub struct Names {
-    map: HashMap<i64, (Arc<str>, Arc<str>)>,
+    by_key: Vec<Option<(Arc<str>, Arc<str>)>>,
 }
 
 impl Names {
@@ -205,10 +206,13 @@ impl Names {
         conn: &Connection,
         key: i64,
     ) -> rusqlite::Result<Option<&(Arc<str>, Arc<str>)>> {
-        if !self.map.contains_key(&key) {
+        let Ok(i) = usize::try_from(key) else {
+            return Ok(None);
+        };
+        if self.by_key.get(i).and_then(Option::as_ref).is_none() {
             self.reload(conn)?;
         }
-        Ok(self.map.get(&key))
+        Ok(self.by_key.get(i).and_then(Option::as_ref))
     }
 
     fn reload(&mut self, conn: &Connection) -> rusqlite::Result<()> {
@@ -224,11 +228,15 @@ impl Names {
         let mut devices: HashMap<String, Arc<str>> = HashMap::new();
         for row in rows {
             let (id, device, point) = row?;
+            let Ok(i) = usize::try_from(id) else { continue };
+            if i >= self.by_key.len() {
+                self.by_key.resize(i + 1, None);
+            }
             let d = devices
                 .entry(device)
                 .or_insert_with_key(|k| Arc::from(k.as_str()))
                 .clone();
-            self.map.insert(id, (d, Arc::from(point)));
+            self.by_key[i] = Some((d, Arc::from(point)));
         }
         Ok(())
     }

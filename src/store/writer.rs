@@ -2,7 +2,6 @@
 //! commits at once), the latest values saved now and then, retention and the size cap, and the
 //! checkpoint thread that keeps the WAL bounded.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -42,8 +41,9 @@ pub(super) struct Writer {
     pub sinks: Vec<&'static str>,
     /// The WAL's size past which it is checkpointed at once: the cap's reserve for it.
     pub wal_limit: u64,
-    /// The latest value of every point reported since the last save: (value, quality, ts).
-    pub dirty: HashMap<i64, (Option<Value>, Quality, Millis)>,
+    /// The latest value of every point reported since the last save, by device and point
+    /// (config order): value, quality, ts.
+    pub dirty: Latest,
     pub last_latest: Instant,
     pub last_prune: Instant,
     pub last_cap: Instant,
@@ -74,6 +74,32 @@ pub(super) fn insert_sample(
     )?
     .execute([device, id])?;
     Ok(id)
+}
+
+/// A point's latest report: value, quality, time.
+type LatestValue = (Option<Value>, Quality, Millis);
+
+/// Latest values by device and point, with a flag saying whether any is set.
+#[derive(Default)]
+pub(super) struct Latest {
+    pub points: Vec<Vec<Option<LatestValue>>>,
+    pub any: bool,
+}
+
+impl Latest {
+    pub fn new(keys: &super::Keys) -> Latest {
+        Latest {
+            points: keys.points.iter().map(|p| vec![None; p.len()]).collect(),
+            any: false,
+        }
+    }
+
+    fn clear(&mut self) {
+        for d in &mut self.points {
+            d.iter_mut().for_each(|p| *p = None);
+        }
+        self.any = false;
+    }
 }
 
 /// Whether a command may wait for the group commit: telemetry, cursors, probes. Everything
@@ -254,10 +280,11 @@ impl Writer {
                             .map(|r| (keys[r.point], r.value.as_ref(), r.quality)),
                     );
                     insert_sample(&tx, self.keys.devices[*device], *ts, &blob)?;
+                    let latest = &mut self.dirty.points[*device];
                     for r in list {
-                        self.dirty
-                            .insert(keys[r.point], (r.value.clone(), r.quality, r.ts));
+                        latest[r.point] = Some((r.value.clone(), r.quality, r.ts));
                     }
+                    self.dirty.any |= !list.is_empty();
                     rows += list.len() as u64;
                 }
                 StoreCmd::Status {
@@ -310,9 +337,9 @@ impl Writer {
         if prove {
             set_meta(&tx, "store_probe", now_ms())?;
         }
-        let save = self.last_latest.elapsed() >= LATEST_EVERY && !self.dirty.is_empty();
+        let save = self.last_latest.elapsed() >= LATEST_EVERY && self.dirty.any;
         if save {
-            Self::save_latest(&tx, &self.dirty)?;
+            Self::save_latest(&tx, &self.keys, &self.dirty)?;
         }
         tx.commit()?;
         if save {
@@ -326,14 +353,20 @@ impl Writer {
     /// they include, so a start replays only the samples after it.
     fn save_latest(
         tx: &Transaction<'_>,
-        dirty: &HashMap<i64, (Option<Value>, Quality, Millis)>,
+        keys: &super::Keys,
+        dirty: &Latest,
     ) -> rusqlite::Result<()> {
         let mut q = tx.prepare_cached(
             "INSERT INTO latest (point, value, quality, ts) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (point) DO UPDATE SET value = ?2, quality = ?3, ts = ?4",
         )?;
-        for (key, (value, quality, ts)) in dirty {
-            q.execute(params![key, sql_value(value), quality.as_str(), ts])?;
+        for (d, points) in dirty.points.iter().enumerate() {
+            for (p, latest) in points.iter().enumerate() {
+                if let Some((value, quality, ts)) = latest {
+                    let key = keys.points[d][p];
+                    q.execute(params![key, sql_value(value), quality.as_str(), ts])?;
+                }
+            }
         }
         let upto: i64 =
             tx.query_row("SELECT COALESCE(MAX(id), 0) FROM samples", [], |r| r.get(0))?;
@@ -341,14 +374,14 @@ impl Writer {
     }
 
     fn save_latest_now(&mut self) {
-        if self.dirty.is_empty() {
+        if !self.dirty.any {
             return;
         }
         let r = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .and_then(|tx| {
-                Self::save_latest(&tx, &self.dirty)?;
+                Self::save_latest(&tx, &self.keys, &self.dirty)?;
                 tx.commit()
             });
         match r {
