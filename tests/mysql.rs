@@ -326,7 +326,7 @@ async fn five_sigkills_under_an_all_changing_load_lose_nothing_that_was_committe
             .and_then(|c| c.query_row("SELECT COALESCE(MAX(id), 0) FROM samples", [], |r| r.get(0)))
             .unwrap_or(0)
     };
-    let mut held = BTreeSet::new();
+    let (mut held, mut held_events) = (BTreeSet::new(), BTreeSet::new());
     for kill in 0..5 {
         let before = samples();
         let mut gw = run();
@@ -340,6 +340,12 @@ async fn five_sigkills_under_an_all_changing_load_lose_nothing_that_was_committe
             .unwrap();
         assert_eq!(check, "ok", "after kill {kill}");
         held.extend(edge_gateway::store::sample_values(&db, 0, i64::MAX).unwrap());
+        let mut q = db.prepare("SELECT event_id FROM events").unwrap();
+        held_events.extend(
+            q.query_map([], |r| r.get::<_, String>(0))
+                .unwrap()
+                .map(Result::unwrap),
+        );
     }
     // A last run catches up, then stops cleanly.
     let mut gw = run();
@@ -383,14 +389,15 @@ async fn five_sigkills_under_an_all_changing_load_lose_nothing_that_was_committe
         )
         .await
         .unwrap();
-    let events_up: i64 = c
-        .exec_first(
-            "SELECT COUNT(*) FROM edge_events WHERE gateway_id = ?",
+    let events_up: BTreeSet<String> = c
+        .exec(
+            "SELECT event_id FROM edge_events WHERE gateway_id = ?",
             (id.as_str(),),
         )
         .await
         .unwrap()
-        .unwrap();
+        .into_iter()
+        .collect();
     drop(c);
     let _ = pool.disconnect().await;
     let up: BTreeSet<_> = up.into_iter().collect();
@@ -401,8 +408,11 @@ async fn five_sigkills_under_an_all_changing_load_lose_nothing_that_was_committe
         held.difference(&up).count(),
         held.len()
     );
-    let events: i64 = db
-        .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(events_up, events, "every event upstream");
+    // (The last run goes on making events after it caught up; those may or may not be sent.)
+    assert!(!held_events.is_empty());
+    let lost: Vec<_> = held_events.difference(&events_up).collect();
+    assert!(
+        lost.is_empty(),
+        "events held at a kill and not upstream: {lost:?}"
+    );
 }

@@ -14,7 +14,11 @@ impl Drop for Proc {
 }
 
 pub fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
+    // EDGE_GATEWAY_BIN: another build of the same code (one with symbols, for `perf`).
+    Command::new(
+        std::env::var("EDGE_GATEWAY_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_edge-gateway").into()),
+    )
 }
 
 pub fn free_port() -> u16 {

@@ -34,6 +34,11 @@ pub struct Engine {
     by_point: HashMap<(usize, usize), Vec<usize>>,
     /// Raised built-in alarms, by key.
     raised: HashSet<String>,
+    /// Per device and point: a built-in abnormal alarm is raised, and the point has rules.
+    /// The hot path (a good value on a point with neither: nearly every sample) checks these
+    /// two flags and stops, with no key built and nothing hashed.
+    abnormal: Vec<Vec<bool>>,
+    has_rules: Vec<Vec<bool>>,
     /// Devices seen online since start (the first `online` is news only after an offline).
     online: Vec<Option<bool>>,
     device_ids: Vec<String>,
@@ -72,6 +77,26 @@ impl Engine {
                 })
                 .collect(),
             rules: config.rules.clone(),
+            abnormal: config
+                .devices
+                .iter()
+                .map(|d| {
+                    d.points
+                        .iter()
+                        .map(|p| active_alarms.contains(&abnormal_key(&d.id, &p.id)))
+                        .collect()
+                })
+                .collect(),
+            has_rules: config
+                .devices
+                .iter()
+                .enumerate()
+                .map(|(di, d)| {
+                    (0..d.points.len())
+                        .map(|pi| by_point.contains_key(&(di, pi)))
+                        .collect()
+                })
+                .collect(),
             by_point,
             raised: active_alarms.clone(),
             online: vec![None; config.devices.len()],
@@ -157,6 +182,9 @@ impl Engine {
         out: &mut Vec<Draft>,
     ) {
         self.builtin_abnormal(device, point, result, ts, now, out);
+        if !self.has_rules[device][point] {
+            return;
+        }
         let Ok(v) = result else { return };
         let Some(x) = v.as_f64() else { return };
         // Taken out and put back: evaluating needs the engine mutably.
@@ -198,6 +226,11 @@ impl Engine {
                 }
             }
         };
+        let raised = self.abnormal[device][point];
+        if problem.is_some() == raised {
+            return;
+        }
+        self.abnormal[device][point] = !raised;
         let key = abnormal_key(&self.device_ids[device], &self.point_ids[device][point]);
         let value = result.as_ref().ok().cloned();
         match problem {

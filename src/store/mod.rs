@@ -154,7 +154,10 @@ pub struct Restored {
 /// The sending side of the writer, cheap to clone.
 #[derive(Clone)]
 pub struct StoreHandle {
+    /// What someone waits for: committed at once.
     tx: mpsc::Sender<StoreCmd>,
+    /// What may wait for the group commit (see [`writer::may_wait`]).
+    lazy: mpsc::Sender<StoreCmd>,
     /// False while the store cannot write (disk full, file gone): `/healthz` answers 503.
     pub healthy: Arc<AtomicBool>,
     /// Unsent telemetry the size cap had to drop, for the pipeline to turn into gap events.
@@ -184,7 +187,12 @@ impl Gap {
 
 impl StoreHandle {
     pub async fn send(&self, cmd: StoreCmd) -> bool {
-        self.tx.send(cmd).await.is_ok()
+        let tx = if writer::may_wait(&cmd) {
+            &self.lazy
+        } else {
+            &self.tx
+        };
+        tx.send(cmd).await.is_ok()
     }
 
     pub async fn flush(&self) {
@@ -204,7 +212,7 @@ impl StoreHandle {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {
-                    let _ = self.tx.try_send(StoreCmd::Probe);
+                    let _ = self.lazy.try_send(StoreCmd::Probe);
                 }
             }
         }
@@ -331,6 +339,8 @@ pub fn open(
         .spawn(move || writer::checkpoints(checkpointer, wal_for_checkpoints, limit, stopped))
         .map_err(spawn_err)?;
     let (tx, rx) = mpsc::channel(1024);
+    // A 200 ms group holds up to 20,000 device samples a second before the pipeline waits.
+    let (lazy, lazy_rx) = mpsc::channel(4096);
     let healthy = Arc::new(AtomicBool::new(true));
     let gaps = Arc::default();
     let dirty = writer::Latest::new(&keys);
@@ -351,9 +361,18 @@ pub fn open(
     };
     let thread = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || writer.run(rx))
+        .spawn(move || writer.run(rx, lazy_rx))
         .map_err(spawn_err)?;
-    Ok((StoreHandle { tx, healthy, gaps }, restored, thread))
+    Ok((
+        StoreHandle {
+            tx,
+            lazy,
+            healthy,
+            gaps,
+        },
+        restored,
+        thread,
+    ))
 }
 
 fn wal_path(data_dir: &Path) -> PathBuf {

@@ -104,7 +104,7 @@ impl Latest {
 
 /// Whether a command may wait for the group commit: telemetry, cursors, probes. Everything
 /// else has someone waiting (an event to push, a flush, an ack) or is rare.
-fn may_wait(cmd: &StoreCmd) -> bool {
+pub(super) fn may_wait(cmd: &StoreCmd) -> bool {
     matches!(
         cmd,
         StoreCmd::Report { .. } | StoreCmd::Cursor { .. } | StoreCmd::Probe
@@ -112,7 +112,12 @@ fn may_wait(cmd: &StoreCmd) -> bool {
 }
 
 impl Writer {
-    pub fn run(mut self, mut rx: mpsc::Receiver<StoreCmd>) {
+    /// `urgent` carries what someone waits for (events, flushes, acks, audits, status);
+    /// `lazy` what may wait for the group commit (telemetry, cursors, probes). The writer does
+    /// not listen to `lazy` while a group is open: 500 reports a second each waking the thread
+    /// only to be put aside cost a context switch apiece. At the deadline, or with anything
+    /// urgent, it takes all of `lazy` that is queued.
+    pub fn run(mut self, mut urgent: mpsc::Receiver<StoreCmd>, mut lazy: mpsc::Receiver<StoreCmd>) {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -123,42 +128,62 @@ impl Writer {
                 return;
             }
         };
+        enum Woke {
+            Urgent(Option<StoreCmd>),
+            Lazy(Option<StoreCmd>),
+            Due,
+        }
         self.prune();
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut deadline: Option<tokio::time::Instant> = None;
-        let mut open = true;
-        while open {
-            let next = rt.block_on(async {
-                match deadline {
-                    None => Ok(rx.recv().await),
-                    Some(d) => tokio::time::timeout_at(d, rx.recv()).await,
+        loop {
+            let woke = rt.block_on(async {
+                let due = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    c = urgent.recv() => Woke::Urgent(c),
+                    c = lazy.recv(), if deadline.is_none() => Woke::Lazy(c),
+                    _ = due => Woke::Due,
                 }
             });
-            let mut now_due = false;
-            match next {
-                Ok(Some(cmd)) => {
-                    now_due |= !may_wait(&cmd);
-                    batch.push(cmd);
+            let open = match woke {
+                Woke::Lazy(Some(c)) => {
+                    batch.push(c);
+                    deadline = Some(tokio::time::Instant::now() + GROUP_COMMIT);
+                    continue;
+                }
+                Woke::Urgent(Some(c)) => {
+                    batch.push(c);
                     while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(c) => {
-                                now_due |= !may_wait(&c);
-                                batch.push(c);
-                            }
+                        match urgent.try_recv() {
+                            Ok(c) => batch.push(c),
                             Err(_) => break,
                         }
                     }
+                    true
                 }
-                Ok(None) => open = false,
-                Err(_elapsed) => now_due = true,
-            }
-            let d = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + GROUP_COMMIT);
-            if !(now_due || !open || batch.len() >= MAX_BATCH || tokio::time::Instant::now() >= d) {
-                continue;
+                Woke::Due => true,
+                // Every handle is gone (both channels close together): the last commit.
+                Woke::Urgent(None) | Woke::Lazy(None) => false,
+            };
+            // Everything sent before an urgent command (a flush) is in `lazy` by now.
+            while batch.len() < MAX_BATCH {
+                match lazy.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
             }
             deadline = None;
             if !batch.is_empty() {
                 self.commit(&mut batch);
+            }
+            if !open && lazy.is_empty() && urgent.is_empty() {
+                break;
             }
             if self.last_prune.elapsed() > PRUNE_EVERY {
                 self.prune();
