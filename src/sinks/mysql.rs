@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Opts, OptsBuilder, Pool, TxOpts, Value as My};
+use mysql_async::{Opts, OptsBuilder, Pool, TxOpts};
 use tokio_util::sync::CancellationToken;
 
 use super::feed::Feed;
@@ -47,134 +47,193 @@ const SCHEMA: [&str; 3] = [
         PRIMARY KEY (gateway_id, device_id))",
 ];
 
+/// Rows per statement.
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// Literal SQL. Strings go in as hex literals (`X'…'`): no `sql_mode` reads them differently
+/// and no value can end them early, so nothing needs escaping. Numbers and times are digits we
+/// formatted ourselves. Literal statements over the text protocol, because the binary
+/// protocol's prepared statements cost the sink most of its CPU at 15,000 values a second:
+/// six parameters per row, each an allocation, and every distinct batch size prepared anew with
+/// its parameters' metadata parsed again (BENCHMARKS.md, store endurance).
+fn string(out: &mut String, s: &str) {
+    use std::fmt::Write;
+    if s.is_empty() {
+        out.push_str("''");
+        return;
+    }
+    out.push_str("X'");
+    for b in s.bytes() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out.push('\'');
+}
+
+fn opt_string(out: &mut String, s: Option<&str>) {
+    match s {
+        Some(s) => string(out, s),
+        None => out.push_str("NULL"),
+    }
+}
+
 /// A value as MySQL text (`value` columns keep every type losslessly as text; a bool is `1` or
 /// `0`, as it always was).
-fn text(v: &Option<Value>) -> My {
+fn value(out: &mut String, v: &Option<Value>) {
     match v {
-        None => My::NULL,
-        Some(Value::Bool(b)) => My::from(if *b { "1" } else { "0" }),
-        Some(v) => My::from(v.to_string()),
+        None => out.push_str("NULL"),
+        Some(Value::Bool(b)) => string(out, if *b { "1" } else { "0" }),
+        Some(v) => string(out, &v.to_string()),
     }
 }
 
-/// Milliseconds since the epoch as a DATETIME(3) parameter (the session is in UTC).
-fn ms(v: Millis) -> My {
-    My::from(format!("{}.{:03}", v.div_euclid(1000), v.rem_euclid(1000)))
-}
-
-/// The most rows one statement carries. Statements carry a power of two of rows (512, 256, …,
-/// 1), so a connection prepares at most ten distinct ones per stream and keeps them in its
-/// statement cache: a statement prepared for every odd batch size had its parameters'
-/// metadata (thousands per statement) parsed again each time and cached 32 deep, which cost
-/// 28 MB of RSS and a third of the sink's CPU at 15,000 values/s (BENCHMARKS.md).
-const MAX_ROWS: usize = 512;
-
-/// The statement text for `rows` rows of a stream.
-fn sql(stream: Stream, rows: usize) -> String {
-    let (head, one, tail) = match stream {
-        Stream::Events => (
-            "INSERT INTO edge_events (event_id, gateway_id, device_id, point_id, type, priority, device_seq, value, message, state, occurred_at) VALUES ",
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, FROM_UNIXTIME(?))",
-            // A retried batch is the same rows again: the state is the only thing that may have
-            // been written differently (never, today), so keep the row and refresh it.
-            " ON DUPLICATE KEY UPDATE state = VALUES(state)",
-        ),
-        Stream::Status => (
-            "INSERT INTO edge_device_status (gateway_id, device_id, device_type, online, last_seen) VALUES ",
-            "(?, ?, ?, ?, FROM_UNIXTIME(?))",
-            " ON DUPLICATE KEY UPDATE device_type = VALUES(device_type), online = VALUES(online),
-              last_seen = COALESCE(VALUES(last_seen), last_seen)",
-        ),
-        Stream::Telemetry => (
-            "INSERT INTO edge_telemetry (gateway_id, device_id, point_id, ts, value, quality) VALUES ",
-            "(?, ?, ?, FROM_UNIXTIME(?), ?, ?)",
-            " ON DUPLICATE KEY UPDATE value = VALUES(value), quality = VALUES(quality)",
-        ),
-    };
-    let values = vec![one; rows].join(", ");
-    format!("{head}{values}{tail}")
-}
-
-/// The parameters of the upstream rows one outbox row makes (a sample: one per point).
-fn row_params(gateway: &str, row: &OutboxRow) -> Vec<Vec<My>> {
-    match row {
-        OutboxRow::Event(e) => vec![vec![
-            My::from(&e.event_id),
-            My::from(gateway),
-            My::from(&e.device_id),
-            e.point_id.as_deref().map(My::from).unwrap_or(My::NULL),
-            My::from(&e.kind),
-            My::from(&e.priority),
-            My::from(e.device_seq),
-            text(&e.value),
-            My::from(&e.message),
-            My::from(&e.state),
-            ms(e.ts),
-        ]],
-        OutboxRow::Status(s) => vec![vec![
-            My::from(gateway),
-            My::from(&s.device_id),
-            My::from(&s.device_type),
-            My::from(s.online as i64),
-            s.last_seen.map(ms).unwrap_or(My::NULL),
-        ]],
-        OutboxRow::Sample(t) => t
-            .points
-            .iter()
-            .map(|(point, value, quality)| {
-                vec![
-                    My::from(gateway),
-                    My::from(&*t.device_id),
-                    My::from(&**point),
-                    ms(t.ts),
-                    text(value),
-                    My::from(quality.as_str()),
-                ]
-            })
-            .collect(),
+/// Milliseconds since the epoch as a DATETIME(3) (the session is in UTC).
+fn time(out: &mut String, ms: Option<Millis>) {
+    use std::fmt::Write;
+    match ms {
+        Some(v) => {
+            let _ = write!(
+                out,
+                "FROM_UNIXTIME({}.{:03})",
+                v.div_euclid(1000),
+                v.rem_euclid(1000)
+            );
+        }
+        None => out.push_str("NULL"),
     }
 }
 
-/// How many upstream rows a batch makes.
-fn upstream_rows(rows: &[OutboxRow]) -> usize {
-    rows.iter()
-        .map(|r| match r {
-            OutboxRow::Sample(t) => t.points.len(),
-            _ => 1,
-        })
-        .sum()
+/// Statements of up to [`ROWS_PER_STATEMENT`] rows, built row by row.
+struct Statements {
+    head: &'static str,
+    tail: &'static str,
+    done: Vec<String>,
+    current: String,
+    rows: usize,
 }
 
-/// The statement sizes for `n` rows: powers of two, largest first, none over [`MAX_ROWS`].
-fn chunks(mut n: usize) -> Vec<usize> {
-    let mut out = Vec::new();
-    while n > 0 {
-        let size = (1usize << (usize::BITS - 1 - n.leading_zeros())).min(MAX_ROWS);
-        out.push(size);
-        n -= size;
+impl Statements {
+    fn new(stream: Stream) -> Statements {
+        let (head, tail) = match stream {
+            Stream::Events => (
+                "INSERT INTO edge_events (event_id, gateway_id, device_id, point_id, type, priority, device_seq, value, message, state, occurred_at) VALUES ",
+                // A retried batch is the same rows again: the state is the only thing that may
+                // have been written differently (never, today), so keep the row and refresh it.
+                " ON DUPLICATE KEY UPDATE state = VALUES(state)",
+            ),
+            Stream::Status => (
+                "INSERT INTO edge_device_status (gateway_id, device_id, device_type, online, last_seen) VALUES ",
+                " ON DUPLICATE KEY UPDATE device_type = VALUES(device_type), online = VALUES(online),
+                  last_seen = COALESCE(VALUES(last_seen), last_seen)",
+            ),
+            Stream::Telemetry => (
+                "INSERT INTO edge_telemetry (gateway_id, device_id, point_id, ts, value, quality) VALUES ",
+                " ON DUPLICATE KEY UPDATE value = VALUES(value), quality = VALUES(quality)",
+            ),
+        };
+        Statements {
+            head,
+            tail,
+            done: Vec::new(),
+            current: String::new(),
+            rows: 0,
+        }
     }
-    out
+
+    /// The buffer to write one more row's `(…)` into.
+    fn row(&mut self) -> &mut String {
+        if self.rows == ROWS_PER_STATEMENT {
+            self.finish();
+        }
+        self.current
+            .push_str(if self.rows == 0 { self.head } else { ", " });
+        self.rows += 1;
+        &mut self.current
+    }
+
+    fn finish(&mut self) {
+        if self.rows > 0 {
+            self.current.push_str(self.tail);
+            self.done.push(std::mem::take(&mut self.current));
+            self.rows = 0;
+        }
+    }
 }
 
-/// Sends one batch of one stream in a transaction. Each statement's parameters are built just
-/// before it is sent: a batch of 500 samples is 15,000 rows, and all their parameters at once
-/// were megabytes of short-lived allocations.
+/// The statements for one batch of a stream (a sample makes a row per point).
+fn statements(gateway: &str, stream: Stream, rows: &[OutboxRow]) -> Vec<String> {
+    use std::fmt::Write;
+    let mut st = Statements::new(stream);
+    let mut gw = String::new();
+    string(&mut gw, gateway);
+    for row in rows {
+        match row {
+            OutboxRow::Event(e) => {
+                let o = st.row();
+                o.push('(');
+                string(o, &e.event_id);
+                let _ = write!(o, ", {gw}, ");
+                string(o, &e.device_id);
+                o.push_str(", ");
+                opt_string(o, e.point_id.as_deref());
+                o.push_str(", ");
+                string(o, &e.kind);
+                o.push_str(", ");
+                string(o, &e.priority);
+                let _ = write!(o, ", {}, ", e.device_seq);
+                value(o, &e.value);
+                o.push_str(", ");
+                string(o, &e.message);
+                o.push_str(", ");
+                string(o, &e.state);
+                o.push_str(", ");
+                time(o, Some(e.ts));
+                o.push(')');
+            }
+            OutboxRow::Status(s) => {
+                let o = st.row();
+                let _ = write!(o, "({gw}, ");
+                string(o, &s.device_id);
+                o.push_str(", ");
+                string(o, &s.device_type);
+                let _ = write!(o, ", {}, ", s.online as u8);
+                time(o, s.last_seen);
+                o.push(')');
+            }
+            OutboxRow::Sample(t) => {
+                let mut device = String::new();
+                string(&mut device, &t.device_id);
+                let mut ts = String::new();
+                time(&mut ts, Some(t.ts));
+                for (point, v, quality) in &t.points {
+                    let o = st.row();
+                    let _ = write!(o, "({gw}, {device}, ");
+                    string(o, point);
+                    let _ = write!(o, ", {ts}, ");
+                    value(o, v);
+                    let _ = write!(o, ", '{}')", quality.as_str());
+                }
+            }
+        }
+    }
+    st.finish();
+    st.done
+}
+
+/// Sends one batch of one stream in a transaction.
 async fn send(
     pool: &Pool,
     gateway: &str,
     stream: Stream,
     rows: &[OutboxRow],
 ) -> Result<(), mysql_async::Error> {
-    let sizes = chunks(upstream_rows(rows));
-    if sizes.is_empty() {
+    let statements = statements(gateway, stream, rows);
+    if statements.is_empty() {
         return Ok(());
     }
-    let mut params = rows.iter().flat_map(|r| row_params(gateway, r));
     let mut conn = pool.get_conn().await?;
     let mut tx = conn.start_transaction(TxOpts::default()).await?;
-    for size in sizes {
-        let p: Vec<My> = params.by_ref().take(size).flatten().collect();
-        tx.exec_drop(sql(stream, size), p).await?;
+    for sql in statements {
+        tx.query_drop(sql).await?;
     }
     tx.commit().await
 }
@@ -305,7 +364,7 @@ mod tests {
     use crate::store::outbox::SampleRow;
 
     #[test]
-    fn a_batch_goes_out_in_power_of_two_statements_with_every_row_once() {
+    fn a_batch_goes_out_in_statements_of_at_most_a_thousand_rows_with_every_row_once() {
         let points: Vec<_> = (0..30)
             .map(|i| {
                 (
@@ -325,14 +384,32 @@ mod tests {
                 })
             })
             .collect();
-        assert_eq!(upstream_rows(&rows), 1200);
-        assert_eq!(chunks(1200), vec![512, 512, 128, 32, 16]);
-        assert!(chunks(0).is_empty());
-        let params: Vec<Vec<My>> = rows.iter().flat_map(|r| row_params("gw", r)).collect();
-        assert_eq!(params.len(), 1200);
-        assert!(params
-            .iter()
-            .all(|p| p.len() == sql(Stream::Telemetry, 1).matches('?').count()));
-        assert_eq!(sql(Stream::Telemetry, 512).matches('?').count(), 512 * 6);
+        let st = statements("gw", Stream::Telemetry, &rows);
+        let rows_in = |sql: &str| sql.matches("), (").count() + 1;
+        assert_eq!(
+            st.iter().map(|s| rows_in(s)).collect::<Vec<_>>(),
+            vec![1000, 200]
+        );
+        assert!(statements("gw", Stream::Telemetry, &[]).is_empty());
+        // 'r7' = 72 37, "7" = 37; the time as digits.
+        assert!(
+            st[0].contains("(X'6777', X'64', X'7237', FROM_UNIXTIME(1.000), X'37', 'good')"),
+            "{}",
+            &st[0][..300]
+        );
+    }
+
+    #[test]
+    fn no_string_can_end_its_literal() {
+        let mut out = String::new();
+        string(&mut out, "a'); DROP TABLE x; --\\");
+        assert!(
+            out.starts_with("X'")
+                && out.ends_with('\'')
+                && out[2..out.len() - 1].bytes().all(|b| b.is_ascii_hexdigit())
+        );
+        let mut out = String::new();
+        value(&mut out, &Some(Value::Bool(true)));
+        assert_eq!(out, "X'31'");
     }
 }
