@@ -41,7 +41,7 @@ fn config(dir: &std::path::Path, buses: usize, sim: u16, http: u16, id: &str) ->
         c += &format!("[store]\nmax_db_mb = {mb}\n");
     }
     if let Ok(url) = std::env::var("EDGE_TEST_MYSQL_URL") {
-        c += &format!("[mysql]\nurl = \"{url}\"\nbatch_size = 500\n");
+        c += &format!("[mysql]\nurl = \"{}\"\nbatch_size = 500\n", bench_db(&url));
     }
     if let Ok(addr) = std::env::var("EDGE_TEST_MQTT_ADDR") {
         c += &format!("[mqtt]\nurl = \"mqtt://{addr}\"\nclient_id = \"{id}\"\ntopic_prefix = \"edge-bench\"\nqos = 1\n");
@@ -61,6 +61,28 @@ fn config(dir: &std::path::Path, buses: usize, sim: u16, http: u16, id: &str) ->
         }
     }
     c
+}
+
+/// The bench's own database on the server of `url`: made fresh for each run, so the upstream's
+/// speed does not depend on what earlier runs left, and dropped after it.
+fn bench_db(url: &str) -> String {
+    let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url);
+    format!("{base}/edge_bench")
+}
+
+fn mysql(url: &str, sql: &str) {
+    use mysql_async::prelude::Queryable;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pool = mysql_async::Pool::new(url);
+        let mut c = pool.get_conn().await.unwrap();
+        c.query_drop(sql).await.unwrap();
+        drop(c);
+        pool.disconnect().await.unwrap();
+    });
 }
 
 /// One reading of everything the bench reports.
@@ -95,6 +117,11 @@ fn main() {
     .filter(|(_, v)| std::env::var(v).is_ok())
     .map(|(n, _)| n)
     .collect();
+    let mysql_url = std::env::var("EDGE_TEST_MYSQL_URL").ok();
+    if let Some(url) = &mysql_url {
+        mysql(url, "DROP DATABASE IF EXISTS edge_bench");
+        mysql(url, "CREATE DATABASE edge_bench");
+    }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let sim_port = free_port();
@@ -173,6 +200,9 @@ fn main() {
     let health = http_get(http, "/healthz");
     drop(gw);
     drop(sim);
+    if let Some(url) = &mysql_url {
+        mysql(url, "DROP DATABASE IF EXISTS edge_bench");
+    }
 
     let samples = end.samples - first.samples;
     let per_s = samples / wall;

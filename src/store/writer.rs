@@ -419,7 +419,7 @@ impl Writer {
 
     fn ack(&mut self, event_id: &str, user: &str, ts: Millis) -> Result<(), AckError> {
         let run = |conn: &mut Connection| -> rusqlite::Result<bool> {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let n = tx.execute(
                 "UPDATE alarms SET acked_by = ?2, acked_at = ?3
                  WHERE event_seq = (SELECT seq FROM events WHERE event_id = ?1)",
@@ -514,7 +514,11 @@ impl Writer {
     /// Drops a tenth of the samples of one kind (confirmed upstream, or not), oldest first;
     /// unsent ones are recorded per device as gaps. Returns how many went.
     fn drop_oldest(&mut self, sent: i64, unsent: bool) -> rusqlite::Result<usize> {
-        let tx = self.conn.transaction()?;
+        // Immediate: a deferred transaction that reads and then writes gets SQLITE_BUSY at once,
+        // without waiting, when the checkpoint thread holds the lock for a moment.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let (first, newest): (i64, i64) = tx.query_row(
             "SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) FROM samples",
             [],
@@ -589,7 +593,7 @@ fn delete_samples(conn: &mut Connection, after: i64, upto: i64) -> rusqlite::Res
     if upto <= after {
         return Ok(0);
     }
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let n = delete_in(&tx, after, upto)?;
     tx.commit()?;
     Ok(n)
