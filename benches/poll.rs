@@ -7,10 +7,10 @@
 
 mod common;
 use common::process::{
-    bin, cpu_seconds, free_port, http_get, ok_requests, pid_status_kb, wait_for_line, Proc,
+    bin, cpu_seconds, free_port, gateway, http_get, ok_requests, pid_status_kb, simulator,
+    wait_for_line, Proc,
 };
 
-use std::net::TcpStream;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -63,44 +63,13 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
     let dir = tempfile::tempdir().unwrap();
-    let sim_port = free_port();
-    let mut sim = Proc(
-        bin()
-            .args([
-                "simulate",
-                "--profile",
-                "bench",
-                "--listen",
-                &format!("127.0.0.1:{sim_port}"),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_line(&mut sim.0, "simulator:");
+    let (sim, sim_port) = simulator("bench");
 
     let http = free_port();
     let cfg = dir.path().join("bench.toml");
     std::fs::write(&cfg, bench_config(&dir.path().join("data"), sim_port, http)).unwrap();
-    let gw = Proc(
-        bin()
-            .args(["run", "--config", cfg.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let gw = gateway(&cfg, http);
     let pid = gw.0.id();
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", http)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "gateway did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
     // Warm up: every device online and the store past its first writes.
     std::thread::sleep(Duration::from_secs(5));
     let (req0, cpu0, t0) = (ok_requests(http), cpu_seconds(pid), Instant::now());

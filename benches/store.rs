@@ -15,11 +15,9 @@
 
 mod common;
 use common::process::{
-    bin, cpu_seconds, free_port, http_get, metric, pid_status_kb, wait_for_line, write_bytes, Proc,
+    cpu_seconds, free_port, gateway, http_get, metric, pid_status_kb, simulator, write_bytes,
 };
 
-use std::net::TcpStream;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const UNITS: usize = 50;
@@ -124,44 +122,14 @@ fn main() {
     }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let sim_port = free_port();
-    let mut sim = Proc(
-        bin()
-            .args([
-                "simulate",
-                "--profile",
-                "changing",
-                "--listen",
-                &format!("127.0.0.1:{sim_port}"),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_line(&mut sim.0, "simulator:");
+    let (sim, sim_port) = simulator("changing");
     let http = free_port();
     let cfg = dir.path().join("bench.toml");
     let id = format!("store-bench-{}", std::process::id());
     std::fs::write(&cfg, config(&data, buses, sim_port, http, &id)).unwrap();
-    let gw = Proc(
-        bin()
-            .args(["run", "--config", cfg.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    let (pid, sim_pid) = (gw.0.id(), sim.0.id());
     let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", http)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "gateway did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let gw = gateway(&cfg, http);
+    let (pid, sim_pid) = (gw.0.id(), sim.0.id());
     println!(
         "store benchmark: {buses} buses x {UNITS} units x {POINTS} u16 points, every one changing every second, deadband 0; sinks: {}; {secs} s measured after 10 s",
         if sinks.is_empty() { "none (set EDGE_TEST_MYSQL_URL / EDGE_TEST_MQTT_ADDR)".to_string() } else { sinks.join(" + ") }

@@ -3,7 +3,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 pub struct Proc(pub Child);
 impl Drop for Proc {
@@ -97,4 +98,47 @@ pub fn metric(port: u16, name: &str, filter: &str) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// `edge-gateway simulate --profile PROFILE` on a free port, running once it says so.
+pub fn simulator(profile: &str) -> (Proc, u16) {
+    let port = free_port();
+    let mut sim = Proc(
+        bin()
+            .args([
+                "simulate",
+                "--profile",
+                profile,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_line(&mut sim.0, "simulator:");
+    (sim, port)
+}
+
+/// `edge-gateway run --config PATH`, once its HTTP port (`http`) answers.
+pub fn gateway(config: &std::path::Path, http: u16) -> Proc {
+    let gw = Proc(
+        bin()
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", http)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "gateway did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    gw
 }

@@ -256,12 +256,18 @@ pub(crate) fn event_value(
     point: Option<&str>,
     v: rusqlite::types::Value,
 ) -> Option<Value> {
-    let p = config
+    from_sql(find_point(config, device, point?)?, v)
+}
+
+/// A point of the config by its device and point ids.
+pub(crate) fn find_point<'a>(config: &'a Config, device: &str, point: &str) -> Option<&'a Point> {
+    config
         .devices
         .iter()
-        .find(|d| d.id == device)
-        .and_then(|d| d.points.iter().find(|p| Some(p.id.as_str()) == point))?;
-    from_sql(p, v)
+        .find(|d| d.id == device)?
+        .points
+        .iter()
+        .find(|p| p.id == point)
 }
 
 /// The integer keys of the configured devices and points (config order), as `samples` and

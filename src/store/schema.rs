@@ -198,12 +198,7 @@ fn old_value(
     v: rusqlite::types::Value,
 ) -> Option<Value> {
     use rusqlite::types::Value as S;
-    let p = config
-        .devices
-        .iter()
-        .find(|d| d.id == device)
-        .and_then(|d| d.points.iter().find(|p| p.id == point));
-    match (p, v) {
+    match (super::find_point(config, device, point), v) {
         (Some(p), v) => from_sql(p, v),
         (None, S::Integer(i)) => Some(Value::Int(i)),
         (None, S::Real(f)) => Some(Value::Float(f)),
