@@ -157,7 +157,8 @@ fn hash_password_prints_an_argon2id_phc_string() {
     assert!(!s.contains("s3cret"));
 }
 
-/// `gateway.log_level` sets the level; `RUST_LOG`, when set, wins.
+/// `gateway.log_level` sets the level; `RUST_LOG`, when set, wins. Off a terminal the lines
+/// carry no colour escapes.
 #[test]
 fn the_log_level_comes_from_the_config_unless_rust_log_is_set() {
     let dir = tempfile::tempdir().unwrap();
@@ -187,7 +188,10 @@ fn the_log_level_comes_from_the_config_unless_rust_log_is_set() {
             .status();
         String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr).into_owned()
     };
-    assert!(stderr_of("info", None).contains("gateway running"));
+    let info = stderr_of("info", None);
+    assert!(info.contains("gateway running"));
+    // A pipe, as journald or a log file is: plain lines, no colour escapes.
+    assert!(!info.contains('\x1b'), "{info:?}");
     let quiet = stderr_of("error", None);
     assert!(
         !quiet.contains("gateway running") && !quiet.contains("WARN"),
