@@ -285,7 +285,11 @@ async fn over_the_size_cap_sent_history_goes_first_then_unsent_rows_with_a_gap_e
     // Rows, and with them (in the same transaction, so the cap never sees them all unsent) the
     // sink's cursor at the row of `confirm_ts`.
     let add = |n: i64, from_ts: i64, confirm_ts: Option<i64>| {
-        let tx = db.unchecked_transaction().unwrap();
+        // Immediate: the gateway commits beside it, and a deferred transaction that has read
+        // cannot take the write lock after a commit it did not see (SQLITE_BUSY at once).
+        let tx =
+            rusqlite::Transaction::new_unchecked(&db, rusqlite::TransactionBehavior::Immediate)
+                .unwrap();
         // A sample of five values each, as a real device's would be.
         let points: Vec<(&str, Option<Value>, Quality)> =
             ["temperature", "pressure", "a", "b", "c"]
