@@ -57,14 +57,16 @@ const ROWS_PER_STATEMENT: usize = 1000;
 /// six parameters per row, each an allocation, and every distinct batch size prepared anew with
 /// its parameters' metadata parsed again (BENCHMARKS.md, store endurance).
 fn string(out: &mut String, s: &str) {
-    use std::fmt::Write;
     if s.is_empty() {
         out.push_str("''");
         return;
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(s.len() * 2 + 3);
     out.push_str("X'");
     for b in s.bytes() {
-        let _ = write!(out, "{b:02x}");
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 15) as usize] as char);
     }
     out.push('\'');
 }
