@@ -329,7 +329,8 @@ pub fn open(
     conn.pragma_update(None, "journal_size_limit", limit as i64)
         .map_err(err)?;
     // Checkpoints (the only fsyncs in WAL with synchronous=NORMAL) run on their own thread and
-    // connection, so no commit ever waits for one: events are pushed right after their commit.
+    // connection; PASSIVE copies without holding commits, and only the short RESTART after it
+    // (every 10 s, or when the WAL is past its limit) makes a commit wait.
     conn.pragma_update(None, "wal_autocheckpoint", 0)
         .map_err(err)?;
     let wal = wal_path(dir);

@@ -21,7 +21,8 @@ use crate::model::{now_ms, Millis, Quality, Value};
 /// of telemetry (a process crash loses nothing committed); events, status changes, audits and
 /// flushes commit at once, taking waiting telemetry with them.
 pub const GROUP_COMMIT: Duration = Duration::from_millis(200);
-/// How many commands one transaction takes at most.
+/// How many urgent commands one transaction takes at most (telemetry waiting for the group
+/// commit is bounded by its channel's capacity).
 const MAX_BATCH: usize = 2048;
 /// How often the latest value of each point is saved (and at a clean stop). A crash in between
 /// loses nothing: the samples written since are replayed at start.
@@ -171,12 +172,11 @@ impl Writer {
                 // Every handle is gone (both channels close together): the last commit.
                 Woke::Urgent(None) | Woke::Lazy(None) => false,
             };
-            // Everything sent before an urgent command (a flush) is in `lazy` by now.
-            while batch.len() < MAX_BATCH {
-                match lazy.try_recv() {
-                    Ok(c) => batch.push(c),
-                    Err(_) => break,
-                }
+            // Everything sent before an urgent command (a flush) is in `lazy` by now, and all of
+            // it goes into this commit, so the flush's answer covers it (`lazy` holds at most
+            // its capacity).
+            while let Ok(c) = lazy.try_recv() {
+                batch.push(c);
             }
             deadline = None;
             if !batch.is_empty() {
