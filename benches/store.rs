@@ -1,7 +1,8 @@
 //! Store endurance benchmark: the store's worst case, every register changing every second.
 //! BUSES TCP buses × 50 unit ids × 30 u16 points (deadband 0) polled every second from the
 //! simulator's `changing` profile (its own process), with the MySQL sink (local MariaDB) and
-//! the MQTT sink (local Mosquitto, QoS 1) on. Measured on the gateway process alone: points/s,
+//! the MQTT sink (local Mosquitto, QoS 1) on, and two rules per device (a band, a stale check)
+//! that cost their evaluation but never fire. Measured on the gateway process alone: points/s,
 //! CPU % of one core, RSS, bytes the kernel wrote for it per point sample, WAL max, database
 //! size, and what that write rate means for an SD card per day.
 //!
@@ -55,6 +56,12 @@ fn config(dir: &std::path::Path, buses: usize, sim: u16, http: u16, id: &str) ->
         for u in 1..=UNITS {
             c += &format!(
                 "[[devices]]\nid = \"b{b}u{u}\"\nbus = \"bus{b}\"\nunit = {u}\npoll_interval_ms = 1000\ntemplate = \"dev\"\n"
+            );
+            // Rules on, as on a real line: a band and a stale check on every device. The band
+            // is wider than a u16, so they cost their evaluation but raise no events.
+            c += &format!(
+                "[[rules]]\nid = \"b{b}u{u}-band\"\ndevice = \"b{b}u{u}\"\npoint = \"r0\"\nkind = \"outside\"\nlow = -1.0\nhigh = 70000.0\npriority = \"high\"\n\
+                 [[rules]]\nid = \"b{b}u{u}-stale\"\ndevice = \"b{b}u{u}\"\npoint = \"r1\"\nkind = \"stale\"\nfor_ms = 60000\n"
             );
         }
     }

@@ -172,7 +172,7 @@ pub async fn write(t: Target, value: &str) -> i32 {
                 Some(b) if b.len() == 1 => WriteOp::Coil(b[0]),
                 Some(b) if b.len() <= 1968 => WriteOp::Coils(b),
                 _ => {
-                    eprintln!("error: a coil takes true/false, on/off or 1/0 (or a comma-separated list of up to 1968), not `{value}`");
+                    eprintln!("error: a coil takes true/false or 1/0 (or a comma-separated list of up to 1968), not `{value}`");
                     return EXIT_USAGE;
                 }
             }

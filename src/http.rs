@@ -69,13 +69,10 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     text.push_str(&format!(
         "# TYPE edge_store_bytes gauge\nedge_store_bytes{{file=\"db\"}} {db}\nedge_store_bytes{{file=\"wal\"}} {wal}\n"
     ));
-    // Where the kernel does not count a process's disk writes, the family is absent rather
-    // than a made-up figure.
-    if let Some(w) = crate::metrics::written_bytes() {
-        text.push_str(&format!(
-            "# TYPE edge_store_written_bytes_total counter\nedge_store_written_bytes_total {w}\n"
-        ));
-    }
+    text.push_str(&format!(
+        "# TYPE edge_store_written_bytes_total counter\nedge_store_written_bytes_total {}\n",
+        s.metrics.written_bytes()
+    ));
     let sinks = s.sinks.configured(&s.config);
     if !sinks.is_empty() {
         let (mut backlog, mut rows) = (String::new(), String::new());

@@ -153,6 +153,9 @@ pub struct Metrics {
     pub buses: Vec<BusCounters>,
     pub store_rows: AtomicU64,
     pub store_errors: AtomicU64,
+    /// The store's own count of the bytes its commits cause to be written, for kernels that do
+    /// not count a process's disk writes (see [`Metrics::written_bytes`]).
+    pub store_written: AtomicU64,
     /// Progress stamps for the systemd watchdog.
     pub beats: Beats,
     started: std::time::Instant,
@@ -190,6 +193,13 @@ impl Beats {
 }
 
 impl Metrics {
+    /// Bytes written to storage: the kernel's count where it keeps one, else the store's own
+    /// (every WAL frame its commits append, counted again for the checkpoint that copies it
+    /// into the database: an upper bound that leaves out only the small log writes).
+    pub fn written_bytes(&self) -> u64 {
+        kernel_written_bytes().unwrap_or_else(|| self.store_written.load(Relaxed))
+    }
+
     pub fn new(device_names: Vec<String>, bus_names: Vec<String>) -> Metrics {
         Metrics {
             samples: AtomicU64::new(0),
@@ -210,6 +220,7 @@ impl Metrics {
             bus_names,
             store_rows: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
+            store_written: AtomicU64::new(0),
             started: std::time::Instant::now(),
         }
     }
@@ -357,7 +368,7 @@ pub fn rss_bytes() -> u64 {
 
 /// Bytes this process caused to be written to storage (`write_bytes` of /proc/self/io: what
 /// the kernel sends to the disk, not what `write()` was called with), if the kernel counts it.
-pub fn written_bytes() -> Option<u64> {
+pub fn kernel_written_bytes() -> Option<u64> {
     std::fs::read_to_string("/proc/self/io")
         .ok()?
         .lines()

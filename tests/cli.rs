@@ -105,7 +105,7 @@ async fn read_and_write_exit_codes_ok_exception_and_timeout() {
     assert_eq!((code, out.trim()), (0, r#"{"values":[1200]}"#));
     // FC 15: several coils at once.
     let (code, out, _) = run(args(&format!(
-        "write --tcp {a} --unit 1 --table coil --address 10 --value 1,0,on,off,true"
+        "write --tcp {a} --unit 1 --table coil --address 10 --value 1,0,true,false,true"
     )))
     .await;
     assert_eq!((code, out.trim()), (0, "ok"));
@@ -127,7 +127,7 @@ async fn read_and_write_exit_codes_ok_exception_and_timeout() {
     assert_eq!(code, 3);
     assert!(err.contains("timed out"), "{err}");
     let (code, _, err) = run(args(
-        "write --tcp 127.0.0.1:1 --unit 2 --table coil --address 0 --value on",
+        "write --tcp 127.0.0.1:1 --unit 2 --table coil --address 0 --value true",
     ))
     .await;
     assert_eq!(code, 3);

@@ -301,10 +301,15 @@ async fn writes_go_through_the_audited_path_only_when_allowed() {
     assert_eq!(sim.with_memory(BOILER, |m| m.holding[2]), Some(615));
     write(json!({"requestId": "w2", "pointId": "temperature", "value": 1})).await;
     let (_, r, _) = w.next("/write/result", |b| b["requestId"] == "w2").await;
-    assert_eq!(r["code"], 403, "{r}");
+    assert_eq!(r["code"], 405, "{r}");
     write(json!({"requestId": "w3", "pointId": "nope", "value": 1})).await;
     let (_, r, _) = w.next("/write/result", |b| b["requestId"] == "w3").await;
     assert_eq!(r["code"], 404, "{r}");
+    // The same strict parse as the WebSocket: "NaN" is refused, not written as 0.
+    write(json!({"requestId": "w5", "pointId": "setpoint", "value": "NaN"})).await;
+    let (_, r, _) = w.next("/write/result", |b| b["requestId"] == "w5").await;
+    assert_eq!(r["code"], 400, "{r}");
+    assert_eq!(sim.with_memory(BOILER, |m| m.holding[2]), Some(615));
     write(json!("not an object")).await;
     let (_, r, _) = w.next("/write/result", |b| b["code"] == 400).await;
     assert_eq!(r["requestId"], Json::Null);

@@ -13,7 +13,7 @@ use edge_gateway::Gateway;
 use tokio_util::sync::CancellationToken;
 
 /// Every name SPEC.md lists, with the labels it lists.
-const SPEC_METRICS: [(&str, &[&str]); 15] = [
+const SPEC_METRICS: [(&str, &[&str]); 17] = [
     ("edge_ws_clients", &[]),
     ("edge_push_messages_total", &["kind", "result"]),
     ("edge_push_duration_seconds_bucket", &["le"]),
@@ -30,6 +30,8 @@ const SPEC_METRICS: [(&str, &[&str]); 15] = [
     ("edge_device_online", &["device"]),
     ("edge_sink_backlog", &["sink"]),
     ("edge_sink_rows_total", &["sink", "result"]),
+    ("edge_store_bytes", &["file"]),
+    ("edge_store_written_bytes_total", &[]),
     ("process_resident_memory_bytes", &[]),
     ("process_open_fds", &[]),
 ];
@@ -89,6 +91,12 @@ async fn metrics_has_every_spec_name_in_valid_prometheus_text() {
     let v: f64 = util.rsplit_once(' ').unwrap().1.parse().unwrap();
     assert!((0.0..=1.0).contains(&v) && v > 0.0, "{util}");
     assert!(body.contains("edge_modbus_request_duration_seconds_count{bus=\"b\"}"));
+    // The store's own count of bytes written, which stands in where the kernel keeps none,
+    // moves with its commits.
+    wait_for("the store's own count of bytes written", || {
+        gw.metrics.store_written.load(Ordering::Relaxed) > 0
+    })
+    .await;
     gw.shutdown().await;
 }
 

@@ -219,7 +219,8 @@ async fn every_code_of_the_contract_is_reached_and_the_connection_lives_on() {
         )
         .await;
     assert_eq!(code(&r), 404);
-    // 403 for a point that is not writable; 503 for a device that does not answer.
+    // 405 for a point that is not writable (403 is for a role); 503 for a device that does not
+    // answer.
     let r = ws
         .call(
             "device.write",
@@ -228,7 +229,7 @@ async fn every_code_of_the_contract_is_reached_and_the_connection_lives_on() {
         .await;
     assert_eq!(
         (code(&r), r["msg"].as_str().unwrap()),
-        (403, "point is not writable")
+        (405, "point is not writable")
     );
     sim.set_fault(PUMP, Some(Fault::Silent));
     let r = ws
@@ -252,14 +253,38 @@ async fn every_code_of_the_contract_is_reached_and_the_connection_lives_on() {
         (Some(80.0), Some(65.5))
     );
     assert_eq!(sim.with_memory(BOILER, |m| m.holding[2]), Some(655));
-    // 400: a value the point cannot take.
-    let r = ws
-        .call(
-            "device.write",
-            json!({"deviceId": "boiler", "pointId": "setpoint", "value": "hot"}),
-        )
-        .await;
-    assert_eq!(code(&r), 400, "{r}");
+    // 400: a value the point cannot take, and nothing written: not "NaN" as 0 to a setpoint,
+    // not "maybe" as off to a burner.
+    for value in [
+        json!("hot"),
+        json!("NaN"),
+        json!("nan"),
+        json!("inf"),
+        json!(1e99),
+        json!(true),
+    ] {
+        let r = ws
+            .call(
+                "device.write",
+                json!({"deviceId": "boiler", "pointId": "setpoint", "value": value}),
+            )
+            .await;
+        assert_eq!(code(&r), 400, "{value}: {r}");
+    }
+    sim.with_memory(BOILER, |m| m.coils[0] = true);
+    for value in [json!("maybe"), json!("yes"), json!(2), json!("NaN")] {
+        let r = ws
+            .call(
+                "device.write",
+                json!({"deviceId": "boiler", "pointId": "burner", "value": value}),
+            )
+            .await;
+        assert_eq!(code(&r), 400, "{value}: {r}");
+    }
+    assert_eq!(
+        sim.with_memory(BOILER, |m| (m.holding[2], m.coils[0])),
+        Some((655, true))
+    );
 
     // points.history from SQLite.
     let r = ws

@@ -66,7 +66,7 @@ impl WriteError {
     /// The SPEC reply code of a failed write (WebSocket `device.write`, MQTT `write/result`).
     pub fn code(&self) -> u16 {
         match self {
-            WriteError::NotWritable => 403,
+            WriteError::NotWritable => 405,
             WriteError::Encode(_) => 400,
             WriteError::Exception(_) | WriteError::Link(_) | WriteError::BusGone => 503,
         }
@@ -549,12 +549,9 @@ impl BusTask {
         }
         let (unit, address, format) = (dev.unit, p.address, p.format.clone());
         let op = match (format.table, format.data_type, format.bit) {
-            (Table::Coil, _, _) => WriteOp::Coil(
-                value.as_f64().unwrap_or_else(|| match value {
-                    Value::Text(s) => codec::parse_bool(s).map(|b| b as u8 as f64).unwrap_or(0.0),
-                    _ => 0.0,
-                }) != 0.0,
-            ),
+            (Table::Coil, _, _) => {
+                WriteOp::Coil(codec::write_bool(value).map_err(WriteError::Encode)?)
+            }
             (Table::Holding, DataType::Bool, Some(bit)) => {
                 // One bit of a register: read, change the bit, write back.
                 let on =

@@ -176,11 +176,13 @@ pub enum CodecError {
     Short { expected: usize, got: usize },
     #[error("value {0} is not a number")]
     NotNumber(String),
-    #[error("value {value} does not fit in {data_type:?}")]
-    OutOfRange { value: String, data_type: DataType },
+    #[error("value {value} is outside what this point holds ({min} … {max})")]
+    OutOfRange { value: String, min: f64, max: f64 },
+    #[error("value {0} is not a bool: true, false, 1 or 0")]
+    NotBool(String),
     #[error("string of {len} bytes does not fit in {registers} registers")]
     StringTooLong { len: usize, registers: u16 },
-    #[error("value is not a number: {0}")]
+    #[error("value is not a finite number: {0}")]
     NotFinite(f64),
 }
 
@@ -297,18 +299,36 @@ pub fn decode_bit(bit: bool) -> Value {
     Value::Bool(bit)
 }
 
-/// Parses a user-given value (CLI or write request) and encodes it into registers,
-/// undoing scale and offset.
+/// Parses a user-given value (CLI or write request) strictly for the point's type and encodes
+/// it into registers, undoing scale and offset. A value the point cannot hold exactly as a
+/// number (`"NaN"`, `inf`, `1e99` to a u16, a bool to a number) is an error, never a guess:
+/// what is written reaches a real machine.
 pub fn encode_registers(f: &Format, v: &Value) -> Result<Vec<u16>, CodecError> {
     let num = |v: &Value| -> Result<f64, CodecError> {
         let x = match v {
+            Value::Int(i) => *i as f64,
+            Value::UInt(u) => *u as f64,
+            Value::Float(x) => *x,
             Value::Text(s) => s
                 .trim()
                 .parse::<f64>()
                 .map_err(|_| CodecError::NotNumber(s.clone()))?,
-            other => other.as_f64().unwrap_or(f64::NAN),
+            Value::Bool(_) => return Err(CodecError::NotNumber(v.to_string())),
         };
+        // Rust's parser takes "NaN" and "inf", and 1e999 overflows to infinity.
+        if !x.is_finite() {
+            return Err(CodecError::NotNumber(v.to_string()));
+        }
         Ok((x - f.offset) / f.scale)
+    };
+    // The raw range in engineering units, for the error a person reads.
+    let out_of_range = |v: &Value, lo: f64, hi: f64| {
+        let (a, b) = (lo * f.scale + f.offset, hi * f.scale + f.offset);
+        CodecError::OutOfRange {
+            value: v.to_string(),
+            min: a.min(b),
+            max: a.max(b),
+        }
     };
     let int = |v: &Value, lo: f64, hi: f64| -> Result<i128, CodecError> {
         // Exact integers go through unrounded so a u64 counter keeps every bit.
@@ -321,22 +341,12 @@ pub fn encode_registers(f: &Format, v: &Value) -> Result<Vec<u16>, CodecError> {
             _ => num(v)?.round() as i128,
         };
         if (x as f64) < lo || (x as f64) > hi {
-            return Err(CodecError::OutOfRange {
-                value: v.to_string(),
-                data_type: f.data_type,
-            });
+            return Err(out_of_range(v, lo, hi));
         }
         Ok(x)
     };
     let bytes: Vec<u8> = match f.data_type {
-        DataType::Bool => {
-            let b = match v {
-                Value::Bool(b) => *b,
-                Value::Text(s) => matches!(s.trim(), "true" | "1" | "on"),
-                other => other.as_f64().unwrap_or(0.0) != 0.0,
-            };
-            (b as u16).to_be_bytes().to_vec()
-        }
+        DataType::Bool => (write_bool(v)? as u16).to_be_bytes().to_vec(),
         DataType::U16 => (int(v, 0.0, u16::MAX as f64)? as u16)
             .to_be_bytes()
             .to_vec(),
@@ -357,11 +367,15 @@ pub fn encode_registers(f: &Format, v: &Value) -> Result<Vec<u16>, CodecError> {
             .to_vec(),
         DataType::F32 => {
             let x = num(v)?;
-            check_finite(x)?;
+            // Finite as an f64 but past f32::MAX would become infinity on the wire.
+            if x.abs() > f32::MAX as f64 {
+                return Err(out_of_range(v, f32::MIN as f64, f32::MAX as f64));
+            }
             (x as f32).to_be_bytes().to_vec()
         }
         DataType::F64 => {
             let x = num(v)?;
+            // Finite in, but (x - offset) / scale may still overflow.
             check_finite(x)?;
             x.to_be_bytes().to_vec()
         }
@@ -382,12 +396,25 @@ pub fn encode_registers(f: &Format, v: &Value) -> Result<Vec<u16>, CodecError> {
     Ok(be_bytes_to_regs(&bytes, f.byte_order, f.word_order))
 }
 
-/// Parses a bool the way an operator types it.
+/// Parses a bool as SPEC allows one to be written: `true`, `false`, `1`, `0`.
 pub fn parse_bool(s: &str) -> Option<bool> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "on" => Some(true),
-        "false" | "0" | "off" => Some(false),
+    match s.trim() {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
         _ => None,
+    }
+}
+
+/// A bool a client writes (WebSocket, MQTT): `true`/`false` or `1`/`0`, as JSON or as text;
+/// anything else (`"maybe"`, `"yes"`, `2`) is an error rather than "off".
+pub fn write_bool(v: &Value) -> Result<bool, CodecError> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        Value::Int(0) | Value::UInt(0) => Ok(false),
+        Value::Int(1) | Value::UInt(1) => Ok(true),
+        Value::Float(x) if *x == 0.0 || *x == 1.0 => Ok(*x == 1.0),
+        Value::Text(s) => parse_bool(s).ok_or_else(|| CodecError::NotBool(s.clone())),
+        other => Err(CodecError::NotBool(other.to_string())),
     }
 }
 
@@ -602,5 +629,64 @@ mod tests {
             encode_registers(&f, &Value::Text("42".into())).unwrap(),
             vec![42]
         );
+    }
+
+    /// What reaches a device is exactly what was asked or nothing: a setpoint given "NaN" must
+    /// not become 0, a coil given "maybe" must not switch off.
+    #[test]
+    fn a_write_value_is_parsed_strictly_for_the_point_type() {
+        let mut setpoint = Format::raw(Table::Holding, DataType::U16);
+        setpoint.scale = 0.1;
+        for bad in [
+            "NaN",
+            "nan",
+            "inf",
+            "-infinity",
+            "1e999",
+            "",
+            "0x10",
+            "80 °C",
+        ] {
+            let e = encode_registers(&setpoint, &Value::Text(bad.into()));
+            assert!(matches!(e, Err(CodecError::NotNumber(_))), "{bad}: {e:?}");
+        }
+        for bad in [
+            Value::Float(f64::NAN),
+            Value::Float(f64::INFINITY),
+            Value::Bool(true),
+        ] {
+            assert!(encode_registers(&setpoint, &bad).is_err(), "{bad}");
+        }
+        let e = encode_registers(&setpoint, &Value::Float(1e99)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "value 1e99 is outside what this point holds (0 … 6553.5)"
+        );
+        assert!(encode_registers(&setpoint, &Value::Int(-5)).is_err());
+        assert_eq!(
+            encode_registers(&setpoint, &Value::Text("80.5".into())).unwrap(),
+            vec![805]
+        );
+        let f32f = Format::raw(Table::Holding, DataType::F32);
+        assert!(encode_registers(&f32f, &Value::Float(1e39)).is_err());
+        let flag = Format::raw(Table::Holding, DataType::Bool);
+        for bad in ["maybe", "yes", "on", "2", "TRUE "] {
+            assert!(write_bool(&Value::Text(bad.into())).is_err(), "{bad}");
+            assert!(
+                encode_registers(&flag, &Value::Text(bad.into())).is_err(),
+                "{bad}"
+            );
+        }
+        for bad in [Value::Int(2), Value::Int(-1), Value::Float(0.5)] {
+            assert!(write_bool(&bad).is_err(), "{bad}");
+        }
+        for (good, b) in [
+            (Value::Text("true".into()), true),
+            (Value::Text(" 0".into()), false),
+            (Value::Int(1), true),
+            (Value::Bool(false), false),
+        ] {
+            assert_eq!(write_bool(&good).unwrap(), b, "{good}");
+        }
     }
 }

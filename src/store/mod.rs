@@ -15,7 +15,7 @@ mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -303,6 +303,26 @@ fn wal_limit(config: &Config) -> u64 {
     (config.store.max_db_mb * 1024 * 1024 / 8).clamp(1 << 20, 8 << 20)
 }
 
+/// Counts what each commit appends to the WAL (a frame is a page and its 24-byte header), and
+/// the same pages again for the checkpoint that copies them into the database: the store's own
+/// count of bytes written, for kernels without per-process I/O accounting.
+fn count_writes(conn: &mut Connection, metrics: Arc<Metrics>) -> rusqlite::Result<()> {
+    let page = conn.pragma_query_value(None, "page_size", |r| r.get::<_, u32>(0))? as u64;
+    let mut frames_before = 0u64;
+    conn.wal_hook(Some(
+        move |_: &mut rusqlite::hooks::Wal, frames: std::ffi::c_int| {
+            let frames = frames.max(0) as u64;
+            // Fewer frames than after the last commit: a checkpoint restarted the WAL from its start.
+            let added = frames.checked_sub(frames_before).unwrap_or(frames);
+            frames_before = frames;
+            metrics
+                .store_written
+                .fetch_add(added * (2 * page + 24), Relaxed);
+            Ok(())
+        },
+    ))
+}
+
 /// Opens (creating or migrating) the store in `config.gateway.data_dir`, reads the last state
 /// back, and starts the writer and checkpoint threads. `sinks` names the upstream sinks whose
 /// cursors tell which telemetry the size cap may drop first.
@@ -333,6 +353,8 @@ pub fn open(
     // (every 10 s, or when the WAL is past its limit) makes a commit wait.
     conn.pragma_update(None, "wal_autocheckpoint", 0)
         .map_err(err)?;
+    // After the pragma above, which sets a WAL hook of its own.
+    count_writes(&mut conn, Arc::clone(&metrics)).map_err(err)?;
     let wal = wal_path(dir);
     let checkpointer = schema::open_connection(&path)?;
     let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
