@@ -657,10 +657,12 @@ mod tests {
         ] {
             assert!(encode_registers(&setpoint, &bad).is_err(), "{bad}");
         }
-        let e = encode_registers(&setpoint, &Value::Float(1e99)).unwrap_err();
+        assert!(encode_registers(&setpoint, &Value::Float(1e99)).is_err());
+        // The range in engineering units, not the raw register's.
+        let e = encode_registers(&setpoint, &Value::Int(7000)).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "value 1e99 is outside what this point holds (0 … 6553.5)"
+            "value 7000 is outside what this point holds (0 … 6553.5)"
         );
         assert!(encode_registers(&setpoint, &Value::Int(-5)).is_err());
         assert_eq!(
