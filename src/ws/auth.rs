@@ -1,5 +1,5 @@
-//! Logins: argon2id password checks, session tokens with expiry, and a per-address limit on
-//! failed logins.
+//! Logins: argon2id password checks (two at a time), session tokens with expiry, and limits on
+//! failed logins per address, per address and user name, and a slow-down per user name.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -12,10 +12,24 @@ use crate::config::{Role, User};
 
 /// How long a token lives without being used.
 pub const TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
-/// Failed logins allowed per address within [`FAIL_WINDOW`] before 429.
+/// Failed logins allowed per (address, user name) within [`FAIL_WINDOW`] before 429.
 pub const MAX_FAILURES: u32 = 5;
+/// Failed logins allowed per address, whatever the names, within [`FAIL_WINDOW`]: more than
+/// for one name, as several tablets may share an address behind NAT or a proxy.
+pub const MAX_ADDRESS_FAILURES: u32 = 20;
 pub const FAIL_WINDOW: Duration = Duration::from_secs(60);
-/// Bound on tracked addresses and live tokens, so a flood cannot grow memory.
+/// Password checks that run at once: each argon2id check takes 19 MiB and ~50 ms of a core, so
+/// a flood of logins must queue rather than take the box's memory.
+const CHECKS_AT_ONCE: usize = 2;
+/// How long a login waits for a check before it is told to retry.
+const CHECK_DEADLINE: Duration = Duration::from_secs(10);
+/// Failures at one user name (from any address) past which each login as it is slowed, by
+/// [`SLOW_STEP`] per failure up to [`SLOW_MAX`]: guessing from many addresses gets slow, while
+/// the real user still gets in (a lock-out would hand the attacker a way to lock them out).
+const SLOW_AFTER: u32 = MAX_FAILURES;
+const SLOW_STEP: Duration = Duration::from_millis(250);
+const SLOW_MAX: Duration = Duration::from_secs(5);
+/// Bound on tracked addresses, names and live tokens, so a flood cannot grow memory.
 const MAX_TRACKED: usize = 10_000;
 
 #[derive(Debug, Clone)]
@@ -35,13 +49,67 @@ const DUMMY_HASH: &str =
 pub struct Auth {
     users: Vec<User>,
     tokens: Mutex<HashMap<String, Session>>,
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    failures: Mutex<Failures>,
+    checks: tokio::sync::Semaphore,
+}
+
+/// Failed (and in-flight) logins in the current window of each key.
+#[derive(Default)]
+struct Failures {
+    address: Window<IpAddr>,
+    address_user: Window<(IpAddr, String)>,
+    user: Window<String>,
+}
+
+/// Counts per key over a fixed window from the key's first count.
+struct Window<K>(HashMap<K, (u32, Instant)>);
+
+impl<K> Default for Window<K> {
+    fn default() -> Self {
+        Window(HashMap::new())
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Window<K> {
+    fn count(&self, k: &K) -> u32 {
+        match self.0.get(k) {
+            Some((n, since)) if since.elapsed() < FAIL_WINDOW => *n,
+            _ => 0,
+        }
+    }
+
+    /// What is left of the key's window, when its count has reached `max`.
+    fn limited(&self, k: &K, max: u32) -> Option<Duration> {
+        let (n, since) = self.0.get(k)?;
+        let left = FAIL_WINDOW.checked_sub(since.elapsed())?;
+        (*n >= max).then_some(left)
+    }
+
+    fn add(&mut self, k: K) {
+        if self.0.len() >= MAX_TRACKED {
+            self.0.retain(|_, (_, since)| since.elapsed() < FAIL_WINDOW);
+        }
+        let e = self.0.entry(k).or_insert((0, Instant::now()));
+        if e.1.elapsed() >= FAIL_WINDOW {
+            *e = (0, Instant::now());
+        }
+        e.0 += 1;
+    }
+
+    /// Takes back one count (an attempt that turned out right).
+    fn undo(&mut self, k: &K) {
+        if let Some(e) = self.0.get_mut(k) {
+            e.0 = e.0.saturating_sub(1);
+        }
+    }
 }
 
 #[derive(Debug, PartialEq)]
 pub enum LoginError {
     /// Too many failures from this address: retry after this long.
     Limited(Duration),
+    /// Too many password checks queued: retry shortly.
+    Busy,
     BadCredentials,
 }
 
@@ -50,7 +118,8 @@ impl Auth {
         Auth {
             users,
             tokens: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
+            failures: Mutex::default(),
+            checks: tokio::sync::Semaphore::new(CHECKS_AT_ONCE),
         }
     }
 
@@ -78,60 +147,79 @@ impl Auth {
         }
     }
 
-    fn limited(&self, from: IpAddr) -> Option<Duration> {
-        let f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let (n, since) = f.get(&from)?;
-        let left = FAIL_WINDOW.checked_sub(since.elapsed())?;
-        (*n >= MAX_FAILURES).then_some(left)
+    fn failures(&self) -> std::sync::MutexGuard<'_, Failures> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn failed(&self, from: IpAddr) {
-        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if f.len() >= MAX_TRACKED {
-            f.retain(|_, (_, since)| since.elapsed() < FAIL_WINDOW);
-        }
-        let e = f.entry(from).or_insert((0, Instant::now()));
-        if e.1.elapsed() >= FAIL_WINDOW {
-            *e = (0, Instant::now());
-        }
-        e.0 += 1;
-    }
-
-    /// Checks a password (slow by design: call from a blocking thread) and issues a token.
-    pub fn login(
+    /// Checks a password and issues a token. The attempt counts as a failure from before the
+    /// check until it proves right, so logins sent at once cannot slip past the limit; checks
+    /// run at most [`CHECKS_AT_ONCE`] at a time, off the async workers.
+    pub async fn login(
         &self,
         from: IpAddr,
         username: &str,
         password: &str,
     ) -> Result<(String, Session), LoginError> {
-        if let Some(left) = self.limited(from) {
-            return Err(LoginError::Limited(left));
-        }
-        let user = self.users.iter().find(|u| u.name == username);
-        let hash = user
-            .map(|u| u.password_hash.0.as_str())
-            .unwrap_or(DUMMY_HASH);
-        // argon2's verify compares in constant time; unknown users cost the same work.
-        let ok = PasswordHash::new(hash)
-            .map(|h| {
-                argon2::Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
-            .unwrap_or(false);
-        match user {
-            Some(u) if ok => {
-                self.failures
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&from);
-                Ok(self.issue(u.name.clone(), u.role))
+        let pair = (from, username.to_string());
+        let slow = {
+            let mut f = self.failures();
+            let limited = f
+                .address
+                .limited(&from, MAX_ADDRESS_FAILURES)
+                .or_else(|| f.address_user.limited(&pair, MAX_FAILURES));
+            if let Some(left) = limited {
+                return Err(LoginError::Limited(left));
             }
-            _ => {
-                self.failed(from);
+            f.address.add(from);
+            f.address_user.add(pair.clone());
+            let over = f.user.count(&pair.1).saturating_sub(SLOW_AFTER);
+            (SLOW_STEP * over).min(SLOW_MAX)
+        };
+        let ok = self.check(username, password, slow).await;
+        let mut f = self.failures();
+        match ok {
+            Ok(Some((name, role))) => {
+                // Only this attempt is taken back: another name's failures from this address
+                // stay counted.
+                f.address.undo(&from);
+                f.address_user.undo(&pair);
+                drop(f);
+                Ok(self.issue(name, role))
+            }
+            Ok(None) => {
+                f.user.add(pair.1);
                 Err(LoginError::BadCredentials)
             }
+            Err(e) => {
+                f.address.undo(&from);
+                f.address_user.undo(&pair);
+                Err(e)
+            }
         }
+    }
+
+    /// The user, if the password is theirs; waits `slow` first, then for a free check.
+    async fn check(
+        &self,
+        username: &str,
+        password: &str,
+        slow: Duration,
+    ) -> Result<Option<(String, Role)>, LoginError> {
+        tokio::time::sleep(slow).await;
+        let _permit = tokio::time::timeout(CHECK_DEADLINE, self.checks.acquire())
+            .await
+            .map_err(|_| LoginError::Busy)?
+            .map_err(|_| LoginError::Busy)?;
+        let user = self.users.iter().find(|u| u.name == username);
+        let hash = user
+            .map(|u| u.password_hash.0.clone())
+            .unwrap_or_else(|| DUMMY_HASH.to_string());
+        let password = password.to_string();
+        // argon2 is deliberately slow: keep it off the async workers.
+        let ok = tokio::task::spawn_blocking(move || verify(&hash, &password))
+            .await
+            .unwrap_or(false);
+        Ok(user.filter(|_| ok).map(|u| (u.name.clone(), u.role)))
     }
 
     fn issue(&self, user: String, role: Role) -> (String, Session) {
@@ -179,6 +267,17 @@ impl Auth {
     }
 }
 
+/// argon2's verify compares in constant time; unknown users cost the same work (DUMMY_HASH).
+fn verify(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| {
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,11 +301,11 @@ mod tests {
         }])
     }
 
-    #[test]
-    fn login_resume_logout() {
+    #[tokio::test]
+    async fn login_resume_logout() {
         let a = auth();
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let (token, s) = a.login(ip, "admin", "pw").unwrap();
+        let (token, s) = a.login(ip, "admin", "pw").await.unwrap();
         assert_eq!(token.len(), 64, "256 bits, hex");
         assert_eq!(s.role, Role::Admin);
         assert_eq!(a.resume(&token).unwrap().user, "admin");
@@ -214,26 +313,94 @@ mod tests {
         assert!(a.resume(&token).is_none());
     }
 
-    #[test]
-    fn failures_are_limited_per_address() {
-        let a = auth();
+    fn two_users() -> Auth {
+        let hash = crate::cli::hash_password("pw").unwrap();
+        Auth::new(
+            [("admin", Role::Admin), ("viewer", Role::Viewer)]
+                .map(|(name, role)| User {
+                    name: name.into(),
+                    role,
+                    password_hash: Secret(hash.clone()),
+                })
+                .to_vec(),
+        )
+    }
+
+    #[tokio::test]
+    async fn failures_are_limited_per_address_and_name_and_a_success_clears_no_other_name() {
+        let a = two_users();
         let ip: IpAddr = "10.0.0.2".parse().unwrap();
-        for _ in 0..MAX_FAILURES {
+        // 4 wrong admin passwords, a right viewer login, repeated: the admin guesses still
+        // count, and the fifth is the last.
+        for _ in 0..MAX_FAILURES - 1 {
             assert_eq!(
-                a.login(ip, "admin", "wrong").unwrap_err(),
+                a.login(ip, "admin", "wrong").await.unwrap_err(),
+                LoginError::BadCredentials
+            );
+        }
+        a.login(ip, "viewer", "pw").await.unwrap();
+        assert_eq!(
+            a.login(ip, "admin", "wrong").await.unwrap_err(),
+            LoginError::BadCredentials
+        );
+        a.login(ip, "viewer", "pw").await.unwrap();
+        assert!(matches!(
+            a.login(ip, "admin", "pw").await,
+            Err(LoginError::Limited(_))
+        ));
+        // Another name from the same address still gets in, and so does admin elsewhere.
+        a.login(ip, "viewer", "pw").await.unwrap();
+        a.login("10.0.0.3".parse().unwrap(), "admin", "pw")
+            .await
+            .unwrap();
+        // Any names: the address's own limit.
+        let ip: IpAddr = "10.0.0.4".parse().unwrap();
+        for i in 0..MAX_ADDRESS_FAILURES {
+            assert_eq!(
+                a.login(ip, &format!("guess{i}"), "x").await.unwrap_err(),
                 LoginError::BadCredentials
             );
         }
         assert!(matches!(
-            a.login(ip, "admin", "pw"),
+            a.login(ip, "viewer", "pw").await,
             Err(LoginError::Limited(_))
         ));
-        // Limited before the name is even looked at.
-        assert!(matches!(
-            a.login(ip, "nobody", "pw"),
-            Err(LoginError::Limited(_))
-        ));
-        // Another address is not affected.
-        assert!(a.login("10.0.0.3".parse().unwrap(), "admin", "pw").is_ok());
+    }
+
+    /// Logins sent at once are counted before their checks run, so they cannot get more than
+    /// the limit's worth of guesses checked.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn logins_sent_at_once_get_no_more_guesses_than_the_limit() {
+        let a = std::sync::Arc::new(auth());
+        let ip: IpAddr = "10.0.0.5".parse().unwrap();
+        let tries = (0..40).map(|_| {
+            let a = a.clone();
+            tokio::spawn(async move { a.login(ip, "admin", "wrong").await })
+        });
+        let mut checked = 0;
+        for t in tries {
+            match t.await.unwrap() {
+                Err(LoginError::BadCredentials) => checked += 1,
+                Err(LoginError::Limited(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(checked, MAX_FAILURES);
+    }
+
+    /// Guesses at one name from many addresses slow every login as that name down, but the
+    /// right password still gets in: no lock-out to use against the real admin.
+    #[tokio::test(start_paused = true)]
+    async fn guesses_at_one_name_from_many_addresses_are_slowed_not_locked_out() {
+        let a = auth();
+        for i in 0..30u8 {
+            let ip = IpAddr::from([10, 1, 0, i]);
+            let _ = a.login(ip, "admin", "wrong").await;
+        }
+        let t = tokio::time::Instant::now();
+        a.login("10.2.0.1".parse().unwrap(), "admin", "pw")
+            .await
+            .unwrap();
+        assert!(t.elapsed() >= SLOW_MAX, "{:?}", t.elapsed());
     }
 }

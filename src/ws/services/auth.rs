@@ -33,14 +33,7 @@ fn bind(ctx: &Ctx, token: String, session: &Session) -> HandlerResult {
 pub async fn login(ctx: Ctx) -> HandlerResult {
     let username = ctx.string("username")?;
     let password = ctx.string("password")?;
-    let shared = ctx.shared.clone();
-    let remote = ctx.remote;
-    // argon2 is deliberately slow: keep it off the async workers.
-    let result =
-        tokio::task::spawn_blocking(move || shared.auth.login(remote, &username, &password))
-            .await
-            .map_err(|e| ServiceError::internal(format!("login check failed: {e}")))?;
-    match result {
+    match ctx.shared.auth.login(ctx.remote, &username, &password).await {
         Ok((token, session)) => {
             tracing::info!(user = %session.user, remote = %ctx.remote, "login");
             bind(&ctx, token, &session)
@@ -49,6 +42,10 @@ pub async fn login(ctx: Ctx) -> HandlerResult {
             tracing::warn!(remote = %ctx.remote, "failed login");
             Err(ServiceError::new(401, "wrong username or password"))
         }
+        Err(LoginError::Busy) => Err(ServiceError::new(
+            429,
+            "too many logins at once; retry in a few seconds",
+        )),
         Err(LoginError::Limited(left)) => Err(ServiceError::new(
             429,
             format!(
