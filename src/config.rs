@@ -56,6 +56,8 @@ struct RawHttp {
     listen: Option<String>,
     #[serde(default)]
     allowed_origins: Vec<String>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,6 +237,9 @@ pub struct Gateway {
 pub struct Http {
     pub listen: String,
     pub allowed_origins: Vec<String>,
+    /// Host names the dashboard is reached by besides IP literals, localhost and the box's own
+    /// name, lower case and without a port (the DNS-rebinding guard).
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -806,9 +811,36 @@ impl Validator<'_> {
                 format!("`{listen}` is not an IP:port address"),
             );
         }
+        for (i, o) in raw.allowed_origins.iter().enumerate() {
+            // An Origin is scheme://host[:port]; anything else could never match one.
+            let ok = o.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains('/')
+            });
+            if !ok {
+                self.err(
+                    &p.key("allowed_origins").index(i),
+                    format!("`{o}` is not an origin like `https://gw.example:8443`"),
+                );
+            }
+        }
+        let mut allowed_hosts = Vec::new();
+        for (i, h) in raw.allowed_hosts.iter().enumerate() {
+            let ok = !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            if ok {
+                allowed_hosts.push(h.to_ascii_lowercase());
+            } else {
+                self.err(
+                    &p.key("allowed_hosts").index(i),
+                    format!("`{h}` is not a host name (letters, digits, `-` and `.`, no port)"),
+                );
+            }
+        }
         Http {
             listen,
             allowed_origins: raw.allowed_origins,
+            allowed_hosts,
         }
     }
 

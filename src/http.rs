@@ -23,8 +23,22 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         // `/` and `/app/…`: the dashboard's embedded files.
-        .fallback(get(crate::assets::serve))
+        .fallback(get(dashboard))
         .with_state(state)
+}
+
+/// The dashboard's files, only by a name this box may be reached by (a DNS-rebinding page
+/// gets 403). `/healthz` and `/metrics` answer by any name: monitoring reaches them by
+/// whatever name it knows, and they hold no session.
+async fn dashboard(
+    State(s): State<AppState>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    if !s.admission.host_allowed(&s.config.http, &headers) {
+        return (StatusCode::FORBIDDEN, "host not allowed\n").into_response();
+    }
+    crate::assets::serve(uri, headers).await
 }
 
 /// SPEC: 200 while serving, 503 with `"status":"failing"` when the store cannot write; sinks
@@ -73,6 +87,20 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         "# TYPE edge_store_written_bytes_total counter\nedge_store_written_bytes_total {}\n",
         s.metrics.written_bytes()
     ));
+    let pending = s.admission.pending() as i64;
+    let clients = s.metrics.push.clients.load(Relaxed);
+    text.push_str(&format!(
+        "# TYPE edge_ws_clients gauge\nedge_ws_clients {clients}\n\
+         edge_ws_clients{{state=\"authenticated\"}} {}\nedge_ws_clients{{state=\"pending\"}} {pending}\n",
+        (clients - pending).max(0)
+    ));
+    text.push_str("# TYPE edge_ws_rejected_total counter\n");
+    for (reason, n) in s.admission.rejected() {
+        text.push_str(&format!(
+            "edge_ws_rejected_total{{reason=\"{}\"}} {n}\n",
+            reason.label()
+        ));
+    }
     let sinks = s.sinks.configured(&s.config);
     if !sinks.is_empty() {
         let (mut backlog, mut rows) = (String::new(), String::new());

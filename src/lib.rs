@@ -16,8 +16,10 @@
 //!   processor that orders events by priority, limits storms, numbers, commits and pushes them.
 //! - [`sinks`]: upstream store-and-forward: the MySQL sink reads the SQLite outbox after its
 //!   cursor and advances it only after MySQL committed.
-//! - [`ws`]: the WebSocket service: sessions, roles, services, client hub and pushes.
+//! - [`ws`]: the WebSocket service: admission (Host/Origin, connection caps), sessions and
+//!   logins, roles, services, client hub and pushes.
 //! - [`http`]: `/ws`, `/healthz`, `/metrics` and the dashboard page.
+//! - [`log_limit`]: log lines outside parties can trigger, at most one per source per period.
 //! - [`metrics`]: counters kept by every stage, rendered for Prometheus.
 //! - [`cli`]: the commissioning commands `read` and `write`, and `demo`.
 
@@ -26,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod http;
+pub mod log_limit;
 pub mod metrics;
 pub mod modbus;
 pub mod model;
@@ -41,7 +44,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -70,8 +73,8 @@ pub struct Shared {
     pub auth: ws::auth::Auth,
     /// The snapshot push period; `push.setInterval` changes it at run time.
     pub push_interval: watch::Sender<Duration>,
-    /// Caps WebSocket connections at `push.max_clients`.
-    pub conn_limit: Arc<Semaphore>,
+    /// Who may open a WebSocket: Host/Origin checks and the connection caps.
+    pub admission: ws::admit::Admission,
     pub next_client_id: AtomicU64,
     pub started: Instant,
     /// Cancelled at shutdown: open connections close with 1001.
@@ -328,7 +331,7 @@ impl Gateway {
             hub: ws::hub::Hub::new(config.devices.len(), metrics.clone()),
             auth: ws::auth::Auth::new(config.users.clone()),
             push_interval: watch::channel(config.push.interval).0,
-            conn_limit: Arc::new(Semaphore::new(config.push.max_clients)),
+            admission: ws::admit::Admission::new(config.push.max_clients),
             next_client_id: AtomicU64::new(1),
             started: Instant::now(),
             shutdown: cancel.child_token(),

@@ -281,11 +281,6 @@ impl Metrics {
                 (busy / wall).min(1.0)
             );
         }
-        let _ = writeln!(
-            out,
-            "# TYPE edge_ws_clients gauge\nedge_ws_clients {}",
-            self.push.clients.load(Relaxed)
-        );
         out.push_str("# TYPE edge_push_messages_total counter\n");
         for (k, kind) in PUSH_KINDS.iter().enumerate() {
             for (r, result) in ["sent", "dropped"].iter().enumerate() {

@@ -39,7 +39,16 @@ impl Target {
         );
         let cfg = dir.path().join("gateway.toml");
         std::fs::write(&cfg, text).unwrap();
-        let child = spawn(&["run", "--config", cfg.to_str().unwrap()]);
+        let log = dir.path().join("gateway.log");
+        let child = Child(
+            std::process::Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
+                .args(["run", "--config", cfg.to_str().unwrap()])
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
         let http: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
         wait_for_async("the gateway answers", || async {
             healthz_json(http).await.is_some()
@@ -53,9 +62,26 @@ impl Target {
         }
     }
 
+    /// Lines of the gateway's log that contain `what`.
+    fn log_lines(&self, what: &str) -> usize {
+        std::fs::read_to_string(self._dir.path().join("gateway.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(what))
+            .count()
+    }
+
+    async fn metric(&self, series: &str) -> f64 {
+        let text = http_get(self.http, "/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} not in /metrics"))
+    }
+
     /// Peak resident memory of the gateway process so far, in MB.
     fn peak_rss_mb(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id())).unwrap();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id())).unwrap();
         let kb: f64 = status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -112,12 +138,18 @@ async fn a_login_flood_from_many_addresses_keeps_memory_under_64_mb() {
         for i in 0..4 {
             let frame = json!({"requestId": i.to_string(), "service": "auth.login",
                                "params": {"username": "admin", "password": format!("guess{i}")}});
-            ws.send(Message::Text(frame.to_string().into())).await.unwrap();
+            ws.send(Message::Text(frame.to_string().into()))
+                .await
+                .unwrap();
         }
         replies(ws, 4).await
     }))
     .await;
-    let codes: Vec<i64> = all.iter().flatten().map(|r| r["code"].as_i64().unwrap()).collect();
+    let codes: Vec<i64> = all
+        .iter()
+        .flatten()
+        .map(|r| r["code"].as_i64().unwrap())
+        .collect();
     assert_eq!(codes.len(), 200, "every login answered");
     assert!(codes.iter().all(|c| *c == 401 || *c == 429), "{codes:?}");
     let peak = t.peak_rss_mb();
@@ -127,7 +159,122 @@ async fn a_login_flood_from_many_addresses_keeps_memory_under_64_mb() {
     let mut ws = ws_from(IpAddr::from([127, 0, 4, 1]), t.http).await;
     let frame = json!({"requestId": "ok", "service": "auth.login",
                        "params": {"username": "admin", "password": "pw"}});
-    ws.send(Message::Text(frame.to_string().into())).await.unwrap();
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
     let r = replies(&mut ws, 1).await;
     assert_eq!(r[0]["code"], 0, "{r:?}");
+}
+
+/// A raw HTTP request's status line.
+async fn status_of(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    // The status line only: a refused upgrade may leave the connection open.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.contains(&b'\n') {
+        match tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn upgrade_request(host: &str, origin: Option<&str>) -> String {
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\n{origin}Connection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+/// Attacks 5 and 6: a DNS-rebinding page (`Host: evil.example`, matching Origin) reached `/ws`,
+/// an Origin without a scheme passed, and a foreign Origin wrote 12,966 log lines a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebinding_host_or_a_foreign_origin_is_refused_and_logged_once() {
+    let t = Target::start("").await;
+    let host = t.http.to_string();
+    let evil = "evil.example:18080";
+    let s = status_of(
+        t.http,
+        &upgrade_request(evil, Some("http://evil.example:18080")),
+    )
+    .await;
+    assert!(s.contains(" 403 "), "{s}");
+    let s = status_of(
+        t.http,
+        &format!("GET / HTTP/1.1\r\nHost: {evil}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(s.contains(" 403 "), "the dashboard too: {s}");
+    let s = status_of(t.http, &upgrade_request(&host, Some(&host))).await;
+    assert!(s.contains(" 403 "), "an Origin without a scheme: {s}");
+    // The page's own origin, by IP, still works.
+    let s = status_of(
+        t.http,
+        &upgrade_request(&host, Some(&format!("http://{host}"))),
+    )
+    .await;
+    assert!(s.contains(" 101 "), "{s}");
+    // A flood of foreign Origins: every one refused, one log line.
+    for _ in 0..300 {
+        let s = status_of(t.http, &upgrade_request(&host, Some("http://evil.example"))).await;
+        assert!(s.contains(" 403 "), "{s}");
+    }
+    let refused = t.metric("edge_ws_rejected_total{reason=\"origin\"}").await;
+    assert_eq!(refused, 301.0);
+    assert_eq!(
+        t.log_lines("websocket refused"),
+        1,
+        "one line per address per minute"
+    );
+}
+
+/// Attack 4: 1,000 sockets that never log in kept every technician at 503. Now those not
+/// logged in have their own cap and one address only its share of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_log_in_cannot_keep_a_technician_out() {
+    let t = Target::start("").await;
+    let from = IpAddr::from([127, 0, 5, 1]);
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..1000 {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(from, 0)).unwrap();
+        let tcp = sock.connect(t.http).await.unwrap();
+        match tokio_tungstenite::client_async(format!("ws://{}/ws", t.http), tcp).await {
+            Ok((ws, _)) => held.push(ws),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(
+        held.len(),
+        16,
+        "one address's share of the sockets not logged in"
+    );
+    assert_eq!(refused, 984);
+    let mut ws = ws_from(IpAddr::from([127, 0, 6, 1]), t.http).await;
+    let frame = json!({"requestId": "1", "service": "auth.login",
+                       "params": {"username": "admin", "password": "pw"}});
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
+    let r = replies(&mut ws, 1).await;
+    assert_eq!(r[0]["code"], 0, "{r:?}");
+    assert_eq!(
+        t.metric("edge_ws_rejected_total{reason=\"pending_per_address\"}")
+            .await,
+        984.0
+    );
+    assert_eq!(t.metric("edge_ws_clients{state=\"pending\"}").await, 16.0);
+    assert_eq!(t.log_lines("websocket refused"), 1);
 }

@@ -1,6 +1,7 @@
 //! The WebSocket service at `GET /ws`: the upgrade (Origin check, connection cap, frame limit),
 //! one reader and one writer task per connection, heartbeats, and the timed snapshot push.
 
+pub mod admit;
 pub mod auth;
 pub mod context;
 pub mod hub;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -40,35 +41,18 @@ const RATE_PER_S: f64 = 20.0;
 /// Requests of one connection being handled at once.
 const MAX_IN_FLIGHT: usize = 16;
 
-/// Whether a browser's `Origin` may open the socket: the page's own host, or a listed origin.
-fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool {
-    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
-        return true;
-    }
-    let origin_host = origin
-        .split_once("://")
-        .map(|(_, rest)| rest)
-        .unwrap_or(origin);
-    host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host))
-}
-
 pub async fn upgrade(
     ws: WebSocketUpgrade,
     State(shared): State<Arc<Shared>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    // A request without Origin is not a browser (SPEC); a browser must come from our own page.
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let origin = origin.to_str().unwrap_or("");
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        if !origin_allowed(origin, host, &shared.config.http.allowed_origins) {
-            tracing::warn!(%remote, origin, "websocket refused: foreign Origin");
-            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
-        }
-    }
-    let Ok(permit) = shared.conn_limit.clone().try_acquire_owned() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many clients").into_response();
+    let admitted = match shared
+        .admission
+        .admit(&shared.config.http, remote.ip(), &headers)
+    {
+        Ok(a) => a,
+        Err(answer) => return answer.into_response(),
     };
     // tungstenite's defaults (128 KiB read and write buffers per connection) would cost a
     // quarter of a gigabyte at 1,000 clients; pushes are small and each is flushed whole. The
@@ -79,10 +63,7 @@ pub async fn upgrade(
         .read_buffer_size(4 * 1024)
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(MAX_OUTGOING)
-        .on_upgrade(move |socket| async move {
-            connection(shared, socket, remote).await;
-            drop(permit);
-        })
+        .on_upgrade(move |socket| connection(shared, socket, remote, admitted))
 }
 
 /// The largest reply or push a client can be sent: a snapshot of a big installation.
@@ -111,7 +92,12 @@ fn too_large(e: &axum::Error) -> bool {
     false
 }
 
-async fn connection(shared: Arc<Shared>, socket: WebSocket, remote: SocketAddr) {
+async fn connection(
+    shared: Arc<Shared>,
+    socket: WebSocket,
+    remote: SocketAddr,
+    mut admitted: admit::Admitted,
+) {
     let id = shared.next_client_id.fetch_add(1, Relaxed);
     let push = &shared.config.push;
     let client = Arc::new(Client::new(id, push.queue_capacity, push.overflow));
@@ -136,6 +122,9 @@ async fn connection(shared: Arc<Shared>, socket: WebSocket, remote: SocketAddr) 
     let mut tokens = RATE_BURST;
     let mut refilled = Instant::now();
     loop {
+        if client.login().is_some() {
+            admitted.logged_in();
+        }
         tokio::select! {
             _ = done.cancelled() => break,
             _ = shared.shutdown.cancelled() => {
@@ -160,7 +149,9 @@ async fn connection(shared: Arc<Shared>, socket: WebSocket, remote: SocketAddr) 
                     Some(Ok(Message::Close(_))) | None => break,
                     Some(Err(e)) => {
                         if too_large(&e) {
-                            tracing::warn!(%remote, "websocket frame over {MAX_FRAME} bytes: closing with 1009");
+                            if let Some(held) = crate::log_limit::per_peer(remote.ip(), "frame too large") {
+                                tracing::warn!(%remote, "websocket frame over {MAX_FRAME} bytes: closing with 1009{}", crate::log_limit::suppressed(held));
+                            }
                             let _ = replies.send(close(1009, "frame too large (max 64 KiB)")).await;
                         } else {
                             tracing::debug!(%remote, "websocket read error: {e}");
@@ -405,28 +396,4 @@ pub fn push_telemetry(shared: &Shared, device: usize, ts: i64, rows: &[Row], rea
             since: read_at,
         },
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn origin_must_be_the_page_host_or_listed() {
-        assert!(origin_allowed(
-            "http://10.0.0.5:8080",
-            Some("10.0.0.5:8080"),
-            &[]
-        ));
-        assert!(!origin_allowed(
-            "http://evil.example",
-            Some("10.0.0.5:8080"),
-            &[]
-        ));
-        assert!(origin_allowed(
-            "https://scada.plant",
-            Some("10.0.0.5:8080"),
-            &["https://scada.plant".into()]
-        ));
-    }
 }

@@ -196,7 +196,7 @@ pub async fn healthz(addr: SocketAddr) -> String {
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut out = String::new();
@@ -336,7 +336,7 @@ pub fn info_draft(
 pub async fn healthz_json(addr: SocketAddr) -> Option<serde_json::Value> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
+    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
         .await
         .ok()?;
     let mut out = String::new();

@@ -33,13 +33,20 @@ fn bind(ctx: &Ctx, token: String, session: &Session) -> HandlerResult {
 pub async fn login(ctx: Ctx) -> HandlerResult {
     let username = ctx.string("username")?;
     let password = ctx.string("password")?;
-    match ctx.shared.auth.login(ctx.remote, &username, &password).await {
+    match ctx
+        .shared
+        .auth
+        .login(ctx.remote, &username, &password)
+        .await
+    {
         Ok((token, session)) => {
             tracing::info!(user = %session.user, remote = %ctx.remote, "login");
             bind(&ctx, token, &session)
         }
         Err(LoginError::BadCredentials) => {
-            tracing::warn!(remote = %ctx.remote, "failed login");
+            if let Some(held) = crate::log_limit::per_peer(ctx.remote, "failed login") {
+                tracing::warn!(remote = %ctx.remote, "failed login{}", crate::log_limit::suppressed(held));
+            }
             Err(ServiceError::new(401, "wrong username or password"))
         }
         Err(LoginError::Busy) => Err(ServiceError::new(
