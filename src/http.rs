@@ -1,17 +1,25 @@
 //! The HTTP listener: `/ws`, `/healthz`, `/metrics`, and the dashboard's files.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use tokio::net::TcpListener;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
+use crate::log_limit::{suppressed, LogLimit};
 use crate::state;
 use crate::Shared;
 
@@ -125,24 +133,175 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
 
 /// Binds the listener (so the caller knows the port before anything else starts) and serves
 /// until cancelled.
-pub async fn bind(listen: &str) -> std::io::Result<TcpListener> {
-    TcpListener::bind(listen).await
+/// Binds the HTTP socket, ready for tokio (non-blocking).
+pub fn bind(listen: &str) -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(listen)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
 }
 
+/// A request's headers must arrive within this; it is also how long a kept-alive connection
+/// may sit idle. A half-sent request cannot hold a connection, a reload or a stop.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// At a stop or reload, how long requests in progress get to finish.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// HTTP connections (before any upgrade) one address may hold open: a browser opens about six,
+/// so this fits a room of tablets behind one NAT, and one host cannot take every descriptor.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 128;
+
+/// Open HTTP connections, over all and per address, against their caps. Past a cap a new
+/// connection is closed at once: it frees its descriptor, where leaving it in the listen
+/// backlog would stall everyone.
+struct Open {
+    max: usize,
+    by_address: std::sync::Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A connection's place in [`Open`], given back when it ends.
+struct Place {
+    open: Arc<Open>,
+    from: IpAddr,
+}
+
+impl Open {
+    fn new() -> Open {
+        Open {
+            // Half the descriptors: the rest stay for WebSockets, Modbus links and the store.
+            max: (crate::metrics::fd_limit() / 2).max(64),
+            by_address: Default::default(),
+        }
+    }
+
+    fn take(self: &Arc<Self>, from: IpAddr) -> Option<Place> {
+        let mut m = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        let total: usize = m.values().sum();
+        let mine = m.entry(from).or_default();
+        if total >= self.max || *mine >= MAX_CONNECTIONS_PER_ADDRESS {
+            if *mine == 0 {
+                m.remove(&from);
+            }
+            return None;
+        }
+        *mine += 1;
+        Some(Place {
+            open: Arc::clone(self),
+            from,
+        })
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut m = self
+            .open
+            .by_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.from) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.from);
+            }
+        }
+    }
+}
+
+/// Serves HTTP until `cancel`: its own accept loop, so that it can bound how long a request
+/// may take to arrive (hyper's header-read timeout), back off at the descriptor limit instead
+/// of spinning, and stop without waiting for connections that never finish a request.
 pub async fn serve(listener: TcpListener, state: AppState, cancel: CancellationToken) {
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!("http listening on {addr:?}");
-    // Pushes are small frames that must leave at once: Nagle plus a client's delayed ACK would
-    // hold them for tens of milliseconds.
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!("http listening on {addr}"),
+        Err(e) => tracing::warn!("http listening (address unknown: {e})"),
+    }
+    let app = router(state);
+    let conns = TaskTracker::new();
+    let open = Arc::new(Open::new());
+    let accept_log = LogLimit::new(Duration::from_secs(60));
+    let refused_log = LogLimit::new(Duration::from_secs(60));
+    let mut backoff = Duration::ZERO;
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = cancel.cancelled() => break,
+        };
+        let (tcp, remote) = match accepted {
+            Ok(c) => {
+                backoff = Duration::ZERO;
+                c
+            }
+            // The peer gave up before we took it: nothing to do.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionAborted
+                        | ErrorKind::ConnectionReset
+                        | ErrorKind::ConnectionRefused
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                // Out of descriptors (EMFILE) or memory: existing connections and the store
+                // keep theirs; new ones wait until some are freed.
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                if let Some(held) = accept_log.allow(()) {
+                    tracing::warn!(
+                        "http accept failed: {e}; retrying with back-off{}",
+                        suppressed(held)
+                    );
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => continue,
+                    _ = cancel.cancelled() => break,
+                }
+            }
+        };
+        let from = remote.ip();
+        let Some(place) = open.take(from) else {
+            if let Some(held) = refused_log.allow(from) {
+                tracing::warn!(
+                    remote = %from,
+                    "http connection closed at once: too many open{}",
+                    suppressed(held)
+                );
+            }
+            drop(tcp);
+            continue;
+        };
+        // Pushes are small frames that must leave at once: Nagle plus a client's delayed ACK
+        // would hold them for tens of milliseconds.
         let _ = tcp.set_nodelay(true);
+        let (app, cancel) = (app.clone(), cancel.clone());
+        conns.spawn(async move {
+            connection(tcp, remote, app, cancel).await;
+            drop(place);
+        });
+    }
+    drop(listener);
+    conns.close();
+    let _ = tokio::time::timeout(STOP_GRACE, conns.wait()).await;
+}
+
+/// One HTTP/1.1 connection, upgrades included (an upgraded WebSocket lives on in its own task).
+async fn connection(tcp: TcpStream, remote: SocketAddr, app: Router, cancel: CancellationToken) {
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(remote));
+        app.clone().oneshot(req)
     });
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
-    {
-        tracing::error!("http server failed: {e}");
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = cancel.cancelled() => {
+            // A request in progress may finish; an idle or half-sent one is closed.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(STOP_GRACE, conn).await;
+        }
     }
 }

@@ -216,6 +216,32 @@ pub fn tune_allocator() {
     }
 }
 
+/// Raises the soft limit on open files to the hard one: every connection, link and the store
+/// take a descriptor, and the common soft default (1,024) ran out under 1,100 idle connections.
+/// Under the systemd unit both are 8,192 already and nothing is called.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
+                tracing::warn!(
+                    "could not raise the open-file limit from {}: {}",
+                    lim.rlim_cur,
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
 /// What a live reload carries from the running gateway into the next one.
 #[derive(Default)]
 struct Carry {
@@ -225,6 +251,10 @@ struct Carry {
     live: HashMap<String, state::DeviceLive>,
     /// Logged-in sessions (token, session).
     sessions: Vec<(String, ws::auth::Session)>,
+    /// The listening socket and the `http.listen` it was bound for: kept open across the
+    /// reload, so a client that connects meanwhile waits in its backlog instead of being
+    /// refused.
+    listener: Option<(String, std::net::TcpListener)>,
 }
 
 /// What a reload did with each bus, by name.
@@ -265,6 +295,8 @@ pub struct Gateway {
     cancel: CancellationToken,
     tasks: TaskTracker,
     store_thread: Option<std::thread::JoinHandle<()>>,
+    /// The HTTP socket (a second handle to the one being served), for a reload to carry over.
+    listener: Option<std::net::TcpListener>,
     /// Another way into the pipeline, as a bus would feed it (replay, tests); dropped at
     /// shutdown so the pipeline can drain and end.
     bus_events: Option<mpsc::Sender<modbus::bus::BusEvent>>,
@@ -310,8 +342,15 @@ impl Gateway {
             addr: config.http.listen.clone(),
             source,
         };
-        let listener = http::bind(&config.http.listen).await.map_err(listen_err)?;
-        let http_addr = listener.local_addr().map_err(listen_err)?;
+        let kept = match carry.listener.take() {
+            Some((listen, l)) if listen == config.http.listen => l,
+            _ => http::bind(&config.http.listen).map_err(listen_err)?,
+        };
+        let http_addr = kept.local_addr().map_err(listen_err)?;
+        let listener = kept
+            .try_clone()
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(listen_err)?;
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
 
@@ -395,6 +434,7 @@ impl Gateway {
             cancel,
             tasks,
             store_thread: Some(store_thread),
+            listener: Some(kept),
             bus_events,
             event_queues,
         })
@@ -438,7 +478,7 @@ impl Gateway {
     /// its devices keep their live state; changed and new buses start fresh, removed ones stop.
     /// Everything else (pipeline, rules, users, sinks, HTTP) is rebuilt from the new config;
     /// logged-in sessions of users that still exist with the same role carry over.
-    pub async fn reload(self, new: Config) -> Result<(Gateway, ReloadSummary), StartError> {
+    pub async fn reload(mut self, new: Config) -> Result<(Gateway, ReloadSummary), StartError> {
         let old = self.config.clone();
         let mut carry = Carry::default();
         let mut summary = ReloadSummary::default();
@@ -486,6 +526,7 @@ impl Gateway {
             .map(|n| n.name.clone())
             .collect();
         carry.sessions = self.shared.auth.sessions();
+        carry.listener = self.listener.take().map(|l| (old.http.listen.clone(), l));
         self.shutdown().await;
         let gw = Gateway::start_with(new, carry).await?;
         Ok((gw, summary))

@@ -239,6 +239,7 @@ async fn run_cli() -> ExitCode {
             for w in &loaded.warnings {
                 tracing::warn!("{}: {w}", config.display());
             }
+            edge_gateway::raise_fd_limit();
             match edge_gateway::run(loaded.config, Some(config.clone()), shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

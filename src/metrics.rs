@@ -371,6 +371,20 @@ pub fn kernel_written_bytes() -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// This process's soft limit on open files (1,024 where it cannot be read).
+pub fn fd_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur.min(1 << 20) as usize
+    } else {
+        1024
+    }
+}
+
 /// Open file descriptors of this process, from /proc (0 where there is no /proc).
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")

@@ -24,6 +24,11 @@ struct Target {
 
 impl Target {
     async fn start(extra: &str) -> Target {
+        Target::start_with(extra, None).await
+    }
+
+    /// With the open-file limit set to `nofile` (soft and hard) when given.
+    async fn start_with(extra: &str, nofile: Option<u64>) -> Target {
         let dir = tempfile::tempdir().unwrap();
         let sim = free_port();
         let _sim = spawn(&["simulate", "--listen", &format!("127.0.0.1:{sim}")]);
@@ -40,10 +45,26 @@ impl Target {
         let cfg = dir.path().join("gateway.toml");
         std::fs::write(&cfg, text).unwrap();
         let log = dir.path().join("gateway.log");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_edge-gateway"));
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = Child(
-            std::process::Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
-                .args(["run", "--config", cfg.to_str().unwrap()])
-                .env("RUST_LOG", "warn")
+            cmd.args(["run", "--config", cfg.to_str().unwrap()])
+                .env("RUST_LOG", "info")
                 .stdout(std::process::Stdio::null())
                 .stderr(std::fs::File::create(&log).unwrap())
                 .spawn()
@@ -277,4 +298,142 @@ async fn sockets_that_never_log_in_cannot_keep_a_technician_out() {
     );
     assert_eq!(t.metric("edge_ws_clients{state=\"pending\"}").await, 16.0);
     assert_eq!(t.log_lines("websocket refused"), 1);
+}
+
+fn signal(t: &Target, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([sig, &t.child.0.id().to_string()])
+        .status();
+}
+
+/// Attack 8: one half-sent request (`GET /healthz HTTP/1.1\r\nHost: x\r\n`, never finished)
+/// blocked a reload (no telemetry stored, `/healthz` refused for 30 s) and a stop (still
+/// running 100 s after SIGTERM), and a byte-a-second client held its connection for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_request_holds_neither_a_reload_nor_a_stop_nor_its_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut t = Target::start("").await;
+    // The header timeout (10 s) closes a half-sent request and a byte-a-second one (hang
+    // guards, not timings).
+    let mut half = TcpStream::connect(t.http).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut drip = TcpStream::connect(t.http).await.unwrap();
+    let dripping = tokio::spawn(async move {
+        let bytes = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Pad: ";
+        for b in bytes.iter().chain([b'x'; 60].iter()) {
+            if drip.write_all(&[*b]).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        false
+    });
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(30), half.read(&mut buf))
+        .await
+        .expect("the half-sent request's connection still open after 30 s");
+    assert!(
+        matches!(n, Ok(0) | Err(_)) || String::from_utf8_lossy(&buf).contains(" 408 "),
+        "{n:?}"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(40), dripping)
+            .await
+            .expect("a byte-a-second client still connected after 40 s")
+            .unwrap(),
+        "the dripping client was cut off"
+    );
+    // A reload goes through while a half-sent request hangs: /healthz answers throughout (the
+    // socket stays open across it, a client waits in its backlog).
+    let mut hanging = TcpStream::connect(t.http).await.unwrap();
+    hanging
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    signal(&t, "-HUP");
+    for _ in 0..20 {
+        assert!(
+            healthz_json(t.http).await.is_some(),
+            "/healthz refused during a reload"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for("the reload in the log", || {
+        t.log_lines("config reloaded") > 0
+    })
+    .await;
+    // A stop with a half-sent request pending: exits at once, cleanly.
+    let mut again = TcpStream::connect(t.http).await.unwrap();
+    again
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    signal(&t, "-TERM");
+    let status = (0..200)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            t.child.0.try_wait().unwrap()
+        })
+        .expect("still running 10 s after SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
+
+/// Attack 9: at 1,024 descriptors (1,100 idle TCP connections) `/healthz` was unreachable,
+/// `events.query` and `points.history` answered 500 ("move it aside"), and Modbus could not
+/// reconnect. Now one address holds at most its share of connections (the rest are closed at
+/// once), queries use connections the store opened at start, and the links keep theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_at_the_descriptor_limit_leave_healthz_queries_and_devices_working() {
+    let t = Target::start_with("", Some(1024)).await;
+    let mut ws = ws_from(IpAddr::from([127, 0, 9, 1]), t.http).await;
+    let login = json!({"requestId": "l", "service": "auth.login",
+                       "params": {"username": "viewer", "password": "pw"}});
+    ws.send(Message::Text(login.to_string().into()))
+        .await
+        .unwrap();
+    assert_eq!(replies(&mut ws, 1).await[0]["code"], 0);
+    let from = IpAddr::from([127, 0, 8, 1]);
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(from, 0)).unwrap();
+        if let Ok(c) = sock.connect(t.http).await {
+            idle.push(c);
+        }
+    }
+    let h = healthz_json(t.http).await.expect("/healthz answers");
+    assert_eq!(h["devices"]["online"], 2, "{h}");
+    for service in ["events.query", "devices.list"] {
+        let q = json!({"requestId": service, "service": service, "params": {}});
+        ws.send(Message::Text(q.to_string().into())).await.unwrap();
+        let r = replies(&mut ws, 1).await;
+        assert_eq!(r[0]["code"], 0, "{r:?}");
+    }
+    let q = json!({"requestId": "h", "service": "points.history",
+                   "params": {"deviceId": "boiler", "pointId": "setpoint"}});
+    ws.send(Message::Text(q.to_string().into())).await.unwrap();
+    assert_eq!(replies(&mut ws, 1).await[0]["code"], 0);
+    assert!(t.log_lines("too many open") <= 1);
+    drop(idle);
+}
+
+/// Attack 14: `rm gateway.db*` under a running gateway: `/healthz` stayed 200 "ok", nothing
+/// was logged, and everything after was lost at the restart. Now the probe notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_file_removed_under_the_gateway_turns_healthz_503_with_a_clear_line() {
+    let t = Target::start("").await;
+    let data = t._dir.path().join("data");
+    for f in ["gateway.db", "gateway.db-wal", "gateway.db-shm"] {
+        let _ = std::fs::remove_file(data.join(f));
+    }
+    wait_for_async("503", || async {
+        healthz(t.http).await.starts_with("HTTP/1.0 503")
+    })
+    .await;
+    wait_for("the log line", || {
+        t.log_lines("was removed or replaced") == 1
+    })
+    .await;
 }

@@ -886,3 +886,41 @@ async fn a_large_installation_is_listed_whole() {
     assert_eq!(r["data"]["devices"].as_array().unwrap().len(), 100);
     gw.shutdown().await;
 }
+
+/// Hostile test, attack 13: with the store unable to write (a full disk), events were pushed to
+/// clients and never stored, and after a restart their ids went to other events. Now an event
+/// is pushed only once committed: held while the store refuses it, pushed when it takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_store_cannot_take_is_pushed_only_once_it_is_committed() {
+    let (gw, sim, dir) = gateway("").await;
+    let mut ws = Ws::connect(gw.http_addr).await;
+    assert_eq!(code(&ws.login("viewer", "viewer").await), 0);
+    wait_for("the pump online", || online(&gw, "pump")).await;
+    // Event writes refused the way ENOSPC refuses them.
+    let db = rusqlite::Connection::open(dir.path().join("gateway.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER full_e BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'full'); END;",
+    )
+    .unwrap();
+    sim.set_fault(PUMP, Some(Fault::Silent));
+    wait_for_async("503 while the event cannot be stored", || async {
+        healthz(gw.http_addr).await.starts_with("HTTP/1.0 503")
+    })
+    .await;
+    let early = tokio::time::timeout(Duration::from_secs(2), ws.next_push("push.event")).await;
+    assert!(early.is_err(), "pushed before it was stored: {early:?}");
+    db.execute_batch("DROP TRIGGER full_e;").unwrap();
+    let p = ws.next_push("push.event").await;
+    assert_eq!(p["data"]["deviceId"], "pump", "{p}");
+    let id = p["data"]["id"].as_str().unwrap().to_string();
+    let seq: i64 = db
+        .query_row(
+            "SELECT device_seq FROM events WHERE event_id = ?1",
+            [&id],
+            |r| r.get(0),
+        )
+        .expect("the pushed event is in the store");
+    assert_eq!(Some(seq), p["data"]["deviceSeq"].as_i64());
+    gw.shutdown().await;
+}

@@ -74,10 +74,15 @@ struct Storm {
     suppressed: u64,
 }
 
+/// Events held while the store cannot write, at most.
+const MAX_UNSTORED: usize = 10_000;
+
 pub struct Processor {
     shared: Arc<Shared>,
     next_seq: u64,
     device_seq: Vec<u64>,
+    /// Numbered events the store has not taken yet (it could not write), oldest first.
+    unstored: Vec<Event>,
     storms: Vec<Storm>,
 }
 
@@ -88,6 +93,7 @@ impl Processor {
             shared,
             next_seq: last_seq + 1,
             device_seq,
+            unstored: Vec::new(),
             storms: vec![Storm::default(); n],
         }
     }
@@ -181,10 +187,17 @@ impl Processor {
         }
     }
 
-    /// Commits, then pushes. Returns false when the store is gone.
+    /// Commits, then pushes: an event is pushed only once it is in the store. Events the
+    /// store could not take (disk full) are kept, numbered, and go first in the next commit,
+    /// so nobody sees an event that a restart could forget or give another's number to.
+    /// Returns false when the store is gone.
     async fn commit(&mut self, events: Vec<Event>, started: &[tokio::time::Instant]) -> bool {
-        if events.is_empty() {
+        if events.is_empty() && self.unstored.is_empty() {
             return true;
+        }
+        let mut events = events;
+        if !self.unstored.is_empty() {
+            events.splice(0..0, std::mem::take(&mut self.unstored));
         }
         let (done, committed) = oneshot::channel();
         if !self
@@ -195,13 +208,38 @@ impl Processor {
                 done,
             })
             .await
-            || committed.await.is_err()
         {
             tracing::error!(
                 "store writer is gone: {} events not committed",
                 events.len()
             );
             return false;
+        }
+        match committed.await {
+            Ok(true) => {}
+            Ok(false) => {
+                let n = events.len();
+                if n > MAX_UNSTORED {
+                    // Memory is a budget too: the oldest go, and say so.
+                    events.drain(..n - MAX_UNSTORED);
+                    tracing::error!(
+                        "store cannot write: {} events dropped, the newest {MAX_UNSTORED} kept",
+                        n - MAX_UNSTORED
+                    );
+                }
+                if self.unstored.is_empty() {
+                    tracing::warn!("store cannot write: {n} events held until it can, not pushed");
+                }
+                self.unstored = events;
+                return true;
+            }
+            Err(_) => {
+                tracing::error!(
+                    "store writer is gone: {} events not committed",
+                    events.len()
+                );
+                return false;
+            }
         }
         let m = &self.shared.metrics.events;
         for e in &events {

@@ -40,10 +40,7 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "cannot use the store at {path}: {source} (if the file is damaged, move it aside and \
-         restart: the gateway starts a fresh one)"
-    )]
+    #[error("cannot use the store at {path}: {source}{}", advice(.source))]
     Open {
         path: PathBuf,
         source: rusqlite::Error,
@@ -56,6 +53,68 @@ pub enum StoreError {
     },
     #[error("store query failed: {0}")]
     Query(#[from] rusqlite::Error),
+    #[error("the store is stopping")]
+    Closed,
+    #[error(
+        "the database file {path} was removed or replaced while the gateway runs: what it \
+         writes now is lost at the next start; put the file back or restart to begin a fresh one"
+    )]
+    Gone { path: PathBuf },
+}
+
+/// Which file a path names (device and inode), to notice it removed or replaced.
+pub(crate) struct FileId {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl FileId {
+    fn of(path: &Path) -> std::io::Result<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        Ok(FileId {
+            path: path.to_path_buf(),
+            id: (m.dev(), m.ino()),
+        })
+    }
+
+    /// Whether the path still names the file opened.
+    fn check(&self) -> Result<(), StoreError> {
+        match FileId::of(&self.path) {
+            Ok(now) if now.id == self.id => Ok(()),
+            _ => Err(StoreError::Gone {
+                path: self.path.clone(),
+            }),
+        }
+    }
+}
+
+/// What to do about an error opening the store, by its real cause: moving the file aside is
+/// advice only for a damaged file (followed for a permission problem, it would lose the
+/// history and restart event numbering for nothing).
+fn advice(e: &rusqlite::Error) -> &'static str {
+    use rusqlite::ErrorCode as C;
+    let Some(code) = e.sqlite_error_code() else {
+        return "";
+    };
+    match code {
+        C::DatabaseCorrupt | C::NotADatabase => {
+            " (the file is damaged: move it aside and restart, and the gateway starts a fresh one)"
+        }
+        C::ReadOnly => {
+            " (the file or its filesystem is read-only: check the mount and the file's \
+             permissions; do not move the file)"
+        }
+        C::PermissionDenied | C::CannotOpen => {
+            " (the data directory or the file cannot be opened by this user: check ownership \
+             and permissions; do not move the file)"
+        }
+        C::DiskFull => " (the disk is full: free space; nothing needs to be moved)",
+        C::DatabaseBusy | C::DatabaseLocked => {
+            " (another process holds the database: stop it; do not move the file)"
+        }
+        _ => "",
+    }
 }
 
 /// One telemetry report: goes into the history and replaces the point's latest row.
@@ -102,7 +161,8 @@ pub enum StoreCmd {
     /// is pushed that a crash could lose.
     Events {
         events: Vec<crate::events::Event>,
-        done: oneshot::Sender<()>,
+        /// Whether they were committed: only then may they be pushed.
+        done: oneshot::Sender<bool>,
     },
     /// Acknowledge the alarm raised by an event.
     Ack {
@@ -162,6 +222,60 @@ pub struct StoreHandle {
     pub healthy: Arc<AtomicBool>,
     /// Unsent telemetry the size cap had to drop, for the pipeline to turn into gap events.
     pub gaps: Arc<std::sync::Mutex<Vec<Gap>>>,
+    /// Read connections for queries, opened at start.
+    pub readers: Arc<Readers>,
+}
+
+/// Read connections opened at start and lent to one query at a time: a query never opens a
+/// file, so it still answers when the process is at its descriptor limit.
+pub struct Readers {
+    idle: std::sync::Mutex<Vec<Connection>>,
+    lent: tokio::sync::Semaphore,
+    data_dir: PathBuf,
+    /// A query on a file removed or replaced would answer from a ghost: an error instead.
+    file: FileId,
+}
+
+/// Queries that run at once (each on a blocking thread).
+const READERS: usize = 2;
+
+impl Readers {
+    fn open(data_dir: &Path) -> Result<Readers, StoreError> {
+        let idle = (0..READERS)
+            .map(|_| open_reader(data_dir))
+            .collect::<Result<Vec<_>, _>>()?;
+        let path = data_dir.join(DB_FILE);
+        Ok(Readers {
+            idle: std::sync::Mutex::new(idle),
+            lent: tokio::sync::Semaphore::new(READERS),
+            data_dir: data_dir.to_path_buf(),
+            file: FileId::of(&path).map_err(|source| StoreError::Dir { path, source })?,
+        })
+    }
+
+    /// Runs `f` on a lent connection, off the async workers. Each call is its own short read
+    /// transaction (the connection holds none between calls), so no reader holds the WAL back.
+    pub async fn query<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let _permit = self.lent.acquire().await.map_err(|_| StoreError::Closed)?;
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            me.file.check()?;
+            let taken = me.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            // A connection lost to a panicking query is replaced.
+            let conn = match taken {
+                Some(c) => c,
+                None => open_reader(&me.data_dir)?,
+            };
+            let out = f(&conn);
+            me.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+            Ok(out?)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
 }
 
 /// Telemetry of one device that no upstream had confirmed, dropped to keep the store under
@@ -367,6 +481,7 @@ pub fn open(
         .name("store-checkpoint".into())
         .spawn(move || writer::checkpoints(checkpointer, wal_for_checkpoints, limit, stopped))
         .map_err(spawn_err)?;
+    let readers = Readers::open(dir)?;
     let (tx, rx) = mpsc::channel(1024);
     // A 200 ms group holds up to 20,000 device samples a second before the pipeline waits.
     let (lazy, lazy_rx) = mpsc::channel(4096);
@@ -387,6 +502,11 @@ pub fn open(
         last_prune: Instant::now(),
         last_cap: Instant::now(),
         _stop_checkpoints: stop_checkpoints,
+        file: FileId::of(&path).map_err(|source| StoreError::Dir {
+            path: path.clone(),
+            source,
+        })?,
+        gone: false,
     };
     let thread = std::thread::Builder::new()
         .name("store-writer".into())
@@ -398,6 +518,7 @@ pub fn open(
             lazy,
             healthy,
             gaps,
+            readers: Arc::new(readers),
         },
         restored,
         thread,
@@ -486,4 +607,32 @@ pub fn sample_values(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(code: i32) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    /// Moving the file aside is advice for a damaged file only: followed for a read-only
+    /// filesystem or a permission problem, it loses the history and restarts event numbering.
+    #[test]
+    fn the_advice_names_the_real_cause() {
+        use rusqlite::ffi;
+        let damaged = advice(&failure(ffi::SQLITE_CORRUPT));
+        assert!(damaged.contains("move it aside"), "{damaged}");
+        for code in [
+            ffi::SQLITE_READONLY,
+            ffi::SQLITE_PERM,
+            ffi::SQLITE_CANTOPEN,
+            ffi::SQLITE_FULL,
+        ] {
+            let a = advice(&failure(code));
+            assert!(!a.is_empty() && !a.contains("move it aside"), "{code}: {a}");
+        }
+        assert!(advice(&failure(ffi::SQLITE_READONLY)).contains("read-only"));
+    }
 }

@@ -50,6 +50,11 @@ pub(super) struct Writer {
     pub last_cap: Instant,
     /// Dropped with the writer: tells the checkpoint thread to do a last one and stop.
     pub _stop_checkpoints: std::sync::mpsc::Sender<()>,
+    /// The database file as opened: checked on each probe, since a file removed or replaced
+    /// under a running gateway takes everything written after it away at the next start.
+    pub file: super::FileId,
+    /// Set once the file was found removed or replaced: unhealthy until a restart.
+    pub gone: bool,
 }
 
 /// The SQL that appends a sample to its device's chain (the writer's and
@@ -210,7 +215,15 @@ impl Writer {
                 StoreCmd::Flush(_) | StoreCmd::Probe | StoreCmd::Ack { .. }
             )
         });
+        if !self.gone && batch.iter().any(|c| matches!(c, StoreCmd::Probe)) {
+            if let Err(e) = self.file.check() {
+                self.gone = true;
+                self.healthy.store(false, Relaxed);
+                tracing::error!("{e}");
+            }
+        }
         let mut attempt = 0;
+        let mut committed = false;
         loop {
             // Taking the lock is all a healthy store's empty batch does: no disk write each
             // second on a quiet box. Only a failing store's probe writes, since only a write
@@ -218,8 +231,9 @@ impl Writer {
             let prove = !carries_data && !self.healthy.load(Relaxed);
             match self.write(batch, prove) {
                 Ok(rows) => {
+                    committed = true;
                     self.metrics.store_rows.fetch_add(rows, Relaxed);
-                    if !self.healthy.swap(true, Relaxed) {
+                    if !self.gone && !self.healthy.swap(true, Relaxed) {
                         tracing::info!("store writes again");
                     }
                     break;
@@ -250,7 +264,7 @@ impl Writer {
                     let _ = reply.send(());
                 }
                 StoreCmd::Events { done, .. } => {
-                    let _ = done.send(());
+                    let _ = done.send(committed);
                 }
                 StoreCmd::Ack {
                     event_id,

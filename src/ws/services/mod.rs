@@ -106,22 +106,20 @@ pub static SERVICES: &[Service] = &[
     },
 ];
 
-/// Runs a read-only query off the async workers.
+/// Runs a read-only query off the async workers, on one of the store's read connections.
 pub(super) async fn read_store<T: Send + 'static>(
     ctx: &Ctx,
     f: impl FnOnce(&rusqlite::Connection, &crate::config::Config) -> rusqlite::Result<T>
         + Send
         + 'static,
 ) -> Result<T, ServiceError> {
-    let shared = ctx.shared.clone();
-    tokio::task::spawn_blocking(move || {
-        let conn = crate::store::open_reader(&shared.config.gateway.data_dir)
-            .map_err(|e| e.to_string())?;
-        f(&conn, &shared.config).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| ServiceError::internal(e.to_string()))?
-    .map_err(|e| ServiceError::internal(format!("query failed: {e}")))
+    let config = ctx.shared.config.clone();
+    ctx.shared
+        .store
+        .readers
+        .query(move |conn| f(conn, &config))
+        .await
+        .map_err(|e| ServiceError::internal(e.to_string()))
 }
 
 /// Finds the service and checks the caller may use it, then runs it.
