@@ -924,3 +924,23 @@ async fn an_event_the_store_cannot_take_is_pushed_only_once_it_is_committed() {
     assert_eq!(Some(seq), p["data"]["deviceSeq"].as_i64());
     gw.shutdown().await;
 }
+
+/// Hostile test, attack 7: 60 viewers subscribing with one id repeated 5,800 times held the
+/// hub's lock for 22 s, and each push went out once per copy. Now such a list is refused, and
+/// a repeated id counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_with_repeated_ids_is_refused_or_counted_once() {
+    let (gw, _sim, _dir) = gateway("").await;
+    let mut ws = Ws::connect(gw.http_addr).await;
+    assert_eq!(code(&ws.login("viewer", "viewer").await), 0);
+    let r = ws
+        .call("subscribe", json!({"deviceIds": vec!["boiler"; 5800]}))
+        .await;
+    assert_eq!(code(&r), 400, "{r}");
+    let r = ws
+        .call("subscribe", json!({"deviceIds": ["boiler", "boiler"]}))
+        .await;
+    assert_eq!(code(&r), 0, "{r}");
+    assert_eq!(gw.shared.hub.index_sizes(), (1, 1, 0));
+    gw.shutdown().await;
+}

@@ -1,7 +1,7 @@
 //! The client registry and fan-out: bounded per-client queues with an overflow policy,
 //! subscriptions indexed by device and event-type bitmask, one encoding shared by all recipients.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -154,20 +154,24 @@ struct Entry {
 struct Registry {
     /// Authenticated clients: only they get pushes.
     clients: HashMap<u64, Entry>,
-    /// Device index → clients subscribed to that device by name.
-    by_device: Vec<Vec<u64>>,
+    /// Device index → clients subscribed to that device by name. Sets, so a subscription
+    /// change costs one step per device it names, never a scan of the other clients (it runs
+    /// under the lock every push waits for).
+    by_device: Vec<HashSet<u64>>,
     /// Clients subscribed to every device.
-    all_devices: Vec<u64>,
+    all_devices: HashSet<u64>,
 }
 
 impl Registry {
     fn unindex(&mut self, id: u64, sub: &Subscription) {
         match &sub.devices {
-            None => self.all_devices.retain(|c| *c != id),
+            None => {
+                self.all_devices.remove(&id);
+            }
             Some(ds) => {
                 for &d in ds {
                     if let Some(v) = self.by_device.get_mut(d) {
-                        v.retain(|c| *c != id);
+                        v.remove(&id);
                     }
                 }
             }
@@ -176,11 +180,13 @@ impl Registry {
 
     fn index(&mut self, id: u64, sub: &Subscription) {
         match &sub.devices {
-            None => self.all_devices.push(id),
+            None => {
+                self.all_devices.insert(id);
+            }
             Some(ds) => {
                 for &d in ds {
                     if let Some(v) = self.by_device.get_mut(d) {
-                        v.push(id);
+                        v.insert(id);
                     }
                 }
             }
@@ -200,8 +206,8 @@ impl Hub {
         Hub {
             registry: RwLock::new(Registry {
                 clients: HashMap::new(),
-                by_device: vec![Vec::new(); devices],
-                all_devices: Vec::new(),
+                by_device: vec![HashSet::new(); devices],
+                all_devices: HashSet::new(),
             }),
             metrics,
         }
@@ -262,7 +268,7 @@ impl Hub {
         let r = self.read();
         (
             r.clients.len(),
-            r.by_device.iter().map(Vec::len).sum(),
+            r.by_device.iter().map(HashSet::len).sum(),
             r.all_devices.len(),
         )
     }
@@ -302,9 +308,8 @@ impl Hub {
     fn publish_device(&self, device: usize, push: Push, wants: impl Fn(&Subscription) -> bool) {
         let recipients: Vec<Arc<Client>> = {
             let r = self.read();
-            let named = r.by_device.get(device).map(|v| v.as_slice()).unwrap_or(&[]);
+            let named = r.by_device.get(device).into_iter().flatten();
             named
-                .iter()
                 .chain(r.all_devices.iter())
                 .filter_map(|id| r.clients.get(id))
                 .filter(|e| wants(&e.sub))

@@ -21,11 +21,23 @@ pub fn parse_priority(s: &str) -> Option<Priority> {
 pub async fn subscribe(ctx: Ctx) -> HandlerResult {
     let devices = match ctx.opt_string_list("deviceIds")? {
         None => None,
-        Some(ids) => Some(
-            ids.iter()
+        Some(ids) => {
+            // Each id once: a repeated id would be indexed (and pushed) once per copy.
+            let known = ctx.shared.config.devices.len();
+            if ids.len() > known {
+                return Err(ServiceError::bad_request(format!(
+                    "param `deviceIds`: {} ids, more than the {known} devices there are",
+                    ids.len()
+                )));
+            }
+            let mut devices = ids
+                .iter()
                 .map(|id| ctx.device(id))
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
+                .collect::<Result<Vec<_>, _>>()?;
+            devices.sort_unstable();
+            devices.dedup();
+            Some(devices)
+        }
     };
     let event_mask = match ctx.opt_string_list("eventTypes")? {
         None => u32::MAX,
