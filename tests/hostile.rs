@@ -437,3 +437,63 @@ async fn a_database_file_removed_under_the_gateway_turns_healthz_503_with_a_clea
     })
     .await;
 }
+
+/// A raw WebSocket after the upgrade: `frame` sent, the close code answered (0 if none).
+async fn close_code_for(addr: SocketAddr, frame: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let host = addr.to_string();
+    tcp.write_all(upgrade_request(&host, None).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tcp.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed during the upgrade");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(String::from_utf8_lossy(&buf[..head_end]).contains(" 101 "));
+    let mut rest = buf[head_end..].to_vec();
+    tcp.write_all(frame).await.unwrap();
+    loop {
+        // Server frames: unmasked, short lengths here.
+        while rest.len() >= 2 && rest.len() >= 2 + (rest[1] & 0x7f) as usize {
+            let len = (rest[1] & 0x7f) as usize;
+            if rest[0] & 0x0f == 0x8 {
+                return if len >= 2 {
+                    u16::from_be_bytes([rest[2], rest[3]])
+                } else {
+                    0
+                };
+            }
+            rest.drain(..2 + len);
+        }
+        match tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => rest.extend_from_slice(&chunk[..n]),
+            _ => return 0,
+        }
+    }
+}
+
+/// Attack 17: protocol errors closed the connection without a status code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_errors_close_with_the_right_status_code() {
+    let t = Target::start("").await;
+    // A masked text frame (mask 0) whose payload is not UTF-8.
+    assert_eq!(
+        close_code_for(t.http, &[0x81, 0x82, 0, 0, 0, 0, 0xC3, 0x28]).await,
+        1007
+    );
+    // An unmasked frame from a client.
+    assert_eq!(
+        close_code_for(t.http, &[0x81, 0x02, b'h', b'i']).await,
+        1002
+    );
+    // RSV1 set with no extension negotiated.
+    assert_eq!(
+        close_code_for(t.http, &[0xC1, 0x82, 0, 0, 0, 0, b'h', b'i']).await,
+        1002
+    );
+}

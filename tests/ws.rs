@@ -316,6 +316,8 @@ async fn every_code_of_the_contract_is_reached_and_the_connection_lives_on() {
         "x".repeat(100_000)
     ))
     .await;
+    // SPEC: a 413 reply, then close 1009.
+    let mut replied = false;
     let closed = loop {
         match tokio::time::timeout(Duration::from_secs(30), big.s.next())
             .await
@@ -325,12 +327,13 @@ async fn every_code_of_the_contract_is_reached_and_the_connection_lives_on() {
             Some(Ok(Message::Text(t))) => {
                 let j: Json = serde_json::from_str(&t).unwrap();
                 assert_eq!(code(&j), 413);
-                break Some(CloseCode::Size);
+                replied = true;
             }
             Some(Ok(_)) => continue,
             _ => break None,
         }
     };
+    assert!(replied, "no 413 reply before the close");
     assert_eq!(closed, Some(CloseCode::Size));
 
     // 500: the history store has gone away under the gateway.

@@ -80,16 +80,23 @@ fn close(code: u16, reason: &'static str) -> Message {
     }))
 }
 
-/// A tungstenite capacity error: the frame or message was over the limit.
-fn too_large(e: &axum::Error) -> bool {
+/// The close a read error calls for (RFC 6455 §7.4.1): 1009 for a frame over the limit, 1007
+/// for a text frame that is not UTF-8, 1002 for a broken frame (unmasked, reserved bits set);
+/// `None` for a connection that is simply gone.
+fn close_for(e: &axum::Error) -> Option<(u16, &'static str)> {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
-        if let Some(tungstenite::Error::Capacity(_)) = s.downcast_ref::<tungstenite::Error>() {
-            return true;
+        match s.downcast_ref::<tungstenite::Error>() {
+            Some(tungstenite::Error::Capacity(_)) => {
+                return Some((1009, "frame too large (max 64 KiB)"))
+            }
+            Some(tungstenite::Error::Utf8(_)) => return Some((1007, "text frame is not UTF-8")),
+            Some(tungstenite::Error::Protocol(_)) => return Some((1002, "protocol error")),
+            Some(_) => return None,
+            None => src = s.source(),
         }
-        src = s.source();
     }
-    false
+    None
 }
 
 async fn connection(
@@ -148,13 +155,21 @@ async fn connection(
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     Some(Ok(Message::Close(_))) | None => break,
                     Some(Err(e)) => {
-                        if too_large(&e) {
-                            if let Some(held) = crate::log_limit::per_peer(remote.ip(), "frame too large") {
-                                tracing::warn!(%remote, "websocket frame over {MAX_FRAME} bytes: closing with 1009{}", crate::log_limit::suppressed(held));
+                        match close_for(&e) {
+                            Some((1009, reason)) => {
+                                if let Some(held) = crate::log_limit::per_peer(remote.ip(), "frame too large") {
+                                    tracing::warn!(%remote, "websocket frame over {MAX_FRAME} bytes: closing with 1009{}", crate::log_limit::suppressed(held));
+                                }
+                                // SPEC: a 413 reply, then the close.
+                                let r = reply(&serde_json::Value::Null, None, Err(ServiceError::new(413, "frame too large (max 64 KiB)")));
+                                let _ = replies.send(text(r)).await;
+                                let _ = replies.send(close(1009, reason)).await;
                             }
-                            let _ = replies.send(close(1009, "frame too large (max 64 KiB)")).await;
-                        } else {
-                            tracing::debug!(%remote, "websocket read error: {e}");
+                            Some((code, reason)) => {
+                                tracing::debug!(%remote, "websocket closed with {code}: {e}");
+                                let _ = replies.send(close(code, reason)).await;
+                            }
+                            None => tracing::debug!(%remote, "websocket read error: {e}"),
                         }
                         break;
                     }
