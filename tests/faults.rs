@@ -349,3 +349,83 @@ async fn an_offline_slave_is_only_probed_while_its_neighbour_is_polled_on_schedu
     wait_for("pump back online", || online(&gw, "pump")).await;
     gw.shutdown().await;
 }
+
+/// Hostile test, attack 10: an answer with more registers than asked (3 asked, 5 or 125
+/// given) was taken as good. It is a link fault now: the values cannot be placed.
+#[tokio::test]
+async fn an_answer_with_more_registers_than_asked_is_a_fault_not_a_value() {
+    for extra in [2, 122] {
+        let (gw, _dir) =
+            pump_fault_leaves_boiler_polling(Fault::ExtraRegisters(extra), "error").await;
+        gw.shutdown().await;
+    }
+}
+
+/// Hostile test, attack 11: an exception for another function (0x90 to an FC 3 read) was
+/// taken as "illegal data address" and split the read plan for good. It is a link fault:
+/// only a proper exception 02 to the request's own function may split a plan.
+#[tokio::test]
+async fn an_exception_for_another_function_is_a_fault_and_splits_no_plan() {
+    let (gw, _dir) = pump_fault_leaves_boiler_polling(
+        Fault::ForeignException {
+            function: 0x10,
+            code: 0x02,
+        },
+        "error",
+    )
+    .await;
+    let err = point(&gw, "pump", "speed").error.unwrap_or_default();
+    assert!(!err.contains("illegal data address"), "{err}");
+    gw.shutdown().await;
+}
+
+/// What a test's log subscriber wrote.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Hostile test, attack 12: a fault whose text changed on every poll (it carried bytes from
+/// the wire) logged a new line every poll. One episode is one line now, whatever its text.
+#[tokio::test]
+async fn a_fault_whose_text_changes_every_poll_is_logged_once() {
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // The test's runtime is single-threaded: every task logs on this thread.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(
+        dir.path(),
+        &format!("{}{}", tcp_bus(&addr.to_string()), BOILER_AND_PUMP),
+    ))
+    .await
+    .unwrap();
+    // Offline after two failures, the pump is then probed with a growing back-off: a few
+    // polls are enough.
+    for i in 0..4u8 {
+        let before = requests(&gw, "pump", "error");
+        sim.set_fault(PUMP, Some(Fault::ExtraRegisters(1 + i % 3)));
+        wait_for("a faulty poll", || requests(&gw, "pump", "error") > before).await;
+    }
+    gw.shutdown().await;
+    let text = String::from_utf8_lossy(&log.0.lock().unwrap()).to_string();
+    // The offline line (once, with its cause) is the status change, not the episode's line.
+    let lines = text
+        .lines()
+        .filter(|l| l.contains("answer has") && !l.contains("offline"))
+        .count();
+    assert_eq!(lines, 1, "{text}");
+}

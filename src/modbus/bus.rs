@@ -126,7 +126,8 @@ struct DeviceSlot {
     failures: u32,
     online: Option<bool>,
     probe_backoff: Duration,
-    /// The last problem logged, so a persisting fault is logged once, not every poll.
+    /// What kind of problem was last logged, so a persisting fault is logged once per
+    /// episode, not every poll (even when its text changes, as a value or a byte count may).
     last_problem: Option<String>,
 }
 
@@ -361,7 +362,8 @@ impl BusTask {
             Vec::with_capacity(dev.points.len());
         let mut link_failure: Option<LinkError> = None;
         let mut answered = false;
-        let mut problem: Option<String> = None;
+        // (kind, text): the kind decides whether this is a new episode, the text is logged.
+        let mut problem: Option<(String, String)> = None;
         let mut replanned = false;
         while let Some(block) = work.pop_front() {
             if let Some(e) = &link_failure {
@@ -385,7 +387,12 @@ impl BusTask {
                             self.metrics.devices[device]
                                 .decode_errors
                                 .fetch_add(1, Relaxed);
-                            problem.get_or_insert_with(|| format!("point {}: {e}", point.id));
+                            problem.get_or_insert_with(|| {
+                                (
+                                    format!("decode {}", point.id),
+                                    format!("point {}: {e}", point.id),
+                                )
+                            });
                         }
                         results.push((p, r));
                     }
@@ -404,13 +411,14 @@ impl BusTask {
                     // 0A/0B come from a gateway in front of the device: the device itself is absent.
                     answered |= !matches!(code, 0x0A | 0x0B);
                     problem.get_or_insert_with(|| {
-                        format!(
+                        let text = format!(
                             "{} at {} {}+{}",
                             exception_name(code),
                             block.table,
                             block.start,
                             block.count
-                        )
+                        );
+                        (text.clone(), text)
                     });
                     results.extend(
                         block
@@ -421,7 +429,7 @@ impl BusTask {
                     plan_after.push(block);
                 }
                 Err(e) => {
-                    problem.get_or_insert_with(|| e.to_string());
+                    problem.get_or_insert_with(|| (format!("link {}", e.kind()), e.to_string()));
                     results.extend(
                         block
                             .points
@@ -442,16 +450,18 @@ impl BusTask {
 
         let ts = now_ms();
         let s = &mut self.slots[k];
-        if s.last_problem != problem {
+        let kind = problem.as_ref().map(|(k, _)| k);
+        if s.last_problem.as_ref() != kind {
             match &problem {
-                Some(p) => tracing::warn!(device = %dev.id, unit = dev.unit, "{p}"),
+                Some((_, p)) => tracing::warn!(device = %dev.id, unit = dev.unit, "{p}"),
                 None if s.last_problem.is_some() => {
                     tracing::info!(device = %dev.id, "reads good again")
                 }
                 None => {}
             }
-            s.last_problem = problem.clone();
+            s.last_problem = kind.cloned();
         }
+        let problem = problem.map(|(_, text)| text);
         let mut status = None;
         if answered {
             s.failures = 0;

@@ -182,7 +182,7 @@ pub enum CodecError {
     NotBool(String),
     #[error("string of {len} bytes does not fit in {registers} registers")]
     StringTooLong { len: usize, registers: u16 },
-    #[error("value is not a finite number: {0}")]
+    #[error("value is not a number: {0}")]
     NotFinite(f64),
 }
 

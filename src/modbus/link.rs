@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::{timeout, Instant};
 use tokio_modbus::client::{Context, Reader, Writer};
 use tokio_modbus::prelude::SlaveContext;
-use tokio_modbus::Slave;
+use tokio_modbus::{ProtocolError, Slave};
 
 use super::codec::Table;
 use crate::config::{self, Parity};
@@ -222,43 +222,85 @@ impl Link {
             }
             Ok(Err(tokio_modbus::Error::Transport(e))) => {
                 self.reset();
-                Err(LinkError::Transport(e.to_string()))
+                // A frame that does not decode: its bytes stay out of the text (a peer sending
+                // noise must not write a new log line, or garbage, on every poll).
+                Err(if e.kind() == std::io::ErrorKind::InvalidData {
+                    LinkError::Protocol("malformed answer".into())
+                } else {
+                    LinkError::Transport(e.kind().to_string())
+                })
             }
             Ok(Err(tokio_modbus::Error::Protocol(e))) => {
                 self.reset();
-                Err(LinkError::Protocol(e.to_string()))
+                // The answer to another request, or another function's exception (0x90 to a
+                // read): a link fault, never taken for this request's answer or exception.
+                Err(LinkError::Protocol(match e {
+                    ProtocolError::HeaderMismatch { .. } => {
+                        "answer does not match the request (transaction or unit id)".into()
+                    }
+                    ProtocolError::FunctionCodeMismatch { request, result } => {
+                        let got = match result {
+                            Ok(r) => r.function_code().value(),
+                            Err(x) => x.function.value() | 0x80,
+                        };
+                        format!(
+                            "answer has function code 0x{got:02X}, the request 0x{:02X}",
+                            request.value()
+                        )
+                    }
+                }))
             }
             Ok(Ok(Err(code))) => Ok(Err(u8::from(code))),
             Ok(Ok(Ok(v))) => Ok(Ok(v)),
         }
     }
 
+    /// A read whose answer does not hold exactly what was asked (3 registers asked, 5 given)
+    /// is a link fault: its values cannot be placed.
+    fn check_length(&mut self, reply: Reply<Data>, count: u16) -> Reply<Data> {
+        let (got, want) = match &reply {
+            Ok(Ok(Data::Registers(r))) => (r.len(), count as usize),
+            // tokio-modbus trims bits to the count asked; fewer is a short answer.
+            Ok(Ok(Data::Bits(b))) => (b.len(), count as usize),
+            _ => return reply,
+        };
+        if got == want {
+            return reply;
+        }
+        self.reset();
+        let unit = if matches!(reply, Ok(Ok(Data::Bits(_)))) {
+            "bits"
+        } else {
+            "registers"
+        };
+        Err(LinkError::Protocol(format!(
+            "answer has {got} {unit}, the request {want}"
+        )))
+    }
+
     pub async fn read(&mut self, unit: u8, table: Table, address: u16, count: u16) -> Reply<Data> {
-        self.call(unit, move |ctx| {
-            Box::pin(async move {
-                Ok(match table {
-                    Table::Coil => ctx
-                        .read_coils(address, count)
-                        .await?
-                        .map(trim(count))
-                        .map(Data::Bits),
-                    Table::Discrete => ctx
-                        .read_discrete_inputs(address, count)
-                        .await?
-                        .map(trim(count))
-                        .map(Data::Bits),
-                    Table::Input => ctx
-                        .read_input_registers(address, count)
-                        .await?
-                        .map(Data::Registers),
-                    Table::Holding => ctx
-                        .read_holding_registers(address, count)
-                        .await?
-                        .map(Data::Registers),
+        let reply = self
+            .call(unit, move |ctx| {
+                Box::pin(async move {
+                    Ok(match table {
+                        Table::Coil => ctx.read_coils(address, count).await?.map(Data::Bits),
+                        Table::Discrete => ctx
+                            .read_discrete_inputs(address, count)
+                            .await?
+                            .map(Data::Bits),
+                        Table::Input => ctx
+                            .read_input_registers(address, count)
+                            .await?
+                            .map(Data::Registers),
+                        Table::Holding => ctx
+                            .read_holding_registers(address, count)
+                            .await?
+                            .map(Data::Registers),
+                    })
                 })
             })
-        })
-        .await
+            .await;
+        self.check_length(reply, count)
     }
 
     pub async fn write(&mut self, unit: u8, address: u16, op: WriteOp) -> Reply<()> {
@@ -280,13 +322,5 @@ fn describe(cfg: &config::Link) -> String {
     match cfg {
         config::Link::Tcp { address } => format!("tcp {address}"),
         config::Link::Rtu { port, baud, .. } => format!("rtu {port} @{baud}"),
-    }
-}
-
-/// Bit reads come back padded to whole bytes; keep exactly the bits asked for.
-fn trim(count: u16) -> impl FnOnce(Vec<bool>) -> Vec<bool> {
-    move |mut v| {
-        v.truncate(count as usize);
-        v
     }
 }

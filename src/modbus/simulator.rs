@@ -34,6 +34,11 @@ pub enum Fault {
     Garbage,
     /// Answer correctly after this delay.
     Delay(Duration),
+    /// Answer a register read with this many registers more than asked (byte count and
+    /// length consistent): a confused or malicious device.
+    ExtraRegisters(u8),
+    /// Answer with an exception whose function code is not the request's (0x90 to a read).
+    ForeignException { function: u8, code: u8 },
 }
 
 /// One simulated unit: its register map and, optionally, the fault it is scripted to show.
@@ -286,6 +291,15 @@ impl Simulator {
         let fault = u.fault.clone();
         let resp = match fault {
             Some(Fault::Exception(code)) => vec![pdu.first().copied().unwrap_or(0) | 0x80, code],
+            Some(Fault::ForeignException { function, code }) => vec![function | 0x80, code],
+            Some(Fault::ExtraRegisters(n)) => {
+                let mut r = handle_pdu(&mut u.mem, pdu);
+                if matches!(r.first(), Some(3 | 4)) && r.len() >= 2 {
+                    r[1] = r[1].saturating_add(2 * n);
+                    r.extend(std::iter::repeat_n(0x7F, 2 * n as usize));
+                }
+                r
+            }
             _ => handle_pdu(&mut u.mem, pdu),
         };
         Some((resp, fault))
