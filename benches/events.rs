@@ -143,7 +143,7 @@ fn main() {
             tick.tick().await;
             // Point 0 of one device goes above its threshold, or back below clear: one event
             // per tick.
-            let v = if (k / DEVICES) % 2 == 0 { 150.0 } else { 50.0 };
+            let v = if (k / DEVICES).is_multiple_of(2) { 150.0 } else { 50.0 };
             gw.inject(poll_one(k % DEVICES, v)).await;
             k += 1;
         }
