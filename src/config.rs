@@ -446,29 +446,91 @@ pub struct Loaded {
 }
 
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
-    parse(&text)
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => parse(text),
+        Err(e) => {
+            // Where it goes wrong, by line, like any other problem.
+            let good = &bytes[..e.valid_up_to()];
+            let line = good.iter().filter(|b| **b == b'\n').count() + 1;
+            let text = String::from_utf8_lossy(good);
+            Err(ConfigError::Invalid(vec![Problem {
+                path: path_from_text(&text, text.len()),
+                line: Some(line),
+                message: format!(
+                    "not UTF-8 (byte 0x{:02X}): a config file is UTF-8 text",
+                    bytes[e.valid_up_to()]
+                ),
+            }]))
+        }
+    }
+}
+
+/// The key path at `offset` of a text that did not parse, read off the text itself: the last
+/// table header before it (an array of tables counted) and the key on its line.
+fn path_from_text(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let mut table = KeyPath::default();
+    let mut arrays: HashMap<String, usize> = HashMap::new();
+    // A header's path: each enclosing array of tables at its current element.
+    let path_of = |name: &str, arrays: &HashMap<String, usize>| {
+        let mut p = KeyPath::default();
+        let mut prefix = String::new();
+        for k in name.split('.').map(str::trim) {
+            if !prefix.is_empty() {
+                prefix.push('.');
+            }
+            prefix.push_str(k);
+            p = p.key(k);
+            if let Some(n) = arrays.get(&prefix) {
+                p = p.index(n.saturating_sub(1));
+            }
+        }
+        p
+    };
+    for line in before.lines() {
+        let l = line.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            // A new element: the arrays nested in the previous one start again.
+            arrays.retain(|k, _| !k.starts_with(&format!("{name}.")));
+            *arrays.entry(name.clone()).or_insert(0) += 1;
+            table = path_of(&name, &arrays);
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = path_of(name.trim(), &arrays);
+        }
+    }
+    let line = text[before.rfind('\n').map_or(0, |i| i + 1)..]
+        .lines()
+        .next()
+        .unwrap_or("");
+    match line.split_once('=') {
+        Some((key, _)) if !line.trim_start().starts_with('[') && !key.trim().is_empty() => {
+            table.key(key.trim().trim_matches('"')).to_string()
+        }
+        _ => table.to_string(),
+    }
 }
 
 pub fn parse(text: &str) -> Result<Loaded, ConfigError> {
-    let doc = match Document::parse(text) {
-        Ok(d) => d,
-        Err(e) => {
-            return Err(ConfigError::Invalid(vec![Problem {
-                path: String::new(),
-                line: e.span().map(|s| line_of_offset(text, s.start)),
-                message: first_line(e.message()),
-            }]))
-        }
-    };
+    // One parse on the way that succeeds: the span-keeping document that locates a problem's
+    // line is only built when there is a problem (it costs several times the text in memory,
+    // which a 60,000-device config multiplied into gigabytes).
     let raw: RawConfig = match toml_edit::de::from_str(text) {
         Ok(r) => r,
         Err(e) => {
             let (path, line) = match e.span() {
-                Some(s) => (path_at(&doc, s.start), Some(line_of_offset(text, s.start))),
+                Some(s) => {
+                    let path = match Document::parse(text) {
+                        Ok(doc) => path_at(&doc, s.start),
+                        // Not even TOML: read the path off the text.
+                        Err(_) => path_from_text(text, s.start),
+                    };
+                    (path, Some(line_of_offset(text, s.start)))
+                }
                 None => (String::new(), None),
             };
             return Err(ConfigError::Invalid(vec![Problem {
@@ -479,19 +541,34 @@ pub fn parse(text: &str) -> Result<Loaded, ConfigError> {
         }
     };
     let mut v = Validator {
-        doc: &doc,
-        text,
         problems: Vec::new(),
         warnings: Vec::new(),
     };
     let config = v.config(raw);
+    let located = |found: Vec<(KeyPath, String)>| -> Vec<Problem> {
+        if found.is_empty() {
+            return Vec::new();
+        }
+        let doc = Document::parse(text).ok();
+        found
+            .into_iter()
+            .map(|(path, message)| Problem {
+                line: doc
+                    .as_ref()
+                    .and_then(|d| offset_of(d, &path))
+                    .map(|o| line_of_offset(text, o)),
+                path: path.to_string(),
+                message,
+            })
+            .collect()
+    };
     if v.problems.is_empty() {
         Ok(Loaded {
             config,
-            warnings: v.warnings,
+            warnings: located(v.warnings),
         })
     } else {
-        Err(ConfigError::Invalid(v.problems))
+        Err(ConfigError::Invalid(located(v.problems)))
     }
 }
 
@@ -649,32 +726,22 @@ fn path_at(doc: &Document<&str>, offset: usize) -> String {
 // Validation
 // ---------------------------------------------------------------------------------------------
 
-struct Validator<'a> {
-    doc: &'a Document<&'a str>,
-    text: &'a str,
-    problems: Vec<Problem>,
-    warnings: Vec<Problem>,
+/// Checks the raw config into the domain types, collecting every problem by key path (their
+/// lines are found afterwards, only when there are any).
+struct Validator {
+    problems: Vec<(KeyPath, String)>,
+    warnings: Vec<(KeyPath, String)>,
 }
 
 const TYPES: &str = "bool, u16, i16, u32, i32, u64, i64, f32, f64, string";
 
-impl Validator<'_> {
-    fn problem_at(&self, path: &KeyPath, message: String) -> Problem {
-        Problem {
-            path: path.to_string(),
-            line: offset_of(self.doc, path).map(|o| line_of_offset(self.text, o)),
-            message,
-        }
-    }
-
+impl Validator {
     fn err(&mut self, path: &KeyPath, message: impl Into<String>) {
-        let p = self.problem_at(path, message.into());
-        self.problems.push(p);
+        self.problems.push((path.clone(), message.into()));
     }
 
     fn warn(&mut self, path: &KeyPath, message: impl Into<String>) {
-        let p = self.problem_at(path, message.into());
-        self.warnings.push(p);
+        self.warnings.push((path.clone(), message.into()));
     }
 
     /// An integer in `lo..=hi`, or the default when absent.
@@ -1381,6 +1448,31 @@ impl Validator<'_> {
                 );
                 continue;
             };
+            // Every number of a rule must be finite: `threshold = nan` never compares true, and
+            // `inf` never false.
+            for (key, x) in [
+                ("threshold", r.threshold),
+                ("clear", r.clear),
+                ("low", r.low),
+                ("high", r.high),
+                ("per_s", r.per_s),
+            ] {
+                if x.is_some_and(|x| !x.is_finite()) {
+                    self.err(&p.key(key), "must be a finite number");
+                }
+            }
+            // Only `stale` watches a point of any type; the others compare numbers, which a
+            // string point never has: such a rule could never fire.
+            let pt = &devices[device].points[point];
+            if pt.format.data_type == DataType::String && r.kind != "stale" {
+                self.err(
+                    &p.key("kind"),
+                    format!(
+                        "`{}` compares numbers, but point `{}` is a string: it could never fire (only `stale` watches a string)",
+                        r.kind, r.point
+                    ),
+                );
+            }
             let need = |v: &mut Self, x: Option<f64>, key: &str| -> f64 {
                 x.unwrap_or_else(|| {
                     v.err(&p, format!("kind = \"{}\" needs {key}", r.kind));
@@ -1425,9 +1517,15 @@ impl Validator<'_> {
                 "equals" => RuleKind::Equals {
                     threshold: need(self, r.threshold, "threshold"),
                 },
-                "rate" => RuleKind::Rate {
-                    per_s: need(self, r.per_s, "per_s"),
-                },
+                "rate" => {
+                    let per_s = need(self, r.per_s, "per_s");
+                    // A change of at least a negative rate is every sample: raised at once,
+                    // for ever.
+                    if per_s <= 0.0 {
+                        self.err(&p.key("per_s"), "must be above 0");
+                    }
+                    RuleKind::Rate { per_s }
+                }
                 "stale" => {
                     if r.for_ms.is_none() {
                         self.err(&p, "kind = \"stale\" needs for_ms");

@@ -128,3 +128,19 @@ fn secrets_are_masked_in_debug_output() {
     let dbg = format!("{:?}", l.config);
     assert!(!dbg.contains("u:p@db"), "{dbg}");
 }
+
+/// Hostile test, attack 16: a file that is not UTF-8 was "cannot read: stream did not contain
+/// valid UTF-8", with no line. It is a problem like any other now.
+#[test]
+fn a_config_that_is_not_utf8_names_the_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("gateway.toml");
+    std::fs::write(&f, b"[gateway]\nid = \"\xff\xfe\"\n").unwrap();
+    match config::load(&f) {
+        Err(ConfigError::Invalid(p)) => {
+            assert_eq!((p[0].path.as_str(), p[0].line), ("gateway.id", Some(2)));
+            assert!(p[0].message.contains("UTF-8"), "{}", p[0].message);
+        }
+        other => panic!("{other:?}"),
+    }
+}
