@@ -245,7 +245,8 @@ pub fn decode_registers(f: &Format, regs: &[u16]) -> Result<Value, CodecError> {
         DataType::Bool => {
             let r = u16::from_be_bytes([bytes[0], bytes[1]]);
             Value::Bool(match f.bit {
-                Some(b) => r & (1 << b) != 0,
+                // The config allows 0..=15; a wider bit reads as off rather than panic.
+                Some(b) => r.checked_shr(b.into()).is_some_and(|x| x & 1 != 0),
                 None => r != 0,
             })
         }
