@@ -519,7 +519,7 @@ pub fn parse(text: &str) -> Result<Loaded, ConfigError> {
     // One parse on the way that succeeds: the span-keeping document that locates a problem's
     // line is only built when there is a problem (it costs several times the text in memory,
     // which a 60,000-device config multiplied into gigabytes).
-    let raw: RawConfig = match toml_edit::de::from_str(text) {
+    let raw: RawConfig = match raw_config(text) {
         Ok(r) => r,
         Err(e) => {
             let (path, line) = match e.span() {
@@ -570,6 +570,87 @@ pub fn parse(text: &str) -> Result<Loaded, ConfigError> {
     } else {
         Err(ConfigError::Invalid(located(v.problems)))
     }
+}
+
+/// Past twice this size, a config's `[[devices]]` blocks are read this much at a time.
+const PIECE: usize = 64 * 1024;
+
+/// The raw config. toml_edit's parser holds ~65 times the text while it reads (tokens, events,
+/// a document with every span): a 10 MB config of 60,000 devices took 0.9 GB. A large config
+/// is almost all `[[devices]]` blocks, which stand on their own, so they are read in pieces.
+fn raw_config(text: &str) -> Result<RawConfig, toml_edit::de::Error> {
+    if text.len() > 2 * PIECE {
+        if let Some(raw) = raw_in_pieces(text) {
+            return Ok(raw);
+        }
+    }
+    toml_edit::de::from_str(text)
+}
+
+/// A table header line's name without spaces (`[[devices]]`, `[devices.points]`); `None` for
+/// any other line (an array's `[1, 2],` has a comma, a key an `=`).
+fn header(line: &str) -> Option<String> {
+    let l = line.split('#').next().unwrap_or("").trim();
+    let ok = l.starts_with('[')
+        && l.ends_with(']')
+        && !l.contains([',', '=', '{', '"', '\''])
+        && l.len() > 2;
+    ok.then(|| l.chars().filter(|c| !c.is_whitespace()).collect())
+}
+
+fn under_devices(h: &str) -> bool {
+    h == "[[devices]]" || h.starts_with("[[devices.") || h.starts_with("[devices.")
+}
+
+/// The config read with its one run of `[[devices]]` blocks in pieces; `None` when the text
+/// is not of that shape or any piece does not read, and the whole is read at once instead
+/// (which also gives any error its line).
+fn raw_in_pieces(text: &str) -> Option<RawConfig> {
+    let mut headers: Vec<(usize, String)> = Vec::new();
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if let Some(h) = header(line) {
+            headers.push((at, h));
+        }
+        at += line.len();
+    }
+    let first = headers.iter().position(|(_, h)| h == "[[devices]]")?;
+    let end_at = headers[first..]
+        .iter()
+        .position(|(_, h)| !under_devices(h))
+        .map_or(headers.len(), |i| first + i);
+    if headers[end_at..].iter().any(|(_, h)| under_devices(h)) {
+        return None;
+    }
+    let (start, end) = (
+        headers[first].0,
+        headers.get(end_at).map_or(text.len(), |(o, _)| *o),
+    );
+    let rest = format!("{}{}", &text[..start], &text[end..]);
+    let mut raw: RawConfig = toml_edit::de::from_str(&rest).ok()?;
+    if !raw.devices.is_empty() {
+        return None;
+    }
+    // Exactly as many as there are: doubling would hold up to twice that at the peak.
+    let count = headers[first..end_at]
+        .iter()
+        .filter(|(_, h)| h == "[[devices]]")
+        .count();
+    raw.devices.reserve_exact(count);
+    let mut piece = start;
+    let cuts = headers[first + 1..end_at]
+        .iter()
+        .filter(|(_, h)| h == "[[devices]]")
+        .map(|(o, _)| *o)
+        .chain([end]);
+    for cut in cuts {
+        if cut - piece >= PIECE || cut == end {
+            let part: RawConfig = toml_edit::de::from_str(&text[piece..cut]).ok()?;
+            raw.devices.extend(part.devices);
+            piece = cut;
+        }
+    }
+    Some(raw)
 }
 
 fn first_line(s: &str) -> String {
@@ -1570,5 +1651,60 @@ fn valid_host_port(s: &str) -> bool {
     match s.rsplit_once(':') {
         Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A large config: a head, 4,000 devices in both styles (inline points and
+    /// `[[devices.points]]`), and rules and a table after them.
+    fn large() -> String {
+        let mut t = String::from(
+            "[gateway]\nid = \"big\"\n[[buses]]\nname = \"b\"\nkind = \"tcp\"\naddress = \"127.0.0.1:502\"\n\
+             [templates.m]\npoints = [\n  { id = \"v\", table = \"input\", address = 0, type = \"f32\" },\n]\n",
+        );
+        for i in 0..4000 {
+            t += &format!(
+                "[[devices]] # number {i}\nid = \"d{i}\"\nbus = \"b\"\nunit = {}\n",
+                1 + i % 247
+            );
+            if i % 2 == 0 {
+                t += "points = [\n  { id = \"t\", table = \"holding\", address = 0, type = \"f32\" },\n]\n";
+            } else {
+                t += "template = \"m\"\n[[devices.points]]\nid = \"s\"\ntable = \"holding\"\naddress = 2\ntype = \"u16\"\n";
+            }
+        }
+        t += "[[rules]]\nid = \"r\"\ndevice = \"d0\"\npoint = \"t\"\nkind = \"above\"\nthreshold = 1.0\n[store]\nmax_db_mb = 64\n";
+        t
+    }
+
+    #[test]
+    fn a_large_config_read_in_pieces_is_the_same_as_read_whole() {
+        let text = large();
+        assert!(text.len() > 2 * PIECE);
+        let pieces = raw_in_pieces(&text).expect("read in pieces");
+        let whole: RawConfig = toml_edit::de::from_str(&text).unwrap();
+        assert_eq!(format!("{pieces:?}"), format!("{whole:?}"));
+        assert_eq!(pieces.devices.len(), 4000);
+    }
+
+    #[test]
+    fn a_config_not_of_that_shape_is_read_whole() {
+        // Devices on both sides of another table: not one run.
+        let text = large().replacen("[[devices]] # number 2000\n", "[store]\n[[devices]]\n", 1);
+        assert!(raw_in_pieces(&text).is_none());
+        // A broken piece: the whole read gives the error with its line.
+        let text = large().replacen("unit = 10\n", "unit = = 10\n", 1);
+        assert!(raw_in_pieces(&text).is_none());
+        let Err(ConfigError::Invalid(p)) = parse(&text) else {
+            panic!("should not parse")
+        };
+        assert!(
+            p[0].line.is_some() && p[0].path.starts_with("devices["),
+            "{:?}",
+            p[0]
+        );
     }
 }
