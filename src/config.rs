@@ -519,7 +519,20 @@ pub fn parse(text: &str) -> Result<Loaded, ConfigError> {
     // One parse on the way that succeeds: the span-keeping document that locates a problem's
     // line is only built when there is a problem (it costs several times the text in memory,
     // which a 60,000-device config multiplied into gigabytes).
-    let raw: RawConfig = match raw_config(text) {
+    // A large config's devices are read and checked a piece at a time.
+    if let Some((raw, mut pieces)) = split_devices(text) {
+        let mut v = Validator::default();
+        let config = v.config(raw, &mut pieces);
+        if !pieces.failed && v.problems.is_empty() {
+            return Ok(Loaded {
+                config,
+                warnings: located(text, v.warnings),
+            });
+        }
+        // A piece that does not read, or a problem: the whole is read again, which gives
+        // every problem its path and line exactly as for any other config.
+    }
+    let raw: RawConfig = match toml_edit::de::from_str(text) {
         Ok(r) => r,
         Err(e) => {
             let (path, line) = match e.span() {
@@ -540,52 +553,40 @@ pub fn parse(text: &str) -> Result<Loaded, ConfigError> {
             }]));
         }
     };
-    let mut v = Validator {
-        problems: Vec::new(),
-        warnings: Vec::new(),
-    };
-    let config = v.config(raw);
-    let located = |found: Vec<(KeyPath, String)>| -> Vec<Problem> {
-        if found.is_empty() {
-            return Vec::new();
-        }
-        let doc = Document::parse(text).ok();
-        found
-            .into_iter()
-            .map(|(path, message)| Problem {
-                line: doc
-                    .as_ref()
-                    .and_then(|d| offset_of(d, &path))
-                    .map(|o| line_of_offset(text, o)),
-                path: path.to_string(),
-                message,
-            })
-            .collect()
-    };
+    let mut v = Validator::default();
+    let config = v.config(raw, &mut Pieces::none());
     if v.problems.is_empty() {
         Ok(Loaded {
             config,
-            warnings: located(v.warnings),
+            warnings: located(text, v.warnings),
         })
     } else {
-        Err(ConfigError::Invalid(located(v.problems)))
+        Err(ConfigError::Invalid(located(text, v.problems)))
     }
+}
+
+/// Problems found by key path, with their lines: the span-keeping document that locates them
+/// is built only when there is something to locate.
+fn located(text: &str, found: Vec<(KeyPath, String)>) -> Vec<Problem> {
+    if found.is_empty() {
+        return Vec::new();
+    }
+    let doc = Document::parse(text).ok();
+    found
+        .into_iter()
+        .map(|(path, message)| Problem {
+            line: doc
+                .as_ref()
+                .and_then(|d| offset_of(d, &path))
+                .map(|o| line_of_offset(text, o)),
+            path: path.to_string(),
+            message,
+        })
+        .collect()
 }
 
 /// Past twice this size, a config's `[[devices]]` blocks are read this much at a time.
 const PIECE: usize = 64 * 1024;
-
-/// The raw config. toml_edit's parser holds ~65 times the text while it reads (tokens, events,
-/// a document with every span): a 10 MB config of 60,000 devices took 0.9 GB. A large config
-/// is almost all `[[devices]]` blocks, which stand on their own, so they are read in pieces.
-fn raw_config(text: &str) -> Result<RawConfig, toml_edit::de::Error> {
-    if text.len() > 2 * PIECE {
-        if let Some(raw) = raw_in_pieces(text) {
-            return Ok(raw);
-        }
-    }
-    toml_edit::de::from_str(text)
-}
 
 /// A table header line's name without spaces (`[[devices]]`, `[devices.points]`); `None` for
 /// any other line (an array's `[1, 2],` has a comma, a key an `=`).
@@ -602,10 +603,15 @@ fn under_devices(h: &str) -> bool {
     h == "[[devices]]" || h.starts_with("[[devices.") || h.starts_with("[devices.")
 }
 
-/// The config read with its one run of `[[devices]]` blocks in pieces; `None` when the text
-/// is not of that shape or any piece does not read, and the whole is read at once instead
-/// (which also gives any error its line).
-fn raw_in_pieces(text: &str) -> Option<RawConfig> {
+/// A large config (past twice [`PIECE`]) whose `[[devices]]` blocks form one run: the rest
+/// read at once, and the devices to be read a piece at a time while they are checked.
+/// toml_edit's parser holds ~65 times the text it reads (tokens, events, a document with every
+/// span), and a raw device ~1.4 KB until it is checked: a 10 MB config of 60,000 devices took
+/// 0.9 GB read whole. `None` for a config of any other shape, read whole.
+fn split_devices(text: &str) -> Option<(RawConfig, Pieces<'_>)> {
+    if text.len() <= 2 * PIECE {
+        return None;
+    }
     let mut headers: Vec<(usize, String)> = Vec::new();
     let mut at = 0;
     for line in text.split_inclusive('\n') {
@@ -627,30 +633,68 @@ fn raw_in_pieces(text: &str) -> Option<RawConfig> {
         headers.get(end_at).map_or(text.len(), |(o, _)| *o),
     );
     let rest = format!("{}{}", &text[..start], &text[end..]);
-    let mut raw: RawConfig = toml_edit::de::from_str(&rest).ok()?;
+    let raw: RawConfig = toml_edit::de::from_str(&rest).ok()?;
     if !raw.devices.is_empty() {
         return None;
     }
-    // Exactly as many as there are: doubling would hold up to twice that at the peak.
-    let count = headers[first..end_at]
-        .iter()
-        .filter(|(_, h)| h == "[[devices]]")
-        .count();
-    raw.devices.reserve_exact(count);
+    let mut cuts = Vec::new();
     let mut piece = start;
-    let cuts = headers[first + 1..end_at]
+    let device_starts = headers[first + 1..end_at]
         .iter()
         .filter(|(_, h)| h == "[[devices]]")
-        .map(|(o, _)| *o)
-        .chain([end]);
-    for cut in cuts {
+        .map(|(o, _)| *o);
+    for cut in device_starts.chain([end]) {
         if cut - piece >= PIECE || cut == end {
-            let part: RawConfig = toml_edit::de::from_str(&text[piece..cut]).ok()?;
-            raw.devices.extend(part.devices);
+            cuts.push((piece, cut));
             piece = cut;
         }
     }
-    Some(raw)
+    cuts.reverse();
+    Some((
+        raw,
+        Pieces {
+            text,
+            cuts,
+            failed: false,
+        },
+    ))
+}
+
+/// The devices of a large config, a piece of the text at a time, in order.
+struct Pieces<'a> {
+    text: &'a str,
+    /// Byte ranges still to read, last first.
+    cuts: Vec<(usize, usize)>,
+    /// A piece did not read: what was checked is incomplete, and the whole must be read.
+    failed: bool,
+}
+
+impl Pieces<'_> {
+    fn none() -> Pieces<'static> {
+        Pieces {
+            text: "",
+            cuts: Vec::new(),
+            failed: false,
+        }
+    }
+}
+
+impl Iterator for Pieces<'_> {
+    type Item = Vec<RawDevice>;
+
+    fn next(&mut self) -> Option<Vec<RawDevice>> {
+        if self.failed {
+            return None;
+        }
+        let (a, b) = self.cuts.pop()?;
+        match toml_edit::de::from_str::<RawConfig>(&self.text[a..b]) {
+            Ok(part) => Some(part.devices),
+            Err(_) => {
+                self.failed = true;
+                None
+            }
+        }
+    }
 }
 
 fn first_line(s: &str) -> String {
@@ -809,6 +853,7 @@ fn path_at(doc: &Document<&str>, offset: usize) -> String {
 
 /// Checks the raw config into the domain types, collecting every problem by key path (their
 /// lines are found afterwards, only when there are any).
+#[derive(Default)]
 struct Validator {
     problems: Vec<(KeyPath, String)>,
     warnings: Vec<(KeyPath, String)>,
@@ -837,7 +882,8 @@ impl Validator {
         }
     }
 
-    fn config(&mut self, raw: RawConfig) -> Config {
+    /// `more` brings devices after `raw.devices` (a large config's, a piece at a time).
+    fn config(&mut self, raw: RawConfig, more: &mut Pieces<'_>) -> Config {
         let root = KeyPath::default();
         let gateway = self.gateway(raw.gateway, &root.key("gateway"));
         let http = self.http(raw.http, &root.key("http"));
@@ -845,7 +891,11 @@ impl Validator {
         let push = self.push(raw.push, &root.key("push"));
         let buses = self.buses(raw.buses);
         let templates = raw.templates;
-        let devices = self.devices(raw.devices, &buses, &templates);
+        let devices = self.devices(
+            std::iter::once(raw.devices).chain(more).flatten(),
+            &buses,
+            &templates,
+        );
         let rules = self.rules(raw.rules, &devices);
         let events = Events {
             max_per_device_per_s: self.int(
@@ -1210,13 +1260,13 @@ impl Validator {
 
     fn devices(
         &mut self,
-        raw: Vec<RawDevice>,
+        raw: impl Iterator<Item = RawDevice>,
         buses: &[Bus],
         templates: &BTreeMap<String, RawTemplate>,
     ) -> Vec<Device> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        for (i, d) in raw.into_iter().enumerate() {
+        for (i, d) in raw.enumerate() {
             let p = KeyPath::default().key("devices").index(i);
             if d.id.is_empty() {
                 self.err(&p.key("id"), "must not be empty");
@@ -1684,27 +1734,34 @@ mod tests {
     fn a_large_config_read_in_pieces_is_the_same_as_read_whole() {
         let text = large();
         assert!(text.len() > 2 * PIECE);
-        let pieces = raw_in_pieces(&text).expect("read in pieces");
-        let whole: RawConfig = toml_edit::de::from_str(&text).unwrap();
-        assert_eq!(format!("{pieces:?}"), format!("{whole:?}"));
-        assert_eq!(pieces.devices.len(), 4000);
+        let (_, pieces) = split_devices(&text).expect("read in pieces");
+        assert!(pieces.cuts.len() > 3, "{} pieces", pieces.cuts.len());
+        let in_pieces = parse(&text).unwrap().config;
+        let raw: RawConfig = toml_edit::de::from_str(&text).unwrap();
+        let mut v = Validator::default();
+        let whole = v.config(raw, &mut Pieces::none());
+        assert!(v.problems.is_empty());
+        assert_eq!(format!("{in_pieces:?}"), format!("{whole:?}"));
+        assert_eq!(in_pieces.devices.len(), 4000);
     }
 
     #[test]
-    fn a_config_not_of_that_shape_is_read_whole() {
+    fn a_config_not_of_that_shape_or_with_a_problem_is_read_whole() {
         // Devices on both sides of another table: not one run.
         let text = large().replacen("[[devices]] # number 2000\n", "[store]\n[[devices]]\n", 1);
-        assert!(raw_in_pieces(&text).is_none());
-        // A broken piece: the whole read gives the error with its line.
-        let text = large().replacen("unit = 10\n", "unit = = 10\n", 1);
-        assert!(raw_in_pieces(&text).is_none());
-        let Err(ConfigError::Invalid(p)) = parse(&text) else {
-            panic!("should not parse")
-        };
-        assert!(
-            p[0].line.is_some() && p[0].path.starts_with("devices["),
-            "{:?}",
-            p[0]
-        );
+        assert!(split_devices(&text).is_none());
+        // A piece that does not read, and a problem in a piece: each gets the path and line
+        // of a whole read. `unit = 10` is device 9's.
+        for broken in ["unit = = 10\n", "unit = 1000\n"] {
+            let text = large().replacen("unit = 10\n", broken, 1);
+            let line = text[..text.find(broken).unwrap()].lines().count() + 1;
+            let Err(ConfigError::Invalid(p)) = parse(&text) else {
+                panic!("should not parse")
+            };
+            assert_eq!(
+                (p[0].path.as_str(), p[0].line),
+                ("devices[9].unit", Some(line))
+            );
+        }
     }
 }
