@@ -177,6 +177,7 @@ async fn run(gw: &edge_gateway::Gateway, token: &str, stalled: usize, secs: u64)
                 frame: Utf8Bytes::from(timed_frame()),
                 kind: KIND_EVENT,
                 since: Instant::now(),
+                urgent: false,
             });
         }
     })
@@ -187,6 +188,7 @@ async fn run(gw: &edge_gateway::Gateway, token: &str, stalled: usize, secs: u64)
         frame: Utf8Bytes::from(stop_frame()),
         kind: KIND_EVENT,
         since: Instant::now(),
+        urgent: false,
     });
     let rss_mb = status_kb("VmRSS") as f64 / 1024.0;
     let (received, p50, p99) = client_results(child).await;

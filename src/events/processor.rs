@@ -254,6 +254,7 @@ impl Processor {
                         frame: Utf8Bytes::from(frame.to_string()),
                         kind: KIND_EVENT,
                         since: e.at.into_std(),
+                        urgent: e.priority >= Priority::High,
                     },
                 );
             }

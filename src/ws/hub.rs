@@ -24,6 +24,9 @@ pub struct Push {
     pub frame: Utf8Bytes,
     pub kind: usize,
     pub since: Instant,
+    /// A high or emergency event: never dropped to make room (SPEC); when it cannot be
+    /// queued, the client is closed (1008) instead of silently missing it.
+    pub urgent: bool,
 }
 
 /// Who is logged in on a connection.
@@ -90,26 +93,47 @@ impl Client {
     }
 
     /// Queues a push by the client's overflow policy; never waits. Returns whether it was queued.
+    /// Whatever the policy, an urgent push (a high or emergency event) is never the one dropped:
+    /// the oldest push that is not urgent makes room for it, and when every queued push is
+    /// urgent the client is closed rather than left without it.
     fn offer(&self, push: Push, metrics: &Metrics) -> bool {
         let kind = push.kind;
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         if q.len() >= self.capacity {
+            let evict_for_urgent = push.urgent && self.overflow != Overflow::Disconnect;
             match self.overflow {
-                Overflow::DropNew => {
+                Overflow::DropNew if !evict_for_urgent => {
                     drop(q);
                     metrics.push.dropped(kind);
                     return false;
-                }
-                Overflow::DropOldest => {
-                    if let Some(old) = q.pop_front() {
-                        metrics.push.dropped(old.kind);
-                    }
                 }
                 Overflow::Disconnect => {
                     drop(q);
                     metrics.push.dropped(kind);
                     self.kick();
                     return false;
+                }
+                Overflow::DropNew | Overflow::DropOldest => {
+                    match q.iter().position(|p| !p.urgent) {
+                        Some(i) => {
+                            if let Some(old) = q.remove(i) {
+                                metrics.push.dropped(old.kind);
+                            }
+                        }
+                        None if push.urgent => {
+                            // Full of urgent pushes and one more: the client cannot keep up
+                            // with what it must not miss.
+                            drop(q);
+                            metrics.push.dropped(kind);
+                            self.kick();
+                            return false;
+                        }
+                        None => {
+                            drop(q);
+                            metrics.push.dropped(kind);
+                            return false;
+                        }
+                    }
                 }
             }
         }
@@ -326,6 +350,7 @@ mod tests {
 
     fn push(kind: usize, n: u8) -> Push {
         Push {
+            urgent: false,
             frame: Utf8Bytes::from(format!("{n}")),
             kind,
             since: Instant::now(),
@@ -356,6 +381,42 @@ mod tests {
         assert!(!c.kicked.is_cancelled());
         c.offer(push(KIND_SNAPSHOT, 1), &m);
         assert!(c.kicked.is_cancelled());
+    }
+
+    /// Push under load, as found: a slow client, a stream of snapshots, one emergency alarm
+    /// under `drop_oldest` → the alarm was evicted by the next snapshot and never arrived.
+    #[test]
+    fn an_urgent_event_is_never_the_push_dropped() {
+        let m = metrics();
+        let urgent = |n| Push {
+            urgent: true,
+            ..push(KIND_EVENT, n)
+        };
+        for overflow in [Overflow::DropOldest, Overflow::DropNew] {
+            let c = Client::new(1, 3, overflow);
+            c.offer(urgent(0), &m);
+            for i in 1..10 {
+                c.offer(push(KIND_SNAPSHOT, i), &m);
+            }
+            assert_eq!(c.next().unwrap().frame.as_str(), "0", "{overflow:?}");
+            // A full queue takes an urgent push in place of a snapshot.
+            let c = Client::new(2, 2, overflow);
+            c.offer(push(KIND_SNAPSHOT, 1), &m);
+            c.offer(push(KIND_SNAPSHOT, 2), &m);
+            assert!(c.offer(urgent(3), &m));
+            let left: Vec<_> = std::iter::from_fn(|| c.next()).map(|p| p.frame).collect();
+            assert!(
+                left.iter().any(|f| f.as_str() == "3"),
+                "{overflow:?} {left:?}"
+            );
+            // Full of urgent pushes: one more closes the client rather than lose one.
+            let c = Client::new(3, 2, overflow);
+            c.offer(urgent(1), &m);
+            c.offer(urgent(2), &m);
+            assert!(!c.kicked.is_cancelled());
+            assert!(!c.offer(urgent(3), &m));
+            assert!(c.kicked.is_cancelled(), "{overflow:?}");
+        }
     }
 
     #[test]

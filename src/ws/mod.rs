@@ -372,7 +372,7 @@ pub async fn snapshot_ticker(shared: Arc<Shared>, cancel: CancellationToken) {
                         "service": "push.snapshot",
                         "data": {"ts": rfc3339(now_ms()), "devices": services::devices_json(&shared)},
                     });
-                    shared.hub.publish_all(Push { frame: Utf8Bytes::from(frame.to_string()), kind: KIND_SNAPSHOT, since });
+                    shared.hub.publish_all(Push { frame: Utf8Bytes::from(frame.to_string()), kind: KIND_SNAPSHOT, since, urgent: false });
                 }
                 next += period;
                 let now = tokio::time::Instant::now();
@@ -409,6 +409,7 @@ pub fn push_telemetry(shared: &Shared, device: usize, ts: i64, rows: &[Row], rea
             frame: Utf8Bytes::from(frame.to_string()),
             kind: KIND_TELEMETRY,
             since: read_at,
+            urgent: false,
         },
     );
 }
