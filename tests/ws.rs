@@ -155,6 +155,14 @@ async fn every_code_of_the_contract_is_reached_and_the_connection_lives_on() {
         (code(&r), r["msg"].as_str().unwrap()),
         (400, "param `username` must be a string, not a number")
     );
+    // SPEC: an empty required string is 400, not a failed login.
+    let r = ws
+        .call("auth.login", json!({"username": "", "password": "x"}))
+        .await;
+    assert_eq!(
+        (code(&r), r["msg"].as_str().unwrap()),
+        (400, "param `username` must not be empty")
+    );
 
     // 401: not logged in, and wrong password.
     let r = ws.call("devices.list", json!({})).await;

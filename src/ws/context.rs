@@ -155,8 +155,15 @@ impl Ctx {
         }
     }
 
+    /// A required string: missing or empty is 400 (SPEC), e.g. an empty `username`.
     pub fn string(&self, name: &str) -> Result<String, ServiceError> {
-        self.opt_string(name)?.ok_or_else(|| Self::missing(name))
+        match self.opt_string(name)? {
+            Some(s) if !s.is_empty() => Ok(s),
+            Some(_) => Err(ServiceError::bad_request(format!(
+                "param `{name}` must not be empty"
+            ))),
+            None => Err(Self::missing(name)),
+        }
     }
 
     pub fn opt_int(&self, name: &str) -> Result<Option<i64>, ServiceError> {

@@ -114,7 +114,16 @@ impl Client {
                     return false;
                 }
                 Overflow::DropNew | Overflow::DropOldest => {
-                    match q.iter().position(|p| !p.urgent) {
+                    // The lowest that is there goes first: snapshots (the next one replaces
+                    // them), then telemetry, then normal events; the oldest of its kind.
+                    let rank = |p: &Push| match p.kind {
+                        _ if p.urgent => 3,
+                        KIND_SNAPSHOT => 0,
+                        KIND_TELEMETRY => 1,
+                        _ => 2,
+                    };
+                    let victim = (0..3).find_map(|r| q.iter().position(|p| rank(p) == r));
+                    match victim {
                         Some(i) => {
                             if let Some(old) = q.remove(i) {
                                 metrics.push.dropped(old.kind);
@@ -408,6 +417,19 @@ mod tests {
             assert!(
                 left.iter().any(|f| f.as_str() == "3"),
                 "{overflow:?} {left:?}"
+            );
+            // Below the urgent ones, snapshots go first, then telemetry, then normal events.
+            let c = Client::new(4, 3, overflow);
+            c.offer(push(KIND_EVENT, 1), &m);
+            c.offer(push(KIND_TELEMETRY, 2), &m);
+            c.offer(push(KIND_SNAPSHOT, 3), &m);
+            c.offer(urgent(4), &m);
+            c.offer(urgent(5), &m);
+            let left: Vec<_> = std::iter::from_fn(|| c.next()).map(|p| p.frame).collect();
+            assert_eq!(
+                left.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
+                ["1", "4", "5"],
+                "{overflow:?}"
             );
             // Full of urgent pushes: one more closes the client rather than lose one.
             let c = Client::new(3, 2, overflow);
