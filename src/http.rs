@@ -131,9 +131,8 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
-/// Binds the listener (so the caller knows the port before anything else starts) and serves
-/// until cancelled.
-/// Binds the HTTP socket, ready for tokio (non-blocking).
+/// Binds the HTTP socket (so the caller knows the port before anything else starts), ready
+/// for tokio (non-blocking); a reload may hand the same socket on.
 pub fn bind(listen: &str) -> std::io::Result<std::net::TcpListener> {
     let l = std::net::TcpListener::bind(listen)?;
     l.set_nonblocking(true)?;
@@ -155,7 +154,8 @@ pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 128;
 /// backlog would stall everyone.
 struct Open {
     max: usize,
-    by_address: std::sync::Mutex<HashMap<IpAddr, usize>>,
+    /// (open in all, open per address).
+    counts: std::sync::Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
 /// A connection's place in [`Open`], given back when it ends.
@@ -169,21 +169,19 @@ impl Open {
         Open {
             // Half the descriptors: the rest stay for WebSockets, Modbus links and the store.
             max: (crate::metrics::fd_limit() / 2).max(64),
-            by_address: Default::default(),
+            counts: Default::default(),
         }
     }
 
     fn take(self: &Arc<Self>, from: IpAddr) -> Option<Place> {
-        let mut m = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
-        let total: usize = m.values().sum();
-        let mine = m.entry(from).or_default();
-        if total >= self.max || *mine >= MAX_CONNECTIONS_PER_ADDRESS {
-            if *mine == 0 {
-                m.remove(&from);
-            }
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, by_address) = &mut *c;
+        let mine = by_address.get(&from).copied().unwrap_or(0);
+        if *total >= self.max || mine >= MAX_CONNECTIONS_PER_ADDRESS {
             return None;
         }
-        *mine += 1;
+        *total += 1;
+        by_address.insert(from, mine + 1);
         Some(Place {
             open: Arc::clone(self),
             from,
@@ -193,15 +191,13 @@ impl Open {
 
 impl Drop for Place {
     fn drop(&mut self) {
-        let mut m = self
-            .open
-            .by_address
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = m.get_mut(&self.from) {
+        let mut c = self.open.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, by_address) = &mut *c;
+        *total -= 1;
+        if let Some(n) = by_address.get_mut(&self.from) {
             *n -= 1;
             if *n == 0 {
-                m.remove(&self.from);
+                by_address.remove(&self.from);
             }
         }
     }

@@ -1,5 +1,5 @@
-//! The WebSocket service at `GET /ws`: the upgrade (Origin check, connection cap, frame limit),
-//! one reader and one writer task per connection, heartbeats, and the timed snapshot push.
+//! The WebSocket service at `GET /ws`: the upgrade (admission by `admit`, frame limits), one
+//! reader and one writer task per connection, heartbeats, and the timed snapshot push.
 
 pub mod admit;
 pub mod auth;
