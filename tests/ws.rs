@@ -955,3 +955,28 @@ async fn a_subscription_with_repeated_ids_is_refused_or_counted_once() {
     assert_eq!(gw.shared.hub.index_sizes(), (1, 1, 0));
     gw.shutdown().await;
 }
+
+/// SPEC: `auth.logout` ends the session on every socket using that token. Found: a socket that
+/// resumed the token stayed logged in and kept receiving pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_ends_the_session_on_every_socket_with_that_token() {
+    let (gw, _sim, _dir) = gateway("").await;
+    let mut a = Ws::connect(gw.http_addr).await;
+    let r = a.login("viewer", "viewer").await;
+    let token = r["data"]["token"].as_str().unwrap().to_string();
+    let mut b = Ws::connect(gw.http_addr).await;
+    assert_eq!(
+        code(&b.call("auth.resume", json!({"token": token})).await),
+        0
+    );
+    assert_eq!(code(&b.call("devices.list", json!({})).await), 0);
+    assert_eq!(code(&a.call("auth.logout", json!({})).await), 0);
+    let p = b.next_push("push.session").await;
+    assert_eq!(p["data"]["reason"], "logout", "{p}");
+    assert_eq!(code(&b.call("devices.list", json!({})).await), 401);
+    assert_eq!(code(&a.call("devices.list", json!({})).await), 401);
+    // Not closed: it may log in again.
+    assert_eq!(code(&b.login("viewer", "viewer").await), 0);
+    assert_eq!(code(&b.call("devices.list", json!({})).await), 0);
+    gw.shutdown().await;
+}

@@ -274,6 +274,45 @@ impl Hub {
         }
     }
 
+    /// Ends the session on every socket using `token` (SPEC: `auth.logout` ends it on all of
+    /// them): each is told with `push.session` and is not logged in from then on. The socket
+    /// `except` (the one logging out, which gets its reply instead) is only unregistered.
+    pub fn end_sessions(&self, token: &str, reason: &str, except: u64) {
+        let ended: Vec<Arc<Client>> = {
+            let mut r = self.write();
+            let ids: Vec<u64> = r
+                .clients
+                .iter()
+                .filter(|(_, e)| e.client.login().is_some_and(|l| l.token == token))
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| {
+                    let e = r.clients.remove(&id)?;
+                    r.unindex(id, &e.sub);
+                    Some(e.client)
+                })
+                .collect()
+        };
+        let frame = Utf8Bytes::from(
+            serde_json::json!({"service": "push.session", "data": {"reason": reason}}).to_string(),
+        );
+        for c in ended {
+            *c.login.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            if c.id != except {
+                c.offer(
+                    Push {
+                        frame: frame.clone(),
+                        kind: KIND_EVENT,
+                        since: Instant::now(),
+                        urgent: true,
+                    },
+                    &self.metrics,
+                );
+            }
+        }
+    }
+
     /// Replaces a client's subscription. False when the client is not registered.
     pub fn subscribe(&self, id: u64, sub: Subscription) -> bool {
         let mut r = self.write();

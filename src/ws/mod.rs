@@ -128,9 +128,18 @@ async fn connection(
     tokio::pin!(login_deadline);
     let mut tokens = RATE_BURST;
     let mut refilled = Instant::now();
+    let mut had_login = false;
     loop {
         if client.login().is_some() {
             admitted.logged_in();
+            had_login = true;
+        } else if had_login {
+            // The session ended (logout here or on another socket with the token): the socket
+            // stays, not logged in, with a fresh deadline to log in again.
+            had_login = false;
+            login_deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + LOGIN_DEADLINE);
         }
         tokio::select! {
             _ = done.cancelled() => break,

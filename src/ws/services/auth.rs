@@ -80,6 +80,9 @@ pub async fn logout(ctx: Ctx) -> HandlerResult {
         .take();
     if let Some(l) = login {
         ctx.shared.auth.logout(&l.token);
+        ctx.shared
+            .hub
+            .end_sessions(&l.token, "logout", ctx.client.id);
     }
     ctx.shared.hub.unregister(ctx.client.id);
     Ok(json!({}))
