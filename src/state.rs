@@ -118,6 +118,7 @@ pub async fn run(
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_stale_check = tokio::time::Instant::now();
     let mut drafts = Vec::new();
     let beats = &shared.metrics.beats;
     loop {
@@ -161,12 +162,44 @@ pub async fn run(
                     }
                 }
                 gap_events(&shared, &mut drafts);
+                if last_stale_check.elapsed() >= std::time::Duration::from_secs(1) {
+                    last_stale_check = tokio::time::Instant::now();
+                    mark_stale(&shared.config, &shared.live, crate::model::now_ms());
+                }
             }
         }
         for d in drafts.drain(..) {
             if !queues.send(d).await {
                 tracing::error!("event processor is gone; stopping the pipeline");
                 return;
+            }
+        }
+    }
+}
+
+/// SPEC: a point not refreshed within 3 × its device's poll interval (at least 3 s) is
+/// `stale` by itself, with no rule: its polls stopped arriving (a stalled bus, a slave that
+/// answers too slowly). Only `good` values turn stale (a failed read is `bad` already), and
+/// the next good read makes them good again. Checked once a second; the write lock is taken
+/// only when something turns stale.
+pub fn mark_stale(config: &Config, live: &SharedLive, now: Millis) {
+    let limit = |d: usize| (config.devices[d].poll_interval.as_millis() as i64 * 3).max(3000);
+    let due = |l: &Live| {
+        l.devices.iter().enumerate().any(|(d, dev)| {
+            dev.points
+                .iter()
+                .any(|p| p.quality == Quality::Good && now - p.ts > limit(d))
+        })
+    };
+    if !due(&read(live)) {
+        return;
+    }
+    let mut l = write(live);
+    for (d, dev) in l.devices.iter_mut().enumerate() {
+        let limit = limit(d);
+        for p in dev.points.iter_mut() {
+            if p.quality == Quality::Good && now - p.ts > limit {
+                p.quality = Quality::Stale;
             }
         }
     }

@@ -429,3 +429,36 @@ async fn a_fault_whose_text_changes_every_poll_is_logged_once() {
         .count();
     assert_eq!(lines, 1, "{text}");
 }
+
+/// SPEC: a point not refreshed within 3 × its poll interval (at least 3 s) is `stale` by
+/// itself, no rule needed: here the boiler answers, but only after 6 s (the bus waits up to
+/// 10 s), so its last good values age past 3 s and are stale, then good again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_whose_polls_stop_arriving_turns_stale_and_good_again() {
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bus = format!(
+        "[[buses]]\nname = \"b\"\nkind = \"tcp\"\naddress = \"{addr}\"\ntimeout_ms = 10000\nretries = 0\n"
+    );
+    let gw = Gateway::start(config(dir.path(), &format!("{bus}{BOILER_AND_PUMP}")))
+        .await
+        .unwrap();
+    wait_for("boiler good", || {
+        quality(&gw, "boiler", "setpoint") == Quality::Good
+    })
+    .await;
+    sim.set_fault(
+        BOILER,
+        Some(Fault::Delay(std::time::Duration::from_secs(6))),
+    );
+    wait_for("boiler stale", || {
+        quality(&gw, "boiler", "setpoint") == Quality::Stale
+    })
+    .await;
+    sim.set_fault(BOILER, None);
+    wait_for("boiler good again", || {
+        quality(&gw, "boiler", "setpoint") == Quality::Good
+    })
+    .await;
+    gw.shutdown().await;
+}
