@@ -518,8 +518,8 @@ fn path_from_text(text: &str, offset: usize) -> String {
 pub fn parse(text: &str) -> Result<Loaded, ConfigError> {
     // One parse on the way that succeeds: the span-keeping document that locates a problem's
     // line is only built when there is a problem (it costs several times the text in memory,
-    // which a 60,000-device config multiplied into gigabytes).
-    // A large config's devices are read and checked a piece at a time.
+    // which a 60,000-device config multiplied into gigabytes). A large config's devices are
+    // read and checked a piece at a time.
     if let Some((raw, mut pieces)) = split_devices(text) {
         let mut v = Validator::default();
         let config = v.config(raw, &mut pieces);
