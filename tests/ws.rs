@@ -466,6 +466,18 @@ async fn failed_logins_are_limited_per_address_and_requests_per_connection() {
         codes.push(code(&flood.recv().await.unwrap()));
     }
     assert!(codes.contains(&429) && codes.contains(&404), "{codes:?}");
+    let limited = codes.iter().filter(|c| **c == 429).count() as u64;
+    let counted = gw
+        .shared
+        .admission
+        .rejected()
+        .find(|(r, _)| r.label() == "rate")
+        .map(|(_, n)| n);
+    assert_eq!(
+        counted,
+        Some(limited),
+        "edge_ws_rejected_total{{reason=\"rate\"}}"
+    );
     gw.shutdown().await;
 }
 

@@ -21,7 +21,7 @@ pub const MAX_PENDING: usize = 64;
 /// and one host cannot take every slot.
 pub const MAX_PENDING_PER_ADDRESS: usize = 16;
 
-/// Why a connection was refused (`edge_ws_rejected_total{reason}`).
+/// Why a connection or request was refused (`edge_ws_rejected_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     Host,
@@ -29,15 +29,21 @@ pub enum Reason {
     MaxClients,
     Pending,
     PendingPerAddress,
+    /// A request over the connection's rate (429).
+    Rate,
+    /// Closed for not logging in within the deadline (1008).
+    AuthTimeout,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 5] = [
+    pub const ALL: [Reason; 7] = [
         Reason::Host,
         Reason::Origin,
         Reason::MaxClients,
         Reason::Pending,
         Reason::PendingPerAddress,
+        Reason::Rate,
+        Reason::AuthTimeout,
     ];
 
     pub fn label(self) -> &'static str {
@@ -47,6 +53,8 @@ impl Reason {
             Reason::MaxClients => "max_clients",
             Reason::Pending => "pending",
             Reason::PendingPerAddress => "pending_per_address",
+            Reason::Rate => "rate",
+            Reason::AuthTimeout => "auth_timeout",
         }
     }
 
@@ -59,6 +67,8 @@ impl Reason {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many connections waiting to log in; retry",
             ),
+            Reason::Rate => (StatusCode::TOO_MANY_REQUESTS, "too many requests"),
+            Reason::AuthTimeout => (StatusCode::UNAUTHORIZED, "login required"),
         }
     }
 }
@@ -197,6 +207,11 @@ impl Admission {
             || name == "localhost"
             || own.is_some_and(|h| name == h || name.strip_suffix(".local") == Some(h))
             || http.allowed_hosts.contains(&name)
+    }
+
+    /// Counts a refusal made on an open connection (rate, login deadline).
+    pub fn count(&self, reason: Reason) {
+        self.rejected[reason as usize].fetch_add(1, Relaxed);
     }
 
     /// Refusals so far, by reason.

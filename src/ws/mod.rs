@@ -148,6 +148,7 @@ async fn connection(
                 break;
             }
             _ = &mut login_deadline, if client.login().is_none() => {
+                shared.admission.count(admit::Reason::AuthTimeout);
                 let _ = replies.send(close(1008, "login required within 10 s")).await;
                 break;
             }
@@ -195,6 +196,7 @@ async fn connection(
                     }
                 };
                 if tokens < 1.0 || in_flight.len() >= MAX_IN_FLIGHT {
+                    shared.admission.count(admit::Reason::Rate);
                     let r = reply(&request.request_id, Some(&request.service), Err(ServiceError::new(429, "too many requests")));
                     let _ = replies.send(text(r)).await;
                     continue;
