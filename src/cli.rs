@@ -243,10 +243,14 @@ pub async fn demo(listen: &str, data: PathBuf, shutdown: CancellationToken) -> a
     let sim_addr = simulator::spawn_tcp(sim, "127.0.0.1:0", shutdown.child_token()).await?;
     let config = demo_config(sim_addr, data.clone(), listen);
     let gw = crate::Gateway::start(config).await?;
-    let url = format!("http://{}/", gw.http_addr);
+    let urls = crate::http::urls(gw.http_addr);
     println!("edge-gateway demo");
-    println!("  dashboard:  {url}");
+    for url in &urls {
+        println!("  dashboard:  {url}");
+    }
+    let url = &urls[0];
     println!("  health:     {url}healthz");
+    println!("  metrics:    {url}metrics");
     println!("  logins:     admin/admin (admin), viewer/viewer (viewer)");
     println!("  simulator:  modbus tcp {sim_addr} (units 1 boiler, 2 pump, 3 meter)");
     println!("  data:       {}", data.display());

@@ -139,6 +139,60 @@ pub fn bind(listen: &str) -> std::io::Result<std::net::TcpListener> {
     Ok(l)
 }
 
+/// The URLs a tablet can open for a listening address: the address itself, or when it is
+/// the unspecified one (`0.0.0.0`, `::`) every non-loopback address of this box, which a
+/// browser can reach (`http://0.0.0.0:8080/` cannot be opened).
+pub fn urls(addr: SocketAddr) -> Vec<String> {
+    if !addr.ip().is_unspecified() {
+        return vec![format!("http://{addr}/")];
+    }
+    let mut ips = interface_addresses();
+    ips.retain(|ip| !ip.is_loopback() && (addr.is_ipv6() || ip.is_ipv4()));
+    // Link-local IPv6 needs a zone a browser bar does not take.
+    ips.retain(|ip| !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80));
+    ips.sort();
+    ips.dedup();
+    if ips.is_empty() {
+        return vec![format!("http://127.0.0.1:{}/", addr.port())];
+    }
+    ips.into_iter()
+        .map(|ip| format!("http://{}/", SocketAddr::new(ip, addr.port())))
+        .collect()
+}
+
+/// This box's interface addresses (getifaddrs).
+fn interface_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list that is only read here and freed once with freeifaddrs;
+    // each sockaddr is read as the type its family says.
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return out;
+        }
+        let mut at = list;
+        while !at.is_null() {
+            let sa = (*at).ifa_addr;
+            if !sa.is_null() {
+                match i32::from((*sa).sa_family) {
+                    libc::AF_INET => {
+                        let v4 = &*(sa as *const libc::sockaddr_in);
+                        out.push(IpAddr::from(u32::from_be(v4.sin_addr.s_addr).to_be_bytes()));
+                    }
+                    libc::AF_INET6 => {
+                        let v6 = &*(sa as *const libc::sockaddr_in6);
+                        out.push(IpAddr::from(v6.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+            at = (*at).ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    out
+}
+
 /// A request's headers must arrive within this; it is also how long a kept-alive connection
 /// may sit idle. A half-sent request cannot hold a connection, a reload or a stop.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -208,7 +262,10 @@ impl Drop for Place {
 /// of spinning, and stop without waiting for connections that never finish a request.
 pub async fn serve(listener: TcpListener, state: AppState, cancel: CancellationToken) {
     match listener.local_addr() {
-        Ok(addr) => tracing::info!("http listening on {addr}"),
+        Ok(addr) => tracing::info!(
+            "http listening on {addr}: dashboard {}, metrics at /metrics",
+            urls(addr).join(" ")
+        ),
         Err(e) => tracing::warn!("http listening (address unknown: {e})"),
     }
     let app = router(state);
@@ -298,6 +355,25 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, app: Router, cancel: Can
             // A request in progress may finish; an idle or half-sent one is closed.
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(STOP_GRACE, conn).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `http://0.0.0.0:8090/` cannot be opened on a tablet: the box's own addresses instead.
+    #[test]
+    fn the_urls_printed_are_ones_a_tablet_can_open() {
+        assert_eq!(
+            urls("192.168.1.5:8080".parse().unwrap()),
+            ["http://192.168.1.5:8080/"]
+        );
+        let any = urls("0.0.0.0:8090".parse().unwrap());
+        assert!(!any.is_empty());
+        for u in &any {
+            assert!(u.ends_with(":8090/") && !u.contains("0.0.0.0"), "{u}");
         }
     }
 }
