@@ -268,7 +268,9 @@ async fn sockets_that_never_log_in_cannot_keep_a_technician_out() {
     let from = IpAddr::from([127, 0, 5, 1]);
     let mut held = Vec::new();
     let mut refused = 0;
-    for _ in 0..1000 {
+    // 300 of them (the finding used 1,000): enough to pass the cap many times over, and done
+    // well inside the 10 s login deadline that would start to free the held ones.
+    for _ in 0..300 {
         let sock = TcpSocket::new_v4().unwrap();
         sock.bind(SocketAddr::new(from, 0)).unwrap();
         let tcp = sock.connect(t.http).await.unwrap();
@@ -282,7 +284,7 @@ async fn sockets_that_never_log_in_cannot_keep_a_technician_out() {
         16,
         "one address's share of the sockets not logged in"
     );
-    assert_eq!(refused, 984);
+    assert_eq!(refused, 284);
     let mut ws = ws_from(IpAddr::from([127, 0, 6, 1]), t.http).await;
     let frame = json!({"requestId": "1", "service": "auth.login",
                        "params": {"username": "admin", "password": "pw"}});
@@ -294,7 +296,7 @@ async fn sockets_that_never_log_in_cannot_keep_a_technician_out() {
     assert_eq!(
         t.metric("edge_ws_rejected_total{reason=\"pending_per_address\"}")
             .await,
-        984.0
+        284.0
     );
     assert_eq!(t.metric("edge_ws_clients{state=\"pending\"}").await, 16.0);
     assert_eq!(t.log_lines("websocket refused"), 1);
