@@ -76,7 +76,11 @@ fn catch_up(sink: Sink) {
         gw.shutdown().await;
         {
             let mut db = rusqlite::Connection::open(dir.path().join("gateway.db")).unwrap();
-            let tx = db.transaction().unwrap();
+            db.busy_timeout(Duration::from_secs(5)).unwrap();
+            // Immediate: the stopped gateway's last checkpoint may still be running.
+            let tx = db
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .unwrap();
             let t0 = edge_gateway::model::now_ms() - 86_400_000;
             {
                 // Samples of 50 points each, as a meter's poll writes them.

@@ -188,7 +188,12 @@ async fn a_sink_sends_new_telemetry_first_while_its_backlog_drains() {
     let db = rusqlite::Connection::open(dir.path().join("gateway.db")).unwrap();
     db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
     let add = |n: usize| {
-        let tx = db.unchecked_transaction().unwrap();
+        // Immediate: the stopped gateway's last checkpoint may still be running beside it, and
+        // a deferred transaction that has read cannot wait its way into writing (SQLITE_BUSY at
+        // once rather than after the busy timeout).
+        let tx =
+            rusqlite::Transaction::new_unchecked(&db, rusqlite::TransactionBehavior::Immediate)
+                .unwrap();
         for _ in 0..n {
             edge_gateway::store::append_sample(
                 &tx,
