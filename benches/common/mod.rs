@@ -28,19 +28,27 @@ pub async fn ws_client(
         .unwrap()
         .parse::<std::net::SocketAddr>()
         .unwrap();
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    if let Some(size) = recv_buffer {
-        sock.set_recv_buffer_size(size).unwrap();
+    // Connections not logged in have a per-address share (16), and so do HTTP connections not
+    // upgraded yet (128): the clients all come from one address, so a refused or closed one
+    // retries, as a tablet behind a NAT does.
+    for _ in 0..10_000 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(size) = recv_buffer {
+            sock.set_recv_buffer_size(size).unwrap();
+        }
+        let tcp = sock.connect(addr).await.unwrap();
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(8 * 1024);
+        match tokio_tungstenite::client_async_with_config(
+            url,
+            tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+            Some(config),
+        )
+        .await
+        {
+            Ok((ws, _)) => return ws,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
     }
-    let tcp = sock.connect(addr).await.unwrap();
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(8 * 1024);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(
-        url,
-        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
-        Some(config),
-    )
-    .await
-    .unwrap();
-    ws
+    panic!("websocket connect: refused 10,000 times");
 }
