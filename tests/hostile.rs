@@ -143,6 +143,28 @@ async fn replies(ws: &mut Ws, n: usize) -> Vec<Json> {
     out
 }
 
+/// A request on `ws` and its reply.
+async fn call(ws: &mut Ws, service: &str, params: Json) -> Json {
+    let frame = json!({"requestId": service, "service": service, "params": params});
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
+    replies(ws, 1).await.remove(0)
+}
+
+/// A socket from `src` logged in as `user` (password "pw"); panics if the login is refused.
+async fn logged_in(src: IpAddr, http: SocketAddr, user: &str) -> Ws {
+    let mut ws = ws_from(src, http).await;
+    let r = call(
+        &mut ws,
+        "auth.login",
+        json!({"username": user, "password": "pw"}),
+    )
+    .await;
+    assert_eq!(r["code"], 0, "{r}");
+    ws
+}
+
 /// Attack 3: logins sent at once, from many addresses, each ran argon2id (19 MiB): RSS went
 /// from 10 MB to 1.1 GB. Now at most two checks run at a time, and each address gets no more
 /// guesses than its limit however many it sends at once.
@@ -177,14 +199,7 @@ async fn a_login_flood_from_many_addresses_keeps_memory_under_64_mb() {
     println!("peak RSS after 200 logins at once: {peak:.1} MB");
     assert!(peak < 64.0, "peak RSS {peak:.1} MB");
     // The right password still gets in afterwards.
-    let mut ws = ws_from(IpAddr::from([127, 0, 4, 1]), t.http).await;
-    let frame = json!({"requestId": "ok", "service": "auth.login",
-                       "params": {"username": "admin", "password": "pw"}});
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .unwrap();
-    let r = replies(&mut ws, 1).await;
-    assert_eq!(r[0]["code"], 0, "{r:?}");
+    logged_in(IpAddr::from([127, 0, 4, 1]), t.http, "admin").await;
 }
 
 /// A raw HTTP request's status line.
@@ -285,14 +300,7 @@ async fn sockets_that_never_log_in_cannot_keep_a_technician_out() {
         "one address's share of the sockets not logged in"
     );
     assert_eq!(refused, 284);
-    let mut ws = ws_from(IpAddr::from([127, 0, 6, 1]), t.http).await;
-    let frame = json!({"requestId": "1", "service": "auth.login",
-                       "params": {"username": "admin", "password": "pw"}});
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .unwrap();
-    let r = replies(&mut ws, 1).await;
-    assert_eq!(r[0]["code"], 0, "{r:?}");
+    logged_in(IpAddr::from([127, 0, 6, 1]), t.http, "admin").await;
     assert_eq!(
         t.metric("edge_ws_rejected_total{reason=\"pending_per_address\"}")
             .await,
@@ -390,13 +398,7 @@ async fn a_half_sent_request_holds_neither_a_reload_nor_a_stop_nor_its_connectio
 async fn idle_connections_at_the_descriptor_limit_leave_healthz_queries_and_devices_working() {
     // A limit of 512 and 600 connections: past the limit, with few descriptors in this test.
     let t = Target::start_with("", Some(512)).await;
-    let mut ws = ws_from(IpAddr::from([127, 0, 9, 1]), t.http).await;
-    let login = json!({"requestId": "l", "service": "auth.login",
-                       "params": {"username": "viewer", "password": "pw"}});
-    ws.send(Message::Text(login.to_string().into()))
-        .await
-        .unwrap();
-    assert_eq!(replies(&mut ws, 1).await[0]["code"], 0);
+    let mut ws = logged_in(IpAddr::from([127, 0, 9, 1]), t.http, "viewer").await;
     let from = IpAddr::from([127, 0, 8, 1]);
     let mut idle = Vec::new();
     for _ in 0..600 {
@@ -408,16 +410,17 @@ async fn idle_connections_at_the_descriptor_limit_leave_healthz_queries_and_devi
     }
     let h = healthz_json(t.http).await.expect("/healthz answers");
     assert_eq!(h["devices"]["online"], 2, "{h}");
-    for service in ["events.query", "devices.list"] {
-        let q = json!({"requestId": service, "service": service, "params": {}});
-        ws.send(Message::Text(q.to_string().into())).await.unwrap();
-        let r = replies(&mut ws, 1).await;
-        assert_eq!(r[0]["code"], 0, "{r:?}");
+    for (service, params) in [
+        ("events.query", json!({})),
+        ("devices.list", json!({})),
+        (
+            "points.history",
+            json!({"deviceId": "boiler", "pointId": "setpoint"}),
+        ),
+    ] {
+        let r = call(&mut ws, service, params).await;
+        assert_eq!(r["code"], 0, "{service}: {r}");
     }
-    let q = json!({"requestId": "h", "service": "points.history",
-                   "params": {"deviceId": "boiler", "pointId": "setpoint"}});
-    ws.send(Message::Text(q.to_string().into())).await.unwrap();
-    assert_eq!(replies(&mut ws, 1).await[0]["code"], 0);
     assert!(t.log_lines("too many open") <= 1);
     drop(idle);
 }
