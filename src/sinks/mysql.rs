@@ -1,5 +1,6 @@
 //! The MySQL sink: creates its tables, then sends the outbox in multi-row idempotent batches
-//! (`INSERT … ON DUPLICATE KEY UPDATE`), one transaction each, reconnecting with backoff.
+//! (`INSERT … ON DUPLICATE KEY UPDATE`), one transaction each; the shared sink loop
+//! reconnects with backoff.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -10,8 +11,9 @@ use mysql_async::{Opts, OptsBuilder, Pool, TxOpts};
 use tokio_util::sync::CancellationToken;
 
 use super::feed::Feed;
+use super::{SinkError, SinkStatus, Upstream};
 use crate::model::{Millis, Value};
-use crate::store::{self, OutboxRow, Stream};
+use crate::store::{self, OutboxRow, StoreHandle, Stream};
 use crate::Shared;
 
 pub const SINK: &str = "mysql";
@@ -104,17 +106,20 @@ fn time(out: &mut String, ms: Option<Millis>) {
     }
 }
 
-/// Statements of up to [`ROWS_PER_STATEMENT`] rows, built row by row.
-struct Statements {
+/// The statements for one batch of a stream, up to [`ROWS_PER_STATEMENT`] rows each (a sample
+/// makes a row per point), built one at a time into one reused buffer: a round that drains a
+/// backlog beside live data holds one statement (~100 KB), not all thirty of its batches at once.
+struct Statements<'a> {
     head: &'static str,
     tail: &'static str,
-    done: Vec<String>,
-    current: String,
-    rows: usize,
+    gateway: String,
+    rows: &'a [OutboxRow],
+    /// The next row to write, and for a sample the next of its points.
+    next: (usize, usize),
 }
 
-impl Statements {
-    fn new(stream: Stream) -> Statements {
+impl<'a> Statements<'a> {
+    fn new(gateway: &str, stream: Stream, rows: &'a [OutboxRow]) -> Statements<'a> {
         let (head, tail) = match stream {
             Stream::Events => (
                 "INSERT INTO edge_events (event_id, gateway_id, device_id, point_id, type, priority, device_seq, value, message, state, occurred_at) VALUES ",
@@ -132,93 +137,91 @@ impl Statements {
                 " ON DUPLICATE KEY UPDATE value = VALUES(value), quality = VALUES(quality)",
             ),
         };
+        let mut gw = String::new();
+        string(&mut gw, gateway);
         Statements {
             head,
             tail,
-            done: Vec::new(),
-            current: String::new(),
-            rows: 0,
+            gateway: gw,
+            rows,
+            next: (0, 0),
         }
     }
 
-    /// The buffer to write one more row's `(…)` into.
-    fn row(&mut self) -> &mut String {
-        if self.rows == ROWS_PER_STATEMENT {
-            self.finish();
-        }
-        self.current
-            .push_str(if self.rows == 0 { self.head } else { ", " });
-        self.rows += 1;
-        &mut self.current
-    }
-
-    fn finish(&mut self) {
-        if self.rows > 0 {
-            self.current.push_str(self.tail);
-            self.done.push(std::mem::take(&mut self.current));
-            self.rows = 0;
-        }
-    }
-}
-
-/// The statements for one batch of a stream (a sample makes a row per point).
-fn statements(gateway: &str, stream: Stream, rows: &[OutboxRow]) -> Vec<String> {
-    use std::fmt::Write;
-    let mut st = Statements::new(stream);
-    let mut gw = String::new();
-    string(&mut gw, gateway);
-    for row in rows {
-        match row {
-            OutboxRow::Event(e) => {
-                let o = st.row();
-                o.push('(');
-                string(o, &e.event_id);
-                let _ = write!(o, ", {gw}, ");
-                string(o, &e.device_id);
-                o.push_str(", ");
-                opt_string(o, e.point_id.as_deref());
-                o.push_str(", ");
-                string(o, &e.kind);
-                o.push_str(", ");
-                string(o, &e.priority);
-                let _ = write!(o, ", {}, ", e.device_seq);
-                value(o, &e.value);
-                o.push_str(", ");
-                string(o, &e.message);
-                o.push_str(", ");
-                string(o, &e.state);
-                o.push_str(", ");
-                time(o, Some(e.ts));
-                o.push(')');
-            }
-            OutboxRow::Status(s) => {
-                let o = st.row();
-                let _ = write!(o, "({gw}, ");
-                string(o, &s.device_id);
-                o.push_str(", ");
-                string(o, &s.device_type);
-                let _ = write!(o, ", {}, ", s.online as u8);
-                time(o, s.last_seen);
-                o.push(')');
-            }
-            OutboxRow::Sample(t) => {
-                let mut device = String::new();
-                string(&mut device, &t.device_id);
-                let mut ts = String::new();
-                time(&mut ts, Some(t.ts));
-                for (point, v, quality) in &t.points {
-                    let o = st.row();
-                    let _ = write!(o, "({gw}, {device}, ");
+    /// Writes the next statement into `o` (cleared first); false when every row is written.
+    fn next_into(&mut self, o: &mut String) -> bool {
+        use std::fmt::Write;
+        o.clear();
+        let gw = &self.gateway;
+        let head = self.head;
+        let mut n = 0;
+        // Opens a row: the statement's head before the first, a comma before the others.
+        let start = |o: &mut String, n: &mut usize| {
+            o.push_str(if *n == 0 { head } else { ", " });
+            *n += 1;
+        };
+        while n < ROWS_PER_STATEMENT {
+            let (i, p) = self.next;
+            let Some(row) = self.rows.get(i) else { break };
+            match row {
+                OutboxRow::Event(e) => {
+                    start(o, &mut n);
+                    o.push('(');
+                    string(o, &e.event_id);
+                    let _ = write!(o, ", {gw}, ");
+                    string(o, &e.device_id);
+                    o.push_str(", ");
+                    opt_string(o, e.point_id.as_deref());
+                    o.push_str(", ");
+                    string(o, &e.kind);
+                    o.push_str(", ");
+                    string(o, &e.priority);
+                    let _ = write!(o, ", {}, ", e.device_seq);
+                    value(o, &e.value);
+                    o.push_str(", ");
+                    string(o, &e.message);
+                    o.push_str(", ");
+                    string(o, &e.state);
+                    o.push_str(", ");
+                    time(o, Some(e.ts));
+                    o.push(')');
+                    self.next = (i + 1, 0);
+                }
+                OutboxRow::Status(s) => {
+                    start(o, &mut n);
+                    let _ = write!(o, "({gw}, ");
+                    string(o, &s.device_id);
+                    o.push_str(", ");
+                    string(o, &s.device_type);
+                    let _ = write!(o, ", {}, ", s.online as u8);
+                    time(o, s.last_seen);
+                    o.push(')');
+                    self.next = (i + 1, 0);
+                }
+                OutboxRow::Sample(t) => {
+                    let Some((point, v, quality)) = t.points.get(p) else {
+                        self.next = (i + 1, 0);
+                        continue;
+                    };
+                    start(o, &mut n);
+                    let _ = write!(o, "({gw}, ");
+                    string(o, &t.device_id);
+                    o.push_str(", ");
                     string(o, point);
-                    let _ = write!(o, ", {ts}, ");
+                    o.push_str(", ");
+                    time(o, Some(t.ts));
+                    o.push_str(", ");
                     value(o, v);
                     let _ = write!(o, ", '{}')", quality.as_str());
+                    self.next = (i, p + 1);
                 }
             }
         }
+        if n > 0 {
+            o.push_str(self.tail);
+        }
+        n > 0
     }
-    st.finish();
-    st.done
 }
 
 /// Sends one batch of one stream in a transaction.
@@ -227,15 +230,19 @@ async fn send(
     gateway: &str,
     stream: Stream,
     rows: &[OutboxRow],
+    sql: &mut String,
 ) -> Result<(), mysql_async::Error> {
-    let statements = statements(gateway, stream, rows);
-    if statements.is_empty() {
+    let mut statements = Statements::new(gateway, stream, rows);
+    if !statements.next_into(sql) {
         return Ok(());
     }
     let mut conn = pool.get_conn().await?;
     let mut tx = conn.start_transaction(TxOpts::default()).await?;
-    for sql in statements {
-        tx.query_drop(sql).await?;
+    loop {
+        tx.query_drop(sql.as_str()).await?;
+        if !statements.next_into(sql) {
+            break;
+        }
     }
     tx.commit().await
 }
@@ -254,16 +261,75 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Every await on the database has a deadline: a half-open connection must not hang the sink.
 async fn deadline<T>(
     f: impl std::future::Future<Output = Result<T, mysql_async::Error>>,
-) -> Result<T, String> {
+) -> Result<T, SinkError> {
     match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer from MySQL within {REQUEST_TIMEOUT:?}")),
+        Ok(r) => Ok(r?),
+        Err(_) => Err(SinkError::Timeout {
+            what: "answer from MySQL",
+            after: REQUEST_TIMEOUT,
+        }),
     }
 }
 
-/// Runs the sink until cancelled: tables first, then the outbox in batches of `batch_size`
-/// (events, status, then telemetry live-first: see [`Feed`]); on any error, backs off (0.5 s doubling to 30 s, with jitter) and resumes
-/// from the cursor.
+/// The MySQL side of the sink loop.
+struct Mysql {
+    pool: Pool,
+    gateway: String,
+    status: Arc<SinkStatus>,
+    store: StoreHandle,
+    tables: bool,
+    /// One statement's buffer, reused (its capacity settles at one statement's size).
+    sql: String,
+}
+
+impl Upstream for Mysql {
+    /// Tables first (once), then rounds: events, status, then telemetry live-first (see
+    /// [`Feed`]), each batch in a transaction and confirmed by its commit.
+    async fn session(
+        &mut self,
+        feed: &mut Feed,
+        reached: &mut bool,
+        cancel: &CancellationToken,
+    ) -> Result<(), SinkError> {
+        if !self.tables {
+            deadline(create_tables(&self.pool)).await?;
+            self.tables = true;
+        }
+        // What the last session read and did not commit is read again from the cursors.
+        self.store.flush().await;
+        feed.reset().await?;
+        loop {
+            let batches = feed.next().await?;
+            let sent_any = !batches.is_empty();
+            for b in batches {
+                let n = b.rows.len() as u64;
+                let sent = send(&self.pool, &self.gateway, b.stream, &b.rows, &mut self.sql);
+                if let Err(e) = deadline(sent).await {
+                    self.status.rows_failed.fetch_add(n, Relaxed);
+                    return Err(e);
+                }
+                self.status.rows_ok.fetch_add(n, Relaxed);
+                feed.confirm(b.stream, b.rows.iter().map(OutboxRow::id));
+            }
+            *reached = true;
+            self.status.set_error(SINK, None);
+            feed.persist(&self.store).await;
+            if let Ok(b) = feed.backlog().await {
+                self.status.backlog.store(b, Relaxed);
+            }
+            if !sent_any {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            } else if cancel.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Runs the sink until cancelled (see [`super::run`]).
 pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     let Some(cfg) = shared.config.mysql.clone() else {
         return;
@@ -280,82 +346,23 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             return;
         }
     };
-    let pool = Pool::new(opts);
-    let mut feed = match store::open_reader(&shared.config.gateway.data_dir) {
+    let feed = match store::open_reader(&shared.config.gateway.data_dir) {
         Ok(c) => Feed::new(SINK, c, shared.config.clone(), cfg.batch_size),
         Err(e) => {
             status.set_error(SINK, Some(e.to_string()));
             return;
         }
     };
-    let gateway = shared.config.gateway.id.clone();
-    let mut backoff = Duration::from_millis(500);
-    let mut tables = false;
-    // False after a failure: what was read and not committed is read again from the cursors.
-    let mut ready = false;
-    while !cancel.is_cancelled() {
-        let result: Result<bool, String> = async {
-            if !tables {
-                deadline(create_tables(&pool)).await?;
-                tables = true;
-            }
-            if !ready {
-                shared.store.flush().await;
-                feed.reset()
-                    .await
-                    .map_err(|e| format!("reading the outbox: {e}"))?;
-                ready = true;
-            }
-            let batches = feed
-                .next()
-                .await
-                .map_err(|e| format!("reading the outbox: {e}"))?;
-            let sent_any = !batches.is_empty();
-            for b in batches {
-                let n = b.rows.len() as u64;
-                match deadline(send(&pool, &gateway, b.stream, &b.rows)).await {
-                    Ok(()) => {
-                        status.rows_ok.fetch_add(n, Relaxed);
-                        feed.confirm(b.stream, b.rows.iter().map(OutboxRow::id));
-                    }
-                    Err(e) => {
-                        status.rows_failed.fetch_add(n, Relaxed);
-                        return Err(e);
-                    }
-                }
-            }
-            Ok(sent_any)
-        }
-        .await;
-        // Whatever was committed before a failure keeps its place.
-        feed.persist(&shared.store).await;
-        if let Ok(b) = feed.backlog().await {
-            status.backlog.store(b, Relaxed);
-        }
-        let pause = match result {
-            Ok(true) => {
-                status.set_error(SINK, None);
-                backoff = Duration::from_millis(500);
-                continue;
-            }
-            Ok(false) => {
-                status.set_error(SINK, None);
-                backoff = Duration::from_millis(500);
-                Duration::from_millis(200)
-            }
-            Err(e) => {
-                ready = false;
-                status.set_error(SINK, Some(e));
-                let p = backoff.mul_f64(rand::random_range(0.8..1.2));
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                p
-            }
-        };
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(pause) => {}
-        }
-    }
+    let pool = Pool::new(opts);
+    let upstream = Mysql {
+        pool: pool.clone(),
+        gateway: shared.config.gateway.id.clone(),
+        status: status.clone(),
+        store: shared.store.clone(),
+        tables: false,
+        sql: String::new(),
+    };
+    super::run(SINK, &status, &shared.store, feed, upstream, cancel).await;
     let _ = pool.disconnect().await;
 }
 
@@ -386,19 +393,37 @@ mod tests {
                 })
             })
             .collect();
-        let st = statements("gw", Stream::Telemetry, &rows);
+        let all = |rows: &[OutboxRow]| {
+            let mut st = Statements::new("gw", Stream::Telemetry, rows);
+            let mut sql = String::new();
+            std::iter::from_fn(move || st.next_into(&mut sql).then(|| sql.clone()))
+                .collect::<Vec<_>>()
+        };
+        let st = all(&rows);
         let rows_in = |sql: &str| sql.matches("), (").count() + 1;
         assert_eq!(
             st.iter().map(|s| rows_in(s)).collect::<Vec<_>>(),
             vec![1000, 200]
         );
-        assert!(statements("gw", Stream::Telemetry, &[]).is_empty());
+        assert!(all(&[]).is_empty());
+        // Every (sample, point) once, in order, across the statement boundary.
+        let joined = st.join("");
+        for id in [0, 33, 39] {
+            for i in [0, 9, 29] {
+                let row = format!("X'{}', FROM_UNIXTIME(1.{:03})", hex(&format!("r{i}")), id);
+                assert_eq!(joined.matches(&row).count(), 1, "{row}");
+            }
+        }
         // 'r7' = 72 37, "7" = 37; the time as digits.
         assert!(
             st[0].contains("(X'6777', X'64', X'7237', FROM_UNIXTIME(1.000), X'37', 'good')"),
             "{}",
             &st[0][..300]
         );
+    }
+
+    fn hex(s: &str) -> String {
+        s.bytes().map(|b| format!("{b:02x}")).collect()
     }
 
     #[test]
