@@ -330,11 +330,34 @@ pub struct Point {
     pub writable: bool,
 }
 
+/// An event's priority, in rank order: its one spelling (config, SPEC JSON, SQL, metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
     Normal,
     High,
     Emergency,
+}
+
+impl Priority {
+    /// Every priority, lowest first (the index is the rank).
+    pub const ALL: [Priority; 3] = [Priority::Normal, Priority::High, Priority::Emergency];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Normal => "normal",
+            Priority::High => "high",
+            Priority::Emergency => "emergency",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Priority> {
+        Priority::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// 0, 1, 2: stored beside the name so SQL can filter and sort by it.
+    pub fn rank(self) -> i64 {
+        self as i64
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1671,18 +1694,14 @@ impl Validator {
                     continue;
                 }
             };
-            let priority = match r.priority.as_deref().unwrap_or("normal") {
-                "emergency" => Priority::Emergency,
-                "high" => Priority::High,
-                "normal" => Priority::Normal,
-                other => {
-                    self.err(
-                        &p.key("priority"),
-                        format!("unknown priority `{other}` (expected emergency, high or normal)"),
-                    );
-                    Priority::Normal
-                }
-            };
+            let name = r.priority.as_deref().unwrap_or("normal");
+            let priority = Priority::parse(name).unwrap_or_else(|| {
+                self.err(
+                    &p.key("priority"),
+                    format!("unknown priority `{name}` (expected emergency, high or normal)"),
+                );
+                Priority::Normal
+            });
             out.push(Rule {
                 id: r.id,
                 device,

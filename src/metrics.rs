@@ -158,7 +158,42 @@ pub struct Metrics {
     pub store_written: AtomicU64,
     /// Progress stamps for the systemd watchdog.
     pub beats: Beats,
+    /// SIGHUP reloads by outcome ([`Reload`]), carried from one gateway to the next.
+    pub reloads: [AtomicU64; 3],
     started: std::time::Instant,
+}
+
+/// How a SIGHUP reload ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// The new config runs.
+    Applied,
+    /// The file had problems: the running config stays.
+    Refused,
+    /// Valid, but it could not start (its address taken, say): the previous config runs again.
+    Failed,
+}
+
+impl Reload {
+    pub const ALL: [Reload; 3] = [Reload::Applied, Reload::Refused, Reload::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reload::Applied => "applied",
+            Reload::Refused => "refused",
+            Reload::Failed => "failed",
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one reload, on top of the counts `before` (the previous gateway's).
+    pub fn count_reload(&self, before: &Metrics, outcome: Reload) {
+        for r in Reload::ALL {
+            let n = before.reloads[r as usize].load(Relaxed) + u64::from(r == outcome);
+            self.reloads[r as usize].store(n, Relaxed);
+        }
+    }
 }
 
 /// When each long-lived task last made progress, in ms since start: the watchdog pings
@@ -221,6 +256,7 @@ impl Metrics {
             store_rows: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
             store_written: AtomicU64::new(0),
+            reloads: Default::default(),
             started: std::time::Instant::now(),
         }
     }
@@ -313,9 +349,13 @@ impl Metrics {
             let _ = writeln!(out, "edge_events_suppressed_total{{device=\"{name}\"}} {v}");
         }
         out.push_str("# TYPE edge_event_queue_length gauge\n");
-        for (i, p) in ["normal", "high", "emergency"].iter().enumerate() {
-            let v = self.events.queue[i].load(Relaxed);
-            let _ = writeln!(out, "edge_event_queue_length{{priority=\"{p}\"}} {v}");
+        for p in crate::config::Priority::ALL {
+            let v = self.events.queue[p.rank() as usize].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "edge_event_queue_length{{priority=\"{}\"}} {v}",
+                p.as_str()
+            );
         }
         out.push_str("# TYPE edge_event_process_duration_seconds histogram\n");
         self.events
@@ -339,6 +379,15 @@ impl Metrics {
             "# TYPE edge_store_errors_total counter\nedge_store_errors_total {}",
             self.store_errors.load(Relaxed)
         );
+        out.push_str("# TYPE edge_config_reloads_total counter\n");
+        for r in Reload::ALL {
+            let v = self.reloads[r as usize].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "edge_config_reloads_total{{result=\"{}\"}} {v}",
+                r.as_str()
+            );
+        }
         let _ = writeln!(
             out,
             "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n\

@@ -3,8 +3,6 @@
 
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::mpsc;
-
 use crate::config::{Config, Point};
 use crate::modbus::bus::BusEvent;
 use crate::model::{Millis, Quality, Value};
@@ -83,7 +81,7 @@ pub fn read(live: &SharedLive) -> std::sync::RwLockReadGuard<'_, Live> {
     live.read().unwrap_or_else(|e| e.into_inner())
 }
 
-fn write(live: &SharedLive) -> std::sync::RwLockWriteGuard<'_, Live> {
+pub fn write(live: &SharedLive) -> std::sync::RwLockWriteGuard<'_, Live> {
     live.write().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -103,77 +101,6 @@ fn must_report(point: &Point, p: &PointLive, ts: Millis) -> bool {
         },
         (None, None) => false,
         _ => true,
-    }
-}
-
-/// The pipeline between the buses and the store: applies bus events to the live state, runs
-/// the rule engine on every sample (and on a 100 ms tick for on-delays and staleness), pushes
-/// reported changes to WebSocket subscribers, and sends what must be stored. Ends when every
-/// bus has stopped (its sender dropped), so nothing polled is lost at shutdown.
-pub async fn run(
-    shared: Arc<crate::Shared>,
-    mut rx: mpsc::Receiver<BusEvent>,
-    mut engine: crate::events::rules::Engine,
-    queues: crate::events::processor::Queues,
-) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_stale_check = tokio::time::Instant::now();
-    let mut drafts = Vec::new();
-    let beats = &shared.metrics.beats;
-    loop {
-        beats.beat(&beats.pipeline);
-        tokio::select! {
-            ev = rx.recv() => {
-                let Some(ev) = ev else { break };
-                let read_at = match &ev {
-                    BusEvent::Polled { device, ts, at, results } => {
-                        for (p, r) in results {
-                            engine.on_sample(*device, *p, r, *ts, *at, &mut drafts);
-                        }
-                        shared.metrics.samples.fetch_add(results.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                        *at
-                    }
-                    BusEvent::Status { device, ts, online, reason } => {
-                        let now = tokio::time::Instant::now();
-                        engine.on_status(*device, *online, reason, *ts, now, &mut drafts);
-                        now
-                    }
-                };
-                let cmd = apply(&shared.config, &shared.live, ev);
-                if let Some(StoreCmd::Report { device, ts, rows }) = &cmd {
-                    crate::ws::push_telemetry(&shared, *device, *ts, rows, read_at.into_std());
-                }
-                if let Some(cmd) = cmd {
-                    if !shared.store.send(cmd).await {
-                        tracing::error!("store writer is gone; stopping the pipeline");
-                        return;
-                    }
-                }
-            }
-            _ = tick.tick() => {
-                if engine.rule_count() > 0 {
-                    let stale = engine.tick(crate::model::now_ms(), tokio::time::Instant::now(), &mut drafts);
-                    if !stale.is_empty() {
-                        let mut live = write(&shared.live);
-                        for (d, p) in stale {
-                            live.devices[d].points[p].quality = Quality::Stale;
-                        }
-                    }
-                }
-                gap_events(&shared, &mut drafts);
-                if last_stale_check.elapsed() >= std::time::Duration::from_secs(1) {
-                    last_stale_check = tokio::time::Instant::now();
-                    mark_stale(&shared.config, &shared.live, crate::model::now_ms());
-                }
-            }
-        }
-        for d in drafts.drain(..) {
-            if !queues.send(d).await {
-                tracing::error!("event processor is gone; stopping the pipeline");
-                return;
-            }
-        }
     }
 }
 
@@ -202,36 +129,6 @@ pub fn mark_stale(config: &Config, live: &SharedLive, now: Millis) {
                 p.quality = Quality::Stale;
             }
         }
-    }
-}
-
-/// Telemetry the store's size cap dropped before any upstream had it: one `device_abnormal`
-/// info event per device and drop, saying exactly what range was lost.
-fn gap_events(shared: &crate::Shared, drafts: &mut Vec<crate::events::Draft>) {
-    use crate::events::{Draft, EventState, EventType};
-    let gaps = std::mem::take(&mut *shared.store.gaps.lock().unwrap_or_else(|e| e.into_inner()));
-    for g in gaps {
-        // A device no longer configured has no event stream to carry its gap: logged only.
-        let Some(device) = shared
-            .config
-            .devices
-            .iter()
-            .position(|d| d.id == g.device_id)
-        else {
-            continue;
-        };
-        drafts.push(Draft {
-            device,
-            point: None,
-            kind: EventType::DeviceAbnormal,
-            priority: crate::config::Priority::Normal,
-            value: None,
-            message: g.message(),
-            state: EventState::Info,
-            ts: crate::model::now_ms(),
-            alarm: None,
-            at: tokio::time::Instant::now(),
-        });
     }
 }
 

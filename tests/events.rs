@@ -89,11 +89,8 @@ async fn sample(gw: &Gateway, device: usize, point: usize, v: Value) {
 }
 
 async fn events(gw: &Gateway, kind: Option<&str>) -> Vec<Json> {
-    // Let the pipeline and processor catch up, then read what is committed.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(50)))
-        .await
-        .unwrap();
+    // Everything fed in so far through the pipeline and the processor, and committed.
+    gw.settle().await;
     events_now(gw, kind).await
 }
 

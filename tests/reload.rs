@@ -152,7 +152,19 @@ async fn sighup_with_an_invalid_config_keeps_the_running_one_and_a_valid_one_app
     )
     .unwrap();
     hup();
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    // Not "nothing changed after a sleep": the refusal itself is counted.
+    let reloads = |result: &'static str| async move {
+        let line = format!("edge_config_reloads_total{{result=\"{result}\"}} ");
+        let metrics = http_get(addr, "/metrics").await;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    wait_for_async("the reload refused", || async {
+        reloads("refused").await == Some(1)
+    })
+    .await;
     assert_eq!(total(addr).await, Some(1));
     // Valid with one more device: applied.
     std::fs::write(
@@ -166,4 +178,7 @@ async fn sighup_with_an_invalid_config_keeps_the_running_one_and_a_valid_one_app
     .unwrap();
     hup();
     wait_for_async("the new device", || async { total(addr).await == Some(2) }).await;
+    // The count goes on across the reload that applied.
+    assert_eq!(reloads("applied").await, Some(1));
+    assert_eq!(reloads("refused").await, Some(1));
 }

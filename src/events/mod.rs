@@ -68,22 +68,6 @@ impl EventState {
     }
 }
 
-pub fn priority_str(p: Priority) -> &'static str {
-    match p {
-        Priority::Emergency => "emergency",
-        Priority::High => "high",
-        Priority::Normal => "normal",
-    }
-}
-
-pub fn priority_rank(p: Priority) -> i64 {
-    match p {
-        Priority::Normal => 0,
-        Priority::High => 1,
-        Priority::Emergency => 2,
-    }
-}
-
 /// What an alarm-changing event does to the alarm it belongs to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AlarmOp {
@@ -141,7 +125,7 @@ impl Event {
             "deviceId": d.id,
             "pointId": self.point.map(|p| d.points[p].id.clone()),
             "type": self.kind.as_str(),
-            "priority": priority_str(self.priority),
+            "priority": self.priority.as_str(),
             "deviceSeq": self.device_seq,
             "value": self.value.as_ref().map(Value::to_json),
             "message": self.message,

@@ -6,15 +6,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Draft, Event, EventState, EventType};
+use crate::config::Config;
 use crate::config::Priority;
+use crate::metrics::Metrics;
 use crate::model::now_ms;
-use crate::store::StoreCmd;
-use crate::ws::hub::{Push, KIND_EVENT};
-use crate::Shared;
+use crate::store::{StoreCmd, StoreHandle};
 
 /// Capacity of each priority queue.
 pub const QUEUE: usize = 1024;
@@ -27,28 +26,35 @@ pub struct Queues {
     emergency: mpsc::Sender<Draft>,
     high: mpsc::Sender<Draft>,
     normal: mpsc::Sender<Draft>,
+    settle: mpsc::Sender<oneshot::Sender<()>>,
 }
 
 pub struct Receivers {
     emergency: mpsc::Receiver<Draft>,
     high: mpsc::Receiver<Draft>,
     normal: mpsc::Receiver<Draft>,
+    /// Barriers: answered once every draft queued before them is committed (or held, while
+    /// the store cannot write).
+    settle: mpsc::Receiver<oneshot::Sender<()>>,
 }
 
 pub fn queues() -> (Queues, Receivers) {
     let (e, er) = mpsc::channel(QUEUE);
     let (h, hr) = mpsc::channel(QUEUE);
     let (n, nr) = mpsc::channel(QUEUE);
+    let (s, sr) = mpsc::channel(4);
     (
         Queues {
             emergency: e,
             high: h,
             normal: n,
+            settle: s,
         },
         Receivers {
             emergency: er,
             high: hr,
             normal: nr,
+            settle: sr,
         },
     )
 }
@@ -62,6 +68,11 @@ impl Queues {
             Priority::Normal => &self.normal,
         };
         q.send(d).await.is_ok()
+    }
+
+    /// A barrier behind every draft queued so far: `done` is answered once they are committed.
+    pub async fn settle(&self, done: oneshot::Sender<()>) {
+        let _ = self.settle.send(done).await;
     }
 }
 
@@ -78,7 +89,11 @@ struct Storm {
 const MAX_UNSTORED: usize = 10_000;
 
 pub struct Processor {
-    shared: Arc<Shared>,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    store: StoreHandle,
+    /// Each batch of events, once committed (for the WebSocket pushes).
+    committed: mpsc::Sender<Vec<Event>>,
     next_seq: u64,
     device_seq: Vec<u64>,
     /// Numbered events the store has not taken yet (it could not write), oldest first.
@@ -87,10 +102,20 @@ pub struct Processor {
 }
 
 impl Processor {
-    pub fn new(shared: Arc<Shared>, last_seq: u64, device_seq: Vec<u64>) -> Processor {
-        let n = shared.config.devices.len();
+    pub fn new(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        store: StoreHandle,
+        committed: mpsc::Sender<Vec<Event>>,
+        last_seq: u64,
+        device_seq: Vec<u64>,
+    ) -> Processor {
+        let n = config.devices.len();
         Processor {
-            shared,
+            config,
+            metrics,
+            store,
+            committed,
             next_seq: last_seq + 1,
             device_seq,
             unstored: Vec::new(),
@@ -101,7 +126,7 @@ impl Processor {
     fn summary(&mut self, device: usize, ts: i64) -> Option<Event> {
         let n = std::mem::take(&mut self.storms[device].suppressed);
         (n > 0).then(|| {
-            let max = self.shared.config.events.max_per_device_per_s;
+            let max = self.config.events.max_per_device_per_s;
             self.number(Draft {
                 device,
                 point: None,
@@ -144,7 +169,7 @@ impl Processor {
     /// Storm control, then numbering, in the order drafts were taken (so each device's
     /// `deviceSeq` follows the order its events reach every sink).
     fn admit(&mut self, drafts: Vec<Draft>, out: &mut Vec<Event>) {
-        let max = self.shared.config.events.max_per_device_per_s;
+        let max = self.config.events.max_per_device_per_s;
         for d in drafts {
             let second = d.ts.div_euclid(1000);
             if self.storms[d.device].second != second {
@@ -163,7 +188,7 @@ impl Processor {
             let st = &mut self.storms[d.device];
             if st.count >= max {
                 st.suppressed += 1;
-                let m = &self.shared.metrics.events;
+                let m = &self.metrics.events;
                 m.suppressed[d.device].fetch_add(1, Relaxed);
                 m.processed[type_index(d.kind)][1].fetch_add(1, Relaxed);
                 continue;
@@ -201,7 +226,6 @@ impl Processor {
         }
         let (done, committed) = oneshot::channel();
         if !self
-            .shared
             .store
             .send(StoreCmd::Events {
                 events: events.clone(),
@@ -241,26 +265,16 @@ impl Processor {
                 return false;
             }
         }
-        let m = &self.shared.metrics.events;
+        let m = &self.metrics.events;
         for e in &events {
             m.processed[type_index(e.kind)][0].fetch_add(1, Relaxed);
-            if !self.shared.hub.is_empty() {
-                let frame = serde_json::json!({"service": "push.event", "data": e.to_json(&self.shared.config)});
-                self.shared.hub.publish_event(
-                    e.device,
-                    e.kind.bit(),
-                    e.priority,
-                    Push {
-                        frame: Utf8Bytes::from(frame.to_string()),
-                        kind: KIND_EVENT,
-                        since: e.at.into_std(),
-                        urgent: e.priority >= Priority::High,
-                    },
-                );
-            }
         }
         for s in started {
             m.duration.observe(s.elapsed());
+        }
+        // Pushed only once stored; a receiver gone (at shutdown) is no error of ours.
+        if !events.is_empty() {
+            let _ = self.committed.send(events).await;
         }
         true
     }
@@ -275,6 +289,11 @@ impl Processor {
                 d = rx.emergency.recv(), if open[0] => d.or_else(|| { open[0] = false; None }),
                 d = rx.high.recv(), if open[1] => d.or_else(|| { open[1] = false; None }),
                 d = rx.normal.recv(), if open[2] => d.or_else(|| { open[2] = false; None }),
+                // Last in the bias: only when no draft is waiting, so all before it are done.
+                Some(done) = rx.settle.recv() => {
+                    let _ = done.send(());
+                    continue;
+                }
                 _ = tick.tick() => {
                     let mut out = Vec::new();
                     self.quiet_storms(&mut out);
@@ -298,7 +317,7 @@ impl Processor {
                     Err(_) => break,
                 }
             }
-            let m = &self.shared.metrics.events;
+            let m = &self.metrics.events;
             m.queue[0].store(rx.normal.len() as i64, Relaxed);
             m.queue[1].store(rx.high.len() as i64, Relaxed);
             m.queue[2].store(rx.emergency.len() as i64, Relaxed);

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::codec::{self, CodecError, DataType, Table};
 use super::link::{exception_name, Data, Link, LinkError, Reply, WriteOp};
 use super::plan::{self, Block, Span};
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::{now_ms, Millis, Value};
@@ -112,9 +113,9 @@ pub enum BusRequest {
     Handover(oneshot::Sender<BusTask>),
 }
 
-/// The longest a dead slave is left alone between probes.
-const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(60);
-const PROBE_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Probes of a dead slave: 1 s after it went offline, doubling to at most 60 s between them.
+const PROBE_BACKOFF: Backoff =
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).with_jitter(0.1);
 
 struct DeviceSlot {
     /// Index into `Config::devices`.
@@ -125,7 +126,7 @@ struct DeviceSlot {
     next_due: Instant,
     failures: u32,
     online: Option<bool>,
-    probe_backoff: Duration,
+    probe_backoff: Backoff,
     /// What kind of problem was last logged, so a persisting fault is logged once per
     /// episode, not every poll (even when its text changes, as a value or a byte count may).
     last_problem: Option<String>,
@@ -186,7 +187,7 @@ impl BusTask {
                     next_due: now + Duration::from_millis(k as u64 % 50),
                     failures: 0,
                     online: None,
-                    probe_backoff: PROBE_BACKOFF_MIN,
+                    probe_backoff: PROBE_BACKOFF,
                     last_problem: None,
                 }
             })
@@ -347,10 +348,9 @@ impl BusTask {
                 Ok(Ok(_)) | Ok(Err(_)) => {}
                 Err(e) => {
                     let s = &mut self.slots[k];
-                    s.probe_backoff = (s.probe_backoff * 2).min(PROBE_BACKOFF_MAX);
-                    let jitter = rand::random_range(0.9..1.1);
-                    s.next_due = Instant::now() + s.probe_backoff.mul_f64(jitter);
-                    tracing::debug!(device = %dev.id, "probe failed: {e}; next in {:?}", s.probe_backoff);
+                    let pause = s.probe_backoff.fail();
+                    s.next_due = Instant::now() + pause;
+                    tracing::debug!(device = %dev.id, "probe failed: {e}; next in {pause:?}");
                     return true;
                 }
             }
@@ -465,7 +465,7 @@ impl BusTask {
         let mut status = None;
         if answered {
             s.failures = 0;
-            s.probe_backoff = PROBE_BACKOFF_MIN;
+            s.probe_backoff.reset();
             if s.online != Some(true) {
                 s.online = Some(true);
                 status = Some((true, "answering".to_string()));
@@ -475,11 +475,11 @@ impl BusTask {
             s.failures += 1;
             if s.failures >= dev.offline_after && s.online != Some(false) {
                 s.online = Some(false);
-                s.probe_backoff = PROBE_BACKOFF_MIN;
+                s.probe_backoff.reset();
                 status = Some((false, problem.clone().unwrap_or_default()));
             }
             if s.online == Some(false) {
-                s.next_due = Instant::now() + s.probe_backoff;
+                s.next_due = Instant::now() + s.probe_backoff.fail();
             } else {
                 s.next_due = (s.next_due + dev.poll_interval).max(Instant::now());
             }

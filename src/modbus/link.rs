@@ -9,6 +9,7 @@ use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{ProtocolError, Slave};
 
 use super::codec::Table;
+use crate::backoff::Backoff;
 use crate::config::{self, Parity};
 
 /// What a read returns.
@@ -77,8 +78,8 @@ pub fn exception_name(code: u8) -> String {
 /// A Modbus request result: outer = the link, inner = the device's exception code.
 pub type Reply<T> = Result<Result<T, u8>, LinkError>;
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Reconnects: 100 ms after the first failure, doubling to 30 s.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
 
 pub struct Link {
     cfg: config::Link,
@@ -87,7 +88,7 @@ pub struct Link {
     ctx: Option<Context>,
     /// No connect attempt before this instant (exponential backoff with jitter).
     reconnect_at: Option<Instant>,
-    backoff: Duration,
+    backoff: Backoff,
     last_request_end: Option<Instant>,
 }
 
@@ -99,7 +100,7 @@ impl Link {
             inter_request_delay,
             ctx: None,
             reconnect_at: None,
-            backoff: BACKOFF_MIN,
+            backoff: BACKOFF,
             last_request_end: None,
         }
     }
@@ -117,13 +118,11 @@ impl Link {
             match open(self.cfg.clone(), self.timeout).await {
                 Ok(ctx) => {
                     self.ctx = Some(ctx);
-                    self.backoff = BACKOFF_MIN;
+                    self.backoff.reset();
                     self.reconnect_at = None;
                 }
                 Err(e) => {
-                    let jitter = rand::random_range(0.8..1.2);
-                    self.reconnect_at = Some(Instant::now() + self.backoff.mul_f64(jitter));
-                    self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                    self.reconnect_at = Some(Instant::now() + self.backoff.fail());
                     return Err(e);
                 }
             }

@@ -1,14 +1,29 @@
 //! Upstream sinks: each forwards the SQLite outbox (events, device status, telemetry) after its
-//! own persisted cursor, and moves the cursor only after the upstream confirmed.
+//! own persisted cursor, and moves the cursor only after the upstream confirmed. What every
+//! sink shares lives here: the run loop (sessions, backoff, the cursor kept across failures),
+//! its errors and its status.
 
 pub mod feed;
 pub mod mqtt;
 pub mod mysql;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::Mutex;
+use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
 use crate::config::Config;
+use crate::store::StoreHandle;
+use feed::Feed;
+
+/// Reconnects to an upstream: 0.5 s after a failure, doubling to 30 s.
+const RECONNECT: Backoff = Backoff::new(
+    std::time::Duration::from_millis(500),
+    std::time::Duration::from_secs(30),
+);
 
 /// The sinks the config turns on, by name (the name keys their cursors and metrics).
 pub fn configured(config: &Config) -> Vec<&'static str> {
@@ -47,6 +62,80 @@ impl SinkStatus {
                 None => tracing::info!(sink, "upstream reachable again"),
             }
             *cur = e;
+        }
+    }
+}
+
+/// Why a sink's session with its upstream ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("reading the outbox: {0}")]
+    Outbox(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Mysql(#[from] mysql_async::Error),
+    /// Boxed: the MQTT client's error is large, and every `Result` would carry its size.
+    #[error(transparent)]
+    Mqtt(Box<rumqttc::ConnectionError>),
+    #[error("the MQTT client's queue is closed")]
+    QueueClosed,
+    #[error("broker refused the connection: {0}")]
+    Refused(String),
+    #[error("unexpected first packet {0}")]
+    Unexpected(String),
+    #[error("no {what} within {after:?}")]
+    Timeout { what: &'static str, after: Duration },
+}
+
+impl From<rumqttc::ConnectionError> for SinkError {
+    fn from(e: rumqttc::ConnectionError) -> SinkError {
+        SinkError::Mqtt(Box::new(e))
+    }
+}
+
+/// What differs between sinks: one session with the upstream.
+pub trait Upstream {
+    /// Sends what `feed` gives until the upstream fails (an error) or `cancel` fires (`Ok`).
+    /// Sets `reached` once the upstream answered, so the next failure backs off from the start.
+    fn session(
+        &mut self,
+        feed: &mut Feed,
+        reached: &mut bool,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// Runs a sink until cancelled: a session after another, the feed's confirmed cursors
+/// persisted after each, and a backoff between them (0.5 s doubling to 30 s, with jitter)
+/// that starts over once a session reached its upstream.
+pub async fn run(
+    name: &'static str,
+    status: &SinkStatus,
+    store: &StoreHandle,
+    mut feed: Feed,
+    mut upstream: impl Upstream,
+    cancel: CancellationToken,
+) {
+    let mut backoff = RECONNECT;
+    while !cancel.is_cancelled() {
+        let mut reached = false;
+        let result = upstream.session(&mut feed, &mut reached, &cancel).await;
+        // Whatever was confirmed before a failure keeps its place.
+        feed.persist(store).await;
+        if let Ok(b) = feed.backlog().await {
+            status
+                .backlog
+                .store(b, std::sync::atomic::Ordering::Relaxed);
+        }
+        match result {
+            Ok(()) => break,
+            Err(e) => status.set_error(name, Some(e.to_string())),
+        }
+        if reached {
+            backoff.reset();
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(backoff.fail()) => {}
         }
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::feed::{Batch, Feed};
+use super::{SinkError, Upstream};
 use crate::config::Mqtt;
 use crate::model::{rfc3339, Value};
 use crate::store::{self, OutboxRow};
@@ -261,7 +262,38 @@ fn messages(topics: &Topics, batch: &Batch) -> Vec<Message> {
         .collect()
 }
 
-/// Runs the sink until cancelled, reconnecting with backoff (0.5 s doubling to 30 s, jitter).
+/// The MQTT side of the sink loop: a new client and event loop for every session.
+struct Broker {
+    shared: Arc<Shared>,
+    cfg: Mqtt,
+    topics: Topics,
+    opts: MqttOptions,
+}
+
+impl Upstream for Broker {
+    async fn session(
+        &mut self,
+        feed: &mut Feed,
+        reached: &mut bool,
+        cancel: &CancellationToken,
+    ) -> Result<(), SinkError> {
+        let mut session = Session {
+            shared: &self.shared,
+            cfg: &self.cfg,
+            topics: &self.topics,
+            feed,
+            tags: VecDeque::new(),
+            inflight: HashMap::new(),
+            connected: false,
+        };
+        let (client, eventloop) = AsyncClient::new(self.opts.clone(), WINDOW + 64);
+        let result = session.run(&client, eventloop, cancel).await;
+        *reached = session.connected;
+        result
+    }
+}
+
+/// Runs the sink until cancelled (see [`super::run`]).
 pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     let Some(cfg) = shared.config.mqtt.clone() else {
         return;
@@ -277,42 +309,21 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             return;
         }
     };
-    let mut feed = match store::open_reader(&shared.config.gateway.data_dir) {
+    let feed = match store::open_reader(&shared.config.gateway.data_dir) {
         Ok(c) => Feed::new(SINK, c, shared.config.clone(), BATCH),
         Err(e) => {
             status.set_error(SINK, Some(e.to_string()));
             return;
         }
     };
-    let mut backoff = Duration::from_millis(500);
-    while !cancel.is_cancelled() {
-        let mut session = Session {
-            shared: &shared,
-            cfg: &cfg,
-            topics: &topics,
-            feed: &mut feed,
-            tags: VecDeque::new(),
-            inflight: HashMap::new(),
-            connected: false,
-        };
-        let (client, eventloop) = AsyncClient::new(opts.clone(), WINDOW + 64);
-        let result = session.run(&client, eventloop, &cancel).await;
-        let connected = session.connected;
-        feed.persist(&shared.store).await;
-        match result {
-            Ok(()) => break,
-            Err(e) => status.set_error(SINK, Some(e)),
-        }
-        if connected {
-            backoff = Duration::from_millis(500);
-        }
-        let pause = backoff.mul_f64(rand::random_range(0.8..1.2));
-        backoff = (backoff * 2).min(Duration::from_secs(30));
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(pause) => {}
-        }
-    }
+    let store = shared.store.clone();
+    let broker = Broker {
+        shared,
+        cfg,
+        topics,
+        opts,
+    };
+    super::run(SINK, &status, &store, feed, broker, cancel).await;
 }
 
 /// The outbox rows a publish confirms: `None` for our own messages (birth, write results).
@@ -338,25 +349,30 @@ impl Session<'_> {
         client: &AsyncClient,
         mut eventloop: EventLoop,
         cancel: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), SinkError> {
         let status = &self.shared.sinks.mqtt;
         // Connect: the first event is the broker's CONNACK or an error.
         let connack = tokio::time::timeout(CONNECT_TIMEOUT, eventloop.poll()).await;
         match connack {
             Ok(Ok(Event::Incoming(Incoming::ConnAck(ack)))) => {
                 if ack.code != ConnectReturnCode::Success {
-                    return Err(format!("broker refused the connection: {:?}", ack.code));
+                    return Err(SinkError::Refused(format!("{:?}", ack.code)));
                 }
             }
-            Ok(Ok(other)) => return Err(format!("unexpected first packet {other:?}")),
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err(format!("no CONNACK within {CONNECT_TIMEOUT:?}")),
+            Ok(Ok(other)) => return Err(SinkError::Unexpected(format!("{other:?}"))),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {
+                return Err(SinkError::Timeout {
+                    what: "CONNACK",
+                    after: CONNECT_TIMEOUT,
+                })
+            }
         }
         self.connected = true;
         status.set_error(SINK, None);
         // What the last connection left unconfirmed is read again from the cursors.
         self.shared.store.flush().await;
-        self.feed.reset().await.map_err(|e| e.to_string())?;
+        self.feed.reset().await?;
         self.publish(
             client,
             None,
@@ -370,7 +386,7 @@ impl Session<'_> {
         } else {
             client.try_unsubscribe(self.topics.writes())
         };
-        subscribed.map_err(|e| e.to_string())?;
+        subscribed.map_err(|_| SinkError::QueueClosed)?;
         let (results_tx, mut results) = mpsc::channel::<(String, Json)>(64);
         // When the outbox was last found empty, the next look is due then: a fixed instant, so
         // a steady trickle of broker packets cannot keep postponing it.
@@ -379,7 +395,7 @@ impl Session<'_> {
         loop {
             let now = tokio::time::Instant::now();
             if self.feed.in_flight() < WINDOW / 2 && now >= next_read {
-                let batches = self.feed.next().await.map_err(|e| e.to_string())?;
+                let batches = self.feed.next().await?;
                 if batches.is_empty() {
                     next_read = now + Duration::from_millis(100);
                 }
@@ -424,7 +440,7 @@ impl Session<'_> {
                     return Ok(());
                 }
                 ev = eventloop.poll() => {
-                    let ev = ev.map_err(|e| e.to_string())?;
+                    let ev = ev?;
                     if let Some(write) = self.handle(ev) {
                         let (shared, tx) = (self.shared.clone(), results_tx.clone());
                         tokio::spawn(async move {
@@ -450,14 +466,14 @@ impl Session<'_> {
         topic: String,
         retain: bool,
         payload: Vec<u8>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SinkError> {
         match client.try_publish(topic, qos(self.cfg.qos), retain, payload) {
             Ok(()) => {
                 self.tags.push_back(tag);
                 Ok(())
             }
-            Err(ClientError::TryRequest(_)) | Err(ClientError::Request(_)) => {
-                Err("the MQTT client's queue is closed".into())
+            Err(ClientError::TryRequest(_) | ClientError::Request(_)) => {
+                Err(SinkError::QueueClosed)
             }
         }
     }

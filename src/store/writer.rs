@@ -639,7 +639,7 @@ fn write_event(
     tx: &Transaction<'_>,
     e: &crate::events::Event,
 ) -> rusqlite::Result<()> {
-    use crate::events::{priority_rank, priority_str, AlarmOp};
+    use crate::events::AlarmOp;
     let d = &config.devices[e.device];
     let id = e.id(&config.gateway.id);
     tx.prepare_cached(
@@ -652,8 +652,8 @@ fn write_event(
         d.id,
         e.point.map(|p| d.points[p].id.clone()),
         e.kind.as_str(),
-        priority_str(e.priority),
-        priority_rank(e.priority),
+        e.priority.as_str(),
+        e.priority.rank(),
         e.device_seq as i64,
         sql_value(&e.value),
         e.message,
@@ -666,7 +666,7 @@ fn write_event(
                 "INSERT OR REPLACE INTO alarms (key, event_seq, state, priority_rank, raised_at)
                  VALUES (?1, ?2, 'active', ?3, ?4)",
             )?
-            .execute(params![key, e.seq as i64, priority_rank(e.priority), e.ts])?;
+            .execute(params![key, e.seq as i64, e.priority.rank(), e.ts])?;
         }
         Some(AlarmOp::Clear(key)) => {
             tx.prepare_cached(

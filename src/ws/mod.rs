@@ -1,10 +1,11 @@
 //! The WebSocket service at `GET /ws`: the upgrade (admission by `admit`, frame limits), one
-//! reader and one writer task per connection, heartbeats, and the timed snapshot push.
+//! reader and one writer task per connection, and heartbeats. What is pushed is `push`'s.
 
 pub mod admit;
 pub mod auth;
 pub mod context;
 pub mod hub;
+pub mod push;
 pub mod services;
 
 use std::future::Future;
@@ -20,16 +21,13 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{now_ms, rfc3339};
-use crate::store::Row;
 use crate::Shared;
 use context::{reply, Ctx, ServiceError};
-use hub::{Client, Push, KIND_SNAPSHOT, KIND_TELEMETRY};
+use hub::Client;
 
 /// The largest frame accepted (SPEC: 413 / close 1009 beyond it).
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -358,69 +356,4 @@ async fn writer(
     done.cancel();
     // Closing flushes: bounded, for a client that stopped reading.
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
-}
-
-/// The timed snapshot push: every `push.interval_ms`, changeable at run time. A change restarts
-/// the period from now, so a shorter interval takes effect at once and never bursts.
-pub async fn snapshot_ticker(shared: Arc<Shared>, cancel: CancellationToken) {
-    let mut rx = shared.push_interval.subscribe();
-    let mut period = *rx.borrow_and_update();
-    let mut next = tokio::time::Instant::now() + period;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            changed = rx.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                period = *rx.borrow_and_update();
-                next = tokio::time::Instant::now() + period;
-            }
-            _ = tokio::time::sleep_until(next) => {
-                if !shared.hub.is_empty() {
-                    let since = Instant::now();
-                    let frame = json!({
-                        "service": "push.snapshot",
-                        "data": {"ts": rfc3339(now_ms()), "devices": services::devices_json(&shared)},
-                    });
-                    shared.hub.publish_all(Push { frame: Utf8Bytes::from(frame.to_string()), kind: KIND_SNAPSHOT, since, urgent: false });
-                }
-                next += period;
-                let now = tokio::time::Instant::now();
-                if next < now {
-                    next = now + period;
-                }
-            }
-        }
-    }
-}
-
-/// `push.telemetry` for one device's reported changes, encoded once for every subscriber.
-pub fn push_telemetry(shared: &Shared, device: usize, ts: i64, rows: &[Row], read_at: Instant) {
-    if shared.hub.is_empty() || rows.is_empty() {
-        return;
-    }
-    let dev = &shared.config.devices[device];
-    let points: serde_json::Map<String, serde_json::Value> = rows
-        .iter()
-        .map(|r| {
-            (
-                dev.points[r.point].id.clone(),
-                json!({"v": r.value.as_ref().map(crate::model::Value::to_json), "q": r.quality.as_str()}),
-            )
-        })
-        .collect();
-    let frame = json!({
-        "service": "push.telemetry",
-        "data": {"deviceId": dev.id, "ts": rfc3339(ts), "points": points},
-    });
-    shared.hub.publish_telemetry(
-        device,
-        Push {
-            frame: Utf8Bytes::from(frame.to_string()),
-            kind: KIND_TELEMETRY,
-            since: read_at,
-            urgent: false,
-        },
-    );
 }

@@ -2,17 +2,16 @@
 
 use serde_json::{json, Value as Json};
 
+use crate::config::Config;
 use crate::modbus::bus::WriteError;
 use crate::model::{now_ms, rfc3339, Value};
-use crate::state;
+use crate::state::{self, SharedLive};
 use crate::ws::context::{Ctx, HandlerResult, ServiceError};
-use crate::Shared;
 
 /// Every device as `devices.list` and `push.snapshot` give it (SPEC shape).
-pub fn devices_json(shared: &Shared) -> Json {
-    let live = state::read(&shared.live);
-    let devices: Vec<Json> = shared
-        .config
+pub fn devices_json(config: &Config, live: &SharedLive) -> Json {
+    let live = state::read(live);
+    let devices: Vec<Json> = config
         .devices
         .iter()
         .zip(live.devices.iter())
@@ -44,7 +43,7 @@ pub fn devices_json(shared: &Shared) -> Json {
 }
 
 pub async fn list(ctx: Ctx) -> HandlerResult {
-    Ok(json!({ "devices": devices_json(&ctx.shared) }))
+    Ok(json!({ "devices": devices_json(&ctx.shared.config, &ctx.shared.live) }))
 }
 
 /// The most rows one history request returns.

@@ -3,9 +3,9 @@
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::push::parse_priority;
 use super::read_store;
-use crate::events::{priority_rank, EventType};
+use crate::config::Priority;
+use crate::events::EventType;
 use crate::model::now_ms;
 use crate::store::{self, AckError, EventFilter, StoreCmd};
 use crate::ws::context::{Ctx, HandlerResult, ServiceError};
@@ -23,7 +23,7 @@ pub async fn query(ctx: Ctx) -> HandlerResult {
     }
     let min_priority_rank = match ctx.opt_string("minPriority")? {
         None => 0,
-        Some(p) => priority_rank(parse_priority(&p).ok_or_else(|| {
+        Some(p) => Priority::rank(Priority::parse(&p).ok_or_else(|| {
             ServiceError::bad_request(format!("param `minPriority`: unknown priority `{p}`"))
         })?),
     };

@@ -9,15 +9,6 @@ use crate::events::EventType;
 use crate::ws::context::{Ctx, HandlerResult, ServiceError};
 use crate::ws::hub::Subscription;
 
-pub fn parse_priority(s: &str) -> Option<Priority> {
-    match s {
-        "normal" => Some(Priority::Normal),
-        "high" => Some(Priority::High),
-        "emergency" => Some(Priority::Emergency),
-        _ => None,
-    }
-}
-
 pub async fn subscribe(ctx: Ctx) -> HandlerResult {
     let devices = match ctx.opt_string_list("deviceIds")? {
         None => None,
@@ -49,7 +40,7 @@ pub async fn subscribe(ctx: Ctx) -> HandlerResult {
     };
     let min_priority = match ctx.opt_string("minPriority")? {
         None => Priority::Normal,
-        Some(p) => parse_priority(&p).ok_or_else(|| {
+        Some(p) => Priority::parse(&p).ok_or_else(|| {
             ServiceError::bad_request(format!(
                 "param `minPriority`: unknown priority `{p}` (normal, high, emergency)"
             ))

@@ -1,0 +1,386 @@
+//! A running gateway: starts every stage from a valid config (store, buses, pipeline, event
+//! processor, pushes, sinks, HTTP), reloads it as a difference, and stops it with the store
+//! flushed last.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{self, Config};
+use crate::metrics::Metrics;
+use crate::modbus::bus::{BusRequest, BusTask, WriteError};
+use crate::model::Value;
+use crate::pipeline::Pipeline;
+use crate::shared::{Shared, Sinks};
+use crate::state::{self, SharedLive};
+use crate::store::{self, StoreHandle};
+use crate::ws::push::Pusher;
+use crate::{events, http, modbus, sinks, ws};
+
+/// How often the store writer is made to take its write lock even with nothing to write, so
+/// `/healthz` knows within seconds that a quiet gateway's store cannot write.
+const STORE_PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// What a live reload carries from the running gateway into the next one.
+#[derive(Default)]
+pub(crate) struct Carry {
+    /// Handed-over bus tasks, by bus name.
+    buses: HashMap<String, BusTask>,
+    /// Live state of the devices on those buses, by device id.
+    live: HashMap<String, state::DeviceLive>,
+    /// Logged-in sessions (token, session).
+    sessions: Vec<(String, ws::auth::Session)>,
+    /// The listening socket and the `http.listen` it was bound for: kept open across the
+    /// reload, so a client that connects meanwhile waits in its backlog instead of being
+    /// refused.
+    listener: Option<(String, std::net::TcpListener)>,
+}
+
+/// What a reload did with each bus, by name.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ReloadSummary {
+    /// Unchanged: handed over with their links and state.
+    pub kept: Vec<String>,
+    /// Changed (settings or devices): started fresh.
+    pub restarted: Vec<String>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// A bus is unchanged when its settings and its devices (in order, every setting and point)
+/// are, wherever it sits in the list.
+fn same_bus(old: &Config, ob: usize, new: &Config, nb: usize) -> bool {
+    let devices = |c: &Config, b: usize| -> Vec<config::Device> {
+        c.devices
+            .iter()
+            .filter(|d| d.bus == b)
+            .map(|d| config::Device {
+                bus: 0,
+                ..d.clone()
+            })
+            .collect()
+    };
+    old.buses[ob] == new.buses[nb] && devices(old, ob) == devices(new, nb)
+}
+
+/// A running gateway: what tests and `demo` hold on to.
+pub struct Gateway {
+    pub shared: Arc<Shared>,
+    pub config: Arc<Config>,
+    pub http_addr: SocketAddr,
+    pub live: SharedLive,
+    pub metrics: Arc<Metrics>,
+    pub store: StoreHandle,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    store_thread: Option<std::thread::JoinHandle<()>>,
+    /// The HTTP socket (a second handle to the one being served), for a reload to carry over.
+    listener: Option<std::net::TcpListener>,
+    /// Another way into the pipeline, as a bus would feed it (replay, tests); dropped at
+    /// shutdown so the pipeline can drain and end.
+    bus_events: Option<mpsc::Sender<modbus::bus::BusEvent>>,
+    /// Another way into the event processor, as the rule engine would feed it.
+    event_queues: Option<events::processor::Queues>,
+    /// Barriers through the pipeline and the event processor ([`Gateway::settle`]).
+    settle: mpsc::Sender<oneshot::Sender<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+impl Gateway {
+    /// Opens the store, binds HTTP and starts one task per bus. The config is already valid.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        Self::start_with(config, Carry::default()).await
+    }
+
+    pub(crate) async fn start_with(
+        config: Config,
+        mut carry: Carry,
+    ) -> Result<Gateway, StartError> {
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::new(
+            config.devices.iter().map(|d| d.id.clone()).collect(),
+            config.buses.iter().map(|b| b.name.clone()).collect(),
+        ));
+        let (store, restored, store_thread) =
+            store::open(config.clone(), metrics.clone(), sinks::configured(&config))?;
+        let mut restored_live = state::Live::restored(&config, &restored);
+        // A reload keeps the live state of the devices whose bus carries on: not stale, not
+        // offline, just as they were a moment ago.
+        for (d, dev) in config.devices.iter().enumerate() {
+            if let Some(l) = carry.live.remove(&dev.id) {
+                restored_live.devices[d] = l;
+            }
+        }
+        let live: SharedLive = Arc::new(RwLock::new(restored_live));
+        let listen_err = |source| StartError::Listen {
+            addr: config.http.listen.clone(),
+            source,
+        };
+        let kept = match carry.listener.take() {
+            Some((listen, l)) if listen == config.http.listen => l,
+            _ => http::bind(&config.http.listen).map_err(listen_err)?,
+        };
+        let http_addr = kept.local_addr().map_err(listen_err)?;
+        let listener = kept
+            .try_clone()
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(listen_err)?;
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+
+        let mut writes = Vec::new();
+        let mut write_rxs = Vec::new();
+        for _ in &config.buses {
+            let (wtx, wrx) = mpsc::channel(16);
+            writes.push(wtx);
+            write_rxs.push(wrx);
+        }
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            live: live.clone(),
+            metrics: metrics.clone(),
+            store: store.clone(),
+            writes,
+            hub: Arc::new(ws::hub::Hub::new(config.devices.len(), metrics.clone())),
+            auth: ws::auth::Auth::new(config.users.clone()),
+            push_interval: watch::channel(config.push.interval).0,
+            admission: ws::admit::Admission::new(config.push.max_clients),
+            next_client_id: AtomicU64::new(1),
+            started: Instant::now(),
+            shutdown: cancel.child_token(),
+            sinks: Sinks::default(),
+        });
+
+        shared.auth.adopt(std::mem::take(&mut carry.sessions));
+
+        // Bounded: a slow store slows the buses down instead of growing memory.
+        let (events_tx, events_rx) = mpsc::channel(256);
+        for (b, wrx) in write_rxs.into_iter().enumerate() {
+            let task = match carry.buses.remove(&config.buses[b].name) {
+                Some(mut task) => {
+                    let cfg = config.clone();
+                    task.retarget(
+                        b,
+                        config.clone(),
+                        events_tx.clone(),
+                        wrx,
+                        metrics.clone(),
+                        move |id| cfg.devices.iter().position(|d| d.id == id),
+                    );
+                    task
+                }
+                None => BusTask::new(b, config.clone(), events_tx.clone(), wrx, metrics.clone()),
+            };
+            tasks.spawn(task.run(cancel.child_token()));
+        }
+        let bus_events = Some(events_tx);
+        let engine = events::rules::Engine::new(
+            &config,
+            &restored.active_alarms,
+            tokio::time::Instant::now(),
+        );
+        let (queues, queue_rx) = events::processor::queues();
+        let event_queues = Some(queues.clone());
+        let push = Arc::new(Pusher::new(
+            shared.hub.clone(),
+            config.clone(),
+            live.clone(),
+        ));
+        let (settle, settle_rx) = mpsc::channel(4);
+        let pipeline = Pipeline {
+            config: config.clone(),
+            live: live.clone(),
+            metrics: metrics.clone(),
+            store: store.clone(),
+            push: push.clone(),
+            engine,
+            queues,
+            settle: settle_rx,
+        };
+        tasks.spawn(pipeline.run(events_rx));
+        // Bounded: pushing is quick (it only queues frames), so this hardly ever waits.
+        let (committed, committed_rx) = mpsc::channel(64);
+        let processor = events::processor::Processor::new(
+            config.clone(),
+            metrics.clone(),
+            store.clone(),
+            committed,
+            restored.last_seq,
+            restored.device_seq.clone(),
+        );
+        tasks.spawn(processor.run(queue_rx));
+        tasks.spawn(ws::push::committed_events(push.clone(), committed_rx));
+        tasks.spawn(ws::push::snapshot_ticker(
+            push,
+            shared.push_interval.subscribe(),
+            cancel.child_token(),
+        ));
+        tasks.spawn(store.clone().probe(STORE_PROBE_EVERY, cancel.child_token()));
+        if config.mysql.is_some() {
+            tasks.spawn(sinks::mysql::run(shared.clone(), cancel.child_token()));
+        }
+        if config.mqtt.is_some() {
+            tasks.spawn(sinks::mqtt::run(shared.clone(), cancel.child_token()));
+        }
+        tasks.spawn(http::serve(listener, shared.clone(), cancel.child_token()));
+        tasks.close();
+        Ok(Gateway {
+            shared,
+            config,
+            http_addr,
+            live,
+            metrics,
+            store,
+            cancel,
+            tasks,
+            store_thread: Some(store_thread),
+            listener: Some(kept),
+            bus_events,
+            event_queues,
+            settle,
+        })
+    }
+
+    /// Feeds one bus event into the pipeline, exactly as a bus task would.
+    pub async fn inject(&self, ev: modbus::bus::BusEvent) {
+        if let Some(tx) = &self.bus_events {
+            let _ = tx.send(ev).await;
+        }
+    }
+
+    /// Waits until everything fed in before (bus events, drafts) went through the pipeline
+    /// and the event processor and is committed: a signal to wait for instead of a sleep.
+    pub async fn settle(&self) {
+        let (done, settled) = oneshot::channel();
+        if self.settle.send(done).await.is_ok() {
+            let _ = settled.await;
+        }
+        if let Some(q) = &self.event_queues {
+            let (done, settled) = oneshot::channel();
+            q.settle(done).await;
+            let _ = settled.await;
+        }
+        // Waited for on a blocking thread: while one runs, a test's paused clock does not jump
+        // ahead, as it would while the runtime idles waiting for the store's own thread.
+        let store = self.store.clone();
+        let handle = tokio::runtime::Handle::current();
+        let _ = tokio::task::spawn_blocking(move || handle.block_on(store.flush())).await;
+    }
+
+    /// Feeds one event draft to the processor, exactly as the rule engine would.
+    pub async fn inject_draft(&self, d: events::Draft) {
+        if let Some(q) = &self.event_queues {
+            q.send(d).await;
+        }
+    }
+
+    /// Writes a point by ids (as the local operator "gateway"); see [`Shared::write_audited`].
+    pub async fn write(&self, device: &str, point: &str, value: Value) -> Result<(), WriteError> {
+        let (d, p) = self.find(device, point).ok_or(WriteError::NotWritable)?;
+        self.shared
+            .write_audited("gateway", "api", d, p, value)
+            .await
+            .map(|_| ())
+    }
+
+    /// Device and point indexes by id.
+    pub fn find(&self, device: &str, point: &str) -> Option<(usize, usize)> {
+        let d = self.config.devices.iter().position(|x| x.id == device)?;
+        let p = self.config.devices[d]
+            .points
+            .iter()
+            .position(|x| x.id == point)?;
+        Some((d, p))
+    }
+
+    /// Live reload (SIGHUP): applies a new, valid config as a difference. A bus whose settings
+    /// and devices are unchanged is handed over whole (its open link, schedule, backoffs) and
+    /// its devices keep their live state; changed and new buses start fresh, removed ones stop.
+    /// Everything else (pipeline, rules, users, sinks, HTTP) is rebuilt from the new config;
+    /// logged-in sessions of users that still exist with the same role carry over.
+    pub async fn reload(mut self, new: Config) -> Result<(Gateway, ReloadSummary), StartError> {
+        let old = self.config.clone();
+        let mut carry = Carry::default();
+        let mut summary = ReloadSummary::default();
+        for (b, bus) in old.buses.iter().enumerate() {
+            let same = new
+                .buses
+                .iter()
+                .position(|n| n.name == bus.name)
+                .is_some_and(|nb| same_bus(&old, b, &new, nb));
+            if !same {
+                if new.buses.iter().any(|n| n.name == bus.name) {
+                    summary.restarted.push(bus.name.clone());
+                } else {
+                    summary.removed.push(bus.name.clone());
+                }
+                continue;
+            }
+            let (tx, rx) = oneshot::channel();
+            let handed = match self.shared.writes[b].send(BusRequest::Handover(tx)).await {
+                // A bus finishes the request it is in (bounded by its deadline) first.
+                Ok(()) => tokio::time::timeout(Duration::from_secs(30), rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                Err(_) => None,
+            };
+            match handed {
+                Some(mut task) => {
+                    // Its sender into the old pipeline must go, or the old pipeline never ends.
+                    task.detach();
+                    let live = state::read(&self.live);
+                    for (d, dev) in old.devices.iter().enumerate().filter(|(_, d)| d.bus == b) {
+                        carry.live.insert(dev.id.clone(), live.devices[d].clone());
+                    }
+                    carry.buses.insert(bus.name.clone(), task);
+                    summary.kept.push(bus.name.clone());
+                }
+                None => summary.restarted.push(bus.name.clone()),
+            }
+        }
+        summary.added = new
+            .buses
+            .iter()
+            .filter(|n| !old.buses.iter().any(|o| o.name == n.name))
+            .map(|n| n.name.clone())
+            .collect();
+        carry.sessions = self.shared.auth.sessions();
+        carry.listener = self.listener.take().map(|l| (old.http.listen.clone(), l));
+        self.shutdown().await;
+        let gw = Gateway::start_with(new, carry).await?;
+        Ok((gw, summary))
+    }
+
+    /// Stops the buses, lets the pipeline drain into the store, and waits for the store to
+    /// commit everything: the store flushes last.
+    pub async fn shutdown(mut self) {
+        self.bus_events.take();
+        self.event_queues.take();
+        self.cancel.cancel();
+        self.tasks.wait().await;
+        self.store.flush().await;
+        let thread = self.store_thread.take();
+        drop(self.store);
+        drop(self.shared);
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The pipeline between the buses and the store: bus events → live state (report on change) →
+//! rules → store, with reported changes pushed to WebSocket subscribers and rule events handed
+//! to the event processor.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::{Config, Priority};
+use crate::events::processor::Queues;
+use crate::events::rules::Engine;
+use crate::events::{Draft, EventState, EventType};
+use crate::metrics::Metrics;
+use crate::modbus::bus::BusEvent;
+use crate::model::{now_ms, Quality};
+use crate::state::{self, SharedLive};
+use crate::store::{StoreCmd, StoreHandle};
+use crate::ws::push::Pusher;
+
+/// How often on-delays, `stale` rules and the store's gap notices are looked at.
+const TICK: Duration = Duration::from_millis(100);
+/// How often points whose polls stopped arriving are marked `stale`.
+const STALE_CHECK: Duration = Duration::from_secs(1);
+
+/// What the pipeline reads from and feeds: each a narrow handle, none of the HTTP side.
+pub struct Pipeline {
+    pub config: Arc<Config>,
+    pub live: SharedLive,
+    pub metrics: Arc<Metrics>,
+    pub store: StoreHandle,
+    pub push: Arc<Pusher>,
+    pub engine: Engine,
+    pub queues: Queues,
+    /// Barriers (tests, replay): answered once everything sent before them went through.
+    pub settle: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Pipeline {
+    /// Applies bus events to the live state, runs the rule engine on every sample (and on a
+    /// tick for on-delays and staleness), pushes reported changes, and sends what must be
+    /// stored. Ends when every bus has stopped (its sender dropped), so nothing polled is lost
+    /// at shutdown.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<BusEvent>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_stale_check = tokio::time::Instant::now();
+        let mut drafts = Vec::new();
+        loop {
+            let beats = &self.metrics.beats;
+            beats.beat(&beats.pipeline);
+            tokio::select! {
+                ev = rx.recv() => {
+                    let Some(ev) = ev else { break };
+                    if !self.on_bus_event(ev, &mut drafts).await {
+                        return;
+                    }
+                }
+                Some(done) = self.settle.recv() => {
+                    // Everything the buses sent before the barrier first, then through the
+                    // event processor, which answers it.
+                    while let Ok(ev) = rx.try_recv() {
+                        if !self.on_bus_event(ev, &mut drafts).await {
+                            return;
+                        }
+                        if !self.send_drafts(&mut drafts).await {
+                            return;
+                        }
+                    }
+                    self.queues.settle(done).await;
+                }
+                _ = tick.tick() => {
+                    self.on_tick(&mut drafts);
+                    if last_stale_check.elapsed() >= STALE_CHECK {
+                        last_stale_check = tokio::time::Instant::now();
+                        state::mark_stale(&self.config, &self.live, now_ms());
+                    }
+                }
+            }
+            if !self.send_drafts(&mut drafts).await {
+                return;
+            }
+        }
+    }
+
+    /// Hands the rules' drafts to the event processor; false when it is gone.
+    async fn send_drafts(&self, drafts: &mut Vec<Draft>) -> bool {
+        for d in drafts.drain(..) {
+            if !self.queues.send(d).await {
+                tracing::error!("event processor is gone; stopping the pipeline");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// One sample or status change: rules first (they see the reading as it came), then the
+    /// state, the push and the store. False when the store is gone.
+    async fn on_bus_event(&mut self, ev: BusEvent, drafts: &mut Vec<Draft>) -> bool {
+        let read_at = match &ev {
+            BusEvent::Polled {
+                device,
+                ts,
+                at,
+                results,
+            } => {
+                for (p, r) in results {
+                    self.engine.on_sample(*device, *p, r, *ts, *at, drafts);
+                }
+                self.metrics
+                    .samples
+                    .fetch_add(results.len() as u64, Relaxed);
+                *at
+            }
+            BusEvent::Status {
+                device,
+                ts,
+                online,
+                reason,
+            } => {
+                let now = tokio::time::Instant::now();
+                self.engine
+                    .on_status(*device, *online, reason, *ts, now, drafts);
+                now
+            }
+        };
+        let Some(cmd) = state::apply(&self.config, &self.live, ev) else {
+            return true;
+        };
+        if let StoreCmd::Report { device, ts, rows } = &cmd {
+            self.push.telemetry(*device, *ts, rows, read_at.into_std());
+        }
+        if !self.store.send(cmd).await {
+            tracing::error!("store writer is gone; stopping the pipeline");
+            return false;
+        }
+        true
+    }
+
+    /// Timed rules (on-delays, `stale`), and the gaps the store's size cap made.
+    fn on_tick(&mut self, drafts: &mut Vec<Draft>) {
+        if self.engine.rule_count() > 0 {
+            let stale = self
+                .engine
+                .tick(now_ms(), tokio::time::Instant::now(), drafts);
+            if !stale.is_empty() {
+                let mut live = state::write(&self.live);
+                for (d, p) in stale {
+                    live.devices[d].points[p].quality = Quality::Stale;
+                }
+            }
+        }
+        self.gap_events(drafts);
+    }
+
+    /// Telemetry the store's size cap dropped before any upstream had it: one
+    /// `device_abnormal` info event per device and drop, saying exactly what range was lost.
+    fn gap_events(&self, drafts: &mut Vec<Draft>) {
+        let gaps = std::mem::take(&mut *self.store.gaps.lock().unwrap_or_else(|e| e.into_inner()));
+        for g in gaps {
+            // A device no longer configured has no event stream to carry its gap: logged only.
+            let Some(device) = self.config.devices.iter().position(|d| d.id == g.device_id) else {
+                continue;
+            };
+            drafts.push(Draft {
+                device,
+                point: None,
+                kind: EventType::DeviceAbnormal,
+                priority: Priority::Normal,
+                value: None,
+                message: g.message(),
+                state: EventState::Info,
+                ts: now_ms(),
+                alarm: None,
+                at: tokio::time::Instant::now(),
+            });
+        }
+    }
+}
