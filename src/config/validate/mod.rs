@@ -1,0 +1,307 @@
+//! Validation: the raw config checked into the domain types, every problem collected by key
+//! path (their lines are found afterwards, only when there are any). Buses, devices and points
+//! are checked in `devices`, rules in `rules`.
+
+mod devices;
+mod rules;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::keypath::KeyPath;
+use super::pieces::Pieces;
+use super::raw::*;
+use super::*;
+
+/// Checks the raw config into the domain types, collecting every problem by key path (their
+/// lines are found afterwards, only when there are any).
+#[derive(Default)]
+pub(super) struct Validator {
+    pub(super) problems: Vec<(KeyPath, String)>,
+    pub(super) warnings: Vec<(KeyPath, String)>,
+}
+
+const TYPES: &str = "bool, u16, i16, u32, i32, u64, i64, f32, f64, string";
+
+impl Validator {
+    fn err(&mut self, path: &KeyPath, message: impl Into<String>) {
+        self.problems.push((path.clone(), message.into()));
+    }
+
+    fn warn(&mut self, path: &KeyPath, message: impl Into<String>) {
+        self.warnings.push((path.clone(), message.into()));
+    }
+
+    /// An integer in `lo..=hi`, or the default when absent.
+    fn int(&mut self, path: &KeyPath, v: Option<i64>, default: i64, lo: i64, hi: i64) -> i64 {
+        match v {
+            None => default,
+            Some(x) if (lo..=hi).contains(&x) => x,
+            Some(x) => {
+                self.err(path, format!("{x} is outside {lo}..={hi}"));
+                default
+            }
+        }
+    }
+
+    /// `more` brings devices after `raw.devices` (a large config's, a piece at a time).
+    pub(super) fn config(&mut self, raw: RawConfig, more: &mut Pieces<'_>) -> Config {
+        let root = KeyPath::default();
+        let gateway = self.gateway(raw.gateway, &root.key("gateway"));
+        let http = self.http(raw.http, &root.key("http"));
+        let users = self.users(raw.users);
+        let push = self.push(raw.push, &root.key("push"));
+        let buses = self.buses(raw.buses);
+        let templates = raw.templates;
+        let devices = self.devices(
+            std::iter::once(raw.devices).chain(more).flatten(),
+            &buses,
+            &templates,
+        );
+        let rules = self.rules(raw.rules, &devices);
+        let events = Events {
+            max_per_device_per_s: self.int(
+                &root.key("events").key("max_per_device_per_s"),
+                raw.events.max_per_device_per_s,
+                20,
+                1,
+                100_000,
+            ) as u32,
+        };
+        let sp = root.key("store");
+        let store = Store {
+            history_retention_days: self.int(
+                &sp.key("history_retention_days"),
+                raw.store.history_retention_days,
+                7,
+                1,
+                3650,
+            ) as u32,
+            max_db_mb: self.int(&sp.key("max_db_mb"), raw.store.max_db_mb, 512, 8, 1 << 20) as u64,
+        };
+        let mysql = raw.mysql.map(|m| {
+            let p = root.key("mysql");
+            if !m.url.starts_with("mysql://") {
+                self.err(&p.key("url"), "must start with mysql://");
+            }
+            Mysql {
+                url: Secret(m.url),
+                batch_size: self.int(&p.key("batch_size"), m.batch_size, 500, 1, 10_000) as usize,
+            }
+        });
+        let mqtt = raw.mqtt.map(|m| {
+            let p = root.key("mqtt");
+            if !(m.url.starts_with("mqtt://") || m.url.starts_with("mqtts://")) {
+                self.err(&p.key("url"), "must start with mqtt:// or mqtts://");
+            }
+            let topic_prefix = m.topic_prefix.unwrap_or_else(|| "edge".into());
+            if topic_prefix.contains(['+', '#']) || topic_prefix.is_empty() {
+                self.err(
+                    &p.key("topic_prefix"),
+                    "must be non-empty and free of + and #",
+                );
+            }
+            Mqtt {
+                url: Secret(m.url),
+                client_id: m.client_id.unwrap_or_else(|| gateway.id.clone()),
+                topic_prefix,
+                qos: self.int(&p.key("qos"), m.qos, 1, 0, 2) as u8,
+                allow_writes: m.allow_writes,
+            }
+        });
+        Config {
+            gateway,
+            http,
+            users,
+            push,
+            buses,
+            devices,
+            rules,
+            events,
+            store,
+            mysql,
+            mqtt,
+        }
+    }
+
+    fn gateway(&mut self, raw: Option<RawGateway>, p: &KeyPath) -> Gateway {
+        let (id, data_dir, log_level) = match raw {
+            Some(g) => (g.id, g.data_dir, g.log_level),
+            None => (None, None, None),
+        };
+        let log_level = log_level.unwrap_or_else(|| "info".into());
+        if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+            self.err(
+                &p.key("log_level"),
+                format!("`{log_level}` must be error, warn, info, debug or trace"),
+            );
+        }
+        let id = match id {
+            Some(id) => {
+                let ok = !id.is_empty()
+                    && id.len() <= 64
+                    && id.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                    });
+                if !ok {
+                    self.err(
+                        &p.key("id"),
+                        format!("`{id}` must match [a-z0-9_-]{{1,64}}"),
+                    );
+                }
+                id
+            }
+            None => {
+                self.err(p, "gateway.id is required");
+                String::new()
+            }
+        };
+        Gateway {
+            id,
+            data_dir: data_dir.unwrap_or_else(|| PathBuf::from("/var/lib/edge-gateway")),
+            log_level,
+        }
+    }
+
+    fn http(&mut self, raw: RawHttp, p: &KeyPath) -> Http {
+        let listen = raw.listen.unwrap_or_else(|| "0.0.0.0:8080".into());
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            self.err(
+                &p.key("listen"),
+                format!("`{listen}` is not an IP:port address"),
+            );
+        }
+        for (i, o) in raw.allowed_origins.iter().enumerate() {
+            // An Origin is scheme://host[:port]; anything else could never match one.
+            let ok = o.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains('/')
+            });
+            if !ok {
+                self.err(
+                    &p.key("allowed_origins").index(i),
+                    format!("`{o}` is not an origin like `https://gw.example:8443`"),
+                );
+            }
+        }
+        let mut allowed_hosts = Vec::new();
+        for (i, h) in raw.allowed_hosts.iter().enumerate() {
+            let ok = !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            if ok {
+                allowed_hosts.push(h.to_ascii_lowercase());
+            } else {
+                self.err(
+                    &p.key("allowed_hosts").index(i),
+                    format!("`{h}` is not a host name (letters, digits, `-` and `.`, no port)"),
+                );
+            }
+        }
+        Http {
+            listen,
+            allowed_origins: raw.allowed_origins,
+            allowed_hosts,
+        }
+    }
+
+    fn users(&mut self, raw: Vec<RawUser>) -> Vec<User> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (i, u) in raw.into_iter().enumerate() {
+            let p = KeyPath::default().key("users").index(i);
+            if u.name.is_empty() {
+                self.err(&p.key("name"), "must not be empty");
+            } else if !seen.insert(u.name.clone()) {
+                self.err(&p.key("name"), format!("duplicate user `{}`", u.name));
+            }
+            let role = match u.role.as_str() {
+                "admin" => Role::Admin,
+                "viewer" => Role::Viewer,
+                other => {
+                    self.err(
+                        &p.key("role"),
+                        format!("unknown role `{other}` (expected admin or viewer)"),
+                    );
+                    Role::Viewer
+                }
+            };
+            if !u.password_hash.starts_with("$argon2") {
+                self.err(
+                    &p.key("password_hash"),
+                    "must be an argon2 PHC string (make one with `edge-gateway hash-password`)",
+                );
+            }
+            out.push(User {
+                name: u.name,
+                role,
+                password_hash: Secret(u.password_hash),
+            });
+        }
+        out
+    }
+
+    fn push(&mut self, raw: RawPush, p: &KeyPath) -> Push {
+        let overflow = match raw.overflow.as_deref().unwrap_or("drop_oldest") {
+            "drop_new" => Overflow::DropNew,
+            "drop_oldest" => Overflow::DropOldest,
+            "disconnect" => Overflow::Disconnect,
+            other => {
+                self.err(
+                    &p.key("overflow"),
+                    format!(
+                        "unknown policy `{other}` (expected drop_new, drop_oldest or disconnect)"
+                    ),
+                );
+                Overflow::DropOldest
+            }
+        };
+        let hb = self.int(
+            &p.key("heartbeat_interval_s"),
+            raw.heartbeat_interval_s,
+            15,
+            1,
+            3600,
+        );
+        let hbt = self.int(
+            &p.key("heartbeat_timeout_s"),
+            raw.heartbeat_timeout_s,
+            45,
+            1,
+            36_000,
+        );
+        if hbt <= hb {
+            self.err(
+                &p.key("heartbeat_timeout_s"),
+                "must be longer than heartbeat_interval_s",
+            );
+        }
+        Push {
+            interval: Duration::from_millis(self.int(
+                &p.key("interval_ms"),
+                raw.interval_ms,
+                6000,
+                500,
+                3_600_000,
+            ) as u64),
+            queue_capacity: self.int(
+                &p.key("queue_capacity"),
+                raw.queue_capacity,
+                100,
+                1,
+                1_000_000,
+            ) as usize,
+            overflow,
+            max_clients: self.int(&p.key("max_clients"), raw.max_clients, 1000, 1, 1_000_000)
+                as usize,
+            heartbeat_interval: Duration::from_secs(hb as u64),
+            heartbeat_timeout: Duration::from_secs(hbt as u64),
+        }
+    }
+}
+
+fn valid_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}

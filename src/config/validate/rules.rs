@@ -1,0 +1,213 @@
+//! Rules: each checked against the device and point it watches.
+
+use std::collections::{HashMap, HashSet};
+
+use super::*;
+
+impl Validator {
+    pub(super) fn rules(&mut self, raw: Vec<RawRule>, devices: &[Device]) -> Vec<Rule> {
+        let mut seen = HashSet::new();
+        let by_id: HashMap<&str, usize> = devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id.as_str(), i))
+            .collect();
+        let mut out = Vec::new();
+        for (i, r) in raw.into_iter().enumerate() {
+            let p = KeyPath::default().key("rules").index(i);
+            if r.id.is_empty() {
+                self.err(&p.key("id"), "must not be empty");
+            } else if !seen.insert(r.id.clone()) {
+                self.err(&p.key("id"), format!("duplicate rule `{}`", r.id));
+            }
+            let Some(&device) = by_id.get(r.device.as_str()) else {
+                self.err(&p.key("device"), format!("unknown device `{}`", r.device));
+                continue;
+            };
+            let Some(point) = devices[device]
+                .points
+                .iter()
+                .position(|pt| pt.id == r.point)
+            else {
+                self.err(
+                    &p.key("point"),
+                    format!("device `{}` has no point `{}`", r.device, r.point),
+                );
+                continue;
+            };
+            // Every number of a rule must be finite: `threshold = nan` never compares true, and
+            // `inf` never false.
+            for (key, x) in [
+                ("threshold", r.threshold),
+                ("clear", r.clear),
+                ("low", r.low),
+                ("high", r.high),
+                ("per_s", r.per_s),
+            ] {
+                if x.is_some_and(|x| !x.is_finite()) {
+                    self.err(&p.key(key), "must be a finite number");
+                }
+            }
+            // Only `stale` watches a point of any type; the others compare numbers, which a
+            // string point never has: such a rule could never fire.
+            let pt = &devices[device].points[point];
+            if pt.format.data_type == DataType::String && r.kind != "stale" {
+                self.err(
+                    &p.key("kind"),
+                    format!(
+                        "`{}` compares numbers, but point `{}` is a string: it could never fire (only `stale` watches a string)",
+                        r.kind, r.point
+                    ),
+                );
+            }
+            let need = |v: &mut Self, x: Option<f64>, key: &str| -> f64 {
+                x.unwrap_or_else(|| {
+                    v.err(&p, format!("kind = \"{}\" needs {key}", r.kind));
+                    0.0
+                })
+            };
+            let kind = match r.kind.as_str() {
+                "above" => {
+                    let threshold = need(self, r.threshold, "threshold");
+                    let clear = r.clear.unwrap_or(threshold);
+                    if clear > threshold {
+                        self.err(
+                            &p.key("clear"),
+                            "for `above`, clear must not be above threshold",
+                        );
+                    }
+                    RuleKind::Above { threshold, clear }
+                }
+                "below" => {
+                    let threshold = need(self, r.threshold, "threshold");
+                    let clear = r.clear.unwrap_or(threshold);
+                    if clear < threshold {
+                        self.err(
+                            &p.key("clear"),
+                            "for `below`, clear must not be below threshold",
+                        );
+                    }
+                    RuleKind::Below { threshold, clear }
+                }
+                "outside" => {
+                    let low = need(self, r.low, "low");
+                    let high = need(self, r.high, "high");
+                    if low >= high {
+                        self.err(&p.key("low"), "low must be below high");
+                    }
+                    RuleKind::Outside {
+                        low,
+                        high,
+                        clear: r.clear,
+                    }
+                }
+                "equals" => RuleKind::Equals {
+                    threshold: need(self, r.threshold, "threshold"),
+                },
+                "rate" => {
+                    let per_s = need(self, r.per_s, "per_s");
+                    // A change of at least a negative rate is every sample: raised at once,
+                    // for ever.
+                    if per_s <= 0.0 {
+                        self.err(&p.key("per_s"), "must be above 0");
+                    }
+                    RuleKind::Rate { per_s }
+                }
+                "stale" => {
+                    if r.for_ms.is_none() {
+                        self.err(&p, "kind = \"stale\" needs for_ms");
+                    }
+                    RuleKind::Stale
+                }
+                other => {
+                    self.err(
+                        &p.key("kind"),
+                        format!("unknown rule kind `{other}` (expected above, below, outside, equals, rate or stale)"),
+                    );
+                    continue;
+                }
+            };
+            let name = r.priority.as_deref().unwrap_or("normal");
+            let priority = Priority::parse(name).unwrap_or_else(|| {
+                self.err(
+                    &p.key("priority"),
+                    format!("unknown priority `{name}` (expected emergency, high or normal)"),
+                );
+                Priority::Normal
+            });
+            out.push(Rule {
+                id: r.id,
+                device,
+                point,
+                kind,
+                for_ms: self.int(&p.key("for_ms"), r.for_ms, 0, 0, 86_400_000) as u64,
+                priority,
+                message: r.message,
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse, ConfigError, Priority, RuleKind};
+
+    const HEAD: &str = "[gateway]\nid = \"t\"\n[[buses]]\nname = \"b\"\nkind = \"tcp\"\naddress = \"127.0.0.1:502\"\n\
+        [[devices]]\nid = \"boiler\"\nbus = \"b\"\nunit = 1\n\
+        points = [\n  { id = \"temp\", table = \"input\", address = 0, type = \"f32\" },\n  { id = \"mode\", table = \"holding\", address = 2, type = \"string\", length = 4 },\n]\n";
+
+    /// Every problem of a config, as (key path, line).
+    fn problems(rules: &str) -> Vec<(String, Option<usize>)> {
+        match parse(&format!("{HEAD}{rules}")) {
+            Err(ConfigError::Invalid(p)) => p.into_iter().map(|p| (p.path, p.line)).collect(),
+            Ok(_) => Vec::new(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn every_bad_rule_is_named_by_its_own_key_and_line_in_one_pass() {
+        let found = problems(
+            "[[rules]]\nid = \"a\"\ndevice = \"nope\"\npoint = \"temp\"\nkind = \"above\"\nthreshold = 1.0\n\
+             [[rules]]\nid = \"a\"\ndevice = \"boiler\"\npoint = \"temp\"\nkind = \"above\"\nthreshold = 1.0\npriority = \"urgent\"\n\
+             [[rules]]\nid = \"c\"\ndevice = \"boiler\"\npoint = \"temp\"\nkind = \"outside\"\nlow = 5.0\nhigh = 1.0\n\
+             [[rules]]\nid = \"d\"\ndevice = \"boiler\"\npoint = \"temp\"\nkind = \"sideways\"\n",
+        );
+        let paths: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
+        for want in [
+            "rules[0].device",
+            "rules[1].id",
+            "rules[1].priority",
+            "rules[2].low",
+            "rules[3].kind",
+        ] {
+            assert!(paths.contains(&want), "{want} not in {found:?}");
+        }
+        assert!(found.iter().all(|(_, line)| line.is_some()), "{found:?}");
+    }
+
+    #[test]
+    fn a_number_rule_needs_its_number_and_a_number_point() {
+        let found = problems(
+            "[[rules]]\nid = \"a\"\ndevice = \"boiler\"\npoint = \"temp\"\nkind = \"above\"\n\
+             [[rules]]\nid = \"b\"\ndevice = \"boiler\"\npoint = \"mode\"\nkind = \"above\"\nthreshold = 1.0\n\
+             [[rules]]\nid = \"c\"\ndevice = \"boiler\"\npoint = \"temp\"\nkind = \"rate\"\nper_s = 0.0\n",
+        );
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found.iter().any(|(p, _)| p == "rules[2].per_s"), "{found:?}");
+    }
+
+    #[test]
+    fn a_good_rule_keeps_its_settings_and_defaults_to_normal_priority() {
+        let c = parse(&format!(
+            "{HEAD}[[rules]]\nid = \"hot\"\ndevice = \"boiler\"\npoint = \"temp\"\nkind = \"above\"\nthreshold = 90.0\nfor_ms = 2000\n"
+        ))
+        .unwrap()
+        .config;
+        let r = &c.rules[0];
+        assert_eq!((r.device, r.point, r.for_ms), (0, 0, 2000));
+        assert_eq!(r.priority, Priority::Normal);
+        assert!(matches!(r.kind, RuleKind::Above { .. }), "{:?}", r.kind);
+    }
+}
