@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -30,11 +31,12 @@ fn config(dir: &std::path::Path, hash: &str) -> edge_gateway::config::Config {
     let pts: Vec<String> = (0..POINTS)
         .map(|i| format!(r#"{{ id = "p{i}", table = "holding", address = {i}, type = "u16", deadband = 5.0 }}"#))
         .collect();
-    c += &format!("[templates.t]\npoints = [{}]\n", pts.join(", "));
+    let _ = write!(c, "[templates.t]\npoints = [{}]\n", pts.join(", "));
     for d in 0..DEVICES {
-        c += &format!("[[devices]]\nid = \"d{d}\"\nbus = \"b\"\nunit = 1\npoll_interval_ms = 86400000\ntemplate = \"t\"\n");
+        let _ = write!(c, "[[devices]]\nid = \"d{d}\"\nbus = \"b\"\nunit = 1\npoll_interval_ms = 86400000\ntemplate = \"t\"\n");
         for p in 0..POINTS {
-            c += &format!(
+            let _ = write!(
+                c,
                 "[[rules]]\nid = \"r{d}-{p}\"\ndevice = \"d{d}\"\npoint = \"p{p}\"\nkind = \"above\"\nthreshold = 100.0\nclear = 90.0\n"
             );
         }

@@ -10,6 +10,7 @@ use common::process::{
     bin, cpu_seconds, free_port, gateway, http_get, ok_requests, pid_status_kb, simulator,
     wait_for_line, Proc,
 };
+use std::fmt::Write as _;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ fn bench_config(dir: &std::path::Path, sim: u16, http: u16) -> String {
         dir.display().to_string()
     );
     for b in 0..BUSES {
-        c += &format!("[[buses]]\nname = \"bus{b}\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{sim}\"\ntimeout_ms = 1000\n");
+        let _ = write!(c, "[[buses]]\nname = \"bus{b}\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{sim}\"\ntimeout_ms = 1000\n");
     }
     // 10 f32, 10 u16, 10 i16: 40 registers, one read per device.
     let mut pts = Vec::new();
@@ -43,10 +44,15 @@ fn bench_config(dir: &std::path::Path, sim: u16, http: u16) -> String {
         ));
     }
     assert_eq!(pts.len(), POINTS);
-    c += &format!("[templates.dev]\npoints = [\n  {}\n]\n", pts.join(",\n  "));
+    let _ = write!(
+        c,
+        "[templates.dev]\npoints = [\n  {}\n]\n",
+        pts.join(",\n  ")
+    );
     for b in 0..BUSES {
         for u in 1..=UNITS {
-            c += &format!(
+            let _ = write!(
+                c,
                 "[[devices]]\nid = \"b{b}u{u}\"\nbus = \"bus{b}\"\nunit = {u}\npoll_interval_ms = 1000\ntemplate = \"dev\"\n"
             );
         }

@@ -18,6 +18,7 @@ mod common;
 use common::process::{
     cpu_seconds, free_port, gateway, http_get, metric, pid_status_kb, simulator, write_bytes,
 };
+use std::fmt::Write as _;
 
 use std::time::{Duration, Instant};
 
@@ -37,29 +38,39 @@ fn config(dir: &std::path::Path, buses: usize, sim: u16, http: u16, id: &str) ->
         dir.display().to_string()
     );
     if let Ok(mb) = std::env::var("BENCH_MAX_DB_MB") {
-        c += &format!("[store]\nmax_db_mb = {mb}\n");
+        let _ = write!(c, "[store]\nmax_db_mb = {mb}\n");
     }
     if let Ok(url) = std::env::var("EDGE_TEST_MYSQL_URL") {
-        c += &format!("[mysql]\nurl = \"{}\"\nbatch_size = 500\n", bench_db(&url));
+        let _ = write!(
+            c,
+            "[mysql]\nurl = \"{}\"\nbatch_size = 500\n",
+            bench_db(&url)
+        );
     }
     if let Ok(addr) = std::env::var("EDGE_TEST_MQTT_ADDR") {
-        c += &format!("[mqtt]\nurl = \"mqtt://{addr}\"\nclient_id = \"{id}\"\ntopic_prefix = \"edge-bench\"\nqos = 1\n");
+        let _ = write!(c, "[mqtt]\nurl = \"mqtt://{addr}\"\nclient_id = \"{id}\"\ntopic_prefix = \"edge-bench\"\nqos = 1\n");
     }
     for b in 0..buses {
-        c += &format!("[[buses]]\nname = \"bus{b}\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{sim}\"\ntimeout_ms = 1000\n");
+        let _ = write!(c, "[[buses]]\nname = \"bus{b}\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{sim}\"\ntimeout_ms = 1000\n");
     }
     let pts: Vec<String> = (0..POINTS)
         .map(|i| format!(r#"{{ id = "r{i}", table = "holding", address = {i}, type = "u16", deadband = 0.0 }}"#))
         .collect();
-    c += &format!("[templates.dev]\npoints = [\n  {}\n]\n", pts.join(",\n  "));
+    let _ = write!(
+        c,
+        "[templates.dev]\npoints = [\n  {}\n]\n",
+        pts.join(",\n  ")
+    );
     for b in 0..buses {
         for u in 1..=UNITS {
-            c += &format!(
+            let _ = write!(
+                c,
                 "[[devices]]\nid = \"b{b}u{u}\"\nbus = \"bus{b}\"\nunit = {u}\npoll_interval_ms = 1000\ntemplate = \"dev\"\n"
             );
             // Rules on, as on a real line: a band and a stale check on every device. The band
             // is wider than a u16, so they cost their evaluation but raise no events.
-            c += &format!(
+            let _ = write!(
+                c,
                 "[[rules]]\nid = \"b{b}u{u}-band\"\ndevice = \"b{b}u{u}\"\npoint = \"r0\"\nkind = \"outside\"\nlow = -1.0\nhigh = 70000.0\npriority = \"high\"\n\
                  [[rules]]\nid = \"b{b}u{u}-stale\"\ndevice = \"b{b}u{u}\"\npoint = \"r1\"\nkind = \"stale\"\nfor_ms = 60000\n"
             );
@@ -71,7 +82,7 @@ fn config(dir: &std::path::Path, buses: usize, sim: u16, http: u16, id: &str) ->
 /// The bench's own database on the server of `url`: made fresh for each run, so the upstream's
 /// speed does not depend on what earlier runs left, and dropped after it.
 fn bench_db(url: &str) -> String {
-    let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url);
+    let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
     format!("{base}/edge_bench")
 }
 

@@ -84,7 +84,7 @@ async fn clients(addr: String, token: String, healthy: usize, stalled: usize, se
                 if let Some(i) = t.find("\"sentUs\":") {
                     let digits: String = t[i + 9..]
                         .chars()
-                        .take_while(|c| c.is_ascii_digit())
+                        .take_while(char::is_ascii_digit)
                         .collect();
                     if let Ok(sent) = digits.parse::<u64>() {
                         lat.push(now_us().saturating_sub(sent));

@@ -82,7 +82,7 @@ fn assets() -> &'static [Asset] {
 /// A content hash for the ETag, stable for the same bytes in any build.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
     })
 }
 

@@ -94,20 +94,20 @@ fn link_exit(e: &LinkError) -> i32 {
 
 /// `read`: prints `count` decoded values, one per line or as `{"values":[…]}`.
 pub async fn read(t: Target, count: u16, json: bool) -> i32 {
-    let width = t.format.width() as u32;
-    let total = width * count as u32;
-    if total == 0 || t.address as u32 + total > 65536 {
+    let width = u32::from(t.format.width());
+    let total = width * u32::from(count);
+    if total == 0 || u32::from(t.address) + total > 65536 {
         eprintln!(
             "error: {count} values of {width} from address {} run past 65535",
             t.address
         );
         return EXIT_USAGE;
     }
-    let per_read = if t.table.is_bits() {
+    let per_read = u32::from(if t.table.is_bits() {
         MAX_BITS_PER_READ
     } else {
         MAX_REGISTERS_PER_READ
-    } as u32;
+    });
     // Whole values per request, so no value straddles two reads.
     let chunk = (per_read / width).max(1) * width;
     let mut l = link::Link::new(t.link.clone(), t.timeout, Duration::ZERO);
@@ -128,7 +128,7 @@ pub async fn read(t: Target, count: u16, json: bool) -> i32 {
             }
             Err(e) => return link_exit(&e),
         }
-        done += n as u32;
+        done += u32::from(n);
     }
     let mut values = Vec::with_capacity(count as usize);
     for i in 0..count as usize {

@@ -1,6 +1,7 @@
 //! The HTTP listener: `/ws`, `/healthz`, `/metrics`, and the dashboard's files.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
@@ -21,6 +22,7 @@ use tower::ServiceExt;
 
 use crate::log_limit::{suppressed, LogLimit};
 use crate::state;
+use crate::sync::Locked;
 use crate::Shared;
 
 type AppState = Arc<Shared>;
@@ -83,50 +85,58 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let mut text = s.metrics.render();
     let live = state::read(&s.live);
-    text.push_str(&format!(
+    let _ = write!(
+        text,
         "# TYPE edge_devices_online gauge\nedge_devices_online {}\n",
         live.online_count()
-    ));
+    );
     let (db, wal) = crate::store::file_sizes(&s.config.gateway.data_dir);
-    text.push_str(&format!(
+    let _ = write!(
+        text,
         "# TYPE edge_store_bytes gauge\nedge_store_bytes{{file=\"db\"}} {db}\nedge_store_bytes{{file=\"wal\"}} {wal}\n"
-    ));
-    text.push_str(&format!(
+    );
+    let _ = write!(
+        text,
         "# TYPE edge_store_written_bytes_total counter\nedge_store_written_bytes_total {}\n",
         s.metrics.written_bytes()
-    ));
+    );
     let pending = s.admission.pending() as i64;
     let clients = s.metrics.push.clients.load(Relaxed);
-    text.push_str(&format!(
+    let _ = write!(
+        text,
         "# TYPE edge_ws_clients gauge\nedge_ws_clients {clients}\n\
          edge_ws_clients{{state=\"authenticated\"}} {}\nedge_ws_clients{{state=\"pending\"}} {pending}\n",
         (clients - pending).max(0)
-    ));
+    );
     text.push_str("# TYPE edge_ws_rejected_total counter\n");
     for (reason, n) in s.admission.rejected() {
-        text.push_str(&format!(
-            "edge_ws_rejected_total{{reason=\"{}\"}} {n}\n",
+        let _ = writeln!(
+            text,
+            "edge_ws_rejected_total{{reason=\"{}\"}} {n}",
             reason.label()
-        ));
+        );
     }
     let sinks = s.sinks.configured(&s.config);
     if !sinks.is_empty() {
         let (mut backlog, mut rows) = (String::new(), String::new());
         for (name, m) in sinks {
-            backlog.push_str(&format!(
-                "edge_sink_backlog{{sink=\"{name}\"}} {}\n",
+            let _ = writeln!(
+                backlog,
+                "edge_sink_backlog{{sink=\"{name}\"}} {}",
                 m.backlog.load(Relaxed)
-            ));
-            rows.push_str(&format!(
+            );
+            let _ = write!(
+                rows,
                 "edge_sink_rows_total{{sink=\"{name}\",result=\"ok\"}} {}\n\
                  edge_sink_rows_total{{sink=\"{name}\",result=\"failed\"}} {}\n",
                 m.rows_ok.load(Relaxed),
                 m.rows_failed.load(Relaxed)
-            ));
+            );
         }
-        text.push_str(&format!(
-            "# TYPE edge_sink_backlog gauge\n{backlog}# TYPE edge_sink_rows_total counter\n{rows}"
-        ));
+        text.push_str("# TYPE edge_sink_backlog gauge\n");
+        text.push_str(&backlog);
+        text.push_str("# TYPE edge_sink_rows_total counter\n");
+        text.push_str(&rows);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
@@ -167,7 +177,7 @@ fn interface_addresses() -> Vec<IpAddr> {
     // SAFETY: getifaddrs fills a list that is only read here and freed once with freeifaddrs;
     // each sockaddr is read as the type its family says.
     unsafe {
-        if libc::getifaddrs(&mut list) != 0 {
+        if libc::getifaddrs(&raw mut list) != 0 {
             return out;
         }
         let mut at = list;
@@ -176,11 +186,11 @@ fn interface_addresses() -> Vec<IpAddr> {
             if !sa.is_null() {
                 match i32::from((*sa).sa_family) {
                     libc::AF_INET => {
-                        let v4 = &*(sa as *const libc::sockaddr_in);
+                        let v4 = std::ptr::read_unaligned(sa.cast::<libc::sockaddr_in>());
                         out.push(IpAddr::from(u32::from_be(v4.sin_addr.s_addr).to_be_bytes()));
                     }
                     libc::AF_INET6 => {
-                        let v6 = &*(sa as *const libc::sockaddr_in6);
+                        let v6 = std::ptr::read_unaligned(sa.cast::<libc::sockaddr_in6>());
                         out.push(IpAddr::from(v6.sin6_addr.s6_addr));
                     }
                     _ => {}
@@ -223,12 +233,12 @@ impl Open {
         Open {
             // Half the descriptors: the rest stay for WebSockets, Modbus links and the store.
             max: (crate::metrics::fd_limit() / 2).max(64),
-            counts: Default::default(),
+            counts: std::sync::Mutex::default(),
         }
     }
 
     fn take(self: &Arc<Self>, from: IpAddr) -> Option<Place> {
-        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.counts.locked();
         let (total, by_address) = &mut *c;
         let mine = by_address.get(&from).copied().unwrap_or(0);
         if *total >= self.max || mine >= MAX_CONNECTIONS_PER_ADDRESS {
@@ -245,7 +255,7 @@ impl Open {
 
 impl Drop for Place {
     fn drop(&mut self) {
-        let mut c = self.open.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.open.counts.locked();
         let (total, by_address) = &mut *c;
         *total -= 1;
         if let Some(n) = by_address.get_mut(&self.from) {
@@ -277,7 +287,7 @@ pub async fn serve(listener: TcpListener, state: AppState, cancel: CancellationT
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = cancel.cancelled() => break,
+            () = cancel.cancelled() => break,
         };
         let (tcp, remote) = match accepted {
             Ok(c) => {
@@ -306,8 +316,8 @@ pub async fn serve(listener: TcpListener, state: AppState, cancel: CancellationT
                     );
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => continue,
-                    _ = cancel.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => continue,
+                    () = cancel.cancelled() => break,
                 }
             }
         };
@@ -351,7 +361,7 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, app: Router, cancel: Can
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
-        _ = cancel.cancelled() => {
+        () = cancel.cancelled() => {
             // A request in progress may finish; an idle or half-sent one is closed.
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(STOP_GRACE, conn).await;

@@ -8,6 +8,7 @@
 //! - [`config`]: TOML → raw types → validated domain types, problems with key path and line.
 //! - [`model`]: values, quality and timestamps shared by every stage.
 //! - [`backoff`]: exponential backoff with jitter, for every retry loop.
+//! - [`sync`]: locks used as they are after a panic elsewhere (one idiom, written once).
 //! - [`modbus`]: codec (types, byte/word order, scale), read planner, bus scheduler (one task per
 //!   link), the client link with deadlines and backoff, server framing, and the simulator.
 //! - [`gateway`]: starts every stage from a valid config, reloads it as a difference, stops it
@@ -46,6 +47,7 @@ pub mod shared;
 pub mod sinks;
 pub mod state;
 pub mod store;
+pub mod sync;
 pub mod ws;
 
 use tokio::sync::mpsc;
@@ -90,12 +92,12 @@ pub fn raise_fd_limit() {
     };
     // SAFETY: getrlimit and setrlimit only read and write the struct passed.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             let want = libc::rlimit {
                 rlim_cur: lim.rlim_max,
                 rlim_max: lim.rlim_max,
             };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const want) != 0 {
                 tracing::warn!(
                     "could not raise the open-file limit from {}: {}",
                     lim.rlim_cur,
@@ -131,7 +133,7 @@ pub async fn run(
         let watchdog_stop = shutdown.child_token();
         let watchdog = tokio::spawn(service::watchdog(gw.shared.clone(), watchdog_stop.clone()));
         let reload = tokio::select! {
-            _ = shutdown.cancelled() => false,
+            () = shutdown.cancelled() => false,
             _ = hup.recv() => true,
         };
         watchdog_stop.cancel();

@@ -2,6 +2,7 @@
 //! how many were held back since the last: a flood of bad requests must not become a flood of
 //! log (12,966 lines/s from one client was seen) on an SD card.
 
+use crate::sync::Locked;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -28,7 +29,7 @@ impl<K: Hash + Eq> LogLimit<K> {
     /// `Some(held back since the last line)` when `source` may log now; `None` (and one more
     /// held back) when it logged within the period.
     pub fn allow(&self, source: K) -> Option<u64> {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self.seen.locked();
         let now = Instant::now();
         if seen.len() >= MAX_SOURCES && !seen.contains_key(&source) {
             let period = self.period;

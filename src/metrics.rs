@@ -126,7 +126,7 @@ impl PushCounters {
         self.messages[kind][1].fetch_add(1, Relaxed);
     }
     pub fn count(&self, kind: usize, dropped: bool) -> u64 {
-        self.messages[kind][dropped as usize].load(Relaxed)
+        self.messages[kind][usize::from(dropped)].load(Relaxed)
     }
 }
 
@@ -406,8 +406,7 @@ pub fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map(|pages| pages * 4096)
-        .unwrap_or(0)
+        .map_or(0, |pages| pages * 4096)
 }
 
 /// Bytes this process caused to be written to storage (`write_bytes` of /proc/self/io: what
@@ -427,7 +426,7 @@ pub fn fd_limit() -> usize {
         rlim_max: 0,
     };
     // SAFETY: getrlimit only writes the struct passed.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } == 0 {
         lim.rlim_cur.min(1 << 20) as usize
     } else {
         1024
@@ -436,7 +435,5 @@ pub fn fd_limit() -> usize {
 
 /// Open file descriptors of this process, from /proc (0 where there is no /proc).
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count().saturating_sub(1)) // less the one read_dir itself holds
-        .unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count().saturating_sub(1))
 }

@@ -17,6 +17,7 @@ use crate::modbus::bus::BusEvent;
 use crate::model::{now_ms, Quality};
 use crate::state::{self, SharedLive};
 use crate::store::{StoreCmd, StoreHandle};
+use crate::sync::Locked;
 use crate::ws::push::Pusher;
 
 /// How often on-delays, `stale` rules and the store's gap notices are looked at.
@@ -157,7 +158,7 @@ impl Pipeline {
     /// Telemetry the store's size cap dropped before any upstream had it: one
     /// `device_abnormal` info event per device and drop, saying exactly what range was lost.
     fn gap_events(&self, drafts: &mut Vec<Draft>) {
-        let gaps = std::mem::take(&mut *self.store.gaps.lock().unwrap_or_else(|e| e.into_inner()));
+        let gaps = std::mem::take(&mut *self.store.gaps.locked());
         for g in gaps {
             // A device no longer configured has no event stream to carry its gap: logged only.
             let Some(device) = self.config.devices.iter().position(|d| d.id == g.device_id) else {

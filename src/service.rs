@@ -64,8 +64,8 @@ pub async fn watchdog(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut was_stalled = false;
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
         }
         match stalled(&shared, every / 2).await {
             None => {

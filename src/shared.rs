@@ -97,7 +97,7 @@ impl Shared {
             device = %dev.id,
             point = %dev.points[point].id,
             "write {value} (was {}): {}",
-            old.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "unknown".into()),
+            old.as_ref().map_or_else(|| "unknown".into(), std::string::ToString::to_string),
             match &result {
                 Ok(()) => "ok".to_string(),
                 Err(e) => e.to_string(),

@@ -7,6 +7,7 @@ use crate::config::{Config, Point};
 use crate::modbus::bus::BusEvent;
 use crate::model::{Millis, Quality, Value};
 use crate::store::{Restored, Row, StoreCmd};
+use crate::sync::RwLocked;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PointLive {
@@ -60,7 +61,7 @@ impl Live {
                         PointLive {
                             value: old.as_ref().and_then(|(v, _)| v.clone()),
                             quality: Quality::Stale,
-                            ts: old.as_ref().map(|(_, ts)| *ts).unwrap_or(0),
+                            ts: old.as_ref().map_or(0, |(_, ts)| *ts),
                             error: None,
                             reported: None,
                         }
@@ -78,11 +79,11 @@ impl Live {
 
 /// Reads the lock even if a panicking thread poisoned it: the data is plain values.
 pub fn read(live: &SharedLive) -> std::sync::RwLockReadGuard<'_, Live> {
-    live.read().unwrap_or_else(|e| e.into_inner())
+    live.read_locked()
 }
 
 pub fn write(live: &SharedLive) -> std::sync::RwLockWriteGuard<'_, Live> {
-    live.write().unwrap_or_else(|e| e.into_inner())
+    live.write_locked()
 }
 
 /// Whether a new reading must go to history: a change of quality, a move past the deadband,
@@ -124,7 +125,7 @@ pub fn mark_stale(config: &Config, live: &SharedLive, now: Millis) {
     let mut l = write(live);
     for (d, dev) in l.devices.iter_mut().enumerate() {
         let limit = limit(d);
-        for p in dev.points.iter_mut() {
+        for p in &mut dev.points {
             if p.quality == Quality::Good && now - p.ts > limit {
                 p.quality = Quality::Stale;
             }

@@ -37,7 +37,7 @@ async fn next(s: &mut Stream) -> Json {
             .expect("a frame within 30 s")
         {
             Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
-            Some(Ok(_)) => continue,
+            Some(Ok(_)) => {}
             other => panic!("connection ended: {other:?}"),
         }
     }

@@ -60,7 +60,7 @@ fn every_invalid_config_names_each_problem_with_key_path_and_line() {
                 f.display(),
                 problems
                     .iter()
-                    .map(|p| p.to_string())
+                    .map(std::string::ToString::to_string)
                     .collect::<Vec<_>>()
                     .join("\n")
             );

@@ -184,7 +184,7 @@ async fn nan_and_infinity_floats_are_bad_quality_and_counted() {
         // The other points of the same read are still good.
         assert_eq!(quality(&gw, "boiler", "setpoint"), Quality::Good);
         sim.with_memory(BOILER, |m| {
-            m.holding[0..2].copy_from_slice(&[0x42F6, 0xE979])
+            m.holding[0..2].copy_from_slice(&[0x42F6, 0xE979]);
         });
         wait_for("good again", || {
             quality(&gw, "boiler", "temperature") == Quality::Good

@@ -280,7 +280,7 @@ async fn the_websocket_envelope_and_every_service_take_any_input() {
             shared: gw.shared.clone(),
             client,
             remote: "127.0.0.1".parse().unwrap(),
-            params: Default::default(),
+            params: serde_json::Map::default(),
         },
     )
     .await;

@@ -286,7 +286,7 @@ async fn writes_go_through_the_audited_path_only_when_allowed() {
         async move {
             c.publish(topic, QoS::AtLeastOnce, false, payload.to_string())
                 .await
-                .unwrap()
+                .unwrap();
         }
     };
     write(json!({"requestId": "w1", "pointId": "setpoint", "value": 61.5})).await;

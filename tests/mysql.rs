@@ -8,6 +8,7 @@ use common::*;
 use edge_gateway::modbus::simulator::{Fault, Profile, PUMP};
 use edge_gateway::Gateway;
 use mysql_async::prelude::Queryable;
+use std::fmt::Write as _;
 
 fn url() -> Option<String> {
     match std::env::var("EDGE_TEST_MYSQL_URL") {
@@ -309,11 +310,13 @@ async fn five_sigkills_under_an_all_changing_load_lose_nothing_that_was_committe
         points.join(", ")
     );
     for u in 1..=10 {
-        body += &format!(
+        let _ = write!(
+            body,
             "[[devices]]\nid = \"u{u}\"\nbus = \"b\"\nunit = {u}\npoll_interval_ms = 250\ntemplate = \"dev\"\n"
         );
         // Events too: a threshold crossed and cleared every few seconds.
-        body += &format!(
+        let _ = write!(
+            body,
             "[[rules]]\nid = \"hi{u}\"\ndevice = \"u{u}\"\npoint = \"r0\"\nkind = \"above\"\nthreshold = 32768.0\nclear = 32000.0\n"
         );
     }

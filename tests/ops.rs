@@ -247,7 +247,7 @@ async fn sigterm_stops_the_daemon_cleanly_with_the_store_flushed() {
     // Flushed and checkpointed: the WAL is empty and the last state is in the database.
     let wal = dir.path().join("data/gateway.db-wal");
     assert!(
-        std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) == 0,
+        std::fs::metadata(&wal).map_or(0, |m| m.len()) == 0,
         "WAL left behind"
     );
     let db = rusqlite::Connection::open(dir.path().join("data/gateway.db")).unwrap();

@@ -144,9 +144,8 @@ async fn a_corrupt_database_file_is_a_clear_error_not_a_panic() {
         b"this is not sqlite, just junk bytes ".repeat(200),
     )
     .unwrap();
-    let err = match Gateway::start(config(dir.path(), &body("127.0.0.1:1"))).await {
-        Err(e) => e,
-        Ok(_) => panic!("a junk file must not open as a store"),
+    let Err(err) = Gateway::start(config(dir.path(), &body("127.0.0.1:1"))).await else {
+        panic!("a junk file must not open as a store")
     };
     assert!(matches!(err, StartError::Store(_)));
     let msg = err.to_string();
@@ -164,9 +163,8 @@ async fn an_unwritable_data_dir_is_a_clear_error() {
     // A file where the data directory should be.
     let blocker = dir.path().join("data");
     std::fs::write(&blocker, b"x").unwrap();
-    let err = match Gateway::start(config(&blocker.join("sub"), &body("127.0.0.1:1"))).await {
-        Err(e) => e,
-        Ok(_) => panic!("must fail"),
+    let Err(err) = Gateway::start(config(&blocker.join("sub"), &body("127.0.0.1:1"))).await else {
+        panic!("must fail")
     };
     assert!(
         err.to_string().contains("cannot create the data directory"),

@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -51,8 +52,8 @@ impl Ws {
                 .expect("no frame within 30 s");
             match m {
                 Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-                Some(Ok(_)) => continue,
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return None,
+                Some(Ok(_)) => {}
             }
         }
     }
@@ -337,7 +338,7 @@ async fn every_code_of_the_contract_is_reached_and_the_connection_lives_on() {
                 assert_eq!(code(&j), 413);
                 replied = true;
             }
-            Some(Ok(_)) => continue,
+            Some(Ok(_)) => {}
             _ => break None,
         }
     };
@@ -631,9 +632,9 @@ async fn big_gateway(push: &str) -> (Gateway, tempfile::TempDir) {
     let pts: Vec<String> = (0..30)
         .map(|i| format!(r#"{{ id = "p{i}", table = "holding", address = {i}, type = "u16" }}"#))
         .collect();
-    body += &format!("[templates.t]\npoints = [{}]\n", pts.join(", "));
+    let _ = write!(body, "[templates.t]\npoints = [{}]\n", pts.join(", "));
     for u in 1..=50 {
-        body += &format!("[[devices]]\nid = \"d{u}\"\nbus = \"b\"\nunit = {u}\ntemplate = \"t\"\npoll_interval_ms = 500\n");
+        let _ = write!(body, "[[devices]]\nid = \"d{u}\"\nbus = \"b\"\nunit = {u}\ntemplate = \"t\"\npoll_interval_ms = 500\n");
     }
     let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
     (gw, dir)
@@ -895,10 +896,11 @@ async fn a_large_installation_is_listed_whole() {
         let points: Vec<String> = (0..30)
             .map(|p| format!("{{ id = \"a-rather-long-descriptive-point-name-{p}\", table = \"holding\", address = {p}, type = \"u16\", unit = \"units\" }}"))
             .collect();
-        body.push_str(&format!(
+        let _ = write!(
+            body,
             "[[devices]]\nid = \"device-{d}\"\nbus = \"b\"\nunit = 1\npoints = [{}]\n",
             points.join(", ")
-        ));
+        );
     }
     let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
     let mut ws = Ws::connect(gw.http_addr).await;

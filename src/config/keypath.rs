@@ -95,9 +95,9 @@ pub(super) fn path_at(doc: &Document<&str>, offset: usize) -> String {
         let covers = |s: Option<std::ops::Range<usize>>| s.is_some_and(|s| s.contains(&offset));
         match item {
             Item::Table(t) => {
-                for (k, v) in t.iter() {
+                for (k, v) in t {
                     let p = path.key(k);
-                    let key_span = t.key(k).and_then(|k| k.span());
+                    let key_span = t.key(k).and_then(toml_edit::Key::span);
                     if covers(key_span) || covers(item_span(v)) {
                         *best = Some(p.clone());
                     }
@@ -114,9 +114,9 @@ pub(super) fn path_at(doc: &Document<&str>, offset: usize) -> String {
                 }
             }
             Item::Value(toml_edit::Value::InlineTable(t)) => {
-                for (k, v) in t.iter() {
+                for (k, v) in t {
                     let p = path.key(k);
-                    let key_span = t.key(k).and_then(|k| k.span());
+                    let key_span = t.key(k).and_then(toml_edit::Key::span);
                     if covers(key_span) || covers(v.span()) {
                         *best = Some(p.clone());
                     }

@@ -381,6 +381,8 @@ fn located(text: &str, found: Vec<(KeyPath, String)>) -> Vec<Problem> {
 
 #[cfg(test)]
 mod tests {
+    use std::fmt::Write as _;
+
     use super::pieces::PIECE;
     use super::*;
 
@@ -392,7 +394,8 @@ mod tests {
              [templates.m]\npoints = [\n  { id = \"v\", table = \"input\", address = 0, type = \"f32\" },\n]\n",
         );
         for i in 0..4000 {
-            t += &format!(
+            let _ = write!(
+                t,
                 "[[devices]] # number {i}\nid = \"d{i}\"\nbus = \"b\"\nunit = {}\n",
                 1 + i % 247
             );

@@ -105,12 +105,11 @@ impl Iterator for Pieces<'_> {
             return None;
         }
         let (a, b) = self.cuts.pop()?;
-        match toml_edit::de::from_str::<RawConfig>(&self.text[a..b]) {
-            Ok(part) => Some(part.devices),
-            Err(_) => {
-                self.failed = true;
-                None
-            }
+        if let Ok(part) = toml_edit::de::from_str::<RawConfig>(&self.text[a..b]) {
+            Some(part.devices)
+        } else {
+            self.failed = true;
+            None
         }
     }
 }

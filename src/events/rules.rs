@@ -207,7 +207,7 @@ impl Engine {
         out: &mut Vec<Draft>,
     ) {
         let problem = match result {
-            Err(PointError::Exception(_)) | Err(PointError::Decode(_)) => {
+            Err(PointError::Exception(_) | PointError::Decode(_)) => {
                 Some(result.as_ref().unwrap_err().to_string())
             }
             // A link fault is the device's, not the point's: the offline alarm covers it.

@@ -245,7 +245,7 @@ impl BusTask {
             loop {
                 self.metrics.beats.beat(&self.metrics.beats.buses[self.bus]);
                 tokio::select! {
-                    _ = cancel.cancelled() => return,
+                    () = cancel.cancelled() => return,
                     cmd = self.writes.recv() => match cmd {
                         Some(BusRequest::Write(cmd)) => { let _ = cmd.reply.send(Err(WriteError::BusGone)); }
                         Some(BusRequest::Read(cmd)) => {
@@ -257,7 +257,7 @@ impl BusTask {
                         }
                         None => return,
                     },
-                    _ = tokio::time::sleep(BEAT_EVERY) => {}
+                    () = tokio::time::sleep(BEAT_EVERY) => {}
                 }
             }
         }
@@ -281,7 +281,7 @@ impl BusTask {
                 .expect("slots is not empty");
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => break,
+                () = cancel.cancelled() => break,
                 cmd = self.writes.recv() => match cmd {
                     Some(cmd) => if let Err(tx) = self.request(cmd).await {
                         handover = Some(tx);
@@ -290,7 +290,7 @@ impl BusTask {
                     None => break,
                 },
                 // Wake at least every BEAT_EVERY so an idle bus still shows it is alive.
-                _ = tokio::time::sleep_until(due.min(Instant::now() + BEAT_EVERY)) => {
+                () = tokio::time::sleep_until(due.min(Instant::now() + BEAT_EVERY)) => {
                     if Instant::now() >= due && !self.poll(k).await {
                         break;
                     }
@@ -345,7 +345,7 @@ impl BusTask {
             // backoff period.
             let first = self.slots[k].blocks[0].clone();
             match self.read(k, &first, 0).await {
-                Ok(Ok(_)) | Ok(Err(_)) => {}
+                Ok(Ok(_) | Err(_)) => {}
                 Err(e) => {
                     let s = &mut self.slots[k];
                     let pause = s.probe_backoff.fail();
@@ -455,7 +455,7 @@ impl BusTask {
             match &problem {
                 Some((_, p)) => tracing::warn!(device = %dev.id, unit = dev.unit, "{p}"),
                 None if s.last_problem.is_some() => {
-                    tracing::info!(device = %dev.id, "reads good again")
+                    tracing::info!(device = %dev.id, "reads good again");
                 }
                 None => {}
             }
@@ -487,7 +487,7 @@ impl BusTask {
         if let Some((online, reason)) = status {
             self.metrics.devices[device]
                 .online
-                .store(online as i64, Relaxed);
+                .store(i64::from(online), Relaxed);
             if online {
                 tracing::info!(device = %dev.id, "online");
             } else {

@@ -250,10 +250,16 @@ pub fn decode_registers(f: &Format, regs: &[u16]) -> Result<Value, CodecError> {
                 None => r != 0,
             })
         }
-        DataType::U16 => int_value(f, u16::from_be_bytes([bytes[0], bytes[1]]) as i64),
-        DataType::I16 => int_value(f, i16::from_be_bytes([bytes[0], bytes[1]]) as i64),
-        DataType::U32 => int_value(f, u32::from_be_bytes(bytes[..4].try_into().unwrap()) as i64),
-        DataType::I32 => int_value(f, i32::from_be_bytes(bytes[..4].try_into().unwrap()) as i64),
+        DataType::U16 => int_value(f, i64::from(u16::from_be_bytes([bytes[0], bytes[1]]))),
+        DataType::I16 => int_value(f, i64::from(i16::from_be_bytes([bytes[0], bytes[1]]))),
+        DataType::U32 => int_value(
+            f,
+            i64::from(u32::from_be_bytes(bytes[..4].try_into().unwrap())),
+        ),
+        DataType::I32 => int_value(
+            f,
+            i64::from(i32::from_be_bytes(bytes[..4].try_into().unwrap())),
+        ),
         DataType::U64 => {
             let v = u64::from_be_bytes(bytes[..8].try_into().unwrap());
             if f.scaled() {
@@ -264,7 +270,7 @@ pub fn decode_registers(f: &Format, regs: &[u16]) -> Result<Value, CodecError> {
         }
         DataType::I64 => int_value(f, i64::from_be_bytes(bytes[..8].try_into().unwrap())),
         DataType::F32 => {
-            let v = f32::from_be_bytes(bytes[..4].try_into().unwrap()) as f64;
+            let v = f64::from(f32::from_be_bytes(bytes[..4].try_into().unwrap()));
             check_finite(v)?;
             Value::Float(apply_scale(f, v))
         }
@@ -334,8 +340,8 @@ pub fn encode_registers(f: &Format, v: &Value) -> Result<Vec<u16>, CodecError> {
     let int = |v: &Value, lo: f64, hi: f64| -> Result<i128, CodecError> {
         // Exact integers go through unrounded so a u64 counter keeps every bit.
         let x: i128 = match v {
-            Value::Int(i) if !f.scaled() => *i as i128,
-            Value::UInt(u) if !f.scaled() => *u as i128,
+            Value::Int(i) if !f.scaled() => i128::from(*i),
+            Value::UInt(u) if !f.scaled() => i128::from(*u),
             Value::Text(s) if !f.scaled() && s.trim().parse::<i128>().is_ok() => {
                 s.trim().parse::<i128>().unwrap()
             }
@@ -347,17 +353,17 @@ pub fn encode_registers(f: &Format, v: &Value) -> Result<Vec<u16>, CodecError> {
         Ok(x)
     };
     let bytes: Vec<u8> = match f.data_type {
-        DataType::Bool => (write_bool(v)? as u16).to_be_bytes().to_vec(),
-        DataType::U16 => (int(v, 0.0, u16::MAX as f64)? as u16)
+        DataType::Bool => u16::from(write_bool(v)?).to_be_bytes().to_vec(),
+        DataType::U16 => (int(v, 0.0, f64::from(u16::MAX))? as u16)
             .to_be_bytes()
             .to_vec(),
-        DataType::I16 => (int(v, i16::MIN as f64, i16::MAX as f64)? as i16)
+        DataType::I16 => (int(v, f64::from(i16::MIN), f64::from(i16::MAX))? as i16)
             .to_be_bytes()
             .to_vec(),
-        DataType::U32 => (int(v, 0.0, u32::MAX as f64)? as u32)
+        DataType::U32 => (int(v, 0.0, f64::from(u32::MAX))? as u32)
             .to_be_bytes()
             .to_vec(),
-        DataType::I32 => (int(v, i32::MIN as f64, i32::MAX as f64)? as i32)
+        DataType::I32 => (int(v, f64::from(i32::MIN), f64::from(i32::MAX))? as i32)
             .to_be_bytes()
             .to_vec(),
         DataType::U64 => (int(v, 0.0, u64::MAX as f64)? as u64)
@@ -369,8 +375,8 @@ pub fn encode_registers(f: &Format, v: &Value) -> Result<Vec<u16>, CodecError> {
         DataType::F32 => {
             let x = num(v)?;
             // Finite as an f64 but past f32::MAX would become infinity on the wire.
-            if x.abs() > f32::MAX as f64 {
-                return Err(out_of_range(v, f32::MIN as f64, f32::MAX as f64));
+            if x.abs() > f64::from(f32::MAX) {
+                return Err(out_of_range(v, f64::from(f32::MIN), f64::from(f32::MAX)));
             }
             (x as f32).to_be_bytes().to_vec()
         }

@@ -142,7 +142,7 @@ pub fn handle_pdu(mem: &mut Memory, pdu: &[u8]) -> Vec<u8> {
 pub fn crc16(data: &[u8]) -> u16 {
     let mut crc = 0xFFFFu16;
     for &b in data {
-        crc ^= b as u16;
+        crc ^= u16::from(b);
         for _ in 0..8 {
             crc = if crc & 1 != 0 {
                 (crc >> 1) ^ 0xA001

@@ -17,8 +17,8 @@ pub struct Span {
 }
 
 impl Span {
-    fn end(&self) -> u32 {
-        self.address as u32 + self.width as u32
+    fn end(self) -> u32 {
+        u32::from(self.address) + u32::from(self.width)
     }
 }
 
@@ -42,21 +42,21 @@ pub fn plan(spans: &[Span], max_registers: u16, max_gap: u16) -> Vec<Block> {
     for i in order {
         let s = spans[i];
         let (limit, gap) = if s.table.is_bits() {
-            (MAX_BITS_PER_READ as u32, max_gap as u32 * 16)
+            (u32::from(MAX_BITS_PER_READ), u32::from(max_gap) * 16)
         } else {
             (
-                max_registers.min(MAX_REGISTERS_PER_READ) as u32,
-                max_gap as u32,
+                u32::from(max_registers.min(MAX_REGISTERS_PER_READ)),
+                u32::from(max_gap),
             )
         };
         if let Some(b) = blocks.last_mut() {
-            let end = b.start as u32 + b.count as u32;
+            let end = u32::from(b.start) + u32::from(b.count);
             let new_end = end.max(s.end());
             if b.table == s.table
-                && s.address as u32 <= end + gap
-                && new_end - b.start as u32 <= limit
+                && u32::from(s.address) <= end + gap
+                && new_end - u32::from(b.start) <= limit
             {
-                b.count = (new_end - b.start as u32) as u16;
+                b.count = (new_end - u32::from(b.start)) as u16;
                 b.points.push(i);
                 continue;
             }
@@ -85,7 +85,7 @@ pub fn split(block: &Block, spans: &[Span]) -> Option<(Block, Block)> {
         Block {
             table: block.table,
             start,
-            count: (end - start as u32) as u16,
+            count: (end - u32::from(start)) as u16,
             points: pts.to_vec(),
         }
     };

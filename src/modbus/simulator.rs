@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{handle_pdu, mbap_frame, rtu_frame, rtu_request_len, Memory};
+use crate::sync::Locked;
 
 /// A misbehaviour a unit can be told to show, to prove the gateway survives it.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,29 +156,20 @@ impl Simulator {
     /// Scripts (or with `None` clears) a unit's fault.
     pub fn set_fault(&self, unit: u8, fault: Option<Fault>) {
         if let Some(u) = self.units.get(&unit) {
-            u.lock().unwrap_or_else(|e| e.into_inner()).fault = fault;
+            u.locked().fault = fault;
         }
     }
 
     /// Runs `f` on a unit's register map (tests set registers, read back writes).
     pub fn with_memory<R>(&self, unit: u8, f: impl FnOnce(&mut Memory) -> R) -> Option<R> {
-        self.units
-            .get(&unit)
-            .map(|u| f(&mut u.lock().unwrap_or_else(|e| e.into_inner()).mem))
+        self.units.get(&unit).map(|u| f(&mut u.locked().mem))
     }
 
     /// When requests for `unit` arrived, oldest first.
     pub fn arrivals(&self, unit: u8) -> Vec<Instant> {
         self.units
             .get(&unit)
-            .map(|u| {
-                u.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .arrivals
-                    .iter()
-                    .copied()
-                    .collect()
-            })
+            .map(|u| u.locked().arrivals.iter().copied().collect())
             .unwrap_or_default()
     }
 
@@ -187,7 +179,7 @@ impl Simulator {
         match self.profile {
             Profile::Demo => {
                 self.with_memory(BOILER, |m| {
-                    let setpoint = m.holding[BOILER_SETPOINT] as f64 / 10.0;
+                    let setpoint = f64::from(m.holding[BOILER_SETPOINT]) / 10.0;
                     // A slow swing below the setpoint, and every 90 s an overshoot past 90 °C
                     // lasting about 15 s: something for the alarms to catch.
                     let swing = 5.0 * (t / 20.0).sin();
@@ -206,7 +198,7 @@ impl Simulator {
                 self.with_memory(PUMP, |m| {
                     let running = m.coils[PUMP_RUNNING];
                     let target = if running {
-                        m.holding[PUMP_SPEED_SETPOINT] as f64
+                        f64::from(m.holding[PUMP_SPEED_SETPOINT])
                     } else {
                         0.0
                     };
@@ -240,23 +232,24 @@ impl Simulator {
             Profile::Changing(_) => {
                 let step = (t * 2.0) as u32;
                 for (id, u) in self.units.iter() {
-                    let m = &mut u.lock().unwrap_or_else(|e| e.into_inner()).mem;
+                    let m = &mut u.locked().mem;
                     for (r, v) in m.holding.iter_mut().take(40).enumerate() {
-                        *v = (step.wrapping_mul(7 + r as u32) + r as u32 * 13 + *id as u32) as u16;
+                        *v = (step.wrapping_mul(7 + r as u32) + r as u32 * 13 + u32::from(*id))
+                            as u16;
                     }
                 }
             }
             Profile::Bench(_) => {
                 for (id, u) in self.units.iter() {
-                    let m = &mut u.lock().unwrap_or_else(|e| e.into_inner()).mem;
+                    let m = &mut u.locked().mem;
                     // Most registers stay still, as in a plant; a few move every step.
-                    let k = *id as f64;
+                    let k = f64::from(*id);
                     for r in 0..4 {
                         m.holding[r] = (1000.0 + 100.0 * (t / 10.0 + k + r as f64).sin()) as u16;
                     }
                     for r in 4..40 {
                         if m.holding[r] == 0 {
-                            m.holding[r] = (r as u16) * 10 + *id as u16;
+                            m.holding[r] = (r as u16) * 10 + u16::from(*id);
                         }
                     }
                 }
@@ -273,7 +266,7 @@ impl Simulator {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                () = cancel.cancelled() => return,
                 _ = tick.tick() => self.step(start.elapsed().as_secs_f64()),
             }
         }
@@ -283,7 +276,7 @@ impl Simulator {
     /// unit, so stay silent like a real RS-485 bus.
     fn answer(&self, unit: u8, pdu: &[u8]) -> Option<(Vec<u8>, Option<Fault>)> {
         let u = self.units.get(&unit)?;
-        let mut u = u.lock().unwrap_or_else(|e| e.into_inner());
+        let mut u = u.locked();
         if u.arrivals.len() == ARRIVALS_KEPT {
             u.arrivals.pop_front();
         }
@@ -309,7 +302,7 @@ impl Simulator {
     pub async fn serve_tcp(self, listener: TcpListener, cancel: CancellationToken) {
         loop {
             let (stream, _) = tokio::select! {
-                _ = cancel.cancelled() => return,
+                () = cancel.cancelled() => return,
                 r = listener.accept() => match r {
                     Ok(s) => s,
                     Err(e) => {
@@ -324,8 +317,8 @@ impl Simulator {
             let cancel = cancel.clone();
             tokio::spawn(async move {
                 tokio::select! {
-                    _ = cancel.cancelled() => {}
-                    _ = sim.tcp_connection(stream) => {}
+                    () = cancel.cancelled() => {}
+                    () = sim.tcp_connection(stream) => {}
                 }
             });
         }
@@ -361,7 +354,7 @@ impl Simulator {
                 _ => mbap_frame(tid, unit, &resp),
             };
             match fault {
-                Some(Fault::Silent) => continue,
+                Some(Fault::Silent) => {}
                 Some(Fault::Short) => {
                     let _ = stream.write_all(&frame[..frame.len() / 2]).await;
                 }
@@ -394,7 +387,7 @@ impl Simulator {
         let mut chunk = [0u8; 256];
         loop {
             let n = tokio::select! {
-                _ = cancel.cancelled() => return,
+                () = cancel.cancelled() => return,
                 r = port.read(&mut chunk) => match r {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,

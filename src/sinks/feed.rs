@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use crate::config::Config;
 use crate::store::outbox::{self, Outbox};
 use crate::store::{OutboxRow, StoreCmd, StoreHandle, Stream};
+use crate::sync::Locked;
 
 /// Telemetry further behind than this many batches drains beside live data.
 pub const LIVE_LAG: usize = 10;
@@ -204,7 +205,7 @@ impl Feed {
         f: impl FnOnce(&mut Outbox) -> rusqlite::Result<T> + Send + 'static,
     ) -> rusqlite::Result<T> {
         let r = self.reader.clone();
-        tokio::task::spawn_blocking(move || f(&mut r.lock().unwrap_or_else(|e| e.into_inner())))
+        tokio::task::spawn_blocking(move || f(&mut r.locked()))
             .await
             .unwrap_or_else(|e| {
                 Err(rusqlite::Error::ToSqlConversionFailure(Box::new(

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::store::StoreHandle;
+use crate::sync::Locked;
 use feed::Feed;
 
 /// Reconnects to an upstream: 0.5 s after a failure, doubling to 30 s.
@@ -50,16 +51,17 @@ pub struct SinkStatus {
 
 impl SinkStatus {
     pub fn error(&self) -> Option<String> {
-        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.error.locked().clone()
     }
 
     /// Records the state of the connection; logs only when it changes.
     pub fn set_error(&self, sink: &str, e: Option<String>) {
-        let mut cur = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cur = self.error.locked();
         if *cur != e {
-            match &e {
-                Some(msg) => tracing::error!(sink, "upstream failing: {msg}"),
-                None => tracing::info!(sink, "upstream reachable again"),
+            if let Some(msg) = &e {
+                tracing::error!(sink, "upstream failing: {msg}");
+            } else {
+                tracing::info!(sink, "upstream reachable again");
             }
             *cur = e;
         }
@@ -134,8 +136,8 @@ pub async fn run(
             backoff.reset();
         }
         tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(backoff.fail()) => {}
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep(backoff.fail()) => {}
         }
     }
 }

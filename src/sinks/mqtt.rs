@@ -428,7 +428,7 @@ impl Session<'_> {
             }
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => {
+                () = cancel.cancelled() => {
                     // A clean goodbye: the will is not sent on DISCONNECT, so say it ourselves.
                     let _ = self.publish(client, None, self.topics.status(), true,
                         br#"{"online":false}"#.to_vec());
@@ -454,7 +454,7 @@ impl Session<'_> {
                     self.publish(client, None, topic, false, body.to_string().into_bytes())?;
                 }
                 // Nothing to send: look at the outbox again shortly.
-                _ = tokio::time::sleep_until(next_read), if next_read > tokio::time::Instant::now() => {}
+                () = tokio::time::sleep_until(next_read), if next_read > tokio::time::Instant::now() => {}
             }
         }
     }

@@ -193,7 +193,7 @@ impl<'a> Statements<'a> {
                     string(o, &s.device_id);
                     o.push_str(", ");
                     string(o, &s.device_type);
-                    let _ = write!(o, ", {}, ", s.online as u8);
+                    let _ = write!(o, ", {}, ", u8::from(s.online));
                     time(o, s.last_seen);
                     o.push(')');
                     self.next = (i + 1, 0);
@@ -319,8 +319,8 @@ impl Upstream for Mysql {
             }
             if !sent_any {
                 tokio::select! {
-                    _ = cancel.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    () = cancel.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
             } else if cancel.is_cancelled() {
                 return Ok(());
@@ -423,7 +423,10 @@ mod tests {
     }
 
     fn hex(s: &str) -> String {
-        s.bytes().map(|b| format!("{b:02x}")).collect()
+        s.bytes().fold(String::new(), |mut out, b| {
+            let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{b:02x}"));
+            out
+        })
     }
 
     #[test]

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Point};
 use crate::metrics::Metrics;
 use crate::model::{Millis, Quality, Value};
+use crate::sync::Locked;
 
 pub use outbox::{OutboxRow, Stream};
 pub use query::{active_alarms, event_seq, history, query_events, EventFilter};
@@ -263,14 +264,14 @@ impl Readers {
         let me = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             me.file.check()?;
-            let taken = me.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let taken = me.idle.locked().pop();
             // A connection lost to a panicking query is replaced.
             let conn = match taken {
                 Some(c) => c,
                 None => open_reader(&me.data_dir)?,
             };
             let out = f(&conn);
-            me.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+            me.idle.locked().push(conn);
             Ok(out?)
         })
         .await
@@ -324,7 +325,7 @@ impl StoreHandle {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                () = cancel.cancelled() => return,
                 _ = tick.tick() => {
                     let _ = self.lazy.try_send(StoreCmd::Probe);
                 }
@@ -337,11 +338,11 @@ pub(crate) fn sql_value(v: &Option<Value>) -> rusqlite::types::Value {
     use rusqlite::types::Value as S;
     match v {
         None => S::Null,
-        Some(Value::Bool(b)) => S::Integer(*b as i64),
+        Some(Value::Bool(b)) => S::Integer(i64::from(*b)),
         Some(Value::Int(i)) => S::Integer(*i),
-        Some(Value::UInt(u)) => i64::try_from(*u)
-            .map(S::Integer)
-            .unwrap_or_else(|_| S::Text(u.to_string())),
+        Some(Value::UInt(u)) => {
+            i64::try_from(*u).map_or_else(|_| S::Text(u.to_string()), S::Integer)
+        }
         Some(Value::Float(f)) => S::Real(*f),
         Some(Value::Text(s)) => S::Text(s.clone()),
     }
@@ -421,7 +422,7 @@ fn wal_limit(config: &Config) -> u64 {
 /// the same pages again for the checkpoint that copies them into the database: the store's own
 /// count of bytes written, for kernels without per-process I/O accounting.
 fn count_writes(conn: &mut Connection, metrics: Arc<Metrics>) -> rusqlite::Result<()> {
-    let page = conn.pragma_query_value(None, "page_size", |r| r.get::<_, u32>(0))? as u64;
+    let page = u64::from(conn.pragma_query_value(None, "page_size", |r| r.get::<_, u32>(0))?);
     let mut frames_before = 0u64;
     conn.wal_hook(Some(
         move |_: &mut rusqlite::hooks::Wal, frames: std::ffi::c_int| {
@@ -532,7 +533,7 @@ fn wal_path(data_dir: &Path) -> PathBuf {
 
 /// The database and WAL files' sizes in bytes (0 for a file that is not there).
 pub fn file_sizes(data_dir: &Path) -> (u64, u64) {
-    let len = |p: PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let len = |p: PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
     (len(data_dir.join(DB_FILE)), len(wal_path(data_dir)))
 }
 
@@ -589,9 +590,7 @@ pub fn count_values(conn: &Connection, after: i64, upto: i64) -> rusqlite::Resul
     let mut rows = q.query([after, upto])?;
     let mut n = 0;
     while let Some(r) = rows.next()? {
-        n += packed::decode(r.get_ref(0)?.as_blob()?)
-            .map(|e| e.len())
-            .unwrap_or(0) as i64;
+        n += packed::decode(r.get_ref(0)?.as_blob()?).map_or(0, |e| e.len()) as i64;
     }
     Ok(n)
 }

@@ -79,7 +79,7 @@ pub fn push(out: &mut Vec<u8>, prev: &mut i64, key: i64, value: Option<&Value>, 
             out.push(tag(UINT));
             put_varint(out, *u);
         }
-        Some(Value::Float(f)) if (*f as f32) as f64 == *f || f.is_nan() => {
+        Some(Value::Float(f)) if f64::from(*f as f32) == *f || f.is_nan() => {
             out.push(tag(F32));
             out.extend_from_slice(&(*f as f32).to_le_bytes());
         }
@@ -125,7 +125,7 @@ impl Reader<'_> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
-            v |= ((b & 0x7f) as u64) << shift;
+            v |= u64::from(b & 0x7f) << shift;
             if b & 0x80 == 0 {
                 return Ok(v);
             }
@@ -155,9 +155,9 @@ pub fn decode(buf: &[u8]) -> Result<Vec<Entry>, Damaged> {
             TRUE => Some(Value::Bool(true)),
             INT => Some(Value::Int(unzigzag(r.varint()?))),
             UINT => Some(Value::UInt(r.varint()?)),
-            F32 => Some(Value::Float(f32::from_le_bytes(
+            F32 => Some(Value::Float(f64::from(f32::from_le_bytes(
                 r.bytes(4)?.try_into().map_err(|_| Damaged)?,
-            ) as f64)),
+            )))),
             F64 => Some(Value::Float(f64::from_le_bytes(
                 r.bytes(8)?.try_into().map_err(|_| Damaged)?,
             ))),

@@ -23,7 +23,7 @@ pub fn restore(conn: &Connection, config: &Config, keys: &Keys) -> rusqlite::Res
             .query_row([&dev.id], |r| Ok((r.get::<_, i64>(0)? != 0, r.get(1)?)))
             .optional()?;
         out.devices
-            .push(st.map(|(o, l)| (Some(o), l)).unwrap_or((None, None)));
+            .push(st.map_or((None, None), |(o, l)| (Some(o), l)));
         let mut pts = Vec::with_capacity(dev.points.len());
         for (p, point) in dev.points.iter().enumerate() {
             let key = keys.points[d][p];

@@ -295,7 +295,7 @@ fn rows_to_samples(tx: &Transaction<'_>, config: &Config) -> rusqlite::Result<()
             )?;
         }
     }
-    let upto = ends.last().map(|e| e.0).unwrap_or(0);
+    let upto = ends.last().map_or(0, |e| e.0);
     tx.execute(
         "INSERT OR REPLACE INTO meta (key, value) VALUES ('latest_upto', ?1)",
         [upto.to_string()],

@@ -14,6 +14,7 @@ use super::{packed, sql_value, AckError, Gap, Keys, StoreCmd};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::{now_ms, Millis, Quality, Value};
+use crate::sync::Locked;
 
 /// How long telemetry may wait for company before it is committed. Each commit appends every
 /// page it touched to the WAL, and the newest pages are touched by every commit, so fewer
@@ -102,7 +103,7 @@ impl Latest {
 
     fn clear(&mut self) {
         for d in &mut self.points {
-            d.iter_mut().for_each(|p| *p = None);
+            d.fill(None);
         }
         self.any = false;
     }
@@ -154,7 +155,7 @@ impl Writer {
                     biased;
                     c = urgent.recv() => Woke::Urgent(c),
                     c = lazy.recv(), if deadline.is_none() => Woke::Lazy(c),
-                    _ = due => Woke::Due,
+                    () = due => Woke::Due,
                 }
             });
             let open = match woke {
@@ -339,11 +340,11 @@ impl Writer {
                          ON CONFLICT (device_id) DO UPDATE SET device_type = ?2, online = ?3,
                             last_seen = COALESCE(?4, last_seen), changed_at = ?5",
                     )?
-                    .execute(params![d.id, d.device_type, *online as i64, last_seen, ts])?;
+                    .execute(params![d.id, d.device_type, i64::from(*online), last_seen, ts])?;
                     tx.prepare_cached(
                         "INSERT INTO status_log (device_id, online, last_seen, ts) VALUES (?1, ?2, ?3, ?4)",
                     )?
-                    .execute(params![d.id, *online as i64, last_seen, ts])?;
+                    .execute(params![d.id, i64::from(*online), last_seen, ts])?;
                     rows += 1;
                 }
                 StoreCmd::Cursor {
@@ -426,7 +427,9 @@ impl Writer {
         match r {
             Ok(()) => self.dirty.clear(),
             Err(e) => {
-                tracing::warn!("saving the latest values failed (the samples replay at start): {e}")
+                tracing::warn!(
+                    "saving the latest values failed (the samples replay at start): {e}"
+                );
             }
         }
     }
@@ -462,7 +465,7 @@ impl Writer {
     /// Drops history past its retention, then applies the size cap.
     fn prune(&mut self) {
         self.last_prune = Instant::now();
-        let cutoff = now_ms() - self.config.store.history_retention_days as i64 * 86_400_000;
+        let cutoff = now_ms() - i64::from(self.config.store.history_retention_days) * 86_400_000;
         // Samples are appended in time order, so the first one inside the retention is found
         // by reading exactly the ones that go.
         let r = self.conn.query_row(
@@ -474,7 +477,7 @@ impl Writer {
         let r = r.and_then(|keep| delete_samples(&mut self.conn, 0, keep - 1));
         match r {
             Ok(n) if n > 0 => {
-                tracing::info!("pruned {n} telemetry samples older than the retention")
+                tracing::info!("pruned {n} telemetry samples older than the retention");
             }
             Ok(_) => {}
             Err(e) => tracing::warn!("pruning telemetry failed: {e}"),
@@ -585,10 +588,7 @@ impl Writer {
                 crate::model::rfc3339(to)
             );
         }
-        self.gaps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(gaps);
+        self.gaps.locked().extend(gaps);
         Ok(n)
     }
 
@@ -703,24 +703,21 @@ pub(super) fn checkpoints(
     let _ = conn.busy_timeout(Duration::from_millis(500));
     let mut last = Instant::now();
     loop {
-        match stop.recv_timeout(Duration::from_secs(1)) {
-            Err(RecvTimeoutError::Timeout) => {
-                let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-                if size <= limit && last.elapsed() < CHECKPOINT_EVERY {
-                    continue;
-                }
-                last = Instant::now();
-                let r = conn
-                    .execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
-                    .and_then(|_| conn.execute_batch("PRAGMA wal_checkpoint(RESTART)"));
-                if let Err(e) = r {
-                    tracing::debug!("checkpoint: {e}");
-                }
+        if let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_secs(1)) {
+            let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+            if size <= limit && last.elapsed() < CHECKPOINT_EVERY {
+                continue;
             }
-            _ => {
-                let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
-                return;
+            last = Instant::now();
+            let r = conn
+                .execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
+                .and_then(|()| conn.execute_batch("PRAGMA wal_checkpoint(RESTART)"));
+            if let Err(e) = r {
+                tracing::debug!("checkpoint: {e}");
             }
+        } else {
+            let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+            return;
         }
     }
 }

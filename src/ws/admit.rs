@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Http;
 use crate::log_limit::{suppressed, LogLimit};
+use crate::sync::Locked;
 
 /// Connections not logged in yet, over all addresses: they cost little each, but a flood of
 /// them must never keep a technician out (they have their own cap, apart from `max_clients`).
@@ -109,7 +110,7 @@ struct PendingSlot {
 
 impl Drop for PendingSlot {
     fn drop(&mut self) {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.pending.locked();
         p.total -= 1;
         if let Some(n) = p.by_address.get_mut(&self.from) {
             *n -= 1;
@@ -159,7 +160,7 @@ impl Admission {
             .clone()
             .try_acquire_owned()
             .map_err(|_| Reason::MaxClients)?;
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.pending.locked();
         if p.total >= MAX_PENDING {
             return Err(Reason::Pending);
         }
@@ -228,7 +229,7 @@ impl Admission {
 
     /// Connections not logged in yet.
     pub fn pending(&self) -> usize {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).total
+        self.pending.locked().total
     }
 }
 
@@ -272,8 +273,11 @@ mod tests {
     fn http(hosts: &[&str], origins: &[&str]) -> Http {
         Http {
             listen: "127.0.0.1:0".into(),
-            allowed_origins: origins.iter().map(|s| s.to_string()).collect(),
-            allowed_hosts: hosts.iter().map(|s| s.to_string()).collect(),
+            allowed_origins: origins
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect(),
+            allowed_hosts: hosts.iter().map(std::string::ToString::to_string).collect(),
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
 
 use crate::config::{Role, User};
+use crate::sync::Locked;
 
 /// How long a token lives without being used.
 pub const TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -125,7 +126,7 @@ impl Auth {
 
     /// The live sessions, for a reload to carry over.
     pub fn sessions(&self) -> Vec<(String, Session)> {
-        let t = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let t = self.tokens.locked();
         t.iter()
             .filter(|(_, s)| s.expires > Instant::now())
             .map(|(k, s)| (k.clone(), s.clone()))
@@ -135,7 +136,7 @@ impl Auth {
     /// Takes over sessions from before a reload: only those whose user still exists with the
     /// same role (a removed user or a demoted admin must log in again).
     pub fn adopt(&self, sessions: Vec<(String, Session)>) {
-        let mut t = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = self.tokens.locked();
         for (token, s) in sessions {
             if self
                 .users
@@ -148,7 +149,7 @@ impl Auth {
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, Failures> {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+        self.failures.locked()
     }
 
     /// Checks a password and issues a token. The attempt counts as a failure from before the
@@ -211,9 +212,7 @@ impl Auth {
             .map_err(|_| LoginError::Busy)?
             .map_err(|_| LoginError::Busy)?;
         let user = self.users.iter().find(|u| u.name == username);
-        let hash = user
-            .map(|u| u.password_hash.0.clone())
-            .unwrap_or_else(|| DUMMY_HASH.to_string());
+        let hash = user.map_or_else(|| DUMMY_HASH.to_string(), |u| u.password_hash.0.clone());
         let password = password.to_string();
         // argon2 is deliberately slow: keep it off the async workers.
         let ok = tokio::task::spawn_blocking(move || verify(&hash, &password))
@@ -224,13 +223,16 @@ impl Auth {
 
     fn issue(&self, user: String, role: Role) -> (String, Session) {
         let bytes: [u8; 32] = rand::random();
-        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let token = bytes.iter().fold(String::with_capacity(64), |mut out, b| {
+            let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{b:02x}"));
+            out
+        });
         let session = Session {
             user,
             role,
             expires: Instant::now() + TOKEN_TTL,
         };
-        let mut t = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = self.tokens.locked();
         if t.len() >= MAX_TRACKED {
             t.retain(|_, s| s.expires > Instant::now());
         }
@@ -240,7 +242,7 @@ impl Auth {
 
     /// A session for a token that is known and not expired; refreshes its expiry.
     pub fn resume(&self, token: &str) -> Option<Session> {
-        let mut t = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = self.tokens.locked();
         match t.get_mut(token) {
             Some(s) if s.expires > Instant::now() => {
                 s.expires = Instant::now() + TOKEN_TTL;
@@ -255,10 +257,7 @@ impl Auth {
     }
 
     pub fn logout(&self, token: &str) {
-        self.tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(token);
+        self.tokens.locked().remove(token);
     }
 
     /// The remaining lifetime of a session, for the login reply.
@@ -269,13 +268,11 @@ impl Auth {
 
 /// argon2's verify compares in constant time; unknown users cost the same work (DUMMY_HASH).
 fn verify(hash: &str, password: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|h| {
-            argon2::Argon2::default()
-                .verify_password(password.as_bytes(), &h)
-                .is_ok()
-        })
-        .unwrap_or(false)
+    PasswordHash::new(hash).is_ok_and(|h| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Overflow, Priority, Role};
 use crate::metrics::Metrics;
+use crate::sync::{Locked, RwLocked};
 
 /// Push kinds, indexes into [`crate::metrics::PUSH_KINDS`].
 pub const KIND_SNAPSHOT: usize = 0;
@@ -89,7 +90,7 @@ impl Client {
     }
 
     pub fn login(&self) -> Option<Login> {
-        self.login.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.login.locked().clone()
     }
 
     /// Queues a push by the client's overflow policy; never waits. Returns whether it was queued.
@@ -98,7 +99,7 @@ impl Client {
     /// urgent the client is closed rather than left without it.
     fn offer(&self, push: Push, metrics: &Metrics) -> bool {
         let kind = push.kind;
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self.queue.locked();
         if q.len() >= self.capacity {
             let evict_for_urgent = push.urgent && self.overflow != Overflow::Disconnect;
             match self.overflow {
@@ -154,14 +155,11 @@ impl Client {
 
     /// Takes the next queued push, if any.
     pub fn next(&self) -> Option<Push> {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front()
+        self.queue.locked().pop_front()
     }
 
     pub fn queued(&self) -> usize {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.queue.locked().len()
     }
 
     /// Asks the writer task to close the connection.
@@ -171,7 +169,7 @@ impl Client {
 
     /// Whatever is still queued when the client goes counts as dropped.
     pub fn discard(&self, metrics: &Metrics) {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self.queue.locked();
         for p in q.drain(..) {
             metrics.push.dropped(p.kind);
         }
@@ -247,11 +245,11 @@ impl Hub {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
-        self.registry.read().unwrap_or_else(|e| e.into_inner())
+        self.registry.read_locked()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
-        self.registry.write().unwrap_or_else(|e| e.into_inner())
+        self.registry.write_locked()
     }
 
     /// Starts pushing to a client (at login), with the default subscription: everything.
@@ -298,7 +296,7 @@ impl Hub {
             serde_json::json!({"service": "push.session", "data": {"reason": reason}}).to_string(),
         );
         for c in ended {
-            *c.login.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            *c.login.locked() = None;
             if c.id != except {
                 c.offer(
                     Push {
@@ -466,7 +464,9 @@ mod tests {
             c.offer(urgent(5), &m);
             let left: Vec<_> = std::iter::from_fn(|| c.next()).map(|p| p.frame).collect();
             assert_eq!(
-                left.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
+                left.iter()
+                    .map(axum::extract::ws::Utf8Bytes::as_str)
+                    .collect::<Vec<_>>(),
                 ["1", "4", "5"],
                 "{overflow:?}"
             );

@@ -140,12 +140,12 @@ async fn connection(
                 .reset(tokio::time::Instant::now() + LOGIN_DEADLINE);
         }
         tokio::select! {
-            _ = done.cancelled() => break,
-            _ = shared.shutdown.cancelled() => {
+            () = done.cancelled() => break,
+            () = shared.shutdown.cancelled() => {
                 let _ = replies.send(close(1001, "gateway shutting down")).await;
                 break;
             }
-            _ = &mut login_deadline, if client.login().is_none() => {
+            () = &mut login_deadline, if client.login().is_none() => {
                 shared.admission.count(admit::Reason::AuthTimeout);
                 let _ = replies.send(close(1008, "login required within 10 s")).await;
                 break;
@@ -246,7 +246,7 @@ async fn bounded(
     }
     tokio::select! {
         biased;
-        _ = kicked.cancelled() => false,
+        () = kicked.cancelled() => false,
         r = tokio::time::timeout(limit, op) => matches!(r, Ok(Ok(()))),
     }
 }
@@ -300,7 +300,7 @@ async fn writer(
                 }
                 None => break,
             },
-            _ = client.notify.notified() => {
+            () = client.notify.notified() => {
                 // The `disconnect` policy fired: the client goes, even if its socket has room
                 // again by now (the pushes keep this branch ready ahead of `kicked`).
                 if client.kicked.is_cancelled() {
@@ -335,8 +335,8 @@ async fn writer(
                     break;
                 }
             }
-            _ = &mut stopped => break,
-            _ = &mut kicked => {
+            () = &mut stopped => break,
+            () = &mut kicked => {
                 too_slow(&mut sink).await;
                 break;
             }
@@ -347,7 +347,7 @@ async fn writer(
                     let _ = send(&mut sink, hb_timeout, &client.kicked, close(1001, "heartbeat timeout")).await;
                     break;
                 }
-                if !send(&mut sink, hb_timeout, &client.kicked, Message::Ping(Default::default())).await {
+                if !send(&mut sink, hb_timeout, &client.kicked, Message::Ping(axum::body::Bytes::new())).await {
                     break;
                 }
             }

@@ -113,7 +113,7 @@ pub async fn snapshot_ticker(
     let mut next = tokio::time::Instant::now() + period;
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            () = cancel.cancelled() => return,
             changed = interval.changed() => {
                 if changed.is_err() {
                     return;
@@ -121,7 +121,7 @@ pub async fn snapshot_ticker(
                 period = *interval.borrow_and_update();
                 next = tokio::time::Instant::now() + period;
             }
-            _ = tokio::time::sleep_until(next) => {
+            () = tokio::time::sleep_until(next) => {
                 if !pusher.hub.is_empty() {
                     pusher.snapshot();
                 }

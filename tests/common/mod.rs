@@ -80,9 +80,10 @@ points = [
 pub async fn wait_for<F: FnMut() -> bool>(what: &str, mut cond: F) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !cond() {
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for: {what}");
-        }
+        assert!(
+            tokio::time::Instant::now() <= deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -94,9 +95,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !cond().await {
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for: {what}");
-        }
+        assert!(
+            tokio::time::Instant::now() <= deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -3,7 +3,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::*;
+use super::{
+    valid_host_port, BTreeMap, Bus, ByteOrder, DataType, Device, Format, KeyPath, Link, Parity,
+    Point, RawBus, RawDevice, RawPoint, RawTemplate, Table, Validator, WordOrder, TYPES,
+};
 
 impl Validator {
     pub(super) fn buses(&mut self, raw: Vec<RawBus>) -> Vec<Bus> {
@@ -146,12 +149,11 @@ impl Validator {
             } else if !seen.insert(d.id.clone()) {
                 self.err(&p.key("id"), format!("duplicate device `{}`", d.id));
             }
-            let bus = match buses.iter().position(|b| b.name == d.bus) {
-                Some(b) => b,
-                None => {
-                    self.err(&p.key("bus"), format!("unknown bus `{}`", d.bus));
-                    0
-                }
+            let bus = if let Some(b) = buses.iter().position(|b| b.name == d.bus) {
+                b
+            } else {
+                self.err(&p.key("bus"), format!("unknown bus `{}`", d.bus));
+                0
             };
             let unit = self.int(&p.key("unit"), Some(d.unit), 1, 1, 247) as u8;
             let byte_order = self.order(
@@ -288,7 +290,7 @@ impl Validator {
         };
         let length = rp.length.unwrap_or(0);
         if data_type == DataType::String {
-            if !(1..=max_regs as i64).contains(&length) {
+            if !(1..=i64::from(max_regs)).contains(&length) {
                 self.err(
                     &p.key("length"),
                     format!("a string needs length = 1..={max_regs} registers"),
@@ -350,7 +352,7 @@ impl Validator {
             offset,
         };
         let width = format.width();
-        if rp.address + width as i64 > 65536 {
+        if rp.address + i64::from(width) > 65536 {
             self.err(
                 &p.key("address"),
                 format!("{} registers from {} run past 65535", width, rp.address),
@@ -403,8 +405,8 @@ impl Validator {
         for (i, (pa, a)) in points.iter().enumerate() {
             for (_, b) in &points[..i] {
                 let same_table = a.format.table == b.format.table;
-                let end = |p: &Point| p.address as u32 + p.format.width() as u32;
-                let overlap = (a.address as u32) < end(b) && (b.address as u32) < end(a);
+                let end = |p: &Point| u32::from(p.address) + u32::from(p.format.width());
+                let overlap = u32::from(a.address) < end(b) && u32::from(b.address) < end(a);
                 let bits = a.format.bit.is_some() || b.format.bit.is_some();
                 if same_table && overlap && !bits && a.format.data_type != b.format.data_type {
                     self.warn(

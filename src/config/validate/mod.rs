@@ -10,8 +10,15 @@ use std::time::Duration;
 
 use super::keypath::KeyPath;
 use super::pieces::Pieces;
-use super::raw::*;
-use super::*;
+use super::raw::{
+    RawBus, RawConfig, RawDevice, RawGateway, RawHttp, RawPoint, RawPush, RawRule, RawTemplate,
+    RawUser,
+};
+use super::{
+    BTreeMap, Bus, ByteOrder, Config, DataType, Device, Events, Format, Gateway, Http, Link, Mqtt,
+    Mysql, Overflow, Parity, PathBuf, Point, Priority, Push, Role, Rule, RuleKind, Secret, Store,
+    Table, User, WordOrder,
+};
 
 /// Checks the raw config into the domain types, collecting every problem by key path (their
 /// lines are found afterwards, only when there are any).
@@ -136,25 +143,22 @@ impl Validator {
                 format!("`{log_level}` must be error, warn, info, debug or trace"),
             );
         }
-        let id = match id {
-            Some(id) => {
-                let ok = !id.is_empty()
-                    && id.len() <= 64
-                    && id.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
-                    });
-                if !ok {
-                    self.err(
-                        &p.key("id"),
-                        format!("`{id}` must match [a-z0-9_-]{{1,64}}"),
-                    );
-                }
-                id
+        let id = if let Some(id) = id {
+            let ok = !id.is_empty()
+                && id.len() <= 64
+                && id.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                });
+            if !ok {
+                self.err(
+                    &p.key("id"),
+                    format!("`{id}` must match [a-z0-9_-]{{1,64}}"),
+                );
             }
-            None => {
-                self.err(p, "gateway.id is required");
-                String::new()
-            }
+            id
+        } else {
+            self.err(p, "gateway.id is required");
+            String::new()
         };
         Gateway {
             id,

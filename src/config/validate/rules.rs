@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::*;
+use super::{DataType, Device, KeyPath, Priority, RawRule, Rule, RuleKind, Validator};
 
 impl Validator {
     pub(super) fn rules(&mut self, raw: Vec<RawRule>, devices: &[Device]) -> Vec<Rule> {
@@ -195,7 +195,10 @@ mod tests {
              [[rules]]\nid = \"c\"\ndevice = \"boiler\"\npoint = \"temp\"\nkind = \"rate\"\nper_s = 0.0\n",
         );
         assert_eq!(found.len(), 3, "{found:?}");
-        assert!(found.iter().any(|(p, _)| p == "rules[2].per_s"), "{found:?}");
+        assert!(
+            found.iter().any(|(p, _)| p == "rules[2].per_s"),
+            "{found:?}"
+        );
     }
 
     #[test]

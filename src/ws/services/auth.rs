@@ -3,6 +3,7 @@
 use serde_json::json;
 
 use crate::config::Role;
+use crate::sync::Locked;
 use crate::ws::auth::{Auth, LoginError, Session};
 use crate::ws::context::{Ctx, HandlerResult, ServiceError};
 use crate::ws::hub::Login;
@@ -15,19 +16,19 @@ fn role_name(r: Role) -> &'static str {
 }
 
 /// Binds a session to the connection and starts its pushes.
-fn bind(ctx: &Ctx, token: String, session: &Session) -> HandlerResult {
-    *ctx.client.login.lock().unwrap_or_else(|e| e.into_inner()) = Some(Login {
+fn bind(ctx: &Ctx, token: String, session: &Session) -> serde_json::Value {
+    *ctx.client.login.locked() = Some(Login {
         user: session.user.clone(),
         role: session.role,
         token: token.clone(),
     });
     ctx.shared.hub.register(ctx.client.clone());
-    Ok(json!({
+    json!({
         "token": token,
         "role": role_name(session.role),
         "user": session.user,
         "expiresInS": Auth::expires_in(session).as_secs(),
-    }))
+    })
 }
 
 pub async fn login(ctx: Ctx) -> HandlerResult {
@@ -41,7 +42,7 @@ pub async fn login(ctx: Ctx) -> HandlerResult {
     {
         Ok((token, session)) => {
             tracing::info!(user = %session.user, remote = %ctx.remote, "login");
-            bind(&ctx, token, &session)
+            Ok(bind(&ctx, token, &session))
         }
         Err(LoginError::BadCredentials) => {
             if let Some(held) = crate::log_limit::per_peer(ctx.remote, "failed login") {
@@ -66,18 +67,13 @@ pub async fn login(ctx: Ctx) -> HandlerResult {
 pub async fn resume(ctx: Ctx) -> HandlerResult {
     let token = ctx.string("token")?;
     match ctx.shared.auth.resume(&token) {
-        Some(session) => bind(&ctx, token, &session),
+        Some(session) => Ok(bind(&ctx, token, &session)),
         None => Err(ServiceError::new(401, "unknown or expired token")),
     }
 }
 
 pub async fn logout(ctx: Ctx) -> HandlerResult {
-    let login = ctx
-        .client
-        .login
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
+    let login = ctx.client.login.locked().take();
     if let Some(l) = login {
         ctx.shared.auth.logout(&l.token);
         ctx.shared
