@@ -120,17 +120,54 @@ impl Event {
     /// The SPEC JSON of an event.
     pub fn to_json(&self, config: &Config) -> Json {
         let d = &config.devices[self.device];
+        SpecEvent {
+            id: &self.id(&config.gateway.id),
+            device_id: &d.id,
+            point_id: self.point.map(|p| d.points[p].id.as_str()),
+            kind: self.kind.as_str(),
+            priority: self.priority.as_str(),
+            device_seq: self.device_seq as i64,
+            value: self.value.as_ref(),
+            message: &self.message,
+            ts: self.ts,
+            state: self.state.as_str(),
+            acked_by: self.acked_by.as_deref(),
+            acked_at: self.acked_at,
+        }
+        .to_json()
+    }
+}
+
+/// An event in SPEC's wire shape, borrowed from wherever it lives (the processor's memory, a
+/// store row, the outbox): the one place that shape is written, for WebSocket, MQTT and queries.
+pub struct SpecEvent<'a> {
+    pub id: &'a str,
+    pub device_id: &'a str,
+    pub point_id: Option<&'a str>,
+    pub kind: &'a str,
+    pub priority: &'a str,
+    pub device_seq: i64,
+    pub value: Option<&'a Value>,
+    pub message: &'a str,
+    pub ts: Millis,
+    pub state: &'a str,
+    pub acked_by: Option<&'a str>,
+    pub acked_at: Option<Millis>,
+}
+
+impl SpecEvent<'_> {
+    pub fn to_json(&self) -> Json {
         json!({
-            "id": self.id(&config.gateway.id),
-            "deviceId": d.id,
-            "pointId": self.point.map(|p| d.points[p].id.clone()),
-            "type": self.kind.as_str(),
-            "priority": self.priority.as_str(),
+            "id": self.id,
+            "deviceId": self.device_id,
+            "pointId": self.point_id,
+            "type": self.kind,
+            "priority": self.priority,
             "deviceSeq": self.device_seq,
-            "value": self.value.as_ref().map(Value::to_json),
+            "value": self.value.map(Value::to_json),
             "message": self.message,
             "ts": rfc3339(self.ts),
-            "state": self.state.as_str(),
+            "state": self.state,
             "ackedBy": self.acked_by,
             "ackedAt": self.acked_at.map(rfc3339),
         })

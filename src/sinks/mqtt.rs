@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::feed::{Batch, Feed};
 use super::{SinkError, Upstream};
 use crate::config::Mqtt;
+use crate::events::SpecEvent;
 use crate::model::{rfc3339, Value};
 use crate::store::{self, OutboxRow};
 use crate::Shared;
@@ -216,20 +217,22 @@ fn messages(topics: &Topics, batch: &Batch) -> Vec<Message> {
             let (topic, body, retain) = match row {
                 OutboxRow::Event(e) => (
                     topics.device(&e.device_id, "events"),
-                    json!({
-                        "id": e.event_id,
-                        "deviceId": e.device_id,
-                        "pointId": e.point_id,
-                        "type": e.kind,
-                        "priority": e.priority,
-                        "deviceSeq": e.device_seq,
-                        "value": e.value.as_ref().map(Value::to_json),
-                        "message": e.message,
-                        "ts": rfc3339(e.ts),
-                        "state": e.state,
-                        "ackedBy": null,
-                        "ackedAt": null,
-                    }),
+                    // Sent as it was raised: an acknowledgement is not an outbox row.
+                    SpecEvent {
+                        id: &e.event_id,
+                        device_id: &e.device_id,
+                        point_id: e.point_id.as_deref(),
+                        kind: &e.kind,
+                        priority: &e.priority,
+                        device_seq: e.device_seq,
+                        value: e.value.as_ref(),
+                        message: &e.message,
+                        ts: e.ts,
+                        state: &e.state,
+                        acked_by: None,
+                        acked_at: None,
+                    }
+                    .to_json(),
                     false,
                 ),
                 OutboxRow::Status(s) => (

@@ -138,23 +138,23 @@ pub fn history(
 fn event_row_json(config: &Config, r: &rusqlite::Row<'_>) -> rusqlite::Result<serde_json::Value> {
     let device_id: String = r.get("device_id")?;
     let point_id: Option<String> = r.get("point_id")?;
-    let value = super::event_value(config, &device_id, point_id.as_deref(), r.get("value")?)
-        .map(|v| v.to_json());
-    let acked_at: Option<Millis> = r.get("acked_at")?;
-    Ok(serde_json::json!({
-        "id": r.get::<_, String>("event_id")?,
-        "deviceId": device_id,
-        "pointId": point_id,
-        "type": r.get::<_, String>("type")?,
-        "priority": r.get::<_, String>("priority")?,
-        "deviceSeq": r.get::<_, i64>("device_seq")?,
-        "value": value,
-        "message": r.get::<_, String>("message")?,
-        "ts": crate::model::rfc3339(r.get("ts")?),
-        "state": r.get::<_, String>("state")?,
-        "ackedBy": r.get::<_, Option<String>>("acked_by")?,
-        "ackedAt": acked_at.map(crate::model::rfc3339),
-    }))
+    let value = super::event_value(config, &device_id, point_id.as_deref(), r.get("value")?);
+    let text = |col: &str| r.get::<_, String>(col);
+    Ok(crate::events::SpecEvent {
+        id: &text("event_id")?,
+        device_id: &device_id,
+        point_id: point_id.as_deref(),
+        kind: &text("type")?,
+        priority: &text("priority")?,
+        device_seq: r.get("device_seq")?,
+        value: value.as_ref(),
+        message: &text("message")?,
+        ts: r.get("ts")?,
+        state: &text("state")?,
+        acked_by: r.get::<_, Option<String>>("acked_by")?.as_deref(),
+        acked_at: r.get("acked_at")?,
+    }
+    .to_json())
 }
 
 /// Filters of `events.query`.
