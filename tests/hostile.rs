@@ -30,8 +30,7 @@ impl Target {
     /// With the open-file limit set to `nofile` (soft and hard) when given.
     async fn start_with(extra: &str, nofile: Option<u64>) -> Target {
         let dir = tempfile::tempdir().unwrap();
-        let sim = free_port();
-        let _sim = spawn(&["simulate", "--listen", &format!("127.0.0.1:{sim}")]);
+        let (_sim, sim) = spawn_simulator(&[]);
         let http = free_port();
         let hash = edge_gateway::cli::hash_password("pw").unwrap();
         let text = format!(

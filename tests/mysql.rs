@@ -212,8 +212,7 @@ async fn a_gateway_killed_with_sigkill_mid_stream_resends_after_restart_without_
 {
     let Some(url) = url() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let sim_port = free_port();
-    let _sim = spawn(&["simulate", "--listen", &format!("127.0.0.1:{sim_port}")]);
+    let (_sim, sim_port) = spawn_simulator(&[]);
     let http = free_port();
     let id = unique_id("sigkill");
     let cfg = dir.path().join("g.toml");
@@ -288,14 +287,7 @@ async fn five_sigkills_under_an_all_changing_load_lose_nothing_that_was_committe
     use std::collections::{BTreeMap, BTreeSet};
     let Some(url) = url() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let sim_port = free_port();
-    let _sim = spawn(&[
-        "simulate",
-        "--profile",
-        "changing",
-        "--listen",
-        &format!("127.0.0.1:{sim_port}"),
-    ]);
+    let (_sim, sim_port) = spawn_simulator(&["--profile", "changing"]);
     let http = free_port();
     let id = unique_id("kill5");
     let data = dir.path().join("data");

@@ -186,8 +186,7 @@ fn run_notified(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_after_start_and_the_watchdog_pings_only_while_the_store_makes_progress() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = free_port();
-    let _sim = spawn(&["simulate", "--listen", &format!("127.0.0.1:{sim}")]);
+    let (_sim, sim) = spawn_simulator(&[]);
     let http = free_port();
     let cfg = write_config(dir.path(), sim, http);
     let notify = Notify::new(dir.path());
@@ -217,8 +216,7 @@ async fn ready_after_start_and_the_watchdog_pings_only_while_the_store_makes_pro
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_daemon_cleanly_with_the_store_flushed() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = free_port();
-    let _sim = spawn(&["simulate", "--listen", &format!("127.0.0.1:{sim}")]);
+    let (_sim, sim) = spawn_simulator(&[]);
     let http = free_port();
     let cfg = write_config(dir.path(), sim, http);
     let notify = Notify::new(dir.path());

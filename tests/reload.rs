@@ -119,8 +119,7 @@ async fn a_reload_keeps_unchanged_buses_running_and_applies_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_with_an_invalid_config_keeps_the_running_one_and_a_valid_one_applies() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = free_port();
-    let _sim = spawn(&["simulate", "--listen", &format!("127.0.0.1:{sim}")]);
+    let (_sim, sim) = spawn_simulator(&[]);
     let http = free_port();
     let cfg = dir.path().join("g.toml");
     let head = format!(

@@ -272,6 +272,35 @@ impl Drop for Child {
     }
 }
 
+/// A simulator process on a port it chose itself (port 0), and that port, read from the line it
+/// prints once listening: no port is picked here and handed over, so no other process can take
+/// it in between.
+pub fn spawn_simulator(extra: &[&str]) -> (Child, u16) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
+        .arg("simulate")
+        .args(extra)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let child = Child(child);
+    let port = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            let rest = l.split("modbus tcp on ").nth(1)?;
+            rest.split(',').next()?.parse::<SocketAddr>().ok()
+        })
+        .expect("the simulator says where it listens")
+        .port();
+    // Whatever else it prints is read and dropped, so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, port)
+}
+
 pub fn spawn(args: &[&str]) -> Child {
     Child(
         std::process::Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
