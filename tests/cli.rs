@@ -173,16 +173,21 @@ fn the_log_level_comes_from_the_config_unless_rust_log_is_set() {
             ),
         )
         .unwrap();
+        // Running is known from systemd's READY=1, whatever the log level lets through.
+        let sock_dir = dir.path().join(format!("{level}-notify"));
+        std::fs::create_dir_all(&sock_dir).unwrap();
+        let notify = Notify::new(&sock_dir);
         let mut cmd = bin();
         cmd.args(["run", "--config", cfg.to_str().unwrap()])
             .env_remove("RUST_LOG")
+            .env("NOTIFY_SOCKET", &notify.path)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(r) = rust_log {
             cmd.env("RUST_LOG", r);
         }
         let child = cmd.spawn().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(1500));
+        notify.wait_for("READY=1", std::time::Duration::from_secs(20));
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();

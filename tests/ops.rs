@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -98,56 +97,6 @@ async fn metrics_has_every_spec_name_in_valid_prometheus_text() {
     })
     .await;
     gw.shutdown().await;
-}
-
-/// A fake systemd: a datagram socket the gateway notifies.
-struct Notify {
-    sock: UnixDatagram,
-    path: std::path::PathBuf,
-}
-
-impl Notify {
-    fn new(dir: &std::path::Path) -> Notify {
-        let path = dir.join("notify.sock");
-        let sock = UnixDatagram::bind(&path).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        Notify { sock, path }
-    }
-
-    /// Messages received within `within`.
-    fn collect(&self, within: Duration) -> Vec<String> {
-        let end = std::time::Instant::now() + within;
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        while std::time::Instant::now() < end {
-            if let Ok(n) = self.sock.recv(&mut buf) {
-                out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-        }
-        out
-    }
-
-    /// Throws away what is already queued: a ping sent before the window under test still sits
-    /// in the socket and would be read as if it came inside it.
-    fn drain(&self) {
-        let mut buf = [0u8; 4096];
-        self.sock.set_nonblocking(true).unwrap();
-        while self.sock.recv(&mut buf).is_ok() {}
-        self.sock.set_nonblocking(false).unwrap();
-    }
-
-    fn wait_for(&self, what: &str, within: Duration) -> Vec<String> {
-        let end = std::time::Instant::now() + within;
-        let mut seen = Vec::new();
-        while std::time::Instant::now() < end {
-            seen.extend(self.collect(Duration::from_millis(200)));
-            if seen.iter().any(|m| m.contains(what)) {
-                return seen;
-            }
-        }
-        panic!("no {what} within {within:?}; got {seen:?}");
-    }
 }
 
 fn write_config(dir: &std::path::Path, sim: u16, http: u16) -> std::path::PathBuf {

@@ -374,3 +374,53 @@ pub async fn healthz_json(addr: SocketAddr) -> Option<serde_json::Value> {
     s.read_to_string(&mut out).await.ok()?;
     serde_json::from_str(out.split("\r\n\r\n").nth(1)?).ok()
 }
+
+/// A fake systemd: a datagram socket the gateway notifies.
+pub struct Notify {
+    sock: std::os::unix::net::UnixDatagram,
+    pub path: std::path::PathBuf,
+}
+
+impl Notify {
+    pub fn new(dir: &std::path::Path) -> Notify {
+        let path = dir.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Notify { sock, path }
+    }
+
+    /// Messages received within `within`.
+    pub fn collect(&self, within: Duration) -> Vec<String> {
+        let end = std::time::Instant::now() + within;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while std::time::Instant::now() < end {
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        out
+    }
+
+    /// Throws away what is already queued: a ping sent before the window under test still sits
+    /// in the socket and would be read as if it came inside it.
+    pub fn drain(&self) {
+        let mut buf = [0u8; 4096];
+        self.sock.set_nonblocking(true).unwrap();
+        while self.sock.recv(&mut buf).is_ok() {}
+        self.sock.set_nonblocking(false).unwrap();
+    }
+
+    pub fn wait_for(&self, what: &str, within: Duration) -> Vec<String> {
+        let end = std::time::Instant::now() + within;
+        let mut seen = Vec::new();
+        while std::time::Instant::now() < end {
+            seen.extend(self.collect(Duration::from_millis(200)));
+            if seen.iter().any(|m| m.contains(what)) {
+                return seen;
+            }
+        }
+        panic!("no {what} within {within:?}; got {seen:?}");
+    }
+}
