@@ -15,7 +15,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
-use edge_gateway::ws::hub::{Push, KIND_EVENT};
+use edge_gateway::metrics::PushKind;
+use edge_gateway::ws::hub::Push;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value as Json};
 use tokio::io::AsyncWriteExt;
@@ -165,7 +166,10 @@ async fn run(gw: &edge_gateway::Gateway, token: &str, stalled: usize, secs: u64)
     while m.clients.load(Relaxed) < CLIENTS as i64 || gw.shared.hub.len() < CLIENTS {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (sent0, dropped0) = (m.count(KIND_EVENT, false), m.count(KIND_EVENT, true));
+    let (sent0, dropped0) = (
+        m.count(PushKind::Event, false),
+        m.count(PushKind::Event, true),
+    );
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
     // The publisher is a task on the gateway's runtime, as the event pipeline is in the daemon.
     let shared = gw.shared.clone();
@@ -175,7 +179,7 @@ async fn run(gw: &edge_gateway::Gateway, token: &str, stalled: usize, secs: u64)
             tick.tick().await;
             shared.hub.publish_all(Push {
                 frame: Utf8Bytes::from(timed_frame()),
-                kind: KIND_EVENT,
+                kind: PushKind::Event,
                 since: Instant::now(),
                 urgent: false,
             });
@@ -186,7 +190,7 @@ async fn run(gw: &edge_gateway::Gateway, token: &str, stalled: usize, secs: u64)
     let cpu_pct = (cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
     gw.shared.hub.publish_all(Push {
         frame: Utf8Bytes::from(stop_frame()),
-        kind: KIND_EVENT,
+        kind: PushKind::Event,
         since: Instant::now(),
         urgent: false,
     });
@@ -202,8 +206,8 @@ async fn run(gw: &edge_gateway::Gateway, token: &str, stalled: usize, secs: u64)
         p99,
         cpu_pct,
         rss_mb,
-        sent: m.count(KIND_EVENT, false) - sent0,
-        dropped: m.count(KIND_EVENT, true) - dropped0,
+        sent: m.count(PushKind::Event, false) - sent0,
+        dropped: m.count(PushKind::Event, true) - dropped0,
     }
 }
 

@@ -24,8 +24,26 @@ pub struct BusCounters {
     pub duration: Histogram,
 }
 
-/// Push kinds counted in `edge_push_messages_total{kind}`.
-pub const PUSH_KINDS: [&str; 3] = ["snapshot", "telemetry", "event"];
+/// What a push carries, counted in `edge_push_messages_total{kind}`; in the order a full client
+/// queue gives them up (snapshots first: the next one replaces them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushKind {
+    Snapshot,
+    Telemetry,
+    Event,
+}
+
+impl PushKind {
+    pub const ALL: [PushKind; 3] = [PushKind::Snapshot, PushKind::Telemetry, PushKind::Event];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushKind::Snapshot => "snapshot",
+            PushKind::Telemetry => "telemetry",
+            PushKind::Event => "event",
+        }
+    }
+}
 
 /// A histogram with fixed buckets in seconds, sized for millisecond latencies.
 pub struct Histogram {
@@ -109,7 +127,7 @@ impl Histogram {
 /// WebSocket push figures.
 #[derive(Default)]
 pub struct PushCounters {
-    /// `[kind][0 = sent, 1 = dropped]`, kinds as [`PUSH_KINDS`].
+    /// `[kind][0 = sent, 1 = dropped]`, by [`PushKind`].
     pub messages: [[AtomicU64; 2]; 3],
     pub clients: AtomicI64,
     /// Time to hand one push to every recipient's queue.
@@ -119,14 +137,14 @@ pub struct PushCounters {
 }
 
 impl PushCounters {
-    pub fn sent(&self, kind: usize) {
-        self.messages[kind][0].fetch_add(1, Relaxed);
+    pub fn sent(&self, kind: PushKind) {
+        self.messages[kind as usize][0].fetch_add(1, Relaxed);
     }
-    pub fn dropped(&self, kind: usize) {
-        self.messages[kind][1].fetch_add(1, Relaxed);
+    pub fn dropped(&self, kind: PushKind) {
+        self.messages[kind as usize][1].fetch_add(1, Relaxed);
     }
-    pub fn count(&self, kind: usize, dropped: bool) -> u64 {
-        self.messages[kind][usize::from(dropped)].load(Relaxed)
+    pub fn count(&self, kind: PushKind, dropped: bool) -> u64 {
+        self.messages[kind as usize][usize::from(dropped)].load(Relaxed)
     }
 }
 
@@ -318,12 +336,13 @@ impl Metrics {
             );
         }
         out.push_str("# TYPE edge_push_messages_total counter\n");
-        for (k, kind) in PUSH_KINDS.iter().enumerate() {
+        for kind in PushKind::ALL {
             for (r, result) in ["sent", "dropped"].iter().enumerate() {
-                let v = self.push.messages[k][r].load(Relaxed);
+                let v = self.push.messages[kind as usize][r].load(Relaxed);
                 let _ = writeln!(
                     out,
-                    "edge_push_messages_total{{kind=\"{kind}\",result=\"{result}\"}} {v}"
+                    "edge_push_messages_total{{kind=\"{}\",result=\"{result}\"}} {v}",
+                    kind.as_str()
                 );
             }
         }

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use common::*;
+use edge_gateway::metrics::PushKind;
 use edge_gateway::modbus::simulator::{Fault, Profile, BOILER, PUMP};
 use edge_gateway::Gateway;
 use futures_util::{SinkExt, StreamExt};
@@ -650,7 +651,7 @@ async fn a_client_that_stops_reading_loses_pushes_by_its_policy_and_never_delays
     let m = &gw.metrics.push;
     // The healthy client keeps getting snapshots while the stalled one's drops pile up.
     let mut snapshots = 0;
-    while m.count(0, true) < 5 || snapshots < 10 {
+    while m.count(PushKind::Snapshot, true) < 5 || snapshots < 10 {
         fast.next_push("push.snapshot").await;
         snapshots += 1;
         assert!(snapshots < 200, "the stalled client never overflowed");
@@ -660,8 +661,8 @@ async fn a_client_that_stops_reading_loses_pushes_by_its_policy_and_never_delays
         2,
         "drop_oldest keeps the slow client connected"
     );
-    let sent = m.count(0, false);
-    let dropped = m.count(0, true);
+    let sent = m.count(PushKind::Snapshot, false);
+    let dropped = m.count(PushKind::Snapshot, true);
     assert!(sent >= 10 && dropped >= 5, "sent {sent} dropped {dropped}");
     gw.shutdown().await;
 }
@@ -678,7 +679,10 @@ async fn the_disconnect_policy_drops_a_slow_client_and_frees_it() {
     fast.login("viewer", "viewer").await;
     wait_for("slow client dropped", || gw.shared.hub.len() == 1).await;
     // The push that overflowed it (a snapshot or a first telemetry report) is counted.
-    let dropped: u64 = (0..3).map(|k| gw.metrics.push.count(k, true)).sum();
+    let dropped: u64 = PushKind::ALL
+        .iter()
+        .map(|&k| gw.metrics.push.count(k, true))
+        .sum();
     assert!(dropped >= 1);
     // The healthy one is unaffected.
     fast.next_push("push.snapshot").await;

@@ -10,20 +10,15 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Overflow, Priority, Role};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PushKind};
 use crate::sync::{Locked, RwLocked};
-
-/// Push kinds, indexes into [`crate::metrics::PUSH_KINDS`].
-pub const KIND_SNAPSHOT: usize = 0;
-pub const KIND_TELEMETRY: usize = 1;
-pub const KIND_EVENT: usize = 2;
 
 /// One queued push: the encoded frame (shared, never copied per client), its kind, and when
 /// the data in it was read, for the latency histogram.
 #[derive(Clone)]
 pub struct Push {
     pub frame: Utf8Bytes,
-    pub kind: usize,
+    pub kind: PushKind,
     pub since: Instant,
     /// A high or emergency event: never dropped to make room (SPEC); when it cannot be
     /// queued, the client is closed (1008) instead of silently missing it.
@@ -117,12 +112,7 @@ impl Client {
                 Overflow::DropNew | Overflow::DropOldest => {
                     // The lowest that is there goes first: snapshots (the next one replaces
                     // them), then telemetry, then normal events; the oldest of its kind.
-                    let rank = |p: &Push| match p.kind {
-                        _ if p.urgent => 3,
-                        KIND_SNAPSHOT => 0,
-                        KIND_TELEMETRY => 1,
-                        _ => 2,
-                    };
+                    let rank = |p: &Push| if p.urgent { 3 } else { p.kind as usize };
                     let victim = (0..3).find_map(|r| q.iter().position(|p| rank(p) == r));
                     match victim {
                         Some(i) => {
@@ -301,7 +291,7 @@ impl Hub {
                 c.offer(
                     Push {
                         frame: frame.clone(),
-                        kind: KIND_EVENT,
+                        kind: PushKind::Event,
                         since: Instant::now(),
                         urgent: true,
                     },
@@ -394,7 +384,7 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn push(kind: usize, n: u8) -> Push {
+    fn push(kind: PushKind, n: u8) -> Push {
         Push {
             urgent: false,
             frame: Utf8Bytes::from(format!("{n}")),
@@ -412,20 +402,20 @@ mod tests {
         let m = metrics();
         let c = Client::new(1, 2, Overflow::DropOldest);
         for i in 0..5 {
-            c.offer(push(KIND_TELEMETRY, i), &m);
+            c.offer(push(PushKind::Telemetry, i), &m);
         }
         assert_eq!(c.next().unwrap().frame.as_str(), "3");
-        assert_eq!(m.push.count(KIND_TELEMETRY, true), 3);
+        assert_eq!(m.push.count(PushKind::Telemetry, true), 3);
         let c = Client::new(2, 2, Overflow::DropNew);
         for i in 0..5 {
-            c.offer(push(KIND_EVENT, i), &m);
+            c.offer(push(PushKind::Event, i), &m);
         }
         assert_eq!(c.next().unwrap().frame.as_str(), "0");
-        assert_eq!(m.push.count(KIND_EVENT, true), 3);
+        assert_eq!(m.push.count(PushKind::Event, true), 3);
         let c = Client::new(3, 1, Overflow::Disconnect);
-        c.offer(push(KIND_SNAPSHOT, 0), &m);
+        c.offer(push(PushKind::Snapshot, 0), &m);
         assert!(!c.kicked.is_cancelled());
-        c.offer(push(KIND_SNAPSHOT, 1), &m);
+        c.offer(push(PushKind::Snapshot, 1), &m);
         assert!(c.kicked.is_cancelled());
     }
 
@@ -436,19 +426,19 @@ mod tests {
         let m = metrics();
         let urgent = |n| Push {
             urgent: true,
-            ..push(KIND_EVENT, n)
+            ..push(PushKind::Event, n)
         };
         for overflow in [Overflow::DropOldest, Overflow::DropNew] {
             let c = Client::new(1, 3, overflow);
             c.offer(urgent(0), &m);
             for i in 1..10 {
-                c.offer(push(KIND_SNAPSHOT, i), &m);
+                c.offer(push(PushKind::Snapshot, i), &m);
             }
             assert_eq!(c.next().unwrap().frame.as_str(), "0", "{overflow:?}");
             // A full queue takes an urgent push in place of a snapshot.
             let c = Client::new(2, 2, overflow);
-            c.offer(push(KIND_SNAPSHOT, 1), &m);
-            c.offer(push(KIND_SNAPSHOT, 2), &m);
+            c.offer(push(PushKind::Snapshot, 1), &m);
+            c.offer(push(PushKind::Snapshot, 2), &m);
             assert!(c.offer(urgent(3), &m));
             let left: Vec<_> = std::iter::from_fn(|| c.next()).map(|p| p.frame).collect();
             assert!(
@@ -457,9 +447,9 @@ mod tests {
             );
             // Below the urgent ones, snapshots go first, then telemetry, then normal events.
             let c = Client::new(4, 3, overflow);
-            c.offer(push(KIND_EVENT, 1), &m);
-            c.offer(push(KIND_TELEMETRY, 2), &m);
-            c.offer(push(KIND_SNAPSHOT, 3), &m);
+            c.offer(push(PushKind::Event, 1), &m);
+            c.offer(push(PushKind::Telemetry, 2), &m);
+            c.offer(push(PushKind::Snapshot, 3), &m);
             c.offer(urgent(4), &m);
             c.offer(urgent(5), &m);
             let left: Vec<_> = std::iter::from_fn(|| c.next()).map(|p| p.frame).collect();
@@ -497,11 +487,11 @@ mod tests {
                 telemetry: false,
             },
         );
-        hub.publish_telemetry(1, push(KIND_TELEMETRY, 1));
-        hub.publish_event(1, 0b10, Priority::Emergency, push(KIND_EVENT, 2));
-        hub.publish_event(1, 0b10, Priority::Normal, push(KIND_EVENT, 3));
-        hub.publish_event(0, 0b10, Priority::Emergency, push(KIND_EVENT, 4));
-        hub.publish_event(1, 0b01, Priority::Emergency, push(KIND_EVENT, 5));
+        hub.publish_telemetry(1, push(PushKind::Telemetry, 1));
+        hub.publish_event(1, 0b10, Priority::Emergency, push(PushKind::Event, 2));
+        hub.publish_event(1, 0b10, Priority::Normal, push(PushKind::Event, 3));
+        hub.publish_event(0, 0b10, Priority::Emergency, push(PushKind::Event, 4));
+        hub.publish_event(1, 0b01, Priority::Emergency, push(PushKind::Event, 5));
         assert_eq!(a.queued(), 5);
         assert_eq!(b.next().unwrap().frame.as_str(), "2");
         assert!(b.next().is_none());

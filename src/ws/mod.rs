@@ -284,7 +284,7 @@ async fn writer(
     let kicked = client.kicked.cancelled();
     tokio::pin!(stopped, kicked);
     // What the last batch wrote, for the counters after its flush; kept to reuse its memory.
-    let mut batch: Vec<(usize, Instant)> = Vec::new();
+    let mut batch: Vec<(crate::metrics::PushKind, Instant)> = Vec::new();
     loop {
         tokio::select! {
             biased;

@@ -9,9 +9,10 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::hub::{Hub, Push, KIND_EVENT, KIND_SNAPSHOT, KIND_TELEMETRY};
+use super::hub::{Hub, Push};
 use crate::config::{Config, Priority};
 use crate::events::Event;
+use crate::metrics::PushKind;
 use crate::model::{now_ms, rfc3339};
 use crate::state::SharedLive;
 use crate::store::Row;
@@ -51,7 +52,7 @@ impl Pusher {
             device,
             Push {
                 frame: Utf8Bytes::from(frame.to_string()),
-                kind: KIND_TELEMETRY,
+                kind: PushKind::Telemetry,
                 since: read_at,
                 urgent: false,
             },
@@ -67,7 +68,7 @@ impl Pusher {
             e.priority,
             Push {
                 frame: Utf8Bytes::from(frame.to_string()),
-                kind: KIND_EVENT,
+                kind: PushKind::Event,
                 since: e.at.into_std(),
                 urgent: e.priority >= Priority::High,
             },
@@ -83,7 +84,7 @@ impl Pusher {
         });
         self.hub.publish_all(Push {
             frame: Utf8Bytes::from(frame.to_string()),
-            kind: KIND_SNAPSHOT,
+            kind: PushKind::Snapshot,
             since,
             urgent: false,
         });
