@@ -51,29 +51,10 @@ async fn dashboard(
     crate::assets::serve(uri, headers).await
 }
 
-/// SPEC: 200 while serving, 503 with `"status":"failing"` when the store cannot write; sinks
-/// that are off are absent.
+/// SPEC: 200 while serving, 503 with `"status":"failing"` when the store cannot write; what
+/// is degraded is listed either way ([`crate::health`]).
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
-    let (online, total) = {
-        let live = state::read(&s.live);
-        (live.online_count(), live.devices.len())
-    };
-    let ok = s.store.healthy.load(Relaxed);
-    let mut sinks = serde_json::Map::new();
-    for (name, m) in s.sinks.configured(&s.config) {
-        let mut v = serde_json::json!({"backlog": m.backlog.load(Relaxed)});
-        if let Some(e) = m.error() {
-            v["error"] = e.into();
-        }
-        sinks.insert(name.into(), v);
-    }
-    let (db, wal) = crate::store::file_sizes(&s.config.gateway.data_dir);
-    let body = serde_json::json!({
-        "status": if ok { "ok" } else { "failing" },
-        "devices": {"online": online, "total": total},
-        "sinks": sinks,
-        "store": {"dbBytes": db, "walBytes": wal},
-    });
+    let (ok, body) = crate::health::report(&s);
     let code = if ok {
         StatusCode::OK
     } else {

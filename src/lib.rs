@@ -26,6 +26,7 @@
 //!   logins, roles, services, client hub, and what is pushed (`ws::push`).
 //! - [`shared`]: what the HTTP and WebSocket handlers share.
 //! - [`http`]: `/ws`, `/healthz`, `/metrics` and the dashboard page.
+//! - [`health`]: what `/healthz` reports, with every problem that does not stop serving.
 //! - [`log_limit`]: log lines outside parties can trigger, at most one per source per period.
 //! - [`metrics`]: counters kept by every stage, rendered for Prometheus.
 //! - [`cli`]: the commissioning commands `read` and `write`, and `demo`.
@@ -36,6 +37,7 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod gateway;
+pub mod health;
 pub mod http;
 pub mod log_limit;
 pub mod metrics;
@@ -57,6 +59,16 @@ use config::Config;
 pub use gateway::{Gateway, ReloadSummary, StartError};
 use metrics::Reload;
 pub use shared::{Shared, Sinks};
+
+/// The version and the git commit it was built from, as `--version` and `edge_build_info` say.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("EDGE_GATEWAY_GIT"),
+    ")"
+);
+/// The git commit alone (`unknown` outside a checkout).
+pub const GIT: &str = env!("EDGE_GATEWAY_GIT");
 
 /// Caps glibc's malloc at two arenas. By default it makes up to eight per core, one per thread
 /// that ever allocates, and every one keeps its freed pages: with a connection's buffers

@@ -15,7 +15,7 @@ use edge_gateway::modbus::simulator::{Profile, Simulator};
 #[derive(Parser)]
 #[command(
     name = "edge-gateway",
-    version,
+    version = edge_gateway::VERSION,
     about = "Industrial edge gateway: Modbus TCP/RTU to SQLite, MQTT, MySQL and a live LAN dashboard"
 )]
 struct Cli {

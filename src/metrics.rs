@@ -409,6 +409,12 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# TYPE edge_build_info gauge\nedge_build_info{{version=\"{}\",git=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            crate::GIT
+        );
+        let _ = writeln!(
+            out,
             "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n\
              # TYPE process_open_fds gauge\nprocess_open_fds {}\n\
              # TYPE edge_uptime_seconds gauge\nedge_uptime_seconds {:.0}",

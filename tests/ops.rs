@@ -308,3 +308,78 @@ async fn healthz_stays_503_while_every_write_fails_and_recovers_after() {
     .await;
     gw.shutdown().await;
 }
+
+/// `/healthz` stays 200 while serving, and `degraded` names each problem a monitor should see:
+/// here both devices offline (a bus nobody answers) and a MySQL sink that cannot connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_names_what_is_degraded_while_it_still_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(
+        dir.path(),
+        &format!(
+            "[mysql]\nurl = \"mysql://root@127.0.0.1:1/test\"\n{}{BOILER_AND_PUMP}",
+            tcp_bus("127.0.0.1:1")
+        ),
+    ))
+    .await
+    .unwrap();
+    let degraded = |h: &serde_json::Value| -> Vec<String> {
+        h["degraded"]
+            .as_array()
+            .expect("degraded is a list")
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    wait_for_async("both problems named", || async {
+        let Some(h) = healthz_json(gw.http_addr).await else {
+            return false;
+        };
+        let d = degraded(&h);
+        d.iter()
+            .any(|l| l.starts_with("devices offline: 2 of 2 (boiler, pump)"))
+            && d.iter().any(|l| l.starts_with("sink mysql failing: "))
+    })
+    .await;
+    let h = healthz(gw.http_addr).await;
+    assert!(h.starts_with("HTTP/1.0 200"), "{h}");
+    assert!(h.contains(r#""status":"ok""#), "{h}");
+    gw.shutdown().await;
+
+    // All well (devices answering, no sinks): nothing degraded but, on a machine whose clock
+    // is not synchronised, the clock.
+    let (_sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(
+        dir.path(),
+        &format!("{}{BOILER_AND_PUMP}", tcp_bus(&addr.to_string())),
+    ))
+    .await
+    .unwrap();
+    wait_for_async("nothing degraded", || async {
+        healthz_json(gw.http_addr).await.is_some_and(|h| {
+            degraded(&h)
+                .iter()
+                .all(|l| l.starts_with("clock not synchronised"))
+        })
+    })
+    .await;
+    // And the build is named in /metrics as in --version.
+    let metrics = http_get(gw.http_addr, "/metrics").await;
+    let line = format!(
+        "edge_build_info{{version=\"{}\",git=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        edge_gateway::GIT
+    );
+    assert!(metrics.contains(&line), "{line} not in /metrics");
+    gw.shutdown().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        version.contains(env!("CARGO_PKG_VERSION")) && version.contains(edge_gateway::GIT),
+        "{version}"
+    );
+}
