@@ -30,7 +30,10 @@
 //! - [`log_limit`]: log lines outside parties can trigger, at most one per source per period.
 //! - [`metrics`]: counters kept by every stage, rendered for Prometheus.
 //! - [`cli`]: the commissioning commands `read` and `write`, and `demo`.
+//! - [`account`]: the password prompt, `user add`, and the refusal of the demo's logins
+//!   beyond loopback.
 
+pub mod account;
 pub mod assets;
 pub mod backoff;
 pub mod cli;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use edge_gateway::account;
 use edge_gateway::cli::{self, Target, EXIT_USAGE};
 use edge_gateway::config::{self, ConfigError};
 use edge_gateway::modbus::simulator::{Profile, Simulator};
@@ -55,8 +56,14 @@ enum Command {
         #[arg(long, default_value_t = 9600)]
         baud: u32,
     },
-    /// Read a password on stdin and print an argon2id PHC string for [[users]].
+    /// Read a password (prompted twice without echo on a terminal, or one line piped) and
+    /// print an argon2id PHC string for [[users]].
     HashPassword,
+    /// Dashboard users in a config file.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
     /// One-off read for commissioning a device.
     Read {
         #[command(flatten)]
@@ -77,6 +84,20 @@ enum Command {
         /// The value; negative numbers need no `=` (`--value -7`).
         #[arg(long, allow_hyphen_values = true)]
         value: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Prompt for a password (no echo) and write the user into the config, comments kept;
+    /// an entry of that name (the shipped placeholder, say) is updated.
+    Add {
+        name: String,
+        /// admin or viewer.
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value = "/etc/edge-gateway/gateway.toml")]
+        config: PathBuf,
     },
 }
 
@@ -235,6 +256,10 @@ async fn run_cli() -> ExitCode {
                     return code(64);
                 }
             };
+            if let Some(why) = account::well_known_login(&loaded.config) {
+                eprintln!("{}: {why}", config.display());
+                return code(64);
+            }
             init_logging(&loaded.config.gateway.log_level);
             for w in &loaded.warnings {
                 tracing::warn!("{}: {w}", config.display());
@@ -324,19 +349,46 @@ async fn run_cli() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::HashPassword => {
-            let mut pw = String::new();
-            if std::io::stdin().read_line(&mut pw).is_err() {
-                eprintln!("error: cannot read the password from stdin");
-                return code(EXIT_USAGE);
-            }
-            let pw = pw.trim_end_matches(['\r', '\n']);
-            if pw.is_empty() {
-                eprintln!("error: empty password");
-                return code(EXIT_USAGE);
-            }
-            match cli::hash_password(pw) {
+            let pw = match account::read_password() {
+                Ok(pw) => pw,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return code(EXIT_USAGE);
+                }
+            };
+            match cli::hash_password(&pw) {
                 Ok(h) => {
                     println!("{h}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::User {
+            action: UserAction::Add { name, role, config },
+        } => {
+            let role = match role.as_str() {
+                "admin" => config::Role::Admin,
+                "viewer" => config::Role::Viewer,
+                other => {
+                    eprintln!("error: unknown role `{other}` (expected admin or viewer)");
+                    return code(EXIT_USAGE);
+                }
+            };
+            let added = account::read_password()
+                .and_then(|pw| cli::hash_password(&pw))
+                .and_then(|hash| account::add_user(&config, &name, role, &hash));
+            match added {
+                Ok(new) => {
+                    println!(
+                        "{} user `{name}` in {}; check it with: edge-gateway check-config --config {}",
+                        if new { "added" } else { "updated" },
+                        config.display(),
+                        config.display()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -157,6 +157,108 @@ fn hash_password_prints_an_argon2id_phc_string() {
     assert!(!s.contains("s3cret"));
 }
 
+/// Runs the binary with `input` on stdin: (exit code, stdout, stderr).
+fn with_stdin(args: &[&str], input: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = bin()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// From the shipped example to a config that loads, without an editor: `user add` sets the
+/// placeholder's password, adds another user, and keeps every comment.
+#[test]
+fn user_add_sets_the_shipped_placeholder_and_adds_users_with_comments_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.example.toml"),
+    )
+    .unwrap();
+    // Its own data dir: check-config does not touch it, but keep the test to itself.
+    std::fs::write(&cfg, &example).unwrap();
+    let c = cfg.to_str().unwrap();
+    let (code, _, err) = with_stdin(&["check-config", "--config", c], "");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("users[0].password_hash") && err.contains("user add admin"),
+        "{err}"
+    );
+
+    let (code, out, err) = with_stdin(
+        &["user", "add", "admin", "--role", "admin", "--config", c],
+        "s3cret\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("updated user `admin`"), "{out}");
+    let (code, out, _) = with_stdin(
+        &["user", "add", "tech", "--role", "viewer", "--config", c],
+        "other\n",
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("added user `tech`"), "{out}");
+    let (code, out, err) = with_stdin(&["check-config", "--config", c], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(": ok"), "{out}");
+
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    // Every comment of the example is still there, and no password in clear.
+    for line in example.lines().filter(|l| l.trim_start().starts_with('#')) {
+        assert!(text.contains(line), "lost: {line}");
+    }
+    assert!(!text.contains("s3cret") && !text.contains("CHANGE-ME"));
+    let users = edge_gateway::config::parse(&text).unwrap().config.users;
+    assert_eq!(
+        users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
+        ["admin", "tech"]
+    );
+    // A bad role is refused before anything is asked or written.
+    let (code, _, err) = with_stdin(
+        &["user", "add", "x", "--role", "root", "--config", c],
+        "pw\n",
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("unknown role `root`"), "{err}");
+}
+
+/// `run` will not serve the demo's admin/admin beyond loopback (exit 64, before any port is
+/// opened), and says how to set a password.
+#[test]
+fn run_refuses_the_demos_well_known_logins_on_a_network_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("g.toml");
+    let demo = edge_gateway::cli::DEMO_CONFIG
+        .replace("listen = \"127.0.0.1:8080\"", "listen = \"0.0.0.0:0\"");
+    assert!(
+        demo.contains("0.0.0.0:0"),
+        "the demo config's listen line moved"
+    );
+    std::fs::write(&cfg, demo).unwrap();
+    let (code, _, err) = with_stdin(&["run", "--config", cfg.to_str().unwrap()], "");
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("well-known password")
+            && err.contains("edge-gateway user add admin --role admin"),
+        "{err}"
+    );
+}
+
 /// `gateway.log_level` sets the level; `RUST_LOG`, when set, wins. Off a terminal the lines
 /// carry no colour escapes.
 #[test]

@@ -229,10 +229,20 @@ impl Validator {
                     Role::Viewer
                 }
             };
-            if !u.password_hash.starts_with("$argon2") {
+            if u.password_hash == crate::account::PLACEHOLDER {
                 self.err(
                     &p.key("password_hash"),
-                    "must be an argon2 PHC string (make one with `edge-gateway hash-password`)",
+                    format!(
+                        "no password set: run `sudo edge-gateway user add {} --role {} --config PATH`",
+                        u.name,
+                        u.role
+                    ),
+                );
+            } else if !u.password_hash.starts_with("$argon2") {
+                self.err(
+                    &p.key("password_hash"),
+                    "must be an argon2 PHC string (make one with `edge-gateway hash-password`, or \
+                     set the user with `edge-gateway user add NAME --role ROLE --config PATH`)",
                 );
             }
             out.push(User {
