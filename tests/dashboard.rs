@@ -1,12 +1,15 @@
 //! The dashboard end to end in headless Chromium (`tests/e2e/dashboard.mjs`, playwright-core)
 //! against `edge-gateway demo`. Needs `EDGE_TEST_CHROMIUM` (set by `./scripts/test`, which
-//! installs Debian's chromium and the script's npm dependency); without it, says it skipped.
+//! installs Debian's chromium and the script's npm dependency); without it, says it skipped
+//! (and fails under `EDGE_TEST_REQUIRE_ALL=1`).
+
+mod common;
 
 #[test]
 fn the_dashboard_works_in_a_real_browser() {
     let Some(chromium) = std::env::var_os("EDGE_TEST_CHROMIUM") else {
-        eprintln!(
-            "SKIPPED: EDGE_TEST_CHROMIUM is not set (./scripts/test installs Chromium and sets it)"
+        common::skipped(
+            "EDGE_TEST_CHROMIUM is not set (./scripts/test installs Chromium and sets it)",
         );
         return;
     };

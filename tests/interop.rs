@@ -15,9 +15,7 @@ fn python() -> Option<String> {
     match std::env::var("EDGE_PYMODBUS_PYTHON") {
         Ok(p) if !p.is_empty() => Some(p),
         _ => {
-            eprintln!(
-                "SKIPPED: EDGE_PYMODBUS_PYTHON is not set (run .ci/run, which installs pymodbus)"
-            );
+            skipped("EDGE_PYMODBUS_PYTHON is not set (run .ci/run, which installs pymodbus)");
             None
         }
     }
@@ -296,7 +294,7 @@ async fn pymodbus_tcp_commissioning_cli_reads_writes_and_names_exceptions() {
 async fn pymodbus_rtu_on_a_pty_pair_every_type_and_order_reads_and_writes() {
     let Some(py) = python() else { return };
     let Some(pair) = pty_pair().await else {
-        eprintln!("SKIPPED: socat is not installed");
+        skipped("socat is not installed");
         return;
     };
     let _server = start_pymodbus(&py, "rtu", &pair.a);

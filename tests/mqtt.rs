@@ -20,7 +20,9 @@ fn broker() -> Option<String> {
     match std::env::var("EDGE_TEST_MQTT_ADDR") {
         Ok(a) if !a.is_empty() => Some(a),
         _ => {
-            eprintln!("SKIPPED: EDGE_TEST_MQTT_ADDR is not set (./scripts/test sets it to the local Mosquitto)");
+            skipped(
+                "EDGE_TEST_MQTT_ADDR is not set (./scripts/test sets it to the local Mosquitto)",
+            );
             None
         }
     }
@@ -420,7 +422,7 @@ fn tls_broker(dir: &std::path::Path) -> Option<TlsBroker> {
             "server.pem",
         ]);
     if !made {
-        eprintln!("SKIPPED: openssl could not make a test CA");
+        skipped("openssl could not make a test CA");
         return None;
     }
     let (plain, tls) = (free_port(), free_port());
@@ -440,7 +442,7 @@ fn tls_broker(dir: &std::path::Path) -> Option<TlsBroker> {
         .stderr(std::process::Stdio::null())
         .spawn();
     let Ok(child) = child else {
-        eprintln!("SKIPPED: mosquitto is not installed");
+        skipped("mosquitto is not installed");
         return None;
     };
     Some(TlsBroker {

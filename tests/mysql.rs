@@ -14,7 +14,7 @@ fn url() -> Option<String> {
     match std::env::var("EDGE_TEST_MYSQL_URL") {
         Ok(u) if !u.is_empty() => Some(u),
         _ => {
-            eprintln!("SKIPPED: EDGE_TEST_MYSQL_URL is not set (./scripts/test sets it to the local MariaDB)");
+            skipped("EDGE_TEST_MYSQL_URL is not set (./scripts/test sets it to the local MariaDB)");
             None
         }
     }

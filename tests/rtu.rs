@@ -18,7 +18,7 @@ async fn rtu_gateway() -> Option<(
     tempfile::TempDir,
 )> {
     let Some(pair) = pty_pair().await else {
-        eprintln!("SKIPPED: socat is not installed");
+        skipped("socat is not installed");
         return None;
     };
     let sim = Simulator::new(Profile::Demo);

@@ -424,3 +424,19 @@ impl Notify {
         panic!("no {what} within {within:?}; got {seen:?}");
     }
 }
+
+/// A test that cannot run on this machine (a service or tool missing). Under
+/// `EDGE_TEST_REQUIRE_ALL=1` (CI) that is a failure; otherwise it is said on the real stderr,
+/// which libtest's capture does not hide, so a green run shows what it did not run.
+pub fn skipped(why: &str) {
+    assert!(
+        std::env::var_os("EDGE_TEST_REQUIRE_ALL").is_none_or(|v| v != "1"),
+        "{why}; EDGE_TEST_REQUIRE_ALL=1 says this run must not skip it"
+    );
+    use std::io::Write;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
