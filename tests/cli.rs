@@ -193,6 +193,13 @@ fn user_add_sets_the_shipped_placeholder_and_adds_users_with_comments_kept() {
     .unwrap();
     // Its own data dir: check-config does not touch it, but keep the test to itself.
     std::fs::write(&cfg, &example).unwrap();
+    // As under /etc: 0640, group of the service (here group 1 when root may give it away).
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let gid = match std::os::unix::fs::chown(&cfg, None, Some(1)) {
+        Ok(()) => 1,
+        Err(_) => std::fs::metadata(&cfg).unwrap().gid(),
+    };
     let c = cfg.to_str().unwrap();
     let (code, _, err) = with_stdin(&["check-config", "--config", c], "");
     assert_eq!(code, 1);
@@ -217,6 +224,9 @@ fn user_add_sets_the_shipped_placeholder_and_adds_users_with_comments_kept() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(": ok"), "{out}");
 
+    // The service can still read it: same mode and group after the rewrite.
+    let meta = std::fs::metadata(&cfg).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.gid()), (0o640, gid));
     let text = std::fs::read_to_string(&cfg).unwrap();
     // Every comment of the example is still there, and no password in clear.
     for line in example.lines().filter(|l| l.trim_start().starts_with('#')) {
