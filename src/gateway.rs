@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config};
+use crate::control::Control;
 use crate::metrics::Metrics;
 use crate::modbus::bus::{BusRequest, BusTask, WriteError};
 use crate::model::Value;
@@ -67,6 +68,16 @@ fn same_bus(old: &Config, ob: usize, new: &Config, nb: usize) -> bool {
             .collect()
     };
     old.buses[ob] == new.buses[nb] && devices(old, ob) == devices(new, nb)
+}
+
+/// What a sink is given: the narrow handles it uses, none of the HTTP side.
+fn sink_context(shared: &Shared, status: &Arc<sinks::SinkStatus>) -> sinks::SinkContext {
+    sinks::SinkContext {
+        config: shared.config.clone(),
+        store: shared.store.clone(),
+        status: status.clone(),
+        control: shared.control.clone(),
+    }
 }
 
 /// A running gateway: what tests and `demo` hold on to.
@@ -156,7 +167,12 @@ impl Gateway {
             live: live.clone(),
             metrics: metrics.clone(),
             store: store.clone(),
-            writes,
+            control: Arc::new(Control {
+                config: config.clone(),
+                live: live.clone(),
+                store: store.clone(),
+                buses: writes,
+            }),
             hub: Arc::new(ws::hub::Hub::new(config.devices.len(), metrics.clone())),
             auth: ws::auth::Auth::new(config.users.clone()),
             push_interval: watch::channel(config.push.interval).0,
@@ -233,10 +249,16 @@ impl Gateway {
         ));
         tasks.spawn(store.clone().probe(STORE_PROBE_EVERY, cancel.child_token()));
         if config.mysql.is_some() {
-            tasks.spawn(sinks::mysql::run(shared.clone(), cancel.child_token()));
+            tasks.spawn(sinks::mysql::run(
+                sink_context(&shared, &shared.sinks.mysql),
+                cancel.child_token(),
+            ));
         }
         if config.mqtt.is_some() {
-            tasks.spawn(sinks::mqtt::run(shared.clone(), cancel.child_token()));
+            tasks.spawn(sinks::mqtt::run(
+                sink_context(&shared, &shared.sinks.mqtt),
+                cancel.child_token(),
+            ));
         }
         tasks.spawn(http::serve(listener, shared.clone(), cancel.child_token()));
         tasks.close();
@@ -290,10 +312,11 @@ impl Gateway {
         }
     }
 
-    /// Writes a point by ids (as the local operator "gateway"); see [`Shared::write_audited`].
+    /// Writes a point by ids (as the local operator "gateway"); see [`Control::write_audited`].
     pub async fn write(&self, device: &str, point: &str, value: Value) -> Result<(), WriteError> {
         let (d, p) = self.find(device, point).ok_or(WriteError::NotWritable)?;
         self.shared
+            .control
             .write_audited("gateway", "api", d, p, value)
             .await
             .map(|_| ())
@@ -333,7 +356,10 @@ impl Gateway {
                 continue;
             }
             let (tx, rx) = oneshot::channel();
-            let handed = match self.shared.writes[b].send(BusRequest::Handover(tx)).await {
+            let handed = match self.shared.control.buses[b]
+                .send(BusRequest::Handover(tx))
+                .await
+            {
                 // A bus finishes the request it is in (bounded by its deadline) first.
                 Ok(()) => tokio::time::timeout(Duration::from_secs(30), rx)
                     .await

@@ -25,6 +25,7 @@
 //! - [`ws`]: the WebSocket service: admission (Host/Origin, connection caps), sessions and
 //!   logins, roles, services, client hub, and what is pushed (`ws::push`).
 //! - [`shared`]: what the HTTP and WebSocket handlers share.
+//! - [`control`]: operator requests to the buses (audited writes, raw reads) ahead of polls.
 //! - [`http`]: `/ws`, `/healthz`, `/metrics` and the dashboard page.
 //! - [`health`]: what `/healthz` reports, with every problem that does not stop serving.
 //! - [`log_limit`]: log lines outside parties can trigger, at most one per source per period.
@@ -38,6 +39,7 @@ pub mod assets;
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod events;
 pub mod gateway;
 pub mod health;
@@ -146,7 +148,12 @@ pub async fn run(
     let mut hup = sighup();
     loop {
         let watchdog_stop = shutdown.child_token();
-        let watchdog = tokio::spawn(service::watchdog(gw.shared.clone(), watchdog_stop.clone()));
+        let watchdog = tokio::spawn(service::watchdog(
+            gw.config.clone(),
+            gw.metrics.clone(),
+            gw.store.clone(),
+            watchdog_stop.clone(),
+        ));
         let reload = tokio::select! {
             () = shutdown.cancelled() => false,
             _ = hup.recv() => true,

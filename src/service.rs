@@ -9,7 +9,9 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
-use crate::Shared;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::StoreHandle;
 
 pub fn ready(status: &str) {
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(status)]);
@@ -28,9 +30,14 @@ const PIPELINE_STALL: Duration = Duration::from_secs(5);
 
 /// What is stuck, if anything: a bus without a progress stamp past its limit, the pipeline, or
 /// a store writer that does not answer a flush within `store_limit`.
-pub async fn stalled(shared: &Shared, store_limit: Duration) -> Option<String> {
-    let beats = &shared.metrics.beats;
-    for (b, bus) in shared.config.buses.iter().enumerate() {
+pub async fn stalled(
+    config: &Config,
+    metrics: &Metrics,
+    store: &StoreHandle,
+    store_limit: Duration,
+) -> Option<String> {
+    let beats = &metrics.beats;
+    for (b, bus) in config.buses.iter().enumerate() {
         let age = beats.age(&beats.buses[b]);
         if age > crate::modbus::bus::stall_limit(bus) {
             return Some(format!("bus `{}` made no progress for {age:?}", bus.name));
@@ -40,7 +47,7 @@ pub async fn stalled(shared: &Shared, store_limit: Duration) -> Option<String> {
     if age > PIPELINE_STALL {
         return Some(format!("the pipeline made no progress for {age:?}"));
     }
-    if tokio::time::timeout(store_limit, shared.store.flush())
+    if tokio::time::timeout(store_limit, store.flush())
         .await
         .is_err()
     {
@@ -53,7 +60,12 @@ pub async fn stalled(shared: &Shared, store_limit: Duration) -> Option<String> {
 
 /// Pings systemd every half `WatchdogSec` while nothing is stalled; when something is, says
 /// what in the log and stops pinging, so systemd restarts the service.
-pub async fn watchdog(shared: Arc<Shared>, cancel: CancellationToken) {
+pub async fn watchdog(
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    store: StoreHandle,
+    cancel: CancellationToken,
+) {
     let Some(period) = sd_notify::watchdog_enabled() else {
         return;
     };
@@ -67,7 +79,7 @@ pub async fn watchdog(shared: Arc<Shared>, cancel: CancellationToken) {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        match stalled(&shared, every / 2).await {
+        match stalled(&config, &metrics, &store, every / 2).await {
             None => {
                 if was_stalled {
                     tracing::info!("watchdog: progress again, pinging systemd");

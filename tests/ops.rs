@@ -215,17 +215,17 @@ async fn a_bus_that_stops_making_progress_stops_the_watchdog() {
     wait_for("polls", || requests(&gw, "boiler", "ok") > 3).await;
     let limit = Duration::from_secs(2);
     assert_eq!(
-        edge_gateway::service::stalled(&gw.shared, limit).await,
+        edge_gateway::service::stalled(&gw.config, &gw.metrics, &gw.store, limit).await,
         None
     );
     let (tx, rx) = tokio::sync::oneshot::channel();
-    gw.shared.writes[0]
+    gw.shared.control.buses[0]
         .send(edge_gateway::modbus::bus::BusRequest::Handover(tx))
         .await
         .unwrap();
     let hung = rx.await.unwrap();
     wait_for_async("the stalled bus named", || async {
-        edge_gateway::service::stalled(&gw.shared, limit)
+        edge_gateway::service::stalled(&gw.config, &gw.metrics, &gw.store, limit)
             .await
             .is_some_and(|why| why.contains("bus `b`"))
     })

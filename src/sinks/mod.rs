@@ -68,6 +68,15 @@ impl SinkStatus {
     }
 }
 
+/// What a sink is given: narrow handles, none of the HTTP side.
+pub struct SinkContext {
+    pub config: std::sync::Arc<Config>,
+    pub store: StoreHandle,
+    pub status: std::sync::Arc<SinkStatus>,
+    /// Writes from upstream (MQTT `devices/+/write`), audited as any other.
+    pub control: std::sync::Arc<crate::control::Control>,
+}
+
 /// Why a sink's session with its upstream ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {

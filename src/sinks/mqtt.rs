@@ -20,12 +20,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::feed::{Batch, Feed};
-use super::{SinkError, Upstream};
+use super::{SinkContext, SinkError, Upstream};
 use crate::config::Mqtt;
+use crate::control::Control;
 use crate::events::SpecEvent;
 use crate::model::{rfc3339, Value};
 use crate::store::{self, OutboxRow};
-use crate::Shared;
 
 pub const SINK: &str = "mqtt";
 
@@ -267,7 +267,7 @@ fn messages(topics: &Topics, batch: &Batch) -> Vec<Message> {
 
 /// The MQTT side of the sink loop: a new client and event loop for every session.
 struct Broker {
-    shared: Arc<Shared>,
+    ctx: SinkContext,
     cfg: Mqtt,
     topics: Topics,
     opts: MqttOptions,
@@ -281,7 +281,7 @@ impl Upstream for Broker {
         cancel: &CancellationToken,
     ) -> Result<(), SinkError> {
         let mut session = Session {
-            shared: &self.shared,
+            ctx: &self.ctx,
             cfg: &self.cfg,
             topics: &self.topics,
             feed,
@@ -297,13 +297,13 @@ impl Upstream for Broker {
 }
 
 /// Runs the sink until cancelled (see [`super::run`]).
-pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
-    let Some(cfg) = shared.config.mqtt.clone() else {
+pub async fn run(ctx: SinkContext, cancel: CancellationToken) {
+    let Some(cfg) = ctx.config.mqtt.clone() else {
         return;
     };
-    let status = shared.sinks.mqtt.clone();
+    let status = ctx.status.clone();
     let topics = Topics {
-        base: format!("{}/{}", cfg.topic_prefix, shared.config.gateway.id),
+        base: format!("{}/{}", cfg.topic_prefix, ctx.config.gateway.id),
     };
     let opts = match parse_url(&cfg.url.0).and_then(|t| options(&cfg, &t, &topics)) {
         Ok(o) => o,
@@ -312,16 +312,16 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             return;
         }
     };
-    let feed = match store::open_reader(&shared.config.gateway.data_dir) {
-        Ok(c) => Feed::new(SINK, c, shared.config.clone(), BATCH),
+    let feed = match store::open_reader(&ctx.config.gateway.data_dir) {
+        Ok(c) => Feed::new(SINK, c, ctx.config.clone(), BATCH),
         Err(e) => {
             status.set_error(SINK, Some(e.to_string()));
             return;
         }
     };
-    let store = shared.store.clone();
+    let store = ctx.store.clone();
     let broker = Broker {
-        shared,
+        ctx,
         cfg,
         topics,
         opts,
@@ -334,7 +334,7 @@ type Tag = Option<(store::Stream, Vec<i64>)>;
 
 /// One connection's life.
 struct Session<'a> {
-    shared: &'a Arc<Shared>,
+    ctx: &'a SinkContext,
     cfg: &'a Mqtt,
     topics: &'a Topics,
     feed: &'a mut Feed,
@@ -353,7 +353,7 @@ impl Session<'_> {
         mut eventloop: EventLoop,
         cancel: &CancellationToken,
     ) -> Result<(), SinkError> {
-        let status = &self.shared.sinks.mqtt;
+        let status = &self.ctx.status;
         // Connect: the first event is the broker's CONNACK or an error.
         let connack = tokio::time::timeout(CONNECT_TIMEOUT, eventloop.poll()).await;
         match connack {
@@ -374,7 +374,7 @@ impl Session<'_> {
         self.connected = true;
         status.set_error(SINK, None);
         // What the last connection left unconfirmed is read again from the cursors.
-        self.shared.store.flush().await;
+        self.ctx.store.flush().await;
         self.feed.reset().await?;
         self.publish(
             client,
@@ -424,7 +424,7 @@ impl Session<'_> {
             }
             if last_backlog.elapsed() > Duration::from_millis(500) {
                 last_backlog = tokio::time::Instant::now();
-                self.feed.persist(&self.shared.store).await;
+                self.feed.persist(&self.ctx.store).await;
                 if let Ok(b) = self.feed.backlog().await {
                     status.backlog.store(b, Relaxed);
                 }
@@ -445,9 +445,9 @@ impl Session<'_> {
                 ev = eventloop.poll() => {
                     let ev = ev?;
                     if let Some(write) = self.handle(ev) {
-                        let (shared, tx) = (self.shared.clone(), results_tx.clone());
+                        let (control, tx) = (self.ctx.control.clone(), results_tx.clone());
                         tokio::spawn(async move {
-                            let r = write_point(&shared, &write.0, &write.1).await;
+                            let r = write_point(&control, &write.0, &write.1).await;
                             let _ = tx.send((write.0, r)).await;
                         });
                     }
@@ -512,9 +512,8 @@ impl Session<'_> {
 
     fn confirm(&mut self, tag: Tag) {
         if let Some((stream, rows)) = tag {
-            self.shared
-                .sinks
-                .mqtt
+            self.ctx
+                .status
                 .rows_ok
                 .fetch_add(rows.len() as u64, Relaxed);
             self.feed.confirm(stream, rows);
@@ -524,7 +523,7 @@ impl Session<'_> {
 
 /// Serves one write request: `{"pointId", "value", "requestId"?}`; the reply carries `code`
 /// and `msg` as a WebSocket reply would.
-async fn write_point(shared: &Shared, device: &str, payload: &[u8]) -> Json {
+async fn write_point(control: &Control, device: &str, payload: &[u8]) -> Json {
     let req: Json = serde_json::from_slice(payload).unwrap_or(Json::Null);
     let request_id = req.get("requestId").cloned().unwrap_or(Json::Null);
     let reply = |code: u16, msg: String, extra: Json| {
@@ -547,10 +546,10 @@ async fn write_point(shared: &Shared, device: &str, payload: &[u8]) -> Json {
     let Some(raw) = obj.get("value") else {
         return reply(400, "param `value` missing".into(), Json::Null);
     };
-    let Some(d) = shared.config.devices.iter().position(|x| x.id == device) else {
+    let Some(d) = control.config.devices.iter().position(|x| x.id == device) else {
         return reply(404, format!("unknown device `{device}`"), Json::Null);
     };
-    let Some(p) = shared.config.devices[d]
+    let Some(p) = control.config.devices[d]
         .points
         .iter()
         .position(|x| x.id == point_id)
@@ -561,7 +560,7 @@ async fn write_point(shared: &Shared, device: &str, payload: &[u8]) -> Json {
         Ok(v) => v,
         Err(e) => return reply(400, e.into(), Json::Null),
     };
-    match shared
+    match control
         .write_audited("mqtt", "mqtt", d, p, value.clone())
         .await
     {

@@ -11,10 +11,9 @@ use mysql_async::{Opts, OptsBuilder, Pool, TxOpts};
 use tokio_util::sync::CancellationToken;
 
 use super::feed::Feed;
-use super::{SinkError, SinkStatus, Upstream};
+use super::{SinkContext, SinkError, SinkStatus, Upstream};
 use crate::model::{Millis, Value};
 use crate::store::{self, OutboxRow, StoreHandle, Stream};
-use crate::Shared;
 
 pub const SINK: &str = "mysql";
 
@@ -330,11 +329,11 @@ impl Upstream for Mysql {
 }
 
 /// Runs the sink until cancelled (see [`super::run`]).
-pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
-    let Some(cfg) = shared.config.mysql.clone() else {
+pub async fn run(ctx: SinkContext, cancel: CancellationToken) {
+    let Some(cfg) = ctx.config.mysql.clone() else {
         return;
     };
-    let status = shared.sinks.mysql.clone();
+    let status = ctx.status.clone();
     let opts = match Opts::from_url(&cfg.url.0) {
         // UTC for FROM_UNIXTIME; and the configured address only (mysql_async would otherwise
         // switch a loopback TCP connection to the server's Unix socket behind our back).
@@ -346,8 +345,8 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             return;
         }
     };
-    let feed = match store::open_reader(&shared.config.gateway.data_dir) {
-        Ok(c) => Feed::new(SINK, c, shared.config.clone(), cfg.batch_size),
+    let feed = match store::open_reader(&ctx.config.gateway.data_dir) {
+        Ok(c) => Feed::new(SINK, c, ctx.config.clone(), cfg.batch_size),
         Err(e) => {
             status.set_error(SINK, Some(e.to_string()));
             return;
@@ -356,13 +355,13 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     let pool = Pool::new(opts);
     let upstream = Mysql {
         pool: pool.clone(),
-        gateway: shared.config.gateway.id.clone(),
+        gateway: ctx.config.gateway.id.clone(),
         status: status.clone(),
-        store: shared.store.clone(),
+        store: ctx.store.clone(),
         tables: false,
         sql: String::new(),
     };
-    super::run(SINK, &status, &shared.store, feed, upstream, cancel).await;
+    super::run(SINK, &status, &ctx.store, feed, upstream, cancel).await;
     let _ = pool.disconnect().await;
 }
 

@@ -80,6 +80,7 @@ pub async fn write(ctx: Ctx) -> HandlerResult {
     let user = ctx.client.login().map(|l| l.user).unwrap_or_default();
     let old = ctx
         .shared
+        .control
         .write_audited(&user, "ws", d, p, value.clone())
         .await;
     match old {
@@ -168,6 +169,7 @@ pub async fn read_registers(ctx: Ctx) -> HandlerResult {
     }
     let r = ctx
         .shared
+        .control
         .read_raw(d, table, address as u16, count as u16)
         .await;
     let data = match r {

@@ -1,0 +1,108 @@
+//! Operator requests to the buses, from the dashboard, MQTT or the API: audited writes and the
+//! register inspector's raw reads, each served in its bus's turn ahead of the polls.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Config;
+use crate::modbus;
+use crate::modbus::bus::{BusRequest, WriteCommand, WriteError};
+use crate::model::{now_ms, Value};
+use crate::state::{self, SharedLive};
+use crate::store::{self, StoreCmd, StoreHandle};
+
+/// The ways into the buses for an operator, and what a write is audited against.
+pub struct Control {
+    pub config: Arc<Config>,
+    pub live: SharedLive,
+    pub store: StoreHandle,
+    /// Per bus, in config order: operator requests (writes, raw reads, a reload's handover)
+    /// that go ahead of its polls.
+    pub buses: Vec<mpsc::Sender<BusRequest>>,
+}
+
+impl Control {
+    /// Writes a point through its bus, ahead of the polls; returns the value it had before once
+    /// the device confirmed. Every attempt is recorded in the audit table.
+    pub async fn write_audited(
+        &self,
+        user: &str,
+        source: &str,
+        device: usize,
+        point: usize,
+        value: Value,
+    ) -> Result<Option<Value>, WriteError> {
+        let old = state::read(&self.live).devices[device].points[point]
+            .value
+            .clone();
+        let (tx, rx) = oneshot::channel();
+        let cmd = WriteCommand {
+            device,
+            point,
+            value: value.clone(),
+            reply: tx,
+        };
+        let bus = self.config.devices[device].bus;
+        let result = match self.buses[bus].send(BusRequest::Write(cmd)).await {
+            Ok(()) => rx.await.unwrap_or(Err(WriteError::BusGone)),
+            Err(_) => Err(WriteError::BusGone),
+        };
+        let dev = &self.config.devices[device];
+        tracing::info!(
+            user,
+            source,
+            device = %dev.id,
+            point = %dev.points[point].id,
+            "write {value} (was {}): {}",
+            old.as_ref().map_or_else(|| "unknown".into(), std::string::ToString::to_string),
+            match &result {
+                Ok(()) => "ok".to_string(),
+                Err(e) => e.to_string(),
+            }
+        );
+        self.store
+            .send(StoreCmd::Audit(store::Audit {
+                ts: now_ms(),
+                user: user.to_string(),
+                source: source.to_string(),
+                device,
+                point,
+                old: old.clone(),
+                new: value,
+                result: match &result {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) => e.to_string(),
+                },
+            }))
+            .await;
+        result.map(|()| old)
+    }
+
+    /// Reads raw registers or bits of a device in its bus's turn (the register inspector).
+    pub async fn read_raw(
+        &self,
+        device: usize,
+        table: modbus::codec::Table,
+        address: u16,
+        count: u16,
+    ) -> modbus::link::Reply<modbus::link::Data> {
+        let (reply, rx) = oneshot::channel();
+        let req = BusRequest::Read(modbus::bus::RawRead {
+            device,
+            table,
+            address,
+            count,
+            reply,
+        });
+        let gone = || {
+            Err(modbus::link::LinkError::Transport(
+                "the bus is not running".into(),
+            ))
+        };
+        match self.buses[self.config.devices[device].bus].send(req).await {
+            Ok(()) => rx.await.unwrap_or_else(|_| gone()),
+            Err(_) => gone(),
+        }
+    }
+}
