@@ -143,6 +143,13 @@ pub async fn run(
         )
     };
     tracing::info!("gateway running: {}", status(&gw));
+    // A Pi has no battery clock: until NTP answers after a boot, every timestamp can be far
+    // off. Said once here; `/healthz` keeps saying it in `degraded` while it lasts.
+    if health::clock_synchronised() == Some(false) {
+        tracing::warn!(
+            "the system clock is not synchronised (no NTP yet?): stored timestamps may be wrong until it is"
+        );
+    }
     // Config valid, store open, HTTP bound: ready.
     service::ready(&status(&gw));
     let mut hup = sighup();

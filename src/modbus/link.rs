@@ -178,9 +178,28 @@ async fn open(cfg: config::Link, connect_timeout: Duration) -> Result<Context, L
                     tokio_serial::StopBits::One
                 })
                 .open_native_async()
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| fail(serial_cause(port, &e)))?;
             Ok(tokio_modbus::client::rtu::attach(stream))
         }
+    }
+}
+
+/// Why a serial port did not open, with what a technician does about it: the two causes met
+/// on every new box are a wrong name and a user outside `dialout`.
+fn serial_cause(port: &str, e: &tokio_serial::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind {
+        tokio_serial::ErrorKind::NoDevice | tokio_serial::ErrorKind::Io(ErrorKind::NotFound) => {
+            format!(
+                "{e}: no port {port} (see `ls /dev/serial/by-id/ /dev/ttyUSB* /dev/ttyAMA* \
+                 /dev/ttySC*`; a /dev/serial/by-id/ name survives replugging)"
+            )
+        }
+        tokio_serial::ErrorKind::Io(ErrorKind::PermissionDenied) => format!(
+            "{e}: no access to {port} (is the user in the dialout group? the systemd unit adds \
+             it; for a login: sudo usermod -aG dialout $USER, then log in again)"
+        ),
+        _ => e.to_string(),
     }
 }
 
@@ -321,5 +340,30 @@ fn describe(cfg: &config::Link) -> String {
     match cfg {
         config::Link::Tcp { address } => format!("tcp {address}"),
         config::Link::Rtu { port, baud, .. } => format!("rtu {port} @{baud}"),
+    }
+}
+
+#[cfg(test)]
+mod serial_cause_tests {
+    use super::serial_cause;
+    use std::io::ErrorKind;
+
+    #[test]
+    fn a_missing_port_and_a_refused_one_say_what_to_do() {
+        let e = tokio_serial::Error::new(
+            tokio_serial::ErrorKind::Io(ErrorKind::NotFound),
+            "No such file or directory",
+        );
+        let s = serial_cause("/dev/ttyUSB9", &e);
+        assert!(
+            s.starts_with("No such file or directory: no port /dev/ttyUSB9"),
+            "{s}"
+        );
+        assert!(s.contains("/dev/serial/by-id/"), "{s}");
+        let e = tokio_serial::Error::new(
+            tokio_serial::ErrorKind::Io(ErrorKind::PermissionDenied),
+            "Permission denied",
+        );
+        assert!(serial_cause("/dev/ttyAMA0", &e).contains("dialout"));
     }
 }
