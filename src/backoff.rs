@@ -54,11 +54,6 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.next = self.min;
     }
-
-    /// The pause the next failure will get, before jitter (for logs).
-    pub fn next(&self) -> Duration {
-        self.next
-    }
 }
 
 #[cfg(test)]
@@ -73,6 +68,11 @@ mod tests {
         assert_eq!(pauses, [100, 200, 400, 500, 500]);
         b.reset();
         assert_eq!(b.fail(), Duration::from_millis(100));
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1))
+            .with_jitter(0.0)
+            .with_factor(3.0);
+        let pauses: Vec<_> = (0..4).map(|_| b.fail().as_millis()).collect();
+        assert_eq!(pauses, [100, 300, 900, 1000]);
     }
 
     #[test]
