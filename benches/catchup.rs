@@ -32,6 +32,10 @@ enum Sink {
     Mqtt(String),
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one benchmark run, read top to bottom"
+)]
 fn catch_up(sink: Sink) {
     let n_tel: i64 = std::env::var("BENCH_TELEMETRY")
         .ok()

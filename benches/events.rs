@@ -68,16 +68,20 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
     let hash = edge_gateway::cli::hash_password("bench").unwrap();
+    throughput(secs, &hash);
+    latency(secs, &hash);
+}
 
-    // (1) Throughput on one thread: values wander inside the deadband and below the thresholds,
-    // the common case of a plant; every 1,000th poll crosses a threshold and back.
+/// (1) Throughput on one thread: values wander inside the deadband and below the thresholds,
+/// the common case of a plant; every 1,000th poll crosses a threshold and back.
+fn throughput(secs: u64, hash: &str) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let gw = edge_gateway::Gateway::start(config(dir.path(), &hash)).await.unwrap();
+        let gw = edge_gateway::Gateway::start(config(dir.path(), hash)).await.unwrap();
         assert_eq!(gw.config.rules.len(), DEVICES * POINTS);
         let start_samples = gw.metrics.samples.load(Relaxed);
         let t0 = Instant::now();
@@ -105,12 +109,15 @@ fn main() {
         );
         gw.shutdown().await;
     });
+}
 
-    // (2) Latency to 100 subscribed clients: one threshold crossing every 10 ms.
+/// (2) Latency to 100 subscribed clients: one threshold crossing every 10 ms; (3) the machine
+/// floor for the same fan-out.
+fn latency(secs: u64, hash: &str) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let gw = edge_gateway::Gateway::start(config(dir.path(), &hash)).await.unwrap();
+        let gw = edge_gateway::Gateway::start(config(dir.path(), hash)).await.unwrap();
         let url = format!("ws://{}/ws", gw.http_addr);
         let (mut first, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
         first

@@ -120,6 +120,10 @@ fn read(pid: u32, sim: u32, http: u16) -> Reading {
     }
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one benchmark run, read top to bottom"
+)]
 fn main() {
     edge_gateway::tune_allocator();
     let buses = env_or("BENCH_BUSES", 10) as usize;

@@ -7,9 +7,7 @@ use std::path::Path;
 
 use crate::config::{Config, Role};
 
-/// What an unset `password_hash` says in a shipped config: `check-config` and `run` name it
-/// with the command that sets one.
-pub const PLACEHOLDER: &str = "CHANGE-ME";
+pub use crate::config::PASSWORD_PLACEHOLDER as PLACEHOLDER;
 
 /// A password from stdin: on a terminal prompted for twice with echo off, otherwise (piped)
 /// one line as it comes.
@@ -130,7 +128,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
 /// Why `run` must not start: a user whose hash is the demo's admin/admin or viewer/viewer
 /// while the dashboard listens beyond loopback, where anyone on the network could log in.
 pub fn well_known_login(config: &Config) -> Option<String> {
-    let demo = crate::config::parse(crate::cli::DEMO_CONFIG).ok()?.config;
+    let demo = crate::config::parse(crate::config::DEMO).ok()?.config;
     let user = config.users.iter().find(|u| {
         demo.users
             .iter()

@@ -220,7 +220,7 @@ pub fn hash_password(password: &str) -> Result<String, String> {
 }
 
 /// The demo's embedded config; `demo` points its bus at the in-process simulator.
-pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+pub use config::DEMO as DEMO_CONFIG;
 
 /// The demo config with the simulator's address, the data dir and the listen address filled in.
 pub fn demo_config(sim_addr: std::net::SocketAddr, data: PathBuf, listen: &str) -> config::Config {

@@ -4,11 +4,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -18,10 +17,10 @@ use crate::metrics::Metrics;
 use crate::modbus::bus::{BusRequest, BusTask, WriteError};
 use crate::model::Value;
 use crate::pipeline::Pipeline;
-use crate::shared::{Shared, Sinks};
 use crate::state::{self, SharedLive};
 use crate::store::{self, StoreHandle};
 use crate::ws::push::Pusher;
+use crate::ws::Shared;
 use crate::{events, http, modbus, sinks, ws};
 
 /// How often the store writer is made to take its write lock even with nothing to write, so
@@ -139,19 +138,7 @@ impl Gateway {
             }
         }
         let live: SharedLive = Arc::new(RwLock::new(restored_live));
-        let listen_err = |source| StartError::Listen {
-            addr: config.http.listen.clone(),
-            source,
-        };
-        let kept = match carry.listener.take() {
-            Some((listen, l)) if listen == config.http.listen => l,
-            _ => http::bind(&config.http.listen).map_err(listen_err)?,
-        };
-        let http_addr = kept.local_addr().map_err(listen_err)?;
-        let listener = kept
-            .try_clone()
-            .and_then(tokio::net::TcpListener::from_std)
-            .map_err(listen_err)?;
+        let (kept, http_addr, listener) = listen(&config, carry.listener.take())?;
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
 
@@ -162,27 +149,13 @@ impl Gateway {
             writes.push(wtx);
             write_rxs.push(wrx);
         }
-        let shared = Arc::new(Shared {
+        let control = Control {
             config: config.clone(),
             live: live.clone(),
-            metrics: metrics.clone(),
             store: store.clone(),
-            control: Arc::new(Control {
-                config: config.clone(),
-                live: live.clone(),
-                store: store.clone(),
-                buses: writes,
-            }),
-            hub: Arc::new(ws::hub::Hub::new(config.devices.len(), metrics.clone())),
-            auth: ws::auth::Auth::new(config.users.clone()),
-            push_interval: watch::channel(config.push.interval).0,
-            admission: ws::admit::Admission::new(config.push.max_clients),
-            next_client_id: AtomicU64::new(1),
-            started: Instant::now(),
-            shutdown: cancel.child_token(),
-            sinks: Sinks::default(),
-        });
-
+            buses: writes,
+        };
+        let shared = Arc::new(Shared::new(control, metrics.clone(), cancel.child_token()));
         shared.auth.adopt(std::mem::take(&mut carry.sessions));
 
         // Bounded: a slow store slows the buses down instead of growing memory.
@@ -191,14 +164,9 @@ impl Gateway {
             let task = match carry.buses.remove(&config.buses[b].name) {
                 Some(mut task) => {
                     let cfg = config.clone();
-                    task.retarget(
-                        b,
-                        config.clone(),
-                        events_tx.clone(),
-                        wrx,
-                        metrics.clone(),
-                        move |id| cfg.devices.iter().position(|d| d.id == id),
-                    );
+                    let find = move |id: &str| cfg.devices.iter().position(|d| d.id == id);
+                    let (tx, m) = (events_tx.clone(), metrics.clone());
+                    task.retarget(b, config.clone(), tx, wrx, m, find);
                     task
                 }
                 None => BusTask::new(b, config.clone(), events_tx.clone(), wrx, metrics.clone()),
@@ -206,60 +174,9 @@ impl Gateway {
             tasks.spawn(task.run(cancel.child_token()));
         }
         let bus_events = Some(events_tx);
-        let engine = events::rules::Engine::new(
-            &config,
-            &restored.active_alarms,
-            tokio::time::Instant::now(),
-        );
-        let (queues, queue_rx) = events::processor::queues();
-        let event_queues = Some(queues.clone());
-        let push = Arc::new(Pusher::new(
-            shared.hub.clone(),
-            config.clone(),
-            live.clone(),
-        ));
-        let (settle, settle_rx) = mpsc::channel(4);
-        let pipeline = Pipeline {
-            config: config.clone(),
-            live: live.clone(),
-            metrics: metrics.clone(),
-            store: store.clone(),
-            push: push.clone(),
-            engine,
-            queues,
-            settle: settle_rx,
-        };
-        tasks.spawn(pipeline.run(events_rx));
-        // Bounded: pushing is quick (it only queues frames), so this hardly ever waits.
-        let (committed, committed_rx) = mpsc::channel(64);
-        let processor = events::processor::Processor::new(
-            config.clone(),
-            metrics.clone(),
-            store.clone(),
-            committed,
-            restored.last_seq,
-            restored.device_seq.clone(),
-        );
-        tasks.spawn(processor.run(queue_rx));
-        tasks.spawn(ws::push::committed_events(push.clone(), committed_rx));
-        tasks.spawn(ws::push::snapshot_ticker(
-            push,
-            shared.push_interval.subscribe(),
-            cancel.child_token(),
-        ));
+        let (event_queues, settle) = spawn_pipeline(&shared, &restored, events_rx, &tasks, &cancel);
         tasks.spawn(store.clone().probe(STORE_PROBE_EVERY, cancel.child_token()));
-        if config.mysql.is_some() {
-            tasks.spawn(sinks::mysql::run(
-                sink_context(&shared, &shared.sinks.mysql),
-                cancel.child_token(),
-            ));
-        }
-        if config.mqtt.is_some() {
-            tasks.spawn(sinks::mqtt::run(
-                sink_context(&shared, &shared.sinks.mqtt),
-                cancel.child_token(),
-            ));
-        }
+        spawn_sinks(&shared, &tasks, &cancel);
         tasks.spawn(http::serve(listener, shared.clone(), cancel.child_token()));
         tasks.close();
         Ok(Gateway {
@@ -409,4 +326,97 @@ impl Gateway {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
     }
+}
+
+/// The HTTP listener: the one a reload carried over when `http.listen` is unchanged (the port
+/// never closes), else a new one. Returns it (kept for the next reload), its address, and a
+/// tokio listener on the same socket.
+fn listen(
+    config: &Config,
+    carried: Option<(String, std::net::TcpListener)>,
+) -> Result<(std::net::TcpListener, SocketAddr, tokio::net::TcpListener), StartError> {
+    let listen_err = |source| StartError::Listen {
+        addr: config.http.listen.clone(),
+        source,
+    };
+    let kept = match carried {
+        Some((listen, l)) if listen == config.http.listen => l,
+        _ => http::bind(&config.http.listen).map_err(listen_err)?,
+    };
+    let http_addr = kept.local_addr().map_err(listen_err)?;
+    let listener = kept
+        .try_clone()
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(listen_err)?;
+    Ok((kept, http_addr, listener))
+}
+
+/// The upstream sinks the config turns on, each with its own context and stop token.
+fn spawn_sinks(shared: &Shared, tasks: &TaskTracker, cancel: &CancellationToken) {
+    if shared.config.mysql.is_some() {
+        tasks.spawn(sinks::mysql::run(
+            sink_context(shared, &shared.sinks.mysql),
+            cancel.child_token(),
+        ));
+    }
+    if shared.config.mqtt.is_some() {
+        tasks.spawn(sinks::mqtt::run(
+            sink_context(shared, &shared.sinks.mqtt),
+            cancel.child_token(),
+        ));
+    }
+}
+
+/// The pipeline (rules, live state, pushes, store), the event processor behind it, and the
+/// pushes of committed events and of snapshots. Returns the processor's queues and the settle
+/// channel, for tests that feed and wait on them.
+fn spawn_pipeline(
+    shared: &Shared,
+    restored: &store::Restored,
+    bus_events: mpsc::Receiver<modbus::bus::BusEvent>,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) -> (
+    Option<events::processor::Queues>,
+    mpsc::Sender<oneshot::Sender<()>>,
+) {
+    let config = &shared.config;
+    let engine =
+        events::rules::Engine::new(config, &restored.active_alarms, tokio::time::Instant::now());
+    let (queues, queue_rx) = events::processor::queues();
+    let push = Arc::new(Pusher::new(
+        shared.hub.clone(),
+        config.clone(),
+        shared.live.clone(),
+    ));
+    let (settle, settle_rx) = mpsc::channel(4);
+    let pipeline = Pipeline {
+        config: config.clone(),
+        live: shared.live.clone(),
+        metrics: shared.metrics.clone(),
+        store: shared.store.clone(),
+        push: push.clone(),
+        engine,
+        queues: queues.clone(),
+        settle: settle_rx,
+    };
+    tasks.spawn(pipeline.run(bus_events));
+    // Bounded: pushing is quick (it only queues frames), so this hardly ever waits.
+    let (committed, committed_rx) = mpsc::channel(64);
+    let processor = events::processor::Processor::new(
+        config.clone(),
+        shared.metrics.clone(),
+        shared.store.clone(),
+        committed,
+        restored.last_seq,
+        restored.device_seq.clone(),
+    );
+    tasks.spawn(processor.run(queue_rx));
+    tasks.spawn(ws::push::committed_events(push.clone(), committed_rx));
+    tasks.spawn(ws::push::snapshot_ticker(
+        push,
+        shared.push_interval.subscribe(),
+        cancel.child_token(),
+    ));
+    (Some(queues), settle)
 }

@@ -23,7 +23,7 @@ use tower::ServiceExt;
 use crate::log_limit::{suppressed, LogLimit};
 use crate::state;
 use crate::sync::Locked;
-use crate::Shared;
+use crate::ws::Shared;
 
 type AppState = Arc<Shared>;
 

@@ -6,7 +6,9 @@
 //! pipeline and the event processor handing pushes to `ws::push`.
 //!
 //! - [`config`]: TOML → raw types → validated domain types, problems with key path and line.
-//! - [`model`]: values, quality and timestamps shared by every stage.
+//! - [`model`]: the vocabulary every stage shares: values, quality, timestamps, point formats
+//!   and events. It imports nothing of the crate's own; no module imports one that imports
+//!   it back (`scripts/check-layers`).
 //! - [`backoff`]: exponential backoff with jitter, for every retry loop.
 //! - [`sync`]: locks used as they are after a panic elsewhere (one idiom, written once).
 //! - [`modbus`]: codec (types, byte/word order, scale), read planner, bus scheduler (one task per
@@ -23,8 +25,8 @@
 //! - [`sinks`]: upstream store-and-forward: the MySQL sink reads the SQLite outbox after its
 //!   cursor and advances it only after MySQL committed.
 //! - [`ws`]: the WebSocket service: admission (Host/Origin, connection caps), sessions and
-//!   logins, roles, services, client hub, and what is pushed (`ws::push`).
-//! - [`shared`]: what the HTTP and WebSocket handlers share.
+//!   logins, roles, services, client hub, what is pushed (`ws::push`), and the handlers'
+//!   context (`ws::shared`, which `/healthz` and `/metrics` read too).
 //! - [`control`]: operator requests to the buses (audited writes, raw reads) ahead of polls.
 //! - [`http`]: `/ws`, `/healthz`, `/metrics` and the dashboard page.
 //! - [`health`]: what `/healthz` reports, with every problem that does not stop serving.
@@ -50,7 +52,6 @@ pub mod modbus;
 pub mod model;
 pub mod pipeline;
 pub mod service;
-pub mod shared;
 pub mod sinks;
 pub mod state;
 pub mod store;
@@ -63,7 +64,7 @@ use tokio_util::sync::CancellationToken;
 use config::Config;
 pub use gateway::{Gateway, ReloadSummary, StartError};
 use metrics::Reload;
-pub use shared::{Shared, Sinks};
+pub use ws::{Shared, Sinks};
 
 /// The version and the git commit it was built from, as `--version` and `edge_build_info` say.
 pub const VERSION: &str = concat!(
@@ -134,14 +135,6 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let mut gw = Gateway::start(config).await?;
-    let status = |gw: &Gateway| {
-        format!(
-            "{} buses, {} devices, http on {}",
-            gw.config.buses.len(),
-            gw.config.devices.len(),
-            gw.http_addr
-        )
-    };
     tracing::info!("gateway running: {}", status(&gw));
     // A Pi has no battery clock: until NTP answers after a boot, every timestamp can be far
     // off. Said once here; `/healthz` keeps saying it in `degraded` while it lasts.
@@ -161,66 +154,83 @@ pub async fn run(
             gw.store.clone(),
             watchdog_stop.clone(),
         ));
-        let reload = tokio::select! {
+        let hup_came = tokio::select! {
             () = shutdown.cancelled() => false,
             _ = hup.recv() => true,
         };
         watchdog_stop.cancel();
         let _ = watchdog.await;
-        if !reload {
+        if !hup_came {
             break;
         }
         let Some(path) = &path else { continue };
         service::reloading();
-        let loaded = match config::load(path) {
-            Ok(l) => l,
-            Err(config::ConfigError::Invalid(problems)) => {
-                for p in &problems {
-                    tracing::error!(
-                        "reload refused, the running config stays: {}: {p}",
-                        path.display()
-                    );
-                }
-                gw.metrics.count_reload(&gw.metrics, Reload::Refused);
-                service::ready(&status(&gw));
-                continue;
-            }
-            Err(e) => {
-                tracing::error!("reload refused, the running config stays: {e}");
-                gw.metrics.count_reload(&gw.metrics, Reload::Refused);
-                service::ready(&status(&gw));
-                continue;
-            }
-        };
-        let previous = (*gw.config).clone();
-        let before = gw.metrics.clone();
-        match gw.reload(loaded.config).await {
-            Ok((next, summary)) => {
-                tracing::info!(
-                    kept = ?summary.kept,
-                    restarted = ?summary.restarted,
-                    added = ?summary.added,
-                    removed = ?summary.removed,
-                    "config reloaded: {}",
-                    status(&next)
-                );
-                next.metrics.count_reload(&before, Reload::Applied);
-                gw = next;
-            }
-            Err(e) => {
-                // The new config could not start (its HTTP address is taken, say): back to the
-                // one that ran.
-                tracing::error!("reload failed ({e}); restarting with the previous config");
-                gw = Gateway::start(previous).await?;
-                gw.metrics.count_reload(&before, Reload::Failed);
-            }
-        }
+        gw = reload(gw, path).await?;
         service::ready(&status(&gw));
     }
     tracing::info!("shutting down");
     service::stopping();
     gw.shutdown().await;
     Ok(())
+}
+
+/// What a running gateway is, in one line for the log and systemd's status.
+fn status(gw: &Gateway) -> String {
+    format!(
+        "{} buses, {} devices, http on {}",
+        gw.config.buses.len(),
+        gw.config.devices.len(),
+        gw.http_addr
+    )
+}
+
+/// One SIGHUP: the file read again; an invalid one is logged and the running config stays, a
+/// valid one is applied as a difference, and one that cannot start falls back to the previous.
+async fn reload(gw: Gateway, path: &std::path::Path) -> Result<Gateway, StartError> {
+    let loaded = match config::load(path) {
+        Ok(l) => l,
+        Err(e) => {
+            match e {
+                config::ConfigError::Invalid(problems) => {
+                    for p in &problems {
+                        tracing::error!(
+                            "reload refused, the running config stays: {}: {p}",
+                            path.display()
+                        );
+                    }
+                }
+                e @ config::ConfigError::Read { .. } => {
+                    tracing::error!("reload refused, the running config stays: {e}");
+                }
+            }
+            gw.metrics.count_reload(&gw.metrics, Reload::Refused);
+            return Ok(gw);
+        }
+    };
+    let previous = (*gw.config).clone();
+    let before = gw.metrics.clone();
+    match gw.reload(loaded.config).await {
+        Ok((next, summary)) => {
+            tracing::info!(
+                kept = ?summary.kept,
+                restarted = ?summary.restarted,
+                added = ?summary.added,
+                removed = ?summary.removed,
+                "config reloaded: {}",
+                status(&next)
+            );
+            next.metrics.count_reload(&before, Reload::Applied);
+            Ok(next)
+        }
+        Err(e) => {
+            // The new config could not start (its HTTP address is taken, say): back to the
+            // one that ran.
+            tracing::error!("reload failed ({e}); restarting with the previous config");
+            let gw = Gateway::start(previous).await?;
+            gw.metrics.count_reload(&before, Reload::Failed);
+            Ok(gw)
+        }
+    }
 }
 
 /// SIGHUP as a stream; never fires where there is no such signal.

@@ -1,7 +1,7 @@
 //! The `edge-gateway` binary: parses the command line, sets up logging and signals, and hands
 //! over to the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -56,8 +56,9 @@ enum Command {
         #[arg(long, default_value_t = 9600)]
         baud: u32,
     },
-    /// Read a password (prompted twice without echo on a terminal, or one line piped) and
-    /// print an argon2id PHC string for [[users]].
+    /// Print an argon2id PHC string for [[users]] from a password read on stdin.
+    ///
+    /// On a terminal it is prompted for twice without echo; piped, one line is read.
     HashPassword,
     /// Dashboard users in a config file.
     User {
@@ -200,7 +201,7 @@ fn shutdown_signal() -> CancellationToken {
     token
 }
 
-fn print_config_error(path: &std::path::Path, e: &ConfigError) {
+fn print_config_error(path: &Path, e: &ConfigError) {
     match e {
         ConfigError::Read { .. } => eprintln!("{e}"),
         ConfigError::Invalid(problems) => {
@@ -248,31 +249,7 @@ async fn run_cli() -> ExitCode {
         init_logging("info");
     }
     match cli.command {
-        Command::Run { config } => {
-            let loaded = match config::load(&config) {
-                Ok(l) => l,
-                Err(e) => {
-                    print_config_error(&config, &e);
-                    return code(64);
-                }
-            };
-            if let Some(why) = account::well_known_login(&loaded.config) {
-                eprintln!("{}: {why}", config.display());
-                return code(64);
-            }
-            init_logging(&loaded.config.gateway.log_level);
-            for w in &loaded.warnings {
-                tracing::warn!("{}: {w}", config.display());
-            }
-            edge_gateway::raise_fd_limit();
-            match edge_gateway::run(loaded.config, Some(config.clone()), shutdown_signal()).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Run { config } => run_daemon(config).await,
         Command::Demo { listen, data } => match cli::demo(&listen, data, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -280,123 +257,17 @@ async fn run_cli() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::CheckConfig { config } => match config::load(&config) {
-            Ok(l) => {
-                for w in &l.warnings {
-                    eprintln!("{}: {w} (warning)", config.display());
-                }
-                println!(
-                    "{}: ok ({} buses, {} devices, {} points)",
-                    config.display(),
-                    l.config.buses.len(),
-                    l.config.devices.len(),
-                    l.config
-                        .devices
-                        .iter()
-                        .map(|d| d.points.len())
-                        .sum::<usize>()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                print_config_error(&config, &e);
-                ExitCode::FAILURE
-            }
-        },
+        Command::CheckConfig { config } => check_config(&config),
         Command::Simulate {
             listen,
             profile,
             serial,
             baud,
-        } => {
-            let Some(p) = Profile::parse(&profile) else {
-                eprintln!("error: unknown profile `{profile}` (expected demo, bench or changing)");
-                return code(EXIT_USAGE);
-            };
-            let sim = Simulator::new(p);
-            let cancel = shutdown_signal();
-            if let Some(dev) = serial {
-                use tokio_serial::SerialPortBuilderExt;
-                let port = match tokio_serial::new(&dev, baud).open_native_async() {
-                    Ok(p) => p,
-                    Err(e) => {
-                        eprintln!("error: cannot open {dev}: {e}");
-                        return code(cli::EXIT_LINK);
-                    }
-                };
-                println!("simulator: modbus rtu on {dev}, units {:?}", sim.unit_ids());
-                tokio::spawn(sim.clone().animate(cancel.clone()));
-                sim.serve_rtu(port, cancel).await;
-            } else {
-                match edge_gateway::modbus::simulator::spawn_tcp(
-                    sim.clone(),
-                    &listen,
-                    cancel.clone(),
-                )
-                .await
-                {
-                    Ok(addr) => println!(
-                        "simulator: modbus tcp on {addr}, units {:?}",
-                        sim.unit_ids()
-                    ),
-                    Err(e) => {
-                        eprintln!("error: cannot listen on {listen}: {e}");
-                        return code(cli::EXIT_LINK);
-                    }
-                }
-                cancel.cancelled().await;
-            }
-            ExitCode::SUCCESS
-        }
-        Command::HashPassword => {
-            let pw = match account::read_password() {
-                Ok(pw) => pw,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return code(EXIT_USAGE);
-                }
-            };
-            match cli::hash_password(&pw) {
-                Ok(h) => {
-                    println!("{h}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        } => simulate(&listen, &profile, serial, baud).await,
+        Command::HashPassword => hash_password(),
         Command::User {
             action: UserAction::Add { name, role, config },
-        } => {
-            let role = match role.as_str() {
-                "admin" => config::Role::Admin,
-                "viewer" => config::Role::Viewer,
-                other => {
-                    eprintln!("error: unknown role `{other}` (expected admin or viewer)");
-                    return code(EXIT_USAGE);
-                }
-            };
-            let added = account::read_password()
-                .and_then(|pw| cli::hash_password(&pw))
-                .and_then(|hash| account::add_user(&config, &name, role, &hash));
-            match added {
-                Ok(new) => {
-                    println!(
-                        "{} user `{name}` in {}; check it with: edge-gateway check-config --config {}",
-                        if new { "added" } else { "updated" },
-                        config.display(),
-                        config.display()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        } => user_add(&name, &role, &config),
         Command::Read {
             link,
             at,
@@ -416,5 +287,145 @@ async fn run_cli() -> ExitCode {
                 code(EXIT_USAGE)
             }
         },
+    }
+}
+
+/// `run`: the config is checked (and the demo's logins refused beyond loopback) before
+/// logging starts at its level and before any port is opened.
+async fn run_daemon(config: PathBuf) -> ExitCode {
+    let loaded = match config::load(&config) {
+        Ok(l) => l,
+        Err(e) => {
+            print_config_error(&config, &e);
+            return code(64);
+        }
+    };
+    if let Some(why) = account::well_known_login(&loaded.config) {
+        eprintln!("{}: {why}", config.display());
+        return code(64);
+    }
+    init_logging(&loaded.config.gateway.log_level);
+    for w in &loaded.warnings {
+        tracing::warn!("{}: {w}", config.display());
+    }
+    edge_gateway::raise_fd_limit();
+    match edge_gateway::run(loaded.config, Some(config.clone()), shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `check-config`: one line per problem, or a summary of what the file configures.
+fn check_config(config: &Path) -> ExitCode {
+    match config::load(config) {
+        Ok(l) => {
+            for w in &l.warnings {
+                eprintln!("{}: {w} (warning)", config.display());
+            }
+            let points: usize = l.config.devices.iter().map(|d| d.points.len()).sum();
+            println!(
+                "{}: ok ({} buses, {} devices, {points} points)",
+                config.display(),
+                l.config.buses.len(),
+                l.config.devices.len(),
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_config_error(config, &e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `simulate`: the simulator on TCP, or RTU on a serial device, until a signal.
+async fn simulate(listen: &str, profile: &str, serial: Option<String>, baud: u32) -> ExitCode {
+    let Some(p) = Profile::parse(profile) else {
+        eprintln!("error: unknown profile `{profile}` (expected demo, bench or changing)");
+        return code(EXIT_USAGE);
+    };
+    let sim = Simulator::new(p);
+    let cancel = shutdown_signal();
+    if let Some(dev) = serial {
+        use tokio_serial::SerialPortBuilderExt;
+        let port = match tokio_serial::new(&dev, baud).open_native_async() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: cannot open {dev}: {e}");
+                return code(cli::EXIT_LINK);
+            }
+        };
+        println!("simulator: modbus rtu on {dev}, units {:?}", sim.unit_ids());
+        tokio::spawn(sim.clone().animate(cancel.clone()));
+        sim.serve_rtu(port, cancel).await;
+    } else {
+        let spawned =
+            edge_gateway::modbus::simulator::spawn_tcp(sim.clone(), listen, cancel.clone()).await;
+        match spawned {
+            Ok(addr) => println!(
+                "simulator: modbus tcp on {addr}, units {:?}",
+                sim.unit_ids()
+            ),
+            Err(e) => {
+                eprintln!("error: cannot listen on {listen}: {e}");
+                return code(cli::EXIT_LINK);
+            }
+        }
+        cancel.cancelled().await;
+    }
+    ExitCode::SUCCESS
+}
+
+/// `hash-password`: the PHC string on stdout, nothing of the password anywhere.
+fn hash_password() -> ExitCode {
+    let pw = match account::read_password() {
+        Ok(pw) => pw,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return code(EXIT_USAGE);
+        }
+    };
+    match cli::hash_password(&pw) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `user add`: prompted password, hashed, written into the config with its comments kept.
+fn user_add(name: &str, role: &str, config: &Path) -> ExitCode {
+    let role = match role {
+        "admin" => config::Role::Admin,
+        "viewer" => config::Role::Viewer,
+        other => {
+            eprintln!("error: unknown role `{other}` (expected admin or viewer)");
+            return code(EXIT_USAGE);
+        }
+    };
+    let added = account::read_password()
+        .and_then(|pw| cli::hash_password(&pw))
+        .and_then(|hash| account::add_user(config, name, role, &hash));
+    match added {
+        Ok(new) => {
+            println!(
+                "{} user `{name}` in {}; check it with: edge-gateway check-config --config {}",
+                if new { "added" } else { "updated" },
+                config.display(),
+                config.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

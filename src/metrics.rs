@@ -6,13 +6,46 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
-/// Results a Modbus request is counted under.
-pub const REQUEST_RESULTS: [&str; 4] = ["ok", "exception", "timeout", "error"];
+/// How a Modbus request ended, counted in `edge_modbus_requests_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestResult {
+    /// The device answered with data.
+    Ok,
+    /// The device answered with a Modbus exception.
+    Exception,
+    /// No answer within the bus's `timeout_ms`.
+    Timeout,
+    /// Any other link fault: refused, reset, a bad frame or CRC.
+    Error,
+}
+
+impl RequestResult {
+    pub const ALL: [RequestResult; 4] = [
+        RequestResult::Ok,
+        RequestResult::Exception,
+        RequestResult::Timeout,
+        RequestResult::Error,
+    ];
+
+    /// The metric's label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestResult::Ok => "ok",
+            RequestResult::Exception => "exception",
+            RequestResult::Timeout => "timeout",
+            RequestResult::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RequestResult> {
+        RequestResult::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
 
 #[derive(Default)]
 pub struct DeviceCounters {
-    /// Indexed like [`REQUEST_RESULTS`].
-    pub requests: [AtomicU64; 4],
+    /// Indexed by [`RequestResult`].
+    pub requests: [AtomicU64; RequestResult::ALL.len()],
     pub decode_errors: AtomicU64,
     pub online: AtomicI64,
 }
@@ -279,28 +312,41 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, device: usize, bus: usize, result: usize, took: std::time::Duration) {
-        self.devices[device].requests[result].fetch_add(1, Relaxed);
+    pub fn request(
+        &self,
+        device: usize,
+        bus: usize,
+        result: RequestResult,
+        took: std::time::Duration,
+    ) {
+        self.devices[device].requests[result as usize].fetch_add(1, Relaxed);
         self.buses[bus].duration.observe(took);
     }
 
-    pub fn requests(&self, device: usize, result: &str) -> u64 {
-        let i = REQUEST_RESULTS
-            .iter()
-            .position(|r| *r == result)
-            .unwrap_or(0);
-        self.devices[device].requests[i].load(Relaxed)
+    pub fn requests(&self, device: usize, result: RequestResult) -> u64 {
+        self.devices[device].requests[result as usize].load(Relaxed)
     }
 
+    /// Every metric in Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        self.render_buses(&mut out);
+        self.render_push(&mut out);
+        self.render_events(&mut out);
+        self.render_process(&mut out);
+        out
+    }
+
+    /// Requests, decode errors, online, request durations and utilisation, per device and bus.
+    fn render_buses(&self, out: &mut String) {
         out.push_str("# TYPE edge_modbus_requests_total counter\n");
         for (d, name) in self.device_names.iter().enumerate() {
-            for (i, r) in REQUEST_RESULTS.iter().enumerate() {
-                let v = self.devices[d].requests[i].load(Relaxed);
+            for r in RequestResult::ALL {
+                let v = self.devices[d].requests[r as usize].load(Relaxed);
                 let _ = writeln!(
                     out,
-                    "edge_modbus_requests_total{{device=\"{name}\",result=\"{r}\"}} {v}"
+                    "edge_modbus_requests_total{{device=\"{name}\",result=\"{}\"}} {v}",
+                    r.as_str()
                 );
             }
         }
@@ -320,7 +366,7 @@ impl Metrics {
         out.push_str("# TYPE edge_modbus_request_duration_seconds histogram\n");
         for (b, name) in self.bus_names.iter().enumerate() {
             self.buses[b].duration.render(
-                &mut out,
+                out,
                 "edge_modbus_request_duration_seconds",
                 &format!("bus=\"{name}\""),
             );
@@ -335,6 +381,10 @@ impl Metrics {
                 (busy / wall).min(1.0)
             );
         }
+    }
+
+    /// WebSocket pushes by kind and result, and their durations and latency.
+    fn render_push(&self, out: &mut String) {
         out.push_str("# TYPE edge_push_messages_total counter\n");
         for kind in PushKind::ALL {
             for (r, result) in ["sent", "dropped"].iter().enumerate() {
@@ -346,13 +396,25 @@ impl Metrics {
                 );
             }
         }
+        out.push_str("# TYPE edge_push_duration_seconds histogram\n");
+        self.push
+            .duration
+            .render(out, "edge_push_duration_seconds", "");
+        out.push_str("# TYPE edge_push_latency_seconds histogram\n");
+        self.push
+            .latency
+            .render(out, "edge_push_latency_seconds", "");
+    }
+
+    /// Samples, events by type and status, suppression, queues and processing time.
+    fn render_events(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "# TYPE edge_samples_total counter\nedge_samples_total {}",
             self.samples.load(Relaxed)
         );
         out.push_str("# TYPE edge_events_processed_total counter\n");
-        for (t, name) in crate::events::EventType::ALL.iter().enumerate() {
+        for (t, name) in crate::model::event::EventType::ALL.iter().enumerate() {
             for (k, status) in ["committed", "suppressed"].iter().enumerate() {
                 let v = self.events.processed[t][k].load(Relaxed);
                 let _ = writeln!(
@@ -368,7 +430,7 @@ impl Metrics {
             let _ = writeln!(out, "edge_events_suppressed_total{{device=\"{name}\"}} {v}");
         }
         out.push_str("# TYPE edge_event_queue_length gauge\n");
-        for p in crate::config::Priority::ALL {
+        for p in crate::model::event::Priority::ALL {
             let v = self.events.queue[p.rank() as usize].load(Relaxed);
             let _ = writeln!(
                 out,
@@ -379,15 +441,11 @@ impl Metrics {
         out.push_str("# TYPE edge_event_process_duration_seconds histogram\n");
         self.events
             .duration
-            .render(&mut out, "edge_event_process_duration_seconds", "");
-        out.push_str("# TYPE edge_push_duration_seconds histogram\n");
-        self.push
-            .duration
-            .render(&mut out, "edge_push_duration_seconds", "");
-        out.push_str("# TYPE edge_push_latency_seconds histogram\n");
-        self.push
-            .latency
-            .render(&mut out, "edge_push_latency_seconds", "");
+            .render(out, "edge_event_process_duration_seconds", "");
+    }
+
+    /// The store, reloads, the build, and the process's memory, descriptors and uptime.
+    fn render_process(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "# TYPE edge_store_rows_total counter\nedge_store_rows_total {}",
@@ -422,7 +480,6 @@ impl Metrics {
             open_fds(),
             self.started.elapsed().as_secs_f64()
         );
-        out
     }
 }
 

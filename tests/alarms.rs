@@ -103,6 +103,7 @@ message = "Setpoint too high"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn an_alarm_is_pushed_listed_acked_by_an_admin_only_and_leaves_the_list_once_cleared() {
     let (sim, addr, _c) = start_sim(Profile::Demo).await;
     let dir = tempfile::tempdir().unwrap();

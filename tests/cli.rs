@@ -1,5 +1,5 @@
 //! The binary's commands as a user runs them: exit codes and messages of `check-config`, `run`,
-//! `read`, `write` and `hash-password`.
+//! `read`, `write`, `hash-password`, `user add` and `--help`.
 
 mod common;
 
@@ -138,6 +138,50 @@ async fn read_and_write_exit_codes_ok_exception_and_timeout() {
     .await;
     assert_eq!(code, 64);
     assert!(err.contains("cannot be written"), "{err}");
+}
+
+/// SPEC's command table, as `--help` must list it: every command on one line with what it does.
+#[test]
+fn help_lists_every_command_with_one_line_each() {
+    let out = bin().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    let commands: Vec<&str> = help
+        .split("Commands:")
+        .nth(1)
+        .expect("a Commands: section")
+        .split("Options:")
+        .next()
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    for name in [
+        "run",
+        "demo",
+        "check-config",
+        "simulate",
+        "hash-password",
+        "user",
+        "read",
+        "write",
+    ] {
+        let line = commands
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("`{name}` is not listed:\n{help}"));
+        assert!(
+            line.split_whitespace().count() > 2,
+            "`{name}` has no description: {line}"
+        );
+    }
+    // One line each: every line of the section starts with a command (no wrapped second lines).
+    for l in &commands {
+        assert!(
+            l.starts_with("  ") && !l.starts_with("   "),
+            "a wrapped line: {l:?}"
+        );
+    }
 }
 
 #[test]

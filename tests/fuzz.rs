@@ -200,6 +200,7 @@ fn shape(reply: &Json) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn the_websocket_envelope_and_every_service_take_any_input() {
     let (sim, addr, _c) = start_sim(Profile::Demo).await;
     let dir = tempfile::tempdir().unwrap();

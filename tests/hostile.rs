@@ -31,10 +31,9 @@ impl Target {
     async fn start_with(extra: &str, nofile: Option<u64>) -> Target {
         let dir = tempfile::tempdir().unwrap();
         let (_sim, sim) = spawn_simulator(&[]);
-        let http = free_port();
         let hash = edge_gateway::cli::hash_password("pw").unwrap();
         let text = format!(
-            "[gateway]\nid = \"hostile\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:{http}\"\n\
+            "[gateway]\nid = \"hostile\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n\
              [[users]]\nname = \"admin\"\nrole = \"admin\"\npassword_hash = \"{hash}\"\n\
              [[users]]\nname = \"viewer\"\nrole = \"viewer\"\npassword_hash = \"{hash}\"\n\
              {extra}\n{}{BOILER_AND_PUMP}",
@@ -44,7 +43,7 @@ impl Target {
         let cfg = dir.path().join("gateway.toml");
         std::fs::write(&cfg, text).unwrap();
         let log = dir.path().join("gateway.log");
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_edge-gateway"));
+        let mut cmd = gateway_command(&cfg);
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
@@ -61,15 +60,8 @@ impl Target {
                 });
             }
         }
-        let child = Child(
-            cmd.args(["run", "--config", cfg.to_str().unwrap()])
-                .env("RUST_LOG", "info")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap(),
-        );
-        let http: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+        cmd.env("RUST_LOG", "info");
+        let (child, http) = spawn_gateway(cmd, Some(&log));
         wait_for_async("the gateway answers", || async {
             healthz_json(http).await.is_some()
         })

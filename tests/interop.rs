@@ -30,18 +30,32 @@ impl Drop for Server {
     }
 }
 
-fn start_pymodbus(python: &str, kind: &str, at: &str) -> Server {
+/// Starts pymodbus and waits for its "serving KIND WHERE" line, printed once it listens (a
+/// TCP server on port 0 names the port it got). Returns the server and WHERE.
+fn start_pymodbus(python: &str, kind: &str, at: &str) -> (Server, String) {
+    use std::io::BufRead;
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/interop/pymodbus_server.py"
     );
-    Server(
-        Command::new(python)
-            .args([script, kind, at])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start pymodbus"),
-    )
+    let mut child = Command::new(python)
+        .args([script, kind, at])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start pymodbus");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let server = Server(child);
+    let mut reader = std::io::BufReader::new(stdout);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("pymodbus's first line");
+    // Whatever else it prints is read and dropped, so it never writes into a closed pipe.
+    std::thread::spawn(move || reader.lines().for_each(drop));
+    let at = line
+        .strip_prefix(&format!("serving {kind} "))
+        .unwrap_or_else(|| panic!("pymodbus did not start: {line:?}"))
+        .trim()
+        .to_string();
+    (server, at)
 }
 
 /// Every type and order pymodbus serves (see pymodbus_server.py), as gateway points.
@@ -174,21 +188,10 @@ async fn check_every_type_and_order(gw: &Gateway) {
     .await;
 }
 
-async fn wait_tcp(port: u16) {
-    wait_for_async("pymodbus listening", || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn pymodbus_tcp_every_type_and_order_reads_and_writes() {
     let Some(py) = python() else { return };
-    let port = free_port();
-    let _server = start_pymodbus(&py, "tcp", &port.to_string());
-    wait_tcp(port).await;
+    let (_server, port) = start_pymodbus(&py, "tcp", "0");
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(config(
         dir.path(),
@@ -215,9 +218,7 @@ fn cli(args: &[&str]) -> (i32, String, String) {
 #[tokio::test]
 async fn pymodbus_tcp_commissioning_cli_reads_writes_and_names_exceptions() {
     let Some(py) = python() else { return };
-    let port = free_port();
-    let _server = start_pymodbus(&py, "tcp", &port.to_string());
-    wait_tcp(port).await;
+    let (_server, port) = start_pymodbus(&py, "tcp", "0");
     let tcp = format!("127.0.0.1:{port}");
     let base = ["--tcp", tcp.as_str(), "--unit", "1"];
     let run = |extra: &[&str]| {
@@ -298,8 +299,6 @@ async fn pymodbus_rtu_on_a_pty_pair_every_type_and_order_reads_and_writes() {
         return;
     };
     let _server = start_pymodbus(&py, "rtu", &pair.a);
-    // pymodbus opens its end asynchronously; give the first polls a few retries.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let bus = format!(
         "[[buses]]\nname = \"b\"\nkind = \"rtu\"\nport = \"{}\"\nbaud = 19200\ntimeout_ms = 500\nretries = 1\n",
         pair.b
@@ -343,9 +342,7 @@ async fn pymodbus_a_register_changed_by_another_client_arrives_as_a_websocket_ev
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let Some(py) = python() else { return };
-    let port = free_port();
-    let _server = start_pymodbus(&py, "tcp", &port.to_string());
-    wait_tcp(port).await;
+    let (_server, port) = start_pymodbus(&py, "tcp", "0");
     let hash = edge_gateway::cli::hash_password("pw").unwrap();
     let body = format!(
         "[[users]]\nname = \"tech\"\nrole = \"viewer\"\npassword_hash = \"{hash}\"\n{}\n\

@@ -76,6 +76,22 @@ impl Watcher {
         }
     }
 
+    /// Publishes a marker and waits for it to come back: the broker has then handled everything
+    /// this client published before it (one client's messages are handled in order).
+    async fn marker(&mut self, id: &str) {
+        let n: u32 = rand::random();
+        self.client
+            .publish(
+                format!("edge/{id}/marker"),
+                QoS::AtLeastOnce,
+                false,
+                n.to_string(),
+            )
+            .await
+            .unwrap();
+        self.next("/marker", |b| *b == json!(n)).await;
+    }
+
     /// The oldest message not taken yet on a topic ending with `suffix` that `pred` accepts.
     async fn next(&mut self, suffix: &str, pred: impl Fn(&Json) -> bool) -> (String, Json, bool) {
         let fits = |m: &(String, Json, bool)| m.0.ends_with(suffix) && pred(&m.1);
@@ -174,17 +190,18 @@ async fn birth_status_telemetry_and_events_arrive_on_the_spec_topics() {
     assert_eq!((s, retained), (json!({"online": false}), true));
     let (_, _, retained) = late.next("/devices/pump/status", |_| true).await;
     assert!(retained);
-    clear_retained(&w.client, &id).await;
+    clear_retained(&mut w, &id).await;
 }
 
 /// Leaves the shared broker as it was found.
-async fn clear_retained(c: &AsyncClient, id: &str) {
+async fn clear_retained(w: &mut Watcher, id: &str) {
     for t in ["status", "devices/boiler/status", "devices/pump/status"] {
-        let _ = c
+        let _ = w
+            .client
             .publish(format!("edge/{id}/{t}"), QoS::AtLeastOnce, true, Vec::new())
             .await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    w.marker(id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,7 +261,7 @@ async fn events_made_while_the_broker_is_unreachable_arrive_after() {
         );
     }
     gw.shutdown().await;
-    clear_retained(&w.client, &id).await;
+    clear_retained(&mut w, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,23 +270,22 @@ async fn the_last_will_is_published_when_the_gateway_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let id = unique_id("will");
     let mut w = Watcher::start(&broker, &id).await;
-    let http = free_port();
     let cfg = dir.path().join("g.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[gateway]\nid = \"{id}\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:{http}\"\n[mqtt]\nurl = \"mqtt://{broker}\"\n{}{BOILER_AND_PUMP}",
+            "[gateway]\nid = \"{id}\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nurl = \"mqtt://{broker}\"\n{}{BOILER_AND_PUMP}",
             dir.path().join("data").display().to_string(),
             tcp_bus("127.0.0.1:1")
         ),
     )
     .unwrap();
-    let mut gw = spawn(&["run", "--config", cfg.to_str().unwrap()]);
+    let (mut gw, _) = spawn_gateway(gateway_command(&cfg), None);
     w.next("/status", |b| b["online"] == true).await;
     unsafe_kill(&mut gw);
     let (_, will, _) = w.next("/status", |_| true).await;
     assert_eq!(will, json!({"online": false}));
-    clear_retained(&w.client, &id).await;
+    clear_retained(&mut w, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,7 +348,21 @@ async fn writes_go_through_the_audited_path_only_when_allowed() {
     let (gw, _dir) = start_gateway(&id, &broker, addr, "", "").await;
     w.next("/status", |b| b["online"] == true).await;
     write(json!({"requestId": "w4", "pointId": "setpoint", "value": 70})).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Not "nothing after a sleep": once the marker sent after w4 is back, the broker has handled
+    // w4. Then the device's temperature moves twice, and each move comes back as telemetry: two
+    // polls later the gateway would long have answered w4 (a write goes ahead of polls).
+    w.marker(&id).await;
+    for t in [41.5f32, 42.5] {
+        sim.with_memory(BOILER, |m| {
+            let bits = t.to_bits();
+            m.holding[0] = (bits >> 16) as u16;
+            m.holding[1] = bits as u16;
+        });
+        w.next("/devices/boiler/telemetry", |b| {
+            b["points"]["temperature"]["v"] == json!(t)
+        })
+        .await;
+    }
     while let Ok(m) = w.rx.try_recv() {
         w.kept.push(m);
     }
@@ -345,7 +375,7 @@ async fn writes_go_through_the_audited_path_only_when_allowed() {
     );
     assert_eq!(sim.with_memory(BOILER, |m| m.holding[2]), Some(615));
     gw.shutdown().await;
-    clear_retained(&w.client, &id).await;
+    clear_retained(&mut w, &id).await;
 }
 
 /// A private Mosquitto with a plain listener (for the test's watcher) and a TLS one whose
@@ -365,6 +395,7 @@ impl Drop for TlsBroker {
     }
 }
 
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn tls_broker(dir: &std::path::Path) -> Option<TlsBroker> {
     let run = |args: &[&str]| {
         std::process::Command::new("openssl")
@@ -472,25 +503,17 @@ async fn mqtts_urls_connect_over_tls_and_verify_the_broker() {
     std::fs::write(
         &cfg,
         format!(
-            "[gateway]\nid = \"{id}\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:{}\"\n[mqtt]\nurl = \"mqtts://localhost:{}\"\n{}{BOILER_AND_PUMP}",
+            "[gateway]\nid = \"{id}\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nurl = \"mqtts://localhost:{}\"\n{}{BOILER_AND_PUMP}",
             dir.path().join("data").display().to_string(),
-            free_port(),
             b.tls,
             tcp_bus("127.0.0.1:1")
         ),
     )
     .unwrap();
     let spawn_with_ca = |ca: &std::path::Path| {
-        Child(
-            std::process::Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
-                .args(["run", "--config", cfg.to_str().unwrap()])
-                .env("RUST_LOG", "warn")
-                .env("SSL_CERT_FILE", ca)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
+        let mut cmd = gateway_command(&cfg);
+        cmd.env("SSL_CERT_FILE", ca);
+        spawn_gateway(cmd, None)
     };
     // Trusting the test CA: connected, birth published.
     let gw = spawn_with_ca(&b.ca);
@@ -519,8 +542,16 @@ async fn mqtts_urls_connect_over_tls_and_verify_the_broker() {
         .status()
         .unwrap();
     w.kept.clear();
-    let _gw = spawn_with_ca(&other.path().join("o.pem"));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_gw, http) = spawn_with_ca(&other.path().join("o.pem"));
+    // Not "nothing after a sleep": the handshake's refusal is the sink's error in /healthz.
+    wait_for_async("the certificate refused", || async {
+        healthz_json(http).await.is_some_and(|h| {
+            h["sinks"]["mqtt"]["error"]
+                .as_str()
+                .is_some_and(|e| e.to_lowercase().contains("certificate"))
+        })
+    })
+    .await;
     while let Ok(m) = w.rx.try_recv() {
         assert!(
             m.1["online"] != true,

@@ -180,7 +180,11 @@ async fn three_gateways_sync_into_one_database_concurrently() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_is_a_clear_error_in_healthz_and_polling_goes_on() {
     let Some(url) = url() else { return };
-    let bad = url.replacen("mysql://root", "mysql://nobody:wrong", 1);
+    // The same server and database as another user: the test's own credentials replaced.
+    let (_, at) = url
+        .rsplit_once('@')
+        .expect("EDGE_TEST_MYSQL_URL names a user: user:pw@host");
+    let bad = format!("mysql://nobody:wrong@{at}");
     let (_sim, addr, _c) = start_sim(Profile::Demo).await;
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(config_id(
@@ -213,7 +217,6 @@ async fn a_gateway_killed_with_sigkill_mid_stream_resends_after_restart_without_
     let Some(url) = url() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (_sim, sim_port) = spawn_simulator(&[]);
-    let http = free_port();
     let id = unique_id("sigkill");
     let cfg = dir.path().join("g.toml");
     // Fast polls with no deadband: a steady stream of telemetry rows to be caught mid-batch.
@@ -221,25 +224,23 @@ async fn a_gateway_killed_with_sigkill_mid_stream_resends_after_restart_without_
     std::fs::write(
         &cfg,
         format!(
-            "[gateway]\nid = \"{id}\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:{http}\"\n[mysql]\nurl = \"{url}\"\nbatch_size = 20\n{}{devices}",
+            "[gateway]\nid = \"{id}\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[mysql]\nurl = \"{url}\"\nbatch_size = 20\n{}{devices}",
             dir.path().join("data").display().to_string(),
             tcp_bus(&format!("127.0.0.1:{sim_port}"))
         ),
     )
     .unwrap();
-    let run = || spawn(&["run", "--config", cfg.to_str().unwrap()]);
-    let mut gw = run();
+    let run = || spawn_gateway(gateway_command(&cfg), None);
+    let (mut gw, _) = run();
     wait_for_async("rows flowing upstream", || async {
         count(&url, "edge_telemetry", &id).await > 50
     })
     .await;
     // SIGKILL: no shutdown, no flush, whatever batch was in flight is cut.
     unsafe_kill(&mut gw);
-    let gw2 = run();
-    wait_for_async("restarted", || async {
-        backlog_of(http, "mysql").await.is_some()
-    })
-    .await;
+    // It answers from the start: its address is on the line it logs once serving.
+    let (gw2, http) = run();
+    let http = http.port();
     // Stop the polls (kill the simulator's answers by stopping the gateway cleanly later), and
     // wait for the sink to catch up with what the store has.
     wait_for_async("caught up", || async {
@@ -283,19 +284,19 @@ async fn a_gateway_killed_with_sigkill_mid_stream_resends_after_restart_without_
 /// kill the store is intact, every device's `deviceSeq` has no gap, and once a last run has
 /// caught up, MySQL holds every telemetry value SQLite held at any of the kills.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn five_sigkills_under_an_all_changing_load_lose_nothing_that_was_committed() {
     use std::collections::{BTreeMap, BTreeSet};
     let Some(url) = url() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (_sim, sim_port) = spawn_simulator(&["--profile", "changing"]);
-    let http = free_port();
     let id = unique_id("kill5");
     let data = dir.path().join("data");
     let points: Vec<String> = (0..30)
         .map(|i| format!(r#"{{ id = "r{i}", table = "holding", address = {i}, type = "u16" }}"#))
         .collect();
     let mut body = format!(
-        "[gateway]\nid = \"{id}\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:{http}\"\n\
+        "[gateway]\nid = \"{id}\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n\
          [mysql]\nurl = \"{url}\"\nbatch_size = 200\n{}[templates.dev]\npoints = [{}]\n",
         data.display().to_string(),
         tcp_bus(&format!("127.0.0.1:{sim_port}")),
@@ -314,7 +315,7 @@ async fn five_sigkills_under_an_all_changing_load_lose_nothing_that_was_committe
     }
     let cfg = dir.path().join("g.toml");
     std::fs::write(&cfg, body).unwrap();
-    let run = || spawn(&["run", "--config", cfg.to_str().unwrap()]);
+    let run = || spawn_gateway(gateway_command(&cfg), None);
     let db_path = data.join("gateway.db");
     let samples = || -> i64 {
         rusqlite::Connection::open(&db_path)
@@ -324,7 +325,7 @@ async fn five_sigkills_under_an_all_changing_load_lose_nothing_that_was_committe
     let (mut held, mut held_events) = (BTreeSet::new(), BTreeSet::new());
     for kill in 0..5 {
         let before = samples();
-        let mut gw = run();
+        let (mut gw, _) = run();
         wait_for("samples stored", || samples() > before + 100).await;
         // Somewhere inside a group commit, not at a boundary the test chose.
         tokio::time::sleep(std::time::Duration::from_millis(rand::random_range(0..400))).await;
@@ -343,7 +344,8 @@ async fn five_sigkills_under_an_all_changing_load_lose_nothing_that_was_committe
         );
     }
     // A last run catches up, then stops cleanly.
-    let mut gw = run();
+    let (mut gw, http) = run();
+    let http = http.port();
     wait_for_async("caught up after the kills", || async {
         backlog_of(http, "mysql").await == Some(0)
     })

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -99,14 +100,14 @@ async fn metrics_has_every_spec_name_in_valid_prometheus_text() {
     gw.shutdown().await;
 }
 
-fn write_config(dir: &std::path::Path, sim: u16, http: u16) -> std::path::PathBuf {
+fn write_config(dir: &std::path::Path, sim: u16) -> std::path::PathBuf {
     let cfg = dir.join("g.toml");
     // Polled fast with no deadband: the store always has rows to write.
     let devices = BOILER_AND_PUMP.replace("poll_interval_ms = 100", "poll_interval_ms = 20");
     std::fs::write(
         &cfg,
         format!(
-            "[gateway]\nid = \"ops\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:{http}\"\n{}{devices}",
+            "[gateway]\nid = \"ops\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n{}{devices}",
             dir.join("data").display().to_string(),
             tcp_bus(&format!("127.0.0.1:{sim}"))
         ),
@@ -116,41 +117,45 @@ fn write_config(dir: &std::path::Path, sim: u16, http: u16) -> std::path::PathBu
 }
 
 /// `run` under a fake systemd: notifications to `notify`, and a watchdog when `watchdog_usec`.
+/// The daemon with systemd's notify socket (and watchdog, when given), and its HTTP address;
+/// its log goes to `log` when given.
 fn run_notified(
     cfg: &std::path::Path,
     notify: &Notify,
     watchdog_usec: Option<&str>,
-) -> std::process::Child {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_edge-gateway"));
-    cmd.args(["run", "--config", cfg.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .env("NOTIFY_SOCKET", &notify.path)
-        .stdout(std::process::Stdio::null());
+    log: Option<&std::path::Path>,
+) -> (Child, SocketAddr) {
+    let mut cmd = gateway_command(cfg);
+    cmd.env("NOTIFY_SOCKET", &notify.path);
     if let Some(usec) = watchdog_usec {
         cmd.env("WATCHDOG_USEC", usec);
     }
-    cmd.spawn().unwrap()
+    spawn_gateway(cmd, log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_after_start_and_the_watchdog_pings_only_while_the_store_makes_progress() {
     let dir = tempfile::tempdir().unwrap();
     let (_sim, sim) = spawn_simulator(&[]);
-    let http = free_port();
-    let cfg = write_config(dir.path(), sim, http);
+    let cfg = write_config(dir.path(), sim);
     let notify = Notify::new(dir.path());
-    let _gw = Child(run_notified(&cfg, &notify, Some("1000000")));
+    let log = dir.path().join("gateway.log");
+    let (_gw, http) = run_notified(&cfg, &notify, Some("1000000"), Some(&log));
     let seen = notify.wait_for("READY=1", Duration::from_secs(20));
     // Ready means the HTTP port answers.
-    let h = healthz(format!("127.0.0.1:{http}").parse().unwrap()).await;
+    let h = healthz(http).await;
     assert!(h.starts_with("HTTP/1.0 200"), "{h} after {seen:?}");
     notify.wait_for("WATCHDOG=1", Duration::from_secs(5));
 
     // A store that cannot commit (another process holds the write lock): no more pings.
     let db = rusqlite::Connection::open(dir.path().join("data/gateway.db")).unwrap();
     db.execute_batch("BEGIN IMMEDIATE").unwrap();
-    // A check that began before the lock may still ping; give it time, then drop what it sent.
-    std::thread::sleep(Duration::from_secs(2));
+    // A check that began before the lock may still have pinged: once a check has failed (the
+    // log says so), every earlier one is done, and what they sent is dropped.
+    wait_for("a watchdog check failed", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("not pinging systemd"))
+    })
+    .await;
     notify.drain();
     let during = notify.collect(Duration::from_secs(4));
     assert!(
@@ -166,13 +171,12 @@ async fn ready_after_start_and_the_watchdog_pings_only_while_the_store_makes_pro
 async fn sigterm_stops_the_daemon_cleanly_with_the_store_flushed() {
     let dir = tempfile::tempdir().unwrap();
     let (_sim, sim) = spawn_simulator(&[]);
-    let http = free_port();
-    let cfg = write_config(dir.path(), sim, http);
+    let cfg = write_config(dir.path(), sim);
     let notify = Notify::new(dir.path());
-    let mut gw = run_notified(&cfg, &notify, None);
+    let (mut gw, http) = run_notified(&cfg, &notify, None, None);
     notify.wait_for("READY=1", Duration::from_secs(20));
     wait_for_async("rows stored", || async {
-        let h = http_get(format!("127.0.0.1:{http}").parse().unwrap(), "/metrics").await;
+        let h = http_get(http, "/metrics").await;
         h.lines()
             .find(|l| l.starts_with("edge_store_rows_total "))
             .and_then(|l| l.split(' ').nth(1)?.parse::<u64>().ok())
@@ -180,14 +184,14 @@ async fn sigterm_stops_the_daemon_cleanly_with_the_store_flushed() {
     })
     .await;
     let _ = std::process::Command::new("kill")
-        .args(["-TERM", &gw.id().to_string()])
+        .args(["-TERM", &gw.0.id().to_string()])
         .status();
     notify.wait_for("STOPPING=1", Duration::from_secs(5));
     // A hang guard, not a timing assertion: the stop itself is logged by the gateway.
     let status = (0..200)
         .find_map(|_| {
             std::thread::sleep(Duration::from_millis(50));
-            gw.try_wait().unwrap()
+            gw.0.try_wait().unwrap()
         })
         .expect("still running 10 s after SIGTERM");
     assert!(status.success(), "{status:?}");

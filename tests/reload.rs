@@ -120,10 +120,9 @@ async fn a_reload_keeps_unchanged_buses_running_and_applies_the_rest() {
 async fn sighup_with_an_invalid_config_keeps_the_running_one_and_a_valid_one_applies() {
     let dir = tempfile::tempdir().unwrap();
     let (_sim, sim) = spawn_simulator(&[]);
-    let http = free_port();
     let cfg = dir.path().join("g.toml");
     let head = format!(
-        "[gateway]\nid = \"hup\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:{http}\"\n{}",
+        "[gateway]\nid = \"hup\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n{}",
         dir.path().join("data").display().to_string(),
         bus("a", &format!("127.0.0.1:{sim}"), 200)
     );
@@ -132,8 +131,8 @@ async fn sighup_with_an_invalid_config_keeps_the_running_one_and_a_valid_one_app
         format!("{head}{}", device("boiler", "a", 1, "holding")),
     )
     .unwrap();
-    let gw = spawn(&["run", "--config", cfg.to_str().unwrap()]);
-    let addr = format!("127.0.0.1:{http}").parse().unwrap();
+    // A reload keeps the listening socket while `http.listen` is unchanged, port 0 included.
+    let (gw, addr) = spawn_gateway(gateway_command(&cfg), None);
     // Devices in /healthz; None while the listener is being rebuilt by a reload.
     let total = |addr| async move { healthz_json(addr).await?["devices"]["total"].as_u64() };
     wait_for_async("serving", || async { total(addr).await.is_some() }).await;

@@ -175,6 +175,7 @@ async fn an_unwritable_data_dir_is_a_clear_error() {
 /// Live first: a long telemetry backlog drains one batch per round beside the newest rows, and
 /// the persisted cursor stays at the backlog's front until it is drained.
 #[tokio::test]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn a_sink_sends_new_telemetry_first_while_its_backlog_drains() {
     use edge_gateway::sinks::feed::Feed;
     let dir = tempfile::tempdir().unwrap();
@@ -271,6 +272,7 @@ async fn a_sink_sends_new_telemetry_first_while_its_backlog_drains() {
 /// `max_db_mb`: history already upstream goes first; only when that is not enough does unsent
 /// telemetry go, and then one gap event per device says exactly what was lost. Events stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn over_the_size_cap_sent_history_goes_first_then_unsent_rows_with_a_gap_event() {
     let dir = tempfile::tempdir().unwrap();
     // An upstream that never answers: nothing is confirmed but what the test says.

@@ -131,6 +131,7 @@ async fn gateway(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn every_code_of_the_contract_is_reached_and_the_connection_lives_on() {
     let (gw, sim, _dir) = gateway("").await;
     let mut ws = Ws::connect(gw.http_addr).await;

@@ -18,7 +18,16 @@ use pieces::{split_devices, Pieces};
 use raw::RawConfig;
 use validate::Validator;
 
-use crate::modbus::codec::{ByteOrder, DataType, Format, Table, WordOrder};
+pub use crate::model::event::Priority;
+use crate::model::format::{ByteOrder, DataType, Format, Table, WordOrder};
+
+/// What an unset `password_hash` says in a shipped config: `check-config` and `run` name it
+/// with the command that sets one (`edge-gateway user add`).
+pub const PASSWORD_PLACEHOLDER: &str = "CHANGE-ME";
+
+/// The demo's embedded config (`edge-gateway demo`); its hashes are the well-known logins `run`
+/// refuses beyond loopback.
+pub const DEMO: &str = include_str!("../../config/demo.toml");
 
 /// A string that must never reach a log: `Debug` masks it.
 #[derive(Clone, PartialEq)]
@@ -149,36 +158,6 @@ pub struct Point {
     pub min: Option<f64>,
     pub max: Option<f64>,
     pub writable: bool,
-}
-
-/// An event's priority, in rank order: its one spelling (config, SPEC JSON, SQL, metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Priority {
-    Normal,
-    High,
-    Emergency,
-}
-
-impl Priority {
-    /// Every priority, lowest first (the index is the rank).
-    pub const ALL: [Priority; 3] = [Priority::Normal, Priority::High, Priority::Emergency];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::Normal => "normal",
-            Priority::High => "high",
-            Priority::Emergency => "emergency",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Priority> {
-        Priority::ALL.into_iter().find(|p| p.as_str() == s)
-    }
-
-    /// 0, 1, 2: stored beside the name so SQL can filter and sort by it.
-    pub fn rank(self) -> i64 {
-        self as i64
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

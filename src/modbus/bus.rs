@@ -1,8 +1,9 @@
 //! The bus scheduler: one task per link polls its devices by deadline, one request at a time,
 //! puts writes ahead of polls, and backs off from dead slaves so they never stall the rest.
+//! One device's poll is `poll`'s.
 
-use std::collections::VecDeque;
-use std::sync::atomic::Ordering::Relaxed;
+mod poll;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +16,8 @@ use super::link::{exception_name, Data, Link, LinkError, Reply, WriteOp};
 use super::plan::{self, Block, Span};
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::model::{now_ms, Millis, Value};
+use crate::metrics::{Metrics, RequestResult};
+use crate::model::{Millis, Value};
 
 /// Why one point has no fresh value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -319,10 +320,10 @@ impl BusTask {
                 .read(unit, block.table, block.start, block.count)
                 .await;
             let result = match &r {
-                Ok(Ok(_)) => 0,
-                Ok(Err(_)) => 1,
-                Err(LinkError::Timeout(_)) => 2,
-                Err(_) => 3,
+                Ok(Ok(_)) => RequestResult::Ok,
+                Ok(Err(_)) => RequestResult::Exception,
+                Err(LinkError::Timeout(_)) => RequestResult::Timeout,
+                Err(_) => RequestResult::Error,
             };
             self.metrics
                 .request(device, self.bus, result, started.elapsed());
@@ -332,190 +333,6 @@ impl BusTask {
                 _ => return r,
             }
         }
-    }
-
-    /// Polls one device. Returns false when the pipeline is gone and the bus should stop.
-    async fn poll(&mut self, k: usize) -> bool {
-        let device = self.slots[k].index;
-        let dev = self.config.devices[device].clone();
-        let retries = self.config.buses[self.bus].retries;
-
-        if self.slots[k].online == Some(false) {
-            // Offline: one probe, no retries, so a dead slave costs at most one timeout per
-            // backoff period.
-            let first = self.slots[k].blocks[0].clone();
-            match self.read(k, &first, 0).await {
-                Ok(Ok(_) | Err(_)) => {}
-                Err(e) => {
-                    let s = &mut self.slots[k];
-                    let pause = s.probe_backoff.fail();
-                    s.next_due = Instant::now() + pause;
-                    tracing::debug!(device = %dev.id, "probe failed: {e}; next in {pause:?}");
-                    return true;
-                }
-            }
-        }
-
-        let mut work: VecDeque<Block> = self.slots[k].blocks.iter().cloned().collect();
-        let mut plan_after: Vec<Block> = Vec::with_capacity(work.len());
-        let mut results: Vec<(usize, Result<Value, PointError>)> =
-            Vec::with_capacity(dev.points.len());
-        let mut link_failure: Option<LinkError> = None;
-        let mut answered = false;
-        // (kind, text): the kind decides whether this is a new episode, the text is logged.
-        let mut problem: Option<(String, String)> = None;
-        let mut replanned = false;
-        while let Some(block) = work.pop_front() {
-            if let Some(e) = &link_failure {
-                // The link just failed: don't spend another timeout on this device now.
-                results.extend(
-                    block
-                        .points
-                        .iter()
-                        .map(|&p| (p, Err(PointError::Link(e.clone())))),
-                );
-                plan_after.push(block);
-                continue;
-            }
-            match self.read(k, &block, retries).await {
-                Ok(Ok(data)) => {
-                    answered = true;
-                    for &p in &block.points {
-                        let point = &dev.points[p];
-                        let r = decode_point(point, &block, &data).map_err(PointError::Decode);
-                        if let Err(e) = &r {
-                            self.metrics.devices[device]
-                                .decode_errors
-                                .fetch_add(1, Relaxed);
-                            problem.get_or_insert_with(|| {
-                                (
-                                    format!("decode {}", point.id),
-                                    format!("point {}: {e}", point.id),
-                                )
-                            });
-                        }
-                        results.push((p, r));
-                    }
-                    plan_after.push(block);
-                }
-                Ok(Err(0x02)) if block.points.len() > 1 => {
-                    // One bad address in a merged read: bisect, so it costs one point.
-                    answered = true;
-                    replanned = true;
-                    let (a, b) =
-                        plan::split(&block, &self.slots[k].spans).expect("two or more points");
-                    work.push_front(b);
-                    work.push_front(a);
-                }
-                Ok(Err(code)) => {
-                    // 0A/0B come from a gateway in front of the device: the device itself is absent.
-                    answered |= !matches!(code, 0x0A | 0x0B);
-                    problem.get_or_insert_with(|| {
-                        let text = format!(
-                            "{} at {} {}+{}",
-                            exception_name(code),
-                            block.table,
-                            block.start,
-                            block.count
-                        );
-                        (text.clone(), text)
-                    });
-                    results.extend(
-                        block
-                            .points
-                            .iter()
-                            .map(|&p| (p, Err(PointError::Exception(code)))),
-                    );
-                    plan_after.push(block);
-                }
-                Err(e) => {
-                    problem.get_or_insert_with(|| (format!("link {}", e.kind()), e.to_string()));
-                    results.extend(
-                        block
-                            .points
-                            .iter()
-                            .map(|&p| (p, Err(PointError::Link(e.clone())))),
-                    );
-                    link_failure = Some(e);
-                    plan_after.push(block);
-                }
-            }
-        }
-        if replanned {
-            plan_after.sort_by_key(|b| (b.table, b.start));
-            tracing::info!(device = %dev.id, requests = plan_after.len(), "read plan split around a refused address");
-            self.slots[k].blocks = plan_after;
-        }
-        results.sort_by_key(|(p, _)| *p);
-
-        let ts = now_ms();
-        let s = &mut self.slots[k];
-        let kind = problem.as_ref().map(|(k, _)| k);
-        if s.last_problem.as_ref() != kind {
-            match &problem {
-                Some((_, p)) => tracing::warn!(device = %dev.id, unit = dev.unit, "{p}"),
-                None if s.last_problem.is_some() => {
-                    tracing::info!(device = %dev.id, "reads good again");
-                }
-                None => {}
-            }
-            s.last_problem = kind.cloned();
-        }
-        let problem = problem.map(|(_, text)| text);
-        let mut status = None;
-        if answered {
-            s.failures = 0;
-            s.probe_backoff.reset();
-            if s.online != Some(true) {
-                s.online = Some(true);
-                status = Some((true, "answering".to_string()));
-            }
-            s.next_due = (s.next_due + dev.poll_interval).max(Instant::now());
-        } else {
-            s.failures += 1;
-            if s.failures >= dev.offline_after && s.online != Some(false) {
-                s.online = Some(false);
-                s.probe_backoff.reset();
-                status = Some((false, problem.clone().unwrap_or_default()));
-            }
-            if s.online == Some(false) {
-                s.next_due = Instant::now() + s.probe_backoff.fail();
-            } else {
-                s.next_due = (s.next_due + dev.poll_interval).max(Instant::now());
-            }
-        }
-        if let Some((online, reason)) = status {
-            self.metrics.devices[device]
-                .online
-                .store(i64::from(online), Relaxed);
-            if online {
-                tracing::info!(device = %dev.id, "online");
-            } else {
-                tracing::warn!(device = %dev.id, "offline after {} failed polls: {reason}", dev.offline_after);
-            }
-            if self
-                .events
-                .send(BusEvent::Status {
-                    device,
-                    ts,
-                    online,
-                    reason,
-                })
-                .await
-                .is_err()
-            {
-                return false;
-            }
-        }
-        self.events
-            .send(BusEvent::Polled {
-                device,
-                ts,
-                at: tokio::time::Instant::now(),
-                results,
-            })
-            .await
-            .is_ok()
     }
 
     /// Serves an operator request; a handover comes back as `Err` for the loop to end with.

@@ -23,7 +23,7 @@ use super::feed::{Batch, Feed};
 use super::{SinkContext, SinkError, Upstream};
 use crate::config::Mqtt;
 use crate::control::Control;
-use crate::events::SpecEvent;
+use crate::model::event::SpecEvent;
 use crate::model::{rfc3339, Value};
 use crate::store::{self, OutboxRow};
 
@@ -354,23 +354,7 @@ impl Session<'_> {
         cancel: &CancellationToken,
     ) -> Result<(), SinkError> {
         let status = &self.ctx.status;
-        // Connect: the first event is the broker's CONNACK or an error.
-        let connack = tokio::time::timeout(CONNECT_TIMEOUT, eventloop.poll()).await;
-        match connack {
-            Ok(Ok(Event::Incoming(Incoming::ConnAck(ack)))) => {
-                if ack.code != ConnectReturnCode::Success {
-                    return Err(SinkError::Refused(format!("{:?}", ack.code)));
-                }
-            }
-            Ok(Ok(other)) => return Err(SinkError::Unexpected(format!("{other:?}"))),
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) => {
-                return Err(SinkError::Timeout {
-                    what: "CONNACK",
-                    after: CONNECT_TIMEOUT,
-                })
-            }
-        }
+        connack(&mut eventloop).await?;
         self.connected = true;
         status.set_error(SINK, None);
         // What the last connection left unconfirmed is read again from the cursors.
@@ -397,30 +381,11 @@ impl Session<'_> {
         let mut last_backlog = tokio::time::Instant::now();
         loop {
             let now = tokio::time::Instant::now();
-            if self.feed.in_flight() < WINDOW / 2 && now >= next_read {
-                let batches = self.feed.next().await?;
-                if batches.is_empty() {
-                    next_read = now + Duration::from_millis(100);
-                }
-                for b in &batches {
-                    // Rows with nothing to say (damaged samples) are done at once.
-                    self.feed.confirm(
-                        b.stream,
-                        b.rows
-                            .iter()
-                            .filter(|r| matches!(r, OutboxRow::Sample(t) if t.points.is_empty()))
-                            .map(OutboxRow::id),
-                    );
-                    for m in messages(self.topics, b) {
-                        self.publish(
-                            client,
-                            Some((b.stream, m.rows)),
-                            m.topic,
-                            m.retain,
-                            m.payload,
-                        )?;
-                    }
-                }
+            if self.feed.in_flight() < WINDOW / 2
+                && now >= next_read
+                && !self.send_next(client).await?
+            {
+                next_read = now + Duration::from_millis(100);
             }
             if last_backlog.elapsed() > Duration::from_millis(500) {
                 last_backlog = tokio::time::Instant::now();
@@ -460,6 +425,27 @@ impl Session<'_> {
                 () = tokio::time::sleep_until(next_read), if next_read > tokio::time::Instant::now() => {}
             }
         }
+    }
+
+    /// Publishes what the feed gives next, each message tagged with its outbox rows. Returns
+    /// false when the outbox had nothing new.
+    async fn send_next(&mut self, client: &AsyncClient) -> Result<bool, SinkError> {
+        let batches = self.feed.next().await?;
+        for b in &batches {
+            // Rows with nothing to say (damaged samples) are done at once.
+            self.feed.confirm(
+                b.stream,
+                b.rows
+                    .iter()
+                    .filter(|r| matches!(r, OutboxRow::Sample(t) if t.points.is_empty()))
+                    .map(OutboxRow::id),
+            );
+            for m in messages(self.topics, b) {
+                let tag = Some((b.stream, m.rows));
+                self.publish(client, tag, m.topic, m.retain, m.payload)?;
+            }
+        }
+        Ok(!batches.is_empty())
     }
 
     fn publish(
@@ -523,6 +509,25 @@ impl Session<'_> {
 
 /// Serves one write request: `{"pointId", "value", "requestId"?}`; the reply carries `code`
 /// and `msg` as a WebSocket reply would.
+/// The first event of a connection: the broker's CONNACK, accepted, within [`CONNECT_TIMEOUT`].
+async fn connack(eventloop: &mut EventLoop) -> Result<(), SinkError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, eventloop.poll()).await {
+        Ok(Ok(Event::Incoming(Incoming::ConnAck(ack)))) => {
+            if ack.code == ConnectReturnCode::Success {
+                Ok(())
+            } else {
+                Err(SinkError::Refused(format!("{:?}", ack.code)))
+            }
+        }
+        Ok(Ok(other)) => Err(SinkError::Unexpected(format!("{other:?}"))),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(SinkError::Timeout {
+            what: "CONNACK",
+            after: CONNECT_TIMEOUT,
+        }),
+    }
+}
+
 async fn write_point(control: &Control, device: &str, payload: &[u8]) -> Json {
     let req: Json = serde_json::from_slice(payload).unwrap_or(Json::Null);
     let request_id = req.get("requestId").cloned().unwrap_or(Json::Null);
@@ -574,75 +579,4 @@ async fn write_point(control: &Control, device: &str, payload: &[u8]) -> Json {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_telemetry_payload_is_the_json_the_spec_shows() {
-        use crate::model::Quality;
-        let t = store::outbox::SampleRow {
-            id: 1,
-            device_id: std::sync::Arc::from("boiler"),
-            ts: 1_700_000_000_123,
-            points: vec![
-                (
-                    "temperature".into(),
-                    Some(Value::Float(71.5)),
-                    Quality::Good,
-                ),
-                ("on".into(), Some(Value::Bool(true)), Quality::Good),
-                ("energy".into(), Some(Value::UInt(u64::MAX)), Quality::Stale),
-                (
-                    "name \"x\"".into(),
-                    Some(Value::Text("a\nb".into())),
-                    Quality::Good,
-                ),
-                ("nan".into(), Some(Value::Float(f64::NAN)), Quality::Bad),
-                ("gone".into(), None, Quality::Bad),
-            ],
-        };
-        let got: Json = serde_json::from_slice(&telemetry_payload(&t)).unwrap();
-        assert_eq!(
-            got,
-            json!({"ts": "2023-11-14T22:13:20.123Z", "points": {
-                "temperature": {"v": 71.5, "q": "good"},
-                "on": {"v": true, "q": "good"},
-                "energy": {"v": u64::MAX, "q": "stale"},
-                "name \"x\"": {"v": "a\nb", "q": "good"},
-                "nan": {"v": null, "q": "bad"},
-                "gone": {"v": null, "q": "bad"},
-            }})
-        );
-    }
-
-    #[test]
-    fn urls() {
-        let t = parse_url("mqtt://broker.plant:1883").unwrap();
-        assert_eq!(
-            (t.host.as_str(), t.port, t.tls),
-            ("broker.plant", 1883, false)
-        );
-        let t = parse_url("mqtts://u:p%w@host").unwrap();
-        assert_eq!((t.port, t.tls), (8883, true));
-        assert_eq!(t.credentials, Some(("u".into(), "p%w".into())));
-        let t = parse_url("mqtt://[::1]:1884/").unwrap();
-        assert_eq!((t.host.as_str(), t.port), ("::1", 1884));
-        assert!(parse_url("mqtt://:1883").is_err());
-        assert!(parse_url("mqtt://h:99999").is_err());
-        assert!(parse_url("http://h").is_err());
-    }
-
-    #[test]
-    fn write_topics() {
-        let t = Topics {
-            base: "edge/gw1".into(),
-        };
-        assert_eq!(t.writes(), "edge/gw1/devices/+/write");
-        assert_eq!(
-            t.write_device("edge/gw1/devices/pump-1/write"),
-            Some("pump-1")
-        );
-        assert_eq!(t.write_device("edge/gw1/devices/pump-1/write/result"), None);
-        assert_eq!(t.write_device("edge/gw2/devices/pump-1/write"), None);
-    }
-}
+mod tests;

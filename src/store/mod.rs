@@ -4,13 +4,17 @@
 //!
 //! - `schema`: tables, migrations, connection settings.
 //! - `packed`: a sample's points as bytes; the integer keys of device and point ids.
-//! - `writer`: the writer and checkpoint threads, retention and the size cap.
+//! - `writer`: the writer thread; retention and the size cap (`writer::cap`).
 //! - `query`: restore, history, events and alarms, on reader connections.
+//! - `readers`: the read connections lent to queries.
+//! - `checkpoint`: the thread that keeps the WAL bounded.
 //! - `outbox`: the streams the upstream sinks forward, as typed rows, and their cursors.
 
+mod checkpoint;
 pub mod outbox;
 mod packed;
 mod query;
+mod readers;
 mod schema;
 mod writer;
 
@@ -26,10 +30,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Point};
 use crate::metrics::Metrics;
 use crate::model::{Millis, Quality, Value};
-use crate::sync::Locked;
 
 pub use outbox::{OutboxRow, Stream};
 pub use query::{active_alarms, event_seq, history, query_events, EventFilter};
+use readers::small_cache;
+pub use readers::{open_reader, Readers};
 pub use writer::GROUP_COMMIT;
 
 pub const DB_FILE: &str = "gateway.db";
@@ -161,7 +166,7 @@ pub enum StoreCmd {
     /// Numbered events with their alarm changes; `done` answers after the commit, so nothing
     /// is pushed that a crash could lose.
     Events {
-        events: Vec<crate::events::Event>,
+        events: Vec<crate::model::event::Event>,
         /// Whether they were committed: only then may they be pushed.
         done: oneshot::Sender<bool>,
     },
@@ -225,58 +230,6 @@ pub struct StoreHandle {
     pub gaps: Arc<std::sync::Mutex<Vec<Gap>>>,
     /// Read connections for queries, opened at start.
     pub readers: Arc<Readers>,
-}
-
-/// Read connections opened at start and lent to one query at a time: a query never opens a
-/// file, so it still answers when the process is at its descriptor limit.
-pub struct Readers {
-    idle: std::sync::Mutex<Vec<Connection>>,
-    lent: tokio::sync::Semaphore,
-    data_dir: PathBuf,
-    /// A query on a file removed or replaced would answer from a ghost: an error instead.
-    file: FileId,
-}
-
-/// Queries that run at once (each on a blocking thread).
-const READERS: usize = 2;
-
-impl Readers {
-    fn open(data_dir: &Path) -> Result<Readers, StoreError> {
-        let idle = (0..READERS)
-            .map(|_| open_reader(data_dir))
-            .collect::<Result<Vec<_>, _>>()?;
-        let path = data_dir.join(DB_FILE);
-        Ok(Readers {
-            idle: std::sync::Mutex::new(idle),
-            lent: tokio::sync::Semaphore::new(READERS),
-            data_dir: data_dir.to_path_buf(),
-            file: FileId::of(&path).map_err(|source| StoreError::Dir { path, source })?,
-        })
-    }
-
-    /// Runs `f` on a lent connection, off the async workers. Each call is its own short read
-    /// transaction (the connection holds none between calls), so no reader holds the WAL back.
-    pub async fn query<T: Send + 'static>(
-        self: &Arc<Self>,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let _permit = self.lent.acquire().await.map_err(|_| StoreError::Closed)?;
-        let me = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            me.file.check()?;
-            let taken = me.idle.locked().pop();
-            // A connection lost to a panicking query is replaced.
-            let conn = match taken {
-                Some(c) => c,
-                None => open_reader(&me.data_dir)?,
-            };
-            let out = f(&conn);
-            me.idle.locked().push(conn);
-            Ok(out?)
-        })
-        .await
-        .map_err(|_| StoreError::Closed)?
-    }
 }
 
 /// Telemetry of one device that no upstream had confirmed, dropped to keep the store under
@@ -350,7 +303,7 @@ pub(crate) fn sql_value(v: &Option<Value>) -> rusqlite::types::Value {
 
 /// Reads a stored value back as the point's type says it was.
 pub fn from_sql(point: &Point, v: rusqlite::types::Value) -> Option<Value> {
-    use crate::modbus::codec::DataType as T;
+    use crate::model::format::DataType as T;
     use rusqlite::types::Value as S;
     Some(match (v, point.format.data_type) {
         (S::Null, _) => return None,
@@ -481,7 +434,7 @@ pub fn open(
     let wal_for_checkpoints = wal.clone();
     std::thread::Builder::new()
         .name("store-checkpoint".into())
-        .spawn(move || writer::checkpoints(checkpointer, wal_for_checkpoints, limit, stopped))
+        .spawn(move || checkpoint::checkpoints(checkpointer, wal_for_checkpoints, limit, stopped))
         .map_err(spawn_err)?;
     let readers = Readers::open(dir)?;
     let (tx, rx) = mpsc::channel(1024);
@@ -535,31 +488,6 @@ fn wal_path(data_dir: &Path) -> PathBuf {
 pub fn file_sizes(data_dir: &Path) -> (u64, u64) {
     let len = |p: PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
     (len(data_dir.join(DB_FILE)), len(wal_path(data_dir)))
-}
-
-/// A read-only connection for queries (history, CLI inspection), separate from the writer.
-/// Each query is its own short read transaction, so no reader holds the WAL back.
-pub fn open_reader(data_dir: &Path) -> Result<Connection, StoreError> {
-    let path = data_dir.join(DB_FILE);
-    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|source| StoreError::Open {
-            path: path.clone(),
-            source,
-        })?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    small_cache(&conn)?;
-    Ok(conn)
-}
-
-/// Page cache of a connection that reads in passing (KiB; SQLite's default is 2,000 for every
-/// connection). Readers and the checkpointer touch each page about once — a sink's feed walks
-/// the outbox forward, a query reads a range — so a big cache of theirs only holds memory: five
-/// of them at 2 MB each could hold 10 MB, and the one-hour soak's RSS rose in steps while a
-/// MySQL backlog drained. The writer keeps the default for the index pages it revisits.
-const READER_CACHE_KIB: i64 = 256;
-
-fn small_cache(conn: &Connection) -> rusqlite::Result<()> {
-    conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)
 }
 
 /// Appends one device sample as the writer would, resolving the ids to keys: for tools and

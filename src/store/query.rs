@@ -140,7 +140,7 @@ fn event_row_json(config: &Config, r: &rusqlite::Row<'_>) -> rusqlite::Result<se
     let point_id: Option<String> = r.get("point_id")?;
     let value = super::event_value(config, &device_id, point_id.as_deref(), r.get("value")?);
     let text = |col: &str| r.get::<_, String>(col);
-    Ok(crate::events::SpecEvent {
+    Ok(crate::model::event::SpecEvent {
         id: &text("event_id")?,
         device_id: &device_id,
         point_id: point_id.as_deref(),

@@ -261,7 +261,19 @@ fn rows_to_samples(tx: &Transaction<'_>, config: &Config) -> rusqlite::Result<()
             [dev, last],
         )?;
     }
-    // A cursor at old row c becomes the newest sample whose rows all lie at or before c.
+    map_cursors(tx, &ends)?;
+    move_latest(tx, config)?;
+    let upto = ends.last().map_or(0, |e| e.0);
+    tx.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('latest_upto', ?1)",
+        [upto.to_string()],
+    )?;
+    tx.execute_batch("DROP TABLE telemetry; DROP TABLE point_latest;")
+}
+
+/// A telemetry cursor at old row c becomes the newest sample whose rows all lie at or before
+/// c: `ends` is (new sample id, the highest old row id it holds), ascending.
+fn map_cursors(tx: &Transaction<'_>, ends: &[(i64, i64)]) -> rusqlite::Result<()> {
     let cursors: Vec<(String, i64)> = tx
         .prepare("SELECT sink, last_id FROM sink_cursors WHERE stream = 'telemetry'")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -276,31 +288,28 @@ fn rows_to_samples(tx: &Transaction<'_>, config: &Config) -> rusqlite::Result<()
             rusqlite::params![sink, new],
         )?;
     }
-    {
-        let mut q =
-            tx.prepare("SELECT device_id, point_id, value, quality, ts FROM point_latest")?;
-        let mut rows = q.query([])?;
-        while let Some(r) = rows.next()? {
-            let (device, point): (String, String) = (r.get(0)?, r.get(1)?);
-            let key = packed::key(tx, &device, &point)?;
-            let value = old_value(config, &device, &point, r.get(2)?);
-            tx.execute(
-                "INSERT INTO latest (point, value, quality, ts) VALUES (?1, ?2, ?3, ?4)",
-                rusqlite::params![
-                    key,
-                    super::sql_value(&value),
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?
-                ],
-            )?;
-        }
+    Ok(())
+}
+
+/// `point_latest` (text ids) into `latest` (point keys).
+fn move_latest(tx: &Transaction<'_>, config: &Config) -> rusqlite::Result<()> {
+    let mut q = tx.prepare("SELECT device_id, point_id, value, quality, ts FROM point_latest")?;
+    let mut rows = q.query([])?;
+    while let Some(r) = rows.next()? {
+        let (device, point): (String, String) = (r.get(0)?, r.get(1)?);
+        let key = packed::key(tx, &device, &point)?;
+        let value = old_value(config, &device, &point, r.get(2)?);
+        tx.execute(
+            "INSERT INTO latest (point, value, quality, ts) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![
+                key,
+                super::sql_value(&value),
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?
+            ],
+        )?;
     }
-    let upto = ends.last().map_or(0, |e| e.0);
-    tx.execute(
-        "INSERT OR REPLACE INTO meta (key, value) VALUES ('latest_upto', ?1)",
-        [upto.to_string()],
-    )?;
-    tx.execute_batch("DROP TABLE telemetry; DROP TABLE point_latest;")
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! The one writer thread: group commits (telemetry waits up to [`GROUP_COMMIT`], anything else
-//! commits at once), the latest values saved now and then, retention and the size cap, and the
-//! checkpoint thread that keeps the WAL bounded.
+//! commits at once), the latest values saved now and then, acknowledgements; retention and the
+//! size cap are `cap`'s.
 
-use std::path::PathBuf;
+mod cap;
+
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,11 +11,10 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, Transaction};
 use tokio::sync::mpsc;
 
-use super::{packed, sql_value, AckError, Gap, Keys, StoreCmd};
-use crate::config::Config;
+use super::{packed, sql_value, AckError, Audit, Gap, Keys, StoreCmd};
+use crate::config::{Config, Device};
 use crate::metrics::Metrics;
 use crate::model::{now_ms, Millis, Quality, Value};
-use crate::sync::Locked;
 
 /// How long telemetry may wait for company before it is committed. Each commit appends every
 /// page it touched to the WAL, and the newest pages are touched by every commit, so fewer
@@ -292,21 +292,7 @@ impl Writer {
         for cmd in batch {
             match cmd {
                 StoreCmd::Audit(a) => {
-                    let d = &self.config.devices[a.device];
-                    tx.prepare_cached(
-                        "INSERT INTO write_audit (ts, user, source, device_id, point_id, old_value, new_value, result)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    )?
-                    .execute(params![
-                        a.ts,
-                        a.user,
-                        a.source,
-                        d.id,
-                        d.points[a.point].id,
-                        sql_value(&a.old),
-                        sql_value(&Some(a.new.clone())),
-                        a.result
-                    ])?;
+                    write_audit(&self.config, &tx, a)?;
                     rows += 1;
                 }
                 StoreCmd::Report {
@@ -334,17 +320,7 @@ impl Writer {
                     ts,
                 } => {
                     let d = &self.config.devices[*device];
-                    tx.prepare_cached(
-                        "INSERT INTO device_status (device_id, device_type, online, last_seen, changed_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5)
-                         ON CONFLICT (device_id) DO UPDATE SET device_type = ?2, online = ?3,
-                            last_seen = COALESCE(?4, last_seen), changed_at = ?5",
-                    )?
-                    .execute(params![d.id, d.device_type, i64::from(*online), last_seen, ts])?;
-                    tx.prepare_cached(
-                        "INSERT INTO status_log (device_id, online, last_seen, ts) VALUES (?1, ?2, ?3, ?4)",
-                    )?
-                    .execute(params![d.id, i64::from(*online), last_seen, ts])?;
+                    write_status(&tx, d, *online, *last_seen, *ts)?;
                     rows += 1;
                 }
                 StoreCmd::Cursor {
@@ -461,169 +437,6 @@ impl Writer {
             Err(e) => Err(AckError::Store(e.to_string())),
         }
     }
-
-    /// Drops history past its retention, then applies the size cap.
-    fn prune(&mut self) {
-        self.last_prune = Instant::now();
-        let cutoff = now_ms() - i64::from(self.config.store.history_retention_days) * 86_400_000;
-        // Samples are appended in time order, so the first one inside the retention is found
-        // by reading exactly the ones that go.
-        let r = self.conn.query_row(
-            "SELECT COALESCE((SELECT id FROM samples WHERE ts >= ?1 ORDER BY id LIMIT 1),
-                             (SELECT MAX(id) + 1 FROM samples), 0)",
-            [cutoff],
-            |r| r.get::<_, i64>(0),
-        );
-        let r = r.and_then(|keep| delete_samples(&mut self.conn, 0, keep - 1));
-        match r {
-            Ok(n) if n > 0 => {
-                tracing::info!("pruned {n} telemetry samples older than the retention");
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("pruning telemetry failed: {e}"),
-        }
-        self.cap();
-    }
-
-    /// Keeps database and WAL budget together under `max_db_mb`: first the oldest telemetry that
-    /// every upstream sink has confirmed (or all of it, with no sink), then, only if that is not
-    /// enough, the oldest unsent telemetry, recorded as gaps. Events are never dropped.
-    fn cap(&mut self) {
-        self.last_cap = Instant::now();
-        // A 1/32 margin: the file also holds pages freed and not yet reused, and grows by a
-        // second's samples between two checks. The soak at a 128 MiB cap, kept to exactly the
-        // cap in pages in use, ended 0.2 % over in file bytes.
-        let cap = self.config.store.max_db_mb * 1024 * 1024;
-        let max = cap - cap / 32;
-        if self.used_bytes().unwrap_or(0) <= max {
-            return;
-        }
-        let sent = self.confirmed_telemetry().unwrap_or(0);
-        for unsent in [false, true] {
-            for _ in 0..50 {
-                match self.drop_oldest(sent, unsent) {
-                    Ok(0) => break,
-                    // Logged with its range by `drop_oldest`.
-                    Ok(_) if unsent => {}
-                    Ok(n) => tracing::warn!("store over max_db_mb: dropped the oldest {n} telemetry samples (already upstream)"),
-                    Err(e) => {
-                        tracing::warn!("keeping the store under max_db_mb failed: {e}");
-                        return;
-                    }
-                }
-                if self.used_bytes().unwrap_or(0) <= max {
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Telemetry samples up to this id are confirmed by every configured sink.
-    fn confirmed_telemetry(&self) -> rusqlite::Result<i64> {
-        let mut min = i64::MAX;
-        for s in &self.sinks {
-            min = min.min(super::outbox::cursor(
-                &self.conn,
-                s,
-                super::Stream::Telemetry,
-            )?);
-        }
-        Ok(min)
-    }
-
-    /// Drops a tenth of the samples of one kind (confirmed upstream, or not), oldest first;
-    /// unsent ones are recorded per device as gaps. Returns how many went.
-    fn drop_oldest(&mut self, sent: i64, unsent: bool) -> rusqlite::Result<usize> {
-        // Immediate: a deferred transaction that reads and then writes gets SQLITE_BUSY at once,
-        // without waiting, when the checkpoint thread holds the lock for a moment.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let (first, newest): (i64, i64) = tx.query_row(
-            "SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) FROM samples",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let chunk = ((newest - first) / 10).max(1000);
-        let (lo, hi) = if unsent {
-            (sent, newest)
-        } else {
-            (0, sent.min(newest))
-        };
-        let lo = lo.max(first - 1);
-        let hi = hi.min(lo + chunk);
-        if hi <= lo {
-            return Ok(0);
-        }
-        let mut gaps = Vec::new();
-        if unsent {
-            let mut q = tx.prepare(
-                "SELECT n.device_id, COUNT(*), MIN(s.ts), MAX(s.ts) FROM samples s
-                 JOIN names n ON n.id = s.device
-                 WHERE s.id > ?1 AND s.id <= ?2 GROUP BY n.device_id ORDER BY n.device_id",
-            )?;
-            gaps = q
-                .query_map([lo, hi], |r| {
-                    Ok(Gap {
-                        device_id: r.get(0)?,
-                        rows: r.get(1)?,
-                        from_ts: r.get(2)?,
-                        to_ts: r.get(3)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-        }
-        let n = delete_in(&tx, lo, hi)?;
-        tx.commit()?;
-        // One line for the drop; each device's exact range is in its gap event. (A line per
-        // device was 500 lines a minute into the journal in the soak.)
-        if let (Some(from), Some(to)) = (
-            gaps.iter().map(|g| g.from_ts).min(),
-            gaps.iter().map(|g| g.to_ts).max(),
-        ) {
-            tracing::error!(
-                "telemetry gap: {n} unsent device samples of {} devices from {} to {} dropped to stay under store.max_db_mb",
-                gaps.len(),
-                crate::model::rfc3339(from),
-                crate::model::rfc3339(to)
-            );
-        }
-        self.gaps.locked().extend(gaps);
-        Ok(n)
-    }
-
-    /// Bytes in use: the database's pages less its free ones, plus the WAL's budget. The WAL
-    /// is kept near its limit by the checkpoints, not by dropping data (deleting rows only
-    /// writes more WAL), so the cap reserves the limit for it.
-    fn used_bytes(&self) -> rusqlite::Result<u64> {
-        let q = |pragma: &str| -> rusqlite::Result<i64> {
-            self.conn.pragma_query_value(None, pragma, |r| r.get(0))
-        };
-        let used = (q("page_count")? - q("freelist_count")?) * q("page_size")?;
-        Ok(used.max(0) as u64 + self.wal_limit)
-    }
-}
-
-/// Deletes the samples with ids in `(after, upto]`, remembering the highest id ever given.
-fn delete_in(tx: &Connection, after: i64, upto: i64) -> rusqlite::Result<usize> {
-    let newest: Option<i64> = tx.query_row("SELECT MAX(id) FROM samples", [], |r| r.get(0))?;
-    if let Some(id) = newest {
-        set_meta(tx, "samples_hw", id)?;
-    }
-    tx.execute(
-        "DELETE FROM samples WHERE id > ?1 AND id <= ?2",
-        [after, upto],
-    )
-}
-
-fn delete_samples(conn: &mut Connection, after: i64, upto: i64) -> rusqlite::Result<usize> {
-    if upto <= after {
-        return Ok(0);
-    }
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let n = delete_in(&tx, after, upto)?;
-    tx.commit()?;
-    Ok(n)
 }
 
 fn set_meta(tx: &Connection, key: &str, value: i64) -> rusqlite::Result<()> {
@@ -634,12 +447,60 @@ fn set_meta(tx: &Connection, key: &str, value: i64) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// One write's audit row: who wrote what where, and how it went.
+fn write_audit(config: &Config, tx: &Transaction<'_>, a: &Audit) -> rusqlite::Result<()> {
+    let d = &config.devices[a.device];
+    tx.prepare_cached(
+        "INSERT INTO write_audit (ts, user, source, device_id, point_id, old_value, new_value, result)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        a.ts,
+        a.user,
+        a.source,
+        d.id,
+        d.points[a.point].id,
+        sql_value(&a.old),
+        sql_value(&Some(a.new.clone())),
+        a.result
+    ])?;
+    Ok(())
+}
+
+/// A device's online state now (`device_status`) and the change in the outbox (`status_log`).
+fn write_status(
+    tx: &Transaction<'_>,
+    d: &Device,
+    online: bool,
+    last_seen: Option<Millis>,
+    ts: Millis,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO device_status (device_id, device_type, online, last_seen, changed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (device_id) DO UPDATE SET device_type = ?2, online = ?3,
+            last_seen = COALESCE(?4, last_seen), changed_at = ?5",
+    )?
+    .execute(params![
+        d.id,
+        d.device_type,
+        i64::from(online),
+        last_seen,
+        ts
+    ])?;
+    tx.prepare_cached(
+        "INSERT INTO status_log (device_id, online, last_seen, ts) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![d.id, i64::from(online), last_seen, ts])?;
+    Ok(())
+}
+
 fn write_event(
     config: &Config,
     tx: &Transaction<'_>,
-    e: &crate::events::Event,
+    e: &crate::model::event::Event,
 ) -> rusqlite::Result<()> {
-    use crate::events::AlarmOp;
+    use crate::model::event::AlarmOp;
     let d = &config.devices[e.device];
     let id = e.id(&config.gateway.id);
     tx.prepare_cached(
@@ -680,44 +541,4 @@ fn write_event(
         None => {}
     }
     Ok(())
-}
-
-/// The WAL is checkpointed at least this often.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
-
-/// Keeps the WAL bounded without making commits wait on an fsync: once a second it looks at
-/// the WAL file, and every [`CHECKPOINT_EVERY`], or at once when the WAL has grown past
-/// `limit`, it copies the WAL into the database (PASSIVE: never blocks the writer) and then
-/// restarts it (RESTART: waits a moment for readers, so the next commit writes from the start
-/// of the file again, which `journal_size_limit` then trims). Readers that never pause would
-/// otherwise starve every checkpoint and the WAL would grow without end. At stop, a last
-/// TRUNCATE.
-pub(super) fn checkpoints(
-    conn: Connection,
-    wal: PathBuf,
-    limit: u64,
-    stop: std::sync::mpsc::Receiver<()>,
-) {
-    use std::sync::mpsc::RecvTimeoutError;
-    // RESTART blocks new writers while it waits for readers: never long.
-    let _ = conn.busy_timeout(Duration::from_millis(500));
-    let mut last = Instant::now();
-    loop {
-        if let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_secs(1)) {
-            let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
-            if size <= limit && last.elapsed() < CHECKPOINT_EVERY {
-                continue;
-            }
-            last = Instant::now();
-            let r = conn
-                .execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
-                .and_then(|()| conn.execute_batch("PRAGMA wal_checkpoint(RESTART)"));
-            if let Err(e) = r {
-                tracing::debug!("checkpoint: {e}");
-            }
-        } else {
-            let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
-            return;
-        }
-    }
 }

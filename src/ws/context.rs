@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value as Json};
 
 use super::hub::Client;
-use crate::Shared;
+use super::Shared;
 
 /// A handler's error: becomes the reply's `code` and `msg`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

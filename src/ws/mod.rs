@@ -7,6 +7,7 @@ pub mod context;
 pub mod hub;
 pub mod push;
 pub mod services;
+pub mod shared;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,9 +26,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::Shared;
 use context::{reply, Ctx, ServiceError};
 use hub::Client;
+pub use shared::{Shared, Sinks};
 
 /// The largest frame accepted (SPEC: 413 / close 1009 beyond it).
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -124,8 +125,7 @@ async fn connection(
     let mut in_flight: JoinSet<()> = JoinSet::new();
     let login_deadline = tokio::time::sleep(LOGIN_DEADLINE);
     tokio::pin!(login_deadline);
-    let mut tokens = RATE_BURST;
-    let mut refilled = Instant::now();
+    let mut bucket = Bucket::new();
     let mut had_login = false;
     loop {
         if client.login().is_some() {
@@ -153,39 +153,11 @@ async fn connection(
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             msg = stream.next() => {
                 last_heard.store(epoch.elapsed().as_millis() as u64, Relaxed);
-                let frame = match msg {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Binary(_))) => {
-                        let r = reply(&serde_json::Value::Null, None, Err(ServiceError::bad_request("text frames only")));
-                        let _ = replies.send(text(r)).await;
-                        continue;
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None => break,
-                    Some(Err(e)) => {
-                        match close_for(&e) {
-                            Some((1009, reason)) => {
-                                if let Some(held) = crate::log_limit::per_peer(remote.ip(), "frame too large") {
-                                    tracing::warn!(%remote, "websocket frame over {MAX_FRAME} bytes: closing with 1009{}", crate::log_limit::suppressed(held));
-                                }
-                                // SPEC: a 413 reply, then the close.
-                                let r = reply(&serde_json::Value::Null, None, Err(ServiceError::new(413, "frame too large (max 64 KiB)")));
-                                let _ = replies.send(text(r)).await;
-                                let _ = replies.send(close(1009, reason)).await;
-                            }
-                            Some((code, reason)) => {
-                                tracing::debug!(%remote, "websocket closed with {code}: {e}");
-                                let _ = replies.send(close(code, reason)).await;
-                            }
-                            None => tracing::debug!(%remote, "websocket read error: {e}"),
-                        }
-                        break;
-                    }
+                let frame = match incoming(msg, remote, &replies).await {
+                    Incoming::Text(t) => t,
+                    Incoming::Skip => continue,
+                    Incoming::End => break,
                 };
-                // Token bucket per connection.
-                let now = Instant::now();
-                tokens = (tokens + now.duration_since(refilled).as_secs_f64() * RATE_PER_S).min(RATE_BURST);
-                refilled = now;
                 let request = match context::parse(&frame) {
                     Ok(r) => r,
                     Err(r) => {
@@ -193,20 +165,14 @@ async fn connection(
                         continue;
                     }
                 };
-                if tokens < 1.0 || in_flight.len() >= MAX_IN_FLIGHT {
+                if !bucket.take(in_flight.len() < MAX_IN_FLIGHT) {
                     shared.admission.count(admit::Reason::Rate);
                     let r = reply(&request.request_id, Some(&request.service), Err(ServiceError::new(429, "too many requests")));
                     let _ = replies.send(text(r)).await;
                     continue;
                 }
-                tokens -= 1.0;
                 let ctx = Ctx { shared: shared.clone(), client: client.clone(), remote: remote.ip(), params: request.params };
-                let replies = replies.clone();
-                in_flight.spawn(async move {
-                    let result = services::dispatch(&request.service, ctx).await;
-                    let r = reply(&request.request_id, Some(&request.service), result);
-                    let _ = replies.send(text(r)).await;
-                });
+                in_flight.spawn(serve(request.request_id, request.service, ctx, replies.clone()));
             }
         }
     }
@@ -214,8 +180,12 @@ async fn connection(
     shared.hub.unregister(id);
     drop(replies);
     done.cancel();
-    // A well-behaved client gets its close frame; a stuck one is cut off after a second.
-    let mut writer = writer;
+    finish(&shared, &client, writer).await;
+}
+
+/// The connection's last steps: the writer gets a second to send the close frame to a
+/// well-behaved client (a stuck one is cut off), then the client's queue is discarded.
+async fn finish(shared: &Shared, client: &Client, mut writer: tokio::task::JoinHandle<()>) {
     if tokio::time::timeout(Duration::from_secs(1), &mut writer)
         .await
         .is_err()
@@ -227,7 +197,132 @@ async fn connection(
     shared.metrics.push.clients.fetch_sub(1, Relaxed);
 }
 
+/// One request, served as its own task: the reply (with the request's id) joins the
+/// connection's replies.
+async fn serve(
+    request_id: serde_json::Value,
+    service: String,
+    ctx: Ctx,
+    replies: mpsc::Sender<Message>,
+) {
+    let result = services::dispatch(&service, ctx).await;
+    let r = reply(&request_id, Some(&service), result);
+    let _ = replies.send(text(r)).await;
+}
+
+/// What a read off the socket means for the connection.
+enum Incoming {
+    /// A request to parse and serve.
+    Text(Utf8Bytes),
+    /// Nothing to serve (a ping, a pong, a binary frame already answered with 400).
+    Skip,
+    /// The client closed, or the connection failed (its close frame already queued).
+    End,
+}
+
+/// Sorts a read: binary frames get a 400 and the connection lives on; an over-long frame gets
+/// SPEC's 413 reply, then close 1009; other protocol errors their close code.
+async fn incoming(
+    msg: Option<Result<Message, axum::Error>>,
+    remote: SocketAddr,
+    replies: &mpsc::Sender<Message>,
+) -> Incoming {
+    match msg {
+        Some(Ok(Message::Text(t))) => Incoming::Text(t),
+        Some(Ok(Message::Binary(_))) => {
+            let err = ServiceError::bad_request("text frames only");
+            let _ = replies
+                .send(text(reply(&serde_json::Value::Null, None, Err(err))))
+                .await;
+            Incoming::Skip
+        }
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Incoming::Skip,
+        Some(Ok(Message::Close(_))) | None => Incoming::End,
+        Some(Err(e)) => {
+            match close_for(&e) {
+                Some((1009, reason)) => {
+                    if let Some(held) = crate::log_limit::per_peer(remote.ip(), "frame too large") {
+                        tracing::warn!(%remote, "websocket frame over {MAX_FRAME} bytes: closing with 1009{}", crate::log_limit::suppressed(held));
+                    }
+                    let err = ServiceError::new(413, "frame too large (max 64 KiB)");
+                    let _ = replies
+                        .send(text(reply(&serde_json::Value::Null, None, Err(err))))
+                        .await;
+                    let _ = replies.send(close(1009, reason)).await;
+                }
+                Some((code, reason)) => {
+                    tracing::debug!(%remote, "websocket closed with {code}: {e}");
+                    let _ = replies.send(close(code, reason)).await;
+                }
+                None => tracing::debug!(%remote, "websocket read error: {e}"),
+            }
+            Incoming::End
+        }
+    }
+}
+
+/// A connection's requests: a token bucket of [`RATE_BURST`], refilled at [`RATE_PER_S`].
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Bucket {
+    fn new() -> Bucket {
+        Bucket {
+            tokens: RATE_BURST,
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Refills for the time passed, then takes a token if there is one and `room` (the
+    /// connection may run one more request) says so.
+    fn take(&mut self, room: bool) -> bool {
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * RATE_PER_S;
+        self.tokens = (self.tokens + earned).min(RATE_BURST);
+        self.refilled = now;
+        if self.tokens < 1.0 || !room {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
 type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+
+/// Everything queued for the client goes into one buffer and out in one flush: under load a
+/// slow client catches up in few writes instead of one per push. Counts each push sent (with
+/// its latency) or dropped; returns false when the write failed or was cut off.
+async fn write_queued(
+    sink: &mut Sink,
+    client: &Client,
+    batch: &mut Vec<(crate::metrics::PushKind, Instant)>,
+    limit: Duration,
+    metrics: &crate::metrics::Metrics,
+) -> bool {
+    batch.clear();
+    let mut ok = true;
+    while let Some(p) = client.next() {
+        if !bounded(sink.feed(Message::Text(p.frame)), limit, &client.kicked).await {
+            metrics.push.dropped(p.kind);
+            ok = false;
+            break;
+        }
+        batch.push((p.kind, p.since));
+    }
+    ok = ok && bounded(sink.flush(), limit, &client.kicked).await;
+    for &(kind, since) in batch.iter() {
+        if ok {
+            metrics.push.sent(kind);
+            metrics.push.latency.observe(since.elapsed());
+        } else {
+            metrics.push.dropped(kind);
+        }
+    }
+    ok
+}
 
 /// Runs one sink operation, giving up after `limit` or when the client is kicked: a client that
 /// cannot take a frame in a heartbeat timeout is as good as gone, and must not hold its task
@@ -307,28 +402,7 @@ async fn writer(
                     too_slow(&mut sink).await;
                     break;
                 }
-                // Everything queued goes into one buffer and out in one flush: under load a
-                // slow client catches up in few writes instead of one per push.
-                batch.clear();
-                let mut ok = true;
-                while let Some(p) = client.next() {
-                    if !bounded(sink.feed(Message::Text(p.frame)), hb_timeout, &client.kicked).await {
-                        metrics.push.dropped(p.kind);
-                        ok = false;
-                        break;
-                    }
-                    batch.push((p.kind, p.since));
-                }
-                ok = ok && bounded(sink.flush(), hb_timeout, &client.kicked).await;
-                for &(kind, since) in &batch {
-                    if ok {
-                        metrics.push.sent(kind);
-                        metrics.push.latency.observe(since.elapsed());
-                    } else {
-                        metrics.push.dropped(kind);
-                    }
-                }
-                if !ok {
+                if !write_queued(&mut sink, &client, &mut batch, hb_timeout, metrics).await {
                     if client.kicked.is_cancelled() {
                         too_slow(&mut sink).await;
                     }

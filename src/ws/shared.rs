@@ -1,5 +1,6 @@
-//! What the HTTP and WebSocket handlers share: the config, the live state, and the ways into
-//! the buses (`Control`), the store and the connected clients.
+//! The handlers' context: what the WebSocket services (and the HTTP routes beside them) share —
+//! the config, the live state, and the ways into the buses (`Control`), the store and the
+//! connected clients. It lives in `ws` because most of it is the WebSocket service's own.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -8,12 +9,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::{admit, auth, hub};
 use crate::config::Config;
 use crate::control::Control;
 use crate::metrics::Metrics;
+use crate::sinks;
 use crate::state::SharedLive;
 use crate::store::StoreHandle;
-use crate::{sinks, ws};
 
 /// What every task and handler shares: the config, the live state, and the ways into the
 /// buses, the store and the connected clients.
@@ -24,18 +26,41 @@ pub struct Shared {
     pub store: StoreHandle,
     /// Writes and raw reads through the buses.
     pub control: Arc<Control>,
-    pub hub: Arc<ws::hub::Hub>,
-    pub auth: ws::auth::Auth,
+    pub hub: Arc<hub::Hub>,
+    pub auth: auth::Auth,
     /// The snapshot push period; `push.setInterval` changes it at run time.
     pub push_interval: watch::Sender<Duration>,
     /// Who may open a WebSocket: Host/Origin checks and the connection caps.
-    pub admission: ws::admit::Admission,
+    pub admission: admit::Admission,
     pub next_client_id: AtomicU64,
     pub started: Instant,
     /// Cancelled at shutdown: open connections close with 1001.
     pub shutdown: CancellationToken,
     /// Upstream sinks' state, for `/healthz` and `/metrics`.
     pub sinks: Sinks,
+}
+
+impl Shared {
+    /// The handlers' context for a gateway starting: config, live state and store are the
+    /// ones `control` reaches the buses with; no client, session or sink state yet.
+    pub fn new(control: Control, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Shared {
+        let config = control.config.clone();
+        Shared {
+            live: control.live.clone(),
+            store: control.store.clone(),
+            hub: Arc::new(hub::Hub::new(config.devices.len(), metrics.clone())),
+            auth: auth::Auth::new(config.users.clone()),
+            push_interval: watch::channel(config.push.interval).0,
+            admission: admit::Admission::new(config.push.max_clients),
+            next_client_id: AtomicU64::new(1),
+            started: Instant::now(),
+            shutdown,
+            sinks: Sinks::default(),
+            control: Arc::new(control),
+            metrics,
+            config,
+        }
+    }
 }
 
 /// The state of each upstream sink (shown only for the sinks that are configured).

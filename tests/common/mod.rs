@@ -131,6 +131,7 @@ pub fn requests(gw: &Gateway, device: &str, result: &str) -> u64 {
         .iter()
         .position(|x| x.id == device)
         .unwrap();
+    let result = edge_gateway::metrics::RequestResult::parse(result).expect("a result label");
     gw.metrics.requests(d, result)
 }
 
@@ -299,6 +300,59 @@ pub fn spawn_simulator(extra: &[&str]) -> (Child, u16) {
     // Whatever else it prints is read and dropped, so it never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
     (child, port)
+}
+
+/// `edge-gateway run --config CFG`, for a test to add to (environment, limits) before
+/// [`spawn_gateway`]. It logs at info, which names the address it listens on.
+pub fn gateway_command(cfg: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_edge-gateway"));
+    cmd.args(["run", "--config", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "warn,edge_gateway=info")
+        .stdout(std::process::Stdio::null());
+    cmd
+}
+
+/// Starts a gateway process whose config listens on port 0 and returns it with the address it
+/// got, read off its "gateway running: …, http on ADDR" line: no port is picked here and handed
+/// over, so no other process can take it in between. Its log goes on to `log` when given (the
+/// lines before the address included), else is read and dropped.
+pub fn spawn_gateway(
+    mut cmd: std::process::Command,
+    log: Option<&std::path::Path>,
+) -> (Child, SocketAddr) {
+    use std::io::{BufRead, Write};
+    let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let child = Child(child);
+    let mut seen = Vec::new();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            let addr = l
+                .split("http on ")
+                .nth(1)?
+                .trim()
+                .parse::<SocketAddr>()
+                .ok();
+            seen.push(l);
+            addr
+        })
+        .unwrap_or_else(|| panic!("the gateway did not start: {seen:#?}"));
+    let mut out = log.map(|p| std::fs::File::create(p).unwrap());
+    if let Some(f) = &mut out {
+        for l in &seen {
+            let _ = writeln!(f, "{l}");
+        }
+    }
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            if let Some(f) = &mut out {
+                let _ = writeln!(f, "{l}");
+            }
+        }
+    });
+    (child, addr)
 }
 
 pub fn spawn(args: &[&str]) -> Child {

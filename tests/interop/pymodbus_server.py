@@ -64,8 +64,13 @@ async def main() -> None:
         server = ModbusTcpServer(device, address=("127.0.0.1", int(where)))
     else:
         server = ModbusSerialServer(device, port=where, baudrate=19200)
+    # Listen first, then say so: the test waits for this line, not for a guessed time. A TCP
+    # server on port 0 reports the port the kernel gave it.
+    await server.serve_forever(background=True)
+    if kind == "tcp":
+        where = server.transport.sockets[0].getsockname()[1]
     print("serving", kind, where, flush=True)
-    await server.serve_forever()
+    await server.serving
 
 
 asyncio.run(main())

@@ -19,66 +19,7 @@ impl Validator {
             } else if !seen.insert(b.name.clone()) {
                 self.err(&p.key("name"), format!("duplicate bus `{}`", b.name));
             }
-            let link = match b.kind.as_str() {
-                "tcp" => {
-                    for (key, present) in [
-                        ("port", b.port.is_some()),
-                        ("baud", b.baud.is_some()),
-                        ("parity", b.parity.is_some()),
-                        ("data_bits", b.data_bits.is_some()),
-                        ("stop_bits", b.stop_bits.is_some()),
-                    ] {
-                        if present {
-                            self.err(&p.key(key), "only applies to kind = \"rtu\"");
-                        }
-                    }
-                    let address = b.address.clone().unwrap_or_default();
-                    if b.address.is_none() {
-                        self.err(&p, "kind = \"tcp\" needs address = \"host:port\"");
-                    } else if !valid_host_port(&address) {
-                        self.err(&p.key("address"), format!("`{address}` is not host:port"));
-                    }
-                    Link::Tcp { address }
-                }
-                "rtu" => {
-                    if b.address.is_some() {
-                        self.err(&p.key("address"), "only applies to kind = \"tcp\"");
-                    }
-                    let port = b.port.clone().unwrap_or_default();
-                    if port.is_empty() {
-                        self.err(&p, "kind = \"rtu\" needs port = \"/dev/ttyUSB0\"");
-                    }
-                    let parity = match b.parity.as_deref().unwrap_or("none") {
-                        "none" => Parity::None,
-                        "even" => Parity::Even,
-                        "odd" => Parity::Odd,
-                        other => {
-                            self.err(
-                                &p.key("parity"),
-                                format!("unknown parity `{other}` (expected none, even or odd)"),
-                            );
-                            Parity::None
-                        }
-                    };
-                    let stop_bits = self.int(&p.key("stop_bits"), b.stop_bits, 1, 1, 2) as u8;
-                    Link::Rtu {
-                        port,
-                        baud: self.int(&p.key("baud"), b.baud, 9600, 50, 4_000_000) as u32,
-                        parity,
-                        data_bits: self.int(&p.key("data_bits"), b.data_bits, 8, 5, 8) as u8,
-                        stop_bits,
-                    }
-                }
-                other => {
-                    self.err(
-                        &p.key("kind"),
-                        format!("unknown bus kind `{other}` (expected rtu or tcp)"),
-                    );
-                    Link::Tcp {
-                        address: String::new(),
-                    }
-                }
-            };
+            let link = self.link(&p, &b);
             if let Link::Rtu { port, .. } = &link {
                 if let Some(other) = out.iter().find(
                     |o: &&Bus| matches!(&o.link, Link::Rtu { port: theirs, .. } if theirs == port),
@@ -115,6 +56,71 @@ impl Validator {
         out
     }
 
+    /// The link of a bus: TCP with its address, or RTU with its port and line settings; a key
+    /// of the other kind is a mistake worth naming.
+    fn link(&mut self, p: &KeyPath, b: &RawBus) -> Link {
+        match b.kind.as_str() {
+            "tcp" => {
+                for (key, present) in [
+                    ("port", b.port.is_some()),
+                    ("baud", b.baud.is_some()),
+                    ("parity", b.parity.is_some()),
+                    ("data_bits", b.data_bits.is_some()),
+                    ("stop_bits", b.stop_bits.is_some()),
+                ] {
+                    if present {
+                        self.err(&p.key(key), "only applies to kind = \"rtu\"");
+                    }
+                }
+                let address = b.address.clone().unwrap_or_default();
+                if b.address.is_none() {
+                    self.err(p, "kind = \"tcp\" needs address = \"host:port\"");
+                } else if !valid_host_port(&address) {
+                    self.err(&p.key("address"), format!("`{address}` is not host:port"));
+                }
+                Link::Tcp { address }
+            }
+            "rtu" => {
+                if b.address.is_some() {
+                    self.err(&p.key("address"), "only applies to kind = \"tcp\"");
+                }
+                let port = b.port.clone().unwrap_or_default();
+                if port.is_empty() {
+                    self.err(p, "kind = \"rtu\" needs port = \"/dev/ttyUSB0\"");
+                }
+                let parity = match b.parity.as_deref().unwrap_or("none") {
+                    "none" => Parity::None,
+                    "even" => Parity::Even,
+                    "odd" => Parity::Odd,
+                    other => {
+                        self.err(
+                            &p.key("parity"),
+                            format!("unknown parity `{other}` (expected none, even or odd)"),
+                        );
+                        Parity::None
+                    }
+                };
+                let stop_bits = self.int(&p.key("stop_bits"), b.stop_bits, 1, 1, 2) as u8;
+                Link::Rtu {
+                    port,
+                    baud: self.int(&p.key("baud"), b.baud, 9600, 50, 4_000_000) as u32,
+                    parity,
+                    data_bits: self.int(&p.key("data_bits"), b.data_bits, 8, 5, 8) as u8,
+                    stop_bits,
+                }
+            }
+            other => {
+                self.err(
+                    &p.key("kind"),
+                    format!("unknown bus kind `{other}` (expected rtu or tcp)"),
+                );
+                Link::Tcp {
+                    address: String::new(),
+                }
+            }
+        }
+    }
+
     pub(super) fn order<T>(
         &mut self,
         p: &KeyPath,
@@ -139,7 +145,7 @@ impl Validator {
     ) -> Vec<Device> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        for (i, d) in raw.enumerate() {
+        for (i, mut d) in raw.enumerate() {
             let p = KeyPath::default().key("devices").index(i);
             if d.id.is_empty() {
                 self.err(&p.key("id"), "must not be empty");
@@ -175,42 +181,7 @@ impl Validator {
                 1,
                 125,
             ) as u16;
-            // Points come from the template first, then the device's own; each keeps the key
-            // path it was written at so problems point at the right line.
-            let mut raw_points: Vec<(KeyPath, RawPoint)> = Vec::new();
-            if !d.template.is_empty() {
-                match templates.get(&d.template) {
-                    Some(t) => raw_points.extend(t.points.iter().enumerate().map(|(j, rp)| {
-                        (
-                            KeyPath::default()
-                                .key("templates")
-                                .key(&d.template)
-                                .key("points")
-                                .index(j),
-                            rp.clone(),
-                        )
-                    })),
-                    None => self.err(
-                        &p.key("template"),
-                        format!("unknown template `{}`", d.template),
-                    ),
-                }
-            }
-            raw_points.extend(
-                d.points
-                    .into_iter()
-                    .enumerate()
-                    .map(|(j, rp)| (p.key("points").index(j), rp)),
-            );
-            if raw_points.is_empty() {
-                self.err(
-                    &p,
-                    format!(
-                        "device `{}` has no points (give it points or a template)",
-                        d.id
-                    ),
-                );
-            }
+            let raw_points = self.raw_points(&p, &mut d, templates);
             let mut ids = HashSet::new();
             let mut points = Vec::new();
             for (pp, rp) in raw_points {
@@ -247,6 +218,51 @@ impl Validator {
         out
     }
 
+    /// A device's points: the template's first, then its own; each keeps the key path it was
+    /// written at so problems point at the right line.
+    fn raw_points(
+        &mut self,
+        p: &KeyPath,
+        d: &mut RawDevice,
+        templates: &BTreeMap<String, RawTemplate>,
+    ) -> Vec<(KeyPath, RawPoint)> {
+        let mut raw_points: Vec<(KeyPath, RawPoint)> = Vec::new();
+        if !d.template.is_empty() {
+            match templates.get(&d.template) {
+                Some(t) => raw_points.extend(t.points.iter().enumerate().map(|(j, rp)| {
+                    (
+                        KeyPath::default()
+                            .key("templates")
+                            .key(&d.template)
+                            .key("points")
+                            .index(j),
+                        rp.clone(),
+                    )
+                })),
+                None => self.err(
+                    &p.key("template"),
+                    format!("unknown template `{}`", d.template),
+                ),
+            }
+        }
+        raw_points.extend(
+            std::mem::take(&mut d.points)
+                .into_iter()
+                .enumerate()
+                .map(|(j, rp)| (p.key("points").index(j), rp)),
+        );
+        if raw_points.is_empty() {
+            self.err(
+                p,
+                format!(
+                    "device `{}` has no points (give it points or a template)",
+                    d.id
+                ),
+            );
+        }
+        raw_points
+    }
+
     pub(super) fn point(
         &mut self,
         p: &KeyPath,
@@ -255,6 +271,69 @@ impl Validator {
         wo: WordOrder,
         max_regs: u16,
     ) -> Option<Point> {
+        let (table, data_type) = self.point_kind(p, &rp)?;
+        let (length, bit) = self.point_shape(p, &rp, table, data_type, max_regs)?;
+        let scale = rp.scale.unwrap_or(1.0);
+        if scale == 0.0 || !scale.is_finite() {
+            self.err(&p.key("scale"), "must be a non-zero number");
+        }
+        let offset = rp.offset.unwrap_or(0.0);
+        if !offset.is_finite() {
+            self.err(&p.key("offset"), "must be a finite number");
+        }
+        let format = Format {
+            table,
+            data_type,
+            length,
+            bit,
+            byte_order: self.order(
+                &p.key("byte_order"),
+                rp.byte_order.as_deref(),
+                bo,
+                ByteOrder::parse,
+            ),
+            word_order: self.order(
+                &p.key("word_order"),
+                rp.word_order.as_deref(),
+                wo,
+                WordOrder::parse,
+            ),
+            scale,
+            offset,
+        };
+        self.point_fits(p, &rp, &format, max_regs);
+        let deadband = rp.deadband.unwrap_or(0.0);
+        if !(deadband >= 0.0 && deadband.is_finite()) {
+            self.err(&p.key("deadband"), "must be 0 or more");
+        }
+        if let (Some(lo), Some(hi)) = (rp.min, rp.max) {
+            if lo > hi {
+                self.err(&p.key("min"), format!("min {lo} is above max {hi}"));
+            }
+        }
+        let report_every_s = self.int(
+            &p.key("report_every_s"),
+            rp.report_every_s,
+            60,
+            1,
+            86_400 * 7,
+        );
+        Some(Point {
+            id: rp.id,
+            address: rp.address as u16,
+            format,
+            unit: rp.unit,
+            deadband,
+            report_every: Duration::from_secs(report_every_s as u64),
+            min: rp.min,
+            max: rp.max,
+            writable: rp.writable,
+        })
+    }
+
+    /// The id, table, type and address: without a valid table, type and address nothing else
+    /// about the point can be checked.
+    fn point_kind(&mut self, p: &KeyPath, rp: &RawPoint) -> Option<(Table, DataType)> {
         let mut ok = true;
         if rp.id.is_empty() {
             self.err(&p.key("id"), "must not be empty");
@@ -288,6 +367,18 @@ impl Validator {
         let (Some(table), Some(data_type), true) = (table, data_type, ok) else {
             return None;
         };
+        Some((table, data_type))
+    }
+
+    /// A string's length and a bool's bit, each only where it applies.
+    fn point_shape(
+        &mut self,
+        p: &KeyPath,
+        rp: &RawPoint,
+        table: Table,
+        data_type: DataType,
+        max_regs: u16,
+    ) -> Option<(u16, Option<u8>)> {
         let length = rp.length.unwrap_or(0);
         if data_type == DataType::String {
             if !(1..=i64::from(max_regs)).contains(&length) {
@@ -323,34 +414,13 @@ impl Validator {
             }
             Some(b) => Some(b as u8),
         };
-        let scale = rp.scale.unwrap_or(1.0);
-        if scale == 0.0 || !scale.is_finite() {
-            self.err(&p.key("scale"), "must be a non-zero number");
-        }
-        let offset = rp.offset.unwrap_or(0.0);
-        if !offset.is_finite() {
-            self.err(&p.key("offset"), "must be a finite number");
-        }
-        let format = Format {
-            table,
-            data_type,
-            length: length as u16,
-            bit,
-            byte_order: self.order(
-                &p.key("byte_order"),
-                rp.byte_order.as_deref(),
-                bo,
-                ByteOrder::parse,
-            ),
-            word_order: self.order(
-                &p.key("word_order"),
-                rp.word_order.as_deref(),
-                wo,
-                WordOrder::parse,
-            ),
-            scale,
-            offset,
-        };
+        Some((length as u16, bit))
+    }
+
+    /// The point's registers fit the address space and one read, and only coil and holding
+    /// points are writable.
+    fn point_fits(&mut self, p: &KeyPath, rp: &RawPoint, format: &Format, max_regs: u16) {
+        let table = format.table;
         let width = format.width();
         if rp.address + i64::from(width) > 65536 {
             self.err(
@@ -364,39 +434,12 @@ impl Validator {
                 format!("needs {width} registers, more than max_registers_per_read = {max_regs}"),
             );
         }
-        let deadband = rp.deadband.unwrap_or(0.0);
-        if !(deadband >= 0.0 && deadband.is_finite()) {
-            self.err(&p.key("deadband"), "must be 0 or more");
-        }
-        if let (Some(lo), Some(hi)) = (rp.min, rp.max) {
-            if lo > hi {
-                self.err(&p.key("min"), format!("min {lo} is above max {hi}"));
-            }
-        }
         if rp.writable && !matches!(table, Table::Coil | Table::Holding) {
             self.err(
                 &p.key("writable"),
                 format!("a {table} cannot be written; only coil and holding can"),
             );
         }
-        let report_every_s = self.int(
-            &p.key("report_every_s"),
-            rp.report_every_s,
-            60,
-            1,
-            86_400 * 7,
-        );
-        Some(Point {
-            id: rp.id,
-            address: rp.address as u16,
-            format,
-            unit: rp.unit,
-            deadband,
-            report_every: Duration::from_secs(report_every_s as u64),
-            min: rp.min,
-            max: rp.max,
-            writable: rp.writable,
-        })
     }
 
     /// Points may share registers (a u16 and its bits), but two different numeric readings of

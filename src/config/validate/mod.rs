@@ -229,7 +229,7 @@ impl Validator {
                     Role::Viewer
                 }
             };
-            if u.password_hash == crate::account::PLACEHOLDER {
+            if u.password_hash == super::PASSWORD_PLACEHOLDER {
                 self.err(
                     &p.key("password_hash"),
                     format!(

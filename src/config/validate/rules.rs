@@ -60,72 +60,8 @@ impl Validator {
                     ),
                 );
             }
-            let need = |v: &mut Self, x: Option<f64>, key: &str| -> f64 {
-                x.unwrap_or_else(|| {
-                    v.err(&p, format!("kind = \"{}\" needs {key}", r.kind));
-                    0.0
-                })
-            };
-            let kind = match r.kind.as_str() {
-                "above" => {
-                    let threshold = need(self, r.threshold, "threshold");
-                    let clear = r.clear.unwrap_or(threshold);
-                    if clear > threshold {
-                        self.err(
-                            &p.key("clear"),
-                            "for `above`, clear must not be above threshold",
-                        );
-                    }
-                    RuleKind::Above { threshold, clear }
-                }
-                "below" => {
-                    let threshold = need(self, r.threshold, "threshold");
-                    let clear = r.clear.unwrap_or(threshold);
-                    if clear < threshold {
-                        self.err(
-                            &p.key("clear"),
-                            "for `below`, clear must not be below threshold",
-                        );
-                    }
-                    RuleKind::Below { threshold, clear }
-                }
-                "outside" => {
-                    let low = need(self, r.low, "low");
-                    let high = need(self, r.high, "high");
-                    if low >= high {
-                        self.err(&p.key("low"), "low must be below high");
-                    }
-                    RuleKind::Outside {
-                        low,
-                        high,
-                        clear: r.clear,
-                    }
-                }
-                "equals" => RuleKind::Equals {
-                    threshold: need(self, r.threshold, "threshold"),
-                },
-                "rate" => {
-                    let per_s = need(self, r.per_s, "per_s");
-                    // A change of at least a negative rate is every sample: raised at once,
-                    // for ever.
-                    if per_s <= 0.0 {
-                        self.err(&p.key("per_s"), "must be above 0");
-                    }
-                    RuleKind::Rate { per_s }
-                }
-                "stale" => {
-                    if r.for_ms.is_none() {
-                        self.err(&p, "kind = \"stale\" needs for_ms");
-                    }
-                    RuleKind::Stale
-                }
-                other => {
-                    self.err(
-                        &p.key("kind"),
-                        format!("unknown rule kind `{other}` (expected above, below, outside, equals, rate or stale)"),
-                    );
-                    continue;
-                }
+            let Some(kind) = self.rule_kind(&p, &r) else {
+                continue;
             };
             let name = r.priority.as_deref().unwrap_or("normal");
             let priority = Priority::parse(name).unwrap_or_else(|| {
@@ -146,6 +82,78 @@ impl Validator {
             });
         }
         out
+    }
+
+    /// The rule's kind with the numbers it needs, each checked; `None` for an unknown kind.
+    fn rule_kind(&mut self, p: &KeyPath, r: &RawRule) -> Option<RuleKind> {
+        let need = |v: &mut Self, x: Option<f64>, key: &str| -> f64 {
+            x.unwrap_or_else(|| {
+                v.err(p, format!("kind = \"{}\" needs {key}", r.kind));
+                0.0
+            })
+        };
+        let kind = match r.kind.as_str() {
+            "above" => {
+                let threshold = need(self, r.threshold, "threshold");
+                let clear = r.clear.unwrap_or(threshold);
+                if clear > threshold {
+                    self.err(
+                        &p.key("clear"),
+                        "for `above`, clear must not be above threshold",
+                    );
+                }
+                RuleKind::Above { threshold, clear }
+            }
+            "below" => {
+                let threshold = need(self, r.threshold, "threshold");
+                let clear = r.clear.unwrap_or(threshold);
+                if clear < threshold {
+                    self.err(
+                        &p.key("clear"),
+                        "for `below`, clear must not be below threshold",
+                    );
+                }
+                RuleKind::Below { threshold, clear }
+            }
+            "outside" => {
+                let low = need(self, r.low, "low");
+                let high = need(self, r.high, "high");
+                if low >= high {
+                    self.err(&p.key("low"), "low must be below high");
+                }
+                RuleKind::Outside {
+                    low,
+                    high,
+                    clear: r.clear,
+                }
+            }
+            "equals" => RuleKind::Equals {
+                threshold: need(self, r.threshold, "threshold"),
+            },
+            "rate" => {
+                let per_s = need(self, r.per_s, "per_s");
+                // A change of at least a negative rate is every sample: raised at once,
+                // for ever.
+                if per_s <= 0.0 {
+                    self.err(&p.key("per_s"), "must be above 0");
+                }
+                RuleKind::Rate { per_s }
+            }
+            "stale" => {
+                if r.for_ms.is_none() {
+                    self.err(p, "kind = \"stale\" needs for_ms");
+                }
+                RuleKind::Stale
+            }
+            other => {
+                self.err(
+                &p.key("kind"),
+                format!("unknown rule kind `{other}` (expected above, below, outside, equals, rate or stale)"),
+            );
+                return None;
+            }
+        };
+        Some(kind)
     }
 }
 

@@ -1,4 +1,8 @@
-//! The vocabulary shared by every stage: values, quality, samples and timestamps.
+//! The vocabulary shared by every stage: values, quality, samples and timestamps; how a point
+//! sits in a device (`format`); events (`event`). It imports nothing of the crate's own.
+
+pub mod event;
+pub mod format;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

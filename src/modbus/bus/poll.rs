@@ -1,0 +1,217 @@
+//! One poll of one device: the offline probe, its planned reads (a refused merged read is
+//! bisected and the plan kept), the episode's log line, and online/offline by failures in a row.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+
+use tokio::time::Instant;
+
+use super::{decode_point, BusEvent, BusTask, PointError};
+use crate::config::Device;
+use crate::modbus::link::{exception_name, LinkError};
+use crate::modbus::plan::{self, Block};
+use crate::model::{now_ms, Value};
+
+/// What one pass over a device's reads found.
+struct Pass {
+    results: Vec<(usize, Result<Value, PointError>)>,
+    /// Whether the device answered anything at all (an exception from the device counts).
+    answered: bool,
+    /// (kind, text): the kind decides whether this is a new episode, the text is logged.
+    problem: Option<(String, String)>,
+}
+
+impl Pass {
+    /// Every point of `block` failed with `e`.
+    fn fail_all(&mut self, block: &Block, e: &PointError) {
+        self.results
+            .extend(block.points.iter().map(|&p| (p, Err(e.clone()))));
+    }
+}
+
+impl BusTask {
+    /// Polls one device. Returns false when the pipeline is gone and the bus should stop.
+    pub(super) async fn poll(&mut self, k: usize) -> bool {
+        let device = self.slots[k].index;
+        let dev = self.config.devices[device].clone();
+        if self.slots[k].online == Some(false) && !self.probe(k, &dev).await {
+            return true;
+        }
+        let pass = self.read_device(k, &dev).await;
+        let ts = now_ms();
+        if let Some((online, reason)) = self.settle(k, &dev, pass.answered, pass.problem) {
+            self.metrics.devices[device]
+                .online
+                .store(i64::from(online), Relaxed);
+            if online {
+                tracing::info!(device = %dev.id, "online");
+            } else {
+                tracing::warn!(device = %dev.id, "offline after {} failed polls: {reason}", dev.offline_after);
+            }
+            let status = BusEvent::Status {
+                device,
+                ts,
+                online,
+                reason,
+            };
+            if self.events.send(status).await.is_err() {
+                return false;
+            }
+        }
+        self.events
+            .send(BusEvent::Polled {
+                device,
+                ts,
+                at: tokio::time::Instant::now(),
+                results: pass.results,
+            })
+            .await
+            .is_ok()
+    }
+
+    /// An offline device gets one probe, no retries, so a dead slave costs at most one timeout
+    /// per backoff period. Returns whether it answered (then it is polled in full).
+    async fn probe(&mut self, k: usize, dev: &Device) -> bool {
+        let first = self.slots[k].blocks[0].clone();
+        match self.read(k, &first, 0).await {
+            Ok(Ok(_) | Err(_)) => true,
+            Err(e) => {
+                let s = &mut self.slots[k];
+                let pause = s.probe_backoff.fail();
+                s.next_due = Instant::now() + pause;
+                tracing::debug!(device = %dev.id, "probe failed: {e}; next in {pause:?}");
+                false
+            }
+        }
+    }
+
+    /// Reads every block of the plan. Exception 02 on a merged read bisects it, so one bad
+    /// address costs one point, and the split plan is kept; after a link failure the device's
+    /// other blocks are not tried now (no second timeout).
+    async fn read_device(&mut self, k: usize, dev: &Device) -> Pass {
+        let device = self.slots[k].index;
+        let retries = self.config.buses[self.bus].retries;
+        let mut work: VecDeque<Block> = self.slots[k].blocks.iter().cloned().collect();
+        let mut plan_after: Vec<Block> = Vec::with_capacity(work.len());
+        let mut pass = Pass {
+            results: Vec::with_capacity(dev.points.len()),
+            answered: false,
+            problem: None,
+        };
+        let mut link_failure: Option<LinkError> = None;
+        let mut replanned = false;
+        while let Some(block) = work.pop_front() {
+            if let Some(e) = &link_failure {
+                pass.fail_all(&block, &PointError::Link(e.clone()));
+                plan_after.push(block);
+                continue;
+            }
+            match self.read(k, &block, retries).await {
+                Ok(Ok(data)) => {
+                    pass.answered = true;
+                    for &p in &block.points {
+                        let point = &dev.points[p];
+                        let r = decode_point(point, &block, &data).map_err(PointError::Decode);
+                        if let Err(e) = &r {
+                            self.metrics.devices[device]
+                                .decode_errors
+                                .fetch_add(1, Relaxed);
+                            pass.problem.get_or_insert_with(|| {
+                                (
+                                    format!("decode {}", point.id),
+                                    format!("point {}: {e}", point.id),
+                                )
+                            });
+                        }
+                        pass.results.push((p, r));
+                    }
+                    plan_after.push(block);
+                }
+                Ok(Err(0x02)) if block.points.len() > 1 => {
+                    pass.answered = true;
+                    replanned = true;
+                    let (a, b) =
+                        plan::split(&block, &self.slots[k].spans).expect("two or more points");
+                    work.push_front(b);
+                    work.push_front(a);
+                }
+                Ok(Err(code)) => {
+                    // 0A/0B come from a gateway in front of the device: the device itself is absent.
+                    pass.answered |= !matches!(code, 0x0A | 0x0B);
+                    pass.problem.get_or_insert_with(|| {
+                        let text = format!(
+                            "{} at {} {}+{}",
+                            exception_name(code),
+                            block.table,
+                            block.start,
+                            block.count
+                        );
+                        (text.clone(), text)
+                    });
+                    pass.fail_all(&block, &PointError::Exception(code));
+                    plan_after.push(block);
+                }
+                Err(e) => {
+                    pass.problem
+                        .get_or_insert_with(|| (format!("link {}", e.kind()), e.to_string()));
+                    pass.fail_all(&block, &PointError::Link(e.clone()));
+                    link_failure = Some(e);
+                    plan_after.push(block);
+                }
+            }
+        }
+        if replanned {
+            plan_after.sort_by_key(|b| (b.table, b.start));
+            tracing::info!(device = %dev.id, requests = plan_after.len(), "read plan split around a refused address");
+            self.slots[k].blocks = plan_after;
+        }
+        pass.results.sort_by_key(|(p, _)| *p);
+        pass
+    }
+
+    /// Logs a new episode once (a different problem, or good again), counts failures in a row,
+    /// schedules the next poll or probe, and returns a change of online state with its reason.
+    fn settle(
+        &mut self,
+        k: usize,
+        dev: &Device,
+        answered: bool,
+        problem: Option<(String, String)>,
+    ) -> Option<(bool, String)> {
+        let s = &mut self.slots[k];
+        let kind = problem.as_ref().map(|(k, _)| k);
+        if s.last_problem.as_ref() != kind {
+            match &problem {
+                Some((_, p)) => tracing::warn!(device = %dev.id, unit = dev.unit, "{p}"),
+                None if s.last_problem.is_some() => {
+                    tracing::info!(device = %dev.id, "reads good again");
+                }
+                None => {}
+            }
+            s.last_problem = kind.cloned();
+        }
+        let mut status = None;
+        if answered {
+            s.failures = 0;
+            s.probe_backoff.reset();
+            if s.online != Some(true) {
+                s.online = Some(true);
+                status = Some((true, "answering".to_string()));
+            }
+            s.next_due = (s.next_due + dev.poll_interval).max(Instant::now());
+        } else {
+            s.failures += 1;
+            if s.failures >= dev.offline_after && s.online != Some(false) {
+                s.online = Some(false);
+                s.probe_backoff.reset();
+                status = Some((false, problem.map(|(_, text)| text).unwrap_or_default()));
+            }
+            if s.online == Some(false) {
+                s.next_due = Instant::now() + s.probe_backoff.fail();
+            } else {
+                s.next_due = (s.next_due + dev.poll_interval).max(Instant::now());
+            }
+        }
+        status
+    }
+}
