@@ -1,6 +1,8 @@
 //! WebSocket fan-out benchmark: 1,000 authenticated clients, a 1 KB push to all every 100 ms
 //! (10,000 messages/s), latency measured at the clients; then the same with 50 of them stalled
-//! (a tiny receive window and never reading). Run: `cargo bench --bench ws`.
+//! (a tiny receive window and never reading); then push under load: 100 of the 1,000 stalled,
+//! a snapshot of 500 devices every 500 ms, and an emergency event every second, which every
+//! healthy client must get. Run: `cargo bench --bench ws`.
 //!
 //! The gateway side runs in this process; the clients run in a child process (this same binary
 //! with BENCH_ROLE=clients) so the gateway's CPU and RSS are its own. `BENCH_PIN=1` puts the
@@ -25,6 +27,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 const CLIENTS: usize = 1000;
 const STALLED: usize = 50;
+/// Push under load: stalled clients, the snapshot's devices and period, the emergency period.
+const SLOW: usize = 100;
+const SNAPSHOT_DEVICES: usize = 500;
+const SNAPSHOT_PERIOD: Duration = Duration::from_millis(500);
+const EMERGENCY_PERIOD: Duration = Duration::from_secs(1);
 const PERIOD: Duration = Duration::from_millis(100);
 
 fn now_us() -> u64 {
@@ -63,6 +70,7 @@ async fn clients(addr: String, token: String, healthy: usize, stalled: usize, se
                 json!({"requestId": "r", "service": "auth.resume", "params": {"token": token}});
             s.send(Message::Text(req.to_string().into())).await.unwrap();
             let mut lat = Vec::new();
+            let mut em = Vec::new();
             // Wait for the resume reply, then (stalled) stop reading or (healthy) measure.
             while let Some(Ok(m)) = s.next().await {
                 if let Message::Text(t) = m {
@@ -73,7 +81,7 @@ async fn clients(addr: String, token: String, healthy: usize, stalled: usize, se
             }
             if is_stalled {
                 tokio::time::sleep(Duration::from_secs(secs + 5)).await;
-                return lat;
+                return (lat, em);
             }
             // Until the server's "stop" push: no timer in the receive loop, and only the number
             // is read out of each frame.
@@ -88,21 +96,30 @@ async fn clients(addr: String, token: String, healthy: usize, stalled: usize, se
                         .take_while(char::is_ascii_digit)
                         .collect();
                     if let Ok(sent) = digits.parse::<u64>() {
-                        lat.push(now_us().saturating_sub(sent));
+                        let took = now_us().saturating_sub(sent);
+                        if t.contains("\"emergency\"") {
+                            em.push(took);
+                        } else {
+                            lat.push(took);
+                        }
                     }
                 }
             }
-            lat
+            (lat, em)
         }));
     }
-    let mut all = Vec::new();
+    let (mut all, mut ems) = (Vec::new(), Vec::new());
     for t in tasks {
-        all.extend(t.await.unwrap());
+        let (lat, em) = t.await.unwrap();
+        all.extend(lat);
+        ems.extend(em);
     }
     all.sort_unstable();
+    ems.sort_unstable();
     println!(
         "{}",
-        json!({"count": all.len(), "p50_ms": pct(&all, 0.5), "p99_ms": pct(&all, 0.99), "max_ms": pct(&all, 1.0)})
+        json!({"count": all.len(), "p50_ms": pct(&all, 0.5), "p99_ms": pct(&all, 0.99), "max_ms": pct(&all, 1.0),
+               "em_count": ems.len(), "em_p50_ms": pct(&ems, 0.5), "em_p99_ms": pct(&ems, 0.99)})
     );
 }
 
@@ -131,7 +148,17 @@ fn spawn_clients(addr: &str, token: &str, stalled: usize, secs: u64) -> std::pro
 }
 
 /// The client process's one line of results: (deliveries, p50 ms, p99 ms).
-async fn client_results(mut child: std::process::Child) -> (u64, f64, f64) {
+async fn client_results(child: std::process::Child) -> (u64, f64, f64) {
+    let r = client_json(child).await;
+    (
+        r["count"].as_u64().unwrap(),
+        r["p50_ms"].as_f64().unwrap(),
+        r["p99_ms"].as_f64().unwrap(),
+    )
+}
+
+/// The client process's one line of results, whole.
+async fn client_json(mut child: std::process::Child) -> Json {
     let line = tokio::task::spawn_blocking(move || {
         let mut l = String::new();
         BufReader::new(child.stdout.take().unwrap())
@@ -142,12 +169,7 @@ async fn client_results(mut child: std::process::Child) -> (u64, f64, f64) {
     })
     .await
     .unwrap();
-    let r: Json = serde_json::from_str(&line).unwrap();
-    (
-        r["count"].as_u64().unwrap(),
-        r["p50_ms"].as_f64().unwrap(),
-        r["p99_ms"].as_f64().unwrap(),
-    )
+    serde_json::from_str(&line).unwrap()
 }
 
 /// The ~1 KB push carrying its send time.
@@ -182,6 +204,7 @@ async fn run(gw: &edge_gateway::Gateway, token: &str, stalled: usize, secs: u64)
                 kind: PushKind::Event,
                 since: Instant::now(),
                 urgent: false,
+                priority: None,
             });
         }
     })
@@ -193,6 +216,7 @@ async fn run(gw: &edge_gateway::Gateway, token: &str, stalled: usize, secs: u64)
         kind: PushKind::Event,
         since: Instant::now(),
         urgent: false,
+        priority: None,
     });
     let rss_mb = status_kb("VmRSS") as f64 / 1024.0;
     let (received, p50, p99) = client_results(child).await;
@@ -209,6 +233,84 @@ async fn run(gw: &edge_gateway::Gateway, token: &str, stalled: usize, secs: u64)
         sent: m.count(PushKind::Event, false) - sent0,
         dropped: m.count(PushKind::Event, true) - dropped0,
     }
+}
+
+/// A `push.snapshot` of `SNAPSHOT_DEVICES` devices of five points each, as the pusher makes it.
+fn snapshot_frame() -> String {
+    let devices: Vec<Json> = (0..SNAPSHOT_DEVICES)
+        .map(|d| {
+            json!({"id": format!("dev-{d}"), "type": "meter", "online": true, "lastSeen": "2026-11-30T12:00:00.000Z",
+                   "points": (0..5).map(|p| json!({"id": format!("p{p}"), "value": 230.1 + f64::from(p), "quality": "good", "unit": "V"})).collect::<Vec<_>>()})
+        })
+        .collect();
+    json!({"service": "push.snapshot", "data": {"ts": "2026-11-30T12:00:00.000Z", "devices": devices}}).to_string()
+}
+
+/// Push under load: `SLOW` stalled clients, a snapshot of 500 devices every 500 ms and an
+/// emergency event every second. Returns (emergencies the healthy clients got, expected, the
+/// client process's results, gateway CPU %, RSS MB).
+async fn run_emergencies(
+    gw: &edge_gateway::Gateway,
+    token: &str,
+    secs: u64,
+) -> (u64, u64, Json, f64, f64) {
+    use edge_gateway::config::Priority;
+    let child = spawn_clients(&gw.http_addr.to_string(), token, SLOW, secs);
+    let m = &gw.metrics.push;
+    while m.clients.load(Relaxed) < CLIENTS as i64 || gw.shared.hub.len() < CLIENTS {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let snapshot = Utf8Bytes::from(snapshot_frame());
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    let shared = gw.shared.clone();
+    let sent = tokio::spawn(async move {
+        let mut snap = tokio::time::interval(SNAPSHOT_PERIOD);
+        let mut em = tokio::time::interval(EMERGENCY_PERIOD);
+        let mut emergencies = 0u64;
+        while t0.elapsed() < Duration::from_secs(secs) {
+            tokio::select! {
+                _ = snap.tick() => shared.hub.publish_snapshot(Push {
+                    frame: snapshot.clone(),
+                    kind: PushKind::Snapshot,
+                    since: Instant::now(),
+                    urgent: false,
+                    priority: None,
+                }),
+                _ = em.tick() => {
+                    let data = json!({"sentUs": now_us(), "priority": "emergency", "pad": "x".repeat(300)}).to_string();
+                    let frame = format!(r#"{{"service":"push.event","data":{data}}}"#);
+                    shared.hub.publish_event(0, u32::MAX, Priority::Emergency, Push {
+                        frame: Utf8Bytes::from(frame),
+                        kind: PushKind::Event,
+                        since: Instant::now(),
+                        urgent: true,
+                        priority: Some(Priority::Emergency),
+                    }, &Utf8Bytes::from(data));
+                    emergencies += 1;
+                }
+            }
+        }
+        emergencies
+    })
+    .await
+    .unwrap();
+    let cpu_pct = (cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+    // The stop push is urgent too: a stalled client's full queue must not keep it from the
+    // healthy ones (it goes to every client, as an emergency would).
+    gw.shared.hub.publish_all(Push {
+        frame: Utf8Bytes::from(stop_frame()),
+        kind: PushKind::Event,
+        since: Instant::now(),
+        urgent: true,
+        priority: None,
+    });
+    let rss_mb = status_kb("VmRSS") as f64 / 1024.0;
+    let r = client_json(child).await;
+    while m.clients.load(Relaxed) > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = r["em_count"].as_u64().unwrap();
+    (got, sent * (CLIENTS - SLOW) as u64, r, cpu_pct, rss_mb)
 }
 
 /// An unmasked server-to-client text frame, as the gateway's tungstenite would write it.
@@ -350,6 +452,16 @@ fn main() {
                 h.quantile(0.99) * 1000.0
             );
         }
+        let (got, expected, r, cpu, rss) = run_emergencies(&gw, &token, secs).await;
+        let em_p99 = r["em_p99_ms"].as_f64().unwrap();
+        println!(
+            "  push under load ({SLOW} stalled, a {} KB snapshot of {SNAPSHOT_DEVICES} devices every {SNAPSHOT_PERIOD:?}, \
+             an emergency every {EMERGENCY_PERIOD:?}): emergencies delivered to healthy clients {got} of {expected} ({:.1} %), \
+             p50 {:.2} ms, p99 {em_p99:.2} ms; gateway CPU {cpu:.0} % of one core, RSS {rss:.1} MB",
+            snapshot_frame().len() / 1024,
+            got as f64 * 100.0 / expected.max(1) as f64,
+            r["em_p50_ms"].as_f64().unwrap(),
+        );
         println!("  gateway peak RSS {:.1} MB (VmHWM)", status_kb("VmHWM") as f64 / 1024.0);
         // Last, so its sockets do not count in the gateway's RSS.
         let (received, p50, p99, cpu) = floor(secs).await;
@@ -357,6 +469,10 @@ fn main() {
             "  {:>12}: latency p50 {p50:.2} ms, p99 {p99:.2} ms over {received} deliveries; sender CPU {cpu:.0} % of one core \
              (raw frames written by one task straight to the sockets, no gateway)",
             "machine floor"
+        );
+        println!(
+            "  emergency p99 under load ÷ machine floor p99 = {:.2} (goal ≤ 1.2)",
+            em_p99 / p99
         );
         gw.shutdown().await;
     });

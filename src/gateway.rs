@@ -157,6 +157,9 @@ impl Gateway {
         };
         let shared = Arc::new(Shared::new(control, metrics.clone(), cancel.child_token()));
         shared.auth.adopt(std::mem::take(&mut carry.sessions));
+        if let Some(set) = restored.push_interval {
+            shared.push_interval.send_replace(set);
+        }
 
         // Bounded: a slow store slows the buses down instead of growing memory.
         let (events_tx, events_rx) = mpsc::channel(256);
@@ -176,6 +179,10 @@ impl Gateway {
         let bus_events = Some(events_tx);
         let (event_queues, settle) = spawn_pipeline(&shared, &restored, events_rx, &tasks, &cancel);
         tasks.spawn(store.clone().probe(STORE_PROBE_EVERY, cancel.child_token()));
+        tasks.spawn(ws::services::expire_sessions(
+            shared.clone(),
+            cancel.child_token(),
+        ));
         spawn_sinks(&shared, &tasks, &cancel);
         tasks.spawn(http::serve(listener, shared.clone(), cancel.child_token()));
         tasks.close();
@@ -304,6 +311,7 @@ impl Gateway {
             .filter(|n| !old.buses.iter().any(|o| o.name == n.name))
             .map(|n| n.name.clone())
             .collect();
+        tell_changed_users(&self.shared, &old, &new).await;
         carry.sessions = self.shared.auth.sessions();
         carry.listener = self.listener.take().map(|l| (old.http.listen.clone(), l));
         self.shutdown().await;
@@ -383,7 +391,7 @@ fn spawn_pipeline(
     let config = &shared.config;
     let engine =
         events::rules::Engine::new(config, &restored.active_alarms, tokio::time::Instant::now());
-    let (queues, queue_rx) = events::processor::queues();
+    let (queues, queue_rx) = events::processor::queues(shared.metrics.clone());
     let push = Arc::new(Pusher::new(
         shared.hub.clone(),
         config.clone(),
@@ -419,4 +427,24 @@ fn spawn_pipeline(
         cancel.child_token(),
     ));
     (Some(queues), settle)
+}
+
+/// A reload that removes a user or changes a role ends that user's sessions: every socket of
+/// theirs is told `push.session` `{"reason":"user changed"}` before the old gateway closes them
+/// (waited for up to a second), and their tokens are not carried over.
+async fn tell_changed_users(shared: &Shared, old: &Config, new: &Config) {
+    let mut told = Vec::new();
+    for u in &old.users {
+        if !new
+            .users
+            .iter()
+            .any(|n| n.name == u.name && n.role == u.role)
+        {
+            told.extend(shared.hub.end_user_sessions(&u.name, "user changed"));
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while told.iter().any(|c| c.queued() > 0) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

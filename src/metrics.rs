@@ -4,6 +4,8 @@
 //! is bounded and the hot path never takes a lock or hashes a label.
 
 use std::fmt::Write;
+
+use crate::model::event::Priority;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// How a Modbus request ended, counted in `edge_modbus_requests_total{result}`.
@@ -162,6 +164,8 @@ impl Histogram {
 pub struct PushCounters {
     /// `[kind][0 = sent, 1 = dropped]`, by [`PushKind`].
     pub messages: [[AtomicU64; 2]; 3],
+    /// `push.event` drops by the event's priority rank (`edge_push_events_dropped_total`).
+    pub event_drops: [AtomicU64; 3],
     pub clients: AtomicI64,
     /// Time to hand one push to every recipient's queue.
     pub duration: Histogram,
@@ -175,6 +179,10 @@ impl PushCounters {
     }
     pub fn dropped(&self, kind: PushKind) {
         self.messages[kind as usize][1].fetch_add(1, Relaxed);
+    }
+    /// A dropped `push.event`'s priority, beside its count in `dropped`.
+    pub fn dropped_event(&self, priority: Priority) {
+        self.event_drops[priority.rank() as usize].fetch_add(1, Relaxed);
     }
     pub fn count(&self, kind: PushKind, dropped: bool) -> u64 {
         self.messages[kind as usize][usize::from(dropped)].load(Relaxed)
@@ -385,6 +393,15 @@ impl Metrics {
 
     /// WebSocket pushes by kind and result, and their durations and latency.
     fn render_push(&self, out: &mut String) {
+        out.push_str("# TYPE edge_push_events_dropped_total counter\n");
+        for p in Priority::ALL {
+            let v = self.push.event_drops[p.rank() as usize].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "edge_push_events_dropped_total{{priority=\"{}\"}} {v}",
+                p.as_str()
+            );
+        }
         out.push_str("# TYPE edge_push_messages_total counter\n");
         for kind in PushKind::ALL {
             for (r, result) in ["sent", "dropped"].iter().enumerate() {
@@ -430,7 +447,7 @@ impl Metrics {
             let _ = writeln!(out, "edge_events_suppressed_total{{device=\"{name}\"}} {v}");
         }
         out.push_str("# TYPE edge_event_queue_length gauge\n");
-        for p in crate::model::event::Priority::ALL {
+        for p in Priority::ALL {
             let v = self.events.queue[p.rank() as usize].load(Relaxed);
             let _ = writeln!(
                 out,

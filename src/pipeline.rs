@@ -106,6 +106,7 @@ impl Pipeline {
                 at,
                 results,
             } => {
+                self.engine.on_poll(*device, results, *ts, *at, drafts);
                 for (p, r) in results {
                     self.engine.on_sample(*device, *p, r, *ts, *at, drafts);
                 }

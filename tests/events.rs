@@ -254,6 +254,13 @@ async fn an_emergency_overtakes_a_flood_of_normal_events() {
     }
     gw.inject_draft(info_draft(1, Priority::Emergency, "flood", now_ms()))
         .await;
+    // The gauge is current while the processor waits on the store: the flood is queued.
+    // (Counted in at each send and out at each take, not sampled when the processor loops.)
+    let queued = gw.metrics.events.queue[0].load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        queued >= 1000 - 256,
+        "edge_event_queue_length{{priority=\"normal\"}} = {queued}"
+    );
     tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(200)))
         .await
         .unwrap();

@@ -462,3 +462,49 @@ async fn a_point_whose_polls_stop_arriving_turns_stale_and_good_again() {
     .await;
     gw.shutdown().await;
 }
+
+/// The pump's `device_abnormal` events with a `link:` reason, oldest first.
+async fn link_events(gw: &Gateway) -> Vec<serde_json::Value> {
+    gw.settle().await;
+    let conn = edge_gateway::store::open_reader(&gw.config.gateway.data_dir).unwrap();
+    let f = edge_gateway::store::EventFilter {
+        device_id: Some("pump".into()),
+        kind: Some("device_abnormal".into()),
+        limit: 1000,
+        ..Default::default()
+    };
+    let mut v = edge_gateway::store::query_events(&conn, &gw.config, &f).unwrap();
+    v.retain(|e| e["message"].as_str().is_some_and(|m| m.starts_with("link")));
+    v.reverse();
+    v
+}
+
+/// SPEC: wrong ids, garbage and other answers that are wrong rather than missing raise
+/// `device_abnormal` with reason `link:<kind>` once per episode, cleared after 3 good polls.
+#[tokio::test]
+async fn a_wrong_answer_raises_device_abnormal_with_its_link_kind_once_per_episode() {
+    for (fault, kind) in [
+        (Fault::WrongUnit, "link:id"),
+        (Fault::WrongTransaction, "link:id"),
+        (Fault::ExtraRegisters(2), "link:length"),
+    ] {
+        let (gw, _dir) = pump_fault_leaves_boiler_polling(fault.clone(), "error").await;
+        // The helper ends with the fault cleared and the pump good again: raised once, cleared
+        // once the line had been good three polls in a row.
+        wait_for_async("the clear", || async { link_events(&gw).await.len() >= 2 }).await;
+        let events = link_events(&gw).await;
+        let states: Vec<_> = events
+            .iter()
+            .map(|e| e["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(states, ["active", "cleared"], "{fault:?}: {events:#?}");
+        let message = events[0]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("{kind}: ")),
+            "{fault:?}: {message}"
+        );
+        assert_eq!(events[0]["priority"], "high");
+        assert_eq!(events[0]["pointId"], serde_json::Value::Null);
+        gw.shutdown().await;
+    }
+}

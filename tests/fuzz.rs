@@ -204,9 +204,12 @@ fn shape(reply: &Json) -> String {
 async fn the_websocket_envelope_and_every_service_take_any_input() {
     let (sim, addr, _c) = start_sim(Profile::Demo).await;
     let dir = tempfile::tempdir().unwrap();
+    let hash = edge_gateway::cli::hash_password("pw").unwrap();
+    let user =
+        format!("[[users]]\nname = \"fuzz\"\nrole = \"admin\"\npassword_hash = \"{hash}\"\n");
     let gw = Gateway::start(config(
         dir.path(),
-        &format!("{}{}", tcp_bus(&addr.to_string()), BOILER_AND_PUMP),
+        &format!("{user}{}{}", tcp_bus(&addr.to_string()), BOILER_AND_PUMP),
     ))
     .await
     .unwrap();
@@ -216,10 +219,17 @@ async fn the_websocket_envelope_and_every_service_take_any_input() {
         100,
         edge_gateway::config::Overflow::DropOldest,
     ));
+    // A real session: the expiry sweep ends any whose token the gateway does not know.
+    let (token, _) = gw
+        .shared
+        .auth
+        .login("127.0.0.1".parse().unwrap(), "fuzz", "pw")
+        .await
+        .unwrap();
     *client.login.lock().unwrap() = Some(Login {
         user: "fuzz".into(),
         role: Role::Admin,
-        token: "t".into(),
+        token,
     });
     gw.shared.hub.register(client.clone());
     let seeds: Vec<Vec<u8>> = [

@@ -83,6 +83,19 @@ impl Ws {
             .await
     }
 
+    /// The next push, whatever its service.
+    async fn next_push_any(&mut self) -> Json {
+        if let Some(p) = self.pushes.pop_front() {
+            return p;
+        }
+        loop {
+            let m = self.recv().await.expect("closed while waiting for a push");
+            if m.get("requestId").is_none() {
+                return m;
+            }
+        }
+    }
+
     async fn next_push(&mut self, service: &str) -> Json {
         if let Some(i) = self.pushes.iter().position(|p| p["service"] == service) {
             return self.pushes.remove(i).unwrap();
@@ -997,5 +1010,212 @@ async fn logout_ends_the_session_on_every_socket_with_that_token() {
     // Not closed: it may log in again.
     assert_eq!(code(&b.login("viewer", "viewer").await), 0);
     assert_eq!(code(&b.call("devices.list", json!({})).await), 0);
+    gw.shutdown().await;
+}
+
+/// SPEC: a token that expires ends its session on every socket with `push.session`
+/// `{"reason":"expired"}`; the socket stays open and may log in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_by_itself_when_its_token_expires() {
+    let (gw, _sim, _dir) = gateway("").await;
+    gw.shared.auth.set_ttl(std::time::Duration::from_secs(2));
+    let mut a = Ws::connect(gw.http_addr).await;
+    let r = a.login("viewer", "viewer").await;
+    assert_eq!(r["data"]["expiresInS"].as_u64(), Some(1), "{r}");
+    let p = a.next_push("push.session").await;
+    assert_eq!(p["data"]["reason"], "expired", "{p}");
+    assert_eq!(code(&a.call("devices.list", json!({})).await), 401);
+    let token = r["data"]["token"].as_str().unwrap();
+    assert_eq!(
+        code(&a.call("auth.resume", json!({"token": token})).await),
+        401
+    );
+    assert_eq!(code(&a.login("viewer", "viewer").await), 0);
+    gw.shutdown().await;
+}
+
+/// SPEC: a reload that removes a user ends that user's sessions with `"user changed"` before
+/// the sockets close; another user's session carries over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_a_user_ends_their_sessions() {
+    let (gw, _sim, _dir) = gateway("").await;
+    let mut viewer = Ws::connect(gw.http_addr).await;
+    assert_eq!(code(&viewer.login("viewer", "viewer").await), 0);
+    let mut admin = Ws::connect(gw.http_addr).await;
+    let r = admin.login("admin", "admin").await;
+    let admin_token = r["data"]["token"].as_str().unwrap().to_string();
+    let mut new = (*gw.config).clone();
+    new.users.retain(|u| u.name != "viewer");
+    let (gw, _) = gw.reload(new).await.unwrap();
+    let p = viewer.next_push("push.session").await;
+    assert_eq!(p["data"]["reason"], "user changed", "{p}");
+    // The admin's socket closed with the old gateway; the token resumes on the new one.
+    let mut again = Ws::connect(gw.http_addr).await;
+    assert_eq!(
+        code(
+            &again
+                .call("auth.resume", json!({"token": admin_token}))
+                .await
+        ),
+        0
+    );
+    drop(admin);
+    gw.shutdown().await;
+}
+
+/// #13: a client that cannot keep up gets snapshots less often, up to 8× the period, while a
+/// healthy one keeps the configured period; `system.stats` shows every connection (admins only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_clients_snapshot_period_grows_to_eight_times_and_stats_show_each_connection() {
+    let (gw, _dir) = big_gateway("interval_ms = 500\nqueue_capacity = 4\noverflow = \"drop_oldest\"\nheartbeat_timeout_s = 600").await;
+    let mut slow = stalled_client(gw.http_addr).await;
+    login_stalled(&mut slow).await;
+    let mut admin = Ws::connect(gw.http_addr).await;
+    admin.login("admin", "admin").await;
+    let mut conns = Vec::new();
+    for _ in 0..600 {
+        let r = admin.call("system.stats", json!({})).await;
+        conns = r["data"]["connections"].as_array().unwrap().clone();
+        let by = |user: Option<&str>| {
+            conns
+                .iter()
+                .find(|c| c["user"].as_str() == user)
+                .cloned()
+                .unwrap_or(Json::Null)
+        };
+        if by(Some("viewer"))["snapshotPeriodMs"] == 4000 {
+            // (It slowed down before its queue overflowed: it may have dropped nothing yet.)
+            assert!(by(Some("viewer"))["dropped"].is_u64());
+            assert_eq!(by(Some("viewer"))["queueCapacity"], 4);
+            assert!(by(Some("admin"))["sent"].as_u64().unwrap() > 0);
+            assert!(
+                by(Some("admin"))["snapshotPeriodMs"].as_u64().unwrap() <= 1000,
+                "{conns:#?}"
+            );
+            admin.pushes.clear();
+            // A connection not logged in (yet): listed with a null user.
+            let _pending = Ws::connect(gw.http_addr).await;
+            let r = admin.call("system.stats", json!({})).await;
+            let pending = r["data"]["connections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["user"].is_null())
+                .cloned()
+                .unwrap_or_else(|| panic!("no pending connection in {r}"));
+            assert!(pending["remote"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:"));
+            let mut viewer = Ws::connect(gw.http_addr).await;
+            viewer.login("viewer", "viewer").await;
+            let r = viewer.call("system.stats", json!({})).await;
+            assert!(r["data"].get("connections").is_none(), "admins only: {r}");
+            gw.shutdown().await;
+            return;
+        }
+        admin.pushes.clear();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the slow client's period never reached 8×: {conns:#?}");
+}
+
+/// #13: `push.setInterval` survives a reload and a restart, until the config's own
+/// `push.interval_ms` changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_interval_survives_reload_and_restart_until_the_config_changes_it() {
+    let (gw, _sim, dir) = gateway("interval_ms = 6000").await;
+    let mut ws = Ws::connect(gw.http_addr).await;
+    ws.login("admin", "admin").await;
+    let r = ws
+        .call("push.setInterval", json!({"intervalMs": 1500}))
+        .await;
+    assert_eq!(code(&r), 0);
+    let same = (*gw.config).clone();
+    let (gw, _) = gw.reload(same.clone()).await.unwrap();
+    assert_eq!(
+        *gw.shared.push_interval.borrow(),
+        Duration::from_millis(1500)
+    );
+    gw.shutdown().await;
+    let gw = Gateway::start(same.clone()).await.unwrap();
+    assert_eq!(
+        *gw.shared.push_interval.borrow(),
+        Duration::from_millis(1500)
+    );
+    // The config's interval changed: it wins.
+    let mut changed = same;
+    changed.push.interval = Duration::from_secs(2);
+    let (gw, _) = gw.reload(changed).await.unwrap();
+    assert_eq!(*gw.shared.push_interval.borrow(), Duration::from_secs(2));
+    gw.shutdown().await;
+    drop(dir);
+}
+
+/// #13: with `batchMs` normal events come merged in `push.events` frames, in order, a few a
+/// second; an emergency in the middle comes alone as `push.event`, ahead of the normal events
+/// still waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_ms_merges_normal_events_and_an_emergency_goes_alone_at_once() {
+    use edge_gateway::config::Priority;
+    let (gw, _sim, _dir) =
+        gateway("interval_ms = 3600000\n[events]\nmax_per_device_per_s = 100000").await;
+    let mut ws = Ws::connect(gw.http_addr).await;
+    ws.login("viewer", "viewer").await;
+    let bad = ws.call("subscribe", json!({"batchMs": 20})).await;
+    assert_eq!(code(&bad), 400, "{bad}");
+    let sub = ws
+        .call(
+            "subscribe",
+            json!({"batchMs": 500, "telemetry": false, "eventTypes": ["device_abnormal"]}),
+        )
+        .await;
+    assert_eq!(code(&sub), 0);
+    let started = std::time::Instant::now();
+    for i in 0..1000 {
+        let ts = edge_gateway::model::now_ms();
+        gw.inject_draft(info_draft(0, Priority::Normal, &format!("storm {i}"), ts))
+            .await;
+        if i == 599 {
+            gw.inject_draft(info_draft(0, Priority::Emergency, "emergency", ts))
+                .await;
+        }
+    }
+    // Frames in arrival order until every storm event and the emergency are in.
+    let mut frames: Vec<Json> = Vec::new();
+    let mut storm: Vec<String> = Vec::new();
+    let mut emergency_at = None;
+    while storm.len() < 1000 || emergency_at.is_none() {
+        let f = ws.next_push_any().await;
+        match f["service"].as_str() {
+            Some("push.events") => {
+                for e in f["data"]["events"].as_array().unwrap() {
+                    storm.push(e["message"].as_str().unwrap().to_string());
+                }
+            }
+            Some("push.event") => {
+                assert_eq!(
+                    f["data"]["message"], "emergency",
+                    "only the emergency alone: {f}"
+                );
+                emergency_at = Some(storm.len());
+            }
+            _ => continue,
+        }
+        frames.push(f);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let expected: Vec<String> = (0..1000).map(|i| format!("storm {i}")).collect();
+    assert_eq!(storm, expected, "every event, in order");
+    // Ahead of the normal events injected just before it, which were still waiting.
+    assert!(
+        emergency_at.unwrap() < 600,
+        "emergency after {emergency_at:?} storm events"
+    );
+    let batches = frames.len() - 1;
+    assert!(
+        (batches as f64) <= 3.0 * elapsed.ceil() + 1.0,
+        "{batches} push.events frames in {elapsed:.1} s"
+    );
     gw.shutdown().await;
 }

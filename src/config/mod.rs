@@ -193,6 +193,8 @@ pub struct Rule {
     pub point: usize,
     pub kind: RuleKind,
     pub for_ms: u64,
+    /// The clear condition must hold this long before the alarm clears (an off-delay).
+    pub clear_for_ms: u64,
     pub priority: Priority,
     pub message: String,
 }

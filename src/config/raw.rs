@@ -150,6 +150,7 @@ pub(super) struct RawRule {
     pub(super) high: Option<f64>,
     pub(super) per_s: Option<f64>,
     pub(super) for_ms: Option<i64>,
+    pub(super) clear_for_ms: Option<i64>,
     pub(super) priority: Option<String>,
     #[serde(default)]
     pub(super) message: String,

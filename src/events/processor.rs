@@ -20,13 +20,15 @@ pub const QUEUE: usize = 1024;
 /// Most drafts taken into one commit.
 const BATCH: usize = 256;
 
-/// The sending side, by priority.
+/// The sending side, by priority. Each send counts in `edge_event_queue_length` and each take
+/// counts out, so the gauge is current also while the processor waits on the store.
 #[derive(Clone)]
 pub struct Queues {
     emergency: mpsc::Sender<Draft>,
     high: mpsc::Sender<Draft>,
     normal: mpsc::Sender<Draft>,
     settle: mpsc::Sender<oneshot::Sender<()>>,
+    metrics: Arc<Metrics>,
 }
 
 pub struct Receivers {
@@ -38,7 +40,7 @@ pub struct Receivers {
     settle: mpsc::Receiver<oneshot::Sender<()>>,
 }
 
-pub fn queues() -> (Queues, Receivers) {
+pub fn queues(metrics: Arc<Metrics>) -> (Queues, Receivers) {
     let (e, er) = mpsc::channel(QUEUE);
     let (h, hr) = mpsc::channel(QUEUE);
     let (n, nr) = mpsc::channel(QUEUE);
@@ -49,6 +51,7 @@ pub fn queues() -> (Queues, Receivers) {
             high: h,
             normal: n,
             settle: s,
+            metrics,
         },
         Receivers {
             emergency: er,
@@ -62,12 +65,19 @@ pub fn queues() -> (Queues, Receivers) {
 impl Queues {
     /// Queues a draft by its priority; waits when that queue is full (backpressure).
     pub async fn send(&self, d: Draft) -> bool {
+        let rank = d.priority.rank() as usize;
         let q = match d.priority {
             Priority::Emergency => &self.emergency,
             Priority::High => &self.high,
             Priority::Normal => &self.normal,
         };
-        q.send(d).await.is_ok()
+        let gauge = &self.metrics.events.queue[rank];
+        gauge.fetch_add(1, Relaxed);
+        let sent = q.send(d).await.is_ok();
+        if !sent {
+            gauge.fetch_sub(1, Relaxed);
+        }
+        sent
     }
 
     /// A barrier behind every draft queued so far: `done` is answered once they are committed.
@@ -304,6 +314,8 @@ impl Processor {
                 }
             };
             let Some(first) = first else { continue };
+            let m = &self.metrics.events;
+            m.queue[first.priority.rank() as usize].fetch_sub(1, Relaxed);
             let mut drafts = vec![first];
             // Fill the batch, emergency first, then high, then normal.
             while drafts.len() < BATCH {
@@ -313,14 +325,13 @@ impl Processor {
                     .or_else(|_| rx.high.try_recv())
                     .or_else(|_| rx.normal.try_recv());
                 match next {
-                    Ok(d) => drafts.push(d),
+                    Ok(d) => {
+                        m.queue[d.priority.rank() as usize].fetch_sub(1, Relaxed);
+                        drafts.push(d);
+                    }
                     Err(_) => break,
                 }
             }
-            let m = &self.metrics.events;
-            m.queue[0].store(rx.normal.len() as i64, Relaxed);
-            m.queue[1].store(rx.high.len() as i64, Relaxed);
-            m.queue[2].store(rx.emergency.len() as i64, Relaxed);
             let started: Vec<_> = drafts.iter().map(|d| d.at).collect();
             let mut events = Vec::with_capacity(drafts.len());
             self.admit(drafts, &mut events);

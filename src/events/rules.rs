@@ -18,6 +18,9 @@ struct RuleState {
     /// Since when the raise condition has held, waiting out `for_ms`.
     pending_since: Option<Instant>,
     pending_value: Option<f64>,
+    /// Since when the clear condition has held while raised, waiting out `clear_for_ms`.
+    clearing_since: Option<Instant>,
+    clearing_value: Option<f64>,
     /// `equals`: whether the last value was on target, so it fires once per arrival.
     on_target: bool,
     /// `rate`: the previous good sample.
@@ -39,6 +42,10 @@ pub struct Engine {
     /// two flags and stops, with no key built and nothing hashed.
     abnormal: Vec<Vec<bool>>,
     has_rules: Vec<Vec<bool>>,
+    /// Per device: a line-fault alarm (`link:DEV`) is raised, and the good polls in a row since
+    /// the last fault.
+    link_raised: Vec<bool>,
+    link_good: Vec<u32>,
     /// Devices seen online since start (the first `online` is news only after an offline).
     online: Vec<Option<bool>>,
     device_ids: Vec<String>,
@@ -53,6 +60,14 @@ pub fn offline_key(device: &str) -> String {
 pub fn abnormal_key(device: &str, point: &str) -> String {
     format!("abnormal:{device}:{point}")
 }
+
+pub fn link_key(device: &str) -> String {
+    format!("link:{device}")
+}
+
+/// Good polls in a row that clear a line-fault alarm: one good answer between bad ones is not
+/// a fixed line.
+const LINK_CLEAR_AFTER: u32 = 3;
 
 impl Engine {
     /// `active_alarms`: the keys of alarms active in the store, so a restart does not raise
@@ -70,6 +85,8 @@ impl Engine {
                     active: active_alarms.contains(&r.id),
                     pending_since: None,
                     pending_value: None,
+                    clearing_since: None,
+                    clearing_value: None,
                     on_target: false,
                     last: None,
                     last_change: now,
@@ -98,6 +115,12 @@ impl Engine {
                 })
                 .collect(),
             by_point,
+            link_raised: config
+                .devices
+                .iter()
+                .map(|d| active_alarms.contains(&link_key(&d.id)))
+                .collect(),
+            link_good: vec![0; config.devices.len()],
             raised: active_alarms.clone(),
             online: vec![None; config.devices.len()],
             device_ids: config.devices.iter().map(|d| d.id.clone()).collect(),
@@ -168,6 +191,70 @@ impl Engine {
                 format!("device offline: {reason}"),
                 Some(AlarmOp::Raise(key)),
             ));
+        }
+    }
+
+    /// A device's whole poll, before its points: an answer that was wrong rather than missing
+    /// (garbage, another request's ids, another function, a short answer, a reset mid-answer)
+    /// raises `device_abnormal` with reason `link:<kind>` once per episode; three good polls in
+    /// a row clear it. Timeouts and refused connections are the offline alarm's.
+    pub fn on_poll(
+        &mut self,
+        device: usize,
+        results: &[(usize, Result<Value, PointError>)],
+        ts: Millis,
+        now: Instant,
+        out: &mut Vec<Draft>,
+    ) {
+        let fault = results.iter().find_map(|(_, r)| match r {
+            Err(PointError::Link(e)) => e.line_fault().map(|kind| (kind, e)),
+            _ => None,
+        });
+        let good = !results
+            .iter()
+            .any(|(_, r)| matches!(r, Err(PointError::Link(_))));
+        let draft = |state, priority, message, alarm| Draft {
+            device,
+            point: None,
+            kind: EventType::DeviceAbnormal,
+            priority,
+            value: None,
+            message,
+            state,
+            ts,
+            alarm: Some(alarm),
+            at: now,
+        };
+        if let Some((kind, e)) = fault {
+            self.link_good[device] = 0;
+            if !self.link_raised[device] {
+                self.link_raised[device] = true;
+                let key = link_key(&self.device_ids[device]);
+                self.raised.insert(key.clone());
+                let message = format!("link:{kind}: {e}");
+                out.push(draft(
+                    EventState::Active,
+                    Priority::High,
+                    message,
+                    AlarmOp::Raise(key),
+                ));
+            }
+        } else if !good {
+            self.link_good[device] = 0;
+        } else if self.link_raised[device] {
+            self.link_good[device] += 1;
+            if self.link_good[device] >= LINK_CLEAR_AFTER {
+                self.link_raised[device] = false;
+                let key = link_key(&self.device_ids[device]);
+                self.raised.remove(&key);
+                let message = format!("link good again ({LINK_CLEAR_AFTER} good polls in a row)");
+                out.push(draft(
+                    EventState::Cleared,
+                    Priority::High,
+                    message,
+                    AlarmOp::Clear(key),
+                ));
+            }
         }
     }
 
@@ -408,7 +495,8 @@ impl Engine {
     }
 
     /// Above, below, outside: raised once the condition held `for_ms` (a shorter spike raises
-    /// nothing), cleared past the hysteresis.
+    /// nothing), cleared once the value has been past the hysteresis for `clear_for_ms` (a
+    /// shorter dip clears nothing).
     fn threshold(
         &mut self,
         r: usize,
@@ -442,18 +530,32 @@ impl Engine {
                 st.pending_since = None;
             }
         } else if clear {
-            st.active = false;
-            st.pending_since = None;
-            let msg = format!("{}: cleared", self.message(r, "threshold"));
-            out.push(self.draft(
-                r,
-                EventType::ThresholdCleared,
-                EventState::Cleared,
-                Some(v.clone()),
-                (ts, now),
-                msg,
-            ));
+            let clear_delay = Duration::from_millis(self.rules[r].clear_for_ms);
+            let since = *st.clearing_since.get_or_insert(now);
+            st.clearing_value = Some(x);
+            if now.duration_since(since) >= clear_delay {
+                out.push(self.cleared(r, Some(v.clone()), (ts, now)));
+            }
+        } else {
+            st.clearing_since = None;
         }
+    }
+
+    /// A threshold alarm clears: its state reset and the `threshold_cleared` draft.
+    fn cleared(&mut self, r: usize, value: Option<Value>, (ts, now): (Millis, Instant)) -> Draft {
+        let st = &mut self.state[r];
+        st.active = false;
+        st.pending_since = None;
+        st.clearing_since = None;
+        let msg = format!("{}: cleared", self.message(r, "threshold"));
+        self.draft(
+            r,
+            EventType::ThresholdCleared,
+            EventState::Cleared,
+            value,
+            (ts, now),
+            msg,
+        )
     }
 
     /// Time-driven rules: an on-delay that ran out with no new sample, and staleness. Returns
@@ -490,6 +592,15 @@ impl Engine {
                     }
                 }
                 RuleKind::Above { .. } | RuleKind::Below { .. } | RuleKind::Outside { .. } => {
+                    // An off-delay that ran out with no new sample.
+                    if let (true, Some(since)) = (st.active, st.clearing_since) {
+                        if now.duration_since(since) >= Duration::from_millis(rule.clear_for_ms) {
+                            let x = st.clearing_value;
+                            let d = self.cleared(r, x.map(Value::Float), (ts, now));
+                            out.push(d);
+                        }
+                        continue;
+                    }
                     if let (false, Some(since)) = (st.active, st.pending_since) {
                         if now.duration_since(since) >= for_delay {
                             let x = st.pending_value;

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{self, CodecError, DataType, Table};
-use super::link::{exception_name, Data, Link, LinkError, Reply, WriteOp};
+use super::link::{exception_name, Data, Fault, Link, LinkError, Reply, WriteOp};
 use super::plan::{self, Block, Span};
 use crate::backoff::Backoff;
 use crate::config::Config;
@@ -386,7 +386,10 @@ impl BusTask {
                 let current = match self.link.read(unit, Table::Holding, address, 1).await {
                     Ok(Ok(Data::Registers(r))) if !r.is_empty() => r[0],
                     Ok(Ok(_)) => {
-                        return Err(WriteError::Link(LinkError::Protocol("empty read".into())))
+                        return Err(WriteError::Link(LinkError::Protocol(
+                            Fault::Length,
+                            "empty read".into(),
+                        )))
                     }
                     Ok(Err(code)) => return Err(WriteError::Exception(code)),
                     Err(e) => return Err(WriteError::Link(e)),

@@ -43,18 +43,54 @@ pub enum LinkError {
     Down(Duration),
     #[error("transport error: {0}")]
     Transport(String),
-    #[error("protocol error: {0}")]
-    Protocol(String),
+    #[error("protocol error: {1}")]
+    Protocol(Fault, String),
+}
+
+/// What was wrong with an answer that arrived: the reason of a `device_abnormal` event
+/// (`link:<kind>`). A CRC error on RTU is not among them: tokio-modbus drops the bad bytes and
+/// waits on, so it ends as a timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Bytes that do not decode as a frame.
+    Garbage,
+    /// The answer to another request: transaction or unit id.
+    Id,
+    /// Another function code than the request's.
+    Function,
+    /// Not the register or bit count asked for.
+    Length,
+}
+
+impl Fault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Garbage => "garbage",
+            Fault::Id => "id",
+            Fault::Function => "function",
+            Fault::Length => "length",
+        }
+    }
 }
 
 impl LinkError {
+    /// A fault on a link that answers (bad frames, wrong ids, a reset mid-answer), as opposed to
+    /// one that does not answer at all (timeouts, refused connections: the offline alarm's).
+    pub fn line_fault(&self) -> Option<&'static str> {
+        match self {
+            LinkError::Protocol(f, _) => Some(f.as_str()),
+            LinkError::Transport(_) => Some("transport"),
+            LinkError::Timeout(_) | LinkError::Connect { .. } | LinkError::Down(_) => None,
+        }
+    }
+
     /// The label used in counters and logs.
     pub fn kind(&self) -> &'static str {
         match self {
             LinkError::Timeout(_) => "timeout",
             LinkError::Connect { .. } | LinkError::Down(_) => "connect",
             LinkError::Transport(_) => "transport",
-            LinkError::Protocol(_) => "protocol",
+            LinkError::Protocol(..) => "protocol",
         }
     }
 }
@@ -243,7 +279,7 @@ impl Link {
                 // A frame that does not decode: its bytes stay out of the text (a peer sending
                 // noise must not write a new log line, or garbage, on every poll).
                 Err(if e.kind() == std::io::ErrorKind::InvalidData {
-                    LinkError::Protocol("malformed answer".into())
+                    LinkError::Protocol(Fault::Garbage, "malformed answer".into())
                 } else {
                     LinkError::Transport(e.kind().to_string())
                 })
@@ -252,21 +288,25 @@ impl Link {
                 self.reset();
                 // The answer to another request, or another function's exception (0x90 to a
                 // read): a link fault, never taken for this request's answer or exception.
-                Err(LinkError::Protocol(match e {
-                    ProtocolError::HeaderMismatch { .. } => {
-                        "answer does not match the request (transaction or unit id)".into()
-                    }
+                Err(match e {
+                    ProtocolError::HeaderMismatch { .. } => LinkError::Protocol(
+                        Fault::Id,
+                        "answer does not match the request (transaction or unit id)".into(),
+                    ),
                     ProtocolError::FunctionCodeMismatch { request, result } => {
                         let got = match result {
                             Ok(r) => r.function_code().value(),
                             Err(x) => x.function.value() | 0x80,
                         };
-                        format!(
-                            "answer has function code 0x{got:02X}, the request 0x{:02X}",
-                            request.value()
+                        LinkError::Protocol(
+                            Fault::Function,
+                            format!(
+                                "answer has function code 0x{got:02X}, the request 0x{:02X}",
+                                request.value()
+                            ),
                         )
                     }
-                }))
+                })
             }
             Ok(Ok(Err(code))) => Ok(Err(u8::from(code))),
             Ok(Ok(Ok(v))) => Ok(Ok(v)),
@@ -291,9 +331,10 @@ impl Link {
         } else {
             "registers"
         };
-        Err(LinkError::Protocol(format!(
-            "answer has {got} {unit}, the request {want}"
-        )))
+        Err(LinkError::Protocol(
+            Fault::Length,
+            format!("answer has {got} {unit}, the request {want}"),
+        ))
     }
 
     pub async fn read(&mut self, unit: u8, table: Table, address: u16, count: u16) -> Reply<Data> {

@@ -183,6 +183,12 @@ pub enum StoreCmd {
         stream: Stream,
         last_id: i64,
     },
+    /// `push.setInterval`: the period set, and the config's `push.interval_ms` it was set over
+    /// (a config that changes it wins).
+    PushInterval {
+        ms: i64,
+        config_ms: i64,
+    },
     /// Answers once everything sent before it is committed.
     Flush(oneshot::Sender<()>),
     /// Nothing to write: makes the writer take the write lock, so a store that cannot write is
@@ -215,6 +221,9 @@ pub struct Restored {
     pub device_seq: Vec<u64>,
     /// Keys of alarms still active.
     pub active_alarms: std::collections::HashSet<String>,
+    /// The snapshot period an admin set (`push.setInterval`), while the config's
+    /// `push.interval_ms` is still the one it was set over.
+    pub push_interval: Option<std::time::Duration>,
 }
 
 /// The sending side of the writer, cheap to clone.

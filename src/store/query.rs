@@ -62,6 +62,12 @@ pub fn restore(conn: &Connection, config: &Config, keys: &Keys) -> rusqlite::Res
     out.active_alarms = q
         .query_map([], |r| r.get::<_, String>(0))?
         .collect::<rusqlite::Result<_>>()?;
+    let config_ms = config.push.interval.as_millis() as i64;
+    if meta_int(conn, "push_interval_config_ms")? == Some(config_ms) {
+        out.push_interval = meta_int(conn, "push_interval_ms")?
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(std::time::Duration::from_millis);
+    }
     Ok(out)
 }
 

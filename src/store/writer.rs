@@ -335,17 +335,11 @@ impl Writer {
                     .execute(params![sink, stream.name(), last_id])?;
                 }
                 StoreCmd::Events { events, .. } => {
-                    for e in events {
-                        write_event(&self.config, &tx, e)?;
-                        rows += 1;
-                    }
-                    if let Some(last) = events.last() {
-                        tx.execute(
-                            "INSERT INTO meta (key, value) VALUES ('event_seq', ?1)
-                             ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), ?1)",
-                            [last.seq as i64],
-                        )?;
-                    }
+                    rows += write_events(&self.config, &tx, events)?;
+                }
+                StoreCmd::PushInterval { ms, config_ms } => {
+                    set_meta(&tx, "push_interval_ms", *ms)?;
+                    set_meta(&tx, "push_interval_config_ms", *config_ms)?;
                 }
                 StoreCmd::Ack { .. } | StoreCmd::Flush(_) | StoreCmd::Probe => {}
             }
@@ -493,6 +487,26 @@ fn write_status(
     )?
     .execute(params![d.id, i64::from(online), last_seen, ts])?;
     Ok(())
+}
+
+/// Numbered events with their alarm changes, and the highest `seq` so far (kept even when
+/// retention has deleted every event). Returns how many were written.
+fn write_events(
+    config: &Config,
+    tx: &Transaction<'_>,
+    events: &[crate::model::event::Event],
+) -> rusqlite::Result<u64> {
+    for e in events {
+        write_event(config, tx, e)?;
+    }
+    if let Some(last) = events.last() {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('event_seq', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), ?1)",
+            [last.seq as i64],
+        )?;
+    }
+    Ok(events.len() as u64)
 }
 
 fn write_event(

@@ -50,6 +50,8 @@ const DUMMY_HASH: &str =
 pub struct Auth {
     users: Vec<User>,
     tokens: Mutex<HashMap<String, Session>>,
+    /// A session's lifetime from login or its last resume ([`TOKEN_TTL`]; tests shorten it).
+    ttl: Mutex<Duration>,
     failures: Mutex<Failures>,
     checks: tokio::sync::Semaphore,
 }
@@ -119,6 +121,7 @@ impl Auth {
         Auth {
             users,
             tokens: Mutex::new(HashMap::new()),
+            ttl: Mutex::new(TOKEN_TTL),
             failures: Mutex::default(),
             checks: tokio::sync::Semaphore::new(CHECKS_AT_ONCE),
         }
@@ -230,7 +233,7 @@ impl Auth {
         let session = Session {
             user,
             role,
-            expires: Instant::now() + TOKEN_TTL,
+            expires: Instant::now() + *self.ttl.locked(),
         };
         let mut t = self.tokens.locked();
         if t.len() >= MAX_TRACKED {
@@ -245,7 +248,7 @@ impl Auth {
         let mut t = self.tokens.locked();
         match t.get_mut(token) {
             Some(s) if s.expires > Instant::now() => {
-                s.expires = Instant::now() + TOKEN_TTL;
+                s.expires = Instant::now() + *self.ttl.locked();
                 Some(s.clone())
             }
             Some(_) => {
@@ -258,6 +261,19 @@ impl Auth {
 
     pub fn logout(&self, token: &str) {
         self.tokens.locked().remove(token);
+    }
+
+    /// Whether a token names a live session (known, not expired).
+    pub fn valid(&self, token: &str) -> bool {
+        self.tokens
+            .locked()
+            .get(token)
+            .is_some_and(|s| s.expires > Instant::now())
+    }
+
+    /// Sets the lifetime of sessions made or resumed from now on (a test's short one).
+    pub fn set_ttl(&self, ttl: Duration) {
+        *self.ttl.locked() = ttl;
     }
 
     /// The remaining lifetime of a session, for the login reply.

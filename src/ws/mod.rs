@@ -37,6 +37,9 @@ pub const LOGIN_DEADLINE: Duration = Duration::from_secs(10);
 /// Requests per connection: a bucket of this many, refilled at `RATE_PER_S`.
 const RATE_BURST: f64 = 50.0;
 const RATE_PER_S: f64 = 20.0;
+/// The shortest `push.interval_ms` the config takes: a write shorter than half of it cannot be
+/// slower than the snapshot period, so the period is not even looked at.
+const MIN_SNAPSHOT_PERIOD: Duration = Duration::from_millis(500);
 /// Requests of one connection being handled at once.
 const MAX_IN_FLIGHT: usize = 16;
 
@@ -106,7 +109,8 @@ async fn connection(
 ) {
     let id = shared.next_client_id.fetch_add(1, Relaxed);
     let push = &shared.config.push;
-    let client = Arc::new(Client::new(id, push.queue_capacity, push.overflow));
+    let client = Arc::new(Client::new(id, push.queue_capacity, push.overflow).from(remote));
+    shared.hub.open(client.clone());
     shared.metrics.push.clients.fetch_add(1, Relaxed);
     let (sink, mut stream) = socket.split();
     let (replies, replies_rx) = mpsc::channel::<Message>(MAX_IN_FLIGHT * 2);
@@ -178,6 +182,7 @@ async fn connection(
     }
     in_flight.abort_all();
     shared.hub.unregister(id);
+    shared.hub.close(id);
     drop(replies);
     done.cancel();
     finish(&shared, &client, writer).await;
@@ -292,37 +297,65 @@ impl Bucket {
 
 type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
 
+/// Sleeps until `at`; never returns for `None` (its select branch is disabled then anyway).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Everything queued for the client goes into one buffer and out in one flush: under load a
 /// slow client catches up in few writes instead of one per push. Counts each push sent (with
 /// its latency) or dropped; returns false when the write failed or was cut off.
 async fn write_queued(
     sink: &mut Sink,
     client: &Client,
-    batch: &mut Vec<(crate::metrics::PushKind, Instant)>,
+    batch: &mut Vec<Written>,
     limit: Duration,
     metrics: &crate::metrics::Metrics,
 ) -> bool {
     batch.clear();
     let mut ok = true;
     while let Some(p) = client.next() {
+        let written = (p.kind, p.priority, p.since);
         if !bounded(sink.feed(Message::Text(p.frame)), limit, &client.kicked).await {
-            metrics.push.dropped(p.kind);
+            batch.push(written);
             ok = false;
             break;
         }
-        batch.push((p.kind, p.since));
+        batch.push(written);
     }
     ok = ok && bounded(sink.flush(), limit, &client.kicked).await;
-    for &(kind, since) in batch.iter() {
+    for &(kind, priority, since) in batch.iter() {
         if ok {
             metrics.push.sent(kind);
             metrics.push.latency.observe(since.elapsed());
         } else {
             metrics.push.dropped(kind);
+            if let Some(p) = priority {
+                metrics.push.dropped_event(p);
+            }
         }
+    }
+    let n = batch.len() as u64;
+    if ok {
+        client.sent.fetch_add(n, Relaxed);
+        if client.queued() == 0 {
+            client.caught_up();
+        }
+    } else {
+        client.dropped.fetch_add(n, Relaxed);
     }
     ok
 }
+
+/// What one write handed to the socket, for the counters after its flush.
+type Written = (
+    crate::metrics::PushKind,
+    Option<crate::config::Priority>,
+    Instant,
+);
 
 /// Runs one sink operation, giving up after `limit` or when the client is kicked: a client that
 /// cannot take a frame in a heartbeat timeout is as good as gone, and must not hold its task
@@ -379,8 +412,10 @@ async fn writer(
     let kicked = client.kicked.cancelled();
     tokio::pin!(stopped, kicked);
     // What the last batch wrote, for the counters after its flush; kept to reuse its memory.
-    let mut batch: Vec<(crate::metrics::PushKind, Instant)> = Vec::new();
+    let mut batch: Vec<Written> = Vec::new();
     loop {
+        // Normal events waiting for `batchMs` go out together when their batch is due.
+        let batch_due = client.batch_due();
         tokio::select! {
             biased;
             // Replies first, so a close the reader queued goes out before the writer stops;
@@ -402,12 +437,22 @@ async fn writer(
                     too_slow(&mut sink).await;
                     break;
                 }
-                if !write_queued(&mut sink, &client, &mut batch, hb_timeout, metrics).await {
+                let began = Instant::now();
+                let ok = write_queued(&mut sink, &client, &mut batch, hb_timeout, metrics).await;
+                // A write slower than the snapshot period: this client's snapshots slow down.
+                let took = began.elapsed();
+                if took > MIN_SNAPSHOT_PERIOD / 2 && took > *shared.push_interval.borrow() {
+                    client.slow_write.store(true, Relaxed);
+                }
+                if !ok {
                     if client.kicked.is_cancelled() {
                         too_slow(&mut sink).await;
                     }
                     break;
                 }
+            }
+            () = sleep_until(batch_due), if batch_due.is_some() => {
+                client.flush_batch(metrics);
             }
             () = &mut stopped => break,
             () = &mut kicked => {

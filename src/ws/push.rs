@@ -55,23 +55,28 @@ impl Pusher {
                 kind: PushKind::Telemetry,
                 since: read_at,
                 urgent: false,
+                priority: None,
             },
         );
     }
 
-    /// `push.event` for one committed event, to the clients whose filters take it.
+    /// `push.event` for one committed event, to the clients whose filters take it (or into
+    /// their batch, for a normal event to a client with `batchMs`).
     fn event(&self, e: &Event) {
-        let frame = json!({"service": "push.event", "data": e.to_json(&self.config)});
+        let data = e.to_json(&self.config).to_string();
+        let frame = format!(r#"{{"service":"push.event","data":{data}}}"#);
         self.hub.publish_event(
             e.device,
             e.kind.bit(),
             e.priority,
             Push {
-                frame: Utf8Bytes::from(frame.to_string()),
+                frame: Utf8Bytes::from(frame),
                 kind: PushKind::Event,
                 since: e.at.into_std(),
                 urgent: e.priority >= Priority::High,
+                priority: Some(e.priority),
             },
+            &Utf8Bytes::from(data),
         );
     }
 
@@ -82,11 +87,12 @@ impl Pusher {
             "service": "push.snapshot",
             "data": {"ts": rfc3339(now_ms()), "devices": super::services::devices_json(&self.config, &self.live)},
         });
-        self.hub.publish_all(Push {
+        self.hub.publish_snapshot(Push {
             frame: Utf8Bytes::from(frame.to_string()),
             kind: PushKind::Snapshot,
             since,
             urgent: false,
+            priority: None,
         });
     }
 }

@@ -195,6 +195,18 @@ pub async fn healthz(addr: SocketAddr) -> String {
     http_get(addr, "/healthz").await
 }
 
+/// The same, or `None` while nothing answers whole (a reload rebuilding the listener).
+pub async fn try_http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    Some(out)
+}
+
 /// A bare HTTP/1.0 GET: status line, headers and body as one string.
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

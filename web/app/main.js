@@ -77,9 +77,19 @@ const S = {
   view: null, // { name, update(kind, data) } of the view on screen
   alerted: new Set(), // emergency alarm ids already announced
   loggedIn: false,
+  // Missed pushes: each device's last deviceSeq and the newest event time seen; a deviceSeq
+  // that jumps, or a reconnect, makes the page re-read what it missed.
+  devSeq: new Map(),
+  lastEventTs: null,
+  seen: new Set(), // ids of events already handled (bounded)
+  everLoggedIn: false,
 };
 
 const conn = new Conn({ onPush, onState, onOpen });
+// For the browser test: `window.__edgeDrop = (service, data) => bool` drops matching pushes as
+// if the network had lost them; `__edgeDropped` counts them.
+window.__edgeConn = conn;
+window.__edgeDropped = 0;
 
 function isAdmin() {
   return S.role === "admin";
@@ -105,6 +115,8 @@ async function onOpen() {
 }
 
 async function afterLogin(d) {
+  const again = S.everLoggedIn; // a reconnect: pushes may have been missed meanwhile
+  S.everLoggedIn = true;
   S.role = d.role;
   S.user = d.user;
   S.loggedIn = true;
@@ -121,10 +133,12 @@ async function afterLogin(d) {
   S.order = desc.devices.map((x) => x.id);
   S.desc = new Map(desc.devices.map((x) => [x.id, x]));
   applyDevices(list.devices);
-  setAlarms(alarms.alarms, false);
+  // After a reconnect an emergency raised meanwhile is news: banner and tone.
+  setAlarms(alarms.alarms, again);
   setText($("#gw-title"), `edge-gateway · ${stats.gatewayId}`);
   $("#interval").value = stats.pushIntervalMs / 1000;
   route();
+  if (again) recoverMissed();
 }
 
 function showLogin(message) {
@@ -224,6 +238,18 @@ function applyDevices(devices) {
 }
 
 function onPush(service, data) {
+  if (window.__edgeDrop && window.__edgeDrop(service, data)) {
+    window.__edgeDropped++;
+    return;
+  }
+  if (service === "push.session") {
+    // Logged out elsewhere, expired, or the user changed in the config: back to the login.
+    S.token = null;
+    sessionStorage.removeItem("edge.token");
+    const why = { logout: "You were logged out.", expired: "Your session expired." };
+    showLogin(why[data.reason] || "Your account was changed; log in again.");
+    return;
+  }
   if (!S.loggedIn) return;
   if (service === "push.snapshot") applyDevices(data.devices);
   else if (service === "push.telemetry") {
@@ -238,14 +264,54 @@ function onPush(service, data) {
     }
     if (S.view) S.view.update("telemetry", data);
   } else if (service === "push.event") {
-    if (data.type === "device_online" || data.type === "device_offline") {
-      const l = S.live.get(data.deviceId);
-      if (l) l.online = data.type === "device_online";
-      updateCounts();
-      if (S.view) S.view.update("devices", [data.deviceId]);
+    onEvent(data);
+  } else if (service === "push.events") {
+    for (const e of data.events) onEvent(e);
+  }
+}
+
+/** One event, pushed or recovered: a deviceSeq that jumps means pushes were lost. */
+function onEvent(data) {
+  if (S.seen.has(data.id)) return;
+  S.seen.add(data.id);
+  if (S.seen.size > 2000) S.seen.delete(S.seen.values().next().value);
+  const last = S.devSeq.get(data.deviceId);
+  if (last == null || data.deviceSeq > last) S.devSeq.set(data.deviceId, data.deviceSeq);
+  if (S.lastEventTs == null || data.ts > S.lastEventTs) S.lastEventTs = data.ts;
+  if (last != null && data.deviceSeq > last + 1) recoverMissed();
+  if (data.type === "device_online" || data.type === "device_offline") {
+    const l = S.live.get(data.deviceId);
+    if (l) l.online = data.type === "device_online";
+    updateCounts();
+    if (S.view) S.view.update("devices", [data.deviceId]);
+  }
+  if (data.state === "active" || data.state === "cleared") refreshAlarms();
+  if (S.view) S.view.update("event", data);
+}
+
+/** After a gap or a reconnect: the events since the newest one seen (an emergency among them
+ * gets its banner and tone), and the active alarms. */
+async function recoverMissed() {
+  if (recoverMissed.busy) return;
+  recoverMissed.busy = true;
+  try {
+    const since = S.lastEventTs;
+    const [alarms, missed] = await Promise.all([
+      conn.call("alarms.active"),
+      since ? conn.call("events.query", { since, limit: 1000 }) : { events: [] },
+    ]);
+    for (const e of missed.events.slice().reverse()) {
+      if (S.seen.has(e.id)) continue;
+      if (e.priority === "emergency" && e.state === "active" && !S.alerted.has(e.id)) {
+        S.alerted.add(e.id);
+        cue(e);
+      }
+      onEvent(e);
     }
-    if (data.state === "active" || data.state === "cleared") refreshAlarms();
-    if (S.view) S.view.update("event", data);
+    setAlarms(alarms.alarms, true);
+  } catch { /* the next gap or reconnect tries again */ }
+  finally {
+    recoverMissed.busy = false;
   }
 }
 

@@ -77,6 +77,8 @@ impl Validator {
                 point,
                 kind,
                 for_ms: self.int(&p.key("for_ms"), r.for_ms, 0, 0, 86_400_000) as u64,
+                clear_for_ms: self.int(&p.key("clear_for_ms"), r.clear_for_ms, 0, 0, 86_400_000)
+                    as u64,
                 priority,
                 message: r.message,
             });

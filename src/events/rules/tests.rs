@@ -115,6 +115,42 @@ fn hysteresis_clears_only_past_clear_and_never_chatters() {
 }
 
 #[test]
+fn the_off_delay_clears_only_once_the_clear_condition_held_clear_for_ms() {
+    let rule = format!("{ABOVE}\nclear_for_ms = 3000");
+    let (mut e, t0) = setup(&rule);
+    sample(&mut e, 0, 95.0, at(t0, 0));
+    assert_eq!(sample(&mut e, 0, 95.0, at(t0, 2000)).len(), 1, "raised");
+    // A chattering input: back under clear, then over it again before 3 s: no clear.
+    assert!(sample(&mut e, 0, 80.0, at(t0, 3000)).is_empty());
+    assert!(sample(&mut e, 0, 80.0, at(t0, 5000)).is_empty());
+    assert!(sample(&mut e, 0, 87.0, at(t0, 5500)).is_empty());
+    let mut out = Vec::new();
+    e.tick(0, at(t0, 9000), &mut out);
+    assert!(out.is_empty(), "the dip was shorter than clear_for_ms");
+    // Under clear for 3 s: cleared, by sample ...
+    assert!(sample(&mut e, 0, 80.0, at(t0, 10_000)).is_empty());
+    let out = sample(&mut e, 0, 80.0, at(t0, 13_000));
+    assert_eq!(
+        kinds(&out),
+        [(EventType::ThresholdCleared, EventState::Cleared)]
+    );
+    // ... or by tick, when no sample comes after the dip began.
+    let (mut e, t0) = setup(&rule);
+    sample(&mut e, 0, 95.0, at(t0, 0));
+    sample(&mut e, 0, 95.0, at(t0, 2000));
+    sample(&mut e, 0, 80.0, at(t0, 3000));
+    let mut out = Vec::new();
+    e.tick(0, at(t0, 5999), &mut out);
+    assert!(out.is_empty());
+    e.tick(0, at(t0, 6000), &mut out);
+    assert_eq!(
+        kinds(&out),
+        [(EventType::ThresholdCleared, EventState::Cleared)]
+    );
+    assert_eq!(out[0].value, Some(Value::Float(80.0)));
+}
+
+#[test]
 fn below_and_outside_mirror_above() {
     let (mut e, t0) = setup(
         r#"[[rules]]
@@ -322,4 +358,62 @@ fn alarms_active_before_a_restart_are_not_raised_again() {
         kinds(&out),
         [(EventType::DeviceOnline, EventState::Cleared)]
     );
+}
+
+#[test]
+fn a_line_fault_raises_link_kind_once_and_three_good_polls_clear_it() {
+    use crate::modbus::link::{Fault, LinkError};
+    let (mut e, t0) = setup("");
+    let poll = |e: &mut Engine, r: Result<Value, PointError>, ms: u64| {
+        let mut out = Vec::new();
+        e.on_poll(
+            0,
+            &[(0, r), (1, Ok(Value::UInt(1)))],
+            0,
+            at(t0, ms),
+            &mut out,
+        );
+        out
+    };
+    let wrong_id = || {
+        Err(PointError::Link(LinkError::Protocol(
+            Fault::Id,
+            "answer does not match the request (transaction or unit id)".into(),
+        )))
+    };
+    let timeout = || {
+        Err(PointError::Link(LinkError::Timeout(Duration::from_millis(
+            500,
+        ))))
+    };
+    let good = || Ok(Value::Float(20.0));
+    let out = poll(&mut e, wrong_id(), 0);
+    assert_eq!(
+        kinds(&out),
+        [(EventType::DeviceAbnormal, EventState::Active)]
+    );
+    assert!(
+        out[0].message.starts_with("link:id: "),
+        "{}",
+        out[0].message
+    );
+    assert_eq!(out[0].alarm, Some(AlarmOp::Raise("link:d".into())));
+    assert!(poll(&mut e, wrong_id(), 100).is_empty(), "once per episode");
+    // Two good polls, then a timeout: not three in a row.
+    assert!(poll(&mut e, good(), 200).is_empty());
+    assert!(poll(&mut e, good(), 300).is_empty());
+    assert!(
+        poll(&mut e, timeout(), 400).is_empty(),
+        "a timeout is not a line fault"
+    );
+    assert!(poll(&mut e, good(), 500).is_empty());
+    assert!(poll(&mut e, good(), 600).is_empty());
+    let out = poll(&mut e, good(), 700);
+    assert_eq!(
+        kinds(&out),
+        [(EventType::DeviceAbnormal, EventState::Cleared)]
+    );
+    assert_eq!(out[0].alarm, Some(AlarmOp::Clear("link:d".into())));
+    // A timeout alone raises nothing here (the offline alarm's).
+    assert!(poll(&mut e, timeout(), 800).is_empty());
 }

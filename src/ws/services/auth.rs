@@ -73,13 +73,38 @@ pub async fn resume(ctx: Ctx) -> HandlerResult {
 }
 
 pub async fn logout(ctx: Ctx) -> HandlerResult {
-    let login = ctx.client.login.locked().take();
+    let login = ctx.client.login();
     if let Some(l) = login {
-        ctx.shared.auth.logout(&l.token);
+        // The sockets first, then the token: the expiry sweep must not see the token gone
+        // while its sockets are still registered (it would tell them "expired").
         ctx.shared
             .hub
-            .end_sessions(&l.token, "logout", ctx.client.id);
+            .end_session(&l.user, &l.token, "logout", ctx.client.id);
+        ctx.shared.auth.logout(&l.token);
     }
+    *ctx.client.login.locked() = None;
     ctx.shared.hub.unregister(ctx.client.id);
     Ok(json!({}))
+}
+
+/// Ends the sessions whose token expired (or was dropped) on every socket that still uses it,
+/// each told `push.session` `{"reason":"expired"}`; checked every second until `cancel`.
+pub async fn expire_sessions(
+    shared: std::sync::Arc<crate::ws::Shared>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for (user, token) in shared.hub.sessions() {
+            if !shared.auth.valid(&token) {
+                tracing::info!(%user, "session expired");
+                shared.hub.end_session(&user, &token, "expired", 0);
+                shared.auth.logout(&token);
+            }
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! handler. One file per family; every handler has the same shape.
 
 mod auth;
+pub use auth::expire_sessions;
 mod devices;
 mod events;
 mod push;

@@ -1,4 +1,4 @@
-//! `subscribe` and `push.setInterval`.
+//! `subscribe` (with `batchMs`: normal events merged) and `push.setInterval` (kept in the store).
 
 use std::time::Duration;
 
@@ -47,17 +47,31 @@ pub async fn subscribe(ctx: Ctx) -> HandlerResult {
         })?,
     };
     let telemetry = ctx.bool_or("telemetry", true)?;
+    let batch_ms = match ctx.opt_int("batchMs")? {
+        None | Some(0) => 0,
+        Some(ms) if (MIN_BATCH_MS..=MAX_BATCH_MS).contains(&ms) => ms as u32,
+        Some(_) => {
+            return Err(ServiceError::bad_request(format!(
+                "param `batchMs` must be 0 (off) or {MIN_BATCH_MS}..={MAX_BATCH_MS}"
+            )))
+        }
+    };
     let sub = Subscription {
         devices,
         event_mask,
         min_priority,
         telemetry,
+        batch_ms,
     };
     if !ctx.shared.hub.subscribe(ctx.client.id, sub) {
         return Err(ServiceError::new(401, "not logged in"));
     }
     Ok(json!({}))
 }
+
+/// `subscribe`'s `batchMs`: normal events merged into one `push.events` at most this often.
+pub const MIN_BATCH_MS: i64 = 50;
+pub const MAX_BATCH_MS: i64 = 5000;
 
 pub const MIN_INTERVAL_MS: i64 = 500;
 pub const MAX_INTERVAL_MS: i64 = 3_600_000;
@@ -72,6 +86,16 @@ pub async fn set_interval(ctx: Ctx) -> HandlerResult {
     ctx.shared
         .push_interval
         .send_replace(Duration::from_millis(ms as u64));
+    // Kept across a restart or a reload, until the config's own interval changes.
+    let config_ms = ctx.shared.config.push.interval.as_millis() as i64;
+    if !ctx
+        .shared
+        .store
+        .send(crate::store::StoreCmd::PushInterval { ms, config_ms })
+        .await
+    {
+        return Err(ServiceError::internal("the store is not running"));
+    }
     tracing::info!(user = ?ctx.client.login().map(|l| l.user), "push interval set to {ms} ms");
     Ok(json!({ "intervalMs": ms }))
 }

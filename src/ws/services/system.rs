@@ -1,7 +1,11 @@
 //! `system.stats`.
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use serde_json::json;
 
+use crate::config::Role;
+use crate::model::rfc3339;
 use crate::state;
 use crate::ws::context::{Ctx, HandlerResult};
 
@@ -11,7 +15,7 @@ pub async fn stats(ctx: Ctx) -> HandlerResult {
         let live = state::read(&s.live);
         (live.online_count(), live.devices.len())
     };
-    Ok(json!({
+    let mut stats = json!({
         "gatewayId": s.config.gateway.id,
         "version": env!("CARGO_PKG_VERSION"),
         "uptimeS": s.started.elapsed().as_secs(),
@@ -20,5 +24,34 @@ pub async fn stats(ctx: Ctx) -> HandlerResult {
         "pushIntervalMs": s.push_interval.borrow().as_millis() as u64,
         "storeHealthy": s.store.healthy.load(std::sync::atomic::Ordering::Relaxed),
         "rssBytes": crate::metrics::rss_bytes(),
-    }))
+    });
+    // Who is connected is for admins: a viewer sees the figures, not the others' addresses.
+    if ctx.client.login().is_some_and(|l| l.role == Role::Admin) {
+        stats["connections"] = connections(&ctx);
+    }
+    Ok(stats)
+}
+
+/// Every open connection: its user (null before a login), address, since when, its queue now
+/// against its capacity, pushes sent and dropped, and the snapshot period it gets.
+fn connections(ctx: &Ctx) -> serde_json::Value {
+    let base = *ctx.shared.push_interval.borrow();
+    ctx.shared
+        .hub
+        .connections()
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id,
+                "user": c.login().map(|l| l.user),
+                "remote": c.remote.map(|r| r.to_string()),
+                "connectedSince": rfc3339(c.connected_at),
+                "queue": c.queued(),
+                "queueCapacity": c.capacity(),
+                "sent": c.sent.load(Relaxed),
+                "dropped": c.dropped.load(Relaxed),
+                "snapshotPeriodMs": (base * c.snapshot_factor()).as_millis() as u64,
+            })
+        })
+        .collect()
 }
