@@ -267,8 +267,10 @@ pub async fn serve(listener: TcpListener, state: AppState, cancel: CancellationT
     let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            // Cancel first: a connection taken after the stop began would only be reset.
+            biased;
             () = cancel.cancelled() => break,
+            r = listener.accept() => r,
         };
         let (tcp, remote) = match accepted {
             Ok(c) => {

@@ -640,7 +640,12 @@ async fn login_stalled(s: &mut Stream) {
 
 /// Fifty devices of thirty points: snapshots of ~150 KB fill a stalled client's socket fast.
 async fn big_gateway(push: &str) -> (Gateway, tempfile::TempDir) {
-    let (_sim, addr, c) = start_sim(Profile::Bench(50)).await;
+    big_gateway_of(push, 50).await
+}
+
+/// `devices` devices of thirty points.
+async fn big_gateway_of(push: &str, devices: u8) -> (Gateway, tempfile::TempDir) {
+    let (_sim, addr, c) = start_sim(Profile::Bench(devices)).await;
     std::mem::forget(c);
     let dir = tempfile::tempdir().unwrap();
     let mut body = format!("{}{}", users_and_push(push), tcp_bus(&addr.to_string()));
@@ -648,7 +653,7 @@ async fn big_gateway(push: &str) -> (Gateway, tempfile::TempDir) {
         .map(|i| format!(r#"{{ id = "p{i}", table = "holding", address = {i}, type = "u16" }}"#))
         .collect();
     let _ = write!(body, "[templates.t]\npoints = [{}]\n", pts.join(", "));
-    for u in 1..=50 {
+    for u in 1..=devices {
         let _ = write!(body, "[[devices]]\nid = \"d{u}\"\nbus = \"b\"\nunit = {u}\ntemplate = \"t\"\npoll_interval_ms = 500\n");
     }
     let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
@@ -1218,4 +1223,94 @@ async fn batch_ms_merges_normal_events_and_an_emergency_goes_alone_at_once() {
         "{batches} push.events frames in {elapsed:.1} s"
     );
     gw.shutdown().await;
+}
+
+/// #13: a slow client (a tiny receive window, not reading) under `drop_oldest` and `drop_new`,
+/// a snapshot of 200 devices every 500 ms, and 20 emergency alarms: once it reads, it has every
+/// emergency in order, or it was disconnected (1008) — never a silent loss; a healthy client
+/// beside it has them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_gets_every_emergency_in_order_or_is_disconnected() {
+    use edge_gateway::config::Priority;
+    for policy in ["drop_oldest", "drop_new"] {
+        let push = format!(
+            "interval_ms = 500\nqueue_capacity = 100\noverflow = \"{policy}\"\nheartbeat_timeout_s = 600"
+        );
+        let (gw, _dir) = big_gateway_of(&push, 200).await;
+        let mut slow = stalled_client(gw.http_addr).await;
+        login_stalled(&mut slow).await;
+        let mut fast = Ws::connect(gw.http_addr).await;
+        fast.login("viewer", "viewer").await;
+        // The stalled client's socket is full of snapshots before the alarms come.
+        fast.next_push("push.snapshot").await;
+        fast.next_push("push.snapshot").await;
+        for i in 0..20 {
+            let ts = edge_gateway::model::now_ms();
+            gw.inject_draft(info_draft(
+                0,
+                Priority::Emergency,
+                &format!("alarm {i}"),
+                ts,
+            ))
+            .await;
+        }
+        let expected: Vec<String> = (0..20).map(|i| format!("alarm {i}")).collect();
+        // The healthy client: all of them, in order.
+        let mut got = Vec::new();
+        while got.len() < 20 {
+            let e = fast.next_push("push.event").await;
+            if let Some(m) = e["data"]["message"]
+                .as_str()
+                .filter(|m| m.starts_with("alarm "))
+            {
+                got.push(m.to_string());
+            }
+        }
+        assert_eq!(got, expected, "{policy}: the healthy client");
+        // The slow one, reading at last: every emergency in order, or closed with 1008.
+        let mut slow_got = Vec::new();
+        let mut closed = None;
+        while slow_got.len() < 20 {
+            match tokio::time::timeout(Duration::from_secs(30), slow.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let v: Json = serde_json::from_str(&t).unwrap();
+                    if v["service"] == "push.event" {
+                        if let Some(m) = v["data"]["message"]
+                            .as_str()
+                            .filter(|m| m.starts_with("alarm "))
+                        {
+                            slow_got.push(m.to_string());
+                        }
+                    }
+                }
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    closed = Some(f.map(|f| u16::from(f.code)));
+                    break;
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) => {
+                    closed = Some(None);
+                    break;
+                }
+                Err(e) => {
+                    panic!("{policy}: the slow client got {slow_got:?} and then nothing ({e})")
+                }
+            }
+        }
+        match closed {
+            None => assert_eq!(slow_got, expected, "{policy}: the slow client"),
+            Some(code) => {
+                assert!(
+                    code.is_none_or(|c| c == 1008),
+                    "{policy}: closed with {code:?}"
+                );
+                assert_eq!(
+                    slow_got[..],
+                    expected[..slow_got.len()],
+                    "{policy}: what came before the close came in order"
+                );
+            }
+        }
+        gw.shutdown().await;
+    }
 }

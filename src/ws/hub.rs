@@ -288,7 +288,18 @@ impl Client {
                 }
             }
         }
-        q.push_back(push);
+        if push.urgent {
+            // An urgent push goes ahead of queued snapshots and telemetry (a 200 KB snapshot
+            // must not hold an emergency back), never ahead of other events: each device's
+            // events keep their `deviceSeq` order on the wire.
+            let at = q
+                .iter()
+                .rposition(|p| p.kind == PushKind::Event)
+                .map_or(0, |last| last + 1);
+            q.insert(at, push);
+        } else {
+            q.push_back(push);
+        }
         drop(q);
         self.notify.notify_one();
         true
@@ -774,6 +785,31 @@ mod tests {
             token: token.into(),
         });
         c
+    }
+
+    #[test]
+    fn an_urgent_push_goes_ahead_of_snapshots_and_telemetry_but_not_of_events() {
+        let m = metrics();
+        let c = Client::new(1, 10, Overflow::DropOldest);
+        let urgent = |n| Push {
+            urgent: true,
+            ..push(PushKind::Event, n)
+        };
+        let order = |c: &Client| -> Vec<String> {
+            std::iter::from_fn(|| c.next())
+                .map(|p| p.frame.to_string())
+                .collect()
+        };
+        c.offer(push(PushKind::Event, 1), &m);
+        c.offer(push(PushKind::Snapshot, 2), &m);
+        c.offer(push(PushKind::Telemetry, 3), &m);
+        c.offer(urgent(4), &m);
+        assert_eq!(order(&c), ["1", "4", "2", "3"]);
+        // Behind a later event: it stays behind it (events keep their order).
+        c.offer(push(PushKind::Snapshot, 5), &m);
+        c.offer(push(PushKind::Event, 6), &m);
+        c.offer(urgent(7), &m);
+        assert_eq!(order(&c), ["5", "6", "7"]);
     }
 
     #[test]
