@@ -150,6 +150,8 @@ async fn connection_refused_marks_devices_offline_without_panic() {
         err.contains("cannot connect") || err.contains("link down"),
         "{err}"
     );
+    // Whether it is an attempt or the wait before the next one, the cause is named.
+    assert!(err.contains("refused"), "the cause: {err}");
     assert!(!online(&gw, "boiler") && !online(&gw, "pump"));
     // The HTTP side is unaffected.
     let body = healthz(gw.http_addr).await;

@@ -328,7 +328,7 @@ impl BusTask {
             self.metrics
                 .request(device, self.bus, result, started.elapsed());
             match r {
-                Err(LinkError::Down(_)) => return r,
+                Err(LinkError::Down { .. }) => return r,
                 Err(_) if attempt < retries => attempt += 1,
                 _ => return r,
             }
@@ -416,7 +416,7 @@ impl BusTask {
             match self.link.write(unit, address, op.clone()).await {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(code)) => return Err(WriteError::Exception(code)),
-                Err(e @ LinkError::Down(_)) => return Err(WriteError::Link(e)),
+                Err(e @ LinkError::Down { .. }) => return Err(WriteError::Link(e)),
                 Err(_) if attempt < retries => attempt += 1,
                 Err(e) => return Err(WriteError::Link(e)),
             }

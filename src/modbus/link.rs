@@ -39,8 +39,10 @@ pub enum LinkError {
     Timeout(Duration),
     #[error("cannot connect to {target}: {reason}")]
     Connect { target: String, reason: String },
-    #[error("link down, next connect attempt in {0:?}")]
-    Down(Duration),
+    /// Waiting out the reconnect backoff; `cause` is why the last attempt failed. In whole
+    /// seconds: the text goes into events and the log, where a nanosecond figure is noise.
+    #[error("link down ({cause}); next connect attempt in {} s", .retry_in.as_secs_f64().ceil())]
+    Down { retry_in: Duration, cause: String },
     #[error("transport error: {0}")]
     Transport(String),
     #[error("protocol error: {1}")]
@@ -80,7 +82,7 @@ impl LinkError {
         match self {
             LinkError::Protocol(f, _) => Some(f.as_str()),
             LinkError::Transport(_) => Some("transport"),
-            LinkError::Timeout(_) | LinkError::Connect { .. } | LinkError::Down(_) => None,
+            LinkError::Timeout(_) | LinkError::Connect { .. } | LinkError::Down { .. } => None,
         }
     }
 
@@ -88,7 +90,7 @@ impl LinkError {
     pub fn kind(&self) -> &'static str {
         match self {
             LinkError::Timeout(_) => "timeout",
-            LinkError::Connect { .. } | LinkError::Down(_) => "connect",
+            LinkError::Connect { .. } | LinkError::Down { .. } => "connect",
             LinkError::Transport(_) => "transport",
             LinkError::Protocol(..) => "protocol",
         }
@@ -124,6 +126,8 @@ pub struct Link {
     ctx: Option<Context>,
     /// No connect attempt before this instant (exponential backoff with jitter).
     reconnect_at: Option<Instant>,
+    /// Why the last connect attempt failed, said while waiting to retry.
+    last_cause: String,
     backoff: Backoff,
     last_request_end: Option<Instant>,
 }
@@ -136,6 +140,7 @@ impl Link {
             inter_request_delay,
             ctx: None,
             reconnect_at: None,
+            last_cause: String::new(),
             backoff: BACKOFF,
             last_request_end: None,
         }
@@ -149,7 +154,10 @@ impl Link {
         if self.ctx.is_none() {
             let now = Instant::now();
             if let Some(at) = self.reconnect_at.filter(|&at| at > now) {
-                return Err(LinkError::Down(at - now));
+                return Err(LinkError::Down {
+                    retry_in: at - now,
+                    cause: self.last_cause.clone(),
+                });
             }
             match open(self.cfg.clone(), self.timeout).await {
                 Ok(ctx) => {
@@ -159,6 +167,7 @@ impl Link {
                 }
                 Err(e) => {
                     self.reconnect_at = Some(Instant::now() + self.backoff.fail());
+                    self.last_cause = e.to_string();
                     return Err(e);
                 }
             }
@@ -385,9 +394,23 @@ fn describe(cfg: &config::Link) -> String {
 }
 
 #[cfg(test)]
-mod serial_cause_tests {
+mod tests {
     use super::serial_cause;
+    use super::{Duration, LinkError};
     use std::io::ErrorKind;
+
+    #[test]
+    fn a_link_down_names_its_cause_and_waits_in_whole_seconds() {
+        let e = LinkError::Down {
+            retry_in: Duration::from_nanos(352_642_378),
+            cause: "cannot connect to 10.0.0.5:502: Connection refused (os error 111)".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "link down (cannot connect to 10.0.0.5:502: Connection refused (os error 111)); \
+             next connect attempt in 1 s"
+        );
+    }
 
     #[test]
     fn a_missing_port_and_a_refused_one_say_what_to_do() {
