@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+mod builtin;
+
 use super::{AlarmOp, Draft, EventState, EventType};
-use crate::config::{Config, Priority, RuleKind};
+use crate::config::{Config, RuleKind};
 use crate::modbus::bus::PointError;
 use crate::model::{Millis, Value};
 
@@ -141,123 +143,6 @@ impl Engine {
         self.rules.len()
     }
 
-    /// A device came online or went offline.
-    pub fn on_status(
-        &mut self,
-        device: usize,
-        online: bool,
-        reason: &str,
-        ts: Millis,
-        now: Instant,
-        out: &mut Vec<Draft>,
-    ) {
-        let key = offline_key(&self.device_ids[device]);
-        let was = self.online[device].replace(online);
-        let draft = |kind, priority, state, message: String, alarm| Draft {
-            device,
-            point: None,
-            kind,
-            priority,
-            value: None,
-            message,
-            state,
-            ts,
-            alarm,
-            at: now,
-        };
-        if online {
-            if self.raised.remove(&key) {
-                out.push(draft(
-                    EventType::DeviceOnline,
-                    Priority::Normal,
-                    EventState::Cleared,
-                    "device answering again".into(),
-                    Some(AlarmOp::Clear(key)),
-                ));
-            } else if was.is_none() {
-                out.push(draft(
-                    EventType::DeviceOnline,
-                    Priority::Normal,
-                    EventState::Info,
-                    "device online".into(),
-                    None,
-                ));
-            }
-        } else if self.raised.insert(key.clone()) {
-            out.push(draft(
-                EventType::DeviceOffline,
-                Priority::High,
-                EventState::Active,
-                format!("device offline: {reason}"),
-                Some(AlarmOp::Raise(key)),
-            ));
-        }
-    }
-
-    /// A device's whole poll, before its points: an answer that was wrong rather than missing
-    /// (garbage, another request's ids, another function, a short answer, a reset mid-answer)
-    /// raises `device_abnormal` with reason `link:<kind>` once per episode; three good polls in
-    /// a row clear it. Timeouts and refused connections are the offline alarm's.
-    pub fn on_poll(
-        &mut self,
-        device: usize,
-        results: &[(usize, Result<Value, PointError>)],
-        ts: Millis,
-        now: Instant,
-        out: &mut Vec<Draft>,
-    ) {
-        let fault = results.iter().find_map(|(_, r)| match r {
-            Err(PointError::Link(e)) => e.line_fault().map(|kind| (kind, e)),
-            _ => None,
-        });
-        let good = !results
-            .iter()
-            .any(|(_, r)| matches!(r, Err(PointError::Link(_))));
-        let draft = |state, priority, message, alarm| Draft {
-            device,
-            point: None,
-            kind: EventType::DeviceAbnormal,
-            priority,
-            value: None,
-            message,
-            state,
-            ts,
-            alarm: Some(alarm),
-            at: now,
-        };
-        if let Some((kind, e)) = fault {
-            self.link_good[device] = 0;
-            if !self.link_raised[device] {
-                self.link_raised[device] = true;
-                let key = link_key(&self.device_ids[device]);
-                self.raised.insert(key.clone());
-                let message = format!("link:{kind}: {e}");
-                out.push(draft(
-                    EventState::Active,
-                    Priority::High,
-                    message,
-                    AlarmOp::Raise(key),
-                ));
-            }
-        } else if !good {
-            self.link_good[device] = 0;
-        } else if self.link_raised[device] {
-            self.link_good[device] += 1;
-            if self.link_good[device] >= LINK_CLEAR_AFTER {
-                self.link_raised[device] = false;
-                let key = link_key(&self.device_ids[device]);
-                self.raised.remove(&key);
-                let message = format!("link good again ({LINK_CLEAR_AFTER} good polls in a row)");
-                out.push(draft(
-                    EventState::Cleared,
-                    Priority::High,
-                    message,
-                    AlarmOp::Clear(key),
-                ));
-            }
-        }
-    }
-
     /// One point's poll result.
     pub fn on_sample(
         &mut self,
@@ -282,71 +167,6 @@ impl Engine {
             self.evaluate(r, x, v, ts, now, out);
         }
         self.by_point.insert((device, point), rules);
-    }
-
-    fn builtin_abnormal(
-        &mut self,
-        device: usize,
-        point: usize,
-        result: &Result<Value, PointError>,
-        ts: Millis,
-        now: Instant,
-        out: &mut Vec<Draft>,
-    ) {
-        let problem = match result {
-            Err(PointError::Exception(_) | PointError::Decode(_)) => {
-                Some(result.as_ref().unwrap_err().to_string())
-            }
-            // A link fault is the device's, not the point's: the offline alarm covers it.
-            Err(PointError::Link(_)) => return,
-            Ok(v) => {
-                let (min, max) = self.min_max[device][point];
-                match v.as_f64() {
-                    Some(x) if min.is_some_and(|m| x < m) || max.is_some_and(|m| x > m) => {
-                        Some(format!(
-                            "value {x} outside the valid range {}..{}",
-                            min.map(|m| m.to_string()).unwrap_or_default(),
-                            max.map(|m| m.to_string()).unwrap_or_default()
-                        ))
-                    }
-                    _ => None,
-                }
-            }
-        };
-        let raised = self.abnormal[device][point];
-        if problem.is_some() == raised {
-            return;
-        }
-        self.abnormal[device][point] = !raised;
-        let key = abnormal_key(&self.device_ids[device], &self.point_ids[device][point]);
-        let value = result.as_ref().ok().cloned();
-        match problem {
-            Some(msg) if self.raised.insert(key.clone()) => out.push(Draft {
-                device,
-                point: Some(point),
-                kind: EventType::DeviceAbnormal,
-                priority: Priority::High,
-                value,
-                message: msg,
-                state: EventState::Active,
-                ts,
-                alarm: Some(AlarmOp::Raise(key)),
-                at: now,
-            }),
-            None if self.raised.remove(&key) => out.push(Draft {
-                device,
-                point: Some(point),
-                kind: EventType::DeviceAbnormal,
-                priority: Priority::Normal,
-                value,
-                message: "value good again".into(),
-                state: EventState::Cleared,
-                ts,
-                alarm: Some(AlarmOp::Clear(key)),
-                at: now,
-            }),
-            _ => {}
-        }
     }
 
     /// A draft for rule `r`; `when` is the sample's wall time and read instant.

@@ -3,6 +3,7 @@
 
 pub mod admit;
 pub mod auth;
+pub mod client;
 pub mod context;
 pub mod hub;
 pub mod push;

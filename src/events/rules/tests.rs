@@ -1,6 +1,7 @@
 //! Unit tests of `events/rules.rs`.
 
 use super::*;
+use crate::config::Priority;
 use crate::model::Value;
 
 fn setup(rules: &str) -> (Engine, Instant) {
