@@ -172,6 +172,21 @@ async fn client_json(mut child: std::process::Child) -> Json {
     serde_json::from_str(&line).unwrap()
 }
 
+/// Until every client of the child process is connected and logged in.
+async fn all_logged_in(gw: &edge_gateway::Gateway) {
+    let m = &gw.metrics.push;
+    while m.clients.load(Relaxed) < CLIENTS as i64 || gw.shared.hub.len() < CLIENTS {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Until the server has noticed every client leave, before the next run.
+async fn all_gone(gw: &edge_gateway::Gateway) {
+    while gw.metrics.push.clients.load(Relaxed) > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The ~1 KB push carrying its send time.
 fn timed_frame() -> String {
     json!({"service": "push.event", "data": {"sentUs": now_us(), "pad": "x".repeat(900)}})
@@ -185,9 +200,7 @@ fn stop_frame() -> String {
 async fn run(gw: &edge_gateway::Gateway, token: &str, stalled: usize, secs: u64) -> Run {
     let child = spawn_clients(&gw.http_addr.to_string(), token, stalled, secs);
     let m = &gw.metrics.push;
-    while m.clients.load(Relaxed) < CLIENTS as i64 || gw.shared.hub.len() < CLIENTS {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    all_logged_in(gw).await;
     let (sent0, dropped0) = (
         m.count(PushKind::Event, false),
         m.count(PushKind::Event, true),
@@ -220,10 +233,7 @@ async fn run(gw: &edge_gateway::Gateway, token: &str, stalled: usize, secs: u64)
     });
     let rss_mb = status_kb("VmRSS") as f64 / 1024.0;
     let (received, p50, p99) = client_results(child).await;
-    // Let the server notice the clients leaving before the next run.
-    while m.clients.load(Relaxed) > 0 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    all_gone(gw).await;
     Run {
         received,
         p50,
@@ -256,10 +266,7 @@ async fn run_emergencies(
 ) -> (u64, u64, Json, f64, f64) {
     use edge_gateway::config::Priority;
     let child = spawn_clients(&gw.http_addr.to_string(), token, SLOW, secs);
-    let m = &gw.metrics.push;
-    while m.clients.load(Relaxed) < CLIENTS as i64 || gw.shared.hub.len() < CLIENTS {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    all_logged_in(gw).await;
     let snapshot = Utf8Bytes::from(snapshot_frame());
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
     let shared = gw.shared.clone();
@@ -306,9 +313,7 @@ async fn run_emergencies(
     });
     let rss_mb = status_kb("VmRSS") as f64 / 1024.0;
     let r = client_json(child).await;
-    while m.clients.load(Relaxed) > 0 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    all_gone(gw).await;
     let got = r["em_count"].as_u64().unwrap();
     (got, sent * (CLIENTS - SLOW) as u64, r, cpu_pct, rss_mb)
 }

@@ -181,7 +181,7 @@ impl Client {
 
     /// The same, connected from `remote`.
     #[must_use]
-    pub fn from(mut self, remote: std::net::SocketAddr) -> Client {
+    pub fn connected_from(mut self, remote: std::net::SocketAddr) -> Client {
         self.remote = Some(remote);
         self
     }

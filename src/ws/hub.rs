@@ -206,7 +206,7 @@ impl Hub {
     /// ends it on all of them; so does its expiry): each is told with `push.session` and is not
     /// logged in from then on. The socket `except` (the one logging out, which gets its reply
     /// instead) is only unregistered.
-    pub fn end_session(&self, user: &str, token: &str, reason: &str, except: u64) {
+    pub fn end_session(&self, user: &str, token: &str, reason: &str, except: Option<u64>) {
         self.end(user, Some(token), reason, except);
     }
 
@@ -214,10 +214,16 @@ impl Hub {
     /// role: `"user changed"`). Returns the clients told, so a caller can wait for them to
     /// have been sent the news.
     pub fn end_user_sessions(&self, user: &str, reason: &str) -> Vec<Arc<Client>> {
-        self.end(user, None, reason, 0)
+        self.end(user, None, reason, None)
     }
 
-    fn end(&self, user: &str, token: Option<&str>, reason: &str, except: u64) -> Vec<Arc<Client>> {
+    fn end(
+        &self,
+        user: &str,
+        token: Option<&str>,
+        reason: &str,
+        except: Option<u64>,
+    ) -> Vec<Arc<Client>> {
         let ended: Vec<Arc<Client>> = {
             let mut r = self.write();
             let ids = r.connections(user, token);
@@ -230,7 +236,7 @@ impl Hub {
         );
         for c in &ended {
             *c.login.locked() = None;
-            if c.id != except {
+            if Some(c.id) != except {
                 c.offer(session_push(&frame), &self.metrics);
             }
         }

@@ -110,7 +110,8 @@ async fn connection(
 ) {
     let id = shared.next_client_id.fetch_add(1, Relaxed);
     let push = &shared.config.push;
-    let client = Arc::new(Client::new(id, push.queue_capacity, push.overflow).from(remote));
+    let client =
+        Arc::new(Client::new(id, push.queue_capacity, push.overflow).connected_from(remote));
     shared.hub.open(client.clone());
     shared.metrics.push.clients.fetch_add(1, Relaxed);
     let (sink, mut stream) = socket.split();

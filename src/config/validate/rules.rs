@@ -155,6 +155,21 @@ impl Validator {
                 return None;
             }
         };
+        // Only a threshold alarm has a clear condition to hold: elsewhere the key would be
+        // silently ignored.
+        let thresholds = matches!(
+            kind,
+            RuleKind::Above { .. } | RuleKind::Below { .. } | RuleKind::Outside { .. }
+        );
+        if r.clear_for_ms.is_some() && !thresholds {
+            self.err(
+                &p.key("clear_for_ms"),
+                format!(
+                    "only applies to kind = above, below or outside (this rule is `{}`)",
+                    r.kind
+                ),
+            );
+        }
         Some(kind)
     }
 }
@@ -207,6 +222,21 @@ mod tests {
         assert_eq!(found.len(), 3, "{found:?}");
         assert!(
             found.iter().any(|(p, _)| p == "rules[2].per_s"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn clear_for_ms_applies_to_threshold_rules_only() {
+        let found = problems(
+            "[[rules]]\nid = \"a\"\ndevice = \"boiler\"\npoint = \"temp\"\nkind = \"above\"\nthreshold = 90.0\nclear_for_ms = 5000\n\
+             [[rules]]\nid = \"b\"\ndevice = \"boiler\"\npoint = \"temp\"\nkind = \"rate\"\nper_s = 1.0\nclear_for_ms = 5000\n\
+             [[rules]]\nid = \"c\"\ndevice = \"boiler\"\npoint = \"temp\"\nkind = \"above\"\nthreshold = 90.0\nclear_for_ms = -1\n",
+        );
+        let paths: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["rules[1].clear_for_ms", "rules[2].clear_for_ms"],
             "{found:?}"
         );
     }

@@ -17,6 +17,62 @@ fn metrics() -> Arc<Metrics> {
     Arc::new(Metrics::new(vec!["a".into(), "b".into()], vec![]))
 }
 
+/// A log written into memory, for the lines a test expects once.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.locked().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn drops_are_logged_once_per_episode_and_counted_by_priority() {
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let lines = |what: &str| {
+        String::from_utf8_lossy(&log.0.locked())
+            .lines()
+            .filter(|l| l.contains(what))
+            .count()
+    };
+    let m = metrics();
+    let c = Client::new(1, 2, Overflow::DropNew);
+    let event = |n| Push {
+        priority: Some(Priority::Normal),
+        ..push(PushKind::Event, n)
+    };
+    for n in 0..5 {
+        c.offer(event(n), &m);
+    }
+    // Three dropped: one line for the episode, each counted, by priority too.
+    assert_eq!(lines("client too slow"), 1);
+    assert_eq!(c.dropped.load(Relaxed), 3);
+    assert_eq!(m.push.count(PushKind::Event, true), 3);
+    assert_eq!(
+        m.push.event_drops[Priority::Normal.rank() as usize].load(Relaxed),
+        3
+    );
+    // Drained: the episode ends with its count; the next drop starts a new one.
+    while c.next().is_some() {}
+    c.caught_up();
+    assert_eq!(lines("caught up after dropping 3 pushes"), 1);
+    for n in 0..3 {
+        c.offer(event(n), &m);
+    }
+    assert_eq!(lines("client too slow"), 2);
+}
+
 #[test]
 fn overflow_policies_drop_and_count() {
     let m = metrics();
@@ -142,7 +198,7 @@ fn a_session_ends_on_every_socket_of_its_token_and_a_user_on_all_of_theirs() {
         (1, 1, 1, 0)
     );
     // Logout on socket 1: socket 2 (same token) is told, socket 3 keeps its session.
-    hub.end_session("ann", "t1", "logout", 1);
+    hub.end_session("ann", "t1", "logout", Some(1));
     assert_eq!(a1.queued(), 1, "the one logging out gets its reply instead");
     a2.next();
     assert!(a2.next().unwrap().frame.contains("logout"));

@@ -79,7 +79,7 @@ pub async fn logout(ctx: Ctx) -> HandlerResult {
         // while its sockets are still registered (it would tell them "expired").
         ctx.shared
             .hub
-            .end_session(&l.user, &l.token, "logout", ctx.client.id);
+            .end_session(&l.user, &l.token, "logout", Some(ctx.client.id));
         ctx.shared.auth.logout(&l.token);
     }
     *ctx.client.login.locked() = None;
@@ -102,7 +102,7 @@ pub async fn expire_sessions(
         for (user, token) in shared.hub.sessions() {
             if !shared.auth.valid(&token) {
                 tracing::info!(%user, "session expired");
-                shared.hub.end_session(&user, &token, "expired", 0);
+                shared.hub.end_session(&user, &token, "expired", None);
                 shared.auth.logout(&token);
             }
         }
