@@ -21,32 +21,49 @@ pub const EXIT_LINK: i32 = 3;
 /// Bad arguments or config (EX_USAGE / EX_CONFIG style; 2 is taken by exceptions).
 pub const EXIT_USAGE: i32 = 64;
 
-/// A link given on the command line: `--tcp HOST:PORT` or `--serial DEV [--baud N] [--parity P]`.
-pub fn link_from_args(
-    tcp: Option<String>,
-    serial: Option<String>,
-    baud: u32,
-    parity: &str,
-) -> Result<Link, String> {
-    match (tcp, serial) {
-        (Some(address), None) => Ok(Link::Tcp { address }),
-        (None, Some(port)) => Ok(Link::Rtu {
-            port,
-            baud,
-            parity: match parity {
-                "none" => Parity::None,
-                "even" => Parity::Even,
-                "odd" => Parity::Odd,
-                other => {
-                    return Err(format!(
-                        "unknown parity `{other}` (expected none, even or odd)"
-                    ))
-                }
-            },
-            data_bits: 8,
-            stop_bits: 1,
-        }),
-        _ => Err("give exactly one of --tcp HOST:PORT or --serial DEV".into()),
+/// A link as given on the command line (SPEC.md's LINK).
+pub struct LinkSpec {
+    /// `--tcp HOST[:PORT]`
+    pub tcp: Option<String>,
+    /// `--rtu-over-tcp HOST:PORT`
+    pub rtu_over_tcp: Option<String>,
+    /// `--serial DEV`, with the line settings below.
+    pub serial: Option<String>,
+    pub baud: u32,
+    pub parity: String,
+    pub data_bits: u8,
+    pub stop_bits: u8,
+}
+
+/// The link a [`LinkSpec`] names; exactly one of its three kinds.
+pub fn link_from_args(spec: LinkSpec) -> Result<Link, String> {
+    match (spec.tcp, spec.rtu_over_tcp, spec.serial) {
+        (Some(address), None, None) => Ok(Link::Tcp { address }),
+        (None, Some(address), None) => Ok(Link::RtuOverTcp { address }),
+        (None, None, Some(port)) => {
+            if !(5..=8).contains(&spec.data_bits) || !(1..=2).contains(&spec.stop_bits) {
+                return Err("--data-bits takes 5 to 8 and --stop-bits 1 or 2".into());
+            }
+            Ok(Link::Rtu {
+                port,
+                baud: spec.baud,
+                parity: match spec.parity.as_str() {
+                    "none" => Parity::None,
+                    "even" => Parity::Even,
+                    "odd" => Parity::Odd,
+                    other => {
+                        return Err(format!(
+                            "unknown parity `{other}` (expected none, even or odd)"
+                        ))
+                    }
+                },
+                data_bits: spec.data_bits,
+                stop_bits: spec.stop_bits,
+            })
+        }
+        _ => Err(
+            "give exactly one of --tcp HOST:PORT, --rtu-over-tcp HOST:PORT or --serial DEV".into(),
+        ),
     }
 }
 

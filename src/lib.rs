@@ -12,7 +12,8 @@
 //! - [`backoff`]: exponential backoff with jitter, for every retry loop.
 //! - [`sync`]: locks used as they are after a panic elsewhere (one idiom, written once).
 //! - [`modbus`]: codec (types, byte/word order, scale), read planner, bus scheduler (one task per
-//!   link), the client link with deadlines and backoff, server framing, and the simulator.
+//!   link), the client link with deadlines and backoff, the RTU client framing (silences, CRC),
+//!   server framing, and the simulator.
 //! - [`gateway`]: starts every stage from a valid config, reloads it as a difference, stops it
 //!   with the store flushed last.
 //! - [`pipeline`]: bus events → rules → live state → pushes and the store.

@@ -107,6 +107,9 @@ struct LinkArgs {
     /// Modbus TCP device, HOST:PORT.
     #[arg(long)]
     tcp: Option<String>,
+    /// RTU frames over TCP to a serial server, HOST:PORT.
+    #[arg(long)]
+    rtu_over_tcp: Option<String>,
     /// Modbus RTU serial device, e.g. /dev/ttyUSB0.
     #[arg(long)]
     serial: Option<String>,
@@ -114,6 +117,10 @@ struct LinkArgs {
     baud: u32,
     #[arg(long, default_value = "none")]
     parity: String,
+    #[arg(long, default_value_t = 8)]
+    data_bits: u8,
+    #[arg(long, default_value_t = 1)]
+    stop_bits: u8,
     /// How long to wait for the answer.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
@@ -142,7 +149,15 @@ struct AtArgs {
 }
 
 fn target(link: LinkArgs, at: AtArgs) -> Result<Target, String> {
-    let l = cli::link_from_args(link.tcp, link.serial, link.baud, &link.parity)?;
+    let l = cli::link_from_args(cli::LinkSpec {
+        tcp: link.tcp,
+        rtu_over_tcp: link.rtu_over_tcp,
+        serial: link.serial,
+        baud: link.baud,
+        parity: link.parity,
+        data_bits: link.data_bits,
+        stop_bits: link.stop_bits,
+    })?;
     let (table, format) = cli::format_from_args(
         &at.table,
         at.data_type.as_deref(),

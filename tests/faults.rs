@@ -465,22 +465,6 @@ async fn a_point_whose_polls_stop_arriving_turns_stale_and_good_again() {
     gw.shutdown().await;
 }
 
-/// The pump's `device_abnormal` events with a `link:` reason, oldest first.
-async fn link_events(gw: &Gateway) -> Vec<serde_json::Value> {
-    gw.settle().await;
-    let conn = edge_gateway::store::open_reader(&gw.config.gateway.data_dir).unwrap();
-    let f = edge_gateway::store::EventFilter {
-        device_id: Some("pump".into()),
-        kind: Some("device_abnormal".into()),
-        limit: 1000,
-        ..Default::default()
-    };
-    let mut v = edge_gateway::store::query_events(&conn, &gw.config, &f).unwrap();
-    v.retain(|e| e["message"].as_str().is_some_and(|m| m.starts_with("link")));
-    v.reverse();
-    v
-}
-
 /// SPEC: wrong ids, garbage and other answers that are wrong rather than missing raise
 /// `device_abnormal` with reason `link:<kind>` once per episode, cleared after 3 good polls.
 #[tokio::test]
@@ -493,8 +477,11 @@ async fn a_wrong_answer_raises_device_abnormal_with_its_link_kind_once_per_episo
         let (gw, _dir) = pump_fault_leaves_boiler_polling(fault.clone(), "error").await;
         // The helper ends with the fault cleared and the pump good again: raised once, cleared
         // once the line had been good three polls in a row.
-        wait_for_async("the clear", || async { link_events(&gw).await.len() >= 2 }).await;
-        let events = link_events(&gw).await;
+        wait_for_async("the clear", || async {
+            link_events(&gw, "pump").await.len() >= 2
+        })
+        .await;
+        let events = link_events(&gw, "pump").await;
         let states: Vec<_> = events
             .iter()
             .map(|e| e["state"].as_str().unwrap())

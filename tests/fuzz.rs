@@ -303,6 +303,9 @@ async fn the_websocket_envelope_and_every_service_take_any_input() {
 /// Answers for a read of 3 holding registers at 0 from unit 1, as a device might mangle them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modbus_tcp_and_rtu_answers_are_parsed_against_their_request() {
+    use edge_gateway::modbus::codec::Table;
+    use edge_gateway::modbus::link::LinkError;
+    use edge_gateway::modbus::rtu::{LineTiming, Rtu};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_modbus::client::Reader;
     use tokio_modbus::Slave;
@@ -319,13 +322,9 @@ async fn modbus_tcp_and_rtu_answers_are_parsed_against_their_request() {
         let input = run.next(&mut rng);
         let _w = Witness(&input);
         // Each transport reads the same bytes as its answer: an in-memory pipe, no sockets.
+        // TCP is tokio-modbus's client, RTU the gateway's own framing.
         for rtu in [false, true] {
             let (client, mut server) = tokio::io::duplex(4096);
-            let mut ctx = if rtu {
-                tokio_modbus::client::rtu::attach_slave(client, Slave(1))
-            } else {
-                tokio_modbus::client::tcp::attach_slave(client, Slave(1))
-            };
             let answer = input.clone();
             let device = tokio::spawn(async move {
                 let mut req = [0u8; 64];
@@ -333,16 +332,32 @@ async fn modbus_tcp_and_rtu_answers_are_parsed_against_their_request() {
                 let _ = server.write_all(&answer).await;
                 // Then the end of the stream: a short answer ends in an error, not a wait.
             });
-            let r =
-                tokio::time::timeout(Duration::from_millis(500), ctx.read_holding_registers(0, 3))
-                    .await;
-            device.abort();
-            let outcome = match r {
-                Err(_) => "timeout".to_string(),
-                Ok(Err(e)) => format!("{rtu} error {}", head(&e.to_string())),
-                Ok(Ok(Err(x))) => format!("{rtu} exception {x:?}"),
-                Ok(Ok(Ok(regs))) => format!("{rtu} ok {}", regs.len()),
+            let outcome = if rtu {
+                let mut line = Rtu::new(Box::new(client), LineTiming::NONE);
+                match line
+                    .read(1, Table::Holding, 0, 3, Duration::from_millis(500))
+                    .await
+                {
+                    Err(LinkError::Timeout(_)) => "timeout".to_string(),
+                    Err(e) => format!("rtu error {}", head(&e.to_string())),
+                    Ok(Err(x)) => format!("rtu exception {x}"),
+                    Ok(Ok(_)) => "rtu ok".to_string(),
+                }
+            } else {
+                let mut ctx = tokio_modbus::client::tcp::attach_slave(client, Slave(1));
+                let r = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    ctx.read_holding_registers(0, 3),
+                )
+                .await;
+                match r {
+                    Err(_) => "timeout".to_string(),
+                    Ok(Err(e)) => format!("tcp error {}", head(&e.to_string())),
+                    Ok(Ok(Err(x))) => format!("tcp exception {x:?}"),
+                    Ok(Ok(Ok(regs))) => format!("tcp ok {}", regs.len()),
+                }
             };
+            device.abort();
             run.outcome(input.clone(), outcome);
         }
     }

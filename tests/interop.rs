@@ -1,6 +1,6 @@
-//! Interop with Modbus code we did not write: pymodbus as a TCP server and as an RTU server on a
-//! socat pty pair. Needs `EDGE_PYMODBUS_PYTHON` (a python with pymodbus; `.ci/run` makes one);
-//! without it every test here says it was skipped.
+//! Interop with Modbus code we did not write: pymodbus as a TCP server, as an RTU server on a
+//! socat pty pair and as an RTU-over-TCP server. Needs `EDGE_PYMODBUS_PYTHON` (a python with
+//! pymodbus; `.ci/run` makes one); without it every test here says it was skipped.
 
 mod common;
 
@@ -201,6 +201,42 @@ async fn pymodbus_tcp_every_type_and_order_reads_and_writes() {
     .unwrap();
     check_every_type_and_order(&gw).await;
     gw.shutdown().await;
+}
+
+/// SPEC `kind = "rtu_over_tcp"`: RTU frames with CRC on a TCP socket, against pymodbus's RTU
+/// framer on a TCP server (how a serial server in transparent mode carries them).
+#[tokio::test]
+async fn pymodbus_rtu_over_tcp_every_type_and_order_reads_and_writes() {
+    let Some(py) = python() else { return };
+    let (_server, port) = start_pymodbus(&py, "rtu_over_tcp", "0");
+    let bus = format!(
+        "[[buses]]\nname = \"b\"\nkind = \"rtu_over_tcp\"\naddress = \"127.0.0.1:{port}\"\ntimeout_ms = 500\nretries = 1\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(dir.path(), &format!("{bus}{}", points())))
+        .await
+        .unwrap();
+    check_every_type_and_order(&gw).await;
+    gw.shutdown().await;
+    let at = format!("127.0.0.1:{port}");
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        cli(&[
+            "read",
+            "--rtu-over-tcp",
+            &at,
+            "--unit",
+            "1",
+            "--table",
+            "holding",
+            "--address",
+            "4",
+            "--type",
+            "u64",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!((code, out.trim()), (0, "72623859790382856"), "{err}");
 }
 
 fn cli(args: &[&str]) -> (i32, String, String) {

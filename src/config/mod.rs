@@ -115,6 +115,8 @@ pub enum Link {
         /// `host:port`; resolved at each connect so a DHCP-renumbered PLC is found again.
         address: String,
     },
+    /// RTU frames (with CRC) over TCP to a serial server in transparent mode.
+    RtuOverTcp { address: String },
     Rtu {
         port: String,
         baud: u32,

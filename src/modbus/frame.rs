@@ -1,7 +1,6 @@
 //! Server-side Modbus framing: the PDU handler over a register map, MBAP (TCP) and RTU frames.
 //!
-//! tokio-modbus is the gateway's client. The simulator and the scripted fault device need the
-//! other end with byte-level control (wrong transaction ids, bad CRCs, half frames), so the
+//! The simulator and the scripted fault device need the server end with byte-level control (wrong transaction ids, bad CRCs, half frames), so the
 //! server side is this small module.
 
 /// The register map of one simulated unit.

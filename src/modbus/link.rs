@@ -9,6 +9,7 @@ use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{ProtocolError, Slave};
 
 use super::codec::Table;
+use super::rtu::{LineTiming, Rtu};
 use crate::backoff::Backoff;
 use crate::config::{self, Parity};
 
@@ -50,12 +51,15 @@ pub enum LinkError {
 }
 
 /// What was wrong with an answer that arrived: the reason of a `device_abnormal` event
-/// (`link:<kind>`). A CRC error on RTU is not among them: tokio-modbus drops the bad bytes and
-/// waits on, so it ends as a timeout.
+/// (`link:<kind>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// Bytes that do not decode as a frame.
     Garbage,
+    /// An RTU frame whose CRC does not match: noise on the line, a bad termination.
+    Crc,
+    /// An answer that began and stopped before its length (RTU).
+    Truncated,
     /// The answer to another request: transaction or unit id.
     Id,
     /// Another function code than the request's.
@@ -68,6 +72,8 @@ impl Fault {
     pub fn as_str(self) -> &'static str {
         match self {
             Fault::Garbage => "garbage",
+            Fault::Crc => "crc",
+            Fault::Truncated => "truncated",
             Fault::Id => "id",
             Fault::Function => "function",
             Fault::Length => "length",
@@ -119,11 +125,17 @@ pub type Reply<T> = Result<Result<T, u8>, LinkError>;
 /// Reconnects: 100 ms after the first failure, doubling to 30 s.
 const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
 
+/// An open link: Modbus TCP through tokio-modbus, or RTU framing (serial or TCP) of our own.
+enum Conn {
+    Tcp(Context),
+    Rtu(Rtu),
+}
+
 pub struct Link {
     cfg: config::Link,
     timeout: Duration,
     inter_request_delay: Duration,
-    ctx: Option<Context>,
+    conn: Option<Conn>,
     /// No connect attempt before this instant (exponential backoff with jitter).
     reconnect_at: Option<Instant>,
     /// Why the last connect attempt failed, said while waiting to retry.
@@ -138,7 +150,7 @@ impl Link {
             cfg,
             timeout,
             inter_request_delay,
-            ctx: None,
+            conn: None,
             reconnect_at: None,
             last_cause: String::new(),
             backoff: BACKOFF,
@@ -150,8 +162,8 @@ impl Link {
         describe(&self.cfg)
     }
 
-    async fn connect(&mut self) -> Result<&mut Context, LinkError> {
-        if self.ctx.is_none() {
+    async fn connect(&mut self) -> Result<&mut Conn, LinkError> {
+        if self.conn.is_none() {
             let now = Instant::now();
             if let Some(at) = self.reconnect_at.filter(|&at| at > now) {
                 return Err(LinkError::Down {
@@ -160,8 +172,8 @@ impl Link {
                 });
             }
             match open(self.cfg.clone(), self.timeout).await {
-                Ok(ctx) => {
-                    self.ctx = Some(ctx);
+                Ok(conn) => {
+                    self.conn = Some(conn);
                     self.backoff.reset();
                     self.reconnect_at = None;
                 }
@@ -172,31 +184,123 @@ impl Link {
                 }
             }
         }
-        Ok(self.ctx.as_mut().expect("connected above"))
+        Ok(self.conn.as_mut().expect("connected above"))
+    }
+
+    /// Waits out `inter_request_delay_ms` after the previous request (an extra on top of the
+    /// RTU silence, for slow slaves).
+    /// (Not an `async fn` of `&self`: the bus task's future must stay `Send`, and the link
+    /// is not `Sync`.)
+    fn pace(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let at = self
+            .last_request_end
+            .map(|end| end + self.inter_request_delay);
+        async move {
+            if let Some(at) = at {
+                tokio::time::sleep_until(at).await;
+            }
+        }
+    }
+
+    /// Notes the request's end and drops a connection that cannot be trusted for the next one:
+    /// any TCP fault (a late or partial answer may still be in the pipe), a broken stream. An
+    /// RTU line stays open: it drains itself before the next request.
+    fn settle<T>(&mut self, reply: Reply<T>) -> Reply<T> {
+        self.last_request_end = Some(Instant::now());
+        if matches!(
+            (&reply, &self.conn),
+            (Err(LinkError::Transport(_)), _) | (Err(_), Some(Conn::Tcp(_)))
+        ) {
+            self.conn = None;
+        }
+        reply
+    }
+
+    pub async fn read(&mut self, unit: u8, table: Table, address: u16, count: u16) -> Reply<Data> {
+        self.pace().await;
+        let deadline = self.timeout;
+        let reply = match self.connect().await? {
+            Conn::Rtu(rtu) => rtu.read(unit, table, address, count, deadline).await,
+            Conn::Tcp(ctx) => {
+                let reply = tcp_call(ctx, unit, deadline, move |ctx| {
+                    Box::pin(async move {
+                        Ok(match table {
+                            Table::Coil => ctx.read_coils(address, count).await?.map(Data::Bits),
+                            Table::Discrete => ctx
+                                .read_discrete_inputs(address, count)
+                                .await?
+                                .map(Data::Bits),
+                            Table::Input => ctx
+                                .read_input_registers(address, count)
+                                .await?
+                                .map(Data::Registers),
+                            Table::Holding => ctx
+                                .read_holding_registers(address, count)
+                                .await?
+                                .map(Data::Registers),
+                        })
+                    })
+                })
+                .await;
+                check_length(reply, count)
+            }
+        };
+        self.settle(reply)
+    }
+
+    pub async fn write(&mut self, unit: u8, address: u16, op: WriteOp) -> Reply<()> {
+        self.pace().await;
+        let deadline = self.timeout;
+        let reply = match self.connect().await? {
+            Conn::Rtu(rtu) => rtu.write(unit, address, &op, deadline).await,
+            Conn::Tcp(ctx) => {
+                tcp_call(ctx, unit, deadline, move |ctx| {
+                    Box::pin(async move {
+                        match op {
+                            WriteOp::Coil(b) => ctx.write_single_coil(address, b).await,
+                            WriteOp::Coils(bs) => ctx.write_multiple_coils(address, &bs).await,
+                            WriteOp::Register(r) => ctx.write_single_register(address, r).await,
+                            WriteOp::Registers(rs) => {
+                                ctx.write_multiple_registers(address, &rs).await
+                            }
+                        }
+                    })
+                })
+                .await
+            }
+        };
+        self.settle(reply)
     }
 }
 
 /// Opens the link. A free function over owned values: the future must not borrow the
 /// (non-`Sync`) client context it is about to replace.
-async fn open(cfg: config::Link, connect_timeout: Duration) -> Result<Context, LinkError> {
+async fn open(cfg: config::Link, connect_timeout: Duration) -> Result<Conn, LinkError> {
     let target = describe(&cfg);
     let fail = |reason: String| LinkError::Connect {
         target: target.clone(),
         reason,
     };
-    match &cfg {
-        config::Link::Tcp { address } => {
-            let stream = timeout(
-                connect_timeout.max(Duration::from_secs(1)),
-                tokio::net::TcpStream::connect(address),
-            )
-            .await
-            .map_err(|_| fail("connect timed out".into()))?
-            .map_err(|e| fail(e.to_string()))?;
-            // One small request at a time: Nagle would only add latency.
-            let _ = stream.set_nodelay(true);
-            Ok(tokio_modbus::client::tcp::attach(stream))
-        }
+    let tcp = |address: String| async move {
+        let stream = timeout(
+            connect_timeout.max(Duration::from_secs(1)),
+            tokio::net::TcpStream::connect(address),
+        )
+        .await
+        .map_err(|_| fail("connect timed out".into()))?
+        .map_err(|e| fail(e.to_string()))?;
+        // One small request at a time: Nagle would only add latency.
+        let _ = stream.set_nodelay(true);
+        Ok::<_, LinkError>(stream)
+    };
+    match cfg {
+        config::Link::Tcp { address } => Ok(Conn::Tcp(tokio_modbus::client::tcp::attach(
+            tcp(address).await?,
+        ))),
+        config::Link::RtuOverTcp { address } => Ok(Conn::Rtu(Rtu::new(
+            Box::new(tcp(address).await?),
+            LineTiming::NONE,
+        ))),
         config::Link::Rtu {
             port,
             baud,
@@ -205,7 +309,7 @@ async fn open(cfg: config::Link, connect_timeout: Duration) -> Result<Context, L
             stop_bits,
         } => {
             use tokio_serial::SerialPortBuilderExt;
-            let stream = tokio_serial::new(port, *baud)
+            let stream = tokio_serial::new(&port, baud)
                 .parity(match parity {
                     Parity::None => tokio_serial::Parity::None,
                     Parity::Even => tokio_serial::Parity::Even,
@@ -217,14 +321,15 @@ async fn open(cfg: config::Link, connect_timeout: Duration) -> Result<Context, L
                     7 => tokio_serial::DataBits::Seven,
                     _ => tokio_serial::DataBits::Eight,
                 })
-                .stop_bits(if *stop_bits == 2 {
+                .stop_bits(if stop_bits == 2 {
                     tokio_serial::StopBits::Two
                 } else {
                     tokio_serial::StopBits::One
                 })
                 .open_native_async()
-                .map_err(|e| fail(serial_cause(port, &e)))?;
-            Ok(tokio_modbus::client::rtu::attach(stream))
+                .map_err(|e| fail(serial_cause(&port, &e)))?;
+            let timing = LineTiming::serial(baud, parity, data_bits, stop_bits);
+            Ok(Conn::Rtu(Rtu::new(Box::new(stream), timing)))
         }
     }
 }
@@ -248,147 +353,77 @@ fn serial_cause(port: &str, e: &tokio_serial::Error) -> String {
     }
 }
 
-impl Link {
-    /// Drops the connection so the next request starts clean: after a timeout or a framing
-    /// error a late or partial answer may still be in the pipe and would be taken for the next.
-    pub fn reset(&mut self) {
-        self.ctx = None;
-    }
-
-    /// When the next request may go on the wire (`inter_request_delay_ms` of silence).
-    fn next_slot(&self) -> Option<Instant> {
-        self.last_request_end
-            .map(|end| end + self.inter_request_delay)
-    }
-
-    async fn call<T>(
-        &mut self,
-        unit: u8,
-        f: impl for<'a> FnOnce(
-            &'a mut Context,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = tokio_modbus::Result<T>> + Send + 'a>,
-        >,
-    ) -> Reply<T> {
-        if let Some(at) = self.next_slot() {
-            tokio::time::sleep_until(at).await;
+/// One Modbus TCP request through tokio-modbus, its errors sorted into link faults.
+async fn tcp_call<T>(
+    ctx: &mut Context,
+    unit: u8,
+    deadline: Duration,
+    f: impl for<'a> FnOnce(
+        &'a mut Context,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = tokio_modbus::Result<T>> + Send + 'a>,
+    >,
+) -> Reply<T> {
+    ctx.set_slave(Slave(unit));
+    match timeout(deadline, f(ctx)).await {
+        Err(_) => Err(LinkError::Timeout(deadline)),
+        Ok(Err(tokio_modbus::Error::Transport(e))) => {
+            // A frame that does not decode: its bytes stay out of the text (a peer sending
+            // noise must not write a new log line, or garbage, on every poll).
+            Err(if e.kind() == std::io::ErrorKind::InvalidData {
+                LinkError::Protocol(Fault::Garbage, "malformed answer".into())
+            } else {
+                LinkError::Transport(e.kind().to_string())
+            })
         }
-        let deadline = self.timeout;
-        let ctx = self.connect().await?;
-        ctx.set_slave(Slave(unit));
-        let result = timeout(deadline, f(ctx)).await;
-        self.last_request_end = Some(Instant::now());
-        match result {
-            Err(_) => {
-                self.reset();
-                Err(LinkError::Timeout(deadline))
-            }
-            Ok(Err(tokio_modbus::Error::Transport(e))) => {
-                self.reset();
-                // A frame that does not decode: its bytes stay out of the text (a peer sending
-                // noise must not write a new log line, or garbage, on every poll).
-                Err(if e.kind() == std::io::ErrorKind::InvalidData {
-                    LinkError::Protocol(Fault::Garbage, "malformed answer".into())
-                } else {
-                    LinkError::Transport(e.kind().to_string())
-                })
-            }
-            Ok(Err(tokio_modbus::Error::Protocol(e))) => {
-                self.reset();
-                // The answer to another request, or another function's exception (0x90 to a
-                // read): a link fault, never taken for this request's answer or exception.
-                Err(match e {
-                    ProtocolError::HeaderMismatch { .. } => LinkError::Protocol(
-                        Fault::Id,
-                        "answer does not match the request (transaction or unit id)".into(),
+        // The answer to another request, or another function's exception (0x90 to a read):
+        // a link fault, never taken for this request's answer or exception.
+        Ok(Err(tokio_modbus::Error::Protocol(e))) => Err(match e {
+            ProtocolError::HeaderMismatch { .. } => LinkError::Protocol(
+                Fault::Id,
+                "answer does not match the request (transaction or unit id)".into(),
+            ),
+            ProtocolError::FunctionCodeMismatch { request, result } => {
+                let got = match result {
+                    Ok(r) => r.function_code().value(),
+                    Err(x) => x.function.value() | 0x80,
+                };
+                LinkError::Protocol(
+                    Fault::Function,
+                    format!(
+                        "answer has function code 0x{got:02X}, the request 0x{:02X}",
+                        request.value()
                     ),
-                    ProtocolError::FunctionCodeMismatch { request, result } => {
-                        let got = match result {
-                            Ok(r) => r.function_code().value(),
-                            Err(x) => x.function.value() | 0x80,
-                        };
-                        LinkError::Protocol(
-                            Fault::Function,
-                            format!(
-                                "answer has function code 0x{got:02X}, the request 0x{:02X}",
-                                request.value()
-                            ),
-                        )
-                    }
-                })
+                )
             }
-            Ok(Ok(Err(code))) => Ok(Err(u8::from(code))),
-            Ok(Ok(Ok(v))) => Ok(Ok(v)),
-        }
+        }),
+        Ok(Ok(Err(code))) => Ok(Err(u8::from(code))),
+        Ok(Ok(Ok(v))) => Ok(Ok(v)),
     }
+}
 
-    /// A read whose answer does not hold exactly what was asked (3 registers asked, 5 given)
-    /// is a link fault: its values cannot be placed.
-    fn check_length(&mut self, reply: Reply<Data>, count: u16) -> Reply<Data> {
-        let (got, want) = match &reply {
-            Ok(Ok(Data::Registers(r))) => (r.len(), count as usize),
-            // tokio-modbus trims bits to the count asked; fewer is a short answer.
-            Ok(Ok(Data::Bits(b))) => (b.len(), count as usize),
-            _ => return reply,
-        };
-        if got == want {
-            return reply;
-        }
-        self.reset();
-        let unit = if matches!(reply, Ok(Ok(Data::Bits(_)))) {
-            "bits"
-        } else {
-            "registers"
-        };
-        Err(LinkError::Protocol(
-            Fault::Length,
-            format!("answer has {got} {unit}, the request {want}"),
-        ))
+/// A read whose answer does not hold exactly what was asked (3 registers asked, 5 given) is a
+/// link fault: its values cannot be placed.
+fn check_length(reply: Reply<Data>, count: u16) -> Reply<Data> {
+    let (got, unit) = match &reply {
+        Ok(Ok(Data::Registers(r))) => (r.len(), "registers"),
+        // tokio-modbus trims bits to the count asked; fewer is a short answer.
+        Ok(Ok(Data::Bits(b))) => (b.len(), "bits"),
+        _ => return reply,
+    };
+    if got == usize::from(count) {
+        return reply;
     }
-
-    pub async fn read(&mut self, unit: u8, table: Table, address: u16, count: u16) -> Reply<Data> {
-        let reply = self
-            .call(unit, move |ctx| {
-                Box::pin(async move {
-                    Ok(match table {
-                        Table::Coil => ctx.read_coils(address, count).await?.map(Data::Bits),
-                        Table::Discrete => ctx
-                            .read_discrete_inputs(address, count)
-                            .await?
-                            .map(Data::Bits),
-                        Table::Input => ctx
-                            .read_input_registers(address, count)
-                            .await?
-                            .map(Data::Registers),
-                        Table::Holding => ctx
-                            .read_holding_registers(address, count)
-                            .await?
-                            .map(Data::Registers),
-                    })
-                })
-            })
-            .await;
-        self.check_length(reply, count)
-    }
-
-    pub async fn write(&mut self, unit: u8, address: u16, op: WriteOp) -> Reply<()> {
-        self.call(unit, move |ctx| {
-            Box::pin(async move {
-                match op {
-                    WriteOp::Coil(b) => ctx.write_single_coil(address, b).await,
-                    WriteOp::Coils(bs) => ctx.write_multiple_coils(address, &bs).await,
-                    WriteOp::Register(r) => ctx.write_single_register(address, r).await,
-                    WriteOp::Registers(rs) => ctx.write_multiple_registers(address, &rs).await,
-                }
-            })
-        })
-        .await
-    }
+    Err(LinkError::Protocol(
+        Fault::Length,
+        format!("answer has {got} {unit}, the request {count}"),
+    ))
 }
 
 fn describe(cfg: &config::Link) -> String {
     match cfg {
         config::Link::Tcp { address } => format!("tcp {address}"),
+        config::Link::RtuOverTcp { address } => format!("rtu over tcp {address}"),
         config::Link::Rtu { port, baud, .. } => format!("rtu {port} @{baud}"),
     }
 }

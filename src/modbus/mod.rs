@@ -5,4 +5,5 @@ pub mod codec;
 pub mod frame;
 pub mod link;
 pub mod plan;
+pub mod rtu;
 pub mod simulator;

@@ -434,6 +434,34 @@ impl Simulator {
     }
 }
 
+/// Binds and serves the simulator's RTU framing over TCP (a serial server in transparent mode)
+/// in the background, one connection at a time as a serial line has; returns the address.
+pub async fn spawn_rtu_over_tcp(
+    sim: Simulator,
+    listen: &str,
+    cancel: CancellationToken,
+) -> std::io::Result<std::net::SocketAddr> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let serving = cancel.clone();
+    let server = sim.clone();
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                () = serving.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok((s, _)) => s,
+                    Err(_) => continue,
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            server.clone().serve_rtu(stream, serving.clone()).await;
+        }
+    });
+    tokio::spawn(sim.animate(cancel));
+    Ok(addr)
+}
+
 /// Binds and serves the simulator over TCP in the background; returns the bound address.
 pub async fn spawn_tcp(
     sim: Simulator,

@@ -506,3 +506,19 @@ pub fn skipped(why: &str) {
         .to_string();
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
+
+/// A device's `device_abnormal` events with a `link:` reason, oldest first.
+pub async fn link_events(gw: &Gateway, device: &str) -> Vec<serde_json::Value> {
+    gw.settle().await;
+    let conn = edge_gateway::store::open_reader(&gw.config.gateway.data_dir).unwrap();
+    let f = edge_gateway::store::EventFilter {
+        device_id: Some(device.into()),
+        kind: Some("device_abnormal".into()),
+        limit: 1000,
+        ..Default::default()
+    };
+    let mut v = edge_gateway::store::query_events(&conn, &gw.config, &f).unwrap();
+    v.retain(|e| e["message"].as_str().is_some_and(|m| m.starts_with("link")));
+    v.reverse();
+    v
+}

@@ -1,4 +1,5 @@
-"""A pymodbus device for the interop tests: `pymodbus_server.py tcp PORT` or `... rtu DEVICE`.
+"""A pymodbus device for the interop tests: `pymodbus_server.py tcp PORT`, `... rtu DEVICE` or
+`... rtu_over_tcp PORT` (RTU frames with CRC on a TCP socket, as a serial server carries them).
 
 Unit 1 holds one value of every type, in every byte/word order. Big-endian values use
 pymodbus's own encoders; the other orders are laid out here with `struct`, independently of the
@@ -9,6 +10,7 @@ import asyncio
 import struct
 import sys
 
+from pymodbus import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -62,12 +64,14 @@ async def main() -> None:
     kind, where = sys.argv[1], sys.argv[2]
     if kind == "tcp":
         server = ModbusTcpServer(device, address=("127.0.0.1", int(where)))
+    elif kind == "rtu_over_tcp":
+        server = ModbusTcpServer(device, address=("127.0.0.1", int(where)), framer=FramerType.RTU)
     else:
         server = ModbusSerialServer(device, port=where, baudrate=19200)
     # Listen first, then say so: the test waits for this line, not for a guessed time. A TCP
     # server on port 0 reports the port the kernel gave it.
     await server.serve_forever(background=True)
-    if kind == "tcp":
+    if kind != "rtu":
         where = server.transport.sockets[0].getsockname()[1]
     print("serving", kind, where, flush=True)
     await server.serving

@@ -60,7 +60,7 @@ impl Validator {
     /// of the other kind is a mistake worth naming.
     fn link(&mut self, p: &KeyPath, b: &RawBus) -> Link {
         match b.kind.as_str() {
-            "tcp" => {
+            kind @ ("tcp" | "rtu_over_tcp") => {
                 for (key, present) in [
                     ("port", b.port.is_some()),
                     ("baud", b.baud.is_some()),
@@ -74,15 +74,25 @@ impl Validator {
                 }
                 let address = b.address.clone().unwrap_or_default();
                 if b.address.is_none() {
-                    self.err(p, "kind = \"tcp\" needs address = \"host:port\"");
+                    self.err(
+                        p,
+                        format!("kind = \"{kind}\" needs address = \"host:port\""),
+                    );
                 } else if !valid_host_port(&address) {
                     self.err(&p.key("address"), format!("`{address}` is not host:port"));
                 }
-                Link::Tcp { address }
+                if kind == "tcp" {
+                    Link::Tcp { address }
+                } else {
+                    Link::RtuOverTcp { address }
+                }
             }
             "rtu" => {
                 if b.address.is_some() {
-                    self.err(&p.key("address"), "only applies to kind = \"tcp\"");
+                    self.err(
+                        &p.key("address"),
+                        "only applies to kind = \"tcp\" or \"rtu_over_tcp\"",
+                    );
                 }
                 let port = b.port.clone().unwrap_or_default();
                 if port.is_empty() {
@@ -112,7 +122,7 @@ impl Validator {
             other => {
                 self.err(
                     &p.key("kind"),
-                    format!("unknown bus kind `{other}` (expected rtu or tcp)"),
+                    format!("unknown bus kind `{other}` (expected rtu, tcp or rtu_over_tcp)"),
                 );
                 Link::Tcp {
                     address: String::new(),

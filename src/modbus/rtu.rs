@@ -1,0 +1,326 @@
+//! The Modbus RTU client framing, on a serial port or a TCP socket to a serial server: one
+//! request on the line at a time, the 3.5-character silence between frames, an answer ended by
+//! its expected length, then checked by CRC, unit and function code.
+//!
+//! Written here rather than taken from tokio-modbus because its RTU decoder drops a frame with
+//! a bad CRC and waits on (a CRC error became a timeout, so no `link:crc`), and it leaves the
+//! silence between frames to the operating system's timing.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{timeout_at, Instant};
+
+use super::codec::Table;
+use super::frame::{crc16, rtu_frame};
+use super::link::{Data, Fault, LinkError, Reply, WriteOp};
+use crate::config::Parity;
+
+/// A byte stream an RTU line runs on: a serial port, or TCP to a serial server.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// After a fault, the line must have been quiet this long before the next request, so that a
+/// late or partial answer is read and thrown away rather than taken for the next one.
+const RECOVERY_QUIET: Duration = Duration::from_millis(20);
+
+/// The longest RTU frame (Modbus serial line spec: 256 bytes).
+const MAX_FRAME: usize = 256;
+
+/// The time one character takes on the wire and the silence that must separate two frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineTiming {
+    pub char_time: Duration,
+    /// 3.5 characters; a fixed 1.75 ms above 19200 baud (Modbus over serial line, 2.5.1.1).
+    pub silence: Duration,
+}
+
+impl LineTiming {
+    pub fn serial(baud: u32, parity: Parity, data_bits: u8, stop_bits: u8) -> LineTiming {
+        let bits =
+            1 + u32::from(data_bits) + u32::from(parity != Parity::None) + u32::from(stop_bits);
+        let char_time =
+            Duration::from_nanos(u64::from(bits) * 1_000_000_000 / u64::from(baud.max(1)));
+        let silence = if baud > 19_200 {
+            Duration::from_micros(1750)
+        } else {
+            char_time * 7 / 2
+        };
+        LineTiming { char_time, silence }
+    }
+
+    /// A TCP socket to a serial server: the server keeps the line's timing.
+    pub const NONE: LineTiming = LineTiming {
+        char_time: Duration::ZERO,
+        silence: Duration::ZERO,
+    };
+}
+
+/// An RTU client on one line.
+pub struct Rtu {
+    io: Box<dyn Io>,
+    timing: LineTiming,
+    buf: Vec<u8>,
+    /// When the last byte seen on the line (sent or received) ended.
+    line_busy_until: Instant,
+    /// The next request waits for `RECOVERY_QUIET` instead of the silence.
+    recovering: bool,
+}
+
+impl Rtu {
+    pub fn new(io: Box<dyn Io>, timing: LineTiming) -> Rtu {
+        Rtu {
+            io,
+            timing,
+            buf: Vec::with_capacity(MAX_FRAME),
+            line_busy_until: Instant::now(),
+            recovering: false,
+        }
+    }
+
+    pub async fn read(
+        &mut self,
+        unit: u8,
+        table: Table,
+        address: u16,
+        count: u16,
+        deadline: Duration,
+    ) -> Reply<Data> {
+        let fc = match table {
+            Table::Coil => 0x01,
+            Table::Discrete => 0x02,
+            Table::Holding => 0x03,
+            Table::Input => 0x04,
+        };
+        let mut pdu = vec![fc];
+        pdu.extend_from_slice(&address.to_be_bytes());
+        pdu.extend_from_slice(&count.to_be_bytes());
+        let answer = match self.call(unit, &pdu, deadline).await? {
+            Ok(a) => a,
+            Err(code) => return Ok(Err(code)),
+        };
+        // answer = [fc, byte count, data…]; the byte count was checked against the length.
+        let data = &answer[2..];
+        if matches!(table, Table::Coil | Table::Discrete) {
+            if data.len() != usize::from(count).div_ceil(8) {
+                return Err(self.fault(
+                    Fault::Length,
+                    format!(
+                        "answer has {} bytes of bits, the request {count} bits",
+                        data.len()
+                    ),
+                ));
+            }
+            let bits = (0..usize::from(count))
+                .map(|i| data[i / 8] & (1 << (i % 8)) != 0)
+                .collect();
+            Ok(Ok(Data::Bits(bits)))
+        } else {
+            if data.len() != usize::from(count) * 2 {
+                return Err(self.fault(
+                    Fault::Length,
+                    format!(
+                        "answer has {} registers, the request {count}",
+                        data.len() / 2
+                    ),
+                ));
+            }
+            let regs = data
+                .chunks_exact(2)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]))
+                .collect();
+            Ok(Ok(Data::Registers(regs)))
+        }
+    }
+
+    pub async fn write(
+        &mut self,
+        unit: u8,
+        address: u16,
+        op: &WriteOp,
+        deadline: Duration,
+    ) -> Reply<()> {
+        let pdu = write_pdu(address, op);
+        let answer = match self.call(unit, &pdu, deadline).await? {
+            Ok(a) => a,
+            Err(code) => return Ok(Err(code)),
+        };
+        // A write's answer echoes the request's address and value (or count).
+        if answer[1..] != pdu[1..5] {
+            return Err(self.fault(
+                Fault::Garbage,
+                "the write's answer does not echo the request".into(),
+            ));
+        }
+        Ok(Ok(()))
+    }
+
+    fn fault(&mut self, fault: Fault, text: String) -> LinkError {
+        self.recovering = true;
+        LinkError::Protocol(fault, text)
+    }
+
+    /// Sends one request and returns the answer's PDU (function code first), or the exception
+    /// code. The whole exchange, silence included, is under `deadline`.
+    async fn call(
+        &mut self,
+        unit: u8,
+        pdu: &[u8],
+        deadline: Duration,
+    ) -> Result<Result<Vec<u8>, u8>, LinkError> {
+        let until = Instant::now() + deadline;
+        let quiet = if self.recovering {
+            self.timing.silence.max(RECOVERY_QUIET)
+        } else {
+            self.timing.silence
+        };
+        self.recovering = false;
+        match timeout_at(until, self.wait_quiet(quiet)).await {
+            Err(_) => return Err(self.timeout(deadline)),
+            Ok(Err(e)) => return Err(transport(&e)),
+            Ok(Ok(())) => {}
+        }
+        let frame = rtu_frame(unit, pdu);
+        match timeout_at(until, self.io.write_all(&frame)).await {
+            Err(_) => return Err(self.timeout(deadline)),
+            Ok(Err(e)) => return Err(transport(&e)),
+            Ok(Ok(())) => {}
+        }
+        // write_all returns once the bytes are in the driver's buffer, not on the wire.
+        self.line_busy_until = Instant::now() + self.timing.char_time * frame.len() as u32;
+        let len = self.read_frame(until, deadline).await?;
+        self.check(unit, pdu[0], len)
+    }
+
+    fn timeout(&mut self, deadline: Duration) -> LinkError {
+        self.recovering = true;
+        LinkError::Timeout(deadline)
+    }
+
+    /// Reads and throws away whatever arrives until the line has been quiet for `quiet`.
+    async fn wait_quiet(&mut self, quiet: Duration) -> std::io::Result<()> {
+        let mut scratch = [0u8; 64];
+        loop {
+            let at = self.line_busy_until + quiet;
+            if quiet.is_zero() || Instant::now() >= at {
+                return Ok(());
+            }
+            match timeout_at(at, self.io.read(&mut scratch)).await {
+                Err(_) => return Ok(()),
+                Ok(Ok(0)) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(Ok(_)) => self.line_busy_until = Instant::now(),
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads until the frame is as long as its function code says, whatever number of reads it
+    /// takes. Returns that length; bytes after it stay unread as far as the answer goes.
+    async fn read_frame(&mut self, until: Instant, deadline: Duration) -> Result<usize, LinkError> {
+        self.buf.clear();
+        loop {
+            match expected_len(&self.buf) {
+                Some(Ok(n)) if self.buf.len() >= n => return Ok(n),
+                Some(Err(())) => {
+                    return Err(self.fault(Fault::Garbage, "answer is not a Modbus frame".into()));
+                }
+                _ => {}
+            }
+            let read = timeout_at(until, self.io.read_buf(&mut self.buf)).await;
+            match read {
+                Err(_) if self.buf.is_empty() => return Err(self.timeout(deadline)),
+                Err(_) => {
+                    let got = self.buf.len();
+                    let want = expected_len(&self.buf).and_then(Result::ok);
+                    let of = want.map_or(String::new(), |w| format!(" of {w}"));
+                    return Err(self.fault(
+                        Fault::Truncated,
+                        format!("answer stopped after {got}{of} bytes"),
+                    ));
+                }
+                Ok(Ok(0)) => return Err(transport(&std::io::ErrorKind::UnexpectedEof.into())),
+                Ok(Ok(_)) => self.line_busy_until = Instant::now(),
+                Ok(Err(e)) => return Err(transport(&e)),
+            }
+        }
+    }
+
+    /// CRC first (a corrupted byte says nothing reliable), then unit, then function code.
+    fn check(&mut self, unit: u8, fc: u8, len: usize) -> Result<Result<Vec<u8>, u8>, LinkError> {
+        let frame = &self.buf[..len];
+        let (body, crc) = frame.split_at(len - 2);
+        if crc16(body).to_le_bytes() != crc {
+            return Err(self.fault(Fault::Crc, "answer failed its CRC check".into()));
+        }
+        if body[0] != unit {
+            let other = body[0];
+            return Err(self.fault(
+                Fault::Id,
+                format!("answer is from unit {other}, the request to {unit}"),
+            ));
+        }
+        let got = body[1];
+        if got & 0x7F != fc {
+            return Err(self.fault(
+                Fault::Function,
+                format!("answer has function code 0x{got:02X}, the request 0x{fc:02X}"),
+            ));
+        }
+        if got & 0x80 != 0 {
+            return Ok(Err(body[2]));
+        }
+        Ok(Ok(body[1..].to_vec()))
+    }
+}
+
+fn transport(e: &std::io::Error) -> LinkError {
+    LinkError::Transport(e.kind().to_string())
+}
+
+fn write_pdu(address: u16, op: &WriteOp) -> Vec<u8> {
+    let (fc, second) = match op {
+        WriteOp::Coil(on) => (0x05, if *on { 0xFF00 } else { 0 }),
+        WriteOp::Register(v) => (0x06, *v),
+        WriteOp::Coils(bits) => (0x0F, bits.len() as u16),
+        WriteOp::Registers(regs) => (0x10, regs.len() as u16),
+    };
+    let mut pdu = vec![fc];
+    pdu.extend_from_slice(&address.to_be_bytes());
+    pdu.extend_from_slice(&second.to_be_bytes());
+    match op {
+        WriteOp::Coil(_) | WriteOp::Register(_) => {}
+        WriteOp::Coils(bits) => {
+            let mut packed = vec![0u8; bits.len().div_ceil(8)];
+            for (i, _) in bits.iter().enumerate().filter(|(_, on)| **on) {
+                packed[i / 8] |= 1 << (i % 8);
+            }
+            pdu.push(packed.len() as u8);
+            pdu.extend(packed);
+        }
+        WriteOp::Registers(regs) => {
+            pdu.push((regs.len() * 2) as u8);
+            for r in regs {
+                pdu.extend_from_slice(&r.to_be_bytes());
+            }
+        }
+    }
+    pdu
+}
+
+/// The length of the answer frame at the start of `buf`, once its function code (and, for
+/// reads, its byte count) has arrived; `Err` for a function code no answer can carry.
+fn expected_len(buf: &[u8]) -> Option<Result<usize, ()>> {
+    let fc = *buf.get(1)?;
+    if fc & 0x80 != 0 {
+        // unit, function, exception code, CRC
+        return Some(Ok(5));
+    }
+    match fc {
+        0x01..=0x04 => buf.get(2).map(|&n| Ok(5 + usize::from(n))),
+        0x05 | 0x06 | 0x0F | 0x10 => Some(Ok(8)),
+        _ => Some(Err(())),
+    }
+}
+
+#[cfg(test)]
+mod tests;
