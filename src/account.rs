@@ -96,33 +96,9 @@ pub fn add_user(path: &Path, name: &str, role: Role, hash: &str) -> Result<bool,
     };
     table["role"] = toml_edit::value(role);
     table["password_hash"] = toml_edit::value(hash);
-    write_atomically(path, doc.to_string().as_bytes())?;
+    crate::config::versions::write_atomically(path, doc.to_string().as_bytes())
+        .map_err(|e| e.to_string())?;
     Ok(new)
-}
-
-/// Writes a sibling file and renames it over `path`: a crash leaves the old file or the new
-/// one, never half of either. The new file gets the old one's owner, group and permissions
-/// (root:edge-gateway 0640 under /etc, which the service must still read after a `sudo user
-/// add`), and is readable by nobody else while it is being written.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let err = |e: std::io::Error| format!("{}: {e}", path.display());
-    let tmp = path.with_extension("toml.new");
-    let meta = std::fs::metadata(path).map_err(err)?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    // Only root may give a file away; a user writing their own file keeps it as it is.
-    let _ = std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()));
-    f.set_permissions(meta.permissions()).map_err(err)?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
 }
 
 /// Why `run` must not start: a user whose hash is the demo's admin/admin or viewer/viewer

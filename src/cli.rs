@@ -38,7 +38,9 @@ pub struct LinkSpec {
 /// The link a [`LinkSpec`] names; exactly one of its three kinds.
 pub fn link_from_args(spec: LinkSpec) -> Result<Link, String> {
     match (spec.tcp, spec.rtu_over_tcp, spec.serial) {
-        (Some(address), None, None) => Ok(Link::Tcp { address }),
+        (Some(address), None, None) => Ok(Link::Tcp {
+            address: with_default_port(address),
+        }),
         (None, Some(address), None) => Ok(Link::RtuOverTcp { address }),
         (None, None, Some(port)) => {
             if !(5..=8).contains(&spec.data_bits) || !(1..=2).contains(&spec.stop_bits) {
@@ -65,6 +67,74 @@ pub fn link_from_args(spec: LinkSpec) -> Result<Link, String> {
             "give exactly one of --tcp HOST:PORT, --rtu-over-tcp HOST:PORT or --serial DEV".into(),
         ),
     }
+}
+
+/// `HOST` as `HOST:502`, Modbus TCP's port; a `HOST:PORT` (or `[v6]:PORT`) as given.
+fn with_default_port(address: String) -> String {
+    let has_port = match address.rsplit_once(':') {
+        Some((host, port)) => {
+            port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']'))
+        }
+        None => false,
+    };
+    if has_port {
+        address
+    } else if address.contains(':') && !address.starts_with('[') {
+        format!("[{address}]:502") // a bare IPv6 address
+    } else {
+        format!("{address}:502")
+    }
+}
+
+/// A Modicon reference's table by its first digit (5 digits: 40001 … 49999; 6: 400001 … 465536).
+fn modicon(s: &str) -> Option<(u16, Table)> {
+    if !s.bytes().all(|b| b.is_ascii_digit()) || !(5..=6).contains(&s.len()) {
+        return None;
+    }
+    let table = match s.as_bytes()[0] {
+        b'0' => Table::Coil,
+        b'1' => Table::Discrete,
+        b'3' => Table::Input,
+        b'4' => Table::Holding,
+        _ => return None,
+    };
+    let n: u32 = s[1..].parse().ok()?;
+    let max = if s.len() == 5 { 9999 } else { 65536 };
+    if !(1..=max).contains(&n) {
+        return None;
+    }
+    Some((u16::try_from(n - 1).ok()?, table))
+}
+
+/// The protocol address and table of `--address` and `--table`: decimal, `0x` hex, or a
+/// Modicon reference (`40003` = holding 2), whose mapping is said on stderr.
+pub fn address_from_args(address: &str, table: Option<&str>) -> Result<(u16, String), String> {
+    let a = address.trim();
+    if let Some(hex) = a.strip_prefix("0x").or_else(|| a.strip_prefix("0X")) {
+        let n = u16::from_str_radix(hex, 16)
+            .map_err(|_| format!("--address {a}: not a 16-bit hex address"))?;
+        return table
+            .map(|t| (n, t.to_string()))
+            .ok_or_else(|| "--table is needed with a protocol address".to_string());
+    }
+    if let Some((n, t)) = modicon(a) {
+        let name = t.to_string();
+        if let Some(given) = table.filter(|given| *given != name) {
+            return Err(format!(
+                "--address {a} is a Modicon reference to {name} {n}, but --table is {given}; \
+                 give the protocol address in hex (0x{:04X}) for {given} address {a}",
+                a.parse::<u32>().unwrap_or(0)
+            ));
+        }
+        eprintln!("note: {a} is a Modicon reference: {name} address {n} (0-based)");
+        return Ok((n, name));
+    }
+    let n: u16 = a.parse().map_err(|_| {
+        format!("--address {a}: expected 0 … 65535, 0x hex, or a Modicon reference like 40003")
+    })?;
+    table
+        .map(|t| (n, t.to_string()))
+        .ok_or_else(|| "--table is needed with a protocol address".to_string())
 }
 
 /// What `read` and `write` need besides the link.
@@ -156,6 +226,12 @@ pub async fn read(t: Target, count: u16, json: bool) -> i32 {
             codec::decode_registers(&t.format, regs.get(i * w..).unwrap_or(&[]))
         };
         values.push(match v {
+            // An f32 printed as the f32 it is (80.47981), not as the f64 it widens to
+            // (80.47981262207031).
+            Ok(Value::Float(x)) if t.format.data_type == codec::DataType::F32 => {
+                let short = (x as f32).to_string().parse::<f64>().unwrap_or(x);
+                serde_json::json!(short)
+            }
             Ok(v) => v.to_json(),
             // NaN and infinity are what the device holds; show them rather than fail.
             Err(codec::CodecError::NotFinite(x)) => serde_json::Value::String(x.to_string()),
@@ -286,4 +362,49 @@ pub async fn demo(listen: &str, data: PathBuf, shutdown: CancellationToken) -> a
     shutdown.cancelled().await;
     gw.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{address_from_args, with_default_port};
+
+    #[test]
+    fn addresses_take_decimal_hex_and_modicon_references() {
+        assert_eq!(
+            address_from_args("2", Some("holding")),
+            Ok((2, "holding".into()))
+        );
+        assert_eq!(
+            address_from_args("0x0002", Some("input")),
+            Ok((2, "input".into()))
+        );
+        assert_eq!(address_from_args("40003", None), Ok((2, "holding".into())));
+        assert_eq!(
+            address_from_args("30001", Some("input")),
+            Ok((0, "input".into()))
+        );
+        assert_eq!(address_from_args("400001", None), Ok((0, "holding".into())));
+        assert_eq!(address_from_args("00001", None), Ok((0, "coil".into())));
+        // Not a reference (no table digit, or number 0): a plain address.
+        assert_eq!(
+            address_from_args("20000", Some("holding")),
+            Ok((20000, "holding".into()))
+        );
+        assert_eq!(
+            address_from_args("40000", Some("holding")),
+            Ok((40000, "holding".into()))
+        );
+        let e = address_from_args("40003", Some("input")).unwrap_err();
+        assert!(e.contains("0x9C43"), "{e}");
+        assert!(address_from_args("70000", Some("holding")).is_err());
+        assert!(address_from_args("2", None).is_err());
+    }
+
+    #[test]
+    fn a_tcp_host_without_port_is_on_502() {
+        assert_eq!(with_default_port("plc".into()), "plc:502");
+        assert_eq!(with_default_port("10.0.0.5:5020".into()), "10.0.0.5:5020");
+        assert_eq!(with_default_port("[::1]:5020".into()), "[::1]:5020");
+        assert_eq!(with_default_port("::1".into()), "[::1]:502");
+    }
 }

@@ -1,5 +1,5 @@
-//! Operator requests to the buses, from the dashboard, MQTT or the API: audited writes and the
-//! register inspector's raw reads, each served in its bus's turn ahead of the polls.
+//! Operator requests to the buses, from the dashboard, MQTT or the API: audited writes, the
+//! register inspector's raw reads and unit scans, each served in its bus's turn.
 
 use std::sync::Arc;
 
@@ -82,14 +82,15 @@ impl Control {
     /// Reads raw registers or bits of a device in its bus's turn (the register inspector).
     pub async fn read_raw(
         &self,
-        device: usize,
+        bus: usize,
+        unit: u8,
         table: modbus::codec::Table,
         address: u16,
         count: u16,
     ) -> modbus::link::Reply<modbus::link::Data> {
         let (reply, rx) = oneshot::channel();
         let req = BusRequest::Read(modbus::bus::RawRead {
-            device,
+            unit,
             table,
             address,
             count,
@@ -100,9 +101,23 @@ impl Control {
                 "the bus is not running".into(),
             ))
         };
-        match self.buses[self.config.devices[device].bus].send(req).await {
+        match self.buses[bus].send(req).await {
             Ok(()) => rx.await.unwrap_or_else(|_| gone()),
             Err(_) => gone(),
         }
+    }
+
+    /// Starts a scan of unit ids on a bus (`bus.scan`); progress comes on the request's
+    /// channel, the result on its reply.
+    pub async fn scan(&self, bus: usize, req: modbus::bus::ScanRequest) -> Result<(), String> {
+        self.buses[bus]
+            .send(BusRequest::Scan(req))
+            .await
+            .map_err(|_| "the bus is not running".to_string())
+    }
+
+    /// Ends the scan running on a bus, if any, after its probe in progress.
+    pub async fn scan_cancel(&self, bus: usize) {
+        let _ = self.buses[bus].send(BusRequest::ScanCancel).await;
     }
 }

@@ -40,6 +40,18 @@ pub(crate) struct Carry {
     /// reload, so a client that connects meanwhile waits in its backlog instead of being
     /// refused.
     listener: Option<(String, std::net::TcpListener)>,
+    /// The config file the dashboard edits, when the gateway runs from one.
+    config_file: Option<Arc<crate::config::versions::ConfigFile>>,
+}
+
+impl Carry {
+    /// A first start from a config file (the daemon; tests that edit the config).
+    pub fn with_config_file(file: Arc<crate::config::versions::ConfigFile>) -> Carry {
+        Carry {
+            config_file: Some(file),
+            ..Carry::default()
+        }
+    }
 }
 
 /// What a reload did with each bus, by name.
@@ -155,7 +167,9 @@ impl Gateway {
             store: store.clone(),
             buses: writes,
         };
-        let shared = Arc::new(Shared::new(control, metrics.clone(), cancel.child_token()));
+        let mut shared = Shared::new(control, metrics.clone(), cancel.child_token());
+        shared.config_file = carry.config_file.take();
+        let shared = Arc::new(shared);
         shared.auth.adopt(std::mem::take(&mut carry.sessions));
         if let Some(set) = restored.push_interval {
             shared.push_interval.send_replace(set);
@@ -313,6 +327,7 @@ impl Gateway {
             .collect();
         tell_changed_users(&self.shared, &old, &new).await;
         carry.sessions = self.shared.auth.sessions();
+        carry.config_file = self.shared.config_file.clone();
         carry.listener = self.listener.take().map(|l| (old.http.listen.clone(), l));
         self.shutdown().await;
         let gw = Gateway::start_with(new, carry).await?;

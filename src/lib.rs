@@ -34,6 +34,8 @@
 //! - [`log_limit`]: log lines outside parties can trigger, at most one per source per period.
 //! - [`metrics`]: counters kept by every stage, rendered for Prometheus.
 //! - [`cli`]: the commissioning commands `read` and `write`, and `demo`.
+//! - [`probe`]: `run --once` / `check-config --probe`: every device polled once, shown raw and
+//!   decoded.
 //! - [`account`]: the password prompt, `user add`, and the refusal of the demo's logins
 //!   beyond loopback.
 
@@ -52,6 +54,7 @@ pub mod metrics;
 pub mod modbus;
 pub mod model;
 pub mod pipeline;
+pub mod probe;
 pub mod service;
 pub mod sinks;
 pub mod state;
@@ -135,7 +138,26 @@ pub async fn run(
     path: Option<std::path::PathBuf>,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    let mut gw = Gateway::start(config).await?;
+    // The file as the dashboard edits it: its versions, and reloads asked for like SIGHUP.
+    let (apply, mut applied) = mpsc::channel(1);
+    let file = path.as_ref().map(|p| {
+        let versions = config::versions::Versions::new(&config.gateway.data_dir);
+        // The file the gateway started with is a version to roll back to.
+        if let Err(e) = std::fs::read_to_string(p)
+            .and_then(|text| versions.record(&text, "startup", "the file the gateway started with"))
+        {
+            tracing::warn!("cannot keep the config's version in the data directory: {e}");
+        }
+        std::sync::Arc::new(config::versions::ConfigFile {
+            path: p.clone(),
+            versions,
+            reload: apply,
+        })
+    });
+    let carry = file
+        .map(gateway::Carry::with_config_file)
+        .unwrap_or_default();
+    let mut gw = Gateway::start_with(config, carry).await?;
     tracing::info!("gateway running: {}", status(&gw));
     // A Pi has no battery clock: until NTP answers after a boot, every timestamp can be far
     // off. Said once here; `/healthz` keeps saying it in `degraded` while it lasts.
@@ -158,6 +180,7 @@ pub async fn run(
         let hup_came = tokio::select! {
             () = shutdown.cancelled() => false,
             _ = hup.recv() => true,
+            Some(()) = applied.recv() => true,
         };
         watchdog_stop.cancel();
         let _ = watchdog.await;

@@ -30,6 +30,9 @@ enum Command {
     Run {
         #[arg(long, default_value = "/etc/edge-gateway/gateway.toml")]
         config: PathBuf,
+        /// Poll every device once, print what each point read, exit 0 when all answered, 3 if not.
+        #[arg(long)]
+        once: bool,
     },
     /// Built-in simulator plus the gateway on embedded defaults; needs no other program.
     Demo {
@@ -42,6 +45,9 @@ enum Command {
     CheckConfig {
         #[arg(long)]
         config: PathBuf,
+        /// Then poll every device once against the real devices (as `run --once`).
+        #[arg(long)]
+        probe: bool,
     },
     /// The Modbus simulator alone (TCP, or RTU on a serial port).
     Simulate {
@@ -130,12 +136,12 @@ struct LinkArgs {
 struct AtArgs {
     #[arg(long)]
     unit: u8,
-    /// coil, discrete, input or holding.
+    /// coil, discrete, input or holding (implied by a Modicon --address).
     #[arg(long)]
-    table: String,
-    /// 0-based protocol address.
+    table: Option<String>,
+    /// 0-based protocol address: decimal, 0x hex, or a Modicon reference (40003 = holding 2).
     #[arg(long)]
-    address: u16,
+    address: String,
     /// bool u16 i16 u32 i32 u64 i64 f32 f64 string (default u16, bool for coil/discrete).
     #[arg(long = "type")]
     data_type: Option<String>,
@@ -158,8 +164,9 @@ fn target(link: LinkArgs, at: AtArgs) -> Result<Target, String> {
         data_bits: link.data_bits,
         stop_bits: link.stop_bits,
     })?;
+    let (address, table) = cli::address_from_args(&at.address, at.table.as_deref())?;
     let (table, format) = cli::format_from_args(
-        &at.table,
+        &table,
         at.data_type.as_deref(),
         &at.byte_order,
         &at.word_order,
@@ -169,7 +176,7 @@ fn target(link: LinkArgs, at: AtArgs) -> Result<Target, String> {
         link: l,
         unit: at.unit,
         table,
-        address: at.address,
+        address,
         format,
         timeout: Duration::from_millis(link.timeout_ms),
     })
@@ -264,7 +271,8 @@ async fn run_cli() -> ExitCode {
         init_logging("info");
     }
     match cli.command {
-        Command::Run { config } => run_daemon(config).await,
+        Command::Run { config, once: true } => probe(&config).await,
+        Command::Run { config, .. } => run_daemon(config).await,
         Command::Demo { listen, data } => match cli::demo(&listen, data, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -272,7 +280,14 @@ async fn run_cli() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::CheckConfig { config } => check_config(&config),
+        Command::CheckConfig {
+            config,
+            probe: true,
+        } => match check_config(&config) {
+            ExitCode::SUCCESS => probe(&config).await,
+            failed => failed,
+        },
+        Command::CheckConfig { config, .. } => check_config(&config),
         Command::Simulate {
             listen,
             profile,
@@ -334,6 +349,24 @@ async fn run_daemon(config: PathBuf) -> ExitCode {
 }
 
 /// `check-config`: one line per problem, or a summary of what the file configures.
+/// `run --once`: the config proved against the devices (SPEC: exit 0 when every device
+/// answered, 3 otherwise, 64 for an invalid config before any port is opened).
+async fn probe(config: &Path) -> ExitCode {
+    let loaded = match config::load(config) {
+        Ok(l) => l,
+        Err(e) => {
+            print_config_error(config, &e);
+            return code(64);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if edge_gateway::probe::once(&loaded.config, &mut out).await {
+        ExitCode::SUCCESS
+    } else {
+        code(cli::EXIT_LINK)
+    }
+}
+
 fn check_config(config: &Path) -> ExitCode {
     match config::load(config) {
         Ok(l) => {

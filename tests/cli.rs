@@ -360,3 +360,75 @@ fn the_log_level_comes_from_the_config_unless_rust_log_is_set() {
     );
     assert!(stderr_of("warn", Some("info")).contains("gateway running"));
 }
+
+/// SPEC `run --once`: every device polled once, each point with address, raw hex, value, unit
+/// and quality; exit 0 when every device answered, 3 when one did not.
+#[tokio::test]
+async fn run_once_polls_every_device_once_and_exits_3_when_one_is_silent() {
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("g.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nid = \"g\"\ndata_dir = {:?}\n{}{BOILER_AND_PUMP}",
+            dir.path().display().to_string(),
+            tcp_bus(&addr.to_string())
+        ),
+    )
+    .unwrap();
+    let once = format!("run --once --config {}", cfg.display());
+    let (code, out, err) = run(args(&once)).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("device boiler (bus b, tcp "), "{out}");
+    let setpoint = out.lines().find(|l| l.contains("setpoint")).unwrap();
+    assert!(setpoint.contains("holding 2"), "{setpoint}");
+    assert!(setpoint.contains("0x"), "{setpoint}");
+    assert!(setpoint.ends_with("good"), "{setpoint}");
+    sim.set_fault(PUMP, Some(Fault::Silent));
+    let (code, out, _) = run(args(&once)).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("device pump (bus b,"), "{out}");
+    assert!(out.contains("FAILED"), "{out}");
+    assert!(out.contains("timed out"), "{out}");
+    // check-config --probe: the same after the check.
+    let (code, out, _) = run(args(&format!(
+        "check-config --probe --config {}",
+        cfg.display()
+    )))
+    .await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("ok (1 buses, 2 devices"), "{out}");
+}
+
+/// SPEC: addresses in decimal, hex or Modicon references; `--tcp HOST` on 502 (checked by unit
+/// tests); a value the type cannot hold exactly is refused, saying what it would become.
+#[tokio::test]
+async fn read_takes_modicon_references_and_write_refuses_a_value_between_steps() {
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    let a = addr.to_string();
+    sim.with_memory(2, |m| m.holding[2] = 4321);
+    for at in [
+        "--address 2 --table holding",
+        "--address 0x0002 --table holding",
+        "--address 40003",
+    ] {
+        let (code, out, err) = run(args(&format!("read --tcp {a} --unit 2 {at}"))).await;
+        assert_eq!((code, out.trim()), (0, "4321"), "{at}: {err}");
+    }
+    let (_, _, err) = run(args(&format!("read --tcp {a} --unit 2 --address 40003"))).await;
+    assert!(
+        err.contains("40003 is a Modicon reference: holding address 2"),
+        "{err}"
+    );
+    let (code, _, err) = run(args(&format!(
+        "write --tcp {a} --unit 2 --table holding --address 2 --value 80.5"
+    )))
+    .await;
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("not a step") && err.contains("(nearest: 80 or 81)"),
+        "{err}"
+    );
+    assert_eq!(sim.with_memory(2, |m| m.holding[2]), Some(4321));
+}

@@ -869,6 +869,229 @@ async fn devices_describe_and_registers_read_serve_the_dashboard() {
     gw.shutdown().await;
 }
 
+/// SPEC `bus.scan` on a live bus: each unit probed is pushed as `push.scan`, the reply lists the
+/// units that answered; polling goes on meanwhile; `bus.scanCancel` ends it; `registers.read`
+/// takes `bus` + `unit`, so a unit the config does not know can be inspected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
+async fn a_scan_finds_the_units_of_a_live_bus_and_the_inspector_reads_any_of_them() {
+    let (gw, _sim, _dir) = gateway("").await;
+    let mut ws = Ws::connect(gw.http_addr).await;
+    ws.login("admin", "admin").await;
+    let r = ws
+        .call(
+            "bus.scan",
+            json!({"bus": "b", "fromUnit": 1, "toUnit": 6, "timeoutMs": 50}),
+        )
+        .await;
+    assert_eq!(code(&r), 0, "{r}");
+    // The demo simulator has units 1-3; the config knows 1 and 2.
+    assert_eq!(r["data"]["units"], json!([1, 2, 3]), "{r}");
+    let mut seen = Vec::new();
+    for _ in 1..=6 {
+        let p = ws.next_push("push.scan").await;
+        seen.push((
+            p["data"]["unit"].as_u64().unwrap(),
+            p["data"]["found"] == true,
+        ));
+    }
+    assert_eq!(
+        seen,
+        [
+            (1, true),
+            (2, true),
+            (3, true),
+            (4, false),
+            (5, false),
+            (6, false)
+        ]
+    );
+    let r = ws
+        .call(
+            "registers.read",
+            json!({"bus": "b", "unit": 3, "table": "holding", "address": 0, "count": 2}),
+        )
+        .await;
+    assert_eq!(code(&r), 0, "{r}");
+    assert_eq!(
+        (
+            r["data"]["unit"].as_u64(),
+            r["data"]["registers"].as_array().map(Vec::len)
+        ),
+        (Some(3), Some(2))
+    );
+
+    // A long scan, cancelled from another connection; the configured devices polled meanwhile.
+    let mut scanner = Ws::connect(gw.http_addr).await;
+    scanner.login("admin", "admin").await;
+    scanner
+        .send_text(
+            json!({"requestId": "long", "service": "bus.scan", "params": {"bus": "b", "timeoutMs": 100}})
+                .to_string(),
+        )
+        .await;
+    scanner.next_push("push.scan").await;
+    let ok = requests(&gw, "boiler", "ok");
+    wait_for("boiler polled during the scan", || {
+        requests(&gw, "boiler", "ok") >= ok + 5
+    })
+    .await;
+    let again = ws.call("bus.scan", json!({"bus": "b"})).await;
+    assert_eq!(code(&again), 429, "one scan per bus at a time: {again}");
+    assert_eq!(
+        code(&ws.call("bus.scanCancel", json!({"bus": "b"})).await),
+        0
+    );
+    let reply = loop {
+        let m = scanner.recv().await.expect("reply");
+        if m["requestId"] == "long" {
+            break m;
+        }
+    };
+    assert_eq!(code(&reply), 0, "{reply}");
+    assert_eq!(reply["data"]["cancelled"], true, "{reply}");
+    assert_eq!(reply["data"]["units"], json!([1, 2, 3]), "{reply}");
+    for (params, want) in [
+        (json!({"bus": "nope"}), 404),
+        (json!({"bus": "b", "fromUnit": 0}), 400),
+        (json!({"bus": "b", "fromUnit": 9, "toUnit": 3}), 400),
+        (json!({"bus": "b", "timeoutMs": 1}), 400),
+    ] {
+        let r = ws.call("bus.scan", params.clone()).await;
+        assert_eq!(code(&r), want, "{params} → {r}");
+    }
+    let mut viewer = Ws::connect(gw.http_addr).await;
+    viewer.login("viewer", "viewer").await;
+    assert_eq!(
+        code(&viewer.call("bus.scan", json!({"bus": "b"})).await),
+        403
+    );
+    gw.shutdown().await;
+}
+
+/// SPEC `config.*`: the technician's file (comments and all) read, checked, changed, applied
+/// as a reload and rolled back from the WebSocket, with no file edited by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
+async fn the_config_is_edited_applied_and_rolled_back_from_the_websocket() {
+    let (_sim, sim_addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pump_at = BOILER_AND_PUMP.find("[[devices]]\nid = \"pump\"").unwrap();
+    let original = format!(
+        "# The boiler room's gateway. Keep this comment.\n[gateway]\nid = \"g\"\ndata_dir = {:?}\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n{}{}{}",
+        dir.path().display().to_string(),
+        users_and_push(""),
+        tcp_bus(&sim_addr.to_string()),
+        &BOILER_AND_PUMP[..pump_at]
+    );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, &original).unwrap();
+    let (_gw, addr) = spawn_gateway(gateway_command(&path), None);
+    let admin = || async move {
+        let mut ws = Ws::connect(addr).await;
+        assert_eq!(code(&ws.login("admin", "admin").await), 0);
+        ws
+    };
+    let mut ws = admin().await;
+    let r = ws.call("config.get", json!({})).await;
+    assert_eq!(code(&r), 0, "{r}");
+    assert_eq!(r["data"]["text"], original.as_str());
+    assert_eq!(r["data"]["config"]["devices"][0]["id"], "boiler");
+
+    // Checked as check-config checks: every problem, by key path and line.
+    let broken = format!("{original}[store]\nmax_db_mb = 0\ncolour = 1\n");
+    let r = ws.call("config.validate", json!({ "text": broken })).await;
+    let problems = r["data"]["problems"].as_array().unwrap();
+    let paths: Vec<&str> = problems
+        .iter()
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths.contains(&"store.colour") && paths.contains(&"store.max_db_mb"),
+        "{r}"
+    );
+    assert!(problems.iter().all(|p| p["line"].as_u64().is_some()), "{r}");
+    let r = ws.call("config.apply", json!({ "text": broken })).await;
+    assert_eq!(code(&r), 400, "{r}");
+    assert_eq!(
+        r["data"]["problems"].as_array().map(Vec::len),
+        Some(problems.len())
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        original,
+        "nothing written"
+    );
+
+    // Applied: the file as given, a version, a reload (this socket closes with 1001).
+    let edited = format!(
+        "{original}\n# Added from the dashboard.\n{}",
+        &BOILER_AND_PUMP[pump_at..]
+    );
+    let r = ws.call("config.apply", json!({ "text": edited })).await;
+    assert_eq!(code(&r), 0, "{r}");
+    assert!(
+        r["data"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("devices +pump"),
+        "{r}"
+    );
+    while ws.recv().await.is_some() {}
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        edited,
+        "comments kept"
+    );
+    let devices = |ws: Ws| async move {
+        let mut ws = ws;
+        let r = ws.call("devices.list", json!({})).await;
+        let ids: Vec<String> = r["data"]["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_string())
+            .collect();
+        ids
+    };
+    wait_for_async("the pump polled", || async {
+        devices(admin().await).await == ["boiler", "pump"]
+    })
+    .await;
+    let mut ws = admin().await;
+    let r = ws.call("config.history", json!({})).await;
+    let versions = r["data"]["versions"].as_array().unwrap().clone();
+    assert_eq!(versions.len(), 2, "{r}");
+    assert_eq!(
+        (versions[0]["user"].as_str(), versions[1]["user"].as_str()),
+        (Some("admin"), Some("startup"))
+    );
+
+    // Rolled back to the file it started with.
+    let first = versions[1]["id"].clone();
+    let r = ws.call("config.rollback", json!({ "id": first })).await;
+    assert_eq!(code(&r), 0, "{r}");
+    assert!(
+        r["data"]["summary"].as_str().unwrap().contains("-pump"),
+        "{r}"
+    );
+    while ws.recv().await.is_some() {}
+    wait_for_async("the pump gone", || async {
+        devices(admin().await).await == ["boiler"]
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
+    let mut ws = admin().await;
+    assert_eq!(
+        code(&ws.call("config.rollback", json!({ "id": 99 })).await),
+        404
+    );
+    let mut viewer = Ws::connect(addr).await;
+    viewer.login("viewer", "viewer").await;
+    assert_eq!(code(&viewer.call("config.get", json!({})).await), 403);
+}
+
 /// The dashboard's files: embedded, gzipped for clients that take it, revalidated by ETag.
 #[tokio::test]
 async fn the_dashboard_files_are_served_with_gzip_and_etags() {

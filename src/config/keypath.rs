@@ -26,6 +26,9 @@ impl KeyPath {
         p.0.push(Seg::Index(i));
         p
     }
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl fmt::Display for KeyPath {
@@ -91,6 +94,55 @@ pub(super) fn offset_of(doc: &Document<&str>, path: &KeyPath) -> Option<usize> {
 
 /// The deepest key path whose key or value covers `offset`: names the key a serde error is about.
 pub(super) fn path_at(doc: &Document<&str>, offset: usize) -> String {
+    key_path_at(doc, offset).to_string()
+}
+
+/// Where the entry at `path` is in the text: its key to the end of its value (an array element:
+/// the value), with the comma that separates it from a neighbour, so that blanking the range
+/// leaves valid TOML. `None` for a `[table]` or an array of tables' element, which have no such
+/// range.
+pub(super) fn entry_span(
+    doc: &Document<&str>,
+    text: &str,
+    path: &KeyPath,
+) -> Option<std::ops::Range<usize>> {
+    let (last, parents) = path.0.split_last()?;
+    let mut item = doc.as_item().clone();
+    for seg in parents {
+        item = child(&item, seg)?.0;
+    }
+    if matches!(item, Item::ArrayOfTables(_)) {
+        return None;
+    }
+    let (value, key_span) = child(&item, last)?;
+    // A `[table]`'s span is its header: blanking that would move its keys elsewhere.
+    if !matches!(value, Item::Value(_)) {
+        return None;
+    }
+    let value_span = item_span(&value)?;
+    let mut range = key_span.map_or(value_span.start, |k| k.start)..value_span.end;
+    let bytes = text.as_bytes();
+    let after = range.end
+        + bytes[range.end..]
+            .iter()
+            .take_while(|b| **b == b' ' || **b == b'\t')
+            .count();
+    if bytes.get(after) == Some(&b',') {
+        range.end = after + 1;
+    } else if matches!(item, Item::Value(_)) {
+        // The last of an inline table or array: the comma before it goes instead.
+        let before = bytes[..range.start]
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace());
+        if let Some(i) = before.filter(|&i| bytes[i] == b',') {
+            range.start = i;
+        }
+    }
+    Some(range)
+}
+
+/// The deepest key path whose key or value covers `offset`.
+pub(super) fn key_path_at(doc: &Document<&str>, offset: usize) -> KeyPath {
     fn walk(item: &Item, path: KeyPath, offset: usize, best: &mut Option<KeyPath>) {
         let covers = |s: Option<std::ops::Range<usize>>| s.is_some_and(|s| s.contains(&offset));
         match item {
@@ -137,7 +189,7 @@ pub(super) fn path_at(doc: &Document<&str>, offset: usize) -> String {
     }
     let mut best = None;
     walk(doc.as_item(), KeyPath::default(), offset, &mut best);
-    best.map(|p| p.to_string()).unwrap_or_default()
+    best.unwrap_or_default()
 }
 
 /// The key path at `offset` of a text that did not parse, read off the text itself: the last

@@ -4,7 +4,9 @@
 mod keypath;
 mod pieces;
 mod raw;
+mod shape;
 mod validate;
+pub mod versions;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -311,6 +313,10 @@ pub fn parse(text: &str) -> Result<Loaded, ConfigError> {
     }
     let raw: RawConfig = match toml_edit::de::from_str(text) {
         Ok(r) => r,
+        // TOML, but not of the config's shape: every problem in one pass.
+        Err(e) if Document::parse(text).is_ok() => {
+            return Err(ConfigError::Invalid(shape::problems(text, &e)));
+        }
         Err(e) => {
             let (path, line) = match e.span() {
                 Some(s) => {

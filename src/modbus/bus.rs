@@ -3,6 +3,10 @@
 //! One device's poll is `poll`'s.
 
 mod poll;
+mod scan;
+
+use scan::ActiveScan;
+pub use scan::{ScanDone, ScanRequest, ScanStep};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,7 +101,8 @@ pub struct WriteCommand {
 /// A raw read for commissioning (the register inspector), in the bus's turn like a write.
 #[derive(Debug)]
 pub struct RawRead {
-    pub device: usize,
+    /// Any unit id on the bus, configured or not (the inspector probes new ones).
+    pub unit: u8,
     pub table: Table,
     pub address: u16,
     pub count: u16,
@@ -109,6 +114,10 @@ pub struct RawRead {
 pub enum BusRequest {
     Write(WriteCommand),
     Read(RawRead),
+    /// `bus.scan`: probe unit ids between polls.
+    Scan(ScanRequest),
+    /// `bus.scanCancel`: end the running scan after the probe in progress.
+    ScanCancel,
     /// Live reload: stop between requests and hand the task over whole (its open link, its
     /// schedule and backoffs), to be re-targeted at the new config and run again.
     Handover(oneshot::Sender<BusTask>),
@@ -141,6 +150,9 @@ pub struct BusTask {
     events: mpsc::Sender<BusEvent>,
     writes: mpsc::Receiver<BusRequest>,
     metrics: Arc<Metrics>,
+    scan: Option<ActiveScan>,
+    /// A running scan probes next (after a poll); else a due poll goes first.
+    scan_turn: bool,
 }
 
 impl std::fmt::Debug for BusTask {
@@ -198,6 +210,8 @@ impl BusTask {
             config,
             link,
             slots,
+            scan: None,
+            scan_turn: false,
             events,
             writes,
             metrics,
@@ -242,25 +256,7 @@ impl BusTask {
         let name = self.config.buses[self.bus].name.clone();
         tracing::info!(bus = %name, link = %self.link.describe(), devices = self.slots.len(), "bus started");
         if self.slots.is_empty() {
-            // Nothing to poll; still serve (and refuse) writes until shutdown.
-            loop {
-                self.metrics.beats.beat(&self.metrics.beats.buses[self.bus]);
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    cmd = self.writes.recv() => match cmd {
-                        Some(BusRequest::Write(cmd)) => { let _ = cmd.reply.send(Err(WriteError::BusGone)); }
-                        Some(BusRequest::Read(cmd)) => {
-                            let _ = cmd.reply.send(Err(LinkError::Transport("the bus has no devices".into())));
-                        }
-                        Some(BusRequest::Handover(tx)) => {
-                            let _ = tx.send(self);
-                            return;
-                        }
-                        None => return,
-                    },
-                    () = tokio::time::sleep(BEAT_EVERY) => {}
-                }
-            }
+            return self.run_idle(cancel).await;
         }
         let (metrics, bus) = (self.metrics.clone(), self.bus);
         let mut handover = None;
@@ -280,6 +276,12 @@ impl BusTask {
                 .map(|(k, s)| (k, s.next_due))
                 .min_by_key(|&(_, due)| due)
                 .expect("slots is not empty");
+            // A scan takes turns with due polls: neither waits more than one request.
+            if self.scan.is_some() && (self.scan_turn || due > Instant::now()) {
+                self.scan_turn = false;
+                self.scan_step().await;
+                continue;
+            }
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
@@ -292,8 +294,11 @@ impl BusTask {
                 },
                 // Wake at least every BEAT_EVERY so an idle bus still shows it is alive.
                 () = tokio::time::sleep_until(due.min(Instant::now() + BEAT_EVERY)) => {
-                    if Instant::now() >= due && !self.poll(k).await {
-                        break;
+                    if Instant::now() >= due {
+                        self.scan_turn = true;
+                        if !self.poll(k).await {
+                            break;
+                        }
                     }
                 }
             }
@@ -304,6 +309,38 @@ impl BusTask {
             return;
         }
         tracing::info!(bus = %name, "bus stopped");
+    }
+
+    /// A bus without devices (one being commissioned): serves raw reads and scans, refuses
+    /// writes, until shutdown or a handover.
+    async fn run_idle(mut self, cancel: CancellationToken) {
+        loop {
+            self.metrics.beats.beat(&self.metrics.beats.buses[self.bus]);
+            while let Ok(cmd) = self.writes.try_recv() {
+                if let Err(tx) = self.request(cmd).await {
+                    let _ = tx.send(self);
+                    return;
+                }
+            }
+            if self.scan.is_some() {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                self.scan_step().await;
+                continue;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                cmd = self.writes.recv() => match cmd {
+                    Some(cmd) => if let Err(tx) = self.request(cmd).await {
+                        let _ = tx.send(self);
+                        return;
+                    },
+                    None => return,
+                },
+                () = tokio::time::sleep(BEAT_EVERY) => {}
+            }
+        }
     }
 
     /// One request with the bus's retries on link faults (never on an exception: that is the
@@ -340,10 +377,24 @@ impl BusTask {
         match req {
             BusRequest::Write(cmd) => self.write(cmd).await,
             BusRequest::Read(r) => {
-                let unit = self.config.devices[r.device].unit;
                 self.metrics.beats.beat(&self.metrics.beats.buses[self.bus]);
-                let result = self.link.read(unit, r.table, r.address, r.count).await;
+                let result = self.link.read(r.unit, r.table, r.address, r.count).await;
                 let _ = r.reply.send(result);
+            }
+            BusRequest::Scan(req) => {
+                if self.scan.is_some() {
+                    let _ = req
+                        .reply
+                        .send(Err("a scan is already running on this bus".into()));
+                } else {
+                    self.scan = Some(ActiveScan::new(req));
+                    self.scan_turn = true;
+                }
+            }
+            BusRequest::ScanCancel => {
+                if let Some(s) = self.scan.as_mut() {
+                    s.cancel();
+                }
             }
             BusRequest::Handover(tx) => return Err(tx),
         }

@@ -17,6 +17,13 @@ pub enum CodecError {
     StringTooLong { len: usize, registers: u16 },
     #[error("value is not a number: {0}")]
     NotFinite(f64),
+    #[error("value {value} is not a step of this point: it takes steps of {step} (nearest: {below} or {above})")]
+    NotAStep {
+        value: String,
+        step: String,
+        below: String,
+        above: String,
+    },
 }
 
 /// Register words in wire order to big-endian bytes, applying byte and word order.
@@ -169,6 +176,12 @@ fn out_of_range(f: &Format, v: &Value, lo: f64, hi: f64) -> CodecError {
     }
 }
 
+/// `x` with as many decimals as the step has (0.1 → one): no float noise in a message.
+fn in_steps(x: f64, step: f64) -> String {
+    let decimals = (-step.abs().log10().floor()).clamp(0.0, 12.0) as usize;
+    format!("{x:.decimals$}")
+}
+
 /// A value to write as a raw integer within `lo..=hi`. Exact integers go through unrounded so
 /// a u64 counter keeps every bit.
 fn raw_int(f: &Format, v: &Value, lo: f64, hi: f64) -> Result<i128, CodecError> {
@@ -178,7 +191,25 @@ fn raw_int(f: &Format, v: &Value, lo: f64, hi: f64) -> Result<i128, CodecError> 
         Value::Text(s) if !f.scaled() && s.trim().parse::<i128>().is_ok() => {
             s.trim().parse::<i128>().unwrap()
         }
-        _ => raw_number(f, v)?.round() as i128,
+        _ => {
+            let raw = raw_number(f, v)?;
+            let whole = raw.round();
+            // A value on a step comes out within float rounding of an integer (80.1 / 0.1 =
+            // 800.9999999999999); anything further off would be silently rounded on the wire.
+            if (raw - whole).abs() > 1e-6 * whole.abs().max(1.0) {
+                let (a, b) = (
+                    raw.floor() * f.scale + f.offset,
+                    raw.ceil() * f.scale + f.offset,
+                );
+                return Err(CodecError::NotAStep {
+                    value: v.to_string(),
+                    step: in_steps(f.scale.abs(), f.scale),
+                    below: in_steps(a.min(b), f.scale),
+                    above: in_steps(a.max(b), f.scale),
+                });
+            }
+            whole as i128
+        }
     };
     if (x as f64) < lo || (x as f64) > hi {
         return Err(out_of_range(f, v, lo, hi));

@@ -217,8 +217,20 @@ impl Link {
     }
 
     pub async fn read(&mut self, unit: u8, table: Table, address: u16, count: u16) -> Reply<Data> {
+        self.read_within(unit, table, address, count, self.timeout)
+            .await
+    }
+
+    /// A read with its own deadline (a scan's short probe of a unit that may not exist).
+    pub async fn read_within(
+        &mut self,
+        unit: u8,
+        table: Table,
+        address: u16,
+        count: u16,
+        deadline: Duration,
+    ) -> Reply<Data> {
         self.pace().await;
-        let deadline = self.timeout;
         let reply = match self.connect().await? {
             Conn::Rtu(rtu) => rtu.read(unit, table, address, count, deadline).await,
             Conn::Tcp(ctx) => {

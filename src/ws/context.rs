@@ -15,11 +15,14 @@ use super::Shared;
 pub struct ServiceError {
     pub code: u16,
     pub msg: String,
+    /// Details beside the message (`config.apply`'s problems).
+    pub data: Option<Json>,
 }
 
 impl ServiceError {
     pub fn new(code: u16, msg: impl Into<String>) -> Self {
         ServiceError {
+            data: None,
             code,
             msg: msg.into(),
         }
@@ -105,6 +108,13 @@ pub fn reply(request_id: &Json, service: Option<&str>, result: HandlerResult) ->
     match result {
         Ok(data) => {
             json!({"requestId": request_id, "service": service, "code": 0, "msg": "ok", "data": data})
+        }
+        Err(ServiceError {
+            code,
+            msg,
+            data: Some(data),
+        }) => {
+            json!({"requestId": request_id, "service": service, "code": code, "msg": msg, "data": data})
         }
         Err(e) => {
             json!({"requestId": request_id, "service": service, "code": e.code, "msg": e.msg})
@@ -250,6 +260,16 @@ impl Ctx {
             .iter()
             .position(|d| d.id == id)
             .ok_or_else(|| ServiceError::not_found(format!("unknown device `{id}`")))
+    }
+
+    /// A bus index by name, or 404.
+    pub fn bus(&self, name: &str) -> Result<usize, ServiceError> {
+        self.shared
+            .config
+            .buses
+            .iter()
+            .position(|b| b.name == name)
+            .ok_or_else(|| ServiceError::not_found(format!("unknown bus `{name}`")))
     }
 
     pub fn point(&self, device: usize, id: &str) -> Result<usize, ServiceError> {

@@ -38,6 +38,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Upstream sinks' state, for `/healthz` and `/metrics`.
     pub sinks: Sinks,
+    /// The config file the `config.*` services edit; `None` without one (the demo, tests).
+    pub config_file: Option<Arc<crate::config::versions::ConfigFile>>,
 }
 
 impl Shared {
@@ -56,6 +58,7 @@ impl Shared {
             started: Instant::now(),
             shutdown,
             sinks: Sinks::default(),
+            config_file: None,
             control: Arc::new(control),
             metrics,
             config,

@@ -249,6 +249,23 @@ fn a_write_value_is_parsed_strictly_for_the_point_type() {
         encode_registers(&setpoint, &Value::Text("80.5".into())).unwrap(),
         vec![805]
     );
+    assert_eq!(
+        encode_registers(&setpoint, &Value::Float(80.1)).unwrap(),
+        vec![801]
+    );
+    // Between two steps: refused, saying the step and the nearest value (never rounded).
+    let e = encode_registers(&setpoint, &Value::Text("80.05".into())).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "value 80.05 is not a step of this point: it takes steps of 0.1 (nearest: 80.0 or 80.1)"
+    );
+    let plain = Format::raw(Table::Holding, DataType::U16);
+    let e = encode_registers(&plain, &Value::Float(80.5)).unwrap_err();
+    assert!(matches!(e, CodecError::NotAStep { .. }), "{e}");
+    assert_eq!(
+        encode_registers(&plain, &Value::Float(81.0)).unwrap(),
+        vec![81]
+    );
     let f32f = Format::raw(Table::Holding, DataType::F32);
     assert!(encode_registers(&f32f, &Value::Float(1e39)).is_err());
     let flag = Format::raw(Table::Holding, DataType::Bool);

@@ -1,4 +1,4 @@
-//! `devices.list`, `devices.describe`, `points.history`, `registers.read`, `device.write`.
+//! `devices.list`, `devices.describe`, `points.history`, `device.write`.
 
 use serde_json::{json, Value as Json};
 
@@ -101,7 +101,7 @@ pub async fn write(ctx: Ctx) -> HandlerResult {
 }
 
 /// Lower-case names of the codec's enums (their Debug names are the config's words).
-fn word<T: std::fmt::Debug>(v: T) -> String {
+pub(super) fn word<T: std::fmt::Debug>(v: T) -> String {
     format!("{v:?}").to_lowercase()
 }
 
@@ -142,57 +142,4 @@ pub async fn describe(ctx: Ctx) -> HandlerResult {
         })
         .collect();
     Ok(json!({ "devices": devices }))
-}
-
-/// `registers.read` (admin): raw registers or bits of a device, read in its bus's turn, for
-/// the register inspector to decode in every type and order.
-pub async fn read_registers(ctx: Ctx) -> HandlerResult {
-    use crate::modbus::codec::Table;
-    use crate::modbus::link::Data;
-    let d = ctx.device(&ctx.string("deviceId")?)?;
-    let table_name = ctx.string("table")?;
-    let table = Table::parse(&table_name).ok_or_else(|| {
-        ServiceError::bad_request("param `table` must be coil, discrete, input or holding")
-    })?;
-    let address = ctx.int_or("address", 0)?;
-    let count = ctx.int_or("count", 4)?;
-    let max = if table.is_bits() { 2000 } else { 125 };
-    if !(0..=65535).contains(&address) {
-        return Err(ServiceError::bad_request(
-            "param `address` must be 0..=65535",
-        ));
-    }
-    if !(1..=max).contains(&count) || address + count > 65536 {
-        return Err(ServiceError::bad_request(format!(
-            "param `count` must be 1..={max} and stay within the address space"
-        )));
-    }
-    let r = ctx
-        .shared
-        .control
-        .read_raw(d, table, address as u16, count as u16)
-        .await;
-    let data = match r {
-        Ok(Ok(Data::Registers(regs))) => json!({ "registers": regs }),
-        Ok(Ok(Data::Bits(bits))) => json!({ "bits": bits }),
-        Ok(Err(code)) => {
-            return Err(ServiceError::new(
-                503,
-                format!(
-                    "device answered {}",
-                    crate::modbus::link::exception_name(code)
-                ),
-            ))
-        }
-        Err(e) => return Err(ServiceError::new(503, format!("device unreachable: {e}"))),
-    };
-    let mut out = json!({
-        "deviceId": ctx.shared.config.devices[d].id,
-        "table": table_name,
-        "address": address,
-    });
-    if let (Some(o), Json::Object(extra)) = (out.as_object_mut(), data) {
-        o.extend(extra);
-    }
-    Ok(out)
 }

@@ -3,6 +3,8 @@
 
 mod auth;
 pub use auth::expire_sessions;
+mod commission;
+mod configure;
 mod devices;
 mod events;
 mod push;
@@ -68,7 +70,42 @@ pub static SERVICES: &[Service] = &[
     Service {
         name: "registers.read",
         access: Access::Admin,
-        handler: |c| Box::pin(devices::read_registers(c)),
+        handler: |c| Box::pin(commission::read_registers(c)),
+    },
+    Service {
+        name: "bus.scan",
+        access: Access::Admin,
+        handler: |c| Box::pin(commission::scan(c)),
+    },
+    Service {
+        name: "bus.scanCancel",
+        access: Access::Admin,
+        handler: |c| Box::pin(commission::scan_cancel(c)),
+    },
+    Service {
+        name: "config.get",
+        access: Access::Admin,
+        handler: |c| Box::pin(configure::get(c)),
+    },
+    Service {
+        name: "config.validate",
+        access: Access::Admin,
+        handler: |c| Box::pin(configure::validate(c)),
+    },
+    Service {
+        name: "config.apply",
+        access: Access::Admin,
+        handler: |c| Box::pin(configure::apply(c)),
+    },
+    Service {
+        name: "config.history",
+        access: Access::Admin,
+        handler: |c| Box::pin(configure::history(c)),
+    },
+    Service {
+        name: "config.rollback",
+        access: Access::Admin,
+        handler: |c| Box::pin(configure::rollback(c)),
     },
     Service {
         name: "device.write",

@@ -1,0 +1,186 @@
+//! The config file as the dashboard edits it: written atomically (temp file, fsync, rename,
+//! directory fsync), and each applied text kept as a version — the last 20, with who, when and a
+//! one-line summary of what changed — to roll back to.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::Config;
+use crate::model::{now_ms, Millis};
+
+/// The config file the gateway runs from, as the dashboard's `config.*` services edit it:
+/// where it is, its applied versions, and the way to ask the daemon for a reload (as SIGHUP
+/// does; the daemon reads the file again).
+pub struct ConfigFile {
+    pub path: PathBuf,
+    pub versions: Versions,
+    pub reload: tokio::sync::mpsc::Sender<()>,
+}
+
+/// Versions kept; the oldest beyond this are deleted as new ones arrive.
+pub const KEPT: usize = 20;
+
+/// One applied config: `{id}.toml` holds its text, `{id}.json` this.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Version {
+    pub id: u64,
+    pub at: Millis,
+    pub user: String,
+    pub summary: String,
+}
+
+/// The versions directory (`data_dir/config-versions`): on the store's disk, which the service
+/// may write.
+pub struct Versions {
+    dir: PathBuf,
+}
+
+impl Versions {
+    pub fn new(data_dir: &Path) -> Versions {
+        Versions {
+            dir: data_dir.join("config-versions"),
+        }
+    }
+
+    /// Newest first.
+    pub fn list(&self) -> std::io::Result<Vec<Version>> {
+        let mut out = Vec::new();
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                // A half-written or foreign file is skipped, not fatal.
+                if let Ok(v) = serde_json::from_slice::<Version>(&std::fs::read(&path)?) {
+                    out.push(v);
+                }
+            }
+        }
+        out.sort_by_key(|v| std::cmp::Reverse(v.id));
+        Ok(out)
+    }
+
+    pub fn text(&self, id: u64) -> std::io::Result<String> {
+        std::fs::read_to_string(self.dir.join(format!("{id}.toml")))
+    }
+
+    /// Keeps `text` as the newest version, unless it is the newest already (a rollback to it,
+    /// or a restart with the same file); prunes beyond [`KEPT`].
+    pub fn record(&self, text: &str, user: &str, summary: &str) -> std::io::Result<Version> {
+        let list = self.list()?;
+        if let Some(newest) = list.first() {
+            if self.text(newest.id).is_ok_and(|t| t == text) {
+                return Ok(newest.clone());
+            }
+        }
+        std::fs::create_dir_all(&self.dir)?;
+        let v = Version {
+            id: list.first().map_or(1, |v| v.id + 1),
+            at: now_ms(),
+            user: user.to_string(),
+            summary: summary.to_string(),
+        };
+        write_atomically(&self.dir.join(format!("{}.toml", v.id)), text.as_bytes())?;
+        // The description last: a version without one is not listed.
+        let meta = serde_json::to_vec(&v).map_err(std::io::Error::other)?;
+        write_atomically(&self.dir.join(format!("{}.json", v.id)), &meta)?;
+        for old in list.iter().skip(KEPT - 1) {
+            let _ = std::fs::remove_file(self.dir.join(format!("{}.json", old.id)));
+            let _ = std::fs::remove_file(self.dir.join(format!("{}.toml", old.id)));
+        }
+        Ok(v)
+    }
+}
+
+/// What changed between two configs, in one line: `devices +meter-2 -pump ~boiler; rules +r1`.
+pub fn summary(old: &Config, new: &Config) -> String {
+    fn diff<T>(
+        name: &str,
+        old: &[T],
+        new: &[T],
+        id: impl Fn(&T) -> &str,
+        same: impl Fn(&T, &T) -> bool,
+    ) -> Option<String> {
+        let mut parts = Vec::new();
+        for n in new {
+            match old.iter().find(|o| id(o) == id(n)) {
+                None => parts.push(format!("+{}", id(n))),
+                Some(o) if !same(o, n) => parts.push(format!("~{}", id(n))),
+                Some(_) => {}
+            }
+        }
+        for o in old.iter().filter(|o| !new.iter().any(|n| id(n) == id(o))) {
+            parts.push(format!("-{}", id(o)));
+        }
+        (!parts.is_empty()).then(|| format!("{name} {}", parts.join(" ")))
+    }
+    let dbg =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
+    let parts: Vec<String> = [
+        diff("buses", &old.buses, &new.buses, |b| &b.name, |a, b| a == b),
+        diff(
+            "devices",
+            &old.devices,
+            &new.devices,
+            |d| &d.id,
+            |a, b| dbg(a, b),
+        ),
+        diff("rules", &old.rules, &new.rules, |r| &r.id, |a, b| dbg(a, b)),
+        diff(
+            "users",
+            &old.users,
+            &new.users,
+            |u| &u.name,
+            |a, b| dbg(a, b),
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        "other settings".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// Writes a sibling file and renames it over `path`, then syncs the directory: a crash leaves
+/// the old file or the new one, never half of either, and the rename itself survives a power
+/// cut. The new file gets the old one's owner, group and permissions (root:edge-gateway 0660
+/// under /etc, which the service must still read after a `sudo user add`), and is readable by
+/// nobody else while it is being written.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let err = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    let meta = std::fs::metadata(path).ok();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    if let Some(meta) = &meta {
+        // Only root may give a file away; a user writing their own file keeps it as it is.
+        let _ = std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()));
+        f.set_permissions(meta.permissions()).map_err(err)?;
+    }
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! `bus.scan` on a live bus: one unit id probed per turn, taking turns with the polls so a
+//! configured device waits at most one probe timeout, progress streamed, cancellable.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::BusTask;
+use crate::modbus::codec::Table;
+use crate::modbus::link::LinkError;
+
+/// Which unit ids to probe, and with what one-register (or one-bit) read.
+#[derive(Debug)]
+pub struct ScanRequest {
+    pub from: u8,
+    pub to: u8,
+    pub table: Table,
+    pub address: u16,
+    /// How long a silent unit is waited for.
+    pub timeout: Duration,
+    pub progress: mpsc::UnboundedSender<ScanStep>,
+    /// The units that answered, or why the scan could not go on (the link is down).
+    pub reply: oneshot::Sender<Result<ScanDone, String>>,
+}
+
+/// One unit probed: it answered (data or an exception, which counts) or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanStep {
+    pub unit: u8,
+    pub found: bool,
+    pub exception: Option<u8>,
+}
+
+#[derive(Debug)]
+pub struct ScanDone {
+    pub found: Vec<ScanStep>,
+    pub cancelled: bool,
+}
+
+/// A scan in progress on a bus task.
+#[derive(Debug)]
+pub(super) struct ActiveScan {
+    req: ScanRequest,
+    next: u16,
+    found: Vec<ScanStep>,
+    cancelled: bool,
+}
+
+impl ActiveScan {
+    pub(super) fn new(req: ScanRequest) -> ActiveScan {
+        ActiveScan {
+            next: u16::from(req.from),
+            req,
+            found: Vec::new(),
+            cancelled: false,
+        }
+    }
+
+    pub(super) fn cancel(&mut self) {
+        self.cancelled = true;
+    }
+}
+
+impl BusTask {
+    /// Probes the next unit of the scan, or ends it (done, cancelled, or nobody listening).
+    pub(super) async fn scan_step(&mut self) {
+        let Some(scan) = self.scan.as_mut() else {
+            return;
+        };
+        if scan.cancelled || scan.next > u16::from(scan.req.to) || scan.req.progress.is_closed() {
+            let s = self.scan.take().expect("checked above");
+            let _ = s.req.reply.send(Ok(ScanDone {
+                found: s.found,
+                cancelled: s.cancelled,
+            }));
+            return;
+        }
+        let unit = scan.next as u8;
+        scan.next += 1;
+        let (table, address, timeout) = (scan.req.table, scan.req.address, scan.req.timeout);
+        self.metrics.beats.beat(&self.metrics.beats.buses[self.bus]);
+        let reply = self
+            .link
+            .read_within(unit, table, address, 1, timeout)
+            .await;
+        let scan = self.scan.as_mut().expect("set above");
+        let step = match reply {
+            Ok(Ok(_)) => ScanStep {
+                unit,
+                found: true,
+                exception: None,
+            },
+            Ok(Err(code)) => ScanStep {
+                unit,
+                found: true,
+                exception: Some(code),
+            },
+            Err(e @ (LinkError::Down { .. } | LinkError::Connect { .. })) => {
+                let s = self.scan.take().expect("set above");
+                let _ = s.req.reply.send(Err(e.to_string()));
+                return;
+            }
+            // Silence, or bytes that were not an answer from this unit: nobody there.
+            Err(_) => ScanStep {
+                unit,
+                found: false,
+                exception: None,
+            },
+        };
+        if step.found {
+            scan.found.push(step.clone());
+        }
+        let _ = scan.req.progress.send(step);
+    }
+}

@@ -1,0 +1,194 @@
+//! The config from the dashboard (admin): `config.get`, `config.validate`, `config.apply`,
+//! `config.history`, `config.rollback`. Apply checks the text with the same validator as
+//! `check-config`, writes the file atomically as given (comments and layout are the
+//! technician's), keeps it as a version, and asks the daemon for the same reload as SIGHUP.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value as Json};
+
+use crate::config::versions::{self, ConfigFile};
+use crate::config::{self, Config, ConfigError, Link};
+use crate::model::rfc3339;
+use crate::ws::context::{Ctx, HandlerResult, ServiceError};
+
+/// The largest config text accepted (a frame is at most 64 KiB anyway).
+const MAX_TEXT: usize = 64 * 1024;
+
+fn file(ctx: &Ctx) -> Result<Arc<ConfigFile>, ServiceError> {
+    ctx.shared.config_file.clone().ok_or_else(|| {
+        ServiceError::new(
+            503,
+            "this gateway runs without a config file (the demo): nothing to edit",
+        )
+    })
+}
+
+fn problems_json(problems: &[config::Problem]) -> Json {
+    Json::Array(
+        problems
+            .iter()
+            .map(|p| json!({ "path": p.path, "line": p.line, "message": p.message }))
+            .collect(),
+    )
+}
+
+/// The problems of a config text (empty when valid) and, when valid, the config.
+fn check(text: &str) -> (Vec<config::Problem>, Option<Config>) {
+    match config::parse(text) {
+        Ok(l) => match crate::account::well_known_login(&l.config) {
+            Some(why) => (
+                vec![config::Problem {
+                    path: "users".into(),
+                    line: None,
+                    message: why,
+                }],
+                None,
+            ),
+            None => (Vec::new(), Some(l.config)),
+        },
+        Err(ConfigError::Invalid(p)) => (p, None),
+        Err(e @ ConfigError::Read { .. }) => (
+            vec![config::Problem {
+                path: String::new(),
+                line: None,
+                message: e.to_string(),
+            }],
+            None,
+        ),
+    }
+}
+
+fn text_param(ctx: &Ctx) -> Result<String, ServiceError> {
+    let text = ctx.string("text")?;
+    if text.len() > MAX_TEXT {
+        return Err(ServiceError::bad_request("param `text` is over 64 KiB"));
+    }
+    Ok(text)
+}
+
+/// The running config's buses, devices (points as run, templates expanded) and rules.
+fn structure(c: &Config) -> Json {
+    let buses: Vec<Json> = c
+        .buses
+        .iter()
+        .map(|b| {
+            let (kind, at) = match &b.link {
+                Link::Tcp { address } => ("tcp", address.clone()),
+                Link::RtuOverTcp { address } => ("rtu_over_tcp", address.clone()),
+                Link::Rtu { port, baud, .. } => ("rtu", format!("{port} @{baud}")),
+            };
+            json!({ "name": b.name, "kind": kind, "at": at })
+        })
+        .collect();
+    let devices: Vec<Json> = c
+        .devices
+        .iter()
+        .map(|d| {
+            json!({
+                "id": d.id,
+                "type": d.device_type,
+                "bus": c.buses[d.bus].name,
+                "unit": d.unit,
+                "points": d.points.iter().map(|p| json!({
+                    "id": p.id,
+                    "table": p.format.table.to_string(),
+                    "address": p.address,
+                    "type": super::devices::word(p.format.data_type),
+                    "unit": p.unit,
+                    "writable": p.writable,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let rules: Vec<Json> = c
+        .rules
+        .iter()
+        .map(|r| json!({ "id": r.id, "device": c.devices[r.device].id }))
+        .collect();
+    json!({ "buses": buses, "devices": devices, "rules": rules })
+}
+
+/// `config.get`: the file's text as it is on disk, and the running config's structure.
+pub async fn get(ctx: Ctx) -> HandlerResult {
+    let f = file(&ctx)?;
+    let text = std::fs::read_to_string(&f.path)
+        .map_err(|e| ServiceError::new(503, format!("cannot read {}: {e}", f.path.display())))?;
+    Ok(json!({
+        "path": f.path.display().to_string(),
+        "text": text,
+        "config": structure(&ctx.shared.config),
+    }))
+}
+
+/// `config.validate`: the same checks as `check-config`, by key path and line.
+pub async fn validate(ctx: Ctx) -> HandlerResult {
+    let (problems, _) = check(&text_param(&ctx)?);
+    Ok(json!({ "problems": problems_json(&problems) }))
+}
+
+/// `config.apply`: a valid text is written, kept as a version and applied as a reload.
+pub async fn apply(ctx: Ctx) -> HandlerResult {
+    let text = text_param(&ctx)?;
+    apply_text(&ctx, &text).await
+}
+
+async fn apply_text(ctx: &Ctx, text: &str) -> HandlerResult {
+    let f = file(ctx)?;
+    let (problems, new) = check(text);
+    let Some(new) = new else {
+        let mut e = ServiceError::bad_request(format!(
+            "the config has {} problem(s); nothing was written",
+            problems.len()
+        ));
+        e.data = Some(json!({ "problems": problems_json(&problems) }));
+        return Err(e);
+    };
+    let user = ctx.client.login().map_or_else(String::new, |l| l.user);
+    let summary = versions::summary(&ctx.shared.config, &new);
+    versions::write_atomically(&f.path, text.as_bytes()).map_err(|e| {
+        ServiceError::new(
+            503,
+            format!("cannot write the config file ({e}); see docs/configuration.md, \"Editing from the dashboard\""),
+        )
+    })?;
+    let v = f.versions.record(text, &user, &summary).map_err(|e| {
+        ServiceError::internal(format!(
+            "the file was written, but its version was not kept: {e}"
+        ))
+    })?;
+    tracing::info!(
+        user,
+        version = v.id,
+        "config applied from the dashboard: {summary}"
+    );
+    // The reload closes this connection (1001) once this reply has gone out; the dashboard
+    // reconnects and resumes its session.
+    let _ = f.reload.try_send(());
+    Ok(json!({ "id": v.id, "summary": summary }))
+}
+
+/// `config.history`: the last 20 applied versions, newest first.
+pub async fn history(ctx: Ctx) -> HandlerResult {
+    let f = file(&ctx)?;
+    let list = f
+        .versions
+        .list()
+        .map_err(|e| ServiceError::internal(format!("cannot list the versions: {e}")))?;
+    let versions: Vec<Json> = list
+        .iter()
+        .map(|v| json!({ "id": v.id, "at": rfc3339(v.at), "user": v.user, "summary": v.summary }))
+        .collect();
+    Ok(json!({ "versions": versions }))
+}
+
+/// `config.rollback`: applies a kept version as `config.apply` would.
+pub async fn rollback(ctx: Ctx) -> HandlerResult {
+    let f = file(&ctx)?;
+    let id = ctx.int("id")?;
+    let text = u64::try_from(id)
+        .ok()
+        .and_then(|id| f.versions.text(id).ok())
+        .ok_or_else(|| ServiceError::not_found(format!("no config version {id}")))?;
+    apply_text(&ctx, &text).await
+}
