@@ -40,6 +40,21 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../web/app/chart.js"),
     ),
     (
+        "/app/dom.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../web/app/dom.js"),
+    ),
+    (
+        "/app/inspector.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../web/app/inspector.js"),
+    ),
+    (
+        "/app/configure.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../web/app/configure.js"),
+    ),
+    (
         "/app/icon.svg",
         "image/svg+xml",
         include_bytes!("../web/app/icon.svg"),

@@ -180,7 +180,69 @@ fn link_exit(e: &LinkError) -> i32 {
 }
 
 /// `read`: prints `count` decoded values, one per line or as `{"values":[…]}`.
-pub async fn read(t: Target, count: u16, json: bool) -> i32 {
+pub async fn read(t: Target, count: u16, json: bool, all_orders: bool) -> i32 {
+    let (bits, regs) = match fetch(&t, count).await {
+        Ok(data) => data,
+        Err(code) => return code,
+    };
+    let mut out = std::io::stdout().lock();
+    if all_orders && !t.table.is_bits() {
+        // The inspector's four columns: which order turns the registers into the right value.
+        let mut orders = serde_json::Map::new();
+        for (name, bo, wo) in ORDERS {
+            let mut f = t.format.clone();
+            (f.byte_order, f.word_order) = (bo, wo);
+            match values(&f, &bits, &regs, count) {
+                Ok(v) => orders.insert(name.to_string(), serde_json::Value::Array(v)),
+                Err(code) => return code,
+            };
+        }
+        if json {
+            let _ = writeln!(out, "{}", serde_json::json!({ "orders": orders }));
+        } else {
+            for i in 0..count as usize {
+                let line: Vec<String> = orders
+                    .iter()
+                    .map(|(name, v)| format!("{name} {}", plain(&v[i])))
+                    .collect();
+                let _ = writeln!(out, "{}", line.join("  "));
+            }
+        }
+        return EXIT_OK;
+    }
+    let values = match values(&t.format, &bits, &regs, count) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    if json {
+        let _ = writeln!(out, "{}", serde_json::json!({ "values": values }));
+    } else {
+        for v in values {
+            let _ = writeln!(out, "{}", plain(&v));
+        }
+    }
+    EXIT_OK
+}
+
+/// The byte/word orders by the names device manuals use.
+const ORDERS: [(&str, codec::ByteOrder, codec::WordOrder); 4] = [
+    ("ABCD", codec::ByteOrder::Big, codec::WordOrder::Big),
+    ("BADC", codec::ByteOrder::Little, codec::WordOrder::Big),
+    ("CDAB", codec::ByteOrder::Big, codec::WordOrder::Little),
+    ("DCBA", codec::ByteOrder::Little, codec::WordOrder::Little),
+];
+
+/// A value as a line of `read`'s output: text unquoted.
+fn plain(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The raw bits or registers of `count` values, in whole values per request; the exit code on
+/// an exception or a link fault (said on stderr).
+async fn fetch(t: &Target, count: u16) -> Result<(Vec<bool>, Vec<u16>), i32> {
     let width = u32::from(t.format.width());
     let total = width * u32::from(count);
     if total == 0 || u32::from(t.address) + total > 65536 {
@@ -188,7 +250,7 @@ pub async fn read(t: Target, count: u16, json: bool) -> i32 {
             "error: {count} values of {width} from address {} run past 65535",
             t.address
         );
-        return EXIT_USAGE;
+        return Err(EXIT_USAGE);
     }
     let per_read = u32::from(if t.table.is_bits() {
         MAX_BITS_PER_READ
@@ -198,8 +260,7 @@ pub async fn read(t: Target, count: u16, json: bool) -> i32 {
     // Whole values per request, so no value straddles two reads.
     let chunk = (per_read / width).max(1) * width;
     let mut l = link::Link::new(t.link.clone(), t.timeout, Duration::ZERO);
-    let mut bits = Vec::new();
-    let mut regs = Vec::new();
+    let (mut bits, mut regs) = (Vec::new(), Vec::new());
     let mut done = 0u32;
     while done < total {
         let n = chunk.min(total - done) as u16;
@@ -211,24 +272,34 @@ pub async fn read(t: Target, count: u16, json: bool) -> i32 {
                     "error: device answered exception 0x{code:02X}: {}",
                     exception_name(code)
                 );
-                return EXIT_EXCEPTION;
+                return Err(EXIT_EXCEPTION);
             }
-            Err(e) => return link_exit(&e),
+            Err(e) => return Err(link_exit(&e)),
         }
         done += u32::from(n);
     }
+    Ok((bits, regs))
+}
+
+/// `count` values decoded by `f`.
+fn values(
+    f: &Format,
+    bits: &[bool],
+    regs: &[u16],
+    count: u16,
+) -> Result<Vec<serde_json::Value>, i32> {
+    let w = usize::from(f.width());
     let mut values = Vec::with_capacity(count as usize);
     for i in 0..count as usize {
-        let v = if t.table.is_bits() {
+        let v = if f.table.is_bits() {
             Ok(codec::decode_bit(bits.get(i).copied().unwrap_or(false)))
         } else {
-            let w = width as usize;
-            codec::decode_registers(&t.format, regs.get(i * w..).unwrap_or(&[]))
+            codec::decode_registers(f, regs.get(i * w..).unwrap_or(&[]))
         };
         values.push(match v {
             // An f32 printed as the f32 it is (80.47981), not as the f64 it widens to
             // (80.47981262207031).
-            Ok(Value::Float(x)) if t.format.data_type == codec::DataType::F32 => {
+            Ok(Value::Float(x)) if f.data_type == codec::DataType::F32 => {
                 let short = (x as f32).to_string().parse::<f64>().unwrap_or(x);
                 serde_json::json!(short)
             }
@@ -237,22 +308,11 @@ pub async fn read(t: Target, count: u16, json: bool) -> i32 {
             Err(codec::CodecError::NotFinite(x)) => serde_json::Value::String(x.to_string()),
             Err(e) => {
                 eprintln!("error: value {i}: {e}");
-                return EXIT_EXCEPTION;
+                return Err(EXIT_EXCEPTION);
             }
         });
     }
-    let mut out = std::io::stdout().lock();
-    if json {
-        let _ = writeln!(out, "{}", serde_json::json!({ "values": values }));
-    } else {
-        for v in values {
-            let _ = match v {
-                serde_json::Value::String(s) => writeln!(out, "{s}"),
-                other => writeln!(out, "{other}"),
-            };
-        }
-    }
-    EXIT_OK
+    Ok(values)
 }
 
 /// `write`: FC 5 for a coil (FC 15 for a list of coils), 6 for one register, 16 for wider types.
@@ -330,12 +390,49 @@ pub fn demo_config(sim_addr: std::net::SocketAddr, data: PathBuf, listen: &str) 
     c
 }
 
+/// The demo's config as a file in its data directory, comments kept, pointed at the simulator:
+/// the dashboard's Configure view edits it as it would a real box's. Written afresh at every
+/// start (the simulator's port changes); the versions of a session stay in the data directory.
+fn write_demo_config(
+    sim_addr: std::net::SocketAddr,
+    data: &std::path::Path,
+    listen: &str,
+) -> anyhow::Result<PathBuf> {
+    let mut doc: toml_edit::DocumentMut = DEMO_CONFIG.parse()?;
+    doc["gateway"]["data_dir"] = toml_edit::value(data.display().to_string());
+    doc["http"]["listen"] = toml_edit::value(listen);
+    if let Some(buses) = doc["buses"].as_array_of_tables_mut() {
+        for b in buses.iter_mut() {
+            b["address"] = toml_edit::value(sim_addr.to_string());
+        }
+    }
+    std::fs::create_dir_all(data)?;
+    let path = data.join("gateway.toml");
+    config::versions::write_atomically(&path, doc.to_string().as_bytes())?;
+    Ok(path)
+}
+
 /// `demo`: the simulator and the gateway in one process, until Ctrl-C or SIGTERM.
 pub async fn demo(listen: &str, data: PathBuf, shutdown: CancellationToken) -> anyhow::Result<()> {
     let sim = Simulator::new(Profile::Demo);
     let sim_addr = simulator::spawn_tcp(sim, "127.0.0.1:0", shutdown.child_token()).await?;
-    let config = demo_config(sim_addr, data.clone(), listen);
-    let gw = crate::Gateway::start(config).await?;
+    let path = write_demo_config(sim_addr, &data, listen)?;
+    let config = config::load(&path)
+        .map_err(|e| anyhow::anyhow!("the demo's config: {e:?}"))?
+        .config;
+    crate::run_with(config, Some(path.clone()), shutdown, |gw| {
+        demo_banner(gw, sim_addr, &data, &path);
+    })
+    .await?;
+    Ok(())
+}
+
+fn demo_banner(
+    gw: &crate::Gateway,
+    sim_addr: std::net::SocketAddr,
+    data: &std::path::Path,
+    path: &std::path::Path,
+) {
     let urls = crate::http::urls(gw.http_addr);
     println!("edge-gateway demo");
     for url in &urls {
@@ -347,6 +444,10 @@ pub async fn demo(listen: &str, data: PathBuf, shutdown: CancellationToken) -> a
     println!("  logins:     admin/admin (admin), viewer/viewer (viewer)");
     println!("  simulator:  modbus tcp {sim_addr} (units 1 boiler, 2 pump, 3 meter)");
     println!("  data:       {}", data.display());
+    println!(
+        "  config:     {} (the dashboard's Configure view edits it)",
+        path.display()
+    );
     if !gw.http_addr.ip().is_loopback() {
         eprintln!();
         eprintln!(
@@ -359,9 +460,6 @@ pub async fn demo(listen: &str, data: PathBuf, shutdown: CancellationToken) -> a
         eprintln!();
     }
     println!("Press Ctrl-C to stop.");
-    shutdown.cancelled().await;
-    gw.shutdown().await;
-    Ok(())
 }
 
 #[cfg(test)]

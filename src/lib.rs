@@ -138,6 +138,16 @@ pub async fn run(
     path: Option<std::path::PathBuf>,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
+    run_with(config, path, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `on_ready` once the gateway first serves (the demo prints its URLs).
+pub async fn run_with(
+    config: Config,
+    path: Option<std::path::PathBuf>,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(&Gateway),
+) -> Result<(), StartError> {
     // The file as the dashboard edits it: its versions, and reloads asked for like SIGHUP.
     let (apply, mut applied) = mpsc::channel(1);
     let file = path.as_ref().map(|p| {
@@ -167,6 +177,7 @@ pub async fn run(
         );
     }
     // Config valid, store open, HTTP bound: ready.
+    on_ready(&gw);
     service::ready(&status(&gw));
     let mut hup = sighup();
     loop {

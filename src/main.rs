@@ -81,6 +81,9 @@ enum Command {
         count: u16,
         #[arg(long)]
         json: bool,
+        /// Decode in all four byte/word orders (ABCD BADC CDAB DCBA), as the inspector does.
+        #[arg(long)]
+        all_orders: bool,
     },
     /// One-off write (FC 5 coil, FC 6 one register, FC 16 wider types).
     Write {
@@ -303,8 +306,9 @@ async fn run_cli() -> ExitCode {
             at,
             count,
             json,
+            all_orders,
         } => match target(link, at) {
-            Ok(t) => code(cli::read(t, count, json).await),
+            Ok(t) => code(cli::read(t, count, json, all_orders).await),
             Err(e) => {
                 eprintln!("error: {e}");
                 code(EXIT_USAGE)

@@ -432,3 +432,40 @@ async fn read_takes_modicon_references_and_write_refuses_a_value_between_steps()
     );
     assert_eq!(sim.with_memory(2, |m| m.holding[2]), Some(4321));
 }
+
+/// `read --all-orders` shows the four byte/word orders; a peer that is not Modbus is named.
+#[tokio::test]
+async fn read_shows_every_order_and_names_a_peer_that_is_not_modbus() {
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    // f32 123.456 as CDAB (low word first) in holding 20..21 of the pump.
+    let bits = 123.456f32.to_bits();
+    sim.with_memory(2, |m| {
+        m.holding[20] = (bits & 0xFFFF) as u16;
+        m.holding[21] = (bits >> 16) as u16;
+    });
+    let (code, out, err) = run(args(&format!(
+        "read --tcp {addr} --unit 2 --table holding --address 20 --type f32 --all-orders"
+    )))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("CDAB 123.456"), "{out}");
+    assert!(
+        out.contains("ABCD ") && out.contains("BADC ") && out.contains("DCBA "),
+        "{out}"
+    );
+    // Something else on the port: it sends its banner and hangs up.
+    let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = other.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut s, _)) = other.accept().await {
+            let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").await;
+        }
+    });
+    let (code, _, err) = run(args(&format!(
+        "read --tcp {at} --unit 1 --table holding --address 0"
+    )))
+    .await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("did not answer with Modbus TCP"), "{err}");
+}

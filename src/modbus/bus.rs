@@ -278,6 +278,9 @@ impl BusTask {
                 .expect("slots is not empty");
             // A scan takes turns with due polls: neither waits more than one request.
             if self.scan.is_some() && (self.scan_turn || due > Instant::now()) {
+                if cancel.is_cancelled() {
+                    break;
+                }
                 self.scan_turn = false;
                 self.scan_step().await;
                 continue;

@@ -380,10 +380,16 @@ async fn tcp_call<T>(
     match timeout(deadline, f(ctx)).await {
         Err(_) => Err(LinkError::Timeout(deadline)),
         Ok(Err(tokio_modbus::Error::Transport(e))) => {
-            // A frame that does not decode: its bytes stay out of the text (a peer sending
-            // noise must not write a new log line, or garbage, on every poll).
-            Err(if e.kind() == std::io::ErrorKind::InvalidData {
-                LinkError::Protocol(Fault::Garbage, "malformed answer".into())
+            // A frame that does not decode, or bytes left over when the peer hung up (an SSH or
+            // HTTP server on the port): its bytes stay out of the text (a peer sending noise
+            // must not write a new log line, or garbage, on every poll).
+            let not_modbus = e.kind() == std::io::ErrorKind::InvalidData
+                || e.to_string().contains("bytes remaining");
+            Err(if not_modbus {
+                LinkError::Protocol(
+                    Fault::Garbage,
+                    "the peer did not answer with Modbus TCP (is this the right port?)".into(),
+                )
             } else {
                 LinkError::Transport(e.kind().to_string())
             })

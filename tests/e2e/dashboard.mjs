@@ -1,10 +1,13 @@
 // The dashboard end to end, in headless Chromium against `edge-gateway demo`:
 // log in; all demo devices shown; a value changes live; a write from the device view changes the
-// simulator's register; the alarm that follows appears and is acknowledged; a viewer sees no
-// write or ack controls; the page fits 390 px. With SCREENSHOTS=dir, saves desktop and phone
-// screenshots there.
+// simulator's register; the alarm that follows appears and is acknowledged; a pymodbus device the
+// config does not know is commissioned with no file edited by hand (a bus added in Configure, the
+// bus scanned, its registers inspected, two points added from the inspector, live values seen,
+// then everything rolled back); a viewer sees no write or ack controls; the page fits 390 px.
+// With SCREENSHOTS=dir, saves desktop and phone screenshots there.
 //
-// Env: EDGE_BIN (the gateway binary), CHROMIUM (default /usr/bin/chromium), SCREENSHOTS.
+// Env: EDGE_BIN (the gateway binary), CHROMIUM (default /usr/bin/chromium), SCREENSHOTS,
+// EDGE_PYMODBUS_PYTHON (a python with pymodbus: the device to commission).
 
 import { spawn, execFileSync } from "node:child_process";
 import { mkdtempSync, mkdirSync } from "node:fs";
@@ -41,6 +44,64 @@ function startDemo() {
     });
     child.on("exit", (c) => reject(new Error(`demo exited with ${c}: ${out}`)));
   });
+}
+
+/** pymodbus (tests/interop/pymodbus_server.py) on a free TCP port; resolves with the port. */
+function startPymodbus() {
+  const python = process.env.EDGE_PYMODBUS_PYTHON;
+  if (!python) throw new Error("EDGE_PYMODBUS_PYTHON is not set");
+  const child = spawn(python, ["../interop/pymodbus_server.py", "tcp", "0"], { stdio: ["ignore", "pipe", "inherit"] });
+  return new Promise((resolve, reject) => {
+    let out = "";
+    const timer = setTimeout(() => reject(new Error(`pymodbus did not start: ${out}`)), 30000);
+    child.stdout.on("data", (b) => {
+      out += b;
+      const m = out.match(/serving tcp (\d+)/);
+      if (m) {
+        clearTimeout(timer);
+        resolve({ child, port: Number(m[1]) });
+      }
+    });
+    child.on("exit", (c) => reject(new Error(`pymodbus exited with ${c}: ${out}`)));
+  });
+}
+
+/** Confirms the dialog and waits for the reload that an applied config causes to reconnect. */
+async function confirmApplied(page) {
+  const logins = await page.evaluate(() => window.__edgeLogins);
+  await page.locator("#confirm-ok").click();
+  await page.getByText(/Applied as version \d+|Rolled back: applied as version/).waitFor({ timeout: 30000 });
+  // The reload closes the socket (1001); the page reconnects, resumes and draws its view again.
+  await page.waitForFunction((n) => window.__edgeLogins > n, logins, { timeout: 30000 });
+}
+
+/** One point from the inspector's "Add as point" form, read at `address` on bus py, unit 1. */
+async function addPoint(page, url, { address, count, register, type, order, scale, unit, id, device }) {
+  await page.goto(`${url}#/inspector`);
+  await page.getByLabel("Bus", { exact: true }).selectOption("py");
+  await page.getByLabel("Unit id").fill("1");
+  await page.getByLabel("Table", { exact: true }).selectOption("holding");
+  await page.getByLabel("Address", { exact: true }).fill(String(address));
+  await page.getByLabel("Count", { exact: true }).fill(String(count));
+  await page.getByRole("button", { name: "Read", exact: true }).click();
+  await page.waitForSelector("table.decoded");
+  await page.getByLabel("Starting at register").selectOption({ label: String(register) });
+  await page.getByLabel("Type", { exact: true }).selectOption(type);
+  await page.getByLabel("Byte/word order").selectOption(order);
+  await page.getByLabel("Scale").fill(String(scale));
+  await page.getByLabel("Engineering unit").fill(unit);
+  await page.getByLabel("Point id").fill(id);
+  if (device.existing) {
+    await page.getByLabel("To device").selectOption(device.existing);
+  } else {
+    await page.getByLabel("To device").selectOption("");
+    await page.getByLabel("New device id").fill(device.id);
+    await page.getByLabel("Device type").fill(device.type);
+  }
+  const preview = await page.textContent(".preview");
+  await page.getByRole("button", { name: "Add as point" }).click();
+  await confirmApplied(page);
+  return preview;
 }
 
 async function login(page, url, user) {
@@ -177,6 +238,60 @@ try {
   if (u16 !== "1000") throw new Error(`inspector u16 ABCD shows ${u16}`);
   if (shots) await desk.screenshot({ path: join(shots, "desktop-inspector.png") });
 
+  step("commissioning: a bus added in Configure, scanned; two points added from the inspector");
+  const py = await startPymodbus();
+  try {
+    await desk.goto(`${demo.url}#/configure`);
+    const area = desk.getByLabel("Config (TOML)");
+    await desk.waitForFunction(() => document.querySelector("#c-text").value.includes("[gateway]"));
+    const text = await area.inputValue();
+    await area.fill(`${text}\n# The new line's serial server (added from the dashboard).\n[[buses]]\nname = "py"\nkind = "tcp"\naddress = "127.0.0.1:${py.port}"\ntimeout_ms = 300\nretries = 0\n`);
+    await desk.getByRole("button", { name: "Apply" }).click();
+    await confirmApplied(desk);
+    if (shots) await desk.screenshot({ path: join(shots, "desktop-configure.png"), fullPage: true });
+
+    await desk.goto(`${demo.url}#/inspector`);
+    await desk.getByLabel("Bus", { exact: true }).selectOption("py");
+    await desk.getByLabel("To unit").fill("3");
+    await desk.getByRole("button", { name: "Scan bus" }).click();
+    await desk.getByText(/Done: units .*answered/).waitFor({ timeout: 30000 });
+    const found = await desk.$$eval(".found button", (b) => b.map((x) => x.textContent));
+    if (!found.some((t) => t.startsWith("Unit 1"))) throw new Error(`scan found ${found}`);
+    await desk.locator(".found button", { hasText: "Unit 1" }).click();
+    await desk.waitForSelector("table.decoded");
+    if (shots) await desk.screenshot({ path: join(shots, "desktop-inspector-scan.png"), fullPage: true });
+
+    // f32 123.456 in CDAB at holding 36; u16 65000 at holding 9, scaled by 0.1.
+    const flow = await addPoint(desk, demo.url, { address: 30, count: 8, register: 36, type: "f32", order: "CDAB", scale: 1, unit: "m³/h", id: "flow", device: { id: "py-1", type: "flowmeter" } });
+    if (!/= 123\.456/.test(flow)) throw new Error(`preview of flow: ${flow}`);
+    const level = await addPoint(desk, demo.url, { address: 9, count: 1, register: 9, type: "u16", order: "ABCD", scale: 0.1, unit: "cm", id: "level", device: { existing: "py-1" } });
+    if (!/= 6500/.test(level)) throw new Error(`preview of level: ${level}`);
+
+    step("the new device's live values on the overview; the config keeps its comments");
+    await desk.goto(`${demo.url}#/overview`);
+    await desk.waitForFunction(() => {
+      const v = (p) => document.querySelector(`[data-device="py-1"] [data-point="${p}"] .value`)?.textContent || "";
+      return v("flow").startsWith("123.") && v("level").startsWith("6500");
+    }, null, { timeout: 30000 });
+    if (shots) await desk.screenshot({ path: join(shots, "desktop-overview-commissioned.png") });
+    await desk.goto(`${demo.url}#/configure`);
+    await desk.waitForFunction(() => document.querySelector("#c-text").value.includes("py-1"));
+    const file = await desk.getByLabel("Config (TOML)").inputValue();
+    for (const kept of ["# The demo:", "# The new line's serial server", 'word_order = "little"', "scale = 0.1"]) {
+      if (!file.includes(kept)) throw new Error(`the config lost ${kept}:\n${file}`);
+    }
+
+    step("rolled back to the file the demo started with: the device and its bus are gone");
+    await desk.locator(".versions li", { hasText: "startup" }).getByRole("button", { name: /Roll back/ }).click();
+    await confirmApplied(desk);
+    await desk.goto(`${demo.url}#/overview`);
+    await desk.waitForSelector("#devices article[data-device]");
+    const after = await desk.$$eval("#devices article[data-device]", (a) => a.map((x) => x.dataset.device));
+    if (after.join(",") !== "boiler-1,pump-1,meter-1") throw new Error(`after the rollback: ${after}`);
+  } finally {
+    py.child.kill("SIGTERM");
+  }
+
   step("a viewer sees no write or ack controls");
   const viewer = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   await login(viewer, demo.url, "viewer");
@@ -187,6 +302,7 @@ try {
   await viewer.waitForSelector("#alarm-list li");
   if (await viewer.locator("button.ack").count()) throw new Error("viewer sees ack buttons");
   if (await viewer.locator('#nav a[data-view="inspector"]').isVisible()) throw new Error("viewer sees the inspector");
+  if (await viewer.locator('#nav a[data-view="configure"]').isVisible()) throw new Error("viewer sees Configure");
   if (await viewer.locator("#interval-form").isVisible()) throw new Error("viewer sees the push interval control");
 
   step("the page fits 390 px (phone)");
@@ -224,6 +340,14 @@ try {
 } catch (e) {
   failed = true;
   console.error(`dashboard e2e FAILED: ${e.stack || e}`);
+  // What each page showed when it failed, for a person to look at.
+  if (process.env.FAIL_SHOTS) {
+    mkdirSync(process.env.FAIL_SHOTS, { recursive: true });
+    let i = 0;
+    for (const ctx of browser.contexts()) {
+      for (const p of ctx.pages()) await p.screenshot({ path: join(process.env.FAIL_SHOTS, `failed-${i++}.png`), fullPage: true }).catch(() => {});
+    }
+  }
 } finally {
   await browser.close();
   demo.child.kill("SIGTERM");

@@ -57,8 +57,10 @@ export function show(v) {
   if (typeof v === "bigint") return v.toString();
   if (Number.isNaN(v)) return "NaN";
   if (!Number.isFinite(v)) return v > 0 ? "+inf" : "-inf";
+  // Integers in full (a u32 counter is 1123478000, not 1.123478e+9); only fractions that are
+  // very large or very small in e-notation.
+  if (Number.isInteger(v) && Math.abs(v) < 1e21) return String(v);
   const a = Math.abs(v);
   if (a !== 0 && (a >= 1e9 || a < 1e-4)) return v.toExponential(6);
-  if (Number.isInteger(v)) return String(v);
   return Number(v.toPrecision(7)).toString();
 }

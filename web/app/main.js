@@ -3,38 +3,14 @@
 // protocol and updates only the DOM nodes whose values changed.
 
 import { Conn } from "./conn.js";
-import { ORDERS, TYPES, ascii, decode, show } from "./decode.js";
 import { Trend } from "./chart.js";
+import { $, h, setText, setClass } from "./dom.js";
+import { inspectorView } from "./inspector.js";
+import { configureView } from "./configure.js";
 
 // ---------------------------------------------------------------------------------------------
-// Small DOM helpers
+// Formats
 // ---------------------------------------------------------------------------------------------
-
-const $ = (sel, root = document) => root.querySelector(sel);
-
-/** Builds an element: attrs may hold `class`, `text`, `on<event>` handlers and attributes. */
-function h(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === "class") e.className = v;
-    else if (k === "text") e.textContent = v;
-    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-    else if (k in e && typeof v !== "string") e[k] = v;
-    else e.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children.flat()) if (c != null) e.append(c);
-  return e;
-}
-
-/** Sets text only when it differs: no layout work for values that did not change. */
-function setText(e, text) {
-  if (e.textContent !== text) e.textContent = text;
-}
-
-function setClass(e, cls) {
-  if (e.className !== cls) e.className = cls;
-}
 
 const PRIORITY_RANK = { normal: 0, high: 1, emergency: 2 };
 const EVENT_TYPES = [
@@ -72,6 +48,7 @@ const S = {
   user: null,
   order: [], // device ids, config order
   desc: new Map(), // id → devices.describe entry
+  buses: [], // bus names, config order (also those without devices)
   live: new Map(), // id → { online, lastSeen, type, points: Map(pid → {value, quality, unit, ts}) }
   alarms: [],
   view: null, // { name, update(kind, data) } of the view on screen
@@ -86,6 +63,8 @@ const S = {
 };
 
 const conn = new Conn({ onPush, onState, onOpen });
+// What the inspector and Configure views (their own modules) need of the page.
+const env = { conn, S, confirmDialog, scans: { listener: null } };
 // For the browser test: `window.__edgeDrop = (service, data) => bool` drops matching pushes as
 // if the network had lost them; `__edgeDropped` counts them.
 window.__edgeConn = conn;
@@ -131,6 +110,7 @@ async function afterLogin(d) {
     conn.call("system.stats"),
   ]);
   S.order = desc.devices.map((x) => x.id);
+  S.buses = desc.buses || [...new Set(desc.devices.map((x) => x.bus))];
   S.desc = new Map(desc.devices.map((x) => [x.id, x]));
   applyDevices(list.devices);
   // After a reconnect an emergency raised meanwhile is news: banner and tone.
@@ -139,6 +119,8 @@ async function afterLogin(d) {
   $("#interval").value = stats.pushIntervalMs / 1000;
   route();
   if (again) recoverMissed();
+  // For the browser test: a reload's reconnect is over once this counts up.
+  window.__edgeLogins = (window.__edgeLogins || 0) + 1;
 }
 
 function showLogin(message) {
@@ -267,6 +249,8 @@ function onPush(service, data) {
     onEvent(data);
   } else if (service === "push.events") {
     for (const e of data.events) onEvent(e);
+  } else if (service === "push.scan") {
+    if (env.scans.listener) env.scans.listener(data);
   }
 }
 
@@ -391,7 +375,8 @@ function route() {
   let view;
   if (parts[0] === "device" && parts[1]) view = deviceView(decodeURIComponent(parts[1]));
   else if (parts[0] === "alarms") view = alarmsView();
-  else if (parts[0] === "inspector" && isAdmin()) view = inspectorView(params.get("device"));
+  else if (parts[0] === "inspector" && isAdmin()) view = inspectorView(env, params.get("device"));
+  else if (parts[0] === "configure" && isAdmin()) view = configureView(env);
   else view = overviewView(params.get("state"));
   S.view = view;
   for (const a of document.querySelectorAll("#nav a")) {
@@ -747,87 +732,6 @@ function confirmDialog(title, body) {
     dlg.showModal();
     $("#confirm-ok").focus();
   });
-}
-
-// ---------------------------------------------------------------------------------------------
-// Register inspector
-// ---------------------------------------------------------------------------------------------
-
-function inspectorView(deviceId) {
-  const first = S.desc.get(deviceId) || S.desc.get(S.order[0]);
-  const device = h("select", { id: "i-device" }, ...S.order.map((id) => h("option", { value: id, text: id })));
-  const table = h("select", { id: "i-table" }, ...["holding", "input", "coil", "discrete"].map((t) => h("option", { value: t, text: t })));
-  const address = h("input", { id: "i-address", type: "number", min: 0, max: 65535, value: 0, required: true });
-  const count = h("input", { id: "i-count", type: "number", min: 1, max: 125, value: 4, required: true });
-  const out = h("div", { "aria-live": "polite" });
-  if (first) {
-    device.value = first.id;
-    const p = first.points.find((x) => x.table === "holding" || x.table === "input") || first.points[0];
-    if (p) { table.value = p.table; address.value = p.address; }
-  }
-
-  async function read() {
-    setText(out, "Reading…");
-    try {
-      const r = await conn.call("registers.read", {
-        deviceId: device.value, table: table.value,
-        address: Number(address.value), count: Number(count.value),
-      });
-      out.replaceChildren(r.bits ? bitsOut(r) : registersOut(r, S.desc.get(device.value)));
-    } catch (e) {
-      out.replaceChildren(h("p", { class: "error", text: `Read failed (${e.code}): ${e.message}` }));
-    }
-  }
-
-  const form = h("form", { class: "toolbar", onsubmit: (ev) => { ev.preventDefault(); read(); } },
-    h("div", {}, h("label", { for: "i-device", text: "Device" }), device),
-    h("div", {}, h("label", { for: "i-table", text: "Table" }), table),
-    h("div", {}, h("label", { for: "i-address", text: "Address" }), address),
-    h("div", {}, h("label", { for: "i-count", text: "Count" }), count),
-    h("button", { type: "submit", class: "primary", text: "Read" }));
-
-  return {
-    name: "inspector",
-    node: h("section", {},
-      h("h1", { text: "Register inspector" }),
-      h("p", { class: "small", text: "Reads raw registers in the bus's turn and decodes them in every type, byte order and word order, so the right combination can be picked on the spot." }),
-      form, out),
-    update() {},
-  };
-}
-
-function bitsOut(r) {
-  return h("div", { class: "regs" }, ...r.bits.map((b, i) => h("span", { text: `${r.address + i}: ${b ? 1 : 0}` })));
-}
-
-function registersOut(r, desc) {
-  const regs = r.registers;
-  const offset = h("select", { id: "i-offset" }, ...regs.map((_, i) => h("option", { value: i, text: `${r.address + i}` })));
-  const body = h("tbody", {});
-  const configured = desc && ORDERS.find((o) => o.byteOrder === desc.byteOrder && o.wordOrder === desc.wordOrder);
-
-  function paint() {
-    const from = regs.slice(Number(offset.value));
-    const lines = TYPES.map(({ type, regs: n }) =>
-      h("tr", {}, h("th", { scope: "row", text: type }),
-        ...ORDERS.map((o) => h("td", { text: from.length >= n ? show(decode(from, type, o.byteOrder, o.wordOrder)) : "—" }))));
-    lines.push(h("tr", {}, h("th", { scope: "row", text: "text" }),
-      ...ORDERS.map((o) => h("td", { text: o.wordOrder === "big" ? ascii(from, o.byteOrder) : "" }))));
-    body.replaceChildren(...lines);
-  }
-  offset.addEventListener("change", paint);
-  paint();
-
-  return h("div", {},
-    h("h2", { text: "Raw registers" }),
-    h("div", { class: "regs" }, ...regs.map((v, i) => h("span", { text: `${r.address + i}: ${v} (0x${v.toString(16).padStart(4, "0")})` }))),
-    h("h2", { text: "Decoded" }),
-    h("div", { class: "toolbar" }, h("div", {}, h("label", { for: "i-offset", text: "Starting at register" }), offset)),
-    configured ? h("p", { class: "small", text: `This device is configured as ${configured.name} (bytes ${configured.byteOrder}, words ${configured.wordOrder}).` }) : null,
-    h("div", { class: "scroll" }, h("table", { class: "decoded" },
-      h("thead", {}, h("tr", {}, h("th", { text: "type" }),
-        ...ORDERS.map((o) => h("th", { scope: "col", title: `bytes ${o.byteOrder}, words ${o.wordOrder}`, text: o.name + (configured === o ? " ✓" : "") })))),
-      body)));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value as Json};
 
+use crate::config::edit::{self, NewPoint, Target};
 use crate::config::versions::{self, ConfigFile};
 use crate::config::{self, Config, ConfigError, Link};
 use crate::model::rfc3339;
@@ -33,10 +34,14 @@ fn problems_json(problems: &[config::Problem]) -> Json {
     )
 }
 
-/// The problems of a config text (empty when valid) and, when valid, the config.
-fn check(text: &str) -> (Vec<config::Problem>, Option<Config>) {
+/// The problems of a config text (empty when valid) and, when valid, the config. A text may
+/// not bring in the demo's well-known logins on a network address (`run` refuses those); the
+/// demo itself, which runs with them, may keep them.
+fn check(text: &str, running: &Config) -> (Vec<config::Problem>, Option<Config>) {
     match config::parse(text) {
-        Ok(l) => match crate::account::well_known_login(&l.config) {
+        Ok(l) => match crate::account::well_known_login(&l.config)
+            .filter(|_| crate::account::well_known_login(running).is_none())
+        {
             Some(why) => (
                 vec![config::Problem {
                     path: "users".into(),
@@ -123,7 +128,7 @@ pub async fn get(ctx: Ctx) -> HandlerResult {
 
 /// `config.validate`: the same checks as `check-config`, by key path and line.
 pub async fn validate(ctx: Ctx) -> HandlerResult {
-    let (problems, _) = check(&text_param(&ctx)?);
+    let (problems, _) = check(&text_param(&ctx)?, &ctx.shared.config);
     Ok(json!({ "problems": problems_json(&problems) }))
 }
 
@@ -135,7 +140,7 @@ pub async fn apply(ctx: Ctx) -> HandlerResult {
 
 async fn apply_text(ctx: &Ctx, text: &str) -> HandlerResult {
     let f = file(ctx)?;
-    let (problems, new) = check(text);
+    let (problems, new) = check(text, &ctx.shared.config);
     let Some(new) = new else {
         let mut e = ServiceError::bad_request(format!(
             "the config has {} problem(s); nothing was written",
@@ -166,6 +171,118 @@ async fn apply_text(ctx: &Ctx, text: &str) -> HandlerResult {
     // reconnects and resumes its session.
     let _ = f.reload.try_send(());
     Ok(json!({ "id": v.id, "summary": summary }))
+}
+
+fn new_point(j: &Json) -> Result<NewPoint, ServiceError> {
+    let s = |k: &str, default: &str| -> Result<String, ServiceError> {
+        match j.get(k) {
+            None | Some(Json::Null) => Ok(default.to_string()),
+            Some(Json::String(s)) => Ok(s.clone()),
+            Some(_) => Err(ServiceError::bad_request(format!(
+                "point `{k}` must be a string"
+            ))),
+        }
+    };
+    let f = |k: &str, default: f64| -> Result<f64, ServiceError> {
+        match j.get(k) {
+            None | Some(Json::Null) => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| ServiceError::bad_request(format!("point `{k}` must be a number"))),
+        }
+    };
+    let address = j
+        .get("address")
+        .and_then(Json::as_u64)
+        .and_then(|a| u16::try_from(a).ok())
+        .ok_or_else(|| ServiceError::bad_request("point `address` must be 0..=65535"))?;
+    Ok(NewPoint {
+        id: s("id", "")?,
+        table: s("table", "holding")?,
+        address,
+        data_type: s("type", "u16")?,
+        byte_order: s("byteOrder", "big")?,
+        word_order: s("wordOrder", "big")?,
+        scale: f("scale", 1.0)?,
+        offset: f("offset", 0.0)?,
+        unit: s("unit", "")?,
+    })
+}
+
+/// `deviceId`, or a `newDevice` `{id, bus, unit, type?}`.
+fn target_param(ctx: &Ctx) -> Result<Target, ServiceError> {
+    if let Some(id) = ctx.opt_string("deviceId")? {
+        return Ok(Target::Device(id));
+    }
+    let d = ctx.value("newDevice")?;
+    let field = |k: &str| {
+        d.get(k)
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    Ok(Target::NewDevice {
+        id: field("id"),
+        bus: field("bus"),
+        unit: d
+            .get("unit")
+            .and_then(Json::as_u64)
+            .and_then(|u| u8::try_from(u).ok())
+            .ok_or_else(|| ServiceError::bad_request("`newDevice.unit` must be 1..=247"))?,
+        device_type: field("type"),
+    })
+}
+
+/// `config.edit` (beyond SPEC, for the dashboard): the file's text with a change made through
+/// `toml_edit` (comments kept) — `addPoints` to `deviceId` or a `newDevice`, or
+/// `removeDevice` — and its problems; nothing is written (`config.apply` does that).
+pub async fn edit(ctx: Ctx) -> HandlerResult {
+    let f = file(&ctx)?;
+    let text = match ctx.opt_string("text")? {
+        Some(t) => t,
+        None => std::fs::read_to_string(&f.path).map_err(|e| {
+            ServiceError::new(503, format!("cannot read {}: {e}", f.path.display()))
+        })?,
+    };
+    let op = ctx.string("op")?;
+    let (edited, note) = match op.as_str() {
+        "addPoints" => {
+            let points = match ctx.value("points")? {
+                Json::Array(a) if !a.is_empty() => {
+                    a.iter().map(new_point).collect::<Result<Vec<_>, _>>()?
+                }
+                _ => {
+                    return Err(ServiceError::bad_request(
+                        "param `points` must be a non-empty list",
+                    ))
+                }
+            };
+            let target = target_param(&ctx)?;
+            (edit::add_points(&text, &target, &points), String::new())
+        }
+        "removeDevice" => {
+            let id = ctx.string("deviceId")?;
+            match edit::remove_device(&text, &id) {
+                Ok((t, 0)) => (Ok(t), String::new()),
+                Ok((t, n)) => (
+                    Ok(t),
+                    format!("{n} rule(s) watching `{id}` removed with it"),
+                ),
+                Err(e) => (Err(e), String::new()),
+            }
+        }
+        other => {
+            return Err(ServiceError::bad_request(format!(
+                "unknown op `{other}` (addPoints or removeDevice)"
+            )))
+        }
+    };
+    let edited = edited.map_err(ServiceError::bad_request)?;
+    let (problems, new) = check(&edited, &ctx.shared.config);
+    let summary = new.map(|n| versions::summary(&ctx.shared.config, &n));
+    Ok(
+        json!({ "text": edited, "problems": problems_json(&problems), "summary": summary, "note": note }),
+    )
 }
 
 /// `config.history`: the last 20 applied versions, newest first.

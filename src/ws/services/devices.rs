@@ -141,5 +141,13 @@ pub async fn describe(ctx: Ctx) -> HandlerResult {
             })
         })
         .collect();
-    Ok(json!({ "devices": devices }))
+    // Every bus, also one without devices yet: the inspector and a scan address any of them.
+    let buses: Vec<&str> = ctx
+        .shared
+        .config
+        .buses
+        .iter()
+        .map(|b| b.name.as_str())
+        .collect();
+    Ok(json!({ "devices": devices, "buses": buses }))
 }

@@ -98,6 +98,11 @@ pub static SERVICES: &[Service] = &[
         handler: |c| Box::pin(configure::apply(c)),
     },
     Service {
+        name: "config.edit",
+        access: Access::Admin,
+        handler: |c| Box::pin(configure::edit(c)),
+    },
+    Service {
         name: "config.history",
         access: Access::Admin,
         handler: |c| Box::pin(configure::history(c)),

@@ -1,0 +1,118 @@
+// The Configure view (admin): the running config's buses, devices and rules; a device removed;
+// the file itself edited, checked by the gateway's own validator (problems by line and key
+// path) and applied as a reload; every applied version listed with who and what, to roll back.
+
+import { h, setText, field, problemText } from "./dom.js";
+
+/** `env`: { conn, S, confirmDialog }. */
+export function configureView(env) {
+  const { conn, confirmDialog } = env;
+  const summary = h("div", { "aria-live": "polite" }, h("p", { text: "Loading…" }));
+  const text = h("textarea", { id: "c-text", rows: 18, spellcheck: false, autocapitalize: "off", autocomplete: "off" });
+  const problems = h("div", { role: "status" });
+  const history = h("div", {});
+  let loaded = "";
+
+  function showProblems(list, ok) {
+    if (!list.length) {
+      problems.replaceChildren(h("p", { class: "result ok", text: ok }));
+      return;
+    }
+    problems.replaceChildren(
+      h("p", { class: "error", text: `${list.length} problem(s):` }),
+      h("ul", { class: "problems" }, ...list.map((p) => h("li", { text: problemText(p) }))));
+  }
+
+  /** Applies a text after a confirmation naming what changes; the gateway then reloads. */
+  async function apply(newText, what) {
+    try {
+      const v = await conn.call("config.validate", { text: newText });
+      if (v.problems.length) { showProblems(v.problems, ""); return; }
+      if (!(await confirmDialog("Apply the config", `${what} The gateway reloads; this page reconnects.`))) return;
+      const r = await conn.call("config.apply", { text: newText });
+      problems.replaceChildren(h("p", { class: "result ok", text: `Applied as version ${r.id}: ${r.summary}.` }));
+    } catch (e) {
+      if (e.data && e.data.problems) showProblems(e.data.problems, "");
+      else problems.replaceChildren(h("p", { class: "error", text: `Not applied (${e.code}): ${e.message}` }));
+    }
+  }
+
+  function paintStructure(c) {
+    const byBus = (name) => c.devices.filter((d) => d.bus === name);
+    summary.replaceChildren(
+      h("h2", { text: "Buses and devices" }),
+      ...c.buses.map((b) => h("section", { class: "bus", "data-bus": b.name },
+        h("h3", { text: `${b.name} · ${b.kind} ${b.at}` }),
+        byBus(b.name).length
+          ? h("ul", { class: "devices" }, ...byBus(b.name).map((d) => h("li", { "data-device": d.id },
+            h("span", { text: `${d.id} (unit ${d.unit}${d.type ? `, ${d.type}` : ""}): ${d.points.map((p) => p.id).join(", ")}` }),
+            h("button", { type: "button", class: "ghost", text: `Remove ${d.id}`, onclick: () => remove(d.id) }))))
+          : h("p", { class: "small", text: "No devices yet: scan it from the Inspector." }))),
+      h("h2", { text: "Rules" }),
+      c.rules.length
+        ? h("ul", {}, ...c.rules.map((r) => h("li", { text: `${r.id} on ${r.device}` })))
+        : h("p", { class: "small", text: "No rules." }));
+  }
+
+  async function remove(id) {
+    try {
+      const e = await conn.call("config.edit", { op: "removeDevice", deviceId: id, text: loaded });
+      if (e.problems.length) { showProblems(e.problems, ""); return; }
+      await apply(e.text, `${e.summary}.${e.note ? ` ${e.note}.` : ""}`);
+    } catch (err) {
+      problems.replaceChildren(h("p", { class: "error", text: `Not removed (${err.code}): ${err.message}` }));
+    }
+  }
+
+  async function paintHistory() {
+    try {
+      const r = await conn.call("config.history");
+      history.replaceChildren(h("ol", { class: "versions" }, ...r.versions.map((v, i) => h("li", { "data-version": v.id },
+        h("span", { text: `#${v.id} · ${new Date(v.at).toLocaleString()} · ${v.user} · ${v.summary}${i === 0 ? " (current)" : ""}` }),
+        i === 0 ? null : h("button", { type: "button", class: "ghost", text: `Roll back to #${v.id}`, onclick: () => rollback(v) })))));
+    } catch (e) {
+      history.replaceChildren(h("p", { class: "error", text: `No history (${e.code}): ${e.message}` }));
+    }
+  }
+
+  async function rollback(v) {
+    if (!(await confirmDialog(`Roll back to version ${v.id}`, `${v.summary} (${v.user}). The gateway reloads; this page reconnects.`))) return;
+    try {
+      const r = await conn.call("config.rollback", { id: v.id });
+      problems.replaceChildren(h("p", { class: "result ok", text: `Rolled back: applied as version ${r.id} (${r.summary}).` }));
+    } catch (e) {
+      problems.replaceChildren(h("p", { class: "error", text: `Not rolled back (${e.code}): ${e.message}` }));
+    }
+  }
+
+  async function load() {
+    try {
+      const c = await conn.call("config.get");
+      loaded = c.text;
+      text.value = c.text;
+      setText(pathNote, `The file ${c.path}, as on disk: comments and layout are kept as you write them.`);
+      paintStructure(c.config);
+    } catch (e) {
+      summary.replaceChildren(h("p", { class: "error", text: `Cannot read the config (${e.code}): ${e.message}` }));
+    }
+    paintHistory();
+  }
+
+  const pathNote = h("p", { class: "small" });
+  const node = h("section", {},
+    h("h1", { text: "Configure" }),
+    summary,
+    h("h2", { text: "The config file" }),
+    pathNote,
+    field("Config (TOML)", text),
+    h("div", { class: "toolbar" },
+      h("button", { type: "button", text: "Check", onclick: async () => {
+        try { showProblems((await conn.call("config.validate", { text: text.value })).problems, "No problems."); } catch (e) { showProblems([{ message: e.message }], ""); }
+      } }),
+      h("button", { type: "button", class: "primary", text: "Apply", onclick: () => apply(text.value, "Your edited file replaces the running config.") })),
+    problems,
+    h("h2", { text: "Versions" }),
+    history);
+  load();
+  return { name: "configure", node, update() {} };
+}
