@@ -22,9 +22,19 @@ pub struct Control {
     pub buses: Vec<mpsc::Sender<BusRequest>>,
 }
 
+/// A write the device confirmed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    /// The point's value before, as last polled.
+    pub old: Option<Value>,
+    /// What the device holds after the write, read back (`None` when that read failed).
+    pub read_back: Option<Value>,
+}
+
 impl Control {
-    /// Writes a point through its bus, ahead of the polls; returns the value it had before once
-    /// the device confirmed. Every attempt is recorded in the audit table.
+    /// Writes a point through its bus, ahead of the polls; once the device confirmed, returns
+    /// the value it had before and the one it holds now. Every attempt is recorded in the
+    /// audit table.
     pub async fn write_audited(
         &self,
         user: &str,
@@ -32,7 +42,7 @@ impl Control {
         device: usize,
         point: usize,
         value: Value,
-    ) -> Result<Option<Value>, WriteError> {
+    ) -> Result<Written, WriteError> {
         let old = state::read(&self.live).devices[device].points[point]
             .value
             .clone();
@@ -57,7 +67,8 @@ impl Control {
             "write {value} (was {}): {}",
             old.as_ref().map_or_else(|| "unknown".into(), std::string::ToString::to_string),
             match &result {
-                Ok(()) => "ok".to_string(),
+                Ok(Some(back)) => format!("ok, reads back {back}"),
+                Ok(None) => "ok".to_string(),
                 Err(e) => e.to_string(),
             }
         );
@@ -71,12 +82,12 @@ impl Control {
                 old: old.clone(),
                 new: value,
                 result: match &result {
-                    Ok(()) => "ok".to_string(),
+                    Ok(_) => "ok".to_string(),
                     Err(e) => e.to_string(),
                 },
             }))
             .await;
-        result.map(|()| old)
+        result.map(|read_back| Written { old, read_back })
     }
 
     /// Reads raw registers or bits of a device in its bus's turn (the register inspector).

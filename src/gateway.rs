@@ -192,11 +192,10 @@ impl Gateway {
         }
         let bus_events = Some(events_tx);
         let (event_queues, settle) = spawn_pipeline(&shared, &restored, events_rx, &tasks, &cancel);
-        tasks.spawn(store.clone().probe(STORE_PROBE_EVERY, cancel.child_token()));
-        tasks.spawn(ws::services::expire_sessions(
-            shared.clone(),
-            cancel.child_token(),
-        ));
+        if let Some(q) = &event_queues {
+            let _ = shared.operator_events.set(q.operator());
+        }
+        spawn_housekeeping(&shared, &tasks, &cancel);
         spawn_sinks(&shared, &tasks, &cancel);
         tasks.spawn(http::serve(listener, shared.clone(), cancel.child_token()));
         tasks.close();
@@ -372,6 +371,24 @@ fn listen(
         .and_then(tokio::net::TcpListener::from_std)
         .map_err(listen_err)?;
     Ok((kept, http_addr, listener))
+}
+
+/// The store's write probe, the diagnostics' counter samples and the session expiry sweep.
+fn spawn_housekeeping(shared: &Arc<Shared>, tasks: &TaskTracker, cancel: &CancellationToken) {
+    tasks.spawn(
+        shared
+            .store
+            .clone()
+            .probe(STORE_PROBE_EVERY, cancel.child_token()),
+    );
+    tasks.spawn(ws::diagnostics::sampler(
+        shared.metrics.clone(),
+        cancel.child_token(),
+    ));
+    tasks.spawn(ws::services::expire_sessions(
+        shared.clone(),
+        cancel.child_token(),
+    ));
 }
 
 /// The upstream sinks the config turns on, each with its own context and stop token.

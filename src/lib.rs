@@ -43,6 +43,7 @@ pub mod account;
 pub mod assets;
 pub mod backoff;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod events;
@@ -171,7 +172,7 @@ pub async fn run_with(
     tracing::info!("gateway running: {}", status(&gw));
     // A Pi has no battery clock: until NTP answers after a boot, every timestamp can be far
     // off. Said once here; `/healthz` keeps saying it in `degraded` while it lasts.
-    if health::clock_synchronised() == Some(false) {
+    if clock::synchronised() == Some(false) {
         tracing::warn!(
             "the system clock is not synchronised (no NTP yet?): stored timestamps may be wrong until it is"
         );

@@ -50,6 +50,8 @@ pub struct DeviceCounters {
     pub requests: [AtomicU64; RequestResult::ALL.len()],
     pub decode_errors: AtomicU64,
     pub online: AtomicI64,
+    /// The last poll problem and when (ms since the epoch), for the diagnostics view.
+    pub last_error: std::sync::Mutex<Option<(crate::model::Millis, String)>>,
 }
 
 /// Per bus: how long its requests take. The histogram's sum is the bus's busy time, which over
@@ -57,7 +59,23 @@ pub struct DeviceCounters {
 #[derive(Default)]
 pub struct BusCounters {
     pub duration: Histogram,
+    /// Why the link is down (`None`: up, or not yet tried), for the diagnostics view.
+    pub down: std::sync::Mutex<Option<String>>,
 }
+
+/// The cumulative request counters at one instant: kept every 30 s for 5 minutes, so the
+/// diagnostics can say what happened in the last 5 minutes.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub at: std::time::Instant,
+    /// Per device, indexed by [`RequestResult`].
+    pub requests: Vec<[u64; RequestResult::ALL.len()]>,
+    /// Per bus: busy time in seconds (the request duration histogram's sum).
+    pub busy_s: Vec<f64>,
+}
+
+/// How many samples are kept: 5 minutes and one at 30 s apart.
+pub const SAMPLES_KEPT: usize = 11;
 
 /// What a push carries, counted in `edge_push_messages_total{kind}`; in the order a full client
 /// queue gives them up (snapshots first: the next one replaces them).
@@ -220,6 +238,8 @@ pub struct Metrics {
     /// SIGHUP reloads by outcome ([`Reload`]), carried from one gateway to the next.
     pub reloads: [AtomicU64; 3],
     started: std::time::Instant,
+    /// [`Sample`]s, oldest first.
+    pub windows: std::sync::Mutex<std::collections::VecDeque<Sample>>,
 }
 
 /// How a SIGHUP reload ended.
@@ -317,6 +337,34 @@ impl Metrics {
             store_written: AtomicU64::new(0),
             reloads: Default::default(),
             started: std::time::Instant::now(),
+            windows: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The request counters now.
+    pub fn sample(&self) -> Sample {
+        Sample {
+            at: std::time::Instant::now(),
+            requests: self
+                .devices
+                .iter()
+                .map(|d| std::array::from_fn(|i| d.requests[i].load(Relaxed)))
+                .collect(),
+            busy_s: self
+                .buses
+                .iter()
+                .map(|b| b.duration.sum_seconds())
+                .collect(),
+        }
+    }
+
+    /// Keeps the counters now as the newest sample (the oldest beyond [`SAMPLES_KEPT`] go).
+    pub fn keep_sample(&self) {
+        let s = self.sample();
+        let mut w = crate::sync::Locked::locked(&self.windows);
+        w.push_back(s);
+        while w.len() > SAMPLES_KEPT {
+            w.pop_front();
         }
     }
 

@@ -255,3 +255,111 @@ async fn events_query_filters_and_pages_newest_first() {
     );
     gw.shutdown().await;
 }
+
+/// SPEC `alarms.ack` by `deviceId` (and `eventIds`) with a `comment`: each acknowledgement is
+/// an `info` event with who and comment in the log; `device.write` replies with what the device
+/// holds (`readBack`); `system.diagnostics` for any role, addresses for admins only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
+async fn alarms_are_acked_together_with_a_comment_each_ack_logged_and_writes_read_back() {
+    let (_sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let always = "[[rules]]\nid = \"warm\"\ndevice = \"boiler\"\npoint = \"temperature\"\nkind = \"above\"\nthreshold = -1000.0\n";
+    let gw = Gateway::start(config(
+        dir.path(),
+        &format!("{}{always}", body(&addr.to_string())),
+    ))
+    .await
+    .unwrap();
+    let mut admin = connect(&gw, "admin").await;
+    wait_for("online", || online(&gw, "boiler")).await;
+
+    let r = call(
+        &mut admin,
+        "device.write",
+        json!({"deviceId": "boiler", "pointId": "setpoint", "value": 95.5}),
+    )
+    .await;
+    assert_eq!(r["code"], 0, "{r}");
+    assert_eq!(r["data"]["readBack"].as_f64(), Some(95.5), "{r}");
+
+    let mut alarms = Vec::new();
+    for _ in 0..300 {
+        let r = call(&mut admin, "alarms.active", json!({})).await;
+        alarms = r["data"]["alarms"].as_array().unwrap().clone();
+        if alarms.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(alarms.len(), 2, "{alarms:#?}");
+    for (params, code) in [
+        (json!({"eventIds": ["test-gw-999999"]}), 404),
+        (json!({}), 400),
+        (json!({"deviceId": "nope"}), 404),
+    ] {
+        assert_eq!(
+            call(&mut admin, "alarms.ack", params.clone()).await["code"],
+            code,
+            "{params}"
+        );
+    }
+    let r = call(
+        &mut admin,
+        "alarms.ack",
+        json!({"deviceId": "boiler", "comment": "checked on site"}),
+    )
+    .await;
+    assert_eq!(r["code"], 0, "{r}");
+    assert_eq!(r["data"]["acked"].as_array().map(Vec::len), Some(2), "{r}");
+    // Both again: nothing left to acknowledge, and that is not an error.
+    let r = call(&mut admin, "alarms.ack", json!({"deviceId": "boiler"})).await;
+    assert_eq!(r["data"]["acked"], json!([]), "{r}");
+
+    gw.settle().await;
+    let r = call(&mut admin, "events.query", json!({"deviceId": "boiler"})).await;
+    let acks: Vec<&Json> = r["data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["state"] == "info" && e["type"] == "threshold_exceeded")
+        .collect();
+    assert_eq!(acks.len(), 2, "{r}");
+    for e in acks {
+        let m = e["message"].as_str().unwrap();
+        assert!(
+            m.starts_with("acknowledged by admin: checked on site (alarm "),
+            "{m}"
+        );
+        assert_eq!(e["priority"], "normal");
+    }
+
+    let mut viewer = connect(&gw, "viewer").await;
+    let r = call(&mut viewer, "system.diagnostics", json!({})).await;
+    assert_eq!(r["code"], 0, "{r}");
+    let d = &r["data"];
+    assert_eq!(
+        (
+            d["buses"][0]["name"].as_str(),
+            d["buses"][0]["link"].as_str()
+        ),
+        (Some("b"), Some("up")),
+        "{d}"
+    );
+    assert!(
+        d["buses"][0].get("at").is_none(),
+        "viewers get no addresses: {d}"
+    );
+    let boiler = &d["devices"][0];
+    assert!(
+        boiler["lastGoodRead"].is_string() && boiler["requests"]["ok"].as_u64() > Some(0),
+        "{d}"
+    );
+    assert!(
+        d["gateway"]["version"].is_string() && d["store"]["capBytes"].as_u64() > Some(0),
+        "{d}"
+    );
+    let r = call(&mut admin, "system.diagnostics", json!({})).await;
+    assert_eq!(r["data"]["buses"][0]["at"], addr.to_string());
+    gw.shutdown().await;
+}

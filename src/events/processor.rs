@@ -31,6 +31,29 @@ pub struct Queues {
     metrics: Arc<Metrics>,
 }
 
+/// Operator events (`info` state, normal priority) into the processor; see [`Queues::operator`].
+#[derive(Clone)]
+pub struct OperatorEvents {
+    normal: mpsc::WeakSender<Draft>,
+    metrics: Arc<Metrics>,
+}
+
+impl OperatorEvents {
+    /// Queues an operator's `info` event; `false` once the gateway is stopping.
+    pub async fn send(&self, d: Draft) -> bool {
+        let Some(q) = self.normal.upgrade() else {
+            return false;
+        };
+        let gauge = &self.metrics.events.queue[Priority::Normal.rank() as usize];
+        gauge.fetch_add(1, Relaxed);
+        let sent = q.send(d).await.is_ok();
+        if !sent {
+            gauge.fetch_sub(1, Relaxed);
+        }
+        sent
+    }
+}
+
 pub struct Receivers {
     emergency: mpsc::Receiver<Draft>,
     high: mpsc::Receiver<Draft>,
@@ -78,6 +101,15 @@ impl Queues {
             gauge.fetch_sub(1, Relaxed);
         }
         sent
+    }
+
+    /// A way in for operator events (acknowledgements) that does not keep the processor alive:
+    /// it ends at shutdown once the pipeline's own senders are dropped.
+    pub fn operator(&self) -> OperatorEvents {
+        OperatorEvents {
+            normal: self.normal.downgrade(),
+            metrics: self.metrics.clone(),
+        }
     }
 
     /// A barrier behind every draft queued so far: `done` is answered once they are committed.

@@ -22,6 +22,7 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::metrics::{Metrics, RequestResult};
 use crate::model::{Millis, Value};
+use crate::sync::Locked;
 
 /// Why one point has no fresh value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -95,7 +96,8 @@ pub struct WriteCommand {
     pub device: usize,
     pub point: usize,
     pub value: Value,
-    pub reply: oneshot::Sender<Result<(), WriteError>>,
+    /// What the device holds after the write, read back (`None` when that read failed).
+    pub reply: oneshot::Sender<Result<Option<Value>, WriteError>>,
 }
 
 /// A raw read for commissioning (the register inspector), in the bus's turn like a write.
@@ -365,6 +367,7 @@ impl BusTask {
                 Err(LinkError::Timeout(_)) => RequestResult::Timeout,
                 Err(_) => RequestResult::Error,
             };
+            self.note_link(&r);
             self.metrics
                 .request(device, self.bus, result, started.elapsed());
             match r {
@@ -373,6 +376,19 @@ impl BusTask {
                 _ => return r,
             }
         }
+    }
+
+    /// Whether the link is down and why, for the diagnostics: an answer (data or exception)
+    /// says it is up; a failed connect or a broken stream says why it is down; a silent unit
+    /// says nothing about the link.
+    fn note_link<T>(&self, r: &Reply<T>) {
+        let down = match r {
+            Ok(_) => None,
+            Err(LinkError::Down { cause, .. }) => Some(cause.clone()),
+            Err(e @ (LinkError::Connect { .. } | LinkError::Transport(_))) => Some(e.to_string()),
+            Err(LinkError::Timeout(_) | LinkError::Protocol(..)) => return,
+        };
+        *self.metrics.buses[self.bus].down.locked() = down;
     }
 
     /// Serves an operator request; a handover comes back as `Err` for the loop to end with.
@@ -405,14 +421,40 @@ impl BusTask {
     }
 
     async fn write(&mut self, cmd: WriteCommand) {
-        let result = self.do_write(cmd.device, cmd.point, &cmd.value).await;
+        let mut result = self
+            .do_write(cmd.device, cmd.point, &cmd.value)
+            .await
+            .map(|()| None);
         if result.is_ok() {
-            // Re-read soon so the new value shows up in the state.
+            // What the device holds now, which a scaled or clamped value may make differ from
+            // what was asked; and a poll soon so the state shows it too.
+            result = Ok(self.read_back(cmd.device, cmd.point).await);
             if let Some(s) = self.slots.iter_mut().find(|s| s.index == cmd.device) {
                 s.next_due = Instant::now();
             }
         }
         let _ = cmd.reply.send(result);
+    }
+
+    /// One point read again, decoded as its polls are.
+    async fn read_back(&mut self, device: usize, point: usize) -> Option<Value> {
+        let dev = &self.config.devices[device];
+        let p = &dev.points[point];
+        let block = Block {
+            table: p.format.table,
+            start: p.address,
+            count: p.format.width(),
+            points: vec![point],
+        };
+        let unit = dev.unit;
+        let Ok(Ok(data)) = self
+            .link
+            .read(unit, block.table, block.start, block.count)
+            .await
+        else {
+            return None;
+        };
+        decode_point(&self.config.devices[device].points[point], &block, &data).ok()
     }
 
     async fn do_write(

@@ -278,6 +278,25 @@ pub fn encode_registers(f: &Format, v: &Value) -> Result<Vec<u16>, CodecError> {
     Ok(be_bytes_to_regs(&bytes, f.byte_order, f.word_order))
 }
 
+/// What a write to a numeric point can hold, in engineering units: `(min, max, step)`, the step
+/// being the scale for integer types (`None` for floats, strings and bools) — what the
+/// dashboard checks a value against before it asks for a confirmation.
+pub fn write_range(f: &Format) -> Option<(f64, f64, Option<f64>)> {
+    let (lo, hi, integer) = match f.data_type {
+        DataType::U16 => (0.0, f64::from(u16::MAX), true),
+        DataType::I16 => (f64::from(i16::MIN), f64::from(i16::MAX), true),
+        DataType::U32 => (0.0, f64::from(u32::MAX), true),
+        DataType::I32 => (f64::from(i32::MIN), f64::from(i32::MAX), true),
+        DataType::U64 => (0.0, u64::MAX as f64, true),
+        DataType::I64 => (i64::MIN as f64, i64::MAX as f64, true),
+        DataType::F32 => (f64::from(f32::MIN), f64::from(f32::MAX), false),
+        DataType::F64 => (f64::MIN, f64::MAX, false),
+        DataType::Bool | DataType::String => return None,
+    };
+    let (a, b) = (lo * f.scale + f.offset, hi * f.scale + f.offset);
+    Some((a.min(b), a.max(b), integer.then_some(f.scale.abs())))
+}
+
 /// Parses a bool as SPEC allows one to be written: `true`, `false`, `1`, `0`.
 pub fn parse_bool(s: &str) -> Option<bool> {
     match s.trim() {

@@ -569,10 +569,15 @@ async fn write_point(control: &Control, device: &str, payload: &[u8]) -> Json {
         .write_audited("mqtt", "mqtt", d, p, value.clone())
         .await
     {
-        Ok(old) => reply(
+        Ok(w) => reply(
             0,
             "ok".into(),
-            json!({"pointId": point_id, "old": old.as_ref().map(Value::to_json), "value": value.to_json()}),
+            json!({
+                "pointId": point_id,
+                "old": w.old.as_ref().map(Value::to_json),
+                "value": value.to_json(),
+                "readBack": w.read_back.as_ref().map(Value::to_json),
+            }),
         ),
         Err(e) => reply(e.code(), e.to_string(), json!({"pointId": point_id})),
     }

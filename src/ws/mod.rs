@@ -5,6 +5,7 @@ pub mod admit;
 pub mod auth;
 pub mod client;
 pub mod context;
+pub mod diagnostics;
 pub mod hub;
 pub mod push;
 pub mod services;

@@ -38,7 +38,10 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Upstream sinks' state, for `/healthz` and `/metrics`.
     pub sinks: Sinks,
-    /// The config file the `config.*` services edit; `None` without one (the demo, tests).
+    /// Operator `info` events (acknowledgements) into the event processor; set once the
+    /// pipeline runs.
+    pub operator_events: std::sync::OnceLock<crate::events::processor::OperatorEvents>,
+    /// The config file the `config.*` services edit; `None` without one (tests).
     pub config_file: Option<Arc<crate::config::versions::ConfigFile>>,
 }
 
@@ -59,6 +62,7 @@ impl Shared {
             shutdown,
             sinks: Sinks::default(),
             config_file: None,
+            operator_events: std::sync::OnceLock::new(),
             control: Arc::new(control),
             metrics,
             config,

@@ -199,6 +199,16 @@ try {
       return true;
     };
   });
+  // A value between two of the point's steps is refused in plain words before any dialog; a
+  // write shows what the device holds afterwards, read back.
+  await desk.getByLabel("New setpoint (°C)").fill("80.05");
+  await desk.locator('[data-point="setpoint"] form.write button').click();
+  await desk.waitForFunction(() => /takes steps of 0\.1 °C between 0 and 6,553\.5 °C/.test(document.querySelector('[data-point="setpoint"] .result').textContent));
+  if (await desk.locator("#confirm[open]").count()) throw new Error("the confirmation opened for 80.05");
+  await desk.getByLabel("New setpoint (°C)").fill("80.1");
+  await desk.locator('[data-point="setpoint"] form.write button').click();
+  await desk.locator("#confirm-ok").click();
+  await desk.waitForFunction(() => /→ 80\.10 °C, read back from the device/.test(document.querySelector('[data-point="setpoint"] .result').textContent));
   await desk.getByLabel("New setpoint (°C)").fill("100");
   await desk.locator('[data-point="setpoint"] form.write button').click();
   const body = await desk.textContent("#confirm-body");
@@ -288,6 +298,7 @@ try {
     await desk.waitForSelector("#devices article[data-device]");
     const after = await desk.$$eval("#devices article[data-device]", (a) => a.map((x) => x.dataset.device));
     if (after.join(",") !== "boiler-1,pump-1,meter-1") throw new Error(`after the rollback: ${after}`);
+    await desk.waitForFunction(() => document.querySelector("#count-online").textContent === "3 online");
   } finally {
     py.child.kill("SIGTERM");
   }
@@ -305,6 +316,16 @@ try {
   if (await viewer.locator('#nav a[data-view="configure"]').isVisible()) throw new Error("viewer sees Configure");
   if (await viewer.locator("#interval-form").isVisible()) throw new Error("viewer sees the push interval control");
 
+  step("diagnostics: the bus up, each device's last good read, for a viewer too");
+  await viewer.goto(`${demo.url}#/diagnostics`);
+  await viewer.waitForFunction(() => document.querySelector('tr[data-bus="sim"] td.ok')?.textContent === "up");
+  await viewer.waitForSelector('tr[data-device="boiler-1"]');
+  if (await viewer.locator('tr[data-bus="sim"] th', { hasText: "127.0.0.1" }).count()) throw new Error("a viewer sees the bus address");
+  await desk.goto(`${demo.url}#/diagnostics`);
+  await desk.waitForFunction(() => document.querySelector('tr[data-bus="sim"] th')?.textContent.includes("127.0.0.1"));
+  if (shots) await desk.screenshot({ path: join(shots, "desktop-diagnostics.png"), fullPage: true });
+  await contrastOk(desk, "diagnostics, light");
+
   step("the page fits 390 px (phone)");
   const phone = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
   await login(phone, demo.url, "admin");
@@ -321,6 +342,9 @@ try {
   await phone.getByRole("button", { name: "Read" }).click();
   await phone.waitForSelector("table.decoded");
   await fits(phone, "inspector");
+  await phone.goto(`${demo.url}#/diagnostics`);
+  await phone.waitForSelector('tr[data-device="boiler-1"]');
+  await fits(phone, "diagnostics");
   const small = await phone.$$eval("button, nav a, input, select", (els) =>
     els.filter((e) => e.offsetParent !== null && e.getBoundingClientRect().height < 44).map((e) => e.outerHTML.slice(0, 60)));
   if (small.length) throw new Error(`touch targets under 44 px: ${small.join(" | ")}`);

@@ -7,6 +7,7 @@ import { Trend } from "./chart.js";
 import { $, h, setText, setClass } from "./dom.js";
 import { inspectorView } from "./inspector.js";
 import { configureView } from "./configure.js";
+import { diagnosticsView } from "./diagnostics.js";
 
 // ---------------------------------------------------------------------------------------------
 // Formats
@@ -112,6 +113,8 @@ async function afterLogin(d) {
   S.order = desc.devices.map((x) => x.id);
   S.buses = desc.buses || [...new Set(desc.devices.map((x) => x.bus))];
   S.desc = new Map(desc.devices.map((x) => [x.id, x]));
+  // Afresh: a reload may have removed devices, which must not linger in the counts.
+  S.live = new Map();
   applyDevices(list.devices);
   // After a reconnect an emergency raised meanwhile is news: banner and tone.
   setAlarms(alarms.alarms, again);
@@ -377,6 +380,7 @@ function route() {
   else if (parts[0] === "alarms") view = alarmsView();
   else if (parts[0] === "inspector" && isAdmin()) view = inspectorView(env, params.get("device"));
   else if (parts[0] === "configure" && isAdmin()) view = configureView(env);
+  else if (parts[0] === "diagnostics") view = diagnosticsView(env);
   else view = overviewView(params.get("state"));
   S.view = view;
   for (const a of document.querySelectorAll("#nav a")) {
@@ -683,6 +687,11 @@ function writeControl(d, p) {
   const input = p.type === "bool"
     ? h("select", { id: inputId }, h("option", { value: "true", text: "ON" }), h("option", { value: "false", text: "OFF" }))
     : h("input", { id: inputId, type: p.type === "string" ? "text" : "number", step: "any", inputmode: p.type === "string" ? "text" : "decimal", required: true });
+  if (p.type === "bool") {
+    // The selector starts at what the device holds, not at ON.
+    const now = S.live.get(d.id)?.points.get(p.id)?.value;
+    if (typeof now === "boolean") input.value = String(now);
+  }
   const result = h("span", { class: "result", role: "status" });
   const button = h("button", { type: "submit", text: "Write…" });
   return h("form", {
@@ -695,8 +704,9 @@ function writeControl(d, p) {
       else if (p.type === "string") value = raw;
       else {
         value = Number(raw);
-        if (raw === "" || !Number.isFinite(value)) {
-          setText(result, "Enter a number.");
+        const refused = raw === "" || !Number.isFinite(value) ? "Enter a number." : outsideRange(p, value);
+        if (refused) {
+          setText(result, refused);
           setClass(result, "result err");
           return;
         }
@@ -710,7 +720,10 @@ function writeControl(d, p) {
       setClass(result, "result");
       try {
         const r = await conn.call("device.write", { deviceId: d.id, pointId: p.id, value });
-        setText(result, `Written: ${fmtValue(r.old)} → ${fmtValue(r.value)}${unit}`);
+        // What the device holds now, read back, rather than what was asked.
+        setText(result, r.readBack == null
+          ? `Written: ${fmtValue(r.old)} → ${fmtValue(r.value)}${unit} (not read back)`
+          : `Written: ${fmtValue(r.old)} → ${fmtValue(r.readBack)}${unit}, read back from the device`);
         setClass(result, "result ok");
       } catch (e) {
         setText(result, `Not written (${e.code}): ${e.message}`);
@@ -720,6 +733,22 @@ function writeControl(d, p) {
       }
     },
   }, h("div", {}, h("label", { for: inputId, text: `New ${p.id}${p.unit ? " (" + p.unit + ")" : ""}` }), input), button, result);
+}
+
+/** Why the point cannot hold `v` (its type, scale and steps), in plain words; null when it can. */
+function outsideRange(p, v) {
+  const r = p.writeRange;
+  if (!r) return null;
+  const unit = p.unit ? ` ${p.unit}` : "";
+  const decimals = r.step && r.step < 1 ? Math.min(12, Math.ceil(-Math.log10(r.step))) : 0;
+  const num = (x) => Math.abs(x) >= 1e15 ? x.toExponential(3) : x.toLocaleString(undefined, { maximumFractionDigits: Math.max(decimals, 6) });
+  const span = `between ${num(r.min)} and ${num(r.max)}${unit}`;
+  if (r.step) {
+    const k = (v - (p.offset || 0)) / r.step;
+    if (Math.abs(k - Math.round(k)) > 1e-6 * Math.max(1, Math.abs(k))) return `${p.id} takes steps of ${num(r.step)}${unit} ${span}.`;
+  }
+  if (v < r.min || v > r.max) return `${p.id} takes values ${span}.`;
+  return null;
 }
 
 function confirmDialog(title, body) {

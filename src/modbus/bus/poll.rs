@@ -11,6 +11,7 @@ use crate::config::Device;
 use crate::modbus::link::{exception_name, LinkError};
 use crate::modbus::plan::{self, Block};
 use crate::model::{now_ms, Value};
+use crate::sync::Locked;
 
 /// What one pass over a device's reads found.
 struct Pass {
@@ -178,6 +179,11 @@ impl BusTask {
         answered: bool,
         problem: Option<(String, String)>,
     ) -> Option<(bool, String)> {
+        if let Some((_, text)) = &problem {
+            *self.metrics.devices[self.slots[k].index]
+                .last_error
+                .locked() = Some((now_ms(), text.clone()));
+        }
         let s = &mut self.slots[k];
         let kind = problem.as_ref().map(|(k, _)| k);
         if s.last_problem.as_ref() != kind {

@@ -84,13 +84,14 @@ pub async fn write(ctx: Ctx) -> HandlerResult {
         .write_audited(&user, "ws", d, p, value.clone())
         .await;
     match old {
-        Ok(old) => {
+        Ok(w) => {
             let dev = &ctx.shared.config.devices[d];
             Ok(json!({
                 "deviceId": dev.id,
                 "pointId": dev.points[p].id,
-                "old": old.as_ref().map(Value::to_json),
+                "old": w.old.as_ref().map(Value::to_json),
                 "value": value.to_json(),
+                "readBack": w.read_back.as_ref().map(Value::to_json),
             }))
         }
         Err(e @ WriteError::Encode(_)) => {
@@ -126,6 +127,11 @@ pub async fn describe(ctx: Ctx) -> HandlerResult {
                         "writable": p.writable,
                         "min": p.min,
                         "max": p.max,
+                        "scale": p.format.scale,
+                        "offset": p.format.offset,
+                        // What a write can hold: the dashboard refuses the rest before asking.
+                        "writeRange": crate::modbus::codec::write_range(&p.format)
+                            .map(|(lo, hi, step)| json!({ "min": lo, "max": hi, "step": step })),
                     })
                 })
                 .collect();

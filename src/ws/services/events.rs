@@ -5,7 +5,7 @@ use tokio::sync::oneshot;
 
 use super::read_store;
 use crate::config::Priority;
-use crate::events::EventType;
+use crate::events::{Draft, EventState, EventType};
 use crate::model::now_ms;
 use crate::store::{self, AckError, EventFilter, StoreCmd};
 use crate::ws::context::{Ctx, HandlerResult, ServiceError};
@@ -62,29 +62,120 @@ pub async fn active(ctx: Ctx) -> HandlerResult {
     Ok(json!({ "alarms": alarms }))
 }
 
+/// The longest acknowledgement comment kept.
+const MAX_COMMENT: usize = 500;
+
+/// `alarms.ack`: the alarm of `eventId`, of each of `eventIds`, or every one of `deviceId`'s
+/// not yet acknowledged; `comment?`. Each acknowledgement is also an `info` event (who and
+/// comment) in the log, pushed and synced upstream like any other.
 pub async fn ack(ctx: Ctx) -> HandlerResult {
-    let event_id = ctx.string("eventId")?;
-    let user = ctx.client.login().map(|l| l.user).unwrap_or_default();
-    let (reply, result) = oneshot::channel();
-    let ts = now_ms();
-    let cmd = StoreCmd::Ack {
-        event_id: event_id.clone(),
-        user: user.clone(),
-        ts,
-        reply,
-    };
-    if !ctx.shared.store.send(cmd).await {
-        return Err(ServiceError::internal("store is not running"));
+    let comment = ctx.opt_string("comment")?.unwrap_or_default();
+    if comment.chars().count() > MAX_COMMENT {
+        return Err(ServiceError::bad_request(format!(
+            "param `comment` is over {MAX_COMMENT} characters"
+        )));
     }
-    match result.await {
-        Ok(Ok(())) => {
-            tracing::info!(user, event_id, "alarm acknowledged");
-            Ok(json!({"eventId": event_id, "ackedBy": user, "ackedAt": crate::model::rfc3339(ts)}))
+    let listed = read_store(&ctx, store::active_alarms).await?;
+    let by_id = |id: &str| listed.iter().find(|a| a["id"] == id).cloned();
+    let targets: Vec<serde_json::Value> = if let Some(id) = ctx.opt_string("eventId")? {
+        vec![by_id(&id)
+            .ok_or_else(|| ServiceError::not_found(format!("no alarm for event `{id}`")))?]
+    } else if let Some(ids) = ctx.opt_string_list("eventIds")? {
+        let mut out = Vec::new();
+        for id in &ids {
+            out.push(
+                by_id(id)
+                    .ok_or_else(|| ServiceError::not_found(format!("no alarm for event `{id}`")))?,
+            );
         }
-        Ok(Err(AckError::NotFound(_))) => Err(ServiceError::not_found(format!(
-            "no alarm for event `{event_id}`"
-        ))),
-        Ok(Err(e)) => Err(ServiceError::internal(e.to_string())),
-        Err(_) => Err(ServiceError::internal("store is not running")),
+        out
+    } else if let Some(device) = ctx.opt_string("deviceId")? {
+        ctx.device(&device)?;
+        listed
+            .iter()
+            .filter(|a| a["deviceId"] == device.as_str() && a["ackedBy"].is_null())
+            .cloned()
+            .collect()
+    } else {
+        return Err(ServiceError::bad_request(
+            "give `eventId`, `eventIds` or `deviceId`",
+        ));
+    };
+    let user = ctx.client.login().map(|l| l.user).unwrap_or_default();
+    let ts = now_ms();
+    let mut acked = Vec::new();
+    for alarm in &targets {
+        let event_id = alarm["id"].as_str().unwrap_or_default().to_string();
+        let (reply, result) = oneshot::channel();
+        let cmd = StoreCmd::Ack {
+            event_id: event_id.clone(),
+            user: user.clone(),
+            ts,
+            reply,
+        };
+        if !ctx.shared.store.send(cmd).await {
+            return Err(ServiceError::internal("store is not running"));
+        }
+        match result.await {
+            Ok(Ok(())) => {}
+            // Acknowledged meanwhile by someone else: nothing to do.
+            Ok(Err(AckError::NotFound(_))) => continue,
+            Ok(Err(e)) => return Err(ServiceError::internal(e.to_string())),
+            Err(_) => return Err(ServiceError::internal("store is not running")),
+        }
+        tracing::info!(user, event_id, comment, "alarm acknowledged");
+        ack_event(&ctx, alarm, &user, &comment, ts).await;
+        acked.push(event_id);
+    }
+    let mut out = json!({
+        "acked": acked,
+        "ackedBy": user,
+        "ackedAt": crate::model::rfc3339(ts),
+        "comment": comment,
+    });
+    if let [one] = acked.as_slice() {
+        out["eventId"] = json!(one);
+    }
+    Ok(out)
+}
+
+/// The acknowledgement as an `info` event of the alarm's device, point and type.
+async fn ack_event(ctx: &Ctx, alarm: &serde_json::Value, user: &str, comment: &str, ts: i64) {
+    let config = &ctx.shared.config;
+    let Some(device) = config
+        .devices
+        .iter()
+        .position(|d| alarm["deviceId"] == d.id.as_str())
+    else {
+        return;
+    };
+    let point = config.devices[device]
+        .points
+        .iter()
+        .position(|p| alarm["pointId"] == p.id.as_str());
+    let Some(kind) = alarm["type"].as_str().and_then(EventType::parse) else {
+        return;
+    };
+    let id = alarm["id"].as_str().unwrap_or_default();
+    let message = if comment.is_empty() {
+        format!("acknowledged by {user} (alarm {id})")
+    } else {
+        format!("acknowledged by {user}: {comment} (alarm {id})")
+    };
+    if let Some(events) = ctx.shared.operator_events.get() {
+        events
+            .send(Draft {
+                device,
+                point,
+                kind,
+                priority: Priority::Normal,
+                value: None,
+                message,
+                state: EventState::Info,
+                ts,
+                alarm: None,
+                at: tokio::time::Instant::now(),
+            })
+            .await;
     }
 }

@@ -147,6 +147,11 @@ pub static SERVICES: &[Service] = &[
         access: Access::Any,
         handler: |c| Box::pin(system::stats(c)),
     },
+    Service {
+        name: "system.diagnostics",
+        access: Access::Any,
+        handler: |c| Box::pin(system::diagnostics(c)),
+    },
 ];
 
 /// Runs a read-only query off the async workers, on one of the store's read connections.

@@ -1,4 +1,4 @@
-//! `system.stats`.
+//! `system.stats`, `system.diagnostics`.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -30,6 +30,12 @@ pub async fn stats(ctx: Ctx) -> HandlerResult {
         stats["connections"] = connections(&ctx);
     }
     Ok(stats)
+}
+
+/// `system.diagnostics`: the diagnostics view's figures; admins also get addresses and errors.
+pub async fn diagnostics(ctx: Ctx) -> HandlerResult {
+    let admin = ctx.client.login().is_some_and(|l| l.role == Role::Admin);
+    Ok(crate::ws::diagnostics::report(&ctx.shared, admin))
 }
 
 /// Every open connection: its user (null before a login), address, since when, its queue now

@@ -1,0 +1,86 @@
+// The Diagnostics view (any role; admins also see addresses and sink errors): per bus the link
+// and the last 5 minutes' requests, per device the last good read and the last error, the
+// sinks, the store against its cap, and the gateway. Refreshed every 5 s while on screen.
+
+import { h } from "./dom.js";
+
+const REFRESH_MS = 5000;
+
+function ago(ts) {
+  if (!ts) return "never";
+  const s = Math.max(0, Math.round((Date.now() - new Date(ts).getTime()) / 1000));
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+  return new Date(ts).toLocaleString();
+}
+
+const n = (x) => Number(x).toLocaleString();
+const dur = (s) => (s < 60 ? `${s} s` : s < 3600 ? `${Math.round(s / 60)} min`
+  : s < 86400 ? `${(s / 3600).toFixed(1)} h` : `${(s / 86400).toFixed(1)} days`);
+const mib = (b) => `${(b / 1048576).toLocaleString(undefined, { maximumFractionDigits: 1 })} MiB`;
+
+function table(caption, head, rows) {
+  return h("div", { class: "scroll" }, h("table", { class: "diag" },
+    h("caption", { text: caption }),
+    h("thead", {}, h("tr", {}, ...head.map((x) => h("th", { scope: "col", text: x })))),
+    h("tbody", {}, ...rows)));
+}
+
+function paint(d) {
+  const buses = table(`Buses (last ${Math.round(d.windowS / 60) || "<1"} min)`,
+    ["bus", "link", "utilisation", "requests/s", "ok", "timeouts", "exceptions", "errors"],
+    d.buses.map((b) => h("tr", { "data-bus": b.name },
+      h("th", { scope: "row", text: b.at ? `${b.name} (${b.kind} ${b.at})` : `${b.name} (${b.kind})` }),
+      h("td", { class: b.link === "up" ? "ok" : "bad", text: b.link === "up" ? "up" : `DOWN: ${b.cause}` }),
+      h("td", { text: `${(b.utilisation * 100).toFixed(1)} %` }),
+      h("td", { text: b.requestsPerS.toFixed(1) }),
+      h("td", { text: n(b.requests.ok) }),
+      h("td", { text: n(b.requests.timeout) }),
+      h("td", { text: n(b.requests.exception) }),
+      h("td", { text: n(b.requests.error) }))));
+  const devices = table("Devices", ["device", "bus / unit", "state", "last good read", "last error", "ok", "timeouts", "exceptions"],
+    d.devices.map((x) => h("tr", { "data-device": x.id },
+      h("th", { scope: "row", text: x.id }),
+      h("td", { text: `${x.bus} / ${x.unit}` }),
+      h("td", { class: x.online ? "ok" : "bad", text: x.online ? "online" : "OFFLINE" }),
+      h("td", { text: ago(x.lastGoodRead) }),
+      h("td", { text: x.lastError ? `${x.lastError.message} (${ago(x.lastError.at)})` : "—" }),
+      h("td", { text: n(x.requests.ok) }),
+      h("td", { text: n(x.requests.timeout) }),
+      h("td", { text: n(x.requests.exception) }))));
+  const sinks = d.sinks.length
+    ? table("Upstream", ["sink", "state", "backlog"], d.sinks.map((s) => h("tr", {},
+      h("th", { scope: "row", text: s.name }),
+      h("td", { class: s.connected ? "ok" : "bad", text: s.connected ? "connected" : `FAILING${s.lastError ? `: ${s.lastError}` : ""}` }),
+      h("td", { text: `${n(s.backlog)} rows` }))))
+    : h("p", { class: "small", text: "No upstream sinks configured." });
+  const st = d.store;
+  const g = d.gateway;
+  return [
+    buses, devices, sinks,
+    h("h2", { text: "Store and gateway" }),
+    h("ul", { class: "facts" },
+      h("li", { text: `Store: ${mib(st.dbBytes + st.walBytes)} of ${mib(st.capBytes)} (database ${mib(st.dbBytes)}, WAL ${mib(st.walBytes)})${st.healthy ? "" : " — NOT WRITING"}` }),
+      h("li", { text: `Gateway ${g.id}, version ${g.version}, up ${dur(g.uptimeS)}` }),
+      h("li", { text: `Clock: ${g.clockSynchronised === true ? "synchronised (NTP)" : g.clockSynchronised === false ? "NOT synchronised: timestamps may be wrong" : "cannot be told here"}` })),
+  ];
+}
+
+/** `env`: { conn, S }. */
+export function diagnosticsView(env) {
+  const { conn, S } = env;
+  const body = h("div", { "aria-live": "off" }, h("p", { text: "Loading…" }));
+  const view = { name: "diagnostics", node: h("section", {}, h("h1", { text: "Diagnostics" }), body), update() {} };
+  async function load() {
+    if (S.view !== view) return; // left the view: stop refreshing
+    try {
+      body.replaceChildren(...paint(await conn.call("system.diagnostics")));
+    } catch (e) {
+      if (e.code !== -1) body.replaceChildren(h("p", { class: "error", text: `No diagnostics (${e.code}): ${e.message}` }));
+    }
+    setTimeout(load, REFRESH_MS);
+  }
+  setTimeout(load, 0);
+  return view;
+}
