@@ -392,3 +392,50 @@ async fn over_the_size_cap_sent_history_goes_first_then_unsent_rows_with_a_gap_e
     );
     gw.shutdown().await;
 }
+
+/// The trends' history: a day of readings folded into at most 100 buckets, oldest first, a
+/// one-reading spike still the maximum of its bucket, a bad reading marked as a gap.
+#[tokio::test]
+async fn history_is_downsampled_into_buckets_that_keep_spikes_and_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(dir.path(), &body("127.0.0.1:1")))
+        .await
+        .unwrap();
+    let config = gw.config.clone();
+    gw.shutdown().await;
+    let db = dir.path().join(edge_gateway::store::DB_FILE);
+    let t0 = now_ms() - 86_400_000;
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        for i in 0..1000i64 {
+            let (v, q) = match i {
+                500 => (Some(Value::Int(1000)), Quality::Good),
+                700 => (None, Quality::Bad),
+                _ => (Some(Value::Int(i % 10)), Quality::Good),
+            };
+            edge_gateway::store::append_sample(
+                &conn,
+                "boiler",
+                t0 + i * 86_400,
+                &[("setpoint", v, q)],
+            )
+            .unwrap();
+        }
+    }
+    let conn = edge_gateway::store::open_reader(dir.path()).unwrap();
+    let dev = &config.devices[0];
+    let point = dev.points.iter().find(|p| p.id == "setpoint").unwrap();
+    let b =
+        edge_gateway::store::history_buckets(&conn, dev, point, t0, t0 + 86_400_000, 100).unwrap();
+    assert!(b.len() <= 100 && b.len() >= 90, "{} buckets", b.len());
+    assert!(
+        b.windows(2).all(|w| w[0].start < w[1].start),
+        "oldest first"
+    );
+    let spike = b
+        .iter()
+        .find(|x| x.max == 1000.0)
+        .expect("the spike survives");
+    assert!(spike.min < 10.0 && spike.last < 10.0, "{spike:?}");
+    assert_eq!(b.iter().filter(|x| x.gap).count(), 1);
+}

@@ -32,7 +32,9 @@ use crate::metrics::Metrics;
 use crate::model::{Millis, Quality, Value};
 
 pub use outbox::{OutboxRow, Stream};
-pub use query::{active_alarms, event_seq, history, query_events, EventFilter};
+pub use query::{
+    active_alarms, event_seq, history, history_buckets, query_events, Bucket, EventFilter,
+};
 use readers::small_cache;
 pub use readers::{open_reader, Readers};
 pub use writer::GROUP_COMMIT;

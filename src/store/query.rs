@@ -79,9 +79,7 @@ pub fn meta_int(conn: &Connection, key: &str) -> rusqlite::Result<Option<i64>> {
     Ok(v.and_then(|s| s.parse().ok()))
 }
 
-/// History of one point, oldest first: `(ts, value, quality)`, at most `limit` rows, the newest
-/// ones when there are more. Walks the device's chain of samples back from its newest, in one
-/// read transaction so the chain is seen as of one moment.
+/// A point's history, oldest first: at most `limit` rows, the newest ones in the range.
 pub fn history(
     conn: &Connection,
     device: &crate::config::Device,
@@ -90,11 +88,87 @@ pub fn history(
     until: Millis,
     limit: usize,
 ) -> rusqlite::Result<Vec<(Millis, Option<Value>, Quality)>> {
+    let mut rows = Vec::new();
+    walk(conn, device, point, since, until, |ts, v, q| {
+        rows.push((ts, v, q));
+        rows.len() < limit
+    })?;
+    rows.reverse();
+    Ok(rows)
+}
+
+/// One time bucket of a downsampled history: the range of numeric values in it (so a spike
+/// stays visible at any zoom), its last value, and whether a bad or stale reading fell in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bucket {
+    pub start: Millis,
+    pub min: f64,
+    pub max: f64,
+    pub last: f64,
+    pub last_ts: Millis,
+    pub gap: bool,
+}
+
+/// Every reading in the range folded into `buckets` equal time buckets (only those that hold
+/// one), oldest first: at most one per pixel column whatever the range, 10 min or 7 days.
+pub fn history_buckets(
+    conn: &Connection,
+    device: &crate::config::Device,
+    point: &Point,
+    since: Millis,
+    until: Millis,
+    buckets: usize,
+) -> rusqlite::Result<Vec<Bucket>> {
+    let width = ((until - since).max(1) as f64 / buckets.max(1) as f64).max(1.0);
+    let mut out: Vec<Bucket> = Vec::new();
+    walk(conn, device, point, since, until, |ts, v, q| {
+        let i = (((ts - since) as f64) / width) as usize;
+        let start = since + (i as f64 * width) as Millis;
+        let number = v.as_ref().and_then(Value::as_f64);
+        let bad = q != Quality::Good || number.is_none();
+        // Walked newest first: a new bucket is the next older one.
+        if out.last().is_none_or(|b| b.start != start) {
+            out.push(Bucket {
+                start,
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+                last: f64::NAN,
+                last_ts: ts,
+                gap: false,
+            });
+        }
+        let b = out.last_mut().expect("pushed above");
+        b.gap |= bad;
+        if let (Some(x), false) = (number, bad) {
+            b.min = b.min.min(x);
+            b.max = b.max.max(x);
+            if b.last.is_nan() {
+                (b.last, b.last_ts) = (x, ts);
+            }
+        }
+        true
+    })?;
+    out.retain(|b| b.min.is_finite() || b.gap);
+    out.reverse();
+    Ok(out)
+}
+
+/// Walks a point's readings in `since..=until`, newest first, while `f` returns true: the
+/// device's chain of samples back from its newest, in one read transaction so the chain is
+/// seen as of one moment.
+fn walk(
+    conn: &Connection,
+    device: &crate::config::Device,
+    point: &Point,
+    since: Millis,
+    until: Millis,
+    mut f: impl FnMut(Millis, Option<Value>, Quality) -> bool,
+) -> rusqlite::Result<()> {
     let (Some(dk), Some(pk)) = (
         find_key(conn, &device.id, "")?,
         find_key(conn, &device.id, &point.id)?,
     ) else {
-        return Ok(Vec::new());
+        return Ok(());
     };
     let tx = conn.unchecked_transaction()?;
     let mut next: Option<i64> = tx
@@ -103,11 +177,7 @@ pub fn history(
         })
         .optional()?;
     let mut step = tx.prepare_cached("SELECT ts, prev, points FROM samples WHERE id = ?1")?;
-    let mut rows = Vec::new();
     while let Some(id) = next.filter(|&id| id > 0) {
-        if rows.len() >= limit {
-            break;
-        }
         let Some((ts, prev, blob)) = step
             .query_row([id], |r| {
                 Ok((
@@ -133,11 +203,12 @@ pub fn history(
             .into_iter()
             .find(|e| e.0 == pk)
         {
-            rows.push((ts, v, q));
+            if !f(ts, v, q) {
+                break;
+            }
         }
     }
-    rows.reverse();
-    Ok(rows)
+    Ok(())
 }
 
 /// An event read back from the store, as the SPEC JSON.

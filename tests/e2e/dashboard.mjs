@@ -219,6 +219,14 @@ try {
   if (reg !== "1000") throw new Error(`simulator setpoint register is ${reg}, expected 1000`);
   await desk.waitForFunction(() => document.querySelector('[data-point="setpoint"] .value').textContent.startsWith("100"));
   if (shots) await desk.screenshot({ path: join(shots, "desktop-device.png") });
+  // Trends over 10 minutes and 24 hours: the store's buckets for each (the history is young, so
+  // both hold the same few readings).
+  for (const range of ["10 min", "24 h"]) {
+    await desk.evaluate(() => { document.querySelector('[data-point="temperature"]').dataset.history = ""; });
+    await desk.getByRole("button", { name: range, exact: true }).click();
+    await desk.waitForFunction(() => Number(document.querySelector('[data-point="temperature"]').dataset.history) > 0);
+  }
+  if (shots) await desk.screenshot({ path: join(shots, "desktop-trend-24h.png") });
 
   step("the simulator crosses the threshold; its push.event is lost; after a reconnect the page finds the missed emergency: banner");
   await desk.waitForFunction(() => window.__edgeEmergencyLost === true, null, { timeout: 60000 });
@@ -235,8 +243,21 @@ try {
   await alarm.waitFor({ timeout: 30000 });
   if (shots) await desk.screenshot({ path: join(shots, "desktop-alarms.png") });
   await contrastOk(desk, "alarms, light");
+  await desk.getByLabel("Comment (kept with the acknowledgement)").fill("checked on site");
   await alarm.getByRole("button", { name: /Acknowledge/ }).click();
   await desk.locator(".alarm-item.p-emergency", { hasText: "acknowledged by admin" }).waitFor();
+  // The acknowledgement is in the event log with who and the comment.
+  await desk.locator("table.events td", { hasText: "acknowledged by admin: checked on site" }).first().waitFor({ timeout: 15000 });
+  // One count everywhere: the nav badge and the header pill say the same number.
+  await desk.waitForFunction(() => {
+    const listed = document.querySelectorAll("#alarm-list li.alarm-item").length;
+    return document.querySelector("#nav-alarms").textContent === String(listed)
+      && document.querySelector("#count-alarms").textContent.startsWith(`${listed} alarm`);
+  });
+  if (await desk.locator("button.ack").count()) {
+    await desk.getByRole("button", { name: "Acknowledge all" }).click();
+    await desk.waitForFunction(() => !document.querySelector("button.ack"), null, { timeout: 15000 });
+  }
 
   step("the register inspector decodes the setpoint in every order");
   await desk.goto(`${demo.url}#/inspector?device=boiler-1`);
@@ -281,7 +302,8 @@ try {
     await desk.goto(`${demo.url}#/overview`);
     await desk.waitForFunction(() => {
       const v = (p) => document.querySelector(`[data-device="py-1"] [data-point="${p}"] .value`)?.textContent || "";
-      return v("flow").startsWith("123.") && v("level").startsWith("6500");
+      // Digits grouped by the browser's locale: 6,500 here.
+      return v("flow").startsWith("123.") && /^6\D?500/.test(v("level"));
     }, null, { timeout: 30000 });
     if (shots) await desk.screenshot({ path: join(shots, "desktop-overview-commissioned.png") });
     await desk.goto(`${demo.url}#/configure`);
@@ -330,6 +352,9 @@ try {
   const phone = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
   await login(phone, demo.url, "admin");
   await fits(phone, "overview");
+  const chrome = await phone.evaluate(() => document.querySelector("#top").getBoundingClientRect().height
+    + document.querySelector("#status-bar").getBoundingClientRect().height);
+  if (chrome > 120) throw new Error(`header and footer take ${chrome}px at 390 px (at most 120)`);
   if (shots) await phone.screenshot({ path: join(shots, "phone-overview.png") });
   await phone.goto(`${demo.url}#/device/boiler-1`);
   await phone.waitForSelector('[data-point="setpoint"]');

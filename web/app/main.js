@@ -19,15 +19,27 @@ const EVENT_TYPES = [
   "threshold_exceeded", "threshold_cleared", "data_point_reached",
 ];
 
+/** A value for a person: digits grouped by the browser's locale (1,234,600,000), decimals by
+ * magnitude. */
 function fmtValue(v) {
   if (v === null || v === undefined) return "—";
   if (typeof v === "boolean") return v ? "ON" : "OFF";
   if (typeof v === "number") {
-    if (Number.isInteger(v)) return String(v);
+    if (Number.isInteger(v)) return v.toLocaleString();
     const a = Math.abs(v);
-    return v.toFixed(a >= 1000 ? 0 : a >= 100 ? 1 : 2);
+    const d = a >= 1000 ? 0 : a >= 100 ? 1 : 2;
+    return v.toLocaleString(undefined, { minimumFractionDigits: d, maximumFractionDigits: d });
   }
   return String(v);
+}
+
+/** How long ago, for a person: "12 s ago", "5 min ago", else the date and time. */
+function fmtAgo(ts) {
+  if (!ts) return "never";
+  const s = Math.max(0, Math.round((Date.now() - new Date(ts).getTime()) / 1000));
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  return fmtTime(ts);
 }
 
 function fmtTime(ts) {
@@ -38,6 +50,12 @@ function fmtTime(ts) {
 }
 
 const QUALITY_TEXT = { good: "", bad: "BAD", stale: "STALE" };
+
+/** The trend ranges, from a look at the last minutes to a week. */
+const RANGES = [
+  { label: "10 min", ms: 600_000 }, { label: "1 h", ms: 3_600_000 }, { label: "8 h", ms: 28_800_000 },
+  { label: "24 h", ms: 86_400_000 }, { label: "7 d", ms: 604_800_000 },
+];
 
 // ---------------------------------------------------------------------------------------------
 // State
@@ -129,6 +147,7 @@ async function afterLogin(d) {
 function showLogin(message) {
   S.loggedIn = false;
   S.view = null;
+  $("#banner").hidden = true;
   $("#top").hidden = true;
   $("#status-bar").hidden = true;
   document.body.classList.remove("admin");
@@ -194,7 +213,7 @@ $("#interval-form").addEventListener("submit", async (ev) => {
   const ms = Math.round(Number($("#interval").value) * 1000);
   try {
     const d = await conn.call("push.setInterval", { intervalMs: ms });
-    setText($("#interval-msg"), `Snapshot every ${d.intervalMs / 1000} s`);
+    setText($("#interval-msg"), `Live values refresh every ${d.intervalMs / 1000} s`);
   } catch (e) {
     setText($("#interval-msg"), `Not changed: ${e.message}`);
   }
@@ -322,8 +341,17 @@ function setAlarms(alarms, announce) {
       if (announce) cue(a);
     }
   }
+  keepBanner();
   updateCounts();
   if (S.view) S.view.update("alarms");
+}
+
+/** The emergency banner stays while an emergency needs someone: until it is acknowledged (an
+ * admin can), or cleared (a viewer cannot acknowledge). */
+function keepBanner() {
+  const open = S.alarms.some((a) => a.priority === "emergency"
+    && (isAdmin() ? !a.ackedBy : a.state === "active"));
+  if (!open) $("#banner").hidden = true;
 }
 
 /** A new emergency: a banner that flashes, and a tone (where the browser allows sound). */
@@ -334,8 +362,6 @@ function cue(a) {
     h("span", { text: `EMERGENCY: ${a.deviceId} — ${a.message} ` }),
     h("a", { href: "#/alarms", text: "Show alarms", style: "color:#fff" }),
   );
-  clearTimeout(cue.timer);
-  cue.timer = setTimeout(() => { b.hidden = true; }, 30000);
   try {
     const ctx = cue.ctx || (cue.ctx = new AudioContext());
     const o = ctx.createOscillator(), g = ctx.createGain();
@@ -347,14 +373,24 @@ function cue(a) {
   } catch { /* no audio: the banner remains */ }
 }
 
+/** The header's counts; one alarm figure everywhere (listed: active or not yet acknowledged),
+ * with the active ones named, and neutral colours at zero. */
 function updateCounts() {
   let on = 0, off = 0;
   for (const l of S.live.values()) (l.online ? on++ : off++);
+  const listed = S.alarms.length;
   const active = S.alarms.filter((a) => a.state === "active").length;
   setText($("#count-online"), `${on} online`);
   setText($("#count-offline"), `${off} offline`);
-  setText($("#count-alarms"), `${active} alarm${active === 1 ? "" : "s"}`);
-  setText($("#nav-alarms"), String(S.alarms.length));
+  setClass($("#count-offline"), `pill ${off ? "bad" : "neutral"}`);
+  const pill = $("#count-alarms");
+  const text = listed ? `${listed} alarm${listed === 1 ? "" : "s"}` : "No alarms";
+  const detail = listed ? ` · ${active} active` : "";
+  if (pill.textContent !== text + detail) pill.replaceChildren(text, h("span", { class: "detail", text: detail }));
+  setClass($("#count-alarms"), `pill ${listed ? "alarm" : "neutral"}`);
+  const badge = $("#nav-alarms");
+  setText(badge, String(listed));
+  badge.hidden = listed === 0;
 }
 
 function devicesInAlarm() {
@@ -413,20 +449,22 @@ function overviewView(initialState) {
     const d = S.desc.get(id);
     const state = h("span", { class: "state" });
     const seen = h("span", {});
+    const flag = h("strong", { class: "alarm-flag" });
     const list = h("ul", { class: "points" });
     const pts = new Map();
     for (const p of d.points.slice(0, CARD_POINTS)) {
       const value = h("span", { class: "value" });
       const q = h("span", { class: "q" });
-      list.append(h("li", { "data-point": p.id }, h("span", { class: "name", text: p.id }), h("span", {}, value, q)));
-      pts.set(p.id, { value, q, unit: p.unit });
+      const alarm = h("span", { class: "point-alarm" });
+      list.append(h("li", { "data-point": p.id }, h("span", { class: "name", text: p.id }), h("span", {}, alarm, value, q)));
+      pts.set(p.id, { value, q, alarm, unit: p.unit });
     }
     const card = h("article", { class: "card", "data-device": id, "aria-label": `device ${id}` },
       h("h2", {}, h("a", { href: `#/device/${encodeURIComponent(id)}`, text: id })),
-      h("div", { class: "meta" }, h("span", { text: d.type || "—" }), state, seen),
+      h("div", { class: "meta" }, h("span", { text: d.type || "—" }), state, seen, flag),
       list);
     grid.append(card);
-    cards.set(id, { card, state, seen, pts, haystack: [id, d.type, ...d.points.map((p) => p.id)].join(" ").toLowerCase() });
+    cards.set(id, { card, state, seen, flag, pts, haystack: [id, d.type, ...d.points.map((p) => p.id)].join(" ").toLowerCase() });
   }
 
   function paint(id, alarmed) {
@@ -435,12 +473,15 @@ function overviewView(initialState) {
     setClass(c.card, `card${l.online ? "" : " offline"}${alarmed.has(id) ? " in-alarm" : ""}`);
     setClass(c.state, `state ${l.online ? "on" : "off"}`);
     setText(c.state, l.online ? "● Online" : "○ Offline");
-    setText(c.seen, `last seen ${fmtTime(l.lastSeen)}`);
+    setText(c.seen, `last read ${fmtAgo(l.lastSeen)}`);
+    setText(c.flag, alarmed.has(id) ? "IN ALARM" : "");
+    const pointsInAlarm = new Set(S.alarms.filter((a) => a.deviceId === id && a.state === "active" && a.pointId).map((a) => a.pointId));
     for (const [pid, e] of c.pts) {
       const p = l.points.get(pid);
       if (!p) continue;
       setText(e.value, `${fmtValue(p.value)}${e.unit ? " " + e.unit : ""}`);
       setClass(e.value, `value ${p.quality}`);
+      setText(e.alarm, pointsInAlarm.has(pid) ? "ALARM" : "");
       setClass(e.q, `q q-${p.quality}`);
       setText(e.q, QUALITY_TEXT[p.quality] || "");
     }
@@ -488,38 +529,94 @@ function overviewView(initialState) {
 
 function alarmsView() {
   const list = h("ul", { class: "list", id: "alarm-list", "aria-live": "polite" });
+  const empty = h("li", { class: "small", text: "No active or unacknowledged alarms." });
+  const rowsById = new Map(); // event id → { li, paint(alarm) }: rows are updated in place
+  const comment = h("input", { id: "a-comment", type: "text", maxlength: 500, autocomplete: "off", placeholder: "optional" });
+  const ackAll = h("button", { type: "button", class: "ack-all", text: "Acknowledge all",
+    onclick: () => ack({ eventIds: S.alarms.filter((a) => !a.ackedBy).map((a) => a.id) }, ackAll) });
+  const tools = isAdmin()
+    ? h("div", { class: "toolbar" }, h("div", {}, h("label", { for: "a-comment", text: "Comment (kept with the acknowledgement)" }), comment), ackAll)
+    : null;
 
+  async function ack(params, button) {
+    button.disabled = true;
+    try {
+      const note = comment.value.trim();
+      await conn.call("alarms.ack", note ? { ...params, comment: note } : params);
+      comment.value = "";
+      refreshAlarms();
+    } catch (e) {
+      button.textContent = `Ack failed: ${e.message}`;
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  function makeRow(a) {
+    const prio = h("span", {});
+    const detail = h("div", { class: "small" });
+    const actions = h("div", { class: "actions" });
+    const li = h("li", { "data-event": a.id },
+      prio,
+      h("div", { class: "text" },
+        h("div", {}, h("a", { class: "device-link", href: `#/device/${encodeURIComponent(a.deviceId)}`, text: a.deviceId }), " — ", h("strong", { text: a.message })),
+        detail),
+      actions);
+    let acked = null; // what the actions show, so they are rebuilt only when that changes
+    return {
+      li,
+      paint(x) {
+        setClass(li, `alarm-item p-${x.priority}${x.state === "cleared" ? " cleared" : ""}`);
+        setClass(prio, `prio prio-${x.priority}`);
+        setText(prio, x.priority);
+        setText(detail, `${x.state === "active" ? "ACTIVE" : "CLEARED, awaiting acknowledgement"} · since ${fmtTime(x.ts)}${x.value != null ? " · value " + fmtValue(x.value) : ""}`);
+        const others = S.alarms.filter((o) => o.deviceId === x.deviceId && !o.ackedBy).length;
+        const shown = `${x.ackedBy || ""}|${isAdmin()}|${others > 1}`;
+        if (shown === acked) return;
+        acked = shown;
+        if (x.ackedBy) {
+          actions.replaceChildren(h("span", { class: "small", text: `acknowledged by ${x.ackedBy} at ${fmtTime(x.ackedAt)}` }));
+        } else if (isAdmin()) {
+          const one = h("button", { type: "button", class: "ack", text: "Acknowledge", "aria-label": `Acknowledge ${x.message} on ${x.deviceId}` });
+          one.addEventListener("click", () => ack({ eventId: x.id }, one));
+          const all = others > 1 ? h("button", { type: "button", class: "ack-device ghost", text: `All of ${x.deviceId}` }) : null;
+          if (all) all.addEventListener("click", () => ack({ deviceId: x.deviceId }, all));
+          actions.replaceChildren(one, all || "");
+        } else {
+          actions.replaceChildren(h("span", { class: "small", text: "not acknowledged" }));
+        }
+      },
+    };
+  }
+
+  /** Keyed: a row is updated where it is, so nothing moves under a finger about to tap it. */
   function paintAlarms() {
+    ackAll.hidden = !S.alarms.some((a) => !a.ackedBy);
     if (!S.alarms.length) {
-      list.replaceChildren(h("li", { class: "small", text: "No active or unacknowledged alarms." }));
+      rowsById.clear();
+      list.replaceChildren(empty);
       return;
     }
-    list.replaceChildren(...S.alarms.map((a) => {
-      const ack = a.ackedBy
-        ? h("span", { class: "small", text: `acknowledged by ${a.ackedBy} at ${fmtTime(a.ackedAt)}` })
-        : isAdmin()
-          ? h("button", {
-            type: "button", class: "ack", text: "Acknowledge",
-            "aria-label": `Acknowledge ${a.message} on ${a.deviceId}`,
-            onclick: async (ev) => {
-              ev.target.disabled = true;
-              try {
-                await conn.call("alarms.ack", { eventId: a.id });
-                refreshAlarms();
-              } catch (e) {
-                ev.target.disabled = false;
-                ev.target.textContent = `Ack failed: ${e.message}`;
-              }
-            },
-          })
-          : h("span", { class: "small", text: "not acknowledged" });
-      return h("li", { class: `alarm-item p-${a.priority}${a.state === "cleared" ? " cleared" : ""}`, "data-event": a.id },
-        h("span", { class: `prio prio-${a.priority}`, text: a.priority }),
-        h("div", { class: "text" },
-          h("div", {}, h("a", { href: `#/device/${encodeURIComponent(a.deviceId)}`, text: a.deviceId }), " — ", h("strong", { text: a.message })),
-          h("div", { class: "small", text: `${a.state === "active" ? "ACTIVE" : "CLEARED, awaiting acknowledgement"} · since ${fmtTime(a.ts)}${a.value != null ? " · value " + fmtValue(a.value) : ""}` })),
-        ack);
-    }));
+    empty.remove();
+    const ids = new Set(S.alarms.map((a) => a.id));
+    for (const [id, r] of rowsById) {
+      if (!ids.has(id)) {
+        r.li.remove();
+        rowsById.delete(id);
+      }
+    }
+    let prev = null;
+    for (const a of S.alarms) {
+      let r = rowsById.get(a.id);
+      if (!r) {
+        r = makeRow(a);
+        rowsById.set(a.id, r);
+      }
+      r.paint(a);
+      const at = prev ? prev.nextSibling : list.firstChild;
+      if (at !== r.li) list.insertBefore(r.li, at);
+      prev = r.li;
+    }
   }
 
   // The event log, newest first, with filters and paging.
@@ -573,7 +670,7 @@ function alarmsView() {
   return {
     name: "alarms",
     node: h("section", {},
-      h("h1", { text: "Alarms" }), list,
+      h("h1", { text: "Alarms" }), tools, list,
       h("h2", { text: "Event log" }), form,
       h("table", { class: "events" },
         h("thead", {}, h("tr", {}, ...["Time", "Device", "Type", "Priority", "Message"].map((t) => h("th", { text: t })))),
@@ -606,14 +703,19 @@ function deviceView(id) {
     const value = h("span", { class: "value" });
     const q = h("span", { class: "q" });
     const ts = h("span", { class: "small" });
-    const canvas = p.type === "string" ? null : h("canvas", { "aria-label": `trend of ${p.id}, last hour`, role: "img" });
-    const trend = canvas ? new Trend(canvas) : null;
+    const canvas = p.type === "string" ? null : h("canvas", { "aria-label": `trend of ${p.id}`, role: "img" });
+    const lines = (p.thresholds || []).map((t) => ({ value: t.value, label: t.clear ? `${t.rule} clears` : t.rule, kind: t.clear ? "clear" : "threshold" }));
+    if (p.min != null) lines.push({ value: p.min, label: "min", kind: "limit" });
+    if (p.max != null) lines.push({ value: p.max, label: "max", kind: "limit" });
+    const trend = canvas ? new Trend(canvas, { unit: p.unit, lines, step: p.type === "bool" || p.writable, bool: p.type === "bool" }) : null;
+    const tip = h("output", { class: "small tip" });
+    if (trend) trend.onHover = (b) => setText(tip, b ? `${fmtTime(b.t)} · ${fmtValue(b.v)}${p.unit ? " " + p.unit : ""}${b.max > b.min ? ` (${fmtValue(b.min)} … ${fmtValue(b.max)})` : ""}` : "");
     const row = h("section", { class: "point-row", "data-point": p.id },
       h("header", {},
         h("strong", { text: p.id }),
         h("span", {}, value, q),
         ts),
-      canvas);
+      canvas, canvas ? tip : null);
     if (p.writable && isAdmin()) row.append(writeControl(d, p));
     list.append(row);
     rows.set(p.id, { el: row, value, q, ts, trend, unit: p.unit, type: p.type });
@@ -626,7 +728,7 @@ function deviceView(id) {
     if (!l) return;
     setClass(state, `state ${l.online ? "on" : "off"}`);
     setText(state, l.online ? "● Online" : "○ Offline");
-    setText(seen, `last seen ${fmtTime(l.lastSeen)}`);
+    setText(seen, `last read ${fmtAgo(l.lastSeen)}`);
     for (const [pid, r] of rows) {
       const p = l.points.get(pid);
       if (!p) continue;
@@ -638,24 +740,39 @@ function deviceView(id) {
     }
   }
 
-  // The last hour of each point from the store, then live samples on top. At most four
-  // requests at a time: the gateway allows 16 in flight per connection, and a device may have
-  // dozens of points.
-  const pending = [...rows].filter(([, r]) => r.trend);
-  const fetchNext = async () => {
-    for (let item = pending.shift(); item; item = pending.shift()) {
-      const [pid, r] = item;
-      try {
-        const hst = await conn.call("points.history", { deviceId: id, pointId: pid, limit: 2000 });
-        r.trend.set(hst.rows.map((x) => [Date.parse(x.ts), num(x.v)]));
-        r.el.dataset.history = String(hst.rows.length);
-      } catch (e) {
-        r.trend.set([]);
-        r.el.dataset.history = `error ${e.code}`;
+  // Each point's range from the store, downsampled there to one bucket per pixel column, then
+  // live samples on top. At most four requests at a time: the gateway allows 16 in flight per
+  // connection, and a device may have dozens of points.
+  let rangeMs = RANGES.find((r) => r.label === S.trendRange)?.ms || RANGES[1].ms;
+  function loadTrends() {
+    const pending = [...rows].filter(([, r]) => r.trend);
+    const until = Date.now();
+    const fetchNext = async () => {
+      for (let item = pending.shift(); item; item = pending.shift()) {
+        const [pid, r] = item;
+        const columns = Math.max(50, Math.min(4000, Math.round(r.trend.canvas.clientWidth || 600)));
+        try {
+          const hst = await conn.call("points.history", { deviceId: id, pointId: pid, since: until - rangeMs, until, buckets: columns });
+          r.trend.set(hst.buckets.map((b) => ({ t: Date.parse(b.lastTs), min: b.min, max: b.max, v: b.v, gap: b.gap })), rangeMs, until);
+          r.el.dataset.history = String(hst.buckets.length);
+        } catch (e) {
+          r.trend.set([], rangeMs, until);
+          r.el.dataset.history = `error ${e.code}`;
+        }
       }
-    }
-  };
-  for (let i = 0; i < 4; i++) fetchNext();
+    };
+    for (let i = 0; i < 4; i++) fetchNext();
+  }
+  loadTrends();
+  const rangeButtons = RANGES.map((r) => h("button", {
+    type: "button", class: "ghost range", text: r.label, "aria-pressed": String(r.ms === rangeMs),
+    onclick: (ev) => {
+      rangeMs = r.ms;
+      S.trendRange = r.label;
+      for (const b of rangeButtons) b.setAttribute("aria-pressed", String(b === ev.currentTarget));
+      loadTrends();
+    },
+  }));
 
   paint();
   return {
@@ -664,13 +781,14 @@ function deviceView(id) {
       h("h1", { text: id }),
       h("div", { class: "meta toolbar" },
         h("span", { text: `${d.type || "device"} · bus ${d.bus} · unit ${d.unit}` }), state, seen,
-        isAdmin() ? h("a", { href: `#/inspector?device=${encodeURIComponent(id)}`, text: "Inspect registers" }) : null),
+        isAdmin() ? h("a", { class: "button", href: `#/inspector?device=${encodeURIComponent(id)}`, text: "Inspect registers" }) : null),
+      h("div", { class: "toolbar ranges", role: "group", "aria-label": "Trend range" }, ...rangeButtons),
       list),
     update(kind, data) {
       if (kind === "telemetry" && data.deviceId === id) {
         for (const [pid, x] of Object.entries(data.points)) {
           const r = rows.get(pid);
-          if (r && r.trend && x.q === "good") r.trend.push(Date.parse(data.ts), num(x.v));
+          if (r && r.trend) r.trend.push(Date.parse(data.ts), num(x.v), x.q === "good");
         }
         paint();
       } else if (kind === "devices" && data.includes(id)) paint();
