@@ -210,7 +210,7 @@ impl PushCounters {
 /// Event engine figures.
 pub struct EventCounters {
     /// `[event type][0 = committed, 1 = suppressed]`, types in `EventType::ALL` order.
-    pub processed: [[AtomicU64; 2]; 6],
+    pub processed: [[AtomicU64; 2]; crate::model::event::EventType::ALL.len()],
     /// Per device, events suppressed by storm control.
     pub suppressed: Vec<AtomicU64>,
     /// Draft made (sample read) → committed and pushed.

@@ -120,10 +120,21 @@ impl Pipeline {
                 ts,
                 online,
                 reason,
+                bus_down,
             } => {
                 let now = tokio::time::Instant::now();
                 self.engine
-                    .on_status(*device, *online, reason, *ts, now, drafts);
+                    .on_status(*device, *online, reason, *bus_down, *ts, now, drafts);
+                now
+            }
+            BusEvent::Bus {
+                bus,
+                ts,
+                online,
+                cause,
+            } => {
+                let now = tokio::time::Instant::now();
+                self.engine.on_bus(*bus, *online, cause, *ts, now, drafts);
                 now
             }
         };

@@ -195,5 +195,7 @@ pub fn apply(config: &Config, live: &SharedLive, ev: BusEvent) -> Option<StoreCm
                 ts,
             })
         }
+        // The bus's alarm is an event; the state keeps devices only.
+        BusEvent::Bus { .. } => None,
     }
 }

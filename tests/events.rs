@@ -196,6 +196,7 @@ async fn ids_survive_a_restart_and_device_seq_has_no_gaps() {
         ts: now_ms(),
         online,
         reason: "test".into(),
+        bus_down: false,
     };
     let gw = start(dir.path(), "").await;
     for i in 0..6 {

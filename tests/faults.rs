@@ -497,3 +497,109 @@ async fn a_wrong_answer_raises_device_abnormal_with_its_link_kind_once_per_episo
         gw.shutdown().await;
     }
 }
+
+/// Listed alarms (active, or cleared and not yet acknowledged), as `alarms.active` gives them.
+async fn alarms(gw: &Gateway) -> Vec<serde_json::Value> {
+    gw.settle().await;
+    let conn = edge_gateway::store::open_reader(&gw.config.gateway.data_dir).unwrap();
+    edge_gateway::store::active_alarms(&conn, &gw.config).unwrap()
+}
+
+/// A device's events of one type, newest first.
+fn events_of(gw: &Gateway, device: &str, kind: &str) -> Vec<serde_json::Value> {
+    let conn = edge_gateway::store::open_reader(&gw.config.gateway.data_dir).unwrap();
+    let f = edge_gateway::store::EventFilter {
+        device_id: Some(device.into()),
+        kind: Some(kind.into()),
+        limit: 100,
+        ..Default::default()
+    };
+    edge_gateway::store::query_events(&conn, &gw.config, &f).unwrap()
+}
+
+/// SPEC `bus_offline` / `bus_online`: a bus whose link cannot connect, or whose devices all
+/// stop answering, raises one alarm with the cause instead of one per device; each device's
+/// offline is an `info` event naming the bus; the bus's alarm clears when a device answers.
+#[tokio::test]
+async fn a_dead_bus_raises_one_alarm_not_one_per_device() {
+    // A link that cannot connect.
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(
+        dir.path(),
+        &format!("{}{BOILER_AND_PUMP}", tcp_bus("127.0.0.1:1")),
+    ))
+    .await
+    .unwrap();
+    wait_for_async("both offline, as info", || async {
+        gw.settle().await;
+        !events_of(&gw, "boiler", "device_offline").is_empty()
+            && !events_of(&gw, "pump", "device_offline").is_empty()
+    })
+    .await;
+    let listed = alarms(&gw).await;
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    assert_eq!(
+        (listed[0]["type"].as_str(), listed[0]["deviceId"].as_str()),
+        (Some("bus_offline"), Some("b"))
+    );
+    let m = listed[0]["message"].as_str().unwrap();
+    assert!(
+        m.starts_with("bus b offline: ") && m.contains("refused") && m.ends_with("(2 devices)"),
+        "{m}"
+    );
+    let off = &events_of(&gw, "boiler", "device_offline")[0];
+    assert_eq!(
+        (off["state"].as_str(), off["priority"].as_str()),
+        (Some("info"), Some("normal")),
+        "{off}"
+    );
+    assert!(
+        off["message"].as_str().unwrap().contains("bus b is down"),
+        "{off}"
+    );
+    gw.shutdown().await;
+
+    // Every device stops answering, then they come back.
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(
+        dir.path(),
+        &format!("{}{BOILER_AND_PUMP}", tcp_bus(&addr.to_string())),
+    ))
+    .await
+    .unwrap();
+    wait_for("both online", || {
+        online(&gw, "boiler") && online(&gw, "pump")
+    })
+    .await;
+    sim.set_fault(BOILER, Some(Fault::Silent));
+    sim.set_fault(PUMP, Some(Fault::Silent));
+    wait_for_async("the bus alarm", || async {
+        alarms(&gw).await.iter().any(|a| a["type"] == "bus_offline")
+    })
+    .await;
+    wait_for("both offline", || {
+        !online(&gw, "boiler") && !online(&gw, "pump")
+    })
+    .await;
+    let listed = alarms(&gw).await;
+    assert_eq!(listed.len(), 1, "one alarm for the line: {listed:#?}");
+    assert!(listed[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no answer from any device"));
+    sim.set_fault(BOILER, None);
+    sim.set_fault(PUMP, None);
+    wait_for("both back", || online(&gw, "boiler") && online(&gw, "pump")).await;
+    wait_for_async("the bus alarm cleared", || async {
+        alarms(&gw).await.iter().all(|a| a["state"] == "cleared")
+    })
+    .await;
+    gw.settle().await;
+    assert_eq!(events_of(&gw, "b", "bus_online").len(), 1);
+    assert!(
+        alarms(&gw).await.iter().all(|a| a["type"] == "bus_offline"),
+        "no device alarms"
+    );
+    gw.shutdown().await;
+}

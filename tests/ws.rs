@@ -1322,15 +1322,24 @@ async fn a_slow_clients_snapshot_period_grows_to_eight_times_and_stats_show_each
             );
             admin.pushes.clear();
             // A connection not logged in (yet): listed with a null user.
+            // (The handshake ends before the server has registered the socket: ask until it has.)
             let _pending = Ws::connect(gw.http_addr).await;
-            let r = admin.call("system.stats", json!({})).await;
-            let pending = r["data"]["connections"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|c| c["user"].is_null())
-                .cloned()
-                .unwrap_or_else(|| panic!("no pending connection in {r}"));
+            let mut r = Json::Null;
+            let mut pending = None;
+            for _ in 0..200 {
+                r = admin.call("system.stats", json!({})).await;
+                pending = r["data"]["connections"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c["user"].is_null())
+                    .cloned();
+                if pending.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let pending = pending.unwrap_or_else(|| panic!("no pending connection in {r}"));
             assert!(pending["remote"]
                 .as_str()
                 .unwrap()

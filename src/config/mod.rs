@@ -57,6 +57,34 @@ pub struct Config {
     pub mqtt: Option<Mqtt>,
 }
 
+/// What an event is about: a device, or for a bus's own alarm (`bus_offline`), the bus. Event
+/// sources are numbered devices first, then buses, so per-source counters (`deviceSeq`, storm
+/// control) are one vector.
+impl Config {
+    pub fn sources(&self) -> usize {
+        self.devices.len() + self.buses.len()
+    }
+
+    /// The source number of a bus.
+    pub fn bus_source(&self, bus: usize) -> usize {
+        self.devices.len() + bus
+    }
+
+    /// The id an event carries as `deviceId`: the device's, or the bus's name.
+    pub fn source_id(&self, source: usize) -> &str {
+        match self.devices.get(source) {
+            Some(d) => &d.id,
+            None => &self.buses[source - self.devices.len()].name,
+        }
+    }
+
+    /// A point's id, when the source is a device.
+    pub fn source_point(&self, source: usize, point: Option<usize>) -> Option<&str> {
+        let d = self.devices.get(source)?;
+        point.map(|p| d.points[p].id.as_str())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Gateway {
     /// Goes into event ids and upstream rows, so it is restricted to `[a-z0-9_-]{1,64}`.

@@ -14,11 +14,10 @@ pub use crate::model::event::{AlarmOp, Draft, Event, EventState, EventType, Spec
 impl Event {
     /// The SPEC JSON of an event.
     pub fn to_json(&self, config: &Config) -> Json {
-        let d = &config.devices[self.device];
         SpecEvent {
             id: &self.id(&config.gateway.id),
-            device_id: &d.id,
-            point_id: self.point.map(|p| d.points[p].id.as_str()),
+            device_id: config.source_id(self.device),
+            point_id: config.source_point(self.device, self.point),
             kind: self.kind.as_str(),
             priority: self.priority.as_str(),
             device_seq: self.device_seq as i64,

@@ -152,7 +152,7 @@ impl Processor {
         last_seq: u64,
         device_seq: Vec<u64>,
     ) -> Processor {
-        let n = config.devices.len();
+        let n = config.sources();
         Processor {
             config,
             metrics,
@@ -231,7 +231,9 @@ impl Processor {
             if st.count >= max {
                 st.suppressed += 1;
                 let m = &self.metrics.events;
-                m.suppressed[d.device].fetch_add(1, Relaxed);
+                if let Some(c) = m.suppressed.get(d.device) {
+                    c.fetch_add(1, Relaxed);
+                }
                 m.processed[type_index(d.kind)][1].fetch_add(1, Relaxed);
                 continue;
             }

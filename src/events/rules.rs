@@ -51,12 +51,19 @@ pub struct Engine {
     /// Devices seen online since start (the first `online` is news only after an offline).
     online: Vec<Option<bool>>,
     device_ids: Vec<String>,
+    /// Each device's bus, and the buses' names (a bus's own alarm: `bus_offline`).
+    device_bus: Vec<usize>,
+    bus_names: Vec<String>,
     point_ids: Vec<Vec<String>>,
     min_max: Vec<Vec<(Option<f64>, Option<f64>)>>,
 }
 
 pub fn offline_key(device: &str) -> String {
     format!("offline:{device}")
+}
+
+pub fn bus_key(bus: &str) -> String {
+    format!("bus:{bus}")
 }
 
 pub fn abnormal_key(device: &str, point: &str) -> String {
@@ -126,6 +133,8 @@ impl Engine {
             raised: active_alarms.clone(),
             online: vec![None; config.devices.len()],
             device_ids: config.devices.iter().map(|d| d.id.clone()).collect(),
+            device_bus: config.devices.iter().map(|d| d.bus).collect(),
+            bus_names: config.buses.iter().map(|b| b.name.clone()).collect(),
             point_ids: config
                 .devices
                 .iter()

@@ -52,6 +52,15 @@ pub enum BusEvent {
         ts: Millis,
         online: bool,
         reason: String,
+        /// Its bus is down: the device's offline is part of the bus's alarm, not one of its own.
+        bus_down: bool,
+    },
+    /// The bus went down (its link cannot connect, or no device on it answers) or came back.
+    Bus {
+        bus: usize,
+        ts: Millis,
+        online: bool,
+        cause: String,
     },
 }
 
@@ -142,6 +151,9 @@ struct DeviceSlot {
     /// What kind of problem was last logged, so a persisting fault is logged once per
     /// episode, not every poll (even when its text changes, as a value or a byte count may).
     last_problem: Option<String>,
+    /// Went offline while its bus was down: announced without an alarm of its own, which it
+    /// gets if it still does not answer once the bus is back.
+    silenced: bool,
 }
 
 pub struct BusTask {
@@ -155,6 +167,8 @@ pub struct BusTask {
     scan: Option<ActiveScan>,
     /// A running scan probes next (after a poll); else a due poll goes first.
     scan_turn: bool,
+    /// Why the bus is down, as last announced (`BusEvent::Bus`); `None` while it is up.
+    bus_down: Option<String>,
 }
 
 impl std::fmt::Debug for BusTask {
@@ -204,6 +218,7 @@ impl BusTask {
                     online: None,
                     probe_backoff: PROBE_BACKOFF,
                     last_problem: None,
+                    silenced: false,
                 }
             })
             .collect();
@@ -214,6 +229,7 @@ impl BusTask {
             slots,
             scan: None,
             scan_turn: false,
+            bus_down: None,
             events,
             writes,
             metrics,

@@ -44,16 +44,22 @@ pub enum EventType {
     ThresholdExceeded,
     ThresholdCleared,
     DataPointReached,
+    /// A bus whose link cannot connect or whose devices all stopped answering: one alarm for
+    /// the line instead of one per device.
+    BusOffline,
+    BusOnline,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 8] = [
         EventType::DeviceOnline,
         EventType::DeviceOffline,
         EventType::DeviceAbnormal,
         EventType::ThresholdExceeded,
         EventType::ThresholdCleared,
         EventType::DataPointReached,
+        EventType::BusOffline,
+        EventType::BusOnline,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +70,8 @@ impl EventType {
             EventType::ThresholdExceeded => "threshold_exceeded",
             EventType::ThresholdCleared => "threshold_cleared",
             EventType::DataPointReached => "data_point_reached",
+            EventType::BusOffline => "bus_offline",
+            EventType::BusOnline => "bus_online",
         }
     }
 
@@ -71,7 +79,7 @@ impl EventType {
         Self::ALL.into_iter().find(|t| t.as_str() == s)
     }
 
-    /// Its bit in a subscription's event mask (same order as `ws::EVENT_TYPES`).
+    /// Its bit in a subscription's event mask (its place in [`EventType::ALL`]).
     pub fn bit(self) -> u32 {
         1 << Self::ALL.iter().position(|t| *t == self).unwrap_or(0)
     }

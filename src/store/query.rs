@@ -41,6 +41,15 @@ pub fn restore(conn: &Connection, config: &Config, keys: &Keys) -> rusqlite::Res
         )?;
         out.device_seq.push(ds.unwrap_or(0) as u64);
     }
+    // A bus's own events (`bus_offline`) number on after the devices'.
+    for bus in &config.buses {
+        let ds: Option<i64> = conn.query_row(
+            "SELECT MAX(device_seq) FROM events WHERE device_id = ?1",
+            [&bus.name],
+            |r| r.get(0),
+        )?;
+        out.device_seq.push(ds.unwrap_or(0) as u64);
+    }
     let upto = meta_int(conn, "latest_upto")?.unwrap_or(0);
     let mut q = conn.prepare("SELECT ts, points FROM samples WHERE id > ?1 ORDER BY id")?;
     let mut rows = q.query([upto])?;

@@ -515,7 +515,6 @@ fn write_event(
     e: &crate::model::event::Event,
 ) -> rusqlite::Result<()> {
     use crate::model::event::AlarmOp;
-    let d = &config.devices[e.device];
     let id = e.id(&config.gateway.id);
     tx.prepare_cached(
         "INSERT OR IGNORE INTO events (seq, event_id, device_id, point_id, type, priority, priority_rank,
@@ -524,8 +523,8 @@ fn write_event(
     .execute(params![
         e.seq as i64,
         id,
-        d.id,
-        e.point.map(|p| d.points[p].id.clone()),
+        config.source_id(e.device),
+        config.source_point(e.device, e.point),
         e.kind.as_str(),
         e.priority.as_str(),
         e.priority.rank(),

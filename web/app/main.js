@@ -17,6 +17,7 @@ const PRIORITY_RANK = { normal: 0, high: 1, emergency: 2 };
 const EVENT_TYPES = [
   "device_online", "device_offline", "device_abnormal",
   "threshold_exceeded", "threshold_cleared", "data_point_reached",
+  "bus_offline", "bus_online",
 ];
 
 /** A value for a person: digits grouped by the browser's locale (1,234,600,000), decimals by
@@ -559,7 +560,8 @@ function alarmsView() {
     const li = h("li", { "data-event": a.id },
       prio,
       h("div", { class: "text" },
-        h("div", {}, h("a", { class: "device-link", href: `#/device/${encodeURIComponent(a.deviceId)}`, text: a.deviceId }), " — ", h("strong", { text: a.message })),
+        // A bus's own alarm (`bus_offline`) links to the diagnostics, where the bus is.
+        h("div", {}, h("a", { class: "device-link", href: S.desc.has(a.deviceId) ? `#/device/${encodeURIComponent(a.deviceId)}` : "#/diagnostics", text: a.deviceId }), " — ", h("strong", { text: a.message })),
         detail),
       actions);
     let acked = null; // what the actions show, so they are rebuilt only when that changes

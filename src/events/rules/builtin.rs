@@ -3,19 +3,25 @@
 
 use tokio::time::Instant;
 
-use super::{abnormal_key, link_key, offline_key, Engine, LINK_CLEAR_AFTER};
+use super::{abnormal_key, bus_key, link_key, offline_key, Engine, LINK_CLEAR_AFTER};
 use crate::config::Priority;
 use crate::events::{AlarmOp, Draft, EventState, EventType};
 use crate::modbus::bus::PointError;
 use crate::model::{Millis, Value};
 
 impl Engine {
-    /// A device came online or went offline.
+    /// A device came online or went offline. Under a dead bus (`bus_down`) its offline is an
+    /// `info` event naming the bus, not an alarm of its own: the bus has the one alarm.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one event's fields, as the bus sent them"
+    )]
     pub fn on_status(
         &mut self,
         device: usize,
         online: bool,
         reason: &str,
+        bus_down: bool,
         ts: Millis,
         now: Instant,
         out: &mut Vec<Draft>,
@@ -43,15 +49,29 @@ impl Engine {
                     "device answering again".into(),
                     Some(AlarmOp::Clear(key)),
                 ));
-            } else if was.is_none() {
+            } else if was != Some(true) {
+                let message = if was.is_none() {
+                    "device online"
+                } else {
+                    "device answering again"
+                };
                 out.push(draft(
                     EventType::DeviceOnline,
                     Priority::Normal,
                     EventState::Info,
-                    "device online".into(),
+                    message.into(),
                     None,
                 ));
             }
+        } else if bus_down {
+            let bus = &self.bus_names[self.device_bus[device]];
+            out.push(draft(
+                EventType::DeviceOffline,
+                Priority::Normal,
+                EventState::Info,
+                format!("device offline: bus {bus} is down ({reason})"),
+                None,
+            ));
         } else if self.raised.insert(key.clone()) {
             out.push(draft(
                 EventType::DeviceOffline,
@@ -59,6 +79,57 @@ impl Engine {
                 EventState::Active,
                 format!("device offline: {reason}"),
                 Some(AlarmOp::Raise(key)),
+            ));
+        }
+    }
+
+    /// The bus went down or came back: one alarm for the line, with the cause. (When it comes
+    /// back, the bus task probes its offline devices at once; one still silent is announced
+    /// offline again, now with an alarm of its own.)
+    pub fn on_bus(
+        &mut self,
+        bus: usize,
+        online: bool,
+        cause: &str,
+        ts: Millis,
+        now: Instant,
+        out: &mut Vec<Draft>,
+    ) {
+        let name = self.bus_names[bus].clone();
+        let key = bus_key(&name);
+        let source = self.device_ids.len() + bus;
+        let draft = |kind, priority, state, message: String, alarm| Draft {
+            device: source,
+            point: None,
+            kind,
+            priority,
+            value: None,
+            message,
+            state,
+            ts,
+            alarm,
+            at: now,
+        };
+        if !online {
+            if self.raised.insert(key.clone()) {
+                let n = self.device_bus.iter().filter(|&&b| b == bus).count();
+                out.push(draft(
+                    EventType::BusOffline,
+                    Priority::High,
+                    EventState::Active,
+                    format!("bus {name} offline: {cause} ({n} devices)"),
+                    Some(AlarmOp::Raise(key)),
+                ));
+            }
+            return;
+        }
+        if self.raised.remove(&key) {
+            out.push(draft(
+                EventType::BusOnline,
+                Priority::Normal,
+                EventState::Cleared,
+                format!("bus {name} answering again"),
+                Some(AlarmOp::Clear(key)),
             ));
         }
     }

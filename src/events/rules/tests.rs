@@ -279,17 +279,17 @@ for_ms = 10000"#,
 fn offline_then_online_and_abnormal_values_are_built_in() {
     let (mut e, t0) = setup("");
     let mut out = Vec::new();
-    e.on_status(0, true, "", 0, t0, &mut out);
+    e.on_status(0, true, "", false, 0, t0, &mut out);
     assert_eq!(kinds(&out), [(EventType::DeviceOnline, EventState::Info)]);
     out.clear();
-    e.on_status(0, false, "timed out", 0, t0, &mut out);
+    e.on_status(0, false, "timed out", false, 0, t0, &mut out);
     assert_eq!(
         kinds(&out),
         [(EventType::DeviceOffline, EventState::Active)]
     );
     assert!(out[0].message.contains("timed out"));
     out.clear();
-    e.on_status(0, true, "", 0, t0, &mut out);
+    e.on_status(0, true, "", false, 0, t0, &mut out);
     assert_eq!(
         kinds(&out),
         [(EventType::DeviceOnline, EventState::Cleared)]
@@ -354,7 +354,7 @@ fn alarms_active_before_a_restart_are_not_raised_again() {
         [(EventType::ThresholdCleared, EventState::Cleared)]
     );
     let mut out = Vec::new();
-    e.on_status(0, true, "", 0, t0, &mut out);
+    e.on_status(0, true, "", false, 0, t0, &mut out);
     assert_eq!(
         kinds(&out),
         [(EventType::DeviceOnline, EventState::Cleared)]

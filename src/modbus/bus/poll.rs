@@ -36,11 +36,32 @@ impl BusTask {
         let device = self.slots[k].index;
         let dev = self.config.devices[device].clone();
         if self.slots[k].online == Some(false) && !self.probe(k, &dev).await {
+            // Silent through the bus's outage, and still now that the bus is back: its own
+            // alarm at last.
+            if self.slots[k].silenced && self.bus_down.is_none() {
+                self.slots[k].silenced = false;
+                let status = BusEvent::Status {
+                    device,
+                    ts: now_ms(),
+                    online: false,
+                    reason: "no answer now that the bus is back".into(),
+                    bus_down: false,
+                };
+                return self.events.send(status).await.is_ok();
+            }
             return true;
         }
         let pass = self.read_device(k, &dev).await;
         let ts = now_ms();
-        if let Some((online, reason)) = self.settle(k, &dev, pass.answered, pass.problem) {
+        let change = self.settle(k, &dev, pass.answered, pass.problem);
+        // The bus first: a device's offline under a dead bus is part of the bus's alarm.
+        let Some(bus_down) = self.announce_bus(ts).await else {
+            return false;
+        };
+        if let Some((online, _)) = &change {
+            self.slots[k].silenced = !online && bus_down.is_some();
+        }
+        if let Some((online, reason)) = change {
             self.metrics.devices[device]
                 .online
                 .store(i64::from(online), Relaxed);
@@ -54,6 +75,7 @@ impl BusTask {
                 ts,
                 online,
                 reason,
+                bus_down: bus_down.is_some(),
             };
             if self.events.send(status).await.is_err() {
                 return false;
@@ -68,6 +90,50 @@ impl BusTask {
             })
             .await
             .is_ok()
+    }
+
+    /// Sends the bus's change of state, if any; returns the state (`None` when the pipeline
+    /// is gone).
+    async fn announce_bus(&mut self, ts: crate::model::Millis) -> Option<Option<String>> {
+        let bus_down = self.bus_down_now();
+        if bus_down == self.bus_down {
+            return Some(bus_down);
+        }
+        let name = &self.config.buses[self.bus].name;
+        if let Some(cause) = &bus_down {
+            tracing::warn!(bus = %name, "bus down: {cause}");
+        } else {
+            tracing::info!(bus = %name, "bus answering again");
+            // Back: its offline devices are probed now, not at their backoff.
+            let now = Instant::now();
+            for s in self.slots.iter_mut().filter(|s| s.online == Some(false)) {
+                s.next_due = now;
+            }
+        }
+        self.bus_down.clone_from(&bus_down);
+        let ev = BusEvent::Bus {
+            bus: self.bus,
+            ts,
+            online: bus_down.is_none(),
+            cause: bus_down.clone().unwrap_or_default(),
+        };
+        self.events.send(ev).await.ok()?;
+        Some(bus_down)
+    }
+
+    /// Why the whole bus is down, if it is: its link cannot connect, or no device on it
+    /// answers (every one failing, at least one past its offline threshold). The first answer
+    /// brings it back.
+    fn bus_down_now(&self) -> Option<String> {
+        if let Some(cause) = self.metrics.buses[self.bus].down.locked().clone() {
+            return Some(cause);
+        }
+        let failing = self
+            .slots
+            .iter()
+            .all(|s| s.failures > 0 || s.online == Some(false));
+        let offline = self.slots.iter().any(|s| s.online == Some(false));
+        (failing && offline).then(|| "no answer from any device".to_string())
     }
 
     /// An offline device gets one probe, no retries, so a dead slave costs at most one timeout

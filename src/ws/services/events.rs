@@ -13,7 +13,10 @@ use crate::ws::context::{Ctx, HandlerResult, ServiceError};
 pub async fn query(ctx: Ctx) -> HandlerResult {
     let device_id = ctx.opt_string("deviceId")?;
     if let Some(d) = &device_id {
-        ctx.device(d)?;
+        // A bus's own events (`bus_offline`) carry the bus's name.
+        if ctx.bus(d).is_err() {
+            ctx.device(d)?;
+        }
     }
     let kind = ctx.opt_string("type")?;
     if let Some(t) = &kind {
@@ -90,7 +93,9 @@ pub async fn ack(ctx: Ctx) -> HandlerResult {
         }
         out
     } else if let Some(device) = ctx.opt_string("deviceId")? {
-        ctx.device(&device)?;
+        if ctx.bus(&device).is_err() {
+            ctx.device(&device)?;
+        }
         listed
             .iter()
             .filter(|a| a["deviceId"] == device.as_str() && a["ackedBy"].is_null())
@@ -142,17 +147,26 @@ pub async fn ack(ctx: Ctx) -> HandlerResult {
 /// The acknowledgement as an `info` event of the alarm's device, point and type.
 async fn ack_event(ctx: &Ctx, alarm: &serde_json::Value, user: &str, comment: &str, ts: i64) {
     let config = &ctx.shared.config;
+    // A device's alarm, or a bus's own (`bus_offline`), whose events carry the bus's name.
     let Some(device) = config
         .devices
         .iter()
         .position(|d| alarm["deviceId"] == d.id.as_str())
+        .or_else(|| {
+            config
+                .buses
+                .iter()
+                .position(|b| alarm["deviceId"] == b.name.as_str())
+                .map(|b| config.bus_source(b))
+        })
     else {
         return;
     };
-    let point = config.devices[device]
-        .points
-        .iter()
-        .position(|p| alarm["pointId"] == p.id.as_str());
+    let point = config.devices.get(device).and_then(|d| {
+        d.points
+            .iter()
+            .position(|p| alarm["pointId"] == p.id.as_str())
+    });
     let Some(kind) = alarm["type"].as_str().and_then(EventType::parse) else {
         return;
     };
