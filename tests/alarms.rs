@@ -293,6 +293,43 @@ async fn alarms_are_acked_together_with_a_comment_each_ack_logged_and_writes_rea
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(alarms.len(), 2, "{alarms:#?}");
+    // Cleared but not acknowledged, then raised again: the same row, counted twice, with the
+    // time it was first raised.
+    let first =
+        alarms.iter().find(|a| a["pointId"] == "setpoint").unwrap()["firstRaisedAt"].clone();
+    for value in [80.0, 95.5] {
+        let r = call(
+            &mut admin,
+            "device.write",
+            json!({"deviceId": "boiler", "pointId": "setpoint", "value": value}),
+        )
+        .await;
+        assert_eq!(r["code"], 0, "{r}");
+        let want = if value > 90.0 {
+            "threshold_exceeded"
+        } else {
+            "threshold_cleared"
+        };
+        loop {
+            let e = next(&mut admin).await;
+            if e["service"] == "push.event"
+                && e["data"]["type"] == want
+                && e["data"]["pointId"] == "setpoint"
+            {
+                break;
+            }
+        }
+    }
+    gw.settle().await;
+    let r = call(&mut admin, "alarms.active", json!({})).await;
+    alarms = r["data"]["alarms"].as_array().unwrap().clone();
+    assert_eq!(alarms.len(), 2, "still one row per alarm: {alarms:#?}");
+    let again = alarms.iter().find(|a| a["pointId"] == "setpoint").unwrap();
+    assert_eq!(
+        (again["occurrences"].as_u64(), &again["firstRaisedAt"]),
+        (Some(2), &first),
+        "{again}"
+    );
     for (params, code) in [
         (json!({"eventIds": ["test-gw-999999"]}), 404),
         (json!({}), 400),

@@ -1060,6 +1060,23 @@ async fn the_config_is_edited_applied_and_rolled_back_from_the_websocket() {
     })
     .await;
     let mut ws = admin().await;
+    // An info event of the gateway says who applied what.
+    let r = ws
+        .call("events.query", json!({"type": "config_applied"}))
+        .await;
+    let e = &r["data"]["events"][0];
+    assert_eq!(
+        (e["deviceId"].as_str(), e["state"].as_str()),
+        (Some("g"), Some("info")),
+        "{r}"
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("config applied by admin: devices +pump"),
+        "{r}"
+    );
     let r = ws.call("config.history", json!({})).await;
     let versions = r["data"]["versions"].as_array().unwrap().clone();
     assert_eq!(versions.len(), 2, "{r}");

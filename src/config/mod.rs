@@ -57,11 +57,17 @@ pub struct Config {
     pub mqtt: Option<Mqtt>,
 }
 
-/// What an event is about: a device, or for a bus's own alarm (`bus_offline`), the bus. Event
-/// sources are numbered devices first, then buses, so per-source counters (`deviceSeq`, storm
-/// control) are one vector.
+/// What an event is about: a device; for a bus's own alarm (`bus_offline`), the bus; for an
+/// operator's change to the whole gateway (`config_applied`), the gateway. Event sources are
+/// numbered devices first, then buses, then the gateway, so per-source counters (`deviceSeq`,
+/// storm control) are one vector.
 impl Config {
     pub fn sources(&self) -> usize {
+        self.devices.len() + self.buses.len() + 1
+    }
+
+    /// The source number of the gateway itself.
+    pub fn gateway_source(&self) -> usize {
         self.devices.len() + self.buses.len()
     }
 
@@ -70,11 +76,15 @@ impl Config {
         self.devices.len() + bus
     }
 
-    /// The id an event carries as `deviceId`: the device's, or the bus's name.
+    /// The id an event carries as `deviceId`: the device's, the bus's name, or the gateway's id.
     pub fn source_id(&self, source: usize) -> &str {
-        match self.devices.get(source) {
-            Some(d) => &d.id,
-            None => &self.buses[source - self.devices.len()].name,
+        match (
+            self.devices.get(source),
+            source.checked_sub(self.devices.len()),
+        ) {
+            (Some(d), _) => &d.id,
+            (None, Some(b)) if b < self.buses.len() => &self.buses[b].name,
+            _ => &self.gateway.id,
         }
     }
 

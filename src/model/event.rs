@@ -48,10 +48,12 @@ pub enum EventType {
     /// the line instead of one per device.
     BusOffline,
     BusOnline,
+    /// An operator applied a config from the dashboard (an `info` event of the gateway).
+    ConfigApplied,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 9] = [
         EventType::DeviceOnline,
         EventType::DeviceOffline,
         EventType::DeviceAbnormal,
@@ -60,6 +62,7 @@ impl EventType {
         EventType::DataPointReached,
         EventType::BusOffline,
         EventType::BusOnline,
+        EventType::ConfigApplied,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +75,7 @@ impl EventType {
             EventType::DataPointReached => "data_point_reached",
             EventType::BusOffline => "bus_offline",
             EventType::BusOnline => "bus_online",
+            EventType::ConfigApplied => "config_applied",
         }
     }
 

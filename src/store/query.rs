@@ -34,20 +34,12 @@ pub fn restore(conn: &Connection, config: &Config, keys: &Keys) -> rusqlite::Res
             pts.push(row.map(|(v, ts)| (from_sql(point, v), ts)));
         }
         out.points.push(pts);
-        let ds: Option<i64> = conn.query_row(
-            "SELECT MAX(device_seq) FROM events WHERE device_id = ?1",
-            [&dev.id],
-            |r| r.get(0),
-        )?;
-        out.device_seq.push(ds.unwrap_or(0) as u64);
     }
-    // A bus's own events (`bus_offline`) number on after the devices'.
-    for bus in &config.buses {
-        let ds: Option<i64> = conn.query_row(
-            "SELECT MAX(device_seq) FROM events WHERE device_id = ?1",
-            [&bus.name],
-            |r| r.get(0),
-        )?;
+    // Each event source numbers on where it stopped: devices, buses (`bus_offline`), the
+    // gateway itself (`config_applied`).
+    let mut seq_q = conn.prepare("SELECT MAX(device_seq) FROM events WHERE device_id = ?1")?;
+    for s in 0..config.sources() {
+        let ds: Option<i64> = seq_q.query_row([config.source_id(s)], |r| r.get(0))?;
         out.device_seq.push(ds.unwrap_or(0) as u64);
     }
     let upto = meta_int(conn, "latest_upto")?.unwrap_or(0);
@@ -298,10 +290,17 @@ pub fn active_alarms(
 ) -> rusqlite::Result<Vec<serde_json::Value>> {
     let mut q = conn.prepare_cached(
         "SELECT e.seq, e.event_id, e.device_id, e.point_id, e.type, e.priority, e.device_seq, e.value,
-                e.message, e.ts, a.state AS state, a.acked_by AS acked_by, a.acked_at AS acked_at
+                e.message, e.ts, a.state AS state, a.acked_by AS acked_by, a.acked_at AS acked_at,
+                a.occurrences AS occurrences,
+                COALESCE(a.first_raised_at, a.raised_at) AS first_raised_at
          FROM alarms a JOIN events e ON e.seq = a.event_seq
          ORDER BY a.priority_rank DESC, a.raised_at DESC",
     )?;
-    let rows = q.query_map([], |r| event_row_json(config, r))?;
+    let rows = q.query_map([], |r| {
+        let mut j = event_row_json(config, r)?;
+        j["occurrences"] = r.get::<_, i64>("occurrences")?.into();
+        j["firstRaisedAt"] = crate::model::rfc3339(r.get("first_raised_at")?).into();
+        Ok(j)
+    })?;
     rows.collect()
 }

@@ -133,6 +133,12 @@ const MIGRATIONS: &[Step] = &[
             ts INTEGER NOT NULL);",
         rows_to_samples,
     ),
+    // 6: an alarm raised again while its earlier occurrence waits for an acknowledgement keeps
+    // its row, counted, with the time it was first raised.
+    Step::Sql(
+        "ALTER TABLE alarms ADD COLUMN occurrences INTEGER NOT NULL DEFAULT 1;
+         ALTER TABLE alarms ADD COLUMN first_raised_at INTEGER;",
+    ),
 ];
 
 /// The schema version this build writes.

@@ -536,9 +536,13 @@ fn write_event(
     ])?;
     match &e.alarm {
         Some(AlarmOp::Raise(key)) => {
+            // Raised again before the last occurrence was acknowledged: the same row, counted.
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO alarms (key, event_seq, state, priority_rank, raised_at)
-                 VALUES (?1, ?2, 'active', ?3, ?4)",
+                "INSERT INTO alarms (key, event_seq, state, priority_rank, raised_at, first_raised_at)
+                 VALUES (?1, ?2, 'active', ?3, ?4, ?4)
+                 ON CONFLICT (key) DO UPDATE SET event_seq = excluded.event_seq, state = 'active',
+                    priority_rank = excluded.priority_rank, raised_at = excluded.raised_at,
+                    occurrences = alarms.occurrences + 1, cleared_at = NULL",
             )?
             .execute(params![key, e.seq as i64, e.priority.rank(), e.ts])?;
         }

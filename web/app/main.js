@@ -17,7 +17,7 @@ const PRIORITY_RANK = { normal: 0, high: 1, emergency: 2 };
 const EVENT_TYPES = [
   "device_online", "device_offline", "device_abnormal",
   "threshold_exceeded", "threshold_cleared", "data_point_reached",
-  "bus_offline", "bus_online",
+  "bus_offline", "bus_online", "config_applied",
 ];
 
 /** A value for a person: digits grouped by the browser's locale (1,234,600,000), decimals by
@@ -571,7 +571,8 @@ function alarmsView() {
         setClass(li, `alarm-item p-${x.priority}${x.state === "cleared" ? " cleared" : ""}`);
         setClass(prio, `prio prio-${x.priority}`);
         setText(prio, x.priority);
-        setText(detail, `${x.state === "active" ? "ACTIVE" : "CLEARED, awaiting acknowledgement"} · since ${fmtTime(x.ts)}${x.value != null ? " · value " + fmtValue(x.value) : ""}`);
+        const times = x.occurrences > 1 ? ` · raised ${x.occurrences} times, first at ${fmtTime(x.firstRaisedAt)}` : "";
+        setText(detail, `${x.state === "active" ? "ACTIVE" : "CLEARED, awaiting acknowledgement"} · since ${fmtTime(x.ts)}${x.value != null ? " · value " + fmtValue(x.value) : ""}${times}`);
         const others = S.alarms.filter((o) => o.deviceId === x.deviceId && !o.ackedBy).length;
         const shown = `${x.ackedBy || ""}|${isAdmin()}|${others > 1}`;
         if (shown === acked) return;

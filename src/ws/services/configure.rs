@@ -9,7 +9,8 @@ use serde_json::{json, Value as Json};
 
 use crate::config::edit::{self, NewPoint, Target};
 use crate::config::versions::{self, ConfigFile};
-use crate::config::{self, Config, ConfigError, Link};
+use crate::config::{self, Config, ConfigError, Link, Priority};
+use crate::events::{Draft, EventState, EventType};
 use crate::model::rfc3339;
 use crate::ws::context::{Ctx, HandlerResult, ServiceError};
 
@@ -167,6 +168,24 @@ async fn apply_text(ctx: &Ctx, text: &str) -> HandlerResult {
         version = v.id,
         "config applied from the dashboard: {summary}"
     );
+    // In the event log, pushed and synced upstream like any operator action.
+    if let Some(events) = ctx.shared.operator_events.get() {
+        let config = &ctx.shared.config;
+        events
+            .send(Draft {
+                device: config.gateway_source(),
+                point: None,
+                kind: EventType::ConfigApplied,
+                priority: Priority::Normal,
+                value: None,
+                message: format!("config applied by {user}: {summary} (version {})", v.id),
+                state: EventState::Info,
+                ts: crate::model::now_ms(),
+                alarm: None,
+                at: tokio::time::Instant::now(),
+            })
+            .await;
+    }
     // The reload closes this connection (1001) once this reply has gone out; the dashboard
     // reconnects and resumes its session.
     let _ = f.reload.try_send(());

@@ -13,8 +13,8 @@ use crate::ws::context::{Ctx, HandlerResult, ServiceError};
 pub async fn query(ctx: Ctx) -> HandlerResult {
     let device_id = ctx.opt_string("deviceId")?;
     if let Some(d) = &device_id {
-        // A bus's own events (`bus_offline`) carry the bus's name.
-        if ctx.bus(d).is_err() {
+        // A bus's own events (`bus_offline`) carry the bus's name, the gateway's its id.
+        if ctx.bus(d).is_err() && *d != ctx.shared.config.gateway.id {
             ctx.device(d)?;
         }
     }
