@@ -521,6 +521,7 @@ fn events_of(gw: &Gateway, device: &str, kind: &str) -> Vec<serde_json::Value> {
 /// stop answering, raises one alarm with the cause instead of one per device; each device's
 /// offline is an `info` event naming the bus; the bus's alarm clears when a device answers.
 #[tokio::test]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn a_dead_bus_raises_one_alarm_not_one_per_device() {
     // A link that cannot connect.
     let dir = tempfile::tempdir().unwrap();
@@ -557,6 +558,19 @@ async fn a_dead_bus_raises_one_alarm_not_one_per_device() {
         off["message"].as_str().unwrap().contains("bus b is down"),
         "{off}"
     );
+    gw.shutdown().await;
+    // Restarted with the line working: the alarm raised before the restart clears.
+    let (_live, live_addr, _lc) = start_sim(Profile::Demo).await;
+    let gw = Gateway::start(config(
+        dir.path(),
+        &format!("{}{BOILER_AND_PUMP}", tcp_bus(&live_addr.to_string())),
+    ))
+    .await
+    .unwrap();
+    wait_for_async("cleared after the restart", || async {
+        alarms(&gw).await.iter().all(|a| a["state"] == "cleared")
+    })
+    .await;
     gw.shutdown().await;
 
     // Every device stops answering, then they come back.

@@ -167,7 +167,9 @@ pub struct BusTask {
     scan: Option<ActiveScan>,
     /// A running scan probes next (after a poll); else a due poll goes first.
     scan_turn: bool,
-    /// Why the bus is down, as last announced (`BusEvent::Bus`); `None` while it is up.
+    /// Why the bus is down, as last announced (`BusEvent::Bus`); `None` while it is up. It
+    /// starts unknown (`Some("")`), so the first poll announces the bus either way: a
+    /// `bus_offline` alarm from before a restart clears once the bus answers again.
     bus_down: Option<String>,
 }
 
@@ -229,7 +231,7 @@ impl BusTask {
             slots,
             scan: None,
             scan_turn: false,
-            bus_down: None,
+            bus_down: Some(String::new()),
             events,
             writes,
             metrics,
