@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::modbus::bus::decode_point;
 use crate::modbus::codec::CodecError;
 use crate::modbus::link::{exception_name, Data, Link, LinkError};
-use crate::modbus::plan::{self, Span};
+use crate::modbus::plan;
 
 /// Polls every device of `config` once, buses in turn, and writes the report to `out`.
 /// Returns whether every device answered every read.
@@ -36,15 +36,7 @@ pub async fn once(config: &Config, out: &mut impl std::io::Write) -> bool {
 /// One device's reads as a table; whether the device answered them all (an exception is an
 /// answer: the device is there and said no).
 async fn device(link: &mut Link, d: &crate::config::Device, retries: u32) -> (String, bool) {
-    let spans: Vec<Span> = d
-        .points
-        .iter()
-        .map(|p| Span {
-            table: p.format.table,
-            address: p.address,
-            width: p.format.width(),
-        })
-        .collect();
+    let spans = plan::spans(d);
     let mut text = String::new();
     let mut answered = true;
     for block in plan::plan(&spans, d.max_registers_per_read, d.max_gap) {

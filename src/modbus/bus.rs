@@ -200,15 +200,7 @@ impl BusTask {
             .filter(|(_, d)| d.bus == bus)
             .enumerate()
             .map(|(k, (index, d))| {
-                let spans: Vec<Span> = d
-                    .points
-                    .iter()
-                    .map(|p| Span {
-                        table: p.format.table,
-                        address: p.address,
-                        width: p.format.width(),
-                    })
-                    .collect();
+                let spans = plan::spans(d);
                 let blocks = plan::plan(&spans, d.max_registers_per_read, d.max_gap);
                 DeviceSlot {
                     index,

@@ -32,6 +32,20 @@ pub struct Block {
     pub points: Vec<usize>,
 }
 
+/// Each of a device's points as the planner sees it, in the device's point order (a block's
+/// `points` index into this).
+pub fn spans(device: &crate::config::Device) -> Vec<Span> {
+    device
+        .points
+        .iter()
+        .map(|p| Span {
+            table: p.format.table,
+            address: p.address,
+            width: p.format.width(),
+        })
+        .collect()
+}
+
 /// Merges the spans into blocks: neighbours join across gaps of at most `max_gap` unused
 /// registers (16 × that many bits on bit tables, where a bit costs almost nothing on the wire),
 /// and never past `max_registers` (or [`MAX_BITS_PER_READ`] bits).
