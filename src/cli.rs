@@ -179,46 +179,82 @@ fn link_exit(e: &LinkError) -> i32 {
     EXIT_LINK
 }
 
-/// `read`: prints `count` decoded values, one per line or as `{"values":[…]}`.
-pub async fn read(t: Target, count: u16, json: bool, all_orders: bool) -> i32 {
+/// How `read` prints its values.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutput {
+    /// One bare value per line (SPEC; what a script reads).
+    Values,
+    /// `{"values":[…]}` (or `{"orders":{…}}`).
+    Json,
+    /// `address  raw-hex  → value` per line, for a person at a terminal.
+    Annotated,
+}
+
+/// `read`: prints `count` decoded values, one per line (annotated with address and raw
+/// registers on a terminal) or as `{"values":[…]}`.
+pub async fn read(t: Target, count: u16, output: ReadOutput, all_orders: bool) -> i32 {
     let (bits, regs) = match fetch(&t, count).await {
         Ok(data) => data,
         Err(code) => return code,
     };
-    let mut out = std::io::stdout().lock();
-    if all_orders && !t.table.is_bits() {
-        // The inspector's four columns: which order turns the registers into the right value.
-        let mut orders = serde_json::Map::new();
+    // The inspector's four columns (which order turns the registers into the right value), or
+    // the one order asked for.
+    let orders: Vec<(&str, Vec<serde_json::Value>)> = if all_orders && !t.table.is_bits() {
+        let mut out = Vec::new();
         for (name, bo, wo) in ORDERS {
             let mut f = t.format.clone();
             (f.byte_order, f.word_order) = (bo, wo);
             match values(&f, &bits, &regs, count) {
-                Ok(v) => orders.insert(name.to_string(), serde_json::Value::Array(v)),
+                Ok(v) => out.push((name, v)),
                 Err(code) => return code,
-            };
-        }
-        if json {
-            let _ = writeln!(out, "{}", serde_json::json!({ "orders": orders }));
-        } else {
-            for i in 0..count as usize {
-                let line: Vec<String> = orders
-                    .iter()
-                    .map(|(name, v)| format!("{name} {}", plain(&v[i])))
-                    .collect();
-                let _ = writeln!(out, "{}", line.join("  "));
             }
         }
+        out
+    } else {
+        match values(&t.format, &bits, &regs, count) {
+            Ok(v) => vec![("", v)],
+            Err(code) => return code,
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if output == ReadOutput::Json {
+        let json = if let [("", values)] = orders.as_slice() {
+            serde_json::json!({ "values": values })
+        } else {
+            let map: serde_json::Map<String, serde_json::Value> = orders
+                .into_iter()
+                .map(|(name, v)| (name.to_string(), serde_json::Value::Array(v)))
+                .collect();
+            serde_json::json!({ "orders": map })
+        };
+        let _ = writeln!(out, "{json}");
         return EXIT_OK;
     }
-    let values = match values(&t.format, &bits, &regs, count) {
-        Ok(v) => v,
-        Err(code) => return code,
-    };
-    if json {
-        let _ = writeln!(out, "{}", serde_json::json!({ "values": values }));
-    } else {
-        for v in values {
-            let _ = writeln!(out, "{}", plain(&v));
+    let width = usize::from(t.format.width());
+    for i in 0..count as usize {
+        let decoded: Vec<String> = orders
+            .iter()
+            .map(|(name, v)| {
+                if name.is_empty() {
+                    plain(&v[i])
+                } else {
+                    format!("{name} {}", plain(&v[i]))
+                }
+            })
+            .collect();
+        let decoded = decoded.join("  ");
+        if output == ReadOutput::Annotated {
+            let address = usize::from(t.address) + i * width;
+            let raw = if t.table.is_bits() {
+                u8::from(bits.get(i).copied().unwrap_or(false)).to_string()
+            } else {
+                let words = regs.get(i * width..(i + 1) * width).unwrap_or(&[]);
+                let hex: Vec<String> = words.iter().map(|w| format!("0x{w:04X}")).collect();
+                hex.join(" ")
+            };
+            let _ = writeln!(out, "{address:>5}  {raw}  → {decoded}");
+        } else {
+            let _ = writeln!(out, "{decoded}");
         }
     }
     EXIT_OK

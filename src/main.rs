@@ -84,6 +84,10 @@ enum Command {
         /// Decode in all four byte/word orders (ABCD BADC CDAB DCBA), as the inspector does.
         #[arg(long)]
         all_orders: bool,
+        /// Each value as `address  raw-hex  → value` (the default on a terminal; piped, the
+        /// output is one bare value per line).
+        #[arg(long)]
+        raw: bool,
     },
     /// One-off write (FC 5 coil, FC 6 one register, FC 16 wider types).
     Write {
@@ -307,8 +311,19 @@ async fn run_cli() -> ExitCode {
             count,
             json,
             all_orders,
+            raw,
         } => match target(link, at) {
-            Ok(t) => code(cli::read(t, count, json, all_orders).await),
+            Ok(t) => {
+                use std::io::IsTerminal;
+                let output = if json {
+                    cli::ReadOutput::Json
+                } else if raw || std::io::stdout().is_terminal() {
+                    cli::ReadOutput::Annotated
+                } else {
+                    cli::ReadOutput::Values
+                };
+                code(cli::read(t, count, output, all_orders).await)
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 code(EXIT_USAGE)

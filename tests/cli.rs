@@ -433,7 +433,8 @@ async fn read_takes_modicon_references_and_write_refuses_a_value_between_steps()
     assert_eq!(sim.with_memory(2, |m| m.holding[2]), Some(4321));
 }
 
-/// `read --all-orders` shows the four byte/word orders; a peer that is not Modbus is named.
+/// `read --all-orders` shows the four byte/word orders, `--raw` the registers beside the
+/// value; a peer that is not Modbus is named.
 #[tokio::test]
 async fn read_shows_every_order_and_names_a_peer_that_is_not_modbus() {
     let (sim, addr, _c) = start_sim(Profile::Demo).await;
@@ -453,6 +454,19 @@ async fn read_shows_every_order_and_names_a_peer_that_is_not_modbus() {
         out.contains("ABCD ") && out.contains("BADC ") && out.contains("DCBA "),
         "{out}"
     );
+    // For a person: the address and the raw registers beside each value (the default on a
+    // terminal); piped, the value alone.
+    let (code, out, err) = run(args(&format!(
+        "read --tcp {addr} --unit 2 --table holding --address 20 --type f32 --word-order little --count 1 --raw"
+    )))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let want = format!(
+        "   20  0x{:04X} 0x{:04X}  → 123.456\n",
+        bits & 0xFFFF,
+        bits >> 16
+    );
+    assert_eq!(out, want);
     // Something else on the port: it sends its banner and hangs up.
     let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let at = other.local_addr().unwrap();

@@ -177,6 +177,73 @@ async fn three_gateways_sync_into_one_database_concurrently() {
     }
 }
 
+/// An acknowledgement reaches the alarm's own row upstream (`acked_by`, `acked_at`), and its
+/// record arrives as an `info` event with who and when.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_marks_the_alarm_row_upstream() {
+    let Some(url) = url() else { return };
+    let (_sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let id = unique_id("acks");
+    let admin = edge_gateway::cli::hash_password("admin").unwrap();
+    let extra = format!(
+        "[[users]]\nname = \"admin\"\nrole = \"admin\"\npassword_hash = \"{admin}\"\n\
+         [[rules]]\nid = \"warm\"\ndevice = \"boiler\"\npoint = \"temperature\"\n\
+         kind = \"above\"\nthreshold = -1000.0\n"
+    );
+    let body = format!("{}{extra}", body(&addr.to_string(), &url));
+    let gw = Gateway::start(config_id(&id, dir.path(), &body))
+        .await
+        .unwrap();
+    let mut ws = common::ws::connect(&gw, "admin").await;
+    let alarm = loop {
+        let r = common::ws::call(&mut ws, "alarms.active", serde_json::json!({})).await;
+        if let Some(a) = r["data"]["alarms"].as_array().and_then(|a| a.first()) {
+            break a["id"].as_str().unwrap().to_string();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    // The alarm is upstream before it is acknowledged: the mark is an update of that row.
+    caught_up(&gw, "mysql").await;
+    let r = common::ws::call(
+        &mut ws,
+        "alarms.ack",
+        serde_json::json!({"eventId": alarm, "comment": "seen"}),
+    )
+    .await;
+    assert_eq!(r["code"], 0, "{r}");
+    gw.settle().await;
+    caught_up(&gw, "mysql").await;
+
+    let pool = mysql_async::Pool::new(url.as_str());
+    let mut c = pool.get_conn().await.unwrap();
+    let row: Option<(Option<String>, bool)> = c
+        .exec_first(
+            "SELECT acked_by, acked_at IS NOT NULL FROM edge_events WHERE event_id = ?",
+            (&alarm,),
+        )
+        .await
+        .unwrap();
+    assert_eq!(row, Some((Some("admin".to_string()), true)));
+    let record: Option<(String, String)> = c
+        .exec_first(
+            "SELECT state, message FROM edge_events WHERE gateway_id = ? AND acked_by = 'admin' \
+             AND event_id <> ?",
+            (&id, &alarm),
+        )
+        .await
+        .unwrap();
+    let (state, message) = record.expect("the acknowledgement's own record");
+    assert_eq!(state, "info");
+    assert!(
+        message.starts_with("acknowledged by admin: seen"),
+        "{message}"
+    );
+    drop(c);
+    let _ = pool.disconnect().await;
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_is_a_clear_error_in_healthz_and_polling_goes_on() {
     let Some(url) = url() else { return };

@@ -12,6 +12,7 @@ use super::{Draft, Event, EventState, EventType};
 use crate::config::Config;
 use crate::config::Priority;
 use crate::metrics::Metrics;
+use crate::model::event::AlarmOp;
 use crate::model::now_ms;
 use crate::store::{StoreCmd, StoreHandle};
 
@@ -190,6 +191,11 @@ impl Processor {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.device_seq[d.device] += 1;
+        // The record of an acknowledgement says who made it and when.
+        let (acked_by, acked_at) = match &d.alarm {
+            Some(AlarmOp::Acked { by, .. }) => (Some(by.clone()), Some(d.ts)),
+            _ => (None, None),
+        };
         Event {
             seq,
             device: d.device,
@@ -202,8 +208,8 @@ impl Processor {
             state: d.state,
             ts: d.ts,
             alarm: d.alarm,
-            acked_by: None,
-            acked_at: None,
+            acked_by,
+            acked_at,
             at: d.at,
         }
     }

@@ -82,13 +82,17 @@ impl Fault {
 }
 
 impl LinkError {
-    /// A fault on a link that answers (bad frames, wrong ids, a reset mid-answer), as opposed to
-    /// one that does not answer at all (timeouts, refused connections: the offline alarm's).
+    /// A fault on a link that answers (bad frames, wrong ids), as opposed to one that does not
+    /// answer at all: timeouts, refused connections and a connection or port that was lost
+    /// (the offline alarm's, and the bus's when the whole link is gone; a closed connection
+    /// raised both a device's `link:transport` and its bus's alarm when it counted here).
     pub fn line_fault(&self) -> Option<&'static str> {
         match self {
             LinkError::Protocol(f, _) => Some(f.as_str()),
-            LinkError::Transport(_) => Some("transport"),
-            LinkError::Timeout(_) | LinkError::Connect { .. } | LinkError::Down { .. } => None,
+            LinkError::Transport(_)
+            | LinkError::Timeout(_)
+            | LinkError::Connect { .. }
+            | LinkError::Down { .. } => None,
         }
     }
 
@@ -116,6 +120,37 @@ pub fn exception_name(code: u8) -> String {
         0x0A => "gateway path unavailable".into(),
         0x0B => "gateway target device failed to respond".into(),
         other => format!("exception 0x{other:02X}"),
+    }
+}
+
+/// Why tokio-modbus's TCP connection failed. It reports a connection the peer closed as
+/// whatever the last OS error of the thread happened to be ("operation would block", "No such
+/// file or directory"): only the errors a socket can really have are taken at their word.
+fn tcp_lost(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::ConnectionReset
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::HostUnreachable
+        | ErrorKind::NetworkUnreachable
+        | ErrorKind::NetworkDown
+        | ErrorKind::TimedOut => lost(e),
+        _ => "the device closed the connection".into(),
+    }
+}
+
+/// Why a connection or port failed, in words.
+pub(crate) fn lost(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe => {
+            "the device closed the connection".into()
+        }
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => {
+            "the device reset the connection".into()
+        }
+        // The OS's words ("No such device (os error 19)" for an unplugged adapter).
+        _ => e.to_string(),
     }
 }
 
@@ -391,7 +426,7 @@ async fn tcp_call<T>(
                     "the peer did not answer with Modbus TCP (is this the right port?)".into(),
                 )
             } else {
-                LinkError::Transport(e.kind().to_string())
+                LinkError::Transport(tcp_lost(&e))
             })
         }
         // The answer to another request, or another function's exception (0x90 to a read):

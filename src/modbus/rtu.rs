@@ -274,7 +274,7 @@ impl Rtu {
 }
 
 fn transport(e: &std::io::Error) -> LinkError {
-    LinkError::Transport(e.kind().to_string())
+    LinkError::Transport(super::link::lost(e))
 }
 
 fn write_pdu(address: u16, op: &WriteOp) -> Vec<u8> {

@@ -112,6 +112,12 @@ pub enum AlarmOp {
     /// Raises the alarm with this key (rule id, `offline:DEV`, `abnormal:DEV:POINT`, …).
     Raise(String),
     Clear(String),
+    /// Not a change: this `info` event records that `event` (an alarm's event id) was
+    /// acknowledged by `by`, so upstream copies of that alarm can be marked too.
+    Acked {
+        event: String,
+        by: String,
+    },
 }
 
 /// An event before it is numbered: what the rule engine produces.

@@ -217,7 +217,8 @@ fn messages(topics: &Topics, batch: &Batch) -> Vec<Message> {
             let (topic, body, retain) = match row {
                 OutboxRow::Event(e) => (
                     topics.device(&e.device_id, "events"),
-                    // Sent as it was raised: an acknowledgement is not an outbox row.
+                    // Sent as it was raised; an acknowledgement follows as its own `info`
+                    // event, which carries who and when.
                     SpecEvent {
                         id: &e.event_id,
                         device_id: &e.device_id,
@@ -229,8 +230,8 @@ fn messages(topics: &Topics, batch: &Batch) -> Vec<Message> {
                         message: &e.message,
                         ts: e.ts,
                         state: &e.state,
-                        acked_by: None,
-                        acked_at: None,
+                        acked_by: e.acked_by.as_deref(),
+                        acked_at: e.acked_at,
                     }
                     .to_json(),
                     false,

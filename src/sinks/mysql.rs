@@ -30,6 +30,8 @@ const SCHEMA: [&str; 3] = [
         message TEXT NOT NULL,
         state VARCHAR(16) NOT NULL,
         occurred_at DATETIME(3) NOT NULL,
+        acked_by VARCHAR(255) NULL,
+        acked_at DATETIME(3) NULL,
         KEY edge_events_gateway (gateway_id, occurred_at))",
     "CREATE TABLE IF NOT EXISTS edge_telemetry (
         gateway_id VARCHAR(64) NOT NULL,
@@ -121,10 +123,12 @@ impl<'a> Statements<'a> {
     fn new(gateway: &str, stream: Stream, rows: &'a [OutboxRow]) -> Statements<'a> {
         let (head, tail) = match stream {
             Stream::Events => (
-                "INSERT INTO edge_events (event_id, gateway_id, device_id, point_id, type, priority, device_seq, value, message, state, occurred_at) VALUES ",
-                // A retried batch is the same rows again: the state is the only thing that may
-                // have been written differently (never, today), so keep the row and refresh it.
-                " ON DUPLICATE KEY UPDATE state = VALUES(state)",
+                "INSERT INTO edge_events (event_id, gateway_id, device_id, point_id, type, priority, device_seq, value, message, state, occurred_at, acked_by, acked_at) VALUES ",
+                // A retried batch is the same rows again; an acknowledgement that reached the
+                // row meanwhile (`acks`) is kept.
+                " ON DUPLICATE KEY UPDATE state = VALUES(state),
+                  acked_by = COALESCE(VALUES(acked_by), acked_by),
+                  acked_at = COALESCE(VALUES(acked_at), acked_at)",
             ),
             Stream::Status => (
                 "INSERT INTO edge_device_status (gateway_id, device_id, device_type, online, last_seen) VALUES ",
@@ -183,6 +187,10 @@ impl<'a> Statements<'a> {
                     string(o, &e.state);
                     o.push_str(", ");
                     time(o, Some(e.ts));
+                    o.push_str(", ");
+                    opt_string(o, e.acked_by.as_deref());
+                    o.push_str(", ");
+                    time(o, e.acked_at);
                     o.push(')');
                     self.next = (i + 1, 0);
                 }
@@ -243,13 +251,49 @@ async fn send(
             break;
         }
     }
+    // An acknowledgement's record marks the alarm it acknowledged, which an earlier batch (or
+    // this one) carried: it is older in the same stream.
+    for row in rows {
+        if let OutboxRow::Event(e) = row {
+            if let Some(acked) = &e.acks {
+                ack_statement(sql, acked, e.acked_by.as_deref(), e.acked_at);
+                tx.query_drop(sql.as_str()).await?;
+            }
+        }
+    }
     tx.commit().await
+}
+
+fn ack_statement(o: &mut String, event_id: &str, by: Option<&str>, at: Option<Millis>) {
+    o.clear();
+    o.push_str("UPDATE edge_events SET acked_by = ");
+    opt_string(o, by);
+    o.push_str(", acked_at = ");
+    time(o, at);
+    o.push_str(" WHERE event_id = ");
+    string(o, event_id);
 }
 
 async fn create_tables(pool: &Pool) -> Result<(), mysql_async::Error> {
     let mut conn = pool.get_conn().await?;
     for sql in SCHEMA {
         conn.query_drop(sql).await?;
+    }
+    // Tables made by a version before acknowledgements went upstream. Another gateway sharing
+    // the database may add them first: a duplicate column (1060) is that, not an error.
+    let add = "ALTER TABLE edge_events ADD COLUMN acked_by VARCHAR(255) NULL, \
+               ADD COLUMN acked_at DATETIME(3) NULL";
+    let has: Option<u32> = conn
+        .query_first(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = DATABASE() \
+             AND table_name = 'edge_events' AND column_name = 'acked_by'",
+        )
+        .await?;
+    if has.is_none() {
+        match conn.query_drop(add).await {
+            Err(mysql_async::Error::Server(e)) if e.code == 1060 => {}
+            other => other?,
+        }
     }
     Ok(())
 }

@@ -58,6 +58,10 @@ pub struct EventRow {
     pub message: String,
     pub state: String,
     pub ts: Millis,
+    pub acked_by: Option<String>,
+    pub acked_at: Option<Millis>,
+    /// For an acknowledgement's record: the alarm event it acknowledged.
+    pub acks: Option<String>,
 }
 
 /// A device's status change.
@@ -132,7 +136,7 @@ impl Outbox {
                 let config = &self.config;
                 let mut q = self.conn.prepare_cached(
                     "SELECT seq, event_id, device_id, point_id, type, priority, device_seq, value,
-                            message, state, ts
+                            message, state, ts, acked_by, acked_at, acks
                      FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
                 )?;
                 let rows = q.query_map(args, |r| {
@@ -152,6 +156,9 @@ impl Outbox {
                         message: r.get(8)?,
                         state: r.get(9)?,
                         ts: r.get(10)?,
+                        acked_by: r.get(11)?,
+                        acked_at: r.get(12)?,
+                        acks: r.get(13)?,
                     }))
                 })?;
                 rows.collect()

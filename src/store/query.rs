@@ -291,7 +291,7 @@ pub fn active_alarms(
     let mut q = conn.prepare_cached(
         "SELECT e.seq, e.event_id, e.device_id, e.point_id, e.type, e.priority, e.device_seq, e.value,
                 e.message, e.ts, a.state AS state, a.acked_by AS acked_by, a.acked_at AS acked_at,
-                a.occurrences AS occurrences,
+                a.occurrences AS occurrences, a.key AS alarm_key,
                 COALESCE(a.first_raised_at, a.raised_at) AS first_raised_at
          FROM alarms a JOIN events e ON e.seq = a.event_seq
          ORDER BY a.priority_rank DESC, a.raised_at DESC",
@@ -299,6 +299,8 @@ pub fn active_alarms(
     let rows = q.query_map([], |r| {
         let mut j = event_row_json(config, r)?;
         j["occurrences"] = r.get::<_, i64>("occurrences")?.into();
+        // Stays the same when the alarm is raised again (its event id does not).
+        j["alarmKey"] = r.get::<_, String>("alarm_key")?.into();
         j["firstRaisedAt"] = crate::model::rfc3339(r.get("first_raised_at")?).into();
         Ok(j)
     })?;

@@ -139,6 +139,9 @@ const MIGRATIONS: &[Step] = &[
         "ALTER TABLE alarms ADD COLUMN occurrences INTEGER NOT NULL DEFAULT 1;
          ALTER TABLE alarms ADD COLUMN first_raised_at INTEGER;",
     ),
+    // 7: an acknowledgement's own `info` event names the alarm event it acknowledged, so the
+    // upstream copy of that alarm can be marked when the record reaches it.
+    Step::Sql("ALTER TABLE events ADD COLUMN acks TEXT;"),
 ];
 
 /// The schema version this build writes.

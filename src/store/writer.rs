@@ -518,7 +518,8 @@ fn write_event(
     let id = e.id(&config.gateway.id);
     tx.prepare_cached(
         "INSERT OR IGNORE INTO events (seq, event_id, device_id, point_id, type, priority, priority_rank,
-            device_seq, value, message, state, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            device_seq, value, message, state, ts, acked_by, acked_at, acks)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         e.seq as i64,
@@ -532,7 +533,13 @@ fn write_event(
         sql_value(&e.value),
         e.message,
         e.state.as_str(),
-        e.ts
+        e.ts,
+        e.acked_by,
+        e.acked_at,
+        match &e.alarm {
+            Some(AlarmOp::Acked { event, .. }) => Some(event.as_str()),
+            _ => None,
+        },
     ])?;
     match &e.alarm {
         Some(AlarmOp::Raise(key)) => {
@@ -555,7 +562,8 @@ fn write_event(
             tx.prepare_cached("DELETE FROM alarms WHERE key = ?1 AND acked_by IS NOT NULL")?
                 .execute([key])?;
         }
-        None => {}
+        // The alarm itself was marked when it was acknowledged (`ack`).
+        Some(AlarmOp::Acked { .. }) | None => {}
     }
     Ok(())
 }

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod ws;
+
 use edge_gateway::config;
 use edge_gateway::modbus::simulator::{Profile, Simulator};
 use edge_gateway::model::Quality;

@@ -531,7 +531,7 @@ function overviewView(initialState) {
 function alarmsView() {
   const list = h("ul", { class: "list", id: "alarm-list", "aria-live": "polite" });
   const empty = h("li", { class: "small", text: "No active or unacknowledged alarms." });
-  const rowsById = new Map(); // event id → { li, paint(alarm) }: rows are updated in place
+  const rowsById = new Map(); // alarm key → { li, paint(alarm) }: rows are updated in place
   const comment = h("input", { id: "a-comment", type: "text", maxlength: 500, autocomplete: "off", placeholder: "optional" });
   const ackAll = h("button", { type: "button", class: "ack-all", text: "Acknowledge all",
     onclick: () => ack({ eventIds: S.alarms.filter((a) => !a.ackedBy).map((a) => a.id) }, ackAll) });
@@ -565,9 +565,12 @@ function alarmsView() {
         detail),
       actions);
     let acked = null; // what the actions show, so they are rebuilt only when that changes
+    let cur = a; // the alarm as last painted: a re-raise gives it a new event id
     return {
       li,
       paint(x) {
+        cur = x;
+        li.dataset.event = x.id;
         setClass(li, `alarm-item p-${x.priority}${x.state === "cleared" ? " cleared" : ""}`);
         setClass(prio, `prio prio-${x.priority}`);
         setText(prio, x.priority);
@@ -581,7 +584,7 @@ function alarmsView() {
           actions.replaceChildren(h("span", { class: "small", text: `acknowledged by ${x.ackedBy} at ${fmtTime(x.ackedAt)}` }));
         } else if (isAdmin()) {
           const one = h("button", { type: "button", class: "ack", text: "Acknowledge", "aria-label": `Acknowledge ${x.message} on ${x.deviceId}` });
-          one.addEventListener("click", () => ack({ eventId: x.id }, one));
+          one.addEventListener("click", () => ack({ eventId: cur.id }, one));
           const all = others > 1 ? h("button", { type: "button", class: "ack-device ghost", text: `All of ${x.deviceId}` }) : null;
           if (all) all.addEventListener("click", () => ack({ deviceId: x.deviceId }, all));
           actions.replaceChildren(one, all || "");
@@ -601,19 +604,21 @@ function alarmsView() {
       return;
     }
     empty.remove();
-    const ids = new Set(S.alarms.map((a) => a.id));
-    for (const [id, r] of rowsById) {
-      if (!ids.has(id)) {
+    // Keyed by the alarm, not its latest event: raised again, it is the same row.
+    const key = (a) => a.alarmKey || a.id;
+    const keys = new Set(S.alarms.map(key));
+    for (const [k, r] of rowsById) {
+      if (!keys.has(k)) {
         r.li.remove();
-        rowsById.delete(id);
+        rowsById.delete(k);
       }
     }
     let prev = null;
     for (const a of S.alarms) {
-      let r = rowsById.get(a.id);
+      let r = rowsById.get(key(a));
       if (!r) {
         r = makeRow(a);
-        rowsById.set(a.id, r);
+        rowsById.set(key(a), r);
       }
       r.paint(a);
       const at = prev ? prev.nextSibling : list.firstChild;

@@ -117,7 +117,10 @@ impl Engine {
                     EventType::BusOffline,
                     Priority::High,
                     EventState::Active,
-                    format!("bus {name} offline: {cause} ({n} devices)"),
+                    format!(
+                        "bus {name} offline: {cause} ({n} device{})",
+                        if n == 1 { "" } else { "s" }
+                    ),
                     Some(AlarmOp::Raise(key)),
                 ));
             }

@@ -6,6 +6,7 @@ use tokio::sync::oneshot;
 use super::read_store;
 use crate::config::Priority;
 use crate::events::{Draft, EventState, EventType};
+use crate::model::event::AlarmOp;
 use crate::model::now_ms;
 use crate::store::{self, AckError, EventFilter, StoreCmd};
 use crate::ws::context::{Ctx, HandlerResult, ServiceError};
@@ -187,7 +188,10 @@ async fn ack_event(ctx: &Ctx, alarm: &serde_json::Value, user: &str, comment: &s
                 message,
                 state: EventState::Info,
                 ts,
-                alarm: None,
+                alarm: Some(AlarmOp::Acked {
+                    event: id.to_string(),
+                    by: user.to_string(),
+                }),
                 at: tokio::time::Instant::now(),
             })
             .await;
