@@ -60,6 +60,16 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../web/app/diagnostics.js"),
     ),
     (
+        "/app/audit.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../web/app/audit.js"),
+    ),
+    (
+        "/app/format.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../web/app/format.js"),
+    ),
+    (
         "/app/icon.svg",
         "image/svg+xml",
         include_bytes!("../web/app/icon.svg"),

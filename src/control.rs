@@ -77,8 +77,8 @@ impl Control {
                 ts: now_ms(),
                 user: user.to_string(),
                 source: source.to_string(),
-                device,
-                point,
+                device_id: dev.id.clone(),
+                point_id: dev.points[point].id.clone(),
                 old: old.clone(),
                 new: value,
                 result: match &result {

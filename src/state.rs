@@ -105,18 +105,20 @@ fn must_report(point: &Point, p: &PointLive, ts: Millis) -> bool {
     }
 }
 
-/// SPEC: a point not refreshed within 3 × its device's poll interval (at least 3 s) is
+/// SPEC: a point not refreshed within 3 × its poll interval (at least 3 s) is
 /// `stale` by itself, with no rule: its polls stopped arriving (a stalled bus, a slave that
 /// answers too slowly). Only `good` values turn stale (a failed read is `bad` already), and
 /// the next good read makes them good again. Checked once a second; the write lock is taken
 /// only when something turns stale.
 pub fn mark_stale(config: &Config, live: &SharedLive, now: Millis) {
-    let limit = |d: usize| (config.devices[d].poll_interval.as_millis() as i64 * 3).max(3000);
+    let limit =
+        |d: usize, p: usize| (config.devices[d].point_interval(p).as_millis() as i64 * 3).max(3000);
     let due = |l: &Live| {
         l.devices.iter().enumerate().any(|(d, dev)| {
             dev.points
                 .iter()
-                .any(|p| p.quality == Quality::Good && now - p.ts > limit(d))
+                .enumerate()
+                .any(|(k, p)| p.quality == Quality::Good && now - p.ts > limit(d, k))
         })
     };
     if !due(&read(live)) {
@@ -124,9 +126,8 @@ pub fn mark_stale(config: &Config, live: &SharedLive, now: Millis) {
     }
     let mut l = write(live);
     for (d, dev) in l.devices.iter_mut().enumerate() {
-        let limit = limit(d);
-        for p in &mut dev.points {
-            if p.quality == Quality::Good && now - p.ts > limit {
+        for (k, p) in dev.points.iter_mut().enumerate() {
+            if p.quality == Quality::Good && now - p.ts > limit(d, k) {
                 p.quality = Quality::Stale;
             }
         }

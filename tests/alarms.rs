@@ -317,7 +317,44 @@ async fn alarms_are_acked_together_with_a_comment_each_ack_logged_and_writes_rea
         assert_eq!(e["priority"], "normal");
     }
 
+    // The writes in the audit, newest first, a page at a time.
+    let r = call(&mut admin, "audit.query", json!({"limit": 2})).await;
+    let page = r["data"]["entries"].as_array().unwrap().clone();
+    let change = |e: &Json| (e["old"].as_f64(), e["value"].as_f64(), e["result"].clone());
+    assert_eq!(
+        change(&page[0]),
+        (Some(80.0), Some(95.5), json!("ok")),
+        "{r}"
+    );
+    assert_eq!(
+        change(&page[1]),
+        (Some(95.5), Some(80.0), json!("ok")),
+        "{r}"
+    );
+    assert_eq!(
+        (
+            page[0]["user"].as_str(),
+            page[0]["source"].as_str(),
+            page[0]["pointId"].as_str()
+        ),
+        (Some("admin"), Some("ws"), Some("setpoint"))
+    );
+    let r = call(
+        &mut admin,
+        "audit.query",
+        json!({"limit": 2, "before": r["data"]["next"]}),
+    )
+    .await;
+    let older = r["data"]["entries"].as_array().unwrap();
+    assert_eq!(older.len(), 1, "the first write: {r}");
+    assert_eq!(older[0]["value"].as_f64(), Some(95.5));
+    assert_eq!(r["data"]["next"], Json::Null);
+
     let mut viewer = connect(&gw, "viewer").await;
+    assert_eq!(
+        call(&mut viewer, "audit.query", json!({})).await["code"],
+        403
+    );
     let r = call(&mut viewer, "system.diagnostics", json!({})).await;
     assert_eq!(r["code"], 0, "{r}");
     let d = &r["data"];

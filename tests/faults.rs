@@ -246,6 +246,56 @@ points = [
     gw.shutdown().await;
 }
 
+/// SPEC `poll_interval_ms` on a point: a slow register is read at its own rate, not at every
+/// poll of its device, and is not stale between its reads.
+#[tokio::test]
+async fn a_point_with_its_own_poll_interval_is_read_at_that_rate_and_is_not_stale_between() {
+    let (_sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "{}{}",
+        tcp_bus(&addr.to_string()),
+        r#"
+[[devices]]
+id = "d"
+bus = "b"
+unit = 1
+poll_interval_ms = 100
+points = [
+  { id = "fast", table = "holding", address = 0, type = "f32" },
+  { id = "slow", table = "holding", address = 2, type = "u16", poll_interval_ms = 60000 },
+]
+"#
+    );
+    let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
+    wait_for("both read", || {
+        quality(&gw, "d", "fast") == Quality::Good && quality(&gw, "d", "slow") == Quality::Good
+    })
+    .await;
+    let slow_at = point(&gw, "d", "slow").ts;
+    let ok = requests(&gw, "d", "ok");
+    // Thirty polls of the device, and longer than 3 × its interval (the stale limit, were the
+    // device's rate the point's).
+    let start = std::time::Instant::now();
+    wait_for("30 more polls and 3.5 s", || {
+        requests(&gw, "d", "ok") >= ok + 30
+            && start.elapsed() > std::time::Duration::from_millis(3500)
+    })
+    .await;
+    assert_eq!(
+        point(&gw, "d", "slow").ts,
+        slow_at,
+        "read once, not every poll"
+    );
+    assert_eq!(
+        quality(&gw, "d", "slow"),
+        Quality::Good,
+        "not stale between its reads"
+    );
+    assert!(point(&gw, "d", "fast").ts > slow_at);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn writes_jump_the_queue_and_reach_the_device() {
     let (sim, addr, _c) = start_sim(Profile::Demo).await;

@@ -1104,9 +1104,33 @@ async fn the_config_is_edited_applied_and_rolled_back_from_the_websocket() {
         code(&ws.call("config.rollback", json!({ "id": 99 })).await),
         404
     );
+    // Each attempt is in the audit, newest first: the rollback, the edit, the refused text.
+    let r = ws.call("audit.query", json!({})).await;
+    let entries = r["data"]["entries"].as_array().unwrap().clone();
+    let seen: Vec<(&str, &str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["pointId"].as_str().unwrap(),
+                e["value"].as_str().unwrap(),
+                e["result"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seen.len(), 3, "{r}");
+    assert!(
+        seen[0].1.starts_with("version 3: ") && seen[0].2 == "ok",
+        "{r}"
+    );
+    assert!(seen[1].1.starts_with("version 2: devices +pump"), "{r}");
+    assert_eq!(seen[2].1, "not applied", "{r}");
+    assert!(seen[2].2.contains("problem(s)"), "{r}");
+    assert!(seen.iter().all(|s| s.0 == "config"), "{r}");
+    assert_eq!(entries[0]["user"], "admin");
     let mut viewer = Ws::connect(addr).await;
     viewer.login("viewer", "viewer").await;
     assert_eq!(code(&viewer.call("config.get", json!({})).await), 403);
+    assert_eq!(code(&viewer.call("audit.query", json!({})).await), 403);
 }
 
 /// The dashboard's files: embedded, gzipped for clients that take it, revalidated by ETag.

@@ -190,6 +190,13 @@ pub struct Device {
     pub points: Vec<Point>,
 }
 
+impl Device {
+    /// How often point `p` is read: its own rate, else the device's.
+    pub fn point_interval(&self, p: usize) -> Duration {
+        self.points[p].poll_interval.unwrap_or(self.poll_interval)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Point {
     pub id: String,
@@ -201,6 +208,8 @@ pub struct Point {
     pub min: Option<f64>,
     pub max: Option<f64>,
     pub writable: bool,
+    /// Its own poll rate (a slow register), else its device's.
+    pub poll_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -128,6 +128,7 @@ pub(super) struct RawPoint {
     pub(super) writable: bool,
     pub(super) byte_order: Option<String>,
     pub(super) word_order: Option<String>,
+    pub(super) poll_interval_ms: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,9 +4,11 @@
 
 mod poll;
 mod scan;
+mod schedule;
 
 use scan::ActiveScan;
 pub use scan::{ScanDone, ScanRequest, ScanStep};
+use schedule::{groups, Group};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,9 +144,9 @@ struct DeviceSlot {
     /// Index into `Config::devices`.
     index: usize,
     spans: Vec<Span>,
-    /// The current read plan; blocks refused with exception 02 are replaced by their halves.
-    blocks: Vec<Block>,
-    next_due: Instant,
+    /// The device's own rate first, then each slower or faster rate its points ask for
+    /// (`poll_interval_ms` on a point): one read plan each, due on its own.
+    groups: Vec<Group>,
     failures: u32,
     online: Option<bool>,
     probe_backoff: Backoff,
@@ -201,13 +203,12 @@ impl BusTask {
             .enumerate()
             .map(|(k, (index, d))| {
                 let spans = plan::spans(d);
-                let blocks = plan::plan(&spans, d.max_registers_per_read, d.max_gap);
+                // Stagger the first polls a little so many devices do not all start at once.
+                let groups = groups(d, &spans, now + Duration::from_millis(k as u64 % 50));
                 DeviceSlot {
                     index,
                     spans,
-                    blocks,
-                    // Stagger the first polls a little so many devices do not all start at once.
-                    next_due: now + Duration::from_millis(k as u64 % 50),
+                    groups,
                     failures: 0,
                     online: None,
                     probe_backoff: PROBE_BACKOFF,
@@ -261,7 +262,10 @@ impl BusTask {
 
     /// How many requests one full poll of each device takes now (for tests and logs).
     pub fn plan_sizes(&self) -> Vec<usize> {
-        self.slots.iter().map(|s| s.blocks.len()).collect()
+        self.slots
+            .iter()
+            .map(|s| s.groups.iter().map(|g| g.blocks.len()).sum())
+            .collect()
     }
 
     pub async fn run(mut self, cancel: CancellationToken) {
@@ -285,7 +289,7 @@ impl BusTask {
                 .slots
                 .iter()
                 .enumerate()
-                .map(|(k, s)| (k, s.next_due))
+                .map(|(k, s)| (k, s.next_due()))
                 .min_by_key(|&(_, due)| due)
                 .expect("slots is not empty");
             // A scan takes turns with due polls: neither waits more than one request.
@@ -440,7 +444,12 @@ impl BusTask {
             // what was asked; and a poll soon so the state shows it too.
             result = Ok(self.read_back(cmd.device, cmd.point).await);
             if let Some(s) = self.slots.iter_mut().find(|s| s.index == cmd.device) {
-                s.next_due = Instant::now();
+                let point = cmd.point;
+                for g in &mut s.groups {
+                    if g.blocks.iter().any(|b| b.points.contains(&point)) {
+                        g.next_due = Instant::now();
+                    }
+                }
             }
         }
         let _ = cmd.reply.send(result);

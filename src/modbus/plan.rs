@@ -50,7 +50,17 @@ pub fn spans(device: &crate::config::Device) -> Vec<Span> {
 /// registers (16 × that many bits on bit tables, where a bit costs almost nothing on the wire),
 /// and never past `max_registers` (or [`MAX_BITS_PER_READ`] bits).
 pub fn plan(spans: &[Span], max_registers: u16, max_gap: u16) -> Vec<Block> {
-    let mut order: Vec<usize> = (0..spans.len()).collect();
+    plan_some(spans, (0..spans.len()).collect(), max_registers, max_gap)
+}
+
+/// [`plan`] for some of the spans (the points polled at one rate); blocks still index into
+/// all of them.
+pub fn plan_some(
+    spans: &[Span],
+    mut order: Vec<usize>,
+    max_registers: u16,
+    max_gap: u16,
+) -> Vec<Block> {
     order.sort_by_key(|&i| (spans[i].table, spans[i].address, spans[i].width));
     let mut blocks: Vec<Block> = Vec::new();
     for i in order {

@@ -33,7 +33,8 @@ use crate::model::{Millis, Quality, Value};
 
 pub use outbox::{OutboxRow, Stream};
 pub use query::{
-    active_alarms, event_seq, history, history_buckets, query_events, Bucket, EventFilter,
+    active_alarms, audit_page, event_seq, history, history_buckets, query_events, Bucket,
+    EventFilter,
 };
 use readers::small_cache;
 pub use readers::{open_reader, Readers};
@@ -135,20 +136,24 @@ pub struct Row {
     pub quality: Quality,
 }
 
-/// One write attempt, for the audit table.
+/// One write attempt or config apply, for the audit table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Audit {
     pub ts: Millis,
     pub user: String,
     /// Where the write came from: `ws`, `mqtt`, `api`.
     pub source: String,
-    pub device: usize,
-    pub point: usize,
+    /// A point's device and point ids; for a config apply the gateway's id and `config`.
+    pub device_id: String,
+    pub point_id: String,
     pub old: Option<Value>,
     pub new: Value,
     /// `ok` or the error.
     pub result: String,
 }
+
+/// The point id of a config apply's audit row.
+pub const AUDIT_CONFIG: &str = "config";
 
 #[derive(Debug)]
 pub enum StoreCmd {

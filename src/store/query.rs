@@ -306,3 +306,48 @@ pub fn active_alarms(
     })?;
     rows.collect()
 }
+
+/// Audit rows (writes and config applies), newest first: up to `limit` with an id below
+/// `before` (all when `None`). Values are typed by their point while the config has it.
+pub fn audit_page(
+    conn: &Connection,
+    config: &Config,
+    before: Option<i64>,
+    limit: usize,
+) -> rusqlite::Result<Vec<serde_json::Value>> {
+    let mut q = conn.prepare_cached(
+        "SELECT id, ts, user, source, device_id, point_id, old_value, new_value, result
+         FROM write_audit WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+    )?;
+    let rows = q.query_map(params![before.unwrap_or(i64::MAX), limit as i64], |r| {
+        let device: String = r.get(4)?;
+        let point: String = r.get(5)?;
+        let value = |i: usize| -> rusqlite::Result<serde_json::Value> {
+            let raw: rusqlite::types::Value = r.get(i)?;
+            Ok(
+                match super::event_value(config, &device, Some(&point), raw.clone()) {
+                    Some(v) => v.to_json(),
+                    // A point the config no longer has, or a config apply: as stored.
+                    None => match raw {
+                        rusqlite::types::Value::Integer(i) => i.into(),
+                        rusqlite::types::Value::Real(f) => f.into(),
+                        rusqlite::types::Value::Text(s) => s.into(),
+                        _ => serde_json::Value::Null,
+                    },
+                },
+            )
+        };
+        Ok(serde_json::json!({
+            "id": r.get::<_, i64>(0)?,
+            "ts": crate::model::rfc3339(r.get(1)?),
+            "user": r.get::<_, String>(2)?,
+            "source": r.get::<_, String>(3)?,
+            "deviceId": device,
+            "pointId": point,
+            "old": value(6)?,
+            "value": value(7)?,
+            "result": r.get::<_, String>(8)?,
+        }))
+    })?;
+    rows.collect()
+}

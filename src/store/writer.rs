@@ -292,7 +292,7 @@ impl Writer {
         for cmd in batch {
             match cmd {
                 StoreCmd::Audit(a) => {
-                    write_audit(&self.config, &tx, a)?;
+                    write_audit(&tx, a)?;
                     rows += 1;
                 }
                 StoreCmd::Report {
@@ -442,8 +442,7 @@ fn set_meta(tx: &Connection, key: &str, value: i64) -> rusqlite::Result<()> {
 }
 
 /// One write's audit row: who wrote what where, and how it went.
-fn write_audit(config: &Config, tx: &Transaction<'_>, a: &Audit) -> rusqlite::Result<()> {
-    let d = &config.devices[a.device];
+fn write_audit(tx: &Transaction<'_>, a: &Audit) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO write_audit (ts, user, source, device_id, point_id, old_value, new_value, result)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -452,8 +451,8 @@ fn write_audit(config: &Config, tx: &Transaction<'_>, a: &Audit) -> rusqlite::Re
         a.ts,
         a.user,
         a.source,
-        d.id,
-        d.points[a.point].id,
+        a.device_id,
+        a.point_id,
         sql_value(&a.old),
         sql_value(&Some(a.new.clone())),
         a.result

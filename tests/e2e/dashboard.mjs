@@ -3,7 +3,7 @@
 // simulator's register; the alarm that follows appears and is acknowledged; a pymodbus device the
 // config does not know is commissioned with no file edited by hand (a bus added in Configure, the
 // bus scanned, its registers inspected, two points added from the inspector, live values seen,
-// then everything rolled back); a viewer sees no write or ack controls; the page fits 390 px.
+// then everything rolled back); the audit lists writes and config changes; a viewer sees no write or ack controls; the page fits 390 px.
 // With SCREENSHOTS=dir, saves desktop and phone screenshots there.
 //
 // Env: EDGE_BIN (the gateway binary), CHROMIUM (default /usr/bin/chromium), SCREENSHOTS,
@@ -353,6 +353,13 @@ try {
     py.child.kill("SIGTERM");
   }
 
+  step("the audit lists the writes and the config changes, newest first");
+  await desk.goto(`${demo.url}#/audit`);
+  await desk.locator("table.audit tr", { hasText: "boiler-1 / setpoint" }).filter({ hasText: "→ 100" }).first().waitFor();
+  // Newest first: the rollback is the top row.
+  await desk.waitForFunction(() => /config file.*version \d+: .*-py-1/.test(document.querySelector("table.audit tbody tr")?.textContent || ""));
+  if (shots) await desk.screenshot({ path: join(shots, "desktop-audit.png") });
+
   step("a viewer sees no write or ack controls");
   const viewer = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   await login(viewer, demo.url, "viewer");
@@ -364,6 +371,7 @@ try {
   if (await viewer.locator("button.ack").count()) throw new Error("viewer sees ack buttons");
   if (await viewer.locator('#nav a[data-view="inspector"]').isVisible()) throw new Error("viewer sees the inspector");
   if (await viewer.locator('#nav a[data-view="configure"]').isVisible()) throw new Error("viewer sees Configure");
+  if (await viewer.locator('#nav a[data-view="audit"]').isVisible()) throw new Error("viewer sees the audit");
   if (await viewer.locator("#interval-form").isVisible()) throw new Error("viewer sees the push interval control");
 
   step("diagnostics: the bus up, each device's last good read, for a viewer too");

@@ -8,6 +8,8 @@ import { $, h, setText, setClass } from "./dom.js";
 import { inspectorView } from "./inspector.js";
 import { configureView } from "./configure.js";
 import { diagnosticsView } from "./diagnostics.js";
+import { auditView } from "./audit.js";
+import { fmtValue, fmtAgo, fmtTime } from "./format.js";
 
 // ---------------------------------------------------------------------------------------------
 // Formats
@@ -19,36 +21,6 @@ const EVENT_TYPES = [
   "threshold_exceeded", "threshold_cleared", "data_point_reached",
   "bus_offline", "bus_online", "config_applied",
 ];
-
-/** A value for a person: digits grouped by the browser's locale (1,234,600,000), decimals by
- * magnitude. */
-function fmtValue(v) {
-  if (v === null || v === undefined) return "—";
-  if (typeof v === "boolean") return v ? "ON" : "OFF";
-  if (typeof v === "number") {
-    if (Number.isInteger(v)) return v.toLocaleString();
-    const a = Math.abs(v);
-    const d = a >= 1000 ? 0 : a >= 100 ? 1 : 2;
-    return v.toLocaleString(undefined, { minimumFractionDigits: d, maximumFractionDigits: d });
-  }
-  return String(v);
-}
-
-/** How long ago, for a person: "12 s ago", "5 min ago", else the date and time. */
-function fmtAgo(ts) {
-  if (!ts) return "never";
-  const s = Math.max(0, Math.round((Date.now() - new Date(ts).getTime()) / 1000));
-  if (s < 60) return `${s} s ago`;
-  if (s < 3600) return `${Math.round(s / 60)} min ago`;
-  return fmtTime(ts);
-}
-
-function fmtTime(ts) {
-  if (!ts) return "never";
-  const d = new Date(ts);
-  const today = new Date().toDateString() === d.toDateString();
-  return today ? d.toLocaleTimeString() : d.toLocaleString();
-}
 
 const QUALITY_TEXT = { good: "", bad: "BAD", stale: "STALE" };
 
@@ -386,7 +358,7 @@ function updateCounts() {
   setClass($("#count-offline"), `pill ${off ? "bad" : "neutral"}`);
   const pill = $("#count-alarms");
   const text = listed ? `${listed} alarm${listed === 1 ? "" : "s"}` : "No alarms";
-  const detail = listed ? ` · ${active} active` : "";
+  const detail = listed ? `\u00a0· ${active} active` : "";
   if (pill.textContent !== text + detail) pill.replaceChildren(text, h("span", { class: "detail", text: detail }));
   setClass($("#count-alarms"), `pill ${listed ? "alarm" : "neutral"}`);
   const badge = $("#nav-alarms");
@@ -418,6 +390,7 @@ function route() {
   else if (parts[0] === "inspector" && isAdmin()) view = inspectorView(env, params.get("device"));
   else if (parts[0] === "configure" && isAdmin()) view = configureView(env);
   else if (parts[0] === "diagnostics") view = diagnosticsView(env);
+  else if (parts[0] === "audit" && isAdmin()) view = auditView(env);
   else view = overviewView(params.get("state"));
   S.view = view;
   for (const a of document.querySelectorAll("#nav a")) {

@@ -328,6 +328,15 @@ impl Validator {
             1,
             86_400 * 7,
         );
+        let poll_interval = rp.poll_interval_ms.map(|ms| {
+            Duration::from_millis(self.int(
+                &p.key("poll_interval_ms"),
+                Some(ms),
+                1000,
+                10,
+                86_400_000,
+            ) as u64)
+        });
         Some(Point {
             id: rp.id,
             address: rp.address as u16,
@@ -338,6 +347,7 @@ impl Validator {
             min: rp.min,
             max: rp.max,
             writable: rp.writable,
+            poll_interval,
         })
     }
 

@@ -15,6 +15,8 @@ use crate::sync::Locked;
 
 /// What one pass over a device's reads found.
 struct Pass {
+    /// The groups (rates) read in this pass.
+    groups: Vec<usize>,
     results: Vec<(usize, Result<Value, PointError>)>,
     /// Whether the device answered anything at all (an exception from the device counts).
     answered: bool,
@@ -53,7 +55,7 @@ impl BusTask {
         }
         let pass = self.read_device(k, &dev).await;
         let ts = now_ms();
-        let change = self.settle(k, &dev, pass.answered, pass.problem);
+        let change = self.settle(k, &dev, &pass.groups, pass.answered, pass.problem);
         // The bus first: a device's offline under a dead bus is part of the bus's alarm.
         let Some(bus_down) = self.announce_bus(ts).await else {
             return false;
@@ -107,7 +109,7 @@ impl BusTask {
             // Back: its offline devices are probed now, not at their backoff.
             let now = Instant::now();
             for s in self.slots.iter_mut().filter(|s| s.online == Some(false)) {
-                s.next_due = now;
+                s.due_all(now);
             }
         }
         self.bus_down.clone_from(&bus_down);
@@ -139,68 +141,86 @@ impl BusTask {
     /// An offline device gets one probe, no retries, so a dead slave costs at most one timeout
     /// per backoff period. Returns whether it answered (then it is polled in full).
     async fn probe(&mut self, k: usize, dev: &Device) -> bool {
-        let first = self.slots[k].blocks[0].clone();
+        let Some(first) = self.slots[k]
+            .groups
+            .iter()
+            .find_map(|g| g.blocks.first())
+            .cloned()
+        else {
+            return false;
+        };
         match self.read(k, &first, 0).await {
             Ok(Ok(_) | Err(_)) => true,
             Err(e) => {
                 let s = &mut self.slots[k];
                 let pause = s.probe_backoff.fail();
-                s.next_due = Instant::now() + pause;
+                s.due_all(Instant::now() + pause);
                 tracing::debug!(device = %dev.id, "probe failed: {e}; next in {pause:?}");
                 false
             }
         }
     }
 
-    /// Reads every block of the plan. Exception 02 on a merged read bisects it, so one bad
-    /// address costs one point, and the split plan is kept; after a link failure the device's
-    /// other blocks are not tried now (no second timeout).
+    /// The groups due now, and those due within half the soonest one's interval: read in the
+    /// same turn rather than a turn of their own moments later.
+    fn due_groups(&self, k: usize) -> Vec<usize> {
+        let now = Instant::now();
+        let groups = &self.slots[k].groups;
+        let soonest = groups
+            .iter()
+            .filter(|g| g.next_due <= now)
+            .map(|g| g.interval)
+            .min()
+            .unwrap_or_default();
+        let horizon = now + soonest / 2;
+        (0..groups.len())
+            .filter(|&g| groups[g].next_due <= horizon)
+            .collect()
+    }
+
+    /// Reads every block of the due groups' plans. Exception 02 on a merged read bisects it,
+    /// so one bad address costs one point, and the split plan is kept; after a link failure
+    /// the device's other blocks are not tried now (no second timeout).
     async fn read_device(&mut self, k: usize, dev: &Device) -> Pass {
         let device = self.slots[k].index;
         let retries = self.config.buses[self.bus].retries;
-        let mut work: VecDeque<Block> = self.slots[k].blocks.iter().cloned().collect();
-        let mut plan_after: Vec<Block> = Vec::with_capacity(work.len());
+        let groups = self.due_groups(k);
+        let mut work: VecDeque<(usize, Block)> = groups
+            .iter()
+            .flat_map(|&g| {
+                self.slots[k].groups[g]
+                    .blocks
+                    .iter()
+                    .map(move |b| (g, b.clone()))
+            })
+            .collect();
+        let mut plan_after: Vec<Vec<Block>> = vec![Vec::new(); self.slots[k].groups.len()];
         let mut pass = Pass {
+            groups,
             results: Vec::with_capacity(dev.points.len()),
             answered: false,
             problem: None,
         };
         let mut link_failure: Option<LinkError> = None;
-        let mut replanned = false;
-        while let Some(block) = work.pop_front() {
+        let mut replanned = vec![false; plan_after.len()];
+        while let Some((g, block)) = work.pop_front() {
             if let Some(e) = &link_failure {
                 pass.fail_all(&block, &PointError::Link(e.clone()));
-                plan_after.push(block);
+                plan_after[g].push(block);
                 continue;
             }
             match self.read(k, &block, retries).await {
                 Ok(Ok(data)) => {
-                    pass.answered = true;
-                    for &p in &block.points {
-                        let point = &dev.points[p];
-                        let r = decode_point(point, &block, &data).map_err(PointError::Decode);
-                        if let Err(e) = &r {
-                            self.metrics.devices[device]
-                                .decode_errors
-                                .fetch_add(1, Relaxed);
-                            pass.problem.get_or_insert_with(|| {
-                                (
-                                    format!("decode {}", point.id),
-                                    format!("point {}: {e}", point.id),
-                                )
-                            });
-                        }
-                        pass.results.push((p, r));
-                    }
-                    plan_after.push(block);
+                    self.decode_block(&mut pass, dev, device, &block, &data);
+                    plan_after[g].push(block);
                 }
                 Ok(Err(0x02)) if block.points.len() > 1 => {
                     pass.answered = true;
-                    replanned = true;
+                    replanned[g] = true;
                     let (a, b) =
                         plan::split(&block, &self.slots[k].spans).expect("two or more points");
-                    work.push_front(b);
-                    work.push_front(a);
+                    work.push_front((g, b));
+                    work.push_front((g, a));
                 }
                 Ok(Err(code)) => {
                     // 0A/0B come from a gateway in front of the device: the device itself is absent.
@@ -216,24 +236,54 @@ impl BusTask {
                         (text.clone(), text)
                     });
                     pass.fail_all(&block, &PointError::Exception(code));
-                    plan_after.push(block);
+                    plan_after[g].push(block);
                 }
                 Err(e) => {
                     pass.problem
                         .get_or_insert_with(|| (format!("link {}", e.kind()), e.to_string()));
                     pass.fail_all(&block, &PointError::Link(e.clone()));
                     link_failure = Some(e);
-                    plan_after.push(block);
+                    plan_after[g].push(block);
                 }
             }
         }
-        if replanned {
-            plan_after.sort_by_key(|b| (b.table, b.start));
-            tracing::info!(device = %dev.id, requests = plan_after.len(), "read plan split around a refused address");
-            self.slots[k].blocks = plan_after;
+        for (g, mut blocks) in plan_after.into_iter().enumerate() {
+            if replanned[g] {
+                blocks.sort_by_key(|b| (b.table, b.start));
+                tracing::info!(device = %dev.id, requests = blocks.len(), "read plan split around a refused address");
+                self.slots[k].groups[g].blocks = blocks;
+            }
         }
         pass.results.sort_by_key(|(p, _)| *p);
         pass
+    }
+
+    /// An answered block's points, decoded; a decode error is counted and named.
+    fn decode_block(
+        &self,
+        pass: &mut Pass,
+        dev: &Device,
+        device: usize,
+        block: &Block,
+        data: &crate::modbus::link::Data,
+    ) {
+        pass.answered = true;
+        for &p in &block.points {
+            let point = &dev.points[p];
+            let r = decode_point(point, block, data).map_err(PointError::Decode);
+            if let Err(e) = &r {
+                self.metrics.devices[device]
+                    .decode_errors
+                    .fetch_add(1, Relaxed);
+                pass.problem.get_or_insert_with(|| {
+                    (
+                        format!("decode {}", point.id),
+                        format!("point {}: {e}", point.id),
+                    )
+                });
+            }
+            pass.results.push((p, r));
+        }
     }
 
     /// Logs a new episode once (a different problem, or good again), counts failures in a row,
@@ -242,6 +292,7 @@ impl BusTask {
         &mut self,
         k: usize,
         dev: &Device,
+        read: &[usize],
         answered: bool,
         problem: Option<(String, String)>,
     ) -> Option<(bool, String)> {
@@ -270,7 +321,7 @@ impl BusTask {
                 s.online = Some(true);
                 status = Some((true, "answering".to_string()));
             }
-            s.next_due = (s.next_due + dev.poll_interval).max(Instant::now());
+            s.schedule(read);
         } else {
             s.failures += 1;
             if s.failures >= dev.offline_after && s.online != Some(false) {
@@ -279,9 +330,10 @@ impl BusTask {
                 status = Some((false, problem.map(|(_, text)| text).unwrap_or_default()));
             }
             if s.online == Some(false) {
-                s.next_due = Instant::now() + s.probe_backoff.fail();
+                let pause = s.probe_backoff.fail();
+                s.due_all(Instant::now() + pause);
             } else {
-                s.next_due = (s.next_due + dev.poll_interval).max(Instant::now());
+                s.schedule(read);
             }
         }
         status

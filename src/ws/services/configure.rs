@@ -139,8 +139,43 @@ pub async fn apply(ctx: Ctx) -> HandlerResult {
     apply_text(&ctx, &text).await
 }
 
+/// Applies a text and records the attempt in the audit table (who, the version and its
+/// summary, or why not); the reload follows once the attempt is recorded.
 async fn apply_text(ctx: &Ctx, text: &str) -> HandlerResult {
     let f = file(ctx)?;
+    let applied = write_version(ctx, &f, text).await;
+    let user = ctx.client.login().map_or_else(String::new, |l| l.user);
+    let (new, result) = match &applied {
+        Ok((id, summary)) => (format!("version {id}: {summary}"), "ok".to_string()),
+        Err(e) => ("not applied".to_string(), e.msg.clone()),
+    };
+    let audit = crate::store::Audit {
+        ts: crate::model::now_ms(),
+        user,
+        source: "ws".into(),
+        device_id: ctx.shared.config.gateway.id.clone(),
+        point_id: crate::store::AUDIT_CONFIG.into(),
+        old: None,
+        new: crate::model::Value::Text(new),
+        result,
+    };
+    ctx.shared
+        .store
+        .send(crate::store::StoreCmd::Audit(audit))
+        .await;
+    let (id, summary) = applied?;
+    // The reload closes this connection (1001) once this reply has gone out; the dashboard
+    // reconnects and resumes its session.
+    let _ = f.reload.try_send(());
+    Ok(json!({ "id": id, "summary": summary }))
+}
+
+/// Checks and writes the text and keeps it as a version: its id and summary.
+async fn write_version(
+    ctx: &Ctx,
+    f: &ConfigFile,
+    text: &str,
+) -> Result<(u64, String), ServiceError> {
     let (problems, new) = check(text, &ctx.shared.config);
     let Some(new) = new else {
         let mut e = ServiceError::bad_request(format!(
@@ -186,10 +221,7 @@ async fn apply_text(ctx: &Ctx, text: &str) -> HandlerResult {
             })
             .await;
     }
-    // The reload closes this connection (1001) once this reply has gone out; the dashboard
-    // reconnects and resumes its session.
-    let _ = f.reload.try_send(());
-    Ok(json!({ "id": v.id, "summary": summary }))
+    Ok((v.id, summary))
 }
 
 fn new_point(j: &Json) -> Result<NewPoint, ServiceError> {

@@ -1,4 +1,4 @@
-//! `events.query`, `alarms.active`, `alarms.ack`.
+//! `events.query`, `alarms.active`, `alarms.ack`, `audit.query`.
 
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -196,4 +196,22 @@ async fn ack_event(ctx: &Ctx, alarm: &serde_json::Value, user: &str, comment: &s
             })
             .await;
     }
+}
+
+/// `audit.query`: writes and config applies, newest first; `limit` (1..=500, default 50) and
+/// `before` (an entry id) for paging; data `{"entries": [...], "next": id-or-null}`.
+pub async fn audit(ctx: Ctx) -> HandlerResult {
+    let limit = ctx.int_or("limit", 50)?;
+    if !(1..=500).contains(&limit) {
+        return Err(ServiceError::bad_request("param `limit` must be 1..=500"));
+    }
+    let before = ctx.opt_int("before")?;
+    let entries = read_store(&ctx, move |conn, config| {
+        store::audit_page(conn, config, before, limit as usize)
+    })
+    .await?;
+    let next = (entries.len() == limit as usize)
+        .then(|| entries.last().map(|e| e["id"].clone()))
+        .flatten();
+    Ok(json!({ "entries": entries, "next": next }))
 }

@@ -133,6 +133,11 @@ pub static SERVICES: &[Service] = &[
         handler: |c| Box::pin(events::ack(c)),
     },
     Service {
+        name: "audit.query",
+        access: Access::Admin,
+        handler: |c| Box::pin(events::audit(c)),
+    },
+    Service {
         name: "subscribe",
         access: Access::Any,
         handler: |c| Box::pin(push::subscribe(c)),
