@@ -1,5 +1,5 @@
 //! Interop with Modbus code we did not write: pymodbus as a TCP server, as an RTU server on a
-//! socat pty pair and as an RTU-over-TCP server. Needs `EDGE_PYMODBUS_PYTHON` (a python with
+//! socat pty pair, as an RTU-over-TCP server, and as ten slaves behind a line with a baud rate. Needs `EDGE_PYMODBUS_PYTHON` (a python with
 //! pymodbus; `.ci/run` makes one); without it every test here says it was skipped.
 
 mod common;
@@ -31,8 +31,9 @@ impl Drop for Server {
 }
 
 /// Starts pymodbus and waits for its "serving KIND WHERE" line, printed once it listens (a
-/// TCP server on port 0 names the port it got). Returns the server and WHERE.
-fn start_pymodbus(python: &str, kind: &str, at: &str) -> (Server, String) {
+/// TCP server on port 0 names the port it got). Returns the server and WHERE. `extra`: more
+/// arguments (`units=N`).
+fn start_pymodbus(python: &str, kind: &str, at: &str, extra: &[&str]) -> (Server, String) {
     use std::io::BufRead;
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -40,6 +41,7 @@ fn start_pymodbus(python: &str, kind: &str, at: &str) -> (Server, String) {
     );
     let mut child = Command::new(python)
         .args([script, kind, at])
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .expect("start pymodbus");
@@ -191,7 +193,7 @@ async fn check_every_type_and_order(gw: &Gateway) {
 #[tokio::test]
 async fn pymodbus_tcp_every_type_and_order_reads_and_writes() {
     let Some(py) = python() else { return };
-    let (_server, port) = start_pymodbus(&py, "tcp", "0");
+    let (_server, port) = start_pymodbus(&py, "tcp", "0", &[]);
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(config(
         dir.path(),
@@ -208,7 +210,7 @@ async fn pymodbus_tcp_every_type_and_order_reads_and_writes() {
 #[tokio::test]
 async fn pymodbus_rtu_over_tcp_every_type_and_order_reads_and_writes() {
     let Some(py) = python() else { return };
-    let (_server, port) = start_pymodbus(&py, "rtu_over_tcp", "0");
+    let (_server, port) = start_pymodbus(&py, "rtu_over_tcp", "0", &[]);
     let bus = format!(
         "[[buses]]\nname = \"b\"\nkind = \"rtu_over_tcp\"\naddress = \"127.0.0.1:{port}\"\ntimeout_ms = 500\nretries = 1\n"
     );
@@ -254,7 +256,7 @@ fn cli(args: &[&str]) -> (i32, String, String) {
 #[tokio::test]
 async fn pymodbus_tcp_commissioning_cli_reads_writes_and_names_exceptions() {
     let Some(py) = python() else { return };
-    let (_server, port) = start_pymodbus(&py, "tcp", "0");
+    let (_server, port) = start_pymodbus(&py, "tcp", "0", &[]);
     let tcp = format!("127.0.0.1:{port}");
     let base = ["--tcp", tcp.as_str(), "--unit", "1"];
     let run = |extra: &[&str]| {
@@ -334,7 +336,7 @@ async fn pymodbus_rtu_on_a_pty_pair_every_type_and_order_reads_and_writes() {
         skipped("socat is not installed");
         return;
     };
-    let _server = start_pymodbus(&py, "rtu", &pair.a);
+    let _server = start_pymodbus(&py, "rtu", &pair.a, &[]);
     let bus = format!(
         "[[buses]]\nname = \"b\"\nkind = \"rtu\"\nport = \"{}\"\nbaud = 19200\ntimeout_ms = 500\nretries = 1\n",
         pair.b
@@ -378,7 +380,7 @@ async fn pymodbus_a_register_changed_by_another_client_arrives_as_a_websocket_ev
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let Some(py) = python() else { return };
-    let (_server, port) = start_pymodbus(&py, "tcp", "0");
+    let (_server, port) = start_pymodbus(&py, "tcp", "0", &[]);
     let hash = edge_gateway::cli::hash_password("pw").unwrap();
     let body = format!(
         "[[users]]\nname = \"tech\"\nrole = \"viewer\"\npassword_hash = \"{hash}\"\n{}\n\
@@ -436,5 +438,70 @@ async fn pymodbus_a_register_changed_by_another_client_arrives_as_a_websocket_ev
         ),
         (Some("tank"), Some(4321), Some("high"))
     );
+    gw.shutdown().await;
+}
+
+/// #19: three pymodbus slaves behind a line with a baud rate (`common::line`, 9600 8E1,
+/// 2 ms turnaround): every request comes at least 3.5 characters after the frame before it
+/// ended (the Modbus serial line spec; a conforming slave takes an early request as part of
+/// the last frame), every slave is polled, and a corrupted answer is a `link:` fault of the
+/// slave it came from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pymodbus_slaves_on_a_9600_baud_line_get_the_silence_the_spec_owes() {
+    use common::line::{LineSpec, SlowLine};
+    use std::fmt::Write as _;
+    let Some(py) = python() else { return };
+    let (_server, port) = start_pymodbus(&py, "rtu_over_tcp", "0", &["units=3"]);
+    let spec = LineSpec {
+        baud: 9600,
+        bits: 11,
+        turnaround: Duration::from_millis(2),
+    };
+    let Some(line) = SlowLine::start(spec, format!("127.0.0.1:{port}").parse().unwrap()) else {
+        skipped("socat is not installed (./scripts/test installs it)");
+        return;
+    };
+    let mut body = format!(
+        "[[buses]]\nname = \"b\"\nkind = \"rtu\"\nport = \"{}\"\nbaud = 9600\nparity = \"even\"\ntimeout_ms = 300\nretries = 0\n",
+        line.port
+    );
+    for u in 1..=3 {
+        let _ = write!(
+            body,
+            "[[devices]]\nid = \"s{u}\"\nbus = \"b\"\nunit = {u}\npoll_interval_ms = 10\npoints = [\n  \
+             {{ id = \"r0\", table = \"holding\", address = 0, type = \"u16\" }},\n  \
+             {{ id = \"r9\", table = \"holding\", address = 9, type = \"u16\" }},\n]\n"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
+    for u in 1..=3i64 {
+        let id = format!("s{u}");
+        wait_for("every slave read", || {
+            point(&gw, &id, "r9").value == Some(Value::Int(100 * u + 9))
+        })
+        .await;
+    }
+    line.take_silences();
+    let n = line.requests();
+    wait_for("60 more requests", || line.requests() >= n + 60).await;
+    let silences = line.take_silences();
+    let shortest = silences.iter().min().copied().unwrap_or_default();
+    assert!(silences.len() >= 60, "{} silences", silences.len());
+    assert!(
+        shortest >= spec.silence(),
+        "a request {shortest:?} after the frame before it, under the {:?} owed",
+        spec.silence()
+    );
+    // One answer's bytes flipped on the line.
+    line.corrupt(1);
+    wait_for_async("a link fault named", || async {
+        let mut faults = 0;
+        for u in 1..=3 {
+            faults += link_events(&gw, &format!("s{u}")).await.len();
+        }
+        faults > 0
+    })
+    .await;
     gw.shutdown().await;
 }

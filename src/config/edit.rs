@@ -1,6 +1,7 @@
 //! Changes the dashboard makes to the config text — points added to a device (new or
-//! existing), a device removed — through `toml_edit`, so every comment and the layout of the
-//! rest of the file stay the technician's. The result is checked and applied like any text.
+//! existing), a device's keys and points set from the Configure form, a device removed —
+//! through `toml_edit`, so every comment and the layout of the rest of the file stay the
+//! technician's. The result is checked and applied like any text.
 
 use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, Value};
 
@@ -169,6 +170,141 @@ pub fn remove_device(text: &str, id: &str) -> Result<(String, usize), String> {
     Ok((doc.to_string(), rules_removed))
 }
 
+/// A key of a table set to a value, or removed (`None`).
+pub type KeyEdit = (String, Option<Value>);
+
+/// One point of the Configure form: the point it was (by id; `None` for a new one) and the
+/// keys the form changes. Keys the form does not show stay as the file has them.
+#[derive(Debug, Clone)]
+pub struct PointEdit {
+    pub was: Option<String>,
+    pub keys: Vec<KeyEdit>,
+}
+
+/// Sets `key` keeping the comment and spacing around the old value; `None` removes it.
+fn set_key(t: &mut dyn toml_edit::TableLike, key: &str, v: Option<&Value>) {
+    match v {
+        None => {
+            t.remove(key);
+        }
+        Some(v) => {
+            let mut v = v.clone();
+            if let Some(old) = t.get_mut(key).and_then(Item::as_value_mut) {
+                *v.decor_mut() = old.decor().clone();
+                *old = v;
+            } else {
+                t.insert(key, Item::Value(v));
+            }
+        }
+    }
+}
+
+/// The text with device `was` (or a new one) given the form's keys and, when `points` is
+/// `Some`, exactly those own points in that order (a template's stay the template's). Rules
+/// follow a renamed device. Returns the text and the device's index among `[[devices]]`.
+pub fn set_device(
+    text: &str,
+    was: Option<&str>,
+    keys: &[KeyEdit],
+    points: Option<&[PointEdit]>,
+) -> Result<(String, usize), String> {
+    let mut doc: DocumentMut = text
+        .parse()
+        .map_err(|e| format!("the config is not TOML: {e}"))?;
+    if doc.get("devices").is_none() {
+        doc.insert("devices", Item::ArrayOfTables(ArrayOfTables::new()));
+    }
+    let devices = doc["devices"]
+        .as_array_of_tables_mut()
+        .ok_or("`devices` is not a list of [[devices]] tables")?;
+    let index = if let Some(id) = was {
+        devices
+            .iter()
+            .position(|t| t.get("id").and_then(Item::as_str) == Some(id))
+            .ok_or_else(|| format!("no device `{id}` in the file"))?
+    } else {
+        let mut t = Table::new();
+        t.decor_mut().set_prefix("\n");
+        devices.push(t);
+        devices.len() - 1
+    };
+    let dev = devices.get_mut(index).expect("found or pushed");
+    for (k, v) in keys {
+        set_key(dev, k, v.as_ref());
+    }
+    if let Some(points) = points {
+        set_points(dev, points)?;
+    }
+    let renamed = keys.iter().find_map(|(k, v)| match (k.as_str(), v) {
+        ("id", Some(Value::String(s))) => Some(s.value().clone()),
+        _ => None,
+    });
+    if let (Some(old), Some(new)) = (was, renamed) {
+        if let Some(rules) = doc.get_mut("rules").and_then(Item::as_array_of_tables_mut) {
+            for r in rules.iter_mut() {
+                if r.get("device").and_then(Item::as_str) == Some(old) {
+                    set_key(r, "device", Some(&Value::from(new.as_str())));
+                }
+            }
+        }
+    }
+    Ok((doc.to_string(), index))
+}
+
+/// A device's own points as the form lists them, in either style the file uses.
+fn set_points(dev: &mut Table, points: &[PointEdit]) -> Result<(), String> {
+    let id_of = |t: &dyn toml_edit::TableLike| t.get("id").and_then(Item::as_str).map(String::from);
+    if points.is_empty() {
+        dev.remove("points");
+        return Ok(());
+    }
+    match dev.get_mut("points") {
+        Some(Item::ArrayOfTables(aot)) => {
+            let old: Vec<Table> = aot.iter().cloned().collect();
+            let mut out = ArrayOfTables::new();
+            for pe in points {
+                let mut t = pe
+                    .was
+                    .as_ref()
+                    .and_then(|w| old.iter().find(|t| id_of(*t).as_ref() == Some(w)).cloned())
+                    .unwrap_or_default();
+                for (k, v) in &pe.keys {
+                    set_key(&mut t, k, v.as_ref());
+                }
+                out.push(t);
+            }
+            *aot = out;
+        }
+        None | Some(Item::Value(Value::Array(_))) => {
+            let old: Vec<InlineTable> = match dev.get("points") {
+                Some(Item::Value(Value::Array(a))) => a
+                    .iter()
+                    .filter_map(Value::as_inline_table)
+                    .cloned()
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let mut a = Array::new();
+            for pe in points {
+                let kept = pe
+                    .was
+                    .as_ref()
+                    .and_then(|w| old.iter().find(|t| id_of(*t).as_ref() == Some(w)).cloned());
+                let mut t = kept.unwrap_or_default();
+                for (k, v) in &pe.keys {
+                    set_key(&mut t, k, v.as_ref());
+                }
+                push_line(&mut a, t);
+            }
+            a.set_trailing_comma(true);
+            a.set_trailing("\n");
+            set_key(dev, "points", Some(&Value::Array(a)));
+        }
+        Some(_) => return Err("`points` is neither a list nor [[devices.points]]".into()),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +413,95 @@ threshold = 1.0
         assert!(c.rules.is_empty());
         assert!(remove_device(&t, "a").is_err());
         assert!(add_points(&t, &Target::Device("nope".into()), &[point("p")]).is_err());
+    }
+
+    fn set(k: &str, v: impl Into<Value>) -> KeyEdit {
+        (k.to_string(), Some(v.into()))
+    }
+
+    #[test]
+    fn the_form_sets_keys_and_points_in_place_and_keeps_every_comment() {
+        // `a` in [[devices.points]] style: rename it, move it to unit 3, change its point's
+        // address, add one; `m` (inline list): drop `v`, add `w`.
+        let edits = [
+            PointEdit {
+                was: Some("t".into()),
+                keys: vec![set("address", 4), ("scale".into(), None)],
+            },
+            PointEdit {
+                was: None,
+                keys: vec![
+                    set("id", "n"),
+                    set("table", "input"),
+                    set("address", 9),
+                    set("type", "i16"),
+                    set("poll_interval_ms", 60000),
+                ],
+            },
+        ];
+        let (t, i) = set_device(
+            TEXT,
+            Some("a"),
+            &[set("id", "a2"), set("unit", 3), set("type", "boiler")],
+            Some(&edits),
+        )
+        .unwrap();
+        assert_eq!(i, 0);
+        let (t, _) = set_device(
+            &t,
+            Some("m"),
+            &[],
+            Some(&[PointEdit {
+                was: None,
+                keys: vec![
+                    set("id", "w"),
+                    set("table", "coil"),
+                    set("address", 1),
+                    set("type", "bool"),
+                ],
+            }]),
+        )
+        .unwrap();
+        let c = parse(&t).unwrap_or_else(|e| panic!("{e:?}\n{t}")).config;
+        let a = &c.devices[0];
+        assert_eq!(
+            (a.id.as_str(), a.unit, a.device_type.as_str()),
+            ("a2", 3, "boiler")
+        );
+        assert_eq!(points_of(&t, "a2"), ["t", "n"]);
+        assert_eq!(a.points[0].address, 4);
+        assert_eq!(
+            a.points[1].poll_interval,
+            Some(std::time::Duration::from_secs(60))
+        );
+        assert_eq!(points_of(&t, "m"), ["w"]);
+        // The rule followed the rename.
+        assert_eq!(c.rules[0].device, 0);
+        for comment in [
+            "# The plant's gateway. Keep me.",
+            "# the PLC",
+            "# points of a, one table each",
+        ] {
+            assert!(t.contains(comment), "{comment} lost:\n{t}");
+        }
+        // A new device from the form, and an unknown one refused.
+        let (t, i) = set_device(
+            &t,
+            None,
+            &[set("id", "z"), set("bus", "b"), set("unit", 9)],
+            Some(&[PointEdit {
+                was: None,
+                keys: vec![
+                    set("id", "p"),
+                    set("table", "holding"),
+                    set("address", 0),
+                    set("type", "u16"),
+                ],
+            }]),
+        )
+        .unwrap();
+        assert_eq!(i, 2);
+        assert_eq!(points_of(&t, "z"), ["p"]);
+        assert!(set_device(&t, Some("nope"), &[], None).is_err());
     }
 }

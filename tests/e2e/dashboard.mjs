@@ -307,6 +307,24 @@ try {
     }, null, { timeout: 30000 });
     if (shots) await desk.screenshot({ path: join(shots, "desktop-overview-commissioned.png") });
 
+    step("the device form: a poll rate set and a point added field by field; a bad address is named next to its field");
+    await desk.goto(`${demo.url}#/configure`);
+    await desk.getByRole("button", { name: "Edit py-1" }).click();
+    await desk.getByLabel("Poll every (ms)").fill("500");
+    await desk.getByRole("button", { name: "Add a point" }).click();
+    const row = desk.locator(".points-form tbody tr").last();
+    await row.getByLabel("Point id").fill("trim");
+    await row.getByLabel("Address").fill("70000");
+    await row.getByLabel("Type").selectOption("i16");
+    await desk.getByRole("button", { name: "Save py-1" }).click();
+    await row.locator(".field-problem").waitFor();
+    if (!/65535/.test(await row.locator(".field-problem").textContent())) throw new Error(`address problem: ${await row.locator(".field-problem").textContent()}`);
+    await row.getByLabel("Address").fill("8");
+    await desk.getByRole("button", { name: "Save py-1" }).click();
+    await confirmApplied(desk);
+    await desk.goto(`${demo.url}#/overview`);
+    await desk.waitForFunction(() => /^-2/.test(document.querySelector('[data-device="py-1"] [data-point="trim"] .value')?.textContent || ""), null, { timeout: 30000 });
+
     step("the line goes dead: one bus alarm, none per device; back, then dead again: the same row, raised twice; ack all");
     py.child.kill("SIGTERM");
     await desk.goto(`${demo.url}#/alarms`);
@@ -337,7 +355,7 @@ try {
     await desk.goto(`${demo.url}#/configure`);
     await desk.waitForFunction(() => document.querySelector("#c-text").value.includes("py-1"));
     const file = await desk.getByLabel("Config (TOML)").inputValue();
-    for (const kept of ["# The demo:", "# The new line's serial server", 'word_order = "little"', "scale = 0.1"]) {
+    for (const kept of ["# The demo:", "# The new line's serial server", 'word_order = "little"', "scale = 0.1", "poll_interval_ms = 500", 'id = "trim"']) {
       if (!file.includes(kept)) throw new Error(`the config lost ${kept}:\n${file}`);
     }
 

@@ -1,5 +1,7 @@
 """A pymodbus device for the interop tests: `pymodbus_server.py tcp PORT`, `... rtu DEVICE` or
 `... rtu_over_tcp PORT` (RTU frames with CRC on a TCP socket, as a serial server carries them).
+A fourth argument `units=N` serves units 1..N instead, each with holding registers 0..119
+counting up from 100 × its id (the serial-line bench's slaves).
 
 Unit 1 holds one value of every type, in every byte/word order. Big-endian values use
 pymodbus's own encoders; the other orders are laid out here with `struct`, independently of the
@@ -60,8 +62,19 @@ discrete = [SimData(address=0, values=[False, True] * 8, datatype=DataType.BITS)
 device = SimDevice(id=1, simdata=(coils, discrete, holding, inputs))
 
 
+def line_of(n: int) -> list[SimDevice]:
+    """Units 1..n, 120 holding registers each."""
+    return [
+        SimDevice(id=u, simdata=raw(0, [100 * u + r for r in range(120)]))
+        for u in range(1, n + 1)
+    ]
+
+
 async def main() -> None:
     kind, where = sys.argv[1], sys.argv[2]
+    global device
+    if len(sys.argv) > 3 and sys.argv[3].startswith("units="):
+        device = line_of(int(sys.argv[3].split("=")[1]))
     if kind == "tcp":
         server = ModbusTcpServer(device, address=("127.0.0.1", int(where)))
     elif kind == "rtu_over_tcp":

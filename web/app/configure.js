@@ -1,8 +1,9 @@
-// The Configure view (admin): the running config's buses, devices and rules; a device removed;
-// the file itself edited, checked by the gateway's own validator (problems by line and key
+// The Configure view (admin): the running config's buses, devices and rules; a device added,
+// edited field by field (devform.js) or removed; the file itself edited, checked by the gateway's own validator (problems by line and key
 // path) and applied as a reload; every applied version listed with who and what, to roll back.
 
 import { h, setText, field, problemText } from "./dom.js";
+import { deviceForm } from "./devform.js";
 
 /** `env`: { conn, S, confirmDialog }. */
 export function configureView(env) {
@@ -11,7 +12,9 @@ export function configureView(env) {
   const text = h("textarea", { id: "c-text", rows: 18, spellcheck: false, autocapitalize: "off", autocomplete: "off" });
   const problems = h("div", { role: "status" });
   const history = h("div", {});
+  const formBox = h("div", {});
   let loaded = "";
+  let file = null; // the file as written (templates not expanded), from config.get
 
   function showProblems(list, ok) {
     if (!list.length) {
@@ -37,8 +40,23 @@ export function configureView(env) {
     }
   }
 
+  /** Opens the form for a device of the file (or a new one) under the structure. */
+  function openForm(id) {
+    const raw = id ? (file?.devices || []).find((d) => d.id === id) : null;
+    formBox.replaceChildren(deviceForm(raw, {
+      conn,
+      buses: (file?.buses || []).map((b) => b.name),
+      templates: file?.templates || {},
+      text: () => loaded,
+      apply,
+      general: (list) => showProblems(list, ""),
+    }));
+    formBox.scrollIntoView({ block: "start" });
+  }
+
   function paintStructure(c) {
     const byBus = (name) => c.devices.filter((d) => d.bus === name);
+    const inFile = (id) => (file?.devices || []).some((d) => d.id === id);
     summary.replaceChildren(
       h("h2", { text: "Buses and devices" }),
       ...c.buses.map((b) => h("section", { class: "bus", "data-bus": b.name },
@@ -46,8 +64,11 @@ export function configureView(env) {
         byBus(b.name).length
           ? h("ul", { class: "devices" }, ...byBus(b.name).map((d) => h("li", { "data-device": d.id },
             h("span", { text: `${d.id} (unit ${d.unit}${d.type ? `, ${d.type}` : ""}): ${d.points.map((p) => p.id).join(", ")}` }),
+            inFile(d.id) ? h("button", { type: "button", class: "ghost", text: `Edit ${d.id}`, onclick: () => openForm(d.id) }) : null,
             h("button", { type: "button", class: "ghost", text: `Remove ${d.id}`, onclick: () => remove(d.id) }))))
           : h("p", { class: "small", text: "No devices yet: scan it from the Inspector." }))),
+      file ? h("button", { type: "button", text: "Add a device", onclick: () => openForm(null) }) : null,
+      formBox,
       h("h2", { text: "Rules" }),
       c.rules.length
         ? h("ul", {}, ...c.rules.map((r) => h("li", { text: `${r.id} on ${r.device}` })))
@@ -89,6 +110,7 @@ export function configureView(env) {
     try {
       const c = await conn.call("config.get");
       loaded = c.text;
+      file = c.file;
       text.value = c.text;
       setText(pathNote, `The file ${c.path}, as on disk: comments and layout are kept as you write them.`);
       paintStructure(c.config);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value as Json};
 
-use crate::config::edit::{self, NewPoint, Target};
+use crate::config::edit::{self, NewPoint, PointEdit, Target};
 use crate::config::versions::{self, ConfigFile};
 use crate::config::{self, Config, ConfigError, Link, Priority};
 use crate::events::{Draft, EventState, EventType};
@@ -124,6 +124,9 @@ pub async fn get(ctx: Ctx) -> HandlerResult {
         "path": f.path.display().to_string(),
         "text": text,
         "config": structure(&ctx.shared.config),
+        // The file as written (templates not expanded), for the device forms; null when the
+        // file on disk is not TOML.
+        "file": toml_edit::de::from_str::<Json>(&text).ok(),
     }))
 }
 
@@ -296,6 +299,7 @@ pub async fn edit(ctx: Ctx) -> HandlerResult {
         })?,
     };
     let op = ctx.string("op")?;
+    let mut device_path = Json::Null;
     let (edited, note) = match op.as_str() {
         "addPoints" => {
             let points = match ctx.value("points")? {
@@ -322,18 +326,82 @@ pub async fn edit(ctx: Ctx) -> HandlerResult {
                 Err(e) => (Err(e), String::new()),
             }
         }
+        "setDevice" => {
+            let (keys, points) = device_form(&ctx)?;
+            let was = ctx.opt_string("deviceId")?;
+            match edit::set_device(&text, was.as_deref(), &keys, points.as_deref()) {
+                Ok((t, i)) => {
+                    device_path = json!(format!("devices[{i}]"));
+                    (Ok(t), String::new())
+                }
+                Err(e) => (Err(e), String::new()),
+            }
+        }
         other => {
             return Err(ServiceError::bad_request(format!(
-                "unknown op `{other}` (addPoints or removeDevice)"
+                "unknown op `{other}` (addPoints, setDevice or removeDevice)"
             )))
         }
     };
     let edited = edited.map_err(ServiceError::bad_request)?;
     let (problems, new) = check(&edited, &ctx.shared.config);
     let summary = new.map(|n| versions::summary(&ctx.shared.config, &n));
-    Ok(
-        json!({ "text": edited, "problems": problems_json(&problems), "summary": summary, "note": note }),
-    )
+    Ok(json!({
+        "text": edited,
+        "problems": problems_json(&problems),
+        "summary": summary,
+        "note": note,
+        "devicePath": device_path,
+    }))
+}
+
+/// A form's `{key: value-or-null}` as key edits: strings, numbers and booleans are set, null
+/// removes the key.
+fn key_edits(what: &str, j: &Json) -> Result<Vec<edit::KeyEdit>, ServiceError> {
+    let Json::Object(m) = j else {
+        return Err(ServiceError::bad_request(format!(
+            "`{what}` must be an object"
+        )));
+    };
+    m.iter()
+        .map(|(k, v)| {
+            let value = match v {
+                Json::Null => None,
+                Json::String(s) => Some(toml_edit::Value::from(s.as_str())),
+                Json::Bool(b) => Some(toml_edit::Value::from(*b)),
+                Json::Number(n) => Some(match n.as_i64() {
+                    Some(i) => toml_edit::Value::from(i),
+                    None => toml_edit::Value::from(n.as_f64().unwrap_or(f64::NAN)),
+                }),
+                _ => {
+                    return Err(ServiceError::bad_request(format!(
+                        "`{what}.{k}` must be a string, number, boolean or null"
+                    )))
+                }
+            };
+            Ok((k.clone(), value))
+        })
+        .collect()
+}
+
+/// `setDevice`'s `device` keys and `points` (`[{was?, set}]`; absent: the points stay).
+fn device_form(ctx: &Ctx) -> Result<(Vec<edit::KeyEdit>, Option<Vec<PointEdit>>), ServiceError> {
+    let keys = key_edits("device", &ctx.value("device")?)?;
+    let points = match ctx.value("points") {
+        Err(_) | Ok(Json::Null) => None,
+        Ok(Json::Array(a)) => Some(
+            a.iter()
+                .map(|p| {
+                    Ok(PointEdit {
+                        was: p.get("was").and_then(Json::as_str).map(String::from),
+                        keys: key_edits("points[].set", p.get("set").unwrap_or(&Json::Null))?,
+                    })
+                })
+                .collect::<Result<Vec<_>, ServiceError>>()?,
+        ),
+        Ok(_) => return Err(ServiceError::bad_request("`points` must be a list")),
+    };
+    Ok((keys, points))
 }
 
 /// `config.history`: the last 20 applied versions, newest first.
