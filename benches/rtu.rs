@@ -5,6 +5,8 @@
 //! 3.5-character silences, 1.75 ms above 19200 baud, + the turnaround), the ratio, and the
 //! shortest silence the gateway left before a request against the 3.5 characters it owes.
 //! Then one of the ten dead: the others' rate, and what its probes cost under the backoff.
+//! Then a realistic meter (10 fast registers, 50 slow ones with `poll_interval_ms = 60000`):
+//! how often the fast ones are read, against all 60 at one rate.
 //! Run: `cargo bench --bench rtu` (release profile; needs socat and pymodbus, which
 //! `./scripts/test` installs: `EDGE_PYMODBUS_PYTHON`).
 
@@ -23,7 +25,8 @@ const UNITS: u8 = 10;
 const TIMEOUT_MS: u64 = 200;
 const TURNAROUND: Duration = Duration::from_millis(2);
 
-fn config(dir: &std::path::Path, port: &str, baud: u32, regs: u16) -> String {
+/// `slow_from`: registers from this one on are read once a minute (their own rate).
+fn config(dir: &std::path::Path, port: &str, baud: u32, regs: u16, slow_from: u16) -> String {
     let mut c = format!(
         "[gateway]\nid = \"rtu\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n\
          [[buses]]\nname = \"line\"\nkind = \"rtu\"\nport = \"{port}\"\nbaud = {baud}\n\
@@ -31,7 +34,14 @@ fn config(dir: &std::path::Path, port: &str, baud: u32, regs: u16) -> String {
         dir.display().to_string()
     );
     let points: Vec<String> = (0..regs)
-        .map(|r| format!("{{ id = \"r{r}\", table = \"holding\", address = {r}, type = \"u16\" }}"))
+        .map(|r| {
+            let rate = if r >= slow_from {
+                ", poll_interval_ms = 60000"
+            } else {
+                ""
+            };
+            format!("{{ id = \"r{r}\", table = \"holding\", address = {r}, type = \"u16\"{rate} }}")
+        })
         .collect();
     for u in 1..=UNITS {
         let _ = write!(
@@ -81,7 +91,13 @@ struct Run {
     window: Duration,
 }
 
-async fn run(server: std::net::SocketAddr, baud: u32, regs: u16, dead: Option<u8>) -> Run {
+async fn run(
+    server: std::net::SocketAddr,
+    baud: u32,
+    regs: u16,
+    slow_from: u16,
+    dead: Option<u8>,
+) -> Run {
     let spec = LineSpec {
         baud,
         bits: 11,
@@ -89,7 +105,7 @@ async fn run(server: std::net::SocketAddr, baud: u32, regs: u16, dead: Option<u8
     };
     let line = SlowLine::start(spec, server).expect("socat (./scripts/test installs it)");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = edge_gateway::config::parse(&config(dir.path(), &line.port, baud, regs))
+    let cfg = edge_gateway::config::parse(&config(dir.path(), &line.port, baud, regs, slow_from))
         .unwrap()
         .config;
     let gw = Gateway::start(cfg).await.unwrap();
@@ -138,7 +154,7 @@ fn main() {
         for baud in [9600, 19200, 115200] {
             let owed = LineSpec { baud, bits: 11, turnaround: TURNAROUND }.silence();
             for regs in [10u16, 60] {
-                let r = run(server, baud, regs, None).await;
+                let r = run(server, baud, regs, regs, None).await;
                 println!(
                     "rtu {baud:>6} 8E1, 10 slaves x {regs:>2} registers: {:>6.1} requests/s, limit {:>6.1} (ratio {:.3}); \
                      shortest silence before a request {:.2} ms (owed {:.2} ms: ratio {:.2})",
@@ -154,8 +170,8 @@ fn main() {
         // One slave dead: its probes (one per backoff period, each a timeout plus the 20 ms of
         // quiet after it) are all the others lose.
         for baud in [9600, 115200] {
-            let alive = run(server, baud, 10, None).await;
-            let r = run(server, baud, 10, Some(UNITS)).await;
+            let alive = run(server, baud, 10, 10, None).await;
+            let r = run(server, baud, 10, 10, Some(UNITS)).await;
             let probes = r.per_unit[usize::from(UNITS - 1)];
             let others: u64 = r.per_unit.iter().take(usize::from(UNITS - 1)).sum();
             let others_rate = others as f64 / r.window.as_secs_f64();
@@ -170,6 +186,18 @@ fn main() {
                 others_rate / allowed,
             );
         }
+        // A meter's 10 fast registers beside 50 slow ones: one rate for all, or their own.
+        let baud = 9600;
+        let one = run(server, baud, 60, 60, None).await;
+        let own = run(server, baud, 60, 10, None).await;
+        let every = |r: &Run| f64::from(UNITS) / r.rate * 1e3;
+        println!(
+            "rtu {baud:>6} 8E1, 10 meters x (10 fast + 50 slow registers): the fast ones read every {:.0} ms \
+             per meter with the slow ones at 60 s, against every {:.0} ms with all 60 at one rate: {:.1}x as often",
+            every(&own),
+            every(&one),
+            every(&one) / every(&own),
+        );
     });
     let _ = py.kill();
     let _ = py.wait();

@@ -5,6 +5,8 @@
 
 use std::fmt::Write;
 
+pub mod wire;
+
 use crate::model::event::Priority;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
@@ -61,6 +63,8 @@ pub struct BusCounters {
     pub duration: Histogram,
     /// Why the link is down (`None`: up, or not yet tried), for the diagnostics view.
     pub down: std::sync::Mutex<Option<String>>,
+    /// The link's wire figures, handed over when its bus task starts (or is kept by a reload).
+    pub wire: std::sync::OnceLock<std::sync::Arc<wire::Wire>>,
 }
 
 /// The cumulative request counters at one instant: kept every 30 s for 5 minutes, so the
@@ -437,6 +441,8 @@ impl Metrics {
                 (busy / wall).min(1.0)
             );
         }
+        let wires: wire::Wires = self.buses.iter().map(|b| b.wire.clone()).collect();
+        wire::render(out, &self.bus_names, &wires);
     }
 
     /// WebSocket pushes by kind and result, and their durations and latency.

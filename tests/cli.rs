@@ -467,13 +467,15 @@ async fn read_shows_every_order_and_names_a_peer_that_is_not_modbus() {
         bits >> 16
     );
     assert_eq!(out, want);
-    // Something else on the port: it sends its banner and hangs up.
+    // Something else on the port: it sends its banner, reads what it is sent, and hangs up
+    // (hanging up before reading would make the client's request meet a reset instead).
     let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let at = other.local_addr().unwrap();
     tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         while let Ok((mut s, _)) = other.accept().await {
             let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").await;
+            let _ = s.read(&mut [0u8; 64]).await;
         }
     });
     let (code, _, err) = run(args(&format!(

@@ -493,6 +493,13 @@ async fn pymodbus_slaves_on_a_9600_baud_line_get_the_silence_the_spec_owes() {
         "a request {shortest:?} after the frame before it, under the {:?} owed",
         spec.silence()
     );
+    // A pause inside an answer: counted as a gap on the bus.
+    let wire = gw.metrics.buses[0].wire.get().unwrap().clone();
+    line.stall(Duration::from_millis(15));
+    wait_for("a gap counted", || {
+        wire.frame_gaps.load(std::sync::atomic::Ordering::Relaxed) >= 1
+    })
+    .await;
     // One answer's bytes flipped on the line.
     line.corrupt(1);
     wait_for_async("a link fault named", || async {
@@ -501,6 +508,53 @@ async fn pymodbus_slaves_on_a_9600_baud_line_get_the_silence_the_spec_owes() {
             faults += link_events(&gw, &format!("s{u}")).await.len();
         }
         faults > 0
+    })
+    .await;
+    // The bytes both ways, and their share of the wire at 9600 baud.
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    assert!(wire.sent.load(relaxed) >= 8 * 60 && wire.received.load(relaxed) >= 9 * 60);
+    assert!(wire.utilisation().is_some_and(|u| u > 0.0 && u <= 1.0));
+    gw.shutdown().await;
+}
+
+/// #19: RTU over TCP to a serial server in front of a 19200-baud line (the same relay, exposed
+/// as a TCP socket): every slave polled at the line's pace. The serial server keeps the line's
+/// silences itself; the gateway does not know its baud rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pymodbus_slaves_behind_a_serial_server_are_polled_over_rtu_over_tcp() {
+    use common::line::{LineSpec, SlowLine};
+    use std::fmt::Write as _;
+    let Some(py) = python() else { return };
+    let (_server, port) = start_pymodbus(&py, "rtu_over_tcp", "0", &["units=2"]);
+    let spec = LineSpec {
+        baud: 19200,
+        bits: 11,
+        turnaround: Duration::from_millis(2),
+    };
+    let line = SlowLine::start_tcp(spec, format!("127.0.0.1:{port}").parse().unwrap()).unwrap();
+    let mut body = format!(
+        "[[buses]]\nname = \"b\"\nkind = \"rtu_over_tcp\"\naddress = \"{}\"\ntimeout_ms = 300\nretries = 0\n",
+        line.port
+    );
+    for u in 1..=2 {
+        let _ = write!(
+            body,
+            "[[devices]]\nid = \"s{u}\"\nbus = \"b\"\nunit = {u}\npoll_interval_ms = 10\n\
+             points = [ {{ id = \"r5\", table = \"holding\", address = 5, type = \"u16\" }} ]\n"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
+    for u in 1..=2i64 {
+        let id = format!("s{u}");
+        wait_for("every slave read", || {
+            point(&gw, &id, "r5").value == Some(Value::Int(100 * u + 5))
+        })
+        .await;
+    }
+    let n = line.requests();
+    wait_for("20 more requests through the line", || {
+        line.requests() >= n + 20
     })
     .await;
     gw.shutdown().await;

@@ -13,7 +13,7 @@ use edge_gateway::Gateway;
 use tokio_util::sync::CancellationToken;
 
 /// Every name SPEC.md lists, with the labels it lists.
-const SPEC_METRICS: [(&str, &[&str]); 17] = [
+const SPEC_METRICS: [(&str, &[&str]); 18] = [
     ("edge_ws_clients", &[]),
     ("edge_push_messages_total", &["kind", "result"]),
     ("edge_push_duration_seconds_bucket", &["le"]),
@@ -32,6 +32,7 @@ const SPEC_METRICS: [(&str, &[&str]); 17] = [
     ("edge_sink_rows_total", &["sink", "result"]),
     ("edge_store_bytes", &["file"]),
     ("edge_store_written_bytes_total", &[]),
+    ("edge_bus_bytes_total", &["bus", "direction"]),
     ("process_resident_memory_bytes", &[]),
     ("process_open_fds", &[]),
 ];
@@ -91,6 +92,16 @@ async fn metrics_has_every_spec_name_in_valid_prometheus_text() {
     let v: f64 = util.rsplit_once(' ').unwrap().1.parse().unwrap();
     assert!((0.0..=1.0).contains(&v) && v > 0.0, "{util}");
     assert!(body.contains("edge_modbus_request_duration_seconds_count{bus=\"b\"}"));
+    // Bytes both ways on the bus: a read is 12 bytes out and at least 11 back on Modbus TCP.
+    for direction in ["sent", "received"] {
+        let series = format!("edge_bus_bytes_total{{bus=\"b\",direction=\"{direction}\"}} ");
+        let line = body
+            .lines()
+            .find(|l| l.starts_with(&series))
+            .expect(&series);
+        let n: u64 = line.rsplit_once(' ').unwrap().1.parse().unwrap();
+        assert!(n >= 11, "{line}");
+    }
     // The store's own count of bytes written, which stands in where the kernel keeps none,
     // moves with its commits.
     wait_for("the store's own count of bytes written", || {

@@ -194,6 +194,7 @@ impl BusTask {
     ) -> BusTask {
         let b = &config.buses[bus];
         let link = Link::new(b.link.clone(), b.timeout, b.inter_request_delay);
+        let _ = metrics.buses[bus].wire.set(link.wire());
         let now = Instant::now();
         let slots = config
             .devices
@@ -251,6 +252,8 @@ impl BusTask {
         self.config = config;
         self.events = events;
         self.writes = writes;
+        // The link's wire figures carry on into the new gateway's metrics.
+        let _ = metrics.buses[bus].wire.set(self.link.wire());
         self.metrics = metrics;
     }
 

@@ -1,6 +1,8 @@
 //! One Modbus link (a TCP connection or a serial port) as a client: every request under a
 //! deadline, reconnects with exponential backoff and jitter, exceptions kept apart from faults.
 
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::{timeout, Instant};
@@ -9,9 +11,11 @@ use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{ProtocolError, Slave};
 
 use super::codec::Table;
+use super::counted::Counted;
 use super::rtu::{LineTiming, Rtu};
 use crate::backoff::Backoff;
 use crate::config::{self, Parity};
+use crate::metrics::wire::Wire;
 
 /// What a read returns.
 #[derive(Debug, Clone, PartialEq)]
@@ -177,6 +181,8 @@ pub struct Link {
     last_cause: String,
     backoff: Backoff,
     last_request_end: Option<Instant>,
+    /// Bytes, CRC errors and gaps on this link, for its bus's metrics.
+    wire: Arc<Wire>,
 }
 
 impl Link {
@@ -190,7 +196,13 @@ impl Link {
             last_cause: String::new(),
             backoff: BACKOFF,
             last_request_end: None,
+            wire: Arc::default(),
         }
+    }
+
+    /// The link's wire figures (its bus's metrics show them).
+    pub fn wire(&self) -> Arc<Wire> {
+        self.wire.clone()
     }
 
     pub fn describe(&self) -> String {
@@ -206,7 +218,7 @@ impl Link {
                     cause: self.last_cause.clone(),
                 });
             }
-            match open(self.cfg.clone(), self.timeout).await {
+            match open(self.cfg.clone(), self.timeout, &self.wire).await {
                 Ok(conn) => {
                     self.conn = Some(conn);
                     self.backoff.reset();
@@ -242,6 +254,12 @@ impl Link {
     /// RTU line stays open: it drains itself before the next request.
     fn settle<T>(&mut self, reply: Reply<T>) -> Reply<T> {
         self.last_request_end = Some(Instant::now());
+        if let Err(LinkError::Protocol(Fault::Crc, _)) = &reply {
+            self.wire.crc_errors.fetch_add(1, Relaxed);
+        }
+        if let Some(Conn::Rtu(rtu)) = &mut self.conn {
+            self.wire.frame_gaps.fetch_add(rtu.take_gaps(), Relaxed);
+        }
         if matches!(
             (&reply, &self.conn),
             (Err(LinkError::Transport(_)), _) | (Err(_), Some(Conn::Tcp(_)))
@@ -322,7 +340,11 @@ impl Link {
 
 /// Opens the link. A free function over owned values: the future must not borrow the
 /// (non-`Sync`) client context it is about to replace.
-async fn open(cfg: config::Link, connect_timeout: Duration) -> Result<Conn, LinkError> {
+async fn open(
+    cfg: config::Link,
+    connect_timeout: Duration,
+    wire: &Arc<Wire>,
+) -> Result<Conn, LinkError> {
     let target = describe(&cfg);
     let fail = |reason: String| LinkError::Connect {
         target: target.clone(),
@@ -342,10 +364,10 @@ async fn open(cfg: config::Link, connect_timeout: Duration) -> Result<Conn, Link
     };
     match cfg {
         config::Link::Tcp { address } => Ok(Conn::Tcp(tokio_modbus::client::tcp::attach(
-            tcp(address).await?,
+            Counted::new(tcp(address).await?, wire.clone()),
         ))),
         config::Link::RtuOverTcp { address } => Ok(Conn::Rtu(Rtu::new(
-            Box::new(tcp(address).await?),
+            Box::new(Counted::new(tcp(address).await?, wire.clone())),
             LineTiming::NONE,
         ))),
         config::Link::Rtu {
@@ -376,7 +398,12 @@ async fn open(cfg: config::Link, connect_timeout: Duration) -> Result<Conn, Link
                 .open_native_async()
                 .map_err(|e| fail(serial_cause(&port, &e)))?;
             let timing = LineTiming::serial(baud, parity, data_bits, stop_bits);
-            Ok(Conn::Rtu(Rtu::new(Box::new(stream), timing)))
+            wire.char_ns
+                .store(timing.char_time.as_nanos() as u64, Relaxed);
+            Ok(Conn::Rtu(Rtu::new(
+                Box::new(Counted::new(stream, wire.clone())),
+                timing,
+            )))
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod bus;
 pub mod codec;
+pub mod counted;
 pub mod frame;
 pub mod link;
 pub mod plan;

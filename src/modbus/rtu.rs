@@ -65,7 +65,13 @@ pub struct Rtu {
     line_busy_until: Instant,
     /// The next request waits for `RECOVERY_QUIET` instead of the silence.
     recovering: bool,
+    /// Answers that arrived with a gap inside (see [`GAP_SLACK`]), not yet counted.
+    gaps: u64,
 }
+
+/// A gap inside an answer counts past 1.5 characters (the spec's t1.5) plus this: a USB
+/// adapter hands bytes over in transfers, and a pty wakes its reader late.
+const GAP_SLACK: Duration = Duration::from_millis(2);
 
 impl Rtu {
     pub fn new(io: Box<dyn Io>, timing: LineTiming) -> Rtu {
@@ -75,7 +81,13 @@ impl Rtu {
             buf: Vec::with_capacity(MAX_FRAME),
             line_busy_until: Instant::now(),
             recovering: false,
+            gaps: 0,
         }
+    }
+
+    /// Answers with a gap inside since the last call.
+    pub fn take_gaps(&mut self) -> u64 {
+        std::mem::take(&mut self.gaps)
     }
 
     pub async fn read(
@@ -218,14 +230,22 @@ impl Rtu {
     /// takes. Returns that length; bytes after it stay unread as far as the answer goes.
     async fn read_frame(&mut self, until: Instant, deadline: Duration) -> Result<usize, LinkError> {
         self.buf.clear();
+        // Past this, a pause between two bytes of one answer is a gap (serial lines only).
+        let gap = (!self.timing.char_time.is_zero())
+            .then(|| self.timing.char_time.mul_f64(1.5) + GAP_SLACK);
+        let mut gapped = false;
         loop {
             match expected_len(&self.buf) {
-                Some(Ok(n)) if self.buf.len() >= n => return Ok(n),
+                Some(Ok(n)) if self.buf.len() >= n => {
+                    self.gaps += u64::from(gapped);
+                    return Ok(n);
+                }
                 Some(Err(())) => {
                     return Err(self.fault(Fault::Garbage, "answer is not a Modbus frame".into()));
                 }
                 _ => {}
             }
+            let started = !self.buf.is_empty();
             let read = timeout_at(until, self.io.read_buf(&mut self.buf)).await;
             match read {
                 Err(_) if self.buf.is_empty() => return Err(self.timeout(deadline)),
@@ -239,7 +259,13 @@ impl Rtu {
                     ));
                 }
                 Ok(Ok(0)) => return Err(transport(&std::io::ErrorKind::UnexpectedEof.into())),
-                Ok(Ok(_)) => self.line_busy_until = Instant::now(),
+                Ok(Ok(_)) => {
+                    let now = Instant::now();
+                    if started && gap.is_some_and(|g| now > self.line_busy_until + g) {
+                        gapped = true;
+                    }
+                    self.line_busy_until = now;
+                }
                 Ok(Err(e)) => return Err(transport(&e)),
             }
         }

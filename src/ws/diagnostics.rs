@@ -151,6 +151,15 @@ fn buses(s: &Shared, w: &Window, admin: bool) -> Vec<Json> {
                 (0.0, 0.0)
             };
             let down = s.metrics.buses[b].down.locked().clone();
+            let wire = s.metrics.buses[b].wire.get().map_or(Json::Null, |w| {
+                json!({
+                    "bytesSent": w.sent.load(Relaxed),
+                    "bytesReceived": w.received.load(Relaxed),
+                    "crcErrors": w.crc_errors.load(Relaxed),
+                    "frameGaps": w.frame_gaps.load(Relaxed),
+                    "utilisation": w.utilisation(),
+                })
+            });
             let (kind, at) = link_text(&bus.link);
             let mut j = json!({
                 "name": bus.name,
@@ -160,6 +169,7 @@ fn buses(s: &Shared, w: &Window, admin: bool) -> Vec<Json> {
                 "utilisation": utilisation,
                 "requestsPerS": per_s,
                 "requests": requests,
+                "wire": wire,
             });
             if admin {
                 j["at"] = at.into();

@@ -57,21 +57,26 @@ struct State {
     /// Answer bytes still to flip (a CRC error) or to swallow (a truncated answer).
     corrupt: u32,
     drop: u32,
+    /// A pause inside the next answer, after its first byte (a gap the spec forbids).
+    stall: Option<Duration>,
 }
 
-/// The relay; the gateway opens `port` (`kind = "rtu"`). Ends with its socat when dropped.
+/// The relay; the gateway opens `port` (`kind = "rtu"`), or connects to it (`start_tcp`: a
+/// serial server, `kind = "rtu_over_tcp"`). Ends with its socat when dropped.
 pub struct SlowLine {
     pub port: String,
     pub spec: LineSpec,
     state: Arc<Mutex<State>>,
-    socat: std::process::Child,
-    _dir: tempfile::TempDir,
+    socat: Option<std::process::Child>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for SlowLine {
     fn drop(&mut self) {
-        let _ = self.socat.kill();
-        let _ = self.socat.wait();
+        if let Some(mut socat) = self.socat.take() {
+            let _ = socat.kill();
+            let _ = socat.wait();
+        }
     }
 }
 
@@ -100,12 +105,13 @@ impl SlowLine {
             port,
             spec,
             state: Arc::default(),
-            socat,
-            _dir: dir,
+            socat: Some(socat),
+            _dir: Some(dir),
         };
         let deadline = Instant::now() + Duration::from_secs(5);
         while !(std::path::Path::new(&line.port).exists() && std::path::Path::new(&ours).exists()) {
-            if Instant::now() > deadline || matches!(line.socat.try_wait(), Ok(Some(_))) {
+            let exited = line.socat.as_mut().map(std::process::Child::try_wait);
+            if Instant::now() > deadline || matches!(exited, Some(Ok(Some(_)))) {
                 return None;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -122,6 +128,36 @@ impl SlowLine {
         std::thread::spawn(move || requests(spec, pty_in, tcp_out, &state));
         let state = line.state.clone();
         std::thread::spawn(move || answers(spec, tcp, pty, &state));
+        Some(line)
+    }
+
+    /// The same line behind a serial server: the gateway connects to `port` (`host:port`) and
+    /// speaks RTU over TCP, one connection at a time.
+    pub fn start_tcp(spec: LineSpec, device: SocketAddr) -> Option<SlowLine> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+        let line = SlowLine {
+            port: listener.local_addr().ok()?.to_string(),
+            spec,
+            state: Arc::default(),
+            socat: None,
+            _dir: None,
+        };
+        let state = line.state.clone();
+        std::thread::spawn(move || {
+            for gateway in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(device) else {
+                    return;
+                };
+                let _ = (gateway.set_nodelay(true), server.set_nodelay(true));
+                let (Ok(g2), Ok(s2)) = (gateway.try_clone(), server.try_clone()) else {
+                    return;
+                };
+                let st = state.clone();
+                std::thread::spawn(move || requests(spec, gateway, s2, &st));
+                let st = state.clone();
+                std::thread::spawn(move || answers(spec, server, g2, &st));
+            }
+        });
         Some(line)
     }
 
@@ -160,6 +196,11 @@ impl SlowLine {
         self.state().corrupt = n;
     }
 
+    /// Pauses the next answer for `d` after its first byte.
+    pub fn stall(&self, d: Duration) {
+        self.state().stall = Some(d);
+    }
+
     /// Swallows the next `n` answer bytes.
     pub fn drop_bytes(&self, n: u32) {
         self.state().drop = n;
@@ -168,7 +209,7 @@ impl SlowLine {
 
 /// Gateway → device: a frame starts with a byte that comes after the line has been idle for
 /// more than 1.5 characters; it reaches the device when its last byte is off the wire.
-fn requests(spec: LineSpec, mut from: std::fs::File, mut to: TcpStream, state: &Mutex<State>) {
+fn requests(spec: LineSpec, mut from: impl Read, mut to: impl Write, state: &Mutex<State>) {
     let char_time = spec.char_time();
     let mut buf = [0u8; 512];
     let mut wire_free = Instant::now();
@@ -210,7 +251,7 @@ fn requests(spec: LineSpec, mut from: std::fs::File, mut to: TcpStream, state: &
 
 /// Device → gateway: the first byte after an idle line waits out the turnaround; each byte is
 /// written when it would have arrived.
-fn answers(spec: LineSpec, mut from: TcpStream, mut to: std::fs::File, state: &Mutex<State>) {
+fn answers(spec: LineSpec, mut from: impl Read, mut to: impl Write, state: &Mutex<State>) {
     let char_time = spec.char_time();
     let mut buf = [0u8; 512];
     let mut wire_free = Instant::now();
@@ -220,7 +261,8 @@ fn answers(spec: LineSpec, mut from: TcpStream, mut to: std::fs::File, state: &M
             Ok(n) => n,
         };
         let now = Instant::now();
-        if now > wire_free {
+        let fresh = now > wire_free;
+        if fresh {
             // A new answer: a slave knows its request ended after 3.5 characters of silence,
             // then thinks for the turnaround (the server's own latency, within that, does not
             // count twice).
@@ -231,8 +273,16 @@ fn answers(spec: LineSpec, mut from: TcpStream, mut to: std::fs::File, state: &M
                 .unwrap_or(now);
             wire_free = now.max(asked + spec.silence() + spec.turnaround);
         }
-        for &b in &buf[..n] {
+        for (i, &b) in buf[..n].iter().enumerate() {
             wire_free += char_time;
+            if fresh && i == 1 {
+                let stall = state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .stall
+                    .take();
+                wire_free += stall.unwrap_or_default();
+            }
             sleep_until(wire_free);
             let byte = {
                 let mut s = state

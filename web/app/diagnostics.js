@@ -20,6 +20,14 @@ const dur = (s) => (s < 60 ? `${s} s` : s < 3600 ? `${Math.round(s / 60)} min`
   : s < 86400 ? `${(s / 3600).toFixed(1)} h` : `${(s / 86400).toFixed(1)} days`);
 const mib = (b) => `${(b / 1048576).toLocaleString(undefined, { maximumFractionDigits: 1 })} MiB`;
 
+/** A bus's bytes each way, CRC errors and gaps, and on a serial line its share of the wire. */
+function wireText(w) {
+  if (!w) return "—";
+  const kb = (x) => `${(x / 1024).toLocaleString(undefined, { maximumFractionDigits: 1 })} KiB`;
+  const share = w.utilisation == null ? "" : `, ${(w.utilisation * 100).toFixed(1)} % busy`;
+  return `${kb(w.bytesSent)} out, ${kb(w.bytesReceived)} in${share}; CRC errors ${n(w.crcErrors)}, gaps ${n(w.frameGaps)}`;
+}
+
 function table(caption, head, rows) {
   return h("div", { class: "scroll" }, h("table", { class: "diag" },
     h("caption", { text: caption }),
@@ -29,7 +37,7 @@ function table(caption, head, rows) {
 
 function paint(d) {
   const buses = table(`Buses (last ${Math.round(d.windowS / 60) || "<1"} min)`,
-    ["bus", "link", "utilisation", "requests/s", "ok", "timeouts", "exceptions", "errors"],
+    ["bus", "link", "utilisation", "requests/s", "ok", "timeouts", "exceptions", "errors", "on the wire (since start)"],
     d.buses.map((b) => h("tr", { "data-bus": b.name },
       h("th", { scope: "row", text: b.at ? `${b.name} (${b.kind} ${b.at})` : `${b.name} (${b.kind})` }),
       h("td", { class: b.link === "up" ? "ok" : "bad", text: b.link === "up" ? "up" : `DOWN: ${b.cause}` }),
@@ -38,7 +46,8 @@ function paint(d) {
       h("td", { text: n(b.requests.ok) }),
       h("td", { text: n(b.requests.timeout) }),
       h("td", { text: n(b.requests.exception) }),
-      h("td", { text: n(b.requests.error) }))));
+      h("td", { text: n(b.requests.error) }),
+      h("td", { class: b.wire && (b.wire.crcErrors || b.wire.frameGaps) ? "bad" : "", text: wireText(b.wire) }))));
   const devices = table("Devices", ["device", "bus / unit", "state", "last good read", "last error", "ok", "timeouts", "exceptions"],
     d.devices.map((x) => h("tr", { "data-device": x.id },
       h("th", { scope: "row", text: x.id }),
