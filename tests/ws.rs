@@ -333,32 +333,38 @@ async fn every_code_of_the_contract_is_reached_and_the_connection_lives_on() {
         (0, Some(2))
     );
 
-    // 413 (close 1009): a 100 KB frame.
-    let mut big = Ws::connect(gw.http_addr).await;
-    big.send_text(format!(
-        r#"{{"service":"system.stats","pad":"{}"}}"#,
-        "x".repeat(100_000)
-    ))
-    .await;
-    // SPEC: a 413 reply, then close 1009.
-    let mut replied = false;
-    let closed = loop {
-        match tokio::time::timeout(Duration::from_secs(30), big.s.next())
-            .await
-            .unwrap()
-        {
-            Some(Ok(Message::Close(f))) => break f.map(|f| f.code),
-            Some(Ok(Message::Text(t))) => {
-                let j: Json = serde_json::from_str(&t).unwrap();
-                assert_eq!(code(&j), 413);
-                replied = true;
+    // SPEC: a frame over 64 KiB gets a 413 reply, with its requestId when the frame's start
+    // names one (a 100 KB frame), else null (one of 300 KB, refused unread), then close 1009.
+    for (size, id) in [(100_000, json!("big-1")), (300_000, Json::Null)] {
+        let mut big = Ws::connect(gw.http_addr).await;
+        big.send_text(format!(
+            r#"{{"requestId":"big-1","service":"system.stats","pad":"{}"}}"#,
+            "x".repeat(size)
+        ))
+        .await;
+        let mut replied = None;
+        let closed = loop {
+            match tokio::time::timeout(Duration::from_secs(30), big.s.next())
+                .await
+                .unwrap()
+            {
+                Some(Ok(Message::Close(f))) => break f.map(|f| f.code),
+                Some(Ok(Message::Text(t))) => {
+                    let j: Json = serde_json::from_str(&t).unwrap();
+                    assert_eq!(code(&j), 413);
+                    replied = Some(j["requestId"].clone());
+                }
+                Some(Ok(_)) => {}
+                _ => break None,
             }
-            Some(Ok(_)) => {}
-            _ => break None,
-        }
-    };
-    assert!(replied, "no 413 reply before the close");
-    assert_eq!(closed, Some(CloseCode::Size));
+        };
+        assert_eq!(
+            replied,
+            Some(id),
+            "the 413 reply before the close ({size} bytes)"
+        );
+        assert_eq!(closed, Some(CloseCode::Size));
+    }
 
     // 500: the history store has gone away under the gateway.
     std::fs::remove_file(gw.config.gateway.data_dir.join("gateway.db")).unwrap();

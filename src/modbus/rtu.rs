@@ -217,11 +217,14 @@ impl Rtu {
             if quiet.is_zero() || Instant::now() >= at {
                 return Ok(());
             }
-            match timeout_at(at, self.io.read(&mut scratch)).await {
-                Err(_) => return Ok(()),
-                Ok(Ok(0)) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                Ok(Ok(_)) => self.line_busy_until = Instant::now(),
-                Ok(Err(e)) => return Err(e),
+            let read = tokio::select! {
+                r = self.io.read(&mut scratch) => r,
+                () = sleep_precisely(at) => return Ok(()),
+            };
+            match read {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => self.line_busy_until = Instant::now(),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -296,6 +299,22 @@ impl Rtu {
             return Ok(Err(body[2]));
         }
         Ok(Ok(body[1..].to_vec()))
+    }
+}
+
+/// A wait this short is timed by the OS, not by tokio's timer (see [`sleep_precisely`]).
+const PRECISE_BELOW: Duration = Duration::from_millis(2);
+
+/// Sleeps until `at`. Tokio's timer rounds every deadline up to its next millisecond tick, so
+/// the 1.75 ms silence above 19200 baud became up to 3 ms — 14 % of an exchange of 10
+/// registers at 115200. A wait under [`PRECISE_BELOW`] goes to a blocking-pool thread that
+/// sleeps for exactly that long (no spinning: the CPU stays idle).
+async fn sleep_precisely(at: Instant) {
+    let left = at.saturating_duration_since(Instant::now());
+    if left > PRECISE_BELOW {
+        tokio::time::sleep_until(at).await;
+    } else if !left.is_zero() {
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(left)).await;
     }
 }
 

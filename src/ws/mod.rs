@@ -34,6 +34,10 @@ pub use shared::{Shared, Sinks};
 
 /// The largest frame accepted (SPEC: 413 / close 1009 beyond it).
 pub const MAX_FRAME: usize = 64 * 1024;
+/// The largest frame read at all: one between this and [`MAX_FRAME`] is read so that its 413
+/// can name its `requestId`; past this the socket refuses it unread (413 without one). The
+/// cost is this much buffer, briefly, per connection that sends one.
+const READ_LIMIT: usize = 256 * 1024;
 /// A connection that has not logged in by then is closed.
 pub const LOGIN_DEADLINE: Duration = Duration::from_secs(10);
 /// Requests per connection: a bucket of this many, refilled at `RATE_PER_S`.
@@ -62,8 +66,8 @@ pub async fn upgrade(
     // quarter of a gigabyte at 1,000 clients; pushes are small and each is flushed whole. The
     // write buffer's cap is only a cap: it grows to the largest message a client was sent (a
     // snapshot of 200 devices × 30 points is ~0.5 MB), which must fit whole.
-    ws.max_message_size(MAX_FRAME)
-        .max_frame_size(MAX_FRAME)
+    ws.max_message_size(READ_LIMIT)
+        .max_frame_size(READ_LIMIT)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(MAX_OUTGOING)
@@ -236,6 +240,10 @@ async fn incoming(
     replies: &mpsc::Sender<Message>,
 ) -> Incoming {
     match msg {
+        Some(Ok(Message::Text(t))) if t.len() > MAX_FRAME => {
+            too_large(remote, replies, request_id_of(&t)).await;
+            Incoming::End
+        }
         Some(Ok(Message::Text(t))) => Incoming::Text(t),
         Some(Ok(Message::Binary(_))) => {
             let err = ServiceError::bad_request("text frames only");
@@ -248,16 +256,7 @@ async fn incoming(
         Some(Ok(Message::Close(_))) | None => Incoming::End,
         Some(Err(e)) => {
             match close_for(&e) {
-                Some((1009, reason)) => {
-                    if let Some(held) = crate::log_limit::per_peer(remote.ip(), "frame too large") {
-                        tracing::warn!(%remote, "websocket frame over {MAX_FRAME} bytes: closing with 1009{}", crate::log_limit::suppressed(held));
-                    }
-                    let err = ServiceError::new(413, "frame too large (max 64 KiB)");
-                    let _ = replies
-                        .send(text(reply(&serde_json::Value::Null, None, Err(err))))
-                        .await;
-                    let _ = replies.send(close(1009, reason)).await;
-                }
+                Some((1009, _)) => too_large(remote, replies, serde_json::Value::Null).await,
                 Some((code, reason)) => {
                     tracing::debug!(%remote, "websocket closed with {code}: {e}");
                     let _ = replies.send(close(code, reason)).await;
@@ -266,6 +265,40 @@ async fn incoming(
             }
             Incoming::End
         }
+    }
+}
+
+/// SPEC's 413 reply (naming the request when its id could be read), then close 1009.
+async fn too_large(remote: SocketAddr, replies: &mpsc::Sender<Message>, id: serde_json::Value) {
+    if let Some(held) = crate::log_limit::per_peer(remote.ip(), "frame too large") {
+        tracing::warn!(%remote, "websocket frame over {MAX_FRAME} bytes: closing with 1009{}", crate::log_limit::suppressed(held));
+    }
+    let err = ServiceError::new(413, "frame too large (max 64 KiB)");
+    let _ = replies.send(text(reply(&id, None, Err(err)))).await;
+    let _ = replies
+        .send(close(1009, "frame too large (max 64 KiB)"))
+        .await;
+}
+
+/// The `requestId` of an over-long frame, when its first KiB names one (a string or a number,
+/// as requests carry it): `"requestId": "r-7"`. Anything else is null.
+fn request_id_of(frame: &str) -> serde_json::Value {
+    let head = &frame.as_bytes()[..frame.len().min(1024)];
+    let key = b"\"requestId\"";
+    let Some(at) = head.windows(key.len()).position(|w| w == key) else {
+        return serde_json::Value::Null;
+    };
+    let rest = &head[at + key.len()..];
+    let rest = rest.trim_ascii_start();
+    let Some(rest) = rest.strip_prefix(b":") else {
+        return serde_json::Value::Null;
+    };
+    // One JSON value from here: the stream stops after it, whatever follows.
+    let mut values = serde_json::Deserializer::from_slice(rest.trim_ascii_start())
+        .into_iter::<serde_json::Value>();
+    match values.next() {
+        Some(Ok(v @ (serde_json::Value::String(_) | serde_json::Value::Number(_)))) => v,
+        _ => serde_json::Value::Null,
     }
 }
 
@@ -478,4 +511,40 @@ async fn writer(
     done.cancel();
     // Closing flushes: bounded, for a client that stopped reading.
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_id_of;
+    use serde_json::json;
+
+    #[test]
+    fn the_request_id_of_an_over_long_frame_is_read_from_its_start() {
+        let pad = "x".repeat(100_000);
+        for (frame, id) in [
+            (
+                format!(r#"{{"requestId":"r-7","service":"s","pad":"{pad}"}}"#),
+                json!("r-7"),
+            ),
+            (
+                format!(r#"{{ "requestId" : 42, "pad":"{pad}"}}"#),
+                json!(42),
+            ),
+            (
+                format!(r#"{{"service":"s","requestId":"q","pad":"{pad}"}}"#),
+                json!("q"),
+            ),
+            (
+                format!(r#"{{"pad":"{pad}","requestId":"late"}}"#),
+                json!(null),
+            ),
+            (
+                format!(r#"{{"requestId":{{"a":1}},"pad":"{pad}"}}"#),
+                json!(null),
+            ),
+            (format!(r#"{{"requestId":"unterminated{pad}"#), json!(null)),
+        ] {
+            assert_eq!(request_id_of(&frame), id, "{}", &frame[..40]);
+        }
+    }
 }

@@ -80,6 +80,13 @@ impl Drop for SlowLine {
     }
 }
 
+/// The relay's state: a thread that panicked left nothing half-written worth refusing.
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn sleep_until(t: Instant) {
     let now = Instant::now();
     if t > now {
@@ -162,9 +169,7 @@ impl SlowLine {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// Requests seen so far.
@@ -220,9 +225,7 @@ fn requests(spec: LineSpec, mut from: impl Read, mut to: impl Write, state: &Mut
         };
         let arrived = Instant::now();
         let muted = {
-            let mut s = state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut s = lock(state);
             let idle = wire_free + char_time.mul_f64(1.5);
             if arrived > idle {
                 s.requests += 1;
@@ -238,10 +241,7 @@ fn requests(spec: LineSpec, mut from: impl Read, mut to: impl Write, state: &Mut
         };
         wire_free = wire_free.max(arrived) + char_time * n as u32;
         sleep_until(wire_free);
-        state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .frame_end = Some(wire_free);
+        lock(state).frame_end = Some(wire_free);
         // A dead slave's request is on the wire, but nobody answers it.
         if !muted && to.write_all(&buf[..n]).is_err() {
             return;
@@ -266,28 +266,18 @@ fn answers(spec: LineSpec, mut from: impl Read, mut to: impl Write, state: &Mute
             // A new answer: a slave knows its request ended after 3.5 characters of silence,
             // then thinks for the turnaround (the server's own latency, within that, does not
             // count twice).
-            let asked = state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .frame_end
-                .unwrap_or(now);
+            let asked = lock(state).frame_end.unwrap_or(now);
             wire_free = now.max(asked + spec.silence() + spec.turnaround);
         }
         for (i, &b) in buf[..n].iter().enumerate() {
             wire_free += char_time;
             if fresh && i == 1 {
-                let stall = state
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .stall
-                    .take();
+                let stall = lock(state).stall.take();
                 wire_free += stall.unwrap_or_default();
             }
             sleep_until(wire_free);
             let byte = {
-                let mut s = state
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut s = lock(state);
                 s.frame_end = Some(wire_free);
                 if s.drop > 0 {
                     s.drop -= 1;

@@ -318,6 +318,11 @@ try {
     await row.getByLabel("Type").selectOption("i16");
     await desk.getByRole("button", { name: "Save py-1" }).click();
     await row.locator(".field-problem").waitFor();
+    if (shots) {
+      // The form's top just under the sticky header.
+      await desk.locator(".device-form h3").evaluate((e) => window.scrollBy(0, e.getBoundingClientRect().top - 130));
+      await desk.screenshot({ path: join(shots, "desktop-device-form.png") });
+    }
     if (!/65535/.test(await row.locator(".field-problem").textContent())) throw new Error(`address problem: ${await row.locator(".field-problem").textContent()}`);
     await row.getByLabel("Address").fill("8");
     await desk.getByRole("button", { name: "Save py-1" }).click();
