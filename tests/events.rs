@@ -311,7 +311,23 @@ async fn a_storm_is_limited_per_device_counted_and_summarised() {
     }
     gw.inject_draft(info_draft(0, Priority::Emergency, "flood", ts))
         .await;
+    // An operator acknowledging ten alarms of the device in the same second: records, never
+    // suppressed, and outside the budget.
+    for k in 0..10 {
+        let mut ack = info_draft(0, Priority::Normal, "acknowledged", ts);
+        ack.alarm = Some(edge_gateway::model::event::AlarmOp::Acked {
+            event: format!("g-{k}"),
+            by: "admin".into(),
+        });
+        gw.inject_draft(ack).await;
+    }
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let acks = events(&gw, Some("device_abnormal"))
+        .await
+        .into_iter()
+        .filter(|e| e["message"] == "acknowledged" && e["ackedBy"] == "admin")
+        .count();
+    assert_eq!(acks, 10, "every acknowledgement recorded");
     let all = events(&gw, Some("device_abnormal")).await;
     let flood = all.iter().filter(|e| e["message"] == "flood").count();
     assert_eq!(

@@ -228,8 +228,12 @@ impl Processor {
                 st.second = second;
                 st.count = 0;
             }
-            // Emergencies are never suppressed, and do not use up the budget of the others.
-            if d.priority == Priority::Emergency {
+            // Emergencies are never suppressed, and do not use up the budget of the others; nor
+            // are an operator's records (an acknowledgement of 30 alarms at once is 30 records,
+            // each of which must reach the log and the alarm's upstream row).
+            let operator = matches!(d.alarm, Some(AlarmOp::Acked { .. }))
+                || d.kind == EventType::ConfigApplied;
+            if d.priority == Priority::Emergency || operator {
                 out.push(self.number(d));
                 continue;
             }
