@@ -186,4 +186,8 @@ pub(super) struct RawMqtt {
     pub(super) qos: Option<i64>,
     #[serde(default)]
     pub(super) allow_writes: bool,
+    pub(super) format: Option<String>,
+    pub(super) group_id: Option<String>,
+    pub(super) edge_node_id: Option<String>,
+    pub(super) primary_host_id: Option<String>,
 }
