@@ -444,8 +444,8 @@ async fn pymodbus_a_register_changed_by_another_client_arrives_as_a_websocket_ev
 /// #19: three pymodbus slaves behind a line with a baud rate (`common::line`, 9600 8E1,
 /// 2 ms turnaround): every request comes at least 3.5 characters after the frame before it
 /// ended (the Modbus serial line spec; a conforming slave takes an early request as part of
-/// the last frame), every slave is polled, and a corrupted answer is a `link:` fault of the
-/// slave it came from.
+/// the last frame), every slave is polled, and a corrupted answer, then one missing a byte, is
+/// each a `link:` fault of the slave it came from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pymodbus_slaves_on_a_9600_baud_line_get_the_silence_the_spec_owes() {
     use common::line::{LineSpec, SlowLine};
@@ -501,13 +501,32 @@ async fn pymodbus_slaves_on_a_9600_baud_line_get_the_silence_the_spec_owes() {
     })
     .await;
     // One answer's bytes flipped on the line.
-    line.corrupt(1);
-    wait_for_async("a link fault named", || async {
-        let mut faults = 0;
+    // Link faults raised and cleared so far, over the three slaves.
+    let episodes = || async {
+        let (mut raised, mut cleared) = (0, 0);
         for u in 1..=3 {
-            faults += link_events(&gw, &format!("s{u}")).await.len();
+            for e in link_events(&gw, &format!("s{u}")).await {
+                if e["state"] == "active" {
+                    raised += 1;
+                } else {
+                    cleared += 1;
+                }
+            }
         }
-        faults > 0
+        (raised, cleared)
+    };
+    line.corrupt(1);
+    wait_for_async("a link fault named", || async { episodes().await.0 > 0 }).await;
+    // Over (three good polls), then one answer byte lost on the line: a fault again.
+    wait_for_async("the fault cleared", || async {
+        let (raised, cleared) = episodes().await;
+        raised == cleared
+    })
+    .await;
+    let (before, _) = episodes().await;
+    line.drop_bytes(1);
+    wait_for_async("a lost byte named", || async {
+        episodes().await.0 > before
     })
     .await;
     // The bytes both ways, and their share of the wire at 9600 baud.
