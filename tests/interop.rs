@@ -447,6 +447,7 @@ async fn pymodbus_a_register_changed_by_another_client_arrives_as_a_websocket_ev
 /// the last frame), every slave is polled, and a corrupted answer, then one missing a byte, is
 /// each a `link:` fault of the slave it came from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn pymodbus_slaves_on_a_9600_baud_line_get_the_silence_the_spec_owes() {
     use common::line::{LineSpec, SlowLine};
     use std::fmt::Write as _;
