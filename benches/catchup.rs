@@ -69,6 +69,7 @@ fn catch_up(sink: Sink) {
                     topic_prefix: "edge-bench".into(),
                     qos: 1,
                     allow_writes: false,
+                    sparkplug: None,
                 });
                 "mqtt"
             }

@@ -99,7 +99,7 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     }
     let sinks = s.sinks.configured(&s.config);
     if !sinks.is_empty() {
-        let (mut backlog, mut rows) = (String::new(), String::new());
+        let (mut backlog, mut rows, mut ignored) = (String::new(), String::new(), String::new());
         for (name, m) in sinks {
             let _ = writeln!(
                 backlog,
@@ -113,11 +113,18 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
                 m.rows_ok.load(Relaxed),
                 m.rows_failed.load(Relaxed)
             );
+            let _ = writeln!(
+                ignored,
+                "edge_sink_commands_ignored_total{{sink=\"{name}\"}} {}",
+                m.commands_ignored.load(Relaxed)
+            );
         }
         text.push_str("# TYPE edge_sink_backlog gauge\n");
         text.push_str(&backlog);
         text.push_str("# TYPE edge_sink_rows_total counter\n");
         text.push_str(&rows);
+        text.push_str("# TYPE edge_sink_commands_ignored_total counter\n");
+        text.push_str(&ignored);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -23,8 +23,9 @@
 //!   WAL, and the outbox the sinks read as typed rows.
 //! - [`events`]: the rule engine (thresholds, rate, stale, abnormal, online/offline), and the
 //!   processor that orders events by priority, limits storms, numbers, commits and pushes them.
-//! - [`sinks`]: upstream store-and-forward: the MySQL sink reads the SQLite outbox after its
-//!   cursor and advances it only after MySQL committed.
+//! - [`sinks`]: upstream store-and-forward: each sink reads the SQLite outbox after its cursor
+//!   and advances it only after its upstream confirmed (a MySQL commit, an MQTT PUBACK); MQTT
+//!   in SPEC's JSON topics or as a Sparkplug B edge node.
 //! - [`ws`]: the WebSocket service: admission (Host/Origin, connection caps), sessions and
 //!   logins, roles, services, client hub, what is pushed (`ws::push`), and the handlers'
 //!   context (`ws::shared`, which `/healthz` and `/metrics` read too).

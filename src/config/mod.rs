@@ -275,6 +275,18 @@ pub struct Mqtt {
     pub topic_prefix: String,
     pub qos: u8,
     pub allow_writes: bool,
+    /// `format = "sparkplug_b"`: Sparkplug B instead of the JSON topics.
+    pub sparkplug: Option<Sparkplug>,
+}
+
+/// A Sparkplug B edge node's ids (`[mqtt]` `group_id`, `edge_node_id`, `primary_host_id`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sparkplug {
+    pub group_id: String,
+    /// `gateway.id` unless set.
+    pub edge_node_id: String,
+    /// Hold data while this host's STATE is offline.
+    pub primary_host_id: Option<String>,
 }
 
 /// One thing wrong with a config file.

@@ -45,6 +45,9 @@ pub struct SinkStatus {
     pub backlog: AtomicI64,
     pub rows_ok: AtomicU64,
     pub rows_failed: AtomicU64,
+    /// Commands from upstream that were not carried out (Sparkplug: a DCMD on an unknown or
+    /// read-only metric, or while writes are off).
+    pub commands_ignored: AtomicU64,
     /// The last error, while the upstream is failing.
     pub error: Mutex<Option<String>>,
 }
@@ -95,6 +98,9 @@ pub enum SinkError {
     Unexpected(String),
     #[error("no {what} within {after:?}")]
     Timeout { what: &'static str, after: Duration },
+    /// The upstream is reachable but data is held back (Sparkplug: the primary host is away).
+    #[error("{0}")]
+    Held(String),
 }
 
 impl From<rumqttc::ConnectionError> for SinkError {

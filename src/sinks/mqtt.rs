@@ -1,12 +1,17 @@
-//! The MQTT sink: publishes the outbox to the SPEC topics and moves each cursor only after the
-//! broker confirmed the message (PUBACK for QoS 1, PUBCOMP for QoS 2); birth and last will on
-//! `status`; point writes from `devices/{device}/write` when `allow_writes`.
+//! The MQTT sink: publishes the outbox in one of two formats — SPEC's JSON topics
+//! ([`json`]) or Sparkplug B ([`sparkplug`]) — and moves each cursor only after the broker
+//! confirmed the message (PUBACK for QoS 1, PUBCOMP for QoS 2). What both share lives here: the
+//! URL, TLS, one connection's life, the publish window and the acks.
 //!
 //! rumqttc keeps unconfirmed publishes only in memory, so a lost connection drops the client
 //! and its event loop whole and the next connection resends from the persisted cursors: the
 //! outbox, not the client, decides what is resent.
 
+mod json;
+pub mod sparkplug;
+
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +20,6 @@ use rumqttc::{
     AsyncClient, ClientError, ConnectReturnCode, Event, EventLoop, Incoming, LastWill, MqttOptions,
     Outgoing, QoS, TlsConfiguration, Transport,
 };
-use serde_json::{json, Value as Json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -23,9 +27,7 @@ use super::feed::{Batch, Feed};
 use super::{SinkContext, SinkError, Upstream};
 use crate::config::Mqtt;
 use crate::control::Control;
-use crate::model::event::SpecEvent;
-use crate::model::{rfc3339, Value};
-use crate::store::{self, OutboxRow};
+use crate::store;
 
 pub const SINK: &str = "mqtt";
 
@@ -34,6 +36,8 @@ const WINDOW: usize = 4000;
 /// Outbox rows read per stream and round.
 const BATCH: usize = 500;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a format is given its [`Format::tick`].
+const TICK: Duration = Duration::from_secs(1);
 
 /// Where and how to connect, from `mqtt[s]://[user[:password]@]host[:port]`.
 #[derive(Debug, PartialEq)]
@@ -113,41 +117,83 @@ fn tls_config() -> Result<TlsConfiguration, String> {
     Ok(TlsConfiguration::Rustls(Arc::new(config)))
 }
 
-/// The topics under `{prefix}/{gateway_id}/`.
-struct Topics {
-    base: String,
+/// The outbox rows a publish confirms: `None` for a format's own messages (births, write
+/// results).
+pub type Tag = Option<(store::Stream, Vec<i64>)>;
+
+/// One message for the broker.
+pub struct Publish {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+    /// The configured QoS unless a format's rule sets its own (Sparkplug's NDEATH: 1).
+    pub qos: Option<QoS>,
+    pub tag: Tag,
 }
 
-impl Topics {
-    fn status(&self) -> String {
-        format!("{}/status", self.base)
-    }
-    fn device(&self, device: &str, leaf: &str) -> String {
-        format!("{}/devices/{device}/{leaf}", self.base)
-    }
-    fn writes(&self) -> String {
-        self.device("+", "write")
-    }
-    /// The device of a `devices/{device}/write` topic.
-    fn write_device<'a>(&self, topic: &'a str) -> Option<&'a str> {
-        topic
-            .strip_prefix(&self.base)?
-            .strip_prefix("/devices/")?
-            .strip_suffix("/write")
+impl Publish {
+    /// A message of the format's own, at the configured QoS, not retained.
+    pub fn own(topic: String, payload: Vec<u8>) -> Publish {
+        Publish {
+            topic,
+            payload,
+            retain: false,
+            qos: None,
+            tag: None,
+        }
     }
 }
 
-fn options(cfg: &Mqtt, target: &Target, topics: &Topics) -> Result<MqttOptions, String> {
+/// What a session does with a message that came in.
+pub enum Inbound<R> {
+    Nothing,
+    /// Requests to serve off the session's task (writes); each answer comes back through
+    /// [`Format::reply`].
+    Serve(Vec<R>),
+    /// The session must end, for this reason, once the messages given have gone out
+    /// (Sparkplug: the primary host went offline).
+    End(String),
+}
+
+/// What differs between the JSON topics and Sparkplug B: topics, payloads, and the format's
+/// side of a session. Every method but [`Format::serve`] runs on the session's task and only
+/// hands messages back; the session publishes them, in order.
+pub trait Format: Send + 'static {
+    type Request: Send + 'static;
+    type Reply: Send + 'static;
+    /// The last will of the next connection, and whether its session is clean. Called once
+    /// per connection attempt, before it.
+    fn connect(&mut self) -> (LastWill, bool);
+    /// Topics to subscribe to and to unsubscribe from once connected.
+    fn subscriptions(&self) -> (Vec<String>, Vec<String>);
+    /// The first messages of a session.
+    fn start(&mut self, out: &mut Vec<Publish>);
+    /// Why the outbox is held (not read) now, if it is.
+    fn holding(&self) -> Option<String>;
+    /// The messages of one outbox batch; returns the rows done without a message.
+    fn batch(&mut self, batch: &Batch, out: &mut Vec<Publish>) -> Vec<i64>;
+    fn incoming(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        out: &mut Vec<Publish>,
+    ) -> Inbound<Self::Request>;
+    fn serve(
+        control: Arc<Control>,
+        request: Self::Request,
+    ) -> impl Future<Output = Self::Reply> + Send;
+    fn reply(&mut self, reply: Self::Reply, out: &mut Vec<Publish>);
+    /// Once a second, for messages of the format's own rhythm.
+    fn tick(&mut self, out: &mut Vec<Publish>);
+    /// The last messages of a clean stop, before DISCONNECT (which sends no will).
+    fn stop(&mut self, out: &mut Vec<Publish>);
+}
+
+fn options(cfg: &Mqtt, target: &Target, will: LastWill, clean: bool) -> MqttOptions {
     let mut o = MqttOptions::new(cfg.client_id.clone(), target.host.clone(), target.port);
     o.set_keep_alive(Duration::from_secs(15))
-        // A persistent session: the broker keeps our write subscription and queues writes.
-        .set_clean_session(false)
-        .set_last_will(LastWill::new(
-            topics.status(),
-            r#"{"online":false}"#,
-            QoS::AtLeastOnce,
-            true,
-        ))
+        .set_clean_session(clean)
+        .set_last_will(will)
         .set_max_packet_size(256 * 1024, 1024 * 1024)
         .set_inflight(1000)
         // Never full: we hold at most WINDOW outbox messages plus a few of our own.
@@ -155,13 +201,10 @@ fn options(cfg: &Mqtt, target: &Target, topics: &Topics) -> Result<MqttOptions, 
     if let Some((u, p)) = &target.credentials {
         o.set_credentials(u.clone(), p.clone());
     }
-    if target.tls {
-        o.set_transport(Transport::tls_with_config(tls_config()?));
-    }
-    Ok(o)
+    o
 }
 
-fn qos(n: u8) -> QoS {
+pub fn qos(n: u8) -> QoS {
     match n {
         0 => QoS::AtMostOnce,
         2 => QoS::ExactlyOnce,
@@ -169,128 +212,38 @@ fn qos(n: u8) -> QoS {
     }
 }
 
-/// `{"ts":…,"points":{"temperature":{"v":21.5,"q":"good"},…}}`, written straight into the
-/// payload: a device sample per message is the sink's hot path (500 a second at full load),
-/// where a `serde_json::Map` per message cost a tree of allocations.
-fn telemetry_payload(t: &store::outbox::SampleRow) -> Vec<u8> {
-    use std::io::Write;
-    let mut out = Vec::with_capacity(48 + t.points.len() * 32);
-    let _ = write!(out, "{{\"ts\":\"{}\",\"points\":{{", rfc3339(t.ts));
-    for (i, (point, value, quality)) in t.points.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        let _ = serde_json::to_writer(&mut out, &**point);
-        out.extend_from_slice(b":{\"v\":");
-        let _ = match value {
-            None => serde_json::to_writer(&mut out, &()),
-            Some(Value::Bool(b)) => serde_json::to_writer(&mut out, b),
-            Some(Value::Int(v)) => serde_json::to_writer(&mut out, v),
-            Some(Value::UInt(v)) => serde_json::to_writer(&mut out, v),
-            // NaN and infinity have no JSON number: null, as `Value::to_json` gives.
-            Some(Value::Float(v)) if v.is_finite() => serde_json::to_writer(&mut out, v),
-            Some(Value::Float(_)) => serde_json::to_writer(&mut out, &()),
-            Some(Value::Text(v)) => serde_json::to_writer(&mut out, v),
-        };
-        let _ = write!(out, ",\"q\":\"{}\"}}", quality.as_str());
-    }
-    out.extend_from_slice(b"}}");
-    out
-}
-
-/// One message to publish and the outbox rows it confirms.
-struct Message {
-    topic: String,
-    payload: Vec<u8>,
-    retain: bool,
-    rows: Vec<i64>,
-}
-
-/// The messages of one outbox batch: one per event, one per status change, one per device
-/// sample. A sample without points (a damaged row) has no message.
-fn messages(topics: &Topics, batch: &Batch) -> Vec<Message> {
-    let time = |ms: Option<i64>| ms.map(rfc3339);
-    batch
-        .rows
-        .iter()
-        .filter_map(|row| {
-            let (topic, body, retain) = match row {
-                OutboxRow::Event(e) => (
-                    topics.device(&e.device_id, "events"),
-                    // Sent as it was raised; an acknowledgement follows as its own `info`
-                    // event, which carries who and when.
-                    SpecEvent {
-                        id: &e.event_id,
-                        device_id: &e.device_id,
-                        point_id: e.point_id.as_deref(),
-                        kind: &e.kind,
-                        priority: &e.priority,
-                        device_seq: e.device_seq,
-                        value: e.value.as_ref(),
-                        message: &e.message,
-                        ts: e.ts,
-                        state: &e.state,
-                        acked_by: e.acked_by.as_deref(),
-                        acked_at: e.acked_at,
-                    }
-                    .to_json(),
-                    false,
-                ),
-                OutboxRow::Status(s) => (
-                    topics.device(&s.device_id, "status"),
-                    json!({
-                        "online": s.online,
-                        "type": s.device_type,
-                        "lastSeen": time(s.last_seen),
-                        "ts": rfc3339(s.ts),
-                    }),
-                    true,
-                ),
-                OutboxRow::Sample(t) if t.points.is_empty() => return None,
-                OutboxRow::Sample(t) => {
-                    return Some(Message {
-                        topic: topics.device(&t.device_id, "telemetry"),
-                        payload: telemetry_payload(t),
-                        retain: false,
-                        rows: vec![t.id],
-                    })
-                }
-            };
-            Some(Message {
-                topic,
-                payload: body.to_string().into_bytes(),
-                retain,
-                rows: vec![row.id()],
-            })
-        })
-        .collect()
-}
-
 /// The MQTT side of the sink loop: a new client and event loop for every session.
-struct Broker {
+struct Broker<F> {
     ctx: SinkContext,
     cfg: Mqtt,
-    topics: Topics,
-    opts: MqttOptions,
+    target: Target,
+    /// Made once: loading the system's CA roots is not free.
+    transport: Option<Transport>,
+    format: F,
 }
 
-impl Upstream for Broker {
+impl<F: Format> Upstream for Broker<F> {
     async fn session(
         &mut self,
         feed: &mut Feed,
         reached: &mut bool,
         cancel: &CancellationToken,
     ) -> Result<(), SinkError> {
+        let (will, clean) = self.format.connect();
+        let mut opts = options(&self.cfg, &self.target, will, clean);
+        if let Some(t) = &self.transport {
+            opts.set_transport(t.clone());
+        }
         let mut session = Session {
             ctx: &self.ctx,
-            cfg: &self.cfg,
-            topics: &self.topics,
+            qos: qos(self.cfg.qos),
+            format: &mut self.format,
             feed,
             tags: VecDeque::new(),
             inflight: HashMap::new(),
             connected: false,
         };
-        let (client, eventloop) = AsyncClient::new(self.opts.clone(), WINDOW + 64);
+        let (client, eventloop) = AsyncClient::new(opts, WINDOW + 64);
         let result = session.run(&client, eventloop, cancel).await;
         *reached = session.connected;
         result
@@ -302,16 +255,36 @@ pub async fn run(ctx: SinkContext, cancel: CancellationToken) {
     let Some(cfg) = ctx.config.mqtt.clone() else {
         return;
     };
+    if cfg.sparkplug.is_some() {
+        match sparkplug::Node::new(&ctx) {
+            Ok(node) => serve(ctx, cfg, node, cancel).await,
+            Err(e) => ctx.status.set_error(SINK, Some(e)),
+        }
+    } else {
+        let format = json::JsonTopics::new(&ctx, &cfg);
+        serve(ctx, cfg, format, cancel).await;
+    }
+}
+
+async fn serve(ctx: SinkContext, cfg: Mqtt, format: impl Format, cancel: CancellationToken) {
     let status = ctx.status.clone();
-    let topics = Topics {
-        base: format!("{}/{}", cfg.topic_prefix, ctx.config.gateway.id),
-    };
-    let opts = match parse_url(&cfg.url.0).and_then(|t| options(&cfg, &t, &topics)) {
-        Ok(o) => o,
+    let target = match parse_url(&cfg.url.0) {
+        Ok(t) => t,
         Err(e) => {
             status.set_error(SINK, Some(format!("[mqtt] url: {e}")));
             return;
         }
+    };
+    let transport = if target.tls {
+        match tls_config() {
+            Ok(t) => Some(Transport::tls_with_config(t)),
+            Err(e) => {
+                status.set_error(SINK, Some(format!("[mqtt] url: {e}")));
+                return;
+            }
+        }
+    } else {
+        None
     };
     let feed = match store::open_reader(&ctx.config.gateway.data_dir) {
         Ok(c) => Feed::new(SINK, c, ctx.config.clone(), BATCH),
@@ -324,20 +297,18 @@ pub async fn run(ctx: SinkContext, cancel: CancellationToken) {
     let broker = Broker {
         ctx,
         cfg,
-        topics,
-        opts,
+        target,
+        transport,
+        format,
     };
     super::run(SINK, &status, &store, feed, broker, cancel).await;
 }
 
-/// The outbox rows a publish confirms: `None` for our own messages (birth, write results).
-type Tag = Option<(store::Stream, Vec<i64>)>;
-
 /// One connection's life.
-struct Session<'a> {
+struct Session<'a, F> {
     ctx: &'a SinkContext,
-    cfg: &'a Mqtt,
-    topics: &'a Topics,
+    qos: QoS,
+    format: &'a mut F,
     feed: &'a mut Feed,
     /// Tags of the publishes handed to the client, in order; the event loop reports each one
     /// as it goes out, in the same order, with its packet id.
@@ -347,7 +318,7 @@ struct Session<'a> {
     connected: bool,
 }
 
-impl Session<'_> {
+impl<F: Format> Session<'_, F> {
     async fn run(
         &mut self,
         client: &AsyncClient,
@@ -357,33 +328,26 @@ impl Session<'_> {
         let status = &self.ctx.status;
         connack(&mut eventloop).await?;
         self.connected = true;
-        status.set_error(SINK, None);
         // What the last connection left unconfirmed is read again from the cursors.
         self.ctx.store.flush().await;
         self.feed.reset().await?;
-        self.publish(
-            client,
-            None,
-            self.topics.status(),
-            true,
-            br#"{"online":true}"#.to_vec(),
-        )?;
-        // The session is persistent: a subscription from a run with `allow_writes` outlives it.
-        let subscribed = if self.cfg.allow_writes {
-            client.try_subscribe(self.topics.writes(), qos(self.cfg.qos))
-        } else {
-            client.try_unsubscribe(self.topics.writes())
-        };
-        subscribed.map_err(|_| SinkError::QueueClosed)?;
-        let (results_tx, mut results) = mpsc::channel::<(String, Json)>(64);
+        self.subscribe(client)?;
+        let mut out = Vec::new();
+        self.format.start(&mut out);
+        self.send(client, &mut out)?;
+        status.set_error(SINK, self.format.holding());
+        let (replies_tx, mut replies) = mpsc::channel::<F::Reply>(64);
         // When the outbox was last found empty, the next look is due then: a fixed instant, so
         // a steady trickle of broker packets cannot keep postponing it.
         let mut next_read = tokio::time::Instant::now();
         let mut last_backlog = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let now = tokio::time::Instant::now();
             if self.feed.in_flight() < WINDOW / 2
                 && now >= next_read
+                && self.format.holding().is_none()
                 && !self.send_next(client).await?
             {
                 next_read = now + Duration::from_millis(100);
@@ -398,29 +362,37 @@ impl Session<'_> {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => {
-                    // A clean goodbye: the will is not sent on DISCONNECT, so say it ourselves.
-                    let _ = self.publish(client, None, self.topics.status(), true,
-                        br#"{"online":false}"#.to_vec());
-                    let _ = client.try_disconnect();
-                    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-                    while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, eventloop.poll()).await {
-                        self.handle(ev);
-                    }
+                    self.format.stop(&mut out);
+                    self.goodbye(client, &mut eventloop, &mut out).await;
                     return Ok(());
                 }
                 ev = eventloop.poll() => {
-                    let ev = ev?;
-                    if let Some(write) = self.handle(ev) {
-                        let (control, tx) = (self.ctx.control.clone(), results_tx.clone());
-                        tokio::spawn(async move {
-                            let r = write_point(&control, &write.0, &write.1).await;
-                            let _ = tx.send((write.0, r)).await;
-                        });
+                    let Some((topic, payload)) = self.handle(ev?) else { continue };
+                    match self.format.incoming(&topic, &payload, &mut out) {
+                        Inbound::Nothing => {}
+                        Inbound::Serve(requests) => {
+                            for request in requests {
+                                let (control, tx) = (self.ctx.control.clone(), replies_tx.clone());
+                                tokio::spawn(async move {
+                                    let _ = tx.send(F::serve(control, request).await).await;
+                                });
+                            }
+                        }
+                        Inbound::End(why) => {
+                            self.goodbye(client, &mut eventloop, &mut out).await;
+                            return Err(SinkError::Held(why));
+                        }
                     }
+                    self.send(client, &mut out)?;
+                    status.set_error(SINK, self.format.holding());
                 }
-                Some((device, body)) = results.recv() => {
-                    let topic = self.topics.device(&device, "write/result");
-                    self.publish(client, None, topic, false, body.to_string().into_bytes())?;
+                Some(reply) = replies.recv() => {
+                    self.format.reply(reply, &mut out);
+                    self.send(client, &mut out)?;
+                }
+                _ = tick.tick() => {
+                    self.format.tick(&mut out);
+                    self.send(client, &mut out)?;
                 }
                 // Nothing to send: look at the outbox again shortly.
                 () = tokio::time::sleep_until(next_read), if next_read > tokio::time::Instant::now() => {}
@@ -428,70 +400,88 @@ impl Session<'_> {
         }
     }
 
+    fn subscribe(&self, client: &AsyncClient) -> Result<(), SinkError> {
+        let (subscribe, unsubscribe) = self.format.subscriptions();
+        for topic in subscribe {
+            client
+                .try_subscribe(topic, self.qos)
+                .map_err(|_| SinkError::QueueClosed)?;
+        }
+        for topic in unsubscribe {
+            client
+                .try_unsubscribe(topic)
+                .map_err(|_| SinkError::QueueClosed)?;
+        }
+        Ok(())
+    }
+
+    /// Publishes the last messages, disconnects, and lets the event loop carry them out (2 s
+    /// at most).
+    async fn goodbye(
+        &mut self,
+        client: &AsyncClient,
+        eventloop: &mut EventLoop,
+        out: &mut Vec<Publish>,
+    ) {
+        let _ = self.send(client, out);
+        let _ = client.try_disconnect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+                break;
+            }
+            self.handle(ev);
+        }
+    }
+
     /// Publishes what the feed gives next, each message tagged with its outbox rows. Returns
     /// false when the outbox had nothing new.
     async fn send_next(&mut self, client: &AsyncClient) -> Result<bool, SinkError> {
         let batches = self.feed.next().await?;
+        let mut out = Vec::new();
         for b in &batches {
-            // Rows with nothing to say (damaged samples) are done at once.
-            self.feed.confirm(
-                b.stream,
-                b.rows
-                    .iter()
-                    .filter(|r| matches!(r, OutboxRow::Sample(t) if t.points.is_empty()))
-                    .map(OutboxRow::id),
-            );
-            for m in messages(self.topics, b) {
-                let tag = Some((b.stream, m.rows));
-                self.publish(client, tag, m.topic, m.retain, m.payload)?;
-            }
+            // Rows with nothing to say are done at once.
+            let done = self.format.batch(b, &mut out);
+            self.feed.confirm(b.stream, done);
+            self.send(client, &mut out)?;
         }
         Ok(!batches.is_empty())
     }
 
-    fn publish(
-        &mut self,
-        client: &AsyncClient,
-        tag: Tag,
-        topic: String,
-        retain: bool,
-        payload: Vec<u8>,
-    ) -> Result<(), SinkError> {
-        match client.try_publish(topic, qos(self.cfg.qos), retain, payload) {
-            Ok(()) => {
-                self.tags.push_back(tag);
-                Ok(())
-            }
-            Err(ClientError::TryRequest(_) | ClientError::Request(_)) => {
-                Err(SinkError::QueueClosed)
+    /// Hands the messages to the client, in order, emptying `out`.
+    fn send(&mut self, client: &AsyncClient, out: &mut Vec<Publish>) -> Result<(), SinkError> {
+        for m in out.drain(..) {
+            match client.try_publish(m.topic, m.qos.unwrap_or(self.qos), m.retain, m.payload) {
+                Ok(()) => self.tags.push_back(m.tag),
+                Err(ClientError::TryRequest(_) | ClientError::Request(_)) => {
+                    return Err(SinkError::QueueClosed)
+                }
             }
         }
+        Ok(())
     }
 
-    /// Tracks publishes to their acks; returns a write request (device, payload) to serve.
+    /// Tracks publishes to their acks; returns a message that came in (topic, payload).
     fn handle(&mut self, ev: Event) -> Option<(String, Vec<u8>)> {
         match ev {
+            // A QoS 0 publish is done once it is out; the others wait for their ack.
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 let tag = self.tags.pop_front().flatten();
-                if self.cfg.qos == 0 {
+                if pkid == 0 {
                     self.confirm(tag);
                 } else {
                     self.inflight.insert(pkid, tag);
                 }
             }
-            Event::Incoming(Incoming::PubAck(ack)) if self.cfg.qos == 1 => {
+            Event::Incoming(Incoming::PubAck(ack)) => {
                 let tag = self.inflight.remove(&ack.pkid).flatten();
                 self.confirm(tag);
             }
-            Event::Incoming(Incoming::PubComp(ack)) if self.cfg.qos == 2 => {
+            Event::Incoming(Incoming::PubComp(ack)) => {
                 let tag = self.inflight.remove(&ack.pkid).flatten();
                 self.confirm(tag);
             }
-            Event::Incoming(Incoming::Publish(p)) if self.cfg.allow_writes => {
-                if let Some(device) = self.topics.write_device(&p.topic) {
-                    return Some((device.to_string(), p.payload.to_vec()));
-                }
-            }
+            Event::Incoming(Incoming::Publish(p)) => return Some((p.topic, p.payload.to_vec())),
             _ => {}
         }
         None
@@ -508,8 +498,6 @@ impl Session<'_> {
     }
 }
 
-/// Serves one write request: `{"pointId", "value", "requestId"?}`; the reply carries `code`
-/// and `msg` as a WebSocket reply would.
 /// The first event of a connection: the broker's CONNACK, accepted, within [`CONNECT_TIMEOUT`].
 async fn connack(eventloop: &mut EventLoop) -> Result<(), SinkError> {
     match tokio::time::timeout(CONNECT_TIMEOUT, eventloop.poll()).await {
@@ -526,61 +514,6 @@ async fn connack(eventloop: &mut EventLoop) -> Result<(), SinkError> {
             what: "CONNACK",
             after: CONNECT_TIMEOUT,
         }),
-    }
-}
-
-async fn write_point(control: &Control, device: &str, payload: &[u8]) -> Json {
-    let req: Json = serde_json::from_slice(payload).unwrap_or(Json::Null);
-    let request_id = req.get("requestId").cloned().unwrap_or(Json::Null);
-    let reply = |code: u16, msg: String, extra: Json| {
-        let mut r = json!({"requestId": request_id, "deviceId": device, "code": code, "msg": msg});
-        if let (Some(r), Json::Object(e)) = (r.as_object_mut(), extra) {
-            r.extend(e);
-        }
-        r
-    };
-    let Some(obj) = req.as_object() else {
-        return reply(400, "payload must be a JSON object".into(), Json::Null);
-    };
-    let Some(point_id) = obj.get("pointId").and_then(Json::as_str) else {
-        return reply(
-            400,
-            "param `pointId` missing or not a string".into(),
-            Json::Null,
-        );
-    };
-    let Some(raw) = obj.get("value") else {
-        return reply(400, "param `value` missing".into(), Json::Null);
-    };
-    let Some(d) = control.config.devices.iter().position(|x| x.id == device) else {
-        return reply(404, format!("unknown device `{device}`"), Json::Null);
-    };
-    let Some(p) = control.config.devices[d]
-        .points
-        .iter()
-        .position(|x| x.id == point_id)
-    else {
-        return reply(404, format!("unknown point `{point_id}`"), Json::Null);
-    };
-    let value = match Value::from_json(raw) {
-        Ok(v) => v,
-        Err(e) => return reply(400, e.into(), Json::Null),
-    };
-    match control
-        .write_audited("mqtt", "mqtt", d, p, value.clone())
-        .await
-    {
-        Ok(w) => reply(
-            0,
-            "ok".into(),
-            json!({
-                "pointId": point_id,
-                "old": w.old.as_ref().map(Value::to_json),
-                "value": value.to_json(),
-                "readBack": w.read_back.as_ref().map(Value::to_json),
-            }),
-        ),
-        Err(e) => reply(e.code(), e.to_string(), json!({"pointId": point_id})),
     }
 }
 

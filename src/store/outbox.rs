@@ -64,6 +64,27 @@ pub struct EventRow {
     pub acks: Option<String>,
 }
 
+impl EventRow {
+    /// The event in SPEC's wire shape, as it was raised; an acknowledgement follows as its
+    /// own `info` event, which carries who and when.
+    pub fn spec(&self) -> crate::model::event::SpecEvent<'_> {
+        crate::model::event::SpecEvent {
+            id: &self.event_id,
+            device_id: &self.device_id,
+            point_id: self.point_id.as_deref(),
+            kind: &self.kind,
+            priority: &self.priority,
+            device_seq: self.device_seq,
+            value: self.value.as_ref(),
+            message: &self.message,
+            ts: self.ts,
+            state: &self.state,
+            acked_by: self.acked_by.as_deref(),
+            acked_at: self.acked_at,
+        }
+    }
+}
+
 /// A device's status change.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusRow {

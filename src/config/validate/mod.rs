@@ -16,8 +16,8 @@ use super::raw::{
 };
 use super::{
     BTreeMap, Bus, ByteOrder, Config, DataType, Device, Events, Format, Gateway, Http, Link, Mqtt,
-    Mysql, Overflow, Parity, PathBuf, Point, Priority, Push, Role, Rule, RuleKind, Secret, Store,
-    Table, User, WordOrder,
+    Mysql, Overflow, Parity, PathBuf, Point, Priority, Push, Role, Rule, RuleKind, Secret,
+    Sparkplug, Store, Table, User, WordOrder,
 };
 
 /// Checks the raw config into the domain types, collecting every problem by key path (their
@@ -98,7 +98,7 @@ impl Validator {
         });
         let mqtt = raw.mqtt.map(|m| {
             let p = root.key("mqtt");
-            self.mqtt_format(&p, &m);
+            let sparkplug = self.mqtt_format(&p, &m, &gateway.id);
             if !(m.url.starts_with("mqtt://") || m.url.starts_with("mqtts://")) {
                 self.err(&p.key("url"), "must start with mqtt:// or mqtts://");
             }
@@ -115,6 +115,7 @@ impl Validator {
                 topic_prefix,
                 qos: self.int(&p.key("qos"), m.qos, 1, 0, 2) as u8,
                 allow_writes: m.allow_writes,
+                sparkplug,
             }
         });
         Config {
@@ -132,20 +133,9 @@ impl Validator {
         }
     }
 
-    /// SPEC's `format` and its Sparkplug ids. Only `json` is built: `sparkplug_b` is refused by
-    /// name rather than quietly sent as JSON to a SCADA host that waits for births.
-    fn mqtt_format(&mut self, p: &KeyPath, m: &RawMqtt) {
-        match m.format.as_deref().unwrap_or("json") {
-            "json" => {}
-            "sparkplug_b" => self.err(
-                &p.key("format"),
-                "sparkplug_b is not built yet (docs/configuration.md); use json",
-            ),
-            other => self.err(
-                &p.key("format"),
-                format!("unknown format `{other}` (expected json or sparkplug_b)"),
-            ),
-        }
+    /// SPEC's `format` and its Sparkplug ids: `Some` for `sparkplug_b`. Sparkplug ids become
+    /// topic levels, so `/ + #` are refused in each; `group_id` is required.
+    fn mqtt_format(&mut self, p: &KeyPath, m: &RawMqtt, gateway_id: &str) -> Option<Sparkplug> {
         for (key, id) in [
             ("group_id", &m.group_id),
             ("edge_node_id", &m.edge_node_id),
@@ -153,6 +143,29 @@ impl Validator {
         ] {
             if id.as_deref().is_some_and(|s| s.contains(['/', '+', '#'])) {
                 self.err(&p.key(key), "a Sparkplug id must be free of / + and #");
+            }
+        }
+        let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+        match m.format.as_deref().unwrap_or("json") {
+            "json" => None,
+            "sparkplug_b" => {
+                let group_id = non_empty(&m.group_id).unwrap_or_else(|| {
+                    self.err(&p.key("group_id"), "required with format = \"sparkplug_b\"");
+                    String::new()
+                });
+                Some(Sparkplug {
+                    group_id,
+                    edge_node_id: non_empty(&m.edge_node_id)
+                        .unwrap_or_else(|| gateway_id.to_string()),
+                    primary_host_id: non_empty(&m.primary_host_id),
+                })
+            }
+            other => {
+                self.err(
+                    &p.key("format"),
+                    format!("unknown format `{other}` (expected json or sparkplug_b)"),
+                );
+                None
             }
         }
     }
