@@ -6,27 +6,22 @@
 //! work is not counted against the gateway.
 
 mod common;
+use common::load::{devices_with, POINTS, UNITS};
 use common::process::{
     bin, cpu_seconds, free_port, gateway, http_get, ok_requests, pid_status_kb, simulator,
     wait_for_line, Proc,
 };
-use std::fmt::Write as _;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const BUSES: usize = 10;
-const UNITS: usize = 50;
-const POINTS: usize = 30;
 
 fn bench_config(dir: &std::path::Path, sim: u16, http: u16) -> String {
     let mut c = format!(
         "[gateway]\nid = \"bench\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:{http}\"\n",
         dir.display().to_string()
     );
-    for b in 0..BUSES {
-        let _ = write!(c, "[[buses]]\nname = \"bus{b}\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{sim}\"\ntimeout_ms = 1000\n");
-    }
     // 10 f32, 10 u16, 10 i16: 40 registers, one read per device.
     let mut pts = Vec::new();
     for i in 0..10 {
@@ -44,19 +39,7 @@ fn bench_config(dir: &std::path::Path, sim: u16, http: u16) -> String {
         ));
     }
     assert_eq!(pts.len(), POINTS);
-    let _ = write!(
-        c,
-        "[templates.dev]\npoints = [\n  {}\n]\n",
-        pts.join(",\n  ")
-    );
-    for b in 0..BUSES {
-        for u in 1..=UNITS {
-            let _ = write!(
-                c,
-                "[[devices]]\nid = \"b{b}u{u}\"\nbus = \"bus{b}\"\nunit = {u}\npoll_interval_ms = 1000\ntemplate = \"dev\"\n"
-            );
-        }
-    }
+    c.push_str(&devices_with(BUSES, sim, &pts));
     c
 }
 

@@ -15,15 +15,13 @@
 //! answers the same 500 requests/s: a peer on the same load, from the same run.
 
 mod common;
+use common::load::{devices, POINTS, UNITS};
 use common::process::{
     cpu_seconds, free_port, gateway, http_get, metric, pid_status_kb, simulator, write_bytes,
 };
 use std::fmt::Write as _;
 
 use std::time::{Duration, Instant};
-
-const UNITS: usize = 50;
-const POINTS: usize = 30;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -50,25 +48,11 @@ fn config(dir: &std::path::Path, buses: usize, sim: u16, http: u16, id: &str) ->
     if let Ok(addr) = std::env::var("EDGE_TEST_MQTT_ADDR") {
         let _ = write!(c, "[mqtt]\nurl = \"mqtt://{addr}\"\nclient_id = \"{id}\"\ntopic_prefix = \"edge-bench\"\nqos = 1\n");
     }
-    for b in 0..buses {
-        let _ = write!(c, "[[buses]]\nname = \"bus{b}\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{sim}\"\ntimeout_ms = 1000\n");
-    }
-    let pts: Vec<String> = (0..POINTS)
-        .map(|i| format!(r#"{{ id = "r{i}", table = "holding", address = {i}, type = "u16", deadband = 0.0 }}"#))
-        .collect();
-    let _ = write!(
-        c,
-        "[templates.dev]\npoints = [\n  {}\n]\n",
-        pts.join(",\n  ")
-    );
+    c.push_str(&devices(buses, sim));
+    // Rules on, as on a real line: a band and a stale check on every device. The band is wider
+    // than a u16, so they cost their evaluation but raise no events.
     for b in 0..buses {
         for u in 1..=UNITS {
-            let _ = write!(
-                c,
-                "[[devices]]\nid = \"b{b}u{u}\"\nbus = \"bus{b}\"\nunit = {u}\npoll_interval_ms = 1000\ntemplate = \"dev\"\n"
-            );
-            // Rules on, as on a real line: a band and a stale check on every device. The band
-            // is wider than a u16, so they cost their evaluation but raise no events.
             let _ = write!(
                 c,
                 "[[rules]]\nid = \"b{b}u{u}-band\"\ndevice = \"b{b}u{u}\"\npoint = \"r0\"\nkind = \"outside\"\nlow = -1.0\nhigh = 70000.0\npriority = \"high\"\n\

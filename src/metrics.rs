@@ -76,6 +76,8 @@ pub struct Sample {
     pub requests: Vec<[u64; RequestResult::ALL.len()]>,
     /// Per bus: busy time in seconds (the request duration histogram's sum).
     pub busy_s: Vec<f64>,
+    /// Per bus: bytes on its wire both ways (0 before its link counts them).
+    pub wire_bytes: Vec<u64>,
 }
 
 /// How many samples are kept: 5 minutes and one at 30 s apart.
@@ -358,6 +360,9 @@ impl Metrics {
                 .buses
                 .iter()
                 .map(|b| b.duration.sum_seconds())
+                .collect(),
+            wire_bytes: (self.buses.iter())
+                .map(|b| b.wire.get().map_or(0, |w| w.bytes()))
                 .collect(),
         }
     }

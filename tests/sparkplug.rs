@@ -233,13 +233,15 @@ async fn a_host_decodes_births_data_and_commands_against_the_device() {
         return;
     };
     let (_device, at) = pymodbus(&python);
+    // The device behind a relay, to take it away and bring it back.
+    let line = Relay::start(at.parse().unwrap()).await;
     let id = unique_id("spb");
     let mut host = Host::start(&python, &broker, &format!("it-{id}"), &id, None).await;
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(config_id(
         &id,
         dir.path(),
-        &config(&id, &broker, &at, "allow_writes = true"),
+        &config(&id, &broker, &line.addr.to_string(), "allow_writes = true"),
     ))
     .await
     .unwrap();
@@ -343,6 +345,17 @@ async fn a_host_decodes_births_data_and_commands_against_the_device() {
     assert_eq!(metrics(&again)["bdSeq"]["value"], bd_seq);
     let dbirth = host
         .next("DBIRTH after Rebirth", |m| verb(m, "DBIRTH", Some("py")))
+        .await;
+    assert_eq!(metrics(&dbirth)["w_u16"]["value"], 4321);
+
+    // The device goes away: DDEATH; back: a fresh DBIRTH with its values.
+    line.cut();
+    host.next("DDEATH", |m| verb(m, "DDEATH", Some("py"))).await;
+    line.restore();
+    let dbirth = host
+        .next("DBIRTH once the device is back", |m| {
+            verb(m, "DBIRTH", Some("py"))
+        })
         .await;
     assert_eq!(metrics(&dbirth)["w_u16"]["value"], 4321);
 

@@ -1,6 +1,7 @@
 //! What the benches share: this process's figures from /proc.
 #![allow(dead_code)]
 
+pub mod load;
 pub mod process;
 
 /// A `VmRSS`/`VmHWM`-style field of /proc/self/status, in kB (0 where there is no /proc).

@@ -34,15 +34,24 @@ impl Default for Wire {
 }
 
 impl Wire {
+    /// Bytes both ways so far.
+    pub fn bytes(&self) -> u64 {
+        self.sent.load(Relaxed) + self.received.load(Relaxed)
+    }
+
     /// The share of the time since it started counting that the bytes both ways took on the
     /// wire (serial lines only).
     pub fn utilisation(&self) -> Option<f64> {
+        self.utilisation_over(self.bytes(), self.since.elapsed().as_secs_f64())
+    }
+
+    /// The share of `wall_s` seconds that `bytes` took on the wire (serial lines only): the
+    /// diagnostics' 5-minute window.
+    pub fn utilisation_over(&self, bytes: u64, wall_s: f64) -> Option<f64> {
         let char_ns = self.char_ns.load(Relaxed);
-        let wall_s = self.since.elapsed().as_secs_f64();
         if char_ns == 0 || wall_s <= 0.0 {
             return None;
         }
-        let bytes = self.sent.load(Relaxed) + self.received.load(Relaxed);
         Some((bytes as f64 * char_ns as f64 / 1e9 / wall_s).min(1.0))
     }
 }
@@ -82,4 +91,22 @@ pub fn render(out: &mut String, bus_names: &[String], wires: &Wires) {
     each(out, "edge_bus_wire_utilization_ratio", &|w| {
         w.utilisation().map(|u| format!("}} {u:.4}"))
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utilisation_is_wire_time_over_the_window() {
+        let w = Wire::default();
+        // TCP: no baud rate, no figure.
+        assert_eq!(w.utilisation_over(1000, 10.0), None);
+        // 9600 baud 8N1: a character is 11 bits, ~1.146 ms; 960 bytes in 10 s ≈ 11 %.
+        w.char_ns.store(1_145_833, Relaxed);
+        let u = w.utilisation_over(960, 10.0).unwrap();
+        assert!((u - 0.11).abs() < 0.001, "{u}");
+        assert_eq!(w.utilisation_over(1_000_000, 1.0), Some(1.0));
+        assert_eq!(w.utilisation_over(10, 0.0), None);
+    }
 }

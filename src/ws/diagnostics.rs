@@ -57,6 +57,7 @@ fn window_start(m: &Metrics, now: &Sample) -> Sample {
             at: now.at,
             requests: vec![[0; 4]; now.requests.len()],
             busy_s: vec![0.0; now.busy_s.len()],
+            wire_bytes: vec![0; now.wire_bytes.len()],
         })
 }
 
@@ -151,13 +152,17 @@ fn buses(s: &Shared, w: &Window, admin: bool) -> Vec<Json> {
                 (0.0, 0.0)
             };
             let down = s.metrics.buses[b].down.locked().clone();
-            let wire = s.metrics.buses[b].wire.get().map_or(Json::Null, |w| {
+            let wire = s.metrics.buses[b].wire.get().map_or(Json::Null, |wire| {
+                // Over the window, as the request figures beside it (a wire that started
+                // counting within it counts from its start).
+                let bytes = w.now.wire_bytes[b].saturating_sub(w.then.wire_bytes[b]);
+                let seconds = w.seconds.min(wire.since.elapsed().as_secs_f64());
                 json!({
-                    "bytesSent": w.sent.load(Relaxed),
-                    "bytesReceived": w.received.load(Relaxed),
-                    "crcErrors": w.crc_errors.load(Relaxed),
-                    "frameGaps": w.frame_gaps.load(Relaxed),
-                    "utilisation": w.utilisation(),
+                    "bytesSent": wire.sent.load(Relaxed),
+                    "bytesReceived": wire.received.load(Relaxed),
+                    "crcErrors": wire.crc_errors.load(Relaxed),
+                    "frameGaps": wire.frame_gaps.load(Relaxed),
+                    "utilisation": wire.utilisation_over(bytes, seconds),
                 })
             });
             let (kind, at) = link_text(&bus.link);

@@ -161,15 +161,21 @@ impl Node {
         .encode_to_vec()
     }
 
+    /// `bdSeq`, by name only: NDEATH carries nothing else, and a host matches it to the
+    /// NBIRTH's.
+    fn bd_seq_metric(&self) -> Metric {
+        Metric {
+            name: Some(BD_SEQ.into()),
+            datatype: Some(DataType::Int64 as u32),
+            value: Some(MetricValue::Long(u64::from(self.bd_seq))),
+            ..Metric::default()
+        }
+    }
+
     fn ndeath(&self) -> Vec<u8> {
         Payload {
             timestamp: Some(now_ms() as u64),
-            metrics: vec![Metric {
-                name: Some(BD_SEQ.into()),
-                datatype: Some(DataType::Int64 as u32),
-                value: Some(MetricValue::Long(u64::from(self.bd_seq))),
-                ..Metric::default()
-            }],
+            metrics: vec![self.bd_seq_metric()],
             ..Payload::default()
         }
         .encode_to_vec()
@@ -182,12 +188,7 @@ impl Node {
         self.seq = 0;
         let now = now_ms();
         let node = vec![
-            Metric {
-                name: Some(BD_SEQ.into()),
-                datatype: Some(DataType::Int64 as u32),
-                value: Some(MetricValue::Long(u64::from(self.bd_seq))),
-                ..Metric::default()
-            },
+            self.bd_seq_metric(),
             named(
                 REBIRTH,
                 ALIAS_REBIRTH,
