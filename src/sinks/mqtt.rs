@@ -189,15 +189,27 @@ pub trait Format: Send + 'static {
     fn stop(&mut self, out: &mut Vec<Publish>);
 }
 
-fn options(cfg: &Mqtt, target: &Target, will: LastWill, clean: bool) -> MqttOptions {
+/// The client's request queue: the publish window, a Sparkplug birth set (a DBIRTH and maybe
+/// a DDEATH per device), and a few more of a format's own. `try_publish` on a full queue would
+/// end the session.
+fn requests_capacity(devices: usize) -> usize {
+    WINDOW + 64 + 2 * devices
+}
+
+fn options(
+    cfg: &Mqtt,
+    target: &Target,
+    will: LastWill,
+    clean: bool,
+    capacity: usize,
+) -> MqttOptions {
     let mut o = MqttOptions::new(cfg.client_id.clone(), target.host.clone(), target.port);
     o.set_keep_alive(Duration::from_secs(15))
         .set_clean_session(clean)
         .set_last_will(will)
         .set_max_packet_size(256 * 1024, 1024 * 1024)
         .set_inflight(1000)
-        // Never full: we hold at most WINDOW outbox messages plus a few of our own.
-        .set_request_channel_capacity(WINDOW + 64);
+        .set_request_channel_capacity(capacity);
     if let Some((u, p)) = &target.credentials {
         o.set_credentials(u.clone(), p.clone());
     }
@@ -230,7 +242,8 @@ impl<F: Format> Upstream for Broker<F> {
         cancel: &CancellationToken,
     ) -> Result<(), SinkError> {
         let (will, clean) = self.format.connect();
-        let mut opts = options(&self.cfg, &self.target, will, clean);
+        let capacity = requests_capacity(self.ctx.config.devices.len());
+        let mut opts = options(&self.cfg, &self.target, will, clean, capacity);
         if let Some(t) = &self.transport {
             opts.set_transport(t.clone());
         }
@@ -243,7 +256,7 @@ impl<F: Format> Upstream for Broker<F> {
             inflight: HashMap::new(),
             connected: false,
         };
-        let (client, eventloop) = AsyncClient::new(opts, WINDOW + 64);
+        let (client, eventloop) = AsyncClient::new(opts, capacity);
         let result = session.run(&client, eventloop, cancel).await;
         *reached = session.connected;
         result

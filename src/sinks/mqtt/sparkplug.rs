@@ -47,6 +47,10 @@ const ALIAS_UPTIME: u64 = 3;
 const ALIAS_BACKLOG: u64 = 4;
 const ALIAS_EVENT: u64 = 5;
 const FIRST_DEVICE_ALIAS: u64 = 100;
+/// Births at most this often: Rebirths that come sooner are carried out together once this has
+/// passed, so a host repeating the command cannot make the node publish its whole birth set
+/// without pause, and none is lost.
+const REBIRTH_EVERY: Duration = Duration::from_secs(1);
 /// How often NDATA refreshes the node's uptime and backlog.
 const NODE_DATA: Duration = Duration::from_secs(30);
 /// The file in the data dir that keeps the last `bdSeq`, so a restart does not reuse it.
@@ -82,6 +86,9 @@ pub struct Node {
     alive: Vec<bool>,
     started: Instant,
     last_node_data: Instant,
+    last_births: Option<Instant>,
+    /// A Rebirth that came within [`REBIRTH_EVERY`] of the last births, due at the next tick.
+    rebirth_due: bool,
     /// Commands refused, logged at most once a minute per reason.
     log: LogLimit<&'static str>,
 }
@@ -138,6 +145,8 @@ impl Node {
             alive: vec![false; config.devices.len()],
             started: Instant::now(),
             last_node_data: Instant::now(),
+            last_births: None,
+            rebirth_due: false,
             log: LogLimit::new(Duration::from_secs(60)),
             control: ctx.control.clone(),
             status: ctx.status.clone(),
@@ -230,6 +239,8 @@ impl Node {
         }
         self.born_at = Some(now);
         self.last_node_data = Instant::now();
+        self.last_births = Some(Instant::now());
+        self.rebirth_due = false;
     }
 
     /// A device's DBIRTH: every point with name, alias, datatype, its current value and time,
@@ -358,7 +369,12 @@ impl Node {
         for m in &p.metrics {
             let rebirth = m.name.as_deref() == Some(REBIRTH) || m.alias == Some(ALIAS_REBIRTH);
             if rebirth && m.value == Some(MetricValue::Boolean(true)) {
-                if self.born_at.is_some() {
+                if self
+                    .last_births
+                    .is_some_and(|t| t.elapsed() < REBIRTH_EVERY)
+                {
+                    self.rebirth_due = true;
+                } else if self.born_at.is_some() {
                     tracing::info!(sink = super::SINK, "Rebirth requested: births again");
                     self.births(out);
                 }
@@ -405,6 +421,9 @@ impl Node {
                 self.ignore("DCMD without a usable value", &label());
                 continue;
             };
+            // One write per point, the last value given: a command cannot queue more writes
+            // than the device has points.
+            requests.retain(|r: &Request| r.point != p);
             requests.push(Request {
                 device: d,
                 point: p,
@@ -574,6 +593,13 @@ impl Format for Node {
     }
 
     fn tick(&mut self, out: &mut Vec<Publish>) {
+        let due = self
+            .last_births
+            .is_none_or(|t| t.elapsed() >= REBIRTH_EVERY);
+        if self.rebirth_due && due && self.born_at.is_some() {
+            tracing::info!(sink = super::SINK, "Rebirth requested: births again");
+            self.births(out);
+        }
         if self.born_at.is_some() && self.last_node_data.elapsed() >= NODE_DATA {
             self.last_node_data = Instant::now();
             let metrics = vec![self.uptime(None), self.backlog(None)];
