@@ -163,6 +163,16 @@ fn verb(m: &Json, v: &str, device: Option<&str>) -> bool {
     m["verb"] == v && m["device"].as_str() == device
 }
 
+/// The device's DBIRTH once it has answered: every metric with a value.
+fn with_values(m: &Json) -> bool {
+    verb(m, "DBIRTH", Some("py"))
+        && m["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["null"] == false)
+}
+
 fn metrics(m: &Json) -> BTreeMap<String, Json> {
     m["metrics"]
         .as_array()
@@ -255,16 +265,7 @@ async fn a_host_decodes_births_data_and_commands_against_the_device() {
     let bd_seq = node["bdSeq"]["value"].clone();
 
     // The DBIRTH once the device has answered: every point, typed, with the device's values.
-    let dbirth = host
-        .next("a DBIRTH with values", |m| {
-            verb(m, "DBIRTH", Some("py"))
-                && m["metrics"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .all(|x| x["null"] == false)
-        })
-        .await;
+    let dbirth = host.next("a DBIRTH with values", with_values).await;
     let d = metrics(&dbirth);
     let expect: [(&str, &str, Json); 10] = [
         ("i32", "INT32", (-123_456).into()),
@@ -497,15 +498,7 @@ async fn a_broker_outage_and_an_absent_primary_host_lose_no_sample() {
     .unwrap();
     let birth = host.next("NBIRTH", |m| verb(m, "NBIRTH", None)).await;
     let bd_seq = metrics(&birth)["bdSeq"]["value"].as_u64().unwrap();
-    host.next("a DBIRTH with values", |m| {
-        verb(m, "DBIRTH", Some("py"))
-            && m["metrics"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|x| x["null"] == false)
-    })
-    .await;
+    host.next("a DBIRTH with values", with_values).await;
 
     // The broker is out of reach: the will says the node is dead; the device is written to
     // (and polled) all along.
