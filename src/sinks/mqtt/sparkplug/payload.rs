@@ -186,8 +186,8 @@ pub fn decode(datatype: Option<u32>, v: &MetricValue) -> Option<Value> {
     })
 }
 
-/// The `Quality` property as SCADA hosts read it (Ignition's codes): 192 good, 0 bad,
-/// 500 stale.
+/// The `Quality` property (a host convention, not Sparkplug's): the OPC-style codes of
+/// Ignition's legacy quality, 192 good, 0 bad, 500 stale.
 pub fn quality_code(q: Quality) -> u32 {
     match q {
         Quality::Good => 192,
