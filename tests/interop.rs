@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -19,45 +19,6 @@ fn python() -> Option<String> {
             None
         }
     }
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts pymodbus and waits for its "serving KIND WHERE" line, printed once it listens (a
-/// TCP server on port 0 names the port it got). Returns the server and WHERE. `extra`: more
-/// arguments (`units=N`).
-fn start_pymodbus(python: &str, kind: &str, at: &str, extra: &[&str]) -> (Server, String) {
-    use std::io::BufRead;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/pymodbus_server.py"
-    );
-    let mut child = Command::new(python)
-        .args([script, kind, at])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start pymodbus");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let server = Server(child);
-    let mut reader = std::io::BufReader::new(stdout);
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("pymodbus's first line");
-    // Whatever else it prints is read and dropped, so it never writes into a closed pipe.
-    std::thread::spawn(move || reader.lines().for_each(drop));
-    let at = line
-        .strip_prefix(&format!("serving {kind} "))
-        .unwrap_or_else(|| panic!("pymodbus did not start: {line:?}"))
-        .trim()
-        .to_string();
-    (server, at)
 }
 
 /// Every type and order pymodbus serves (see pymodbus_server.py), as gateway points.

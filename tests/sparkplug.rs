@@ -34,28 +34,6 @@ fn setup() -> Option<(String, String)> {
     }
 }
 
-/// The pymodbus device of `tests/interop/pymodbus_server.py` on TCP; killed when dropped.
-fn pymodbus(python: &str) -> (Child, String) {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/pymodbus_server.py"
-    );
-    let mut child = Command::new(python)
-        .args([script, "tcp", "0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start pymodbus");
-    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    std::thread::spawn(move || reader.lines().for_each(drop));
-    let port = line
-        .trim()
-        .strip_prefix("serving tcp ")
-        .expect("pymodbus started");
-    (Child(child), format!("127.0.0.1:{port}"))
-}
-
 /// The host: every message it decoded, in arrival order, and its commands.
 struct Host {
     _child: Child,
@@ -242,7 +220,8 @@ async fn a_host_decodes_births_data_and_commands_against_the_device() {
     let Some((python, broker)) = setup() else {
         return;
     };
-    let (_device, at) = pymodbus(&python);
+    let (_device, port) = start_pymodbus(&python, "tcp", "0", &[]);
+    let at = format!("127.0.0.1:{port}");
     // The device behind a relay, to take it away and bring it back.
     let line = Relay::start(at.parse().unwrap()).await;
     let id = unique_id("spb");
@@ -481,7 +460,8 @@ async fn a_broker_outage_and_an_absent_primary_host_lose_no_sample() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
-    let (_device, at) = pymodbus(&python);
+    let (_device, port) = start_pymodbus(&python, "tcp", "0", &[]);
+    let at = format!("127.0.0.1:{port}");
     let id = unique_id("spb-host");
     let primary = format!("scada-{id}");
     let mut host = Host::start(&python, &broker, &format!("it-{id}"), &id, Some(&primary)).await;

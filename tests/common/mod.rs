@@ -387,6 +387,36 @@ pub async fn backlog_of(http: u16, sink: &str) -> Option<i64> {
     healthz_json(addr).await?["sinks"][sink]["backlog"].as_i64()
 }
 
+/// Starts pymodbus and waits for its "serving KIND WHERE" line, printed once it listens (a
+/// TCP server on port 0 names the port it got). Returns the server (killed when dropped) and WHERE. `extra`: more
+/// arguments (`units=N`).
+pub fn start_pymodbus(python: &str, kind: &str, at: &str, extra: &[&str]) -> (Child, String) {
+    use std::io::BufRead;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/pymodbus_server.py"
+    );
+    let mut child = std::process::Command::new(python)
+        .args([script, kind, at])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start pymodbus");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let server = Child(child);
+    let mut reader = std::io::BufReader::new(stdout);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("pymodbus's first line");
+    // Whatever else it prints is read and dropped, so it never writes into a closed pipe.
+    std::thread::spawn(move || reader.lines().for_each(drop));
+    let at = line
+        .strip_prefix(&format!("serving {kind} "))
+        .unwrap_or_else(|| panic!("pymodbus did not start: {line:?}"))
+        .trim()
+        .to_string();
+    (server, at)
+}
+
 /// SIGKILL: no shutdown, no flush.
 pub fn unsafe_kill(c: &mut Child) {
     // std's kill() is SIGKILL on Unix.

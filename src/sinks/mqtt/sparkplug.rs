@@ -396,12 +396,10 @@ impl Node {
         };
         let mut requests = Vec::new();
         for m in &p.metrics {
-            let by_alias = m
-                .alias
-                .and_then(|a| self.metrics[d].iter().position(|x| x.alias == a));
-            let point = match m.name.as_deref() {
-                Some(name) => self.points[d].get(name).copied(),
-                None => by_alias,
+            let point = match (m.name.as_deref(), m.alias) {
+                (Some(name), _) => self.points[d].get(name).copied(),
+                (None, Some(a)) => self.metrics[d].iter().position(|x| x.alias == a),
+                (None, None) => None,
             };
             let label = || format!("{device}/{}", m.name.clone().unwrap_or_default());
             let Some(p) = point else {
