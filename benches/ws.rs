@@ -16,12 +16,12 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::ws::Utf8Bytes;
 use edge_gateway::metrics::PushKind;
 use edge_gateway::ws::hub::Push;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value as Json};
 use tokio::io::AsyncWriteExt;
+use tungstenite::Utf8Bytes;
 
 use tokio_tungstenite::tungstenite::Message;
 

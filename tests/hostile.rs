@@ -159,10 +159,17 @@ async fn logged_in(src: IpAddr, http: SocketAddr, user: &str) -> Ws {
 /// Attack 3: logins sent at once, from many addresses, each ran argon2id (19 MiB): RSS went
 /// from 10 MB to 1.1 GB. Now at most two checks run at a time, and each address gets no more
 /// guesses than its limit however many it sends at once.
+///
+/// The line, 64 MB, is the box's (release) binary's. This runs the debug binary, whose
+/// own start-up peak grows with the code (22 MB when this test was written, 24-25 MB now, which
+/// left the absolute figure at 63.6-64.2 MB: a coin toss). What is asserted is what the design
+/// guarantees: the flood adds no more than the two checks' 19 MiB each and a little, nothing
+/// per login.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_login_flood_from_many_addresses_keeps_memory_under_64_mb() {
+async fn a_login_flood_from_many_addresses_adds_no_more_than_two_checks_of_memory() {
     let t = Target::start("").await;
-    println!("peak RSS before: {:.1} MB", t.peak_rss_mb());
+    let before = t.peak_rss_mb();
+    println!("peak RSS before: {before:.1} MB");
     let mut socks = Vec::new();
     for i in 0..50u8 {
         socks.push(ws_from(IpAddr::from([127, 0, 3, i + 1]), t.http).await);
@@ -188,7 +195,13 @@ async fn a_login_flood_from_many_addresses_keeps_memory_under_64_mb() {
     assert!(codes.iter().all(|c| *c == 401 || *c == 429), "{codes:?}");
     let peak = t.peak_rss_mb();
     println!("peak RSS after 200 logins at once: {peak:.1} MB");
-    assert!(peak < 64.0, "peak RSS {peak:.1} MB");
+    // Two argon2id checks at 19 MiB each, and 4 MiB for everything else the flood touches
+    // (50 sockets, their requests and replies).
+    let grew = peak - before;
+    assert!(
+        grew < 2.0 * 19.0 + 4.0,
+        "the flood took RSS from {before:.1} to {peak:.1} MB (+{grew:.1})"
+    );
     // The right password still gets in afterwards.
     logged_in(IpAddr::from([127, 0, 4, 1]), t.http, "admin").await;
 }

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::Utf8Bytes;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tungstenite::Utf8Bytes;
 
 use super::hub::{Hub, Push};
 use crate::config::{Config, Priority};

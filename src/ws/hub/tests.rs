@@ -131,7 +131,7 @@ fn an_urgent_event_is_never_the_push_dropped() {
         let left: Vec<_> = std::iter::from_fn(|| c.next()).map(|p| p.frame).collect();
         assert_eq!(
             left.iter()
-                .map(axum::extract::ws::Utf8Bytes::as_str)
+                .map(tungstenite::Utf8Bytes::as_str)
                 .collect::<Vec<_>>(),
             ["1", "4", "5"],
             "{overflow:?}"

@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::Utf8Bytes;
 use serde_json::{json, Value as Json};
 use tokio::sync::{mpsc, oneshot};
+use tungstenite::Utf8Bytes;
 
 use crate::metrics::PushKind;
 use crate::modbus::bus::{ScanRequest, ScanStep};

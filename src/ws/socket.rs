@@ -1,0 +1,149 @@
+//! The socket under a connection: the upgrade handshake (RFC 6455 §4.2) and the split of the
+//! upgraded TCP stream into tungstenite's reader and the connection's own writer.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use axum::http::{HeaderMap, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::Bytes;
+
+use super::writer::Out;
+
+/// The `Sec-WebSocket-Accept` for a well-formed upgrade request, or why it is not one (400).
+pub fn accept_key(headers: &HeaderMap) -> Result<String, (StatusCode, &'static str)> {
+    let has = |name, want: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(want))
+    };
+    let bad = |why| Err((StatusCode::BAD_REQUEST, why));
+    if !has(CONNECTION, "upgrade") {
+        return bad("Connection header did not include 'upgrade'");
+    }
+    if !has(UPGRADE, "websocket") {
+        return bad("Upgrade header did not include 'websocket'");
+    }
+    if headers
+        .get("sec-websocket-version")
+        .map(axum::http::HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return bad("WebSocket version not supported (13 only)");
+    }
+    match headers.get(SEC_WEBSOCKET_KEY) {
+        Some(key) => Ok(tungstenite::handshake::derive_accept_key(key.as_bytes())),
+        None => bad("Sec-WebSocket-Key header missing"),
+    }
+}
+
+/// The 101 answer that completes the handshake.
+pub fn switching(accept: &str) -> axum::response::Response {
+    let mut r = axum::response::Response::new(axum::body::Body::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(CONNECTION, axum::http::HeaderValue::from_static("upgrade"));
+    h.insert(UPGRADE, axum::http::HeaderValue::from_static("websocket"));
+    if let Ok(v) = axum::http::HeaderValue::from_str(accept) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+/// An upgraded connection, split: tungstenite reads; the writer task owns the write half and
+/// takes what the others send through `replies`.
+pub struct Socket {
+    pub stream: WebSocketStream<ReadSide>,
+    pub write: OwnedWriteHalf,
+    pub replies: mpsc::Sender<Out>,
+    pub replies_rx: mpsc::Receiver<Out>,
+}
+
+/// Splits the upgraded stream: tungstenite over the read half, within `read_limit`, and the
+/// write half for the writer. What tungstenite writes on its own while reading (a pong, the
+/// echo of a client's close) also goes to the writer, as a reply, so only the writer writes.
+pub async fn split(
+    upgraded: hyper::upgrade::Upgraded,
+    read_limit: usize,
+    replies_capacity: usize,
+) -> Result<Socket, &'static str> {
+    // Our HTTP server serves plain TCP (http::connection), so this is that stream.
+    let parts = upgraded
+        .downcast::<TokioIo<TcpStream>>()
+        .map_err(|_| "the upgraded connection is not a TCP stream")?;
+    let (read, write) = parts.io.into_inner().into_split();
+    let (replies, replies_rx) = mpsc::channel(replies_capacity);
+    // tungstenite's defaults (128 KiB read buffer) would cost 128 MB at 1,000 clients; requests
+    // are small. Its write side only carries pongs and close echoes.
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(read_limit))
+        .max_frame_size(Some(read_limit))
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0);
+    let side = ReadSide {
+        read,
+        control: replies.clone(),
+    };
+    let stream = WebSocketStream::from_partially_read(
+        side,
+        parts.read_buf.to_vec(),
+        Role::Server,
+        Some(config),
+    )
+    .await;
+    Ok(Socket {
+        stream,
+        write,
+        replies,
+        replies_rx,
+    })
+}
+
+/// The read half, as tungstenite sees the whole socket.
+pub struct ReadSide {
+    read: OwnedReadHalf,
+    control: mpsc::Sender<Out>,
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ReadSide {
+    /// Each write is whole frames (tungstenite writes its buffer out whole, and this takes it
+    /// all at once). When the writer is that far behind, a pong is dropped: RFC 6455 §5.5.3
+    /// lets an endpoint answer only the latest ping.
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let _ = self.control.try_send(Out::Raw(Bytes::copy_from_slice(buf)));
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
