@@ -2,7 +2,8 @@
 //! (10,000 messages/s), latency measured at the clients; then the same with 50 of them stalled
 //! (a tiny receive window and never reading); then push under load: 100 of the 1,000 stalled,
 //! a snapshot of 500 devices every 500 ms, and an emergency event every second, which every
-//! healthy client must get. Run: `cargo bench --bench ws`.
+//! healthy client must get, each falling due with a snapshot and timed from when it fell due;
+//! beside it, a raw writer given the same frames in the same order. Run: `cargo bench --bench ws`.
 //!
 //! The gateway side runs in this process; the clients run in a child process (this same binary
 //! with BENCH_ROLE=clients) so the gateway's CPU and RSS are its own. `BENCH_PIN=1` puts the
@@ -39,6 +40,14 @@ fn now_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_micros() as u64
+}
+
+/// When an emergency was due, in [`now_us`]'s terms: its tick's deadline, not the moment the
+/// sender got to it. A raw writer busy writing a snapshot to 1,000 sockets reaches the tick
+/// late, and that wait is the very delay the gateway is charged for (its snapshot is only
+/// queued, so its emergency is stamped at once and then waits behind it in each writer).
+fn due_us(due: tokio::time::Instant) -> u64 {
+    now_us().saturating_sub(due.elapsed().as_micros() as u64)
 }
 
 fn cpu_seconds() -> f64 {
@@ -275,7 +284,11 @@ async fn run_emergencies(
         let mut em = tokio::time::interval(EMERGENCY_PERIOD);
         let mut emergencies = 0u64;
         while t0.elapsed() < Duration::from_secs(secs) {
+            // Every emergency falls due with a snapshot (the worst case): the snapshot is
+            // handed over first, here as in the raw writer below, so both senders see the same
+            // order.
             tokio::select! {
+                biased;
                 _ = snap.tick() => shared.hub.publish_snapshot(Push {
                     frame: snapshot.clone(),
                     kind: PushKind::Snapshot,
@@ -283,8 +296,8 @@ async fn run_emergencies(
                     urgent: false,
                     priority: None,
                 }),
-                _ = em.tick() => {
-                    let data = json!({"sentUs": now_us(), "priority": "emergency", "pad": "x".repeat(300)}).to_string();
+                due = em.tick() => {
+                    let data = json!({"sentUs": due_us(due), "priority": "emergency", "pad": "x".repeat(300)}).to_string();
                     let frame = format!(r#"{{"service":"push.event","data":{data}}}"#);
                     shared.hub.publish_event(0, u32::MAX, Priority::Emergency, Push {
                         frame: Utf8Bytes::from(frame),
@@ -362,10 +375,12 @@ async fn floor(secs: u64) -> (u64, f64, f64, f64) {
     (received, p50, p99, cpu_pct)
 }
 
-/// The floor of push under load: the same snapshots and emergencies written raw, by one task,
-/// to 1,000 reading clients (none stalled: a raw writer would block on one), so the machine's
-/// cost of moving those bytes is in it. Returns the client process's results.
-async fn floor_under_load(secs: u64) -> Json {
+/// The peer of push under load: the same snapshots and emergencies, in the same order, written
+/// raw by one task to 1,000 reading clients (none stalled: a raw writer would block on one), so
+/// the machine's cost of moving those bytes is in it. A peer rather than a floor: it writes the
+/// emergency after the snapshot that fell due with it, where the gateway puts an emergency
+/// ahead of a snapshot a client's writer has not begun. Returns the client process's results.
+async fn raw_under_load(secs: u64) -> Json {
     let (mut sockets, child) = raw_clients(secs).await;
     let snapshot = ws_text_frame(&snapshot_frame());
     let t0 = Instant::now();
@@ -373,9 +388,10 @@ async fn floor_under_load(secs: u64) -> Json {
     let mut em = tokio::time::interval(EMERGENCY_PERIOD);
     while t0.elapsed() < Duration::from_secs(secs) {
         let frame = tokio::select! {
+            biased;
             _ = snap.tick() => snapshot.clone(),
-            _ = em.tick() => {
-                let data = json!({"sentUs": now_us(), "priority": "emergency", "pad": "x".repeat(300)});
+            due = em.tick() => {
+                let data = json!({"sentUs": due_us(due), "priority": "emergency", "pad": "x".repeat(300)});
                 ws_text_frame(&json!({"service": "push.event", "data": data}).to_string())
             }
         };
@@ -519,19 +535,20 @@ fn main() {
              (raw frames written by one task straight to the sockets, no gateway)",
             "machine floor"
         );
-        let fl = floor_under_load(secs).await;
-        let fl_p99 = fl["em_p99_ms"].as_f64().unwrap();
+        let raw = raw_under_load(secs).await;
+        let raw_p99 = raw["em_p99_ms"].as_f64().unwrap();
         println!(
-            "  machine floor under the same load (those snapshots and emergencies written raw to 1,000 reading clients): \
-             emergency p50 {:.2} ms, p99 {fl_p99:.2} ms over {} deliveries",
-            fl["em_p50_ms"].as_f64().unwrap(),
-            fl["em_count"]
+            "  raw writer under the same load (those snapshots and emergencies, in that order, written raw to 1,000 \
+             reading clients): emergency p50 {:.2} ms, p99 {raw_p99:.2} ms over {} deliveries",
+            raw["em_p50_ms"].as_f64().unwrap(),
+            raw["em_count"]
         );
         println!(
-            "  emergency p99 under load ÷ machine floor p99 = {:.2} (the issue's goal: ≤ 1.2); \
-             ÷ the floor under the same load = {:.2}",
+            "  emergency p99 under load ÷ machine floor p99 = {:.2} (the issue's goal: ≤ 1.2; the raw writer's own is {:.2}); \
+             ÷ the raw writer's under the same load = {:.2}",
             em_p99 / p99,
-            em_p99 / fl_p99
+            raw_p99 / p99,
+            em_p99 / raw_p99
         );
         gw.shutdown().await;
     });
