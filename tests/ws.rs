@@ -738,6 +738,48 @@ async fn a_client_without_pongs_is_dropped_after_the_heartbeat_timeout_and_freed
     gw.shutdown().await;
 }
 
+/// RFC 6455 §5.5: a client's ping gets its pong, and its close a close back, so a browser sees
+/// a clean close rather than 1006 (tungstenite reads; the connection's writer sends what it
+/// answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_ping_gets_a_pong_and_its_close_a_close() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let (gw, _sim, _dir) = gateway("").await;
+    let mut ws = Ws::connect(gw.http_addr).await;
+    let payload = tokio_tungstenite::tungstenite::Bytes::from_static(b"are you there");
+    ws.s.send(Message::Ping(payload.clone())).await.unwrap();
+    let pong = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.s.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Pong(p))) => break p,
+            Some(Ok(_)) => {}
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    };
+    assert_eq!(pong, payload);
+    ws.s.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "done".into(),
+    }))
+    .await
+    .unwrap();
+    let answer = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.s.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(f))) => break f.map(|f| f.code),
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame back, got {other:?}"),
+        }
+    };
+    assert_eq!(answer, Some(CloseCode::Normal));
+    wait_for("freed", || gw.metrics.push.clients.load(Relaxed) == 0).await;
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_never_logs_in_is_closed_after_10_s() {
     let (gw, _sim, _dir) = gateway("").await;

@@ -116,7 +116,6 @@ async fn connection(
         replies_rx,
     } = socket;
     let client = open(&shared, remote);
-    let id = client.id;
     let last_heard = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
     let done = CancellationToken::new();
@@ -184,8 +183,12 @@ async fn connection(
         }
     }
     in_flight.abort_all();
-    shared.hub.unregister(id);
-    shared.hub.close(id);
+    shared.hub.unregister(client.id);
+    shared.hub.close(client.id);
+    // tungstenite queues the echo of a client's close (and a pong) until its next read or
+    // flush; a flush hands it to the writer (it never waits), so the client's close ends
+    // cleanly instead of as 1006.
+    let _ = futures_util::SinkExt::flush(&mut stream).await;
     drop((replies, stream));
     done.cancel();
     finish(&shared, &client, writer).await;
