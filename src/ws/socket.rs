@@ -128,8 +128,9 @@ impl AsyncRead for ReadSide {
 
 impl AsyncWrite for ReadSide {
     /// Each write is whole frames (tungstenite writes its buffer out whole, and this takes it
-    /// all at once). When the writer is that far behind, a pong is dropped: RFC 6455 §5.5.3
-    /// lets an endpoint answer only the latest ping.
+    /// all at once). When the writer has a full queue of replies, the frames are dropped: a
+    /// pong may be (RFC 6455 §5.5.3 lets an endpoint answer only the latest ping); a close
+    /// echo dropped this way leaves that client seeing the connection end without one.
     fn poll_write(
         self: Pin<&mut Self>,
         _cx: &mut Context<'_>,

@@ -388,8 +388,8 @@ pub async fn backlog_of(http: u16, sink: &str) -> Option<i64> {
 }
 
 /// Starts pymodbus and waits for its "serving KIND WHERE" line, printed once it listens (a
-/// TCP server on port 0 names the port it got). Returns the server (killed when dropped) and WHERE. `extra`: more
-/// arguments (`units=N`).
+/// TCP server on port 0 names the port it got). Returns the server (killed when dropped) and
+/// WHERE. `extra`: more arguments (`units=N`).
 pub fn start_pymodbus(python: &str, kind: &str, at: &str, extra: &[&str]) -> (Child, String) {
     use std::io::BufRead;
     let script = concat!(
