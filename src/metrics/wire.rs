@@ -14,6 +14,9 @@ pub struct Wire {
     /// Answers whose bytes stopped for longer than 1.5 characters (plus a little for the
     /// adapter) before the frame was whole: the Modbus serial spec's t1.5, on a serial line.
     pub frame_gaps: AtomicU64,
+    /// Late answers and stray bytes an RTU line threw away before or instead of an answer
+    /// (a unit answering after its timeout, or twice).
+    pub late: AtomicU64,
     /// One character's time on the wire in ns; 0 where there is no baud rate (TCP).
     pub char_ns: AtomicU64,
     /// Since when it counts (the link's start; a reload that keeps the bus keeps it).
@@ -27,6 +30,7 @@ impl Default for Wire {
             received: AtomicU64::new(0),
             crc_errors: AtomicU64::new(0),
             frame_gaps: AtomicU64::new(0),
+            late: AtomicU64::new(0),
             char_ns: AtomicU64::new(0),
             since: std::time::Instant::now(),
         }
@@ -86,6 +90,10 @@ pub fn render(out: &mut String, bus_names: &[String], wires: &Wires) {
     out.push_str("# TYPE edge_bus_frame_gaps_total counter\n");
     each(out, "edge_bus_frame_gaps_total", &|w| {
         Some(format!("}} {}", w.frame_gaps.load(Relaxed)))
+    });
+    out.push_str("# TYPE edge_bus_late_answers_total counter\n");
+    each(out, "edge_bus_late_answers_total", &|w| {
+        Some(format!("}} {}", w.late.load(Relaxed)))
     });
     out.push_str("# TYPE edge_bus_wire_utilization_ratio gauge\n");
     each(out, "edge_bus_wire_utilization_ratio", &|w| {

@@ -388,7 +388,12 @@ impl BusTask {
             self.metrics
                 .request(device, self.bus, result, started.elapsed());
             match r {
-                Err(LinkError::Down { .. }) => return r,
+                // The device answered, wrongly and the same way each time (another
+                // function's exception, another count): a retry only triples its requests.
+                Err(
+                    LinkError::Down { .. }
+                    | LinkError::Protocol(Fault::Function | Fault::Length, _),
+                ) => return r,
                 Err(_) if attempt < retries => attempt += 1,
                 _ => return r,
             }

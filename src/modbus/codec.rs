@@ -17,6 +17,8 @@ pub enum CodecError {
     StringTooLong { len: usize, registers: u16 },
     #[error("value is not a number: {0}")]
     NotFinite(f64),
+    #[error("value {0} is past 2^53, where a float cannot say which integer it is: send it as an integer or a string of digits")]
+    Inexact(String),
     #[error("value {value} is not a step of this point: it takes steps of {step} (nearest: {below} or {above})")]
     NotAStep {
         value: String,
@@ -182,9 +184,14 @@ fn in_steps(x: f64, step: f64) -> String {
     format!("{x:.decimals$}")
 }
 
-/// A value to write as a raw integer within `lo..=hi`. Exact integers go through unrounded so
-/// a u64 counter keeps every bit.
-fn raw_int(f: &Format, v: &Value, lo: f64, hi: f64) -> Result<i128, CodecError> {
+/// Integers an f64 holds exactly: past 2^53 a float names a neighbourhood, not a number.
+const F64_EXACT: f64 = 9_007_199_254_740_992.0;
+
+/// A value to write as a raw integer within `lo..=hi`, compared in the integer domain (i128
+/// holds every i64 and u64): an f64 cast would make 2^63 and 2^64 equal to the type's maximum
+/// and the final cast wrap them. Exact integers go through unrounded so a u64 counter keeps
+/// every bit; a float past 2^53 is refused, as it cannot say which integer was meant.
+fn raw_int(f: &Format, v: &Value, lo: i128, hi: i128) -> Result<i128, CodecError> {
     let x: i128 = match v {
         Value::Int(i) if !f.scaled() => i128::from(*i),
         Value::UInt(u) if !f.scaled() => i128::from(*u),
@@ -194,6 +201,13 @@ fn raw_int(f: &Format, v: &Value, lo: f64, hi: f64) -> Result<i128, CodecError> 
         _ => {
             let raw = raw_number(f, v)?;
             let whole = raw.round();
+            if whole.abs() >= F64_EXACT {
+                // Within the type's range it would be a guess; outside it, say so.
+                if whole < lo as f64 || whole > hi as f64 {
+                    return Err(out_of_range(f, v, lo as f64, hi as f64));
+                }
+                return Err(CodecError::Inexact(v.to_string()));
+            }
             // A value on a step comes out within float rounding of an integer (80.1 / 0.1 =
             // 800.9999999999999); anything further off would be silently rounded on the wire.
             if (raw - whole).abs() > 1e-6 * whole.abs().max(1.0) {
@@ -208,11 +222,12 @@ fn raw_int(f: &Format, v: &Value, lo: f64, hi: f64) -> Result<i128, CodecError> 
                     above: in_steps(a.max(b), f.scale),
                 });
             }
+            // |whole| < 2^53: the conversion is exact.
             whole as i128
         }
     };
-    if (x as f64) < lo || (x as f64) > hi {
-        return Err(out_of_range(f, v, lo, hi));
+    if x < lo || x > hi {
+        return Err(out_of_range(f, v, lo as f64, hi as f64));
     }
     Ok(x)
 }
@@ -237,26 +252,21 @@ fn encode_string(f: &Format, v: &Value) -> Result<Vec<u16>, CodecError> {
 /// number (`"NaN"`, `inf`, `1e99` to a u16, a bool to a number) is an error, never a guess:
 /// what is written reaches a real machine.
 pub fn encode_registers(f: &Format, v: &Value) -> Result<Vec<u16>, CodecError> {
-    let int = |v: &Value, lo: f64, hi: f64| raw_int(f, v, lo, hi);
+    // Each range in the type's own integers (i128 holds them all): the cast after it is exact.
+    let int = |v: &Value, lo: i128, hi: i128| raw_int(f, v, lo, hi);
     let num = |v: &Value| raw_number(f, v);
     let bytes: Vec<u8> = match f.data_type {
         DataType::Bool => u16::from(write_bool(v)?).to_be_bytes().to_vec(),
-        DataType::U16 => (int(v, 0.0, f64::from(u16::MAX))? as u16)
+        DataType::U16 => (int(v, 0, u16::MAX.into())? as u16).to_be_bytes().to_vec(),
+        DataType::I16 => (int(v, i16::MIN.into(), i16::MAX.into())? as i16)
             .to_be_bytes()
             .to_vec(),
-        DataType::I16 => (int(v, f64::from(i16::MIN), f64::from(i16::MAX))? as i16)
+        DataType::U32 => (int(v, 0, u32::MAX.into())? as u32).to_be_bytes().to_vec(),
+        DataType::I32 => (int(v, i32::MIN.into(), i32::MAX.into())? as i32)
             .to_be_bytes()
             .to_vec(),
-        DataType::U32 => (int(v, 0.0, f64::from(u32::MAX))? as u32)
-            .to_be_bytes()
-            .to_vec(),
-        DataType::I32 => (int(v, f64::from(i32::MIN), f64::from(i32::MAX))? as i32)
-            .to_be_bytes()
-            .to_vec(),
-        DataType::U64 => (int(v, 0.0, u64::MAX as f64)? as u64)
-            .to_be_bytes()
-            .to_vec(),
-        DataType::I64 => (int(v, i64::MIN as f64, i64::MAX as f64)? as i64)
+        DataType::U64 => (int(v, 0, u64::MAX.into())? as u64).to_be_bytes().to_vec(),
+        DataType::I64 => (int(v, i64::MIN.into(), i64::MAX.into())? as i64)
             .to_be_bytes()
             .to_vec(),
         DataType::F32 => {

@@ -70,6 +70,9 @@ pub enum Fault {
     Function,
     /// Not the register or bit count asked for.
     Length,
+    /// An answer to an earlier, timed-out request came instead of this one's (RTU): thrown
+    /// away, never taken for this request's.
+    Late,
 }
 
 impl Fault {
@@ -81,6 +84,7 @@ impl Fault {
             Fault::Id => "id",
             Fault::Function => "function",
             Fault::Length => "length",
+            Fault::Late => "late",
         }
     }
 }
@@ -259,6 +263,7 @@ impl Link {
         }
         if let Some(Conn::Rtu(rtu)) = &mut self.conn {
             self.wire.frame_gaps.fetch_add(rtu.take_gaps(), Relaxed);
+            self.wire.late.fetch_add(rtu.take_late(), Relaxed);
         }
         if matches!(
             (&reply, &self.conn),

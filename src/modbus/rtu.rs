@@ -67,7 +67,27 @@ pub struct Rtu {
     recovering: bool,
     /// Answers that arrived with a gap inside (see [`GAP_SLACK`]), not yet counted.
     gaps: u64,
+    /// Requests that timed out, whose answers may still come (newest last).
+    owed: Vec<Owed>,
+    /// Late answers and stray bytes thrown away before or instead of an answer, not yet
+    /// counted.
+    late: u64,
 }
+
+/// A request that timed out: for one more deadline after it, an answer of its shape is taken
+/// for its late answer, never for another request's. RTU frames carry no transaction id, so a
+/// unit answering 650 ms into a 500 ms timeout would otherwise have its holding 0-3 filed as
+/// the next request's holding 100-103.
+struct Owed {
+    unit: u8,
+    pdu: Vec<u8>,
+    /// The length of its answer frame (an exception's is 5 whatever the request).
+    answer_len: usize,
+    until: Instant,
+}
+
+/// At most this many timed-out requests are remembered (a dead unit times out on every probe).
+const MAX_OWED: usize = 8;
 
 /// A gap inside an answer counts past 1.5 characters (the spec's t1.5) plus this: a USB
 /// adapter hands bytes over in transfers, and a pty wakes its reader late.
@@ -82,7 +102,14 @@ impl Rtu {
             line_busy_until: Instant::now(),
             recovering: false,
             gaps: 0,
+            owed: Vec::new(),
+            late: 0,
         }
+    }
+
+    /// Late answers and stray bytes thrown away since the last call.
+    pub fn take_late(&mut self) -> u64 {
+        std::mem::take(&mut self.late)
     }
 
     /// Answers with a gap inside since the last call.
@@ -173,7 +200,10 @@ impl Rtu {
     }
 
     /// Sends one request and returns the answer's PDU (function code first), or the exception
-    /// code. The whole exchange, silence included, is under `deadline`.
+    /// code. The whole exchange, silence included, is under `deadline`. Before the request
+    /// the line is drained (bytes already buffered or arriving within the silence are
+    /// thrown away and counted); after it, an answer that may be a timed-out request's late
+    /// one is thrown away too, and the wait goes on for this request's own.
     async fn call(
         &mut self,
         unit: u8,
@@ -187,11 +217,14 @@ impl Rtu {
             self.timing.silence
         };
         self.recovering = false;
-        match timeout_at(until, self.wait_quiet(quiet)).await {
+        let now = Instant::now();
+        self.owed.retain(|o| o.until > now);
+        let drained = match timeout_at(until, self.drain(quiet)).await {
             Err(_) => return Err(self.timeout(deadline)),
             Ok(Err(e)) => return Err(transport(&e)),
-            Ok(Ok(())) => {}
-        }
+            Ok(Ok(n)) => n,
+        };
+        self.late += u64::from(drained > 0);
         let frame = rtu_frame(unit, pdu);
         match timeout_at(until, self.io.write_all(&frame)).await {
             Err(_) => return Err(self.timeout(deadline)),
@@ -200,8 +233,66 @@ impl Rtu {
         }
         // write_all returns once the bytes are in the driver's buffer, not on the wire.
         self.line_busy_until = Instant::now() + self.timing.char_time * frame.len() as u32;
-        let len = self.read_frame(until, deadline).await?;
-        self.check(unit, pdu[0], len)
+        self.buf.clear();
+        let mut thrown = 0;
+        loop {
+            let len = match self.read_frame(until, deadline).await {
+                Err(LinkError::Timeout(_)) if thrown > 0 => {
+                    self.owe(unit, pdu, deadline);
+                    return Err(self.fault(
+                        Fault::Late,
+                        format!("{thrown} late answer(s) to an earlier request thrown away, and none to this one within {deadline:?}"),
+                    ));
+                }
+                Err(e @ LinkError::Timeout(_)) => {
+                    self.owe(unit, pdu, deadline);
+                    return Err(e);
+                }
+                other => other?,
+            };
+            if self.owed_answer(unit, pdu, len) {
+                thrown += 1;
+                self.late += 1;
+                self.buf.drain(..len);
+                continue;
+            }
+            return self.check(unit, pdu[0], len);
+        }
+    }
+
+    /// Remembers a timed-out request: its answer may come late.
+    fn owe(&mut self, unit: u8, pdu: &[u8], deadline: Duration) {
+        if self.owed.len() == MAX_OWED {
+            self.owed.remove(0);
+        }
+        self.owed.push(Owed {
+            unit,
+            pdu: pdu.to_vec(),
+            answer_len: answer_len(pdu),
+            until: Instant::now() + deadline,
+        });
+    }
+
+    /// Whether the whole, CRC-correct frame at the start of the buffer may be a timed-out
+    /// request's late answer rather than this request's: from that request's unit, with its
+    /// function and length, and not the same request (whose late answer holds the same
+    /// registers, so is right either way). The entry it matches is settled.
+    fn owed_answer(&mut self, unit: u8, pdu: &[u8], len: usize) -> bool {
+        let frame = &self.buf[..len];
+        if crc16(&frame[..len - 2]).to_le_bytes() != frame[len - 2..] {
+            return false;
+        }
+        let (from, fc) = (frame[0], frame[1]);
+        let found = self.owed.iter().position(|o| {
+            o.unit == from
+                && o.pdu[0] == fc & 0x7F
+                && (fc & 0x80 != 0 || o.answer_len == len)
+                && (from != unit || o.pdu != pdu)
+        });
+        if let Some(i) = found {
+            self.owed.remove(i);
+        }
+        found.is_some()
     }
 
     fn timeout(&mut self, deadline: Duration) -> LinkError {
@@ -209,30 +300,48 @@ impl Rtu {
         LinkError::Timeout(deadline)
     }
 
-    /// Reads and throws away whatever arrives until the line has been quiet for `quiet`.
-    async fn wait_quiet(&mut self, quiet: Duration) -> std::io::Result<()> {
+    /// Throws away what the line has already delivered, then whatever arrives until it has
+    /// been quiet for `quiet`. Returns the bytes thrown away.
+    async fn drain(&mut self, quiet: Duration) -> std::io::Result<usize> {
         let mut scratch = [0u8; 64];
+        let mut thrown = 0;
+        // Bytes already buffered (by the OS, the adapter, a serial server) are read at once,
+        // even when the silence has long passed: they are no answer to the next request.
+        loop {
+            match tokio::time::timeout(Duration::ZERO, self.io.read(&mut scratch)).await {
+                Ok(Ok(0)) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(Ok(n)) => {
+                    thrown += n;
+                    self.line_busy_until = Instant::now();
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => break,
+            }
+        }
         loop {
             let at = self.line_busy_until + quiet;
             if quiet.is_zero() || Instant::now() >= at {
-                return Ok(());
+                return Ok(thrown);
             }
             let read = tokio::select! {
                 r = self.io.read(&mut scratch) => r,
-                () = sleep_precisely(at) => return Ok(()),
+                () = sleep_precisely(at) => return Ok(thrown),
             };
             match read {
                 Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                Ok(_) => self.line_busy_until = Instant::now(),
+                Ok(n) => {
+                    thrown += n;
+                    self.line_busy_until = Instant::now();
+                }
                 Err(e) => return Err(e),
             }
         }
     }
 
-    /// Reads until the frame is as long as its function code says, whatever number of reads it
-    /// takes. Returns that length; bytes after it stay unread as far as the answer goes.
+    /// Reads until the frame at the start of the buffer is as long as its function code says,
+    /// whatever number of reads it takes. Returns that length; bytes after it stay in the
+    /// buffer.
     async fn read_frame(&mut self, until: Instant, deadline: Duration) -> Result<usize, LinkError> {
-        self.buf.clear();
         // Past this, a pause between two bytes of one answer is a gap (serial lines only).
         let gap = (!self.timing.char_time.is_zero())
             .then(|| self.timing.char_time.mul_f64(1.5) + GAP_SLACK);
@@ -350,6 +459,16 @@ fn write_pdu(address: u16, op: &WriteOp) -> Vec<u8> {
         }
     }
     pdu
+}
+
+/// The length of the answer frame a request's PDU asks for (5 bytes for an exception).
+fn answer_len(pdu: &[u8]) -> usize {
+    let count = usize::from(u16::from_be_bytes([pdu[3], pdu[4]]));
+    match pdu[0] {
+        0x01 | 0x02 => 5 + count.div_ceil(8),
+        0x03 | 0x04 => 5 + 2 * count,
+        _ => 8,
+    }
 }
 
 /// The length of the answer frame at the start of `buf`, once its function code (and, for

@@ -162,6 +162,7 @@ fn buses(s: &Shared, w: &Window, admin: bool) -> Vec<Json> {
                     "bytesReceived": wire.received.load(Relaxed),
                     "crcErrors": wire.crc_errors.load(Relaxed),
                     "frameGaps": wire.frame_gaps.load(Relaxed),
+                    "lateAnswers": wire.late.load(Relaxed),
                     "utilisation": wire.utilisation_over(bytes, seconds),
                 })
             });

@@ -288,3 +288,55 @@ fn a_write_value_is_parsed_strictly_for_the_point_type() {
         assert_eq!(write_bool(&good).unwrap(), b, "{good}");
     }
 }
+
+/// The hostile test's 64-bit values: each wrapped on every write path while answering ok,
+/// because the range was compared in f64 (where 2^63 and 2^64 equal the type's maximum).
+#[test]
+fn sixty_four_bit_writes_fit_exactly_or_are_refused() {
+    let u = Format::raw(Table::Holding, DataType::U64);
+    let i = Format::raw(Table::Holding, DataType::I64);
+    let refused = |f: &Format, v: Value| {
+        let e = encode_registers(f, &v);
+        assert!(e.is_err(), "{v:?} to {:?} gave {e:?}", f.data_type);
+    };
+    refused(&u, Value::Text("18446744073709551616".into()));
+    refused(&u, Value::Text("18446744073709552000".into()));
+    refused(&u, Value::Float(18_446_744_073_709_551_616.0));
+    refused(&u, Value::Int(-1));
+    refused(&i, Value::UInt(1 << 63));
+    refused(&i, Value::Text("9223372036854775808".into()));
+    refused(&i, Value::Text("-9223372036854775809".into()));
+    // What JSON gives for -2^63-1 and 2^63: a float that cannot say which integer it was.
+    refused(&i, Value::Float(-9_223_372_036_854_775_809.0));
+    refused(&i, Value::Float(9_223_372_036_854_775_808.0));
+    // Within 2^53 a float is exact, so it is taken; the extremes as integers or text are too.
+    assert_eq!(
+        encode_registers(&u, &Value::Text("18446744073709551615".into())).unwrap(),
+        vec![0xFFFF; 4]
+    );
+    assert_eq!(
+        encode_registers(&u, &Value::UInt(u64::MAX)).unwrap(),
+        vec![0xFFFF; 4]
+    );
+    assert_eq!(
+        encode_registers(&i, &Value::Int(i64::MIN)).unwrap(),
+        vec![0x8000, 0, 0, 0]
+    );
+    assert_eq!(
+        encode_registers(&i, &Value::Text("-9223372036854775808".into())).unwrap(),
+        vec![0x8000, 0, 0, 0]
+    );
+    assert_eq!(
+        encode_registers(&u, &Value::Float(9_007_199_254_740_991.0)).unwrap(),
+        vec![0x001F, 0xFFFF, 0xFFFF, 0xFFFF]
+    );
+    let e = encode_registers(&u, &Value::Float(9_007_199_254_740_994.0)).unwrap_err();
+    assert!(matches!(e, CodecError::Inexact(_)), "{e}");
+    // Narrow types: the same check in their own domain.
+    let u32f = Format::raw(Table::Holding, DataType::U32);
+    refused(&u32f, Value::UInt(1 << 32));
+    refused(&u32f, Value::Text("4294967296".into()));
+    let i16f = Format::raw(Table::Holding, DataType::I16);
+    refused(&i16f, Value::Int(32768));
+    refused(&i16f, Value::Int(-32769));
+}

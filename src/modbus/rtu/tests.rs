@@ -24,6 +24,10 @@ enum Answer {
     OtherUnit,
     Half,
     Garbage,
+    /// After the client's deadline has passed (by 100 ms).
+    Late,
+    /// Right, then the same frame again 2 ms later.
+    Twice,
 }
 
 /// A device on the other end: answers from a register map, as `script` says for each request
@@ -63,6 +67,11 @@ fn device(script: fn(usize) -> Answer) -> (Rtu, Times, Times) {
             let mut out = rtu_frame(req[0], &handle_pdu(&mut mem, &req[1..len - 2]));
             let pieces: Vec<Vec<u8>> = match script(n) {
                 Answer::Right => vec![out],
+                Answer::Twice => vec![out.clone(), out],
+                Answer::Late => {
+                    tokio::time::sleep(DEADLINE + Duration::from_millis(100)).await;
+                    vec![out]
+                }
                 Answer::Pieces => out.chunks(3).map(<[u8]>::to_vec).collect(),
                 Answer::BadCrc => {
                     let l = out.len();
@@ -199,4 +208,72 @@ fn line_timing_follows_the_serial_spec() {
         LineTiming::serial(115_200, Parity::None, 8, 1).silence,
         Duration::from_micros(1750)
     );
+}
+
+async fn read_at(rtu: &mut Rtu, address: u16) -> Result<Result<Data, u8>, LinkError> {
+    rtu.read(1, Table::Holding, address, 3, DEADLINE).await
+}
+
+/// Hostile test: a unit answering 650 ms into a 500 ms timeout had its holding 0-3 reported as
+/// the next request's holding 100-103, quality good. The late answer is thrown away and
+/// counted; the next request gets its own answer or none.
+#[tokio::test(start_paused = true)]
+async fn a_late_answer_is_never_taken_for_the_next_request() {
+    let (mut rtu, _, _) = device(|n| if n == 0 { Answer::Late } else { Answer::Right });
+    assert!(matches!(
+        read_at(&mut rtu, 2).await,
+        Err(LinkError::Timeout(_))
+    ));
+    // The next request, same shape, other registers: the late answer (20, 30, 40) arrives
+    // while it waits and is not its answer; its own (100, 110, 120) is.
+    assert_eq!(
+        read_at(&mut rtu, 10).await,
+        Ok(Ok(Data::Registers(vec![100, 110, 120])))
+    );
+    assert_eq!(rtu.take_late(), 1);
+}
+
+/// A unit that is always late: every answer is thrown away, every request fails as
+/// `link:late`, and no value is ever filed under another request.
+#[tokio::test(start_paused = true)]
+async fn a_unit_always_late_gives_no_value_at_all() {
+    let (mut rtu, _, _) = device(|_| Answer::Late);
+    assert!(matches!(
+        read_at(&mut rtu, 2).await,
+        Err(LinkError::Timeout(_))
+    ));
+    for address in [10, 20, 30] {
+        match read_at(&mut rtu, address).await {
+            Err(LinkError::Protocol(Fault::Late, _) | LinkError::Timeout(_)) => {}
+            other => panic!("holding {address}: {other:?}"),
+        }
+    }
+    assert!(rtu.take_late() >= 2);
+}
+
+/// A retry of the same request may take the first attempt's late answer: it holds the same
+/// registers.
+#[tokio::test(start_paused = true)]
+async fn a_retry_takes_the_same_requests_late_answer() {
+    let (mut rtu, _, _) = device(|n| if n == 0 { Answer::Late } else { Answer::Right });
+    assert!(read_at(&mut rtu, 2).await.is_err());
+    assert_eq!(
+        read_at(&mut rtu, 2).await,
+        Ok(Ok(Data::Registers(vec![20, 30, 40])))
+    );
+}
+
+/// A unit that answers twice: the second copy is drained before the next request.
+#[tokio::test(start_paused = true)]
+async fn an_answer_sent_twice_is_drained_not_taken_for_the_next() {
+    let (mut rtu, _, _) = device(|n| if n == 0 { Answer::Twice } else { Answer::Right });
+    assert_eq!(
+        read_at(&mut rtu, 2).await,
+        Ok(Ok(Data::Registers(vec![20, 30, 40])))
+    );
+    assert_eq!(
+        read_at(&mut rtu, 10).await,
+        Ok(Ok(Data::Registers(vec![100, 110, 120])))
+    );
+    assert_eq!(rtu.take_late(), 1);
 }

@@ -415,9 +415,16 @@ impl Node {
                 continue;
             }
             let datatype = m.datatype.or(Some(self.metrics[d][p].datatype as u32));
-            let Some(value) = m.value.as_ref().and_then(|v| payload::decode(datatype, v)) else {
-                self.ignore("DCMD without a usable value", &label());
+            let Some(v) = m.value.as_ref() else {
+                self.ignore("DCMD without a value", &label());
                 continue;
+            };
+            let value = match payload::decode(datatype, v) {
+                Ok(value) => value,
+                Err(why) => {
+                    self.ignore("DCMD value refused", &format!("{}: {why}", label()));
+                    continue;
+                }
             };
             // One write per point, the last value given: a command cannot queue more writes
             // than the device has points.

@@ -168,22 +168,59 @@ impl DataType {
     }
 }
 
-/// A command's value as one of ours: the field's content read by the metric's datatype (or,
-/// without one, by the field itself).
-pub fn decode(datatype: Option<u32>, v: &MetricValue) -> Option<Value> {
-    Some(match (datatype, v) {
-        (Some(1), MetricValue::Int(i)) => Value::Int(i64::from(*i as u8 as i8)),
-        (Some(2), MetricValue::Int(i)) => Value::Int(i64::from(*i as u16 as i16)),
-        (Some(3), MetricValue::Int(i)) => Value::Int(i64::from(*i as i32)),
-        (Some(4), MetricValue::Long(l)) => Value::Int(*l as i64),
-        (_, MetricValue::Int(i)) => Value::Int(i64::from(*i)),
-        (_, MetricValue::Long(l)) => Value::UInt(*l),
-        (_, MetricValue::Float(f)) => Value::Float(f64::from(*f)),
-        (_, MetricValue::Double(f)) => Value::Float(*f),
-        (_, MetricValue::Boolean(b)) => Value::Bool(*b),
-        (_, MetricValue::String(s)) => Value::Text(s.clone()),
-        (_, MetricValue::Bytes(_)) => return None,
-    })
+/// A command's value as one of ours: the field's content read strictly by the metric's
+/// datatype (or, without one, by the field itself). A value its datatype cannot hold (Int8
+/// 300, Int16 70,000, UInt8 256) or a field the datatype does not use is refused with why,
+/// never truncated to the type's width. The point's own range is checked after, by the codec.
+pub fn decode(datatype: Option<u32>, v: &MetricValue) -> Result<Value, String> {
+    // A narrow signed value comes in its type's width (Int8 -1 as 0xFF, how Tahu and
+    // pysparkplug write it) or sign-extended to 32 bits (0xFFFF_FFFF); both name -1.
+    let signed = |i: u32, bits: u32| -> Option<i64> {
+        let (lo, hi) = (-(1i64 << (bits - 1)), (1i64 << (bits - 1)) - 1);
+        if u64::from(i) < (1u64 << bits) {
+            let x = i64::from(i);
+            Some(if x > hi { x - (1i64 << bits) } else { x })
+        } else {
+            Some(i64::from(i as i32)).filter(|x| (lo..=hi).contains(x))
+        }
+    };
+    let unsigned =
+        |i: u32, bits: u32| (u64::from(i) < (1u64 << bits)).then(|| Value::UInt(i.into()));
+    let fits = |x: Option<Value>, name: &str| {
+        x.ok_or_else(|| format!("value {} does not fit its datatype {name}", show(v)))
+    };
+    match (datatype, v) {
+        (Some(1), MetricValue::Int(i)) => fits(signed(*i, 8).map(Value::Int), "Int8"),
+        (Some(2), MetricValue::Int(i)) => fits(signed(*i, 16).map(Value::Int), "Int16"),
+        (Some(3), MetricValue::Int(i)) => Ok(Value::Int(i64::from(*i as i32))),
+        (Some(4), MetricValue::Long(l)) => Ok(Value::Int(*l as i64)),
+        (Some(5), MetricValue::Int(i)) => fits(unsigned(*i, 8), "UInt8"),
+        (Some(6), MetricValue::Int(i)) => fits(unsigned(*i, 16), "UInt16"),
+        (Some(7) | None, MetricValue::Int(i)) => Ok(Value::UInt(u64::from(*i))),
+        (Some(8 | 13) | None, MetricValue::Long(l)) => Ok(Value::UInt(*l)),
+        (Some(9) | None, MetricValue::Float(f)) => Ok(Value::Float(f64::from(*f))),
+        (Some(10) | None, MetricValue::Double(f)) => Ok(Value::Float(*f)),
+        (Some(11) | None, MetricValue::Boolean(b)) => Ok(Value::Bool(*b)),
+        (Some(12 | 14 | 15) | None, MetricValue::String(s)) => Ok(Value::Text(s.clone())),
+        (_, MetricValue::Bytes(_)) => Err("a bytes value writes to no point".into()),
+        (Some(t), _) => Err(format!(
+            "value {} is not in the field datatype {t} uses",
+            show(v)
+        )),
+    }
+}
+
+/// A metric's value as a person reads it in a log line.
+fn show(v: &MetricValue) -> String {
+    match v {
+        MetricValue::Int(i) => i.to_string(),
+        MetricValue::Long(l) => l.to_string(),
+        MetricValue::Float(f) => f.to_string(),
+        MetricValue::Double(f) => f.to_string(),
+        MetricValue::Boolean(b) => b.to_string(),
+        MetricValue::String(s) => format!("{:?}", s.chars().take(40).collect::<String>()),
+        MetricValue::Bytes(b) => format!("{} bytes", b.len()),
+    }
 }
 
 /// The `Quality` property (a host convention, not Sparkplug's): the OPC-style codes of
@@ -313,7 +350,7 @@ mod tests {
         // -2 as Int16 is 0xFFFE in int_value (field 10).
         assert_eq!(back.metrics[0].value, Some(MetricValue::Int(0xFFFE)));
         let v = back.metrics[0].value.as_ref().unwrap();
-        assert_eq!(decode(Some(2), v), Some(Value::Int(-2)));
+        assert_eq!(decode(Some(2), v), Ok(Value::Int(-2)));
     }
 
     #[test]
@@ -327,5 +364,32 @@ mod tests {
             Some(MetricValue::Long(u64::MAX - 4))
         );
         assert_eq!(DataType::UInt16.encode(&Value::Text("x".into())), None);
+    }
+
+    /// The hostile test's DCMDs: Int8 300 was written as 44 and Int16 70,000 as 4464.
+    #[test]
+    fn a_command_value_outside_its_datatype_is_refused_not_truncated() {
+        let int = |i: u32| MetricValue::Int(i);
+        assert!(decode(Some(1), &int(300)).is_err());
+        assert!(decode(Some(2), &int(70_000)).is_err());
+        assert!(decode(Some(5), &int(256)).is_err());
+        assert!(decode(Some(6), &int(65_536)).is_err());
+        // Negative values in the type's width or sign-extended to 32 bits.
+        assert_eq!(decode(Some(1), &int(0xFF)), Ok(Value::Int(-1)));
+        assert_eq!(decode(Some(1), &int(0xFFFF_FFFF)), Ok(Value::Int(-1)));
+        assert_eq!(decode(Some(1), &int(0x7F)), Ok(Value::Int(127)));
+        assert!(decode(Some(1), &int(0xFFFF_FF00)).is_err());
+        assert_eq!(decode(Some(2), &int(0x8000)), Ok(Value::Int(-32768)));
+        assert_eq!(decode(Some(5), &int(255)), Ok(Value::UInt(255)));
+        assert_eq!(
+            decode(Some(4), &MetricValue::Long(u64::MAX)),
+            Ok(Value::Int(-1))
+        );
+        // A field the datatype does not use.
+        assert!(decode(Some(2), &MetricValue::Long(5)).is_err());
+        assert!(decode(Some(9), &MetricValue::Double(1.5)).is_err());
+        assert!(decode(Some(11), &int(1)).is_err());
+        assert!(decode(None, &MetricValue::Bytes(vec![1])).is_err());
+        assert_eq!(decode(None, &int(7)), Ok(Value::UInt(7)));
     }
 }
