@@ -69,6 +69,7 @@ fn catch_up(sink: Sink) {
                     topic_prefix: "edge-bench".into(),
                     qos: 1,
                     allow_writes: false,
+                    command_max_age: std::time::Duration::from_secs(30),
                     sparkplug: None,
                 });
                 "mqtt"

@@ -2,13 +2,14 @@
 //! register inspector's raw reads and unit scans, each served in its bus's turn.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::modbus;
 use crate::modbus::bus::{BusRequest, WriteCommand, WriteError};
-use crate::model::{now_ms, Value};
+use crate::model::{now_ms, Millis, Value};
 use crate::state::{self, SharedLive};
 use crate::store::{self, StoreCmd, StoreHandle};
 
@@ -43,20 +44,46 @@ impl Control {
         point: usize,
         value: Value,
     ) -> Result<Written, WriteError> {
+        self.write_audited_until(user, source, device, point, value, None)
+            .await
+    }
+
+    /// [`Control::write_audited`] for a command that must not run late: past `expiry`
+    /// (`(sent_at, max_age)`) it is refused and audited as such, never sent to the bus.
+    pub async fn write_audited_until(
+        &self,
+        user: &str,
+        source: &str,
+        device: usize,
+        point: usize,
+        value: Value,
+        expiry: Option<(Millis, Duration)>,
+    ) -> Result<Written, WriteError> {
         let old = state::read(&self.live).devices[device].points[point]
             .value
             .clone();
-        let (tx, rx) = oneshot::channel();
-        let cmd = WriteCommand {
-            device,
-            point,
-            value: value.clone(),
-            reply: tx,
-        };
-        let bus = self.config.devices[device].bus;
-        let result = match self.buses[bus].send(BusRequest::Write(cmd)).await {
-            Ok(()) => rx.await.unwrap_or(Err(WriteError::BusGone)),
-            Err(_) => Err(WriteError::BusGone),
+        let age_ms = expiry.map(|(sent, _)| now_ms() - sent);
+        let result = match (expiry, age_ms) {
+            (Some((_, max)), Some(age)) if age > max.as_millis() as i64 => {
+                Err(WriteError::TooOld {
+                    age_s: age as f64 / 1000.0,
+                    max_s: max.as_secs(),
+                })
+            }
+            _ => {
+                let (tx, rx) = oneshot::channel();
+                let cmd = WriteCommand {
+                    device,
+                    point,
+                    value: value.clone(),
+                    reply: tx,
+                };
+                let bus = self.config.devices[device].bus;
+                match self.buses[bus].send(BusRequest::Write(cmd)).await {
+                    Ok(()) => rx.await.unwrap_or(Err(WriteError::BusGone)),
+                    Err(_) => Err(WriteError::BusGone),
+                }
+            }
         };
         let dev = &self.config.devices[device];
         tracing::info!(

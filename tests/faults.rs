@@ -667,3 +667,60 @@ async fn a_dead_bus_raises_one_alarm_not_one_per_device() {
     );
     gw.shutdown().await;
 }
+
+/// Hostile test #30, item 7: with another function's exception (0x90 to an FC 3 read) the
+/// device got three times its requests (16 → 48 per 8 s) on an RTU line, where the link stays
+/// open and every fault was retried. A wrong answer that repeats is not retried, and the
+/// merged read is not split: one request per poll, over TCP and RTU alike.
+#[tokio::test]
+async fn another_functions_exception_costs_one_request_per_poll() {
+    for kind in ["tcp", "rtu_over_tcp"] {
+        let (sim, tcp, cancel) = start_sim(Profile::Demo).await;
+        let addr = if kind == "tcp" {
+            tcp
+        } else {
+            edge_gateway::modbus::simulator::spawn_rtu_over_tcp(
+                sim.clone(),
+                "127.0.0.1:0",
+                cancel.clone(),
+            )
+            .await
+            .unwrap()
+        };
+        let bus = tcp_bus(&addr.to_string())
+            .replace("retries = 0", "retries = 2")
+            .replace("kind = \"tcp\"", &format!("kind = \"{kind}\""));
+        let devices = BOILER_AND_PUMP
+            .replace("offline_after = 2", "offline_after = 1000")
+            .replace(
+                r#"{ id = "speed", table = "input", address = 0, type = "u16" },"#,
+                r#"{ id = "a", table = "holding", address = 1, type = "u16" },
+  { id = "b", table = "holding", address = 2, type = "u16" },"#,
+            );
+        let dir = tempfile::tempdir().unwrap();
+        let gw = Gateway::start(config(dir.path(), &format!("{bus}{devices}")))
+            .await
+            .unwrap();
+        wait_for("pump good", || quality(&gw, "pump", "a") == Quality::Good).await;
+        sim.set_fault(
+            PUMP,
+            Some(Fault::ForeignException {
+                function: 0x10,
+                code: 0x02,
+            }),
+        );
+        wait_for("pump bad", || quality(&gw, "pump", "a") == Quality::Bad).await;
+        // Counted by time: the simulator keeps the last 256 arrivals only.
+        let t0 = tokio::time::Instant::now().into_std();
+        let since = |unit: u8| sim.arrivals(unit).iter().filter(|t| **t >= t0).count();
+        // The boiler's poll is two requests (holding 0-2, coil 0), the pump's one (holding 0-2).
+        wait_for("40 boiler requests", || since(BOILER) >= 40).await;
+        let (pump, boiler) = (since(PUMP), since(BOILER));
+        assert!(
+            pump * 2 <= boiler + 4,
+            "{kind}: {pump} requests to the pump while the boiler had {boiler}"
+        );
+        gw.shutdown().await;
+        cancel.cancel();
+    }
+}

@@ -306,6 +306,24 @@ async fn a_host_decodes_births_data_and_commands_against_the_device() {
         .unwrap();
     assert_eq!((user.as_str(), source.as_str()), ("sparkplug", "sparkplug"));
 
+    // A DCMD stamped a minute ago is refused (audited as such), never run late; the next
+    // one, fresh, runs.
+    host.send("dcmd py w_u16 UINT16 999 60000").await;
+    host.send("dcmd py w_u16 UINT16 4322").await;
+    wait_for("the device holds 4322", || {
+        point(&gw, "py", "w_u16").value == Some(Value::Int(4322))
+    })
+    .await;
+    gw.store.flush().await;
+    let old: String = db
+        .query_row(
+            "SELECT result FROM write_audit WHERE CAST(new_value AS INTEGER) = 999",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(old.contains("command_max_age_s"), "{old}");
+
     // A read-only metric and an unknown one: ignored and counted, the device untouched.
     host.send("dcmd py f32 FLOAT 1.0").await;
     host.send("dcmd py nope UINT16 1").await;
@@ -326,7 +344,7 @@ async fn a_host_decodes_births_data_and_commands_against_the_device() {
     let dbirth = host
         .next("DBIRTH after Rebirth", |m| verb(m, "DBIRTH", Some("py")))
         .await;
-    assert_eq!(metrics(&dbirth)["w_u16"]["value"], 4321);
+    assert_eq!(metrics(&dbirth)["w_u16"]["value"], 4322);
     // Three more at once, within a second of those births: answered together, once.
     for _ in 0..3 {
         host.send("rebirth").await;
@@ -354,7 +372,7 @@ async fn a_host_decodes_births_data_and_commands_against_the_device() {
             verb(m, "DBIRTH", Some("py"))
         })
         .await;
-    assert_eq!(metrics(&dbirth)["w_u16"]["value"], 4321);
+    assert_eq!(metrics(&dbirth)["w_u16"]["value"], 4322);
 
     // 1,100 events, each an NDATA of the node's Event metric: seq runs on and wraps. Fed 100 at
     // a time: the Python host decodes slower than the gateway publishes, and Mosquitto drops a

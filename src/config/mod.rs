@@ -275,6 +275,9 @@ pub struct Mqtt {
     pub topic_prefix: String,
     pub qos: u8,
     pub allow_writes: bool,
+    /// A write or DCMD older than this (its own timestamp, else since it was received) is
+    /// refused, never run late.
+    pub command_max_age: Duration,
     /// `format = "sparkplug_b"`: Sparkplug B instead of the JSON topics.
     pub sparkplug: Option<Sparkplug>,
 }

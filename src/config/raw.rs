@@ -186,6 +186,7 @@ pub(super) struct RawMqtt {
     pub(super) qos: Option<i64>,
     #[serde(default)]
     pub(super) allow_writes: bool,
+    pub(super) command_max_age_s: Option<i64>,
     pub(super) format: Option<String>,
     pub(super) group_id: Option<String>,
     pub(super) edge_node_id: Option<String>,

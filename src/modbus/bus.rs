@@ -78,6 +78,13 @@ pub enum WriteError {
     Link(LinkError),
     #[error("the bus is not running")]
     BusGone,
+    /// A command older than `[mqtt] command_max_age_s` (by its own timestamp, else since it
+    /// was received): refused rather than run late.
+    #[error("command is {age_s:.1} s old, past command_max_age_s = {max_s}: not carried out")]
+    TooOld { age_s: f64, max_s: u64 },
+    /// The commands waiting for their turn are at their bound.
+    #[error("too many commands waiting: not carried out")]
+    Busy,
 }
 
 impl WriteError {
@@ -87,6 +94,8 @@ impl WriteError {
             WriteError::NotWritable => 405,
             WriteError::Encode(_) => 400,
             WriteError::Exception(_) | WriteError::Link(_) | WriteError::BusGone => 503,
+            WriteError::TooOld { .. } => 408,
+            WriteError::Busy => 429,
         }
     }
 }

@@ -11,7 +11,9 @@ Commands on stdin, one per line:
   online | offline                      publish this host's retained STATE (needs PRIMARY_HOST_ID)
   clear                                 remove the retained STATE
   rebirth                               NCMD Node Control/Rebirth = true
-  dcmd DEVICE METRIC DATATYPE VALUE     DCMD with one metric by name (DATATYPE as pysparkplug names it)
+  dcmd DEVICE METRIC DATATYPE VALUE [AGE_MS]
+                                        DCMD with one metric by name (DATATYPE as pysparkplug names it),
+                                        its timestamp AGE_MS in the past (default 0)
 """
 
 import json
@@ -142,12 +144,13 @@ for line in sys.stdin:
         client.publish(f"spBv1.0/{group}/NCMD/{node}", cmd.encode(include_dtypes=True),
                        qos=0).wait_for_publish()
     elif words[0] == "dcmd":
-        _, device, name, dtype, raw = words
+        _, device, name, dtype, raw = words[:5]
+        sent = now - (int(words[5]) if len(words) > 5 else 0)
         datatype = sp.DataType[dtype]
         v = {"BOOLEAN": lambda s: s == "true", "FLOAT": float, "DOUBLE": float,
              "STRING": str}.get(dtype, int)(raw)
-        metric = sp.Metric(timestamp=now, name=name, datatype=datatype, value=v)
-        cmd = sp.DCmd(timestamp=now, metrics=(metric,))
+        metric = sp.Metric(timestamp=sent, name=name, datatype=datatype, value=v)
+        cmd = sp.DCmd(timestamp=sent, metrics=(metric,))
         client.publish(f"spBv1.0/{group}/DCMD/{node}/{device}", cmd.encode(include_dtypes=True),
                        qos=0).wait_for_publish()
     emit({"done": words[0]})

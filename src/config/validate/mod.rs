@@ -115,6 +115,13 @@ impl Validator {
                 topic_prefix,
                 qos: self.int(&p.key("qos"), m.qos, 1, 0, 2) as u8,
                 allow_writes: m.allow_writes,
+                command_max_age: Duration::from_secs(self.int(
+                    &p.key("command_max_age_s"),
+                    m.command_max_age_s,
+                    30,
+                    1,
+                    86_400,
+                ) as u64),
                 sparkplug,
             }
         });

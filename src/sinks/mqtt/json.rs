@@ -2,23 +2,34 @@
 //! will, a device's `status`, `telemetry` and `events`, and point writes from
 //! `devices/{device}/write` when `allow_writes`.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rumqttc::{LastWill, QoS};
 use serde_json::{json, Value as Json};
 
-use super::{Format, Inbound, Publish, Tag};
+use super::{Format, Inbound, Publish, Tag, MAX_COMMAND_BYTES};
 use crate::config::Mqtt;
 use crate::control::Control;
-use crate::model::{rfc3339, Value};
+use crate::model::{now_ms, parse_rfc3339, rfc3339, Millis, Value};
 use crate::sinks::feed::Batch;
-use crate::sinks::SinkContext;
+use crate::sinks::{SinkContext, SinkStatus};
 use crate::store::{self, OutboxRow};
 
 /// The JSON format: its topics and whether writes are taken.
 pub struct JsonTopics {
     topics: Topics,
     allow_writes: bool,
+    status: Arc<SinkStatus>,
+}
+
+/// A write request as it came in, to be carried out in its turn.
+pub struct WriteRequest {
+    device: String,
+    payload: Vec<u8>,
+    /// When it came in: its age when it carries no `ts` of its own.
+    received: Millis,
 }
 
 impl JsonTopics {
@@ -28,13 +39,13 @@ impl JsonTopics {
                 base: format!("{}/{}", cfg.topic_prefix, ctx.config.gateway.id),
             },
             allow_writes: cfg.allow_writes,
+            status: ctx.status.clone(),
         }
     }
 }
 
 impl Format for JsonTopics {
-    /// A write request: the device and the request's body.
-    type Request = (String, Vec<u8>);
+    type Request = WriteRequest;
     /// The device and the reply to publish on its `write/result`.
     type Reply = (String, Json);
 
@@ -45,12 +56,14 @@ impl Format for JsonTopics {
             QoS::AtLeastOnce,
             true,
         );
-        // A persistent session: the broker keeps our write subscription and queues writes.
-        (will, false)
+        // A clean session: writes published while the gateway was away are not queued for it
+        // and run at its next start (a setpoint of 50 became 555 after a restart), and a
+        // message too large to read is not sent again on every reconnect.
+        (will, true)
     }
 
     fn subscriptions(&self) -> (Vec<String>, Vec<String>) {
-        // The session is persistent: a subscription from a run with `allow_writes` outlives it.
+        // A persistent session of an older version may still hold the write subscription.
         if self.allow_writes {
             (vec![self.topics.writes()], Vec::new())
         } else {
@@ -90,19 +103,41 @@ impl Format for JsonTopics {
         &mut self,
         topic: &str,
         payload: &[u8],
-        _out: &mut Vec<Publish>,
+        out: &mut Vec<Publish>,
     ) -> Inbound<Self::Request> {
         match self.topics.write_device(topic) {
-            Some(device) if self.allow_writes => {
-                Inbound::Serve(vec![(device.to_string(), payload.to_vec())])
+            Some(device) if self.allow_writes && payload.len() > MAX_COMMAND_BYTES => {
+                self.status.commands_ignored.fetch_add(1, Relaxed);
+                let body = json!({"requestId": null, "deviceId": device, "code": 413,
+                    "msg": format!("write of {} bytes refused unread: at most {MAX_COMMAND_BYTES}", payload.len())});
+                out.push(Publish::own(
+                    self.topics.device(device, "write/result"),
+                    body.to_string().into_bytes(),
+                ));
+                Inbound::Nothing
             }
+            Some(device) if self.allow_writes => Inbound::Serve(vec![WriteRequest {
+                device: device.to_string(),
+                payload: payload.to_vec(),
+                received: now_ms(),
+            }]),
             _ => Inbound::Nothing,
         }
     }
 
-    async fn serve(control: Arc<Control>, (device, payload): Self::Request) -> Self::Reply {
-        let reply = write_point(&control, &device, &payload).await;
-        (device, reply)
+    async fn serve(control: Arc<Control>, r: Self::Request) -> Self::Reply {
+        let reply = write_point(&control, &r.device, &r.payload, r.received).await;
+        (r.device, reply)
+    }
+
+    fn refused(r: Self::Request) -> Self::Reply {
+        let request_id = serde_json::from_slice::<Json>(&r.payload)
+            .ok()
+            .and_then(|j| j.get("requestId").cloned())
+            .unwrap_or(Json::Null);
+        let e = crate::modbus::bus::WriteError::Busy;
+        let body = json!({"requestId": request_id, "deviceId": r.device, "code": e.code(), "msg": e.to_string()});
+        (r.device, body)
     }
 
     fn reply(&mut self, (device, body): Self::Reply, out: &mut Vec<Publish>) {
@@ -222,9 +257,26 @@ fn messages(topics: &Topics, batch: &Batch) -> Vec<(String, Vec<u8>, bool, i64)>
         .collect()
 }
 
-/// Serves one write request: `{"pointId", "value", "requestId"?}`; the reply carries `code`
-/// and `msg` as a WebSocket reply would.
-async fn write_point(control: &Control, device: &str, payload: &[u8]) -> Json {
+/// When a write was sent, by its own `ts` (RFC 3339, or milliseconds since the epoch); `Err`
+/// for a `ts` that is neither.
+fn sent_at(req: &serde_json::Map<String, Json>) -> Result<Option<Millis>, String> {
+    match req.get("ts") {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Number(n)) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| "param `ts` must be whole milliseconds since the epoch".into()),
+        Some(Json::String(t)) => parse_rfc3339(t)
+            .map(Some)
+            .ok_or_else(|| format!("param `ts` `{t}` is not an RFC 3339 time")),
+        Some(_) => Err("param `ts` must be an RFC 3339 string or milliseconds".into()),
+    }
+}
+
+/// Serves one write request: `{"pointId", "value", "requestId"?, "ts"?}`; the reply carries
+/// `code` and `msg` as a WebSocket reply would. A write older than `command_max_age_s` (by
+/// its `ts`, else since `received`) is refused with 408, never run late.
+async fn write_point(control: &Control, device: &str, payload: &[u8], received: Millis) -> Json {
     let req: Json = serde_json::from_slice(payload).unwrap_or(Json::Null);
     let request_id = req.get("requestId").cloned().unwrap_or(Json::Null);
     let reply = |code: u16, msg: String, extra: Json| {
@@ -261,8 +313,17 @@ async fn write_point(control: &Control, device: &str, payload: &[u8]) -> Json {
         Ok(v) => v,
         Err(e) => return reply(400, e.into(), Json::Null),
     };
+    let sent = match sent_at(obj) {
+        Ok(t) => t.unwrap_or(received),
+        Err(e) => return reply(400, e, Json::Null),
+    };
+    let max_age = control
+        .config
+        .mqtt
+        .as_ref()
+        .map_or(Duration::from_secs(30), |m| m.command_max_age);
     match control
-        .write_audited("mqtt", "mqtt", d, p, value.clone())
+        .write_audited_until("mqtt", "mqtt", d, p, value.clone(), Some((sent, max_age)))
         .await
     {
         Ok(w) => reply(

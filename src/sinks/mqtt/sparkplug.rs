@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use prost::Message as _;
 use rumqttc::{LastWill, QoS};
 
-use super::{Format, Inbound, Publish, Tag};
+use super::{Format, Inbound, Publish, Tag, MAX_COMMAND_BYTES};
 use crate::config::Config;
 use crate::control::{Control, Written};
 use crate::log_limit::LogLimit;
@@ -61,6 +61,8 @@ pub struct Request {
     device: usize,
     point: usize,
     value: Value,
+    /// The DCMD's own timestamp, else when it came in: its age is judged from this.
+    sent_at: Millis,
 }
 
 /// The edge node: its ids, this session's births and sequence numbers.
@@ -363,6 +365,9 @@ impl Node {
     }
 
     fn ncmd(&mut self, payload: &[u8], out: &mut Vec<Publish>) {
+        if payload.len() > MAX_COMMAND_BYTES {
+            return self.ignore("NCMD too large, refused unread", "");
+        }
         let Ok(p) = Payload::decode(payload) else {
             return self.ignore("NCMD payload does not decode", "");
         };
@@ -390,10 +395,16 @@ impl Node {
             self.ignore("DCMD for an unknown device", device);
             return Vec::new();
         };
+        if payload.len() > MAX_COMMAND_BYTES {
+            self.ignore("DCMD too large, refused unread", device);
+            return Vec::new();
+        }
         let Ok(p) = Payload::decode(payload) else {
             self.ignore("DCMD payload does not decode", device);
             return Vec::new();
         };
+        // Sparkplug's payload timestamp: when the host sent the command.
+        let p_ts = p.timestamp.and_then(|t| Millis::try_from(t).ok());
         let mut requests = Vec::new();
         for m in &p.metrics {
             let point = match (m.name.as_deref(), m.alias) {
@@ -433,6 +444,7 @@ impl Node {
                 device: d,
                 point: p,
                 value,
+                sent_at: p_ts.unwrap_or_else(now_ms),
             });
         }
         requests
@@ -561,10 +573,26 @@ impl Format for Node {
     }
 
     async fn serve(control: Arc<Control>, r: Request) -> Self::Reply {
+        let max_age = control
+            .config
+            .mqtt
+            .as_ref()
+            .map_or(Duration::from_secs(30), |m| m.command_max_age);
         let result = control
-            .write_audited("sparkplug", "sparkplug", r.device, r.point, r.value)
+            .write_audited_until(
+                "sparkplug",
+                "sparkplug",
+                r.device,
+                r.point,
+                r.value,
+                Some((r.sent_at, max_age)),
+            )
             .await;
         (r.device, r.point, result)
+    }
+
+    fn refused(r: Request) -> Self::Reply {
+        (r.device, r.point, Err(WriteError::Busy))
     }
 
     /// The write's outcome: the value read back as DDATA, or the refusal in the log.
