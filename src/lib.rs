@@ -160,12 +160,13 @@ pub async fn run_with(
         {
             tracing::warn!("cannot keep the config's version in the data directory: {e}");
         }
-        std::sync::Arc::new(config::versions::ConfigFile {
-            path: p.clone(),
+        std::sync::Arc::new(config::versions::ConfigFile::new(
+            p.clone(),
             versions,
-            reload: apply,
-        })
+            apply,
+        ))
     });
+    let config_file = file.clone();
     let carry = file
         .map(gateway::Carry::with_config_file)
         .unwrap_or_default();
@@ -202,7 +203,7 @@ pub async fn run_with(
         }
         let Some(path) = &path else { continue };
         service::reloading();
-        gw = reload(gw, path).await?;
+        gw = reload(gw, path, config_file.as_deref()).await?;
         service::ready(&status(&gw));
     }
     tracing::info!("shutting down");
@@ -223,7 +224,25 @@ fn status(gw: &Gateway) -> String {
 
 /// One SIGHUP: the file read again; an invalid one is logged and the running config stays, a
 /// valid one is applied as a difference, and one that cannot start falls back to the previous.
-async fn reload(gw: Gateway, path: &std::path::Path) -> Result<Gateway, StartError> {
+async fn reload(
+    gw: Gateway,
+    path: &std::path::Path,
+    file: Option<&config::versions::ConfigFile>,
+) -> Result<Gateway, StartError> {
+    // An apply's file that cannot start is put back, so the next start runs the old one.
+    let settle = |reloaded: bool| {
+        match file.map(|f| f.settle(reloaded)) {
+        Some(Ok(true)) => tracing::error!(
+            "the applied config did not start: the previous file is put back in {}",
+            path.display()
+        ),
+        Some(Err(e)) => tracing::error!(
+            "the applied config did not start, and the previous file could not be put back in {}: {e}",
+            path.display()
+        ),
+        _ => {}
+    }
+    };
     let loaded = match config::load(path) {
         Ok(l) => l,
         Err(e) => {
@@ -241,6 +260,7 @@ async fn reload(gw: Gateway, path: &std::path::Path) -> Result<Gateway, StartErr
                 }
             }
             gw.metrics.count_reload(&gw.metrics, Reload::Refused);
+            settle(false);
             return Ok(gw);
         }
     };
@@ -257,12 +277,14 @@ async fn reload(gw: Gateway, path: &std::path::Path) -> Result<Gateway, StartErr
                 status(&next)
             );
             next.metrics.count_reload(&before, Reload::Applied);
+            settle(true);
             Ok(next)
         }
         Err(e) => {
             // The new config could not start (its HTTP address is taken, say): back to the
             // one that ran.
             tracing::error!("reload failed ({e}); restarting with the previous config");
+            settle(false);
             let gw = Gateway::start(previous).await?;
             gw.metrics.count_reload(&before, Reload::Failed);
             Ok(gw)

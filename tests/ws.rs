@@ -59,6 +59,21 @@ impl Ws {
         }
     }
 
+    /// [`Ws::call`], or `None` when the server closes before the reply.
+    async fn try_call(&mut self, service: &str, params: Json) -> Option<Json> {
+        let id = self.next_id.to_string();
+        self.next_id += 1;
+        self.send_text(json!({"requestId": id, "service": service, "params": params}).to_string())
+            .await;
+        loop {
+            let m = self.recv().await?;
+            if m.get("requestId") == Some(&Json::String(id.clone())) {
+                return Some(m);
+            }
+            self.pushes.push_back(m);
+        }
+    }
+
     /// Sends a request and returns its reply (pushes on the way are kept for later).
     async fn call(&mut self, service: &str, params: Json) -> Json {
         let id = self.next_id.to_string();
@@ -1633,5 +1648,77 @@ async fn a_slow_client_gets_every_emergency_in_order_or_is_disconnected() {
             }
         }
         gw.shutdown().await;
+    }
+}
+
+/// Hostile test #30, item 9: a config that validates but cannot start (port taken, unwritable
+/// `data_dir`) was answered ok, the new file stayed and the next start exited 1; two applies at
+/// once were both "version 19". Now such a config is a 400 naming the key, nothing written,
+/// and applies go one at a time, each its own version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_that_cannot_start_is_refused_and_applies_are_one_at_a_time() {
+    let (_sim, sim_addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let original = format!(
+        "[gateway]\nid = \"g\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n{}{}{}",
+        dir.path().display().to_string(),
+        users_and_push(""),
+        tcp_bus(&sim_addr.to_string()),
+        BOILER_AND_PUMP
+    );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, &original).unwrap();
+    let (_gw, addr) = spawn_gateway(gateway_command(&path), None);
+    let admin = || async move {
+        let mut ws = Ws::connect(addr).await;
+        assert_eq!(code(&ws.login("admin", "admin").await), 0);
+        ws
+    };
+    let mut ws = admin().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port_taken = original.replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{}\"", taken.local_addr().unwrap()),
+    );
+    let dir_unwritable = original.replace(
+        &format!("data_dir = {:?}", dir.path().display().to_string()),
+        "data_dir = \"/proc/edge-gateway-nope\"",
+    );
+    for (text, key) in [
+        (&port_taken, "http.listen"),
+        (&dir_unwritable, "gateway.data_dir"),
+    ] {
+        let r = ws.call("config.apply", json!({ "text": text })).await;
+        assert_eq!(code(&r), 400, "{r}");
+        assert_eq!(r["data"]["problems"][0]["path"], key, "{r}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
+    }
+    // Two applies at once, of two texts: each one answered ok has its own version holding its
+    // own text. (The reload still closes every socket, #31, so the second reply may not come.)
+    let (mut a, mut b) = (admin().await, admin().await);
+    let text_a = format!("{original}\n# A\n");
+    let text_b = format!("{original}\n# B\n");
+    let (ra, rb) = tokio::join!(
+        a.try_call("config.apply", json!({ "text": text_a })),
+        b.try_call("config.apply", json!({ "text": text_b })),
+    );
+    let answered: Vec<(u64, &String)> = [(&ra, &text_a), (&rb, &text_b)]
+        .into_iter()
+        .filter_map(|(r, text)| r.as_ref().map(|r| (r, text)))
+        .map(|(r, text)| {
+            assert_eq!(code(r), 0, "{r}");
+            (r["data"]["id"].as_u64().unwrap(), text)
+        })
+        .collect();
+    assert!(!answered.is_empty());
+    if let [(x, _), (y, _)] = answered[..] {
+        assert_ne!(x, y, "two applies answered with one version");
+    }
+    let versions = dir.path().join("config-versions");
+    for (id, text) in answered {
+        assert_eq!(
+            &std::fs::read_to_string(versions.join(format!("{id}.toml"))).unwrap(),
+            text
+        );
     }
 }

@@ -4,6 +4,7 @@
 pub mod edit;
 mod keypath;
 mod pieces;
+pub mod preflight;
 mod raw;
 mod shape;
 mod validate;

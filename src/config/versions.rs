@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Config;
 use crate::model::{now_ms, Millis};
+use crate::sync::Locked as _;
 
 /// The config file the gateway runs from, as the dashboard's `config.*` services edit it:
 /// where it is, its applied versions, and the way to ask the daemon for a reload (as SIGHUP
@@ -17,6 +18,35 @@ pub struct ConfigFile {
     pub path: PathBuf,
     pub versions: Versions,
     pub reload: tokio::sync::mpsc::Sender<()>,
+    /// Held by one apply (or rollback) from its check to its reload request: two applies at
+    /// once were both answered "version 19", and one text was in no version.
+    pub applying: tokio::sync::Mutex<()>,
+    /// The file as it was before the last apply, put back if that apply's reload fails (the
+    /// next start would exit on a config that cannot start).
+    pub previous: std::sync::Mutex<Option<String>>,
+}
+
+impl ConfigFile {
+    pub fn new(path: PathBuf, versions: Versions, reload: tokio::sync::mpsc::Sender<()>) -> Self {
+        ConfigFile {
+            path,
+            versions,
+            reload,
+            applying: tokio::sync::Mutex::new(()),
+            previous: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// After a reload: on success the file stays and nothing is kept to put back; on failure
+    /// the file of before the last apply (if an apply caused it) is written back. Returns
+    /// whether a file was put back.
+    pub fn settle(&self, reloaded: bool) -> std::io::Result<bool> {
+        let previous = self.previous.locked().take();
+        match previous {
+            Some(text) if !reloaded => write_atomically(&self.path, text.as_bytes()).map(|()| true),
+            _ => Ok(false),
+        }
+    }
 }
 
 /// Versions kept; the oldest beyond this are deleted as new ones arrive.
@@ -183,4 +213,27 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
             .map_err(err)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An apply whose reload fails puts the file of before back; one that runs keeps its own.
+    #[test]
+    fn a_failed_reload_puts_the_previous_file_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let f = ConfigFile::new(path.clone(), Versions::new(dir.path()), tx);
+        for (reloaded, left) in [(true, "new"), (false, "old")] {
+            std::fs::write(&path, "new").unwrap();
+            *f.previous.locked() = Some("old".into());
+            assert_eq!(f.settle(reloaded).unwrap(), !reloaded);
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), left);
+        }
+        // A reload no apply asked for (SIGHUP after an edit by hand) leaves the file alone.
+        assert!(!f.settle(false).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
+    }
 }

@@ -12,6 +12,7 @@ use crate::config::versions::{self, ConfigFile};
 use crate::config::{self, Config, ConfigError, Link, Priority};
 use crate::events::{Draft, EventState, EventType};
 use crate::model::rfc3339;
+use crate::sync::Locked as _;
 use crate::ws::context::{Ctx, HandlerResult, ServiceError};
 
 /// The largest config text accepted (a frame is at most 64 KiB anyway).
@@ -51,7 +52,16 @@ fn check(text: &str, running: &Config) -> (Vec<config::Problem>, Option<Config>)
                 }],
                 None,
             ),
-            None => (Vec::new(), Some(l.config)),
+            None => {
+                // Valid, but could it start here? A taken port or an unwritable directory
+                // is a problem now, not an exit at the next start.
+                let problems = config::preflight::check(&l.config, running);
+                if problems.is_empty() {
+                    (problems, Some(l.config))
+                } else {
+                    (problems, None)
+                }
+            }
         },
         Err(ConfigError::Invalid(p)) => (p, None),
         Err(e @ ConfigError::Read { .. }) => (
@@ -146,6 +156,8 @@ pub async fn apply(ctx: Ctx) -> HandlerResult {
 /// summary, or why not); the reload follows once the attempt is recorded.
 async fn apply_text(ctx: &Ctx, text: &str) -> HandlerResult {
     let f = file(ctx)?;
+    // One apply at a time, from its check to its reload request: one version per text.
+    let _applying = f.applying.lock().await;
     let applied = write_version(ctx, &f, text).await;
     let user = ctx.client.login().map_or_else(String::new, |l| l.user);
     let (new, result) = match &applied {
@@ -190,6 +202,10 @@ async fn write_version(
     };
     let user = ctx.client.login().map_or_else(String::new, |l| l.user);
     let summary = versions::summary(&ctx.shared.config, &new);
+    // What to put back should the reload fail after all (a race for the port).
+    if let Ok(before) = std::fs::read_to_string(&f.path) {
+        *f.previous.locked() = Some(before);
+    }
     versions::write_atomically(&f.path, text.as_bytes()).map_err(|e| {
         ServiceError::new(
             503,

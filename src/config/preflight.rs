@@ -1,0 +1,73 @@
+//! What a valid config needs of this box before it may replace the running one: an HTTP
+//! address it can bind and a data directory it can write. A config that validates but cannot
+//! start was answered "ok" and left the next start to exit 1; now it is refused up front.
+
+use std::path::Path;
+
+use super::{Config, Problem};
+
+/// The problems a valid `new` config would meet at start, beside the `running` one (whose
+/// address and directory are in use by this very process, so only changed ones are tried).
+pub fn check(new: &Config, running: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut problem = |path: &str, message: String| {
+        problems.push(Problem {
+            path: path.into(),
+            line: None,
+            message,
+        });
+    };
+    if new.http.listen != running.http.listen {
+        // Bound and let go at once: the reload binds it again. A race with another program
+        // taking it in between still fails the reload, which then puts the old file back.
+        if let Err(e) = std::net::TcpListener::bind(&new.http.listen) {
+            problem(
+                "http.listen",
+                format!("cannot listen on {}: {e}", new.http.listen),
+            );
+        }
+    }
+    if new.gateway.data_dir != running.gateway.data_dir {
+        if let Err(e) = writable(&new.gateway.data_dir) {
+            problem(
+                "gateway.data_dir",
+                format!(
+                    "{} is not a directory the gateway can write: {e}",
+                    new.gateway.data_dir.display()
+                ),
+            );
+        }
+    }
+    problems
+}
+
+/// Creates the directory if need be and writes, syncs and removes a probe file in it.
+fn writable(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(".edge-gateway-write-probe");
+    let result = std::fs::write(&probe, b"probe");
+    let _ = std::fs::remove_file(&probe);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_address_and_an_unwritable_directory_are_named_by_key() {
+        let running = crate::config::parse(
+            "[gateway]\nid = \"gw\"\ndata_dir = \"/tmp\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+        )
+        .unwrap()
+        .config;
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut new = running.clone();
+        new.http.listen = taken.local_addr().unwrap().to_string();
+        new.gateway.data_dir = "/proc/no-such-dir".into();
+        let problems = check(&new, &running);
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["http.listen", "gateway.data_dir"], "{problems:?}");
+        assert!(check(&running, &running).is_empty());
+    }
+}
