@@ -14,7 +14,7 @@ use crate::config::Priority;
 use crate::metrics::Metrics;
 use crate::model::event::AlarmOp;
 use crate::model::now_ms;
-use crate::store::{StoreCmd, StoreHandle};
+use crate::store::{self, StoreCmd, StoreHandle};
 
 /// Capacity of each priority queue.
 pub const QUEUE: usize = 1024;
@@ -138,6 +138,8 @@ pub struct Processor {
     /// Each batch of events, once committed (for the WebSocket pushes).
     committed: mpsc::Sender<Vec<Event>>,
     next_seq: u64,
+    /// The numbers written down as reserved before they are used (`store::seq`).
+    reserved: store::seq::Reserved,
     device_seq: Vec<u64>,
     /// Numbered events the store has not taken yet (it could not write), oldest first.
     unstored: Vec<Event>,
@@ -154,12 +156,14 @@ impl Processor {
         device_seq: Vec<u64>,
     ) -> Processor {
         let n = config.sources();
+        let reserved = store::seq::Reserved::new(&config.gateway.data_dir);
         Processor {
             config,
             metrics,
             store,
             committed,
             next_seq: last_seq + 1,
+            reserved,
             device_seq,
             unstored: Vec::new(),
             storms: vec![Storm::default(); n],
@@ -189,6 +193,7 @@ impl Processor {
 
     fn number(&mut self, d: Draft) -> Event {
         let seq = self.next_seq;
+        self.reserved.cover(seq);
         self.next_seq += 1;
         self.device_seq[d.device] += 1;
         // The record of an acknowledgement says who made it and when.
@@ -333,7 +338,12 @@ impl Processor {
         true
     }
 
-    pub async fn run(mut self, mut rx: Receivers) {
+    pub async fn run(mut self, rx: Receivers) {
+        self.serve(rx).await;
+        self.reserved.close(self.next_seq);
+    }
+
+    async fn serve(&mut self, mut rx: Receivers) {
         let mut open = [true; 3];
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -13,6 +13,7 @@
 //! strictly in order (`deviceSeq` order for every sink) and are read before telemetry.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
@@ -55,9 +56,18 @@ pub struct Feed {
     reader: Arc<Mutex<Outbox>>,
     streams: [Cursors; 3],
     batch: usize,
+    /// Set when the store's file was lost under the gateway: nothing more is read for
+    /// upstream, since what would go the next start no longer has (its ids, its rows).
+    held: Option<Arc<AtomicBool>>,
 }
 
 impl Feed {
+    /// Sends nothing more once `gone` is set (the store's [`crate::store::StoreHandle::gone`]).
+    pub fn held_while(mut self, gone: Arc<AtomicBool>) -> Feed {
+        self.held = Some(gone);
+        self
+    }
+
     pub fn new(
         sink: &'static str,
         reader: rusqlite::Connection,
@@ -69,6 +79,7 @@ impl Feed {
             reader: Arc::new(Mutex::new(Outbox::new(reader, config))),
             streams: Default::default(),
             batch,
+            held: None,
         }
     }
 
@@ -102,6 +113,9 @@ impl Feed {
     /// The next batches to send, at most one per stream and two of telemetry (live, backlog);
     /// empty when everything has been read. Their rows count as read until confirmed.
     pub async fn next(&mut self) -> rusqlite::Result<Vec<Batch>> {
+        if self.held.as_ref().is_some_and(|g| g.load(Relaxed)) {
+            return Ok(Vec::new());
+        }
         const TELEMETRY: usize = Stream::Telemetry as usize;
         let limit = self.batch;
         let tele = &self.streams[TELEMETRY];

@@ -390,7 +390,8 @@ pub async fn run(ctx: SinkContext, cancel: CancellationToken) {
         }
     };
     let feed = match store::open_reader(&ctx.config.gateway.data_dir) {
-        Ok(c) => Feed::new(SINK, c, ctx.config.clone(), cfg.batch_size),
+        Ok(c) => Feed::new(SINK, c, ctx.config.clone(), cfg.batch_size)
+            .held_while(ctx.store.gone.clone()),
         Err(e) => {
             status.set_error(SINK, Some(e.to_string()));
             return;

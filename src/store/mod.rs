@@ -16,6 +16,7 @@ mod packed;
 mod query;
 mod readers;
 mod schema;
+pub mod seq;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -78,6 +79,13 @@ pub(crate) struct FileId {
 }
 
 impl FileId {
+    /// The write-ahead log beside a database file.
+    fn wal_path(&self) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push("-wal");
+        PathBuf::from(p)
+    }
+
     fn of(path: &Path) -> std::io::Result<FileId> {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(path)?;
@@ -242,6 +250,9 @@ pub struct StoreHandle {
     lazy: mpsc::Sender<StoreCmd>,
     /// False while the store cannot write (disk full, file gone): `/healthz` answers 503.
     pub healthy: Arc<AtomicBool>,
+    /// True once the database file or its WAL was removed or replaced under the gateway: what
+    /// is committed now is lost at the next start, so the sinks hold (see [`writer`]).
+    pub gone: Arc<AtomicBool>,
     /// Unsent telemetry the size cap had to drop, for the pipeline to turn into gap events.
     pub gaps: Arc<std::sync::Mutex<Vec<Gap>>>,
     /// Read connections for queries, opened at start.
@@ -457,6 +468,7 @@ pub fn open(
     // A 200 ms group holds up to 20,000 device samples a second before the pipeline waits.
     let (lazy, lazy_rx) = mpsc::channel(4096);
     let healthy = Arc::new(AtomicBool::new(true));
+    let gone = Arc::new(AtomicBool::new(false));
     let gaps = Arc::default();
     let dirty = writer::Latest::new(&keys);
     let writer = writer::Writer {
@@ -477,7 +489,8 @@ pub fn open(
             path: path.clone(),
             source,
         })?,
-        gone: false,
+        wal: FileId::of(&wal).ok(),
+        gone: gone.clone(),
     };
     let thread = std::thread::Builder::new()
         .name("store-writer".into())
@@ -488,6 +501,7 @@ pub fn open(
             tx,
             lazy,
             healthy,
+            gone,
             gaps,
             readers: Arc::new(readers),
         },

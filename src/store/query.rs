@@ -57,8 +57,10 @@ pub fn restore(conn: &Connection, config: &Config, keys: &Keys) -> rusqlite::Res
         }
     }
     let max_seq: Option<i64> = conn.query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?;
-    out.last_seq =
+    let stored =
         (max_seq.unwrap_or(0) as u64).max(meta_int(conn, "event_seq")?.unwrap_or(0) as u64);
+    // Past what the reservation file says too: this store may be younger than the ids upstream.
+    out.last_seq = super::seq::first(&config.gateway.data_dir, stored) - 1;
     let mut q = conn.prepare("SELECT key FROM alarms WHERE state = 'active'")?;
     out.active_alarms = q
         .query_map([], |r| r.get::<_, String>(0))?

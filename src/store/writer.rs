@@ -54,8 +54,13 @@ pub(super) struct Writer {
     /// The database file as opened: checked on each probe, since a file removed or replaced
     /// under a running gateway takes everything written after it away at the next start.
     pub file: super::FileId,
-    /// Set once the file was found removed or replaced: unhealthy until a restart.
-    pub gone: bool,
+    /// Its write-ahead log, checked likewise: deleting `gateway.db-wal` alone loses every
+    /// commit since the last checkpoint at the next start, and went unnoticed. `None` until
+    /// SQLite has made it.
+    pub wal: Option<super::FileId>,
+    /// Set once the file or its log was found removed or replaced: unhealthy until a restart,
+    /// and the sinks send nothing more (what they would send, the next start no longer has).
+    pub gone: Arc<AtomicBool>,
 }
 
 /// The SQL that appends a sample to its device's chain (the writer's and
@@ -216,11 +221,17 @@ impl Writer {
                 StoreCmd::Flush(_) | StoreCmd::Probe | StoreCmd::Ack { .. }
             )
         });
-        if !self.gone && batch.iter().any(|c| matches!(c, StoreCmd::Probe)) {
-            if let Err(e) = self.file.check() {
-                self.gone = true;
+        if !self.gone.load(Relaxed) && batch.iter().any(|c| matches!(c, StoreCmd::Probe)) {
+            let wal = if let Some(w) = &self.wal {
+                w.check()
+            } else {
+                self.wal = super::FileId::of(&self.file.wal_path()).ok();
+                Ok(())
+            };
+            if let Err(e) = self.file.check().and(wal) {
+                self.gone.store(true, Relaxed);
                 self.healthy.store(false, Relaxed);
-                tracing::error!("{e}");
+                tracing::error!("{e}; nothing more is sent upstream until a restart");
             }
         }
         let mut attempt = 0;
@@ -234,7 +245,7 @@ impl Writer {
                 Ok(rows) => {
                     committed = true;
                     self.metrics.store_rows.fetch_add(rows, Relaxed);
-                    if !self.gone && !self.healthy.swap(true, Relaxed) {
+                    if !self.gone.load(Relaxed) && !self.healthy.swap(true, Relaxed) {
                         tracing::info!("store writes again");
                     }
                     break;

@@ -51,6 +51,11 @@ impl Validator {
         }
     }
 
+    /// A whole number of seconds in `1..=hi`.
+    fn secs(&mut self, path: &KeyPath, v: Option<i64>, default: i64, hi: i64) -> Duration {
+        Duration::from_secs(self.int(path, v, default, 1, hi) as u64)
+    }
+
     /// `more` brings devices after `raw.devices` (a large config's, a piece at a time).
     pub(super) fn config(&mut self, raw: RawConfig, more: &mut Pieces<'_>) -> Config {
         let root = KeyPath::default();
@@ -96,35 +101,9 @@ impl Validator {
                 batch_size: self.int(&p.key("batch_size"), m.batch_size, 500, 1, 10_000) as usize,
             }
         });
-        let mqtt = raw.mqtt.map(|m| {
-            let p = root.key("mqtt");
-            let sparkplug = self.mqtt_format(&p, &m, &gateway.id);
-            if !(m.url.starts_with("mqtt://") || m.url.starts_with("mqtts://")) {
-                self.err(&p.key("url"), "must start with mqtt:// or mqtts://");
-            }
-            let topic_prefix = m.topic_prefix.unwrap_or_else(|| "edge".into());
-            if topic_prefix.contains(['+', '#']) || topic_prefix.is_empty() {
-                self.err(
-                    &p.key("topic_prefix"),
-                    "must be non-empty and free of + and #",
-                );
-            }
-            Mqtt {
-                url: Secret(m.url),
-                client_id: m.client_id.unwrap_or_else(|| gateway.id.clone()),
-                topic_prefix,
-                qos: self.int(&p.key("qos"), m.qos, 1, 0, 2) as u8,
-                allow_writes: m.allow_writes,
-                command_max_age: Duration::from_secs(self.int(
-                    &p.key("command_max_age_s"),
-                    m.command_max_age_s,
-                    30,
-                    1,
-                    86_400,
-                ) as u64),
-                sparkplug,
-            }
-        });
+        let mqtt = raw
+            .mqtt
+            .map(|m| self.mqtt(m, &root.key("mqtt"), &gateway.id));
         Config {
             gateway,
             http,
@@ -137,6 +116,35 @@ impl Validator {
             store,
             mysql,
             mqtt,
+        }
+    }
+
+    /// `[mqtt]`: the URL, topic prefix, QoS, writes and their age limit, and the format.
+    fn mqtt(&mut self, m: RawMqtt, p: &KeyPath, gateway_id: &str) -> Mqtt {
+        let sparkplug = self.mqtt_format(p, &m, gateway_id);
+        if !(m.url.starts_with("mqtt://") || m.url.starts_with("mqtts://")) {
+            self.err(&p.key("url"), "must start with mqtt:// or mqtts://");
+        }
+        let topic_prefix = m.topic_prefix.unwrap_or_else(|| "edge".into());
+        if topic_prefix.contains(['+', '#']) || topic_prefix.is_empty() {
+            self.err(
+                &p.key("topic_prefix"),
+                "must be non-empty and free of + and #",
+            );
+        }
+        Mqtt {
+            url: Secret(m.url),
+            client_id: m.client_id.unwrap_or_else(|| gateway_id.to_string()),
+            topic_prefix,
+            qos: self.int(&p.key("qos"), m.qos, 1, 0, 2) as u8,
+            allow_writes: m.allow_writes,
+            command_max_age: self.secs(
+                &p.key("command_max_age_s"),
+                m.command_max_age_s,
+                30,
+                86_400,
+            ),
+            sparkplug,
         }
     }
 

@@ -41,28 +41,25 @@ fn problems_json(problems: &[config::Problem]) -> Json {
 /// demo itself, which runs with them, may keep them.
 fn check(text: &str, running: &Config) -> (Vec<config::Problem>, Option<Config>) {
     match config::parse(text) {
-        Ok(l) => match crate::account::well_known_login(&l.config)
-            .filter(|_| crate::account::well_known_login(running).is_none())
-        {
-            Some(why) => (
-                vec![config::Problem {
+        Ok(l) => {
+            let well_known = crate::account::well_known_login(&l.config)
+                .filter(|_| crate::account::well_known_login(running).is_none());
+            // Valid, but could it start here? A taken port or an unwritable directory is a
+            // problem now, not an exit at the next start.
+            let problems = match well_known {
+                Some(why) => vec![config::Problem {
                     path: "users".into(),
                     line: None,
                     message: why,
                 }],
-                None,
-            ),
-            None => {
-                // Valid, but could it start here? A taken port or an unwritable directory
-                // is a problem now, not an exit at the next start.
-                let problems = config::preflight::check(&l.config, running);
-                if problems.is_empty() {
-                    (problems, Some(l.config))
-                } else {
-                    (problems, None)
-                }
+                None => config::preflight::check(&l.config, running),
+            };
+            if problems.is_empty() {
+                (problems, Some(l.config))
+            } else {
+                (problems, None)
             }
-        },
+        }
         Err(ConfigError::Invalid(p)) => (p, None),
         Err(e @ ConfigError::Read { .. }) => (
             vec![config::Problem {
