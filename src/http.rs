@@ -1,6 +1,5 @@
 //! The HTTP listener: `/ws`, `/healthz`, `/metrics`, and the dashboard's files.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
@@ -20,9 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::fair::FairShare;
 use crate::log_limit::{suppressed, LogLimit};
 use crate::state;
-use crate::sync::Locked;
 use crate::ws::Shared;
 
 type AppState = Arc<Shared>;
@@ -81,13 +80,14 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         "# TYPE edge_store_written_bytes_total counter\nedge_store_written_bytes_total {}\n",
         s.metrics.written_bytes()
     );
-    let pending = s.admission.pending() as i64;
+    let pending = s.admission.pending();
     let clients = s.metrics.push.clients.load(Relaxed);
+    // Logged in now: a socket whose session ended (logout, expiry) is neither.
+    let authenticated = s.hub.logged_in();
     let _ = write!(
         text,
         "# TYPE edge_ws_clients gauge\nedge_ws_clients {clients}\n\
-         edge_ws_clients{{state=\"authenticated\"}} {}\nedge_ws_clients{{state=\"pending\"}} {pending}\n",
-        (clients - pending).max(0)
+         edge_ws_clients{{state=\"authenticated\"}} {authenticated}\nedge_ws_clients{{state=\"pending\"}} {pending}\n",
     );
     text.push_str("# TYPE edge_ws_rejected_total counter\n");
     for (reason, n) in s.admission.rejected() {
@@ -201,60 +201,6 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 /// so this fits a room of tablets behind one NAT, and one host cannot take every descriptor.
 pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 128;
 
-/// Open HTTP connections, over all and per address, against their caps. Past a cap a new
-/// connection is closed at once: it frees its descriptor, where leaving it in the listen
-/// backlog would stall everyone.
-struct Open {
-    max: usize,
-    /// (open in all, open per address).
-    counts: std::sync::Mutex<(usize, HashMap<IpAddr, usize>)>,
-}
-
-/// A connection's place in [`Open`], given back when it ends.
-struct Place {
-    open: Arc<Open>,
-    from: IpAddr,
-}
-
-impl Open {
-    fn new() -> Open {
-        Open {
-            // Half the descriptors: the rest stay for WebSockets, Modbus links and the store.
-            max: (crate::metrics::fd_limit() / 2).max(64),
-            counts: std::sync::Mutex::default(),
-        }
-    }
-
-    fn take(self: &Arc<Self>, from: IpAddr) -> Option<Place> {
-        let mut c = self.counts.locked();
-        let (total, by_address) = &mut *c;
-        let mine = by_address.get(&from).copied().unwrap_or(0);
-        if *total >= self.max || mine >= MAX_CONNECTIONS_PER_ADDRESS {
-            return None;
-        }
-        *total += 1;
-        by_address.insert(from, mine + 1);
-        Some(Place {
-            open: Arc::clone(self),
-            from,
-        })
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        let mut c = self.open.counts.locked();
-        let (total, by_address) = &mut *c;
-        *total -= 1;
-        if let Some(n) = by_address.get_mut(&self.from) {
-            *n -= 1;
-            if *n == 0 {
-                by_address.remove(&self.from);
-            }
-        }
-    }
-}
-
 /// Serves HTTP until `cancel`: its own accept loop, so that it can bound how long a request
 /// may take to arrive (hyper's header-read timeout), back off at the descriptor limit instead
 /// of spinning, and stop without waiting for connections that never finish a request.
@@ -268,7 +214,14 @@ pub async fn serve(listener: TcpListener, state: AppState, cancel: CancellationT
     }
     let app = router(state);
     let conns = TaskTracker::new();
-    let open = Arc::new(Open::new());
+    // Half the descriptors: the rest stay for WebSockets, Modbus links and the store. Past
+    // it, the greediest address's oldest connection makes room (`/healthz` and `/metrics`
+    // from a new address always get in), else a new connection is closed at once: it frees
+    // its descriptor, where leaving it in the listen backlog would stall everyone.
+    let open = FairShare::new(
+        (crate::metrics::fd_limit() / 2).max(64),
+        MAX_CONNECTIONS_PER_ADDRESS,
+    );
     let accept_log = LogLimit::new(Duration::from_secs(60));
     let refused_log = LogLimit::new(Duration::from_secs(60));
     let mut backoff = Duration::ZERO;
@@ -312,7 +265,7 @@ pub async fn serve(listener: TcpListener, state: AppState, cancel: CancellationT
             }
         };
         let from = remote.ip();
-        let Some(place) = open.take(from) else {
+        let Ok(place) = open.take(from) else {
             if let Some(held) = refused_log.allow(from) {
                 tracing::warn!(
                     remote = %from,
@@ -328,7 +281,11 @@ pub async fn serve(listener: TcpListener, state: AppState, cancel: CancellationT
         let _ = tcp.set_nodelay(true);
         let (app, cancel) = (app.clone(), cancel.clone());
         conns.spawn(async move {
-            connection(tcp, remote, app, cancel).await;
+            tokio::select! {
+                () = connection(tcp, remote, app, cancel) => {}
+                // A newcomer from a quieter address needed the place: closed at once.
+                () = place.evicted.cancelled() => {}
+            }
             drop(place);
         });
     }

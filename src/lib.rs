@@ -11,6 +11,8 @@
 //!   it back (`scripts/check-layers`).
 //! - [`backoff`]: exponential backoff with jitter, for every retry loop.
 //! - [`sync`]: locks used as they are after a panic elsewhere (one idiom, written once).
+//! - [`fair`]: places shared fairly between peer addresses (the dashboard's sockets not logged
+//!   in, HTTP connections): the greediest address gives way to a newcomer.
 //! - [`modbus`]: codec (types, byte/word order, scale), read planner, bus scheduler (one task per
 //!   link), the client link with deadlines and backoff, the RTU client framing (silences, CRC),
 //!   server framing, and the simulator.
@@ -49,6 +51,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod events;
+pub mod fair;
 pub mod gateway;
 pub mod health;
 pub mod http;

@@ -336,8 +336,9 @@ impl Metrics {
                 .collect(),
             buses: bus_names.iter().map(|_| BusCounters::default()).collect(),
             beats: Beats::new(bus_names.len()),
-            device_names,
-            bus_names,
+            // Label values as Prometheus reads them: a `"` in a device id broke the whole scrape.
+            device_names: device_names.iter().map(|n| label_value(n)).collect(),
+            bus_names: bus_names.iter().map(|n| label_value(n)).collect(),
             store_rows: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
             store_written: AtomicU64::new(0),
@@ -392,7 +393,7 @@ impl Metrics {
         self.devices[device].requests[result as usize].load(Relaxed)
     }
 
-    /// Every metric in Prometheus text format.
+    /// Every metric in Prometheus text format. Device and bus names in labels are escaped.
     pub fn render(&self) -> String {
         let mut out = String::new();
         self.render_buses(&mut out);
@@ -594,4 +595,44 @@ pub fn fd_limit() -> usize {
 /// Open file descriptors of this process, from /proc (0 where there is no /proc).
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count().saturating_sub(1))
+}
+/// A label value in Prometheus's text format: backslash, double quote and line feed escaped.
+pub fn label_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// #31, item 6: a device id with `"` broke the whole `/metrics` scrape (7 invalid lines).
+    #[test]
+    fn ids_in_labels_are_escaped_so_every_line_stays_valid() {
+        let m = Metrics::new(vec!["pump \"A\"\\1\nx".into()], vec!["line\"3".into()]);
+        let text = m.render();
+        assert!(
+            text.contains(r#"edge_device_online{device="pump \"A\"\\1\nx"} 0"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"{bus="line\"3""#), "{text}");
+        // Every sample line: name, a label set whose quotes pair up, a value.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let unescaped = line
+                .replace("\\\\", "")
+                .replace("\\\"", "")
+                .matches('"')
+                .count();
+            assert_eq!(unescaped % 2, 0, "{line}");
+            assert!(line.rsplit_once(' ').is_some(), "{line}");
+        }
+    }
 }

@@ -14,7 +14,7 @@ use crate::events::rules::Engine;
 use crate::events::{Draft, EventState, EventType};
 use crate::metrics::Metrics;
 use crate::modbus::bus::BusEvent;
-use crate::model::{now_ms, Quality};
+use crate::model::now_ms;
 use crate::state::{self, SharedLive};
 use crate::store::{StoreCmd, StoreHandle};
 use crate::sync::Locked;
@@ -72,10 +72,15 @@ impl Pipeline {
                     self.queues.settle(done).await;
                 }
                 _ = tick.tick() => {
-                    self.on_tick(&mut drafts);
+                    let mut reports = self.on_tick(&mut drafts);
                     if last_stale_check.elapsed() >= STALE_CHECK {
                         last_stale_check = tokio::time::Instant::now();
-                        state::mark_stale(&self.config, &self.live, now_ms());
+                        reports.extend(state::mark_stale(&self.config, &self.live, now_ms()));
+                    }
+                    for cmd in reports {
+                        if !self.report(cmd, tokio::time::Instant::now()).await {
+                            return;
+                        }
                     }
                 }
             }
@@ -141,6 +146,11 @@ impl Pipeline {
         let Some(cmd) = state::apply(&self.config, &self.live, ev) else {
             return true;
         };
+        self.report(cmd, read_at).await
+    }
+
+    /// A state change to push (a report) and store. False when the store is gone.
+    async fn report(&self, cmd: StoreCmd, read_at: tokio::time::Instant) -> bool {
         if let StoreCmd::Report { device, ts, rows } = &cmd {
             self.push.telemetry(*device, *ts, rows, read_at.into_std());
         }
@@ -151,20 +161,17 @@ impl Pipeline {
         true
     }
 
-    /// Timed rules (on-delays, `stale`), and the gaps the store's size cap made.
-    fn on_tick(&mut self, drafts: &mut Vec<Draft>) {
+    /// Timed rules (on-delays, `stale`), and the gaps the store's size cap made. Returns the
+    /// reports of points a `stale` rule flagged.
+    fn on_tick(&mut self, drafts: &mut Vec<Draft>) -> Vec<StoreCmd> {
+        let mut reports = Vec::new();
         if self.engine.rule_count() > 0 {
-            let stale = self
-                .engine
-                .tick(now_ms(), tokio::time::Instant::now(), drafts);
-            if !stale.is_empty() {
-                let mut live = state::write(&self.live);
-                for (d, p) in stale {
-                    live.devices[d].points[p].quality = Quality::Stale;
-                }
-            }
+            let now = now_ms();
+            let stale = self.engine.tick(now, tokio::time::Instant::now(), drafts);
+            reports = state::turn_stale(&self.live, &stale, now);
         }
         self.gap_events(drafts);
+        reports
     }
 
     /// Telemetry the store's size cap dropped before any upstream had it: one

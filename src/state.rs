@@ -109,29 +109,62 @@ fn must_report(point: &Point, p: &PointLive, ts: Millis) -> bool {
 /// `stale` by itself, with no rule: its polls stopped arriving (a stalled bus, a slave that
 /// answers too slowly). Only `good` values turn stale (a failed read is `bad` already), and
 /// the next good read makes them good again. Checked once a second; the write lock is taken
-/// only when something turns stale.
-pub fn mark_stale(config: &Config, live: &SharedLive, now: Millis) {
+/// only when something turns stale. Returns the reports the change calls for (see
+/// [`turn_stale`]).
+pub fn mark_stale(config: &Config, live: &SharedLive, now: Millis) -> Vec<StoreCmd> {
     let limit =
         |d: usize, p: usize| (config.devices[d].point_interval(p).as_millis() as i64 * 3).max(3000);
-    let due = |l: &Live| {
-        l.devices.iter().enumerate().any(|(d, dev)| {
+    let due: Vec<(usize, usize)> = read(live)
+        .devices
+        .iter()
+        .enumerate()
+        .flat_map(|(d, dev)| {
             dev.points
                 .iter()
                 .enumerate()
-                .any(|(k, p)| p.quality == Quality::Good && now - p.ts > limit(d, k))
+                .filter(move |(k, p)| p.quality == Quality::Good && now - p.ts > limit(d, *k))
+                .map(move |(k, _)| (d, k))
         })
-    };
-    if !due(&read(live)) {
-        return;
+        .collect();
+    turn_stale(live, &due, now)
+}
+
+/// Points turned `stale` (by time, or by a `stale` rule), reported like a change of value
+/// (SPEC, Quality): one report per device, its rows the points' last values marked stale, for
+/// the push, the store and every upstream — a stale value was shown as good everywhere but
+/// the live state.
+pub fn turn_stale(live: &SharedLive, points: &[(usize, usize)], now: Millis) -> Vec<StoreCmd> {
+    if points.is_empty() {
+        return Vec::new();
     }
     let mut l = write(live);
-    for (d, dev) in l.devices.iter_mut().enumerate() {
-        for (k, p) in dev.points.iter_mut().enumerate() {
-            if p.quality == Quality::Good && now - p.ts > limit(d, k) {
-                p.quality = Quality::Stale;
-            }
+    let mut reports: Vec<StoreCmd> = Vec::new();
+    for &(device, point) in points {
+        let pl = &mut l.devices[device].points[point];
+        if pl.quality == Quality::Stale {
+            continue;
+        }
+        pl.quality = Quality::Stale;
+        pl.reported = Some((pl.value.clone(), Quality::Stale, now));
+        let row = Row {
+            device,
+            point,
+            ts: now,
+            value: pl.value.clone(),
+            quality: Quality::Stale,
+        };
+        match reports.last_mut() {
+            Some(StoreCmd::Report {
+                device: d, rows, ..
+            }) if *d == device => rows.push(row),
+            _ => reports.push(StoreCmd::Report {
+                device,
+                ts: now,
+                rows: vec![row],
+            }),
         }
     }
+    reports
 }
 
 /// One bus event → the state change, and the store command it calls for.

@@ -512,6 +512,21 @@ async fn a_point_whose_polls_stop_arriving_turns_stale_and_good_again() {
         quality(&gw, "boiler", "setpoint") == Quality::Good
     })
     .await;
+    // The change of quality travelled as a change of value would (#31, item 7): stored (the
+    // history the sinks forward, MySQL's `quality`, MQTT's `q`), stale and then good again.
+    gw.settle().await;
+    let conn = edge_gateway::store::open_reader(dir.path()).unwrap();
+    let device = &gw.config.devices[0];
+    let rows =
+        edge_gateway::store::history(&conn, device, &device.points[1], 0, i64::MAX, 1000).unwrap();
+    let stale_at = rows
+        .iter()
+        .position(|r| r.2 == Quality::Stale)
+        .expect("a stale row in the history");
+    assert!(
+        rows[stale_at..].iter().any(|r| r.2 == Quality::Good),
+        "{rows:?}"
+    );
     gw.shutdown().await;
 }
 
@@ -661,6 +676,13 @@ async fn a_dead_bus_raises_one_alarm_not_one_per_device() {
     .await;
     gw.settle().await;
     assert_eq!(events_of(&gw, "b", "bus_online").len(), 1);
+    // Each device's return names the bus it went down with (#31, item 10).
+    let back = events_of(&gw, "boiler", "device_online");
+    assert!(
+        back.iter()
+            .any(|e| e["message"].as_str().unwrap().contains("bus b is back")),
+        "{back:#?}"
+    );
     assert!(
         alarms(&gw).await.iter().all(|a| a["type"] == "bus_offline"),
         "no device alarms"

@@ -507,3 +507,67 @@ async fn protocol_errors_close_with_the_right_status_code() {
         1002
     );
 }
+
+/// #31, item 2: one socket that never reads sent 60,000 invalid one-byte frames; their 400
+/// replies filled its queue, the reader waited on the full queue, and a reload froze 42.5 s
+/// and a stop 42.1 s (past systemd's 10 s: SIGKILL, no final flush). Now a client that does
+/// not read its replies is closed, and a reload and a stop go through at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_never_reads_holds_neither_a_reload_nor_a_stop() {
+    use tokio::io::AsyncWriteExt;
+    let mut t = Target::start("").await;
+    let mut tcp = TcpStream::connect(t.http).await.unwrap();
+    tcp.write_all(upgrade_request(&t.http.to_string(), None).as_bytes())
+        .await
+        .unwrap();
+    // Masked one-byte text frames ("x", not JSON: a 400 each), never reading a byte back.
+    let frame = [0x81u8, 0x81, 1, 2, 3, 4, b'x' ^ 1];
+    let flood: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 60_000)
+        .collect();
+    let flooding = tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(20), tcp.write_all(&flood)).await;
+        tcp
+    });
+    signal(&t, "-HUP");
+    wait_for("the reload in the log", || {
+        t.log_lines("config reloaded") > 0
+    })
+    .await;
+    signal(&t, "-TERM");
+    let status = (0..200)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            t.child.0.try_wait().unwrap()
+        })
+        .expect("still running 10 s after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    drop(flooding.await);
+}
+
+/// #31, item 5: with a hard limit of 1,024 descriptors, six addresses' idle connections shut
+/// `/healthz` out (each address's 128 within its share, together past the cap of half the
+/// descriptors). Now the greediest address's oldest connection makes room for a newcomer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_six_addresses_leave_healthz_answering() {
+    let t = Target::start_with("", Some(1024)).await;
+    let mut idle = Vec::new();
+    for a in 1..=6u8 {
+        let from = IpAddr::from([127, 0, 7, a]);
+        for _ in 0..100 {
+            let sock = TcpSocket::new_v4().unwrap();
+            sock.bind(SocketAddr::new(from, 0)).unwrap();
+            if let Ok(c) = sock.connect(t.http).await {
+                idle.push(c);
+            }
+        }
+    }
+    for _ in 0..5 {
+        let h = healthz_json(t.http).await.expect("/healthz answers");
+        assert_eq!(h["status"], "ok", "{h}");
+    }
+    drop(idle);
+}

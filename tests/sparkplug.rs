@@ -245,6 +245,14 @@ async fn a_host_decodes_births_data_and_commands_against_the_device() {
 
     // The DBIRTH once the device has answered: every point, typed, with the device's values.
     let dbirth = host.next("a DBIRTH with values", with_values).await;
+    // And no DBIRTH before it: a device is born once polled, never with every metric null
+    // (#31, item 8).
+    let births = host
+        .log
+        .iter()
+        .filter(|m| verb(m, "DBIRTH", Some("py")))
+        .count();
+    assert_eq!(births, 1, "a DBIRTH before the device answered");
     let d = metrics(&dbirth);
     let expect: [(&str, &str, Json); 10] = [
         ("i32", "INT32", (-123_456).into()),

@@ -54,8 +54,11 @@ pub(super) struct RawHttp {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUser {
+    #[serde(default)]
     pub(super) name: String,
+    #[serde(default)]
     pub(super) role: String,
+    #[serde(default)]
     pub(super) password_hash: String,
 }
 
@@ -73,7 +76,9 @@ pub(super) struct RawPush {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBus {
+    #[serde(default)]
     pub(super) name: String,
+    #[serde(default)]
     pub(super) kind: String,
     pub(super) port: Option<String>,
     pub(super) baud: Option<i64>,
@@ -89,11 +94,13 @@ pub(super) struct RawBus {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDevice {
+    #[serde(default)]
     pub(super) id: String,
     #[serde(rename = "type", default)]
     pub(super) device_type: String,
+    #[serde(default)]
     pub(super) bus: String,
-    pub(super) unit: i64,
+    pub(super) unit: Option<i64>,
     pub(super) poll_interval_ms: Option<i64>,
     pub(super) byte_order: Option<String>,
     pub(super) word_order: Option<String>,
@@ -109,10 +116,12 @@ pub(super) struct RawDevice {
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPoint {
+    #[serde(default)]
     pub(super) id: String,
+    #[serde(default)]
     pub(super) table: String,
-    pub(super) address: i64,
-    #[serde(rename = "type")]
+    pub(super) address: Option<i64>,
+    #[serde(rename = "type", default)]
     pub(super) data_type: String,
     pub(super) length: Option<i64>,
     pub(super) bit: Option<i64>,
@@ -141,9 +150,13 @@ pub(super) struct RawTemplate {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRule {
+    #[serde(default)]
     pub(super) id: String,
+    #[serde(default)]
     pub(super) device: String,
+    #[serde(default)]
     pub(super) point: String,
+    #[serde(default)]
     pub(super) kind: String,
     pub(super) threshold: Option<f64>,
     pub(super) clear: Option<f64>,
@@ -173,6 +186,7 @@ pub(super) struct RawStore {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMysql {
+    #[serde(default)]
     pub(super) url: String,
     pub(super) batch_size: Option<i64>,
 }
@@ -180,6 +194,7 @@ pub(super) struct RawMysql {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMqtt {
+    #[serde(default)]
     pub(super) url: String,
     pub(super) client_id: Option<String>,
     pub(super) topic_prefix: Option<String>,

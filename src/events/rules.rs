@@ -50,6 +50,8 @@ pub struct Engine {
     link_good: Vec<u32>,
     /// Devices seen online since start (the first `online` is news only after an offline).
     online: Vec<Option<bool>>,
+    /// Devices that went offline because their bus did: their return names the bus.
+    offline_with_bus: Vec<bool>,
     device_ids: Vec<String>,
     /// Each device's bus, and the buses' names (a bus's own alarm: `bus_offline`).
     device_bus: Vec<usize>,
@@ -132,6 +134,7 @@ impl Engine {
             link_good: vec![0; config.devices.len()],
             raised: active_alarms.clone(),
             online: vec![None; config.devices.len()],
+            offline_with_bus: vec![false; config.devices.len()],
             device_ids: config.devices.iter().map(|d| d.id.clone()).collect(),
             device_bus: config.devices.iter().map(|d| d.bus).collect(),
             bus_names: config.buses.iter().map(|b| b.name.clone()).collect(),

@@ -288,14 +288,14 @@ impl BusTask {
         }
         let (metrics, bus) = (self.metrics.clone(), self.bus);
         let mut handover = None;
-        'run: loop {
+        // Set after an operator request: a due poll goes next. Operator requests go ahead of
+        // polls (someone is waiting on each), but only one at a time: a flood of reads aimed
+        // at a silent unit stopped every poll on the bus (4/s → 0/s).
+        let mut poll_turn = false;
+        loop {
             metrics.beats.beat(&metrics.beats.buses[bus]);
-            // Writes jump the queue: an operator is waiting on each.
-            while let Ok(cmd) = self.writes.try_recv() {
-                if let Err(tx) = self.request(cmd).await {
-                    handover = Some(tx);
-                    break 'run;
-                }
+            if cancel.is_cancelled() {
+                break;
             }
             let (k, due) = self
                 .slots
@@ -304,6 +304,16 @@ impl BusTask {
                 .map(|(k, s)| (k, s.next_due()))
                 .min_by_key(|&(_, due)| due)
                 .expect("slots is not empty");
+            if !(poll_turn && due <= Instant::now()) {
+                if let Ok(cmd) = self.writes.try_recv() {
+                    poll_turn = true;
+                    if let Err(tx) = self.request(cmd).await {
+                        handover = Some(tx);
+                        break;
+                    }
+                    continue;
+                }
+            }
             // A scan takes turns with due polls: neither waits more than one request.
             if self.scan.is_some() && (self.scan_turn || due > Instant::now()) {
                 if cancel.is_cancelled() {
@@ -316,17 +326,21 @@ impl BusTask {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
-                cmd = self.writes.recv() => match cmd {
-                    Some(cmd) => if let Err(tx) = self.request(cmd).await {
-                        handover = Some(tx);
-                        break;
-                    },
+                cmd = self.writes.recv(), if !(poll_turn && due <= Instant::now()) => match cmd {
+                    Some(cmd) => {
+                        poll_turn = true;
+                        if let Err(tx) = self.request(cmd).await {
+                            handover = Some(tx);
+                            break;
+                        }
+                    }
                     None => break,
                 },
                 // Wake at least every BEAT_EVERY so an idle bus still shows it is alive.
                 () = tokio::time::sleep_until(due.min(Instant::now() + BEAT_EVERY)) => {
                     if Instant::now() >= due {
                         self.scan_turn = true;
+                        poll_turn = false;
                         if !self.poll(k).await {
                             break;
                         }

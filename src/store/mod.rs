@@ -38,7 +38,7 @@ pub use query::{
     EventFilter,
 };
 use readers::small_cache;
-pub use readers::{open_reader, Readers};
+pub use readers::{open_reader, Lane, Readers};
 pub use writer::GROUP_COMMIT;
 
 pub const DB_FILE: &str = "gateway.db";

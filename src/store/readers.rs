@@ -11,27 +11,48 @@ use super::{FileId, StoreError, DB_FILE};
 use crate::sync::Locked;
 
 /// Read connections opened at start and lent to one query at a time: a query never opens a
-/// file, so it still answers when the process is at its descriptor limit.
+/// file, so it still answers when the process is at its descriptor limit. Two lanes: long
+/// reads (a week of history) have their own connections, so four viewers asking for trends
+/// (16 requests each) no longer hold an admin's alarm list for 16.8 s.
 pub struct Readers {
-    idle: std::sync::Mutex<Vec<Connection>>,
-    lent: tokio::sync::Semaphore,
+    lanes: [Pool; 2],
     data_dir: PathBuf,
     /// A query on a file removed or replaced would answer from a ghost: an error instead.
     file: FileId,
 }
 
-/// Queries that run at once (each on a blocking thread).
-const READERS: usize = 2;
+/// Which connections a query runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Bounded reads a person waits on: alarms, an event page, the audit.
+    Short = 0,
+    /// Reads whose cost grows with the range asked: history and its buckets.
+    Long = 1,
+}
+
+/// One lane's connections and the permits to use them.
+struct Pool {
+    idle: std::sync::Mutex<Vec<Connection>>,
+    lent: tokio::sync::Semaphore,
+}
+
+/// Connections per lane: short, long (each query on a blocking thread).
+const READERS: [usize; 2] = [1, 2];
 
 impl Readers {
     pub(super) fn open(data_dir: &Path) -> Result<Readers, StoreError> {
-        let idle = (0..READERS)
-            .map(|_| open_reader(data_dir))
-            .collect::<Result<Vec<_>, _>>()?;
+        let pool = |n: usize| -> Result<Pool, StoreError> {
+            let idle = (0..n)
+                .map(|_| open_reader(data_dir))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Pool {
+                idle: std::sync::Mutex::new(idle),
+                lent: tokio::sync::Semaphore::new(n),
+            })
+        };
         let path = data_dir.join(DB_FILE);
         Ok(Readers {
-            idle: std::sync::Mutex::new(idle),
-            lent: tokio::sync::Semaphore::new(READERS),
+            lanes: [pool(READERS[0])?, pool(READERS[1])?],
             data_dir: data_dir.to_path_buf(),
             file: FileId::of(&path).map_err(|source| StoreError::Dir { path, source })?,
         })
@@ -43,18 +64,29 @@ impl Readers {
         self: &Arc<Self>,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let _permit = self.lent.acquire().await.map_err(|_| StoreError::Closed)?;
+        self.query_in(Lane::Short, f).await
+    }
+
+    /// [`Readers::query`] on a lane's connections.
+    pub async fn query_in<T: Send + 'static>(
+        self: &Arc<Self>,
+        lane: Lane,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let pool = &self.lanes[lane as usize];
+        let _permit = pool.lent.acquire().await.map_err(|_| StoreError::Closed)?;
         let me = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             me.file.check()?;
-            let taken = me.idle.locked().pop();
+            let pool = &me.lanes[lane as usize];
+            let taken = pool.idle.locked().pop();
             // A connection lost to a panicking query is replaced.
             let conn = match taken {
                 Some(c) => c,
                 None => open_reader(&me.data_dir)?,
             };
             let out = f(&conn);
-            me.idle.locked().push(conn);
+            pool.idle.locked().push(conn);
             Ok(out?)
         })
         .await
@@ -85,4 +117,47 @@ const READER_CACHE_KIB: i64 = 256;
 
 pub(super) fn small_cache(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// #31, item 3: four viewers' trend requests held an admin's alarm list for 16.8 s: every
+    /// query shared two connections. With both history connections busy, a short query still
+    /// runs at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn long_reads_never_hold_a_short_one() {
+        let dir = tempfile::tempdir().unwrap();
+        rusqlite::Connection::open(dir.path().join(DB_FILE))
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x);")
+            .unwrap();
+        let readers = Arc::new(Readers::open(dir.path()).unwrap());
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Arc::new(std::sync::Mutex::new(held));
+        let mut long = Vec::new();
+        for _ in 0..READERS[Lane::Long as usize] + 2 {
+            let (r, held) = (readers.clone(), held.clone());
+            long.push(tokio::spawn(async move {
+                r.query_in(Lane::Long, move |_| {
+                    let _ = held.locked().recv();
+                    Ok(())
+                })
+                .await
+            }));
+        }
+        // Every long connection is taken (and more wait); a short read is not among them.
+        let n: i64 = readers
+            .query(|c| c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+        for _ in 0..long.len() {
+            release.send(()).unwrap();
+        }
+        for l in long {
+            l.await.unwrap().unwrap();
+        }
+    }
 }

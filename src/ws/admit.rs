@@ -2,18 +2,19 @@
 //! on those not logged in yet (with an address's share of them), and refusals counted and
 //! logged once per address per minute.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, HeaderMap, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::fair::{FairShare, Full, Place};
 
 use crate::config::Http;
 use crate::log_limit::{suppressed, LogLimit};
-use crate::sync::Locked;
 
 /// Connections not logged in yet, over all addresses: they cost little each, but a flood of
 /// them must never keep a technician out (they have their own cap, apart from `max_clients`).
@@ -76,24 +77,21 @@ impl Reason {
 
 pub struct Admission {
     clients: Arc<Semaphore>,
-    pending: Arc<Mutex<Pending>>,
+    pending: FairShare,
     rejected: [AtomicU64; Reason::ALL.len()],
     refusals: LogLimit<IpAddr>,
     /// This box's own host name, lower case.
     hostname: Option<String>,
 }
 
-#[derive(Default)]
-struct Pending {
-    total: usize,
-    by_address: HashMap<IpAddr, usize>,
-}
-
 /// A connection let in: holds its place under `max_clients`, and under the pending cap until
 /// it logs in ([`Admitted::logged_in`]).
 pub struct Admitted {
     _client: OwnedSemaphorePermit,
-    pending: Option<PendingSlot>,
+    pending: Option<Place>,
+    /// Cancelled when a newcomer from a quieter address took this connection's place before
+    /// it logged in (see [`crate::fair`]).
+    pub evicted: CancellationToken,
 }
 
 impl Admitted {
@@ -103,29 +101,11 @@ impl Admitted {
     }
 }
 
-struct PendingSlot {
-    pending: Arc<Mutex<Pending>>,
-    from: IpAddr,
-}
-
-impl Drop for PendingSlot {
-    fn drop(&mut self) {
-        let mut p = self.pending.locked();
-        p.total -= 1;
-        if let Some(n) = p.by_address.get_mut(&self.from) {
-            *n -= 1;
-            if *n == 0 {
-                p.by_address.remove(&self.from);
-            }
-        }
-    }
-}
-
 impl Admission {
     pub fn new(max_clients: usize) -> Admission {
         Admission {
             clients: Arc::new(Semaphore::new(max_clients)),
-            pending: Arc::default(),
+            pending: FairShare::new(MAX_PENDING, MAX_PENDING_PER_ADDRESS),
             rejected: Default::default(),
             refusals: LogLimit::new(Duration::from_secs(60)),
             hostname: hostname(),
@@ -160,22 +140,14 @@ impl Admission {
             .clone()
             .try_acquire_owned()
             .map_err(|_| Reason::MaxClients)?;
-        let mut p = self.pending.locked();
-        if p.total >= MAX_PENDING {
-            return Err(Reason::Pending);
-        }
-        let mine = p.by_address.entry(from).or_default();
-        if *mine >= MAX_PENDING_PER_ADDRESS {
-            return Err(Reason::PendingPerAddress);
-        }
-        *mine += 1;
-        p.total += 1;
+        let place = self.pending.take(from).map_err(|full| match full {
+            Full::Total => Reason::Pending,
+            Full::Address => Reason::PendingPerAddress,
+        })?;
         Ok(Admitted {
             _client: client,
-            pending: Some(PendingSlot {
-                pending: Arc::clone(&self.pending),
-                from,
-            }),
+            evicted: place.evicted.clone(),
+            pending: Some(place),
         })
     }
 
@@ -229,7 +201,7 @@ impl Admission {
 
     /// Connections not logged in yet.
     pub fn pending(&self) -> usize {
-        self.pending.locked().total
+        self.pending.taken()
     }
 }
 
@@ -352,12 +324,35 @@ mod tests {
             held.push(a.check(&cfg, IpAddr::from([10, 0, 1, n]), &h).unwrap());
             n += 1;
         }
-        assert_eq!(
-            a.check(&cfg, "10.0.9.9".parse().unwrap(), &h).err(),
-            Some(Reason::Pending)
-        );
-        drop(held);
+        // Full: a newcomer from a quiet address takes the place of the greediest address's
+        // oldest connection, which is told to close (#31, item 5).
+        let newcomer = a.check(&cfg, "10.0.9.9".parse().unwrap(), &h).unwrap();
+        assert_eq!(a.pending(), MAX_PENDING);
+        assert_eq!(held.iter().filter(|x| x.evicted.is_cancelled()).count(), 1);
+        drop((held, newcomer));
         assert_eq!(a.pending(), 0);
         assert!(a.check(&cfg, one, &h).is_ok());
+    }
+
+    /// #31, item 5: four addresses × 16 sockets filled the cap and a technician got in 2 of 25
+    /// tries. A fifth address gets in every time.
+    #[test]
+    fn a_few_greedy_addresses_cannot_keep_a_technician_out() {
+        let a = Admission::new(1000);
+        let cfg = http(&[], &[]);
+        let h = headers("127.0.0.1", None);
+        let mut held = Vec::new();
+        for n in 1..=4u8 {
+            for _ in 0..MAX_PENDING_PER_ADDRESS {
+                held.push(a.check(&cfg, IpAddr::from([10, 0, 0, n]), &h).unwrap());
+            }
+        }
+        assert_eq!(a.pending(), MAX_PENDING);
+        for t in 0..25u8 {
+            let tech = a.check(&cfg, IpAddr::from([10, 0, 5, t]), &h);
+            assert!(tech.is_ok(), "try {t}: {:?}", tech.err());
+            held.push(tech.unwrap());
+        }
+        assert_eq!(a.pending(), MAX_PENDING);
     }
 }

@@ -165,6 +165,15 @@ impl Hub {
     }
 
     /// Every open connection, oldest first.
+    /// Open connections whose socket is logged in now.
+    pub fn logged_in(&self) -> usize {
+        self.open
+            .locked()
+            .values()
+            .filter(|c| c.login().is_some())
+            .count()
+    }
+
     pub fn connections(&self) -> Vec<Arc<Client>> {
         let mut v: Vec<Arc<Client>> = self.open.locked().values().cloned().collect();
         v.sort_by_key(|c| c.id);

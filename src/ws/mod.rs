@@ -58,6 +58,10 @@ pub async fn upgrade(
 ) -> Response {
     let accept = match socket::accept_key(req.headers()) {
         Ok(k) => k,
+        // RFC 6455 §4.4: a version we do not speak is answered with the one we do.
+        Err(answer @ (StatusCode::UPGRADE_REQUIRED, _)) => {
+            return ([("sec-websocket-version", "13")], answer).into_response()
+        }
         Err(answer) => return answer.into_response(),
     };
     let admitted = match shared
@@ -148,34 +152,35 @@ async fn connection(
         tokio::select! {
             () = done.cancelled() => break,
             () = shared.shutdown.cancelled() => {
-                let _ = replies.send(Out::Close(1001, "gateway shutting down")).await;
+                offer(&replies, Out::Close(1001, "gateway shutting down"));
                 break;
+            }
+            // A newcomer from a quieter address took this socket's place.
+            () = admitted.evicted.cancelled(), if client.login().is_none() => {
+                offer(&replies, Out::Close(1008, "too many connections from this address waiting to log in")); break;
             }
             () = &mut login_deadline, if client.login().is_none() => {
                 shared.admission.count(admit::Reason::AuthTimeout);
-                let _ = replies.send(Out::Close(1008, "login required within 10 s")).await;
-                break;
+                offer(&replies, Out::Close(1008, "login required within 10 s")); break;
             }
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             msg = stream.next() => {
                 last_heard.store(epoch.elapsed().as_millis() as u64, Relaxed);
-                let frame = match incoming(msg, remote, &replies).await {
+                let frame = match incoming(msg, remote, &replies, &shared.shutdown).await {
                     Incoming::Text(t) => t,
                     Incoming::Skip => continue,
                     Incoming::End => break,
                 };
+                // A reply the client is not reading ends it: it must not hold this loop.
                 let request = match context::parse(&frame) {
                     Ok(r) => r,
-                    Err(r) => {
-                        let _ = replies.send(text(r)).await;
-                        continue;
-                    }
+                    Err(r) => if put(&replies, &shared.shutdown, text(r)).await { continue } else { break },
                 };
                 if !bucket.take(in_flight.len() < MAX_IN_FLIGHT) {
                     shared.admission.count(admit::Reason::Rate);
                     let r = reply(&request.request_id, Some(&request.service), Err(ServiceError::new(429, "too many requests")));
-                    let _ = replies.send(text(r)).await;
-                    continue;
+                    if put(&replies, &shared.shutdown, text(r)).await { continue; }
+                    break;
                 }
                 let ctx = Ctx { shared: shared.clone(), client: client.clone(), remote: remote.ip(), params: request.params };
                 in_flight.spawn(serve(request.request_id, request.service, ctx, replies.clone()));
@@ -232,6 +237,28 @@ async fn serve(
     let _ = replies.send(text(r)).await;
 }
 
+/// Queues a close frame without waiting (the connection ends either way).
+fn offer(replies: &mpsc::Sender<Out>, out: Out) {
+    let _ = replies.try_send(out);
+}
+
+/// How long a reply the reader makes itself may wait for room in the client's queue: a
+/// burst of requests fills it for a moment, a client that does not read fills it for good.
+const REPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// Queues a reply the reader makes itself (a 400, a 429), waiting at most [`REPLY_WAIT`] and
+/// never past a stop or reload: a client that did not read its replies while it kept sending
+/// (60,000 bad frames) held the reader on a full queue, and a reload with it, for 42 s. False
+/// when it could not be queued: the client is closed.
+async fn put(replies: &mpsc::Sender<Out>, stop: &CancellationToken, out: Out) -> bool {
+    tokio::select! {
+        biased;
+        r = replies.send(out) => r.is_ok(),
+        () = stop.cancelled() => false,
+        () = tokio::time::sleep(REPLY_WAIT) => false,
+    }
+}
+
 /// What a read off the socket means for the connection.
 enum Incoming {
     /// A request to parse and serve.
@@ -248,28 +275,36 @@ async fn incoming(
     msg: Option<Result<Message, tungstenite::Error>>,
     remote: SocketAddr,
     replies: &mpsc::Sender<Out>,
+    stop: &CancellationToken,
 ) -> Incoming {
     match msg {
         Some(Ok(Message::Text(t))) if t.len() > MAX_FRAME => {
-            too_large(remote, replies, request_id_of(&t)).await;
+            too_large(remote, replies, request_id_of(&t));
             Incoming::End
         }
         Some(Ok(Message::Text(t))) => Incoming::Text(t),
         Some(Ok(Message::Binary(_))) => {
             let err = ServiceError::bad_request("text frames only");
-            let _ = replies
-                .send(text(reply(&serde_json::Value::Null, None, Err(err))))
-                .await;
-            Incoming::Skip
+            if put(
+                replies,
+                stop,
+                text(reply(&serde_json::Value::Null, None, Err(err))),
+            )
+            .await
+            {
+                Incoming::Skip
+            } else {
+                Incoming::End
+            }
         }
         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Incoming::Skip,
         Some(Ok(Message::Close(_))) | None => Incoming::End,
         Some(Err(e)) => {
             match close_for(&e) {
-                Some((1009, _)) => too_large(remote, replies, serde_json::Value::Null).await,
+                Some((1009, _)) => too_large(remote, replies, serde_json::Value::Null),
                 Some((code, reason)) => {
                     tracing::debug!(%remote, "websocket closed with {code}: {e}");
-                    let _ = replies.send(Out::Close(code, reason)).await;
+                    offer(replies, Out::Close(code, reason));
                 }
                 None => tracing::debug!(%remote, "websocket read error: {e}"),
             }
@@ -279,15 +314,13 @@ async fn incoming(
 }
 
 /// SPEC's 413 reply (naming the request when its id could be read), then close 1009.
-async fn too_large(remote: SocketAddr, replies: &mpsc::Sender<Out>, id: serde_json::Value) {
+fn too_large(remote: SocketAddr, replies: &mpsc::Sender<Out>, id: serde_json::Value) {
     if let Some(held) = crate::log_limit::per_peer(remote.ip(), "frame too large") {
         tracing::warn!(%remote, "websocket frame over {MAX_FRAME} bytes: closing with 1009{}", crate::log_limit::suppressed(held));
     }
     let err = ServiceError::new(413, "frame too large (max 64 KiB)");
-    let _ = replies.send(text(reply(&id, None, Err(err)))).await;
-    let _ = replies
-        .send(Out::Close(1009, "frame too large (max 64 KiB)"))
-        .await;
+    let _ = replies.try_send(text(reply(&id, None, Err(err))));
+    offer(replies, Out::Close(1009, "frame too large (max 64 KiB)"));
 }
 
 /// The `requestId` of an over-long frame, when its first KiB names one (a string or a number,

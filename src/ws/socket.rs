@@ -18,7 +18,8 @@ use tungstenite::Bytes;
 
 use super::writer::Out;
 
-/// The `Sec-WebSocket-Accept` for a well-formed upgrade request, or why it is not one (400).
+/// The `Sec-WebSocket-Accept` for a well-formed upgrade request, or why it is not one: 400,
+/// or 426 for another version (RFC 6455 §4.2.1-4.2.2; the answer names 13).
 pub fn accept_key(headers: &HeaderMap) -> Result<String, (StatusCode, &'static str)> {
     let has = |name, want: &str| {
         headers
@@ -40,12 +41,30 @@ pub fn accept_key(headers: &HeaderMap) -> Result<String, (StatusCode, &'static s
         .map(axum::http::HeaderValue::as_bytes)
         != Some(b"13")
     {
-        return bad("WebSocket version not supported (13 only)");
+        return Err((
+            StatusCode::UPGRADE_REQUIRED,
+            "WebSocket version not supported (13 only)",
+        ));
     }
-    match headers.get(SEC_WEBSOCKET_KEY) {
-        Some(key) => Ok(tungstenite::handshake::derive_accept_key(key.as_bytes())),
-        None => bad("Sec-WebSocket-Key header missing"),
+    let mut keys = headers.get_all(SEC_WEBSOCKET_KEY).iter();
+    match (keys.next(), keys.next()) {
+        (Some(key), None) if is_key(key.as_bytes()) => {
+            Ok(tungstenite::handshake::derive_accept_key(key.as_bytes()))
+        }
+        (None, _) => bad("Sec-WebSocket-Key header missing"),
+        (Some(_), Some(_)) => bad("Sec-WebSocket-Key header given more than once"),
+        (Some(_), None) => bad("Sec-WebSocket-Key is not 16 bytes in base64"),
     }
+}
+
+/// Whether a `Sec-WebSocket-Key` is 16 bytes in base64: 22 characters of the alphabet, the
+/// last of which carries only 2 bits (so `A`, `Q`, `g` or `w`), then `==`.
+fn is_key(key: &[u8]) -> bool {
+    let b64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
+    key.len() == 24
+        && key[..22].iter().all(b64)
+        && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
+        && &key[22..] == b"=="
 }
 
 /// The 101 answer that completes the handshake.
@@ -146,5 +165,47 @@ impl AsyncWrite for ReadSide {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(version: &str, keys: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, "Upgrade".parse().unwrap());
+        h.insert(UPGRADE, "websocket".parse().unwrap());
+        h.insert("sec-websocket-version", version.parse().unwrap());
+        for k in keys {
+            h.append(SEC_WEBSOCKET_KEY, k.parse().unwrap());
+        }
+        h
+    }
+
+    /// #31, item 6: any key (a duplicate, 3 bytes, 10 KB, not base64) got 101.
+    #[test]
+    fn the_key_is_sixteen_bytes_of_base64_given_once_and_the_version_thirteen() {
+        // RFC 6455's own example.
+        let good = "dGhlIHNhbXBsZSBub25jZQ==";
+        assert_eq!(
+            accept_key(&headers("13", &[good])).unwrap(),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        let long = "A".repeat(10_000);
+        for keys in [
+            vec![],
+            vec![good, good],
+            vec!["abc"],
+            vec![long.as_str()],
+            vec!["dGhlIHNhbXBsZSBub25jZQ=!"],
+            vec!["dGhlIHNhbXBsZSBub25jZR=="],
+            vec!["dGhlIHNhbXBsZSBub25j*Q=="],
+        ] {
+            let r = accept_key(&headers("13", &keys)).unwrap_err();
+            assert_eq!(r.0, StatusCode::BAD_REQUEST, "{keys:?}");
+        }
+        let r = accept_key(&headers("8", &[good])).unwrap_err();
+        assert_eq!(r.0, StatusCode::UPGRADE_REQUIRED);
     }
 }

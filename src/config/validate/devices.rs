@@ -14,8 +14,7 @@ impl Validator {
         let mut out = Vec::new();
         for (i, b) in raw.into_iter().enumerate() {
             let p = KeyPath::default().key("buses").index(i);
-            if b.name.is_empty() {
-                self.err(&p.key("name"), "must not be empty");
+            if self.required(&p.key("name"), b.name.is_empty()) {
             } else if !seen.insert(b.name.clone()) {
                 self.err(&p.key("name"), format!("duplicate bus `{}`", b.name));
             }
@@ -120,10 +119,12 @@ impl Validator {
                 }
             }
             other => {
-                self.err(
-                    &p.key("kind"),
-                    format!("unknown bus kind `{other}` (expected rtu, tcp or rtu_over_tcp)"),
-                );
+                if !self.required(&p.key("kind"), other.is_empty()) {
+                    self.err(
+                        &p.key("kind"),
+                        format!("unknown bus kind `{other}` (expected rtu, tcp or rtu_over_tcp)"),
+                    );
+                }
                 Link::Tcp {
                     address: String::new(),
                 }
@@ -157,8 +158,7 @@ impl Validator {
         let mut out = Vec::new();
         for (i, mut d) in raw.enumerate() {
             let p = KeyPath::default().key("devices").index(i);
-            if d.id.is_empty() {
-                self.err(&p.key("id"), "must not be empty");
+            if self.required(&p.key("id"), d.id.is_empty()) {
             } else if d.id.contains(['/', '+', '#']) {
                 // The id is one level of the MQTT topics (`devices/{device}/…`).
                 self.err(&p.key("id"), "must not contain `/`, `+` or `#`");
@@ -167,11 +167,14 @@ impl Validator {
             }
             let bus = if let Some(b) = buses.iter().position(|b| b.name == d.bus) {
                 b
+            } else if self.required(&p.key("bus"), d.bus.is_empty()) {
+                0
             } else {
                 self.err(&p.key("bus"), format!("unknown bus `{}`", d.bus));
                 0
             };
-            let unit = self.int(&p.key("unit"), Some(d.unit), 1, 1, 247) as u8;
+            self.required(&p.key("unit"), d.unit.is_none());
+            let unit = self.int(&p.key("unit"), d.unit, 1, 1, 247) as u8;
             let byte_order = self.order(
                 &p.key("byte_order"),
                 d.byte_order.as_deref(),
@@ -316,6 +319,12 @@ impl Validator {
         if !(deadband >= 0.0 && deadband.is_finite()) {
             self.err(&p.key("deadband"), "must be 0 or more");
         }
+        for (key, v) in [("min", rp.min), ("max", rp.max)] {
+            // NaN compares false with everything: `min = nan` made every value "in range".
+            if v.is_some_and(|x| !x.is_finite()) {
+                self.err(&p.key(key), "must be a finite number");
+            }
+        }
         if let (Some(lo), Some(hi)) = (rp.min, rp.max) {
             if lo > hi {
                 self.err(&p.key("min"), format!("min {lo} is above max {hi}"));
@@ -339,7 +348,7 @@ impl Validator {
         });
         Some(Point {
             id: rp.id,
-            address: rp.address as u16,
+            address: rp.address.unwrap_or(0) as u16,
             format,
             unit: rp.unit,
             deadband,
@@ -355,11 +364,11 @@ impl Validator {
     /// about the point can be checked.
     fn point_kind(&mut self, p: &KeyPath, rp: &RawPoint) -> Option<(Table, DataType)> {
         let mut ok = true;
-        if rp.id.is_empty() {
-            self.err(&p.key("id"), "must not be empty");
-        }
+        self.required(&p.key("id"), rp.id.is_empty());
         let table = Table::parse(&rp.table);
-        if table.is_none() {
+        if self.required(&p.key("table"), rp.table.is_empty()) {
+            ok = false;
+        } else if table.is_none() {
             self.err(
                 &p.key("table"),
                 format!(
@@ -370,18 +379,20 @@ impl Validator {
             ok = false;
         }
         let data_type = DataType::parse(&rp.data_type);
-        if data_type.is_none() {
+        if self.required(&p.key("type"), rp.data_type.is_empty()) {
+            ok = false;
+        } else if data_type.is_none() {
             self.err(
                 &p.key("type"),
                 format!("unknown type `{}` (expected {TYPES})", rp.data_type),
             );
             ok = false;
         }
-        if !(0..=65535).contains(&rp.address) {
-            self.err(
-                &p.key("address"),
-                format!("{} is outside 0..=65535", rp.address),
-            );
+        let address = rp.address.unwrap_or(0);
+        if self.required(&p.key("address"), rp.address.is_none()) {
+            ok = false;
+        } else if !(0..=65535).contains(&address) {
+            self.err(&p.key("address"), format!("{address} is outside 0..=65535"));
             ok = false;
         }
         let (Some(table), Some(data_type), true) = (table, data_type, ok) else {
@@ -442,10 +453,14 @@ impl Validator {
     fn point_fits(&mut self, p: &KeyPath, rp: &RawPoint, format: &Format, max_regs: u16) {
         let table = format.table;
         let width = format.width();
-        if rp.address + i64::from(width) > 65536 {
+        if rp.address.unwrap_or(0) + i64::from(width) > 65536 {
             self.err(
                 &p.key("address"),
-                format!("{} registers from {} run past 65535", width, rp.address),
+                format!(
+                    "{} registers from {} run past 65535",
+                    width,
+                    rp.address.unwrap_or(0)
+                ),
             );
         }
         if !table.is_bits() && width > max_regs {

@@ -22,6 +22,9 @@ use super::{
 
 /// Checks the raw config into the domain types, collecting every problem by key path (their
 /// lines are found afterwards, only when there are any).
+/// What a required key that is missing or empty is told.
+const REQUIRED: &str = "required: missing or empty";
+
 #[derive(Default)]
 pub(super) struct Validator {
     pub(super) problems: Vec<(KeyPath, String)>,
@@ -33,6 +36,15 @@ const TYPES: &str = "bool, u16, i16, u32, i32, u64, i64, f32, f64, string";
 impl Validator {
     fn err(&mut self, path: &KeyPath, message: impl Into<String>) {
         self.problems.push((path.clone(), message.into()));
+    }
+
+    /// A required key, missing or empty: named as such. Required keys are read as empty when
+    /// absent (not a serde error), so the rest of the file is still checked in the same pass.
+    fn required(&mut self, path: &KeyPath, empty: bool) -> bool {
+        if empty {
+            self.err(path, REQUIRED);
+        }
+        empty
     }
 
     fn warn(&mut self, path: &KeyPath, message: impl Into<String>) {
@@ -93,7 +105,8 @@ impl Validator {
         };
         let mysql = raw.mysql.map(|m| {
             let p = root.key("mysql");
-            if !m.url.starts_with("mysql://") {
+            if self.required(&p.key("url"), m.url.is_empty()) {
+            } else if !m.url.starts_with("mysql://") {
                 self.err(&p.key("url"), "must start with mysql://");
             }
             Mysql {
@@ -122,7 +135,8 @@ impl Validator {
     /// `[mqtt]`: the URL, topic prefix, QoS, writes and their age limit, and the format.
     fn mqtt(&mut self, m: RawMqtt, p: &KeyPath, gateway_id: &str) -> Mqtt {
         let sparkplug = self.mqtt_format(p, &m, gateway_id);
-        if !(m.url.starts_with("mqtt://") || m.url.starts_with("mqtts://")) {
+        if self.required(&p.key("url"), m.url.is_empty()) {
+        } else if !(m.url.starts_with("mqtt://") || m.url.starts_with("mqtts://")) {
             self.err(&p.key("url"), "must start with mqtt:// or mqtts://");
         }
         let topic_prefix = m.topic_prefix.unwrap_or_else(|| "edge".into());
@@ -267,14 +281,17 @@ impl Validator {
         let mut out = Vec::new();
         for (i, u) in raw.into_iter().enumerate() {
             let p = KeyPath::default().key("users").index(i);
-            if u.name.is_empty() {
-                self.err(&p.key("name"), "must not be empty");
+            if self.required(&p.key("name"), u.name.is_empty()) {
             } else if !seen.insert(u.name.clone()) {
                 self.err(&p.key("name"), format!("duplicate user `{}`", u.name));
             }
             let role = match u.role.as_str() {
                 "admin" => Role::Admin,
                 "viewer" => Role::Viewer,
+                "" => {
+                    self.required(&p.key("role"), true);
+                    Role::Viewer
+                }
                 other => {
                     self.err(
                         &p.key("role"),
@@ -283,7 +300,8 @@ impl Validator {
                     Role::Viewer
                 }
             };
-            if u.password_hash == super::PASSWORD_PLACEHOLDER {
+            if self.required(&p.key("password_hash"), u.password_hash.is_empty()) {
+            } else if u.password_hash == super::PASSWORD_PLACEHOLDER {
                 self.err(
                     &p.key("password_hash"),
                     format!(

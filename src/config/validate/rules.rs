@@ -15,13 +15,14 @@ impl Validator {
         let mut out = Vec::new();
         for (i, r) in raw.into_iter().enumerate() {
             let p = KeyPath::default().key("rules").index(i);
-            if r.id.is_empty() {
-                self.err(&p.key("id"), "must not be empty");
+            if self.required(&p.key("id"), r.id.is_empty()) {
             } else if !seen.insert(r.id.clone()) {
                 self.err(&p.key("id"), format!("duplicate rule `{}`", r.id));
             }
             let Some(&device) = by_id.get(r.device.as_str()) else {
-                self.err(&p.key("device"), format!("unknown device `{}`", r.device));
+                if !self.required(&p.key("device"), r.device.is_empty()) {
+                    self.err(&p.key("device"), format!("unknown device `{}`", r.device));
+                }
                 continue;
             };
             let Some(point) = devices[device]
@@ -29,10 +30,12 @@ impl Validator {
                 .iter()
                 .position(|pt| pt.id == r.point)
             else {
-                self.err(
-                    &p.key("point"),
-                    format!("device `{}` has no point `{}`", r.device, r.point),
-                );
+                if !self.required(&p.key("point"), r.point.is_empty()) {
+                    self.err(
+                        &p.key("point"),
+                        format!("device `{}` has no point `{}`", r.device, r.point),
+                    );
+                }
                 continue;
             };
             // Every number of a rule must be finite: `threshold = nan` never compares true, and
@@ -59,6 +62,9 @@ impl Validator {
                         r.kind, r.point
                     ),
                 );
+            }
+            if self.required(&p.key("kind"), r.kind.is_empty()) {
+                continue;
             }
             let Some(kind) = self.rule_kind(&p, &r) else {
                 continue;

@@ -40,6 +40,8 @@ impl Engine {
             alarm,
             at: now,
         };
+        let bus = &self.bus_names[self.device_bus[device]];
+        let with_bus = std::mem::replace(&mut self.offline_with_bus[device], !online && bus_down);
         if online {
             if self.raised.remove(&key) {
                 out.push(draft(
@@ -50,21 +52,20 @@ impl Engine {
                     Some(AlarmOp::Clear(key)),
                 ));
             } else if was != Some(true) {
-                let message = if was.is_none() {
-                    "device online"
-                } else {
-                    "device answering again"
+                let message = match (was, with_bus) {
+                    (None, _) => "device online".to_string(),
+                    (_, true) => format!("device answering again: bus {bus} is back"),
+                    _ => "device answering again".to_string(),
                 };
                 out.push(draft(
                     EventType::DeviceOnline,
                     Priority::Normal,
                     EventState::Info,
-                    message.into(),
+                    message,
                     None,
                 ));
             }
         } else if bus_down {
-            let bus = &self.bus_names[self.device_bus[device]];
             out.push(draft(
                 EventType::DeviceOffline,
                 Priority::Normal,

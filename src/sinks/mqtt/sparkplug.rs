@@ -231,12 +231,13 @@ impl Node {
             let live = state::read(&self.control.live);
             live.devices.iter().map(|d| d.online).collect()
         };
-        for d in 0..self.config.devices.len() {
-            out.push(self.dbirth(d, None));
-        }
+        // Only a device that answers is born, with its values: a DBIRTH before the first
+        // poll carried every metric null. The others are born when their status says online.
         for (d, on) in online.iter().enumerate() {
-            if !on {
-                out.push(self.ddeath(d, None));
+            if *on {
+                out.push(self.dbirth(d, None));
+            } else {
+                self.alive[d] = false;
             }
         }
         self.born_at = Some(now);

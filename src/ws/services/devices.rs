@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::modbus::bus::WriteError;
 use crate::model::{now_ms, rfc3339, Value};
 use crate::state::{self, SharedLive};
+use crate::store::Lane;
 use crate::ws::context::{Ctx, HandlerResult, ServiceError};
 
 /// Every device as `devices.list` and `push.snapshot` give it (SPEC shape).
@@ -63,7 +64,7 @@ pub async fn history(ctx: Ctx) -> HandlerResult {
             "param `limit` must be 1..={HISTORY_MAX}"
         )));
     }
-    let rows = super::read_store(&ctx, move |conn, config| {
+    let rows = super::read_store_in(&ctx, Lane::Long, move |conn, config| {
         let dev = &config.devices[d];
         crate::store::history(conn, dev, &dev.points[p], since, until, limit as usize)
     })
@@ -129,7 +130,7 @@ async fn history_buckets(
             "param `buckets` must be 1..={BUCKETS_MAX}"
         )));
     }
-    let buckets = super::read_store(ctx, move |conn, config| {
+    let buckets = super::read_store_in(ctx, Lane::Long, move |conn, config| {
         let dev = &config.devices[d];
         crate::store::history_buckets(conn, dev, &dev.points[p], since, until, n as usize)
     })

@@ -84,7 +84,11 @@ pub async fn ack(ctx: Ctx) -> HandlerResult {
     let targets: Vec<serde_json::Value> = if let Some(id) = ctx.opt_string("eventId")? {
         vec![by_id(&id)
             .ok_or_else(|| ServiceError::not_found(format!("no alarm for event `{id}`")))?]
-    } else if let Some(ids) = ctx.opt_string_list("eventIds")? {
+    } else if let Some(mut ids) = ctx.opt_string_list("eventIds")? {
+        // An id repeated counts once: one id ×4,000 was acknowledged 4,000 times, each an
+        // event pushed and synced.
+        let mut seen = std::collections::HashSet::new();
+        ids.retain(|id| seen.insert(id.clone()));
         let mut out = Vec::new();
         for id in &ids {
             out.push(
@@ -110,7 +114,8 @@ pub async fn ack(ctx: Ctx) -> HandlerResult {
     let user = ctx.client.login().map(|l| l.user).unwrap_or_default();
     let ts = now_ms();
     let mut acked = Vec::new();
-    for alarm in &targets {
+    // One acknowledgement per alarm: one already acknowledged is not acknowledged again.
+    for alarm in targets.iter().filter(|a| a["ackedBy"].is_null()) {
         let event_id = alarm["id"].as_str().unwrap_or_default().to_string();
         let (reply, result) = oneshot::channel();
         let cmd = StoreCmd::Ack {

@@ -16,6 +16,7 @@ use futures_util::future::BoxFuture;
 
 use super::context::{Ctx, HandlerResult, ServiceError};
 use crate::config::Role;
+use crate::store::Lane;
 
 /// Who may call a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,9 +160,21 @@ pub static SERVICES: &[Service] = &[
     },
 ];
 
-/// Runs a read-only query off the async workers, on one of the store's read connections.
+/// Runs a bounded read-only query (alarms, an event page, the audit) off the async workers,
+/// on the store's connection for short reads.
 pub(super) async fn read_store<T: Send + 'static>(
     ctx: &Ctx,
+    f: impl FnOnce(&rusqlite::Connection, &crate::config::Config) -> rusqlite::Result<T>
+        + Send
+        + 'static,
+) -> Result<T, ServiceError> {
+    read_store_in(ctx, Lane::Short, f).await
+}
+
+/// [`read_store`] on a lane: history, whose cost grows with its range, runs on its own.
+pub(super) async fn read_store_in<T: Send + 'static>(
+    ctx: &Ctx,
+    lane: Lane,
     f: impl FnOnce(&rusqlite::Connection, &crate::config::Config) -> rusqlite::Result<T>
         + Send
         + 'static,
@@ -170,7 +183,7 @@ pub(super) async fn read_store<T: Send + 'static>(
     ctx.shared
         .store
         .readers
-        .query(move |conn| f(conn, &config))
+        .query_in(lane, move |conn| f(conn, &config))
         .await
         .map_err(|e| ServiceError::internal(e.to_string()))
 }

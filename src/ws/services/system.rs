@@ -50,13 +50,13 @@ fn connections(ctx: &Ctx) -> serde_json::Value {
             json!({
                 "id": c.id,
                 "user": c.login().map(|l| l.user),
-                "remote": c.remote.map(|r| r.to_string()),
-                "connectedSince": rfc3339(c.connected_at),
+                "addr": c.remote.map(|r| r.to_string()),
+                "since": rfc3339(c.connected_at),
                 "queue": c.queued(),
-                "queueCapacity": c.capacity(),
+                "capacity": c.capacity(),
                 "sent": c.sent.load(Relaxed),
                 "dropped": c.dropped.load(Relaxed),
-                "snapshotPeriodMs": (base * c.snapshot_factor()).as_millis() as u64,
+                "snapshotMs": (base * c.snapshot_factor()).as_millis() as u64,
             })
         })
         .collect()
