@@ -13,7 +13,7 @@ pub(super) enum Seg {
 }
 
 #[derive(Clone, Debug, Default)]
-pub(super) struct KeyPath(Vec<Seg>);
+pub(super) struct KeyPath(pub(super) Vec<Seg>);
 
 impl KeyPath {
     pub(super) fn key(&self, k: &str) -> KeyPath {
