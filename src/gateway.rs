@@ -11,10 +11,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::control::Control;
 use crate::metrics::Metrics;
-use crate::modbus::bus::{BusRequest, BusTask, WriteError};
+use crate::modbus::bus::{same_device, BusRequest, BusTask, WriteError};
 use crate::model::Value;
 use crate::pipeline::Pipeline;
 use crate::state::{self, SharedLive};
@@ -57,28 +57,19 @@ impl Carry {
 /// What a reload did with each bus, by name.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct ReloadSummary {
-    /// Unchanged: handed over with their links and state.
+    /// Their own settings unchanged: handed over with their links (and the state of each
+    /// device that is unchanged too).
     pub kept: Vec<String>,
-    /// Changed (settings or devices): started fresh.
+    /// Their own settings changed: started fresh, reconnected.
     pub restarted: Vec<String>,
     pub added: Vec<String>,
     pub removed: Vec<String>,
 }
 
-/// A bus is unchanged when its settings and its devices (in order, every setting and point)
-/// are, wherever it sits in the list.
+/// A bus keeps its link when its own settings are unchanged, wherever it sits in the list;
+/// its devices are matched one by one ([`BusTask::retarget`]).
 fn same_bus(old: &Config, ob: usize, new: &Config, nb: usize) -> bool {
-    let devices = |c: &Config, b: usize| -> Vec<config::Device> {
-        c.devices
-            .iter()
-            .filter(|d| d.bus == b)
-            .map(|d| config::Device {
-                bus: 0,
-                ..d.clone()
-            })
-            .collect()
-    };
-    old.buses[ob] == new.buses[nb] && devices(old, ob) == devices(new, nb)
+    old.buses[ob] == new.buses[nb]
 }
 
 /// What a sink is given: the narrow handles it uses, none of the HTTP side.
@@ -180,10 +171,8 @@ impl Gateway {
         for (b, wrx) in write_rxs.into_iter().enumerate() {
             let task = match carry.buses.remove(&config.buses[b].name) {
                 Some(mut task) => {
-                    let cfg = config.clone();
-                    let find = move |id: &str| cfg.devices.iter().position(|d| d.id == id);
                     let (tx, m) = (events_tx.clone(), metrics.clone());
-                    task.retarget(b, config.clone(), tx, wrx, m, find);
+                    task.retarget(b, config.clone(), tx, wrx, m);
                     task
                 }
                 None => BusTask::new(b, config.clone(), events_tx.clone(), wrx, metrics.clone()),
@@ -308,9 +297,17 @@ impl Gateway {
                 Some(mut task) => {
                     // Its sender into the old pipeline must go, or the old pipeline never ends.
                     task.detach();
+                    // The live state of the devices that carry on unchanged; an added or
+                    // changed one starts as a new device does.
                     let live = state::read(&self.live);
                     for (d, dev) in old.devices.iter().enumerate().filter(|(_, d)| d.bus == b) {
-                        carry.live.insert(dev.id.clone(), live.devices[d].clone());
+                        if new
+                            .devices
+                            .iter()
+                            .any(|n| n.id == dev.id && same_device(dev, n))
+                        {
+                            carry.live.insert(dev.id.clone(), live.devices[d].clone());
+                        }
                     }
                     carry.buses.insert(bus.name.clone(), task);
                     summary.kept.push(bus.name.clone());

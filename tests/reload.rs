@@ -113,6 +113,23 @@ async fn a_reload_keeps_unchanged_buses_running_and_applies_the_rest() {
         gw.shared.auth.resume(&token).is_some(),
         "the session carried over"
     );
+
+    // A device added to bus a (SPEC "Reload", #31 item 1): the bus keeps its link, the boiler
+    // its state and polling; only the new device starts.
+    let v3 = format!("{v2}{}", device("pump2", "a", 2, "holding"));
+    let (gw, summary) = gw.reload(config(dir.path(), &v3)).await.unwrap();
+    assert!(summary.kept.contains(&"a".to_string()), "{summary:?}");
+    assert_eq!(quality(&gw, "boiler", "v"), Quality::Good);
+    assert!(online(&gw, "boiler"));
+    wait_for("the added device polled", || {
+        quality(&gw, "pump2", "v") == Quality::Good
+    })
+    .await;
+    assert_eq!(
+        relay_a.accepted.load(Relaxed),
+        1,
+        "adding a device kept the bus's link"
+    );
     gw.shutdown().await;
 }
 

@@ -167,6 +167,36 @@ struct DeviceSlot {
     silenced: bool,
 }
 
+impl DeviceSlot {
+    /// A device's slot before its first poll, due at `due`.
+    fn new(index: usize, d: &crate::config::Device, due: Instant) -> DeviceSlot {
+        let spans = plan::spans(d);
+        let groups = groups(d, &spans, due);
+        DeviceSlot {
+            index,
+            spans,
+            groups,
+            failures: 0,
+            online: None,
+            probe_backoff: PROBE_BACKOFF,
+            last_problem: None,
+            silenced: false,
+        }
+    }
+}
+
+/// Whether a device reads the same in two configs, apart from its bus's position: the same
+/// unit, points and rates (its slot, plan and state then carry over a reload).
+pub fn same_device(a: &crate::config::Device, b: &crate::config::Device) -> bool {
+    crate::config::Device {
+        bus: 0,
+        ..a.clone()
+    } == crate::config::Device {
+        bus: 0,
+        ..b.clone()
+    }
+}
+
 pub struct BusTask {
     bus: usize,
     config: Arc<Config>,
@@ -211,20 +241,9 @@ impl BusTask {
             .enumerate()
             .filter(|(_, d)| d.bus == bus)
             .enumerate()
+            // Stagger the first polls a little so many devices do not all start at once.
             .map(|(k, (index, d))| {
-                let spans = plan::spans(d);
-                // Stagger the first polls a little so many devices do not all start at once.
-                let groups = groups(d, &spans, now + Duration::from_millis(k as u64 % 50));
-                DeviceSlot {
-                    index,
-                    spans,
-                    groups,
-                    failures: 0,
-                    online: None,
-                    probe_backoff: PROBE_BACKOFF,
-                    last_problem: None,
-                    silenced: false,
-                }
+                DeviceSlot::new(index, d, now + Duration::from_millis(k as u64 % 50))
             })
             .collect();
         BusTask {
@@ -241,9 +260,11 @@ impl BusTask {
         }
     }
 
-    /// Points a handed-over task at a new config (live reload). Its bus and devices are
-    /// unchanged but may sit at other positions; `device_index` maps a device id to its new
-    /// index. The link, the schedule and the backoffs carry on as they were.
+    /// Points a handed-over task at a new config (live reload) whose bus has the same link.
+    /// A device unchanged keeps its slot (schedule, plan, online state and backoff), wherever
+    /// it now sits; a device added or changed gets a fresh one, polled at once; a device
+    /// removed is dropped. The link carries on as it was: adding a device to a bus restarted
+    /// the whole bus, its link and every other device's polling.
     pub fn retarget(
         &mut self,
         bus: usize,
@@ -251,11 +272,29 @@ impl BusTask {
         events: mpsc::Sender<BusEvent>,
         writes: mpsc::Receiver<BusRequest>,
         metrics: Arc<Metrics>,
-        device_index: impl Fn(&str) -> Option<usize>,
     ) {
-        for slot in &mut self.slots {
-            let id = &self.config.devices[slot.index].id;
-            slot.index = device_index(id).expect("a kept bus keeps its devices");
+        let mut old: std::collections::HashMap<String, DeviceSlot> = self
+            .slots
+            .drain(..)
+            .map(|s| (self.config.devices[s.index].id.clone(), s))
+            .collect();
+        let now = Instant::now();
+        for (index, d) in config
+            .devices
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.bus == bus)
+        {
+            let kept = old
+                .remove(&d.id)
+                .filter(|s| same_device(&self.config.devices[s.index], d));
+            self.slots.push(match kept {
+                Some(mut s) => {
+                    s.index = index;
+                    s
+                }
+                None => DeviceSlot::new(index, d, now),
+            });
         }
         self.bus = bus;
         self.config = config;
