@@ -42,9 +42,28 @@ pub(crate) struct Carry {
     listener: Option<(String, std::net::TcpListener)>,
     /// The config file the dashboard edits, when the gateway runs from one.
     config_file: Option<Arc<crate::config::versions::ConfigFile>>,
+    /// Where open WebSocket connections wait for the next gateway, and the admission that
+    /// counts them (when `push.max_clients` is unchanged).
+    front: Option<Arc<ws::shared::Front>>,
+    admission: Option<Arc<ws::admit::Admission>>,
 }
 
 impl Carry {
+    /// The handlers' context of a gateway starting, with what carries over: the config file,
+    /// the WebSocket front and admission, the sessions.
+    fn shared(&mut self, mut shared: Shared) -> Arc<Shared> {
+        shared.config_file = self.config_file.take();
+        if let Some(front) = self.front.take() {
+            shared.front = front;
+        }
+        if let Some(admission) = self.admission.take() {
+            shared.admission = admission;
+        }
+        let shared = Arc::new(shared);
+        shared.auth.adopt(std::mem::take(&mut self.sessions));
+        shared
+    }
+
     /// A first start from a config file (the daemon; tests that edit the config).
     pub fn with_config_file(file: Arc<crate::config::versions::ConfigFile>) -> Carry {
         Carry {
@@ -158,10 +177,7 @@ impl Gateway {
             store: store.clone(),
             buses: writes,
         };
-        let mut shared = Shared::new(control, metrics.clone(), cancel.child_token());
-        shared.config_file = carry.config_file.take();
-        let shared = Arc::new(shared);
-        shared.auth.adopt(std::mem::take(&mut carry.sessions));
+        let shared = carry.shared(Shared::new(control, metrics.clone(), cancel.child_token()));
         if let Some(set) = restored.push_interval {
             shared.push_interval.send_replace(set);
         }
@@ -188,6 +204,8 @@ impl Gateway {
         spawn_sinks(&shared, &tasks, &cancel);
         tasks.spawn(http::serve(listener, shared.clone(), cancel.child_token()));
         tasks.close();
+        // Connections waiting through a reload move here now.
+        shared.front.serve(&shared);
         Ok(Gateway {
             shared,
             config,
@@ -325,6 +343,13 @@ impl Gateway {
         carry.sessions = self.shared.auth.sessions();
         carry.config_file = self.shared.config_file.clone();
         carry.listener = self.listener.take().map(|l| (old.http.listen.clone(), l));
+        // Open WebSocket connections wait for the new gateway instead of closing (SPEC
+        // "Reload": nobody else notices).
+        self.shared.front.reload_begins();
+        carry.front = Some(self.shared.front.clone());
+        if old.push.max_clients == new.push.max_clients {
+            carry.admission = Some(self.shared.admission.clone());
+        }
         self.shutdown().await;
         let gw = Gateway::start_with(new, carry).await?;
         Ok((gw, summary))

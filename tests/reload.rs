@@ -29,6 +29,7 @@ fn user(name: &str, role: &str, pw: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 async fn a_reload_keeps_unchanged_buses_running_and_applies_the_rest() {
     let (_sim, sim, _c) = start_sim(Profile::Demo).await;
     let (relay_a, relay_b) = (Relay::start(sim).await, Relay::start(sim).await);

@@ -1087,7 +1087,11 @@ async fn the_config_is_edited_applied_and_rolled_back_from_the_websocket() {
         "nothing written"
     );
 
-    // Applied: the file as given, a version, a reload (this socket closes with 1001).
+    // A viewer watching while the admin applies (SPEC "Reload", #31 item 1): neither socket
+    // closes, and the viewer's pushes go on, now with the added device's.
+    let mut viewer = Ws::connect(addr).await;
+    viewer.login("viewer", "viewer").await;
+    // Applied: the file as given, a version, a reload; this socket stays open.
     let edited = format!(
         "{original}\n# Added from the dashboard.\n{}",
         &BOILER_AND_PUMP[pump_at..]
@@ -1101,28 +1105,41 @@ async fn the_config_is_edited_applied_and_rolled_back_from_the_websocket() {
             .contains("devices +pump"),
         "{r}"
     );
-    while ws.recv().await.is_some() {}
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
         edited,
         "comments kept"
     );
+    loop {
+        let p = viewer.next_push("push.telemetry").await;
+        if p["data"]["deviceId"] == "pump" {
+            break;
+        }
+    }
     let devices = |ws: Ws| async move {
         let mut ws = ws;
         let r = ws.call("devices.list", json!({})).await;
         let ids: Vec<String> = r["data"]["devices"]
             .as_array()
-            .unwrap()
+            .unwrap_or_else(|| panic!("{r}"))
             .iter()
             .map(|d| d["id"].as_str().unwrap().to_string())
             .collect();
         ids
     };
-    wait_for_async("the pump polled", || async {
-        devices(admin().await).await == ["boiler", "pump"]
-    })
-    .await;
-    let mut ws = admin().await;
+    let ws_ids = |r: Json| -> Vec<String> {
+        r["data"]["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        ws_ids(ws.call("devices.list", json!({})).await),
+        ["boiler", "pump"],
+        "the admin's socket, logged in still, in the new gateway"
+    );
     // An info event of the gateway says who applied what.
     let r = ws
         .call("events.query", json!({"type": "config_applied"}))
@@ -1156,11 +1173,11 @@ async fn the_config_is_edited_applied_and_rolled_back_from_the_websocket() {
         r["data"]["summary"].as_str().unwrap().contains("-pump"),
         "{r}"
     );
-    while ws.recv().await.is_some() {}
     wait_for_async("the pump gone", || async {
         devices(admin().await).await == ["boiler"]
     })
     .await;
+    assert_eq!(ws_ids(ws.call("devices.list", json!({})).await), ["boiler"]);
     assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
     let mut ws = admin().await;
     assert_eq!(
@@ -1190,8 +1207,6 @@ async fn the_config_is_edited_applied_and_rolled_back_from_the_websocket() {
     assert!(seen[2].2.contains("problem(s)"), "{r}");
     assert!(seen.iter().all(|s| s.0 == "config"), "{r}");
     assert_eq!(entries[0]["user"], "admin");
-    let mut viewer = Ws::connect(addr).await;
-    viewer.login("viewer", "viewer").await;
     assert_eq!(code(&viewer.call("config.get", json!({})).await), 403);
     assert_eq!(code(&viewer.call("audit.query", json!({})).await), 403);
 }
@@ -1758,4 +1773,47 @@ async fn reads_aimed_at_a_silent_unit_leave_the_bus_polling() {
         "{polled} poll requests during {n} timed-out reads"
     );
     gw.shutdown().await;
+}
+
+/// SPEC "Reload", #31 item 1: every reload (`config.apply` or SIGHUP) closed every dashboard
+/// with 1001. Now a SIGHUP that adds a device leaves an admin's and a viewer's sockets open,
+/// logged in and subscribed: the viewer's pushes go on, now with the new device's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_keeps_every_dashboard_connected() {
+    let (_sim, sim_addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pump_at = BOILER_AND_PUMP.find("[[devices]]\nid = \"pump\"").unwrap();
+    let head = format!(
+        "[gateway]\nid = \"g\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n{}{}",
+        dir.path().display().to_string(),
+        users_and_push(""),
+        tcp_bus(&sim_addr.to_string()),
+    );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, format!("{head}{}", &BOILER_AND_PUMP[..pump_at])).unwrap();
+    let (gw, addr) = spawn_gateway(gateway_command(&path), None);
+    let mut admin = Ws::connect(addr).await;
+    assert_eq!(code(&admin.login("admin", "admin").await), 0);
+    let mut viewer = Ws::connect(addr).await;
+    assert_eq!(code(&viewer.login("viewer", "viewer").await), 0);
+    std::fs::write(&path, format!("{head}{BOILER_AND_PUMP}")).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &gw.0.id().to_string()])
+        .status();
+    // The viewer, on the same socket, gets the added device's values from the new gateway.
+    loop {
+        let p = viewer.next_push("push.telemetry").await;
+        if p["data"]["deviceId"] == "pump" {
+            break;
+        }
+    }
+    let r = admin.call("devices.list", json!({})).await;
+    assert_eq!(code(&r), 0, "{r}");
+    assert_eq!(
+        r["data"]["devices"].as_array().map(Vec::len),
+        Some(2),
+        "{r}"
+    );
+    let r = viewer.call("system.stats", json!({})).await;
+    assert_eq!(code(&r), 0, "still logged in: {r}");
 }

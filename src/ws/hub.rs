@@ -206,6 +206,11 @@ impl Hub {
         );
     }
 
+    /// A registered client's subscription (a reload carries it to the next hub).
+    pub fn subscription(&self, id: u64) -> Option<Subscription> {
+        self.read().clients.get(&id).map(|e| e.sub.clone())
+    }
+
     /// Stops pushing to a client (logout or disconnect).
     pub fn unregister(&self, id: u64) {
         self.write().remove(id);

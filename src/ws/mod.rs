@@ -28,9 +28,12 @@ use tokio_util::sync::CancellationToken;
 use tungstenite::{Message, Utf8Bytes};
 
 use context::{reply, Ctx, ServiceError};
-use hub::Client;
+use hub::{Client, Subscription};
 pub use shared::{Shared, Sinks};
 use writer::Out;
+
+use crate::metrics::Metrics;
+use crate::sync::Locked;
 
 /// The largest frame accepted (SPEC: 413 / close 1009 beyond it).
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -107,14 +110,45 @@ fn close_for(e: &tungstenite::Error) -> Option<(u16, &'static str)> {
     }
 }
 
+/// Why a connection's reader stopped.
+enum Exit {
+    /// The connection is over (the client closed, a fault, a limit).
+    Closed,
+    /// Its gateway is stopping: a reload moves it to the next one, a stop closes it.
+    Stopping,
+}
+
+/// What a connection takes from a stopping gateway to the next.
+struct Moving {
+    session: Option<(String, auth::Session)>,
+    sub: Option<(Subscription, Option<Vec<String>>)>,
+}
+
+/// One connection's reader side: what carries over when a reload moves it to the next
+/// gateway (the socket, its session, its limits and deadlines).
+struct Reader {
+    stream: tokio_tungstenite::WebSocketStream<socket::ReadSide>,
+    replies: mpsc::Sender<Out>,
+    client: Arc<Client>,
+    remote: SocketAddr,
+    admitted: admit::Admitted,
+    in_flight: JoinSet<()>,
+    login_deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    bucket: Bucket,
+    had_login: bool,
+    last_heard: Arc<AtomicU64>,
+    epoch: Instant,
+    done: CancellationToken,
+}
+
 async fn connection(
     shared: Arc<Shared>,
     socket: socket::Socket,
     remote: SocketAddr,
-    mut admitted: admit::Admitted,
+    admitted: admit::Admitted,
 ) {
     let socket::Socket {
-        mut stream,
+        stream,
         write,
         replies,
         replies_rx,
@@ -123,85 +157,197 @@ async fn connection(
     let last_heard = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
     let done = CancellationToken::new();
+    let (writer_ctx, writer_ctx_rx) = tokio::sync::watch::channel(writer::WriterCtx::of(&shared));
     let writer = tokio::spawn(writer::writer(
         write,
         client.clone(),
         replies_rx,
-        shared.clone(),
+        writer_ctx_rx,
         last_heard.clone(),
         epoch,
         done.clone(),
     ));
-    let mut in_flight: JoinSet<()> = JoinSet::new();
-    let login_deadline = tokio::time::sleep(LOGIN_DEADLINE);
-    tokio::pin!(login_deadline);
-    let mut bucket = Bucket::new();
-    let mut had_login = false;
-    loop {
-        if client.login().is_some() {
-            admitted.logged_in();
-            had_login = true;
-        } else if had_login {
-            // The session ended (logout here or on another socket with the token): the socket
-            // stays, not logged in, with a fresh deadline to log in again.
-            had_login = false;
-            login_deadline
-                .as_mut()
-                .reset(tokio::time::Instant::now() + LOGIN_DEADLINE);
-        }
-        tokio::select! {
-            () = done.cancelled() => break,
-            () = shared.shutdown.cancelled() => {
-                offer(&replies, Out::Close(1001, "gateway shutting down"));
-                break;
+    let mut r = Reader {
+        stream,
+        replies,
+        client,
+        remote,
+        admitted,
+        in_flight: JoinSet::new(),
+        login_deadline: Box::pin(tokio::time::sleep(LOGIN_DEADLINE)),
+        bucket: Bucket::new(),
+        had_login: false,
+        last_heard,
+        epoch,
+        done,
+    };
+    let mut shared = shared;
+    while let Exit::Stopping = r.run(&shared).await {
+        // Requests in progress hold the stopping gateway: they get a second to answer (the
+        // `config.apply` that asked for this reload, say), then go.
+        let in_flight = &mut r.in_flight;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        r.in_flight.abort_all();
+        let sub = r.leave(&shared);
+        let (front, stopped) = (shared.front.clone(), Arc::downgrade(&shared));
+        // Nothing of the stopping gateway may stay here: its store closes only once every
+        // handle on it is gone, and the next gateway opens it after.
+        drop(shared);
+        let Some(next) = front.next_after(&stopped).await else {
+            offer(&r.replies, Out::Close(1001, "gateway shutting down"));
+            let metrics = writer_ctx.borrow().metrics().clone();
+            r.end(writer, &metrics).await;
+            return;
+        };
+        r.join(&next, sub);
+        writer_ctx.send_replace(writer::WriterCtx::of(&next));
+        shared = next;
+    }
+    r.in_flight.abort_all();
+    shared.hub.unregister(r.client.id);
+    shared.hub.close(r.client.id);
+    shared.metrics.push.clients.fetch_sub(1, Relaxed);
+    r.end(writer, &shared.metrics).await;
+}
+
+impl Reader {
+    /// Reads and serves requests until the connection ends or its gateway stops.
+    async fn run(&mut self, shared: &Arc<Shared>) -> Exit {
+        let (client, replies, stop) = (self.client.clone(), self.replies.clone(), &shared.shutdown);
+        loop {
+            if client.login().is_some() {
+                self.admitted.logged_in();
+                self.had_login = true;
+            } else if self.had_login {
+                // The session ended (logout here or on another socket with the token): the
+                // socket stays, not logged in, with a fresh deadline to log in again.
+                self.had_login = false;
+                self.login_deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + LOGIN_DEADLINE);
             }
-            // A newcomer from a quieter address took this socket's place.
-            () = admitted.evicted.cancelled(), if client.login().is_none() => {
-                offer(&replies, Out::Close(1008, "too many connections from this address waiting to log in")); break;
-            }
-            () = &mut login_deadline, if client.login().is_none() => {
-                shared.admission.count(admit::Reason::AuthTimeout);
-                offer(&replies, Out::Close(1008, "login required within 10 s")); break;
-            }
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-            msg = stream.next() => {
-                last_heard.store(epoch.elapsed().as_millis() as u64, Relaxed);
-                let frame = match incoming(msg, remote, &replies, &shared.shutdown).await {
-                    Incoming::Text(t) => t,
-                    Incoming::Skip => continue,
-                    Incoming::End => break,
-                };
-                // A reply the client is not reading ends it: it must not hold this loop.
-                let request = match context::parse(&frame) {
-                    Ok(r) => r,
-                    Err(r) => if put(&replies, &shared.shutdown, text(r)).await { continue } else { break },
-                };
-                if !bucket.take(in_flight.len() < MAX_IN_FLIGHT) {
-                    shared.admission.count(admit::Reason::Rate);
-                    let r = reply(&request.request_id, Some(&request.service), Err(ServiceError::new(429, "too many requests")));
-                    if put(&replies, &shared.shutdown, text(r)).await { continue; }
-                    break;
+            tokio::select! {
+                () = self.done.cancelled() => return Exit::Closed,
+                () = stop.cancelled() => return Exit::Stopping,
+                // A newcomer from a quieter address took this socket's place.
+                () = self.admitted.evicted.cancelled(), if client.login().is_none() => {
+                    offer(&replies, Out::Close(1008, "too many connections from this address waiting to log in"));
+                    return Exit::Closed;
                 }
-                let ctx = Ctx { shared: shared.clone(), client: client.clone(), remote: remote.ip(), params: request.params };
-                in_flight.spawn(serve(request.request_id, request.service, ctx, replies.clone()));
+                () = &mut self.login_deadline, if client.login().is_none() => {
+                    shared.admission.count(admit::Reason::AuthTimeout);
+                    offer(&replies, Out::Close(1008, "login required within 10 s"));
+                    return Exit::Closed;
+                }
+                Some(_) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {}
+                msg = self.stream.next() => {
+                    self.last_heard.store(self.epoch.elapsed().as_millis() as u64, Relaxed);
+                    let frame = match incoming(msg, self.remote, &replies, stop).await {
+                        Incoming::Text(t) => t,
+                        Incoming::Skip => continue,
+                        Incoming::End => return Exit::Closed,
+                    };
+                    // A reply the client is not reading ends it: it must not hold this loop.
+                    let request = match context::parse(&frame) {
+                        Ok(r) => r,
+                        Err(r) => if put(&replies, stop, text(r)).await { continue } else { return Exit::Closed },
+                    };
+                    if !self.bucket.take(self.in_flight.len() < MAX_IN_FLIGHT) {
+                        shared.admission.count(admit::Reason::Rate);
+                        let r = reply(&request.request_id, Some(&request.service), Err(ServiceError::new(429, "too many requests")));
+                        if put(&replies, stop, text(r)).await { continue; }
+                        return Exit::Closed;
+                    }
+                    let ctx = Ctx { shared: shared.clone(), client: client.clone(), remote: self.remote.ip(), params: request.params };
+                    self.in_flight.spawn(serve(request.request_id, request.service, ctx, replies.clone()));
+                }
             }
         }
     }
-    in_flight.abort_all();
-    shared.hub.unregister(client.id);
-    shared.hub.close(client.id);
-    // tungstenite queues the echo of a client's close (and a pong) until its next read or
-    // flush; a flush hands it to the writer (it never waits), so the client's close ends
-    // cleanly instead of as 1006.
-    let _ = futures_util::SinkExt::flush(&mut stream).await;
-    drop((replies, stream));
-    done.cancel();
-    finish(&shared, &client, writer).await;
+
+    /// Leaves a stopping gateway's hub; returns what the next one needs to know of the
+    /// connection: its session (a login served while the reload began is in no carried list)
+    /// and its subscription, its devices by id.
+    fn leave(&self, shared: &Shared) -> Moving {
+        let id = self.client.id;
+        let session = self
+            .client
+            .login()
+            .and_then(|l| shared.auth.resume(&l.token).map(|s| (l.token, s)));
+        let sub = shared.hub.subscription(id).map(|s| {
+            let ids = s.devices.as_ref().map(|ds| {
+                ds.iter()
+                    .filter_map(|&d| shared.config.devices.get(d).map(|x| x.id.clone()))
+                    .collect()
+            });
+            (s, ids)
+        });
+        shared.hub.unregister(id);
+        shared.hub.close(id);
+        shared.metrics.push.clients.fetch_sub(1, Relaxed);
+        Moving { session, sub }
+    }
+
+    /// Joins the next gateway after a reload: the same client in its hub, its session and its
+    /// subscription (its devices found again by id) carried on. A user the reload removed or
+    /// changed was told `push.session` before, and is not logged in any more.
+    fn join(&self, next: &Shared, moving: Moving) {
+        let client = &self.client;
+        next.hub.open(client.clone());
+        next.metrics.push.clients.fetch_add(1, Relaxed);
+        let Some(login) = client.login() else { return };
+        // Taken over only if its user is still there with the same role.
+        next.auth.adopt(moving.session.into_iter().collect());
+        if next.auth.resume(&login.token).is_none() {
+            *client.login.locked() = None;
+            return;
+        }
+        next.hub.register(client.clone());
+        if let Some((mut s, ids)) = moving.sub {
+            s.devices = ids.map(|ids| {
+                ids.iter()
+                    .filter_map(|id| next.config.devices.iter().position(|d| d.id == *id))
+                    .collect()
+            });
+            next.hub.subscribe(client.id, s);
+        }
+        // A snapshot at once from the new config: a page sees what the reload changed (other
+        // devices or points) without waiting for the next timed one.
+        let frame = serde_json::json!({
+            "service": "push.snapshot",
+            "data": {"ts": crate::model::rfc3339(crate::model::now_ms()),
+                     "devices": services::devices_json(&next.config, &next.live)},
+        });
+        client.offer(
+            hub::Push {
+                frame: Utf8Bytes::from(frame.to_string()),
+                kind: crate::metrics::PushKind::Snapshot,
+                since: std::time::Instant::now(),
+                urgent: false,
+                priority: None,
+            },
+            &next.metrics,
+        );
+    }
+
+    /// The connection's last steps: the close echo flushed, the writer given its second.
+    async fn end(mut self, writer: tokio::task::JoinHandle<()>, metrics: &Metrics) {
+        // tungstenite queues the echo of a client's close (and a pong) until its next read or
+        // flush; a flush hands it to the writer (it never waits), so the client's close ends
+        // cleanly instead of as 1006.
+        let _ = futures_util::SinkExt::flush(&mut self.stream).await;
+        let client = self.client.clone();
+        drop(self);
+        finish(metrics, &client, writer).await;
+    }
 }
 
 /// The connection's client in the hub, counted.
 fn open(shared: &Shared, remote: SocketAddr) -> Arc<Client> {
-    let id = shared.next_client_id.fetch_add(1, Relaxed);
+    let id = shared.front.next_client_id.fetch_add(1, Relaxed);
     let push = &shared.config.push;
     let client =
         Arc::new(Client::new(id, push.queue_capacity, push.overflow).connected_from(remote));
@@ -212,7 +358,7 @@ fn open(shared: &Shared, remote: SocketAddr) -> Arc<Client> {
 
 /// The connection's last steps: the writer gets a second to send the close frame to a
 /// well-behaved client (a stuck one is cut off), then the client's queue is discarded.
-async fn finish(shared: &Shared, client: &Client, mut writer: tokio::task::JoinHandle<()>) {
+async fn finish(metrics: &Metrics, client: &Client, mut writer: tokio::task::JoinHandle<()>) {
     if tokio::time::timeout(Duration::from_secs(1), &mut writer)
         .await
         .is_err()
@@ -220,8 +366,7 @@ async fn finish(shared: &Shared, client: &Client, mut writer: tokio::task::JoinH
         client.kicked.cancel();
         let _ = writer.await;
     }
-    client.discard(&shared.metrics);
-    shared.metrics.push.clients.fetch_sub(1, Relaxed);
+    client.discard(metrics);
 }
 
 /// One request, served as its own task: the reply (with the request's id) joins the

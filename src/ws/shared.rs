@@ -2,8 +2,8 @@
 //! the config, the live state, and the ways into the buses (`Control`), the store and the
 //! connected clients. It lives in `ws` because most of it is the WebSocket service's own.
 
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -30,9 +30,12 @@ pub struct Shared {
     pub auth: auth::Auth,
     /// The snapshot push period; `push.setInterval` changes it at run time.
     pub push_interval: watch::Sender<Duration>,
-    /// Who may open a WebSocket: Host/Origin checks and the connection caps.
-    pub admission: admit::Admission,
-    pub next_client_id: AtomicU64,
+    /// Who may open a WebSocket: Host/Origin checks and the connection caps (carried over a
+    /// reload that keeps `push.max_clients`, with the connections it counts).
+    pub admission: Arc<admit::Admission>,
+    /// What outlives a reload on the WebSocket side (open connections move to the next
+    /// gateway's context through it).
+    pub front: Arc<Front>,
     pub started: Instant,
     /// Cancelled at shutdown: open connections close with 1001.
     pub shutdown: CancellationToken,
@@ -56,8 +59,8 @@ impl Shared {
             hub: Arc::new(hub::Hub::new(config.devices.len(), metrics.clone())),
             auth: auth::Auth::new(config.users.clone()),
             push_interval: watch::channel(config.push.interval).0,
-            admission: admit::Admission::new(config.push.max_clients),
-            next_client_id: AtomicU64::new(1),
+            admission: Arc::new(admit::Admission::new(config.push.max_clients)),
+            front: Arc::default(),
             started: Instant::now(),
             shutdown,
             sinks: Sinks::default(),
@@ -66,6 +69,65 @@ impl Shared {
             control: Arc::new(control),
             metrics,
             config,
+        }
+    }
+}
+
+/// What outlives a reload on the WebSocket side (SPEC "Reload": connections and their
+/// sessions stay open). A reload stops the old gateway and starts a new one; an open
+/// connection drops everything of the old one (so its store can close) and waits here for
+/// the new one's context, then carries on in it.
+pub struct Front {
+    /// The context connections move to: set by each gateway as it starts. Weak, so a stopped
+    /// gateway's context (its store handle) is never kept alive from here.
+    current: watch::Sender<Weak<Shared>>,
+    /// Set while a reload is under way: a connection whose gateway stops then waits for the
+    /// next one instead of closing with 1001.
+    reloading: AtomicBool,
+    /// Connection ids, unique across reloads (a moved connection keeps its id).
+    pub next_client_id: AtomicU64,
+}
+
+impl Default for Front {
+    fn default() -> Front {
+        Front {
+            current: watch::channel(Weak::new()).0,
+            reloading: AtomicBool::new(false),
+            next_client_id: AtomicU64::new(1),
+        }
+    }
+}
+
+/// How long an open connection waits for the next gateway during a reload before it closes.
+const RELOAD_WAIT: Duration = Duration::from_secs(30);
+
+impl Front {
+    /// A reload begins: connections of the stopping gateway wait for the next one.
+    pub fn reload_begins(&self) {
+        self.reloading.store(true, Relaxed);
+    }
+
+    /// A gateway serves: connections move to its context.
+    pub fn serve(&self, shared: &Arc<Shared>) {
+        self.current.send_replace(Arc::downgrade(shared));
+        self.reloading.store(false, Relaxed);
+    }
+
+    /// The next gateway's context, once the current one stopped: `None` for a real stop, or
+    /// when no gateway started within [`RELOAD_WAIT`] (a reload that failed).
+    pub async fn next_after(&self, stopped: &Weak<Shared>) -> Option<Arc<Shared>> {
+        if !self.reloading.load(Relaxed) {
+            return None;
+        }
+        let mut rx = self.current.subscribe();
+        let found = tokio::time::timeout(
+            RELOAD_WAIT,
+            rx.wait_for(|w| !w.ptr_eq(stopped) && w.strong_count() > 0),
+        )
+        .await;
+        match found {
+            Ok(Ok(w)) => w.upgrade(),
+            _ => None,
         }
     }
 }

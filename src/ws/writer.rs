@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
@@ -204,20 +204,53 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// What the writer needs of its gateway: none of its store or buses, so a writer never holds a
+/// stopping gateway open; sent again when a reload moves the connection to the next one.
+#[derive(Clone)]
+pub(super) struct WriterCtx {
+    metrics: Arc<crate::metrics::Metrics>,
+    push_interval: watch::Receiver<Duration>,
+    heartbeat: (Duration, Duration),
+}
+
+impl WriterCtx {
+    pub(super) fn of(shared: &Shared) -> WriterCtx {
+        let push = &shared.config.push;
+        WriterCtx {
+            metrics: shared.metrics.clone(),
+            push_interval: shared.push_interval.subscribe(),
+            heartbeat: (push.heartbeat_interval, push.heartbeat_timeout),
+        }
+    }
+
+    /// Takes the next gateway's context once a reload moved the connection.
+    fn refresh(&mut self, rx: &mut watch::Receiver<WriterCtx>) {
+        if rx.has_changed().unwrap_or(false) {
+            *self = rx.borrow_and_update().clone();
+        }
+    }
+
+    /// The gateway's counters, for the connection's last count.
+    pub(super) fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+}
+
 /// The writer task: replies first, then queued pushes; pings on the heartbeat and drops a
 /// client that went silent past the timeout or cannot take a frame within it.
 pub(super) async fn writer(
     socket: OwnedWriteHalf,
     client: Arc<Client>,
     mut replies: mpsc::Receiver<Out>,
-    shared: Arc<Shared>,
+    mut ctx: watch::Receiver<WriterCtx>,
     last_heard: Arc<AtomicU64>,
     epoch: Instant,
     done: CancellationToken,
 ) {
-    let hb = shared.config.push.heartbeat_interval;
-    let hb_timeout = shared.config.push.heartbeat_timeout;
-    let metrics = &shared.metrics;
+    let mut cx = ctx.borrow_and_update().clone();
+    // The heartbeat is the connection's from its start (a reload's new values apply to new
+    // connections).
+    let (hb, hb_timeout) = cx.heartbeat;
     let mut frames = Frames {
         socket,
         buf: Vec::new(),
@@ -233,6 +266,7 @@ pub(super) async fn writer(
     // What the last batch wrote, for the counters after its flush; kept to reuse its memory.
     let mut batch: Vec<Written> = Vec::new();
     loop {
+        cx.refresh(&mut ctx);
         // Normal events waiting for `batchMs` go out together when their batch is due.
         let batch_due = client.batch_due();
         tokio::select! {
@@ -265,10 +299,10 @@ pub(super) async fn writer(
                     break;
                 }
                 let began = Instant::now();
-                let ok = write_queued(&mut frames, &client, &mut batch, metrics).await;
+                let ok = write_queued(&mut frames, &client, &mut batch, &cx.metrics).await;
                 // A write slower than the snapshot period: this client's snapshots slow down.
                 let took = began.elapsed();
-                if took > MIN_SNAPSHOT_PERIOD / 2 && took > *shared.push_interval.borrow() {
+                if took > MIN_SNAPSHOT_PERIOD / 2 && took > *cx.push_interval.borrow() {
                     client.slow_write.store(true, Relaxed);
                 }
                 if !ok {
@@ -279,7 +313,7 @@ pub(super) async fn writer(
                 }
             }
             () = sleep_until(batch_due), if batch_due.is_some() => {
-                client.flush_batch(metrics);
+                client.flush_batch(&cx.metrics);
             }
             () = &mut stopped => break,
             () = &mut kicked => {

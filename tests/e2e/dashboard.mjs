@@ -71,7 +71,8 @@ async function confirmApplied(page) {
   const logins = await page.evaluate(() => window.__edgeLogins);
   await page.locator("#confirm-ok").click();
   await page.getByText(/Applied as version \d+|Rolled back: applied as version/).waitFor({ timeout: 30000 });
-  // The reload closes the socket (1001); the page reconnects, resumes and draws its view again.
+  // The reload keeps the socket open; the snapshot the moved socket gets shows the new
+  // structure, and the page reads everything again, as after a login.
   await page.waitForFunction((n) => window.__edgeLogins > n, logins, { timeout: 30000 });
 }
 

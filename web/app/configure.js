@@ -31,8 +31,9 @@ export function configureView(env) {
     try {
       const v = await conn.call("config.validate", { text: newText });
       if (v.problems.length) { showProblems(v.problems, ""); return; }
-      if (!(await confirmDialog("Apply the config", `${what} The gateway reloads; this page reconnects.`))) return;
+      if (!(await confirmDialog("Apply the config", `${what} The gateway reloads; this page stays connected.`))) return;
       const r = await conn.call("config.apply", { text: newText });
+      env.S.reloadPending = true;
       problems.replaceChildren(h("p", { class: "result ok", text: `Applied as version ${r.id}: ${r.summary}.` }));
     } catch (e) {
       if (e.data && e.data.problems) showProblems(e.data.problems, "");
@@ -100,6 +101,7 @@ export function configureView(env) {
     if (!(await confirmDialog(`Roll back to version ${v.id}`, `${v.summary} (${v.user}). The gateway reloads; this page reconnects.`))) return;
     try {
       const r = await conn.call("config.rollback", { id: v.id });
+      env.S.reloadPending = true;
       problems.replaceChildren(h("p", { class: "result ok", text: `Rolled back: applied as version ${r.id} (${r.summary}).` }));
     } catch (e) {
       problems.replaceChildren(h("p", { class: "error", text: `Not rolled back (${e.code}): ${e.message}` }));

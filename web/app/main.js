@@ -85,7 +85,10 @@ async function onOpen() {
   if (!$("form.login")) showLogin();
 }
 
-async function afterLogin(d) {
+/** After a login, a reconnect, or a reload seen on an open socket (`reloaded`): everything read
+ * again; a reload leaves a view with a form or a result being read (Configure, the inspector)
+ * as it is. */
+async function afterLogin(d, reloaded = false) {
   const again = S.everLoggedIn; // a reconnect: pushes may have been missed meanwhile
   S.everLoggedIn = true;
   S.role = d.role;
@@ -111,7 +114,7 @@ async function afterLogin(d) {
   setAlarms(alarms.alarms, again);
   setText($("#gw-title"), `edge-gateway · ${stats.gatewayId}`);
   $("#interval").value = stats.pushIntervalMs / 1000;
-  route();
+  if (!(reloaded && S.view && ["configure", "inspector"].includes(S.view.name))) route();
   if (again) recoverMissed();
   // For the browser test: a reload's reconnect is over once this counts up.
   window.__edgeLogins = (window.__edgeLogins || 0) + 1;
@@ -214,6 +217,17 @@ function applyDevices(devices) {
   if (S.view) S.view.update("devices", changed);
 }
 
+/** Whether a snapshot's devices and their points differ from the structure drawn. */
+function structureChanged(devices) {
+  if (!S.desc || devices.length !== S.desc.size) return true;
+  return devices.some((d) => {
+    const known = S.desc.get(d.id);
+    if (!known || known.points.length !== d.points.length) return true;
+    const ids = new Set(known.points.map((p) => p.id));
+    return d.points.some((p) => !ids.has(p.id));
+  });
+}
+
 function onPush(service, data) {
   if (window.__edgeDrop && window.__edgeDrop(service, data)) {
     window.__edgeDropped++;
@@ -228,8 +242,16 @@ function onPush(service, data) {
     return;
   }
   if (!S.loggedIn) return;
-  if (service === "push.snapshot") applyDevices(data.devices);
-  else if (service === "push.telemetry") {
+  if (service === "push.snapshot") {
+    // A reload keeps this socket open; a snapshot of other devices or points says the config
+    // changed: everything is read again, as after a login.
+    // This page applied a config (buses, users may have changed), or the snapshot shows other
+    // devices or points (a reload by someone else): everything is read again.
+    if (S.reloadPending || structureChanged(data.devices)) {
+      S.reloadPending = false;
+      afterLogin({ user: S.user, role: S.role }, true);
+    } else applyDevices(data.devices);
+  } else if (service === "push.telemetry") {
     const l = S.live.get(data.deviceId);
     if (!l) return;
     for (const [pid, x] of Object.entries(data.points)) {
