@@ -116,10 +116,18 @@ impl Front {
     /// The next gateway's context, once the current one stopped: `None` for a real stop, or
     /// when no gateway started within [`RELOAD_WAIT`] (a reload that failed).
     pub async fn next_after(&self, stopped: &Weak<Shared>) -> Option<Arc<Shared>> {
+        let mut rx = self.current.subscribe();
+        // The next gateway may already serve (this connection was slow to get here).
+        let ready = rx
+            .borrow()
+            .upgrade()
+            .filter(|s| !Weak::ptr_eq(&Arc::downgrade(s), stopped));
+        if ready.is_some() {
+            return ready;
+        }
         if !self.reloading.load(Relaxed) {
             return None;
         }
-        let mut rx = self.current.subscribe();
         let found = tokio::time::timeout(
             RELOAD_WAIT,
             rx.wait_for(|w| !w.ptr_eq(stopped) && w.strong_count() > 0),
