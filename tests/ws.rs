@@ -128,6 +128,17 @@ fn code(reply: &Json) -> u64 {
     reply["code"].as_u64().unwrap()
 }
 
+/// A gateway process's config up to its devices: its data in `dir`, HTTP on port 0, the two
+/// users, the simulator's bus.
+fn process_head(dir: &std::path::Path, sim: SocketAddr) -> String {
+    format!(
+        "[gateway]\nid = \"g\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n{}{}",
+        dir.display().to_string(),
+        users_and_push(""),
+        tcp_bus(&sim.to_string()),
+    )
+}
+
 /// Users admin/admin and viewer/viewer, and the push settings given.
 fn users_and_push(push: &str) -> String {
     let admin = edge_gateway::cli::hash_password("admin").unwrap();
@@ -1671,13 +1682,7 @@ async fn a_slow_client_gets_every_emergency_in_order_or_is_disconnected() {
 async fn a_config_that_cannot_start_is_refused_and_applies_are_one_at_a_time() {
     let (_sim, sim_addr, _c) = start_sim(Profile::Demo).await;
     let dir = tempfile::tempdir().unwrap();
-    let original = format!(
-        "[gateway]\nid = \"g\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n{}{}{}",
-        dir.path().display().to_string(),
-        users_and_push(""),
-        tcp_bus(&sim_addr.to_string()),
-        BOILER_AND_PUMP
-    );
+    let original = format!("{}{BOILER_AND_PUMP}", process_head(dir.path(), sim_addr));
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, &original).unwrap();
     let (_gw, addr) = spawn_gateway(gateway_command(&path), None);
@@ -1783,12 +1788,7 @@ async fn a_sighup_keeps_every_dashboard_connected() {
     let (_sim, sim_addr, _c) = start_sim(Profile::Demo).await;
     let dir = tempfile::tempdir().unwrap();
     let pump_at = BOILER_AND_PUMP.find("[[devices]]\nid = \"pump\"").unwrap();
-    let head = format!(
-        "[gateway]\nid = \"g\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n{}{}",
-        dir.path().display().to_string(),
-        users_and_push(""),
-        tcp_bus(&sim_addr.to_string()),
-    );
+    let head = process_head(dir.path(), sim_addr);
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, format!("{head}{}", &BOILER_AND_PUMP[..pump_at])).unwrap();
     let (gw, addr) = spawn_gateway(gateway_command(&path), None);
