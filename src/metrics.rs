@@ -5,9 +5,11 @@
 
 use std::fmt::Write;
 
+mod label;
 pub mod wire;
 
 use crate::model::event::Priority;
+use label::label_value;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// How a Modbus request ended, counted in `edge_modbus_requests_total{result}`.
@@ -595,44 +597,4 @@ pub fn fd_limit() -> usize {
 /// Open file descriptors of this process, from /proc (0 where there is no /proc).
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count().saturating_sub(1))
-}
-/// A label value in Prometheus's text format: backslash, double quote and line feed escaped.
-pub fn label_value(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// #31, item 6: a device id with `"` broke the whole `/metrics` scrape (7 invalid lines).
-    #[test]
-    fn ids_in_labels_are_escaped_so_every_line_stays_valid() {
-        let m = Metrics::new(vec!["pump \"A\"\\1\nx".into()], vec!["line\"3".into()]);
-        let text = m.render();
-        assert!(
-            text.contains(r#"edge_device_online{device="pump \"A\"\\1\nx"} 0"#),
-            "{text}"
-        );
-        assert!(text.contains(r#"{bus="line\"3""#), "{text}");
-        // Every sample line: name, a label set whose quotes pair up, a value.
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let unescaped = line
-                .replace("\\\\", "")
-                .replace("\\\"", "")
-                .matches('"')
-                .count();
-            assert_eq!(unescaped % 2, 0, "{line}");
-            assert!(line.rsplit_once(' ').is_some(), "{line}");
-        }
-    }
 }

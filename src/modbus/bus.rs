@@ -5,10 +5,12 @@
 mod poll;
 mod scan;
 mod schedule;
+mod slot;
 
 use scan::ActiveScan;
 pub use scan::{ScanDone, ScanRequest, ScanStep};
-use schedule::{groups, Group};
+pub use slot::same_device;
+use slot::DeviceSlot;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::codec::{self, CodecError, DataType, Table};
 use super::link::{exception_name, Data, Fault, Link, LinkError, Reply, WriteOp};
-use super::plan::{self, Block, Span};
-use crate::backoff::Backoff;
+use super::plan::{self, Block};
 use crate::config::Config;
 use crate::metrics::{Metrics, RequestResult};
 use crate::model::{Millis, Value};
@@ -143,58 +144,6 @@ pub enum BusRequest {
     /// Live reload: stop between requests and hand the task over whole (its open link, its
     /// schedule and backoffs), to be re-targeted at the new config and run again.
     Handover(oneshot::Sender<BusTask>),
-}
-
-/// Probes of a dead slave: 1 s after it went offline, doubling to at most 60 s between them.
-const PROBE_BACKOFF: Backoff =
-    Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).with_jitter(0.1);
-
-struct DeviceSlot {
-    /// Index into `Config::devices`.
-    index: usize,
-    spans: Vec<Span>,
-    /// The device's own rate first, then each slower or faster rate its points ask for
-    /// (`poll_interval_ms` on a point): one read plan each, due on its own.
-    groups: Vec<Group>,
-    failures: u32,
-    online: Option<bool>,
-    probe_backoff: Backoff,
-    /// What kind of problem was last logged, so a persisting fault is logged once per
-    /// episode, not every poll (even when its text changes, as a value or a byte count may).
-    last_problem: Option<String>,
-    /// Went offline while its bus was down: announced without an alarm of its own, which it
-    /// gets if it still does not answer once the bus is back.
-    silenced: bool,
-}
-
-impl DeviceSlot {
-    /// A device's slot before its first poll, due at `due`.
-    fn new(index: usize, d: &crate::config::Device, due: Instant) -> DeviceSlot {
-        let spans = plan::spans(d);
-        let groups = groups(d, &spans, due);
-        DeviceSlot {
-            index,
-            spans,
-            groups,
-            failures: 0,
-            online: None,
-            probe_backoff: PROBE_BACKOFF,
-            last_problem: None,
-            silenced: false,
-        }
-    }
-}
-
-/// Whether a device reads the same in two configs, apart from its bus's position: the same
-/// unit, points and rates (its slot, plan and state then carry over a reload).
-pub fn same_device(a: &crate::config::Device, b: &crate::config::Device) -> bool {
-    crate::config::Device {
-        bus: 0,
-        ..a.clone()
-    } == crate::config::Device {
-        bus: 0,
-        ..b.clone()
-    }
 }
 
 pub struct BusTask {

@@ -8,9 +8,12 @@
 //! - `query`: restore, history, events and alarms, on reader connections.
 //! - `readers`: the read connections lent to queries.
 //! - `checkpoint`: the thread that keeps the WAL bounded.
+//! - `file`: which file the database (and its WAL) is, to notice it removed or replaced.
+//! - `seq`: event numbers reserved ahead, so a lost store never reuses an id.
 //! - `outbox`: the streams the upstream sinks forward, as typed rows, and their cursors.
 
 mod checkpoint;
+mod file;
 pub mod outbox;
 mod packed;
 mod query;
@@ -18,6 +21,8 @@ mod readers;
 mod schema;
 pub mod seq;
 mod writer;
+
+use file::FileId;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -70,40 +75,6 @@ pub enum StoreError {
          writes now is lost at the next start; put the file back or restart to begin a fresh one"
     )]
     Gone { path: PathBuf },
-}
-
-/// Which file a path names (device and inode), to notice it removed or replaced.
-pub(crate) struct FileId {
-    path: PathBuf,
-    id: (u64, u64),
-}
-
-impl FileId {
-    /// The write-ahead log beside a database file.
-    fn wal_path(&self) -> PathBuf {
-        let mut p = self.path.clone().into_os_string();
-        p.push("-wal");
-        PathBuf::from(p)
-    }
-
-    fn of(path: &Path) -> std::io::Result<FileId> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path)?;
-        Ok(FileId {
-            path: path.to_path_buf(),
-            id: (m.dev(), m.ino()),
-        })
-    }
-
-    /// Whether the path still names the file opened.
-    fn check(&self) -> Result<(), StoreError> {
-        match FileId::of(&self.path) {
-            Ok(now) if now.id == self.id => Ok(()),
-            _ => Err(StoreError::Gone {
-                path: self.path.clone(),
-            }),
-        }
-    }
 }
 
 /// What to do about an error opening the store, by its real cause: moving the file aside is

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod line;
+pub mod mqtt;
 pub mod ws;
+pub mod wsclient;
 
 use edge_gateway::config;
 use edge_gateway::modbus::simulator::{Profile, Simulator};

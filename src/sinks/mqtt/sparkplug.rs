@@ -8,6 +8,7 @@
 //! step back in time; so is a sample of a device that is dead now. Events ride on the node's
 //! `Event` metric as SPEC's event JSON, each with its own timestamp.
 
+mod commands;
 pub mod payload;
 mod topics;
 
@@ -25,11 +26,12 @@ use crate::config::Config;
 use crate::control::{Control, Written};
 use crate::log_limit::LogLimit;
 use crate::modbus::bus::WriteError;
-use crate::model::{now_ms, Millis, Quality, Value};
+use crate::model::{now_ms, Millis, Quality};
 use crate::sinks::feed::Batch;
 use crate::sinks::{SinkContext, SinkStatus};
 use crate::state;
 use crate::store::OutboxRow;
+pub use commands::Request;
 use payload::{
     birth_metric, data_metric, named, DataType, Metric, MetricOf, MetricValue, Payload,
     PropertySet, PropertyValueKind,
@@ -55,15 +57,6 @@ const REBIRTH_EVERY: Duration = Duration::from_secs(1);
 const NODE_DATA: Duration = Duration::from_secs(30);
 /// The file in the data dir that keeps the last `bdSeq`, so a restart does not reuse it.
 const BD_SEQ_FILE: &str = "sparkplug-bdseq";
-
-/// A DCMD write: device and point by index, and the value.
-pub struct Request {
-    device: usize,
-    point: usize,
-    value: Value,
-    /// The DCMD's own timestamp, else when it came in: its age is judged from this.
-    sent_at: Millis,
-}
 
 /// The edge node: its ids, this session's births and sequence numbers.
 pub struct Node {
@@ -355,100 +348,6 @@ impl Node {
                 })
             }
         }
-    }
-
-    /// A command not carried out: counted, and logged at most once a minute per reason.
-    fn ignore(&self, why: &'static str, detail: &str) {
-        self.status.commands_ignored.fetch_add(1, Relaxed);
-        if let Some(held) = self.log.allow(why) {
-            tracing::warn!(sink = super::SINK, held_back = held, "{why}: {detail}");
-        }
-    }
-
-    fn ncmd(&mut self, payload: &[u8], out: &mut Vec<Publish>) {
-        if payload.len() > MAX_COMMAND_BYTES {
-            return self.ignore("NCMD too large, refused unread", "");
-        }
-        let Ok(p) = Payload::decode(payload) else {
-            return self.ignore("NCMD payload does not decode", "");
-        };
-        for m in &p.metrics {
-            let rebirth = m.name.as_deref() == Some(REBIRTH) || m.alias == Some(ALIAS_REBIRTH);
-            if rebirth && m.value == Some(MetricValue::Boolean(true)) {
-                if self
-                    .last_births
-                    .is_some_and(|t| t.elapsed() < REBIRTH_EVERY)
-                {
-                    self.rebirth_due = true;
-                } else if self.born_at.is_some() {
-                    tracing::info!(sink = super::SINK, "Rebirth requested: births again");
-                    self.births(out);
-                }
-            } else {
-                let name = m.name.clone().unwrap_or_default();
-                self.ignore("NCMD metric not known", &name);
-            }
-        }
-    }
-
-    fn dcmd(&mut self, device: &str, payload: &[u8]) -> Vec<Request> {
-        let Some(&d) = self.devices.get(device) else {
-            self.ignore("DCMD for an unknown device", device);
-            return Vec::new();
-        };
-        if payload.len() > MAX_COMMAND_BYTES {
-            self.ignore("DCMD too large, refused unread", device);
-            return Vec::new();
-        }
-        let Ok(p) = Payload::decode(payload) else {
-            self.ignore("DCMD payload does not decode", device);
-            return Vec::new();
-        };
-        // Sparkplug's payload timestamp: when the host sent the command.
-        let p_ts = p.timestamp.and_then(|t| Millis::try_from(t).ok());
-        let mut requests = Vec::new();
-        for m in &p.metrics {
-            let point = match (m.name.as_deref(), m.alias) {
-                (Some(name), _) => self.points[d].get(name).copied(),
-                (None, Some(a)) => self.metrics[d].iter().position(|x| x.alias == a),
-                (None, None) => None,
-            };
-            let label = || format!("{device}/{}", m.name.clone().unwrap_or_default());
-            let Some(p) = point else {
-                self.ignore("DCMD on an unknown metric", &label());
-                continue;
-            };
-            if !self.allow_writes {
-                self.ignore("DCMD while [mqtt] allow_writes is off", &label());
-                continue;
-            }
-            if !self.config.devices[d].points[p].writable {
-                self.ignore("DCMD on a read-only metric", &label());
-                continue;
-            }
-            let datatype = m.datatype.or(Some(self.metrics[d][p].datatype as u32));
-            let Some(v) = m.value.as_ref() else {
-                self.ignore("DCMD without a value", &label());
-                continue;
-            };
-            let value = match payload::decode(datatype, v) {
-                Ok(value) => value,
-                Err(why) => {
-                    self.ignore("DCMD value refused", &format!("{}: {why}", label()));
-                    continue;
-                }
-            };
-            // One write per point, the last value given: a command cannot queue more writes
-            // than the device has points.
-            requests.retain(|r: &Request| r.point != p);
-            requests.push(Request {
-                device: d,
-                point: p,
-                value,
-                sent_at: p_ts.unwrap_or_else(now_ms),
-            });
-        }
-        requests
     }
 
     /// The primary host's STATE: Sparkplug 3.0's JSON `{"online":…}`, or 2.2's text.
