@@ -134,23 +134,65 @@ pub enum StartError {
     },
 }
 
+/// A start that failed, and what it carried.
+struct Failed {
+    error: StartError,
+    carry: Carry,
+}
+
+/// A reload whose config could not start: why, and the previous config started again (or why
+/// that failed too).
+pub struct ReloadError {
+    pub error: StartError,
+    pub running: Result<Gateway, StartError>,
+}
+
+impl std::fmt::Debug for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.running {
+            Ok(_) => write!(f, "{}; the previous config runs again", self.error),
+            Err(e) => write!(f, "{}; the previous config failed too: {e}", self.error),
+        }
+    }
+}
+
 impl Gateway {
     /// Opens the store, binds HTTP and starts one task per bus. The config is already valid.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         Self::start_with(config, Carry::default()).await
     }
 
-    pub(crate) async fn start_with(
-        config: Config,
-        mut carry: Carry,
-    ) -> Result<Gateway, StartError> {
+    pub(crate) async fn start_with(config: Config, carry: Carry) -> Result<Gateway, StartError> {
+        Self::try_start(config, carry).await.map_err(|f| f.error)
+    }
+
+    /// A start that, when it fails, gives back what it was carrying: a reload whose config
+    /// cannot start goes back to the previous one with the same connections, sessions and
+    /// handed-over buses. What can fail (the listener, the store) comes before anything is
+    /// taken from the carry.
+    async fn try_start(config: Config, mut carry: Carry) -> Result<Gateway, Box<Failed>> {
         let config = Arc::new(config);
+        let reused = (carry.listener.as_ref()).is_some_and(|(l, _)| *l == config.http.listen);
+        let (kept, http_addr, listener) = match listen(&config, &mut carry.listener) {
+            Ok(l) => l,
+            Err(error) => return Err(Box::new(Failed { error, carry })),
+        };
         let metrics = Arc::new(Metrics::new(
             config.devices.iter().map(|d| d.id.clone()).collect(),
             config.buses.iter().map(|b| b.name.clone()).collect(),
         ));
         let (store, restored, store_thread) =
-            store::open(config.clone(), metrics.clone(), sinks::configured(&config))?;
+            match store::open(config.clone(), metrics.clone(), sinks::configured(&config)) {
+                Ok(s) => s,
+                Err(e) => {
+                    // The port stays open for the config that starts instead.
+                    if reused {
+                        carry.listener = Some((config.http.listen.clone(), kept));
+                    }
+                    let error = e.into();
+                    return Err(Box::new(Failed { error, carry }));
+                }
+            };
         let mut restored_live = state::Live::restored(&config, &restored);
         // A reload keeps the live state of the devices whose bus carries on: not stale, not
         // offline, just as they were a moment ago.
@@ -160,7 +202,6 @@ impl Gateway {
             }
         }
         let live: SharedLive = Arc::new(RwLock::new(restored_live));
-        let (kept, http_addr, listener) = listen(&config, carry.listener.take())?;
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
 
@@ -185,14 +226,7 @@ impl Gateway {
         // Bounded: a slow store slows the buses down instead of growing memory.
         let (events_tx, events_rx) = mpsc::channel(256);
         for (b, wrx) in write_rxs.into_iter().enumerate() {
-            let task = match carry.buses.remove(&config.buses[b].name) {
-                Some(mut task) => {
-                    let (tx, m) = (events_tx.clone(), metrics.clone());
-                    task.retarget(b, config.clone(), tx, wrx, m);
-                    task
-                }
-                None => BusTask::new(b, config.clone(), events_tx.clone(), wrx, metrics.clone()),
-            };
+            let task = bus_task(&mut carry, b, &config, &events_tx, wrx, &metrics);
             tasks.spawn(task.run(cancel.child_token()));
         }
         let bus_events = Some(events_tx);
@@ -281,7 +315,10 @@ impl Gateway {
     /// its devices keep their live state; changed and new buses start fresh, removed ones stop.
     /// Everything else (pipeline, rules, users, sinks, HTTP) is rebuilt from the new config;
     /// logged-in sessions of users that still exist with the same role carry over.
-    pub async fn reload(mut self, new: Config) -> Result<(Gateway, ReloadSummary), StartError> {
+    ///
+    /// A config that cannot start (its port is taken, its store will not open) gives way to
+    /// the previous one, started again with everything the reload carried.
+    pub async fn reload(mut self, new: Config) -> Result<(Gateway, ReloadSummary), ReloadError> {
         let old = self.config.clone();
         let mut carry = Carry::default();
         let mut summary = ReloadSummary::default();
@@ -351,8 +388,14 @@ impl Gateway {
             carry.admission = Some(self.shared.admission.clone());
         }
         self.shutdown().await;
-        let gw = Gateway::start_with(new, carry).await?;
-        Ok((gw, summary))
+        match Gateway::try_start(new, carry).await {
+            Ok(gw) => Ok((gw, summary)),
+            Err(failed) => {
+                let Failed { error, carry } = *failed;
+                let running = Gateway::start_with((*old).clone(), carry).await;
+                Err(ReloadError { error, running })
+            }
+        }
     }
 
     /// Stops the buses, lets the pipeline drain into the store, and waits for the store to
@@ -372,20 +415,43 @@ impl Gateway {
     }
 }
 
+/// Bus `b`'s task: the one a reload handed over (its link kept), aimed at the new config, or
+/// a new one.
+fn bus_task(
+    carry: &mut Carry,
+    b: usize,
+    config: &Arc<Config>,
+    events: &mpsc::Sender<modbus::bus::BusEvent>,
+    writes: mpsc::Receiver<BusRequest>,
+    metrics: &Arc<Metrics>,
+) -> BusTask {
+    let (config, events, metrics) = (config.clone(), events.clone(), metrics.clone());
+    match carry.buses.remove(&config.buses[b].name) {
+        Some(mut task) => {
+            task.retarget(b, config, events, writes, metrics);
+            task
+        }
+        None => BusTask::new(b, config, events, writes, metrics),
+    }
+}
+
 /// The HTTP listener: the one a reload carried over when `http.listen` is unchanged (the port
-/// never closes), else a new one. Returns it (kept for the next reload), its address, and a
-/// tokio listener on the same socket.
+/// never closes), else a new one (the carried one stays in the carry, should this start fail).
+/// Returns it (kept for the next reload), its address, and a tokio listener on the same socket.
 fn listen(
     config: &Config,
-    carried: Option<(String, std::net::TcpListener)>,
+    carried: &mut Option<(String, std::net::TcpListener)>,
 ) -> Result<(std::net::TcpListener, SocketAddr, tokio::net::TcpListener), StartError> {
     let listen_err = |source| StartError::Listen {
         addr: config.http.listen.clone(),
         source,
     };
-    let kept = match carried {
+    let kept = match carried.take() {
         Some((listen, l)) if listen == config.http.listen => l,
-        _ => http::bind(&config.http.listen).map_err(listen_err)?,
+        other => {
+            *carried = other;
+            http::bind(&config.http.listen).map_err(listen_err)?
+        }
     };
     let http_addr = kept.local_addr().map_err(listen_err)?;
     let listener = kept

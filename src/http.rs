@@ -294,6 +294,9 @@ pub async fn serve(listener: TcpListener, state: AppState, cancel: CancellationT
     let _ = tokio::time::timeout(STOP_GRACE, conns.wait()).await;
 }
 
+/// How long a connection open at a stop or reload has to take up a request already sent.
+const PICK_UP: Duration = Duration::from_millis(50);
+
 /// One HTTP/1.1 connection, upgrades included (an upgraded WebSocket lives on in its own task).
 async fn connection(tcp: TcpStream, remote: SocketAddr, app: Router, cancel: CancellationToken) {
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -309,6 +312,11 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, app: Router, cancel: Can
     tokio::select! {
         _ = conn.as_mut() => {}
         () = cancel.cancelled() => {
+            // A request already sent but not yet read counts as idle to hyper and would be
+            // reset (a `/healthz` during a reload came back empty): a moment to take it up.
+            if tokio::time::timeout(PICK_UP, conn.as_mut()).await.is_ok() {
+                return;
+            }
             // A request in progress may finish; an idle or half-sent one is closed.
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(STOP_GRACE, conn).await;

@@ -72,7 +72,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use config::Config;
-pub use gateway::{Gateway, ReloadSummary, StartError};
+pub use gateway::{Gateway, ReloadError, ReloadSummary, StartError};
 use metrics::Reload;
 pub use ws::{Shared, Sinks};
 
@@ -195,19 +195,23 @@ pub async fn run_with(
             gw.store.clone(),
             watchdog_stop.clone(),
         ));
-        let hup_came = tokio::select! {
-            () = shutdown.cancelled() => false,
-            _ = hup.recv() => true,
-            Some(()) = applied.recv() => true,
+        // `Some` for a reload: an apply's asks to be told how it went, a SIGHUP's not.
+        let woke = tokio::select! {
+            () = shutdown.cancelled() => None,
+            _ = hup.recv() => Some(None),
+            Some(ask) = applied.recv() => Some(Some(ask)),
         };
         watchdog_stop.cancel();
         let _ = watchdog.await;
-        if !hup_came {
-            break;
-        }
+        let Some(ask) = woke else { break };
         let Some(path) = &path else { continue };
         service::reloading();
-        gw = reload(gw, path, config_file.as_deref()).await?;
+        let (next, result) = reload(gw, path, config_file.as_deref()).await?;
+        gw = next;
+        if let Some(ask) = ask {
+            let store = Some(gw.store.clone());
+            let _ = ask.done.send(config::versions::Reloaded { result, store });
+        }
         service::ready(&status(&gw));
     }
     tracing::info!("shutting down");
@@ -226,13 +230,15 @@ fn status(gw: &Gateway) -> String {
     )
 }
 
-/// One SIGHUP: the file read again; an invalid one is logged and the running config stays, a
-/// valid one is applied as a difference, and one that cannot start falls back to the previous.
+/// One SIGHUP (or apply): the file read again; an invalid one is logged and the running config
+/// stays, a valid one is applied as a difference, and one that cannot start gives way to the
+/// previous config (and an apply's file is put back). Returns the gateway running and, when
+/// the file's config is not what runs, why.
 async fn reload(
     gw: Gateway,
     path: &std::path::Path,
     file: Option<&config::versions::ConfigFile>,
-) -> Result<Gateway, StartError> {
+) -> Result<(Gateway, Result<(), String>), StartError> {
     // An apply's file that cannot start is put back, so the next start runs the old one.
     let settle = |reloaded: bool| {
         match file.map(|f| f.settle(reloaded)) {
@@ -250,7 +256,7 @@ async fn reload(
     let loaded = match config::load(path) {
         Ok(l) => l,
         Err(e) => {
-            match e {
+            let why = match e {
                 config::ConfigError::Invalid(problems) => {
                     for p in &problems {
                         tracing::error!(
@@ -258,17 +264,18 @@ async fn reload(
                             path.display()
                         );
                     }
+                    format!("the file has {} problem(s)", problems.len())
                 }
                 e @ config::ConfigError::Read { .. } => {
                     tracing::error!("reload refused, the running config stays: {e}");
+                    e.to_string()
                 }
-            }
+            };
             gw.metrics.count_reload(&gw.metrics, Reload::Refused);
             settle(false);
-            return Ok(gw);
+            return Ok((gw, Err(why)));
         }
     };
-    let previous = (*gw.config).clone();
     let before = gw.metrics.clone();
     match gw.reload(loaded.config).await {
         Ok((next, summary)) => {
@@ -282,16 +289,16 @@ async fn reload(
             );
             next.metrics.count_reload(&before, Reload::Applied);
             settle(true);
-            Ok(next)
+            Ok((next, Ok(())))
         }
-        Err(e) => {
-            // The new config could not start (its HTTP address is taken, say): back to the
-            // one that ran.
-            tracing::error!("reload failed ({e}); restarting with the previous config");
+        Err(ReloadError { error, running }) => {
+            // The new config could not start (its HTTP address is taken, say): the one that
+            // ran runs again, its connections kept.
+            tracing::error!("reload failed ({error}); the previous config runs again");
             settle(false);
-            let gw = Gateway::start(previous).await?;
+            let gw = running?;
             gw.metrics.count_reload(&before, Reload::Failed);
-            Ok(gw)
+            Ok((gw, Err(error.to_string())))
         }
     }
 }

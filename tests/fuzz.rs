@@ -271,6 +271,7 @@ async fn the_websocket_envelope_and_every_service_take_any_input() {
                     client: client.clone(),
                     remote: "127.0.0.1".parse().unwrap(),
                     params: req.params,
+                    later: edge_gateway::ws::context::Later::default(),
                 };
                 let result = edge_gateway::ws::services::dispatch(&req.service, ctx).await;
                 let reply =
@@ -292,6 +293,7 @@ async fn the_websocket_envelope_and_every_service_take_any_input() {
             client,
             remote: "127.0.0.1".parse().unwrap(),
             params: serde_json::Map::default(),
+            later: edge_gateway::ws::context::Later::default(),
         },
     )
     .await;

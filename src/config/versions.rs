@@ -17,22 +17,26 @@ use crate::sync::Locked as _;
 pub struct ConfigFile {
     pub path: PathBuf,
     pub versions: Versions,
-    pub reload: tokio::sync::mpsc::Sender<()>,
-    /// Held by one apply (or rollback) from its check to its reload request: two applies at
-    /// once were both answered "version 19", and one text was in no version.
-    pub applying: tokio::sync::Mutex<()>,
+    pub reload: tokio::sync::mpsc::Sender<ReloadAsk>,
+    /// Held by one apply (or rollback) from its check until its reload has run: two applies
+    /// at once were both answered "version 19", and one text was in no version.
+    pub applying: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// The file as it was before the last apply, put back if that apply's reload fails (the
     /// next start would exit on a config that cannot start).
     pub previous: std::sync::Mutex<Option<String>>,
 }
 
 impl ConfigFile {
-    pub fn new(path: PathBuf, versions: Versions, reload: tokio::sync::mpsc::Sender<()>) -> Self {
+    pub fn new(
+        path: PathBuf,
+        versions: Versions,
+        reload: tokio::sync::mpsc::Sender<ReloadAsk>,
+    ) -> Self {
         ConfigFile {
             path,
             versions,
             reload,
-            applying: tokio::sync::Mutex::new(()),
+            applying: std::sync::Arc::default(),
             previous: std::sync::Mutex::new(None),
         }
     }
@@ -47,6 +51,20 @@ impl ConfigFile {
             _ => Ok(false),
         }
     }
+}
+
+/// A reload asked for by an apply: told how it went once the daemon has tried it.
+pub struct ReloadAsk {
+    pub done: tokio::sync::oneshot::Sender<Reloaded>,
+}
+
+/// How an applied file's reload went.
+pub struct Reloaded {
+    /// `Err` says why the new config is not running (it could not start; the previous one
+    /// runs again and its file is back).
+    pub result: Result<(), String>,
+    /// The store of the gateway now running, for the apply's audit row.
+    pub store: Option<crate::store::StoreHandle>,
 }
 
 /// Versions kept; the oldest beyond this are deleted as new ones arrive.

@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value as Json};
 
 use super::hub::Client;
 use super::Shared;
+use crate::sync::Locked as _;
 
 /// A handler's error: becomes the reply's `code` and `msg`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -128,6 +129,58 @@ pub struct Ctx {
     pub client: Arc<Client>,
     pub remote: IpAddr,
     pub params: Map<String, Json>,
+    /// The way to answer after returning, for a handler whose answer outlives its gateway.
+    pub later: Later,
+}
+
+/// A request's reply, for a handler that answers once its gateway is gone: `config.apply`
+/// answers when the reload it asked for has run, and the connection meanwhile moves to the
+/// next gateway (a handler still running then is cut off after a second). Empty outside a
+/// connection (tests call handlers directly).
+#[derive(Clone, Default)]
+pub struct Later(Arc<std::sync::Mutex<Option<Deferred>>>);
+
+/// A reply taken from its request, sent by [`Deferred::send`].
+pub struct Deferred {
+    request_id: Json,
+    service: String,
+    replies: tokio::sync::mpsc::Sender<super::writer::Out>,
+}
+
+impl Later {
+    pub(super) fn to(
+        request_id: Json,
+        service: String,
+        replies: tokio::sync::mpsc::Sender<super::writer::Out>,
+    ) -> Later {
+        Later(Arc::new(std::sync::Mutex::new(Some(Deferred {
+            request_id,
+            service,
+            replies,
+        }))))
+    }
+
+    /// Takes the reply: what the handler returns is then not sent.
+    pub fn take(&self) -> Option<Deferred> {
+        self.0.locked().take()
+    }
+}
+
+impl Deferred {
+    fn frame(&self, result: HandlerResult) -> super::writer::Out {
+        let r = reply(&self.request_id, Some(&self.service), result);
+        super::writer::Out::Text(r.to_string().into())
+    }
+
+    /// Sends the reply (into the connection's queue, which outlives a reload).
+    pub async fn send(self, result: HandlerResult) {
+        let _ = self.replies.send(self.frame(result)).await;
+    }
+
+    /// Queues the reply if there is room, without waiting (a client that does not read loses it).
+    pub fn offer(self, result: HandlerResult) {
+        let _ = self.replies.try_send(self.frame(result));
+    }
 }
 
 fn type_name(v: &Json) -> &'static str {

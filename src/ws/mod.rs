@@ -133,6 +133,8 @@ struct Reader {
     remote: SocketAddr,
     admitted: admit::Admitted,
     in_flight: JoinSet<()>,
+    /// The replies of the requests in flight, by task: one cut off by a reload is answered.
+    unanswered: std::collections::HashMap<tokio::task::Id, context::Later>,
     login_deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
     bucket: Bucket,
     had_login: bool,
@@ -174,6 +176,7 @@ async fn connection(
         remote,
         admitted,
         in_flight: JoinSet::new(),
+        unanswered: std::collections::HashMap::new(),
         login_deadline: Box::pin(tokio::time::sleep(LOGIN_DEADLINE)),
         bucket: Bucket::new(),
         had_login: false,
@@ -183,14 +186,16 @@ async fn connection(
     };
     let mut shared = shared;
     while let Exit::Stopping = r.run(&shared).await {
-        // Requests in progress hold the stopping gateway: they get a second to answer (the
-        // `config.apply` that asked for this reload, say), then go.
-        let in_flight = &mut r.in_flight;
+        // Requests in progress hold the stopping gateway: they get a second to answer, then
+        // go, each answered that it was cut off.
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            while in_flight.join_next().await.is_some() {}
+            while let Some(done) = r.in_flight.join_next_with_id().await {
+                r.answered(done);
+            }
         })
         .await;
         r.in_flight.abort_all();
+        r.cut_off();
         let sub = r.leave(&shared);
         let (front, stopped) = (shared.front.clone(), Arc::downgrade(&shared));
         // Nothing of the stopping gateway may stay here: its store closes only once every
@@ -242,7 +247,7 @@ impl Reader {
                     offer(&replies, Out::Close(1008, "login required within 10 s"));
                     return Exit::Closed;
                 }
-                Some(_) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {}
+                Some(done) = self.in_flight.join_next_with_id(), if !self.in_flight.is_empty() => self.answered(done),
                 msg = self.stream.next() => {
                     self.last_heard.store(self.epoch.elapsed().as_millis() as u64, Relaxed);
                     let frame = match incoming(msg, self.remote, &replies, stop).await {
@@ -261,9 +266,31 @@ impl Reader {
                         if put(&replies, stop, text(r)).await { continue; }
                         return Exit::Closed;
                     }
-                    let ctx = Ctx { shared: shared.clone(), client: client.clone(), remote: self.remote.ip(), params: request.params };
-                    self.in_flight.spawn(serve(request.request_id, request.service, ctx, replies.clone()));
+                    let later = context::Later::to(request.request_id.clone(), request.service.clone(), replies.clone());
+                    let ctx = Ctx { shared: shared.clone(), client: client.clone(), remote: self.remote.ip(), params: request.params, later: later.clone() };
+                    let task = self.in_flight.spawn(serve(request.service, ctx, later.clone()));
+                    self.unanswered.insert(task.id(), later);
                 }
+            }
+        }
+    }
+
+    /// A request's task ended (its handler answered, or it was aborted).
+    fn answered(&mut self, done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        let id = done.map_or_else(|e| e.id(), |(id, ())| id);
+        self.unanswered.remove(&id);
+    }
+
+    /// Answers the requests a reload cut off: their client is told instead of waiting for a
+    /// reply that never comes. What such a request did is unknown (a write may have reached
+    /// its bus), so it is not said to be undone.
+    fn cut_off(&mut self) {
+        for (_, later) in self.unanswered.drain() {
+            if let Some(answer) = later.take() {
+                answer.offer(Err(ServiceError::new(
+                    503,
+                    "cut off by a config reload before it finished; its outcome is unknown",
+                )));
             }
         }
     }
@@ -370,16 +397,12 @@ async fn finish(metrics: &Metrics, client: &Client, mut writer: tokio::task::Joi
 }
 
 /// One request, served as its own task: the reply (with the request's id) joins the
-/// connection's replies.
-async fn serve(
-    request_id: serde_json::Value,
-    service: String,
-    ctx: Ctx,
-    replies: mpsc::Sender<Out>,
-) {
+/// connection's replies, unless the handler took it to answer later.
+async fn serve(service: String, ctx: Ctx, later: context::Later) {
     let result = services::dispatch(&service, ctx).await;
-    let r = reply(&request_id, Some(&service), result);
-    let _ = replies.send(text(r)).await;
+    if let Some(answer) = later.take() {
+        answer.send(result).await;
+    }
 }
 
 /// Queues a close frame without waiting (the connection ends either way).

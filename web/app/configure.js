@@ -32,8 +32,8 @@ export function configureView(env) {
       const v = await conn.call("config.validate", { text: newText });
       if (v.problems.length) { showProblems(v.problems, ""); return; }
       if (!(await confirmDialog("Apply the config", `${what} The gateway reloads; this page stays connected.`))) return;
-      const r = await conn.call("config.apply", { text: newText });
-      env.S.reloadPending = true;
+      const r = await conn.call("config.apply", { text: newText }, 60000);
+      env.reloaded();
       problems.replaceChildren(h("p", { class: "result ok", text: `Applied as version ${r.id}: ${r.summary}.` }));
     } catch (e) {
       if (e.data && e.data.problems) showProblems(e.data.problems, "");
@@ -98,10 +98,10 @@ export function configureView(env) {
   }
 
   async function rollback(v) {
-    if (!(await confirmDialog(`Roll back to version ${v.id}`, `${v.summary} (${v.user}). The gateway reloads; this page reconnects.`))) return;
+    if (!(await confirmDialog(`Roll back to version ${v.id}`, `${v.summary} (${v.user}). The gateway reloads; this page stays connected.`))) return;
     try {
-      const r = await conn.call("config.rollback", { id: v.id });
-      env.S.reloadPending = true;
+      const r = await conn.call("config.rollback", { id: v.id }, 60000);
+      env.reloaded();
       problems.replaceChildren(h("p", { class: "result ok", text: `Rolled back: applied as version ${r.id} (${r.summary}).` }));
     } catch (e) {
       problems.replaceChildren(h("p", { class: "error", text: `Not rolled back (${e.code}): ${e.message}` }));

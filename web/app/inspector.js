@@ -239,8 +239,8 @@ function addPointForm(env, regs, offset, at, configured) {
         return;
       }
       if (!(await confirmDialog("Add to the config and apply", `${e.summary}: ${p.id} (${p.type} ${order.value}) at ${p.table} ${p.address}`))) return;
-      const r = await conn.call("config.apply", { text: e.text });
-      env.S.reloadPending = true;
+      const r = await conn.call("config.apply", { text: e.text }, 60000);
+      env.reloaded();
       result.replaceChildren(h("p", { class: "result ok", text: `Applied as version ${r.id} (${r.summary}); the gateway reloads.` }));
     } catch (err) {
       result.replaceChildren(h("p", { class: "error", text: `Not added (${err.code}): ${err.message}` }));

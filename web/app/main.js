@@ -56,7 +56,8 @@ const S = {
 
 const conn = new Conn({ onPush, onState, onOpen });
 // What the inspector and Configure views (their own modules) need of the page.
-const env = { conn, S, confirmDialog, scans: { listener: null } };
+// `reloaded`: this page applied a config, answered once it runs: everything is read again.
+const env = { conn, S, confirmDialog, scans: { listener: null }, reloaded: () => afterLogin({ user: S.user, role: S.role }, true) };
 // For the browser test: `window.__edgeDrop = (service, data) => bool` drops matching pushes as
 // if the network had lost them; `__edgeDropped` counts them.
 window.__edgeConn = conn;
@@ -244,11 +245,8 @@ function onPush(service, data) {
   if (!S.loggedIn) return;
   if (service === "push.snapshot") {
     // A reload keeps this socket open; a snapshot of other devices or points says the config
-    // changed: everything is read again, as after a login.
-    // This page applied a config (buses, users may have changed), or the snapshot shows other
-    // devices or points (a reload by someone else): everything is read again.
-    if (S.reloadPending || structureChanged(data.devices)) {
-      S.reloadPending = false;
+    // changed (a reload by someone else): everything is read again, as after a login.
+    if (structureChanged(data.devices)) {
       afterLogin({ user: S.user, role: S.role }, true);
     } else applyDevices(data.devices);
   } else if (service === "push.telemetry") {

@@ -146,24 +146,25 @@ pub async fn validate(ctx: Ctx) -> HandlerResult {
 /// `config.apply`: a valid text is written, kept as a version and applied as a reload.
 pub async fn apply(ctx: Ctx) -> HandlerResult {
     let text = text_param(&ctx)?;
-    apply_text(&ctx, &text).await
+    apply_text(ctx, &text).await
 }
 
 /// Applies a text and records the attempt in the audit table (who, the version and its
-/// summary, or why not); the reload follows once the attempt is recorded.
-async fn apply_text(ctx: &Ctx, text: &str) -> HandlerResult {
-    let f = file(ctx)?;
-    // One apply at a time, from its check to its reload request: one version per text.
-    let _applying = f.applying.lock().await;
-    let applied = write_version(ctx, &f, text).await;
-    let user = ctx.client.login().map_or_else(String::new, |l| l.user);
-    let (new, result) = match &applied {
-        Ok((id, summary)) => (format!("version {id}: {summary}"), "ok".to_string()),
-        Err(e) => ("not applied".to_string(), e.msg.clone()),
+/// summary, or why not). The answer comes once the reload has run: ok with the version when
+/// the new config runs, else why not (the previous file is then back and running).
+async fn apply_text(ctx: Ctx, text: &str) -> HandlerResult {
+    let f = file(&ctx)?;
+    // One apply at a time, from its check until its reload has run: one version per text.
+    // Another waits for nothing (the reload under way moves this connection): it is refused.
+    let Ok(applying) = f.applying.clone().try_lock_owned() else {
+        return Err(ServiceError::new(
+            409,
+            "another config apply is under way; send this one again once it is answered",
+        ));
     };
-    let audit = crate::store::Audit {
+    let audit = |new: String, result: String| crate::store::Audit {
         ts: crate::model::now_ms(),
-        user,
+        user: ctx.client.login().map_or_else(String::new, |l| l.user),
         source: "ws".into(),
         device_id: ctx.shared.config.gateway.id.clone(),
         point_id: crate::store::AUDIT_CONFIG.into(),
@@ -171,15 +172,57 @@ async fn apply_text(ctx: &Ctx, text: &str) -> HandlerResult {
         new: crate::model::Value::Text(new),
         result,
     };
-    ctx.shared
-        .store
-        .send(crate::store::StoreCmd::Audit(audit))
-        .await;
-    let (id, summary) = applied?;
-    // The reload closes this connection (1001) once this reply has gone out; the dashboard
-    // reconnects and resumes its session.
-    let _ = f.reload.try_send(());
-    Ok(json!({ "id": id, "summary": summary }))
+    let (id, summary) = match write_version(&ctx, &f, text).await {
+        Ok(v) => v,
+        Err(e) => {
+            let row = audit("not applied".into(), e.msg.clone());
+            ctx.shared
+                .store
+                .send(crate::store::StoreCmd::Audit(row))
+                .await;
+            return Err(e);
+        }
+    };
+    // Recorded once the outcome is known, by the gateway then running.
+    let row = audit(format!("version {id}: {summary}"), String::new());
+    let (done, outcome) = tokio::sync::oneshot::channel();
+    if f.reload.send(versions::ReloadAsk { done }).await.is_err() {
+        return Err(ServiceError::new(503, "the gateway is stopping"));
+    }
+    let wait = async move {
+        let _applying = applying;
+        let reloaded = outcome.await.map_err(|_| "the gateway stopped".to_string());
+        let result = reloaded
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|r| r.result.clone());
+        if let Some(store) = reloaded.ok().and_then(|r| r.store) {
+            let result = result
+                .as_ref()
+                .err()
+                .map_or_else(|| "ok".into(), Clone::clone);
+            let row = crate::store::Audit { result, ..row };
+            store.send(crate::store::StoreCmd::Audit(row)).await;
+            // Committed before the answer: an audit read after it has the row.
+            store.flush().await;
+        }
+        match result {
+            Ok(()) => Ok(json!({ "id": id, "summary": summary })),
+            Err(why) => Err(ServiceError::internal(format!(
+                "version {id} was written but did not start ({why}); the previous config is back and runs"
+            ))),
+        }
+    };
+    // The connection moves to the next gateway meanwhile: the answer must not hold this one.
+    let later = ctx.later.take();
+    drop(ctx);
+    match later {
+        Some(answer) => {
+            tokio::spawn(async move { answer.send(wait.await).await });
+            Ok(Json::Null)
+        }
+        None => wait.await,
+    }
 }
 
 /// Checks and writes the text and keeps it as a version: its id and summary.
@@ -439,5 +482,5 @@ pub async fn rollback(ctx: Ctx) -> HandlerResult {
         .ok()
         .and_then(|id| f.versions.text(id).ok())
         .ok_or_else(|| ServiceError::not_found(format!("no config version {id}")))?;
-    apply_text(&ctx, &text).await
+    apply_text(ctx, &text).await
 }
