@@ -569,3 +569,33 @@ async fn idle_connections_from_six_addresses_leave_healthz_answering() {
     }
     drop(idle);
 }
+
+/// #31: "stop completes within 5 s whatever the peers do". A MySQL server and an MQTT broker
+/// that accept the connection and never answer a byte (a firewall's black hole, a hung
+/// server) must not hold a stop: systemd kills at 10 s, and the last flush is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_that_never_answer_hold_no_stop() {
+    // Accepts, keeps every connection open, reads nothing and says nothing.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = hole.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in hole.incoming().map_while(Result::ok) {
+            held.push(c);
+        }
+    });
+    let mut t = Target::start(&format!(
+        "[mysql]\nurl = \"mysql://edge@{at}/plant\"\n[mqtt]\nurl = \"mqtt://{at}\"\n"
+    ))
+    .await;
+    // Both sinks connecting (and stuck), telemetry queued for them.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let asked = std::time::Instant::now();
+    stops_cleanly(&mut t);
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "stopped {took:?} after SIGTERM with hung upstreams; the log:\n{}",
+        std::fs::read_to_string(t._dir.path().join("gateway.log")).unwrap_or_default()
+    );
+}

@@ -121,6 +121,9 @@ pub trait Upstream {
     ) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
 
+/// How long a session may take to end once a stop asked (MQTT's goodbye takes 2 s at most).
+pub const STOP_GRACE: Duration = Duration::from_millis(2500);
+
 /// Runs a sink until cancelled: a session after another, the feed's confirmed cursors
 /// persisted after each, and a backoff between them (0.5 s doubling to 30 s, with jitter)
 /// that starts over once a session reached its upstream.
@@ -135,7 +138,20 @@ pub async fn run(
     let mut backoff = RECONNECT;
     while !cancel.is_cancelled() {
         let mut reached = false;
-        let result = upstream.session(&mut feed, &mut reached, &cancel).await;
+        let result = {
+            let session = upstream.session(&mut feed, &mut reached, &cancel);
+            tokio::pin!(session);
+            tokio::select! {
+                r = &mut session => r,
+                // A session sees the stop itself and says goodbye (a batch commits, MQTT's
+                // last messages go); one stuck on a peer that never answers (a connect into a
+                // black hole waits 10 s) is dropped after the grace: a stop must end within
+                // 5 s. What it had not confirmed is sent again next time.
+                () = cancel.cancelled() => tokio::time::timeout(STOP_GRACE, &mut session)
+                    .await
+                    .unwrap_or(Ok(())),
+            }
+        };
         // Whatever was confirmed before a failure keeps its place.
         feed.persist(store).await;
         if let Ok(b) = feed.backlog().await {

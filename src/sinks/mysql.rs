@@ -407,7 +407,8 @@ pub async fn run(ctx: SinkContext, cancel: CancellationToken) {
         sql: String::new(),
     };
     super::run(SINK, &status, &ctx.store, feed, upstream, cancel).await;
-    let _ = pool.disconnect().await;
+    // A server that stopped answering would hold the goodbye too.
+    let _ = tokio::time::timeout(Duration::from_secs(1), pool.disconnect()).await;
 }
 
 #[cfg(test)]

@@ -19,7 +19,14 @@ pub struct Readers {
     data_dir: PathBuf,
     /// A query on a file removed or replaced would answer from a ghost: an error instead.
     file: FileId,
+    /// Each user's turn at the long lane ([`Readers::query_for`]), while they have reads
+    /// running or waiting.
+    shares: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
+
+/// Long reads one user runs at once: with two long connections, one always stays for the
+/// others however many trends a user asks for (their other reads wait in their own line).
+const LONG_PER_USER: usize = 1;
 
 /// Which connections a query runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +62,7 @@ impl Readers {
             lanes: [pool(READERS[0])?, pool(READERS[1])?],
             data_dir: data_dir.to_path_buf(),
             file: FileId::of(&path).map_err(|source| StoreError::Dir { path, source })?,
+            shares: std::sync::Mutex::default(),
         })
     }
 
@@ -65,6 +73,32 @@ impl Readers {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.query_in(Lane::Short, f).await
+    }
+
+    /// [`Readers::query_in`] on behalf of `who` (a user): on the long lane, one user's reads
+    /// take their turns among themselves first, so a user asking for 64 trends holds one long
+    /// connection, not both, and another user's trend waits for at most one read per user.
+    pub async fn query_for<T: Send + 'static>(
+        self: &Arc<Self>,
+        lane: Lane,
+        who: &str,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        if lane == Lane::Short {
+            return self.query_in(lane, f).await;
+        }
+        let share = {
+            let mut shares = self.shares.locked();
+            // Users with nothing running or waiting are forgotten: the map is as small as the
+            // users reading right now.
+            shares.retain(|_, s| Arc::strong_count(s) > 1);
+            let share = shares
+                .entry(who.to_string())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(LONG_PER_USER)));
+            Arc::clone(share)
+        };
+        let _turn = share.acquire().await.map_err(|_| StoreError::Closed)?;
+        self.query_in(lane, f).await
     }
 
     /// [`Readers::query`] on a lane's connections.
@@ -159,5 +193,52 @@ mod tests {
         for l in long {
             l.await.unwrap().unwrap();
         }
+    }
+
+    /// #31, item 3, the per-user share: one user with many long reads waiting holds one long
+    /// connection; another user's long read runs on the other at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_user_flooding_the_long_lane_leaves_room_for_another() {
+        let dir = tempfile::tempdir().unwrap();
+        rusqlite::Connection::open(dir.path().join(DB_FILE))
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x);")
+            .unwrap();
+        let readers = Arc::new(Readers::open(dir.path()).unwrap());
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Arc::new(std::sync::Mutex::new(held));
+        let mut flood = Vec::new();
+        for _ in 0..16 {
+            let (r, held) = (readers.clone(), held.clone());
+            flood.push(tokio::spawn(async move {
+                r.query_for(Lane::Long, "viewer", move |_| {
+                    let _ = held.locked().recv();
+                    Ok(())
+                })
+                .await
+            }));
+        }
+        // The flood has its connection (and, without the share, would soon have both).
+        while readers.lanes[Lane::Long as usize].lent.available_permits() > 1 {
+            tokio::task::yield_now().await;
+        }
+        let n: i64 = readers
+            .query_for(Lane::Long, "admin", |c| {
+                c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+        for _ in 0..flood.len() {
+            release.send(()).unwrap();
+        }
+        for f in flood {
+            f.await.unwrap().unwrap();
+        }
+        assert!(readers
+            .shares
+            .locked()
+            .values()
+            .all(|s| Arc::strong_count(s) == 1));
     }
 }

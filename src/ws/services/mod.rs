@@ -180,10 +180,15 @@ pub(super) async fn read_store_in<T: Send + 'static>(
         + 'static,
 ) -> Result<T, ServiceError> {
     let config = ctx.shared.config.clone();
+    // Each user's share of the long lane; a login is required for every store read.
+    let who = ctx
+        .client
+        .login()
+        .map_or_else(|| ctx.remote.to_string(), |l| l.user);
     ctx.shared
         .store
         .readers
-        .query_in(lane, move |conn| f(conn, &config))
+        .query_for(lane, &who, move |conn| f(conn, &config))
         .await
         .map_err(|e| ServiceError::internal(e.to_string()))
 }
