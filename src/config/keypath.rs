@@ -92,11 +92,6 @@ pub(super) fn offset_of(doc: &Document<&str>, path: &KeyPath) -> Option<usize> {
     go(doc.as_item(), &path.0, None)
 }
 
-/// The deepest key path whose key or value covers `offset`: names the key a serde error is about.
-pub(super) fn path_at(doc: &Document<&str>, offset: usize) -> String {
-    key_path_at(doc, offset).to_string()
-}
-
 /// Where the entry at `path` is in the text: its key to the end of its value (an array element:
 /// the value), with the comma that separates it from a neighbour, so that blanking the range
 /// leaves valid TOML. `None` for a `[table]` or an array of tables' element, which have no such

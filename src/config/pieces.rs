@@ -77,7 +77,7 @@ pub(super) fn split_devices(text: &str) -> Option<(RawConfig, Pieces<'_>)> {
         Pieces {
             text,
             cuts,
-            failed: false,
+            broken: Vec::new(),
             read: Vec::new(),
             devices: (start, end),
         },
@@ -89,8 +89,9 @@ pub(super) struct Pieces<'a> {
     pub(super) text: &'a str,
     /// Byte ranges still to read, last first.
     pub(super) cuts: Vec<(usize, usize)>,
-    /// A piece did not read: what was checked is incomplete, and the whole must be read.
-    pub(super) failed: bool,
+    /// The problems of the pieces that did not read, located in the whole text: what was
+    /// checked around them is incomplete.
+    pub(super) broken: Vec<Problem>,
     /// The pieces read: byte range, index of their first device, how many.
     read: Vec<(usize, usize, usize, usize)>,
     /// Where the run of `[[devices]]` blocks is in the text.
@@ -102,7 +103,7 @@ impl Pieces<'_> {
         Pieces {
             text: "",
             cuts: Vec::new(),
-            failed: false,
+            broken: Vec::new(),
             read: Vec::new(),
             devices: (0, 0),
         }
@@ -154,21 +155,61 @@ impl Pieces<'_> {
     }
 }
 
+impl Pieces<'_> {
+    /// Why the piece `a..b` (its first device the `first`th) does not read: its problems as a
+    /// whole read gives them, the devices numbered and the lines counted in the whole text.
+    fn broken_piece(&self, a: usize, b: usize, first: usize) -> Vec<Problem> {
+        let piece = &self.text[a..b];
+        let Err(e) = toml_edit::de::from_str::<RawConfig>(piece) else {
+            return Vec::new();
+        };
+        let lines_before = line_of_offset(self.text, a) - 1;
+        super::unreadable(piece, &e, false)
+            .into_iter()
+            .map(|p| Problem {
+                path: renumbered(&p.path, first),
+                line: p.line.map(|l| l + lines_before),
+                message: p.message,
+            })
+            .collect()
+    }
+}
+
+/// `devices[i]...` of a piece as `devices[first + i]...` of the whole.
+fn renumbered(path: &str, first: usize) -> String {
+    let Some(rest) = path.strip_prefix("devices[") else {
+        return path.to_string();
+    };
+    match rest.split_once(']') {
+        Some((i, tail)) => match i.parse::<usize>() {
+            Ok(i) => format!("devices[{}]{tail}", first + i),
+            Err(_) => path.to_string(),
+        },
+        None => path.to_string(),
+    }
+}
+
 impl Iterator for Pieces<'_> {
     type Item = Vec<RawDevice>;
 
+    /// The next piece's devices; a piece that does not read is noted in `broken` (every
+    /// piece is still read: all their problems in one pass) and counted by its headers.
     fn next(&mut self) -> Option<Vec<RawDevice>> {
-        if self.failed {
-            return None;
-        }
-        let (a, b) = self.cuts.pop()?;
-        if let Ok(part) = toml_edit::de::from_str::<RawConfig>(&self.text[a..b]) {
+        loop {
+            let (a, b) = self.cuts.pop()?;
             let first = self.read.last().map_or(0, |&(_, _, f, n)| f + n);
-            self.read.push((a, b, first, part.devices.len()));
-            Some(part.devices)
-        } else {
-            self.failed = true;
-            None
+            if let Ok(part) = toml_edit::de::from_str::<RawConfig>(&self.text[a..b]) {
+                self.read.push((a, b, first, part.devices.len()));
+                return Some(part.devices);
+            }
+            let problems = self.broken_piece(a, b, first);
+            self.broken.extend(problems);
+            // Cut at `[[devices]]` headers: its devices are its headers.
+            let n = self.text[a..b]
+                .split_inclusive('\n')
+                .filter(|l| header(l).as_deref() == Some("[[devices]]"))
+                .count();
+            self.read.push((a, b, first, n));
         }
     }
 }

@@ -16,8 +16,10 @@ use super::{located, Problem};
 /// Enough for any file a person wrote; a generated one this broken gets the first ones.
 const MAX_PROBLEMS: usize = 200;
 
-/// Every problem of a text that is TOML but not of the config's shape, by line.
-pub(super) fn problems(text: &str, first: &toml_edit::de::Error) -> Vec<Problem> {
+/// Every problem of a text that is TOML but not of the config's shape, by line; with
+/// `meaning`, the meaning problems of the rest too (not for a piece of a large config, whose
+/// devices refer to what is outside it).
+pub(super) fn problems(text: &str, first: &toml_edit::de::Error, meaning: bool) -> Vec<Problem> {
     let mut work = text.to_string();
     let mut found: Vec<Problem> = Vec::new();
     let mut blanked: Vec<String> = Vec::new();
@@ -51,6 +53,7 @@ pub(super) fn problems(text: &str, first: &toml_edit::de::Error) -> Vec<Problem>
         blank(&mut work, range);
         blanked.push(at);
         match toml_edit::de::from_str::<RawConfig>(&work) {
+            Ok(_) if !meaning => break,
             Ok(raw) => {
                 let mut v = Validator::default();
                 v.config(raw, &mut Pieces::none());
