@@ -32,6 +32,8 @@
 //! - [`ws`]: the WebSocket service: admission (Host/Origin, connection caps), sessions and
 //!   logins, roles, services, client hub, what is pushed (`ws::push`), and the handlers'
 //!   context (`ws::shared`, which `/healthz` and `/metrics` read too).
+//! - [`opcua`]: the OPC UA server a SCADA reads: the config as an address space, fed from the
+//!   pipeline's reports, its users those of the dashboard.
 //! - [`control`]: operator requests to the buses (audited writes, raw reads) ahead of polls.
 //! - [`http`]: `/ws`, `/healthz`, `/metrics` and the dashboard page.
 //! - [`health`]: what `/healthz` reports, with every problem that does not stop serving.
@@ -59,6 +61,7 @@ pub mod log_limit;
 pub mod metrics;
 pub mod modbus;
 pub mod model;
+pub mod opcua;
 pub mod pipeline;
 pub mod probe;
 pub mod service;
@@ -209,8 +212,8 @@ pub async fn run_with(
         let (next, result) = reload(gw, path, config_file.as_deref()).await?;
         gw = next;
         if let Some(ask) = ask {
-            let store = Some(gw.store.clone());
-            let _ = ask.done.send(config::versions::Reloaded { result, store });
+            record_apply(&gw, &ask, &result).await;
+            let _ = ask.done.send(result);
         }
         service::ready(&status(&gw));
     }
@@ -301,6 +304,30 @@ async fn reload(
             Ok((gw, Err(error.to_string())))
         }
     }
+}
+
+/// An apply's audit row, with how its reload went, committed before the apply is answered (an
+/// audit read after the answer has it).
+async fn record_apply(
+    gw: &Gateway,
+    ask: &config::versions::ReloadAsk,
+    result: &Result<(), String>,
+) {
+    let audit = store::Audit {
+        ts: model::now_ms(),
+        user: ask.user.clone(),
+        source: "ws".into(),
+        device_id: gw.config.gateway.id.clone(),
+        point_id: store::AUDIT_CONFIG.into(),
+        old: None,
+        new: model::Value::Text(ask.what.clone()),
+        result: result
+            .as_ref()
+            .err()
+            .map_or_else(|| "ok".into(), Clone::clone),
+    };
+    gw.store.send(store::StoreCmd::Audit(audit)).await;
+    gw.store.flush().await;
 }
 
 /// SIGHUP as a stream; never fires where there is no such signal.

@@ -32,6 +32,8 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     pub store: StoreHandle,
     pub push: Arc<Pusher>,
+    /// The OPC UA server's variables, when it runs.
+    pub opcua: Option<Arc<crate::opcua::Feed>>,
     pub engine: Engine,
     pub queues: Queues,
     /// Barriers (tests, replay): answered once everything sent before them went through.
@@ -153,6 +155,9 @@ impl Pipeline {
     async fn report(&self, cmd: StoreCmd, read_at: tokio::time::Instant) -> bool {
         if let StoreCmd::Report { device, ts, rows } = &cmd {
             self.push.telemetry(*device, *ts, rows, read_at.into_std());
+            if let Some(o) = &self.opcua {
+                o.telemetry(*device, *ts, rows);
+            }
         }
         if !self.store.send(cmd).await {
             tracing::error!("store writer is gone; stopping the pipeline");

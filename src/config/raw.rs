@@ -31,6 +31,8 @@ pub(super) struct RawConfig {
     pub(super) store: RawStore,
     pub(super) mysql: Option<RawMysql>,
     pub(super) mqtt: Option<RawMqtt>,
+    #[serde(default)]
+    pub(super) opcua: RawOpcua,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,4 +208,19 @@ pub(super) struct RawMqtt {
     pub(super) group_id: Option<String>,
     pub(super) edge_node_id: Option<String>,
     pub(super) primary_host_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOpcua {
+    #[serde(default)]
+    pub(super) enabled: bool,
+    pub(super) listen: Option<String>,
+    pub(super) security: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) anonymous: bool,
+    pub(super) pki_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) trust_client_certs: bool,
+    pub(super) max_sessions: Option<i64>,
 }

@@ -53,18 +53,15 @@ impl ConfigFile {
     }
 }
 
-/// A reload asked for by an apply: told how it went once the daemon has tried it.
+/// A reload asked for by an apply: its audit row is written with the outcome by the gateway
+/// then running, and the apply is told how it went (`Err`: why the new config is not running;
+/// the previous one runs again and its file is back).
 pub struct ReloadAsk {
-    pub done: tokio::sync::oneshot::Sender<Reloaded>,
-}
-
-/// How an applied file's reload went.
-pub struct Reloaded {
-    /// `Err` says why the new config is not running (it could not start; the previous one
-    /// runs again and its file is back).
-    pub result: Result<(), String>,
-    /// The store of the gateway now running, for the apply's audit row.
-    pub store: Option<crate::store::StoreHandle>,
+    /// Who applied.
+    pub user: String,
+    /// What the audit row says was applied (`version 7: devices +pump`).
+    pub what: String,
+    pub done: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
 /// Versions kept; the oldest beyond this are deleted as new ones arrive.

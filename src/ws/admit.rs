@@ -232,7 +232,7 @@ fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool 
 }
 
 /// The kernel's host name, lower case.
-fn hostname() -> Option<String> {
+pub(crate) fn hostname() -> Option<String> {
     let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let h = h.trim().to_ascii_lowercase();
     (!h.is_empty()).then_some(h)

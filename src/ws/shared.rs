@@ -27,7 +27,8 @@ pub struct Shared {
     /// Writes and raw reads through the buses.
     pub control: Arc<Control>,
     pub hub: Arc<hub::Hub>,
-    pub auth: auth::Auth,
+    /// Shared with the OPC UA server: one password checker, one set of limits.
+    pub auth: Arc<auth::Auth>,
     /// The snapshot push period; `push.setInterval` changes it at run time.
     pub push_interval: watch::Sender<Duration>,
     /// Who may open a WebSocket: Host/Origin checks and the connection caps (carried over a
@@ -57,7 +58,7 @@ impl Shared {
             live: control.live.clone(),
             store: control.store.clone(),
             hub: Arc::new(hub::Hub::new(config.devices.len(), metrics.clone())),
-            auth: auth::Auth::new(config.users.clone()),
+            auth: Arc::new(auth::Auth::new(config.users.clone())),
             push_interval: watch::channel(config.push.interval).0,
             admission: Arc::new(admit::Admission::new(config.push.max_clients)),
             front: Arc::default(),

@@ -3,6 +3,7 @@
 //! are checked in `devices`, rules in `rules`.
 
 mod devices;
+mod north;
 mod rules;
 
 use std::collections::HashSet;
@@ -117,6 +118,7 @@ impl Validator {
         let mqtt = raw
             .mqtt
             .map(|m| self.mqtt(m, &root.key("mqtt"), &gateway.id));
+        let opcua = self.opcua(raw.opcua, &root.key("opcua"), &gateway.data_dir);
         Config {
             gateway,
             http,
@@ -129,6 +131,7 @@ impl Validator {
             store,
             mysql,
             mqtt,
+            opcua,
         }
     }
 

@@ -162,51 +162,37 @@ async fn apply_text(ctx: Ctx, text: &str) -> HandlerResult {
             "another config apply is under way; send this one again once it is answered",
         ));
     };
-    let audit = |new: String, result: String| crate::store::Audit {
-        ts: crate::model::now_ms(),
-        user: ctx.client.login().map_or_else(String::new, |l| l.user),
-        source: "ws".into(),
-        device_id: ctx.shared.config.gateway.id.clone(),
-        point_id: crate::store::AUDIT_CONFIG.into(),
-        old: None,
-        new: crate::model::Value::Text(new),
-        result,
-    };
     let (id, summary) = match write_version(&ctx, &f, text).await {
         Ok(v) => v,
         Err(e) => {
-            let row = audit("not applied".into(), e.msg.clone());
-            ctx.shared
-                .store
-                .send(crate::store::StoreCmd::Audit(row))
-                .await;
+            let row = crate::store::Audit {
+                ts: crate::model::now_ms(),
+                user: ctx.client.login().map_or_else(String::new, |l| l.user),
+                source: "ws".into(),
+                device_id: ctx.shared.config.gateway.id.clone(),
+                point_id: crate::store::AUDIT_CONFIG.into(),
+                old: None,
+                new: crate::model::Value::Text("not applied".into()),
+                result: e.msg.clone(),
+            };
+            let cmd = crate::store::StoreCmd::Audit(row);
+            ctx.shared.store.send(cmd).await;
             return Err(e);
         }
     };
-    // Recorded once the outcome is known, by the gateway then running.
-    let row = audit(format!("version {id}: {summary}"), String::new());
+    // The audit row is written with the outcome, by the gateway then running.
     let (done, outcome) = tokio::sync::oneshot::channel();
-    if f.reload.send(versions::ReloadAsk { done }).await.is_err() {
+    let ask = versions::ReloadAsk {
+        user: ctx.client.login().map_or_else(String::new, |l| l.user),
+        what: format!("version {id}: {summary}"),
+        done,
+    };
+    if f.reload.send(ask).await.is_err() {
         return Err(ServiceError::new(503, "the gateway is stopping"));
     }
     let wait = async move {
         let _applying = applying;
-        let reloaded = outcome.await.map_err(|_| "the gateway stopped".to_string());
-        let result = reloaded
-            .as_ref()
-            .map_err(Clone::clone)
-            .and_then(|r| r.result.clone());
-        if let Some(store) = reloaded.ok().and_then(|r| r.store) {
-            let result = result
-                .as_ref()
-                .err()
-                .map_or_else(|| "ok".into(), Clone::clone);
-            let row = crate::store::Audit { result, ..row };
-            store.send(crate::store::StoreCmd::Audit(row)).await;
-            // Committed before the answer: an audit read after it has the row.
-            store.flush().await;
-        }
-        match result {
+        match outcome.await.unwrap_or_else(|_| Err("the gateway stopped".into())) {
             Ok(()) => Ok(json!({ "id": id, "summary": summary })),
             Err(why) => Err(ServiceError::internal(format!(
                 "version {id} was written but did not start ({why}); the previous config is back and runs"

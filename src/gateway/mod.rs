@@ -11,6 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod open;
+
 use crate::config::Config;
 use crate::control::Control;
 use crate::metrics::Metrics;
@@ -22,6 +24,7 @@ use crate::store::{self, StoreHandle};
 use crate::ws::push::Pusher;
 use crate::ws::Shared;
 use crate::{events, http, modbus, sinks, ws};
+use open::{bus_task, open, Opened};
 
 /// How often the store writer is made to take its write lock even with nothing to write, so
 /// `/healthz` knows within seconds that a quiet gateway's store cannot write.
@@ -127,6 +130,8 @@ pub struct Gateway {
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Opcua(#[from] crate::opcua::OpcuaError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -172,27 +177,19 @@ impl Gateway {
     /// taken from the carry.
     async fn try_start(config: Config, mut carry: Carry) -> Result<Gateway, Box<Failed>> {
         let config = Arc::new(config);
-        let reused = (carry.listener.as_ref()).is_some_and(|(l, _)| *l == config.http.listen);
-        let (kept, http_addr, listener) = match listen(&config, &mut carry.listener) {
-            Ok(l) => l,
+        let Opened {
+            opcua,
+            kept,
+            http_addr,
+            listener,
+            metrics,
+            store,
+            restored,
+            store_thread,
+        } = match open(&config, &mut carry) {
+            Ok(o) => o,
             Err(error) => return Err(Box::new(Failed { error, carry })),
         };
-        let metrics = Arc::new(Metrics::new(
-            config.devices.iter().map(|d| d.id.clone()).collect(),
-            config.buses.iter().map(|b| b.name.clone()).collect(),
-        ));
-        let (store, restored, store_thread) =
-            match store::open(config.clone(), metrics.clone(), sinks::configured(&config)) {
-                Ok(s) => s,
-                Err(e) => {
-                    // The port stays open for the config that starts instead.
-                    if reused {
-                        carry.listener = Some((config.http.listen.clone(), kept));
-                    }
-                    let error = e.into();
-                    return Err(Box::new(Failed { error, carry }));
-                }
-            };
         let mut restored_live = state::Live::restored(&config, &restored);
         // A reload keeps the live state of the devices whose bus carries on: not stale, not
         // offline, just as they were a moment ago.
@@ -230,7 +227,11 @@ impl Gateway {
             tasks.spawn(task.run(cancel.child_token()));
         }
         let bus_events = Some(events_tx);
-        let (event_queues, settle) = spawn_pipeline(&shared, &restored, events_rx, &tasks, &cancel);
+        let opcua = opcua.and_then(|l| {
+            crate::opcua::start(&config, l, shared.auth.clone(), &live, &tasks, &cancel)
+        });
+        let (event_queues, settle) =
+            spawn_pipeline(&shared, &restored, events_rx, opcua, &tasks, &cancel);
         if let Some(q) = &event_queues {
             let _ = shared.operator_events.set(q.operator());
         }
@@ -415,52 +416,6 @@ impl Gateway {
     }
 }
 
-/// Bus `b`'s task: the one a reload handed over (its link kept), aimed at the new config, or
-/// a new one.
-fn bus_task(
-    carry: &mut Carry,
-    b: usize,
-    config: &Arc<Config>,
-    events: &mpsc::Sender<modbus::bus::BusEvent>,
-    writes: mpsc::Receiver<BusRequest>,
-    metrics: &Arc<Metrics>,
-) -> BusTask {
-    let (config, events, metrics) = (config.clone(), events.clone(), metrics.clone());
-    match carry.buses.remove(&config.buses[b].name) {
-        Some(mut task) => {
-            task.retarget(b, config, events, writes, metrics);
-            task
-        }
-        None => BusTask::new(b, config, events, writes, metrics),
-    }
-}
-
-/// The HTTP listener: the one a reload carried over when `http.listen` is unchanged (the port
-/// never closes), else a new one (the carried one stays in the carry, should this start fail).
-/// Returns it (kept for the next reload), its address, and a tokio listener on the same socket.
-fn listen(
-    config: &Config,
-    carried: &mut Option<(String, std::net::TcpListener)>,
-) -> Result<(std::net::TcpListener, SocketAddr, tokio::net::TcpListener), StartError> {
-    let listen_err = |source| StartError::Listen {
-        addr: config.http.listen.clone(),
-        source,
-    };
-    let kept = match carried.take() {
-        Some((listen, l)) if listen == config.http.listen => l,
-        other => {
-            *carried = other;
-            http::bind(&config.http.listen).map_err(listen_err)?
-        }
-    };
-    let http_addr = kept.local_addr().map_err(listen_err)?;
-    let listener = kept
-        .try_clone()
-        .and_then(tokio::net::TcpListener::from_std)
-        .map_err(listen_err)?;
-    Ok((kept, http_addr, listener))
-}
-
 /// The store's write probe, the diagnostics' counter samples and the session expiry sweep.
 fn spawn_housekeeping(shared: &Arc<Shared>, tasks: &TaskTracker, cancel: &CancellationToken) {
     tasks.spawn(
@@ -502,6 +457,7 @@ fn spawn_pipeline(
     shared: &Shared,
     restored: &store::Restored,
     bus_events: mpsc::Receiver<modbus::bus::BusEvent>,
+    opcua: Option<Arc<crate::opcua::Feed>>,
     tasks: &TaskTracker,
     cancel: &CancellationToken,
 ) -> (
@@ -524,6 +480,7 @@ fn spawn_pipeline(
         metrics: shared.metrics.clone(),
         store: shared.store.clone(),
         push: push.clone(),
+        opcua,
         engine,
         queues: queues.clone(),
         settle: settle_rx,

@@ -1,0 +1,254 @@
+//! The OPC UA server (`[opcua]`): the config's devices and points as an address space a
+//! plant's SCADA browses, reads and subscribes to, its values fed from the pipeline's
+//! reports (no extra Modbus reads), its users those of `[[users]]`.
+//!
+//! Built on async-opcua (RustCrypto, no OpenSSL). This first step serves reads and
+//! subscriptions; every variable is read-only (a write is refused with `BadNotWritable`).
+
+mod space;
+mod users;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use ua::server::node_manager::memory::{simple_node_manager, SimpleNodeManager};
+use ua::server::{ServerBuilder, ServerEndpoint, SubscriptionCache};
+
+use crate::config::{Config, OpcuaSecurity};
+use crate::model::Millis;
+use crate::state::SharedLive;
+use crate::store::Row;
+
+pub use space::namespace_uri;
+
+/// How often the devices' `Online` variables are compared with the live state.
+const ONLINE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpcuaError {
+    #[error("cannot listen on {addr} (opcua.listen): {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("the OPC UA server cannot be built: {0}")]
+    Build(String),
+}
+
+/// Where the pipeline's reports reach the server's variables.
+pub struct Feed {
+    manager: Arc<SimpleNodeManager>,
+    subscriptions: Arc<SubscriptionCache>,
+    space: space::Space,
+    /// Each device's `Online` as last served: an offline device's points are
+    /// `Bad_NoCommunication`.
+    online: Vec<AtomicBool>,
+}
+
+impl Feed {
+    /// A device's reported changes, as the WebSocket push gets them: each point's value,
+    /// status and source timestamp, subscribers notified.
+    pub fn telemetry(&self, device: usize, ts: Millis, rows: &[Row]) {
+        let online = self.online.get(device).is_some_and(|o| o.load(Relaxed));
+        let values = rows
+            .iter()
+            .filter_map(|r| {
+                let (id, v) =
+                    self.space
+                        .value(device, r.point, r.value.as_ref(), r.quality, ts, online)?;
+                Some((id, None, v))
+            })
+            .collect::<Vec<_>>();
+        if values.is_empty() {
+            return;
+        }
+        let _ = self
+            .manager
+            .set_values(&self.subscriptions, values.into_iter());
+    }
+}
+
+/// The server's socket when `[opcua]` is enabled, bound before anything else starts: a
+/// taken port is a start error naming the key.
+pub fn bind(config: &Config) -> Result<Option<std::net::TcpListener>, OpcuaError> {
+    let o = &config.opcua;
+    if !o.enabled {
+        return Ok(None);
+    }
+    let listen_err = |source| OpcuaError::Listen {
+        addr: o.listen.clone(),
+        source,
+    };
+    let addr: SocketAddr = o
+        .listen
+        .parse()
+        .map_err(|e| listen_err(std::io::Error::other(e)))?;
+    let listener = std::net::TcpListener::bind(addr).map_err(listen_err)?;
+    listener.set_nonblocking(true).map_err(listen_err)?;
+    Ok(Some(listener))
+}
+
+/// Runs the server on `listener` as one of the gateway's tasks until `cancel`. Returns the
+/// feed the pipeline reports to, `None` when it could not be built (logged).
+pub fn start(
+    config: &Arc<Config>,
+    listener: std::net::TcpListener,
+    auth: Arc<crate::ws::auth::Auth>,
+    live: &SharedLive,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) -> Option<Arc<Feed>> {
+    match serve(config, listener, auth, live, tasks, cancel) {
+        Ok(feed) => Some(feed),
+        Err(e) => {
+            tracing::error!("the OPC UA server did not start: {e}");
+            None
+        }
+    }
+}
+
+fn serve(
+    config: &Arc<Config>,
+    std_listener: std::net::TcpListener,
+    auth: Arc<crate::ws::auth::Auth>,
+    live: &SharedLive,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) -> Result<Arc<Feed>, OpcuaError> {
+    let o = &config.opcua;
+    let addr = std_listener
+        .local_addr()
+        .map_err(|e| OpcuaError::Build(e.to_string()))?;
+    let host = if addr.ip().is_unspecified() {
+        crate::ws::admit::hostname().unwrap_or_else(|| "localhost".into())
+    } else {
+        addr.ip().to_string()
+    };
+    let token = cancel.child_token();
+    let mut builder = ServerBuilder::new()
+        .application_name(format!("edge-gateway {}", config.gateway.id))
+        .application_uri(format!("urn:edge-gateway:{}:server", config.gateway.id))
+        .product_uri("urn:edge-gateway")
+        .create_sample_keypair(true)
+        .certificate_path("own/cert.der")
+        .private_key_path("private/private.pem")
+        .pki_dir(&o.pki_dir)
+        .trust_client_certs(o.trust_client_certs)
+        .host(host)
+        .port(addr.port())
+        .max_sessions(o.max_sessions)
+        .discovery_urls(vec!["/".to_owned()])
+        .with_authenticator(Arc::new(users::Users::new(auth, o.anonymous)))
+        .with_node_manager(simple_node_manager(
+            ua::server::diagnostics::NamespaceMetadata {
+                namespace_uri: namespace_uri(&config.gateway.id),
+                ..Default::default()
+            },
+            "edge-gateway",
+        ))
+        .token(token.clone());
+    for (id, endpoint) in endpoints(&o.security) {
+        builder = builder.add_endpoint(id, endpoint);
+    }
+    let (server, handle) = builder.build().map_err(OpcuaError::Build)?;
+    let manager = handle
+        .node_managers()
+        .get_of_type::<SimpleNodeManager>()
+        .ok_or_else(|| OpcuaError::Build("no node manager".into()))?;
+    let ns = handle
+        .get_namespace_index(&namespace_uri(&config.gateway.id))
+        .ok_or_else(|| OpcuaError::Build("no namespace".into()))?;
+    let (space, online) = {
+        let live = crate::state::read(live);
+        let online = live
+            .devices
+            .iter()
+            .map(|d| AtomicBool::new(d.online))
+            .collect();
+        (space::Space::build(config, ns, &manager, &live), online)
+    };
+    let feed = Arc::new(Feed {
+        manager,
+        subscriptions: handle.subscriptions().clone(),
+        space,
+        online,
+    });
+    tasks.spawn(async move {
+        let listener = match tokio::net::TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => return tracing::error!("OPC UA server not started: {e}"),
+        };
+        if let Err(e) = server.run_with(listener).await {
+            tracing::error!("OPC UA server stopped: {e}");
+        }
+    });
+    tasks.spawn(keep_online(feed.clone(), live.clone(), token));
+    tracing::info!(
+        "OPC UA server on opc.tcp://{addr}/ ({} endpoints)",
+        o.security.len()
+    );
+    Ok(feed)
+}
+
+/// The endpoints `security` lists: each secured one with SignAndEncrypt.
+fn endpoints(security: &[OpcuaSecurity]) -> Vec<(&'static str, ServerEndpoint)> {
+    // Identities are the authenticator's (`users`): no token ids of the library's own.
+    let tokens: &[String] = &[];
+    security
+        .iter()
+        .map(|s| match s {
+            OpcuaSecurity::None => ("none", ServerEndpoint::new_none("/", tokens)),
+            OpcuaSecurity::Basic256Sha256 => (
+                "basic256sha256",
+                ServerEndpoint::new_basic256sha256_sign_encrypt("/", tokens),
+            ),
+            OpcuaSecurity::Aes256Sha256RsaPss => (
+                "aes256sha256rsapss",
+                ServerEndpoint::new_aes256_sha256_rsapss_sign_encrypt("/", tokens),
+            ),
+        })
+        .collect()
+}
+
+/// Keeps each device's `Online` variable as the live state says, until `stop`; a device that
+/// goes offline has its points turned `Bad_NoCommunication` (and back when it returns).
+async fn keep_online(feed: Arc<Feed>, live: SharedLive, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(ONLINE_EVERY);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut values = Vec::new();
+        {
+            let live = crate::state::read(&live);
+            for (d, dev) in live.devices.iter().enumerate() {
+                let Some(shown) = feed.online.get(d) else {
+                    continue;
+                };
+                if shown.swap(dev.online, Relaxed) == dev.online {
+                    continue;
+                }
+                if let Some(id) = feed.space.online(d) {
+                    values.push((id, ua::types::DataValue::new_now(dev.online)));
+                }
+                for (p, l) in dev.points.iter().enumerate() {
+                    let v = feed
+                        .space
+                        .value(d, p, l.value.as_ref(), l.quality, l.ts, dev.online);
+                    values.extend(v);
+                }
+            }
+        }
+        if !values.is_empty() {
+            let _ = feed.manager.set_values(
+                &feed.subscriptions,
+                values.into_iter().map(|(id, v)| (id, None, v)),
+            );
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! The address space of the config: `Objects/{gateway}/{device}/{point}` variables with their
+//! DataType and EngineeringUnits, an `Online` variable per device, and the values the live
+//! state has as they start.
+
+use ua::server::address_space::{AccessLevel, VariableBuilder};
+use ua::server::node_manager::memory::SimpleNodeManager;
+use ua::types::{
+    DataTypeId, DataValue, DateTime, EUInformation, LocalizedText, NodeId, ObjectId, QualifiedName,
+    StatusCode, UAString, VariableTypeId, Variant,
+};
+
+use crate::config::Config;
+use crate::model::format::DataType;
+use crate::model::{Millis, Quality, Value};
+use crate::state::Live;
+
+/// The namespace of the gateway's own nodes (SPEC: `urn:edge-gateway:{gateway_id}`).
+pub fn namespace_uri(gateway_id: &str) -> String {
+    format!("urn:edge-gateway:{gateway_id}")
+}
+
+/// The node ids of the config's points and devices, by index.
+pub struct Space {
+    points: Vec<Vec<NodeId>>,
+    kinds: Vec<Vec<Kind>>,
+    online: Vec<NodeId>,
+}
+
+impl Space {
+    /// Adds the gateway's folder, a folder per device with its points and `Online`, each
+    /// variable read-only, holding what the live state has.
+    pub fn build(config: &Config, ns: u16, manager: &SimpleNodeManager, live: &Live) -> Space {
+        let mut space = manager.address_space().write();
+        let gateway = NodeId::new(ns, config.gateway.id.clone());
+        // Browse names in the gateway's namespace, as a client asks for them (`ns:name`).
+        let name = |n: &str| QualifiedName::new(ns, n);
+        space.add_folder(
+            &gateway,
+            name(&config.gateway.id),
+            config.gateway.id.as_str(),
+            &ObjectId::ObjectsFolder.into(),
+        );
+        let mut points = Vec::with_capacity(config.devices.len());
+        let mut kinds = Vec::with_capacity(config.devices.len());
+        let mut online = Vec::with_capacity(config.devices.len());
+        for (d, dev) in config.devices.iter().enumerate() {
+            let folder = NodeId::new(ns, dev.id.clone());
+            space.add_folder(&folder, name(&dev.id), dev.id.as_str(), &gateway);
+            let device_live = live.devices.get(d);
+            let on = NodeId::new(ns, format!("{}.Online", dev.id));
+            VariableBuilder::new(&on, name("Online"), "Online")
+                .organized_by(&folder)
+                .data_type(DataTypeId::Boolean)
+                .value(device_live.is_some_and(|l| l.online))
+                .access_level(AccessLevel::CURRENT_READ)
+                .user_access_level(AccessLevel::CURRENT_READ)
+                .insert(&mut *space);
+            online.push(on);
+            let mut ids = Vec::with_capacity(dev.points.len());
+            let mut device_kinds = Vec::with_capacity(dev.points.len());
+            for (p, point) in dev.points.iter().enumerate() {
+                let id = NodeId::new(ns, format!("{}.{}", dev.id, point.id));
+                let kind = Kind::of(point.format.data_type, point.format.scaled());
+                let online = device_live.is_some_and(|l| l.online);
+                let value = device_live.and_then(|l| l.points.get(p)).map_or_else(
+                    || data_value(None, Quality::Stale, 0, kind, online),
+                    |l| data_value(l.value.as_ref(), l.quality, l.ts, kind, online),
+                );
+                VariableBuilder::new(&id, name(&point.id), point.id.as_str())
+                    .organized_by(&folder)
+                    .data_type(kind.data_type())
+                    .value(value.value.clone().unwrap_or(Variant::Empty))
+                    .access_level(AccessLevel::CURRENT_READ)
+                    .user_access_level(AccessLevel::CURRENT_READ)
+                    .insert(&mut *space);
+                if let Some(ua::server::address_space::NodeType::Variable(v)) = space.find_mut(&id)
+                {
+                    v.set_data_value(value);
+                }
+                if !point.unit.is_empty() {
+                    let eu = NodeId::new(ns, format!("{}.{}.EngineeringUnits", dev.id, point.id));
+                    VariableBuilder::new(&eu, "EngineeringUnits", "EngineeringUnits")
+                        .property_of(&id)
+                        .has_type_definition(VariableTypeId::PropertyType)
+                        .data_type(DataTypeId::EUInformation)
+                        .value(ua::types::ExtensionObject::from_message(EUInformation {
+                            namespace_uri: UAString::null(),
+                            unit_id: -1,
+                            display_name: LocalizedText::new("", &point.unit),
+                            description: LocalizedText::new("", &point.unit),
+                        }))
+                        .access_level(AccessLevel::CURRENT_READ)
+                        .user_access_level(AccessLevel::CURRENT_READ)
+                        .insert(&mut *space);
+                }
+                ids.push(id);
+                device_kinds.push(kind);
+            }
+            points.push(ids);
+            kinds.push(device_kinds);
+        }
+        Space {
+            points,
+            kinds,
+            online,
+        }
+    }
+
+    /// A point's node and its value as served, for a reported change.
+    pub fn value(
+        &self,
+        device: usize,
+        point: usize,
+        value: Option<&Value>,
+        quality: Quality,
+        ts: Millis,
+        online: bool,
+    ) -> Option<(&NodeId, DataValue)> {
+        let id = self.points.get(device)?.get(point)?;
+        let kind = *self.kinds.get(device)?.get(point)?;
+        Some((id, data_value(value, quality, ts, kind, online)))
+    }
+
+    pub fn online(&self, device: usize) -> Option<&NodeId> {
+        self.online.get(device)
+    }
+}
+
+/// The OPC UA type a point is served as: its own, or Double when scaled (SPEC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Boolean,
+    UInt16,
+    Int16,
+    UInt32,
+    Int32,
+    UInt64,
+    Int64,
+    Float,
+    Double,
+    String,
+}
+
+impl Kind {
+    pub fn of(t: DataType, scaled: bool) -> Kind {
+        match t {
+            DataType::Bool => Kind::Boolean,
+            DataType::String => Kind::String,
+            _ if scaled => Kind::Double,
+            DataType::U16 => Kind::UInt16,
+            DataType::I16 => Kind::Int16,
+            DataType::U32 => Kind::UInt32,
+            DataType::I32 => Kind::Int32,
+            DataType::U64 => Kind::UInt64,
+            DataType::I64 => Kind::Int64,
+            DataType::F32 => Kind::Float,
+            DataType::F64 => Kind::Double,
+        }
+    }
+
+    fn data_type(self) -> DataTypeId {
+        match self {
+            Kind::Boolean => DataTypeId::Boolean,
+            Kind::UInt16 => DataTypeId::UInt16,
+            Kind::Int16 => DataTypeId::Int16,
+            Kind::UInt32 => DataTypeId::UInt32,
+            Kind::Int32 => DataTypeId::Int32,
+            Kind::UInt64 => DataTypeId::UInt64,
+            Kind::Int64 => DataTypeId::Int64,
+            Kind::Float => DataTypeId::Float,
+            Kind::Double => DataTypeId::Double,
+            Kind::String => DataTypeId::String,
+        }
+    }
+
+    /// A value as this type (the decoder gives every integer as i64 or u64, every float as
+    /// f64): the declared DataType, never a neighbour a client would have to convert.
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "the decoder's range is the type's"
+    )]
+    pub fn cast(self, v: Variant) -> Variant {
+        let int = |v: &Variant| match v {
+            Variant::Int64(i) => Some(i128::from(*i)),
+            Variant::UInt64(u) => Some(i128::from(*u)),
+            Variant::Boolean(b) => Some(i128::from(*b)),
+            _ => None,
+        };
+        let float = |v: &Variant| match v {
+            Variant::Double(f) => Some(*f),
+            Variant::Int64(i) => Some(*i as f64),
+            Variant::UInt64(u) => Some(*u as f64),
+            _ => None,
+        };
+        match (self, int(&v), float(&v)) {
+            (Kind::Boolean, Some(i), _) => Variant::Boolean(i != 0),
+            (Kind::UInt16, Some(i), _) => Variant::UInt16(i as u16),
+            (Kind::Int16, Some(i), _) => Variant::Int16(i as i16),
+            (Kind::UInt32, Some(i), _) => Variant::UInt32(i as u32),
+            (Kind::Int32, Some(i), _) => Variant::Int32(i as i32),
+            (Kind::UInt64, Some(i), _) => Variant::UInt64(i as u64),
+            (Kind::Int64, Some(i), _) => Variant::Int64(i as i64),
+            (Kind::Float, _, Some(f)) => Variant::Float(f as f32),
+            (Kind::Double, _, Some(f)) => Variant::Double(f),
+            _ => v,
+        }
+    }
+}
+
+/// A point's value (as its `kind`), status and source timestamp as OPC UA serves them: `Good`,
+/// `Uncertain_LastUsableValue` (stale), `Bad` (the read failed); its device offline, or no value
+/// ever read, is `Bad_NoCommunication` (the last value kept).
+fn data_value(
+    value: Option<&Value>,
+    quality: Quality,
+    ts: Millis,
+    kind: Kind,
+    online: bool,
+) -> DataValue {
+    let status = match (value, quality) {
+        (None, _) => StatusCode::BadNoCommunication,
+        (Some(_), Quality::Good) if online => StatusCode::Good,
+        (Some(_), _) if !online => StatusCode::BadNoCommunication,
+        (Some(_), Quality::Good) => StatusCode::Good,
+        (Some(_), Quality::Stale) => StatusCode::UncertainLastUsableValue,
+        (Some(_), Quality::Bad) => StatusCode::Bad,
+    };
+    let variant = value
+        .map(|v| match v {
+            Value::Bool(b) => Variant::Boolean(*b),
+            Value::Int(i) => Variant::Int64(*i),
+            Value::UInt(u) => Variant::UInt64(*u),
+            Value::Float(f) => Variant::Double(*f),
+            Value::Text(s) => Variant::String(s.as_str().into()),
+        })
+        .map(|v| kind.cast(v));
+    let at = chrono::DateTime::from_timestamp_millis(ts).map_or_else(DateTime::now, DateTime::from);
+    DataValue {
+        value: variant,
+        status: Some(status),
+        source_timestamp: Some(at),
+        source_picoseconds: Some(0),
+        server_timestamp: Some(DateTime::now()),
+        server_picoseconds: Some(0),
+    }
+}

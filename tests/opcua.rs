@@ -1,0 +1,131 @@
+//! The OPC UA server against a client we did not write (asyncua, `tests/interop/opcua_client.py`):
+//! browse, read with DataType, EngineeringUnits and StatusCode, a subscription's data changes,
+//! a refused write, and sessions over Basic256Sha256 SignAndEncrypt with the dashboard's users.
+
+mod common;
+
+use std::process::Command;
+
+use common::wsclient::users_and_push;
+use common::*;
+use edge_gateway::modbus::simulator::Profile;
+use edge_gateway::Gateway;
+use serde_json::Value as Json;
+
+fn python() -> Option<String> {
+    let p = std::env::var("EDGE_PYMODBUS_PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty());
+    if p.is_none() {
+        skipped("EDGE_PYMODBUS_PYTHON (with asyncua) is not set (./scripts/test sets it)");
+    }
+    p
+}
+
+/// Runs the asyncua client against `url`; its findings by step.
+fn client(python: &str, url: &str, gateway_id: &str, certs: &std::path::Path) -> Vec<Json> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/opcua_client.py");
+    let out = Command::new(python)
+        .args([script, url, gateway_id, &certs.display().to_string()])
+        .output()
+        .expect("run the asyncua client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "asyncua client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect()
+}
+
+fn step<'a>(found: &'a [Json], name: &str) -> Vec<&'a Json> {
+    found.iter().filter(|j| j["step"] == name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scada_client_browses_reads_and_subscribes() {
+    let Some(python) = python() else { return };
+    let (sim, sim_addr, _c) = start_sim(Profile::Demo).await;
+    let bits = 21.5f32.to_bits();
+    sim.with_memory(1, |m| {
+        m.holding[0] = (bits >> 16) as u16;
+        m.holding[1] = bits as u16;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let body = format!(
+        "{}{}[opcua]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n\
+         security = [\"basic256sha256\", \"none\"]\nanonymous = true\ntrust_client_certs = true\n{}",
+        users_and_push(""),
+        tcp_bus(&sim_addr.to_string()),
+        BOILER_AND_PUMP.replace(
+            "type = \"f32\" }",
+            "type = \"f32\", unit = \"°C\" }"
+        ),
+    );
+    let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
+    wait_for("online", || online(&gw, "boiler")).await;
+    let url = format!("opc.tcp://127.0.0.1:{port}/");
+    let certs = dir.path().join("client-pki");
+    let found = tokio::task::spawn_blocking({
+        let (python, url, certs) = (python.clone(), url.clone(), certs.clone());
+        move || client(&python, &url, "test-gw", &certs)
+    })
+    .await
+    .unwrap();
+    let all = serde_json::to_string_pretty(&found).unwrap();
+
+    assert_eq!(step(&found, "anonymous")[0]["ok"], true, "{all}");
+    let browse = step(&found, "browse")[0];
+    assert_eq!(
+        browse["devices"],
+        serde_json::json!(["boiler", "pump"]),
+        "{all}"
+    );
+    assert_eq!(
+        browse["points"],
+        serde_json::json!(["Online", "burner", "setpoint", "temperature"]),
+        "{all}"
+    );
+    let read = |node: &str| {
+        *step(&found, "read")
+            .iter()
+            .find(|r| r["node"] == node)
+            .unwrap_or_else(|| panic!("no read of {node}: {all}"))
+    };
+    let t = read("temperature");
+    assert_eq!(
+        (&t["type"], &t["status"], &t["unit"]),
+        (&"Float".into(), &"Good".into(), &"°C".into()),
+        "{all}"
+    );
+    assert!((t["value"].as_f64().unwrap() - 21.5).abs() < 1e-6, "{all}");
+    // A scaled point is served as Double (SPEC), a coil as Boolean.
+    assert_eq!(read("setpoint")["type"], "Double", "{all}");
+    assert_eq!(read("burner")["type"], "Boolean", "{all}");
+    assert_eq!(read("Online")["value"], true, "{all}");
+    assert!(
+        step(&found, "subscribe")[0]["changes"].as_u64().unwrap() >= 1,
+        "{all}"
+    );
+    // Read-only in this step: a write is refused and nothing reaches the device.
+    let write = &step(&found, "write")[0]["status"];
+    assert!(
+        write == "BadNotWritable" || write == "BadUserAccessDenied",
+        "{all}"
+    );
+    // The dashboard's admin over Basic256Sha256 SignAndEncrypt; a wrong password refused.
+    let secure = step(&found, "secure")[0];
+    assert_eq!(
+        (&secure["ok"], &secure["status"]),
+        (&true.into(), &"Good".into()),
+        "{all}"
+    );
+    assert_eq!(step(&found, "wrong_password")[0]["ok"], false, "{all}");
+    // The server made its own certificate in the data directory's pki/.
+    assert!(dir.path().join("pki/own/cert.der").exists());
+    gw.shutdown().await;
+}
