@@ -22,11 +22,18 @@ fn python() -> Option<String> {
     p
 }
 
-/// Runs the asyncua client against `url`; its findings by step.
-fn client(python: &str, url: &str, gateway_id: &str, certs: &std::path::Path) -> Vec<Json> {
+/// Runs the asyncua client against `url` (`only`: its steps named so); its findings by step.
+fn client(
+    python: &str,
+    url: &str,
+    gateway_id: &str,
+    certs: &std::path::Path,
+    only: &[&str],
+) -> Vec<Json> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/opcua_client.py");
     let out = Command::new(python)
         .args([script, url, gateway_id, &certs.display().to_string()])
+        .args(only)
         .output()
         .expect("run the asyncua client");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -72,7 +79,7 @@ async fn a_scada_client_browses_reads_and_subscribes() {
     let certs = dir.path().join("client-pki");
     let found = tokio::task::spawn_blocking({
         let (python, url, certs) = (python.clone(), url.clone(), certs.clone());
-        move || client(&python, &url, "test-gw", &certs)
+        move || client(&python, &url, "test-gw", &certs, &[])
     })
     .await
     .unwrap();
@@ -127,5 +134,46 @@ async fn a_scada_client_browses_reads_and_subscribes() {
     assert_eq!(step(&found, "wrong_password")[0]["ok"], false, "{all}");
     // The server made its own certificate in the data directory's pki/.
     assert!(dir.path().join("pki/own/cert.der").exists());
+    gw.shutdown().await;
+}
+
+/// SPEC: an unknown client certificate is rejected into `rejected/` until an admin moves it to
+/// `trusted/`; then the same client gets its session, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_client_certificate_waits_in_rejected_until_trusted() {
+    let Some(python) = python() else { return };
+    let (_sim, sim_addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let body = format!(
+        "{}{}[opcua]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n{BOILER_AND_PUMP}",
+        users_and_push(""),
+        tcp_bus(&sim_addr.to_string()),
+    );
+    let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
+    wait_for("online", || online(&gw, "boiler")).await;
+    let url = format!("opc.tcp://127.0.0.1:{port}/");
+    let certs = dir.path().join("client-pki");
+    let attempt = || {
+        let (python, url, certs) = (python.clone(), url.clone(), certs.clone());
+        tokio::task::spawn_blocking(move || client(&python, &url, "test-gw", &certs, &["secure"]))
+    };
+    let first = attempt().await.unwrap();
+    assert_eq!(first[0]["ok"], false, "{first:?}");
+    let rejected: Vec<_> = std::fs::read_dir(dir.path().join("pki/rejected"))
+        .expect("a rejected/ directory")
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    let trusted = dir.path().join("pki/trusted");
+    std::fs::create_dir_all(&trusted).unwrap();
+    let name = rejected[0].file_name().unwrap();
+    std::fs::rename(&rejected[0], trusted.join(name)).unwrap();
+    let second = attempt().await.unwrap();
+    assert_eq!(
+        (&second[0]["ok"], &second[0]["status"]),
+        (&true.into(), &"Good".into()),
+        "{second:?}"
+    );
     gw.shutdown().await;
 }

@@ -1,6 +1,7 @@
 """An OPC UA client we did not write (asyncua) against the gateway's server.
 
-Usage: opcua_client.py URL GATEWAY_ID CERT_DIR
+Usage: opcua_client.py URL GATEWAY_ID CERT_DIR [secure]
+(`secure`: the Basic256Sha256 session alone)
 
 Prints one JSON line per finding; the Rust test (tests/opcua.rs) judges them:
   {"step": "anonymous", "ok": bool, "error": str}          anonymous session over None
@@ -142,6 +143,9 @@ async def secure(url, cert_dir, user, password, step):
 
 async def main():
     url, gw, cert_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    if sys.argv[4:] == ["secure"]:
+        await secure(url, cert_dir, "admin", "admin", "secure")
+        return
     await anonymous(url, gw)
     await secure(url, cert_dir, "admin", "admin", "secure")
     await secure(url, cert_dir, "admin", "not-the-password", "wrong_password")
