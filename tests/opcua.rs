@@ -1,6 +1,7 @@
 //! The OPC UA server against a client we did not write (asyncua, `tests/interop/opcua_client.py`):
 //! browse, read with DataType, EngineeringUnits and StatusCode, a subscription's data changes,
-//! a refused write, and sessions over Basic256Sha256 SignAndEncrypt with the dashboard's users.
+//! sessions over Basic256Sha256 SignAndEncrypt with the dashboard's users, an admin's writes
+//! on the audited strict path and everyone else's refused.
 
 mod common;
 
@@ -53,7 +54,11 @@ fn step<'a>(found: &'a [Json], name: &str) -> Vec<&'a Json> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scada_client_browses_reads_and_subscribes() {
+#[allow(
+    clippy::too_many_lines,
+    reason = "one client's session, read top to bottom"
+)]
+async fn a_scada_client_browses_reads_subscribes_and_writes() {
     let Some(python) = python() else { return };
     let (sim, sim_addr, _c) = start_sim(Profile::Demo).await;
     let bits = 21.5f32.to_bits();
@@ -118,11 +123,44 @@ async fn a_scada_client_browses_reads_and_subscribes() {
         step(&found, "subscribe")[0]["changes"].as_u64().unwrap() >= 1,
         "{all}"
     );
-    // Read-only in this step: a write is refused and nothing reaches the device.
-    let write = &step(&found, "write")[0]["status"];
-    assert!(
-        write == "BadNotWritable" || write == "BadUserAccessDenied",
+    // Writes: an admin's go the strict, audited path; a viewer's and an anonymous one's are
+    // refused; a wrong type, NaN and a value the point cannot hold write nothing.
+    assert_eq!(
+        step(&found, "write")[0]["status"],
+        "BadUserAccessDenied",
         "{all}"
+    );
+    let wrote = |user: &str, what: &str| {
+        step(&found, "write_as")
+            .iter()
+            .find(|w| w["user"] == user && w["what"] == what)
+            .map_or_else(
+                || panic!("no write {what} as {user}: {all}"),
+                |w| w["status"].as_str().unwrap().to_string(),
+            )
+    };
+    assert_eq!(wrote("admin", "ok"), "Good", "{all}");
+    assert_eq!(wrote("admin", "wrong_type"), "BadTypeMismatch", "{all}");
+    assert_eq!(wrote("admin", "nan"), "BadOutOfRange", "{all}");
+    assert_eq!(wrote("admin", "out_of_range"), "BadOutOfRange", "{all}");
+    for what in ["ok", "wrong_type", "nan", "out_of_range"] {
+        assert_eq!(wrote("viewer", what), "BadUserAccessDenied", "{all}");
+    }
+    // Only the admin's right write reached the device: 12.5 at scale 0.1.
+    assert_eq!(sim.with_memory(1, |m| m.holding[2]), Some(125));
+    gw.settle().await;
+    let audit = edge_gateway::store::audit_page(
+        &edge_gateway::store::open_reader(dir.path()).unwrap(),
+        &gw.config,
+        None,
+        20,
+    )
+    .unwrap();
+    let by_opcua: Vec<&Json> = audit.iter().filter(|a| a["source"] == "opcua").collect();
+    assert!(
+        by_opcua.iter().any(|a| a["result"] == "ok"
+            && a["user"].as_str().unwrap().starts_with("opcua:admin@")),
+        "{audit:?}"
     );
     // The dashboard's admin over Basic256Sha256 SignAndEncrypt; a wrong password refused.
     let secure = step(&found, "secure")[0];

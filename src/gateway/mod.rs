@@ -228,7 +228,8 @@ impl Gateway {
         }
         let bus_events = Some(events_tx);
         let opcua = opcua.and_then(|l| {
-            crate::opcua::start(&config, l, shared.auth.clone(), &live, &tasks, &cancel)
+            let (auth, control) = (shared.auth.clone(), shared.control.clone());
+            crate::opcua::start(&config, l, auth, control, &live, &tasks, &cancel)
         });
         let (event_queues, settle) =
             spawn_pipeline(&shared, &restored, events_rx, opcua, &tasks, &cancel);

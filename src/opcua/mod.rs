@@ -1,10 +1,10 @@
 //! The OPC UA server (`[opcua]`): the config's devices and points as an address space a
-//! plant's SCADA browses, reads and subscribes to, its values fed from the pipeline's
-//! reports (no extra Modbus reads), its users those of `[[users]]`.
+//! plant's SCADA browses, reads, subscribes to and (as an admin) writes, its values fed from
+//! the pipeline's reports (no extra Modbus reads), its users those of `[[users]]`.
 //!
-//! Built on async-opcua (RustCrypto, no OpenSSL). This first step serves reads and
-//! subscriptions; every variable is read-only (a write is refused with `BadNotWritable`).
+//! Built on async-opcua (RustCrypto, no OpenSSL).
 
+mod nodes;
 mod space;
 mod users;
 
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use ua::server::node_manager::memory::{simple_node_manager, SimpleNodeManager};
+use ua::server::node_manager::memory::InMemoryNodeManager;
 use ua::server::{ServerBuilder, ServerEndpoint, SubscriptionCache};
 
 use crate::config::{Config, OpcuaSecurity};
@@ -41,7 +41,7 @@ pub enum OpcuaError {
 
 /// Where the pipeline's reports reach the server's variables.
 pub struct Feed {
-    manager: Arc<SimpleNodeManager>,
+    manager: Arc<InMemoryNodeManager<nodes::GatewayNodes>>,
     subscriptions: Arc<SubscriptionCache>,
     space: space::Space,
     /// Each device's `Online` as last served: an offline device's points are
@@ -98,11 +98,12 @@ pub fn start(
     config: &Arc<Config>,
     listener: std::net::TcpListener,
     auth: Arc<crate::ws::auth::Auth>,
+    control: Arc<crate::control::Control>,
     live: &SharedLive,
     tasks: &TaskTracker,
     cancel: &CancellationToken,
 ) -> Option<Arc<Feed>> {
-    match serve(config, listener, auth, live, tasks, cancel) {
+    match serve(config, listener, auth, control, live, tasks, cancel) {
         Ok(feed) => Some(feed),
         Err(e) => {
             tracing::error!("the OPC UA server did not start: {e}");
@@ -115,6 +116,7 @@ fn serve(
     config: &Arc<Config>,
     std_listener: std::net::TcpListener,
     auth: Arc<crate::ws::auth::Auth>,
+    control: Arc<crate::control::Control>,
     live: &SharedLive,
     tasks: &TaskTracker,
     cancel: &CancellationToken,
@@ -142,13 +144,11 @@ fn serve(
         .port(addr.port())
         .max_sessions(o.max_sessions)
         .discovery_urls(vec!["/".to_owned()])
-        .with_authenticator(Arc::new(users::Users::new(auth, o.anonymous)))
-        .with_node_manager(simple_node_manager(
-            ua::server::diagnostics::NamespaceMetadata {
-                namespace_uri: namespace_uri(&config.gateway.id),
-                ..Default::default()
-            },
-            "edge-gateway",
+        .with_authenticator(Arc::new(users::Users::new(auth, config, o.anonymous)))
+        .with_node_manager(nodes::GatewayNodes::builder(
+            config,
+            namespace_uri(&config.gateway.id),
+            control,
         ))
         .token(token.clone());
     for (id, endpoint) in endpoints(&o.security) {
@@ -157,7 +157,7 @@ fn serve(
     let (server, handle) = builder.build().map_err(OpcuaError::Build)?;
     let manager = handle
         .node_managers()
-        .get_of_type::<SimpleNodeManager>()
+        .get_of_type::<InMemoryNodeManager<nodes::GatewayNodes>>()
         .ok_or_else(|| OpcuaError::Build("no node manager".into()))?;
     let ns = handle
         .get_namespace_index(&namespace_uri(&config.gateway.id))
@@ -169,8 +169,12 @@ fn serve(
             .iter()
             .map(|d| AtomicBool::new(d.online))
             .collect();
-        (space::Space::build(config, ns, &manager, &live), online)
+        (
+            space::Space::build(config, ns, manager.address_space(), &live),
+            online,
+        )
     };
+    manager.inner().set_targets(space.targets());
     let feed = Arc::new(Feed {
         manager,
         subscriptions: handle.subscriptions().clone(),

@@ -2,8 +2,9 @@
 //! DataType and EngineeringUnits, an `Online` variable per device, and the values the live
 //! state has as they start.
 
+use ua::server::address_space::AddressSpace;
 use ua::server::address_space::{AccessLevel, VariableBuilder};
-use ua::server::node_manager::memory::SimpleNodeManager;
+use ua::sync::RwLock;
 use ua::types::{
     DataTypeId, DataValue, DateTime, EUInformation, LocalizedText, NodeId, ObjectId, QualifiedName,
     StatusCode, UAString, VariableTypeId, Variant,
@@ -23,14 +24,15 @@ pub fn namespace_uri(gateway_id: &str) -> String {
 pub struct Space {
     points: Vec<Vec<NodeId>>,
     kinds: Vec<Vec<Kind>>,
+    writable: Vec<Vec<bool>>,
     online: Vec<NodeId>,
 }
 
 impl Space {
     /// Adds the gateway's folder, a folder per device with its points and `Online`, each
-    /// variable read-only, holding what the live state has.
-    pub fn build(config: &Config, ns: u16, manager: &SimpleNodeManager, live: &Live) -> Space {
-        let mut space = manager.address_space().write();
+    /// variable holding what the live state has (writable only where the point is).
+    pub fn build(config: &Config, ns: u16, space: &RwLock<AddressSpace>, live: &Live) -> Space {
+        let mut space = space.write();
         let gateway = NodeId::new(ns, config.gateway.id.clone());
         // Browse names in the gateway's namespace, as a client asks for them (`ns:name`).
         let name = |n: &str| QualifiedName::new(ns, n);
@@ -42,6 +44,11 @@ impl Space {
         );
         let mut points = Vec::with_capacity(config.devices.len());
         let mut kinds = Vec::with_capacity(config.devices.len());
+        let writable = config
+            .devices
+            .iter()
+            .map(|d| d.points.iter().map(|p| p.writable).collect())
+            .collect();
         let mut online = Vec::with_capacity(config.devices.len());
         for (d, dev) in config.devices.iter().enumerate() {
             let folder = NodeId::new(ns, dev.id.clone());
@@ -66,12 +73,20 @@ impl Space {
                     || data_value(None, Quality::Stale, 0, kind, online),
                     |l| data_value(l.value.as_ref(), l.quality, l.ts, kind, online),
                 );
+                // A writable point may be written by an admin's session (the authenticator
+                // takes the write access away from everyone else's).
+                let access = AccessLevel::CURRENT_READ
+                    | if point.writable {
+                        AccessLevel::CURRENT_WRITE
+                    } else {
+                        AccessLevel::empty()
+                    };
                 VariableBuilder::new(&id, name(&point.id), point.id.as_str())
                     .organized_by(&folder)
                     .data_type(kind.data_type())
                     .value(value.value.clone().unwrap_or(Variant::Empty))
-                    .access_level(AccessLevel::CURRENT_READ)
-                    .user_access_level(AccessLevel::CURRENT_READ)
+                    .access_level(access)
+                    .user_access_level(access)
                     .insert(&mut *space);
                 if let Some(ua::server::address_space::NodeType::Variable(v)) = space.find_mut(&id)
                 {
@@ -79,19 +94,7 @@ impl Space {
                 }
                 if !point.unit.is_empty() {
                     let eu = NodeId::new(ns, format!("{}.{}.EngineeringUnits", dev.id, point.id));
-                    VariableBuilder::new(&eu, "EngineeringUnits", "EngineeringUnits")
-                        .property_of(&id)
-                        .has_type_definition(VariableTypeId::PropertyType)
-                        .data_type(DataTypeId::EUInformation)
-                        .value(ua::types::ExtensionObject::from_message(EUInformation {
-                            namespace_uri: UAString::null(),
-                            unit_id: -1,
-                            display_name: LocalizedText::new("", &point.unit),
-                            description: LocalizedText::new("", &point.unit),
-                        }))
-                        .access_level(AccessLevel::CURRENT_READ)
-                        .user_access_level(AccessLevel::CURRENT_READ)
-                        .insert(&mut *space);
+                    add_unit(&mut space, &eu, &id, &point.unit);
                 }
                 ids.push(id);
                 device_kinds.push(kind);
@@ -102,8 +105,30 @@ impl Space {
         Space {
             points,
             kinds,
+            writable,
             online,
         }
+    }
+
+    /// The writable points by node, for the write service.
+    pub fn targets(&self) -> std::collections::HashMap<NodeId, super::nodes::Target> {
+        let mut out = std::collections::HashMap::new();
+        for (device, ids) in self.points.iter().enumerate() {
+            for (point, id) in ids.iter().enumerate() {
+                if self.writable[device][point] {
+                    let kind = self.kinds[device][point];
+                    out.insert(
+                        id.clone(),
+                        super::nodes::Target {
+                            device,
+                            point,
+                            kind,
+                        },
+                    );
+                }
+            }
+        }
+        out
     }
 
     /// A point's node and its value as served, for a reported change.
@@ -124,6 +149,23 @@ impl Space {
     pub fn online(&self, device: usize) -> Option<&NodeId> {
         self.online.get(device)
     }
+}
+
+/// A point's `EngineeringUnits` property (EUInformation; the unit's text as its name).
+fn add_unit(space: &mut AddressSpace, eu: &NodeId, of: &NodeId, unit: &str) {
+    VariableBuilder::new(eu, "EngineeringUnits", "EngineeringUnits")
+        .property_of(of)
+        .has_type_definition(VariableTypeId::PropertyType)
+        .data_type(DataTypeId::EUInformation)
+        .value(ua::types::ExtensionObject::from_message(EUInformation {
+            namespace_uri: UAString::null(),
+            unit_id: -1,
+            display_name: LocalizedText::new("", unit),
+            description: LocalizedText::new("", unit),
+        }))
+        .access_level(AccessLevel::CURRENT_READ)
+        .user_access_level(AccessLevel::CURRENT_READ)
+        .insert(space);
 }
 
 /// The OPC UA type a point is served as: its own, or Double when scaled (SPEC).

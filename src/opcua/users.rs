@@ -3,23 +3,36 @@
 
 use std::sync::Arc;
 
+use ua::server::address_space::AccessLevel;
 use ua::server::authenticator::{
     user_pass_security_policy_id, user_pass_security_policy_uri, AuthManager, Password, UserToken,
 };
 use ua::server::ServerEndpoint;
-use ua::types::{Error, StatusCode, UAString, UserTokenPolicy, UserTokenType};
+use ua::types::{Error, NodeId, StatusCode, UAString, UserTokenPolicy, UserTokenType};
 
 use crate::ws::auth::{Auth, LoginError};
 
 /// The OPC UA server's authenticator.
 pub struct Users {
     auth: Arc<Auth>,
+    /// Who may write: `admin` users, by name.
+    admins: std::collections::HashSet<String>,
     anonymous: bool,
 }
 
 impl Users {
-    pub fn new(auth: Arc<Auth>, anonymous: bool) -> Users {
-        Users { auth, anonymous }
+    pub fn new(auth: Arc<Auth>, config: &crate::config::Config, anonymous: bool) -> Users {
+        let admins = config
+            .users
+            .iter()
+            .filter(|u| u.role == crate::config::Role::Admin)
+            .map(|u| u.name.clone())
+            .collect();
+        Users {
+            auth,
+            admins,
+            anonymous,
+        }
     }
 }
 
@@ -67,6 +80,21 @@ impl AuthManager for Users {
                 tracing::warn!("OPC UA login refused for `{username}`: {why}");
                 Err(Error::new(StatusCode::BadUserAccessDenied, why))
             }
+        }
+    }
+
+    /// Writes are an admin's: a viewer's or an anonymous session sees every variable
+    /// read-only.
+    fn effective_user_access_level(
+        &self,
+        token: &UserToken,
+        level: AccessLevel,
+        _node: &NodeId,
+    ) -> AccessLevel {
+        if self.admins.contains(&token.0) {
+            level
+        } else {
+            level - AccessLevel::CURRENT_WRITE
         }
     }
 

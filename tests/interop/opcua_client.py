@@ -137,8 +137,29 @@ async def secure(url, cert_dir, user, password, step):
             raise_on_bad_status=False
         )
         say(step=step, ok=True, user=user, error="", status=dv.StatusCode.name)
+        if step in ("secure", "viewer"):
+            await writes(c, ns, user)
     finally:
         await c.disconnect()
+
+
+async def writes(c, ns, user):
+    """Writes of the setpoint (u16 scaled by 0.1, served as Double): right, wrong type, NaN,
+    out of range; each answered with its status code."""
+    node = c.get_node(f"ns={ns};s=boiler.setpoint")
+    tries = [
+        ("ok", ua.Variant(12.5, ua.VariantType.Double)),
+        ("wrong_type", ua.Variant(12, ua.VariantType.Int32)),
+        ("nan", ua.Variant(float("nan"), ua.VariantType.Double)),
+        ("out_of_range", ua.Variant(1e9, ua.VariantType.Double)),
+    ]
+    for name, v in tries:
+        try:
+            await node.write_value(ua.DataValue(v))
+            status = "Good"
+        except ua.UaStatusCodeError as e:
+            status = ua.status_codes.get_name_and_doc(e.code)[0]
+        say(step="write_as", user=user, what=name, status=status)
 
 
 async def main():
@@ -148,6 +169,7 @@ async def main():
         return
     await anonymous(url, gw)
     await secure(url, cert_dir, "admin", "admin", "secure")
+    await secure(url, cert_dir, "viewer", "viewer", "viewer")
     await secure(url, cert_dir, "admin", "not-the-password", "wrong_password")
 
 
