@@ -176,7 +176,8 @@ async fn a_scada_client_browses_reads_subscribes_and_writes() {
 }
 
 /// SPEC: an unknown client certificate is rejected into `rejected/` until an admin moves it to
-/// `trusted/`; then the same client gets its session, without a restart.
+/// `trusted/`; then the same client gets its session, without a restart, and again after a
+/// reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_client_certificate_waits_in_rejected_until_trusted() {
     let Some(python) = python() else { return };
@@ -213,5 +214,11 @@ async fn an_unknown_client_certificate_waits_in_rejected_until_trusted() {
         (&true.into(), &"Good".into()),
         "{second:?}"
     );
+    // A reload serves on the same port again, the certificate still trusted.
+    let same = (*gw.config).clone();
+    let (gw, _) = gw.reload(same).await.unwrap();
+    wait_for("online", || online(&gw, "boiler")).await;
+    let third = attempt().await.unwrap();
+    assert_eq!(third[0]["ok"], true, "{third:?}");
     gw.shutdown().await;
 }

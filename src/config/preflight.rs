@@ -1,5 +1,5 @@
-//! What a valid config needs of this box before it may replace the running one: an HTTP
-//! address it can bind and a data directory it can write. A config that validates but cannot
+//! What a valid config needs of this box before it may replace the running one: HTTP and OPC
+//! UA addresses it can bind and a data directory it can write. A config that validates but cannot
 //! start was answered "ok" and left the next start to exit 1; now it is refused up front.
 
 use std::path::Path;
@@ -24,6 +24,16 @@ pub fn check(new: &Config, running: &Config) -> Vec<Problem> {
             problem(
                 "http.listen",
                 format!("cannot listen on {}: {e}", new.http.listen),
+            );
+        }
+    }
+    // The OPC UA server's port, when it is turned on or moved (the running one holds its own).
+    let opcua_runs_there = running.opcua.enabled && running.opcua.listen == new.opcua.listen;
+    if new.opcua.enabled && !opcua_runs_there {
+        if let Err(e) = std::net::TcpListener::bind(&new.opcua.listen) {
+            problem(
+                "opcua.listen",
+                format!("cannot listen on {}: {e}", new.opcua.listen),
             );
         }
     }
@@ -65,9 +75,15 @@ mod tests {
         let mut new = running.clone();
         new.http.listen = taken.local_addr().unwrap().to_string();
         new.gateway.data_dir = "/proc/no-such-dir".into();
+        new.opcua.enabled = true;
+        new.opcua.listen = new.http.listen.clone();
         let problems = check(&new, &running);
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
-        assert_eq!(paths, ["http.listen", "gateway.data_dir"], "{problems:?}");
+        assert_eq!(
+            paths,
+            ["http.listen", "opcua.listen", "gateway.data_dir"],
+            "{problems:?}"
+        );
         assert!(check(&running, &running).is_empty());
     }
 }

@@ -151,6 +151,13 @@ fn serve(
             control,
         ))
         .token(token.clone());
+    // A SCADA monitors every point in one subscription: the library's 1,000 per subscription
+    // would refuse the rest of a large config.
+    let items: usize = config.devices.iter().map(|d| d.points.len() + 1).sum();
+    builder
+        .limits_mut()
+        .subscriptions
+        .max_monitored_items_per_sub = items.max(1000);
     for (id, endpoint) in endpoints(&o.security) {
         builder = builder.add_endpoint(id, endpoint);
     }
