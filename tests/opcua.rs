@@ -222,3 +222,72 @@ async fn an_unknown_client_certificate_waits_in_rejected_until_trusted() {
     assert_eq!(third[0]["ok"], true, "{third:?}");
     gw.shutdown().await;
 }
+
+/// SPEC: alarms raised and cleared are OPC UA events on the Server object and on the device's
+/// object, with Severity (high: 700), Message and SourceName.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_reach_a_client_as_events() {
+    use std::io::BufRead;
+    let Some(python) = python() else { return };
+    let (sim, sim_addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let body = format!(
+        "{}{}[opcua]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nsecurity = [\"none\"]\n\
+         anonymous = true\n{BOILER_AND_PUMP}\n[[rules]]\nid = \"hot\"\ndevice = \"boiler\"\n\
+         point = \"setpoint\"\nkind = \"above\"\nthreshold = 90.0\nclear = 85.0\npriority = \"high\"\n",
+        users_and_push(""),
+        tcp_bus(&sim_addr.to_string()),
+    );
+    let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
+    wait_for("online", || online(&gw, "boiler")).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/opcua_client.py");
+    let mut child = Command::new(&python)
+        .args([
+            script,
+            &format!("opc.tcp://127.0.0.1:{port}/"),
+            "test-gw",
+            "-",
+            "events",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the asyncua client");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Json>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(serde_json::from_str(&line).unwrap_or(Json::Null));
+        }
+    });
+    let ready = rx.recv().await.expect("the client's first line");
+    assert_eq!(ready["step"], "ready", "{ready}");
+    // Raised (setpoint 95.0 > 90), then cleared (80.0 < 85).
+    sim.with_memory(1, |m| m.holding[2] = 950);
+    wait_for("raised", || {
+        gw.shared.live.read().unwrap().devices[0].points[1].value
+            == Some(edge_gateway::model::Value::Float(95.0))
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    sim.with_memory(1, |m| m.holding[2] = 800);
+    let mut events = Vec::new();
+    while let Some(line) = rx.recv().await {
+        events.push(line);
+    }
+    let _ = child.wait();
+    let on = |where_: &str| -> Vec<&Json> { events.iter().filter(|e| e["on"] == where_).collect() };
+    for where_ in ["server", "boiler"] {
+        let seen = on(where_);
+        assert!(seen.len() >= 2, "{events:?}");
+        assert!(
+            seen.iter()
+                .all(|e| e["severity"] == 700 && e["source"] == "boiler"),
+            "{events:?}"
+        );
+    }
+    gw.shutdown().await;
+}

@@ -481,7 +481,7 @@ fn spawn_pipeline(
         metrics: shared.metrics.clone(),
         store: shared.store.clone(),
         push: push.clone(),
-        opcua,
+        opcua: opcua.clone(),
         engine,
         queues: queues.clone(),
         settle: settle_rx,
@@ -498,6 +498,10 @@ fn spawn_pipeline(
         restored.device_seq.clone(),
     );
     tasks.spawn(processor.run(queue_rx));
+    let committed_rx = match opcua {
+        Some(feed) => alarms_to_opcua(feed, config.gateway.id.clone(), committed_rx, tasks),
+        None => committed_rx,
+    };
     tasks.spawn(ws::push::committed_events(push.clone(), committed_rx));
     tasks.spawn(ws::push::snapshot_ticker(
         push,
@@ -505,6 +509,26 @@ fn spawn_pipeline(
         cancel.child_token(),
     ));
     (Some(queues), settle)
+}
+
+/// Committed events pass by the OPC UA server (its alarms become OPC UA events) on their way
+/// to the pushes.
+fn alarms_to_opcua(
+    feed: Arc<crate::opcua::Feed>,
+    gateway_id: String,
+    mut committed: mpsc::Receiver<Vec<events::Event>>,
+    tasks: &TaskTracker,
+) -> mpsc::Receiver<Vec<events::Event>> {
+    let (tx, rx) = mpsc::channel(64);
+    tasks.spawn(async move {
+        while let Some(batch) = committed.recv().await {
+            feed.events(&gateway_id, &batch);
+            if tx.send(batch).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// A reload that removes a user or changes a role ends that user's sessions: every socket of

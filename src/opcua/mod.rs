@@ -17,7 +17,11 @@ use tokio_util::task::TaskTracker;
 use ua::server::node_manager::memory::InMemoryNodeManager;
 use ua::server::{ServerBuilder, ServerEndpoint, SubscriptionCache};
 
-use crate::config::{Config, OpcuaSecurity};
+use ua::server::address_space::BaseEventType;
+use ua::types::{ByteString, DateTime, LocalizedText, NodeId, ObjectId, ObjectTypeId};
+
+use crate::config::{Config, OpcuaSecurity, Priority};
+use crate::model::event::Event;
 use crate::model::Millis;
 use crate::state::SharedLive;
 use crate::store::Row;
@@ -69,6 +73,53 @@ impl Feed {
         let _ = self
             .manager
             .set_values(&self.subscriptions, values.into_iter());
+    }
+}
+
+/// Severity of an alarm's events (SPEC: emergency 1000, high 700, normal 300).
+fn severity(p: Priority) -> u16 {
+    match p {
+        Priority::Emergency => 1000,
+        Priority::High => 700,
+        Priority::Normal => 300,
+    }
+}
+
+impl Feed {
+    /// Committed alarm events (raised, cleared, acknowledged) as OPC UA events, on the Server
+    /// object and on their device's folder; other events are not alarms and stay out.
+    pub fn events(&self, gateway_id: &str, events: &[Event]) {
+        let server: NodeId = ObjectId::Server.into();
+        let made: Vec<(BaseEventType, Option<&NodeId>)> = events
+            .iter()
+            .filter(|e| e.alarm.is_some())
+            .map(|e| {
+                let at = chrono::DateTime::from_timestamp_millis(e.ts)
+                    .map_or_else(DateTime::now, DateTime::from);
+                let device = self.space.device(e.device);
+                let source = self.space.source_name(e.device).unwrap_or(gateway_id);
+                let evt = BaseEventType::new(
+                    ObjectTypeId::BaseEventType,
+                    ByteString::from(e.id(gateway_id).into_bytes()),
+                    LocalizedText::new("", &e.message),
+                    at,
+                )
+                .set_source_node(device.cloned().unwrap_or_else(|| server.clone()))
+                .set_source_name(source.into())
+                .set_severity(severity(e.priority));
+                (evt, device)
+            })
+            .collect();
+        if made.is_empty() {
+            return;
+        }
+        let on_server = made
+            .iter()
+            .map(|(e, _)| (e as &dyn ua::server::address_space::Event, &server));
+        let on_device = made
+            .iter()
+            .filter_map(|(e, d)| Some((e as &dyn ua::server::address_space::Event, (*d)?)));
+        self.subscriptions.notify_events(on_server.chain(on_device));
     }
 }
 

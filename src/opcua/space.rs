@@ -3,7 +3,7 @@
 //! state has as they start.
 
 use ua::server::address_space::AddressSpace;
-use ua::server::address_space::{AccessLevel, VariableBuilder};
+use ua::server::address_space::{AccessLevel, EventNotifier, ObjectBuilder, VariableBuilder};
 use ua::sync::RwLock;
 use ua::types::{
     DataTypeId, DataValue, DateTime, EUInformation, LocalizedText, NodeId, ObjectId, QualifiedName,
@@ -25,6 +25,9 @@ pub struct Space {
     points: Vec<Vec<NodeId>>,
     kinds: Vec<Vec<Kind>>,
     writable: Vec<Vec<bool>>,
+    /// Each device's folder, where its alarms are notified.
+    devices: Vec<NodeId>,
+    names: Vec<String>,
     online: Vec<NodeId>,
 }
 
@@ -50,18 +53,25 @@ impl Space {
             .map(|d| d.points.iter().map(|p| p.writable).collect())
             .collect();
         let mut online = Vec::with_capacity(config.devices.len());
+        let mut devices = Vec::with_capacity(config.devices.len());
         for (d, dev) in config.devices.iter().enumerate() {
             let folder = NodeId::new(ns, dev.id.clone());
-            space.add_folder(&folder, name(&dev.id), dev.id.as_str(), &gateway);
+            // A device's folder notifies its alarms (and the Server object all of them).
+            ObjectBuilder::new(&folder, name(&dev.id), dev.id.as_str())
+                .is_folder()
+                .organized_by(&gateway)
+                .event_notifier(EventNotifier::SUBSCRIBE_TO_EVENTS)
+                .insert(&mut *space);
+            devices.push(folder.clone());
             let device_live = live.devices.get(d);
             let on = NodeId::new(ns, format!("{}.Online", dev.id));
-            VariableBuilder::new(&on, name("Online"), "Online")
-                .organized_by(&folder)
-                .data_type(DataTypeId::Boolean)
-                .value(device_live.is_some_and(|l| l.online))
-                .access_level(AccessLevel::CURRENT_READ)
-                .user_access_level(AccessLevel::CURRENT_READ)
-                .insert(&mut *space);
+            add_online(
+                &mut space,
+                &on,
+                &folder,
+                ns,
+                device_live.is_some_and(|l| l.online),
+            );
             online.push(on);
             let mut ids = Vec::with_capacity(dev.points.len());
             let mut device_kinds = Vec::with_capacity(dev.points.len());
@@ -73,25 +83,15 @@ impl Space {
                     || data_value(None, Quality::Stale, 0, kind, online),
                     |l| data_value(l.value.as_ref(), l.quality, l.ts, kind, online),
                 );
-                // A writable point may be written by an admin's session (the authenticator
-                // takes the write access away from everyone else's).
-                let access = AccessLevel::CURRENT_READ
-                    | if point.writable {
-                        AccessLevel::CURRENT_WRITE
-                    } else {
-                        AccessLevel::empty()
-                    };
-                VariableBuilder::new(&id, name(&point.id), point.id.as_str())
-                    .organized_by(&folder)
-                    .data_type(kind.data_type())
-                    .value(value.value.clone().unwrap_or(Variant::Empty))
-                    .access_level(access)
-                    .user_access_level(access)
-                    .insert(&mut *space);
-                if let Some(ua::server::address_space::NodeType::Variable(v)) = space.find_mut(&id)
-                {
-                    v.set_data_value(value);
-                }
+                add_point(
+                    &mut space,
+                    &id,
+                    &folder,
+                    name(&point.id),
+                    point,
+                    kind,
+                    value,
+                );
                 if !point.unit.is_empty() {
                     let eu = NodeId::new(ns, format!("{}.{}.EngineeringUnits", dev.id, point.id));
                     add_unit(&mut space, &eu, &id, &point.unit);
@@ -107,6 +107,8 @@ impl Space {
             kinds,
             writable,
             online,
+            devices,
+            names: config.devices.iter().map(|d| d.id.clone()).collect(),
         }
     }
 
@@ -146,9 +148,59 @@ impl Space {
         Some((id, data_value(value, quality, ts, kind, online)))
     }
 
+    pub fn device(&self, device: usize) -> Option<&NodeId> {
+        self.devices.get(device)
+    }
+
+    /// A device's id, as the events' SourceName.
+    pub fn source_name(&self, device: usize) -> Option<&str> {
+        self.names.get(device).map(String::as_str)
+    }
+
     pub fn online(&self, device: usize) -> Option<&NodeId> {
         self.online.get(device)
     }
+}
+
+/// A point's variable, holding `value`. A writable point may be written by an admin's session
+/// (the authenticator takes the write access away from everyone else's).
+fn add_point(
+    space: &mut AddressSpace,
+    id: &NodeId,
+    folder: &NodeId,
+    name: QualifiedName,
+    point: &crate::config::Point,
+    kind: Kind,
+    value: DataValue,
+) {
+    let access = AccessLevel::CURRENT_READ
+        | if point.writable {
+            AccessLevel::CURRENT_WRITE
+        } else {
+            AccessLevel::empty()
+        };
+    VariableBuilder::new(id, name, point.id.as_str())
+        .organized_by(folder)
+        .data_type(kind.data_type())
+        .value(value.value.clone().unwrap_or(Variant::Empty))
+        .access_level(access)
+        .user_access_level(access)
+        .insert(space);
+    // With its status and source timestamp, not only the value.
+    if let Some(ua::server::address_space::NodeType::Variable(v)) = space.find_mut(id) {
+        v.set_data_value(value);
+    }
+}
+
+/// A device's `Online` (Boolean, read-only).
+fn add_online(space: &mut AddressSpace, id: &NodeId, folder: &NodeId, ns: u16, online: bool) {
+    VariableBuilder::new(id, QualifiedName::new(ns, "Online"), "Online")
+        .organized_by(folder)
+        .data_type(DataTypeId::Boolean)
+        .value(online)
+        .access_level(AccessLevel::CURRENT_READ)
+        .user_access_level(AccessLevel::CURRENT_READ)
+        .insert(space);
 }
 
 /// A point's `EngineeringUnits` property (EUInformation; the unit's text as its name).

@@ -1,7 +1,7 @@
 """An OPC UA client we did not write (asyncua) against the gateway's server.
 
-Usage: opcua_client.py URL GATEWAY_ID CERT_DIR [secure]
-(`secure`: the Basic256Sha256 session alone)
+Usage: opcua_client.py URL GATEWAY_ID CERT_DIR [secure|events]
+(`secure`: the Basic256Sha256 session alone; `events`: alarms as events, after `ready`)
 
 Prints one JSON line per finding; the Rust test (tests/opcua.rs) judges them:
   {"step": "anonymous", "ok": bool, "error": str}          anonymous session over None
@@ -162,8 +162,49 @@ async def writes(c, ns, user):
         say(step="write_as", user=user, what=name, status=status)
 
 
+async def events(url, gw):
+    """Subscribes to events on the Server object and on the boiler's folder, says `ready`, and
+    reports each event for 20 s or until 2 have come on each."""
+    c = Client(url, timeout=10)
+    await c.connect()
+    try:
+        ns = await c.get_namespace_index(f"urn:edge-gateway:{gw}")
+        seen = []
+
+        class Handler:
+            def __init__(self, where):
+                self.where = where
+
+            def event_notification(self, event):
+                seen.append(self.where)
+                say(
+                    step="event",
+                    on=self.where,
+                    severity=event.Severity,
+                    source=event.SourceName,
+                    message=event.Message.Text,
+                )
+
+        for where, node in [
+            ("server", c.nodes.server),
+            ("boiler", c.get_node(f"ns={ns};s=boiler")),
+        ]:
+            sub = await c.create_subscription(100, Handler(where))
+            await sub.subscribe_events(node)
+        say(step="ready")
+        for _ in range(200):
+            if seen.count("server") >= 2 and seen.count("boiler") >= 2:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await c.disconnect()
+
+
 async def main():
     url, gw, cert_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    if sys.argv[4:] == ["events"]:
+        await events(url, gw)
+        return
     if sys.argv[4:] == ["secure"]:
         await secure(url, cert_dir, "admin", "admin", "secure")
         return
