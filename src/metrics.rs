@@ -6,6 +6,7 @@
 use std::fmt::Write;
 
 mod label;
+pub mod opcua;
 pub mod wire;
 
 use crate::model::event::Priority;
@@ -245,6 +246,7 @@ pub struct Metrics {
     pub beats: Beats,
     /// SIGHUP reloads by outcome ([`Reload`]), carried from one gateway to the next.
     pub reloads: [AtomicU64; 3],
+    pub opcua: opcua::Opcua,
     started: std::time::Instant,
     /// [`Sample`]s, oldest first.
     pub windows: std::sync::Mutex<std::collections::VecDeque<Sample>>,
@@ -345,6 +347,7 @@ impl Metrics {
             store_errors: AtomicU64::new(0),
             store_written: AtomicU64::new(0),
             reloads: Default::default(),
+            opcua: opcua::Opcua::default(),
             started: std::time::Instant::now(),
             windows: std::sync::Mutex::default(),
         }
@@ -402,6 +405,7 @@ impl Metrics {
         self.render_push(&mut out);
         self.render_events(&mut out);
         self.render_process(&mut out);
+        self.opcua.render(&mut out);
         out
     }
 

@@ -172,6 +172,16 @@ async fn a_scada_client_browses_reads_subscribes_and_writes() {
     assert_eq!(step(&found, "wrong_password")[0]["ok"], false, "{all}");
     // The server made its own certificate in the data directory's pki/.
     assert!(dir.path().join("pki/own/cert.der").exists());
+    // SPEC's metrics: requests on the gateway's nodes by service and result, sessions, items.
+    let metrics = http_get(gw.http_addr, "/metrics").await;
+    for line in [
+        "edge_opcua_requests_total{service=\"write\",result=\"Good\"} 1",
+        "edge_opcua_requests_total{service=\"write\",result=\"BadTypeMismatch\"} 1",
+        "# TYPE edge_opcua_sessions gauge",
+        "# TYPE edge_opcua_monitored_items gauge",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
     gw.shutdown().await;
 }
 

@@ -227,10 +227,6 @@ impl Gateway {
             tasks.spawn(task.run(cancel.child_token()));
         }
         let bus_events = Some(events_tx);
-        let opcua = opcua.and_then(|l| {
-            let (auth, control) = (shared.auth.clone(), shared.control.clone());
-            crate::opcua::start(&config, l, auth, control, &live, &tasks, &cancel)
-        });
         let (event_queues, settle) =
             spawn_pipeline(&shared, &restored, events_rx, opcua, &tasks, &cancel);
         if let Some(q) = &event_queues {
@@ -458,7 +454,7 @@ fn spawn_pipeline(
     shared: &Shared,
     restored: &store::Restored,
     bus_events: mpsc::Receiver<modbus::bus::BusEvent>,
-    opcua: Option<Arc<crate::opcua::Feed>>,
+    opcua: Option<std::net::TcpListener>,
     tasks: &TaskTracker,
     cancel: &CancellationToken,
 ) -> (
@@ -466,6 +462,15 @@ fn spawn_pipeline(
     mpsc::Sender<oneshot::Sender<()>>,
 ) {
     let config = &shared.config;
+    // The OPC UA server first: the pipeline reports to it.
+    let opcua = opcua.and_then(|l| {
+        let parts = crate::opcua::Parts {
+            auth: shared.auth.clone(),
+            control: shared.control.clone(),
+            metrics: shared.metrics.clone(),
+        };
+        crate::opcua::start(config, l, parts, &shared.live, tasks, cancel)
+    });
     let engine =
         events::rules::Engine::new(config, &restored.active_alarms, tokio::time::Instant::now());
     let (queues, queue_rx) = events::processor::queues(shared.metrics.clone());

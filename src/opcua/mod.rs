@@ -18,7 +18,7 @@ use ua::server::node_manager::memory::InMemoryNodeManager;
 use ua::server::{ServerBuilder, ServerEndpoint, SubscriptionCache};
 
 use ua::server::address_space::BaseEventType;
-use ua::types::{ByteString, DateTime, LocalizedText, NodeId, ObjectId, ObjectTypeId};
+use ua::types::{ByteString, DateTime, LocalizedText, NodeId, ObjectId, ObjectTypeId, Variant};
 
 use crate::config::{Config, OpcuaSecurity, Priority};
 use crate::model::event::Event;
@@ -51,6 +51,9 @@ pub struct Feed {
     /// Each device's `Online` as last served: an offline device's points are
     /// `Bad_NoCommunication`.
     online: Vec<AtomicBool>,
+    /// The server's own state (its diagnostics count the sessions).
+    info: Arc<ua::server::ServerInfo>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Feed {
@@ -123,6 +126,14 @@ impl Feed {
     }
 }
 
+/// What the server takes from the gateway: the password checker, the way to the buses, the
+/// counters.
+pub struct Parts {
+    pub auth: Arc<crate::ws::auth::Auth>,
+    pub control: Arc<crate::control::Control>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
 /// The server's socket when `[opcua]` is enabled, bound before anything else starts: a
 /// taken port is a start error naming the key.
 pub fn bind(config: &Config) -> Result<Option<std::net::TcpListener>, OpcuaError> {
@@ -148,13 +159,12 @@ pub fn bind(config: &Config) -> Result<Option<std::net::TcpListener>, OpcuaError
 pub fn start(
     config: &Arc<Config>,
     listener: std::net::TcpListener,
-    auth: Arc<crate::ws::auth::Auth>,
-    control: Arc<crate::control::Control>,
+    parts: Parts,
     live: &SharedLive,
     tasks: &TaskTracker,
     cancel: &CancellationToken,
 ) -> Option<Arc<Feed>> {
-    match serve(config, listener, auth, control, live, tasks, cancel) {
+    match serve(config, listener, parts, live, tasks, cancel) {
         Ok(feed) => Some(feed),
         Err(e) => {
             tracing::error!("the OPC UA server did not start: {e}");
@@ -166,52 +176,16 @@ pub fn start(
 fn serve(
     config: &Arc<Config>,
     std_listener: std::net::TcpListener,
-    auth: Arc<crate::ws::auth::Auth>,
-    control: Arc<crate::control::Control>,
+    parts: Parts,
     live: &SharedLive,
     tasks: &TaskTracker,
     cancel: &CancellationToken,
 ) -> Result<Arc<Feed>, OpcuaError> {
-    let o = &config.opcua;
     let addr = std_listener
         .local_addr()
         .map_err(|e| OpcuaError::Build(e.to_string()))?;
-    let host = if addr.ip().is_unspecified() {
-        crate::ws::admit::hostname().unwrap_or_else(|| "localhost".into())
-    } else {
-        addr.ip().to_string()
-    };
     let token = cancel.child_token();
-    let mut builder = ServerBuilder::new()
-        .application_name(format!("edge-gateway {}", config.gateway.id))
-        .application_uri(format!("urn:edge-gateway:{}:server", config.gateway.id))
-        .product_uri("urn:edge-gateway")
-        .create_sample_keypair(true)
-        .certificate_path("own/cert.der")
-        .private_key_path("private/private.pem")
-        .pki_dir(&o.pki_dir)
-        .trust_client_certs(o.trust_client_certs)
-        .host(host)
-        .port(addr.port())
-        .max_sessions(o.max_sessions)
-        .discovery_urls(vec!["/".to_owned()])
-        .with_authenticator(Arc::new(users::Users::new(auth, config, o.anonymous)))
-        .with_node_manager(nodes::GatewayNodes::builder(
-            config,
-            namespace_uri(&config.gateway.id),
-            control,
-        ))
-        .token(token.clone());
-    // A SCADA monitors every point in one subscription: the library's 1,000 per subscription
-    // would refuse the rest of a large config.
-    let items: usize = config.devices.iter().map(|d| d.points.len() + 1).sum();
-    builder
-        .limits_mut()
-        .subscriptions
-        .max_monitored_items_per_sub = items.max(1000);
-    for (id, endpoint) in endpoints(&o.security) {
-        builder = builder.add_endpoint(id, endpoint);
-    }
+    let builder = builder(config, addr, &parts).token(token.clone());
     let (server, handle) = builder.build().map_err(OpcuaError::Build)?;
     let manager = handle
         .node_managers()
@@ -233,11 +207,14 @@ fn serve(
         )
     };
     manager.inner().set_targets(space.targets());
+    parts.metrics.opcua.enabled.store(true, Relaxed);
     let feed = Arc::new(Feed {
         manager,
         subscriptions: handle.subscriptions().clone(),
         space,
         online,
+        info: handle.info().clone(),
+        metrics: parts.metrics,
     });
     tasks.spawn(async move {
         let listener = match tokio::net::TcpListener::from_std(std_listener) {
@@ -251,9 +228,53 @@ fn serve(
     tasks.spawn(keep_online(feed.clone(), live.clone(), token));
     tracing::info!(
         "OPC UA server on opc.tcp://{addr}/ ({} endpoints)",
-        o.security.len()
+        config.opcua.security.len()
     );
     Ok(feed)
+}
+
+/// The server as the config describes it: its names, certificate, endpoints, users, limits.
+fn builder(config: &Config, addr: SocketAddr, parts: &Parts) -> ServerBuilder {
+    let o = &config.opcua;
+    let host = if addr.ip().is_unspecified() {
+        crate::ws::admit::hostname().unwrap_or_else(|| "localhost".into())
+    } else {
+        addr.ip().to_string()
+    };
+    let users = users::Users::new(parts.auth.clone(), config, o.anonymous);
+    let mut builder = ServerBuilder::new()
+        .application_name(format!("edge-gateway {}", config.gateway.id))
+        .application_uri(format!("urn:edge-gateway:{}:server", config.gateway.id))
+        .product_uri("urn:edge-gateway")
+        .create_sample_keypair(true)
+        .certificate_path("own/cert.der")
+        .private_key_path("private/private.pem")
+        .pki_dir(&o.pki_dir)
+        .trust_client_certs(o.trust_client_certs)
+        .host(host)
+        .port(addr.port())
+        .max_sessions(o.max_sessions)
+        .discovery_urls(vec!["/".to_owned()])
+        .with_authenticator(Arc::new(users))
+        .with_node_manager(nodes::GatewayNodes::builder(
+            config,
+            namespace_uri(&config.gateway.id),
+            parts.control.clone(),
+            parts.metrics.clone(),
+        ))
+        // For the current session count (`edge_opcua_sessions`).
+        .diagnostics_enabled(true);
+    // A SCADA monitors every point in one subscription: the library's 1,000 per subscription
+    // would refuse the rest of a large config.
+    let items: usize = config.devices.iter().map(|d| d.points.len() + 1).sum();
+    builder
+        .limits_mut()
+        .subscriptions
+        .max_monitored_items_per_sub = items.max(1000);
+    for (id, endpoint) in endpoints(&o.security) {
+        builder = builder.add_endpoint(id, endpoint);
+    }
+    builder
 }
 
 /// The endpoints `security` lists: each secured one with SignAndEncrypt.
@@ -284,6 +305,12 @@ async fn keep_online(feed: Arc<Feed>, live: SharedLive, stop: CancellationToken)
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        let sessions = feed.info.diagnostics.get(
+            ua::types::VariableId::Server_ServerDiagnostics_ServerDiagnosticsSummary_CurrentSessionCount,
+        );
+        if let Some(Variant::UInt32(n)) = sessions.and_then(|v| v.value) {
+            feed.metrics.opcua.sessions.store(u64::from(n), Relaxed);
         }
         let mut values = Vec::new();
         {

@@ -2,18 +2,26 @@
 //! the library's), and writes that go the audited, strict path of `device.write`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 
 use ua::server::address_space::AddressSpace;
 use ua::server::diagnostics::NamespaceMetadata;
 use ua::server::node_manager::memory::{InMemoryNodeManagerBuilder, InMemoryNodeManagerImpl};
-use ua::server::node_manager::{NodeManagerBuilder, RequestContext, ServerContext, WriteNode};
+use ua::server::node_manager::{
+    MonitoredItemRef, NodeManagerBuilder, ParsedReadValueId, RequestContext, ServerContext,
+    WriteNode,
+};
+use ua::server::CreateMonitoredItem;
 use ua::sync::RwLock;
-use ua::types::{AttributeId, NodeId, NumericRange, StatusCode, Variant};
+use ua::types::{
+    AttributeId, DataValue, NodeId, NumericRange, StatusCode, TimestampsToReturn, Variant,
+};
 
 use super::space::Kind;
 use crate::config::{Config, Role};
 use crate::control::Control;
+use crate::metrics::Metrics;
 use crate::modbus::bus::WriteError;
 use crate::modbus::codec::CodecError;
 use crate::model::Value;
@@ -29,6 +37,7 @@ pub struct Target {
 pub struct GatewayNodes {
     namespaces: Vec<NamespaceMetadata>,
     control: Arc<Control>,
+    metrics: Arc<Metrics>,
     /// Users who may write (`admin`), by name.
     admins: HashSet<String>,
     /// The writable points by node, set once the address space is built.
@@ -41,6 +50,7 @@ impl GatewayNodes {
         config: &Config,
         namespace: String,
         control: Arc<Control>,
+        metrics: Arc<Metrics>,
     ) -> impl NodeManagerBuilder {
         let admins = config
             .users
@@ -62,6 +72,7 @@ impl GatewayNodes {
                     ..Default::default()
                 }],
                 control,
+                metrics,
                 admins,
                 targets: OnceLock::new(),
             }
@@ -136,9 +147,61 @@ impl InMemoryNodeManagerImpl for GatewayNodes {
     ) -> Result<(), StatusCode> {
         for w in nodes_to_write.iter_mut() {
             let status = self.write_one(context, w).await;
+            self.metrics.opcua.count("write", status.sub_code().name());
             w.set_status(status);
         }
         Ok(())
+    }
+
+    /// The values as the address space holds them (the library's own way), counted.
+    async fn read_values(
+        &self,
+        context: &RequestContext,
+        space: &RwLock<AddressSpace>,
+        nodes: &[&ParsedReadValueId],
+        max_age: f64,
+        timestamps: TimestampsToReturn,
+    ) -> Vec<DataValue> {
+        self.metrics.opcua.count("read", "Good");
+        let space = space.read();
+        nodes
+            .iter()
+            .map(|n| space.read(context, n, max_age, timestamps))
+            .collect()
+    }
+
+    /// Each item starts with the value held (values are pushed as the pipeline reports them;
+    /// nothing is sampled), counted while it lives.
+    #[allow(clippy::mut_mut, reason = "the library's trait says so")]
+    async fn create_value_monitored_items(
+        &self,
+        context: &RequestContext,
+        space: &RwLock<AddressSpace>,
+        items: &mut [&mut &mut CreateMonitoredItem],
+    ) {
+        let space = space.read();
+        for item in items.iter_mut() {
+            let value = space.read(
+                context,
+                item.item_to_monitor(),
+                0.0,
+                TimestampsToReturn::Both,
+            );
+            if value.status() != StatusCode::BadAttributeIdInvalid {
+                item.set_initial_value(value);
+            }
+            item.set_status(StatusCode::Good);
+        }
+        let o = &self.metrics.opcua;
+        o.monitored_items.fetch_add(items.len() as u64, Relaxed);
+        o.count("create_monitored_items", "Good");
+    }
+
+    async fn delete_monitored_items(&self, _context: &RequestContext, items: &[&MonitoredItemRef]) {
+        let gone = items.len() as u64;
+        let m = &self.metrics.opcua.monitored_items;
+        let _ = m.fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(gone)));
+        self.metrics.opcua.count("delete_monitored_items", "Good");
     }
 }
 
