@@ -537,14 +537,7 @@ async fn reads_aimed_at_a_silent_unit_leave_the_bus_polling() {
     // 16 reads of unit 9, which the simulator does not have: each one waits out the 200 ms
     // timeout (3.2 s of the bus in all).
     let n: u64 = 16;
-    for i in 0..n {
-        ws.send_text(
-            json!({"requestId": format!("r{i}"), "service": "registers.read",
-                "params": {"bus": "b", "unit": 9, "table": "holding", "address": 0, "count": 1}})
-            .to_string(),
-        )
-        .await;
-    }
+    reads_of_a_silent_unit(&mut ws, n).await;
     let mut replies = 0;
     while replies < n {
         let m = ws.recv().await.expect("open");
@@ -562,6 +555,18 @@ async fn reads_aimed_at_a_silent_unit_leave_the_bus_polling() {
     gw.shutdown().await;
 }
 
+/// `n` raw reads of unit 9, which the simulator does not have: each waits out the bus timeout.
+async fn reads_of_a_silent_unit(ws: &mut Ws, n: u64) {
+    for i in 0..n {
+        ws.send_text(
+            json!({"requestId": format!("r{i}"), "service": "registers.read",
+                "params": {"bus": "b", "unit": 9, "table": "holding", "address": 0, "count": 1}})
+            .to_string(),
+        )
+        .await;
+    }
+}
+
 /// #31: a request still in flight a second after a reload began was cut off without an
 /// answer, its client left waiting. Now each one is answered: its own outcome, or 503 "cut
 /// off by a config reload".
@@ -573,14 +578,7 @@ async fn every_request_in_flight_at_a_reload_is_answered() {
     ws.login("admin", "admin").await;
     // 3.2 s of the bus in timed-out reads, so most are still waiting when the reload comes.
     let n = 16;
-    for i in 0..n {
-        ws.send_text(
-            json!({"requestId": format!("r{i}"), "service": "registers.read",
-                "params": {"bus": "b", "unit": 9, "table": "holding", "address": 0, "count": 1}})
-            .to_string(),
-        )
-        .await;
-    }
+    reads_of_a_silent_unit(&mut ws, n).await;
     let same = (*gw.config).clone();
     let reload = tokio::spawn(async move { gw.reload(same).await.map(|(gw, _)| gw) });
     let (mut replies, mut cut) = (0, 0);

@@ -499,6 +499,19 @@ mod tests {
         t
     }
 
+    /// The problems of a text that must not parse, by path and line.
+    fn problems_at(text: &str) -> Vec<(String, Option<usize>)> {
+        let Err(ConfigError::Invalid(p)) = parse(text) else {
+            panic!("should not parse")
+        };
+        p.into_iter().map(|p| (p.path, p.line)).collect()
+    }
+
+    /// The line `needle` first starts on.
+    fn line_in(text: &str, needle: &str) -> usize {
+        text[..text.find(needle).unwrap()].lines().count() + 1
+    }
+
     #[test]
     fn a_large_config_read_in_pieces_is_the_same_as_read_whole() {
         let text = large();
@@ -542,16 +555,17 @@ mod tests {
                 1,
             )
             .replacen("point = \"t\"\nkind", "point = \"zz\"\nkind", 1);
-        let Err(ConfigError::Invalid(p)) = parse(&text) else {
-            panic!("should not parse")
-        };
-        let line_of = |needle: &str| text[..text.find(needle).unwrap()].lines().count() + 1;
-        let got: Vec<(&str, Option<usize>)> = p.iter().map(|p| (p.path.as_str(), p.line)).collect();
         assert_eq!(
-            got,
+            problems_at(&text),
             [
-                ("devices[3990].bus", Some(line_of("bus = \"nope\""))),
-                ("rules[0].point", Some(line_of("point = \"zz\""))),
+                (
+                    "devices[3990].bus".into(),
+                    Some(line_in(&text, "bus = \"nope\""))
+                ),
+                (
+                    "rules[0].point".into(),
+                    Some(line_in(&text, "point = \"zz\""))
+                ),
             ]
         );
         // Two pieces that do not read (a syntax error near the start, a wrong type near the
@@ -564,18 +578,15 @@ mod tests {
                 "# number 3990\nid = \"d3990\"\nbus = 7\n",
                 1,
             );
-        let Err(ConfigError::Invalid(p)) = parse(&text) else {
-            panic!("should not parse")
-        };
-        let line_of = |needle: &str| text[..text.find(needle).unwrap()].lines().count() + 1;
-        let got: Vec<(&str, Option<usize>)> = p.iter().map(|p| (p.path.as_str(), p.line)).collect();
         assert_eq!(
-            got,
+            problems_at(&text),
             [
-                ("devices[9].unit", Some(line_of("unit = = 10"))),
-                ("devices[3990].bus", Some(line_of("bus = 7"))),
-            ],
-            "{p:?}"
+                (
+                    "devices[9].unit".into(),
+                    Some(line_in(&text, "unit = = 10"))
+                ),
+                ("devices[3990].bus".into(), Some(line_in(&text, "bus = 7"))),
+            ]
         );
     }
 }

@@ -157,30 +157,53 @@ pub(super) fn small_cache(conn: &Connection) -> rusqlite::Result<()> {
 mod tests {
     use super::*;
 
-    /// #31, item 3: four viewers' trend requests held an admin's alarm list for 16.8 s: every
-    /// query shared two connections. With both history connections busy, a short query still
-    /// runs at once.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn long_reads_never_hold_a_short_one() {
+    /// A store with one empty table, and its readers.
+    fn empty_store() -> (tempfile::TempDir, Arc<Readers>) {
         let dir = tempfile::tempdir().unwrap();
         rusqlite::Connection::open(dir.path().join(DB_FILE))
             .unwrap()
             .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x);")
             .unwrap();
         let readers = Arc::new(Readers::open(dir.path()).unwrap());
+        (dir, readers)
+    }
+
+    type Held = Vec<tokio::task::JoinHandle<Result<(), StoreError>>>;
+
+    /// `n` long reads (on behalf of `who`, if given) that each hold their connection until
+    /// one send on the returned sender.
+    fn held_reads(
+        readers: &Arc<Readers>,
+        n: usize,
+        who: Option<&'static str>,
+    ) -> (std::sync::mpsc::Sender<()>, Held) {
         let (release, held) = std::sync::mpsc::channel::<()>();
         let held = Arc::new(std::sync::Mutex::new(held));
-        let mut long = Vec::new();
-        for _ in 0..READERS[Lane::Long as usize] + 2 {
-            let (r, held) = (readers.clone(), held.clone());
-            long.push(tokio::spawn(async move {
-                r.query_in(Lane::Long, move |_| {
-                    let _ = held.locked().recv();
-                    Ok(())
+        let reads = (0..n)
+            .map(|_| {
+                let (r, held) = (readers.clone(), held.clone());
+                tokio::spawn(async move {
+                    let wait = move |_: &Connection| {
+                        let _ = held.locked().recv();
+                        Ok(())
+                    };
+                    match who {
+                        Some(who) => r.query_for(Lane::Long, who, wait).await,
+                        None => r.query_in(Lane::Long, wait).await,
+                    }
                 })
-                .await
-            }));
-        }
+            })
+            .collect();
+        (release, reads)
+    }
+
+    /// #31, item 3: four viewers' trend requests held an admin's alarm list for 16.8 s: every
+    /// query shared two connections. With both history connections busy, a short query still
+    /// runs at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn long_reads_never_hold_a_short_one() {
+        let (_dir, readers) = empty_store();
+        let (release, long) = held_reads(&readers, READERS[Lane::Long as usize] + 2, None);
         // Every long connection is taken (and more wait); a short read is not among them.
         let n: i64 = readers
             .query(|c| c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)))
@@ -199,25 +222,8 @@ mod tests {
     /// connection; another user's long read runs on the other at once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_user_flooding_the_long_lane_leaves_room_for_another() {
-        let dir = tempfile::tempdir().unwrap();
-        rusqlite::Connection::open(dir.path().join(DB_FILE))
-            .unwrap()
-            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x);")
-            .unwrap();
-        let readers = Arc::new(Readers::open(dir.path()).unwrap());
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let held = Arc::new(std::sync::Mutex::new(held));
-        let mut flood = Vec::new();
-        for _ in 0..16 {
-            let (r, held) = (readers.clone(), held.clone());
-            flood.push(tokio::spawn(async move {
-                r.query_for(Lane::Long, "viewer", move |_| {
-                    let _ = held.locked().recv();
-                    Ok(())
-                })
-                .await
-            }));
-        }
+        let (_dir, readers) = empty_store();
+        let (release, flood) = held_reads(&readers, 16, Some("viewer"));
         // The flood has its connection (and, without the share, would soon have both).
         while readers.lanes[Lane::Long as usize].lent.available_permits() > 1 {
             tokio::task::yield_now().await;
