@@ -177,6 +177,9 @@ pub async fn run_with(
     let carry = file
         .map(gateway::Carry::with_config_file)
         .unwrap_or_default();
+    // Before the line that says the gateway runs: a SIGHUP sent as soon as it is read must
+    // reload, not end the process (SIGHUP's default action).
+    let mut hup = sighup().await;
     let mut gw = Gateway::start_with(config, carry).await?;
     tracing::info!("gateway running: {}", status(&gw));
     // A Pi has no battery clock: until NTP answers after a boot, every timestamp can be far
@@ -189,7 +192,6 @@ pub async fn run_with(
     // Config valid, store open, HTTP bound: ready.
     on_ready(&gw);
     service::ready(&status(&gw));
-    let mut hup = sighup();
     loop {
         let watchdog_stop = shutdown.child_token();
         let watchdog = tokio::spawn(service::watchdog(
@@ -330,19 +332,21 @@ async fn record_apply(
     gw.store.flush().await;
 }
 
-/// SIGHUP as a stream; never fires where there is no such signal.
-fn sighup() -> mpsc::Receiver<()> {
+/// SIGHUP as a stream, its handler installed when this returns; never fires where there is
+/// no such signal.
+async fn sighup() -> mpsc::Receiver<()> {
     let (tx, rx) = mpsc::channel(1);
     #[cfg(unix)]
-    tokio::spawn(async move {
+    {
         use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut s) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        while s.recv().await.is_some() {
-            let _ = tx.try_send(());
+        if let Ok(mut s) = signal(SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    let _ = tx.try_send(());
+                }
+            });
         }
-    });
+    }
     #[cfg(not(unix))]
     drop(tx);
     rx
