@@ -421,10 +421,7 @@ async fn a_config_that_cannot_start_is_refused_and_applies_are_one_at_a_time() {
     let original = format!("{}{BOILER_AND_PUMP}", process_head(dir.path(), sim_addr));
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, &original).unwrap();
-    let (_gw, addr) = spawn_gateway(
-        gateway_command(&path),
-        Some(std::path::Path::new("/tmp/gwlog")),
-    );
+    let (_gw, addr) = spawn_gateway(gateway_command(&path), None);
     let admin = || async move {
         let mut ws = Ws::connect(addr).await;
         assert_eq!(code(&ws.login("admin", "admin").await), 0);
