@@ -159,3 +159,15 @@ pub async fn gateway(
     let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
     (gw, sim, dir)
 }
+
+/// `n` raw reads of unit 9, which the simulator does not have: each waits out the bus timeout.
+pub async fn reads_of_a_silent_unit(ws: &mut Ws, n: u64) {
+    for i in 0..n {
+        ws.send_text(
+            json!({"requestId": format!("r{i}"), "service": "registers.read",
+                "params": {"bus": "b", "unit": 9, "table": "holding", "address": 0, "count": 1}})
+            .to_string(),
+        )
+        .await;
+    }
+}
