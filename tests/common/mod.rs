@@ -9,6 +9,7 @@ use std::time::Duration;
 
 pub mod line;
 pub mod mqtt;
+pub mod opcua;
 pub mod target;
 pub mod ws;
 pub mod wsclient;
