@@ -5,6 +5,7 @@
 //! Built on async-opcua (RustCrypto, no OpenSSL).
 
 mod nodes;
+mod sessions;
 mod space;
 mod users;
 
@@ -25,6 +26,7 @@ use crate::model::event::Event;
 use crate::model::Millis;
 use crate::state::SharedLive;
 use crate::store::Row;
+use crate::sync::Locked as _;
 
 pub use space::namespace_uri;
 
@@ -297,6 +299,29 @@ fn endpoints(security: &[OpcuaSecurity]) -> Vec<(&'static str, ServerEndpoint)> 
         .collect()
 }
 
+impl Feed {
+    /// The server's own counts (sessions, refused requests) and the open sessions into the
+    /// gateway's metrics.
+    fn count_from_diagnostics(&self) {
+        use ua::types::VariableId::{
+            Server_ServerDiagnostics_ServerDiagnosticsSummary_CurrentSessionCount as Sessions,
+            Server_ServerDiagnostics_ServerDiagnosticsSummary_RejectedRequestsCount as Rejected,
+            Server_ServerDiagnostics_ServerDiagnosticsSummary_SecurityRejectedRequestsCount as Security,
+        };
+        let m = &self.metrics.opcua;
+        *m.session_rows.locked() = self.manager.inner().sessions.rows();
+        for (id, to) in [
+            (Sessions, &m.sessions),
+            (Rejected, &m.rejected),
+            (Security, &m.security_rejected),
+        ] {
+            if let Some(Variant::UInt32(n)) = self.info.diagnostics.get(id).and_then(|v| v.value) {
+                to.store(u64::from(n), Relaxed);
+            }
+        }
+    }
+}
+
 /// Keeps each device's `Online` variable as the live state says, until `stop`; a device that
 /// goes offline has its points turned `Bad_NoCommunication` (and back when it returns).
 async fn keep_online(feed: Arc<Feed>, live: SharedLive, stop: CancellationToken) {
@@ -306,12 +331,7 @@ async fn keep_online(feed: Arc<Feed>, live: SharedLive, stop: CancellationToken)
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let sessions = feed.info.diagnostics.get(
-            ua::types::VariableId::Server_ServerDiagnostics_ServerDiagnosticsSummary_CurrentSessionCount,
-        );
-        if let Some(Variant::UInt32(n)) = sessions.and_then(|v| v.value) {
-            feed.metrics.opcua.sessions.store(u64::from(n), Relaxed);
-        }
+        feed.count_from_diagnostics();
         let mut values = Vec::new();
         {
             let live = crate::state::read(&live);

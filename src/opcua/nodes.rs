@@ -42,6 +42,8 @@ pub struct GatewayNodes {
     admins: HashSet<String>,
     /// The writable points by node, set once the address space is built.
     targets: OnceLock<HashMap<NodeId, Target>>,
+    /// The sessions seen making requests here, for the Diagnostics view.
+    pub sessions: super::sessions::Sessions,
 }
 
 impl GatewayNodes {
@@ -75,6 +77,7 @@ impl GatewayNodes {
                 metrics,
                 admins,
                 targets: OnceLock::new(),
+                sessions: super::sessions::Sessions::default(),
             }
         })
     }
@@ -145,6 +148,7 @@ impl InMemoryNodeManagerImpl for GatewayNodes {
         _space: &RwLock<AddressSpace>,
         nodes_to_write: &mut [&mut WriteNode],
     ) -> Result<(), StatusCode> {
+        self.sessions.seen(context, 0);
         for w in nodes_to_write.iter_mut() {
             let status = self.write_one(context, w).await;
             self.metrics.opcua.count("write", status.sub_code().name());
@@ -163,6 +167,7 @@ impl InMemoryNodeManagerImpl for GatewayNodes {
         timestamps: TimestampsToReturn,
     ) -> Vec<DataValue> {
         self.metrics.opcua.count("read", "Good");
+        self.sessions.seen(context, 0);
         let space = space.read();
         nodes
             .iter()
@@ -192,13 +197,15 @@ impl InMemoryNodeManagerImpl for GatewayNodes {
             }
             item.set_status(StatusCode::Good);
         }
+        self.sessions.seen(context, items.len() as i64);
         let o = &self.metrics.opcua;
         o.monitored_items.fetch_add(items.len() as u64, Relaxed);
         o.count("create_monitored_items", "Good");
     }
 
-    async fn delete_monitored_items(&self, _context: &RequestContext, items: &[&MonitoredItemRef]) {
+    async fn delete_monitored_items(&self, context: &RequestContext, items: &[&MonitoredItemRef]) {
         let gone = items.len() as u64;
+        self.sessions.seen(context, -(gone as i64));
         let m = &self.metrics.opcua.monitored_items;
         let _ = m.fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(gone)));
         self.metrics.opcua.count("delete_monitored_items", "Good");

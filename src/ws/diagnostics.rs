@@ -88,6 +88,7 @@ pub fn report(s: &Shared, admin: bool) -> Json {
         "buses": buses(s, &w, admin),
         "devices": devices(s, &w),
         "sinks": sinks(s, admin),
+        "opcua": opcua(s, admin),
         "store": {
             "dbBytes": db,
             "walBytes": wal,
@@ -202,4 +203,30 @@ fn sinks(s: &Shared, admin: bool) -> Vec<Json> {
             j
         })
         .collect()
+}
+
+/// The OPC UA server's open sessions (`null` while it is off); the clients' application URIs
+/// for admins only, as the links' addresses are.
+fn opcua(s: &Shared, admin: bool) -> Json {
+    let o = &s.metrics.opcua;
+    if !o.enabled.load(Relaxed) {
+        return Json::Null;
+    }
+    let sessions: Vec<Json> = o
+        .session_rows
+        .locked()
+        .iter()
+        .map(|r| {
+            let mut j = json!({
+                "user": r.user,
+                "security": r.security,
+                "monitoredItems": r.monitored_items,
+            });
+            if admin {
+                j["client"] = r.client.clone().into();
+            }
+            j
+        })
+        .collect();
+    json!({ "sessions": sessions })
 }

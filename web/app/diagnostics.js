@@ -1,6 +1,7 @@
 // The Diagnostics view (any role; admins also see addresses and sink errors): per bus the link
 // and the last 5 minutes' requests, per device the last good read and the last error, the
-// sinks, the store against its cap, and the gateway. Refreshed every 5 s while on screen.
+// sinks, the OPC UA server's sessions, the store against its cap, and the gateway. Refreshed
+// every 5 s while on screen.
 
 import { h } from "./dom.js";
 
@@ -67,13 +68,25 @@ function paint(d) {
   const st = d.store;
   const g = d.gateway;
   return [
-    buses, devices, sinks,
+    buses, devices, sinks, opcuaPart(d.opcua),
     h("h2", { text: "Store and gateway" }),
     h("ul", { class: "facts" },
       h("li", { text: `Store: ${mib(st.dbBytes + st.walBytes)} of ${mib(st.capBytes)} (database ${mib(st.dbBytes)}, WAL ${mib(st.walBytes)})${st.healthy ? "" : " — NOT WRITING"}` }),
       h("li", { text: `Gateway ${g.id}, version ${g.version}, up ${dur(g.uptimeS)}` }),
       h("li", { text: `Clock: ${g.clockSynchronised === true ? "synchronised (NTP)" : g.clockSynchronised === false ? "NOT synchronised: timestamps may be wrong" : "cannot be told here"}` })),
   ];
+}
+
+/** The OPC UA server's open sessions; nothing while the server is off. */
+function opcuaPart(o) {
+  if (!o) return h("span", {});
+  if (!o.sessions.length) return h("p", { class: "small", text: "OPC UA server: no sessions." });
+  return table("OPC UA sessions", ["user", "client", "security", "monitored items"],
+    o.sessions.map((x) => h("tr", {},
+      h("th", { scope: "row", text: x.user }),
+      h("td", { text: x.client ?? "—" }),
+      h("td", { text: x.security }),
+      h("td", { text: n(x.monitoredItems) }))));
 }
 
 /** `env`: { conn, S }. */
