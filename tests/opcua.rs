@@ -1,4 +1,5 @@
-//! The OPC UA server against a client we did not write (asyncua, `tests/interop/opcua_client.py`):
+//! The OPC UA server against two clients we did not write (asyncua, `tests/interop/opcua_client.py`,
+//! and node-opcua, `tests/interop/opcua_client.mjs`):
 //! browse, read with DataType, EngineeringUnits and StatusCode, a subscription's data changes,
 //! sessions over Basic256Sha256 SignAndEncrypt with the dashboard's users, an admin's writes
 //! on the audited strict path and everyone else's refused.
@@ -23,28 +24,72 @@ fn python() -> Option<String> {
     p
 }
 
-/// Runs the asyncua client against `url` (`only`: its steps named so); its findings by step.
+/// A client we did not write, run as a program: asyncua (Python) or node-opcua (Node.js).
+#[derive(Clone)]
+enum Peer {
+    Asyncua(String),
+    NodeOpcua(String),
+}
+
+fn asyncua() -> Option<Peer> {
+    python().map(Peer::Asyncua)
+}
+
+fn node_opcua() -> Option<Peer> {
+    let node = std::env::var("EDGE_TEST_NODE")
+        .ok()
+        .filter(|p| !p.is_empty());
+    let installed = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/node_modules/node-opcua-client"
+    ))
+    .is_dir();
+    if node.is_none() || !installed {
+        skipped("EDGE_TEST_NODE is not set or node-opcua-client is not installed (./scripts/test does both)");
+        return None;
+    }
+    node.map(Peer::NodeOpcua)
+}
+
+impl Peer {
+    fn command(&self) -> Command {
+        let (program, script) = match self {
+            Peer::Asyncua(p) => (p, "opcua_client.py"),
+            Peer::NodeOpcua(n) => (n, "opcua_client.mjs"),
+        };
+        let mut c = Command::new(program);
+        c.arg(format!(
+            "{}/tests/interop/{script}",
+            env!("CARGO_MANIFEST_DIR")
+        ));
+        c
+    }
+}
+
+/// Runs `peer` against `url` (`only`: its steps named so); its findings by step.
 fn client(
-    python: &str,
+    peer: &Peer,
     url: &str,
     gateway_id: &str,
     certs: &std::path::Path,
     only: &[&str],
 ) -> Vec<Json> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/opcua_client.py");
-    let out = Command::new(python)
-        .args([script, url, gateway_id, &certs.display().to_string()])
+    let out = peer
+        .command()
+        .args([url, gateway_id, &certs.display().to_string()])
         .args(only)
         .output()
-        .expect("run the asyncua client");
+        .expect("run the OPC UA client");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "asyncua client failed:\n{stdout}\n{}",
+        "the OPC UA client failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // node-opcua logs on stdout too: the findings are the lines that are JSON objects.
     stdout
         .lines()
+        .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
         .collect()
 }
@@ -54,12 +99,22 @@ fn step<'a>(found: &'a [Json], name: &str) -> Vec<&'a Json> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncua_browses_reads_subscribes_and_writes() {
+    let Some(peer) = asyncua() else { return };
+    a_scada_client_browses_reads_subscribes_and_writes(peer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_opcua_browses_reads_subscribes_and_writes() {
+    let Some(peer) = node_opcua() else { return };
+    a_scada_client_browses_reads_subscribes_and_writes(peer).await;
+}
+
 #[allow(
     clippy::too_many_lines,
     reason = "one client's session, read top to bottom"
 )]
-async fn a_scada_client_browses_reads_subscribes_and_writes() {
-    let Some(python) = python() else { return };
+async fn a_scada_client_browses_reads_subscribes_and_writes(peer: Peer) {
     let (sim, sim_addr, _c) = start_sim(Profile::Demo).await;
     let bits = 21.5f32.to_bits();
     sim.with_memory(1, |m| {
@@ -83,8 +138,8 @@ async fn a_scada_client_browses_reads_subscribes_and_writes() {
     let url = format!("opc.tcp://127.0.0.1:{port}/");
     let certs = dir.path().join("client-pki");
     let found = tokio::task::spawn_blocking({
-        let (python, url, certs) = (python.clone(), url.clone(), certs.clone());
-        move || client(&python, &url, "test-gw", &certs, &[])
+        let (url, certs) = (url.clone(), certs.clone());
+        move || client(&peer, &url, "test-gw", &certs, &[])
     })
     .await
     .unwrap();
@@ -189,8 +244,18 @@ async fn a_scada_client_browses_reads_subscribes_and_writes() {
 /// `trusted/`; then the same client gets its session, without a restart, and again after a
 /// reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unknown_client_certificate_waits_in_rejected_until_trusted() {
-    let Some(python) = python() else { return };
+async fn an_unknown_asyncua_certificate_waits_in_rejected_until_trusted() {
+    let Some(peer) = asyncua() else { return };
+    an_unknown_client_certificate_waits_in_rejected_until_trusted(peer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_node_opcua_certificate_waits_in_rejected_until_trusted() {
+    let Some(peer) = node_opcua() else { return };
+    an_unknown_client_certificate_waits_in_rejected_until_trusted(peer).await;
+}
+
+async fn an_unknown_client_certificate_waits_in_rejected_until_trusted(peer: Peer) {
     let (_sim, sim_addr, _c) = start_sim(Profile::Demo).await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -204,8 +269,8 @@ async fn an_unknown_client_certificate_waits_in_rejected_until_trusted() {
     let url = format!("opc.tcp://127.0.0.1:{port}/");
     let certs = dir.path().join("client-pki");
     let attempt = || {
-        let (python, url, certs) = (python.clone(), url.clone(), certs.clone());
-        tokio::task::spawn_blocking(move || client(&python, &url, "test-gw", &certs, &["secure"]))
+        let (peer, url, certs) = (peer.clone(), url.clone(), certs.clone());
+        tokio::task::spawn_blocking(move || client(&peer, &url, "test-gw", &certs, &["secure"]))
     };
     let first = attempt().await.unwrap();
     assert_eq!(first[0]["ok"], false, "{first:?}");
@@ -299,5 +364,108 @@ async fn alarms_reach_a_client_as_events() {
             "{events:?}"
         );
     }
+    gw.shutdown().await;
+}
+
+/// Issue #32: the Diagnostics view lists the OPC UA sessions: user, client (admins only),
+/// security policy, monitored items; a closed session leaves the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(
+    clippy::too_many_lines,
+    reason = "two sessions made, listed, one closed: read top to bottom"
+)]
+async fn diagnostics_list_each_session_with_its_user_security_and_items() {
+    use ua::client::{DataChangeCallback, IdentityToken};
+    use ua::types::{MonitoredItemCreateRequest, NodeId, TimestampsToReturn};
+    let (_sim, sim_addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let body = format!(
+        "{}{}[opcua]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n\
+         security = [\"basic256sha256\", \"none\"]\nanonymous = true\ntrust_client_certs = true\n{BOILER_AND_PUMP}",
+        users_and_push(""),
+        tcp_bus(&sim_addr.to_string()),
+    );
+    let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
+    wait_for("online", || online(&gw, "boiler")).await;
+    let url = format!("opc.tcp://127.0.0.1:{port}/");
+    let pki = dir.path().join("client-pki");
+    let anon = common::opcua::session(&url, &pki, false, IdentityToken::Anonymous)
+        .await
+        .expect("anonymous session");
+    let admin = common::opcua::session(
+        &url,
+        &pki,
+        true,
+        IdentityToken::new_user_name("admin", "admin"),
+    )
+    .await
+    .expect("admin's session");
+    let ns = anon.read_namespace_array().await.unwrap();
+    let ns = ns.get_index("urn:edge-gateway:test-gw").unwrap();
+    let sub = anon
+        .create_subscription(
+            std::time::Duration::from_millis(500),
+            30,
+            10,
+            0,
+            0,
+            true,
+            DataChangeCallback::new(|_, _| {}),
+        )
+        .await
+        .unwrap();
+    let items: Vec<MonitoredItemCreateRequest> = ["boiler.temperature", "boiler.setpoint"]
+        .iter()
+        .map(|n| NodeId::new(ns, *n).into())
+        .collect();
+    anon.create_monitored_items(sub, TimestampsToReturn::Both, items)
+        .await
+        .unwrap();
+    let temperature = ua::types::ReadValueId::from(NodeId::new(ns, "boiler.temperature"));
+    admin
+        .read(&[temperature], TimestampsToReturn::Both, 0.0)
+        .await
+        .unwrap();
+
+    let mut ws_admin = common::ws::connect(&gw, "admin").await;
+    let mut ws_viewer = common::ws::connect(&gw, "viewer").await;
+    let sessions = |r: Json| r["data"]["opcua"]["sessions"].clone();
+    let mut seen = Json::Null;
+    for _ in 0..100 {
+        let r = common::ws::call(&mut ws_admin, "system.diagnostics", serde_json::json!({})).await;
+        seen = sessions(r);
+        if seen.as_array().is_some_and(|s| s.len() == 2) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        seen,
+        serde_json::json!([
+            {"user": "anonymous", "security": "None", "monitoredItems": 2, "client": "urn:edge-gateway:tests"},
+            {"user": "admin", "security": "Basic256Sha256", "monitoredItems": 0, "client": "urn:edge-gateway:tests"},
+        ])
+    );
+    let r = common::ws::call(&mut ws_viewer, "system.diagnostics", serde_json::json!({})).await;
+    assert!(
+        sessions(r)
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s.get("client").is_none()),
+        "a viewer sees no client addresses"
+    );
+    admin.disconnect().await.unwrap();
+    let mut left = 0;
+    for _ in 0..300 {
+        let r = common::ws::call(&mut ws_admin, "system.diagnostics", serde_json::json!({})).await;
+        left = sessions(r).as_array().map_or(0, Vec::len);
+        if left == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 1, "the closed session leaves the list");
     gw.shutdown().await;
 }
