@@ -7,6 +7,7 @@
 mod common;
 
 use std::process::Command;
+use std::sync::Arc;
 
 use common::wsclient::users_and_push;
 use common::*;
@@ -467,5 +468,121 @@ async fn diagnostics_list_each_session_with_its_user_security_and_items() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(left, 1, "the closed session leaves the list");
+    gw.shutdown().await;
+}
+
+/// Issue #32: a reload rebuilds the address space without dropping the sessions: the same
+/// session (the same id on the server) goes on receiving data changes of a point that stays,
+/// reads a device the reload added, and gets `Bad_NodeIdUnknown` for one it removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one session across a reload, read top to bottom"
+)]
+async fn a_reload_keeps_the_sessions_and_rebuilds_the_nodes() {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use ua::client::{DataChangeCallback, IdentityToken};
+    use ua::types::{MonitoredItemCreateRequest, NodeId, ReadValueId, TimestampsToReturn};
+    let (sim, sim_addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let head = format!(
+        "{}{}[opcua]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nsecurity = [\"none\"]\nanonymous = true\n",
+        users_and_push(""),
+        tcp_bus(&sim_addr.to_string()),
+    );
+    let gw = Gateway::start(config(dir.path(), &format!("{head}{BOILER_AND_PUMP}")))
+        .await
+        .unwrap();
+    wait_for("online", || online(&gw, "boiler")).await;
+    let url = format!("opc.tcp://127.0.0.1:{port}/");
+    let s = common::opcua::session(
+        &url,
+        &dir.path().join("pki"),
+        false,
+        IdentityToken::Anonymous,
+    )
+    .await
+    .expect("session");
+    let id_before = s.server_session_id();
+    let ns = s.read_namespace_array().await.unwrap();
+    let ns = ns.get_index("urn:edge-gateway:test-gw").unwrap();
+    let changes = Arc::new(AtomicU64::new(0));
+    let seen = changes.clone();
+    let sub = s
+        .create_subscription(
+            std::time::Duration::from_millis(100),
+            30,
+            10,
+            0,
+            0,
+            true,
+            DataChangeCallback::new(move |_, _| {
+                seen.fetch_add(1, Relaxed);
+            }),
+        )
+        .await
+        .unwrap();
+    let item: MonitoredItemCreateRequest = NodeId::new(ns, "boiler.setpoint").into();
+    s.create_monitored_items(sub, TimestampsToReturn::Both, vec![item])
+        .await
+        .unwrap();
+
+    // The pump goes, a tank comes (unit 3, which the simulator answers too).
+    let tank = "[[devices]]\nid = \"tank\"\nbus = \"b\"\nunit = 3\npoll_interval_ms = 100\n\
+                points = [{ id = \"level\", table = \"holding\", address = 0, type = \"u16\" }]\n";
+    let boiler = &BOILER_AND_PUMP[..BOILER_AND_PUMP.find("[[devices]]\nid = \"pump\"").unwrap()];
+    let (gw, _) = gw
+        .reload(config(dir.path(), &format!("{head}{boiler}{tank}")))
+        .await
+        .unwrap();
+    wait_for("online", || online(&gw, "boiler")).await;
+    let before = changes.load(Relaxed);
+    sim.with_memory(1, |m| m.holding[2] = 777);
+    wait_for("a data change after the reload", || {
+        changes.load(Relaxed) > before
+    })
+    .await;
+    assert_eq!(s.server_session_id(), id_before, "the same session");
+    wait_for("the tank online", || online(&gw, "tank")).await;
+    let read = |node: &str| ReadValueId::from(NodeId::new(ns, node));
+    let mut values = Vec::new();
+    // The tank's points turn Good once the server has seen it online (every half second).
+    for _ in 0..100 {
+        values = s
+            .read(
+                &[
+                    read("boiler.setpoint"),
+                    read("tank.level"),
+                    read("pump.speed"),
+                ],
+                TimestampsToReturn::Both,
+                0.0,
+            )
+            .await
+            .unwrap();
+        if values[1].status().is_good() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        values[0].value,
+        Some(ua::types::Variant::Double(77.7)),
+        "{values:?}"
+    );
+    assert_eq!(
+        (&values[1].value, values[1].status()),
+        (
+            &Some(ua::types::Variant::UInt16(0)),
+            ua::types::StatusCode::Good
+        ),
+        "{values:?}"
+    );
+    assert_eq!(
+        values[2].status(),
+        ua::types::StatusCode::BadNodeIdUnknown,
+        "{values:?}"
+    );
     gw.shutdown().await;
 }

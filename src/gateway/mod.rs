@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod north;
 mod open;
 
 use crate::config::Config;
@@ -24,6 +25,7 @@ use crate::store::{self, StoreHandle};
 use crate::ws::push::Pusher;
 use crate::ws::Shared;
 use crate::{events, http, modbus, sinks, ws};
+use north::{alarms_to_opcua, opcua_parts, start_opcua};
 use open::{bus_task, open, Opened};
 
 /// How often the store writer is made to take its write lock even with nothing to write, so
@@ -49,6 +51,9 @@ pub(crate) struct Carry {
     /// counts them (when `push.max_clients` is unchanged).
     front: Option<Arc<ws::shared::Front>>,
     admission: Option<Arc<ws::admit::Admission>>,
+    /// The OPC UA server, when `[opcua]` and the gateway id are unchanged: its clients keep
+    /// their sessions.
+    opcua: Option<crate::opcua::Server>,
 }
 
 impl Carry {
@@ -65,6 +70,18 @@ impl Carry {
         let shared = Arc::new(shared);
         shared.auth.adopt(std::mem::take(&mut self.sessions));
         shared
+    }
+
+    /// The live state as restored from the store, but for the devices whose bus carries on:
+    /// those keep theirs (not stale, not offline, just as they were a moment ago).
+    fn live_for(&mut self, config: &Config, restored: &store::Restored) -> SharedLive {
+        let mut live = state::Live::restored(config, restored);
+        for (d, dev) in config.devices.iter().enumerate() {
+            if let Some(l) = self.live.remove(&dev.id) {
+                live.devices[d] = l;
+            }
+        }
+        Arc::new(RwLock::new(live))
     }
 
     /// A first start from a config file (the daemon; tests that edit the config).
@@ -117,6 +134,8 @@ pub struct Gateway {
     store_thread: Option<std::thread::JoinHandle<()>>,
     /// The HTTP socket (a second handle to the one being served), for a reload to carry over.
     listener: Option<std::net::TcpListener>,
+    /// The OPC UA server this gateway is attached to, for a reload to carry over.
+    opcua: Option<crate::opcua::Server>,
     /// Another way into the pipeline, as a bus would feed it (replay, tests); dropped at
     /// shutdown so the pipeline can drain and end.
     bus_events: Option<mpsc::Sender<modbus::bus::BusEvent>>,
@@ -190,15 +209,7 @@ impl Gateway {
             Ok(o) => o,
             Err(error) => return Err(Box::new(Failed { error, carry })),
         };
-        let mut restored_live = state::Live::restored(&config, &restored);
-        // A reload keeps the live state of the devices whose bus carries on: not stale, not
-        // offline, just as they were a moment ago.
-        for (d, dev) in config.devices.iter().enumerate() {
-            if let Some(l) = carry.live.remove(&dev.id) {
-                restored_live.devices[d] = l;
-            }
-        }
-        let live: SharedLive = Arc::new(RwLock::new(restored_live));
+        let live = carry.live_for(&config, &restored);
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
 
@@ -227,8 +238,15 @@ impl Gateway {
             tasks.spawn(task.run(cancel.child_token()));
         }
         let bus_events = Some(events_tx);
-        let (event_queues, settle) =
-            spawn_pipeline(&shared, &restored, events_rx, opcua, &tasks, &cancel);
+        let opcua = start_opcua(&shared, carry.opcua.take(), opcua);
+        let (event_queues, settle) = spawn_pipeline(
+            &shared,
+            &restored,
+            events_rx,
+            opcua.as_ref(),
+            &tasks,
+            &cancel,
+        );
         if let Some(q) = &event_queues {
             let _ = shared.operator_events.set(q.operator());
         }
@@ -249,6 +267,7 @@ impl Gateway {
             tasks,
             store_thread: Some(store_thread),
             listener: Some(kept),
+            opcua,
             bus_events,
             event_queues,
             settle,
@@ -385,6 +404,9 @@ impl Gateway {
         if old.push.max_clients == new.push.max_clients {
             carry.admission = Some(self.shared.admission.clone());
         }
+        if let Some(s) = self.opcua.take() {
+            carry.opcua = s.into_reload(&new).await;
+        }
         self.shutdown().await;
         match Gateway::try_start(new, carry).await {
             Ok(gw) => Ok((gw, summary)),
@@ -403,6 +425,9 @@ impl Gateway {
         self.event_queues.take();
         self.cancel.cancel();
         self.tasks.wait().await;
+        if let Some(s) = self.opcua.take() {
+            s.stop().await;
+        }
         self.store.flush().await;
         let thread = self.store_thread.take();
         drop(self.store);
@@ -454,7 +479,7 @@ fn spawn_pipeline(
     shared: &Shared,
     restored: &store::Restored,
     bus_events: mpsc::Receiver<modbus::bus::BusEvent>,
-    opcua: Option<std::net::TcpListener>,
+    opcua: Option<&crate::opcua::Server>,
     tasks: &TaskTracker,
     cancel: &CancellationToken,
 ) -> (
@@ -463,14 +488,7 @@ fn spawn_pipeline(
 ) {
     let config = &shared.config;
     // The OPC UA server first: the pipeline reports to it.
-    let opcua = opcua.and_then(|l| {
-        let parts = crate::opcua::Parts {
-            auth: shared.auth.clone(),
-            control: shared.control.clone(),
-            metrics: shared.metrics.clone(),
-        };
-        crate::opcua::start(config, l, parts, &shared.live, tasks, cancel)
-    });
+    let opcua = opcua.map(|s| s.attach(config, opcua_parts(shared), &shared.live, tasks, cancel));
     let engine =
         events::rules::Engine::new(config, &restored.active_alarms, tokio::time::Instant::now());
     let (queues, queue_rx) = events::processor::queues(shared.metrics.clone());
@@ -514,26 +532,6 @@ fn spawn_pipeline(
         cancel.child_token(),
     ));
     (Some(queues), settle)
-}
-
-/// Committed events pass by the OPC UA server (its alarms become OPC UA events) on their way
-/// to the pushes.
-fn alarms_to_opcua(
-    feed: Arc<crate::opcua::Feed>,
-    gateway_id: String,
-    mut committed: mpsc::Receiver<Vec<events::Event>>,
-    tasks: &TaskTracker,
-) -> mpsc::Receiver<Vec<events::Event>> {
-    let (tx, rx) = mpsc::channel(64);
-    tasks.spawn(async move {
-        while let Some(batch) = committed.recv().await {
-            feed.events(&gateway_id, &batch);
-            if tx.send(batch).await.is_err() {
-                return;
-            }
-        }
-    });
-    rx
 }
 
 /// A reload that removes a user or changes a role ends that user's sessions: every socket of

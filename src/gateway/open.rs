@@ -28,7 +28,12 @@ pub(super) struct Opened {
 /// The OPC UA and HTTP sockets, then the store. On failure the carry keeps the HTTP socket it
 /// came with, for the config that starts instead.
 pub(super) fn open(config: &Arc<Config>, carry: &mut Carry) -> Result<Opened, StartError> {
-    let opcua = crate::opcua::bind(config)?;
+    // A carried server that serves this config keeps its socket.
+    let opcua = if carry.opcua.is_some() {
+        None
+    } else {
+        crate::opcua::bind(config)?
+    };
     let reused = (carry.listener.as_ref()).is_some_and(|(l, _)| *l == config.http.listen);
     let (kept, http_addr, listener) = listen(config, &mut carry.listener)?;
     let metrics = Arc::new(Metrics::new(

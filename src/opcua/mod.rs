@@ -5,6 +5,7 @@
 //! Built on async-opcua (RustCrypto, no OpenSSL).
 
 mod nodes;
+mod server;
 mod sessions;
 mod space;
 mod users;
@@ -14,20 +15,20 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use ua::server::node_manager::memory::InMemoryNodeManager;
-use ua::server::{ServerBuilder, ServerEndpoint, SubscriptionCache};
+use ua::server::SubscriptionCache;
 
 use ua::server::address_space::BaseEventType;
 use ua::types::{ByteString, DateTime, LocalizedText, NodeId, ObjectId, ObjectTypeId, Variant};
 
-use crate::config::{Config, OpcuaSecurity, Priority};
+use crate::config::{Config, Priority};
 use crate::model::event::Event;
 use crate::model::Millis;
 use crate::state::SharedLive;
 use crate::store::Row;
 use crate::sync::Locked as _;
 
+pub use server::Server;
 pub use space::namespace_uri;
 
 /// How often the devices' `Online` variables are compared with the live state.
@@ -156,149 +157,6 @@ pub fn bind(config: &Config) -> Result<Option<std::net::TcpListener>, OpcuaError
     Ok(Some(listener))
 }
 
-/// Runs the server on `listener` as one of the gateway's tasks until `cancel`. Returns the
-/// feed the pipeline reports to, `None` when it could not be built (logged).
-pub fn start(
-    config: &Arc<Config>,
-    listener: std::net::TcpListener,
-    parts: Parts,
-    live: &SharedLive,
-    tasks: &TaskTracker,
-    cancel: &CancellationToken,
-) -> Option<Arc<Feed>> {
-    match serve(config, listener, parts, live, tasks, cancel) {
-        Ok(feed) => Some(feed),
-        Err(e) => {
-            tracing::error!("the OPC UA server did not start: {e}");
-            None
-        }
-    }
-}
-
-fn serve(
-    config: &Arc<Config>,
-    std_listener: std::net::TcpListener,
-    parts: Parts,
-    live: &SharedLive,
-    tasks: &TaskTracker,
-    cancel: &CancellationToken,
-) -> Result<Arc<Feed>, OpcuaError> {
-    let addr = std_listener
-        .local_addr()
-        .map_err(|e| OpcuaError::Build(e.to_string()))?;
-    let token = cancel.child_token();
-    let builder = builder(config, addr, &parts).token(token.clone());
-    let (server, handle) = builder.build().map_err(OpcuaError::Build)?;
-    let manager = handle
-        .node_managers()
-        .get_of_type::<InMemoryNodeManager<nodes::GatewayNodes>>()
-        .ok_or_else(|| OpcuaError::Build("no node manager".into()))?;
-    let ns = handle
-        .get_namespace_index(&namespace_uri(&config.gateway.id))
-        .ok_or_else(|| OpcuaError::Build("no namespace".into()))?;
-    let (space, online) = {
-        let live = crate::state::read(live);
-        let online = live
-            .devices
-            .iter()
-            .map(|d| AtomicBool::new(d.online))
-            .collect();
-        (
-            space::Space::build(config, ns, manager.address_space(), &live),
-            online,
-        )
-    };
-    manager.inner().set_targets(space.targets());
-    parts.metrics.opcua.enabled.store(true, Relaxed);
-    let feed = Arc::new(Feed {
-        manager,
-        subscriptions: handle.subscriptions().clone(),
-        space,
-        online,
-        info: handle.info().clone(),
-        metrics: parts.metrics,
-    });
-    tasks.spawn(async move {
-        let listener = match tokio::net::TcpListener::from_std(std_listener) {
-            Ok(l) => l,
-            Err(e) => return tracing::error!("OPC UA server not started: {e}"),
-        };
-        if let Err(e) = server.run_with(listener).await {
-            tracing::error!("OPC UA server stopped: {e}");
-        }
-    });
-    tasks.spawn(keep_online(feed.clone(), live.clone(), token));
-    tracing::info!(
-        "OPC UA server on opc.tcp://{addr}/ ({} endpoints)",
-        config.opcua.security.len()
-    );
-    Ok(feed)
-}
-
-/// The server as the config describes it: its names, certificate, endpoints, users, limits.
-fn builder(config: &Config, addr: SocketAddr, parts: &Parts) -> ServerBuilder {
-    let o = &config.opcua;
-    let host = if addr.ip().is_unspecified() {
-        crate::ws::admit::hostname().unwrap_or_else(|| "localhost".into())
-    } else {
-        addr.ip().to_string()
-    };
-    let users = users::Users::new(parts.auth.clone(), config, o.anonymous);
-    let mut builder = ServerBuilder::new()
-        .application_name(format!("edge-gateway {}", config.gateway.id))
-        .application_uri(format!("urn:edge-gateway:{}:server", config.gateway.id))
-        .product_uri("urn:edge-gateway")
-        .create_sample_keypair(true)
-        .certificate_path("own/cert.der")
-        .private_key_path("private/private.pem")
-        .pki_dir(&o.pki_dir)
-        .trust_client_certs(o.trust_client_certs)
-        .host(host)
-        .port(addr.port())
-        .max_sessions(o.max_sessions)
-        .discovery_urls(vec!["/".to_owned()])
-        .with_authenticator(Arc::new(users))
-        .with_node_manager(nodes::GatewayNodes::builder(
-            config,
-            namespace_uri(&config.gateway.id),
-            parts.control.clone(),
-            parts.metrics.clone(),
-        ))
-        // For the current session count (`edge_opcua_sessions`).
-        .diagnostics_enabled(true);
-    // A SCADA monitors every point in one subscription: the library's 1,000 per subscription
-    // would refuse the rest of a large config.
-    let items: usize = config.devices.iter().map(|d| d.points.len() + 1).sum();
-    builder
-        .limits_mut()
-        .subscriptions
-        .max_monitored_items_per_sub = items.max(1000);
-    for (id, endpoint) in endpoints(&o.security) {
-        builder = builder.add_endpoint(id, endpoint);
-    }
-    builder
-}
-
-/// The endpoints `security` lists: each secured one with SignAndEncrypt.
-fn endpoints(security: &[OpcuaSecurity]) -> Vec<(&'static str, ServerEndpoint)> {
-    // Identities are the authenticator's (`users`): no token ids of the library's own.
-    let tokens: &[String] = &[];
-    security
-        .iter()
-        .map(|s| match s {
-            OpcuaSecurity::None => ("none", ServerEndpoint::new_none("/", tokens)),
-            OpcuaSecurity::Basic256Sha256 => (
-                "basic256sha256",
-                ServerEndpoint::new_basic256sha256_sign_encrypt("/", tokens),
-            ),
-            OpcuaSecurity::Aes256Sha256RsaPss => (
-                "aes256sha256rsapss",
-                ServerEndpoint::new_aes256_sha256_rsapss_sign_encrypt("/", tokens),
-            ),
-        })
-        .collect()
-}
-
 impl Feed {
     /// The server's own counts (sessions, refused requests) and the open sessions into the
     /// gateway's metrics.
@@ -309,7 +167,11 @@ impl Feed {
             Server_ServerDiagnostics_ServerDiagnosticsSummary_SecurityRejectedRequestsCount as Security,
         };
         let m = &self.metrics.opcua;
-        *m.session_rows.locked() = self.manager.inner().sessions.rows();
+        let rows = self.manager.inner().sessions.rows();
+        // Items live as long as their sessions, across reloads: counted from the sessions.
+        let items = rows.iter().map(|r| r.monitored_items).sum();
+        m.monitored_items.store(items, Relaxed);
+        *m.session_rows.locked() = rows;
         for (id, to) in [
             (Sessions, &m.sessions),
             (Rejected, &m.rejected),

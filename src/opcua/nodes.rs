@@ -1,9 +1,9 @@
 //! The gateway's node manager: its address space kept in memory (reads and subscriptions are
-//! the library's), and writes that go the audited, strict path of `device.write`.
+//! the library's), and writes that go the audited, strict path of `device.write` of the
+//! gateway now running (a reload attaches the next one; the server and its sessions stay).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use ua::server::address_space::AddressSpace;
 use ua::server::diagnostics::NamespaceMetadata;
@@ -34,32 +34,40 @@ pub struct Target {
     pub kind: Kind,
 }
 
+/// What a running gateway lends the node manager: its write path, its counters, who may
+/// write, and which variables are writable points.
+pub struct Attached {
+    pub control: Arc<Control>,
+    pub metrics: Arc<Metrics>,
+    /// Users who may write (`admin`), by name.
+    pub admins: HashSet<String>,
+    pub targets: HashMap<NodeId, Target>,
+}
+
+impl Attached {
+    /// The admins of `config`.
+    pub fn admins(config: &Config) -> HashSet<String> {
+        config
+            .users
+            .iter()
+            .filter(|u| u.role == Role::Admin)
+            .map(|u| u.name.clone())
+            .collect()
+    }
+}
+
 pub struct GatewayNodes {
     namespaces: Vec<NamespaceMetadata>,
-    control: Arc<Control>,
-    metrics: Arc<Metrics>,
-    /// Users who may write (`admin`), by name.
-    admins: HashSet<String>,
-    /// The writable points by node, set once the address space is built.
-    targets: OnceLock<HashMap<NodeId, Target>>,
+    /// `None` between a gateway's stop and the next one's start: what it lent (its store,
+    /// above all) must not outlive it.
+    attached: std::sync::RwLock<Option<Arc<Attached>>>,
     /// The sessions seen making requests here, for the Diagnostics view.
     pub sessions: super::sessions::Sessions,
 }
 
 impl GatewayNodes {
-    /// The node manager for `namespace`, its writes carried out through `control`.
-    pub fn builder(
-        config: &Config,
-        namespace: String,
-        control: Arc<Control>,
-        metrics: Arc<Metrics>,
-    ) -> impl NodeManagerBuilder {
-        let admins = config
-            .users
-            .iter()
-            .filter(|u| u.role == Role::Admin)
-            .map(|u| u.name.clone())
-            .collect();
+    /// The node manager for `namespace`, lent to the gateway starting it.
+    pub fn builder(namespace: String, attached: Attached) -> impl NodeManagerBuilder {
         InMemoryNodeManagerBuilder::new(move |context: ServerContext, space: &mut AddressSpace| {
             let index = context
                 .type_tree
@@ -73,17 +81,32 @@ impl GatewayNodes {
                     namespace_index: index,
                     ..Default::default()
                 }],
-                control,
-                metrics,
-                admins,
-                targets: OnceLock::new(),
+                attached: std::sync::RwLock::new(Some(Arc::new(attached))),
                 sessions: super::sessions::Sessions::default(),
             }
         })
     }
 
-    pub fn set_targets(&self, targets: HashMap<NodeId, Target>) {
-        let _ = self.targets.set(targets);
+    /// The gateway now running: its writes, counters, admins and writable points.
+    pub fn attach(&self, attached: Option<Attached>) {
+        *self
+            .attached
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = attached.map(Arc::new);
+    }
+
+    fn attached(&self) -> Option<Arc<Attached>> {
+        self.attached
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// One request of `service` on the gateway's nodes, in the running gateway's counters.
+    fn count(&self, service: &'static str, result: &str) {
+        if let Some(a) = self.attached() {
+            a.metrics.opcua.count(service, result);
+        }
     }
 
     /// One write, in its turn: the SPEC status codes, the device written only when each check
@@ -93,11 +116,15 @@ impl GatewayNodes {
         if v.attribute_id != AttributeId::Value {
             return StatusCode::BadNotWritable;
         }
-        let Some(t) = self.targets.get().and_then(|m| m.get(&v.node_id)).copied() else {
+        // Between two gateways of a reload (a moment): nothing to write with.
+        let Some(a) = self.attached() else {
+            return StatusCode::BadResourceUnavailable;
+        };
+        let Some(t) = a.targets.get(&v.node_id).copied() else {
             return StatusCode::BadNotWritable;
         };
         let user = &context.token.0;
-        if !self.admins.contains(user) {
+        if !a.admins.contains(user) {
             return StatusCode::BadUserAccessDenied;
         }
         if v.index_range != NumericRange::None {
@@ -117,7 +144,7 @@ impl GatewayNodes {
             .application_uri
             .to_string();
         let who = format!("opcua:{user}@{client}");
-        match self
+        match a
             .control
             .write_audited(&who, "opcua", t.device, t.point, value)
             .await
@@ -151,7 +178,7 @@ impl InMemoryNodeManagerImpl for GatewayNodes {
         self.sessions.seen(context, 0);
         for w in nodes_to_write.iter_mut() {
             let status = self.write_one(context, w).await;
-            self.metrics.opcua.count("write", status.sub_code().name());
+            self.count("write", status.sub_code().name());
             w.set_status(status);
         }
         Ok(())
@@ -166,7 +193,7 @@ impl InMemoryNodeManagerImpl for GatewayNodes {
         max_age: f64,
         timestamps: TimestampsToReturn,
     ) -> Vec<DataValue> {
-        self.metrics.opcua.count("read", "Good");
+        self.count("read", "Good");
         self.sessions.seen(context, 0);
         let space = space.read();
         nodes
@@ -198,17 +225,12 @@ impl InMemoryNodeManagerImpl for GatewayNodes {
             item.set_status(StatusCode::Good);
         }
         self.sessions.seen(context, items.len() as i64);
-        let o = &self.metrics.opcua;
-        o.monitored_items.fetch_add(items.len() as u64, Relaxed);
-        o.count("create_monitored_items", "Good");
+        self.count("create_monitored_items", "Good");
     }
 
     async fn delete_monitored_items(&self, context: &RequestContext, items: &[&MonitoredItemRef]) {
-        let gone = items.len() as u64;
-        self.sessions.seen(context, -(gone as i64));
-        let m = &self.metrics.opcua.monitored_items;
-        let _ = m.fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(gone)));
-        self.metrics.opcua.count("delete_monitored_items", "Good");
+        self.sessions.seen(context, -(items.len() as i64));
+        self.count("delete_monitored_items", "Good");
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Space {
     devices: Vec<NodeId>,
     names: Vec<String>,
     online: Vec<NodeId>,
+    /// Every node added, for the next reload to take away.
+    created: Vec<NodeId>,
 }
 
 impl Space {
@@ -54,6 +56,7 @@ impl Space {
             .collect();
         let mut online = Vec::with_capacity(config.devices.len());
         let mut devices = Vec::with_capacity(config.devices.len());
+        let mut created = vec![gateway.clone()];
         for (d, dev) in config.devices.iter().enumerate() {
             let folder = NodeId::new(ns, dev.id.clone());
             // A device's folder notifies its alarms (and the Server object all of them).
@@ -95,20 +98,40 @@ impl Space {
                 if !point.unit.is_empty() {
                     let eu = NodeId::new(ns, format!("{}.{}.EngineeringUnits", dev.id, point.id));
                     add_unit(&mut space, &eu, &id, &point.unit);
+                    created.push(eu);
                 }
                 ids.push(id);
                 device_kinds.push(kind);
             }
+            created.push(folder);
+            created.push(online.last().cloned().unwrap_or_default());
+            created.extend(ids.iter().cloned());
             points.push(ids);
             kinds.push(device_kinds);
         }
         Space {
+            created,
             points,
             kinds,
             writable,
             online,
             devices,
             names: config.devices.iter().map(|d| d.id.clone()).collect(),
+        }
+    }
+
+    /// Every node this space added.
+    pub fn created(&self) -> &[NodeId] {
+        &self.created
+    }
+
+    /// Takes `nodes` (an earlier space's) out of the address space, with their references: a
+    /// reload's space is built fresh, under the same NodeIds where points stay (monitored
+    /// items on those go on; the library keys them by NodeId).
+    pub fn remove(space: &RwLock<AddressSpace>, nodes: &[NodeId]) {
+        let mut space = space.write();
+        for id in nodes {
+            space.delete(id, true);
         }
     }
 

@@ -12,27 +12,47 @@ use ua::types::{Error, NodeId, StatusCode, UAString, UserTokenPolicy, UserTokenT
 
 use crate::ws::auth::{Auth, LoginError};
 
-/// The OPC UA server's authenticator.
+/// The OPC UA server's authenticator: the users of the gateway now running (a reload
+/// attaches the next gateway's).
 pub struct Users {
+    current: std::sync::RwLock<Arc<Current>>,
+    anonymous: bool,
+}
+
+struct Current {
     auth: Arc<Auth>,
     /// Who may write: `admin` users, by name.
     admins: std::collections::HashSet<String>,
-    anonymous: bool,
 }
 
 impl Users {
     pub fn new(auth: Arc<Auth>, config: &crate::config::Config, anonymous: bool) -> Users {
-        let admins = config
-            .users
-            .iter()
-            .filter(|u| u.role == crate::config::Role::Admin)
-            .map(|u| u.name.clone())
-            .collect();
-        Users {
-            auth,
-            admins,
+        let users = Users {
+            current: std::sync::RwLock::new(Arc::new(Current {
+                auth: auth.clone(),
+                admins: std::collections::HashSet::new(),
+            })),
             anonymous,
-        }
+        };
+        users.attach(auth, config);
+        users
+    }
+
+    /// The users (and their password checker) of the gateway now running.
+    pub fn attach(&self, auth: Arc<Auth>, config: &crate::config::Config) {
+        let admins = super::nodes::Attached::admins(config);
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Arc::new(Current { auth, admins });
+    }
+
+    fn current(&self) -> Arc<Current> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -59,8 +79,8 @@ impl AuthManager for Users {
         username: &str,
         password: &Password,
     ) -> Result<UserToken, Error> {
-        match self
-            .auth
+        let auth = self.current().auth.clone();
+        match auth
             .authenticate(OPCUA_PEER, username, password.get())
             .await
         {
@@ -91,7 +111,7 @@ impl AuthManager for Users {
         level: AccessLevel,
         _node: &NodeId,
     ) -> AccessLevel {
-        if self.admins.contains(&token.0) {
+        if self.current().admins.contains(&token.0) {
             level
         } else {
             level - AccessLevel::CURRENT_WRITE

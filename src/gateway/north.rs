@@ -1,0 +1,54 @@
+//! The OPC UA server's place in a gateway: the server a reload carried or a new one, what a
+//! gateway lends it, and committed alarms passed by it as OPC UA events.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use crate::events;
+use crate::ws::Shared;
+
+/// What the OPC UA server takes from a gateway.
+pub(super) fn opcua_parts(shared: &Shared) -> crate::opcua::Parts {
+    crate::opcua::Parts {
+        auth: shared.auth.clone(),
+        control: shared.control.clone(),
+        metrics: shared.metrics.clone(),
+    }
+}
+
+/// The OPC UA server a reload carried, or a new one on `listener`; none when `[opcua]` is
+/// off or it could not be built (logged: the gateway runs on without it).
+pub(super) fn start_opcua(
+    shared: &Shared,
+    carried: Option<crate::opcua::Server>,
+    listener: Option<std::net::TcpListener>,
+) -> Option<crate::opcua::Server> {
+    carried.or_else(|| {
+        let started = crate::opcua::Server::start(&shared.config, listener?, &opcua_parts(shared));
+        started
+            .inspect_err(|e| tracing::error!("the OPC UA server did not start: {e}"))
+            .ok()
+    })
+}
+
+/// Committed events pass by the OPC UA server (its alarms become OPC UA events) on their way
+/// to the pushes.
+pub(super) fn alarms_to_opcua(
+    feed: Arc<crate::opcua::Feed>,
+    gateway_id: String,
+    mut committed: mpsc::Receiver<Vec<events::Event>>,
+    tasks: &TaskTracker,
+) -> mpsc::Receiver<Vec<events::Event>> {
+    let (tx, rx) = mpsc::channel(64);
+    tasks.spawn(async move {
+        while let Some(batch) = committed.recv().await {
+            feed.events(&gateway_id, &batch);
+            if tx.send(batch).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
