@@ -7,7 +7,7 @@ use ua::server::address_space::{AccessLevel, EventNotifier, ObjectBuilder, Varia
 use ua::sync::RwLock;
 use ua::types::{
     DataTypeId, DataValue, DateTime, EUInformation, LocalizedText, NodeId, ObjectId, QualifiedName,
-    StatusCode, UAString, VariableTypeId, Variant,
+    Range, StatusCode, UAString, VariableTypeId, Variant,
 };
 
 use crate::config::Config;
@@ -99,6 +99,11 @@ impl Space {
                     let eu = NodeId::new(ns, format!("{}.{}.EngineeringUnits", dev.id, point.id));
                     add_unit(&mut space, &eu, &id, &point.unit);
                     created.push(eu);
+                }
+                if let (Some(low), Some(high)) = (point.min, point.max) {
+                    let range = NodeId::new(ns, format!("{}.{}.EURange", dev.id, point.id));
+                    add_range(&mut space, &range, &id, low, high);
+                    created.push(range);
                 }
                 ids.push(id);
                 device_kinds.push(kind);
@@ -221,6 +226,21 @@ fn add_online(space: &mut AddressSpace, id: &NodeId, folder: &NodeId, ns: u16, o
         .organized_by(folder)
         .data_type(DataTypeId::Boolean)
         .value(online)
+        .access_level(AccessLevel::CURRENT_READ)
+        .user_access_level(AccessLevel::CURRENT_READ)
+        .insert(space);
+}
+
+/// A point's `EURange` property (its `min` … `max`): what a percent deadband is a percent of.
+fn add_range(space: &mut AddressSpace, id: &NodeId, of: &NodeId, low: f64, high: f64) {
+    VariableBuilder::new(id, "EURange", "EURange")
+        .property_of(of)
+        .has_type_definition(VariableTypeId::PropertyType)
+        .data_type(DataTypeId::Range)
+        .value(ua::types::ExtensionObject::from_message(Range {
+            low,
+            high,
+        }))
         .access_level(AccessLevel::CURRENT_READ)
         .user_access_level(AccessLevel::CURRENT_READ)
         .insert(space);
