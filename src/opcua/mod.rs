@@ -56,6 +56,8 @@ pub struct Feed {
     online: Vec<AtomicBool>,
     /// The server's own state (its diagnostics count the sessions).
     info: Arc<ua::server::ServerInfo>,
+    /// The gateway's live state, for each device's `online`.
+    live: SharedLive,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -63,22 +65,53 @@ impl Feed {
     /// A device's reported changes, as the WebSocket push gets them: each point's value,
     /// status and source timestamp, subscribers notified.
     pub fn telemetry(&self, device: usize, ts: Millis, rows: &[Row]) {
+        let mut values = Vec::new();
+        // A device that has just come online (or gone offline) turns now, not at the tick.
+        if let Some(dev) = crate::state::read(&self.live).devices.get(device) {
+            self.online_changes(device, dev, &mut values);
+        }
         let online = self.online.get(device).is_some_and(|o| o.load(Relaxed));
-        let values = rows
-            .iter()
-            .filter_map(|r| {
-                let (id, v) =
-                    self.space
-                        .value(device, r.point, r.value.as_ref(), r.quality, ts, online)?;
-                Some((id, None, v))
-            })
-            .collect::<Vec<_>>();
+        values.extend(rows.iter().filter_map(|r| {
+            self.space
+                .value(device, r.point, r.value.as_ref(), r.quality, ts, online)
+        }));
+        self.set(values);
+    }
+
+    /// When device `d`'s `online` differs from what was served: its `Online` and every
+    /// point's status (`Bad_NoCommunication` while offline), into `values`.
+    fn online_changes<'a>(
+        &'a self,
+        d: usize,
+        dev: &crate::state::DeviceLive,
+        values: &mut Vec<(&'a NodeId, ua::types::DataValue)>,
+    ) {
+        let Some(shown) = self.online.get(d) else {
+            return;
+        };
+        if shown.swap(dev.online, Relaxed) == dev.online {
+            return;
+        }
+        if let Some(id) = self.space.online(d) {
+            values.push((id, ua::types::DataValue::new_now(dev.online)));
+        }
+        for (p, l) in dev.points.iter().enumerate() {
+            let v = self
+                .space
+                .value(d, p, l.value.as_ref(), l.quality, l.ts, dev.online);
+            values.extend(v);
+        }
+    }
+
+    /// New values into the address space, their subscribers notified.
+    fn set(&self, values: Vec<(&NodeId, ua::types::DataValue)>) {
         if values.is_empty() {
             return;
         }
-        let _ = self
-            .manager
-            .set_values(&self.subscriptions, values.into_iter());
+        let _ = self.manager.set_values(
+            &self.subscriptions,
+            values.into_iter().map(|(id, v)| (id, None, v)),
+        );
     }
 }
 
@@ -186,7 +219,7 @@ impl Feed {
 
 /// Keeps each device's `Online` variable as the live state says, until `stop`; a device that
 /// goes offline has its points turned `Bad_NoCommunication` (and back when it returns).
-async fn keep_online(feed: Arc<Feed>, live: SharedLive, stop: CancellationToken) {
+async fn keep_online(feed: Arc<Feed>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(ONLINE_EVERY);
     loop {
         tokio::select! {
@@ -196,30 +229,11 @@ async fn keep_online(feed: Arc<Feed>, live: SharedLive, stop: CancellationToken)
         feed.count_from_diagnostics();
         let mut values = Vec::new();
         {
-            let live = crate::state::read(&live);
+            let live = crate::state::read(&feed.live);
             for (d, dev) in live.devices.iter().enumerate() {
-                let Some(shown) = feed.online.get(d) else {
-                    continue;
-                };
-                if shown.swap(dev.online, Relaxed) == dev.online {
-                    continue;
-                }
-                if let Some(id) = feed.space.online(d) {
-                    values.push((id, ua::types::DataValue::new_now(dev.online)));
-                }
-                for (p, l) in dev.points.iter().enumerate() {
-                    let v = feed
-                        .space
-                        .value(d, p, l.value.as_ref(), l.quality, l.ts, dev.online);
-                    values.extend(v);
-                }
+                feed.online_changes(d, dev, &mut values);
             }
         }
-        if !values.is_empty() {
-            let _ = feed.manager.set_values(
-                &feed.subscriptions,
-                values.into_iter().map(|(id, v)| (id, None, v)),
-            );
-        }
+        feed.set(values);
     }
 }

@@ -140,13 +140,10 @@ impl Server {
             space,
             online,
             info: self.info.clone(),
+            live: live.clone(),
             metrics: parts.metrics,
         });
-        tasks.spawn(keep_online(
-            feed.clone(),
-            live.clone(),
-            cancel.child_token(),
-        ));
+        tasks.spawn(keep_online(feed.clone(), cancel.child_token()));
         feed
     }
 

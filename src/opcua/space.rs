@@ -79,7 +79,8 @@ impl Space {
             let mut ids = Vec::with_capacity(dev.points.len());
             let mut device_kinds = Vec::with_capacity(dev.points.len());
             for (p, point) in dev.points.iter().enumerate() {
-                let id = NodeId::new(ns, format!("{}.{}", dev.id, point.id));
+                let key = format!("{}.{}", dev.id, point.id);
+                let id = NodeId::new(ns, key.clone());
                 let kind = Kind::of(point.format.data_type, point.format.scaled());
                 let online = device_live.is_some_and(|l| l.online);
                 let value = device_live.and_then(|l| l.points.get(p)).map_or_else(
@@ -95,16 +96,7 @@ impl Space {
                     kind,
                     value,
                 );
-                if !point.unit.is_empty() {
-                    let eu = NodeId::new(ns, format!("{}.{}.EngineeringUnits", dev.id, point.id));
-                    add_unit(&mut space, &eu, &id, &point.unit);
-                    created.push(eu);
-                }
-                if let (Some(low), Some(high)) = (point.min, point.max) {
-                    let range = NodeId::new(ns, format!("{}.{}.EURange", dev.id, point.id));
-                    add_range(&mut space, &range, &id, low, high);
-                    created.push(range);
-                }
+                add_properties(&mut space, ns, (&id, &key), point, &mut created);
                 ids.push(id);
                 device_kinds.push(kind);
             }
@@ -229,6 +221,28 @@ fn add_online(space: &mut AddressSpace, id: &NodeId, folder: &NodeId, ns: u16, o
         .access_level(AccessLevel::CURRENT_READ)
         .user_access_level(AccessLevel::CURRENT_READ)
         .insert(space);
+}
+
+/// A point's standard properties, each `{its NodeId}.{name}`: `EngineeringUnits` from its
+/// `unit`, `EURange` from its `min` … `max`.
+fn add_properties(
+    space: &mut AddressSpace,
+    ns: u16,
+    (id, key): (&NodeId, &str),
+    point: &crate::config::Point,
+    created: &mut Vec<NodeId>,
+) {
+    let of = |name: &str| NodeId::new(ns, format!("{key}.{name}"));
+    if !point.unit.is_empty() {
+        let eu = of("EngineeringUnits");
+        add_unit(space, &eu, id, &point.unit);
+        created.push(eu);
+    }
+    if let (Some(low), Some(high)) = (point.min, point.max) {
+        let range = of("EURange");
+        add_range(space, &range, id, low, high);
+        created.push(range);
+    }
 }
 
 /// A point's `EURange` property (its `min` … `max`): what a percent deadband is a percent of.
