@@ -33,7 +33,8 @@
 //!   logins, roles, services, client hub, what is pushed (`ws::push`), and the handlers'
 //!   context (`ws::shared`, which `/healthz` and `/metrics` read too).
 //! - [`opcua`]: the OPC UA server a SCADA reads: the config as an address space, fed from the
-//!   pipeline's reports, its users those of the dashboard.
+//!   pipeline's reports, its users those of the dashboard (cargo feature `opcua`, on by
+//!   default; `opcua/off.rs` stands in without it).
 //! - [`control`]: operator requests to the buses (audited writes, raw reads) ahead of polls.
 //! - [`http`]: `/ws`, `/healthz`, `/metrics` and the dashboard page.
 //! - [`health`]: what `/healthz` reports, with every problem that does not stop serving.
@@ -61,6 +62,11 @@ pub mod log_limit;
 pub mod metrics;
 pub mod modbus;
 pub mod model;
+#[cfg(feature = "opcua")]
+pub mod opcua;
+// Built without the server: the same names, nothing behind them.
+#[cfg(not(feature = "opcua"))]
+#[path = "opcua/off.rs"]
 pub mod opcua;
 pub mod pipeline;
 pub mod probe;

@@ -3,6 +3,7 @@
 //! browse, read with DataType, EngineeringUnits and StatusCode, a subscription's data changes,
 //! sessions over Basic256Sha256 SignAndEncrypt with the dashboard's users, an admin's writes
 //! on the audited strict path and everyone else's refused.
+#![cfg(feature = "opcua")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Hostile OPC UA clients against a real gateway process: malformed, oversized and half-sent
 //! chunks, 1,000 connections, sessions past the limit, subscription floods and requests for
 //! 100,000 nodes. None stalls polling or the dashboard; each refusal is counted.
+#![cfg(feature = "opcua")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! OPC UA data-change filters on the gateway's variables (async-opcua's client): an absolute
 //! deadband and a percent deadband (of the point's `min` … `max`, served as `EURange`) each
 //! report only the changes past them.
+#![cfg(feature = "opcua")]
 
 mod common;
 

@@ -284,6 +284,10 @@ pub struct Mqtt {
     pub sparkplug: Option<Sparkplug>,
 }
 
+/// Why `[opcua] enabled = true` is refused by a build without the cargo feature `opcua`.
+pub const OPCUA_MISSING: &str =
+    "this build has no OPC UA server (built without the cargo feature `opcua`)";
+
 /// `[opcua]`: the OPC UA server a plant's SCADA reads, subscribes to and writes (off unless
 /// `enabled`).
 #[derive(Debug, Clone, PartialEq)]

@@ -3,13 +3,16 @@
 use std::path::Path;
 
 use super::super::raw::RawOpcua;
-use super::super::{Opcua, OpcuaSecurity};
+use super::super::{Opcua, OpcuaSecurity, OPCUA_MISSING};
 use super::{KeyPath, Validator};
 
 impl Validator {
     /// `[opcua]`: checked whether enabled or not, so a section prepared ahead is right when it
     /// is switched on.
     pub(super) fn opcua(&mut self, raw: RawOpcua, p: &KeyPath, data_dir: &Path) -> Opcua {
+        if raw.enabled && !cfg!(feature = "opcua") {
+            self.err(&p.key("enabled"), OPCUA_MISSING);
+        }
         let listen = raw.listen.unwrap_or_else(|| "0.0.0.0:4840".into());
         if listen.parse::<std::net::SocketAddr>().is_err() {
             self.err(
