@@ -12,6 +12,7 @@
 //! measured after 15 s; `BENCH_PUBLISH_MS`, default 1000).
 
 mod common;
+use common::env_or;
 use common::load::{devices, POINTS, UNITS};
 use common::process::{cpu_seconds, free_port, gateway, pid_status_kb, simulator};
 
@@ -22,13 +23,6 @@ use std::time::{Duration, Instant};
 use ua::client::{ClientBuilder, DataChangeCallback, IdentityToken, Session};
 use ua::crypto::SecurityPolicy;
 use ua::types::{MessageSecurityMode, MonitoredItemCreateRequest, NodeId, TimestampsToReturn};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
 
 /// What one client saw while `on`.
 #[derive(Default)]

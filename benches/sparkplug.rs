@@ -12,6 +12,7 @@
 //! default 10; `BENCH_SECS`, default 30, measured after 10 s).
 
 mod common;
+use common::env_or;
 use common::load::{devices, POINTS, UNITS};
 use common::process::{cpu_seconds, free_port, gateway, pid_status_kb, simulator};
 
@@ -21,13 +22,6 @@ use std::time::{Duration, Instant};
 
 use edge_gateway::sinks::mqtt::sparkplug::payload::Payload;
 use prost::Message as _;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
 
 #[derive(Default)]
 struct Counts {

@@ -15,6 +15,7 @@
 //! answers the same 500 requests/s: a peer on the same load, from the same run.
 
 mod common;
+use common::env_or;
 use common::load::{devices, POINTS, UNITS};
 use common::process::{
     cpu_seconds, free_port, gateway, http_get, metric, pid_status_kb, simulator, write_bytes,
@@ -22,13 +23,6 @@ use common::process::{
 use std::fmt::Write as _;
 
 use std::time::{Duration, Instant};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
 
 fn config(dir: &std::path::Path, buses: usize, sim: u16, http: u16, id: &str) -> String {
     let mut c = format!(

@@ -12,7 +12,7 @@ use common::*;
 use edge_gateway::modbus::simulator::Profile;
 use edge_gateway::model::Value;
 use edge_gateway::Gateway;
-use ua::client::{DataChangeCallback, IdentityToken, Session};
+use ua::client::{DataChangeCallback, Session};
 use ua::types::{
     DataChangeFilter, DataChangeTrigger, DeadbandType, ExtensionObject, MonitoredItemCreateRequest,
     MonitoringMode, MonitoringParameters, NodeId, ReadValueId, TimestampsToReturn, Variant,
@@ -80,16 +80,7 @@ async fn absolute_and_percent_deadbands_report_only_the_changes_past_them() {
         |gw: &Gateway, v: f64| point(gw, "boiler", "setpoint").value == Some(Value::Float(v));
     wait_for("10.0 polled", || setpoint(&gw, 10.0)).await;
     let url = format!("opc.tcp://127.0.0.1:{port}/");
-    let s = common::opcua::session(
-        &url,
-        &dir.path().join("pki"),
-        false,
-        IdentityToken::Anonymous,
-    )
-    .await
-    .expect("session");
-    let ns = s.read_namespace_array().await.unwrap();
-    let ns = ns.get_index("urn:edge-gateway:test-gw").unwrap();
+    let (s, ns) = common::opcua::anonymous(&url, &dir.path().join("pki")).await;
     let node = NodeId::new(ns, "boiler.setpoint");
     // Absolute 5.0; percent 20 of the range 0 … 100, so 20.0.
     let absolute = watch(&s, node.clone(), (DeadbandType::Absolute, 5.0)).await;

@@ -4,6 +4,14 @@
 pub mod load;
 pub mod process;
 
+/// A bench setting from the environment (`BENCH_SECS` and the like), else `default`.
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A `VmRSS`/`VmHWM`-style field of /proc/self/status, in kB (0 where there is no /proc).
 pub fn status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")

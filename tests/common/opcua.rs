@@ -56,3 +56,16 @@ pub async fn session(
         end = &mut ev => Err(end.unwrap_or(StatusCode::Bad)),
     }
 }
+
+/// An anonymous session over the unsecured endpoint, and the index of the test gateway's
+/// namespace (`urn:edge-gateway:test-gw`).
+pub async fn anonymous(url: &str, pki: &std::path::Path) -> (Arc<Session>, u16) {
+    let s = session(url, pki, false, IdentityToken::Anonymous)
+        .await
+        .expect("an anonymous session");
+    let ns = s.read_namespace_array().await.expect("the namespace array");
+    let ns = ns
+        .get_index("urn:edge-gateway:test-gw")
+        .expect("the gateway's namespace");
+    (s, ns)
+}
