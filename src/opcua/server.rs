@@ -118,7 +118,7 @@ impl Server {
             let mut built = self.built.locked();
             space::Space::remove(self.manager.address_space(), &built);
             let space = space::Space::build(config, self.ns, self.manager.address_space(), &live);
-            built.clone_from(&space.created().to_vec());
+            *built = space.created().to_vec();
             let online = live
                 .devices
                 .iter()

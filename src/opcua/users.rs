@@ -25,27 +25,27 @@ struct Current {
     admins: std::collections::HashSet<String>,
 }
 
+impl Current {
+    fn of(auth: Arc<Auth>, config: &crate::config::Config) -> Arc<Current> {
+        let admins = super::nodes::Attached::admins(config);
+        Arc::new(Current { auth, admins })
+    }
+}
+
 impl Users {
     pub fn new(auth: Arc<Auth>, config: &crate::config::Config, anonymous: bool) -> Users {
-        let users = Users {
-            current: std::sync::RwLock::new(Arc::new(Current {
-                auth: auth.clone(),
-                admins: std::collections::HashSet::new(),
-            })),
+        Users {
+            current: std::sync::RwLock::new(Current::of(auth, config)),
             anonymous,
-        };
-        users.attach(auth, config);
-        users
+        }
     }
 
     /// The users (and their password checker) of the gateway now running.
     pub fn attach(&self, auth: Arc<Auth>, config: &crate::config::Config) {
-        let admins = super::nodes::Attached::admins(config);
         *self
             .current
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Arc::new(Current { auth, admins });
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Current::of(auth, config);
     }
 
     fn current(&self) -> Arc<Current> {
