@@ -161,6 +161,22 @@ async fn a_config_that_cannot_start_is_refused_and_applies_are_one_at_a_time() {
 /// off by a config reload".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_in_flight_at_a_reload_is_answered() {
+    // Whether a read is still in flight when the reload comes depends on where the bus's
+    // handover lands among the queued reads (behind all 16, nothing is left to cut): the
+    // scenario runs until one was, each time with every request answered.
+    let mut cut = 0;
+    for _ in 0..5 {
+        cut = requests_answered_across_a_reload().await;
+        if cut > 0 {
+            break;
+        }
+    }
+    assert!(cut > 0, "no request was in flight at the reload in 5 tries");
+}
+
+/// 16 reads of a silent unit, a reload while they run; each answered (its own 503, or 503
+/// "cut off by a config reload"), the socket serving on after. How many were cut off.
+async fn requests_answered_across_a_reload() -> usize {
     let (gw, _sim, _dir) = gateway("").await;
     wait_for("online", || online(&gw, "boiler")).await;
     let mut ws = Ws::connect(gw.http_addr).await;
@@ -179,10 +195,10 @@ async fn every_request_in_flight_at_a_reload_is_answered() {
             replies += 1;
         }
     }
-    assert!(cut > 0, "no request was in flight at the reload");
     // The same socket goes on in the next gateway.
     assert_eq!(code(&ws.call("devices.list", json!({})).await), 0);
     reload.await.unwrap().unwrap().shutdown().await;
+    cut
 }
 
 /// SPEC "Reload", #31 item 1: every reload (`config.apply` or SIGHUP) closed every dashboard
