@@ -35,6 +35,9 @@
 //! - [`opcua`]: the OPC UA server a SCADA reads: the config as an address space, fed from the
 //!   pipeline's reports, its users those of the dashboard (cargo feature `opcua`, on by
 //!   default; `opcua/off.rs` stands in without it).
+//! - [`modbus_server`]: the Modbus TCP server PLCs, HMIs and older SCADA poll: each unit a
+//!   device mirrored from its last raw reads or laid out as floats, writes on the audited
+//!   strict path.
 //! - [`control`]: operator requests to the buses (audited writes, raw reads) ahead of polls.
 //! - [`http`]: `/ws`, `/healthz`, `/metrics` and the dashboard page.
 //! - [`health`]: what `/healthz` reports, with every problem that does not stop serving.
@@ -61,6 +64,7 @@ pub mod http;
 pub mod log_limit;
 pub mod metrics;
 pub mod modbus;
+pub mod modbus_server;
 pub mod model;
 #[cfg(feature = "opcua")]
 pub mod opcua;

@@ -6,6 +6,7 @@
 use std::fmt::Write;
 
 mod label;
+pub mod modbus_server;
 pub mod opcua;
 mod process;
 pub use process::{fd_limit, kernel_written_bytes, open_fds, rss_bytes};
@@ -249,6 +250,7 @@ pub struct Metrics {
     /// SIGHUP reloads by outcome ([`Reload`]), carried from one gateway to the next.
     pub reloads: [AtomicU64; 3],
     pub opcua: opcua::Opcua,
+    pub modbus_server: modbus_server::ModbusServer,
     started: std::time::Instant,
     /// [`Sample`]s, oldest first.
     pub windows: std::sync::Mutex<std::collections::VecDeque<Sample>>,
@@ -350,6 +352,7 @@ impl Metrics {
             store_written: AtomicU64::new(0),
             reloads: Default::default(),
             opcua: opcua::Opcua::default(),
+            modbus_server: modbus_server::ModbusServer::default(),
             started: std::time::Instant::now(),
             windows: std::sync::Mutex::default(),
         }
@@ -408,6 +411,7 @@ impl Metrics {
         self.render_events(&mut out);
         self.render_process(&mut out);
         self.opcua.render(&mut out);
+        self.modbus_server.render(&mut out);
         out
     }
 

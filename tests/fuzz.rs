@@ -6,7 +6,7 @@
 //! fails the test and prints the input that caused it.
 //!
 //! Targets: the WebSocket envelope and every service's params; Modbus TCP and RTU answers
-//! parsed against a request; the codec's decode and encode of every type and order; config
+//! parsed against a request; any bytes a master sends the Modbus TCP server; the codec's decode and encode of every type and order; config
 //! parsing.
 
 mod common;
@@ -364,6 +364,85 @@ async fn modbus_tcp_and_rtu_answers_are_parsed_against_their_request() {
         }
     }
     run.report();
+}
+
+/// Whatever a master sends the Modbus TCP server, over an in-memory stream: answered (each
+/// answer's function byte and exception code are the outcome) or closed, never a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_modbus_servers_requests_take_any_bytes() {
+    use edge_gateway::modbus::frame::mbap_frame;
+    use std::fmt::Write as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = "[modbus_server]\nenabled = true\nlisten = \"127.0.0.1:0\"\nallow_writes = true\n\
+        [[modbus_server.units]]\nunit = 1\ndevice = \"boiler\"\n\
+        [[modbus_server.units]]\nunit = 2\ndevice = \"pump\"\nlayout = \"float32\"\n";
+    let gw = Gateway::start(config(
+        dir.path(),
+        &format!("{}{BOILER_AND_PUMP}{server}", tcp_bus(&addr.to_string())),
+    ))
+    .await
+    .unwrap();
+    wait_for("polled", || online(&gw, "boiler") && online(&gw, "pump")).await;
+    let seeds = vec![
+        mbap_frame(1, 1, &[3, 0, 0, 0, 4]),
+        mbap_frame(2, 2, &[4, 0, 0, 0, 4]),
+        mbap_frame(3, 1, &[1, 0, 0, 0, 1]),
+        mbap_frame(4, 1, &[6, 0, 2, 0, 0x2A]),
+        mbap_frame(5, 1, &[0x10, 0, 2, 0, 1, 2, 0, 0x2B]),
+        mbap_frame(6, 1, &[0x0F, 0, 0, 0, 1, 1, 1]),
+        mbap_frame(7, 2, &[0x10, 0, 0, 0, 2, 4, 0x42, 0x20, 0, 0]),
+        [
+            mbap_frame(8, 1, &[5, 0, 0, 0xFF, 0]),
+            mbap_frame(9, 3, &[3, 0, 0, 0, 1]),
+        ]
+        .concat(),
+    ];
+    let server = gw.modbus_server().expect("the server runs");
+    let peer: std::net::SocketAddr = "127.0.0.1:50200".parse().unwrap();
+    let mut run = Run::new("modbus server requests", seeds);
+    let mut rng = rng(run.name);
+    while run.running() {
+        let input = run.next(&mut rng);
+        let _w = Witness(&input);
+        let (client, stream) = tokio::io::duplex(8192);
+        let (mut from, mut to) = tokio::io::split(client);
+        let sent = input.clone();
+        let writer = tokio::spawn(async move {
+            let _ = to.write_all(&sent).await;
+            let _ = to.shutdown().await;
+        });
+        let reader = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let _ = from.read_to_end(&mut out).await;
+            out
+        });
+        let done = edge_gateway::modbus_server::serve_stream(stream, peer, server).await;
+        let _ = writer.await;
+        let answers = reader.await.unwrap();
+        // Each answer's function byte and, for an exception, its code.
+        let mut shape = String::from(if done { "done" } else { "closed" });
+        let mut at = 0;
+        while at + 7 < answers.len() {
+            let len = usize::from(u16::from_be_bytes([answers[at + 4], answers[at + 5]]));
+            let fc = answers[at + 7];
+            let code = if fc & 0x80 != 0 {
+                answers.get(at + 8).copied()
+            } else {
+                None
+            };
+            let _ = match code {
+                Some(c) => write!(shape, " {fc:02x}:{c:02x}"),
+                None => write!(shape, " {fc:02x}"),
+            };
+            at += 6 + len;
+        }
+        run.outcome(input.clone(), shape);
+    }
+    run.report();
+    drop(sim);
+    gw.shutdown().await;
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 pub mod edit;
 mod keypath;
+mod modbus_server;
 mod pieces;
 pub mod preflight;
 mod raw;
@@ -21,6 +22,8 @@ use keypath::{first_line, line_of_offset, offset_of, path_from_text, KeyPath};
 use pieces::{split_devices, Pieces};
 use raw::RawConfig;
 use validate::Validator;
+
+pub use modbus_server::{Cidr, Layout, ModbusServer, ServerUnit};
 
 pub use crate::model::event::Priority;
 use crate::model::format::{ByteOrder, DataType, Format, Table, WordOrder};
@@ -57,6 +60,7 @@ pub struct Config {
     pub mysql: Option<Mysql>,
     pub mqtt: Option<Mqtt>,
     pub opcua: Opcua,
+    pub modbus_server: ModbusServer,
 }
 
 /// What an event is about: a device; for a bus's own alarm (`bus_offline`), the bus; for an

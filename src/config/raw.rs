@@ -33,6 +33,8 @@ pub(super) struct RawConfig {
     pub(super) mqtt: Option<RawMqtt>,
     #[serde(default)]
     pub(super) opcua: RawOpcua,
+    #[serde(default)]
+    pub(super) modbus_server: RawModbusServer,
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,4 +225,28 @@ pub(super) struct RawOpcua {
     #[serde(default)]
     pub(super) trust_client_certs: bool,
     pub(super) max_sessions: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawModbusServer {
+    #[serde(default)]
+    pub(super) enabled: bool,
+    pub(super) listen: Option<String>,
+    pub(super) allowed_clients: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) allow_writes: bool,
+    pub(super) max_connections: Option<i64>,
+    pub(super) max_requests_per_s: Option<i64>,
+    #[serde(default)]
+    pub(super) units: Vec<RawServerUnit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServerUnit {
+    pub(super) unit: Option<i64>,
+    #[serde(default)]
+    pub(super) device: String,
+    pub(super) layout: Option<String>,
 }

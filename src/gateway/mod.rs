@@ -25,7 +25,7 @@ use crate::store::{self, StoreHandle};
 use crate::ws::push::Pusher;
 use crate::ws::Shared;
 use crate::{events, http, modbus, sinks, ws};
-use north::{alarms_to_opcua, opcua_parts, start_opcua};
+use north::{alarms_to_opcua, opcua_parts, start_modbus_server, start_opcua};
 use open::{bus_task, open, Opened};
 
 /// How often the store writer is made to take its write lock even with nothing to write, so
@@ -39,6 +39,8 @@ pub(crate) struct Carry {
     buses: HashMap<String, BusTask>,
     /// Live state of the devices on those buses, by device id.
     live: HashMap<String, state::DeviceLive>,
+    /// Their raw words a Modbus server mirrors, by device id.
+    images: HashMap<String, Arc<modbus::image::Image>>,
     /// Logged-in sessions (token, session).
     sessions: Vec<(String, ws::auth::Session)>,
     /// The listening socket and the `http.listen` it was bound for: kept open across the
@@ -54,6 +56,8 @@ pub(crate) struct Carry {
     /// The OPC UA server, when `[opcua]` and the gateway id are unchanged: its clients keep
     /// their sessions.
     opcua: Option<crate::opcua::Server>,
+    /// The Modbus TCP server, when its `listen` is unchanged: its connections stay open.
+    modbus_server: Option<crate::modbus_server::Server>,
 }
 
 impl Carry {
@@ -136,6 +140,10 @@ pub struct Gateway {
     listener: Option<std::net::TcpListener>,
     /// The OPC UA server this gateway is attached to, for a reload to carry over.
     opcua: Option<crate::opcua::Server>,
+    /// The Modbus TCP server this gateway answers through, likewise.
+    modbus_server: Option<crate::modbus_server::Server>,
+    /// The raw words the server mirrors, kept for devices a reload leaves unchanged.
+    images: Arc<modbus::image::Images>,
     /// Another way into the pipeline, as a bus would feed it (replay, tests); dropped at
     /// shutdown so the pipeline can drain and end.
     bus_events: Option<mpsc::Sender<modbus::bus::BusEvent>>,
@@ -198,6 +206,7 @@ impl Gateway {
         let config = Arc::new(config);
         let Opened {
             opcua,
+            modbus_server,
             kept,
             http_addr,
             listener,
@@ -213,19 +222,7 @@ impl Gateway {
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
 
-        let mut writes = Vec::new();
-        let mut write_rxs = Vec::new();
-        for _ in &config.buses {
-            let (wtx, wrx) = mpsc::channel(16);
-            writes.push(wtx);
-            write_rxs.push(wrx);
-        }
-        let control = Control {
-            config: config.clone(),
-            live: live.clone(),
-            store: store.clone(),
-            buses: writes,
-        };
+        let (control, write_rxs) = control(&config, &live, &store);
         let shared = carry.shared(Shared::new(control, metrics.clone(), cancel.child_token()));
         if let Some(set) = restored.push_interval {
             shared.push_interval.send_replace(set);
@@ -233,10 +230,13 @@ impl Gateway {
 
         // Bounded: a slow store slows the buses down instead of growing memory.
         let (events_tx, events_rx) = mpsc::channel(256);
+        let images = modbus::image::Images::for_config(&config, &mut carry.images);
         for (b, wrx) in write_rxs.into_iter().enumerate() {
-            let task = bus_task(&mut carry, b, &config, &events_tx, wrx, &metrics);
+            let task = bus_task(&mut carry, b, &config, &events_tx, wrx, &metrics, &images);
             tasks.spawn(task.run(cancel.child_token()));
         }
+        let modbus_server =
+            start_modbus_server(&shared, carry.modbus_server.take(), modbus_server, &images);
         let bus_events = Some(events_tx);
         let opcua = start_opcua(&shared, carry.opcua.take(), opcua);
         let (event_queues, settle) = spawn_pipeline(
@@ -268,10 +268,24 @@ impl Gateway {
             store_thread: Some(store_thread),
             listener: Some(kept),
             opcua,
+            modbus_server,
+            images,
             bus_events,
             event_queues,
             settle,
         })
+    }
+
+    /// Where the Modbus TCP server listens (its port when `listen` asked for port 0).
+    pub fn modbus_server_addr(&self) -> Option<SocketAddr> {
+        self.modbus_server
+            .as_ref()
+            .map(crate::modbus_server::Server::local_addr)
+    }
+
+    /// The Modbus TCP server this gateway answers through (the fuzz test feeds it streams).
+    pub fn modbus_server(&self) -> Option<&crate::modbus_server::Server> {
+        self.modbus_server.as_ref()
     }
 
     /// Feeds one bus event into the pipeline, exactly as a bus task would.
@@ -369,18 +383,7 @@ impl Gateway {
                 Some(mut task) => {
                     // Its sender into the old pipeline must go, or the old pipeline never ends.
                     task.detach();
-                    // The live state of the devices that carry on unchanged; an added or
-                    // changed one starts as a new device does.
-                    let live = state::read(&self.live);
-                    for (d, dev) in old.devices.iter().enumerate().filter(|(_, d)| d.bus == b) {
-                        if new
-                            .devices
-                            .iter()
-                            .any(|n| n.id == dev.id && same_device(dev, n))
-                        {
-                            carry.live.insert(dev.id.clone(), live.devices[d].clone());
-                        }
-                    }
+                    self.carry_devices(&mut carry, b, &new);
                     carry.buses.insert(bus.name.clone(), task);
                     summary.kept.push(bus.name.clone());
                 }
@@ -407,6 +410,9 @@ impl Gateway {
         if let Some(s) = self.opcua.take() {
             carry.opcua = s.into_reload(&new).await;
         }
+        if let Some(s) = self.modbus_server.take() {
+            carry.modbus_server = s.into_reload(&new).await;
+        }
         self.shutdown().await;
         match Gateway::try_start(new, carry).await {
             Ok(gw) => Ok((gw, summary)),
@@ -414,6 +420,25 @@ impl Gateway {
                 let Failed { error, carry } = *failed;
                 let running = Gateway::start_with((*old).clone(), carry).await;
                 Err(ReloadError { error, running })
+            }
+        }
+    }
+
+    /// The live state (and mirrored raw words) of bus `b`'s devices that carry on unchanged;
+    /// an added or changed one starts as a new device does.
+    fn carry_devices(&self, carry: &mut Carry, b: usize, new: &Config) {
+        let old = &self.config;
+        let live = state::read(&self.live);
+        for (d, dev) in old.devices.iter().enumerate().filter(|(_, d)| d.bus == b) {
+            if new
+                .devices
+                .iter()
+                .any(|n| n.id == dev.id && same_device(dev, n))
+            {
+                carry.live.insert(dev.id.clone(), live.devices[d].clone());
+                if let Some(image) = self.images.device(d) {
+                    carry.images.insert(dev.id.clone(), image.clone());
+                }
             }
         }
     }
@@ -428,6 +453,9 @@ impl Gateway {
         if let Some(s) = self.opcua.take() {
             s.stop().await;
         }
+        if let Some(s) = self.modbus_server.take() {
+            s.stop().await;
+        }
         self.store.flush().await;
         let thread = self.store_thread.take();
         drop(self.store);
@@ -436,6 +464,22 @@ impl Gateway {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
     }
+}
+
+/// The operators' way into the buses: a bounded queue of requests per bus, ahead of its polls.
+fn control(
+    config: &Arc<Config>,
+    live: &SharedLive,
+    store: &StoreHandle,
+) -> (Control, Vec<mpsc::Receiver<BusRequest>>) {
+    let (writes, write_rxs) = config.buses.iter().map(|_| mpsc::channel(16)).unzip();
+    let control = Control {
+        config: config.clone(),
+        live: live.clone(),
+        store: store.clone(),
+        buses: writes,
+    };
+    (control, write_rxs)
 }
 
 /// The store's write probe, the diagnostics' counter samples and the session expiry sweep.

@@ -1,5 +1,5 @@
-//! The OPC UA server's place in a gateway: the server a reload carried or a new one, what a
-//! gateway lends it, and committed alarms passed by it as OPC UA events.
+//! The servers others read a gateway through, OPC UA and Modbus TCP: the one a reload carried
+//! or a new one, what a gateway lends it, and committed alarms passed by OPC UA as events.
 
 use std::sync::Arc;
 
@@ -51,4 +51,27 @@ pub(super) fn alarms_to_opcua(
         }
     });
     rx
+}
+
+/// The Modbus TCP server a reload carried, or a new one on `listener`, answering from this
+/// gateway (its live state, its mirrored raw words, its audited writes); none while off.
+pub(super) fn start_modbus_server(
+    shared: &Shared,
+    carried: Option<crate::modbus_server::Server>,
+    listener: Option<std::net::TcpListener>,
+    images: &Arc<crate::modbus::image::Images>,
+) -> Option<crate::modbus_server::Server> {
+    let listen = shared.config.modbus_server.listen;
+    let server = carried.or_else(|| {
+        crate::modbus_server::Server::start(listener?, listen)
+            .inspect_err(|e| tracing::error!("the Modbus TCP server did not start: {e}"))
+            .ok()
+    })?;
+    server.attach(crate::modbus_server::Attached {
+        config: shared.config.clone(),
+        control: shared.control.clone(),
+        images: images.clone(),
+        metrics: shared.metrics.clone(),
+    });
+    Some(server)
 }

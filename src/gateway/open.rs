@@ -1,4 +1,4 @@
-//! What a start opens that can fail (the OPC UA and HTTP sockets, the store), and the bus
+//! What a start opens that can fail (the OPC UA, Modbus and HTTP sockets, the store), and the bus
 //! tasks it takes over from a reload.
 
 use std::net::SocketAddr;
@@ -16,6 +16,7 @@ use crate::{http, modbus, sinks};
 /// What a start opens that can fail, in an order that leaves the carry whole when it does.
 pub(super) struct Opened {
     pub(super) opcua: Option<std::net::TcpListener>,
+    pub(super) modbus_server: Option<std::net::TcpListener>,
     pub(super) kept: std::net::TcpListener,
     pub(super) http_addr: SocketAddr,
     pub(super) listener: tokio::net::TcpListener,
@@ -33,6 +34,14 @@ pub(super) fn open(config: &Arc<Config>, carry: &mut Carry) -> Result<Opened, St
         None
     } else {
         crate::opcua::bind(config)?
+    };
+    let modbus_server = if carry.modbus_server.is_some() {
+        None
+    } else {
+        crate::modbus_server::bind(config).map_err(|source| StartError::Listen {
+            addr: config.modbus_server.listen.to_string(),
+            source,
+        })?
     };
     let reused = (carry.listener.as_ref()).is_some_and(|(l, _)| *l == config.http.listen);
     let (kept, http_addr, listener) = listen(config, &mut carry.listener)?;
@@ -52,6 +61,7 @@ pub(super) fn open(config: &Arc<Config>, carry: &mut Carry) -> Result<Opened, St
         };
     Ok(Opened {
         opcua,
+        modbus_server,
         kept,
         http_addr,
         listener,
@@ -71,14 +81,16 @@ pub(super) fn bus_task(
     events: &mpsc::Sender<modbus::bus::BusEvent>,
     writes: mpsc::Receiver<BusRequest>,
     metrics: &Arc<Metrics>,
+    images: &Arc<modbus::image::Images>,
 ) -> BusTask {
     let (config, events, metrics) = (config.clone(), events.clone(), metrics.clone());
+    let images = images.clone();
     match carry.buses.remove(&config.buses[b].name) {
         Some(mut task) => {
-            task.retarget(b, config, events, writes, metrics);
+            task.retarget(b, config, events, writes, metrics, images);
             task
         }
-        None => BusTask::new(b, config, events, writes, metrics),
+        None => BusTask::new(b, config, events, writes, metrics, images),
     }
 }
 

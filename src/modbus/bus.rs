@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{self, CodecError, DataType, Table};
+use super::image::Images;
 use super::link::{exception_name, Data, Fault, Link, LinkError, Reply, WriteOp};
 use super::plan::{self, Block};
 use crate::config::Config;
@@ -154,6 +155,8 @@ pub struct BusTask {
     events: mpsc::Sender<BusEvent>,
     writes: mpsc::Receiver<BusRequest>,
     metrics: Arc<Metrics>,
+    /// Raw words of the devices a Modbus server unit mirrors.
+    images: Arc<Images>,
     scan: Option<ActiveScan>,
     /// A running scan probes next (after a poll); else a due poll goes first.
     scan_turn: bool,
@@ -179,6 +182,7 @@ impl BusTask {
         events: mpsc::Sender<BusEvent>,
         writes: mpsc::Receiver<BusRequest>,
         metrics: Arc<Metrics>,
+        images: Arc<Images>,
     ) -> BusTask {
         let b = &config.buses[bus];
         let link = Link::new(b.link.clone(), b.timeout, b.inter_request_delay);
@@ -206,6 +210,7 @@ impl BusTask {
             events,
             writes,
             metrics,
+            images,
         }
     }
 
@@ -221,6 +226,7 @@ impl BusTask {
         events: mpsc::Sender<BusEvent>,
         writes: mpsc::Receiver<BusRequest>,
         metrics: Arc<Metrics>,
+        images: Arc<Images>,
     ) {
         let mut old: std::collections::HashMap<String, DeviceSlot> = self
             .slots
@@ -252,6 +258,7 @@ impl BusTask {
         // The link's wire figures carry on into the new gateway's metrics.
         let _ = metrics.buses[bus].wire.set(self.link.wire());
         self.metrics = metrics;
+        self.images = images;
     }
 
     /// Cuts a handed-over task from the old pipeline (which ends only when every sender into it

@@ -1,7 +1,11 @@
-//! Server-side Modbus framing: the PDU handler over a register map, MBAP (TCP) and RTU frames.
+//! Server-side Modbus framing for the simulator: the PDU handler over a register map, MBAP (TCP)
+//! and RTU frames.
 //!
 //! The simulator and the scripted fault device need the server end with byte-level control (wrong transaction ids, bad CRCs, half frames), so the
 //! server side is this small module.
+
+use super::request::{self, Request};
+use crate::model::format::Table;
 
 /// The register map of one simulated unit.
 #[derive(Debug, Clone)]
@@ -32,109 +36,69 @@ impl Memory {
     }
 }
 
-pub const EX_ILLEGAL_FUNCTION: u8 = 0x01;
-pub const EX_ILLEGAL_ADDRESS: u8 = 0x02;
-pub const EX_ILLEGAL_VALUE: u8 = 0x03;
-
-fn exception(fc: u8, code: u8) -> Vec<u8> {
-    vec![fc | 0x80, code]
-}
-
-fn be16(b: &[u8]) -> u16 {
-    u16::from_be_bytes([b[0], b[1]])
-}
-
-fn pack_bits(bits: &[bool]) -> Vec<u8> {
-    let mut out = vec![0u8; bits.len().div_ceil(8)];
-    for (i, &b) in bits.iter().enumerate() {
-        if b {
-            out[i / 8] |= 1 << (i % 8);
-        }
-    }
-    out
-}
-
 /// Answers one request PDU against `mem`. Always returns a response PDU (possibly an exception).
 pub fn handle_pdu(mem: &mut Memory, pdu: &[u8]) -> Vec<u8> {
-    let Some(&fc) = pdu.first() else {
-        return exception(0, EX_ILLEGAL_FUNCTION);
+    let fc = pdu.first().copied().unwrap_or(0);
+    answer(mem, pdu).unwrap_or_else(|code| request::exception(fc, code))
+}
+
+fn answer(mem: &mut Memory, pdu: &[u8]) -> Result<Vec<u8>, u8> {
+    let req = request::parse(pdu)?;
+    let fc = req.function();
+    // Past the simulated map: exception 02, as a real device answers.
+    let within = |len: usize, start: u16, count: usize| {
+        if usize::from(start) + count <= len {
+            Ok(usize::from(start))
+        } else {
+            Err(request::ILLEGAL_ADDRESS)
+        }
     };
-    let body = &pdu[1..];
-    let range = |len: usize, max: u16| -> Result<(usize, usize), u8> {
-        if body.len() < 4 {
-            return Err(EX_ILLEGAL_VALUE);
-        }
-        let (addr, count) = (be16(body) as usize, be16(&body[2..]));
-        if count == 0 || count > max {
-            return Err(EX_ILLEGAL_VALUE);
-        }
-        if addr + count as usize > len {
-            return Err(EX_ILLEGAL_ADDRESS);
-        }
-        Ok((addr, count as usize))
-    };
-    let result: Result<Vec<u8>, u8> = match fc {
-        0x01 | 0x02 => {
-            let bits = if fc == 1 { &mem.coils } else { &mem.discrete };
-            range(bits.len(), 2000).map(|(a, n)| {
-                let packed = pack_bits(&bits[a..a + n]);
-                let mut r = vec![fc, packed.len() as u8];
-                r.extend(packed);
-                r
-            })
-        }
-        0x03 | 0x04 => {
-            let regs = if fc == 3 { &mem.holding } else { &mem.input };
-            range(regs.len(), 125).map(|(a, n)| {
-                let mut r = vec![fc, (n * 2) as u8];
-                for v in &regs[a..a + n] {
-                    r.extend_from_slice(&v.to_be_bytes());
+    match &req {
+        Request::Read {
+            table,
+            start,
+            count,
+        } => {
+            let n = usize::from(*count);
+            match table {
+                Table::Coil | Table::Discrete => {
+                    let bits = if *table == Table::Coil {
+                        &mem.coils
+                    } else {
+                        &mem.discrete
+                    };
+                    let a = within(bits.len(), *start, n)?;
+                    return Ok(request::bits_reply(fc, &bits[a..a + n]));
                 }
-                r
-            })
-        }
-        0x05 => {
-            if body.len() < 4 {
-                Err(EX_ILLEGAL_VALUE)
-            } else {
-                let (a, v) = (be16(body) as usize, be16(&body[2..]));
-                if v != 0xFF00 && v != 0 {
-                    Err(EX_ILLEGAL_VALUE)
-                } else if a >= mem.coils.len() {
-                    Err(EX_ILLEGAL_ADDRESS)
-                } else {
-                    mem.coils[a] = v == 0xFF00;
-                    Ok(pdu[..5].to_vec())
+                Table::Holding | Table::Input => {
+                    let regs = if *table == Table::Holding {
+                        &mem.holding
+                    } else {
+                        &mem.input
+                    };
+                    let a = within(regs.len(), *start, n)?;
+                    return Ok(request::registers_reply(fc, &regs[a..a + n]));
                 }
             }
         }
-        0x06 => {
-            if body.len() < 4 {
-                Err(EX_ILLEGAL_VALUE)
-            } else if be16(body) as usize >= mem.holding.len() {
-                Err(EX_ILLEGAL_ADDRESS)
-            } else {
-                mem.holding[be16(body) as usize] = be16(&body[2..]);
-                Ok(pdu[..5].to_vec())
-            }
+        Request::WriteCoil { addr, value } => {
+            let a = within(mem.coils.len(), *addr, 1)?;
+            mem.coils[a] = *value;
         }
-        0x0F => range(mem.coils.len(), 1968).and_then(|(a, n)| {
-            let data = body.get(5..5 + n.div_ceil(8)).ok_or(EX_ILLEGAL_VALUE)?;
-            for i in 0..n {
-                mem.coils[a + i] = data[i / 8] & (1 << (i % 8)) != 0;
-            }
-            Ok(pdu[..5].to_vec())
-        }),
-        0x10 => range(mem.holding.len(), 123).and_then(|(a, n)| {
-            let data = body.get(5..5 + n * 2).ok_or(EX_ILLEGAL_VALUE)?;
-            for i in 0..n {
-                mem.holding[a + i] = be16(&data[i * 2..]);
-            }
-            Ok(pdu[..5].to_vec())
-        }),
-        _ => Err(EX_ILLEGAL_FUNCTION),
-    };
-    result.unwrap_or_else(|code| exception(fc, code))
+        Request::WriteRegister { addr, value } => {
+            let a = within(mem.holding.len(), *addr, 1)?;
+            mem.holding[a] = *value;
+        }
+        Request::WriteCoils { start, values } => {
+            let a = within(mem.coils.len(), *start, values.len())?;
+            mem.coils[a..a + values.len()].copy_from_slice(values);
+        }
+        Request::WriteRegisters { start, values } => {
+            let a = within(mem.holding.len(), *start, values.len())?;
+            mem.holding[a..a + values.len()].copy_from_slice(values);
+        }
+    }
+    Ok(request::write_reply(&req))
 }
 
 /// Modbus RTU CRC-16 (polynomial 0xA001 reflected, initial 0xFFFF), sent low byte first.

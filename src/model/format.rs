@@ -20,6 +20,16 @@ impl Table {
         matches!(self, Table::Coil | Table::Discrete)
     }
 
+    /// The function code that reads this table (1 to 4).
+    pub fn read_function(self) -> u8 {
+        match self {
+            Table::Coil => 1,
+            Table::Discrete => 2,
+            Table::Holding => 3,
+            Table::Input => 4,
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Table> {
         match s {
             "coil" => Some(Table::Coil),

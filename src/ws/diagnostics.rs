@@ -89,6 +89,7 @@ pub fn report(s: &Shared, admin: bool) -> Json {
         "devices": devices(s, &w),
         "sinks": sinks(s, admin),
         "opcua": opcua(s, admin),
+        "modbusServer": modbus_server(s),
         "store": {
             "dbBytes": db,
             "walBytes": wal,
@@ -229,4 +230,39 @@ fn opcua(s: &Shared, admin: bool) -> Json {
         })
         .collect();
     json!({ "sessions": sessions })
+}
+
+/// The Modbus TCP server's connections and requests per unit (`null` while it is off).
+fn modbus_server(s: &Shared) -> Json {
+    let m = &s.metrics.modbus_server;
+    let c = &s.config.modbus_server;
+    if !m.enabled.load(Relaxed) {
+        return Json::Null;
+    }
+    let counts = m.per_unit();
+    let units: Vec<Json> = c
+        .units
+        .iter()
+        .map(|u| {
+            let (requests, exceptions) = counts.get(&u.unit).copied().unwrap_or_default();
+            json!({
+                "unit": u.unit,
+                "device": s.config.devices[u.device].id,
+                "layout": match u.layout {
+                    crate::config::Layout::Mirror => "mirror",
+                    crate::config::Layout::Float32 => "float32",
+                },
+                "requests": requests,
+                "exceptions": exceptions,
+            })
+        })
+        .collect();
+    json!({
+        "listen": c.listen.to_string(),
+        "connections": m.connections.load(Relaxed),
+        "maxConnections": c.max_connections,
+        "refused": m.refused_not_allowed.load(Relaxed) + m.refused_full.load(Relaxed),
+        "closedGarbage": m.closed_garbage.load(Relaxed),
+        "units": units,
+    })
 }

@@ -68,7 +68,7 @@ function paint(d) {
   const st = d.store;
   const g = d.gateway;
   return [
-    buses, devices, sinks, opcuaPart(d.opcua),
+    buses, devices, sinks, opcuaPart(d.opcua), modbusServerPart(d.modbusServer),
     h("h2", { text: "Store and gateway" }),
     h("ul", { class: "facts" },
       h("li", { text: `Store: ${mib(st.dbBytes + st.walBytes)} of ${mib(st.capBytes)} (database ${mib(st.dbBytes)}, WAL ${mib(st.walBytes)})${st.healthy ? "" : " — NOT WRITING"}` }),
@@ -87,6 +87,20 @@ function opcuaPart(o) {
       h("td", { text: x.client ?? "—" }),
       h("td", { text: x.security }),
       h("td", { text: n(x.monitoredItems) }))));
+}
+
+/** The Modbus TCP server's connections and requests per unit; nothing while it is off. */
+function modbusServerPart(m) {
+  if (!m) return h("span", {});
+  const head = h("p", { class: "small", text: `Modbus TCP server on ${m.listen}: ${n(m.connections)} of ${n(m.maxConnections)} connections; ${n(m.refused)} refused at accept, ${n(m.closedGarbage)} closed for garbage.` });
+  if (!m.units.length) return head;
+  return h("div", {}, head, table("Modbus server units", ["unit", "device", "layout", "requests", "exceptions"],
+    m.units.map((u) => h("tr", {},
+      h("th", { scope: "row", text: String(u.unit) }),
+      h("td", { text: u.device }),
+      h("td", { text: u.layout }),
+      h("td", { text: n(u.requests) }),
+      h("td", { class: u.exceptions ? "bad" : "", text: n(u.exceptions) })))));
 }
 
 /** `env`: { conn, S }. */

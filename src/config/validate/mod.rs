@@ -119,6 +119,8 @@ impl Validator {
             .mqtt
             .map(|m| self.mqtt(m, &root.key("mqtt"), &gateway.id));
         let opcua = self.opcua(raw.opcua, &root.key("opcua"), &gateway.data_dir);
+        let modbus_server =
+            self.modbus_server(raw.modbus_server, &root.key("modbus_server"), &devices);
         Config {
             gateway,
             http,
@@ -132,6 +134,7 @@ impl Validator {
             mysql,
             mqtt,
             opcua,
+            modbus_server,
         }
     }
 

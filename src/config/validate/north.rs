@@ -1,9 +1,12 @@
-//! The sections of the servers others read the gateway through: `[opcua]`.
+//! The sections of the servers others read the gateway through: `[opcua]` and
+//! `[modbus_server]`.
 
 use std::path::Path;
 
-use super::super::raw::RawOpcua;
-use super::super::{Opcua, OpcuaSecurity, OPCUA_MISSING};
+use super::super::raw::{RawModbusServer, RawOpcua, RawServerUnit};
+use super::super::{
+    Cidr, Device, Layout, ModbusServer, Opcua, OpcuaSecurity, ServerUnit, OPCUA_MISSING,
+};
 use super::{KeyPath, Validator};
 
 impl Validator {
@@ -67,5 +70,122 @@ impl Validator {
             trust_client_certs: raw.trust_client_certs,
             max_sessions: self.int(&p.key("max_sessions"), raw.max_sessions, 20, 1, 1000) as usize,
         }
+    }
+
+    /// `[modbus_server]`: checked whether enabled or not, like `[opcua]`.
+    pub(super) fn modbus_server(
+        &mut self,
+        raw: RawModbusServer,
+        p: &KeyPath,
+        devices: &[Device],
+    ) -> ModbusServer {
+        let defaults = ModbusServer::default();
+        let listen = match raw.listen {
+            None => defaults.listen,
+            Some(l) => l.parse().unwrap_or_else(|_| {
+                self.err(&p.key("listen"), format!("`{l}` is not an IP:port address"));
+                defaults.listen
+            }),
+        };
+        let allowed_clients = match raw.allowed_clients {
+            None => defaults.allowed_clients,
+            Some(list) => {
+                if list.is_empty() {
+                    self.err(
+                        &p.key("allowed_clients"),
+                        "lists nobody, so no client could connect (`0.0.0.0/0` allows every IPv4 address)",
+                    );
+                }
+                let mut ranges = Vec::new();
+                for (i, c) in list.iter().enumerate() {
+                    match Cidr::parse(c) {
+                        Ok(r) => ranges.push(r),
+                        Err(e) => self.err(&p.key("allowed_clients").index(i), e),
+                    }
+                }
+                ranges
+            }
+        };
+        let units = self.server_units(raw.units, p, devices);
+        if raw.enabled && units.is_empty() {
+            self.warn(
+                &p.key("units"),
+                "no `[[modbus_server.units]]`: every request will be answered with exception 0A (no such unit)",
+            );
+        }
+        ModbusServer {
+            enabled: raw.enabled,
+            listen,
+            allowed_clients,
+            allow_writes: raw.allow_writes,
+            max_connections: self.int(&p.key("max_connections"), raw.max_connections, 16, 1, 1000)
+                as usize,
+            max_requests_per_s: self.int(
+                &p.key("max_requests_per_s"),
+                raw.max_requests_per_s,
+                1000,
+                1,
+                1_000_000,
+            ) as u32,
+            units,
+        }
+    }
+
+    /// `[[modbus_server.units]]`: each unit id once, a device that exists, a known layout.
+    fn server_units(
+        &mut self,
+        raw: Vec<RawServerUnit>,
+        p: &KeyPath,
+        devices: &[Device],
+    ) -> Vec<ServerUnit> {
+        let mut units: Vec<ServerUnit> = Vec::new();
+        for (i, u) in raw.into_iter().enumerate() {
+            let up = p.key("units").index(i);
+            let unit = self.int(&up.key("unit"), u.unit, 1, 1, 247) as u8;
+            if u.unit.is_none() {
+                self.err(
+                    &up.key("unit"),
+                    "required: the unit id (1..=247) masters ask for",
+                );
+            } else if units.iter().any(|x| x.unit == unit) {
+                self.err(&up.key("unit"), format!("unit {unit} is listed twice"));
+            }
+            let device = if self.required(&up.key("device"), u.device.is_empty()) {
+                None
+            } else {
+                let d = devices.iter().position(|d| d.id == u.device);
+                if d.is_none() {
+                    self.err(&up.key("device"), format!("no device `{}`", u.device));
+                }
+                d
+            };
+            let layout = match u.layout.as_deref().unwrap_or("mirror") {
+                "mirror" => Layout::Mirror,
+                "float32" => Layout::Float32,
+                other => {
+                    self.err(
+                        &up.key("layout"),
+                        format!("unknown layout `{other}` (expected mirror or float32)"),
+                    );
+                    Layout::Mirror
+                }
+            };
+            if let (Some(d), Layout::Float32) = (device, layout) {
+                if devices[d].points.len() > 32_768 {
+                    self.err(
+                        &up.key("layout"),
+                        "float32 gives each point two registers: more than 32,768 points do not fit",
+                    );
+                }
+            }
+            if let Some(device) = device {
+                units.push(ServerUnit {
+                    unit,
+                    device,
+                    layout,
+                });
+            }
+        }
+        units
     }
 }

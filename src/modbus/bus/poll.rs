@@ -22,11 +22,16 @@ struct Pass {
     answered: bool,
     /// (kind, text): the kind decides whether this is a new episode, the text is logged.
     problem: Option<(String, String)>,
+    /// The device's raw words for a Modbus server mirror, if one mirrors it.
+    image: Option<std::sync::Arc<crate::modbus::image::Image>>,
 }
 
 impl Pass {
-    /// Every point of `block` failed with `e`.
+    /// Every point of `block` failed with `e` (and is not mirrored until read again).
     fn fail_all(&mut self, block: &Block, e: &PointError) {
+        if let Some(image) = &self.image {
+            image.fail(&block.points);
+        }
         self.results
             .extend(block.points.iter().map(|&p| (p, Err(e.clone()))));
     }
@@ -200,6 +205,7 @@ impl BusTask {
             results: Vec::with_capacity(dev.points.len()),
             answered: false,
             problem: None,
+            image: self.images.device(device).cloned(),
         };
         let mut link_failure: Option<LinkError> = None;
         let mut replanned = vec![false; plan_after.len()];
@@ -268,6 +274,9 @@ impl BusTask {
         data: &crate::modbus::link::Data,
     ) {
         pass.answered = true;
+        if let Some(image) = self.images.device(device) {
+            image.fill(dev, block, data);
+        }
         for &p in &block.points {
             let point = &dev.points[p];
             let r = decode_point(point, block, data).map_err(PointError::Decode);
