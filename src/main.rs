@@ -62,6 +62,16 @@ enum Command {
         #[arg(long, default_value_t = 9600)]
         baud: u32,
     },
+    /// The systemd generator's step: a drop-in granting CAP_NET_BIND_SERVICE when the config
+    /// listens below port 1024, removed otherwise.
+    #[command(hide = true)]
+    UnitCaps {
+        #[arg(long, default_value = "/etc/edge-gateway/gateway.toml")]
+        config: PathBuf,
+        /// The drop-in file to write or remove.
+        #[arg(long)]
+        drop_in: PathBuf,
+    },
     /// Print an argon2id PHC string for [[users]] from a password read on stdin.
     ///
     /// On a terminal it is prompted for twice without echo; piped, one line is read.
@@ -295,6 +305,7 @@ async fn run_cli() -> ExitCode {
             failed => failed,
         },
         Command::CheckConfig { config, .. } => check_config(&config),
+        Command::UnitCaps { config, drop_in } => unit_caps(&config, &drop_in),
         Command::Simulate {
             listen,
             profile,
@@ -403,6 +414,20 @@ fn check_config(config: &Path) -> ExitCode {
         }
         Err(e) => {
             print_config_error(config, &e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `unit-caps`: the systemd generator's drop-in, and what it granted.
+fn unit_caps(config: &Path, drop_in: &Path) -> ExitCode {
+    match edge_gateway::service::write_caps_drop_in(config, drop_in) {
+        Ok(did) => {
+            println!("{did}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", drop_in.display());
             ExitCode::FAILURE
         }
     }

@@ -40,7 +40,7 @@ pub(super) fn open(config: &Arc<Config>, carry: &mut Carry) -> Result<Opened, St
     } else {
         crate::modbus_server::bind(config).map_err(|source| StartError::Listen {
             addr: config.modbus_server.listen.to_string(),
-            source,
+            source: crate::service::low_port_hint(source, config.modbus_server.listen.port()),
         })?
     };
     let reused = (carry.listener.as_ref()).is_some_and(|(l, _)| *l == config.http.listen);
