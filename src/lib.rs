@@ -15,6 +15,7 @@
 //!   in, HTTP connections): the greediest address gives way to a newcomer.
 //! - [`modbus`]: codec (types, byte/word order, scale), read planner, bus scheduler (one task per
 //!   link), the client link with deadlines and backoff, the RTU client framing (silences, CRC),
+//!   a master's requests as a server reads them, the raw words kept for a server's mirror,
 //!   server framing, and the simulator.
 //! - [`gateway`]: starts every stage from a valid config, reloads it as a difference, stops it
 //!   with the store flushed last.

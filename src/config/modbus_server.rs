@@ -36,10 +36,6 @@ impl ModbusServer {
     pub fn allows(&self, ip: IpAddr) -> bool {
         self.allowed_clients.iter().any(|c| c.contains(ip))
     }
-
-    pub fn unit(&self, id: u8) -> Option<&ServerUnit> {
-        self.units.iter().find(|u| u.unit == id)
-    }
 }
 
 /// One unit id the server answers, and the device behind it.

@@ -67,11 +67,11 @@ pub(super) fn start_modbus_server(
             .inspect_err(|e| tracing::error!("the Modbus TCP server did not start: {e}"))
             .ok()
     })?;
-    server.attach(crate::modbus_server::Attached {
-        config: shared.config.clone(),
-        control: shared.control.clone(),
-        images: images.clone(),
-        metrics: shared.metrics.clone(),
-    });
+    server.attach(crate::modbus_server::Attached::new(
+        shared.config.clone(),
+        shared.control.clone(),
+        images.clone(),
+        shared.metrics.clone(),
+    ));
     Some(server)
 }

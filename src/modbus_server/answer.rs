@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::config::{Config, Device, Layout, ServerUnit};
+use crate::config::{Config, Device, Layout};
 use crate::control::Control;
 use crate::modbus::bus::WriteError;
 use crate::modbus::codec;
@@ -21,12 +21,17 @@ use crate::state::{self, Live};
 /// Server busy: a write queued behind too many others on its bus.
 const BUSY: u8 = 0x06;
 
-/// What a gateway lends the server while it runs.
+/// What a gateway lends the server while it runs, and each unit's tables laid out once.
 pub struct Attached {
     pub config: Arc<Config>,
     pub control: Arc<Control>,
     pub images: Arc<Images>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Per `[[modbus_server.units]]` entry, per table (coil, discrete, input, holding): the
+    /// points it shows, by address.
+    maps: Vec<[Vec<Span>; 4]>,
+    /// The widest point's width, for finding the first point a range reaches.
+    widest: u32,
 }
 
 /// One point's place in a unit's table: its first address, width, and index.
@@ -37,7 +42,36 @@ struct Span {
     point: usize,
 }
 
+const TABLES: [Table; 4] = [Table::Coil, Table::Discrete, Table::Input, Table::Holding];
+
+fn table_index(t: Table) -> usize {
+    TABLES.iter().position(|&x| x == t).unwrap_or(0)
+}
+
 impl Attached {
+    pub fn new(
+        config: Arc<Config>,
+        control: Arc<Control>,
+        images: Arc<Images>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Attached {
+        let maps: Vec<[Vec<Span>; 4]> = config
+            .modbus_server
+            .units
+            .iter()
+            .map(|su| TABLES.map(|t| spans(&config.devices[su.device], su.layout, t)))
+            .collect();
+        let widest = maps.iter().flatten().flatten().map(|s| s.width).max();
+        Attached {
+            config,
+            control,
+            images,
+            metrics,
+            maps,
+            widest: widest.unwrap_or(1),
+        }
+    }
+
     /// The answer PDU to `pdu` for unit `unit`, from client `peer`.
     pub async fn answer(&self, unit: u8, pdu: &[u8], peer: SocketAddr) -> Vec<u8> {
         let fc = pdu.first().copied().unwrap_or(0);
@@ -56,76 +90,37 @@ impl Attached {
 
     async fn serve(&self, unit: u8, req: &Request, peer: SocketAddr) -> Result<Vec<u8>, u8> {
         let server = &self.config.modbus_server;
-        let su = server.unit(unit).ok_or(PATH_UNAVAILABLE)?;
+        let ui = (server.units.iter().position(|u| u.unit == unit)).ok_or(PATH_UNAVAILABLE)?;
         match *req {
             Request::Read {
                 table,
                 start,
                 count,
-            } => self.read(su, table, start, count),
+            } => self.read(ui, table, start, count),
             _ if !server.allow_writes => Err(ILLEGAL_FUNCTION),
-            _ => self.write(su, req, peer).await,
+            _ => self.write(ui, req, peer).await,
         }
-    }
-
-    /// Each point `su` shows in `table`, sorted by address.
-    fn spans(&self, su: &ServerUnit, table: Table) -> Vec<Span> {
-        let dev = &self.config.devices[su.device];
-        let mut spans: Vec<Span> = match su.layout {
-            Layout::Mirror => dev
-                .points
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.format.table == table)
-                .map(|(i, p)| Span {
-                    start: u32::from(p.address),
-                    width: u32::from(p.format.width()),
-                    point: i,
-                })
-                .collect(),
-            Layout::Float32 if table.is_bits() => dev
-                .points
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.format.data_type == DataType::Bool)
-                .enumerate()
-                .map(|(k, (i, _))| Span {
-                    start: k as u32,
-                    width: 1,
-                    point: i,
-                })
-                .collect(),
-            Layout::Float32 => dev
-                .points
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.format.data_type != DataType::String)
-                .map(|(i, _)| Span {
-                    start: 2 * i as u32,
-                    width: 2,
-                    point: i,
-                })
-                .collect(),
-        };
-        spans.sort_by_key(|s| s.start);
-        spans
     }
 
     /// The points covering `start..start+count`, in address order: 02 when an address has
     /// none, 03 (for a write) when a point sticks out of the range.
     fn cover(
         &self,
-        su: &ServerUnit,
+        ui: usize,
         table: Table,
         start: u16,
         count: u16,
         whole: bool,
     ) -> Result<Vec<Span>, u8> {
         let (lo, hi) = (u32::from(start), u32::from(start) + u32::from(count));
-        let spans: Vec<Span> = self
-            .spans(su, table)
-            .into_iter()
-            .filter(|s| s.start < hi && s.start + s.width > lo)
+        let all = &self.maps[ui][table_index(table)];
+        // The first point that may reach `lo`: spans are sorted by start.
+        let from = all.partition_point(|s| s.start + self.widest <= lo);
+        let spans: Vec<Span> = all[from..]
+            .iter()
+            .take_while(|s| s.start < hi)
+            .filter(|s| s.start + s.width > lo)
+            .copied()
             .collect();
         let mut next = lo;
         for s in &spans {
@@ -143,8 +138,9 @@ impl Attached {
         Ok(spans)
     }
 
-    fn read(&self, su: &ServerUnit, table: Table, start: u16, count: u16) -> Result<Vec<u8>, u8> {
-        let spans = self.cover(su, table, start, count, false)?;
+    fn read(&self, ui: usize, table: Table, start: u16, count: u16) -> Result<Vec<u8>, u8> {
+        let su = &self.config.modbus_server.units[ui];
+        let spans = self.cover(ui, table, start, count, false)?;
         let live = state::read(&self.control.live);
         let dev_live = live.devices.get(su.device).ok_or(TARGET_FAILED)?;
         if !dev_live.online {
@@ -192,12 +188,13 @@ impl Attached {
 
     /// A write onto whole points, each in address order on the audited strict path; the
     /// first that fails ends the request with its exception.
-    async fn write(&self, su: &ServerUnit, req: &Request, peer: SocketAddr) -> Result<Vec<u8>, u8> {
+    async fn write(&self, ui: usize, req: &Request, peer: SocketAddr) -> Result<Vec<u8>, u8> {
+        let su = &self.config.modbus_server.units[ui];
         let (table, start, count) = req.write_range().ok_or(ILLEGAL_FUNCTION)?;
         let words = req.write_words();
         // Writes reach the coils and holding registers (in float32 as in the device); the
         // whole request is checked (02, 03, 01) before its first point is written.
-        let spans = self.cover(su, table, start, count, true)?;
+        let spans = self.cover(ui, table, start, count, true)?;
         let dev = &self.config.devices[su.device];
         if spans.iter().any(|s| !dev.points[s.point].writable) {
             return Err(ILLEGAL_FUNCTION);
@@ -214,6 +211,48 @@ impl Attached {
         }
         Ok(request::write_reply(req))
     }
+}
+
+/// Each point a unit of `layout` shows in `table`, sorted by address.
+fn spans(dev: &Device, layout: Layout, table: Table) -> Vec<Span> {
+    let mut spans: Vec<Span> = match layout {
+        Layout::Mirror => dev
+            .points
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.format.table == table)
+            .map(|(i, p)| Span {
+                start: u32::from(p.address),
+                width: u32::from(p.format.width()),
+                point: i,
+            })
+            .collect(),
+        Layout::Float32 if table.is_bits() => dev
+            .points
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.format.data_type == DataType::Bool)
+            .enumerate()
+            .map(|(k, (i, _))| Span {
+                start: k as u32,
+                width: 1,
+                point: i,
+            })
+            .collect(),
+        Layout::Float32 => dev
+            .points
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.format.data_type != DataType::String)
+            .map(|(i, _)| Span {
+                start: 2 * i as u32,
+                width: 2,
+                point: i,
+            })
+            .collect(),
+    };
+    spans.sort_by_key(|s| s.start);
+    spans
 }
 
 /// Point `p`'s value when it may be served as fresh: the device online, the point good.
