@@ -270,21 +270,13 @@ async fn writes_map_onto_whole_points_on_the_audited_strict_path() {
     assert_eq!(d[0]["ok"], Json::Array(regs), "{d:?}");
     assert_eq!(d[1]["ok"], json!([true]), "{d:?}");
 
-    gw.settle().await;
-    let audit = edge_gateway::store::audit_page(
-        &edge_gateway::store::open_reader(dir.path()).unwrap(),
-        &gw.config,
-        None,
-        20,
-    )
-    .unwrap();
-    let by_modbus: Vec<&Json> = audit.iter().filter(|a| a["source"] == "modbus").collect();
-    assert_eq!(by_modbus.len(), 4, "{audit:?}");
+    let by_modbus = audit_from(&gw, "modbus").await;
+    assert_eq!(by_modbus.len(), 4, "{by_modbus:?}");
     assert!(
         by_modbus
             .iter()
             .all(|a| a["user"] == "modbus:127.0.0.1" && a["result"] == "ok"),
-        "{audit:?}"
+        "{by_modbus:?}"
     );
 
     // Writes off: a reload with allow_writes = false answers every write 01, writes nothing.

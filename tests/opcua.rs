@@ -204,19 +204,11 @@ async fn a_scada_client_browses_reads_subscribes_and_writes(peer: Peer) {
     }
     // Only the admin's right write reached the device: 12.5 at scale 0.1.
     assert_eq!(sim.with_memory(1, |m| m.holding[2]), Some(125));
-    gw.settle().await;
-    let audit = edge_gateway::store::audit_page(
-        &edge_gateway::store::open_reader(dir.path()).unwrap(),
-        &gw.config,
-        None,
-        20,
-    )
-    .unwrap();
-    let by_opcua: Vec<&Json> = audit.iter().filter(|a| a["source"] == "opcua").collect();
+    let by_opcua = audit_from(&gw, "opcua").await;
     assert!(
         by_opcua.iter().any(|a| a["result"] == "ok"
             && a["user"].as_str().unwrap().starts_with("opcua:admin@")),
-        "{audit:?}"
+        "{by_opcua:?}"
     );
     // The dashboard's admin over Basic256Sha256 SignAndEncrypt; a wrong password refused.
     let secure = step(&found, "secure")[0];

@@ -559,3 +559,15 @@ pub async fn link_events(gw: &Gateway, device: &str) -> Vec<serde_json::Value> {
     v.reverse();
     v
 }
+
+/// The audit rows of writes from `source` (`ws`, `mqtt`, `opcua`, `modbus`…), newest first,
+/// once everything before was committed.
+pub async fn audit_from(gw: &Gateway, source: &str) -> Vec<serde_json::Value> {
+    gw.settle().await;
+    let reader = edge_gateway::store::open_reader(&gw.config.gateway.data_dir).unwrap();
+    edge_gateway::store::audit_page(&reader, &gw.config, None, 100)
+        .unwrap()
+        .into_iter()
+        .filter(|a| a["source"] == source)
+        .collect()
+}
