@@ -240,11 +240,17 @@ async fn writes_map_onto_whole_points_on_the_audited_strict_path() {
             {"op": "write_registers", "unit": 1, "address": 100, "values": [1, 2]},
             {"op": "write_register", "unit": 1, "address": 9, "value": 7},
             {"op": "write_register", "unit": 1, "address": 106, "value": 7},
-            {"op": "write_coil", "unit": 1, "address": 1, "value": true},
+            // Coil 1 off by FC 5, on by FC 15; coil 0 is not writable, so FC 15 over both: 01.
+            {"op": "write_coil", "unit": 1, "address": 1, "value": false},
+            {"op": "write_coils", "unit": 1, "address": 1, "values": [true]},
             {"op": "write_coil", "unit": 1, "address": 0, "value": true},
+            {"op": "write_coils", "unit": 1, "address": 0, "values": [true, true]},
             // float32: w_u16 is point 8, at registers 16 and 17; a single register is half.
             {"op": "write_registers", "unit": 2, "address": 16, "values": [0x42A0, 0]},
             {"op": "write_register", "unit": 2, "address": 16, "value": 0},
+            // In order, stopping at the first failure: w_f64 (point 7) takes 7.5, then w_u16
+            // cannot hold 1,000,000 (03) and keeps its 80.
+            {"op": "write_registers", "unit": 2, "address": 14, "values": [0x40F0, 0, 0x4974, 0x2400]},
         ]),
     );
     let want = [
@@ -253,31 +259,34 @@ async fn writes_map_onto_whole_points_on_the_audited_strict_path() {
         json!({"exception": 1}),
         json!({"exception": 2}),
         json!({"ok": []}),
+        json!({"ok": []}),
+        json!({"exception": 1}),
         json!({"exception": 1}),
         json!({"ok": []}),
         json!({"exception": 3}),
+        json!({"exception": 3}),
     ];
     assert_eq!(r, want);
-    // What the device holds now, read from it directly: 2.5 then 80.0 (float32's 0x42A00000)
+    // What the device holds now, read from it directly: 7.5 then 80.0 (float32's 0x42A00000)
     // at 104, coil 1 on.
     let d = pymodbus_client(
         &py,
         device,
         &json!([read("holding", 1, 100, 5), read("coil", 1, 1, 1)]),
     );
-    let mut regs = f64_regs(2.5).as_array().unwrap().clone();
+    let mut regs = f64_regs(7.5).as_array().unwrap().clone();
     regs.push(json!(80));
     assert_eq!(d[0]["ok"], Json::Array(regs), "{d:?}");
     assert_eq!(d[1]["ok"], json!([true]), "{d:?}");
 
+    // Seven writes reached the device's path (the refused requests wrote nothing): six ok,
+    // the last refused by the strict encoding, each as the client's address.
     let by_modbus = audit_from(&gw, "modbus").await;
-    assert_eq!(by_modbus.len(), 4, "{by_modbus:?}");
-    assert!(
-        by_modbus
-            .iter()
-            .all(|a| a["user"] == "modbus:127.0.0.1" && a["result"] == "ok"),
-        "{by_modbus:?}"
-    );
+    assert_eq!(by_modbus.len(), 7, "{by_modbus:?}");
+    assert!(by_modbus.iter().all(|a| a["user"] == "modbus:127.0.0.1"), "{by_modbus:?}");
+    let ok = by_modbus.iter().filter(|a| a["result"] == "ok").count();
+    assert_eq!(ok, 6, "{by_modbus:?}");
+    assert_ne!(by_modbus[0]["result"], "ok", "the newest is the refused one: {by_modbus:?}");
 
     // Writes off: a reload with allow_writes = false answers every write 01, writes nothing.
     let listen = gw.modbus_server_addr().unwrap().to_string();

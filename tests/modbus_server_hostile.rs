@@ -181,6 +181,16 @@ async fn a_thousand_connections_get_max_connections_and_polling_goes_on() {
     assert!(closed(&mut held[999]).await);
     let m = http_get(gw.http_addr, "/metrics").await;
     assert!(m.contains("edge_modbus_server_connections 4"), "{m}");
+    // The Diagnostics view's figures.
+    let d = edge_gateway::ws::diagnostics::report(&gw.shared, true);
+    let ms = &d["modbusServer"];
+    assert_eq!(
+        (&ms["connections"], &ms["maxConnections"], &ms["refused"]),
+        (&4.into(), &4.into(), &996.into()),
+        "{ms}"
+    );
+    assert_eq!(ms["units"][0]["device"], "boiler", "{ms}");
+    assert_eq!(ms["units"][0]["requests"], 4, "{ms}");
     assert!(
         m.contains("edge_modbus_server_refused_connections_total{reason=\"full\"} 996"),
         "{m}"
