@@ -283,10 +283,16 @@ async fn writes_map_onto_whole_points_on_the_audited_strict_path() {
     // the last refused by the strict encoding, each as the client's address.
     let by_modbus = audit_from(&gw, "modbus").await;
     assert_eq!(by_modbus.len(), 7, "{by_modbus:?}");
-    assert!(by_modbus.iter().all(|a| a["user"] == "modbus:127.0.0.1"), "{by_modbus:?}");
+    assert!(
+        by_modbus.iter().all(|a| a["user"] == "modbus:127.0.0.1"),
+        "{by_modbus:?}"
+    );
     let ok = by_modbus.iter().filter(|a| a["result"] == "ok").count();
     assert_eq!(ok, 6, "{by_modbus:?}");
-    assert_ne!(by_modbus[0]["result"], "ok", "the newest is the refused one: {by_modbus:?}");
+    assert_ne!(
+        by_modbus[0]["result"], "ok",
+        "the newest is the refused one: {by_modbus:?}"
+    );
 
     // Writes off: a reload with allow_writes = false answers every write 01, writes nothing.
     let listen = gw.modbus_server_addr().unwrap().to_string();
