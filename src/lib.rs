@@ -36,12 +36,15 @@
 //! - [`opcua`]: the OPC UA server a SCADA reads: the config as an address space, fed from the
 //!   pipeline's reports, its users those of the dashboard (cargo feature `opcua`, on by
 //!   default; `opcua/off.rs` stands in without it).
+//! - [`fleet`]: the retained `state` message a fleet reads over the broker, kept current from
+//!   the gateway's own figures.
 //! - [`modbus_server`]: the Modbus TCP server PLCs, HMIs and older SCADA poll: each unit a
 //!   device mirrored from its last raw reads or laid out as floats, writes on the audited
 //!   strict path.
 //! - [`control`]: operator requests to the buses (audited writes, raw reads) ahead of polls.
 //! - [`http`]: `/ws`, `/healthz`, `/metrics` and the dashboard page.
 //! - [`health`]: what `/healthz` reports, with every problem that does not stop serving.
+//! - [`logs`]: the last log lines in memory, bounded, for `system.log`.
 //! - [`log_limit`]: log lines outside parties can trigger, at most one per source per period.
 //! - [`metrics`]: counters kept by every stage, rendered for Prometheus.
 //! - [`cli`]: the commissioning commands `read` and `write`, and `demo`.
@@ -59,10 +62,12 @@ pub mod config;
 pub mod control;
 pub mod events;
 pub mod fair;
+pub mod fleet;
 pub mod gateway;
 pub mod health;
 pub mod http;
 pub mod log_limit;
+pub mod logs;
 pub mod metrics;
 pub mod modbus;
 pub mod modbus_server;

@@ -76,6 +76,11 @@ enum Command {
     ///
     /// On a terminal it is prompted for twice without echo; piped, one line is read.
     HashPassword,
+    /// A fleet of gateways over their MQTT broker (docs/fleet.md).
+    Fleet {
+        #[command(subcommand)]
+        action: FleetAction,
+    },
     /// Dashboard users in a config file.
     User {
         #[command(subcommand)]
@@ -108,6 +113,44 @@ enum Command {
         /// The value; negative numbers need no `=` (`--value -7`).
         #[arg(long, allow_hyphen_values = true)]
         value: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum FleetAction {
+    /// Make an Ed25519 key pair: the private key into FILE (0600), the `public_keys` line
+    /// printed for every gateway's `[fleet]`.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Every gateway's retained state: id, online, version, devices, alarms, backlog, age.
+    Ls {
+        /// mqtt[s]://[user:pass@]host[:port]
+        #[arg(long)]
+        broker: String,
+        #[arg(long, default_value = "edge")]
+        prefix: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One signed read-only call to a gateway; prints the reply.
+    Rpc {
+        #[arg(long)]
+        broker: String,
+        #[arg(long, default_value = "edge")]
+        prefix: String,
+        /// The private key from `fleet keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        gateway: String,
+        /// system.diagnostics, system.stats, alarms.active, events.query, points.history,
+        /// system.log.
+        service: String,
+        /// Its params, a JSON object.
+        #[arg(default_value = "{}")]
+        params: String,
     },
 }
 
@@ -199,18 +242,19 @@ fn target(link: LinkArgs, at: AtArgs) -> Result<Target, String> {
     })
 }
 
-/// Logging to stderr; `RUST_LOG` wins over `level` (the config's `gateway.log_level`).
+/// Logging to stderr and the last lines in memory (`system.log`); `RUST_LOG` wins over `level` (the config's `gateway.log_level`).
 fn init_logging(level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // journald stamps every line itself (the in-memory copy for `system.log` gets a stamp).
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(edge_gateway::logs::Tee { stamp: journald });
     // Colour only for a person at a terminal: a file or journald would keep the escapes.
     use std::io::IsTerminal;
     let builder = builder.with_ansi(std::io::stderr().is_terminal());
-    // journald stamps every line itself.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
+    if journald {
         builder.without_time().init();
     } else {
         builder.init();
@@ -306,6 +350,7 @@ async fn run_cli() -> ExitCode {
         },
         Command::CheckConfig { config, .. } => check_config(&config),
         Command::UnitCaps { config, drop_in } => unit_caps(&config, &drop_in),
+        Command::Fleet { action } => fleet(action).await,
         Command::Simulate {
             listen,
             profile,
@@ -417,6 +462,34 @@ fn check_config(config: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `fleet keygen | ls | rpc`: exit 0 when done (for `rpc`, when the reply is code 0).
+async fn fleet(action: FleetAction) -> ExitCode {
+    use edge_gateway::fleet::client;
+    let done = match action {
+        FleetAction::Keygen { out } => client::keygen(&out).map(|line| println!("{line}")),
+        FleetAction::Ls {
+            broker,
+            prefix,
+            json,
+        } => client::print_ls(&broker, &prefix, json).await,
+        FleetAction::Rpc {
+            broker,
+            prefix,
+            key,
+            gateway,
+            service,
+            params,
+        } => client::print_rpc(&broker, &prefix, &key, &gateway, &service, &params).await,
+    };
+    done.map_or_else(
+        |e| {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        },
+        |()| ExitCode::SUCCESS,
+    )
 }
 
 /// `unit-caps`: the systemd generator's drop-in, and what it granted.

@@ -3,7 +3,7 @@
 
 pub mod edit;
 mod keypath;
-mod modbus_server;
+mod north;
 mod pieces;
 pub mod preflight;
 mod raw;
@@ -23,7 +23,9 @@ use pieces::{split_devices, Pieces};
 use raw::RawConfig;
 use validate::Validator;
 
-pub use modbus_server::{Cidr, Layout, ModbusServer, ServerUnit};
+pub use north::{
+    Cidr, Fleet, FleetKey, Layout, ModbusServer, Opcua, OpcuaSecurity, ServerUnit, OPCUA_MISSING,
+};
 
 pub use crate::model::event::Priority;
 use crate::model::format::{ByteOrder, DataType, Format, Table, WordOrder};
@@ -61,6 +63,7 @@ pub struct Config {
     pub mqtt: Option<Mqtt>,
     pub opcua: Opcua,
     pub modbus_server: ModbusServer,
+    pub fleet: Fleet,
 }
 
 /// What an event is about: a device; for a bus's own alarm (`bus_offline`), the bus; for an
@@ -286,39 +289,6 @@ pub struct Mqtt {
     pub command_max_age: Duration,
     /// `format = "sparkplug_b"`: Sparkplug B instead of the JSON topics.
     pub sparkplug: Option<Sparkplug>,
-}
-
-/// Why `[opcua] enabled = true` is refused by a build without the cargo feature `opcua`.
-pub const OPCUA_MISSING: &str =
-    "this build has no OPC UA server (built without the cargo feature `opcua`)";
-
-/// `[opcua]`: the OPC UA server a plant's SCADA reads, subscribes to and writes (off unless
-/// `enabled`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Opcua {
-    pub enabled: bool,
-    /// `IP:port`; the endpoint is `opc.tcp://HOST:port/`.
-    pub listen: String,
-    /// The endpoints offered, each with SignAndEncrypt (`None`: an unsecured one).
-    pub security: Vec<OpcuaSecurity>,
-    /// Anonymous sessions may browse and read, never write.
-    pub anonymous: bool,
-    /// `{data_dir}/pki` unless set: the own certificate, `trusted/` and `rejected/`.
-    pub pki_dir: PathBuf,
-    /// An unknown client certificate is trusted at once instead of landing in `rejected/`.
-    pub trust_client_certs: bool,
-    pub max_sessions: usize,
-}
-
-/// An OPC UA endpoint's security policy, as `[opcua] security` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpcuaSecurity {
-    /// `none`: no signing, no encryption (only when listed).
-    None,
-    /// `basic256sha256`, with SignAndEncrypt.
-    Basic256Sha256,
-    /// `aes256sha256rsapss`, with SignAndEncrypt.
-    Aes256Sha256RsaPss,
 }
 
 /// A Sparkplug B edge node's ids (`[mqtt]` `group_id`, `edge_node_id`, `primary_host_id`).

@@ -35,6 +35,8 @@ pub(super) struct RawConfig {
     pub(super) opcua: RawOpcua,
     #[serde(default)]
     pub(super) modbus_server: RawModbusServer,
+    #[serde(default)]
+    pub(super) fleet: RawFleet,
 }
 
 #[derive(Debug, Deserialize)]
@@ -249,4 +251,11 @@ pub(super) struct RawServerUnit {
     #[serde(default)]
     pub(super) device: String,
     pub(super) layout: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFleet {
+    #[serde(default)]
+    pub(super) public_keys: Vec<String>,
 }

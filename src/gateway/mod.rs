@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 mod north;
 mod open;
+mod upstream;
 
 use crate::config::Config;
 use crate::control::Control;
@@ -24,9 +25,10 @@ use crate::state::{self, SharedLive};
 use crate::store::{self, StoreHandle};
 use crate::ws::push::Pusher;
 use crate::ws::Shared;
-use crate::{events, http, modbus, sinks, ws};
+use crate::{events, http, modbus, ws};
 use north::{alarms_to_opcua, opcua_parts, start_modbus_server, start_opcua};
 use open::{bus_task, open, Opened};
+use upstream::spawn_sinks;
 
 /// How often the store writer is made to take its write lock even with nothing to write, so
 /// `/healthz` knows within seconds that a quiet gateway's store cannot write.
@@ -113,16 +115,6 @@ pub struct ReloadSummary {
 /// its devices are matched one by one ([`BusTask::retarget`]).
 fn same_bus(old: &Config, ob: usize, new: &Config, nb: usize) -> bool {
     old.buses[ob] == new.buses[nb]
-}
-
-/// What a sink is given: the narrow handles it uses, none of the HTTP side.
-fn sink_context(shared: &Shared, status: &Arc<sinks::SinkStatus>) -> sinks::SinkContext {
-    sinks::SinkContext {
-        config: shared.config.clone(),
-        store: shared.store.clone(),
-        status: status.clone(),
-        control: shared.control.clone(),
-    }
 }
 
 /// A running gateway: what tests and `demo` hold on to.
@@ -498,22 +490,6 @@ fn spawn_housekeeping(shared: &Arc<Shared>, tasks: &TaskTracker, cancel: &Cancel
         shared.clone(),
         cancel.child_token(),
     ));
-}
-
-/// The upstream sinks the config turns on, each with its own context and stop token.
-fn spawn_sinks(shared: &Shared, tasks: &TaskTracker, cancel: &CancellationToken) {
-    if shared.config.mysql.is_some() {
-        tasks.spawn(sinks::mysql::run(
-            sink_context(shared, &shared.sinks.mysql),
-            cancel.child_token(),
-        ));
-    }
-    if shared.config.mqtt.is_some() {
-        tasks.spawn(sinks::mqtt::run(
-            sink_context(shared, &shared.sinks.mqtt),
-            cancel.child_token(),
-        ));
-    }
 }
 
 /// The pipeline (rules, live state, pushes, store), the event processor behind it, and the

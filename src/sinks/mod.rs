@@ -78,6 +78,21 @@ pub struct SinkContext {
     pub status: std::sync::Arc<SinkStatus>,
     /// Writes from upstream (MQTT `devices/+/write`), audited as any other.
     pub control: std::sync::Arc<crate::control::Control>,
+    /// The fleet's retained `state` message, newest first (MQTT publishes it whatever its
+    /// format); `None` until the first is made.
+    pub fleet_state: tokio::sync::watch::Receiver<Option<std::sync::Arc<str>>>,
+    /// Signed fleet messages in and their answers out, when `[fleet] public_keys` lists a key.
+    pub fleet: Option<std::sync::Arc<FleetPort>>,
+}
+
+/// The MQTT session's side of the fleet: the topics it subscribes to for the fleet, what
+/// arrives on them handed in (dropped when 16 wait: a flood costs nothing), the answers to
+/// publish (QoS 1) handed out.
+pub struct FleetPort {
+    pub topics: Vec<String>,
+    pub inbound: tokio::sync::mpsc::Sender<(String, Vec<u8>)>,
+    /// Held by the session connected now.
+    pub outbound: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<(String, Vec<u8>)>>,
 }
 
 /// Why a sink's session with its upstream ended.

@@ -9,6 +9,10 @@
 
 mod json;
 pub mod sparkplug;
+mod url;
+
+pub(crate) use url::tls_config;
+pub use url::{parse_url, Target};
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -18,7 +22,7 @@ use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ClientError, ConnectReturnCode, Event, EventLoop, Incoming, LastWill, MqttOptions,
-    Outgoing, QoS, TlsConfiguration, Transport,
+    Outgoing, QoS, Transport,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -48,84 +52,6 @@ const MAX_INCOMING_PACKET: usize = 4 * 1024 * 1024;
 /// Commands waiting for their turn, carried out one at a time in the order received. Past
 /// it a command is refused (429) rather than queued: bounded memory, and nothing runs late.
 const COMMAND_QUEUE: usize = 64;
-
-/// Where and how to connect, from `mqtt[s]://[user[:password]@]host[:port]`.
-#[derive(Debug, PartialEq)]
-pub struct Target {
-    pub host: String,
-    pub port: u16,
-    pub tls: bool,
-    pub credentials: Option<(String, String)>,
-}
-
-pub fn parse_url(url: &str) -> Result<Target, String> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
-        (true, r)
-    } else if let Some(r) = url.strip_prefix("mqtt://") {
-        (false, r)
-    } else {
-        return Err("must start with mqtt:// or mqtts://".into());
-    };
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let (credentials, hostport) = match authority.rsplit_once('@') {
-        Some((user, hp)) => {
-            let (u, p) = user.split_once(':').unwrap_or((user, ""));
-            (Some((u.to_string(), p.to_string())), hp)
-        }
-        None => (None, authority),
-    };
-    let default_port = if tls { 8883 } else { 1883 };
-    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-        let (h, after) = v6.split_once(']').ok_or("unclosed [ in the host")?;
-        match after.strip_prefix(':') {
-            Some(p) => (h, p),
-            None => (h, ""),
-        }
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, p),
-            None => (hostport, ""),
-        }
-    };
-    if host.is_empty() {
-        return Err("no host".into());
-    }
-    let port = if port.is_empty() {
-        default_port
-    } else {
-        port.parse().map_err(|_| format!("bad port `{port}`"))?
-    };
-    Ok(Target {
-        host: host.to_string(),
-        port,
-        tls,
-        credentials,
-    })
-}
-
-/// TLS with the ring provider and the system's roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` override
-/// them, e.g. for a plant CA).
-fn tls_config() -> Result<TlsConfiguration, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for cert in found.certs {
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        return Err(format!(
-            "no trusted CA certificates found for mqtts:// ({:?})",
-            found.errors
-        ));
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(TlsConfiguration::Rustls(Arc::new(config)))
-}
 
 /// The outbox rows a publish confirms: `None` for a format's own messages (births, write
 /// results).
@@ -359,6 +285,15 @@ impl<F: Format> Session<'_, F> {
         self.subscribe(client)?;
         let mut out = Vec::new();
         self.format.start(&mut out);
+        // The fleet's retained state: the newest at once, then each new one; and the answers
+        // to signed fleet messages.
+        let mut fleet = self.ctx.fleet_state.clone();
+        self.fleet_state(fleet.borrow_and_update().clone(), &mut out);
+        let ctx = self.ctx;
+        let mut answers = match &ctx.fleet {
+            Some(p) => Some(p.outbound.lock().await),
+            None => None,
+        };
         self.send(client, &mut out)?;
         status.set_error(SINK, self.format.holding());
         let (replies_tx, mut replies) = mpsc::channel::<F::Reply>(COMMAND_QUEUE);
@@ -388,10 +323,7 @@ impl<F: Format> Session<'_, F> {
             }
             if last_backlog.elapsed() > Duration::from_millis(500) {
                 last_backlog = tokio::time::Instant::now();
-                self.feed.persist(&self.ctx.store).await;
-                if let Ok(b) = self.feed.backlog().await {
-                    status.backlog.store(b, Relaxed);
-                }
+                self.persist().await;
             }
             tokio::select! {
                 biased;
@@ -402,21 +334,9 @@ impl<F: Format> Session<'_, F> {
                 }
                 ev = eventloop.poll() => {
                     let Some((topic, payload)) = self.handle(ev?) else { continue };
-                    match self.format.incoming(&topic, &payload, &mut out) {
-                        Inbound::Nothing => {}
-                        Inbound::Serve(requests) => {
-                            for request in requests {
-                                if let Err(e) = commands.try_send(request) {
-                                    let (mpsc::error::TrySendError::Full(r)
-                                    | mpsc::error::TrySendError::Closed(r)) = e;
-                                    self.format.reply(F::refused(r), &mut out);
-                                }
-                            }
-                        }
-                        Inbound::End(why) => {
-                            self.goodbye(client, &mut eventloop, &mut out).await;
-                            return Err(SinkError::Held(why));
-                        }
+                    if let Some(why) = self.take(topic, payload, &commands, &mut out) {
+                        self.goodbye(client, &mut eventloop, &mut out).await;
+                        return Err(SinkError::Held(why));
                     }
                     self.send(client, &mut out)?;
                     status.set_error(SINK, self.format.holding());
@@ -429,14 +349,89 @@ impl<F: Format> Session<'_, F> {
                     self.format.tick(&mut out);
                     self.send(client, &mut out)?;
                 }
+                Ok(()) = fleet.changed() => {
+                    self.fleet_state(fleet.borrow_and_update().clone(), &mut out);
+                    self.send(client, &mut out)?;
+                }
+                Some((topic, payload)) = async { answers.as_mut()?.recv().await }, if answers.is_some() => {
+                    out.push(Publish { qos: Some(QoS::AtLeastOnce), ..Publish::own(topic, payload) });
+                    self.send(client, &mut out)?;
+                }
                 // Nothing to send: look at the outbox again shortly.
                 () = tokio::time::sleep_until(next_read), if next_read > tokio::time::Instant::now() => {}
             }
         }
     }
 
+    /// The cursors kept, and the backlog shown.
+    async fn persist(&mut self) {
+        self.feed.persist(&self.ctx.store).await;
+        if let Ok(b) = self.feed.backlog().await {
+            self.ctx.status.backlog.store(b, Relaxed);
+        }
+    }
+
+    /// A message from the broker: a fleet message handed on, else the format's to take (its
+    /// requests queued for the worker, or refused past the queue's bound). The reason the
+    /// session must end, when it must.
+    fn take(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        commands: &mpsc::Sender<F::Request>,
+        out: &mut Vec<Publish>,
+    ) -> Option<String> {
+        if let Some(p) = self
+            .ctx
+            .fleet
+            .as_ref()
+            .filter(|p| p.topics.contains(&topic))
+        {
+            let _ = p.inbound.try_send((topic, payload));
+            return None;
+        }
+        match self.format.incoming(&topic, &payload, out) {
+            Inbound::Nothing => None,
+            Inbound::Serve(requests) => {
+                for request in requests {
+                    if let Err(e) = commands.try_send(request) {
+                        let (mpsc::error::TrySendError::Full(r)
+                        | mpsc::error::TrySendError::Closed(r)) = e;
+                        self.format.reply(F::refused(r), out);
+                    }
+                }
+                None
+            }
+            Inbound::End(why) => Some(why),
+        }
+    }
+
+    /// `{topic_prefix}/{gateway_id}/state`, retained at QoS 1 (SPEC "Fleet over the broker").
+    fn fleet_state(&self, state: Option<Arc<str>>, out: &mut Vec<Publish>) {
+        if let Some(state) = state {
+            out.push(Publish {
+                topic: format!(
+                    "{}/{}/state",
+                    self.ctx
+                        .config
+                        .mqtt
+                        .as_ref()
+                        .map_or("edge", |m| m.topic_prefix.as_str()),
+                    self.ctx.config.gateway.id
+                ),
+                payload: state.as_bytes().to_vec(),
+                retain: true,
+                qos: Some(QoS::AtLeastOnce),
+                tag: None,
+            });
+        }
+    }
+
     fn subscribe(&self, client: &AsyncClient) -> Result<(), SinkError> {
-        let (subscribe, unsubscribe) = self.format.subscriptions();
+        let (mut subscribe, unsubscribe) = self.format.subscriptions();
+        if let Some(port) = &self.ctx.fleet {
+            subscribe.extend(port.topics.iter().cloned());
+        }
         for topic in subscribe {
             client
                 .try_subscribe(topic, self.qos)

@@ -39,8 +39,8 @@ use crate::model::{Millis, Quality, Value};
 
 pub use outbox::{OutboxRow, Stream};
 pub use query::{
-    active_alarms, audit_page, event_seq, history, history_buckets, query_events, Bucket,
-    EventFilter,
+    active_alarms, alarm_counts, audit_page, event_seq, history, history_buckets, query_events,
+    Bucket, EventFilter,
 };
 use readers::small_cache;
 pub use readers::{open_reader, Lane, Readers};

@@ -284,6 +284,19 @@ pub fn event_seq(conn: &Connection, event_id: &str) -> rusqlite::Result<Option<i
     .optional()
 }
 
+/// Alarms active now, of those the ones not acknowledged, and the active emergencies: what a
+/// fleet's `state` counts.
+pub fn alarm_counts(conn: &Connection) -> rusqlite::Result<(u64, u64, u64)> {
+    conn.prepare_cached(
+        "SELECT COUNT(*), COALESCE(SUM(acked_by IS NULL), 0), COALESCE(SUM(priority_rank = ?1), 0)
+         FROM alarms WHERE state = 'active'",
+    )?
+    .query_row([crate::model::event::Priority::Emergency.rank()], |r| {
+        let n = |i| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+        Ok((n(0)?, n(1)?, n(2)?))
+    })
+}
+
 /// Alarms still listed (active, or cleared but not acknowledged): highest priority first, then
 /// newest first. Each is its raising event with the alarm's current `state` and ack.
 pub fn active_alarms(

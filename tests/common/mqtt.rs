@@ -139,7 +139,12 @@ pub async fn start_gateway(
 
 /// Leaves the shared broker as it was found.
 pub async fn clear_retained(w: &mut Watcher, id: &str) {
-    for t in ["status", "devices/boiler/status", "devices/pump/status"] {
+    for t in [
+        "status",
+        "state",
+        "devices/boiler/status",
+        "devices/pump/status",
+    ] {
         let _ = w
             .client
             .publish(format!("edge/{id}/{t}"), QoS::AtLeastOnce, true, Vec::new())

@@ -121,6 +121,7 @@ impl Validator {
         let opcua = self.opcua(raw.opcua, &root.key("opcua"), &gateway.data_dir);
         let modbus_server =
             self.modbus_server(raw.modbus_server, &root.key("modbus_server"), &devices);
+        let fleet = self.fleet(raw.fleet, &root.key("fleet"));
         Config {
             gateway,
             http,
@@ -135,6 +136,7 @@ impl Validator {
             mqtt,
             opcua,
             modbus_server,
+            fleet,
         }
     }
 

@@ -1,11 +1,12 @@
-//! The sections of the servers others read the gateway through: `[opcua]` and
-//! `[modbus_server]`.
+//! The sections of the north side: the servers others read the gateway through (`[opcua]`,
+//! `[modbus_server]`) and the keys a fleet signs with (`[fleet]`).
 
 use std::path::Path;
 
-use super::super::raw::{RawModbusServer, RawOpcua, RawServerUnit};
+use super::super::raw::{RawFleet, RawModbusServer, RawOpcua, RawServerUnit};
 use super::super::{
-    Cidr, Device, Layout, ModbusServer, Opcua, OpcuaSecurity, ServerUnit, OPCUA_MISSING,
+    Cidr, Device, Fleet, FleetKey, Layout, ModbusServer, Opcua, OpcuaSecurity, ServerUnit,
+    OPCUA_MISSING,
 };
 use super::{KeyPath, Validator};
 
@@ -187,5 +188,21 @@ impl Validator {
             }
         }
         units
+    }
+
+    /// `[fleet] public_keys`: each `ed25519:KEYID:BASE64` (a 32-byte key), each id once.
+    pub(super) fn fleet(&mut self, raw: RawFleet, p: &KeyPath) -> Fleet {
+        let mut keys: Vec<FleetKey> = Vec::new();
+        for (i, k) in raw.public_keys.iter().enumerate() {
+            let kp = p.key("public_keys").index(i);
+            match FleetKey::parse(k) {
+                Ok(key) if keys.iter().any(|x| x.id == key.id) => {
+                    self.err(&kp, format!("key id `{}` is listed twice", key.id));
+                }
+                Ok(key) => keys.push(key),
+                Err(e) => self.err(&kp, e),
+            }
+        }
+        Fleet { keys }
     }
 }

@@ -158,6 +158,11 @@ pub static SERVICES: &[Service] = &[
         access: Access::Any,
         handler: |c| Box::pin(system::diagnostics(c)),
     },
+    Service {
+        name: "system.log",
+        access: Access::Admin,
+        handler: |c| Box::pin(system::log(c)),
+    },
 ];
 
 /// Runs a bounded read-only query (alarms, an event page, the audit) off the async workers,

@@ -1,4 +1,4 @@
-//! `system.stats`, `system.diagnostics`.
+//! `system.stats`, `system.diagnostics`, `system.log`.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::config::Role;
 use crate::model::rfc3339;
 use crate::state;
-use crate::ws::context::{Ctx, HandlerResult};
+use crate::ws::context::{Ctx, HandlerResult, ServiceError};
 
 pub async fn stats(ctx: Ctx) -> HandlerResult {
     let s = &ctx.shared;
@@ -30,6 +30,15 @@ pub async fn stats(ctx: Ctx) -> HandlerResult {
         stats["connections"] = connections(&ctx);
     }
     Ok(stats)
+}
+
+/// `system.log` (admin): the last `lines` (1..=500, default 100) log lines, oldest first.
+pub async fn log(ctx: Ctx) -> HandlerResult {
+    let n = ctx.int_or("lines", 100)?;
+    if !(1..=500).contains(&n) {
+        return Err(ServiceError::bad_request("param `lines` must be 1..=500"));
+    }
+    Ok(json!({ "lines": crate::logs::last(n as usize) }))
 }
 
 /// `system.diagnostics`: the diagnostics view's figures; admins also get addresses and errors.

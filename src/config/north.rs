@@ -1,7 +1,89 @@
-//! `[modbus_server]`: the Modbus TCP server a PLC, HMI or older SCADA polls the gateway through,
-//! as validated domain types (units by device index, clients as address ranges).
+//! The sections of the north side as validated domain types: `[opcua]`, `[modbus_server]`
+//! (units by device index, clients as address ranges) and `[fleet]` (the keys remote config
+//! and rpc are signed with).
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+/// Why `[opcua] enabled = true` is refused by a build without the cargo feature `opcua`.
+pub const OPCUA_MISSING: &str =
+    "this build has no OPC UA server (built without the cargo feature `opcua`)";
+
+/// `[opcua]`: the OPC UA server a plant's SCADA reads, subscribes to and writes (off unless
+/// `enabled`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Opcua {
+    pub enabled: bool,
+    /// `IP:port`; the endpoint is `opc.tcp://HOST:port/`.
+    pub listen: String,
+    /// The endpoints offered, each with SignAndEncrypt (`None`: an unsecured one).
+    pub security: Vec<OpcuaSecurity>,
+    /// Anonymous sessions may browse and read, never write.
+    pub anonymous: bool,
+    /// `{data_dir}/pki` unless set: the own certificate, `trusted/` and `rejected/`.
+    pub pki_dir: PathBuf,
+    /// An unknown client certificate is trusted at once instead of landing in `rejected/`.
+    pub trust_client_certs: bool,
+    pub max_sessions: usize,
+}
+
+/// An OPC UA endpoint's security policy, as `[opcua] security` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpcuaSecurity {
+    /// `none`: no signing, no encryption (only when listed).
+    None,
+    /// `basic256sha256`, with SignAndEncrypt.
+    Basic256Sha256,
+    /// `aes256sha256rsapss`, with SignAndEncrypt.
+    Aes256Sha256RsaPss,
+}
+
+/// `[fleet]`: who may send this gateway signed config and rpc over the broker (none: off).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Fleet {
+    pub keys: Vec<FleetKey>,
+}
+
+/// One key of `[fleet] public_keys` (`ed25519:KEYID:BASE64`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetKey {
+    pub id: String,
+    /// The Ed25519 public key, 32 bytes.
+    pub public: Vec<u8>,
+}
+
+impl FleetKey {
+    pub fn parse(s: &str) -> Result<FleetKey, String> {
+        use base64::Engine as _;
+        let mut parts = s.trim().splitn(3, ':');
+        let (Some("ed25519"), Some(id), Some(b64)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!(
+                "`{s}` is not `ed25519:KEYID:BASE64` (`edge-gateway fleet keygen` prints one)"
+            ));
+        };
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!(
+                "key id `{id}`: letters, digits, `-`, `_` and `.` only"
+            ));
+        }
+        match base64::engine::general_purpose::STANDARD.decode(b64) {
+            Ok(public) if public.len() == 32 => Ok(FleetKey {
+                id: id.to_string(),
+                public,
+            }),
+            Ok(k) => Err(format!(
+                "key `{id}`: {} bytes, an Ed25519 key has 32",
+                k.len()
+            )),
+            Err(e) => Err(format!("key `{id}`: not base64 ({e})")),
+        }
+    }
+}
 
 /// `[modbus_server]` and its `[[modbus_server.units]]` (off unless `enabled`).
 #[derive(Debug, Clone, PartialEq)]
