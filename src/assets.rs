@@ -65,6 +65,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../web/app/audit.js"),
     ),
     (
+        "/app/log.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../web/app/log.js"),
+    ),
+    (
         "/app/devform.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../web/app/devform.js"),

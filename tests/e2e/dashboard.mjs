@@ -408,6 +408,12 @@ try {
   if (shots) await desk.screenshot({ path: join(shots, "desktop-diagnostics.png"), fullPage: true });
   await contrastOk(desk, "diagnostics, light");
 
+  step("log: an admin reads the gateway's last log lines; a viewer has no Log view");
+  await desk.goto(`${demo.url}#/log`);
+  await desk.waitForFunction(() => (document.querySelector("pre.log")?.textContent || "").includes("INFO"));
+  if (await viewer.locator('#nav a[data-view="log"]').isVisible()) throw new Error("viewer sees the log");
+  await contrastOk(desk, "log, light");
+
   step("the page fits 390 px (phone)");
   const phone = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
   await login(phone, demo.url, "admin");

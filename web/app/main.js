@@ -9,6 +9,7 @@ import { inspectorView } from "./inspector.js";
 import { configureView } from "./configure.js";
 import { diagnosticsView } from "./diagnostics.js";
 import { auditView } from "./audit.js";
+import { logView } from "./log.js";
 import { fmtValue, fmtAgo, fmtTime } from "./format.js";
 
 // ---------------------------------------------------------------------------------------------
@@ -411,6 +412,7 @@ function route() {
   else if (parts[0] === "configure" && isAdmin()) view = configureView(env);
   else if (parts[0] === "diagnostics") view = diagnosticsView(env);
   else if (parts[0] === "audit" && isAdmin()) view = auditView(env);
+  else if (parts[0] === "log" && isAdmin()) view = logView(env);
   else view = overviewView(params.get("state"));
   S.view = view;
   for (const a of document.querySelectorAll("#nav a")) {
