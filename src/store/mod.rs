@@ -430,7 +430,7 @@ pub fn open(
         source,
     };
     let wal_for_checkpoints = wal.clone();
-    std::thread::Builder::new()
+    let checkpoint_thread = std::thread::Builder::new()
         .name("store-checkpoint".into())
         .spawn(move || checkpoint::checkpoints(checkpointer, wal_for_checkpoints, limit, stopped))
         .map_err(spawn_err)?;
@@ -455,7 +455,7 @@ pub fn open(
         last_latest: Instant::now(),
         last_prune: Instant::now(),
         last_cap: Instant::now(),
-        _stop_checkpoints: stop_checkpoints,
+        checkpoints: Some((stop_checkpoints, checkpoint_thread)),
         file: FileId::of(&path).map_err(|source| StoreError::Dir {
             path: path.clone(),
             source,

@@ -49,8 +49,10 @@ pub(super) struct Writer {
     pub last_latest: Instant,
     pub last_prune: Instant,
     pub last_cap: Instant,
-    /// Dropped with the writer: tells the checkpoint thread to do a last one and stop.
-    pub _stop_checkpoints: std::sync::mpsc::Sender<()>,
+    /// The checkpoint thread and its stop: dropped and joined when the writer stops, so no
+    /// checkpoint of this store runs once `Gateway::shutdown` has joined the writer (one ran
+    /// after, and a reload's next store found the database locked).
+    pub checkpoints: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
     /// The database file as opened: checked on each probe, since a file removed or replaced
     /// under a running gateway takes everything written after it away at the next start.
     pub file: super::FileId,
@@ -202,9 +204,13 @@ impl Writer {
                 self.cap();
             }
         }
+        if let Some((stop, thread)) = self.checkpoints.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
         self.save_latest_now();
         // Everything into the database file and the WAL emptied: a clean stop leaves one file
-        // that is complete on its own (the checkpoint thread is not waited for at exit).
+        // that is complete on its own.
         if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
             tracing::warn!("final checkpoint failed: {e}");
         }
