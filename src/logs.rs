@@ -97,9 +97,12 @@ pub struct TeeWriter {
 }
 
 impl Write for TeeWriter {
+    /// All of `b` to stderr (whose failure, a closed stderr, must not cost the ring its copy)
+    /// and into the line kept.
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(b);
         self.buf.extend_from_slice(b);
-        std::io::stderr().write(b)
+        Ok(b.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
