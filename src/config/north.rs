@@ -44,6 +44,18 @@ pub struct Fleet {
     pub keys: Vec<FleetKey>,
 }
 
+impl super::Config {
+    /// A fleet topic of this gateway, `{topic_prefix}/{gateway id}/{leaf}`, whatever the MQTT
+    /// format.
+    pub fn fleet_topic(&self, leaf: &str) -> String {
+        let prefix = self
+            .mqtt
+            .as_ref()
+            .map_or("edge", |m| m.topic_prefix.as_str());
+        format!("{prefix}/{}/{leaf}", self.gateway.id)
+    }
+}
+
 /// One key of `[fleet] public_keys` (`ed25519:KEYID:BASE64`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FleetKey {

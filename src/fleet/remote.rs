@@ -2,7 +2,8 @@
 //! services, each checked (key, signature, target, expiry, an id not seen before) before it
 //! runs, answered on `rpc/response` as over WebSocket.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use serde_json::{json, Value as Json};
 use tokio::sync::mpsc;
@@ -10,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::signed::{self, Seen};
 use crate::config::Role;
+use crate::log_limit::{suppressed, LogLimit};
 use crate::sinks::FleetPort;
 use crate::ws::context::{Ctx, Later, ServiceError};
 use crate::ws::hub::{Client, Login};
@@ -28,16 +30,6 @@ pub const READ_ONLY: [&str; 6] = [
 /// Signed messages waiting to be checked; past it they are dropped (a flood costs nothing).
 const INBOUND: usize = 16;
 
-/// The topics under `{prefix}/{gateway id}/` the fleet's messages come and go on.
-fn topic(shared: &Shared, leaf: &str) -> String {
-    let prefix = shared
-        .config
-        .mqtt
-        .as_ref()
-        .map_or("edge", |m| m.topic_prefix.as_str());
-    format!("{prefix}/{}/{leaf}", shared.config.gateway.id)
-}
-
 /// The MQTT session's port and the task that serves it, when `[fleet]` lists a key and there
 /// is a broker to hear from.
 pub fn start(
@@ -51,7 +43,7 @@ pub fn start(
     let (in_tx, in_rx) = mpsc::channel(INBOUND);
     let (out_tx, out_rx) = mpsc::channel(INBOUND);
     let port = Arc::new(FleetPort {
-        topics: vec![topic(shared, "rpc/request")],
+        topics: vec![shared.config.fleet_topic("rpc/request")],
         inbound: in_tx,
         outbound: tokio::sync::Mutex::new(out_rx),
     });
@@ -75,7 +67,7 @@ async fn serve(
             let reply = rpc(&shared, &mut seen, &payload).await;
             let _ = answers
                 .send((
-                    topic(&shared, "rpc/response"),
+                    shared.config.fleet_topic("rpc/response"),
                     reply.to_string().into_bytes(),
                 ))
                 .await;
@@ -88,8 +80,13 @@ async fn serve(
 async fn rpc(shared: &Arc<Shared>, seen: &mut Seen, payload: &[u8]) -> Json {
     let req: Json = serde_json::from_slice(payload).unwrap_or(Json::Null);
     let id = req["id"].as_str().unwrap_or_default().to_string();
+    // Anyone on the broker can send these: at most one line a minute says so.
+    static LOG: LazyLock<LogLimit<&'static str>> =
+        LazyLock::new(|| LogLimit::new(Duration::from_secs(60)));
     let refused = |code: u16, why: String| {
-        tracing::warn!(id, "fleet rpc refused: {why}");
+        if let Some(held) = LOG.allow("refused") {
+            tracing::warn!(id, "fleet rpc refused: {why}{}", suppressed(held));
+        }
         json!({ "id": id, "code": code, "msg": why })
     };
     let field = |k: &str| req[k].as_str().unwrap_or_default();

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::log_limit::{suppressed, LogLimit};
 use crate::modbus::frame::mbap_frame;
 use crate::modbus::request::TARGET_FAILED;
 
@@ -160,6 +161,7 @@ async fn accept(
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let accept_log = LogLimit::new(Duration::from_secs(60));
     loop {
         let accepted = tokio::select! {
             () = cancel.cancelled() => return,
@@ -168,7 +170,10 @@ async fn accept(
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!("Modbus server: cannot accept: {e}");
+                // Out of descriptors, say: pause instead of spin, one line a minute.
+                if let Some(held) = accept_log.allow(()) {
+                    tracing::warn!("Modbus server: cannot accept: {e}{}", suppressed(held));
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }

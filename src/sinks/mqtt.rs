@@ -410,15 +410,7 @@ impl<F: Format> Session<'_, F> {
     fn fleet_state(&self, state: Option<Arc<str>>, out: &mut Vec<Publish>) {
         if let Some(state) = state {
             out.push(Publish {
-                topic: format!(
-                    "{}/{}/state",
-                    self.ctx
-                        .config
-                        .mqtt
-                        .as_ref()
-                        .map_or("edge", |m| m.topic_prefix.as_str()),
-                    self.ctx.config.gateway.id
-                ),
+                topic: self.ctx.config.fleet_topic("state"),
                 payload: state.as_bytes().to_vec(),
                 retain: true,
                 qos: Some(QoS::AtLeastOnce),
