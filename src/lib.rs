@@ -37,7 +37,8 @@
 //!   pipeline's reports, its users those of the dashboard (cargo feature `opcua`, on by
 //!   default; `opcua/off.rs` stands in without it).
 //! - [`fleet`]: the retained `state` message a fleet reads over the broker, kept current from
-//!   the gateway's own figures.
+//!   the gateway's own figures; signed rpc and remote config (with its trial and rollback);
+//!   the CLI's side of both.
 //! - [`modbus_server`]: the Modbus TCP server PLCs, HMIs and older SCADA poll: each unit a
 //!   device mirrored from its last raw reads or laid out as floats, writes on the audited
 //!   strict path.
@@ -334,7 +335,7 @@ async fn record_apply(
     let audit = store::Audit {
         ts: model::now_ms(),
         user: ask.user.clone(),
-        source: "ws".into(),
+        source: ask.source.clone(),
         device_id: gw.config.gateway.id.clone(),
         point_id: store::AUDIT_CONFIG.into(),
         old: None,

@@ -79,7 +79,7 @@ enum Command {
     /// A fleet of gateways over their MQTT broker (docs/fleet.md).
     Fleet {
         #[command(subcommand)]
-        action: FleetAction,
+        action: edge_gateway::fleet::command::Action,
     },
     /// Dashboard users in a config file.
     User {
@@ -113,44 +113,6 @@ enum Command {
         /// The value; negative numbers need no `=` (`--value -7`).
         #[arg(long, allow_hyphen_values = true)]
         value: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum FleetAction {
-    /// Make an Ed25519 key pair: the private key into FILE (0600), the `public_keys` line
-    /// printed for every gateway's `[fleet]`.
-    Keygen {
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Every gateway's retained state: id, online, version, devices, alarms, backlog, age.
-    Ls {
-        /// mqtt[s]://[user:pass@]host[:port]
-        #[arg(long)]
-        broker: String,
-        #[arg(long, default_value = "edge")]
-        prefix: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// One signed read-only call to a gateway; prints the reply.
-    Rpc {
-        #[arg(long)]
-        broker: String,
-        #[arg(long, default_value = "edge")]
-        prefix: String,
-        /// The private key from `fleet keygen`.
-        #[arg(long)]
-        key: PathBuf,
-        #[arg(long)]
-        gateway: String,
-        /// system.diagnostics, system.stats, alarms.active, events.query, points.history,
-        /// system.log.
-        service: String,
-        /// Its params, a JSON object.
-        #[arg(default_value = "{}")]
-        params: String,
     },
 }
 
@@ -350,7 +312,7 @@ async fn run_cli() -> ExitCode {
         },
         Command::CheckConfig { config, .. } => check_config(&config),
         Command::UnitCaps { config, drop_in } => unit_caps(&config, &drop_in),
-        Command::Fleet { action } => fleet(action).await,
+        Command::Fleet { action } => edge_gateway::fleet::command::run(action).await,
         Command::Simulate {
             listen,
             profile,
@@ -462,34 +424,6 @@ fn check_config(config: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `fleet keygen | ls | rpc`: exit 0 when done (for `rpc`, when the reply is code 0).
-async fn fleet(action: FleetAction) -> ExitCode {
-    use edge_gateway::fleet::client;
-    let done = match action {
-        FleetAction::Keygen { out } => client::keygen(&out).map(|line| println!("{line}")),
-        FleetAction::Ls {
-            broker,
-            prefix,
-            json,
-        } => client::print_ls(&broker, &prefix, json).await,
-        FleetAction::Rpc {
-            broker,
-            prefix,
-            key,
-            gateway,
-            service,
-            params,
-        } => client::print_rpc(&broker, &prefix, &key, &gateway, &service, &params).await,
-    };
-    done.map_or_else(
-        |e| {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        },
-        |()| ExitCode::SUCCESS,
-    )
 }
 
 /// `unit-caps`: the systemd generator's drop-in, and what it granted.

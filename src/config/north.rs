@@ -48,11 +48,14 @@ impl super::Config {
     /// A fleet topic of this gateway, `{topic_prefix}/{gateway id}/{leaf}`, whatever the MQTT
     /// format.
     pub fn fleet_topic(&self, leaf: &str) -> String {
-        let prefix = self
-            .mqtt
+        format!("{}/{}/{leaf}", self.fleet_prefix(), self.gateway.id)
+    }
+
+    /// `[mqtt] topic_prefix`, under which `_all` reaches every gateway.
+    pub fn fleet_prefix(&self) -> &str {
+        self.mqtt
             .as_ref()
-            .map_or("edge", |m| m.topic_prefix.as_str());
-        format!("{prefix}/{}/{leaf}", self.gateway.id)
+            .map_or("edge", |m| m.topic_prefix.as_str())
     }
 }
 

@@ -57,8 +57,9 @@ impl ConfigFile {
 /// then running, and the apply is told how it went (`Err`: why the new config is not running;
 /// the previous one runs again and its file is back).
 pub struct ReloadAsk {
-    /// Who applied.
+    /// Who applied, and through what (`ws`, `fleet`).
     pub user: String,
+    pub source: String,
     /// What the audit row says was applied (`version 7: devices +pump`).
     pub what: String,
     pub done: tokio::sync::oneshot::Sender<Result<(), String>>,

@@ -1,5 +1,6 @@
 //! The engineer's side of the fleet, for the CLI: `fleet keygen` (a key pair), `fleet ls` (every
-//! gateway's retained `state`, as a table or JSON) and `fleet rpc` (one signed read-only call),
+//! gateway's retained `state`, as a table or JSON), `fleet apply` (a signed config, with its
+//! results) and `fleet rpc` (one signed read-only call),
 //! each over the broker the gateways use.
 
 use std::collections::BTreeMap;
@@ -240,5 +241,185 @@ pub async fn print_rpc(
         Ok(())
     } else {
         Err(format!("`{gateway}` answered code {}", reply["code"]))
+    }
+}
+
+/// Where signed messages go: the broker, the topic prefix, the key that signs.
+pub struct Send<'a> {
+    pub url: &'a str,
+    pub prefix: &'a str,
+    pub key: &'a Path,
+}
+
+/// How long `fleet apply` waits for the gateways' results (a reload takes seconds).
+const APPLY_WAIT: Duration = Duration::from_secs(60);
+
+/// The `config/apply` messages of one `fleet apply` (one per target, or one to `_all`), by
+/// topic, expiring in 120 s.
+fn apply_messages(
+    signer: &Signer,
+    prefix: &str,
+    id: &str,
+    targets: Option<&[String]>,
+    confirm_s: u64,
+    text: &str,
+) -> Vec<(String, String)> {
+    let expires = rfc3339(now_ms() + 120_000);
+    let message = |target: &str| {
+        let sig = signer.sign(&signed::config_message(
+            id, target, &expires, confirm_s, text,
+        ));
+        json!({
+            "id": id, "target": target, "expires": expires, "confirmS": confirm_s,
+            "text": text, "keyId": signer.key_id, "sig": sig,
+        })
+        .to_string()
+    };
+    match targets {
+        Some(t) => t
+            .iter()
+            .map(|g| (format!("{prefix}/{g}/config/apply"), message(g)))
+            .collect(),
+        None => vec![(format!("{prefix}/_all/config/apply"), message("_all"))],
+    }
+}
+
+/// `fleet apply`: `text` signed and sent to each of `targets` (`None`: once to `_all`, for
+/// every gateway `fleet ls` finds online), each one's `config/result` by gateway id (a
+/// gateway that did not answer in time is absent); with `confirm_s`, each gateway that applied
+/// it confirmed at once.
+pub async fn apply(
+    to: &Send<'_>,
+    targets: Option<Vec<String>>,
+    confirm_s: u64,
+    text: &str,
+) -> Result<(Vec<String>, BTreeMap<String, Json>), String> {
+    let signer = Signer::load(to.key)?;
+    let prefix = to.prefix;
+    let gateways: Vec<String> = match &targets {
+        Some(t) => t.clone(),
+        None => ls(to.url, prefix)
+            .await?
+            .into_iter()
+            .filter(|(_, s)| s["online"] == true)
+            .map(|(id, _)| id)
+            .collect(),
+    };
+    let (client, mut el) = connect(to.url)?;
+    client
+        .subscribe(format!("{prefix}/+/config/result"), QoS::AtLeastOnce)
+        .await
+        .map_err(|e| e.to_string())?;
+    let id = format!("cfg-{:016x}", rand::random::<u64>());
+    let sends = apply_messages(&signer, prefix, &id, targets.as_deref(), confirm_s, text);
+    let confirm = json!({ "id": id, "sig": signer.sign(&signed::confirm_message(&id)) });
+    let mut results = BTreeMap::new();
+    let mut sent = false;
+    let deadline = tokio::time::Instant::now() + APPLY_WAIT;
+    while results.len() < gateways.len() {
+        let Ok(ev) = tokio::time::timeout_at(deadline, el.poll()).await else {
+            break;
+        };
+        match ev.map_err(|e| format!("the broker: {e}"))? {
+            // Sent once the subscription holds, so no result can come before it.
+            Event::Incoming(Incoming::SubAck(_)) if !sent => {
+                for (topic, payload) in &sends {
+                    client
+                        .publish(topic, QoS::AtLeastOnce, false, payload.clone())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                sent = true;
+            }
+            Event::Incoming(Incoming::Publish(p)) => {
+                let r: Json = serde_json::from_slice(&p.payload).unwrap_or(Json::Null);
+                let gw = p.topic.split('/').rev().nth(2).unwrap_or_default();
+                if r["id"] != json!(id) || !gateways.iter().any(|g| g == gw) {
+                    continue;
+                }
+                if confirm_s > 0 && r["result"] == "applied" {
+                    client
+                        .publish(
+                            format!("{prefix}/{gw}/config/confirm"),
+                            QoS::AtLeastOnce,
+                            false,
+                            confirm.to_string(),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                results.insert(gw.to_string(), r);
+            }
+            _ => {}
+        }
+    }
+    // The confirms go out before the connection closes.
+    let _ = client.disconnect().await;
+    let _ = collect(
+        &mut el,
+        Duration::from_secs(2),
+        Duration::from_secs(2),
+        |_, _| false,
+    )
+    .await;
+    Ok((gateways, results))
+}
+
+/// One line per gateway: applied (with the version), refused (the reason, then each problem
+/// by line and key path), or no answer.
+pub fn apply_lines(gateways: &[String], results: &BTreeMap<String, Json>) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for g in gateways {
+        let Some(r) = results.get(g) else {
+            let _ = writeln!(out, "{g:<24} no answer within {} s", APPLY_WAIT.as_secs());
+            continue;
+        };
+        let what = r["result"].as_str().unwrap_or("?");
+        let detail = match what {
+            "applied" => format!("version {}", r["version"]),
+            _ => r["reason"].as_str().unwrap_or_default().to_string(),
+        };
+        let _ = writeln!(out, "{g:<24} {what:<8} {detail}");
+        for p in r["problems"].as_array().into_iter().flatten() {
+            let line = p["line"]
+                .as_u64()
+                .map_or_else(String::new, |l| format!("line {l}: "));
+            let _ = writeln!(
+                out,
+                "{:<24}   {line}{} {}",
+                "",
+                p["path"].as_str().unwrap_or_default(),
+                p["message"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    out
+}
+
+/// `fleet apply` as printed: one line per gateway; an error unless every one applied.
+pub async fn print_apply(
+    to: &Send<'_>,
+    targets: Option<Vec<String>>,
+    confirm_s: u64,
+    config: &Path,
+) -> Result<(), String> {
+    let text = std::fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
+    let (gateways, results) = apply(to, targets, confirm_s, &text).await?;
+    if gateways.is_empty() {
+        return Err(format!("no gateway online under `{}`", to.prefix));
+    }
+    print!("{}", apply_lines(&gateways, &results));
+    let applied = gateways
+        .iter()
+        .filter(|g| results.get(*g).is_some_and(|r| r["result"] == "applied"))
+        .count();
+    if applied == gateways.len() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{applied} of {} gateway(s) applied it",
+            gateways.len()
+        ))
     }
 }

@@ -1,7 +1,9 @@
 //! A fleet over the broker: the retained `state` a fleet engineer reads, and the signed
 //! messages a fleet sends, checked against `[fleet] public_keys`.
 
+pub mod apply;
 pub mod client;
+pub mod command;
 pub mod remote;
 pub mod signed;
 pub mod state;

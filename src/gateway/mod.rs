@@ -60,6 +60,8 @@ pub(crate) struct Carry {
     opcua: Option<crate::opcua::Server>,
     /// The Modbus TCP server, when its `listen` is unchanged: its connections stay open.
     modbus_server: Option<crate::modbus_server::Server>,
+    /// A remote config under way or on trial, which the next gateway carries on.
+    fleet: Option<Arc<crate::fleet::apply::Trial>>,
 }
 
 impl Carry {
@@ -136,6 +138,7 @@ pub struct Gateway {
     modbus_server: Option<crate::modbus_server::Server>,
     /// The raw words the server mirrors, kept for devices a reload leaves unchanged.
     images: Arc<modbus::image::Images>,
+    fleet: Arc<crate::fleet::apply::Trial>,
     /// Another way into the pipeline, as a bus would feed it (replay, tests); dropped at
     /// shutdown so the pipeline can drain and end.
     bus_events: Option<mpsc::Sender<modbus::bus::BusEvent>>,
@@ -243,7 +246,11 @@ impl Gateway {
             let _ = shared.operator_events.set(q.operator());
         }
         spawn_housekeeping(&shared, &tasks, &cancel);
-        spawn_sinks(&shared, &tasks, &cancel);
+        let fleet = carry
+            .fleet
+            .take()
+            .unwrap_or_else(|| crate::fleet::apply::Trial::load(&config.gateway.data_dir));
+        spawn_sinks(&shared, &fleet, &tasks, &cancel);
         tasks.spawn(http::serve(listener, shared.clone(), cancel.child_token()));
         tasks.close();
         // Connections waiting through a reload move here now.
@@ -262,6 +269,7 @@ impl Gateway {
             opcua,
             modbus_server,
             images,
+            fleet,
             bus_events,
             event_queues,
             settle,
@@ -391,6 +399,7 @@ impl Gateway {
         tell_changed_users(&self.shared, &old, &new).await;
         carry.sessions = self.shared.auth.sessions();
         carry.config_file = self.shared.config_file.clone();
+        carry.fleet = Some(self.fleet.clone());
         carry.listener = self.listener.take().map(|l| (old.http.listen.clone(), l));
         // Open WebSocket connections wait for the new gateway instead of closing (SPEC
         // "Reload": nobody else notices).

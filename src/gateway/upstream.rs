@@ -30,8 +30,15 @@ fn sink_context(
 /// The upstream sinks the config turns on, each with its own context and stop token; with
 /// MQTT, the fleet's `state` kept up to date for it and, with `[fleet]` keys, signed requests
 /// served.
-pub(super) fn spawn_sinks(shared: &Arc<Shared>, tasks: &TaskTracker, cancel: &CancellationToken) {
+pub(super) fn spawn_sinks(
+    shared: &Arc<Shared>,
+    trial: &Arc<crate::fleet::apply::Trial>,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) {
     let (state_tx, state) = watch::channel(None);
+    // With or without a broker: a remote config on trial is rolled back by whichever runs.
+    let port = crate::fleet::remote::start(shared, trial, tasks, cancel);
     if shared.config.mysql.is_some() {
         tasks.spawn(sinks::mysql::run(
             sink_context(shared, &shared.sinks.mysql, &state, None),
@@ -44,7 +51,6 @@ pub(super) fn spawn_sinks(shared: &Arc<Shared>, tasks: &TaskTracker, cancel: &Ca
             state_tx,
             cancel.child_token(),
         ));
-        let port = crate::fleet::remote::start(shared, tasks, cancel);
         tasks.spawn(sinks::mqtt::run(
             sink_context(shared, &shared.sinks.mqtt, &state, port),
             cancel.child_token(),

@@ -32,6 +32,11 @@ pub struct Watcher {
 
 impl Watcher {
     pub async fn start(broker: &str, id: &str) -> Watcher {
+        Self::start_on(broker, &format!("edge/{id}/#")).await
+    }
+
+    /// Everything under the topic filter `filter`.
+    pub async fn start_on(broker: &str, filter: &str) -> Watcher {
         let (host, port) = broker.rsplit_once(':').unwrap();
         let mut o = MqttOptions::new(
             format!("watch-{}", rand::random::<u32>()),
@@ -42,10 +47,7 @@ impl Watcher {
         o.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut el) = AsyncClient::new(o, 100);
         let (tx, rx) = mpsc::unbounded_channel();
-        client
-            .subscribe(format!("edge/{id}/#"), QoS::AtLeastOnce)
-            .await
-            .unwrap();
+        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
         let (sub_tx, mut sub_rx) = mpsc::channel(1);
         tokio::spawn(async move {
             loop {

@@ -14,17 +14,20 @@ use crate::events::{Draft, EventState, EventType};
 use crate::model::rfc3339;
 use crate::sync::Locked as _;
 use crate::ws::context::{Ctx, HandlerResult, ServiceError};
+use crate::ws::Shared;
 
 /// The largest config text accepted (a frame is at most 64 KiB anyway).
 const MAX_TEXT: usize = 64 * 1024;
 
 fn file(ctx: &Ctx) -> Result<Arc<ConfigFile>, ServiceError> {
-    ctx.shared.config_file.clone().ok_or_else(|| {
-        ServiceError::new(
-            503,
-            "this gateway runs without a config file (the demo): nothing to edit",
-        )
-    })
+    ctx.shared.config_file.clone().ok_or_else(no_file)
+}
+
+fn no_file() -> ServiceError {
+    ServiceError::new(
+        503,
+        "this gateway runs without a config file (the demo): nothing to edit",
+    )
 }
 
 fn problems_json(problems: &[config::Problem]) -> Json {
@@ -149,75 +152,115 @@ pub async fn apply(ctx: Ctx) -> HandlerResult {
     apply_text(ctx, &text).await
 }
 
-/// Applies a text and records the attempt in the audit table (who, the version and its
-/// summary, or why not). The answer comes once the reload has run: ok with the version when
-/// the new config runs, else why not (the previous file is then back and running).
+/// Applies a text as the connection's user; the answer comes once the reload has run.
 async fn apply_text(ctx: Ctx, text: &str) -> HandlerResult {
-    let f = file(&ctx)?;
+    let user = ctx.client.login().map_or_else(String::new, |l| l.user);
+    let applying = begin_apply(&ctx.shared, &user, "ws", text).await?;
+    // The connection moves to the next gateway meanwhile: the answer must not hold this one.
+    let later = ctx.later.take();
+    drop(ctx);
+    match later {
+        Some(answer) => {
+            tokio::spawn(async move { answer.send(applying.outcome().await).await });
+            Ok(Json::Null)
+        }
+        None => applying.outcome().await,
+    }
+}
+
+/// A config apply whose reload has been asked for: the version written, and the reload's
+/// outcome to come (the apply lock held until then).
+pub struct Applying {
+    pub id: u64,
+    pub summary: String,
+    outcome: tokio::sync::oneshot::Receiver<Result<(), String>>,
+    _lock: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Applying {
+    /// Ok with the version once the new config runs, else why not (the previous file is then
+    /// back and running).
+    pub async fn outcome(self) -> HandlerResult {
+        let Applying {
+            id,
+            summary,
+            outcome,
+            _lock,
+        } = self;
+        match outcome
+            .await
+            .unwrap_or_else(|_| Err("the gateway stopped".into()))
+        {
+            Ok(()) => Ok(json!({ "id": id, "summary": summary })),
+            Err(why) => Err(ServiceError::internal(format!(
+                "version {id} was written but did not start ({why}); the previous config is back and runs"
+            ))),
+        }
+    }
+}
+
+/// Checks a text, writes it, keeps it as a version and asks for the reload — the path of every
+/// apply (dashboard, rollback, fleet) — recording a refusal in the audit table (who, from
+/// where, why); the reload's own audit row is written with its outcome by the gateway then
+/// running.
+pub async fn begin_apply(
+    shared: &Shared,
+    user: &str,
+    source: &str,
+    text: &str,
+) -> Result<Applying, ServiceError> {
+    let f = shared.config_file.clone().ok_or_else(no_file)?;
     // One apply at a time, from its check until its reload has run: one version per text.
     // Another waits for nothing (the reload under way moves this connection): it is refused.
-    let Ok(applying) = f.applying.clone().try_lock_owned() else {
+    let Ok(lock) = f.applying.clone().try_lock_owned() else {
         return Err(ServiceError::new(
             409,
             "another config apply is under way; send this one again once it is answered",
         ));
     };
-    let (id, summary) = match write_version(&ctx, &f, text).await {
+    let (id, summary) = match write_version(shared, &f, user, text).await {
         Ok(v) => v,
         Err(e) => {
             let row = crate::store::Audit {
                 ts: crate::model::now_ms(),
-                user: ctx.client.login().map_or_else(String::new, |l| l.user),
-                source: "ws".into(),
-                device_id: ctx.shared.config.gateway.id.clone(),
+                user: user.to_string(),
+                source: source.to_string(),
+                device_id: shared.config.gateway.id.clone(),
                 point_id: crate::store::AUDIT_CONFIG.into(),
                 old: None,
                 new: crate::model::Value::Text("not applied".into()),
                 result: e.msg.clone(),
             };
-            let cmd = crate::store::StoreCmd::Audit(row);
-            ctx.shared.store.send(cmd).await;
+            shared.store.send(crate::store::StoreCmd::Audit(row)).await;
             return Err(e);
         }
     };
-    // The audit row is written with the outcome, by the gateway then running.
     let (done, outcome) = tokio::sync::oneshot::channel();
     let ask = versions::ReloadAsk {
-        user: ctx.client.login().map_or_else(String::new, |l| l.user),
+        user: user.to_string(),
+        source: source.to_string(),
         what: format!("version {id}: {summary}"),
         done,
     };
     if f.reload.send(ask).await.is_err() {
         return Err(ServiceError::new(503, "the gateway is stopping"));
     }
-    let wait = async move {
-        let _applying = applying;
-        match outcome.await.unwrap_or_else(|_| Err("the gateway stopped".into())) {
-            Ok(()) => Ok(json!({ "id": id, "summary": summary })),
-            Err(why) => Err(ServiceError::internal(format!(
-                "version {id} was written but did not start ({why}); the previous config is back and runs"
-            ))),
-        }
-    };
-    // The connection moves to the next gateway meanwhile: the answer must not hold this one.
-    let later = ctx.later.take();
-    drop(ctx);
-    match later {
-        Some(answer) => {
-            tokio::spawn(async move { answer.send(wait.await).await });
-            Ok(Json::Null)
-        }
-        None => wait.await,
-    }
+    Ok(Applying {
+        id,
+        summary,
+        outcome,
+        _lock: lock,
+    })
 }
 
 /// Checks and writes the text and keeps it as a version: its id and summary.
 async fn write_version(
-    ctx: &Ctx,
+    shared: &Shared,
     f: &ConfigFile,
+    user: &str,
     text: &str,
 ) -> Result<(u64, String), ServiceError> {
-    let (problems, new) = check(text, &ctx.shared.config);
+    let (problems, new) = check(text, &shared.config);
     let Some(new) = new else {
         let mut e = ServiceError::bad_request(format!(
             "the config has {} problem(s); nothing was written",
@@ -226,8 +269,7 @@ async fn write_version(
         e.data = Some(json!({ "problems": problems_json(&problems) }));
         return Err(e);
     };
-    let user = ctx.client.login().map_or_else(String::new, |l| l.user);
-    let summary = versions::summary(&ctx.shared.config, &new);
+    let summary = versions::summary(&shared.config, &new);
     // What to put back should the reload fail after all (a race for the port).
     if let Ok(before) = std::fs::read_to_string(&f.path) {
         *f.previous.locked() = Some(before);
@@ -238,19 +280,15 @@ async fn write_version(
             format!("cannot write the config file ({e}); see docs/configuration.md, \"Editing from the dashboard\""),
         )
     })?;
-    let v = f.versions.record(text, &user, &summary).map_err(|e| {
+    let v = f.versions.record(text, user, &summary).map_err(|e| {
         ServiceError::internal(format!(
             "the file was written, but its version was not kept: {e}"
         ))
     })?;
-    tracing::info!(
-        user,
-        version = v.id,
-        "config applied from the dashboard: {summary}"
-    );
+    tracing::info!(user, version = v.id, "config applied: {summary}");
     // In the event log, pushed and synced upstream like any operator action.
-    if let Some(events) = ctx.shared.operator_events.get() {
-        let config = &ctx.shared.config;
+    if let Some(events) = shared.operator_events.get() {
+        let config = &shared.config;
         events
             .send(Draft {
                 device: config.gateway_source(),

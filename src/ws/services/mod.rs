@@ -4,7 +4,7 @@
 mod auth;
 pub use auth::expire_sessions;
 mod commission;
-mod configure;
+pub mod configure;
 mod devices;
 mod events;
 mod push;
