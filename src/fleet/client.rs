@@ -84,28 +84,36 @@ async fn collect(
     }
 }
 
-/// `fleet ls`: every gateway's retained `state` under `prefix`, by id.
+/// `fleet ls`: every gateway's retained `state` under `prefix`, by id, each with `online`
+/// (its state is fresh, and its retained `status` is not the last will's `{"online": false}`:
+/// a gateway killed a moment ago is not shown online) and `ageS`.
 pub async fn ls(url: &str, prefix: &str) -> Result<BTreeMap<String, Json>, String> {
     let (client, mut el) = connect(url)?;
-    client
-        .subscribe(format!("{prefix}/+/state"), QoS::AtLeastOnce)
-        .await
-        .map_err(|e| e.to_string())?;
+    for leaf in ["state", "status"] {
+        client
+            .subscribe(format!("{prefix}/+/{leaf}"), QoS::AtLeastOnce)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let mut states = BTreeMap::new();
+    let mut gone = std::collections::HashSet::new();
     // Retained messages come right after the subscription's ack: half a second of quiet ends it.
     collect(
         &mut el,
         Duration::from_secs(10),
         Duration::from_millis(500),
         |topic, payload| {
-            let id = topic
-                .split('/')
-                .rev()
-                .nth(1)
-                .unwrap_or_default()
-                .to_string();
-            if let Ok(state) = serde_json::from_slice::<Json>(payload) {
-                states.insert(id, state);
+            let mut parts = topic.rsplit('/');
+            let (leaf, id) = (
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+            );
+            if let Ok(msg) = serde_json::from_slice::<Json>(payload) {
+                if leaf == "state" {
+                    states.insert(id.to_string(), msg);
+                } else if msg["online"] == false {
+                    gone.insert(id.to_string());
+                }
             }
             false
         },
@@ -113,10 +121,10 @@ pub async fn ls(url: &str, prefix: &str) -> Result<BTreeMap<String, Json>, Strin
     .await?;
     let _ = client.disconnect().await;
     let now = now_ms();
-    for s in states.values_mut() {
+    for (id, s) in &mut states {
         let age = s["ts"].as_str().and_then(parse_rfc3339).map(|t| now - t);
         s["ageS"] = json!(age.map(|a| a / 1000));
-        s["online"] = json!(age.is_some_and(|a| a < FRESH_MS));
+        s["online"] = json!(age.is_some_and(|a| a < FRESH_MS) && !gone.contains(id));
     }
     Ok(states)
 }
