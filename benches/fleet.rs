@@ -322,19 +322,10 @@ fn compare(dir: &Path, prefix: &str, n: usize, cutoff: i64) -> (i64, i64) {
     let remote = mysql_rows_by(prefix, Some(cutoff));
     let (mut missing, mut extra) = (0, 0);
     for i in 1..=n {
-        let db = dir
-            .join(format!("gw{i}"))
-            .join(edge_gateway::store::DB_FILE);
-        let local: i64 =
-            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .and_then(|c| {
-                    c.query_row(
-                        "SELECT COUNT(*) FROM telemetry WHERE ts < ?1",
-                        [cutoff],
-                        |r| r.get(0),
-                    )
-                })
-                .unwrap_or(0);
+        let local = edge_gateway::store::open_reader(&dir.join(format!("gw{i}")))
+            .ok()
+            .and_then(|c| edge_gateway::store::values_before(&c, cutoff).ok())
+            .unwrap_or(0);
         let there = remote
             .get(&format!("{prefix}-{i:02}"))
             .copied()

@@ -40,7 +40,7 @@ use crate::model::{Millis, Quality, Value};
 pub use outbox::{OutboxRow, Stream};
 pub use query::{
     active_alarms, alarm_counts, audit_page, event_seq, history, history_buckets, query_events,
-    Bucket, EventFilter,
+    values_before, Bucket, EventFilter,
 };
 use readers::small_cache;
 pub use readers::{open_reader, Lane, Readers};

@@ -249,6 +249,18 @@ pub struct EventFilter {
     pub limit: usize,
 }
 
+/// Point values recorded before `before` (ms): what an upstream holds once it has everything
+/// up to then (one MySQL telemetry row each). Each sample is decoded; for checks, not polling.
+pub fn values_before(conn: &Connection, before: Millis) -> rusqlite::Result<i64> {
+    let mut stmt = conn.prepare("SELECT points FROM samples WHERE ts < ?1")?;
+    let mut rows = stmt.query([before])?;
+    let mut n = 0i64;
+    while let Some(r) = rows.next()? {
+        n += packed::decode(r.get_ref(0)?.as_blob()?).map_or(0, |e| e.len() as i64);
+    }
+    Ok(n)
+}
+
 /// Events newest first, by the filter.
 pub fn query_events(
     conn: &Connection,
