@@ -94,11 +94,23 @@ pub fn add_user(path: &Path, name: &str, role: Role, hash: &str) -> Result<bool,
         users.push(t);
         users.iter_mut().last().expect("just pushed")
     };
-    table["role"] = toml_edit::value(role);
-    table["password_hash"] = toml_edit::value(hash);
+    set_keeping_comment(table, "role", role);
+    set_keeping_comment(table, "password_hash", hash);
     crate::config::versions::write_atomically(path, doc.to_string().as_bytes())
         .map_err(|e| e.to_string())?;
     Ok(new)
+}
+
+/// Sets `key` to `value`, keeping the comment at the end of its line (`# admin | viewer`).
+fn set_keeping_comment(table: &mut toml_edit::Table, key: &str, value: &str) {
+    match table.get_mut(key).and_then(toml_edit::Item::as_value_mut) {
+        Some(v) => {
+            let decor = v.decor().clone();
+            *v = toml_edit::Value::from(value);
+            *v.decor_mut() = decor;
+        }
+        None => table[key] = toml_edit::value(value),
+    }
 }
 
 /// Why `run` must not start: a user whose hash is the demo's admin/admin or viewer/viewer

@@ -70,6 +70,16 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../web/app/log.js"),
     ),
     (
+        "/app/forms.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../web/app/forms.js"),
+    ),
+    (
+        "/app/addpoint.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../web/app/addpoint.js"),
+    ),
+    (
         "/app/devform.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../web/app/devform.js"),

@@ -333,12 +333,6 @@ fn values(
             codec::decode_registers(f, regs.get(i * w..).unwrap_or(&[]))
         };
         values.push(match v {
-            // An f32 printed as the f32 it is (80.47981), not as the f64 it widens to
-            // (80.47981262207031).
-            Ok(Value::Float(x)) if f.data_type == codec::DataType::F32 => {
-                let short = (x as f32).to_string().parse::<f64>().unwrap_or(x);
-                serde_json::json!(short)
-            }
             Ok(v) => v.to_json(),
             // NaN and infinity are what the device holds; show them rather than fail.
             Err(codec::CodecError::NotFinite(x)) => serde_json::Value::String(x.to_string()),

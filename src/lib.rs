@@ -106,6 +106,13 @@ pub const VERSION: &str = concat!(
 /// The git commit alone (`unknown` outside a checkout).
 pub const GIT: &str = env!("EDGE_GATEWAY_GIT");
 
+/// When this process started its first gateway: uptime counts from here, not from the last
+/// reload.
+pub fn process_started() -> std::time::Instant {
+    static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(std::time::Instant::now)
+}
+
 /// Caps glibc's malloc at two arenas. By default it makes up to eight per core, one per thread
 /// that ever allocates, and every one keeps its freed pages: with a connection's buffers
 /// allocated and freed on whichever worker ran it, that cost 18 MB of RSS at 1,000 WebSocket

@@ -353,7 +353,7 @@ impl Metrics {
             reloads: Default::default(),
             opcua: opcua::Opcua::default(),
             modbus_server: modbus_server::ModbusServer::default(),
-            started: std::time::Instant::now(),
+            started: crate::process_started(),
             windows: std::sync::Mutex::default(),
         }
     }

@@ -277,6 +277,8 @@ fn user_add_sets_the_shipped_placeholder_and_adds_users_with_comments_kept() {
         assert!(text.contains(line), "lost: {line}");
     }
     assert!(!text.contains("s3cret") && !text.contains("CHANGE-ME"));
+    // And the comments at the ends of the lines it changed.
+    assert!(text.contains("role = \"admin\"                   # admin | viewer"), "{text}");
     let users = edge_gateway::config::parse(&text).unwrap().config.users;
     assert_eq!(
         users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
@@ -484,4 +486,48 @@ async fn read_shows_every_order_and_names_a_peer_that_is_not_modbus() {
     .await;
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("did not answer with Modbus TCP"), "{err}");
+}
+
+/// The package's starter config (#35): once `user add` has set the password it loads, and so
+/// does every example block in it with its `# ` taken away; started as the daemon, it logs no
+/// error and no warning but the clock's (this machine's clock may not be synchronised).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_starter_config_starts_clean_and_its_examples_load() {
+    let starter = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.starter.toml"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let hash = edge_gateway::cli::hash_password("s3cret-starter").unwrap();
+    let text = starter
+        .replace("CHANGE-ME", &hash)
+        .replace("/var/lib/edge-gateway", &dir.path().join("data").display().to_string())
+        .replace("0.0.0.0:8080", "127.0.0.1:0");
+    let l = edge_gateway::config::parse(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(l.config.buses.is_empty() && l.config.mysql.is_none() && l.config.mqtt.is_none());
+    let examples: String = text
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .fold(String::new(), |out, l| out + l + "\n");
+    let l = edge_gateway::config::parse(&examples).unwrap_or_else(|e| panic!("{e:?}\n{examples}"));
+    assert_eq!(
+        (l.config.buses.len(), l.config.devices.len(), l.config.rules.len()),
+        (2, 1, 1)
+    );
+    assert!(l.config.mysql.is_some() && l.config.mqtt.is_some());
+
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let log = dir.path().join("log");
+    let (gw, addr) = spawn_gateway(gateway_command(&cfg), Some(&log));
+    assert!(healthz(addr).await.contains("\"status\""));
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    drop(gw);
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let bad: Vec<&str> = lines
+        .lines()
+        .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
+        .filter(|l| !l.contains("system clock is not synchronised"))
+        .collect();
+    assert!(bad.is_empty(), "{bad:#?}");
 }

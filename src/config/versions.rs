@@ -187,12 +187,44 @@ pub fn summary(old: &Config, new: &Config) -> String {
     ]
     .into_iter()
     .flatten()
+    .chain(sections_changed(old, new))
     .collect();
     if parts.is_empty() {
-        "other settings".into()
+        "no setting changed (comments or layout only)".into()
     } else {
         parts.join("; ")
     }
+}
+
+/// The other sections that changed, by name (`[mqtt]`). Secrets are masked in `Debug`, so
+/// the upstream URLs are compared as they are.
+fn sections_changed(old: &Config, new: &Config) -> impl Iterator<Item = String> {
+    let dbg = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    let mysql_url = |c: &Config| c.mysql.as_ref().map(|m| m.url.0.clone());
+    let mqtt_url = |c: &Config| c.mqtt.as_ref().map(|m| m.url.0.clone());
+    [
+        ("gateway", dbg(&old.gateway, &new.gateway)),
+        ("http", dbg(&old.http, &new.http)),
+        ("push", dbg(&old.push, &new.push)),
+        ("events", dbg(&old.events, &new.events)),
+        ("store", dbg(&old.store, &new.store)),
+        (
+            "mysql",
+            dbg(&old.mysql, &new.mysql) || mysql_url(old) != mysql_url(new),
+        ),
+        (
+            "mqtt",
+            dbg(&old.mqtt, &new.mqtt) || mqtt_url(old) != mqtt_url(new),
+        ),
+        ("opcua", dbg(&old.opcua, &new.opcua)),
+        ("modbus_server", dbg(&old.modbus_server, &new.modbus_server)),
+        ("fleet", dbg(&old.fleet, &new.fleet)),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(name, _)| format!("[{name}]"))
+    .collect::<Vec<_>>()
+    .into_iter()
 }
 
 /// Writes a sibling file and renames it over `path`, then syncs the directory: a crash leaves
@@ -200,6 +232,11 @@ pub fn summary(old: &Config, new: &Config) -> String {
 /// cut. The new file gets the old one's owner, group and permissions (root:edge-gateway 0660
 /// under /etc, which the service must still read after a `sudo user add`), and is readable by
 /// nobody else while it is being written.
+///
+/// The service, not root, cannot give a file to root: a rename would leave the config owned by
+/// the service. Then the complete text, synced in the sibling, is copied into the file itself
+/// (its owner and mode stay) and the sibling removed once that is synced too; a power cut in
+/// between leaves the whole text in `NAME.new`.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let err = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
@@ -214,15 +251,29 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .mode(0o600)
         .open(&tmp)
         .map_err(err)?;
+    let mut kept_owner = true;
     if let Some(meta) = &meta {
         // Only root may give a file away; a user writing their own file keeps it as it is.
-        let _ = std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()));
+        let given = std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()));
+        kept_owner = given.is_ok() || meta.uid() == f.metadata().map_err(err)?.uid();
         f.set_permissions(meta.permissions()).map_err(err)?;
     }
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
+    if kept_owner {
+        std::fs::rename(&tmp, path).map_err(err)?;
+    } else {
+        let mut own = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(path)
+            .map_err(err)?;
+        own.write_all(bytes)
+            .and_then(|()| own.sync_all())
+            .map_err(err)?;
+        std::fs::remove_file(&tmp).map_err(err)?;
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())

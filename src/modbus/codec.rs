@@ -60,8 +60,13 @@ fn be_bytes_to_regs(bytes: &[u8], bo: ByteOrder, wo: WordOrder) -> Vec<u16> {
     regs
 }
 
+/// `raw * scale + offset`, without the noise the arithmetic adds (666 × 0.1 is 66.6).
 fn apply_scale(f: &Format, raw: f64) -> f64 {
-    raw * f.scale + f.offset
+    if f.scaled() {
+        crate::model::float::tidy(raw * f.scale + f.offset)
+    } else {
+        raw
+    }
 }
 
 fn int_value(f: &Format, v: i64) -> Value {
@@ -112,7 +117,10 @@ pub fn decode_registers(f: &Format, regs: &[u16]) -> Result<Value, CodecError> {
         }
         DataType::I64 => int_value(f, i64::from_be_bytes(bytes[..8].try_into().unwrap())),
         DataType::F32 => {
-            let v = f64::from(f32::from_be_bytes(bytes[..4].try_into().unwrap()));
+            // As typed into the device (66.6), not as the f32 widens (66.59999847412109).
+            let v = crate::model::float::short_f32(f32::from_be_bytes(
+                bytes[..4].try_into().unwrap(),
+            ));
             check_finite(v)?;
             Value::Float(apply_scale(f, v))
         }

@@ -1,7 +1,8 @@
 //! The vocabulary shared by every stage: values, quality, samples and timestamps; how a point
-//! sits in a device (`format`); events (`event`). It imports nothing of the crate's own.
+//! sits in a device (`format`); events (`event`); floats as a person wrote them (`float`). It imports nothing of the crate's own.
 
 pub mod event;
+pub mod float;
 pub mod format;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -95,12 +95,21 @@ pub struct FleetPort {
     pub outbound: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<(String, Vec<u8>)>>,
 }
 
+/// A MySQL error once: the client says "Input/output error: " for its error and again for the
+/// socket's inside it.
+fn mysql_text(e: &mysql_async::Error) -> String {
+    match e {
+        mysql_async::Error::Io(mysql_async::IoError::Io(io)) => format!("cannot reach the server: {io}"),
+        other => other.to_string(),
+    }
+}
+
 /// Why a sink's session with its upstream ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("reading the outbox: {0}")]
     Outbox(#[from] rusqlite::Error),
-    #[error(transparent)]
+    #[error("{}", mysql_text(.0))]
     Mysql(#[from] mysql_async::Error),
     /// Boxed: the MQTT client's error is large, and every `Result` would carry its size.
     #[error(transparent)]
@@ -185,5 +194,17 @@ pub async fn run(
             () = cancel.cancelled() => break,
             () = tokio::time::sleep(backoff.fail()) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod mysql_error_tests {
+    #[test]
+    fn a_socket_error_is_said_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let e = super::SinkError::Mysql(mysql_async::Error::Io(mysql_async::IoError::Io(io)));
+        let text = e.to_string();
+        assert!(text.starts_with("cannot reach the server: "), "{text}");
+        assert!(!text.contains("Input/output error"), "{text}");
     }
 }

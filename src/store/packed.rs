@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension};
 
+use crate::model::float::short_f32;
 use crate::model::{Quality, Value};
 
 /// One point of a sample: its key, value (none when the read gave none) and quality.
@@ -79,7 +80,11 @@ pub fn push(out: &mut Vec<u8>, prev: &mut i64, key: i64, value: Option<&Value>, 
             out.push(tag(UINT));
             put_varint(out, *u);
         }
-        Some(Value::Float(f)) if f64::from(*f as f32) == *f || f.is_nan() => {
+        // Four bytes where they give the value back: an f32 as decoded (its shortest decimal,
+        // which is what `F32` reads back as) or one held exactly.
+        Some(Value::Float(f))
+            if f.is_nan() || f64::from(*f as f32) == *f || short_f32(*f as f32) == *f =>
+        {
             out.push(tag(F32));
             out.extend_from_slice(&(*f as f32).to_le_bytes());
         }
@@ -155,7 +160,7 @@ pub fn decode(buf: &[u8]) -> Result<Vec<Entry>, Damaged> {
             TRUE => Some(Value::Bool(true)),
             INT => Some(Value::Int(unzigzag(r.varint()?))),
             UINT => Some(Value::UInt(r.varint()?)),
-            F32 => Some(Value::Float(f64::from(f32::from_le_bytes(
+            F32 => Some(Value::Float(short_f32(f32::from_le_bytes(
                 r.bytes(4)?.try_into().map_err(|_| Damaged)?,
             )))),
             F64 => Some(Value::Float(f64::from_le_bytes(

@@ -62,7 +62,7 @@ impl Shared {
             push_interval: watch::channel(config.push.interval).0,
             admission: Arc::new(admit::Admission::new(config.push.max_clients)),
             front: Arc::default(),
-            started: Instant::now(),
+            started: crate::process_started(),
             shutdown,
             sinks: Sinks::default(),
             config_file: None,

@@ -1,9 +1,10 @@
 // The dashboard end to end, in headless Chromium against `edge-gateway demo`:
 // log in; all demo devices shown; a value changes live; a write from the device view changes the
 // simulator's register; the alarm that follows appears and is acknowledged; a pymodbus device the
-// config does not know is commissioned with no file edited by hand (a bus added in Configure, the
-// bus scanned, its registers inspected, two points added from the inspector, live values seen,
-// then everything rolled back); the audit lists writes and config changes; a viewer sees no write or ack controls; the page fits 390 px.
+// config does not know is commissioned with no file edited by hand on a tablet's 800 × 1280 (a
+// bus added by its form, the bus scanned, its registers inspected, two points added from the
+// inspector, a rule by its form over the point's trend, MySQL and MQTT tested and turned on by
+// their forms, live values seen, then everything rolled back); the audit lists writes and config changes; a viewer sees no write or ack controls; the page fits 390 px.
 // With SCREENSHOTS=dir, saves desktop and phone screenshots there.
 //
 // Env: EDGE_BIN (the gateway binary), CHROMIUM (default /usr/bin/chromium), SCREENSHOTS,
@@ -103,6 +104,40 @@ async function addPoint(page, url, { address, count, register, type, order, scal
   await page.getByRole("button", { name: "Add as point" }).click();
   await confirmApplied(page);
   return preview;
+}
+
+/** Both upstreams from their forms: a wrong login and a dead port said so by the test, the
+ * right ones tested and turned on. Against the machine's MariaDB and Mosquitto. */
+async function upstreams(page) {
+  const mysql = process.env.EDGE_TEST_MYSQL_URL;
+  const mqtt = process.env.EDGE_TEST_MQTT_ADDR;
+  if (!mysql || !mqtt) {
+    if (process.env.CI) throw new Error("EDGE_TEST_MYSQL_URL and EDGE_TEST_MQTT_ADDR must be set in CI");
+    console.log("SKIPPED the upstream forms: EDGE_TEST_MYSQL_URL / EDGE_TEST_MQTT_ADDR not set (./scripts/test sets them)");
+    return;
+  }
+  const tested = async (form, url, want) => {
+    await form.getByLabel("URL").fill(url);
+    await form.getByRole("button", { name: "Test connection" }).click();
+    await form.getByText(want).waitFor({ timeout: 15000 });
+  };
+  const my = page.locator("form.entry-form", { hasText: "MySQL / MariaDB upstream" });
+  await tested(my, mysql.replace("root@", "root:wrong-password@"), /✗ .*refused the user or password/);
+  await tested(my, mysql, /✓ connected to .* and logged in/);
+  await my.getByRole("button", { name: "Turn MySQL on" }).click();
+  await confirmApplied(page);
+  // The view reads the file again: its forms are then those of the new text.
+  await my.getByRole("button", { name: "Turn MySQL off" }).waitFor({ timeout: 15000 });
+  const mq = page.locator("form.entry-form", { hasText: "MQTT upstream" });
+  await tested(mq, "mqtt://127.0.0.1:1", /✗ cannot reach 127\.0\.0\.1:1/);
+  await tested(mq, `mqtt://${mqtt}`, /✓ connected to .*accepted/);
+  await mq.getByLabel("Topic prefix").fill("edge-e2e");
+  await mq.getByRole("button", { name: "Turn MQTT on" }).click();
+  await confirmApplied(page);
+  await page.waitForFunction(() => {
+    const t = document.querySelector("#c-text")?.value || "";
+    return t.includes("[mysql]") && /\[mqtt\]\nurl = "mqtt:\/\//.test(t);
+  }, null, { timeout: 15000 });
 }
 
 async function login(page, url, user) {
@@ -270,17 +305,24 @@ try {
   if (u16 !== "1000") throw new Error(`inspector u16 ABCD shows ${u16}`);
   if (shots) await desk.screenshot({ path: join(shots, "desktop-inspector.png") });
 
-  step("commissioning: a bus added in Configure, scanned; two points added from the inspector");
+  step("commissioning on a tablet (800 × 1280): a bus added by its form, scanned; two points added from the inspector");
+  await desk.setViewportSize({ width: 800, height: 1280 });
   let py = await startPymodbus();
   try {
     await desk.goto(`${demo.url}#/configure`);
-    const area = desk.getByLabel("Config (TOML)");
     await desk.waitForFunction(() => document.querySelector("#c-text").value.includes("[gateway]"));
-    const text = await area.inputValue();
-    await area.fill(`${text}\n# The new line's serial server (added from the dashboard).\n[[buses]]\nname = "py"\nkind = "tcp"\naddress = "127.0.0.1:${py.port}"\ntimeout_ms = 300\nretries = 0\n`);
-    await desk.getByRole("button", { name: "Apply" }).click();
+    await desk.getByRole("button", { name: "Add a bus" }).click();
+    const bf = desk.locator("form.entry-form", { hasText: "New bus" });
+    await bf.getByLabel("Bus name").fill("py");
+    await bf.getByLabel("Kind").selectOption("tcp");
+    await bf.getByLabel("Address (host:port)").fill(`127.0.0.1:${py.port}`);
+    if (await bf.getByLabel("Serial port").isVisible()) throw new Error("a TCP bus shows the serial port");
+    await bf.getByLabel("Timeout (ms)").fill("300");
+    await bf.getByLabel("Retries").fill("0");
+    await bf.getByRole("button", { name: "Add bus" }).click();
     await confirmApplied(desk);
-    if (shots) await desk.screenshot({ path: join(shots, "desktop-configure.png"), fullPage: true });
+    await fits(desk, "configure at 800 px");
+    if (shots) await desk.screenshot({ path: join(shots, "tablet-configure.png"), fullPage: true });
 
     await desk.goto(`${demo.url}#/inspector`);
     await desk.getByLabel("Bus", { exact: true }).selectOption("py");
@@ -298,6 +340,26 @@ try {
     if (!/= 123\.456/.test(flow)) throw new Error(`preview of flow: ${flow}`);
     const level = await addPoint(desk, demo.url, { address: 9, count: 1, register: 9, type: "u16", order: "ABCD", scale: 0.1, unit: "cm", id: "level", device: { existing: "py-1" } });
     if (!/= 6500/.test(level)) throw new Error(`preview of level: ${level}`);
+
+    step("a rule by its form, its threshold drawn on the point's trend; the upstreams tested and turned on");
+    await desk.goto(`${demo.url}#/configure`);
+    await desk.getByRole("button", { name: "Add a rule" }).click();
+    const rf = desk.locator("form.entry-form", { hasText: "New rule" });
+    await rf.getByLabel("Rule id").fill("flow-high");
+    await rf.getByLabel("Device").selectOption("py-1");
+    await rf.getByLabel("Point").fill("flow");
+    await rf.getByLabel("Kind").selectOption("above");
+    if (await rf.getByLabel("Low").isVisible()) throw new Error("an `above` rule shows `low`");
+    await rf.getByLabel("Threshold").fill("200");
+    await rf.locator("canvas.rule-trend").waitFor();
+    await rf.getByText("flow's last hour").waitFor({ timeout: 10000 });
+    await rf.getByLabel("Priority").selectOption("high");
+    if (shots) await desk.screenshot({ path: join(shots, "tablet-rule-form.png"), fullPage: true });
+    await rf.getByRole("button", { name: "Add rule" }).click();
+    await confirmApplied(desk);
+    await desk.locator('[data-rule="flow-high"]').waitFor();
+    await upstreams(desk);
+    await desk.setViewportSize({ width: 1280, height: 800 });
 
     step("the new device's live values on the overview; the config keeps its comments");
     await desk.goto(`${demo.url}#/overview`);

@@ -1,7 +1,9 @@
 """A pymodbus device for the interop tests: `pymodbus_server.py tcp PORT`, `... rtu DEVICE` or
 `... rtu_over_tcp PORT` (RTU frames with CRC on a TCP socket, as a serial server carries them).
 A fourth argument `units=N` serves units 1..N instead, each with holding registers 0..119
-counting up from 100 × its id (the serial-line bench's slaves).
+counting up from 100 × its id (the serial-line bench's slaves); `any` serves unit 1's registers
+under every unit id (pymodbus's id 0: a server that answers for any id, as many TCP devices do).
+Without it, an id not served answers exception 0B (gateway target failed to respond).
 
 Unit 1 holds one value of every type, in every byte/word order. Big-endian values use
 pymodbus's own encoders; the other orders are laid out here with `struct`, independently of the
@@ -75,6 +77,8 @@ async def main() -> None:
     global device
     if len(sys.argv) > 3 and sys.argv[3].startswith("units="):
         device = line_of(int(sys.argv[3].split("=")[1]))
+    elif len(sys.argv) > 3 and sys.argv[3] == "any":
+        device = SimDevice(id=0, simdata=(coils, discrete, holding, inputs))
     if kind == "tcp":
         server = ModbusTcpServer(device, address=("127.0.0.1", int(where)))
     elif kind == "rtu_over_tcp":

@@ -1,13 +1,16 @@
 // The Configure view (admin): the running config's buses, devices and rules; a device added,
-// edited field by field (devform.js) or removed; the file itself edited, checked by the gateway's own validator (problems by line and key
-// path) and applied as a reload; every applied version listed with who and what, to roll back.
+// edited field by field (devform.js) or removed; a bus, a rule and the upstreams by form
+// (forms.js); the file itself edited, checked by the gateway's own validator (problems by line
+// and key path) and applied as a reload; every applied version listed with who and what, to
+// roll back.
 
 import { h, setText, field, problemText } from "./dom.js";
 import { deviceForm } from "./devform.js";
+import { busForm, ruleForm, upstreamForm } from "./forms.js";
 
 /** `env`: { conn, S, confirmDialog }. */
 export function configureView(env) {
-  const { conn, confirmDialog } = env;
+  const { conn, confirmDialog, S } = env;
   const summary = h("div", { "aria-live": "polite" }, h("p", { text: "Loading…" }));
   const text = h("textarea", { id: "c-text", rows: 18, spellcheck: false, autocapitalize: "off", autocomplete: "off" });
   const problems = h("div", { role: "status" });
@@ -15,6 +18,8 @@ export function configureView(env) {
   const formBox = h("div", {});
   let loaded = "";
   let file = null; // the file as written (templates not expanded), from config.get
+  let serialPorts = [];
+  const upstreams = h("div", {});
 
   function showProblems(list, ok) {
     if (!list.length) {
@@ -35,6 +40,9 @@ export function configureView(env) {
       const r = await conn.call("config.apply", { text: newText }, 60000);
       env.reloaded();
       problems.replaceChildren(h("p", { class: "result ok", text: `Applied as version ${r.id}: ${r.summary}.` }));
+      // The file and the structure as they are now: the next form edits this text.
+      formBox.replaceChildren();
+      await load();
     } catch (e) {
       if (e.data && e.data.problems) showProblems(e.data.problems, "");
       else problems.replaceChildren(h("p", { class: "error", text: `Not applied (${e.code}): ${e.message}` }));
@@ -55,6 +63,49 @@ export function configureView(env) {
     formBox.scrollIntoView({ block: "start" });
   }
 
+  /** What the bus, rule and upstream forms share. */
+  function formCtx() {
+    return {
+      conn,
+      text: () => loaded,
+      apply,
+      general: (list) => showProblems(list, ""),
+      serialPorts,
+      devices: S.order.map((id) => S.desc.get(id)).filter(Boolean),
+    };
+  }
+
+  function openBus(name) {
+    const raw = name ? (file?.buses || []).find((b) => b.name === name) : null;
+    formBox.replaceChildren(busForm(raw, formCtx()));
+    formBox.scrollIntoView({ block: "start" });
+  }
+
+  function openRule(id) {
+    const raw = id ? (file?.rules || []).find((r) => r.id === id) : null;
+    formBox.replaceChildren(ruleForm(raw, formCtx()));
+    formBox.scrollIntoView({ block: "start" });
+  }
+
+  /** A bus or rule taken out of the file (a bus's devices stay: the validator names them). */
+  async function removeEntry(op, params, what) {
+    try {
+      const e = await conn.call("config.edit", { op, ...params, text: loaded });
+      if (e.problems.length) { showProblems(e.problems, ""); return; }
+      await apply(e.text, `${what}: ${e.summary}.`);
+    } catch (err) {
+      problems.replaceChildren(h("p", { class: "error", text: `Not removed (${err.code}): ${err.message}` }));
+    }
+  }
+
+  function paintUpstreams() {
+    upstreams.replaceChildren(
+      h("h2", { text: "Upstreams" }),
+      h("p", { class: "small", text: "Off while absent. The test connects and logs in with the URL in the form, before anything is saved." }),
+      upstreamForm("mysql", file?.mysql || null, formCtx()),
+      upstreamForm("mqtt", file?.mqtt || null, formCtx()));
+  }
+
   function paintStructure(c) {
     const byBus = (name) => c.devices.filter((d) => d.bus === name);
     const inFile = (id) => (file?.devices || []).some((d) => d.id === id);
@@ -62,18 +113,29 @@ export function configureView(env) {
       h("h2", { text: "Buses and devices" }),
       ...c.buses.map((b) => h("section", { class: "bus", "data-bus": b.name },
         h("h3", { text: `${b.name} · ${b.kind} ${b.at}` }),
+        file ? h("div", { class: "toolbar" },
+          h("button", { type: "button", class: "ghost", text: `Edit bus ${b.name}`, onclick: () => openBus(b.name) }),
+          h("button", { type: "button", class: "ghost", text: `Remove bus ${b.name}`, onclick: () => removeEntry("removeBus", { busName: b.name }, `Bus ${b.name} removed`) })) : null,
         byBus(b.name).length
           ? h("ul", { class: "devices" }, ...byBus(b.name).map((d) => h("li", { "data-device": d.id },
             h("span", { text: `${d.id} (unit ${d.unit}${d.type ? `, ${d.type}` : ""}): ${d.points.map((p) => p.id).join(", ")}` }),
             inFile(d.id) ? h("button", { type: "button", class: "ghost", text: `Edit ${d.id}`, onclick: () => openForm(d.id) }) : null,
             h("button", { type: "button", class: "ghost", text: `Remove ${d.id}`, onclick: () => remove(d.id) }))))
           : h("p", { class: "small", text: "No devices yet: scan it from the Inspector." }))),
-      file ? h("button", { type: "button", text: "Add a device", onclick: () => openForm(null) }) : null,
+      file ? h("div", { class: "toolbar" },
+        h("button", { type: "button", text: "Add a bus", onclick: () => openBus(null) }),
+        h("button", { type: "button", text: "Add a device", onclick: () => openForm(null) }),
+        h("button", { type: "button", text: "Add a rule", onclick: () => openRule(null) })) : null,
       formBox,
       h("h2", { text: "Rules" }),
       c.rules.length
-        ? h("ul", {}, ...c.rules.map((r) => h("li", { text: `${r.id} on ${r.device}` })))
-        : h("p", { class: "small", text: "No rules." }));
+        ? h("ul", { class: "rules" }, ...c.rules.map((r) => h("li", { "data-rule": r.id },
+          h("span", { text: `${r.id} on ${r.device}` }),
+          file ? h("button", { type: "button", class: "ghost", text: `Edit rule ${r.id}`, onclick: () => openRule(r.id) }) : null,
+          file ? h("button", { type: "button", class: "ghost", text: `Remove rule ${r.id}`, onclick: () => removeEntry("removeRule", { ruleId: r.id }, `Rule ${r.id} removed`) }) : null)))
+        : h("p", { class: "small", text: "No rules." }),
+      upstreams);
+    paintUpstreams();
   }
 
   async function remove(id) {
@@ -113,6 +175,7 @@ export function configureView(env) {
       const c = await conn.call("config.get");
       loaded = c.text;
       file = c.file;
+      serialPorts = c.serialPorts || [];
       text.value = c.text;
       setText(pathNote, `The file ${c.path}, as on disk: comments and layout are kept as you write them.`);
       paintStructure(c.config);

@@ -9,7 +9,7 @@ const TABLES = ["holding", "input", "coil", "discrete"];
 const TYPES = ["u16", "i16", "u32", "i32", "u64", "i64", "f32", "f64", "bool", "string"];
 
 /** What a field holds, as the file would: a number where it reads as one, null when empty. */
-function read(input) {
+export function read(input) {
   if (input.type === "checkbox") return input.checked ? true : null;
   const v = input.value.trim();
   if (v === "") return null;
@@ -17,17 +17,17 @@ function read(input) {
   return v;
 }
 
-function input(key, value, attrs = {}) {
+export function input(key, value, attrs = {}) {
   return h("input", { "data-key": key, value: value ?? "", autocomplete: "off", ...attrs });
 }
 
-function select(key, value, options) {
+export function select(key, value, options) {
   return h("select", { "data-key": key },
     ...options.map((o) => h("option", { value: o, text: o, selected: o === value })));
 }
 
 /** The keys of `inputs` whose value differs from `orig`'s (for a new item, every one set). */
-function changes(inputs, orig) {
+export function changes(inputs, orig) {
   const out = {};
   for (const i of inputs) {
     const k = i.dataset.key;

@@ -29,3 +29,16 @@ export function fmtTime(ts) {
   const today = new Date().toDateString() === d.toDateString();
   return today ? d.toLocaleTimeString() : d.toLocaleString();
 }
+
+/** A logged time: always with its date (an event log spans days). */
+export function fmtStamp(ts) {
+  if (!ts) return "never";
+  return new Date(ts).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" });
+}
+
+/** An event's kind for a person. An acknowledgement is an `info` event that keeps its alarm's
+ * type (so upstream can match it): it reads as what it is. */
+export function eventKind(e) {
+  if (e.state === "info" && /^acknowledged by /.test(e.message || "")) return "acknowledgement";
+  return e.type.replace(/_/g, " ");
+}

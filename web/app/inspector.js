@@ -5,6 +5,7 @@
 
 import { h, setText, setClass, field, problemText } from "./dom.js";
 import { ORDERS, TYPES, ascii, decode, show } from "./decode.js";
+import { addPointForm } from "./addpoint.js";
 
 /** `env`: { conn, S, confirmDialog, scans } — `scans.listener` gets each `push.scan`. */
 export function inspectorView(env, deviceId) {
@@ -47,7 +48,7 @@ export function inspectorView(env, deviceId) {
     try {
       const r = await conn.call("registers.read", { ...at, count: Number(count.value) });
       out.replaceChildren(r.bits
-        ? bitsOut(r)
+        ? bitsOut(env, r, at)
         : registersOut(env, r, S.desc.get(device.value), at));
     } catch (e) {
       out.replaceChildren(h("p", { class: "error", text: `Read failed (${e.code}): ${e.message}` }));
@@ -100,7 +101,8 @@ function scanPanel(env, bus, unit, read) {
     try {
       const r = await conn.call("bus.scan", { bus: bus.value, fromUnit: a, toUnit: b, timeoutMs: Number(wait.value) }, 600000);
       found.replaceChildren(...r.found.map((x) => foundButton(x.unit, x.exception)));
-      setText(progress, `${r.cancelled ? "Cancelled" : "Done"}: ${r.units.length ? `units ${r.units.join(", ")} answered` : "no unit answered"}.`);
+      const said = r.everyId ? `unit ${r.units[0]} ${r.note}` : r.units.length ? `units ${r.units.join(", ")} answered` : "no unit answered";
+      setText(progress, `${r.cancelled ? "Cancelled" : "Done"}: ${said}.`);
     } catch (e) {
       setText(progress, `Scan failed (${e.code}): ${e.message}`);
     } finally {
@@ -112,23 +114,41 @@ function scanPanel(env, bus, unit, read) {
 
   return h("section", {},
     h("h2", { text: "Scan the bus" }),
-    h("p", { class: "small", text: "Probes each unit id with one short read between the polls; configured devices keep their rate. A unit that answers with an exception is there too." }),
+    h("p", { class: "small", text: "Probes each unit id with one short read between the polls; configured devices keep their rate. A unit that answers with an exception is there too, but a gateway's 0A/0B says no device is behind that id." }),
     h("form", { class: "toolbar", onsubmit: (ev) => { ev.preventDefault(); scan(); } },
       field("From unit", from), field("To unit", to), field("Wait per unit (ms)", wait), start, cancel),
     progress, found);
 }
 
-function bitsOut(r) {
-  return h("div", { class: "regs" }, ...r.bits.map((b, i) => h("span", { text: `${r.address + i}: ${b ? 1 : 0}` })));
+function bitsOut(env, r, at) {
+  const offset = h("select", { id: "i-offset" }, ...r.bits.map((_, i) => h("option", { value: i, text: `${r.address + i}` })));
+  return h("div", {},
+    h("div", { class: "regs" }, ...r.bits.map((b, i) => h("span", { text: `${r.address + i}: ${b ? 1 : 0}` }))),
+    h("div", { class: "toolbar" }, field("Bit", offset)),
+    addPointForm(env, r.bits, offset, at, null, true));
+}
+
+/** The device's points in what was read, each with the order it is configured in: a device's
+ * points may differ (a meter's floats CDAB, its counters ABCD). */
+function pointsHere(desc, r, at) {
+  if (!desc) return [];
+  return desc.points
+    .filter((p) => p.table === at.table && p.address >= r.address && p.address < r.address + r.registers.length)
+    .map((p) => ({ ...p, order: ORDERS.find((o) => o.byteOrder === p.byteOrder && o.wordOrder === p.wordOrder) }));
 }
 
 function registersOut(env, r, desc, at) {
   const regs = r.registers;
   const offset = h("select", { id: "i-offset" }, ...regs.map((_, i) => h("option", { value: i, text: `${r.address + i}` })));
   const body = h("tbody", {});
-  const configured = desc && ORDERS.find((o) => o.byteOrder === desc.byteOrder && o.wordOrder === desc.wordOrder);
+  const here = pointsHere(desc, r, at);
+  // The order marked: that of the point at the chosen register, if one is configured there.
+  const configuredAt = () => here.find((p) => p.address === r.address + Number(offset.value))?.order || null;
+  const heads = ORDERS.map((o) => h("th", { scope: "col", title: `bytes ${o.byteOrder}, words ${o.wordOrder}`, text: o.name }));
 
   function paint() {
+    const mark = configuredAt();
+    ORDERS.forEach((o, i) => setText(heads[i], o.name + (mark === o ? " ✓" : "")));
     const from = regs.slice(Number(offset.value));
     const lines = TYPES.map(({ type, regs: n }) =>
       h("tr", {}, h("th", { scope: "row", text: type }),
@@ -145,123 +165,10 @@ function registersOut(env, r, desc, at) {
     h("div", { class: "regs" }, ...regs.map((v, i) => h("span", { text: `${r.address + i}: ${v} (0x${v.toString(16).padStart(4, "0")})` }))),
     h("h2", { text: "Decoded" }),
     h("div", { class: "toolbar" }, field("Starting at register", offset)),
-    configured ? h("p", { class: "small", text: `This device is configured as ${configured.name} (bytes ${configured.byteOrder}, words ${configured.wordOrder}).` }) : null,
+    here.length ? h("ul", { class: "small configured-here" }, ...here.map((p) =>
+      h("li", { text: `${p.address}: ${p.id}, ${p.type}${p.order ? ` ${p.order.name} (bytes ${p.order.byteOrder}, words ${p.order.wordOrder})` : ""}` }))) : null,
     h("div", { class: "scroll" }, h("table", { class: "decoded" },
-      h("thead", {}, h("tr", {}, h("th", { text: "type" }),
-        ...ORDERS.map((o) => h("th", { scope: "col", title: `bytes ${o.byteOrder}, words ${o.wordOrder}`, text: o.name + (configured === o ? " ✓" : "") })))),
+      h("thead", {}, h("tr", {}, h("th", { text: "type" }), ...heads)),
       body)),
-    addPointForm(env, regs, offset, at, configured));
-}
-
-/** TOML for a value: strings quoted, numbers as they are. */
-function tomlValue(v) {
-  return typeof v === "string" ? JSON.stringify(v) : String(v);
-}
-
-/** The point as the config's inline table, defaults left out. */
-function pointToml(p) {
-  const parts = [`id = ${tomlValue(p.id)}`, `table = ${tomlValue(p.table)}`, `address = ${p.address}`, `type = ${tomlValue(p.type)}`];
-  if (p.byteOrder !== "big") parts.push(`byte_order = ${tomlValue(p.byteOrder)}`);
-  if (p.wordOrder !== "big") parts.push(`word_order = ${tomlValue(p.wordOrder)}`);
-  if (p.scale !== 1) parts.push(`scale = ${p.scale}`);
-  if (p.offset !== 0) parts.push(`offset = ${p.offset}`);
-  if (p.unit) parts.push(`unit = ${tomlValue(p.unit)}`);
-  return `{ ${parts.join(", ")} }`;
-}
-
-/** Inspector → point: type, order, scale and offset picked with a live preview of the value. */
-function addPointForm(env, regs, offset, at, configured) {
-  const { conn, S, confirmDialog } = env;
-  const type = h("select", { id: "p-type" }, ...TYPES.map((t) => h("option", { value: t.type, text: t.type })));
-  const order = h("select", { id: "p-order" }, ...ORDERS.map((o) => h("option", { value: o.name, text: o.name })));
-  if (configured) order.value = configured.name;
-  const scale = h("input", { id: "p-scale", type: "number", step: "any", value: 1, inputmode: "decimal" });
-  const shift = h("input", { id: "p-offset", type: "number", step: "any", value: 0, inputmode: "decimal" });
-  const eng = h("input", { id: "p-unit", type: "text", placeholder: "°C, V, kWh…", autocomplete: "off" });
-  const id = h("input", { id: "p-id", type: "text", required: true, autocomplete: "off", pattern: "[A-Za-z0-9_.\\-]+" });
-  const target = h("select", { id: "p-device" },
-    h("option", { value: "", text: "New device…" }),
-    ...S.order.map((d) => h("option", { value: d, text: d })));
-  const newId = h("input", { id: "p-new-id", type: "text", autocomplete: "off" });
-  const newType = h("input", { id: "p-new-type", type: "text", autocomplete: "off", placeholder: "meter, drive…" });
-  const newFields = h("div", { class: "toolbar" }, field("New device id", newId), field("Device type", newType));
-  const preview = h("p", { class: "preview", role: "status" });
-  const result = h("div", { role: "status" });
-  const same = S.order.find((d) => S.desc.get(d).bus === at.bus && S.desc.get(d).unit === at.unit);
-  if (same) target.value = same;
-
-  function point() {
-    const o = ORDERS.find((x) => x.name === order.value);
-    return {
-      id: id.value.trim(), table: at.table, address: at.address + Number(offset.value), type: type.value,
-      byteOrder: o.byteOrder, wordOrder: o.wordOrder,
-      scale: Number(scale.value) || 1, offset: Number(shift.value) || 0, unit: eng.value.trim(),
-    };
-  }
-  function paint() {
-    newFields.hidden = target.value !== "";
-    const p = point();
-    const raw = decode(regs.slice(Number(offset.value)), p.type, p.byteOrder, p.wordOrder);
-    if (raw === null) { setText(preview, "Too few registers read for this type."); return; }
-    const v = typeof raw === "bigint" ? Number(raw) * p.scale + p.offset : raw * p.scale + p.offset;
-    setText(preview, `Register ${p.address}: ${show(raw)} × ${p.scale} + ${p.offset} = ${show(v)}${p.unit ? ` ${p.unit}` : ""}`);
-  }
-  for (const e of [type, order, scale, shift, eng, target, offset]) e.addEventListener("input", paint);
-  for (const e of [type, order, target, offset]) e.addEventListener("change", paint);
-  paint();
-
-  function toml() {
-    const p = point();
-    if (target.value) return `# in [[devices]] id = ${tomlValue(target.value)}: add to its points\n${pointToml(p)},`;
-    return [
-      "[[devices]]",
-      `id = ${tomlValue(newId.value.trim())}`,
-      newType.value.trim() ? `type = ${tomlValue(newType.value.trim())}` : null,
-      `bus = ${tomlValue(at.bus)}`,
-      `unit = ${at.unit}`,
-      "points = [",
-      `  ${pointToml(p)},`,
-      "]",
-    ].filter((x) => x !== null).join("\n");
-  }
-
-  async function add() {
-    const p = point();
-    if (!p.id) { result.replaceChildren(h("p", { class: "error", text: "Give the point an id." })); return; }
-    const params = { op: "addPoints", points: [p] };
-    if (target.value) params.deviceId = target.value;
-    else params.newDevice = { id: newId.value.trim(), bus: at.bus, unit: at.unit, type: newType.value.trim() };
-    try {
-      const e = await conn.call("config.edit", params);
-      if (e.problems.length) {
-        result.replaceChildren(h("p", { class: "error", text: "Not added: the config would have these problems:" }),
-          h("ul", { class: "problems" }, ...e.problems.map((x) => h("li", { text: problemText(x) }))));
-        return;
-      }
-      if (!(await confirmDialog("Add to the config and apply", `${e.summary}: ${p.id} (${p.type} ${order.value}) at ${p.table} ${p.address}`))) return;
-      const r = await conn.call("config.apply", { text: e.text }, 60000);
-      env.reloaded();
-      result.replaceChildren(h("p", { class: "result ok", text: `Applied as version ${r.id} (${r.summary}); the gateway reloads.` }));
-    } catch (err) {
-      result.replaceChildren(h("p", { class: "error", text: `Not added (${err.code}): ${err.message}` }));
-    }
-  }
-
-  function copy() {
-    const text = toml();
-    result.replaceChildren(h("pre", { class: "toml", text }));
-    if (navigator.clipboard) navigator.clipboard.writeText(text).catch(() => {});
-  }
-
-  return h("section", { class: "add-point" },
-    h("h2", { text: "Add as point" }),
-    h("div", { class: "toolbar" }, field("Type", type), field("Byte/word order", order),
-      field("Scale", scale), field("Offset", shift), field("Engineering unit", eng)),
-    preview,
-    h("div", { class: "toolbar" }, field("Point id", id), field("To device", target)),
-    newFields,
-    h("div", { class: "toolbar" },
-      h("button", { type: "button", class: "primary", text: "Add as point", onclick: add }),
-      h("button", { type: "button", text: "Copy as TOML", onclick: copy })),
-    result);
+    addPointForm(env, regs, offset, at, configuredAt() || here[0]?.order || null));
 }

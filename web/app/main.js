@@ -10,7 +10,7 @@ import { configureView } from "./configure.js";
 import { diagnosticsView } from "./diagnostics.js";
 import { auditView } from "./audit.js";
 import { logView } from "./log.js";
-import { fmtValue, fmtAgo, fmtTime } from "./format.js";
+import { fmtValue, fmtAgo, fmtTime, fmtStamp, eventKind } from "./format.js";
 
 // ---------------------------------------------------------------------------------------------
 // Formats
@@ -652,9 +652,9 @@ function alarmsView() {
 
   function eventRow(e) {
     return h("tr", {},
-      h("td", { "data-label": "Time", text: fmtTime(e.ts) }),
+      h("td", { "data-label": "Time", class: "when", text: fmtStamp(e.ts) }),
       h("td", { "data-label": "Device", text: e.deviceId }),
-      h("td", { "data-label": "Type", text: e.type.replace(/_/g, " ") }),
+      h("td", { "data-label": "Type", text: eventKind(e) }),
       h("td", { "data-label": "Priority" }, h("span", { class: `prio prio-${e.priority}`, text: e.priority })),
       h("td", { "data-label": "Message", text: `${e.message}${e.value != null ? " (" + fmtValue(e.value) + ")" : ""}` }));
   }

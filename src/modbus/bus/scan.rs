@@ -23,7 +23,9 @@ pub struct ScanRequest {
     pub reply: oneshot::Sender<Result<ScanDone, String>>,
 }
 
-/// One unit probed: it answered (data or an exception, which counts) or not.
+/// One unit probed: it answered (data or an exception, which counts) or not. A gateway's
+/// "path unavailable" (0A) or "target failed to respond" (0B) is an answer from the gateway
+/// that no device is behind that id: not found, the exception kept to say so.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanStep {
     pub unit: u8,
@@ -35,6 +37,16 @@ pub struct ScanStep {
 pub struct ScanDone {
     pub found: Vec<ScanStep>,
     pub cancelled: bool,
+    /// Every unit probed (more than one) answered, all with the same data or exception: one
+    /// server answering for any id (pymodbus, many TCP devices and gateways), not many devices.
+    pub every_id: bool,
+}
+
+/// What a probed unit answered, to tell whether all answered alike.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Data(crate::modbus::link::Data),
+    Exception(u8),
 }
 
 /// A scan in progress on a bus task.
@@ -44,6 +56,10 @@ pub(super) struct ActiveScan {
     next: u16,
     found: Vec<ScanStep>,
     cancelled: bool,
+    /// The first unit's answer, while every unit since answered the same; `None` once one
+    /// differed or was silent.
+    alike: Option<Answer>,
+    probed: u16,
 }
 
 impl ActiveScan {
@@ -53,6 +69,8 @@ impl ActiveScan {
             req,
             found: Vec::new(),
             cancelled: false,
+            alike: None,
+            probed: 0,
         }
     }
 
@@ -69,9 +87,13 @@ impl BusTask {
         };
         if scan.cancelled || scan.next > u16::from(scan.req.to) || scan.req.progress.is_closed() {
             let s = self.scan.take().expect("checked above");
+            // All "no device behind this id" is an empty gateway, not one device.
+            let every_id = s.probed > 1
+                && s.alike.is_some_and(|a| !matches!(a, Answer::Exception(0x0A | 0x0B)));
             let _ = s.req.reply.send(Ok(ScanDone {
                 found: s.found,
                 cancelled: s.cancelled,
+                every_id,
             }));
             return;
         }
@@ -84,29 +106,44 @@ impl BusTask {
             .read_within(unit, table, address, 1, timeout)
             .await;
         let scan = self.scan.as_mut().expect("set above");
-        let step = match reply {
-            Ok(Ok(_)) => ScanStep {
-                unit,
-                found: true,
-                exception: None,
-            },
-            Ok(Err(code)) => ScanStep {
-                unit,
-                found: true,
-                exception: Some(code),
-            },
+        let (step, answer) = match reply {
+            Ok(Ok(data)) => (
+                ScanStep {
+                    unit,
+                    found: true,
+                    exception: None,
+                },
+                Some(Answer::Data(data)),
+            ),
+            Ok(Err(code)) => (
+                ScanStep {
+                    unit,
+                    found: !matches!(code, 0x0A | 0x0B),
+                    exception: Some(code),
+                },
+                Some(Answer::Exception(code)),
+            ),
             Err(e @ (LinkError::Down { .. } | LinkError::Connect { .. })) => {
                 let s = self.scan.take().expect("set above");
                 let _ = s.req.reply.send(Err(e.to_string()));
                 return;
             }
             // Silence, or bytes that were not an answer from this unit: nobody there.
-            Err(_) => ScanStep {
-                unit,
-                found: false,
-                exception: None,
-            },
+            Err(_) => (
+                ScanStep {
+                    unit,
+                    found: false,
+                    exception: None,
+                },
+                None,
+            ),
         };
+        scan.alike = match (scan.probed, answer) {
+            (0, first) => first,
+            (_, Some(a)) if scan.alike.as_ref() == Some(&a) => scan.alike.take(),
+            _ => None,
+        };
+        scan.probed += 1;
         if step.found {
             scan.found.push(step.clone());
         }

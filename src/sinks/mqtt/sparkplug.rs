@@ -138,7 +138,7 @@ impl Node {
             metrics,
             born_at: None,
             alive: vec![false; config.devices.len()],
-            started: Instant::now(),
+            started: crate::process_started(),
             last_node_data: Instant::now(),
             last_births: None,
             rebirth_due: false,

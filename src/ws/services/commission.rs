@@ -171,11 +171,22 @@ pub async fn scan(ctx: Ctx) -> HandlerResult {
         push(&s);
     }
     match result {
+        // One server answering for every id is one device, not 247 (beyond SPEC: `everyId`
+        // and `note` say why only the first is listed).
+        Ok(Ok(d)) if d.every_id => Ok(json!({
+            "bus": name,
+            "units": d.found.iter().take(1).map(|s| s.unit).collect::<Vec<_>>(),
+            "found": d.found.iter().take(1).map(|s| step_json(&name, s)).collect::<Vec<_>>(),
+            "cancelled": d.cancelled,
+            "everyId": true,
+            "note": "answers every unit id the same way: probably a single device or a gateway; try unit 1 or 255",
+        })),
         Ok(Ok(d)) => Ok(json!({
             "bus": name,
             "units": d.found.iter().map(|s| s.unit).collect::<Vec<_>>(),
             "found": d.found.iter().map(|s| step_json(&name, s)).collect::<Vec<_>>(),
             "cancelled": d.cancelled,
+            "everyId": false,
         })),
         Ok(Err(e)) if e.contains("already running") => Err(ServiceError::new(429, e)),
         Ok(Err(e)) => Err(ServiceError::new(503, e)),

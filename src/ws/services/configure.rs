@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use serde_json::{json, Value as Json};
 
-use crate::config::edit::{self, NewPoint, PointEdit, Target};
 use crate::config::versions::{self, ConfigFile};
 use crate::config::{self, Config, ConfigError, Link, Priority};
 use crate::events::{Draft, EventState, EventType};
@@ -19,7 +18,7 @@ use crate::ws::Shared;
 /// The largest config text accepted (a frame is at most 64 KiB anyway).
 const MAX_TEXT: usize = 64 * 1024;
 
-fn file(ctx: &Ctx) -> Result<Arc<ConfigFile>, ServiceError> {
+pub(super) fn file(ctx: &Ctx) -> Result<Arc<ConfigFile>, ServiceError> {
     ctx.shared.config_file.clone().ok_or_else(no_file)
 }
 
@@ -30,7 +29,7 @@ fn no_file() -> ServiceError {
     )
 }
 
-fn problems_json(problems: &[config::Problem]) -> Json {
+pub(super) fn problems_json(problems: &[config::Problem]) -> Json {
     Json::Array(
         problems
             .iter()
@@ -42,7 +41,7 @@ fn problems_json(problems: &[config::Problem]) -> Json {
 /// The problems of a config text (empty when valid) and, when valid, the config. A text may
 /// not bring in the demo's well-known logins on a network address (`run` refuses those); the
 /// demo itself, which runs with them, may keep them.
-fn check(text: &str, running: &Config) -> (Vec<config::Problem>, Option<Config>) {
+pub(super) fn check(text: &str, running: &Config) -> (Vec<config::Problem>, Option<Config>) {
     match config::parse(text) {
         Ok(l) => {
             let well_known = crate::account::well_known_login(&l.config)
@@ -137,7 +136,34 @@ pub async fn get(ctx: Ctx) -> HandlerResult {
         // The file as written (templates not expanded), for the device forms; null when the
         // file on disk is not TOML.
         "file": toml_edit::de::from_str::<Json>(&text).ok(),
+        // For the bus form's port list (beyond SPEC).
+        "serialPorts": serial_ports(),
     }))
+}
+
+/// The box's serial ports a bus may use: USB adapters, the Pi's UARTs, and their stable
+/// `/dev/serial/by-id` names. (`/dev/ttyS*` are left out: a PC has 32 of them, mostly empty.)
+fn serial_ports() -> Vec<String> {
+    let list = |dir: &str, keep: &dyn Fn(&str) -> bool| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| keep(n))
+                    .map(|n| format!("{dir}/{n}"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let uart = |n: &str| {
+        ["ttyUSB", "ttyACM", "ttyAMA", "ttymxc", "serial"]
+            .iter()
+            .any(|p| n.starts_with(p))
+    };
+    let mut ports = list("/dev", &uart);
+    ports.extend(list("/dev/serial/by-id", &|_| true));
+    ports.sort();
+    ports
 }
 
 /// `config.validate`: the same checks as `check-config`, by key path and line.
@@ -305,183 +331,6 @@ async fn write_version(
             .await;
     }
     Ok((v.id, summary))
-}
-
-fn new_point(j: &Json) -> Result<NewPoint, ServiceError> {
-    let s = |k: &str, default: &str| -> Result<String, ServiceError> {
-        match j.get(k) {
-            None | Some(Json::Null) => Ok(default.to_string()),
-            Some(Json::String(s)) => Ok(s.clone()),
-            Some(_) => Err(ServiceError::bad_request(format!(
-                "point `{k}` must be a string"
-            ))),
-        }
-    };
-    let f = |k: &str, default: f64| -> Result<f64, ServiceError> {
-        match j.get(k) {
-            None | Some(Json::Null) => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| ServiceError::bad_request(format!("point `{k}` must be a number"))),
-        }
-    };
-    let address = j
-        .get("address")
-        .and_then(Json::as_u64)
-        .and_then(|a| u16::try_from(a).ok())
-        .ok_or_else(|| ServiceError::bad_request("point `address` must be 0..=65535"))?;
-    Ok(NewPoint {
-        id: s("id", "")?,
-        table: s("table", "holding")?,
-        address,
-        data_type: s("type", "u16")?,
-        byte_order: s("byteOrder", "big")?,
-        word_order: s("wordOrder", "big")?,
-        scale: f("scale", 1.0)?,
-        offset: f("offset", 0.0)?,
-        unit: s("unit", "")?,
-    })
-}
-
-/// `deviceId`, or a `newDevice` `{id, bus, unit, type?}`.
-fn target_param(ctx: &Ctx) -> Result<Target, ServiceError> {
-    if let Some(id) = ctx.opt_string("deviceId")? {
-        return Ok(Target::Device(id));
-    }
-    let d = ctx.value("newDevice")?;
-    let field = |k: &str| {
-        d.get(k)
-            .and_then(Json::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    Ok(Target::NewDevice {
-        id: field("id"),
-        bus: field("bus"),
-        unit: d
-            .get("unit")
-            .and_then(Json::as_u64)
-            .and_then(|u| u8::try_from(u).ok())
-            .ok_or_else(|| ServiceError::bad_request("`newDevice.unit` must be 1..=247"))?,
-        device_type: field("type"),
-    })
-}
-
-/// `config.edit` (beyond SPEC, for the dashboard): the file's text with a change made through
-/// `toml_edit` (comments kept) — `addPoints` to `deviceId` or a `newDevice`, or
-/// `removeDevice` — and its problems; nothing is written (`config.apply` does that).
-pub async fn edit(ctx: Ctx) -> HandlerResult {
-    let f = file(&ctx)?;
-    let text = match ctx.opt_string("text")? {
-        Some(t) => t,
-        None => std::fs::read_to_string(&f.path).map_err(|e| {
-            ServiceError::new(503, format!("cannot read {}: {e}", f.path.display()))
-        })?,
-    };
-    let op = ctx.string("op")?;
-    let mut device_path = Json::Null;
-    let (edited, note) = match op.as_str() {
-        "addPoints" => {
-            let points = match ctx.value("points")? {
-                Json::Array(a) if !a.is_empty() => {
-                    a.iter().map(new_point).collect::<Result<Vec<_>, _>>()?
-                }
-                _ => {
-                    return Err(ServiceError::bad_request(
-                        "param `points` must be a non-empty list",
-                    ))
-                }
-            };
-            let target = target_param(&ctx)?;
-            (edit::add_points(&text, &target, &points), String::new())
-        }
-        "removeDevice" => {
-            let id = ctx.string("deviceId")?;
-            match edit::remove_device(&text, &id) {
-                Ok((t, 0)) => (Ok(t), String::new()),
-                Ok((t, n)) => (
-                    Ok(t),
-                    format!("{n} rule(s) watching `{id}` removed with it"),
-                ),
-                Err(e) => (Err(e), String::new()),
-            }
-        }
-        "setDevice" => {
-            let (keys, points) = device_form(&ctx)?;
-            let was = ctx.opt_string("deviceId")?;
-            match edit::set_device(&text, was.as_deref(), &keys, points.as_deref()) {
-                Ok((t, i)) => {
-                    device_path = json!(format!("devices[{i}]"));
-                    (Ok(t), String::new())
-                }
-                Err(e) => (Err(e), String::new()),
-            }
-        }
-        other => {
-            return Err(ServiceError::bad_request(format!(
-                "unknown op `{other}` (addPoints, setDevice or removeDevice)"
-            )))
-        }
-    };
-    let edited = edited.map_err(ServiceError::bad_request)?;
-    let (problems, new) = check(&edited, &ctx.shared.config);
-    let summary = new.map(|n| versions::summary(&ctx.shared.config, &n));
-    Ok(json!({
-        "text": edited,
-        "problems": problems_json(&problems),
-        "summary": summary,
-        "note": note,
-        "devicePath": device_path,
-    }))
-}
-
-/// A form's `{key: value-or-null}` as key edits: strings, numbers and booleans are set, null
-/// removes the key.
-fn key_edits(what: &str, j: &Json) -> Result<Vec<edit::KeyEdit>, ServiceError> {
-    let Json::Object(m) = j else {
-        return Err(ServiceError::bad_request(format!(
-            "`{what}` must be an object"
-        )));
-    };
-    m.iter()
-        .map(|(k, v)| {
-            let value = match v {
-                Json::Null => None,
-                Json::String(s) => Some(toml_edit::Value::from(s.as_str())),
-                Json::Bool(b) => Some(toml_edit::Value::from(*b)),
-                Json::Number(n) => Some(match n.as_i64() {
-                    Some(i) => toml_edit::Value::from(i),
-                    None => toml_edit::Value::from(n.as_f64().unwrap_or(f64::NAN)),
-                }),
-                _ => {
-                    return Err(ServiceError::bad_request(format!(
-                        "`{what}.{k}` must be a string, number, boolean or null"
-                    )))
-                }
-            };
-            Ok((k.clone(), value))
-        })
-        .collect()
-}
-
-/// `setDevice`'s `device` keys and `points` (`[{was?, set}]`; absent: the points stay).
-fn device_form(ctx: &Ctx) -> Result<(Vec<edit::KeyEdit>, Option<Vec<PointEdit>>), ServiceError> {
-    let keys = key_edits("device", &ctx.value("device")?)?;
-    let points = match ctx.value("points") {
-        Err(_) | Ok(Json::Null) => None,
-        Ok(Json::Array(a)) => Some(
-            a.iter()
-                .map(|p| {
-                    Ok(PointEdit {
-                        was: p.get("was").and_then(Json::as_str).map(String::from),
-                        keys: key_edits("points[].set", p.get("set").unwrap_or(&Json::Null))?,
-                    })
-                })
-                .collect::<Result<Vec<_>, ServiceError>>()?,
-        ),
-        Ok(_) => return Err(ServiceError::bad_request("`points` must be a list")),
-    };
-    Ok((keys, points))
 }
 
 /// `config.history`: the last 20 applied versions, newest first.

@@ -218,6 +218,10 @@ pub async fn describe(ctx: Ctx) -> HandlerResult {
                         "max": p.max,
                         "scale": p.format.scale,
                         "offset": p.format.offset,
+                        "byteOrder": word(p.format.byte_order),
+                        "wordOrder": word(p.format.word_order),
+                        "deadband": p.deadband,
+                        "reportEveryS": p.report_every.as_secs(),
                         // What a write can hold: the dashboard refuses the rest before asking.
                         "writeRange": crate::modbus::codec::write_range(&p.format)
                             .map(|(lo, hi, step)| json!({ "min": lo, "max": hi, "step": step })),
@@ -230,6 +234,7 @@ pub async fn describe(ctx: Ctx) -> HandlerResult {
                 "type": d.device_type,
                 "bus": config.buses[d.bus].name,
                 "unit": d.unit,
+                "pollIntervalMs": u64::try_from(d.poll_interval.as_millis()).unwrap_or(u64::MAX),
                 "byteOrder": first.map(|f| word(f.byte_order)),
                 "wordOrder": first.map(|f| word(f.word_order)),
                 "points": points,

@@ -4,11 +4,13 @@
 mod auth;
 pub use auth::expire_sessions;
 mod commission;
+mod config_edit;
 pub mod configure;
 mod devices;
 mod events;
 mod push;
 mod system;
+mod upstream;
 
 pub use devices::devices_json;
 
@@ -101,7 +103,12 @@ pub static SERVICES: &[Service] = &[
     Service {
         name: "config.edit",
         access: Access::Admin,
-        handler: |c| Box::pin(configure::edit(c)),
+        handler: |c| Box::pin(config_edit::edit(c)),
+    },
+    Service {
+        name: "upstream.test",
+        access: Access::Admin,
+        handler: |c| Box::pin(upstream::test(c)),
     },
     Service {
         name: "config.history",

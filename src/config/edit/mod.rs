@@ -1,7 +1,11 @@
 //! Changes the dashboard makes to the config text — points added to a device (new or
 //! existing), a device's keys and points set from the Configure form, a device removed —
 //! through `toml_edit`, so every comment and the layout of the rest of the file stay the
-//! technician's. The result is checked and applied like any text.
+//! technician's. The result is checked and applied like any text. Buses, rules and the
+//! upstream sections: `entries`.
+
+mod entries;
+pub use entries::{remove_entry, set_entry, set_section, Entries};
 
 use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, Value};
 
@@ -17,6 +21,11 @@ pub struct NewPoint {
     pub scale: f64,
     pub offset: f64,
     pub unit: String,
+    /// 0: every change is recorded.
+    pub deadband: f64,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub writable: bool,
 }
 
 /// Where the points go.
@@ -52,6 +61,18 @@ fn point_table(p: &NewPoint) -> InlineTable {
     }
     if !p.unit.is_empty() {
         t.insert("unit", p.unit.as_str().into());
+    }
+    if p.deadband != 0.0 {
+        t.insert("deadband", p.deadband.into());
+    }
+    if let Some(min) = p.min {
+        t.insert("min", min.into());
+    }
+    if let Some(max) = p.max {
+        t.insert("max", max.into());
+    }
+    if p.writable {
+        t.insert("writable", true.into());
     }
     t
 }
@@ -182,7 +203,7 @@ pub struct PointEdit {
 }
 
 /// Sets `key` keeping the comment and spacing around the old value; `None` removes it.
-fn set_key(t: &mut dyn toml_edit::TableLike, key: &str, v: Option<&Value>) {
+pub(super) fn set_key(t: &mut dyn toml_edit::TableLike, key: &str, v: Option<&Value>) {
     match v {
         None => {
             t.remove(key);
@@ -358,6 +379,10 @@ threshold = 1.0
             scale: 0.1,
             offset: 0.0,
             unit: "°C".into(),
+            deadband: 0.0,
+            min: None,
+            max: None,
+            writable: false,
         }
     }
 

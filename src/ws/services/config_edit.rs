@@ -1,0 +1,235 @@
+//! `config.edit`: the Configure view's forms as edits of the file's text (points, devices,
+//! buses, rules, upstreams), each answered with the edited text, its problems and a summary;
+//! nothing is written here.
+
+use serde_json::{json, Value as Json};
+
+use super::configure::{check, file, problems_json};
+use crate::config::edit::{self, Entries, NewPoint, PointEdit, Target};
+use crate::config::versions;
+use crate::ws::context::{Ctx, HandlerResult, ServiceError};
+
+fn new_point(j: &Json) -> Result<NewPoint, ServiceError> {
+    let s = |k: &str, default: &str| -> Result<String, ServiceError> {
+        match j.get(k) {
+            None | Some(Json::Null) => Ok(default.to_string()),
+            Some(Json::String(s)) => Ok(s.clone()),
+            Some(_) => Err(ServiceError::bad_request(format!(
+                "point `{k}` must be a string"
+            ))),
+        }
+    };
+    let opt = |k: &str| -> Result<Option<f64>, ServiceError> {
+        match j.get(k) {
+            None | Some(Json::Null) => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| {
+                ServiceError::bad_request(format!("point `{k}` must be a number"))
+            }),
+        }
+    };
+    let f = |k: &str, default: f64| opt(k).map(|v| v.unwrap_or(default));
+    let writable = match j.get("writable") {
+        None | Some(Json::Null) => false,
+        Some(Json::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ServiceError::bad_request(
+                "point `writable` must be true or false",
+            ))
+        }
+    };
+    let address = j
+        .get("address")
+        .and_then(Json::as_u64)
+        .and_then(|a| u16::try_from(a).ok())
+        .ok_or_else(|| ServiceError::bad_request("point `address` must be 0..=65535"))?;
+    Ok(NewPoint {
+        id: s("id", "")?,
+        table: s("table", "holding")?,
+        address,
+        data_type: s("type", "u16")?,
+        byte_order: s("byteOrder", "big")?,
+        word_order: s("wordOrder", "big")?,
+        scale: f("scale", 1.0)?,
+        offset: f("offset", 0.0)?,
+        unit: s("unit", "")?,
+        deadband: f("deadband", 0.0)?,
+        min: opt("min")?,
+        max: opt("max")?,
+        writable,
+    })
+}
+
+/// `deviceId`, or a `newDevice` `{id, bus, unit, type?}`.
+fn target_param(ctx: &Ctx) -> Result<Target, ServiceError> {
+    if let Some(id) = ctx.opt_string("deviceId")? {
+        return Ok(Target::Device(id));
+    }
+    let d = ctx.value("newDevice")?;
+    let field = |k: &str| {
+        d.get(k)
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    Ok(Target::NewDevice {
+        id: field("id"),
+        bus: field("bus"),
+        unit: d
+            .get("unit")
+            .and_then(Json::as_u64)
+            .and_then(|u| u8::try_from(u).ok())
+            .ok_or_else(|| ServiceError::bad_request("`newDevice.unit` must be 1..=247"))?,
+        device_type: field("type"),
+    })
+}
+
+/// `config.edit` (for the dashboard): the file's text with a change made through `toml_edit`
+/// (comments kept) — `addPoints` to `deviceId` or a `newDevice`, `setDevice`, `removeDevice`,
+/// `setBus` / `removeBus`, `setRule` / `removeRule`, `setUpstream` (`[mysql]` or `[mqtt]`, or
+/// `keys: null` to take it out) — and its problems; nothing is written (`config.apply` does
+/// that). `devicePath` names the entry a form edited (`buses[2]`), for its problems.
+pub async fn edit(ctx: Ctx) -> HandlerResult {
+    let f = file(&ctx)?;
+    let text = match ctx.opt_string("text")? {
+        Some(t) => t,
+        None => std::fs::read_to_string(&f.path).map_err(|e| {
+            ServiceError::new(503, format!("cannot read {}: {e}", f.path.display()))
+        })?,
+    };
+    let op = ctx.string("op")?;
+    let mut device_path = Json::Null;
+    let (edited, note) = match op.as_str() {
+        "addPoints" => {
+            let points = match ctx.value("points")? {
+                Json::Array(a) if !a.is_empty() => {
+                    a.iter().map(new_point).collect::<Result<Vec<_>, _>>()?
+                }
+                _ => {
+                    return Err(ServiceError::bad_request(
+                        "param `points` must be a non-empty list",
+                    ))
+                }
+            };
+            let target = target_param(&ctx)?;
+            (edit::add_points(&text, &target, &points), String::new())
+        }
+        "removeDevice" => {
+            let id = ctx.string("deviceId")?;
+            match edit::remove_device(&text, &id) {
+                Ok((t, 0)) => (Ok(t), String::new()),
+                Ok((t, n)) => (
+                    Ok(t),
+                    format!("{n} rule(s) watching `{id}` removed with it"),
+                ),
+                Err(e) => (Err(e), String::new()),
+            }
+        }
+        "setDevice" => {
+            let (keys, points) = device_form(&ctx)?;
+            let was = ctx.opt_string("deviceId")?;
+            match edit::set_device(&text, was.as_deref(), &keys, points.as_deref()) {
+                Ok((t, i)) => {
+                    device_path = json!(format!("devices[{i}]"));
+                    (Ok(t), String::new())
+                }
+                Err(e) => (Err(e), String::new()),
+            }
+        }
+        "setBus" | "setRule" => {
+            let what = if op == "setBus" { Entries::Buses } else { Entries::Rules };
+            let (form, was) = if op == "setBus" { ("bus", "busName") } else { ("rule", "ruleId") };
+            let keys = key_edits(form, &ctx.value(form)?)?;
+            let was = ctx.opt_string(was)?;
+            match edit::set_entry(&text, what, was.as_deref(), &keys) {
+                Ok((t, i)) => {
+                    device_path = json!(format!("{}[{i}]", if op == "setBus" { "buses" } else { "rules" }));
+                    (Ok(t), String::new())
+                }
+                Err(e) => (Err(e), String::new()),
+            }
+        }
+        "removeBus" => (
+            edit::remove_entry(&text, Entries::Buses, &ctx.string("busName")?),
+            String::new(),
+        ),
+        "removeRule" => (
+            edit::remove_entry(&text, Entries::Rules, &ctx.string("ruleId")?),
+            String::new(),
+        ),
+        "setUpstream" => {
+            let section = ctx.string("section")?;
+            if section != "mysql" && section != "mqtt" {
+                return Err(ServiceError::bad_request("`section` must be mysql or mqtt"));
+            }
+            let keys = match ctx.value("keys") {
+                Err(_) | Ok(Json::Null) => None,
+                Ok(j) => Some(key_edits("keys", &j)?),
+            };
+            (edit::set_section(&text, &section, keys.as_deref()), String::new())
+        }
+        other => {
+            return Err(ServiceError::bad_request(format!(
+                "unknown op `{other}` (addPoints, setDevice, removeDevice, setBus, removeBus, setRule, removeRule or setUpstream)"
+            )))
+        }
+    };
+    let edited = edited.map_err(ServiceError::bad_request)?;
+    let (problems, new) = check(&edited, &ctx.shared.config);
+    let summary = new.map(|n| versions::summary(&ctx.shared.config, &n));
+    Ok(json!({
+        "text": edited,
+        "problems": problems_json(&problems),
+        "summary": summary,
+        "note": note,
+        "devicePath": device_path,
+    }))
+}
+
+/// A form's `{key: value-or-null}` as key edits: strings, numbers and booleans are set, null
+/// removes the key.
+fn key_edits(what: &str, j: &Json) -> Result<Vec<edit::KeyEdit>, ServiceError> {
+    let Json::Object(m) = j else {
+        return Err(ServiceError::bad_request(format!(
+            "`{what}` must be an object"
+        )));
+    };
+    m.iter()
+        .map(|(k, v)| {
+            let value = match v {
+                Json::Null => None,
+                Json::String(s) => Some(toml_edit::Value::from(s.as_str())),
+                Json::Bool(b) => Some(toml_edit::Value::from(*b)),
+                Json::Number(n) => Some(match n.as_i64() {
+                    Some(i) => toml_edit::Value::from(i),
+                    None => toml_edit::Value::from(n.as_f64().unwrap_or(f64::NAN)),
+                }),
+                _ => {
+                    return Err(ServiceError::bad_request(format!(
+                        "`{what}.{k}` must be a string, number, boolean or null"
+                    )))
+                }
+            };
+            Ok((k.clone(), value))
+        })
+        .collect()
+}
+
+/// `setDevice`'s `device` keys and `points` (`[{was?, set}]`; absent: the points stay).
+fn device_form(ctx: &Ctx) -> Result<(Vec<edit::KeyEdit>, Option<Vec<PointEdit>>), ServiceError> {
+    let keys = key_edits("device", &ctx.value("device")?)?;
+    let points = match ctx.value("points") {
+        Err(_) | Ok(Json::Null) => None,
+        Ok(Json::Array(a)) => Some(
+            a.iter()
+                .map(|p| {
+                    Ok(PointEdit {
+                        was: p.get("was").and_then(Json::as_str).map(String::from),
+                        keys: key_edits("points[].set", p.get("set").unwrap_or(&Json::Null))?,
+                    })
+                })
+                .collect::<Result<Vec<_>, ServiceError>>()?,
+        ),
+        Ok(_) => return Err(ServiceError::bad_request("`points` must be a list")),
+    };
+    Ok((keys, points))
+}
