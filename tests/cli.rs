@@ -278,7 +278,10 @@ fn user_add_sets_the_shipped_placeholder_and_adds_users_with_comments_kept() {
     }
     assert!(!text.contains("s3cret") && !text.contains("CHANGE-ME"));
     // And the comments at the ends of the lines it changed.
-    assert!(text.contains("role = \"admin\"                   # admin | viewer"), "{text}");
+    assert!(
+        text.contains("role = \"admin\"                   # admin | viewer"),
+        "{text}"
+    );
     let users = edge_gateway::config::parse(&text).unwrap().config.users;
     assert_eq!(
         users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
@@ -501,7 +504,10 @@ async fn the_starter_config_starts_clean_and_its_examples_load() {
     let hash = edge_gateway::cli::hash_password("s3cret-starter").unwrap();
     let text = starter
         .replace("CHANGE-ME", &hash)
-        .replace("/var/lib/edge-gateway", &dir.path().join("data").display().to_string())
+        .replace(
+            "/var/lib/edge-gateway",
+            &dir.path().join("data").display().to_string(),
+        )
         .replace("0.0.0.0:8080", "127.0.0.1:0");
     let l = edge_gateway::config::parse(&text).unwrap_or_else(|e| panic!("{e:?}"));
     assert!(l.config.buses.is_empty() && l.config.mysql.is_none() && l.config.mqtt.is_none());
@@ -511,7 +517,11 @@ async fn the_starter_config_starts_clean_and_its_examples_load() {
         .fold(String::new(), |out, l| out + l + "\n");
     let l = edge_gateway::config::parse(&examples).unwrap_or_else(|e| panic!("{e:?}\n{examples}"));
     assert_eq!(
-        (l.config.buses.len(), l.config.devices.len(), l.config.rules.len()),
+        (
+            l.config.buses.len(),
+            l.config.devices.len(),
+            l.config.rules.len()
+        ),
         (2, 1, 1)
     );
     assert!(l.config.mysql.is_some() && l.config.mqtt.is_some());

@@ -199,7 +199,8 @@ pub fn summary(old: &Config, new: &Config) -> String {
 /// The other sections that changed, by name (`[mqtt]`). Secrets are masked in `Debug`, so
 /// the upstream URLs are compared as they are.
 fn sections_changed(old: &Config, new: &Config) -> impl Iterator<Item = String> {
-    let dbg = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    let dbg =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     let mysql_url = |c: &Config| c.mysql.as_ref().map(|m| m.url.0.clone());
     let mqtt_url = |c: &Config| c.mqtt.as_ref().map(|m| m.url.0.clone());
     [

@@ -118,9 +118,8 @@ pub fn decode_registers(f: &Format, regs: &[u16]) -> Result<Value, CodecError> {
         DataType::I64 => int_value(f, i64::from_be_bytes(bytes[..8].try_into().unwrap())),
         DataType::F32 => {
             // As typed into the device (66.6), not as the f32 widens (66.59999847412109).
-            let v = crate::model::float::short_f32(f32::from_be_bytes(
-                bytes[..4].try_into().unwrap(),
-            ));
+            let v =
+                crate::model::float::short_f32(f32::from_be_bytes(bytes[..4].try_into().unwrap()));
             check_finite(v)?;
             Value::Float(apply_scale(f, v))
         }

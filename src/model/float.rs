@@ -17,7 +17,10 @@ fn significant(v: f64, digits: i32, magnitude: i32) -> f64 {
 }
 
 fn magnitude(v: f64) -> i32 {
-    #[allow(clippy::cast_possible_truncation, reason = "a decimal exponent, |e| < 400")]
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "a decimal exponent, |e| < 400"
+    )]
     let m = v.abs().log10().floor() as i32;
     m
 }
@@ -30,6 +33,11 @@ pub fn short_f32(g: f32) -> f64 {
         return v;
     }
     let m = magnitude(v);
+    if !(-13..=21).contains(&m) {
+        // Past what one exact power of ten can round (|g| above 1e21 or below 1e-13): Rust's
+        // own shortest form, printed and read back (rare enough to allocate).
+        return g.to_string().parse().unwrap_or(v);
+    }
     // Nine significant digits always read back as the same f32.
     (1..=9)
         .map(|d| significant(v, d, m))
@@ -38,12 +46,18 @@ pub fn short_f32(g: f32) -> f64 {
 }
 
 /// A computed value (`raw * scale + offset`) to 15 significant digits, which an f64 holds
-/// exactly as decimal: the noise of the arithmetic goes, no digit the device gave.
+/// exactly as decimal — but only when that moves it by the few units in the last place the
+/// arithmetic adds: a 19-digit counter keeps every digit the device gave.
 pub fn tidy(v: f64) -> f64 {
     if v == 0.0 || !v.is_finite() {
         return v;
     }
-    significant(v, 15, magnitude(v))
+    let r = significant(v, 15, magnitude(v));
+    if (r - v).abs() <= 4.0 * f64::EPSILON * v.abs() {
+        r
+    } else {
+        v
+    }
 }
 
 #[cfg(test)]

@@ -99,7 +99,9 @@ pub struct FleetPort {
 /// socket's inside it.
 fn mysql_text(e: &mysql_async::Error) -> String {
     match e {
-        mysql_async::Error::Io(mysql_async::IoError::Io(io)) => format!("cannot reach the server: {io}"),
+        mysql_async::Error::Io(mysql_async::IoError::Io(io)) => {
+            format!("cannot reach the server: {io}")
+        }
         other => other.to_string(),
     }
 }

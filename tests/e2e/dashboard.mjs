@@ -71,7 +71,13 @@ function startPymodbus(port = 0) {
 async function confirmApplied(page) {
   const logins = await page.evaluate(() => window.__edgeLogins);
   await page.locator("#confirm-ok").click();
-  await page.getByText(/Applied as version \d+|Rolled back: applied as version/).waitFor({ timeout: 30000 });
+  try {
+    await page.getByText(/Applied as version \d+|Rolled back: applied as version/).waitFor({ timeout: 30000 });
+  } catch (e) {
+    // What the page said instead: the reason is in it.
+    const said = await page.$$eval(".error, .result, [role=status]", (es) => es.map((x) => x.textContent).filter(Boolean));
+    throw new Error(`no "Applied as version": the page says ${JSON.stringify(said)}`);
+  }
   // The reload keeps the socket open; the snapshot the moved socket gets shows the new
   // structure, and the page reads everything again, as after a login.
   await page.waitForFunction((n) => window.__edgeLogins > n, logins, { timeout: 30000 });
@@ -136,7 +142,7 @@ async function upstreams(page) {
   await confirmApplied(page);
   await page.waitForFunction(() => {
     const t = document.querySelector("#c-text")?.value || "";
-    return t.includes("[mysql]") && /\[mqtt\]\nurl = "mqtt:\/\//.test(t);
+    return t.includes("[mysql]") && t.includes("[mqtt]") && t.includes('url = "mqtt://') && t.includes('topic_prefix = "edge-e2e"');
   }, null, { timeout: 15000 });
 }
 
@@ -346,14 +352,14 @@ try {
     await desk.getByRole("button", { name: "Add a rule" }).click();
     const rf = desk.locator("form.entry-form", { hasText: "New rule" });
     await rf.getByLabel("Rule id").fill("flow-high");
-    await rf.getByLabel("Device").selectOption("py-1");
-    await rf.getByLabel("Point").fill("flow");
-    await rf.getByLabel("Kind").selectOption("above");
-    if (await rf.getByLabel("Low").isVisible()) throw new Error("an `above` rule shows `low`");
-    await rf.getByLabel("Threshold").fill("200");
+    await rf.getByLabel("Device", { exact: true }).selectOption("py-1");
+    await rf.getByLabel("Point", { exact: true }).fill("flow");
+    await rf.getByLabel("Kind", { exact: true }).selectOption("above");
+    if (await rf.getByLabel("Low", { exact: true }).isVisible()) throw new Error("an `above` rule shows `low`");
+    await rf.getByLabel("Threshold", { exact: true }).fill("200");
     await rf.locator("canvas.rule-trend").waitFor();
     await rf.getByText("flow's last hour").waitFor({ timeout: 10000 });
-    await rf.getByLabel("Priority").selectOption("high");
+    await rf.getByLabel("Priority", { exact: true }).selectOption("high");
     if (shots) await desk.screenshot({ path: join(shots, "tablet-rule-form.png"), fullPage: true });
     await rf.getByRole("button", { name: "Add rule" }).click();
     await confirmApplied(desk);
@@ -423,7 +429,7 @@ try {
     await desk.goto(`${demo.url}#/configure`);
     await desk.waitForFunction(() => document.querySelector("#c-text").value.includes("py-1"));
     const file = await desk.getByLabel("Config (TOML)").inputValue();
-    for (const kept of ["# The demo:", "# The new line's serial server", 'word_order = "little"', "scale = 0.1", "poll_interval_ms = 500", 'id = "trim"']) {
+    for (const kept of ["# The demo:", 'name = "py"', 'id = "flow-high"', 'word_order = "little"', "scale = 0.1", "poll_interval_ms = 500", 'id = "trim"']) {
       if (!file.includes(kept)) throw new Error(`the config lost ${kept}:\n${file}`);
     }
 

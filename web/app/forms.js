@@ -16,7 +16,8 @@ const RULE_KINDS = ["above", "below", "outside", "equals", "rate", "stale"];
 /**
  * A form over one entry's keys. `spec`: { name (unique on the page, for the ids), title, fields: [{ key, label, options?, number?,
  * list?, when?(values), placeholder?, required? }], raw (the entry as the file has it, or
- * null), save(changes) → { problems, devicePath } | null, extra? (nodes under the fields),
+ * null), save(changes, mark) (`mark` takes the edit's { problems, devicePath } before it is
+ * applied), extra? (nodes under the fields),
  * buttons? (more buttons) }. A field hidden by `when` is taken out of the file on save.
  */
 function entryForm(spec, ctx) {
@@ -81,8 +82,7 @@ function entryForm(spec, ctx) {
 
   async function submit() {
     try {
-      const r = await spec.save(changes());
-      if (r) mark(r.problems, r.devicePath);
+      await spec.save(changes(), (r) => mark(r.problems, r.devicePath));
     } catch (e) {
       general.replaceChildren(h("p", { class: "error", text: `Not saved (${e.code}): ${e.message}` }));
     }
@@ -90,11 +90,12 @@ function entryForm(spec, ctx) {
   return { form, values, controls, general };
 }
 
-/** Sends one `config.edit`, applies the result when it has no problem; the result for marking. */
-async function editAndApply(ctx, params, what) {
+/** Sends one `config.edit`; its problems marked on the form (`mark`), or, with none, the text
+ * applied. */
+async function editAndApply(ctx, params, what, mark = () => {}) {
   const r = await ctx.conn.call("config.edit", { ...params, text: ctx.text() });
+  mark(r);
   if (!r.problems.length) await ctx.apply(r.text, `${what}: ${r.summary || "no change to the running config"}.`);
-  return r;
 }
 
 /**
@@ -119,7 +120,7 @@ export function busForm(raw, ctx) {
       { key: "retries", label: "Retries", number: true, placeholder: "2" },
       { key: "inter_request_delay_ms", label: "Silence between requests (ms)", when: RTU, number: true, placeholder: "0" },
     ],
-    save: (bus) => editAndApply(ctx, { op: "setBus", bus, ...(raw ? { busName: raw.name } : {}) }, raw ? `Bus ${raw.name}` : "New bus"),
+    save: (bus, mark) => editAndApply(ctx, { op: "setBus", bus, ...(raw ? { busName: raw.name } : {}) }, raw ? `Bus ${raw.name}` : "New bus", mark),
   }, ctx);
   return form;
 }
@@ -156,7 +157,7 @@ export function ruleForm(raw, ctx) {
       { key: "message", label: "Message", placeholder: "the kind's" },
     ],
     extra: h("div", {}, canvas, note),
-    save: (rule) => editAndApply(ctx, { op: "setRule", rule, ...(raw ? { ruleId: raw.id } : {}) }, raw ? `Rule ${raw.id}` : "New rule"),
+    save: (rule, mark) => editAndApply(ctx, { op: "setRule", rule, ...(raw ? { ruleId: raw.id } : {}) }, raw ? `Rule ${raw.id}` : "New rule", mark),
   }, ctx);
   const pointInput = f.controls.find((x) => x.f.key === "point").c;
   const pointList = f.form.querySelector(`#${pointInput.getAttribute("list")}`);
@@ -225,8 +226,8 @@ export function upstreamForm(section, raw, ctx) {
       ],
     extra: result,
     buttons: [test, off],
-    save: (keys) => editAndApply(ctx, { op: "setUpstream", section, keys }, mysql ? "MySQL" : "MQTT")
-      .then((r) => ({ ...r, devicePath: section })),
+    save: (keys, mark) => editAndApply(ctx, { op: "setUpstream", section, keys }, mysql ? "MySQL" : "MQTT",
+      (r) => mark({ ...r, devicePath: section })),
   }, ctx);
   test.addEventListener("click", async () => {
     const url = f.values().url;

@@ -101,7 +101,8 @@ function scanPanel(env, bus, unit, read) {
     try {
       const r = await conn.call("bus.scan", { bus: bus.value, fromUnit: a, toUnit: b, timeoutMs: Number(wait.value) }, 600000);
       found.replaceChildren(...r.found.map((x) => foundButton(x.unit, x.exception)));
-      const said = r.everyId ? `unit ${r.units[0]} ${r.note}` : r.units.length ? `units ${r.units.join(", ")} answered` : "no unit answered";
+      const said = r.everyId ? `unit ${r.units[0]} ${r.note}`
+        : `${r.units.length ? `units ${r.units.join(", ")} answered` : "no unit answered"}${r.note ? ` (${r.note})` : ""}`;
       setText(progress, `${r.cancelled ? "Cancelled" : "Done"}: ${said}.`);
     } catch (e) {
       setText(progress, `Scan failed (${e.code}): ${e.message}`);

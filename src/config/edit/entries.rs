@@ -72,7 +72,10 @@ pub fn set_entry(
         _ => None,
     });
     if let (Entries::Buses, Some(old), Some(new)) = (what, was, renamed) {
-        if let Some(devices) = doc.get_mut("devices").and_then(Item::as_array_of_tables_mut) {
+        if let Some(devices) = doc
+            .get_mut("devices")
+            .and_then(Item::as_array_of_tables_mut)
+        {
             for d in devices.iter_mut() {
                 if d.get("bus").and_then(Item::as_str) == Some(old) {
                     set_key(d, "bus", Some(&Value::from(new.as_str())));
@@ -138,7 +141,13 @@ mod tests {
         assert!(t.contains("name = \"b\" # the old line"), "{t}");
         assert!(t.contains("bus = \"b\""), "{t}");
         assert!(t.starts_with("# the line\n"), "{t}");
-        let (t, i) = set_entry(&t, Entries::Buses, None, &[kv("name", "c"), kv("kind", "rtu")]).unwrap();
+        let (t, i) = set_entry(
+            &t,
+            Entries::Buses,
+            None,
+            &[kv("name", "c"), kv("kind", "rtu")],
+        )
+        .unwrap();
         assert_eq!(i, 1);
         assert!(t.contains("name = \"c\""), "{t}");
         let t = remove_entry(&t, Entries::Buses, "c").unwrap();

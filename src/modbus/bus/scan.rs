@@ -40,6 +40,35 @@ pub struct ScanDone {
     /// Every unit probed (more than one) answered, all with the same data or exception: one
     /// server answering for any id (pymodbus, many TCP devices and gateways), not many devices.
     pub every_id: bool,
+    /// The exception most ids answered (more than half of those probed, at least 3): a
+    /// server's way of saying "no device with this id" (pymodbus answers 04). The units that
+    /// gave it are left out of `found`.
+    pub no_device_answer: Option<u8>,
+}
+
+impl ScanDone {
+    fn new(mut found: Vec<ScanStep>, probed: u16, every_id: bool, cancelled: bool) -> ScanDone {
+        let mut counts = std::collections::HashMap::new();
+        for s in &found {
+            if let Some(code) = s.exception {
+                *counts.entry(code).or_insert(0u16) += 1;
+            }
+        }
+        let no_device_answer = (!every_id)
+            .then(|| counts.into_iter().max_by_key(|(_, n)| *n))
+            .flatten()
+            .filter(|(_, n)| *n >= 3 && *n * 2 > probed)
+            .map(|(code, _)| code);
+        if let Some(code) = no_device_answer {
+            found.retain(|s| s.exception != Some(code));
+        }
+        ScanDone {
+            found,
+            cancelled,
+            every_id,
+            no_device_answer,
+        }
+    }
 }
 
 /// What a probed unit answered, to tell whether all answered alike.
@@ -89,12 +118,12 @@ impl BusTask {
             let s = self.scan.take().expect("checked above");
             // All "no device behind this id" is an empty gateway, not one device.
             let every_id = s.probed > 1
-                && s.alike.is_some_and(|a| !matches!(a, Answer::Exception(0x0A | 0x0B)));
-            let _ = s.req.reply.send(Ok(ScanDone {
-                found: s.found,
-                cancelled: s.cancelled,
-                every_id,
-            }));
+                && s.alike
+                    .is_some_and(|a| !matches!(a, Answer::Exception(0x0A | 0x0B)));
+            let _ = s
+                .req
+                .reply
+                .send(Ok(ScanDone::new(s.found, s.probed, every_id, s.cancelled)));
             return;
         }
         let unit = scan.next as u8;
@@ -148,5 +177,35 @@ impl BusTask {
             scan.found.push(step.clone());
         }
         let _ = scan.req.progress.send(step);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(unit: u8, exception: Option<u8>) -> ScanStep {
+        ScanStep {
+            unit,
+            found: true,
+            exception,
+        }
+    }
+
+    #[test]
+    fn the_exception_most_ids_give_is_the_server_saying_no_device() {
+        let found = vec![
+            step(1, None),
+            step(2, Some(4)),
+            step(3, Some(4)),
+            step(4, Some(4)),
+        ];
+        let d = ScanDone::new(found, 5, false, false);
+        assert_eq!(d.no_device_answer, Some(4));
+        assert_eq!(d.found, vec![step(1, None)]);
+        // Two devices answering 02 on a line of ten probed: devices, kept.
+        let found = vec![step(3, Some(2)), step(7, Some(2))];
+        let d = ScanDone::new(found.clone(), 10, false, false);
+        assert_eq!((d.no_device_answer, d.found), (None, found));
     }
 }

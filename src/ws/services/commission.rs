@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tungstenite::Utf8Bytes;
 
 use crate::metrics::PushKind;
-use crate::modbus::bus::{ScanRequest, ScanStep};
+use crate::modbus::bus::{ScanDone, ScanRequest, ScanStep};
 use crate::modbus::codec::Table;
 use crate::modbus::link::{exception_name, Data};
 use crate::ws::client::Push;
@@ -170,24 +170,39 @@ pub async fn scan(ctx: Ctx) -> HandlerResult {
     while let Ok(s) = steps.try_recv() {
         push(&s);
     }
+    scan_reply(&name, result)
+}
+
+/// The scan's reply: the units found (one server answering for every id is one device, not
+/// 247: beyond SPEC, `everyId` and `note` say why only the first is listed), or why it stopped.
+fn scan_reply(
+    name: &str,
+    result: Result<Result<ScanDone, String>, oneshot::error::RecvError>,
+) -> HandlerResult {
     match result {
-        // One server answering for every id is one device, not 247 (beyond SPEC: `everyId`
-        // and `note` say why only the first is listed).
-        Ok(Ok(d)) if d.every_id => Ok(json!({
-            "bus": name,
-            "units": d.found.iter().take(1).map(|s| s.unit).collect::<Vec<_>>(),
-            "found": d.found.iter().take(1).map(|s| step_json(&name, s)).collect::<Vec<_>>(),
-            "cancelled": d.cancelled,
-            "everyId": true,
-            "note": "answers every unit id the same way: probably a single device or a gateway; try unit 1 or 255",
-        })),
-        Ok(Ok(d)) => Ok(json!({
-            "bus": name,
-            "units": d.found.iter().map(|s| s.unit).collect::<Vec<_>>(),
-            "found": d.found.iter().map(|s| step_json(&name, s)).collect::<Vec<_>>(),
-            "cancelled": d.cancelled,
-            "everyId": false,
-        })),
+        Ok(Ok(d)) => {
+            let found = if d.every_id {
+                &d.found[..d.found.len().min(1)]
+            } else {
+                &d.found[..]
+            };
+            let mut reply = json!({
+                "bus": name,
+                "units": found.iter().map(|s| s.unit).collect::<Vec<_>>(),
+                "found": found.iter().map(|s| step_json(name, s)).collect::<Vec<_>>(),
+                "cancelled": d.cancelled,
+                "everyId": d.every_id,
+            });
+            if d.every_id {
+                reply["note"] = json!("answers every unit id the same way: probably a single device or a gateway; try unit 1 or 255");
+            } else if let Some(code) = d.no_device_answer {
+                reply["note"] = json!(format!(
+                    "most ids answered \"{}\": the server's way of saying no device has that id; those are not listed",
+                    exception_name(code)
+                ));
+            }
+            Ok(reply)
+        }
         Ok(Err(e)) if e.contains("already running") => Err(ServiceError::new(429, e)),
         Ok(Err(e)) => Err(ServiceError::new(503, e)),
         Err(_) => Err(ServiceError::new(503, "the bus stopped during the scan")),

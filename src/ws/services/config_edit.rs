@@ -22,9 +22,10 @@ fn new_point(j: &Json) -> Result<NewPoint, ServiceError> {
     let opt = |k: &str| -> Result<Option<f64>, ServiceError> {
         match j.get(k) {
             None | Some(Json::Null) => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| {
-                ServiceError::bad_request(format!("point `{k}` must be a number"))
-            }),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| ServiceError::bad_request(format!("point `{k}` must be a number"))),
         }
     };
     let f = |k: &str, default: f64| opt(k).map(|v| v.unwrap_or(default));
@@ -97,8 +98,59 @@ pub async fn edit(ctx: Ctx) -> HandlerResult {
         })?,
     };
     let op = ctx.string("op")?;
-    let mut device_path = Json::Null;
-    let (edited, note) = match op.as_str() {
+    let done = match device_op(&ctx, &op, &text)? {
+        Some(d) => d,
+        None => entry_op(&ctx, &op, &text)?.ok_or_else(|| {
+            ServiceError::bad_request(format!(
+                "unknown op `{op}` (addPoints, setDevice, removeDevice, setBus, removeBus, setRule, removeRule or setUpstream)"
+            ))
+        })?,
+    };
+    let edited = done.text.map_err(ServiceError::bad_request)?;
+    let (problems, new) = check(&edited, &ctx.shared.config);
+    let summary = new.map(|n| versions::summary(&ctx.shared.config, &n));
+    Ok(json!({
+        "text": edited,
+        "problems": problems_json(&problems),
+        "summary": summary,
+        "note": done.note,
+        "devicePath": done.path,
+    }))
+}
+
+/// An op's outcome: the edited text (or why not), a note for the person, and the key path of
+/// the entry a form edited (for its problems).
+struct Edited {
+    text: Result<String, String>,
+    note: String,
+    path: Json,
+}
+
+impl Edited {
+    fn text(text: Result<String, String>) -> Edited {
+        Edited {
+            text,
+            note: String::new(),
+            path: Json::Null,
+        }
+    }
+
+    /// The text, and the path of entry `i` of `list` when it was edited.
+    fn at(edited: Result<(String, usize), String>, list: &str) -> Edited {
+        match edited {
+            Ok((t, i)) => Edited {
+                text: Ok(t),
+                note: String::new(),
+                path: json!(format!("{list}[{i}]")),
+            },
+            Err(e) => Edited::text(Err(e)),
+        }
+    }
+}
+
+/// `addPoints`, `removeDevice`, `setDevice`; `None` for another op.
+fn device_op(ctx: &Ctx, op: &str, text: &str) -> Result<Option<Edited>, ServiceError> {
+    Ok(Some(match op {
         "addPoints" => {
             let points = match ctx.value("points")? {
                 Json::Array(a) if !a.is_empty() => {
@@ -110,52 +162,67 @@ pub async fn edit(ctx: Ctx) -> HandlerResult {
                     ))
                 }
             };
-            let target = target_param(&ctx)?;
-            (edit::add_points(&text, &target, &points), String::new())
+            let target = target_param(ctx)?;
+            Edited::text(edit::add_points(text, &target, &points))
         }
         "removeDevice" => {
             let id = ctx.string("deviceId")?;
-            match edit::remove_device(&text, &id) {
-                Ok((t, 0)) => (Ok(t), String::new()),
-                Ok((t, n)) => (
-                    Ok(t),
-                    format!("{n} rule(s) watching `{id}` removed with it"),
-                ),
-                Err(e) => (Err(e), String::new()),
+            match edit::remove_device(text, &id) {
+                Ok((t, n)) => Edited {
+                    text: Ok(t),
+                    note: if n == 0 {
+                        String::new()
+                    } else {
+                        format!("{n} rule(s) watching `{id}` removed with it")
+                    },
+                    path: Json::Null,
+                },
+                Err(e) => Edited::text(Err(e)),
             }
         }
         "setDevice" => {
-            let (keys, points) = device_form(&ctx)?;
+            let (keys, points) = device_form(ctx)?;
             let was = ctx.opt_string("deviceId")?;
-            match edit::set_device(&text, was.as_deref(), &keys, points.as_deref()) {
-                Ok((t, i)) => {
-                    device_path = json!(format!("devices[{i}]"));
-                    (Ok(t), String::new())
-                }
-                Err(e) => (Err(e), String::new()),
-            }
+            Edited::at(
+                edit::set_device(text, was.as_deref(), &keys, points.as_deref()),
+                "devices",
+            )
         }
-        "setBus" | "setRule" => {
-            let what = if op == "setBus" { Entries::Buses } else { Entries::Rules };
-            let (form, was) = if op == "setBus" { ("bus", "busName") } else { ("rule", "ruleId") };
-            let keys = key_edits(form, &ctx.value(form)?)?;
-            let was = ctx.opt_string(was)?;
-            match edit::set_entry(&text, what, was.as_deref(), &keys) {
-                Ok((t, i)) => {
-                    device_path = json!(format!("{}[{i}]", if op == "setBus" { "buses" } else { "rules" }));
-                    (Ok(t), String::new())
-                }
-                Err(e) => (Err(e), String::new()),
-            }
-        }
-        "removeBus" => (
-            edit::remove_entry(&text, Entries::Buses, &ctx.string("busName")?),
-            String::new(),
+        _ => return Ok(None),
+    }))
+}
+
+/// `setBus`, `removeBus`, `setRule`, `removeRule`, `setUpstream`; `None` for another op.
+fn entry_op(ctx: &Ctx, op: &str, text: &str) -> Result<Option<Edited>, ServiceError> {
+    Ok(Some(match op {
+        "setBus" => Edited::at(
+            edit::set_entry(
+                text,
+                Entries::Buses,
+                ctx.opt_string("busName")?.as_deref(),
+                &key_edits("bus", &ctx.value("bus")?)?,
+            ),
+            "buses",
         ),
-        "removeRule" => (
-            edit::remove_entry(&text, Entries::Rules, &ctx.string("ruleId")?),
-            String::new(),
+        "setRule" => Edited::at(
+            edit::set_entry(
+                text,
+                Entries::Rules,
+                ctx.opt_string("ruleId")?.as_deref(),
+                &key_edits("rule", &ctx.value("rule")?)?,
+            ),
+            "rules",
         ),
+        "removeBus" => Edited::text(edit::remove_entry(
+            text,
+            Entries::Buses,
+            &ctx.string("busName")?,
+        )),
+        "removeRule" => Edited::text(edit::remove_entry(
+            text,
+            Entries::Rules,
+            &ctx.string("ruleId")?,
+        )),
         "setUpstream" => {
             let section = ctx.string("section")?;
             if section != "mysql" && section != "mqtt" {
@@ -165,23 +232,9 @@ pub async fn edit(ctx: Ctx) -> HandlerResult {
                 Err(_) | Ok(Json::Null) => None,
                 Ok(j) => Some(key_edits("keys", &j)?),
             };
-            (edit::set_section(&text, &section, keys.as_deref()), String::new())
+            Edited::text(edit::set_section(text, &section, keys.as_deref()))
         }
-        other => {
-            return Err(ServiceError::bad_request(format!(
-                "unknown op `{other}` (addPoints, setDevice, removeDevice, setBus, removeBus, setRule, removeRule or setUpstream)"
-            )))
-        }
-    };
-    let edited = edited.map_err(ServiceError::bad_request)?;
-    let (problems, new) = check(&edited, &ctx.shared.config);
-    let summary = new.map(|n| versions::summary(&ctx.shared.config, &n));
-    Ok(json!({
-        "text": edited,
-        "problems": problems_json(&problems),
-        "summary": summary,
-        "note": note,
-        "devicePath": device_path,
+        _ => return Ok(None),
     }))
 }
 

@@ -74,18 +74,20 @@ async fn mqtt(url: &str) -> Result<String, String> {
         o.set_credentials(u.clone(), p.clone());
     }
     if t.tls {
-        o.set_transport(Transport::tls_with_config(
-            crate::sinks::mqtt::tls_config()?,
-        ));
+        o.set_transport(Transport::tls_with_config(crate::sinks::mqtt::tls_config()?));
     }
     let (client, mut el) = rumqttc::AsyncClient::new(o, 4);
     let at = format!("{}:{}", t.host, t.port);
     let said = loop {
         match el.poll().await {
-            Ok(Event::Incoming(Incoming::ConnAck(_))) => break Ok(format!("connected to {at}: the broker accepted the login")),
+            Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                break Ok(format!("connected to {at}: the broker accepted the login"))
+            }
             Ok(_) => {}
             Err(ConnectionError::ConnectionRefused(code)) => {
-                break Err(format!("{at} refused the connection: {code:?} (user, password or client id)"))
+                break Err(format!(
+                    "{at} refused the connection: {code:?} (user, password or client id)"
+                ))
             }
             Err(ConnectionError::Io(e)) => break Err(format!("cannot reach {at}: {e}")),
             Err(ConnectionError::Tls(e)) => break Err(format!("TLS with {at} failed: {e}")),
