@@ -92,6 +92,7 @@ enum Command {
         link: LinkArgs,
         #[command(flatten)]
         at: AtArgs,
+        /// How many values of `--type` (not registers: 2 f32 values are 4 registers).
         #[arg(long, default_value_t = 1)]
         count: u16,
         #[arg(long)]

@@ -90,7 +90,7 @@ async function addPoint(page, url, { address, count, register, type, order, scal
   await page.getByLabel("Unit id").fill("1");
   await page.getByLabel("Table", { exact: true }).selectOption("holding");
   await page.getByLabel("Address", { exact: true }).fill(String(address));
-  await page.getByLabel("Count", { exact: true }).fill(String(count));
+  await page.getByLabel("Registers", { exact: true }).fill(String(count));
   await page.getByRole("button", { name: "Read", exact: true }).click();
   await page.waitForSelector("table.decoded");
   await page.getByLabel("Starting at register").selectOption({ label: String(register) });
@@ -304,7 +304,7 @@ try {
   step("the register inspector decodes the setpoint in every order");
   await desk.goto(`${demo.url}#/inspector?device=boiler-1`);
   await desk.getByLabel("Address").fill("2");
-  await desk.getByLabel("Count").fill("2");
+  await desk.getByLabel("Registers", { exact: true }).fill("2");
   await desk.getByRole("button", { name: "Read" }).click();
   await desk.waitForSelector("table.decoded");
   const u16 = await desk.$eval("table.decoded tbody tr", (tr) => tr.children[1].textContent);

@@ -20,6 +20,15 @@ export function inspectorView(env, deviceId) {
   const address = h("input", { id: "i-address", type: "number", min: 0, max: 65535, value: 0, required: true, inputmode: "numeric" });
   const count = h("input", { id: "i-count", type: "number", min: 1, max: 125, value: 4, required: true, inputmode: "numeric" });
   const out = h("div", { "aria-live": "polite" });
+  // What is counted, said: registers here, bits on a coil or discrete table (the CLI's
+  // `--count` counts values of a type).
+  const countField = field("Registers", count);
+  const countLabel = countField.querySelector("label");
+  table.addEventListener("change", () => {
+    const bits = table.value === "coil" || table.value === "discrete";
+    setText(countLabel, bits ? "Bits" : "Registers");
+    count.max = bits ? 2000 : 125;
+  });
 
   function pickDevice() {
     const d = S.desc.get(device.value);
@@ -39,7 +48,7 @@ export function inspectorView(env, deviceId) {
     device.value = first.id;
     pickDevice();
     const p = first.points.find((x) => x.table === "holding" || x.table === "input") || first.points[0];
-    if (p) { table.value = p.table; address.value = p.address; }
+    if (p) { table.value = p.table; address.value = p.address; table.dispatchEvent(new Event("change")); }
   }
 
   async function read() {
@@ -57,7 +66,7 @@ export function inspectorView(env, deviceId) {
 
   const form = h("form", { class: "toolbar", onsubmit: (ev) => { ev.preventDefault(); read(); } },
     field("Device", device), field("Bus", bus), field("Unit id", unit),
-    field("Table", table), field("Address", address), field("Count", count),
+    field("Table", table), field("Address", address), countField,
     h("button", { type: "submit", class: "primary", text: "Read" }));
 
   return {
