@@ -116,18 +116,6 @@ async fn system_log_gives_an_admin_the_last_lines() {
     gw.shutdown().await;
 }
 
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
 /// `fleet keygen`, then `fleet rpc` and `fleet ls` against a gateway that lists the key; a
 /// forged, a replayed, an expired and a not read-only request refused, each with its reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,18 +12,6 @@ use common::*;
 use edge_gateway::fleet::signed::{config_message, Signer};
 use serde_json::{json, Value as Json};
 
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
 /// A fleet's key pair on disk, and its `public_keys` line.
 fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     let key = dir.join(name);
@@ -79,26 +67,6 @@ impl Gw {
             .path()
             .join(format!("data/config-versions/{v}.json"));
         serde_json::from_slice::<Json>(&std::fs::read(&path).unwrap()).unwrap()["user"].clone()
-    }
-}
-
-/// Leaves the shared broker as it was found: the retained messages of gateway `id`.
-async fn clear(w: &Watcher, prefix: &str, id: &str) {
-    for t in [
-        "status",
-        "state",
-        "devices/boiler/status",
-        "devices/pump/status",
-    ] {
-        let _ = w
-            .client
-            .publish(
-                format!("{prefix}/{id}/{t}"),
-                rumqttc::QoS::AtLeastOnce,
-                true,
-                Vec::new(),
-            )
-            .await;
     }
 }
 
@@ -241,7 +209,7 @@ async fn fleet_apply_reaches_one_or_all_and_refuses_forgeries_and_replays() {
     assert_eq!(r["result"], "refused", "{r}");
     assert!(r["reason"].as_str().unwrap().contains("seen before"), "{r}");
     for id in ["a", "b"] {
-        clear(&w, &p, id).await;
+        clear_retained_under(&w, &p, id).await;
     }
 }
 
@@ -300,7 +268,7 @@ async fn an_unconfirmed_config_rolls_back_and_a_confirmed_one_stays() {
         w.kept
     );
     assert!(g.text().contains("poll_interval_ms = 350"));
-    clear(&w, &p, "trial").await;
+    clear_retained_under(&w, &p, "trial").await;
 }
 
 /// A config whose broker URL leads nowhere cannot be confirmed: the gateway puts its previous
@@ -323,5 +291,5 @@ async fn a_config_that_cuts_the_broker_off_undoes_itself() {
     let (_, r, _) = w.next("cut/config/result", |r| r["id"] == "cut1").await;
     assert_eq!(r["result"], "rolled_back", "{r}");
     assert_eq!(g.text(), before);
-    clear(&w, &p, "cut").await;
+    clear_retained_under(&w, &p, "cut").await;
 }

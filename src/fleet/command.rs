@@ -4,9 +4,19 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 use super::client;
+
+/// The broker the fleet shares, and the topic prefix its gateways publish under.
+#[derive(Args)]
+pub struct Broker {
+    /// mqtt[s]://[user:pass@]host[:port]
+    #[arg(long)]
+    broker: String,
+    #[arg(long, default_value = "edge")]
+    prefix: String,
+}
 
 #[derive(Subcommand)]
 pub enum Action {
@@ -18,11 +28,8 @@ pub enum Action {
     },
     /// Every gateway's retained state: id, online, version, devices, alarms, backlog, age.
     Ls {
-        /// mqtt[s]://[user:pass@]host[:port]
-        #[arg(long)]
-        broker: String,
-        #[arg(long, default_value = "edge")]
-        prefix: String,
+        #[command(flatten)]
+        at: Broker,
         #[arg(long)]
         json: bool,
     },
@@ -31,10 +38,8 @@ pub enum Action {
     /// Exit 0 only when every target applied it. A `[gateway] id` in the file must be the
     /// target's, or left out (each gateway keeps its own id and data_dir).
     Apply {
-        #[arg(long)]
-        broker: String,
-        #[arg(long, default_value = "edge")]
-        prefix: String,
+        #[command(flatten)]
+        at: Broker,
         /// The private key from `fleet keygen`.
         #[arg(long)]
         key: PathBuf,
@@ -53,10 +58,8 @@ pub enum Action {
     },
     /// One signed read-only call to a gateway; prints the reply.
     Rpc {
-        #[arg(long)]
-        broker: String,
-        #[arg(long, default_value = "edge")]
-        prefix: String,
+        #[command(flatten)]
+        at: Broker,
         /// The private key from `fleet keygen`.
         #[arg(long)]
         key: PathBuf,
@@ -75,14 +78,9 @@ pub enum Action {
 pub async fn run(action: Action) -> ExitCode {
     let done = match action {
         Action::Keygen { out } => client::keygen(&out).map(|line| println!("{line}")),
-        Action::Ls {
-            broker,
-            prefix,
-            json,
-        } => client::print_ls(&broker, &prefix, json).await,
+        Action::Ls { at, json } => client::print_ls(&at.broker, &at.prefix, json).await,
         Action::Apply {
-            broker,
-            prefix,
+            at,
             key,
             gateway,
             all,
@@ -101,20 +99,19 @@ pub async fn run(action: Action) -> ExitCode {
             }
             let targets = if all { None } else { Some(gateway) };
             let send = client::Send {
-                url: &broker,
-                prefix: &prefix,
+                url: &at.broker,
+                prefix: &at.prefix,
                 key: &key,
             };
             client::print_apply(&send, targets, confirm_s, &config).await
         }
         Action::Rpc {
-            broker,
-            prefix,
+            at,
             key,
             gateway,
             service,
             params,
-        } => client::print_rpc(&broker, &prefix, &key, &gateway, &service, &params).await,
+        } => client::print_rpc(&at.broker, &at.prefix, &key, &gateway, &service, &params).await,
     };
     done.map_or_else(
         |e| {

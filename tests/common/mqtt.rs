@@ -141,6 +141,12 @@ pub async fn start_gateway(
 
 /// Leaves the shared broker as it was found.
 pub async fn clear_retained(w: &mut Watcher, id: &str) {
+    clear_retained_under(w, "edge", id).await;
+    w.marker(id).await;
+}
+
+/// The retained messages of gateway `id` under topic prefix `prefix`, cleared.
+pub async fn clear_retained_under(w: &Watcher, prefix: &str, id: &str) {
     for t in [
         "status",
         "state",
@@ -149,8 +155,25 @@ pub async fn clear_retained(w: &mut Watcher, id: &str) {
     ] {
         let _ = w
             .client
-            .publish(format!("edge/{id}/{t}"), QoS::AtLeastOnce, true, Vec::new())
+            .publish(
+                format!("{prefix}/{id}/{t}"),
+                QoS::AtLeastOnce,
+                true,
+                Vec::new(),
+            )
             .await;
     }
-    w.marker(id).await;
+}
+
+/// `edge-gateway ARGS…` run to its end: whether it exited 0, its stdout and its stderr.
+pub fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
