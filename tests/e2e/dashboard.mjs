@@ -125,10 +125,16 @@ async function upstreams(page) {
   const tested = async (form, url, want) => {
     await form.getByLabel("URL").fill(url);
     await form.getByRole("button", { name: "Test connection" }).click();
-    await form.getByText(want).waitFor({ timeout: 15000 });
+    try {
+      await form.getByText(want).waitFor({ timeout: 15000 });
+    } catch {
+      throw new Error(`testing ${url}: the form says ${JSON.stringify(await form.locator("[role=status]").first().textContent())}, not ${want}`);
+    }
   };
   const my = page.locator("form.entry-form", { hasText: "MySQL / MariaDB upstream" });
-  await tested(my, mysql.replace("root@", "root:wrong-password@"), /✗ .*refused the user or password/);
+  const wrong = new URL(mysql);
+  wrong.password = "wrong-password";
+  await tested(my, wrong.toString(), /✗ .*refused the user or password/);
   await tested(my, mysql, /✓ connected to .* and logged in/);
   await my.getByRole("button", { name: "Turn MySQL on" }).click();
   await confirmApplied(page);
