@@ -70,6 +70,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../web/app/log.js"),
     ),
     (
+        "/app/shelving.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../web/app/shelving.js"),
+    ),
+    (
         "/app/forms.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../web/app/forms.js"),

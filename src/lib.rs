@@ -46,6 +46,7 @@
 //! - [`http`]: `/ws`, `/healthz`, `/metrics` and the dashboard page.
 //! - [`health`]: what `/healthz` reports, with every problem that does not stop serving.
 //! - [`logs`]: the last log lines in memory, bounded, for `system.log`.
+//! - [`shelves`]: alarms an operator shelved (ISA-18.2), until when and why, kept on disk.
 //! - [`log_limit`]: log lines outside parties can trigger, at most one per source per period.
 //! - [`metrics`]: counters kept by every stage, rendered for Prometheus.
 //! - [`cli`]: the commissioning commands `read` and `write`, and `demo`.
@@ -82,6 +83,7 @@ pub mod opcua;
 pub mod pipeline;
 pub mod probe;
 pub mod service;
+pub mod shelves;
 pub mod sinks;
 pub mod state;
 pub mod store;

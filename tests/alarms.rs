@@ -398,3 +398,72 @@ async fn alarms_are_acked_together_with_a_comment_each_ack_logged_and_writes_rea
     assert_eq!(r["data"]["buses"][0]["at"], addr.to_string());
     gw.shutdown().await;
 }
+
+/// ISA-18.2 shelving: an admin shelves an alarm (listed apart, with who and until when; an
+/// `info` event), a viewer may not; a device's alarms shelved and taken back; a shelving that
+/// ends brings the alarm back by itself; a bad duration is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
+async fn an_alarm_shelved_is_listed_apart_until_it_comes_back_by_itself() {
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(dir.path(), &body(&addr.to_string())))
+        .await
+        .unwrap();
+    let mut admin = connect(&gw, "admin").await;
+    let mut viewer = connect(&gw, "viewer").await;
+    wait_for("online", || online(&gw, "boiler")).await;
+    sim.with_memory(BOILER, |m| m.holding[2] = 950);
+    let e = next_event(&mut admin, "threshold_exceeded").await;
+
+    assert_eq!(
+        call(&mut viewer, "alarms.shelve", json!({"eventId": e["id"], "durationS": 60})).await["code"],
+        403
+    );
+    for bad in [0, 28_801] {
+        let r = call(&mut admin, "alarms.shelve", json!({"eventId": e["id"], "durationS": bad})).await;
+        assert_eq!(r["code"], 400, "{bad}: {r}");
+    }
+    let r = call(
+        &mut admin,
+        "alarms.shelve",
+        json!({"eventId": e["id"], "durationS": 2, "comment": "burner maintenance"}),
+    )
+    .await;
+    assert_eq!(r["code"], 0, "{r}");
+    assert_eq!(r["data"]["shelvedBy"], "admin");
+    let info = next_event(&mut admin, "alarm_shelved").await;
+    assert_eq!((info["state"].as_str(), info["deviceId"].as_str()), (Some("info"), Some("boiler")));
+    assert!(info["message"].as_str().unwrap().contains("burner maintenance"), "{info}");
+    let r = call(&mut viewer, "alarms.active", json!({})).await;
+    assert!(
+        r["data"]["alarms"].as_array().unwrap().iter().all(|a| a["id"] != e["id"]),
+        "{r}"
+    );
+    let shelved = &r["data"]["shelved"][0];
+    assert_eq!(shelved["id"], e["id"], "{r}");
+    assert_eq!(shelved["shelvedBy"], "admin");
+    assert!(shelved["shelvedUntil"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(shelved["shelvedAs"], json!({"eventId": e["id"]}));
+
+    // Its end: back by itself, said so.
+    let back = next_event(&mut admin, "alarm_unshelved").await;
+    assert!(back["message"].as_str().unwrap().contains("back from the shelf"), "{back}");
+    let r = call(&mut admin, "alarms.active", json!({})).await;
+    assert!(r["data"]["alarms"].as_array().unwrap().iter().any(|a| a["id"] == e["id"]), "{r}");
+    assert_eq!(r["data"]["shelved"], json!([]));
+
+    // A whole device for a while, then taken back by hand.
+    let r = call(&mut admin, "alarms.shelve", json!({"deviceId": "boiler", "durationS": 3600})).await;
+    assert_eq!(r["code"], 0, "{r}");
+    let r = call(&mut admin, "alarms.active", json!({})).await;
+    assert_eq!(r["data"]["shelved"][0]["shelvedAs"], json!({"deviceId": "boiler"}), "{r}");
+    let r = call(&mut admin, "alarms.unshelve", json!({"deviceId": "boiler"})).await;
+    assert_eq!(r["code"], 0, "{r}");
+    next_event(&mut admin, "alarm_unshelved").await;
+    let r = call(&mut admin, "alarms.unshelve", json!({"deviceId": "boiler"})).await;
+    assert_eq!(r["code"], 404, "not shelved any more: {r}");
+    let r = call(&mut admin, "alarms.shelve", json!({"deviceId": "nope", "durationS": 60})).await;
+    assert_eq!(r["code"], 404, "{r}");
+    gw.shutdown().await;
+}

@@ -237,7 +237,10 @@ impl Processor {
             // are an operator's records (an acknowledgement of 30 alarms at once is 30 records,
             // each of which must reach the log and the alarm's upstream row).
             let operator = matches!(d.alarm, Some(AlarmOp::Acked { .. }))
-                || d.kind == EventType::ConfigApplied;
+                || matches!(
+                    d.kind,
+                    EventType::ConfigApplied | EventType::AlarmShelved | EventType::AlarmUnshelved
+                );
             if d.priority == Priority::Emergency || operator {
                 out.push(self.number(d));
                 continue;

@@ -499,6 +499,10 @@ fn spawn_housekeeping(shared: &Arc<Shared>, tasks: &TaskTracker, cancel: &Cancel
         shared.clone(),
         cancel.child_token(),
     ));
+    tasks.spawn(ws::services::expire_shelves(
+        shared.clone(),
+        cancel.child_token(),
+    ));
 }
 
 /// The pipeline (rules, live state, pushes, store), the event processor behind it, and the

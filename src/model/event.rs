@@ -50,10 +50,14 @@ pub enum EventType {
     BusOnline,
     /// An operator applied a config from the dashboard (an `info` event of the gateway).
     ConfigApplied,
+    /// An operator shelved an alarm, a device's or a point's alarms (ISA-18.2; `info`).
+    AlarmShelved,
+    /// A shelving ended: taken off by an operator, or expired (`info`).
+    AlarmUnshelved,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 11] = [
         EventType::DeviceOnline,
         EventType::DeviceOffline,
         EventType::DeviceAbnormal,
@@ -63,6 +67,8 @@ impl EventType {
         EventType::BusOffline,
         EventType::BusOnline,
         EventType::ConfigApplied,
+        EventType::AlarmShelved,
+        EventType::AlarmUnshelved,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +82,8 @@ impl EventType {
             EventType::BusOffline => "bus_offline",
             EventType::BusOnline => "bus_online",
             EventType::ConfigApplied => "config_applied",
+            EventType::AlarmShelved => "alarm_shelved",
+            EventType::AlarmUnshelved => "alarm_unshelved",
         }
     }
 

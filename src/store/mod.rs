@@ -133,6 +133,8 @@ pub struct Audit {
 
 /// The point id of a config apply's audit row.
 pub const AUDIT_CONFIG: &str = "config";
+/// The audit row's `point_id` of a shelving or its end.
+pub const AUDIT_SHELVE: &str = "shelve";
 
 #[derive(Debug)]
 pub enum StoreCmd {

@@ -47,6 +47,8 @@ pub struct Shared {
     pub operator_events: std::sync::OnceLock<crate::events::processor::OperatorEvents>,
     /// The config file the `config.*` services edit; `None` without one (tests).
     pub config_file: Option<Arc<crate::config::versions::ConfigFile>>,
+    /// Alarms an operator shelved (read again from `data_dir` at each start).
+    pub shelves: Arc<crate::shelves::Shelves>,
 }
 
 impl Shared {
@@ -66,6 +68,7 @@ impl Shared {
             shutdown,
             sinks: Sinks::default(),
             config_file: None,
+            shelves: Arc::new(crate::shelves::Shelves::load(&config.gateway.data_dir)),
             operator_events: std::sync::OnceLock::new(),
             control: Arc::new(control),
             metrics,

@@ -10,6 +10,7 @@ import { configureView } from "./configure.js";
 import { diagnosticsView } from "./diagnostics.js";
 import { auditView } from "./audit.js";
 import { logView } from "./log.js";
+import { shelveControl, shelvedSection } from "./shelving.js";
 import { fmtValue, fmtAgo, fmtTime, fmtStamp, eventKind } from "./format.js";
 
 // ---------------------------------------------------------------------------------------------
@@ -20,7 +21,7 @@ const PRIORITY_RANK = { normal: 0, high: 1, emergency: 2 };
 const EVENT_TYPES = [
   "device_online", "device_offline", "device_abnormal",
   "threshold_exceeded", "threshold_cleared", "data_point_reached",
-  "bus_offline", "bus_online", "config_applied",
+  "bus_offline", "bus_online", "config_applied", "alarm_shelved", "alarm_unshelved",
 ];
 
 const QUALITY_TEXT = { good: "", bad: "BAD", stale: "STALE" };
@@ -113,7 +114,7 @@ async function afterLogin(d, reloaded = false) {
   S.live = new Map();
   applyDevices(list.devices);
   // After a reconnect an emergency raised meanwhile is news: banner and tone.
-  setAlarms(alarms.alarms, again);
+  setAlarms(alarms.alarms, again, alarms.shelved);
   setText($("#gw-title"), `edge-gateway · ${stats.gatewayId}`);
   $("#interval").value = stats.pushIntervalMs / 1000;
   if (!(reloaded && S.view && ["configure", "inspector"].includes(S.view.name))) route();
@@ -308,7 +309,7 @@ async function recoverMissed() {
       }
       onEvent(e);
     }
-    setAlarms(alarms.alarms, true);
+    setAlarms(alarms.alarms, true, alarms.shelved);
   } catch { /* the next gap or reconnect tries again */ }
   finally {
     recoverMissed.busy = false;
@@ -321,12 +322,13 @@ function refreshAlarms() {
   alarmTimer = setTimeout(async () => {
     try {
       const d = await conn.call("alarms.active");
-      setAlarms(d.alarms, true);
+      setAlarms(d.alarms, true, d.shelved);
     } catch { /* the next event or reconnect refreshes */ }
   }, 150);
 }
 
-function setAlarms(alarms, announce) {
+function setAlarms(alarms, announce, shelved) {
+  S.shelved = shelved || [];
   S.alarms = alarms.slice().sort((a, b) =>
     (PRIORITY_RANK[b.priority] - PRIORITY_RANK[a.priority]) || (b.ts < a.ts ? -1 : b.ts > a.ts ? 1 : 0));
   for (const a of S.alarms) {
@@ -527,6 +529,7 @@ function alarmsView() {
   const list = h("ul", { class: "list", id: "alarm-list", "aria-live": "polite" });
   const empty = h("li", { class: "small", text: "No active or unacknowledged alarms." });
   const rowsById = new Map(); // alarm key → { li, paint(alarm) }: rows are updated in place
+  const shelf = h("div", {});
   const comment = h("input", { id: "a-comment", type: "text", maxlength: 500, autocomplete: "off", placeholder: "optional" });
   const ackAll = h("button", { type: "button", class: "ack-all", text: "Acknowledge all",
     onclick: () => ack({ eventIds: S.alarms.filter((a) => !a.ackedBy).map((a) => a.id) }, ackAll) });
@@ -575,14 +578,15 @@ function alarmsView() {
         const shown = `${x.ackedBy || ""}|${isAdmin()}|${others > 1}`;
         if (shown === acked) return;
         acked = shown;
+        const shelve = isAdmin() ? shelveControl(conn, x, refreshAlarms) : "";
         if (x.ackedBy) {
-          actions.replaceChildren(h("span", { class: "small", text: `acknowledged by ${x.ackedBy} at ${fmtTime(x.ackedAt)}` }));
+          actions.replaceChildren(h("span", { class: "small", text: `acknowledged by ${x.ackedBy} at ${fmtTime(x.ackedAt)}` }), shelve);
         } else if (isAdmin()) {
           const one = h("button", { type: "button", class: "ack", text: "Acknowledge", "aria-label": `Acknowledge ${x.message} on ${x.deviceId}` });
           one.addEventListener("click", () => ack({ eventId: cur.id }, one));
           const all = others > 1 ? h("button", { type: "button", class: "ack-device ghost", text: `All of ${x.deviceId}` }) : null;
           if (all) all.addEventListener("click", () => ack({ deviceId: x.deviceId }, all));
-          actions.replaceChildren(one, all || "");
+          actions.replaceChildren(one, all || "", shelve);
         } else {
           actions.replaceChildren(h("span", { class: "small", text: "not acknowledged" }));
         }
@@ -592,6 +596,7 @@ function alarmsView() {
 
   /** Keyed: a row is updated where it is, so nothing moves under a finger about to tap it. */
   function paintAlarms() {
+    shelf.replaceChildren(shelvedSection(conn, S.shelved || [], isAdmin(), refreshAlarms));
     ackAll.hidden = !S.alarms.some((a) => !a.ackedBy);
     if (!S.alarms.length) {
       rowsById.clear();
@@ -673,7 +678,7 @@ function alarmsView() {
   return {
     name: "alarms",
     node: h("section", {},
-      h("h1", { text: "Alarms" }), tools, list,
+      h("h1", { text: "Alarms" }), tools, list, shelf,
       h("h2", { text: "Event log" }), form,
       h("table", { class: "events" },
         h("thead", {}, h("tr", {}, ...["Time", "Device", "Type", "Priority", "Message"].map((t) => h("th", { text: t })))),

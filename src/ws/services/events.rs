@@ -61,9 +61,11 @@ pub async fn query(ctx: Ctx) -> HandlerResult {
     Ok(json!({ "events": events, "next": next }))
 }
 
+/// `alarms.active`: the alarms, and apart the shelved ones (with `shelvedUntil`, `shelvedBy`).
 pub async fn active(ctx: Ctx) -> HandlerResult {
     let alarms = read_store(&ctx, store::active_alarms).await?;
-    Ok(json!({ "alarms": alarms }))
+    let (alarms, shelved) = super::shelve::split(&ctx.shared, alarms);
+    Ok(json!({ "alarms": alarms, "shelved": shelved }))
 }
 
 /// The longest acknowledgement comment kept.

@@ -9,6 +9,8 @@ pub mod configure;
 mod devices;
 mod events;
 mod push;
+mod shelve;
+pub use shelve::expire_shelves;
 mod system;
 mod upstream;
 
@@ -139,6 +141,16 @@ pub static SERVICES: &[Service] = &[
         name: "alarms.ack",
         access: Access::Admin,
         handler: |c| Box::pin(events::ack(c)),
+    },
+    Service {
+        name: "alarms.shelve",
+        access: Access::Admin,
+        handler: |c| Box::pin(shelve::shelve(c)),
+    },
+    Service {
+        name: "alarms.unshelve",
+        access: Access::Admin,
+        handler: |c| Box::pin(shelve::unshelve(c)),
     },
     Service {
         name: "audit.query",
