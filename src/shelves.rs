@@ -99,10 +99,10 @@ impl Shelves {
     }
 
     /// Shelves `target` (again: the new shelving replaces the old), kept before it counts.
-    pub fn shelve(&self, target: &Target, shelf: Shelf) -> std::io::Result<()> {
+    pub fn shelve(&self, target: &Target, entry: Shelf) -> std::io::Result<()> {
         let mut map = self.map.locked();
         let mut next = map.clone();
-        next.insert(target.key(), shelf);
+        next.insert(target.key(), entry);
         self.keep(&next)?;
         *map = next;
         Ok(())
@@ -111,14 +111,14 @@ impl Shelves {
     /// Takes `target` off the shelf: its shelving, if it was shelved.
     pub fn unshelve(&self, target: &Target) -> std::io::Result<Option<Shelf>> {
         let mut map = self.map.locked();
-        let Some(shelf) = map.get(&target.key()).cloned() else {
+        let Some(was) = map.get(&target.key()).cloned() else {
             return Ok(None);
         };
         let mut next = map.clone();
         next.remove(&target.key());
         self.keep(&next)?;
         *map = next;
-        Ok(Some(shelf))
+        Ok(Some(was))
     }
 
     /// The shelving that covers an alarm (its key, device and point) at `now`: its own first,
@@ -183,7 +183,8 @@ mod tests {
         let s = Shelves::load(dir.path());
         s.shelve(&Target::Point("boiler".into(), "t".into()), shelf(1_000))
             .unwrap();
-        s.shelve(&Target::Device("pump".into()), shelf(2_000)).unwrap();
+        s.shelve(&Target::Device("pump".into()), shelf(2_000))
+            .unwrap();
         let again = Shelves::load(dir.path());
         assert!(again.covering("k1", "boiler", Some("t"), 500).is_some());
         assert!(again.covering("k1", "boiler", Some("p"), 500).is_none());
@@ -197,6 +198,8 @@ mod tests {
             again.unshelve(&Target::Device("pump".into())).unwrap(),
             Some(shelf(2_000))
         );
-        assert!(Shelves::load(dir.path()).covering("k2", "pump", None, 1_500).is_none());
+        assert!(Shelves::load(dir.path())
+            .covering("k2", "pump", None, 1_500)
+            .is_none());
     }
 }

@@ -417,11 +417,21 @@ async fn an_alarm_shelved_is_listed_apart_until_it_comes_back_by_itself() {
     let e = next_event(&mut admin, "threshold_exceeded").await;
 
     assert_eq!(
-        call(&mut viewer, "alarms.shelve", json!({"eventId": e["id"], "durationS": 60})).await["code"],
+        call(
+            &mut viewer,
+            "alarms.shelve",
+            json!({"eventId": e["id"], "durationS": 60})
+        )
+        .await["code"],
         403
     );
     for bad in [0, 28_801] {
-        let r = call(&mut admin, "alarms.shelve", json!({"eventId": e["id"], "durationS": bad})).await;
+        let r = call(
+            &mut admin,
+            "alarms.shelve",
+            json!({"eventId": e["id"], "durationS": bad}),
+        )
+        .await;
         assert_eq!(r["code"], 400, "{bad}: {r}");
     }
     let r = call(
@@ -433,11 +443,24 @@ async fn an_alarm_shelved_is_listed_apart_until_it_comes_back_by_itself() {
     assert_eq!(r["code"], 0, "{r}");
     assert_eq!(r["data"]["shelvedBy"], "admin");
     let info = next_event(&mut admin, "alarm_shelved").await;
-    assert_eq!((info["state"].as_str(), info["deviceId"].as_str()), (Some("info"), Some("boiler")));
-    assert!(info["message"].as_str().unwrap().contains("burner maintenance"), "{info}");
+    assert_eq!(
+        (info["state"].as_str(), info["deviceId"].as_str()),
+        (Some("info"), Some("boiler"))
+    );
+    assert!(
+        info["message"]
+            .as_str()
+            .unwrap()
+            .contains("burner maintenance"),
+        "{info}"
+    );
     let r = call(&mut viewer, "alarms.active", json!({})).await;
     assert!(
-        r["data"]["alarms"].as_array().unwrap().iter().all(|a| a["id"] != e["id"]),
+        r["data"]["alarms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["id"] != e["id"]),
         "{r}"
     );
     let shelved = &r["data"]["shelved"][0];
@@ -448,22 +471,49 @@ async fn an_alarm_shelved_is_listed_apart_until_it_comes_back_by_itself() {
 
     // Its end: back by itself, said so.
     let back = next_event(&mut admin, "alarm_unshelved").await;
-    assert!(back["message"].as_str().unwrap().contains("back from the shelf"), "{back}");
+    assert!(
+        back["message"]
+            .as_str()
+            .unwrap()
+            .contains("back from the shelf"),
+        "{back}"
+    );
     let r = call(&mut admin, "alarms.active", json!({})).await;
-    assert!(r["data"]["alarms"].as_array().unwrap().iter().any(|a| a["id"] == e["id"]), "{r}");
+    assert!(
+        r["data"]["alarms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == e["id"]),
+        "{r}"
+    );
     assert_eq!(r["data"]["shelved"], json!([]));
 
     // A whole device for a while, then taken back by hand.
-    let r = call(&mut admin, "alarms.shelve", json!({"deviceId": "boiler", "durationS": 3600})).await;
+    let r = call(
+        &mut admin,
+        "alarms.shelve",
+        json!({"deviceId": "boiler", "durationS": 3600}),
+    )
+    .await;
     assert_eq!(r["code"], 0, "{r}");
     let r = call(&mut admin, "alarms.active", json!({})).await;
-    assert_eq!(r["data"]["shelved"][0]["shelvedAs"], json!({"deviceId": "boiler"}), "{r}");
+    assert_eq!(
+        r["data"]["shelved"][0]["shelvedAs"],
+        json!({"deviceId": "boiler"}),
+        "{r}"
+    );
     let r = call(&mut admin, "alarms.unshelve", json!({"deviceId": "boiler"})).await;
     assert_eq!(r["code"], 0, "{r}");
     next_event(&mut admin, "alarm_unshelved").await;
     let r = call(&mut admin, "alarms.unshelve", json!({"deviceId": "boiler"})).await;
     assert_eq!(r["code"], 404, "not shelved any more: {r}");
-    let r = call(&mut admin, "alarms.shelve", json!({"deviceId": "nope", "durationS": 60})).await;
+    let r = call(
+        &mut admin,
+        "alarms.shelve",
+        json!({"deviceId": "nope", "durationS": 60}),
+    )
+    .await;
     assert_eq!(r["code"], 404, "{r}");
     gw.shutdown().await;
 }

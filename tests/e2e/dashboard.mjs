@@ -1,6 +1,7 @@
 // The dashboard end to end, in headless Chromium against `edge-gateway demo`:
 // log in; all demo devices shown; a value changes live; a write from the device view changes the
-// simulator's register; the alarm that follows appears and is acknowledged; a pymodbus device the
+// simulator's register; the alarm that follows appears and is acknowledged, then shelved and
+// unshelved; a pymodbus device the
 // config does not know is commissioned with no file edited by hand on a tablet's 800 × 1280 (a
 // bus added by its form, the bus scanned, its registers inspected, two points added from the
 // inspector, a rule by its form over the point's trend, MySQL and MQTT tested and turned on by
@@ -306,6 +307,17 @@ try {
     await desk.getByRole("button", { name: "Acknowledge all" }).click();
     await desk.waitForFunction(() => !document.querySelector("button.ack"), null, { timeout: 15000 });
   }
+
+  step("the alarm shelved from its row for 15 min with a comment, listed apart, unshelved");
+  await alarm.getByRole("button", { name: /^Shelve/ }).click();
+  await alarm.getByLabel("For").selectOption({ label: "15 min" });
+  await alarm.getByLabel("Comment").fill("sensor swap");
+  await alarm.getByRole("button", { name: "Shelve", exact: true }).click();
+  const shelvedRow = desk.locator("#shelved li", { hasText: "Boiler over temperature" });
+  await shelvedRow.getByText(/shelved by admin until .*: sensor swap/).waitFor({ timeout: 15000 });
+  if (await desk.locator("#alarm-list li", { hasText: "Boiler over temperature" }).count()) throw new Error("a shelved alarm is still in the list");
+  await shelvedRow.getByRole("button", { name: "Unshelve" }).click();
+  await alarm.waitFor({ timeout: 15000 });
 
   step("the register inspector decodes the setpoint in every order");
   await desk.goto(`${demo.url}#/inspector?device=boiler-1`);

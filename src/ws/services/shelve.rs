@@ -139,11 +139,15 @@ pub async fn shelve(ctx: Ctx) -> HandlerResult {
     } else {
         format!(": {comment}")
     };
-    let message = format!(
-        "{target} shelved by {user} until {}{why}",
-        rfc3339(until)
-    );
-    record(&ctx.shared, EventType::AlarmShelved, (source, point), &user, message).await;
+    let message = format!("{target} shelved by {user} until {}{why}", rfc3339(until));
+    record(
+        &ctx.shared,
+        EventType::AlarmShelved,
+        (source, point),
+        &user,
+        message,
+    )
+    .await;
     Ok(json!({ "shelved": target.to_string(), "shelvedUntil": rfc3339(until), "shelvedBy": user }))
 }
 
@@ -158,7 +162,14 @@ pub async fn unshelve(ctx: Ctx) -> HandlerResult {
         .map_err(|e| ServiceError::new(503, format!("cannot keep the shelving: {e}")))?
         .ok_or_else(|| ServiceError::not_found(format!("{target} is not shelved")))?;
     let message = format!("{target} unshelved by {user} (shelved by {})", was.by);
-    record(&ctx.shared, EventType::AlarmUnshelved, (source, point), &user, message).await;
+    record(
+        &ctx.shared,
+        EventType::AlarmUnshelved,
+        (source, point),
+        &user,
+        message,
+    )
+    .await;
     Ok(json!({ "unshelved": target.to_string() }))
 }
 
@@ -215,7 +226,14 @@ pub async fn expire_shelves(shared: Arc<Shared>, cancel: CancellationToken) {
                 _ => None,
             };
             let message = format!("{target} back from the shelf (shelved by {})", shelf.by);
-            record(&shared, EventType::AlarmUnshelved, (source, point), "expiry", message).await;
+            record(
+                &shared,
+                EventType::AlarmUnshelved,
+                (source, point),
+                "expiry",
+                message,
+            )
+            .await;
         }
     }
 }
