@@ -541,3 +541,49 @@ async fn the_starter_config_starts_clean_and_its_examples_load() {
         .collect();
     assert!(bad.is_empty(), "{bad:#?}");
 }
+
+/// What the service writes (it is not root) keeps a root-owned config root's: the text goes
+/// into the file itself, not into a renamed copy the service would then own (#35). `user add`
+/// runs here as `nobody` (setpriv) on a file root owns and the group may write, as under /etc.
+#[test]
+fn a_write_by_the_service_keeps_the_owner_of_roots_config() {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(&cfg, std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.starter.toml"),
+    )
+    .unwrap())
+    .unwrap();
+    if std::fs::metadata(&cfg).unwrap().uid() != 0 {
+        skipped("not root: the test needs a file root owns and another user to write it");
+        return;
+    }
+    // The service may write the file and create files beside it, as the package grants.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_edge-gateway"))
+        .args(["user", "add", "admin", "--role", "admin", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"service-side-pw\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let meta = std::fs::metadata(&cfg).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o666), "owner and mode kept");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(!text.contains("CHANGE-ME") && text.contains("$argon2id$"), "{text}");
+    assert!(!dir.path().join("gateway.toml.new").exists(), "no copy left beside it");
+}

@@ -13,7 +13,7 @@ use edge_gateway::Gateway;
 use serde_json::json;
 
 /// #13: `push.setInterval` survives a reload and a restart, until the config's own
-/// `push.interval_ms` changes.
+/// `push.interval_ms` changes; the uptime goes on across the reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_set_interval_survives_reload_and_restart_until_the_config_changes_it() {
     let (gw, _sim, dir) = gateway("interval_ms = 6000").await;
@@ -24,11 +24,14 @@ async fn a_set_interval_survives_reload_and_restart_until_the_config_changes_it(
         .await;
     assert_eq!(code(&r), 0);
     let same = (*gw.config).clone();
+    let started = gw.shared.started;
     let (gw, _) = gw.reload(same.clone()).await.unwrap();
     assert_eq!(
         *gw.shared.push_interval.borrow(),
         Duration::from_millis(1500)
     );
+    // Uptime counts from the process's start, not from the last reload (#35).
+    assert_eq!(gw.shared.started, started);
     gw.shutdown().await;
     let gw = Gateway::start(same.clone()).await.unwrap();
     assert_eq!(

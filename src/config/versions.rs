@@ -262,18 +262,25 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(err)?;
-    if kept_owner {
-        std::fs::rename(&tmp, path).map_err(err)?;
+    // A file this process may not write itself (read-only to the group) is still replaced:
+    // under a new owner, which beats not applying at all.
+    let own = if kept_owner {
+        None
     } else {
-        let mut own = std::fs::OpenOptions::new()
+        std::fs::OpenOptions::new()
             .write(true)
             .truncate(true)
             .open(path)
-            .map_err(err)?;
-        own.write_all(bytes)
-            .and_then(|()| own.sync_all())
-            .map_err(err)?;
-        std::fs::remove_file(&tmp).map_err(err)?;
+            .ok()
+    };
+    match own {
+        Some(mut own) => {
+            own.write_all(bytes)
+                .and_then(|()| own.sync_all())
+                .map_err(err)?;
+            std::fs::remove_file(&tmp).map_err(err)?;
+        }
+        None => std::fs::rename(&tmp, path).map_err(err)?,
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir)
