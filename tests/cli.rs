@@ -551,10 +551,13 @@ fn a_write_by_the_service_keeps_the_owner_of_roots_config() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("gateway.toml");
-    std::fs::write(&cfg, std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.starter.toml"),
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.starter.toml"),
+        )
+        .unwrap(),
     )
-    .unwrap())
     .unwrap();
     if std::fs::metadata(&cfg).unwrap().uid() != 0 {
         skipped("not root: the test needs a file root owns and another user to write it");
@@ -580,10 +583,24 @@ fn a_write_by_the_service_keeps_the_owner_of_roots_config() {
         .write_all(b"service-side-pw\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta = std::fs::metadata(&cfg).unwrap();
-    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o666), "owner and mode kept");
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o777),
+        (0, 0o666),
+        "owner and mode kept"
+    );
     let text = std::fs::read_to_string(&cfg).unwrap();
-    assert!(!text.contains("CHANGE-ME") && text.contains("$argon2id$"), "{text}");
-    assert!(!dir.path().join("gateway.toml.new").exists(), "no copy left beside it");
+    assert!(
+        !text.contains("CHANGE-ME") && text.contains("$argon2id$"),
+        "{text}"
+    );
+    assert!(
+        !dir.path().join("gateway.toml.new").exists(),
+        "no copy left beside it"
+    );
 }
