@@ -70,6 +70,16 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../web/app/log.js"),
     ),
     (
+        "/app/alarms.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../web/app/alarms.js"),
+    ),
+    (
+        "/app/device.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../web/app/device.js"),
+    ),
+    (
         "/app/shelving.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../web/app/shelving.js"),

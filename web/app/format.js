@@ -1,5 +1,8 @@
 // Values and times as a person reads them: the browser's locale, dates only when not today.
 
+/** What a quality says next to a value (good says nothing). */
+export const QUALITY_TEXT = { good: "", bad: "BAD", stale: "STALE" };
+
 /** A value for a person: digits grouped by the browser's locale (1,234,600,000), decimals by
  * magnitude. */
 export function fmtValue(v) {

@@ -1,36 +1,25 @@
-// The technicians' dashboard: login, overview, alarms and events, device detail with trends and
-// writes, the register inspector, and the status bar. It speaks only the gateway's WebSocket
+// The technicians' dashboard: login, the overview, routing to the other views (alarms.js,
+// device.js, inspector.js, configure.js …), pushes and the alarm state they keep, and the status
+// bar. It speaks only the gateway's WebSocket
 // protocol and updates only the DOM nodes whose values changed.
 
 import { Conn } from "./conn.js";
-import { Trend } from "./chart.js";
 import { $, h, setText, setClass } from "./dom.js";
 import { inspectorView } from "./inspector.js";
 import { configureView } from "./configure.js";
 import { diagnosticsView } from "./diagnostics.js";
 import { auditView } from "./audit.js";
 import { logView } from "./log.js";
-import { shelveControl, shelvedSection } from "./shelving.js";
-import { fmtValue, fmtAgo, fmtTime, fmtStamp, eventKind } from "./format.js";
+import { alarmsView } from "./alarms.js";
+import { deviceView } from "./device.js";
+import { fmtValue, fmtAgo, fmtTime, QUALITY_TEXT } from "./format.js";
 
 // ---------------------------------------------------------------------------------------------
 // Formats
 // ---------------------------------------------------------------------------------------------
 
 const PRIORITY_RANK = { normal: 0, high: 1, emergency: 2 };
-const EVENT_TYPES = [
-  "device_online", "device_offline", "device_abnormal",
-  "threshold_exceeded", "threshold_cleared", "data_point_reached",
-  "bus_offline", "bus_online", "config_applied", "alarm_shelved", "alarm_unshelved",
-];
 
-const QUALITY_TEXT = { good: "", bad: "BAD", stale: "STALE" };
-
-/** The trend ranges, from a look at the last minutes to a week. */
-const RANGES = [
-  { label: "10 min", ms: 600_000 }, { label: "1 h", ms: 3_600_000 }, { label: "8 h", ms: 28_800_000 },
-  { label: "24 h", ms: 86_400_000 }, { label: "7 d", ms: 604_800_000 },
-];
 
 // ---------------------------------------------------------------------------------------------
 // State
@@ -408,8 +397,8 @@ function route() {
   const params = new URLSearchParams(query || "");
   const parts = path.split("/").filter(Boolean);
   let view;
-  if (parts[0] === "device" && parts[1]) view = deviceView(decodeURIComponent(parts[1]));
-  else if (parts[0] === "alarms") view = alarmsView();
+  if (parts[0] === "device" && parts[1]) view = deviceView(decodeURIComponent(parts[1]), { conn, S, isAdmin, confirmDialog });
+  else if (parts[0] === "alarms") view = alarmsView({ conn, S, isAdmin, refreshAlarms });
   else if (parts[0] === "inspector" && isAdmin()) view = inspectorView(env, params.get("device"));
   else if (parts[0] === "configure" && isAdmin()) view = configureView(env);
   else if (parts[0] === "diagnostics") view = diagnosticsView(env);
@@ -522,360 +511,8 @@ function overviewView(initialState) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Alarms and the event log
+// Confirmation
 // ---------------------------------------------------------------------------------------------
-
-function alarmsView() {
-  const list = h("ul", { class: "list", id: "alarm-list", "aria-live": "polite" });
-  const empty = h("li", { class: "small", text: "No active or unacknowledged alarms." });
-  const rowsById = new Map(); // alarm key → { li, paint(alarm) }: rows are updated in place
-  const shelf = h("div", {});
-  const comment = h("input", { id: "a-comment", type: "text", maxlength: 500, autocomplete: "off", placeholder: "optional" });
-  const ackAll = h("button", { type: "button", class: "ack-all", text: "Acknowledge all",
-    onclick: () => ack({ eventIds: S.alarms.filter((a) => !a.ackedBy).map((a) => a.id) }, ackAll) });
-  const tools = isAdmin()
-    ? h("div", { class: "toolbar" }, h("div", {}, h("label", { for: "a-comment", text: "Comment (kept with the acknowledgement)" }), comment), ackAll)
-    : null;
-
-  async function ack(params, button) {
-    button.disabled = true;
-    try {
-      const note = comment.value.trim();
-      await conn.call("alarms.ack", note ? { ...params, comment: note } : params);
-      comment.value = "";
-      refreshAlarms();
-    } catch (e) {
-      button.textContent = `Ack failed: ${e.message}`;
-    } finally {
-      button.disabled = false;
-    }
-  }
-
-  function makeRow(a) {
-    const prio = h("span", {});
-    const detail = h("div", { class: "small" });
-    const actions = h("div", { class: "actions" });
-    const li = h("li", { "data-event": a.id },
-      prio,
-      h("div", { class: "text" },
-        // A bus's own alarm (`bus_offline`) links to the diagnostics, where the bus is.
-        h("div", {}, h("a", { class: "device-link", href: S.desc.has(a.deviceId) ? `#/device/${encodeURIComponent(a.deviceId)}` : "#/diagnostics", text: a.deviceId }), " — ", h("strong", { text: a.message })),
-        detail),
-      actions);
-    let acked = null; // what the actions show, so they are rebuilt only when that changes
-    let cur = a; // the alarm as last painted: a re-raise gives it a new event id
-    return {
-      li,
-      paint(x) {
-        cur = x;
-        li.dataset.event = x.id;
-        setClass(li, `alarm-item p-${x.priority}${x.state === "cleared" ? " cleared" : ""}`);
-        setClass(prio, `prio prio-${x.priority}`);
-        setText(prio, x.priority);
-        const times = x.occurrences > 1 ? ` · raised ${x.occurrences} times, first at ${fmtTime(x.firstRaisedAt)}` : "";
-        setText(detail, `${x.state === "active" ? "ACTIVE" : "CLEARED, awaiting acknowledgement"} · since ${fmtTime(x.ts)}${x.value != null ? " · value " + fmtValue(x.value) : ""}${times}`);
-        const others = S.alarms.filter((o) => o.deviceId === x.deviceId && !o.ackedBy).length;
-        const shown = `${x.ackedBy || ""}|${isAdmin()}|${others > 1}`;
-        if (shown === acked) return;
-        acked = shown;
-        const shelve = isAdmin() ? shelveControl(conn, x, refreshAlarms) : "";
-        if (x.ackedBy) {
-          actions.replaceChildren(h("span", { class: "small", text: `acknowledged by ${x.ackedBy} at ${fmtTime(x.ackedAt)}` }), shelve);
-        } else if (isAdmin()) {
-          const one = h("button", { type: "button", class: "ack", text: "Acknowledge", "aria-label": `Acknowledge ${x.message} on ${x.deviceId}` });
-          one.addEventListener("click", () => ack({ eventId: cur.id }, one));
-          const all = others > 1 ? h("button", { type: "button", class: "ack-device ghost", text: `All of ${x.deviceId}` }) : null;
-          if (all) all.addEventListener("click", () => ack({ deviceId: x.deviceId }, all));
-          actions.replaceChildren(one, all || "", shelve);
-        } else {
-          actions.replaceChildren(h("span", { class: "small", text: "not acknowledged" }));
-        }
-      },
-    };
-  }
-
-  /** Keyed: a row is updated where it is, so nothing moves under a finger about to tap it. */
-  function paintAlarms() {
-    shelf.replaceChildren(shelvedSection(conn, S.shelved || [], isAdmin(), refreshAlarms));
-    ackAll.hidden = !S.alarms.some((a) => !a.ackedBy);
-    if (!S.alarms.length) {
-      rowsById.clear();
-      list.replaceChildren(empty);
-      return;
-    }
-    empty.remove();
-    // Keyed by the alarm, not its latest event: raised again, it is the same row.
-    const key = (a) => a.alarmKey || a.id;
-    const keys = new Set(S.alarms.map(key));
-    for (const [k, r] of rowsById) {
-      if (!keys.has(k)) {
-        r.li.remove();
-        rowsById.delete(k);
-      }
-    }
-    let prev = null;
-    for (const a of S.alarms) {
-      let r = rowsById.get(key(a));
-      if (!r) {
-        r = makeRow(a);
-        rowsById.set(key(a), r);
-      }
-      r.paint(a);
-      const at = prev ? prev.nextSibling : list.firstChild;
-      if (at !== r.li) list.insertBefore(r.li, at);
-      prev = r.li;
-    }
-  }
-
-  // The event log, newest first, with filters and paging.
-  const fDevice = h("select", { id: "e-device" }, h("option", { value: "", text: "All devices" }), ...S.order.map((id) => h("option", { value: id, text: id })));
-  const fType = h("select", { id: "e-type" }, h("option", { value: "", text: "All types" }), ...EVENT_TYPES.map((t) => h("option", { value: t, text: t.replace(/_/g, " ") })));
-  const fPrio = h("select", { id: "e-prio" }, ...["normal", "high", "emergency"].map((p) => h("option", { value: p, text: `≥ ${p}` })));
-  const fSince = h("input", { id: "e-since", type: "datetime-local" });
-  const rows = h("tbody", {});
-  const more = h("button", { type: "button", text: "Load older events", hidden: true });
-  let next = null;
-
-  async function load(append) {
-    const params = { limit: 50, minPriority: fPrio.value };
-    if (fDevice.value) params.deviceId = fDevice.value;
-    if (fType.value) params.type = fType.value;
-    if (fSince.value) params.since = new Date(fSince.value).toISOString();
-    if (append && next) params.before = next;
-    try {
-      const d = await conn.call("events.query", params);
-      next = d.next;
-      more.hidden = !next;
-      const trs = d.events.map(eventRow);
-      if (append) rows.append(...trs);
-      else rows.replaceChildren(...trs);
-      if (!append && !trs.length) rows.replaceChildren(h("tr", {}, h("td", { colspan: 5, text: "No events match." })));
-    } catch (e) {
-      rows.replaceChildren(h("tr", {}, h("td", { colspan: 5, class: "error", text: `Cannot load events: ${e.message}` })));
-    }
-  }
-
-  function eventRow(e) {
-    return h("tr", {},
-      h("td", { "data-label": "Time", class: "when", text: fmtStamp(e.ts) }),
-      h("td", { "data-label": "Device", text: e.deviceId }),
-      h("td", { "data-label": "Type", text: eventKind(e) }),
-      h("td", { "data-label": "Priority" }, h("span", { class: `prio prio-${e.priority}`, text: e.priority })),
-      h("td", { "data-label": "Message", text: `${e.message}${e.value != null ? " (" + fmtValue(e.value) + ")" : ""}` }));
-  }
-
-  const form = h("form", { class: "toolbar", onsubmit: (ev) => { ev.preventDefault(); load(false); } },
-    h("div", {}, h("label", { for: "e-device", text: "Device" }), fDevice),
-    h("div", {}, h("label", { for: "e-type", text: "Type" }), fType),
-    h("div", {}, h("label", { for: "e-prio", text: "Priority" }), fPrio),
-    h("div", {}, h("label", { for: "e-since", text: "Since" }), fSince),
-    h("button", { type: "submit", text: "Show" }));
-  more.addEventListener("click", () => load(true));
-
-  paintAlarms();
-  load(false);
-  let reload = null;
-  return {
-    name: "alarms",
-    node: h("section", {},
-      h("h1", { text: "Alarms" }), tools, list, shelf,
-      h("h2", { text: "Event log" }), form,
-      h("table", { class: "events" },
-        h("thead", {}, h("tr", {}, ...["Time", "Device", "Type", "Priority", "Message"].map((t) => h("th", { text: t })))),
-        rows),
-      more),
-    update(kind) {
-      if (kind === "alarms") paintAlarms();
-      if (kind === "event" && !next) {
-        // Still on the first page: show new events as they come (batched).
-        clearTimeout(reload);
-        reload = setTimeout(() => load(false), 300);
-      }
-    },
-  };
-}
-
-// ---------------------------------------------------------------------------------------------
-// Device detail: every point, its trend, and writes
-// ---------------------------------------------------------------------------------------------
-
-function deviceView(id) {
-  const d = S.desc.get(id);
-  if (!d) return { name: "device", node: h("p", { class: "error", text: `No device ${id}.` }), update() {} };
-  const state = h("span", { class: "state" });
-  const seen = h("span", {});
-  const rows = new Map();
-  const list = h("div", { class: "list" });
-
-  for (const p of d.points) {
-    const value = h("span", { class: "value" });
-    const q = h("span", { class: "q" });
-    const ts = h("span", { class: "small" });
-    const canvas = p.type === "string" ? null : h("canvas", { "aria-label": `trend of ${p.id}`, role: "img" });
-    const lines = (p.thresholds || []).map((t) => ({ value: t.value, label: t.clear ? `${t.rule} clears` : t.rule, kind: t.clear ? "clear" : "threshold" }));
-    if (p.min != null) lines.push({ value: p.min, label: "min", kind: "limit" });
-    if (p.max != null) lines.push({ value: p.max, label: "max", kind: "limit" });
-    const trend = canvas ? new Trend(canvas, { unit: p.unit, lines, step: p.type === "bool" || p.writable, bool: p.type === "bool" }) : null;
-    const tip = h("output", { class: "small tip" });
-    if (trend) trend.onHover = (b) => setText(tip, b ? `${fmtTime(b.t)} · ${fmtValue(b.v)}${p.unit ? " " + p.unit : ""}${b.max > b.min ? ` (${fmtValue(b.min)} … ${fmtValue(b.max)})` : ""}` : "");
-    const row = h("section", { class: "point-row", "data-point": p.id },
-      h("header", {},
-        h("strong", { text: p.id }),
-        h("span", {}, value, q),
-        ts),
-      canvas, canvas ? tip : null);
-    if (p.writable && isAdmin()) row.append(writeControl(d, p));
-    list.append(row);
-    rows.set(p.id, { el: row, value, q, ts, trend, unit: p.unit, type: p.type });
-  }
-
-  const num = (v) => (typeof v === "boolean" ? (v ? 1 : 0) : typeof v === "number" ? v : NaN);
-
-  function paint() {
-    const l = S.live.get(id);
-    if (!l) return;
-    setClass(state, `state ${l.online ? "on" : "off"}`);
-    setText(state, l.online ? "● Online" : "○ Offline");
-    setText(seen, `last read ${fmtAgo(l.lastSeen)}`);
-    for (const [pid, r] of rows) {
-      const p = l.points.get(pid);
-      if (!p) continue;
-      setText(r.value, `${fmtValue(p.value)}${r.unit ? " " + r.unit : ""}`);
-      setClass(r.value, `value ${p.quality}`);
-      setClass(r.q, `q q-${p.quality}`);
-      setText(r.q, QUALITY_TEXT[p.quality] || "");
-      setText(r.ts, p.ts ? `at ${fmtTime(p.ts)}` : "");
-    }
-  }
-
-  // Each point's range from the store, downsampled there to one bucket per pixel column, then
-  // live samples on top. At most four requests at a time: the gateway allows 16 in flight per
-  // connection, and a device may have dozens of points.
-  let rangeMs = RANGES.find((r) => r.label === S.trendRange)?.ms || RANGES[1].ms;
-  function loadTrends() {
-    const pending = [...rows].filter(([, r]) => r.trend);
-    const until = Date.now();
-    const fetchNext = async () => {
-      for (let item = pending.shift(); item; item = pending.shift()) {
-        const [pid, r] = item;
-        const columns = Math.max(50, Math.min(4000, Math.round(r.trend.canvas.clientWidth || 600)));
-        try {
-          const hst = await conn.call("points.history", { deviceId: id, pointId: pid, since: until - rangeMs, until, buckets: columns });
-          r.trend.set(hst.buckets.map((b) => ({ t: Date.parse(b.lastTs), min: b.min, max: b.max, v: b.v, gap: b.gap })), rangeMs, until);
-          r.el.dataset.history = String(hst.buckets.length);
-        } catch (e) {
-          r.trend.set([], rangeMs, until);
-          r.el.dataset.history = `error ${e.code}`;
-        }
-      }
-    };
-    for (let i = 0; i < 4; i++) fetchNext();
-  }
-  loadTrends();
-  const rangeButtons = RANGES.map((r) => h("button", {
-    type: "button", class: "ghost range", text: r.label, "aria-pressed": String(r.ms === rangeMs),
-    onclick: (ev) => {
-      rangeMs = r.ms;
-      S.trendRange = r.label;
-      for (const b of rangeButtons) b.setAttribute("aria-pressed", String(b === ev.currentTarget));
-      loadTrends();
-    },
-  }));
-
-  paint();
-  return {
-    name: "device",
-    node: h("section", {},
-      h("h1", { text: id }),
-      h("div", { class: "meta toolbar" },
-        h("span", { text: `${d.type || "device"} · bus ${d.bus} · unit ${d.unit}` }), state, seen,
-        isAdmin() ? h("a", { class: "button", href: `#/inspector?device=${encodeURIComponent(id)}`, text: "Inspect registers" }) : null),
-      h("div", { class: "toolbar ranges", role: "group", "aria-label": "Trend range" }, ...rangeButtons),
-      list),
-    update(kind, data) {
-      if (kind === "telemetry" && data.deviceId === id) {
-        for (const [pid, x] of Object.entries(data.points)) {
-          const r = rows.get(pid);
-          if (r && r.trend) r.trend.push(Date.parse(data.ts), num(x.v), x.q === "good");
-        }
-        paint();
-      } else if (kind === "devices" && data.includes(id)) paint();
-    },
-    redraw() {
-      for (const r of rows.values()) if (r.trend) r.trend.draw();
-    },
-  };
-}
-
-/** The write control of a writable point: a value, a confirmation showing old → new, the result. */
-function writeControl(d, p) {
-  const inputId = `w-${d.id}-${p.id}`;
-  const input = p.type === "bool"
-    ? h("select", { id: inputId }, h("option", { value: "true", text: "ON" }), h("option", { value: "false", text: "OFF" }))
-    : h("input", { id: inputId, type: p.type === "string" ? "text" : "number", step: "any", inputmode: p.type === "string" ? "text" : "decimal", required: true });
-  if (p.type === "bool") {
-    // The selector starts at what the device holds, not at ON.
-    const now = S.live.get(d.id)?.points.get(p.id)?.value;
-    if (typeof now === "boolean") input.value = String(now);
-  }
-  const result = h("span", { class: "result", role: "status" });
-  const button = h("button", { type: "submit", text: "Write…" });
-  return h("form", {
-    class: "write",
-    onsubmit: async (ev) => {
-      ev.preventDefault();
-      const raw = input.value;
-      let value;
-      if (p.type === "bool") value = raw === "true";
-      else if (p.type === "string") value = raw;
-      else {
-        value = Number(raw);
-        const refused = raw === "" || !Number.isFinite(value) ? "Enter a number." : outsideRange(p, value);
-        if (refused) {
-          setText(result, refused);
-          setClass(result, "result err");
-          return;
-        }
-      }
-      const current = S.live.get(d.id)?.points.get(p.id)?.value;
-      const unit = p.unit ? ` ${p.unit}` : "";
-      const ok = await confirmDialog(`Write ${d.id} / ${p.id}`, `${fmtValue(current)}${unit} → ${fmtValue(value)}${unit}`);
-      if (!ok) return;
-      button.disabled = true;
-      setText(result, "Writing…");
-      setClass(result, "result");
-      try {
-        const r = await conn.call("device.write", { deviceId: d.id, pointId: p.id, value });
-        // What the device holds now, read back, rather than what was asked.
-        setText(result, r.readBack == null
-          ? `Written: ${fmtValue(r.old)} → ${fmtValue(r.value)}${unit} (not read back)`
-          : `Written: ${fmtValue(r.old)} → ${fmtValue(r.readBack)}${unit}, read back from the device`);
-        setClass(result, "result ok");
-      } catch (e) {
-        setText(result, `Not written (${e.code}): ${e.message}`);
-        setClass(result, "result err");
-      } finally {
-        button.disabled = false;
-      }
-    },
-  }, h("div", {}, h("label", { for: inputId, text: `New ${p.id}${p.unit ? " (" + p.unit + ")" : ""}` }), input), button, result);
-}
-
-/** Why the point cannot hold `v` (its type, scale and steps), in plain words; null when it can. */
-function outsideRange(p, v) {
-  const r = p.writeRange;
-  if (!r) return null;
-  const unit = p.unit ? ` ${p.unit}` : "";
-  const decimals = r.step && r.step < 1 ? Math.min(12, Math.ceil(-Math.log10(r.step))) : 0;
-  const num = (x) => Math.abs(x) >= 1e15 ? x.toExponential(3) : x.toLocaleString(undefined, { maximumFractionDigits: Math.max(decimals, 6) });
-  const span = `between ${num(r.min)} and ${num(r.max)}${unit}`;
-  if (r.step) {
-    const k = (v - (p.offset || 0)) / r.step;
-    if (Math.abs(k - Math.round(k)) > 1e-6 * Math.max(1, Math.abs(k))) return `${p.id} takes steps of ${num(r.step)}${unit} ${span}.`;
-  }
-  if (v < r.min || v > r.max) return `${p.id} takes values ${span}.`;
-  return null;
-}
 
 function confirmDialog(title, body) {
   const dlg = $("#confirm");
