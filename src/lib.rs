@@ -47,6 +47,9 @@
 //! - [`health`]: what `/healthz` reports, with every problem that does not stop serving.
 //! - [`logs`]: the last log lines in memory, bounded, for `system.log`.
 //! - [`shelves`]: alarms an operator shelved (ISA-18.2), until when and why, kept on disk.
+//! - [`notify`]: alarm notifications by webhook and e-mail from the store's queue, at least
+//!   once, digests in a storm, reminders and escalation.
+//! - [`tls`]: TLS as a client with the system's roots, for every upstream dialled.
 //! - [`log_limit`]: log lines outside parties can trigger, at most one per source per period.
 //! - [`metrics`]: counters kept by every stage, rendered for Prometheus.
 //! - [`cli`]: the commissioning commands `read` and `write`, and `demo`.
@@ -74,6 +77,7 @@ pub mod metrics;
 pub mod modbus;
 pub mod modbus_server;
 pub mod model;
+pub mod notify;
 #[cfg(feature = "opcua")]
 pub mod opcua;
 // Built without the server: the same names, nothing behind them.
@@ -88,6 +92,7 @@ pub mod sinks;
 pub mod state;
 pub mod store;
 pub mod sync;
+pub mod tls;
 pub mod ws;
 
 use tokio::sync::mpsc;

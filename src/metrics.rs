@@ -7,6 +7,7 @@ use std::fmt::Write;
 
 mod label;
 pub mod modbus_server;
+pub mod notify;
 pub mod opcua;
 mod process;
 pub use process::{fd_limit, kernel_written_bytes, open_fds, rss_bytes};
@@ -251,6 +252,7 @@ pub struct Metrics {
     pub reloads: [AtomicU64; 3],
     pub opcua: opcua::Opcua,
     pub modbus_server: modbus_server::ModbusServer,
+    pub notifiers: notify::Notifiers,
     started: std::time::Instant,
     /// [`Sample`]s, oldest first.
     pub windows: std::sync::Mutex<std::collections::VecDeque<Sample>>,
@@ -353,6 +355,7 @@ impl Metrics {
             reloads: Default::default(),
             opcua: opcua::Opcua::default(),
             modbus_server: modbus_server::ModbusServer::default(),
+            notifiers: notify::Notifiers::default(),
             started: crate::process_started(),
             windows: std::sync::Mutex::default(),
         }
@@ -412,6 +415,7 @@ impl Metrics {
         self.render_process(&mut out);
         self.opcua.render(&mut out);
         self.modbus_server.render(&mut out);
+        self.notifiers.render(&mut out);
         out
     }
 

@@ -4,6 +4,7 @@
 pub mod edit;
 mod keypath;
 mod north;
+mod notifiers;
 mod pieces;
 pub mod preflight;
 mod raw;
@@ -29,6 +30,7 @@ pub use north::{
 
 pub use crate::model::event::Priority;
 use crate::model::format::{ByteOrder, DataType, Format, Table, WordOrder};
+pub use notifiers::{Email, Notifier, NotifierKind};
 
 /// What an unset `password_hash` says in a shipped config: `check-config` and `run` name it
 /// with the command that sets one (`edge-gateway user add`).
@@ -64,6 +66,7 @@ pub struct Config {
     pub opcua: Opcua,
     pub modbus_server: ModbusServer,
     pub fleet: Fleet,
+    pub notifiers: Vec<Notifier>,
 }
 
 /// What an event is about: a device; for a bus's own alarm (`bus_offline`), the bus; for an

@@ -37,6 +37,8 @@ pub(super) struct RawConfig {
     pub(super) modbus_server: RawModbusServer,
     #[serde(default)]
     pub(super) fleet: RawFleet,
+    #[serde(default)]
+    pub(super) notifiers: Vec<RawNotifier>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -258,4 +260,27 @@ pub(super) struct RawServerUnit {
 pub(super) struct RawFleet {
     #[serde(default)]
     pub(super) public_keys: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotifier {
+    #[serde(default)]
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) kind: String,
+    pub(super) url: Option<String>,
+    pub(super) secret: Option<String>,
+    pub(super) smtp: Option<String>,
+    pub(super) starttls: Option<bool>,
+    pub(super) username: Option<String>,
+    pub(super) password_file: Option<PathBuf>,
+    pub(super) from: Option<String>,
+    pub(super) to: Option<Vec<String>>,
+    pub(super) min_priority: Option<String>,
+    #[serde(default)]
+    pub(super) devices: Vec<String>,
+    pub(super) repeat_unacked_s: Option<i64>,
+    pub(super) escalate_after_s: Option<i64>,
+    pub(super) escalate_to: Option<String>,
 }

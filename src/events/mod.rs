@@ -2,6 +2,7 @@
 //! processor orders them by priority, applies storm control, numbers them, commits them with
 //! the alarm lifecycle to SQLite, and only then pushes them.
 
+pub mod ack;
 pub mod processor;
 pub mod rules;
 

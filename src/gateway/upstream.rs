@@ -1,5 +1,6 @@
 //! A gateway's upstream side: the sinks the config turns on, each with its own context, the
-//! fleet's `state` the MQTT sink publishes and the signed requests it hears.
+//! fleet's `state` the MQTT sink publishes and the signed requests it hears, and the alarm
+//! notifiers.
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ fn sink_context(
         control: shared.control.clone(),
         fleet_state: fleet_state.clone(),
         fleet,
+        operator: shared.operator_events.get().cloned(),
     }
 }
 
@@ -56,4 +58,11 @@ pub(super) fn spawn_sinks(
             cancel.child_token(),
         ));
     }
+    let ports = crate::notify::Ports {
+        config: shared.config.clone(),
+        store: shared.store.clone(),
+        shelves: shared.shelves.clone(),
+        metrics: shared.metrics.clone(),
+    };
+    crate::notify::start(&ports, tasks, cancel);
 }

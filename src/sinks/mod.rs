@@ -83,6 +83,8 @@ pub struct SinkContext {
     pub fleet_state: tokio::sync::watch::Receiver<Option<std::sync::Arc<str>>>,
     /// Signed fleet messages in and their answers out, when `[fleet] public_keys` lists a key.
     pub fleet: Option<std::sync::Arc<FleetPort>>,
+    /// Operator events in (acknowledgements from upstream); `None` without a pipeline.
+    pub operator: Option<crate::events::processor::OperatorEvents>,
 }
 
 /// The MQTT session's side of the fleet: the topics it subscribes to for the fleet, what

@@ -7,6 +7,7 @@
 //! and its event loop whole and the next connection resends from the persisted cursors: the
 //! outbox, not the client, decides what is resent.
 
+mod ack;
 mod json;
 pub mod sparkplug;
 mod url;

@@ -14,6 +14,7 @@
 
 mod checkpoint;
 mod file;
+pub mod notify;
 pub mod outbox;
 mod packed;
 mod query;
@@ -176,6 +177,12 @@ pub enum StoreCmd {
     PushInterval {
         ms: i64,
         config_ms: i64,
+    },
+    /// A notifier's attempt recorded; `done` answers after the commit, so the next look at the
+    /// queue does not find what was just sent.
+    Notified {
+        update: notify::Update,
+        done: oneshot::Sender<bool>,
     },
     /// Answers once everything sent before it is committed.
     Flush(oneshot::Sender<()>),
@@ -411,6 +418,7 @@ pub fn open(
     };
     let mut conn = schema::open_connection(&path)?;
     schema::migrate(&mut conn, &path, &config)?;
+    notify::forget_unconfigured(&conn, &config).map_err(err)?;
     let keys = Keys::resolve(&conn, &config).map_err(err)?;
     let restored = query::restore(&conn, &config, &keys).map_err(err)?;
     let limit = wal_limit(&config);

@@ -215,7 +215,10 @@ fn walk(
 }
 
 /// An event read back from the store, as the SPEC JSON.
-fn event_row_json(config: &Config, r: &rusqlite::Row<'_>) -> rusqlite::Result<serde_json::Value> {
+pub(super) fn event_row_json(
+    config: &Config,
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<serde_json::Value> {
     let device_id: String = r.get("device_id")?;
     let point_id: Option<String> = r.get("point_id")?;
     let value = super::event_value(config, &device_id, point_id.as_deref(), r.get("value")?);

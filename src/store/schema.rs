@@ -142,6 +142,22 @@ const MIGRATIONS: &[Step] = &[
     // 7: an acknowledgement's own `info` event names the alarm event it acknowledged, so the
     // upstream copy of that alarm can be marked when the record reaches it.
     Step::Sql("ALTER TABLE events ADD COLUMN acks TEXT;"),
+    // 8: alarm notifications waiting for their notifier, queued in the commit of their event:
+    // the first message (`alarm`), a reminder, an escalation; `due` moves on with each failed
+    // attempt, so retries outlive a restart.
+    Step::Sql(
+        "CREATE TABLE notify_queue (
+            id INTEGER PRIMARY KEY,
+            notifier TEXT NOT NULL,
+            event_seq INTEGER NOT NULL,
+            alarm_key TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            n INTEGER NOT NULL DEFAULT 0,
+            due INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT);
+         CREATE INDEX notify_due ON notify_queue (notifier, due);",
+    ),
 ];
 
 /// The schema version this build writes.

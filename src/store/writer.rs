@@ -281,7 +281,7 @@ impl Writer {
                 StoreCmd::Flush(reply) => {
                     let _ = reply.send(());
                 }
-                StoreCmd::Events { done, .. } => {
+                StoreCmd::Events { done, .. } | StoreCmd::Notified { done, .. } => {
                     let _ = done.send(committed);
                 }
                 StoreCmd::Ack {
@@ -354,6 +354,7 @@ impl Writer {
                 StoreCmd::Events { events, .. } => {
                     rows += write_events(&self.config, &tx, events)?;
                 }
+                StoreCmd::Notified { update, .. } => super::notify::apply(&tx, update)?,
                 StoreCmd::PushInterval { ms, config_ms } => {
                     set_meta(&tx, "push_interval_ms", *ms)?;
                     set_meta(&tx, "push_interval_config_ms", *config_ms)?;
@@ -532,7 +533,7 @@ fn write_event(
 ) -> rusqlite::Result<()> {
     use crate::model::event::AlarmOp;
     let id = e.id(&config.gateway.id);
-    tx.prepare_cached(
+    let inserted = tx.prepare_cached(
         "INSERT OR IGNORE INTO events (seq, event_id, device_id, point_id, type, priority, priority_rank,
             device_seq, value, message, state, ts, acked_by, acked_at, acks)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
@@ -557,6 +558,10 @@ fn write_event(
             _ => None,
         },
     ])?;
+    // Queued with its event, in the same commit; an event written before is queued already.
+    if inserted == 1 {
+        super::notify::queue_event(config, tx, e)?;
+    }
     match &e.alarm {
         Some(AlarmOp::Raise(key)) => {
             // Raised again before the last occurrence was acknowledged: the same row, counted.

@@ -88,6 +88,7 @@ pub fn report(s: &Shared, admin: bool) -> Json {
         "buses": buses(s, &w, admin),
         "devices": devices(s, &w),
         "sinks": sinks(s, admin),
+        "notifiers": notifiers(s, admin),
         "opcua": opcua(s, admin),
         "modbusServer": modbus_server(s),
         "store": {
@@ -200,6 +201,33 @@ fn sinks(s: &Shared, admin: bool) -> Vec<Json> {
             });
             if admin {
                 j["lastError"] = error.into();
+            }
+            j
+        })
+        .collect()
+}
+
+/// Each notifier: kind, backlog, messages by result, the last success and (admins) last error.
+fn notifiers(s: &Shared, admin: bool) -> Vec<Json> {
+    use crate::metrics::notify::Result as R;
+    s.config
+        .notifiers
+        .iter()
+        .map(|n| {
+            let st = s.metrics.notifiers.status(&n.name);
+            let last_error = st.last_error.locked().clone();
+            let mut j = json!({
+                "name": n.name,
+                "kind": n.kind_name(),
+                "backlog": st.backlog.load(Relaxed),
+                "sent": st.counted(R::Ok),
+                "failed": st.counted(R::Failed),
+                "shelved": st.counted(R::Shelved),
+                "lastSuccess": st.last_ok.locked().map(rfc3339),
+                "lastErrorAt": last_error.as_ref().map(|(t, _)| rfc3339(*t)),
+            });
+            if admin {
+                j["lastError"] = last_error.map(|(_, e)| e).into();
             }
             j
         })

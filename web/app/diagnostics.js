@@ -1,7 +1,7 @@
 // The Diagnostics view (any role; admins also see addresses and sink errors): per bus the link
 // and the last 5 minutes' requests, per device the last good read and the last error, the
-// sinks, the OPC UA server's sessions, the store against its cap, and the gateway. Refreshed
-// every 5 s while on screen.
+// sinks, the alarm notifiers (admins: a test message), the OPC UA server's sessions, the store
+// against its cap, and the gateway. Refreshed every 5 s while on screen.
 
 import { h } from "./dom.js";
 
@@ -36,7 +36,41 @@ function table(caption, head, rows) {
     h("tbody", {}, ...rows)));
 }
 
-function paint(d) {
+/** Each notifier's queue and outcomes; an admin can send a test message through it. */
+function notifiersPart(list, env) {
+  if (!list.length) return h("p", { class: "small", text: "No alarm notifiers configured." });
+  const admin = env.S.role === "admin";
+  return table("Alarm notifiers", ["notifier", "state", "backlog", "sent", "failed", "shelved", "last success", ""],
+    list.map((x) => {
+      const said = h("span", { class: "small", role: "status" });
+      const test = admin ? h("button", {
+        type: "button", text: "Send test", "aria-label": `Send a test message through ${x.name}`,
+        async onclick(ev) {
+          ev.target.disabled = true;
+          said.textContent = " sending…";
+          try {
+            const r = await env.conn.call("notify.test", { notifier: x.name });
+            said.textContent = ` ${r.ok ? "✓" : "✗"} ${r.message}`;
+          } catch (e) {
+            said.textContent = ` ✗ ${e.message}`;
+          }
+          ev.target.disabled = false;
+        },
+      }) : null;
+      const failing = x.lastErrorAt && (!x.lastSuccess || x.lastErrorAt > x.lastSuccess);
+      return h("tr", { "data-notifier": x.name },
+        h("th", { scope: "row", text: `${x.name} (${x.kind})` }),
+        h("td", { class: failing ? "bad" : "ok", text: failing ? `FAILING${x.lastError ? `: ${x.lastError}` : ""}` : "ok" }),
+        h("td", { text: n(x.backlog) }),
+        h("td", { text: n(x.sent) }),
+        h("td", { text: n(x.failed) }),
+        h("td", { text: n(x.shelved) }),
+        h("td", { text: ago(x.lastSuccess) }),
+        h("td", {}, test, said));
+    }));
+}
+
+function paint(d, env) {
   const buses = table(`Buses (last ${Math.round(d.windowS / 60) || "<1"} min)`,
     ["bus", "link", "utilisation", "requests/s", "ok", "timeouts", "exceptions", "errors", "on the wire (since start)"],
     d.buses.map((b) => h("tr", { "data-bus": b.name },
@@ -68,7 +102,7 @@ function paint(d) {
   const st = d.store;
   const g = d.gateway;
   return [
-    buses, devices, sinks, opcuaPart(d.opcua), modbusServerPart(d.modbusServer),
+    buses, devices, sinks, notifiersPart(d.notifiers ?? [], env), opcuaPart(d.opcua), modbusServerPart(d.modbusServer),
     h("h2", { text: "Store and gateway" }),
     h("ul", { class: "facts" },
       h("li", { text: `Store: ${mib(st.dbBytes + st.walBytes)} of ${mib(st.capBytes)} (database ${mib(st.dbBytes)}, WAL ${mib(st.walBytes)})${st.healthy ? "" : " — NOT WRITING"}` }),
@@ -111,7 +145,11 @@ export function diagnosticsView(env) {
   async function load() {
     if (S.view !== view) return; // left the view: stop refreshing
     try {
-      body.replaceChildren(...paint(await conn.call("system.diagnostics")));
+      const d = await conn.call("system.diagnostics");
+      // A test's outcome on screen is not wiped by the refresh while it is being read.
+      if (!body.contains(document.activeElement) || !document.activeElement.closest("[data-notifier]")) {
+        body.replaceChildren(...paint(d, env));
+      }
     } catch (e) {
       if (e.code !== -1) body.replaceChildren(h("p", { class: "error", text: `No diagnostics (${e.code}): ${e.message}` }));
     }

@@ -4,6 +4,7 @@
 
 mod devices;
 mod north;
+mod notifiers;
 mod rules;
 
 use std::collections::HashSet;
@@ -122,6 +123,7 @@ impl Validator {
         let modbus_server =
             self.modbus_server(raw.modbus_server, &root.key("modbus_server"), &devices);
         let fleet = self.fleet(raw.fleet, &root.key("fleet"));
+        let notifiers = self.notifiers(raw.notifiers, &devices, &buses);
         Config {
             gateway,
             http,
@@ -137,6 +139,7 @@ impl Validator {
             opcua,
             modbus_server,
             fleet,
+            notifiers,
         }
     }
 

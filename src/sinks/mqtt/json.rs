@@ -1,6 +1,6 @@
 //! SPEC's JSON topics under `{prefix}/{gateway_id}/`: the retained `status` birth and last
 //! will, a device's `status`, `telemetry` and `events`, and point writes from
-//! `devices/{device}/write` when `allow_writes`.
+//! `devices/{device}/write` and acknowledgements from `alarms/ack` when `allow_writes`.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use serde_json::{json, Value as Json};
 use super::{Format, Inbound, Publish, Tag, MAX_COMMAND_BYTES};
 use crate::config::Mqtt;
 use crate::control::Control;
+use crate::events::ack::AckPort;
 use crate::model::{now_ms, parse_rfc3339, rfc3339, Millis, Value};
 use crate::sinks::feed::Batch;
 use crate::sinks::{SinkContext, SinkStatus};
@@ -22,6 +23,21 @@ pub struct JsonTopics {
     topics: Topics,
     allow_writes: bool,
     status: Arc<SinkStatus>,
+    ack: AckPort,
+}
+
+/// What comes in to be carried out in its turn.
+pub enum Command {
+    Write(WriteRequest),
+    /// An acknowledgement's payload, and what acknowledging needs.
+    Ack(AckPort, Vec<u8>),
+}
+
+/// Its answer: a write's on the device's `write/result`, an acknowledgement's on
+/// `alarms/ack/result`.
+pub enum Answer {
+    Write(String, Json),
+    Ack(Json),
 }
 
 /// A write request as it came in, to be carried out in its turn.
@@ -40,14 +56,18 @@ impl JsonTopics {
             },
             allow_writes: cfg.allow_writes,
             status: ctx.status.clone(),
+            ack: AckPort {
+                config: ctx.config.clone(),
+                store: ctx.store.clone(),
+                operator: ctx.operator.clone(),
+            },
         }
     }
 }
 
 impl Format for JsonTopics {
-    type Request = WriteRequest;
-    /// The device and the reply to publish on its `write/result`.
-    type Reply = (String, Json);
+    type Request = Command;
+    type Reply = Answer;
 
     fn connect(&mut self) -> (LastWill, bool) {
         let will = LastWill::new(
@@ -64,10 +84,11 @@ impl Format for JsonTopics {
 
     fn subscriptions(&self) -> (Vec<String>, Vec<String>) {
         // A persistent session of an older version may still hold the write subscription.
+        let topics = vec![self.topics.writes(), self.topics.acks()];
         if self.allow_writes {
-            (vec![self.topics.writes()], Vec::new())
+            (topics, Vec::new())
         } else {
-            (Vec::new(), vec![self.topics.writes()])
+            (Vec::new(), topics)
         }
     }
 
@@ -105,6 +126,22 @@ impl Format for JsonTopics {
         payload: &[u8],
         out: &mut Vec<Publish>,
     ) -> Inbound<Self::Request> {
+        if self.allow_writes && topic == self.topics.acks() {
+            if payload.len() > MAX_COMMAND_BYTES {
+                self.status.commands_ignored.fetch_add(1, Relaxed);
+                let msg = format!(
+                    "{} bytes refused unread: at most {MAX_COMMAND_BYTES}",
+                    payload.len()
+                );
+                let body = super::ack::failed(&Json::Null, 413, msg);
+                out.push(Publish::own(
+                    self.topics.ack_result(),
+                    body.to_string().into_bytes(),
+                ));
+                return Inbound::Nothing;
+            }
+            return Inbound::Serve(vec![Command::Ack(self.ack.clone(), payload.to_vec())]);
+        }
         match self.topics.write_device(topic) {
             Some(device) if self.allow_writes && payload.len() > MAX_COMMAND_BYTES => {
                 self.status.commands_ignored.fetch_add(1, Relaxed);
@@ -116,32 +153,53 @@ impl Format for JsonTopics {
                 ));
                 Inbound::Nothing
             }
-            Some(device) if self.allow_writes => Inbound::Serve(vec![WriteRequest {
-                device: device.to_string(),
-                payload: payload.to_vec(),
-                received: now_ms(),
-            }]),
+            Some(device) if self.allow_writes => {
+                Inbound::Serve(vec![Command::Write(WriteRequest {
+                    device: device.to_string(),
+                    payload: payload.to_vec(),
+                    received: now_ms(),
+                })])
+            }
             _ => Inbound::Nothing,
         }
     }
 
     async fn serve(control: Arc<Control>, r: Self::Request) -> Self::Reply {
-        let reply = write_point(&control, &r.device, &r.payload, r.received).await;
-        (r.device, reply)
+        match r {
+            Command::Write(r) => {
+                let reply = write_point(&control, &r.device, &r.payload, r.received).await;
+                Answer::Write(r.device, reply)
+            }
+            Command::Ack(port, payload) => Answer::Ack(super::ack::serve(&port, &payload).await),
+        }
     }
 
     fn refused(r: Self::Request) -> Self::Reply {
-        let request_id = serde_json::from_slice::<Json>(&r.payload)
+        let payload = match &r {
+            Command::Write(w) => &w.payload,
+            Command::Ack(_, p) => p,
+        };
+        let request_id = serde_json::from_slice::<Json>(payload)
             .ok()
             .and_then(|j| j.get("requestId").cloned())
             .unwrap_or(Json::Null);
         let e = crate::modbus::bus::WriteError::Busy;
-        let body = json!({"requestId": request_id, "deviceId": r.device, "code": e.code(), "msg": e.to_string()});
-        (r.device, body)
+        match r {
+            Command::Write(w) => Answer::Write(
+                w.device.clone(),
+                json!({"requestId": request_id, "deviceId": w.device, "code": e.code(), "msg": e.to_string()}),
+            ),
+            Command::Ack(..) => {
+                Answer::Ack(super::ack::failed(&request_id, e.code(), e.to_string()))
+            }
+        }
     }
 
-    fn reply(&mut self, (device, body): Self::Reply, out: &mut Vec<Publish>) {
-        let topic = self.topics.device(&device, "write/result");
+    fn reply(&mut self, answer: Self::Reply, out: &mut Vec<Publish>) {
+        let (topic, body) = match answer {
+            Answer::Write(device, body) => (self.topics.device(&device, "write/result"), body),
+            Answer::Ack(body) => (self.topics.ack_result(), body),
+        };
         out.push(Publish::own(topic, body.to_string().into_bytes()));
     }
 
@@ -179,6 +237,12 @@ impl Topics {
     }
     fn writes(&self) -> String {
         self.device("+", "write")
+    }
+    fn acks(&self) -> String {
+        format!("{}/alarms/ack", self.base)
+    }
+    fn ack_result(&self) -> String {
+        format!("{}/alarms/ack/result", self.base)
     }
     /// The device of a `devices/{device}/write` topic.
     fn write_device<'a>(&self, topic: &'a str) -> Option<&'a str> {

@@ -59,26 +59,8 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
     })
 }
 
-/// TLS with the ring provider and the system's roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` override
-/// them, e.g. for a plant CA).
+/// TLS with the system's roots (see [`crate::tls`]).
 pub(crate) fn tls_config() -> Result<TlsConfiguration, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for cert in found.certs {
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        return Err(format!(
-            "no trusted CA certificates found for mqtts:// ({:?})",
-            found.errors
-        ));
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = crate::tls::client_config("mqtts://")?;
     Ok(TlsConfiguration::Rustls(Arc::new(config)))
 }

@@ -1,14 +1,12 @@
 //! `events.query`, `alarms.active`, `alarms.ack`, `audit.query`.
 
 use serde_json::json;
-use tokio::sync::oneshot;
 
 use super::read_store;
 use crate::config::Priority;
-use crate::events::{Draft, EventState, EventType};
-use crate::model::event::AlarmOp;
-use crate::model::now_ms;
-use crate::store::{self, AckError, EventFilter, StoreCmd};
+use crate::events::ack::{acknowledge, AckFailure, AckPort, Which};
+use crate::events::EventType;
+use crate::store::{self, EventFilter};
 use crate::ws::context::{Ctx, HandlerResult, ServiceError};
 
 pub async fn query(ctx: Ctx) -> HandlerResult {
@@ -68,141 +66,45 @@ pub async fn active(ctx: Ctx) -> HandlerResult {
     Ok(json!({ "alarms": alarms, "shelved": shelved }))
 }
 
-/// The longest acknowledgement comment kept.
-const MAX_COMMENT: usize = 500;
-
 /// `alarms.ack`: the alarm of `eventId`, of each of `eventIds`, or every one of `deviceId`'s
 /// not yet acknowledged; `comment?`. Each acknowledgement is also an `info` event (who and
 /// comment) in the log, pushed and synced upstream like any other.
 pub async fn ack(ctx: Ctx) -> HandlerResult {
     let comment = ctx.opt_string("comment")?.unwrap_or_default();
-    if comment.chars().count() > MAX_COMMENT {
-        return Err(ServiceError::bad_request(format!(
-            "param `comment` is over {MAX_COMMENT} characters"
-        )));
-    }
-    let listed = read_store(&ctx, store::active_alarms).await?;
-    let by_id = |id: &str| listed.iter().find(|a| a["id"] == id).cloned();
-    let targets: Vec<serde_json::Value> = if let Some(id) = ctx.opt_string("eventId")? {
-        vec![by_id(&id)
-            .ok_or_else(|| ServiceError::not_found(format!("no alarm for event `{id}`")))?]
-    } else if let Some(mut ids) = ctx.opt_string_list("eventIds")? {
-        // An id repeated counts once: one id ×4,000 was acknowledged 4,000 times, each an
-        // event pushed and synced.
-        let mut seen = std::collections::HashSet::new();
-        ids.retain(|id| seen.insert(id.clone()));
-        let mut out = Vec::new();
-        for id in &ids {
-            out.push(
-                by_id(id)
-                    .ok_or_else(|| ServiceError::not_found(format!("no alarm for event `{id}`")))?,
-            );
-        }
-        out
+    let which = if let Some(id) = ctx.opt_string("eventId")? {
+        Which::One(id)
+    } else if let Some(ids) = ctx.opt_string_list("eventIds")? {
+        Which::Many(ids)
     } else if let Some(device) = ctx.opt_string("deviceId")? {
-        if ctx.bus(&device).is_err() {
-            ctx.device(&device)?;
-        }
-        listed
-            .iter()
-            .filter(|a| a["deviceId"] == device.as_str() && a["ackedBy"].is_null())
-            .cloned()
-            .collect()
+        Which::Device(device)
     } else {
         return Err(ServiceError::bad_request(
             "give `eventId`, `eventIds` or `deviceId`",
         ));
     };
     let user = ctx.client.login().map(|l| l.user).unwrap_or_default();
-    let ts = now_ms();
-    let mut acked = Vec::new();
-    // One acknowledgement per alarm: one already acknowledged is not acknowledged again.
-    for alarm in targets.iter().filter(|a| a["ackedBy"].is_null()) {
-        let event_id = alarm["id"].as_str().unwrap_or_default().to_string();
-        let (reply, result) = oneshot::channel();
-        let cmd = StoreCmd::Ack {
-            event_id: event_id.clone(),
-            user: user.clone(),
-            ts,
-            reply,
-        };
-        if !ctx.shared.store.send(cmd).await {
-            return Err(ServiceError::internal("store is not running"));
-        }
-        match result.await {
-            Ok(Ok(())) => {}
-            // Acknowledged meanwhile by someone else: nothing to do.
-            Ok(Err(AckError::NotFound(_))) => continue,
-            Ok(Err(e)) => return Err(ServiceError::internal(e.to_string())),
-            Err(_) => return Err(ServiceError::internal("store is not running")),
-        }
-        tracing::info!(user, event_id, comment, "alarm acknowledged");
-        ack_event(&ctx, alarm, &user, &comment, ts).await;
-        acked.push(event_id);
-    }
+    let port = AckPort {
+        config: ctx.shared.config.clone(),
+        store: ctx.shared.store.clone(),
+        operator: ctx.shared.operator_events.get().cloned(),
+    };
+    let done = acknowledge(&port, which, &user, &comment)
+        .await
+        .map_err(|e| match e {
+            AckFailure::BadRequest(m) => ServiceError::bad_request(m),
+            AckFailure::NotFound(m) => ServiceError::not_found(m),
+            AckFailure::Internal(m) => ServiceError::internal(m),
+        })?;
     let mut out = json!({
-        "acked": acked,
+        "acked": done.acked,
         "ackedBy": user,
-        "ackedAt": crate::model::rfc3339(ts),
+        "ackedAt": crate::model::rfc3339(done.ts),
         "comment": comment,
     });
-    if let [one] = acked.as_slice() {
+    if let [one] = done.acked.as_slice() {
         out["eventId"] = json!(one);
     }
     Ok(out)
-}
-
-/// The acknowledgement as an `info` event of the alarm's device, point and type.
-async fn ack_event(ctx: &Ctx, alarm: &serde_json::Value, user: &str, comment: &str, ts: i64) {
-    let config = &ctx.shared.config;
-    // A device's alarm, or a bus's own (`bus_offline`), whose events carry the bus's name.
-    let Some(device) = config
-        .devices
-        .iter()
-        .position(|d| alarm["deviceId"] == d.id.as_str())
-        .or_else(|| {
-            config
-                .buses
-                .iter()
-                .position(|b| alarm["deviceId"] == b.name.as_str())
-                .map(|b| config.bus_source(b))
-        })
-    else {
-        return;
-    };
-    let point = config.devices.get(device).and_then(|d| {
-        d.points
-            .iter()
-            .position(|p| alarm["pointId"] == p.id.as_str())
-    });
-    let Some(kind) = alarm["type"].as_str().and_then(EventType::parse) else {
-        return;
-    };
-    let id = alarm["id"].as_str().unwrap_or_default();
-    let message = if comment.is_empty() {
-        format!("acknowledged by {user} (alarm {id})")
-    } else {
-        format!("acknowledged by {user}: {comment} (alarm {id})")
-    };
-    if let Some(events) = ctx.shared.operator_events.get() {
-        events
-            .send(Draft {
-                device,
-                point,
-                kind,
-                priority: Priority::Normal,
-                value: None,
-                message,
-                state: EventState::Info,
-                ts,
-                alarm: Some(AlarmOp::Acked {
-                    event: id.to_string(),
-                    by: user.to_string(),
-                }),
-                at: tokio::time::Instant::now(),
-            })
-            .await;
-    }
 }
 
 /// `audit.query`: writes and config applies, newest first; `limit` (1..=500, default 50) and

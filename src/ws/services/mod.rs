@@ -113,6 +113,11 @@ pub static SERVICES: &[Service] = &[
         handler: |c| Box::pin(upstream::test(c)),
     },
     Service {
+        name: "notify.test",
+        access: Access::Admin,
+        handler: |c| Box::pin(upstream::notify(c)),
+    },
+    Service {
         name: "config.history",
         access: Access::Admin,
         handler: |c| Box::pin(configure::history(c)),

@@ -1,5 +1,6 @@
 //! `upstream.test` (admin): whether the MySQL or MQTT upstream a form is about to save can be
-//! reached and logged into, and if not, which step failed, in words a technician can act on.
+//! reached and logged into, and if not, which step failed, in words a technician can act on;
+//! `notify.test` (admin): a test message through a configured notifier.
 
 use std::time::Duration;
 
@@ -30,6 +31,28 @@ pub async fn test(ctx: Ctx) -> HandlerResult {
                 WAIT.as_secs()
             ),
         ),
+    };
+    Ok(json!({ "ok": ok, "message": message }))
+}
+
+/// `notify.test` `{notifier}` → `{ok, message}`: one test message through it, counted in its
+/// figures like any other; the receiver's answer or the error in words.
+pub async fn notify(ctx: Ctx) -> HandlerResult {
+    let name = ctx.string("notifier")?;
+    let by = ctx.client.login().map(|l| l.user).unwrap_or_default();
+    let s = &ctx.shared;
+    let Some(outcome) = crate::notify::test(&s.config, &s.metrics, &name, &by).await else {
+        return Err(ServiceError::not_found(format!("no notifier `{name}`")));
+    };
+    tracing::info!(
+        user = by,
+        notifier = name,
+        ok = outcome.is_ok(),
+        "notifier tested"
+    );
+    let (ok, message) = match outcome {
+        Ok(()) => (true, format!("delivered: {name} took the test message")),
+        Err(e) => (false, e),
     };
     Ok(json!({ "ok": ok, "message": message }))
 }
