@@ -43,8 +43,9 @@ url = "http://127.0.0.1:9/hook"
     )
 }
 
-/// `n` alarm events committed through the store writer: each queues its notification in its
-/// own commit, as a raised alarm does.
+/// `n` alarm events committed through the store writer, each queueing its notification in its
+/// own commit as an alarm does: ten alarms raised and cleared over and over, as a long outage
+/// of the receiver would pile them up (the alarm table stays ten rows).
 async fn fill(text: &str, n: usize) {
     let config = edge_gateway::config::parse(text).unwrap().config;
     let gw = edge_gateway::Gateway::start(config).await.unwrap();
@@ -61,9 +62,17 @@ async fn fill(text: &str, n: usize) {
                 device_seq: i as u64 + 1,
                 value: Some(edge_gateway::model::Value::Float(95.5)),
                 message: format!("bench alarm {i}"),
-                state: EventState::Active,
+                state: if i % 2 == 0 {
+                    EventState::Active
+                } else {
+                    EventState::Cleared
+                },
                 ts: now_ms(),
-                alarm: Some(AlarmOp::Raise(format!("bench-{i}"))),
+                alarm: Some(if i % 2 == 0 {
+                    AlarmOp::Raise(format!("bench-{}", i / 2 % 10))
+                } else {
+                    AlarmOp::Clear(format!("bench-{}", i / 2 % 10))
+                }),
                 acked_by: None,
                 acked_at: None,
                 at: tokio::time::Instant::now(),

@@ -144,7 +144,7 @@ pub fn urls(addr: SocketAddr) -> Vec<String> {
     if !addr.ip().is_unspecified() {
         return vec![format!("http://{addr}/")];
     }
-    let mut ips = interface_addresses();
+    let mut ips = crate::host::addresses();
     ips.retain(|ip| !ip.is_loopback() && (addr.is_ipv6() || ip.is_ipv4()));
     // Link-local IPv6 needs a zone a browser bar does not take.
     ips.retain(|ip| !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80));
@@ -156,39 +156,6 @@ pub fn urls(addr: SocketAddr) -> Vec<String> {
     ips.into_iter()
         .map(|ip| format!("http://{}/", SocketAddr::new(ip, addr.port())))
         .collect()
-}
-
-/// This box's interface addresses (getifaddrs).
-fn interface_addresses() -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills a list that is only read here and freed once with freeifaddrs;
-    // each sockaddr is read as the type its family says.
-    unsafe {
-        if libc::getifaddrs(&raw mut list) != 0 {
-            return out;
-        }
-        let mut at = list;
-        while !at.is_null() {
-            let sa = (*at).ifa_addr;
-            if !sa.is_null() {
-                match i32::from((*sa).sa_family) {
-                    libc::AF_INET => {
-                        let v4 = std::ptr::read_unaligned(sa.cast::<libc::sockaddr_in>());
-                        out.push(IpAddr::from(u32::from_be(v4.sin_addr.s_addr).to_be_bytes()));
-                    }
-                    libc::AF_INET6 => {
-                        let v6 = std::ptr::read_unaligned(sa.cast::<libc::sockaddr_in6>());
-                        out.push(IpAddr::from(v6.sin6_addr.s6_addr));
-                    }
-                    _ => {}
-                }
-            }
-            at = (*at).ifa_next;
-        }
-        libc::freeifaddrs(list);
-    }
-    out
 }
 
 /// A request's headers must arrive within this; it is also how long a kept-alive connection

@@ -50,6 +50,7 @@
 //! - [`notify`]: alarm notifications by webhook and e-mail from the store's queue, at least
 //!   once, digests in a storm, reminders and escalation.
 //! - [`tls`]: TLS as a client with the system's roots, for every upstream dialled.
+//! - [`host`]: this box's name and interface addresses.
 //! - [`log_limit`]: log lines outside parties can trigger, at most one per source per period.
 //! - [`metrics`]: counters kept by every stage, rendered for Prometheus.
 //! - [`cli`]: the commissioning commands `read` and `write`, and `demo`.
@@ -70,6 +71,7 @@ pub mod fair;
 pub mod fleet;
 pub mod gateway;
 pub mod health;
+pub mod host;
 pub mod http;
 pub mod log_limit;
 pub mod logs;

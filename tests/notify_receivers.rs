@@ -163,7 +163,8 @@ to = [\"shift@plant.local\"]
     wait_for("the clear's e-mail", || mails(dir.path()).len() >= 2).await;
     let raw = mails(dir.path())[1]["data"].as_str().unwrap().to_string();
     assert!(
-        header(&raw, "Subject").starts_with("[EMERGENCY cleared] boiler setpoint 80.0 °C (back from > 90)"),
+        header(&raw, "Subject")
+            .starts_with("[EMERGENCY cleared] boiler setpoint 80.0 °C (back from > 90)"),
         "{}",
         header(&raw, "Subject")
     );

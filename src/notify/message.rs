@@ -15,7 +15,8 @@ use crate::store::notify::{Due, Kind};
 pub struct Message {
     /// `X-Edge-Event-Id` / the `Message-ID`'s local part.
     pub id: String,
-    pub json: Json,
+    /// The webhook's JSON body.
+    pub body: String,
     pub subject: String,
     pub text: String,
 }
@@ -27,19 +28,11 @@ pub fn dashboard_url(config: &Config) -> String {
     let (host, port) = listen.rsplit_once(':').unwrap_or((listen, "80"));
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let host = match host {
-        "0.0.0.0" | "::" | "" => hostname(),
+        "0.0.0.0" | "::" | "" => crate::host::name().unwrap_or_else(|| "localhost".into()),
         h if h.contains(':') => format!("[{h}]"),
         h => h.to_string(),
     };
     format!("http://{host}:{port}/")
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 /// A time as the plant reads it: the gateway's local time zone.
@@ -64,7 +57,11 @@ pub fn id_of(d: &Due, event_id: &str) -> String {
 
 /// One alarm's message (`d.event` is present).
 pub fn single(config: &Config, d: &Due) -> Message {
-    let event = d.event.clone().unwrap_or(Json::Null);
+    let event: Json = d
+        .event
+        .as_deref()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(Json::Null);
     let event_id = event["id"].as_str().unwrap_or_default();
     let id = id_of(d, event_id);
     let url = dashboard_url(config);
@@ -95,51 +92,59 @@ pub fn single(config: &Config, d: &Due) -> Message {
     let _ = writeln!(text, "\nOpen the dashboard: {url}");
     Message {
         id,
-        json,
+        body: json.to_string(),
         subject,
         text,
     }
 }
 
-/// Many alarms in one message: what a storm sends once a minute instead of one each.
+/// Many alarms in one message: what a storm sends once a minute instead of one each. Written
+/// as text event by event: a thousand events as one JSON tree would cost megabytes.
 pub fn digest(config: &Config, rows: &[Due]) -> Message {
     let url = dashboard_url(config);
-    let events: Vec<Json> = rows
-        .iter()
-        .map(|d| {
-            let mut e = d.event.clone().unwrap_or(Json::Null);
-            e["notification"] = d.kind.as_str().into();
-            e
-        })
-        .collect();
-    let (first, last) = (
-        rows.first().map_or(0, |d| d.id),
-        rows.last().map_or(0, |d| d.id),
-    );
     let gateway = &config.gateway.id;
+    let quoted = |s: &str| Json::from(s).to_string();
+    let mut body = format!(
+        "{{\"gatewayId\":{},\"dashboardUrl\":{},\"notification\":\"digest\",\"count\":{},\"events\":[",
+        quoted(gateway),
+        quoted(&url),
+        rows.len()
+    );
     let mut text = format!(
         "{} alarm notifications from {gateway} in one message (more than {} a minute):\n\n",
         rows.len(),
         super::STORM_PER_MIN
     );
-    for (d, e) in rows.iter().zip(&events) {
+    for (i, d) in rows.iter().enumerate() {
+        let event = d.event.as_deref().unwrap_or("{}");
+        if i > 0 {
+            body.push(',');
+        }
+        // The event's own object with what this message is to it first.
+        let _ = write!(
+            body,
+            "{{\"notification\":\"{}\"{}{}",
+            d.kind.as_str(),
+            if event.len() > 2 { "," } else { "" },
+            event.get(1..).unwrap_or("}")
+        );
+        let e: Json = serde_json::from_str(event).unwrap_or(Json::Null);
         let when = e["ts"]
             .as_str()
             .and_then(crate::model::parse_rfc3339)
             .map(local_time)
             .unwrap_or_default();
-        let _ = writeln!(text, "{when}  {}", headline(config, e, &d.alarm_key));
+        let _ = writeln!(text, "{when}  {}", headline(config, &e, &d.alarm_key));
     }
+    body.push_str("]}");
     let _ = writeln!(text, "\nOpen the dashboard: {url}");
+    let (first, last) = (
+        rows.first().map_or(0, |d| d.id),
+        rows.last().map_or(0, |d| d.id),
+    );
     Message {
         id: format!("{gateway}-digest-{first}-{last}"),
-        json: json!({
-            "gatewayId": gateway,
-            "dashboardUrl": url,
-            "notification": "digest",
-            "count": rows.len(),
-            "events": events,
-        }),
+        body,
         subject: format!("[DIGEST] {gateway}: {} alarm notifications", rows.len()),
         text,
     }
@@ -151,14 +156,15 @@ pub fn test(config: &Config, notifier: &str, by: &str, now: Millis) -> Message {
     let url = dashboard_url(config);
     Message {
         id: format!("{gateway}-test-{now}"),
-        json: json!({
+        body: json!({
             "gatewayId": gateway,
             "dashboardUrl": url,
             "notification": "test",
             "notifier": notifier,
             "by": by,
             "ts": crate::model::rfc3339(now),
-        }),
+        })
+        .to_string(),
         subject: format!("[TEST] {gateway}: notifier {notifier}"),
         text: format!(
             "A test message from gateway {gateway}, notifier {notifier}, sent by {by} at {}.\n\n\

@@ -79,8 +79,14 @@ pub async fn deliver(
             if tls.is_none() && url.0.starts_with("https://") {
                 *tls = Some(Arc::new(crate::tls::client_config("https://")?));
             }
-            let body = serde_json::to_vec(&m.json).unwrap_or_default();
-            webhook::post(&url.0, &secret.0, &m.id, body, tls.as_ref()).await
+            webhook::post(
+                &url.0,
+                &secret.0,
+                &m.id,
+                m.body.clone().into_bytes(),
+                tls.as_ref(),
+            )
+            .await
         }
         NotifierKind::Email(e) => email::send(e, &config.gateway.id, m).await,
     }
@@ -112,6 +118,16 @@ fn record(status: &Status, r: &Result<(), String>) {
             *status.last_error.locked() = Some((now_ms(), e.clone()));
         }
     }
+}
+
+/// What shelving is looked up by, read off an event's JSON text without a tree.
+#[derive(Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Ids<'a> {
+    #[serde(borrow)]
+    device_id: &'a str,
+    #[serde(borrow)]
+    point_id: Option<&'a str>,
 }
 
 struct Task {
@@ -212,12 +228,11 @@ impl Task {
                 update.done.push(d.id);
                 continue;
             }
-            let shelving = self.ports.shelves.covering(
-                &d.alarm_key,
-                event["deviceId"].as_str().unwrap_or_default(),
-                event["pointId"].as_str(),
-                now,
-            );
+            let ids: Ids<'_> = serde_json::from_str(event).unwrap_or_default();
+            let shelving =
+                self.ports
+                    .shelves
+                    .covering(&d.alarm_key, ids.device_id, ids.point_id, now);
             match (shelving, d.kind) {
                 (None, _) => send.push(d),
                 (Some(_), Kind::Alarm) => {

@@ -183,7 +183,7 @@ fn builder(
 ) -> ServerBuilder {
     let o = &config.opcua;
     let host = if addr.ip().is_unspecified() {
-        crate::ws::admit::hostname().unwrap_or_else(|| "localhost".into())
+        crate::host::name().unwrap_or_else(|| "localhost".into())
     } else {
         addr.ip().to_string()
     };

@@ -154,8 +154,9 @@ pub struct Due {
     pub attempts: i64,
     pub event_seq: i64,
     pub alarm_key: String,
-    /// The event in SPEC's shape; `None` when retention took it.
-    pub event: Option<serde_json::Value>,
+    /// The event in SPEC's shape, as JSON text (a thousand of them as trees cost megabytes);
+    /// `None` when retention took it.
+    pub event: Option<String>,
     /// This occurrence of the alarm is still listed and nobody acknowledged it.
     pub unacked: bool,
     /// ... and it is active.
@@ -195,7 +196,9 @@ pub fn due(
     rows.into_iter()
         .map(|mut d| {
             d.event = ev
-                .query_row([d.event_seq], |r| super::query::event_row_json(config, r))
+                .query_row([d.event_seq], |r| {
+                    super::query::event_row_json(config, r).map(|j| j.to_string())
+                })
                 .optional()?;
             Ok(d)
         })

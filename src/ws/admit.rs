@@ -108,7 +108,7 @@ impl Admission {
             pending: FairShare::new(MAX_PENDING, MAX_PENDING_PER_ADDRESS),
             rejected: Default::default(),
             refusals: LogLimit::new(Duration::from_secs(60)),
-            hostname: hostname(),
+            hostname: crate::host::name(),
         }
     }
 
@@ -229,13 +229,6 @@ fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool 
             .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
             && origin[scheme.len()..].eq_ignore_ascii_case(host)
     })
-}
-
-/// The kernel's host name, lower case.
-pub(crate) fn hostname() -> Option<String> {
-    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
-    let h = h.trim().to_ascii_lowercase();
-    (!h.is_empty()).then_some(h)
 }
 
 #[cfg(test)]

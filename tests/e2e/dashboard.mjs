@@ -15,6 +15,8 @@ import { spawn, execFileSync } from "node:child_process";
 import { mkdtempSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createServer } from "node:http";
+import { createHmac } from "node:crypto";
 import { chromium } from "playwright-core";
 
 const bin = process.env.EDGE_BIN;
@@ -493,6 +495,38 @@ try {
   await desk.waitForFunction(() => document.querySelector('tr[data-bus="sim"] th')?.textContent.includes("127.0.0.1"));
   if (shots) await desk.screenshot({ path: join(shots, "desktop-diagnostics.png"), fullPage: true });
   await contrastOk(desk, "diagnostics, light");
+
+  step("a webhook notifier added in the file editor; Send test on Diagnostics reaches a receiver that checks its signature");
+  const hooks = [];
+  const receiver = createServer((req, res) => {
+    const chunks = [];
+    req.on("data", (c) => chunks.push(c));
+    req.on("end", () => {
+      const body = Buffer.concat(chunks);
+      const mac = createHmac("sha256", "e2e-secret").update(body).digest("hex");
+      hooks.push({ signed: req.headers["x-edge-signature"] === `sha256=${mac}`, body: JSON.parse(body.toString()) });
+      res.writeHead(204).end();
+    });
+  });
+  await new Promise((r) => receiver.listen(0, "127.0.0.1", r));
+  try {
+    await desk.goto(`${demo.url}#/configure`);
+    const editor = desk.getByLabel("Config (TOML)");
+    await desk.waitForFunction(() => document.querySelector("#c-text").value.includes("[gateway]"));
+    const hook = `\n[[notifiers]]\nname = "shift"\nkind = "webhook"\nurl = "http://127.0.0.1:${receiver.address().port}/hook"\nsecret = "e2e-secret"\n`;
+    await editor.fill((await editor.inputValue()) + hook);
+    await desk.getByRole("button", { name: "Apply", exact: true }).click();
+    await confirmApplied(desk);
+    await desk.goto(`${demo.url}#/diagnostics`);
+    await desk.getByRole("button", { name: "Send a test message through shift" }).click();
+    await desk.locator('tr[data-notifier="shift"]', { hasText: "✓ delivered" }).waitFor();
+    const test = hooks.find((x) => x.body.notification === "test");
+    if (!test || !test.signed || test.body.by !== "admin") throw new Error(`the receiver got ${JSON.stringify(hooks)}`);
+    if (await viewer.goto(`${demo.url}#/diagnostics`).then(() => viewer.waitForSelector('tr[data-notifier="shift"]'))
+      .then(() => viewer.getByRole("button", { name: /Send a test message/ }).count())) throw new Error("a viewer can send a test");
+  } finally {
+    receiver.close();
+  }
 
   step("log: an admin reads the gateway's last log lines; a viewer has no Log view");
   await desk.goto(`${demo.url}#/log`);
