@@ -71,6 +71,7 @@ fn catch_up(sink: Sink) {
                     allow_writes: false,
                     command_max_age: std::time::Duration::from_secs(30),
                     sparkplug: None,
+                    client_identity: None,
                 });
                 "mqtt"
             }

@@ -427,10 +427,14 @@ fn write_demo_config(
     sim_addr: std::net::SocketAddr,
     data: &std::path::Path,
     listen: &str,
+    tls: bool,
 ) -> anyhow::Result<PathBuf> {
     let mut doc: toml_edit::DocumentMut = DEMO_CONFIG.parse()?;
     doc["gateway"]["data_dir"] = toml_edit::value(data.display().to_string());
     doc["http"]["listen"] = toml_edit::value(listen);
+    if tls {
+        doc["http"]["tls"] = toml_edit::value("self_signed");
+    }
     if let Some(buses) = doc["buses"].as_array_of_tables_mut() {
         for b in buses.iter_mut() {
             b["address"] = toml_edit::value(sim_addr.to_string());
@@ -442,16 +446,22 @@ fn write_demo_config(
     Ok(path)
 }
 
-/// `demo`: the simulator and the gateway in one process, until Ctrl-C or SIGTERM.
-pub async fn demo(listen: &str, data: PathBuf, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// `demo`: the simulator and the gateway in one process, until Ctrl-C or SIGTERM; plain HTTP
+/// unless `tls` (a self-signed certificate in the data directory).
+pub async fn demo(
+    listen: &str,
+    data: PathBuf,
+    tls: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let sim = Simulator::new(Profile::Demo);
     let sim_addr = simulator::spawn_tcp(sim, "127.0.0.1:0", shutdown.child_token()).await?;
-    let path = write_demo_config(sim_addr, &data, listen)?;
+    let path = write_demo_config(sim_addr, &data, listen, tls)?;
     let config = config::load(&path)
         .map_err(|e| anyhow::anyhow!("the demo's config: {e:?}"))?
         .config;
     crate::run_with(config, Some(path.clone()), shutdown, |gw| {
-        demo_banner(gw, sim_addr, &data, &path);
+        demo_banner(gw, sim_addr, &data, &path, tls);
     })
     .await?;
     Ok(())
@@ -462,8 +472,9 @@ fn demo_banner(
     sim_addr: std::net::SocketAddr,
     data: &std::path::Path,
     path: &std::path::Path,
+    tls: bool,
 ) {
-    let urls = crate::http::urls(gw.http_addr);
+    let urls = crate::http::urls(gw.http_addr, tls);
     println!("edge-gateway demo");
     for url in &urls {
         println!("  dashboard:  {url}");
@@ -490,6 +501,43 @@ fn demo_banner(
         eprintln!();
     }
     println!("Press Ctrl-C to stop.");
+}
+
+/// `cert show`: the dashboard certificate's file and SHA-256 fingerprint. Exit 0, or 1 with
+/// why there is none (TLS off, not made yet, unreadable).
+pub fn cert_show(path: &std::path::Path) -> i32 {
+    let config = match config::load(path) {
+        Ok(l) => l.config,
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            return 1;
+        }
+    };
+    let Some((cert, _)) = crate::tls::server::paths(&config) else {
+        eprintln!(
+            "[http] tls is off in {}: the dashboard is plain HTTP",
+            path.display()
+        );
+        return 1;
+    };
+    if config.http.tls == config::HttpTls::SelfSigned && !cert.exists() {
+        eprintln!(
+            "no certificate yet: the gateway makes {} at its first start",
+            cert.display()
+        );
+        return 1;
+    }
+    match crate::tls::server::fingerprint_of(&cert) {
+        Ok(fp) => {
+            println!("certificate {}", cert.display());
+            println!("SHA-256     {fp}");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
 }
 
 #[cfg(test)]

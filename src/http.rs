@@ -1,4 +1,5 @@
-//! The HTTP listener: `/ws`, `/healthz`, `/metrics`, and the dashboard's files.
+//! The HTTP listener: `/ws`, `/healthz`, `/metrics`, and the dashboard's files; with
+//! `[http] tls`, HTTPS on the same port, a plain request there sent on to https.
 
 use std::fmt::Write as _;
 use std::io::ErrorKind;
@@ -22,6 +23,7 @@ use tower::ServiceExt;
 use crate::fair::FairShare;
 use crate::log_limit::{suppressed, LogLimit};
 use crate::state;
+use crate::tls::server::ServerTls;
 use crate::ws::Shared;
 
 type AppState = Arc<Shared>;
@@ -140,9 +142,10 @@ pub fn bind(listen: &str) -> std::io::Result<std::net::TcpListener> {
 /// The URLs a tablet can open for a listening address: the address itself, or when it is
 /// the unspecified one (`0.0.0.0`, `::`) every non-loopback address of this box, which a
 /// browser can reach (`http://0.0.0.0:8080/` cannot be opened).
-pub fn urls(addr: SocketAddr) -> Vec<String> {
+pub fn urls(addr: SocketAddr, tls: bool) -> Vec<String> {
+    let scheme = if tls { "https" } else { "http" };
     if !addr.ip().is_unspecified() {
-        return vec![format!("http://{addr}/")];
+        return vec![format!("{scheme}://{addr}/")];
     }
     let mut ips = crate::host::addresses();
     ips.retain(|ip| !ip.is_loopback() && (addr.is_ipv6() || ip.is_ipv4()));
@@ -151,10 +154,10 @@ pub fn urls(addr: SocketAddr) -> Vec<String> {
     ips.sort();
     ips.dedup();
     if ips.is_empty() {
-        return vec![format!("http://127.0.0.1:{}/", addr.port())];
+        return vec![format!("{scheme}://127.0.0.1:{}/", addr.port())];
     }
     ips.into_iter()
-        .map(|ip| format!("http://{}/", SocketAddr::new(ip, addr.port())))
+        .map(|ip| format!("{scheme}://{}/", SocketAddr::new(ip, addr.port())))
         .collect()
 }
 
@@ -168,17 +171,36 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 /// so this fits a room of tablets behind one NAT, and one host cannot take every descriptor.
 pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 128;
 
-/// Serves HTTP until `cancel`: its own accept loop, so that it can bound how long a request
-/// may take to arrive (hyper's header-read timeout), back off at the descriptor limit instead
-/// of spinning, and stop without waiting for connections that never finish a request.
-pub async fn serve(listener: TcpListener, state: AppState, cancel: CancellationToken) {
+/// The log's lines about where the dashboard is, and with which certificate.
+fn announce(listener: &TcpListener, tls: Option<&ServerTls>, metrics: &crate::metrics::Metrics) {
     match listener.local_addr() {
         Ok(addr) => tracing::info!(
             "http listening on {addr}: dashboard {}, metrics at /metrics",
-            urls(addr).join(" ")
+            urls(addr, tls.is_some()).join(" ")
         ),
         Err(e) => tracing::warn!("http listening (address unknown: {e})"),
     }
+    if let Some(t) = tls {
+        metrics.tls.enabled.store(true, Relaxed);
+        tracing::info!(
+            "https: certificate {} with SHA-256 fingerprint {}",
+            t.cert_path.display(),
+            t.fingerprint
+        );
+    }
+}
+
+/// Serves HTTP until `cancel`: its own accept loop, so that it can bound how long a request
+/// may take to arrive (hyper's header-read timeout), back off at the descriptor limit instead
+/// of spinning, and stop without waiting for connections that never finish a request.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<Arc<ServerTls>>,
+    cancel: CancellationToken,
+) {
+    announce(&listener, tls.as_deref(), &state.metrics);
+    let metrics = state.metrics.clone();
     let app = router(state);
     let conns = TaskTracker::new();
     // Half the descriptors: the rest stay for WebSockets, Modbus links and the store. Past
@@ -246,10 +268,17 @@ pub async fn serve(listener: TcpListener, state: AppState, cancel: CancellationT
         // Pushes are small frames that must leave at once: Nagle plus a client's delayed ACK
         // would hold them for tens of milliseconds.
         let _ = tcp.set_nodelay(true);
-        let (app, cancel) = (app.clone(), cancel.clone());
+        let (app, cancel, tls, metrics) =
+            (app.clone(), cancel.clone(), tls.clone(), metrics.clone());
         conns.spawn(async move {
+            let served = async {
+                match tls {
+                    None => connection(TokioIo::new(tcp), remote, app, cancel).await,
+                    Some(tls) => secure(tcp, remote, app, &tls, &metrics, cancel).await,
+                }
+            };
             tokio::select! {
-                () = connection(tcp, remote, app, cancel) => {}
+                () = served => {}
                 // A newcomer from a quieter address needed the place: closed at once.
                 () = place.evicted.cancelled() => {}
             }
@@ -264,8 +293,82 @@ pub async fn serve(listener: TcpListener, state: AppState, cancel: CancellationT
 /// How long a connection open at a stop or reload has to take up a request already sent.
 const PICK_UP: Duration = Duration::from_millis(50);
 
+/// A connection to the TLS port: the first byte tells a ClientHello (0x16) from a plain
+/// request, which is answered with a redirect to https. The handshake runs in the
+/// connection's own task, bounded like a request's headers: a client that stalls in it, or
+/// sends garbage, holds neither the accept loop nor a reload.
+async fn secure(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    app: Router,
+    tls: &ServerTls,
+    metrics: &crate::metrics::Metrics,
+    cancel: CancellationToken,
+) {
+    use crate::metrics::http::Handshake;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HEADER_TIMEOUT, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == 0x16 => {}
+        Ok(Ok(1)) => {
+            metrics.tls.redirects.fetch_add(1, Relaxed);
+            return redirect(tcp).await;
+        }
+        // Closed, or silent until the deadline: nothing to serve.
+        _ => return,
+    }
+    match tokio::time::timeout(HEADER_TIMEOUT, tls.acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => {
+            metrics.tls.handshake(Handshake::Ok);
+            connection(TokioIo::new(stream), remote, app, cancel).await;
+        }
+        Ok(Err(e)) => {
+            metrics.tls.handshake(Handshake::Failed);
+            if let Some(held) = HANDSHAKE_LOG.allow(remote.ip()) {
+                tracing::info!(remote = %remote.ip(), "https: handshake failed: {e}{}", suppressed(held));
+            }
+        }
+        Err(_) => metrics.tls.handshake(Handshake::Timeout),
+    }
+}
+
+/// Failed handshakes are an outsider's doing: one line a minute per address.
+static HANDSHAKE_LOG: std::sync::LazyLock<LogLimit<IpAddr>> =
+    std::sync::LazyLock::new(|| LogLimit::new(Duration::from_secs(60)));
+
+/// A plain-HTTP request on the TLS port: `308` to the same host and path over https.
+async fn redirect(tcp: TcpStream) {
+    let service = hyper::service::service_fn(|req: hyper::Request<Incoming>| async move {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.is_empty() && !h.contains(['/', ' ', '@']));
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let mut res = hyper::Response::new(axum::body::Body::empty());
+        match host {
+            Some(host) => {
+                *res.status_mut() = StatusCode::PERMANENT_REDIRECT;
+                if let Ok(to) = format!("https://{host}{path}").parse() {
+                    res.headers_mut().insert(header::LOCATION, to);
+                }
+            }
+            None => *res.status_mut() = StatusCode::BAD_REQUEST,
+        }
+        Ok::<_, std::convert::Infallible>(res)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(tcp), service);
+    let _ = tokio::time::timeout(HEADER_TIMEOUT * 2, conn).await;
+}
+
 /// One HTTP/1.1 connection, upgrades included (an upgraded WebSocket lives on in its own task).
-async fn connection(tcp: TcpStream, remote: SocketAddr, app: Router, cancel: CancellationToken) {
+async fn connection<I>(io: TokioIo<I>, remote: SocketAddr, app: Router, cancel: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(remote));
         app.clone().oneshot(req)
@@ -273,7 +376,7 @@ async fn connection(tcp: TcpStream, remote: SocketAddr, app: Router, cancel: Can
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(tcp), service)
+        .serve_connection(io, service)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
@@ -299,10 +402,10 @@ mod tests {
     #[test]
     fn the_urls_printed_are_ones_a_tablet_can_open() {
         assert_eq!(
-            urls("192.168.1.5:8080".parse().unwrap()),
+            urls("192.168.1.5:8080".parse().unwrap(), false),
             ["http://192.168.1.5:8080/"]
         );
-        let any = urls("0.0.0.0:8090".parse().unwrap());
+        let any = urls("0.0.0.0:8090".parse().unwrap(), false);
         assert!(!any.is_empty());
         for u in &any {
             assert!(u.ends_with(":8090/") && !u.contains("0.0.0.0"), "{u}");

@@ -40,6 +40,9 @@ enum Command {
         listen: String,
         #[arg(long, default_value = "./demo-data")]
         data: PathBuf,
+        /// HTTPS with a self-signed certificate made in the data directory.
+        #[arg(long)]
+        tls: bool,
     },
     /// Validate a config file: exit 0 when valid, 1 with one line per problem.
     CheckConfig {
@@ -81,6 +84,11 @@ enum Command {
         #[command(subcommand)]
         action: edge_gateway::fleet::command::Action,
     },
+    /// The dashboard's HTTPS certificate.
+    Cert {
+        #[command(subcommand)]
+        action: CertAction,
+    },
     /// Dashboard users in a config file.
     User {
         #[command(subcommand)]
@@ -114,6 +122,16 @@ enum Command {
         /// The value; negative numbers need no `=` (`--value -7`).
         #[arg(long, allow_hyphen_values = true)]
         value: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertAction {
+    /// Its file and SHA-256 fingerprint: compare it with the one the browser shows before
+    /// accepting the certificate.
+    Show {
+        #[arg(long, default_value = "/etc/edge-gateway/gateway.toml")]
+        config: PathBuf,
     },
 }
 
@@ -277,6 +295,16 @@ fn main() -> ExitCode {
     }
 }
 
+async fn demo(listen: &str, data: PathBuf, tls: bool) -> ExitCode {
+    match cli::demo(listen, data, tls, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn run_cli() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -297,13 +325,7 @@ async fn run_cli() -> ExitCode {
     match cli.command {
         Command::Run { config, once: true } => probe(&config).await,
         Command::Run { config, .. } => run_daemon(config).await,
-        Command::Demo { listen, data } => match cli::demo(&listen, data, shutdown_signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Demo { listen, data, tls } => demo(&listen, data, tls).await,
         Command::CheckConfig {
             config,
             probe: true,
@@ -321,6 +343,9 @@ async fn run_cli() -> ExitCode {
             baud,
         } => simulate(&listen, &profile, serial, baud).await,
         Command::HashPassword => hash_password(),
+        Command::Cert {
+            action: CertAction::Show { config },
+        } => code(cli::cert_show(&config)),
         Command::User {
             action: UserAction::Add { name, role, config },
         } => user_add(&name, &role, &config),

@@ -5,6 +5,7 @@
 
 use std::fmt::Write;
 
+pub mod http;
 mod label;
 pub mod modbus_server;
 pub mod notify;
@@ -253,6 +254,7 @@ pub struct Metrics {
     pub opcua: opcua::Opcua,
     pub modbus_server: modbus_server::ModbusServer,
     pub notifiers: notify::Notifiers,
+    pub tls: http::Tls,
     started: std::time::Instant,
     /// [`Sample`]s, oldest first.
     pub windows: std::sync::Mutex<std::collections::VecDeque<Sample>>,
@@ -356,6 +358,7 @@ impl Metrics {
             opcua: opcua::Opcua::default(),
             modbus_server: modbus_server::ModbusServer::default(),
             notifiers: notify::Notifiers::default(),
+            tls: http::Tls::default(),
             started: crate::process_started(),
             windows: std::sync::Mutex::default(),
         }
@@ -416,6 +419,7 @@ impl Metrics {
         self.opcua.render(&mut out);
         self.modbus_server.render(&mut out);
         self.notifiers.render(&mut out);
+        self.tls.render(&mut out);
         out
     }
 

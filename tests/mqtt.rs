@@ -7,6 +7,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::mqtt::*;
+use common::tls::make_test_ca;
 use common::*;
 use edge_gateway::config::Priority;
 use edge_gateway::modbus::simulator::Profile;
@@ -168,8 +169,9 @@ impl Drop for TlsBroker {
     }
 }
 
-#[allow(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
-fn tls_broker(dir: &std::path::Path) -> Option<TlsBroker> {
+/// With `require_client_certificate`, its TLS listener takes only clients whose certificate the
+/// test CA signed (Mosquitto's `require_certificate true`).
+fn tls_broker(dir: &std::path::Path, require_client_certificate: bool) -> Option<TlsBroker> {
     let made = make_test_ca(dir);
     if !made {
         skipped("openssl could not make a test CA");
@@ -181,8 +183,13 @@ fn tls_broker(dir: &std::path::Path) -> Option<TlsBroker> {
     std::fs::write(
         dir.join("mosquitto.conf"),
         format!(
-            "user root\nallow_anonymous true\nlistener {plain} 127.0.0.1\nlistener {tls} 127.0.0.1\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n",
-            d = dir.display()
+            "user root\nallow_anonymous true\nlistener {plain} 127.0.0.1\nlistener {tls} 127.0.0.1\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n{clients}",
+            d = dir.display(),
+            clients = if require_client_certificate {
+                format!("cafile {}/ca.pem\nrequire_certificate true\n", dir.display())
+            } else {
+                String::new()
+            }
         ),
     )
     .ok()?;
@@ -209,7 +216,7 @@ async fn mqtts_urls_connect_over_tls_and_verify_the_broker() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let Some(b) = tls_broker(dir.path()) else {
+    let Some(b) = tls_broker(dir.path(), false) else {
         return;
     };
     wait_for("the test broker", || {
@@ -275,6 +282,62 @@ async fn mqtts_urls_connect_over_tls_and_verify_the_broker() {
         assert!(
             m.1["online"] != true,
             "connected without a trusted certificate: {m:?}"
+        );
+    }
+}
+
+/// A broker that verifies its clients: the gateway's `client_cert` / `client_key` let it in;
+/// the same gateway without them is refused and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_requiring_client_certificates_takes_the_gateways_and_refuses_none() {
+    if broker().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(b) = tls_broker(dir.path(), true) else {
+        return;
+    };
+    wait_for("the test broker", || {
+        std::net::TcpStream::connect(("127.0.0.1", b.tls)).is_ok()
+    })
+    .await;
+    let id = unique_id("mtls");
+    let mut w = Watcher::start(&format!("127.0.0.1:{}", b.plain), &id).await;
+    let gateway = |name: &str, identity: &str| {
+        let cfg = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[gateway]\nid = \"{id}\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nurl = \"mqtts://localhost:{}\"\n{identity}\n{}{BOILER_AND_PUMP}",
+                dir.path().join(name).display().to_string(),
+                b.tls,
+                tcp_bus("127.0.0.1:1")
+            ),
+        )
+        .unwrap();
+        let mut cmd = gateway_command(&cfg);
+        cmd.env("SSL_CERT_FILE", &b.ca);
+        spawn_gateway(cmd, None)
+    };
+    let d = dir.path().display();
+    let with = gateway(
+        "with",
+        &format!("client_cert = \"{d}/client.pem\"\nclient_key = \"{d}/client.key\""),
+    );
+    w.next("/status", |s| s["online"] == true).await;
+    drop(with);
+    w.kept.clear();
+    let (_without, http) = gateway("without", "");
+    wait_for_async("the broker's refusal said", || async {
+        healthz_json(http)
+            .await
+            .is_some_and(|h| h["sinks"]["mqtt"]["error"].is_string())
+    })
+    .await;
+    while let Ok(m) = w.rx.try_recv() {
+        assert!(
+            m.1["online"] != true,
+            "connected without a client certificate: {m:?}"
         );
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::hook::{metric, smtp_closing_mid_data, Hook, Mode};
 use common::mqtt::{broker, Watcher};
+use common::tls::make_test_ca;
 use common::ws::*;
 use common::*;
 use edge_gateway::modbus::simulator::{Profile, BOILER};

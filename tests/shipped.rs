@@ -5,6 +5,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
+use common::tls::https_get;
 use common::*;
 
 /// The package's starter config (#35): once `user add` has set the password it loads, and so
@@ -46,7 +47,10 @@ async fn the_starter_config_starts_clean_and_its_examples_load() {
     std::fs::write(&cfg, &text).unwrap();
     let log = dir.path().join("log");
     let (gw, addr) = spawn_gateway(gateway_command(&cfg), Some(&log));
-    assert!(healthz(addr).await.contains("\"status\""));
+    // HTTPS with a certificate of its own, as the starter config says.
+    let cert = dir.path().join("data/tls/cert.pem");
+    let health = https_get(addr, "/healthz", &cert).await.unwrap();
+    assert!(health.contains("\"status\""), "{health}");
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     drop(gw);
     let lines = std::fs::read_to_string(&log).unwrap();

@@ -549,15 +549,21 @@ async fn logout_ends_the_session_on_every_socket_with_that_token() {
     gw.shutdown().await;
 }
 
-/// SPEC: a token that expires ends its session on every socket with `push.session`
-/// `{"reason":"expired"}`; the socket stays open and may log in again.
+/// SPEC: a token unused for `session_idle_s` ends its session on every socket with
+/// `push.session` `{"reason":"expired"}`; each request is a use; the socket stays open and may
+/// log in again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_ends_by_itself_when_its_token_expires() {
+async fn a_session_ends_by_itself_once_its_token_is_unused_for_the_idle_time() {
     let (gw, _sim, _dir) = gateway("").await;
-    gw.shared.auth.set_ttl(std::time::Duration::from_secs(2));
+    gw.shared.auth.set_ttl(std::time::Duration::from_secs(3));
     let mut a = Ws::connect(gw.http_addr).await;
     let r = a.login("viewer", "viewer").await;
-    assert_eq!(r["data"]["expiresInS"].as_u64(), Some(1), "{r}");
+    assert_eq!(r["data"]["expiresInS"].as_u64(), Some(2), "{r}");
+    // In use for longer than the idle time: alive.
+    for _ in 0..8 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(code(&a.call("devices.list", json!({})).await), 0);
+    }
     let p = a.next_push("push.session").await;
     assert_eq!(p["data"]["reason"], "expired", "{p}");
     assert_eq!(code(&a.call("devices.list", json!({})).await), 401);

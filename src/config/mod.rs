@@ -123,6 +123,22 @@ pub struct Http {
     /// Host names the dashboard is reached by besides IP literals, localhost and the box's own
     /// name, lower case and without a port (the DNS-rebinding guard).
     pub allowed_hosts: Vec<String>,
+    pub tls: HttpTls,
+    /// A session token unused this long expires.
+    pub session_idle: Duration,
+}
+
+/// `[http] tls`: the dashboard over HTTPS or not, and with whose certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpTls {
+    Off,
+    /// A key and certificate the gateway made itself, in `{data_dir}/tls`.
+    SelfSigned,
+    /// PEM files the plant provides: the chain, and its key.
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,6 +308,8 @@ pub struct Mqtt {
     pub command_max_age: Duration,
     /// `format = "sparkplug_b"`: Sparkplug B instead of the JSON topics.
     pub sparkplug: Option<Sparkplug>,
+    /// `client_cert` and `client_key`: TLS client authentication to the broker.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
 }
 
 /// A Sparkplug B edge node's ids (`[mqtt]` `group_id`, `edge_node_id`, `primary_host_id`).

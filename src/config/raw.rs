@@ -57,6 +57,10 @@ pub(super) struct RawHttp {
     pub(super) allowed_origins: Vec<String>,
     #[serde(default)]
     pub(super) allowed_hosts: Vec<String>,
+    pub(super) tls: Option<String>,
+    pub(super) cert: Option<PathBuf>,
+    pub(super) key: Option<PathBuf>,
+    pub(super) session_idle_s: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -214,6 +218,8 @@ pub(super) struct RawMqtt {
     pub(super) group_id: Option<String>,
     pub(super) edge_node_id: Option<String>,
     pub(super) primary_host_id: Option<String>,
+    pub(super) client_cert: Option<PathBuf>,
+    pub(super) client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -52,7 +52,9 @@ fn connect(url: &str) -> Result<(AsyncClient, EventLoop), String> {
         o.set_credentials(u.clone(), p.clone());
     }
     if t.tls {
-        o.set_transport(Transport::tls_with_config(crate::sinks::mqtt::tls_config()?));
+        o.set_transport(Transport::tls_with_config(crate::sinks::mqtt::tls_config(
+            None,
+        )?));
     }
     Ok(AsyncClient::new(o, 64))
 }

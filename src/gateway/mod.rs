@@ -159,6 +159,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("https: {0}")]
+    Tls(#[from] crate::tls::server::TlsError),
 }
 
 /// A start that failed, and what it carried.
@@ -209,6 +211,7 @@ impl Gateway {
             store,
             restored,
             store_thread,
+            tls,
         } = match open(&config, &mut carry) {
             Ok(o) => o,
             Err(error) => return Err(Box::new(Failed { error, carry })),
@@ -251,7 +254,12 @@ impl Gateway {
             .take()
             .unwrap_or_else(|| crate::fleet::apply::Trial::load(&config.gateway.data_dir));
         spawn_sinks(&shared, &fleet, &tasks, &cancel);
-        tasks.spawn(http::serve(listener, shared.clone(), cancel.child_token()));
+        tasks.spawn(http::serve(
+            listener,
+            shared.clone(),
+            tls,
+            cancel.child_token(),
+        ));
         tasks.close();
         // Connections waiting through a reload move here now.
         shared.front.serve(&shared);

@@ -24,11 +24,15 @@ pub(super) struct Opened {
     pub(super) store: StoreHandle,
     pub(super) restored: store::Restored,
     pub(super) store_thread: std::thread::JoinHandle<()>,
+    /// The dashboard's HTTPS, read (or made) at each start.
+    pub(super) tls: Option<Arc<crate::tls::server::ServerTls>>,
 }
 
 /// The OPC UA and HTTP sockets, then the store. On failure the carry keeps the HTTP socket it
 /// came with, for the config that starts instead.
 pub(super) fn open(config: &Arc<Config>, carry: &mut Carry) -> Result<Opened, StartError> {
+    // First: a certificate that cannot be read takes nothing from the carry.
+    let tls = crate::tls::server::load(config)?.map(Arc::new);
     // A carried server that serves this config keeps its socket.
     let opcua = if carry.opcua.is_some() {
         None
@@ -69,6 +73,7 @@ pub(super) fn open(config: &Arc<Config>, carry: &mut Carry) -> Result<Opened, St
         store,
         restored,
         store_thread,
+        tls,
     })
 }
 

@@ -77,7 +77,7 @@ pub async fn deliver(
     match &n.kind {
         NotifierKind::Webhook { url, secret } => {
             if tls.is_none() && url.0.starts_with("https://") {
-                *tls = Some(Arc::new(crate::tls::client_config("https://")?));
+                *tls = Some(Arc::new(crate::tls::client_config("https://", None)?));
             }
             webhook::post(
                 &url.0,

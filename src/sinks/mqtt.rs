@@ -228,7 +228,11 @@ async fn serve(ctx: SinkContext, cfg: Mqtt, format: impl Format, cancel: Cancell
         }
     };
     let transport = if target.tls {
-        match tls_config() {
+        let identity = cfg
+            .client_identity
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        match tls_config(identity) {
             Ok(t) => Some(Transport::tls_with_config(t)),
             Err(e) => {
                 status.set_error(SINK, Some(format!("[mqtt] url: {e}")));

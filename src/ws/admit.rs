@@ -243,6 +243,8 @@ mod tests {
                 .map(std::string::ToString::to_string)
                 .collect(),
             allowed_hosts: hosts.iter().map(std::string::ToString::to_string).collect(),
+            tls: crate::config::HttpTls::Off,
+            session_idle: std::time::Duration::from_secs(3600),
         }
     }
 

@@ -12,7 +12,6 @@ use crate::config::{Role, User};
 use crate::sync::Locked;
 
 /// How long a token lives without being used.
-pub const TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Failed logins allowed per (address, user name) within [`FAIL_WINDOW`] before 429.
 pub const MAX_FAILURES: u32 = 5;
 /// Failed logins allowed per address, whatever the names, within [`FAIL_WINDOW`]: more than
@@ -50,7 +49,8 @@ const DUMMY_HASH: &str =
 pub struct Auth {
     users: Vec<User>,
     tokens: Mutex<HashMap<String, Session>>,
-    /// A session's lifetime from login or its last resume ([`TOKEN_TTL`]; tests shorten it).
+    /// How long a session lives unused: from its login, its last resume or its last request
+    /// (`[http] session_idle_s`; tests shorten it).
     ttl: Mutex<Duration>,
     failures: Mutex<Failures>,
     checks: tokio::sync::Semaphore,
@@ -117,11 +117,11 @@ pub enum LoginError {
 }
 
 impl Auth {
-    pub fn new(users: Vec<User>) -> Auth {
+    pub fn new(users: Vec<User>, idle: Duration) -> Auth {
         Auth {
             users,
             tokens: Mutex::new(HashMap::new()),
-            ttl: Mutex::new(TOKEN_TTL),
+            ttl: Mutex::new(idle),
             failures: Mutex::default(),
             checks: tokio::sync::Semaphore::new(CHECKS_AT_ONCE),
         }
@@ -270,6 +270,15 @@ impl Auth {
         }
     }
 
+    /// A request made with the session: it was used, so it lives on (expired ones stay so).
+    pub fn touch(&self, token: &str) {
+        if let Some(s) = self.tokens.locked().get_mut(token) {
+            if s.expires > Instant::now() {
+                s.expires = Instant::now() + *self.ttl.locked();
+            }
+        }
+    }
+
     pub fn logout(&self, token: &str) {
         self.tokens.locked().remove(token);
     }
@@ -318,11 +327,14 @@ mod tests {
     }
 
     fn auth() -> Auth {
-        Auth::new(vec![User {
-            name: "admin".into(),
-            role: Role::Admin,
-            password_hash: Secret(crate::cli::hash_password("pw").unwrap()),
-        }])
+        Auth::new(
+            vec![User {
+                name: "admin".into(),
+                role: Role::Admin,
+                password_hash: Secret(crate::cli::hash_password("pw").unwrap()),
+            }],
+            Duration::from_secs(3600),
+        )
     }
 
     #[tokio::test]
@@ -347,6 +359,7 @@ mod tests {
                     password_hash: Secret(hash.clone()),
                 })
                 .to_vec(),
+            Duration::from_secs(3600),
         )
     }
 

@@ -399,6 +399,10 @@ async fn finish(metrics: &Metrics, client: &Client, mut writer: tokio::task::Joi
 /// One request, served as its own task: the reply (with the request's id) joins the
 /// connection's replies, unless the handler took it to answer later.
 async fn serve(service: String, ctx: Ctx, later: context::Later) {
+    // A request is a use: the session's idle clock starts again.
+    if let Some(login) = ctx.client.login() {
+        ctx.shared.auth.touch(&login.token);
+    }
     let result = services::dispatch(&service, ctx).await;
     if let Some(answer) = later.take() {
         answer.send(result).await;

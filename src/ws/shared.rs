@@ -60,7 +60,10 @@ impl Shared {
             live: control.live.clone(),
             store: control.store.clone(),
             hub: Arc::new(hub::Hub::new(config.devices.len(), metrics.clone())),
-            auth: Arc::new(auth::Auth::new(config.users.clone())),
+            auth: Arc::new(auth::Auth::new(
+                config.users.clone(),
+                config.http.session_idle,
+            )),
             push_interval: watch::channel(config.push.interval).0,
             admission: Arc::new(admit::Admission::new(config.push.max_clients)),
             front: Arc::default(),

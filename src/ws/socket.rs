@@ -1,5 +1,6 @@
 //! The socket under a connection: the upgrade handshake (RFC 6455 §4.2) and the split of the
-//! upgraded TCP stream into tungstenite's reader and the connection's own writer.
+//! upgraded stream (TCP, or TLS over it) into tungstenite's reader and the connection's own
+//! writer.
 
 use std::io;
 use std::pin::Pin;
@@ -80,11 +81,67 @@ pub fn switching(accept: &str) -> axum::response::Response {
     r
 }
 
+/// The TLS stream of an HTTPS connection.
+type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// A connection's read half: a TCP stream's own, or a TLS stream's (which takes turns with its
+/// write half, as the cipher state is one).
+pub enum ReadIo {
+    Tcp(OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<TlsStream>),
+}
+
+/// A connection's write half, which only the writer task holds.
+pub enum WriteIo {
+    Tcp(OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<TlsStream>),
+}
+
+impl AsyncRead for ReadIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadIo::Tcp(r) => Pin::new(r).poll_read(cx, buf),
+            ReadIo::Tls(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteIo::Tcp(w) => Pin::new(w).poll_write(cx, buf),
+            WriteIo::Tls(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteIo::Tcp(w) => Pin::new(w).poll_flush(cx),
+            WriteIo::Tls(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteIo::Tcp(w) => Pin::new(w).poll_shutdown(cx),
+            WriteIo::Tls(w) => Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
+
 /// An upgraded connection, split: tungstenite reads; the writer task owns the write half and
 /// takes what the others send through `replies`.
 pub struct Socket {
     pub stream: WebSocketStream<ReadSide>,
-    pub write: OwnedWriteHalf,
+    pub write: WriteIo,
     pub replies: mpsc::Sender<Out>,
     pub replies_rx: mpsc::Receiver<Out>,
 }
@@ -97,11 +154,20 @@ pub async fn split(
     read_limit: usize,
     replies_capacity: usize,
 ) -> Result<Socket, &'static str> {
-    // Our HTTP server serves plain TCP (http::connection), so this is that stream.
-    let parts = upgraded
-        .downcast::<TokioIo<TcpStream>>()
-        .map_err(|_| "the upgraded connection is not a TCP stream")?;
-    let (read, write) = parts.io.into_inner().into_split();
+    // Our HTTP server serves TCP, or TLS over it (http::connection): one of these two.
+    let (read, write, read_buf) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let (r, w) = parts.io.into_inner().into_split();
+            (ReadIo::Tcp(r), WriteIo::Tcp(w), parts.read_buf)
+        }
+        Err(upgraded) => {
+            let parts = upgraded
+                .downcast::<TokioIo<TlsStream>>()
+                .map_err(|_| "the upgraded connection is neither TCP nor TLS")?;
+            let (r, w) = tokio::io::split(parts.io.into_inner());
+            (ReadIo::Tls(r), WriteIo::Tls(w), parts.read_buf)
+        }
+    };
     let (replies, replies_rx) = mpsc::channel(replies_capacity);
     // tungstenite's defaults (128 KiB read buffer) would cost 128 MB at 1,000 clients; requests
     // are small. Its write side only carries pongs and close echoes.
@@ -114,13 +180,9 @@ pub async fn split(
         read,
         control: replies.clone(),
     };
-    let stream = WebSocketStream::from_partially_read(
-        side,
-        parts.read_buf.to_vec(),
-        Role::Server,
-        Some(config),
-    )
-    .await;
+    let stream =
+        WebSocketStream::from_partially_read(side, read_buf.to_vec(), Role::Server, Some(config))
+            .await;
     Ok(Socket {
         stream,
         write,
@@ -131,7 +193,7 @@ pub async fn split(
 
 /// The read half, as tungstenite sees the whole socket.
 pub struct ReadSide {
-    read: OwnedReadHalf,
+    read: ReadIo,
     control: mpsc::Sender<Out>,
 }
 

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use super::socket::WriteIo;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
@@ -40,7 +40,7 @@ const INLINE: usize = 16 * 1024;
 
 /// The socket's write half and the frames gathered for its next write.
 struct Frames {
-    socket: OwnedWriteHalf,
+    socket: WriteIo,
     buf: Vec<u8>,
     /// How long one write may wait for the client to take bytes (the heartbeat timeout).
     limit: Duration,
@@ -239,7 +239,7 @@ impl WriterCtx {
 /// The writer task: replies first, then queued pushes; pings on the heartbeat and drops a
 /// client that went silent past the timeout or cannot take a frame within it.
 pub(super) async fn writer(
-    socket: OwnedWriteHalf,
+    socket: WriteIo,
     client: Arc<Client>,
     mut replies: mpsc::Receiver<Out>,
     mut ctx: watch::Receiver<WriterCtx>,
@@ -364,7 +364,7 @@ mod tests {
         let (tcp, _) = listener.accept().await.unwrap();
         let (read, socket) = tcp.into_split();
         let mut frames = Frames {
-            socket,
+            socket: WriteIo::Tcp(socket),
             buf: Vec::new(),
             limit: Duration::from_secs(5),
             broken: false,

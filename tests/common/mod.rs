@@ -12,6 +12,7 @@ pub mod line;
 pub mod mqtt;
 pub mod opcua;
 pub mod target;
+pub mod tls;
 pub mod ws;
 pub mod wsclient;
 
@@ -351,10 +352,8 @@ pub fn spawn_gateway(
         .find_map(|l| {
             let addr = l
                 .split("http on ")
-                .nth(1)?
-                .trim()
-                .parse::<SocketAddr>()
-                .ok();
+                .nth(1)
+                .and_then(|a| a.trim().parse::<SocketAddr>().ok());
             seen.push(l);
             addr
         })
@@ -571,65 +570,4 @@ pub async fn audit_from(gw: &Gateway, source: &str) -> Vec<serde_json::Value> {
         .into_iter()
         .filter(|a| a["source"] == source)
         .collect()
-}
-
-/// A CA made for the test (`ca.pem`, `ca.key`) and a server certificate it signed for
-/// localhost and 127.0.0.1 (`server.pem`, `server.key`), in `dir`, by openssl; false when
-/// openssl could not.
-pub fn make_test_ca(dir: &std::path::Path) -> bool {
-    let run = |args: &[&str]| {
-        std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=edge test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]) && run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]) && std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .is_ok()
-        && run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "server.pem",
-        ])
 }

@@ -21,6 +21,8 @@ import { chromium } from "playwright-core";
 
 const bin = process.env.EDGE_BIN;
 const shots = process.env.SCREENSHOTS;
+// EDGE_E2E_TLS=1: the same run over https (the demo with a self-signed certificate, accepted).
+const TLS = process.env.EDGE_E2E_TLS === "1";
 if (!bin) throw new Error("EDGE_BIN is not set");
 
 function step(name) {
@@ -30,7 +32,7 @@ function step(name) {
 /** Starts the demo on a free port; resolves with its dashboard URL and simulator address. */
 function startDemo() {
   const data = mkdtempSync(join(tmpdir(), "edge-e2e-"));
-  const child = spawn(bin, ["demo", "--listen", "127.0.0.1:0", "--data", data], {
+  const child = spawn(bin, ["demo", "--listen", "127.0.0.1:0", "--data", data, ...(TLS ? ["--tls"] : [])], {
     env: { ...process.env, RUST_LOG: "warn" },
     stdio: ["ignore", "pipe", "inherit"],
   });
@@ -212,6 +214,7 @@ async function contrastOk(page, where) {
 }
 
 const demo = await startDemo();
+if (TLS !== demo.url.startsWith("https://")) throw new Error(`the demo's URL ${demo.url} with TLS=${TLS}`);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: [
@@ -224,7 +227,7 @@ try {
   if (shots) mkdirSync(shots, { recursive: true });
 
   step("admin logs in; all demo devices are shown");
-  const desk = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const desk = await browser.newPage({ ignoreHTTPSErrors: TLS, viewport: { width: 1280, height: 900 } });
   desk.on("pageerror", (e) => { throw new Error(`page error: ${e.message}`); });
   await login(desk, demo.url, "admin");
   const ids = await desk.$$eval("#devices article[data-device]", (a) => a.map((x) => x.dataset.device));
@@ -436,7 +439,7 @@ try {
     if (!(await busRow.evaluate((li) => li.__edgeMarked === true))) throw new Error("the raised-again alarm's row was replaced, not updated in place");
     if ((await lineRows()) !== 1) throw new Error(`raised again, the line lists ${await lineRows()} alarms`);
     if (shots) {
-      const phone = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+      const phone = await browser.newPage({ ignoreHTTPSErrors: TLS, viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
       await login(phone, demo.url, "admin");
       await phone.goto(`${demo.url}#/alarms`);
       await phone.locator(".alarm-item").first().waitFor();
@@ -473,7 +476,7 @@ try {
   if (shots) await desk.screenshot({ path: join(shots, "desktop-audit.png") });
 
   step("a viewer sees no write or ack controls");
-  const viewer = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const viewer = await browser.newPage({ ignoreHTTPSErrors: TLS, viewport: { width: 1280, height: 900 } });
   await login(viewer, demo.url, "viewer");
   await viewer.goto(`${demo.url}#/device/boiler-1`);
   await viewer.waitForSelector('[data-point="setpoint"]');
@@ -536,7 +539,7 @@ try {
   await contrastOk(desk, "log, light");
 
   step("the page fits 390 px (phone)");
-  const phone = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  const phone = await browser.newPage({ ignoreHTTPSErrors: TLS, viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
   await login(phone, demo.url, "admin");
   await fits(phone, "overview");
   const chrome = await phone.evaluate(() => document.querySelector("#top").getBoundingClientRect().height

@@ -17,9 +17,9 @@ use super::raw::{
     RawTemplate, RawUser,
 };
 use super::{
-    BTreeMap, Bus, ByteOrder, Config, DataType, Device, Events, Format, Gateway, Http, Link, Mqtt,
-    Mysql, Overflow, Parity, PathBuf, Point, Priority, Push, Role, Rule, RuleKind, Secret,
-    Sparkplug, Store, Table, User, WordOrder,
+    BTreeMap, Bus, ByteOrder, Config, DataType, Device, Events, Format, Gateway, Http, HttpTls,
+    Link, Mqtt, Mysql, Overflow, Parity, PathBuf, Point, Priority, Push, Role, Rule, RuleKind,
+    Secret, Sparkplug, Store, Table, User, WordOrder,
 };
 
 /// Checks the raw config into the domain types, collecting every problem by key path (their
@@ -157,6 +157,29 @@ impl Validator {
                 "must be non-empty and free of + and #",
             );
         }
+        let client_identity = match (m.client_cert.clone(), m.client_key.clone()) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                if !m.url.starts_with("mqtts://") {
+                    self.err(&p.key("client_cert"), "a client certificate needs mqtts://");
+                }
+                Some((c, k))
+            }
+            (Some(_), None) => {
+                self.err(
+                    &p.key("client_key"),
+                    "required with `client_cert`: its PEM key",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                self.err(
+                    &p.key("client_cert"),
+                    "required with `client_key`: the PEM certificate",
+                );
+                None
+            }
+        };
         Mqtt {
             url: Secret(m.url),
             client_id: m.client_id.unwrap_or_else(|| gateway_id.to_string()),
@@ -170,6 +193,7 @@ impl Validator {
                 86_400,
             ),
             sparkplug,
+            client_identity,
         }
     }
 
@@ -280,10 +304,40 @@ impl Validator {
                 );
             }
         }
+        let tls = match (raw.tls.as_deref().unwrap_or("off"), raw.cert, raw.key) {
+            ("off", None, None) => HttpTls::Off,
+            ("self_signed", None, None) => HttpTls::SelfSigned,
+            ("files", Some(cert), Some(key)) => HttpTls::Files { cert, key },
+            ("files", cert, _) => {
+                let missing = if cert.is_none() { "cert" } else { "key" };
+                self.err(&p.key(missing), "required with tls = \"files\": a PEM file");
+                HttpTls::Off
+            }
+            ("off" | "self_signed", cert, _) => {
+                let set = if cert.is_some() { "cert" } else { "key" };
+                self.err(&p.key(set), "only with tls = \"files\"");
+                HttpTls::Off
+            }
+            (other, _, _) => {
+                self.err(
+                    &p.key("tls"),
+                    format!("unknown tls `{other}` (expected off, self_signed or files)"),
+                );
+                HttpTls::Off
+            }
+        };
+        let session_idle = self.secs(
+            &p.key("session_idle_s"),
+            raw.session_idle_s,
+            3600,
+            7 * 86_400,
+        );
         Http {
             listen,
             allowed_origins: raw.allowed_origins,
             allowed_hosts,
+            tls,
+            session_idle,
         }
     }
 

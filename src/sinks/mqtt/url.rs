@@ -59,8 +59,10 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
     })
 }
 
-/// TLS with the system's roots (see [`crate::tls`]).
-pub(crate) fn tls_config() -> Result<TlsConfiguration, String> {
-    let config = crate::tls::client_config("mqtts://")?;
+/// TLS with the system's roots (see [`crate::tls`]), and the client's certificate when given.
+pub(crate) fn tls_config(
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<TlsConfiguration, String> {
+    let config = crate::tls::client_config("mqtts://", identity)?;
     Ok(TlsConfiguration::Rustls(Arc::new(config)))
 }

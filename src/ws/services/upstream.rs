@@ -97,7 +97,9 @@ async fn mqtt(url: &str) -> Result<String, String> {
         o.set_credentials(u.clone(), p.clone());
     }
     if t.tls {
-        o.set_transport(Transport::tls_with_config(crate::sinks::mqtt::tls_config()?));
+        o.set_transport(Transport::tls_with_config(crate::sinks::mqtt::tls_config(
+            None,
+        )?));
     }
     let (client, mut el) = rumqttc::AsyncClient::new(o, 4);
     let at = format!("{}:{}", t.host, t.port);
