@@ -10,7 +10,7 @@
 //! gateway on CPU 0 and the clients on CPU 1.
 
 mod common;
-use common::{status_kb, ws_client};
+use common::{status_kb, ws_client, ws_client_tls};
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -65,56 +65,27 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p) as usize] as f64 / 1000.0
 }
 
-/// Client side: connects, resumes the session with the token, then records the latency of
-/// every push until told to stop; prints one JSON line of results.
+/// Client side: connects (over TLS when `BENCH_CERT` names the gateway's certificate),
+/// resumes the session with the token, then records the latency of every push until told to
+/// stop; prints one JSON line of results.
 async fn clients(addr: String, token: String, healthy: usize, stalled: usize, secs: u64) {
+    let cert = std::env::var_os("BENCH_CERT").map(std::path::PathBuf::from);
     let mut tasks = Vec::new();
     for i in 0..healthy + stalled {
-        let url = format!("ws://{addr}/ws");
-        let token = token.clone();
+        let (token, cert, addr) = (token.clone(), cert.clone(), addr.clone());
         let is_stalled = i >= healthy;
+        let window = is_stalled.then_some(2048);
         tasks.push(tokio::spawn(async move {
-            let mut s = ws_client(&url, is_stalled.then_some(2048)).await;
-            let req =
-                json!({"requestId": "r", "service": "auth.resume", "params": {"token": token}});
-            s.send(Message::Text(req.to_string().into())).await.unwrap();
-            let mut lat = Vec::new();
-            let mut em = Vec::new();
-            // Wait for the resume reply, then (stalled) stop reading or (healthy) measure.
-            while let Some(Ok(m)) = s.next().await {
-                if let Message::Text(t) = m {
-                    if t.contains("\"requestId\":\"r\"") {
-                        break;
-                    }
+            match cert {
+                None => {
+                    let s = ws_client(&format!("ws://{addr}/ws"), window).await;
+                    measure(s, &token, is_stalled, secs).await
+                }
+                Some(c) => {
+                    let s = ws_client_tls(&format!("wss://{addr}/ws"), &c, window).await;
+                    measure(s, &token, is_stalled, secs).await
                 }
             }
-            if is_stalled {
-                tokio::time::sleep(Duration::from_secs(secs + 5)).await;
-                return (lat, em);
-            }
-            // Until the server's "stop" push: no timer in the receive loop, and only the number
-            // is read out of each frame.
-            while let Some(Ok(m)) = s.next().await {
-                let Message::Text(t) = m else { continue };
-                if t.contains("\"stop\"") {
-                    break;
-                }
-                if let Some(i) = t.find("\"sentUs\":") {
-                    let digits: String = t[i + 9..]
-                        .chars()
-                        .take_while(char::is_ascii_digit)
-                        .collect();
-                    if let Ok(sent) = digits.parse::<u64>() {
-                        let took = now_us().saturating_sub(sent);
-                        if t.contains("\"emergency\"") {
-                            em.push(took);
-                        } else {
-                            lat.push(took);
-                        }
-                    }
-                }
-            }
-            (lat, em)
         }));
     }
     let (mut all, mut ems) = (Vec::new(), Vec::new());
@@ -132,6 +103,54 @@ async fn clients(addr: String, token: String, healthy: usize, stalled: usize, se
     );
 }
 
+/// One client: resumes, then (stalled) stops reading or (healthy) times every push until the
+/// server's "stop" (no timer in the receive loop; only the number is read out of each frame).
+async fn measure<S>(
+    mut s: tokio_tungstenite::WebSocketStream<S>,
+    token: &str,
+    is_stalled: bool,
+    secs: u64,
+) -> (Vec<u64>, Vec<u64>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let req = json!({"requestId": "r", "service": "auth.resume", "params": {"token": token}});
+    s.send(Message::Text(req.to_string().into())).await.unwrap();
+    let (mut lat, mut em) = (Vec::new(), Vec::new());
+    while let Some(Ok(m)) = s.next().await {
+        if let Message::Text(t) = m {
+            if t.contains("\"requestId\":\"r\"") {
+                break;
+            }
+        }
+    }
+    if is_stalled {
+        tokio::time::sleep(Duration::from_secs(secs + 5)).await;
+        return (lat, em);
+    }
+    while let Some(Ok(m)) = s.next().await {
+        let Message::Text(t) = m else { continue };
+        if t.contains("\"stop\"") {
+            break;
+        }
+        if let Some(i) = t.find("\"sentUs\":") {
+            let digits: String = t[i + 9..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            if let Ok(sent) = digits.parse::<u64>() {
+                let took = now_us().saturating_sub(sent);
+                if t.contains("\"emergency\"") {
+                    em.push(took);
+                } else {
+                    lat.push(took);
+                }
+            }
+        }
+    }
+    (lat, em)
+}
+
 struct Run {
     received: u64,
     p50: f64,
@@ -144,8 +163,22 @@ struct Run {
 
 /// Starts the client process against `addr`.
 fn spawn_clients(addr: &str, token: &str, stalled: usize, secs: u64) -> std::process::Child {
-    Command::new(std::env::current_exe().unwrap())
-        .env("BENCH_ROLE", "clients")
+    spawn_clients_with(addr, token, stalled, secs, None)
+}
+
+/// [`spawn_clients`], over TLS trusting `cert` when given.
+fn spawn_clients_with(
+    addr: &str,
+    token: &str,
+    stalled: usize,
+    secs: u64,
+    cert: Option<&std::path::Path>,
+) -> std::process::Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    if let Some(c) = cert {
+        cmd.env("BENCH_CERT", c);
+    }
+    cmd.env("BENCH_ROLE", "clients")
         .env("BENCH_ADDR", addr)
         .env("BENCH_TOKEN", token)
         .env("BENCH_HEALTHY", (CLIENTS - stalled).to_string())
@@ -207,7 +240,17 @@ fn stop_frame() -> String {
 }
 
 async fn run(gw: &edge_gateway::Gateway, token: &str, stalled: usize, secs: u64) -> Run {
-    let child = spawn_clients(&gw.http_addr.to_string(), token, stalled, secs);
+    run_with(gw, token, stalled, secs, None).await
+}
+
+async fn run_with(
+    gw: &edge_gateway::Gateway,
+    token: &str,
+    stalled: usize,
+    secs: u64,
+    cert: Option<&std::path::Path>,
+) -> Run {
+    let child = spawn_clients_with(&gw.http_addr.to_string(), token, stalled, secs, cert);
     let m = &gw.metrics.push;
     all_logged_in(gw).await;
     let (sent0, dropped0) = (
@@ -456,6 +499,86 @@ fn pin(cpu: &str) {
     clippy::too_many_lines,
     reason = "one benchmark run, read top to bottom"
 )]
+/// The gateway under test, with one viewer; over HTTPS (a self-signed certificate) when `tls`.
+/// Returns it, its data directory, a session token (argon2 once; every client resumes it) and
+/// the certificate.
+async fn bench_gateway(
+    tls: bool,
+) -> (
+    edge_gateway::Gateway,
+    tempfile::TempDir,
+    String,
+    Option<std::path::PathBuf>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = edge_gateway::cli::hash_password("bench").unwrap();
+    let text = format!(
+        "[gateway]\nid = \"bench\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\ntls = \"{}\"\n\
+         [[users]]\nname = \"b\"\nrole = \"viewer\"\npassword_hash = \"{hash}\"\n\
+         [push]\nmax_clients = 2000\nqueue_capacity = 100\noverflow = \"drop_oldest\"\ninterval_ms = 3600000\nheartbeat_timeout_s = 600\n",
+        dir.path().display().to_string(),
+        if tls { "self_signed" } else { "off" }
+    );
+    let config = edge_gateway::config::parse(&text).unwrap().config;
+    let gw = edge_gateway::Gateway::start(config).await.unwrap();
+    let cert = tls.then(|| dir.path().join("tls/cert.pem"));
+    let login = json!({"requestId": "1", "service": "auth.login", "params": {"username": "b", "password": "bench"}})
+        .to_string();
+    let reply = if let Some(c) = &cert {
+        let mut s = ws_client_tls(&format!("wss://{}/ws", gw.http_addr), c, None).await;
+        s.send(Message::Text(login.into())).await.unwrap();
+        first_text(&mut s).await
+    } else {
+        let mut s = ws_client(&format!("ws://{}/ws", gw.http_addr), None).await;
+        s.send(Message::Text(login.into())).await.unwrap();
+        first_text(&mut s).await
+    };
+    let token = reply["data"]["token"].as_str().unwrap().to_string();
+    (gw, dir, token, cert)
+}
+
+async fn first_text<S>(s: &mut tokio_tungstenite::WebSocketStream<S>) -> Json
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        if let Some(Ok(Message::Text(t))) = s.next().await {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+/// `BENCH_TLS=1`: the all-reading fan-out over HTTPS beside the same run in plain HTTP, in
+/// turns (`BENCH_ROUNDS`, default 2), each figure with its ratio to plain.
+async fn tls_against_plain(secs: u64) {
+    let rounds = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(2);
+    println!("ws fan-out over TLS: {CLIENTS} clients, 1 KB push to all every {PERIOD:?}, {secs} s per run");
+    for round in 1..=rounds {
+        let mut got = Vec::new();
+        for tls in [false, true] {
+            let (gw, _dir, token, cert) = bench_gateway(tls).await;
+            let r = run_with(&gw, &token, 0, secs, cert.as_deref()).await;
+            gw.shutdown().await;
+            got.push(r);
+        }
+        let (plain, tls) = (&got[0], &got[1]);
+        for (label, r) in [("plain", plain), ("TLS", tls)] {
+            println!(
+                "  round {round} {label:>5}: p50 {:.2} ms, p99 {:.2} ms over {} deliveries; gateway CPU {:.0} % of one core, RSS {:.1} MB",
+                r.p50, r.p99, r.received, r.cpu_pct, r.rss_mb
+            );
+        }
+        println!(
+            "  round {round} TLS ÷ plain: p99 {:.2}× (goal ≤ 1.2), CPU {:.2}× (goal ≤ 1.5)",
+            tls.p99 / plain.p99,
+            tls.cpu_pct / plain.cpu_pct
+        );
+    }
+}
+
 fn main() {
     // As the daemon does, so the figures are the product's.
     edge_gateway::tune_allocator();
@@ -478,28 +601,12 @@ fn main() {
     }
     pin("0");
     let rt = tokio::runtime::Runtime::new().unwrap();
+    if std::env::var("BENCH_TLS").as_deref() == Ok("1") {
+        rt.block_on(tls_against_plain(secs));
+        return;
+    }
     rt.block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let hash = edge_gateway::cli::hash_password("bench").unwrap();
-        let text = format!(
-            "[gateway]\nid = \"bench\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n\
-             [[users]]\nname = \"b\"\nrole = \"viewer\"\npassword_hash = \"{hash}\"\n\
-             [push]\nmax_clients = 2000\nqueue_capacity = 100\noverflow = \"drop_oldest\"\ninterval_ms = 3600000\nheartbeat_timeout_s = 600\n",
-            dir.path().display().to_string()
-        );
-        let config = edge_gateway::config::parse(&text).unwrap().config;
-        let gw = edge_gateway::Gateway::start(config).await.unwrap();
-        // One login; every client resumes its token (argon2 once, not a thousand times).
-        let (mut s, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", gw.http_addr)).await.unwrap();
-        s.send(Message::Text(json!({"requestId": "1", "service": "auth.login", "params": {"username": "b", "password": "bench"}}).to_string().into())).await.unwrap();
-        let token = loop {
-            if let Some(Ok(Message::Text(t))) = s.next().await {
-                let j: Json = serde_json::from_str(&t).unwrap();
-                break j["data"]["token"].as_str().unwrap().to_string();
-            }
-        };
-        drop(s);
-
+        let (gw, _dir, token, _) = bench_gateway(false).await;
         println!("ws fan-out: {CLIENTS} clients, 1 KB push to all every {PERIOD:?}, {secs} s per run");
         for stalled in [0, STALLED] {
             let r = run(&gw, &token, stalled, secs).await;

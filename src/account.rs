@@ -63,54 +63,14 @@ fn read_hidden(prompt: &str) -> Result<String, String> {
 /// replaced atomically and keeps its permissions. Returns whether the user was new.
 pub fn add_user(path: &Path, name: &str, role: Role, hash: &str) -> Result<bool, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut doc: toml_edit::DocumentMut = text
-        .parse()
-        .map_err(|e| format!("{}: not TOML: {e}", path.display()))?;
     let role = match role {
         Role::Admin => "admin",
         Role::Viewer => "viewer",
     };
-    let users = doc
-        .entry("users")
-        .or_insert(toml_edit::Item::ArrayOfTables(
-            toml_edit::ArrayOfTables::new(),
-        ))
-        .as_array_of_tables_mut()
-        .ok_or_else(|| {
-            format!(
-                "{}: `users` is not a list of [[users]] tables",
-                path.display()
-            )
-        })?;
-    let existing = users
-        .iter_mut()
-        .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(name));
-    let new = existing.is_none();
-    let table = if let Some(t) = existing {
-        t
-    } else {
-        let mut t = toml_edit::Table::new();
-        t["name"] = toml_edit::value(name);
-        users.push(t);
-        users.iter_mut().last().expect("just pushed")
-    };
-    set_keeping_comment(table, "role", role);
-    set_keeping_comment(table, "password_hash", hash);
-    crate::config::versions::write_atomically(path, doc.to_string().as_bytes())
-        .map_err(|e| e.to_string())?;
+    let (text, new) = crate::config::edit::users::set_user(&text, name, Some(role), Some(hash))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::config::versions::write_atomically(path, text.as_bytes()).map_err(|e| e.to_string())?;
     Ok(new)
-}
-
-/// Sets `key` to `value`, keeping the comment at the end of its line (`# admin | viewer`).
-fn set_keeping_comment(table: &mut toml_edit::Table, key: &str, value: &str) {
-    match table.get_mut(key).and_then(toml_edit::Item::as_value_mut) {
-        Some(v) => {
-            let decor = v.decor().clone();
-            *v = toml_edit::Value::from(value);
-            *v.decor_mut() = decor;
-        }
-        None => table[key] = toml_edit::value(value),
-    }
 }
 
 /// Why `run` must not start: a user whose hash is the demo's admin/admin or viewer/viewer

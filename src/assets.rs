@@ -65,6 +65,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../web/app/audit.js"),
     ),
     (
+        "/app/users.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../web/app/users.js"),
+    ),
+    (
         "/app/log.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../web/app/log.js"),

@@ -392,15 +392,7 @@ pub async fn write(t: Target, value: &str) -> i32 {
 }
 
 /// `hash-password`: an argon2id PHC string for `[[users]]`.
-pub fn hash_password(password: &str) -> Result<String, String> {
-    use argon2::password_hash::{PasswordHasher, SaltString};
-    let salt_bytes: [u8; 16] = rand::random();
-    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
-}
+pub use crate::ws::auth::hash_password;
 
 /// The demo's embedded config; `demo` points its bus at the in-process simulator.
 pub use config::DEMO as DEMO_CONFIG;

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::hook::metric;
-use common::tls::{https_get, tls_connect};
+use common::tls::{https_get, make_test_ca, tls_connect};
 use common::*;
 use edge_gateway::modbus::simulator::Profile;
 use edge_gateway::Gateway;
@@ -250,4 +250,49 @@ async fn stalled_and_garbage_handshakes_and_a_thousand_good_ones_block_nothing()
 
 async fn http_metrics(addr: SocketAddr, cert: &std::path::Path) -> String {
     https_get(addr, "/metrics", cert).await.unwrap()
+}
+
+/// `tls = "files"`: the plant's certificate, read again at a reload, so renewed files are served
+/// without a restart (SIGHUP is a reload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewed_certificate_files_are_served_after_a_reload() {
+    let (_sim, sim, _c) = start_sim(Profile::Demo).await;
+    let (dir, first, second) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    if !make_test_ca(first.path()) || !make_test_ca(second.path()) {
+        skipped("openssl could not make a test CA");
+        return;
+    }
+    let (cert, key) = (dir.path().join("gw.pem"), dir.path().join("gw.key"));
+    let install = |from: &std::path::Path| {
+        std::fs::copy(from.join("server.pem"), &cert).unwrap();
+        std::fs::copy(from.join("server.key"), &key).unwrap();
+    };
+    install(first.path());
+    let config = || {
+        let text = format!(
+            "[gateway]\nid = \"tls-gw\"\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\ntls = \"files\"\ncert = {:?}\nkey = {:?}\n{}",
+            dir.path().join("data").display().to_string(),
+            cert.display().to_string(),
+            key.display().to_string(),
+            body(sim)
+        );
+        edge_gateway::config::parse(&text).unwrap().config
+    };
+    let gw = Gateway::start(config()).await.unwrap();
+    let addr = gw.http_addr;
+    let (ca1, ca2) = (first.path().join("ca.pem"), second.path().join("ca.pem"));
+    assert!(https_get(addr, "/healthz", &ca1).await.is_ok());
+    assert!(https_get(addr, "/healthz", &ca2).await.is_err());
+    install(second.path());
+    let (gw, _) = gw.reload(config()).await.unwrap();
+    assert!(https_get(addr, "/healthz", &ca2)
+        .await
+        .unwrap()
+        .starts_with("HTTP/1.1 200"));
+    assert!(https_get(addr, "/healthz", &ca1).await.is_err());
+    gw.shutdown().await;
 }

@@ -41,19 +41,71 @@ pub async fn ws_client(
     // upgraded yet (128): the clients all come from one address, so a refused or closed one
     // retries, as a tablet behind a NAT does.
     for _ in 0..10_000 {
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        if let Some(size) = recv_buffer {
-            sock.set_recv_buffer_size(size).unwrap();
-        }
-        let tcp = sock.connect(addr).await.unwrap();
-        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .read_buffer_size(8 * 1024);
+        let tcp = socket(addr, recv_buffer).await;
         match tokio_tungstenite::client_async_with_config(
             url,
             tokio_tungstenite::MaybeTlsStream::Plain(tcp),
-            Some(config),
+            Some(client_config()),
         )
         .await
+        {
+            Ok((ws, _)) => return ws,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    panic!("websocket connect: refused 10,000 times");
+}
+
+async fn socket(addr: std::net::SocketAddr, recv_buffer: Option<u32>) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(size) = recv_buffer {
+        sock.set_recv_buffer_size(size).unwrap();
+    }
+    sock.connect(addr).await.unwrap()
+}
+
+fn client_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024)
+}
+
+/// [`ws_client`] over TLS (`wss://ADDR/ws`), trusting only the certificate in `cert` (the
+/// gateway's self-signed one).
+pub async fn ws_client_tls(
+    url: &str,
+    cert: &std::path::Path,
+    recv_buffer: Option<u32>,
+) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls::pki_types::pem::PemObject as _;
+    let addr = url
+        .trim_start_matches("wss://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse::<std::net::SocketAddr>()
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(cert).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let tls = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    for _ in 0..10_000 {
+        let tcp = socket(addr, recv_buffer).await;
+        let Ok(stream) = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(rustls::pki_types::ServerName::from(addr.ip()), tcp)
+            .await
+        else {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        };
+        match tokio_tungstenite::client_async_with_config(url, stream, Some(client_config())).await
         {
             Ok((ws, _)) => return ws,
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,

@@ -177,12 +177,13 @@ pub fn summary(old: &Config, new: &Config) -> String {
             |a, b| dbg(a, b),
         ),
         diff("rules", &old.rules, &new.rules, |r| &r.id, |a, b| dbg(a, b)),
+        // The hash is a secret, masked in `Debug`: a new password is a change all the same.
         diff(
             "users",
             &old.users,
             &new.users,
             |u| &u.name,
-            |a, b| dbg(a, b),
+            |a, b| a.role == b.role && a.password_hash.0 == b.password_hash.0,
         ),
     ]
     .into_iter()
@@ -194,6 +195,19 @@ pub fn summary(old: &Config, new: &Config) -> String {
     } else {
         parts.join("; ")
     }
+}
+
+/// The notifiers' secrets (masked in `Debug`), to tell a changed URL or key.
+fn notifier_secrets(c: &Config) -> Vec<String> {
+    c.notifiers
+        .iter()
+        .filter_map(|n| match &n.kind {
+            crate::config::NotifierKind::Webhook { url, secret } => {
+                Some(format!("{}\n{}", url.0, secret.0))
+            }
+            crate::config::NotifierKind::Email(_) => None,
+        })
+        .collect()
 }
 
 /// The other sections that changed, by name (`[mqtt]`). Secrets are masked in `Debug`, so
@@ -220,6 +234,10 @@ fn sections_changed(old: &Config, new: &Config) -> impl Iterator<Item = String> 
         ("opcua", dbg(&old.opcua, &new.opcua)),
         ("modbus_server", dbg(&old.modbus_server, &new.modbus_server)),
         ("fleet", dbg(&old.fleet, &new.fleet)),
+        (
+            "notifiers",
+            dbg(&old.notifiers, &new.notifiers) || notifier_secrets(old) != notifier_secrets(new),
+        ),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)

@@ -575,18 +575,19 @@ fn spawn_pipeline(
     (Some(queues), settle)
 }
 
-/// A reload that removes a user or changes a role ends that user's sessions: every socket of
-/// theirs is told `push.session` `{"reason":"user changed"}` before the old gateway closes them
-/// (waited for up to a second), and their tokens are not carried over.
+/// A reload that removes a user, changes a role or a password ends that user's sessions:
+/// every socket of theirs is told `push.session` `{"reason":"user changed"}` before the old
+/// gateway closes them (waited for up to a second), and their tokens are not carried over.
 async fn tell_changed_users(shared: &Shared, old: &Config, new: &Config) {
     let mut told = Vec::new();
     for u in &old.users {
         if !new
             .users
             .iter()
-            .any(|n| n.name == u.name && n.role == u.role)
+            .any(|n| n.name == u.name && n.role == u.role && n.password_hash.0 == u.password_hash.0)
         {
             told.extend(shared.hub.end_user_sessions(&u.name, "user changed"));
+            shared.auth.forget_user(&u.name);
         }
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1);

@@ -136,6 +136,11 @@ impl Auth {
             .collect()
     }
 
+    /// Ends every session of `user` (removed, or their role or password changed).
+    pub fn forget_user(&self, user: &str) {
+        self.tokens.locked().retain(|_, s| s.user != user);
+    }
+
     /// Takes over sessions from before a reload: only those whose user still exists with the
     /// same role (a removed user or a demoted admin must log in again).
     pub fn adopt(&self, sessions: Vec<(String, Session)>) {
@@ -302,6 +307,54 @@ impl Auth {
     }
 }
 
+/// An argon2id PHC string for `[[users]]` (`hash-password`, `user add`, the Users view).
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt_bytes: [u8; 16] = rand::random();
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// The shortest password the dashboard takes.
+pub const MIN_PASSWORD: usize = 10;
+
+/// The entries of 10 characters or more among the 1,000 most common passwords (SecLists'
+/// "10-million-password-list-top-1000", MIT): the shorter ones are refused by length already.
+const COMMON_LONG: [&str; 12] = [
+    "qwertyuiop",
+    "1234567890",
+    "q1w2e3r4t5",
+    "1q2w3e4r5t",
+    "4815162342",
+    "0987654321",
+    "1234554321",
+    "123456789a",
+    "12345qwert",
+    "123456789q",
+    "1111111111",
+    "usuckballz1",
+];
+
+/// Why `password` will not do for `user`, if it will not: shorter than [`MIN_PASSWORD`]
+/// characters, the user's name, or one of the most common passwords (letter case aside).
+pub fn password_problem(user: &str, password: &str) -> Option<String> {
+    let lower = password.to_lowercase();
+    if password.chars().count() < MIN_PASSWORD {
+        Some(format!(
+            "the password needs at least {MIN_PASSWORD} characters"
+        ))
+    } else if lower == user.to_lowercase() {
+        Some("the password cannot be the user name".into())
+    } else if COMMON_LONG.contains(&lower.as_str()) {
+        Some("the password is one of the most common ones: choose another".into())
+    } else {
+        None
+    }
+}
+
 /// argon2's verify compares in constant time; unknown users cost the same work (DUMMY_HASH).
 fn verify(hash: &str, password: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|h| {
@@ -318,7 +371,7 @@ mod tests {
 
     #[test]
     fn the_unknown_user_hash_costs_what_a_real_one_does() {
-        let real = crate::cli::hash_password("pw").unwrap();
+        let real = hash_password("pw").unwrap();
         let real = PasswordHash::new(&real).unwrap();
         let dummy = PasswordHash::new(DUMMY_HASH).unwrap();
         assert_eq!(dummy.algorithm, real.algorithm);
@@ -331,7 +384,7 @@ mod tests {
             vec![User {
                 name: "admin".into(),
                 role: Role::Admin,
-                password_hash: Secret(crate::cli::hash_password("pw").unwrap()),
+                password_hash: Secret(hash_password("pw").unwrap()),
             }],
             Duration::from_secs(3600),
         )
@@ -350,7 +403,7 @@ mod tests {
     }
 
     fn two_users() -> Auth {
-        let hash = crate::cli::hash_password("pw").unwrap();
+        let hash = hash_password("pw").unwrap();
         Auth::new(
             [("admin", Role::Admin), ("viewer", Role::Viewer)]
                 .map(|(name, role)| User {

@@ -9,6 +9,7 @@ import { inspectorView } from "./inspector.js";
 import { configureView } from "./configure.js";
 import { diagnosticsView } from "./diagnostics.js";
 import { auditView } from "./audit.js";
+import { usersView, changePasswordView } from "./users.js";
 import { logView } from "./log.js";
 import { alarmsView } from "./alarms.js";
 import { deviceView } from "./device.js";
@@ -229,7 +230,7 @@ function onPush(service, data) {
     // Logged out elsewhere, expired, or the user changed in the config: back to the login.
     S.token = null;
     sessionStorage.removeItem("edge.token");
-    const why = { logout: "You were logged out.", expired: "Your session expired." };
+    const why = { logout: "You were logged out.", expired: "Your session expired.", "user changed": "Your user was changed (role or password): log in again." };
     showLogin(why[data.reason] || "Your account was changed; log in again.");
     return;
   }
@@ -403,6 +404,8 @@ function route() {
   else if (parts[0] === "configure" && isAdmin()) view = configureView(env);
   else if (parts[0] === "diagnostics") view = diagnosticsView(env);
   else if (parts[0] === "audit" && isAdmin()) view = auditView(env);
+  else if (parts[0] === "users" && isAdmin()) view = usersView(env);
+  else if (parts[0] === "password") view = changePasswordView(env);
   else if (parts[0] === "log" && isAdmin()) view = logView(env);
   else view = overviewView(params.get("state"));
   S.view = view;

@@ -2,9 +2,10 @@
 //! existing), a device's keys and points set from the Configure form, a device removed —
 //! through `toml_edit`, so every comment and the layout of the rest of the file stay the
 //! technician's. The result is checked and applied like any text. Buses, rules and the
-//! upstream sections: `entries`.
+//! upstream sections: `entries`; users: `users`.
 
 mod entries;
+pub mod users;
 pub use entries::{remove_entry, set_entry, set_section, Entries};
 
 use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, Value};

@@ -22,7 +22,7 @@ pub(super) fn file(ctx: &Ctx) -> Result<Arc<ConfigFile>, ServiceError> {
     ctx.shared.config_file.clone().ok_or_else(no_file)
 }
 
-fn no_file() -> ServiceError {
+pub(super) fn no_file() -> ServiceError {
     ServiceError::new(
         503,
         "this gateway runs without a config file (the demo): nothing to edit",
@@ -179,7 +179,7 @@ pub async fn apply(ctx: Ctx) -> HandlerResult {
 }
 
 /// Applies a text as the connection's user; the answer comes once the reload has run.
-async fn apply_text(ctx: Ctx, text: &str) -> HandlerResult {
+pub(super) async fn apply_text(ctx: Ctx, text: &str) -> HandlerResult {
     let user = ctx.client.login().map_or_else(String::new, |l| l.user);
     let applying = begin_apply(&ctx.shared, &user, "ws", text).await?;
     // The connection moves to the next gateway meanwhile: the answer must not hold this one.

@@ -13,6 +13,7 @@ mod shelve;
 pub use shelve::expire_shelves;
 mod system;
 mod upstream;
+mod users;
 
 pub use devices::devices_json;
 
@@ -116,6 +117,36 @@ pub static SERVICES: &[Service] = &[
         name: "notify.test",
         access: Access::Admin,
         handler: |c| Box::pin(upstream::notify(c)),
+    },
+    Service {
+        name: "users.list",
+        access: Access::Admin,
+        handler: |c| Box::pin(users::list(c)),
+    },
+    Service {
+        name: "users.add",
+        access: Access::Admin,
+        handler: |c| Box::pin(users::add(c)),
+    },
+    Service {
+        name: "users.remove",
+        access: Access::Admin,
+        handler: |c| Box::pin(users::remove(c)),
+    },
+    Service {
+        name: "users.setRole",
+        access: Access::Admin,
+        handler: |c| Box::pin(users::set_role(c)),
+    },
+    Service {
+        name: "users.resetPassword",
+        access: Access::Admin,
+        handler: |c| Box::pin(users::reset_password(c)),
+    },
+    Service {
+        name: "auth.changePassword",
+        access: Access::Any,
+        handler: |c| Box::pin(users::change_password(c)),
     },
     Service {
         name: "config.history",
