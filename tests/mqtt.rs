@@ -247,28 +247,12 @@ async fn mqtts_urls_connect_over_tls_and_verify_the_broker() {
     drop(gw);
     // Trusting only another CA: the broker's certificate is refused, nothing is published.
     let other = tempfile::tempdir().unwrap();
-    std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=other",
-            "-keyout",
-            "o.key",
-            "-out",
-            "o.pem",
-        ])
-        .current_dir(other.path())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
+    assert!(
+        make_test_ca(other.path()),
+        "openssl made the first CA, and not this one"
+    );
     w.kept.clear();
-    let (_gw, http) = spawn_with_ca(&other.path().join("o.pem"));
+    let (_gw, http) = spawn_with_ca(&other.path().join("ca.pem"));
     // Not "nothing after a sleep": the handshake's refusal is the sink's error in /healthz.
     wait_for_async("the certificate refused", || async {
         healthz_json(http).await.is_some_and(|h| {

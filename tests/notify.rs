@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::hook::{metric, Hook, Mode};
+use common::hook::{metric, Hook, Mode, BOILER_C, SETPOINT_HIGH};
 use common::ws::*;
 use common::*;
 use edge_gateway::modbus::simulator::{Profile, BOILER};
@@ -28,32 +28,12 @@ password_hash = "{admin}"
 name = "viewer"
 role = "viewer"
 password_hash = "{viewer}"
-{}
-[[devices]]
-id = "boiler"
-bus = "b"
-unit = 1
-poll_interval_ms = 100
-points = [
-  {{ id = "setpoint", table = "holding", address = 2, type = "u16", scale = 0.1, unit = "°C" }},
-]
-{rules}
+{}{BOILER_C}{rules}
 {notifiers}
 "#,
         tcp_bus(addr)
     )
 }
-
-const HIGH: &str = r#"
-[[rules]]
-id = "setpoint-high"
-device = "boiler"
-point = "setpoint"
-kind = "above"
-threshold = 90.0
-clear = 85.0
-priority = "emergency"
-"#;
 
 fn webhook(name: &str, url: &str, extra: &str) -> String {
     format!("[[notifiers]]\nname = \"{name}\"\nkind = \"webhook\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n{extra}\n")
@@ -76,7 +56,7 @@ async fn an_alarm_is_posted_signed_reminded_until_acked_escalated_and_its_clear_
     ) + &webhook("boss", &hook.url("/boss"), "min_priority = \"emergency\"\ndevices = [\"b\"]");
     let gw = Gateway::start(config(
         dir.path(),
-        &body(&addr.to_string(), HIGH, &notifiers),
+        &body(&addr.to_string(), SETPOINT_HIGH, &notifiers),
     ))
     .await
     .unwrap();
@@ -196,7 +176,7 @@ async fn a_storm_goes_as_one_digest_and_a_shelved_alarm_is_not_sent() {
             3 * i
         );
         s
-    }) + HIGH
+    }) + SETPOINT_HIGH
         + "[events]\nmax_per_device_per_s = 100\n";
     let notifiers = webhook("ops", &hook.url("/ops"), "");
     let gw = Gateway::start(config(
@@ -274,7 +254,7 @@ async fn an_outage_across_a_restart_is_delivered_exactly_once_by_id() {
         dir.path().join("data").display().to_string(),
         body(
             &addr.to_string(),
-            HIGH,
+            SETPOINT_HIGH,
             &webhook("ops", &hook.url("/ops"), "")
         )
     );

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::hook::{metric, smtp_closing_mid_data, Hook, Mode};
+use common::hook::{metric, smtp_closing_mid_data, Hook, Mode, BOILER_C, SETPOINT_HIGH};
 use common::mqtt::{broker, Watcher};
 use common::tls::make_test_ca;
 use common::ws::*;
@@ -15,28 +15,6 @@ use common::*;
 use edge_gateway::modbus::simulator::{Profile, BOILER};
 use edge_gateway::Gateway;
 use serde_json::{json, Value as Json};
-
-const RULE: &str = r#"
-[[rules]]
-id = "setpoint-high"
-device = "boiler"
-point = "setpoint"
-kind = "above"
-threshold = 90.0
-clear = 85.0
-priority = "emergency"
-"#;
-
-const BOILER_DEVICE: &str = r#"
-[[devices]]
-id = "boiler"
-bus = "b"
-unit = 1
-poll_interval_ms = 100
-points = [
-  { id = "setpoint", table = "holding", address = 2, type = "u16", scale = 0.1, unit = "°C" },
-]
-"#;
 
 fn users() -> String {
     let admin = edge_gateway::cli::hash_password("admin").unwrap();
@@ -114,7 +92,7 @@ async fn an_email_goes_through_aiosmtpd_over_starttls_with_auth_and_reads_well()
     std::fs::write(
         &cfg,
         format!(
-            "[gateway]\nid = \"mail-gw\"\ndata_dir = {data:?}\n[http]\nlisten = \"127.0.0.1:0\"\n{}{}{BOILER_DEVICE}{RULE}
+            "[gateway]\nid = \"mail-gw\"\ndata_dir = {data:?}\n[http]\nlisten = \"127.0.0.1:0\"\n{}{}{BOILER_C}{SETPOINT_HIGH}
 [[notifiers]]
 name = \"shift\"
 kind = \"email\"
@@ -196,7 +174,7 @@ async fn hostile_receivers_cost_a_bounded_attempt_each_counted_and_polling_goes_
     let gw = Gateway::start(config(
         dir.path(),
         &format!(
-            "{}{}{BOILER_DEVICE}{RULE}{notifiers}",
+            "{}{}{BOILER_C}{SETPOINT_HIGH}{notifiers}",
             users(),
             tcp_bus(&addr.to_string())
         ),
@@ -261,7 +239,7 @@ async fn the_central_site_acknowledges_an_alarm_over_mqtt_as_mqtt_by() {
         &id,
         dir.path(),
         &format!(
-            "{}[mqtt]\nurl = \"mqtt://{broker}\"\nqos = 1\nallow_writes = true\n{}{BOILER_DEVICE}{RULE}",
+            "{}[mqtt]\nurl = \"mqtt://{broker}\"\nqos = 1\nallow_writes = true\n{}{BOILER_C}{SETPOINT_HIGH}",
             users(),
             tcp_bus(&addr.to_string())
         ),

@@ -10,6 +10,30 @@ use serde_json::Value as Json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The boiler of the notification tests: its setpoint in °C (unit 1 of the demo simulator).
+pub const BOILER_C: &str = r#"
+[[devices]]
+id = "boiler"
+bus = "b"
+unit = 1
+poll_interval_ms = 100
+points = [
+  { id = "setpoint", table = "holding", address = 2, type = "u16", scale = 0.1, unit = "°C" },
+]
+"#;
+
+/// Its emergency: the setpoint above 90 °C, cleared below 85.
+pub const SETPOINT_HIGH: &str = r#"
+[[rules]]
+id = "setpoint-high"
+device = "boiler"
+point = "setpoint"
+kind = "above"
+threshold = 90.0
+clear = 85.0
+priority = "emergency"
+"#;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Ok,
