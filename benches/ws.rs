@@ -10,12 +10,13 @@
 //! gateway on CPU 0 and the clients on CPU 1.
 
 mod common;
+use common::fanout::{clients, now_us};
 use common::{status_kb, ws_client, ws_client_tls};
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use edge_gateway::metrics::PushKind;
 use edge_gateway::ws::hub::Push;
@@ -35,13 +36,6 @@ const SNAPSHOT_PERIOD: Duration = Duration::from_millis(500);
 const EMERGENCY_PERIOD: Duration = Duration::from_secs(1);
 const PERIOD: Duration = Duration::from_millis(100);
 
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as u64
-}
-
 /// When an emergency was due, in [`now_us`]'s terms: its tick's deadline, not the moment the
 /// sender got to it. A raw writer busy writing a snapshot to 1,000 sockets reaches the tick
 /// late, and that wait is the very delay the gateway is charged for (its snapshot is only
@@ -56,99 +50,6 @@ fn cpu_seconds() -> f64 {
         .split_whitespace()
         .collect();
     (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
-}
-
-fn pct(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p) as usize] as f64 / 1000.0
-}
-
-/// Client side: connects (over TLS when `BENCH_CERT` names the gateway's certificate),
-/// resumes the session with the token, then records the latency of every push until told to
-/// stop; prints one JSON line of results.
-async fn clients(addr: String, token: String, healthy: usize, stalled: usize, secs: u64) {
-    let cert = std::env::var_os("BENCH_CERT").map(std::path::PathBuf::from);
-    let mut tasks = Vec::new();
-    for i in 0..healthy + stalled {
-        let (token, cert, addr) = (token.clone(), cert.clone(), addr.clone());
-        let is_stalled = i >= healthy;
-        let window = is_stalled.then_some(2048);
-        tasks.push(tokio::spawn(async move {
-            match cert {
-                None => {
-                    let s = ws_client(&format!("ws://{addr}/ws"), window).await;
-                    measure(s, &token, is_stalled, secs).await
-                }
-                Some(c) => {
-                    let s = ws_client_tls(&format!("wss://{addr}/ws"), &c, window).await;
-                    measure(s, &token, is_stalled, secs).await
-                }
-            }
-        }));
-    }
-    let (mut all, mut ems) = (Vec::new(), Vec::new());
-    for t in tasks {
-        let (lat, em) = t.await.unwrap();
-        all.extend(lat);
-        ems.extend(em);
-    }
-    all.sort_unstable();
-    ems.sort_unstable();
-    println!(
-        "{}",
-        json!({"count": all.len(), "p50_ms": pct(&all, 0.5), "p99_ms": pct(&all, 0.99), "max_ms": pct(&all, 1.0),
-               "em_count": ems.len(), "em_p50_ms": pct(&ems, 0.5), "em_p99_ms": pct(&ems, 0.99)})
-    );
-}
-
-/// One client: resumes, then (stalled) stops reading or (healthy) times every push until the
-/// server's "stop" (no timer in the receive loop; only the number is read out of each frame).
-async fn measure<S>(
-    mut s: tokio_tungstenite::WebSocketStream<S>,
-    token: &str,
-    is_stalled: bool,
-    secs: u64,
-) -> (Vec<u64>, Vec<u64>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let req = json!({"requestId": "r", "service": "auth.resume", "params": {"token": token}});
-    s.send(Message::Text(req.to_string().into())).await.unwrap();
-    let (mut lat, mut em) = (Vec::new(), Vec::new());
-    while let Some(Ok(m)) = s.next().await {
-        if let Message::Text(t) = m {
-            if t.contains("\"requestId\":\"r\"") {
-                break;
-            }
-        }
-    }
-    if is_stalled {
-        tokio::time::sleep(Duration::from_secs(secs + 5)).await;
-        return (lat, em);
-    }
-    while let Some(Ok(m)) = s.next().await {
-        let Message::Text(t) = m else { continue };
-        if t.contains("\"stop\"") {
-            break;
-        }
-        if let Some(i) = t.find("\"sentUs\":") {
-            let digits: String = t[i + 9..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            if let Ok(sent) = digits.parse::<u64>() {
-                let took = now_us().saturating_sub(sent);
-                if t.contains("\"emergency\"") {
-                    em.push(took);
-                } else {
-                    lat.push(took);
-                }
-            }
-        }
-    }
-    (lat, em)
 }
 
 struct Run {

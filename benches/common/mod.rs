@@ -1,6 +1,7 @@
 //! What the benches share: this process's figures from /proc.
 #![allow(dead_code)]
 
+pub mod fanout;
 pub mod load;
 pub mod process;
 
