@@ -39,9 +39,11 @@ async fn a_reload_keeps_unchanged_buses_running_and_applies_the_rest() {
         sim.to_string(),
     );
     let dir = tempfile::tempdir().unwrap();
+    // One hash for both configs: a new hash is a new password, which ends the session.
+    let admin = user("admin", "admin", "admin");
     let v1 = format!(
         "{}{}{}{}{}{}{}",
-        user("admin", "admin", "admin"),
+        admin,
         bus("a", &a, 200),
         bus("b", &b, 200),
         bus("d", &s, 200),
@@ -64,7 +66,7 @@ async fn a_reload_keeps_unchanged_buses_running_and_applies_the_rest() {
     // there); a new user.
     let v2 = format!(
         "{}{}{}{}{}{}{}{}",
-        user("admin", "admin", "admin"),
+        admin,
         user("tech", "viewer", "tech"),
         bus("b", &b, 300),
         bus("a", &a, 200),
