@@ -62,11 +62,13 @@
 pub mod account;
 pub mod assets;
 pub mod backoff;
+pub mod calc;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
 pub mod events;
+pub mod expr;
 pub mod fair;
 pub mod fleet;
 pub mod gateway;

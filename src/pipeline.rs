@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::calc::Calculator;
 use crate::config::{Config, Priority};
 use crate::events::processor::Queues;
 use crate::events::rules::Engine;
@@ -35,6 +36,8 @@ pub struct Pipeline {
     /// The OPC UA server's variables, when it runs.
     pub opcua: Option<Arc<crate::opcua::Feed>>,
     pub engine: Engine,
+    /// Calculated points and `expr` rules, evaluated as their inputs change.
+    pub calc: Calculator,
     pub queues: Queues,
     /// Barriers (tests, replay): answered once everything sent before them went through.
     pub settle: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
@@ -79,8 +82,16 @@ impl Pipeline {
                         last_stale_check = tokio::time::Instant::now();
                         reports.extend(state::mark_stale(&self.config, &self.live, now_ms()));
                     }
-                    for cmd in reports {
-                        if !self.report(cmd, tokio::time::Instant::now()).await {
+                    let now = tokio::time::Instant::now();
+                    let mut calculated = Vec::new();
+                    for cmd in &reports {
+                        if let StoreCmd::Report { device, rows, .. } = cmd {
+                            let points = rows.iter().map(|r| r.point);
+                            calculated.extend(self.calculate(*device, points, None, now, &mut drafts));
+                        }
+                    }
+                    for cmd in reports.into_iter().chain(calculated) {
+                        if !self.report(cmd, now).await {
                             return;
                         }
                     }
@@ -145,10 +156,68 @@ impl Pipeline {
                 now
             }
         };
-        let Some(cmd) = state::apply(&self.config, &self.live, ev) else {
-            return true;
+        // The points a poll read, when a formula reads any of them (no copy otherwise).
+        let polled = match &ev {
+            BusEvent::Polled {
+                device, results, ..
+            } if self.calc.reads(*device) => {
+                Some((*device, results.iter().map(|r| r.0).collect::<Vec<_>>()))
+            }
+            _ => None,
         };
-        self.report(cmd, read_at).await
+        let mut cmd = state::apply(&self.config, &self.live, ev);
+        let calculated = match polled {
+            Some((device, points)) => self.calculate(device, points, cmd.as_mut(), read_at, drafts),
+            None => Vec::new(),
+        };
+        for cmd in cmd.into_iter().chain(calculated) {
+            if !self.report(cmd, read_at).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Formulas fed by points of `device` evaluated: the rules on their results told, their
+    /// rows joined to `report` when of the same device and time (one stored sample), else
+    /// returned as reports of their own.
+    fn calculate(
+        &mut self,
+        device: usize,
+        points: impl IntoIterator<Item = usize>,
+        mut report: Option<&mut StoreCmd>,
+        at: tokio::time::Instant,
+        drafts: &mut Vec<Draft>,
+    ) -> Vec<StoreCmd> {
+        let out = {
+            let mut live = state::write(&self.live);
+            self.calc.changed(&self.config, &mut live, device, points)
+        };
+        for (d, p, v, ts) in out.samples.drain(..) {
+            self.engine.on_sample(d, p, &Ok(v), ts, at, drafts);
+        }
+        for &(r, holds, ts) in &out.rules {
+            self.engine.on_expr(r, holds, ts, at, drafts);
+        }
+        let mut reports: Vec<StoreCmd> = Vec::new();
+        for row in out.rows.drain(..) {
+            let key = (row.device, row.ts);
+            let same = |c: &StoreCmd| matches!(c, StoreCmd::Report { device, ts, .. } if (*device, *ts) == key);
+            let target = match report.as_deref_mut() {
+                Some(c) if same(c) => Some(c),
+                _ => reports.iter_mut().find(|c| same(c)),
+            };
+            if let Some(StoreCmd::Report { rows, .. }) = target {
+                rows.push(row);
+            } else {
+                reports.push(StoreCmd::Report {
+                    device: row.device,
+                    ts: row.ts,
+                    rows: vec![row],
+                });
+            }
+        }
+        reports
     }
 
     /// A state change to push (a report) and store. False when the store is gone.

@@ -39,7 +39,10 @@ async fn device(link: &mut Link, d: &crate::config::Device, retries: u32) -> (St
     let spans = plan::spans(d);
     let mut text = String::new();
     let mut answered = true;
-    for block in plan::plan(&spans, d.max_registers_per_read, d.max_gap) {
+    let read = (0..spans.len())
+        .filter(|&i| !d.points[i].calculated)
+        .collect();
+    for block in plan::plan_some(&spans, read, d.max_registers_per_read, d.max_gap) {
         let mut reply = link
             .read(d.unit, block.table, block.start, block.count)
             .await;

@@ -122,7 +122,12 @@ pub fn mark_stale(config: &Config, live: &SharedLive, now: Millis) -> Vec<StoreC
             dev.points
                 .iter()
                 .enumerate()
-                .filter(move |(k, p)| p.quality == Quality::Good && now - p.ts > limit(d, *k))
+                // A calculated point's quality follows its inputs', never its own clock.
+                .filter(move |(k, p)| {
+                    p.quality == Quality::Good
+                        && !config.devices[d].points[*k].calculated
+                        && now - p.ts > limit(d, *k)
+                })
                 .map(move |(k, _)| (d, k))
         })
         .collect();
@@ -165,6 +170,35 @@ pub fn turn_stale(live: &SharedLive, points: &[(usize, usize)], now: Millis) -> 
         }
     }
     reports
+}
+
+/// A calculated point's new outcome (see `calc`), with the report decision of a read. `value`
+/// `None` keeps the last one (shown with its bad quality, as a failed read keeps its value).
+pub fn apply_calculated(
+    config: &Config,
+    live: &mut Live,
+    (device, point): (usize, usize),
+    (value, quality, ts): (Option<Value>, Quality, Millis),
+    error: Option<String>,
+) -> Option<Row> {
+    let pl = &mut live.devices[device].points[point];
+    if value.is_some() {
+        pl.value = value;
+    }
+    pl.quality = quality;
+    pl.ts = ts;
+    pl.error = error;
+    if !must_report(&config.devices[device].points[point], pl, ts) {
+        return None;
+    }
+    pl.reported = Some((pl.value.clone(), pl.quality, ts));
+    Some(Row {
+        device,
+        point,
+        ts,
+        value: pl.value.clone(),
+        quality: pl.quality,
+    })
 }
 
 /// One bus event → the state change, and the store command it calls for.

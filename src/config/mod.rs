@@ -1,6 +1,7 @@
 //! Configuration: TOML parsed into raw types (unknown keys refused), then validated into domain
 //! types with every problem named by key path and line.
 
+mod calculated;
 pub mod edit;
 mod keypath;
 mod north;
@@ -30,6 +31,7 @@ pub use north::{
 
 pub use crate::model::event::Priority;
 use crate::model::format::{ByteOrder, DataType, Format, Table, WordOrder};
+pub use calculated::{Calculated, Formula, Names};
 pub use notifiers::{Email, Notifier, NotifierKind};
 
 /// What an unset `password_hash` says in a shipped config: `check-config` and `run` name it
@@ -59,6 +61,8 @@ pub struct Config {
     pub buses: Vec<Bus>,
     pub devices: Vec<Device>,
     pub rules: Vec<Rule>,
+    /// In the order they are evaluated: every input before what reads it.
+    pub calculated: Vec<Calculated>,
     pub events: Events,
     pub store: Store,
     pub mysql: Option<Mysql>,
@@ -238,6 +242,8 @@ pub struct Point {
     pub writable: bool,
     /// Its own poll rate (a slow register), else its device's.
     pub poll_interval: Option<Duration>,
+    /// Computed from other points (`[[calculated]]`), never read from the device.
+    pub calculated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -262,6 +268,8 @@ pub enum RuleKind {
         per_s: f64,
     },
     Stale,
+    /// A true/false expression over several points; the rule has no point of its own.
+    Expr(Formula),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -269,8 +277,8 @@ pub struct Rule {
     pub id: String,
     /// Index into [`Config::devices`].
     pub device: usize,
-    /// Index into that device's points.
-    pub point: usize,
+    /// Index into that device's points; `None` for an `expr` rule.
+    pub point: Option<usize>,
     pub kind: RuleKind,
     pub for_ms: u64,
     /// The clear condition must hold this long before the alarm clears (an off-delay).

@@ -26,6 +26,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) rules: Vec<RawRule>,
     #[serde(default)]
+    pub(super) calculated: Vec<RawCalculated>,
+    #[serde(default)]
     pub(super) events: RawEvents,
     #[serde(default)]
     pub(super) store: RawStore,
@@ -176,10 +178,27 @@ pub(super) struct RawRule {
     pub(super) high: Option<f64>,
     pub(super) per_s: Option<f64>,
     pub(super) for_ms: Option<i64>,
+    /// `expr` rules: the on-delay (`for_ms` by its SPEC name for them).
+    pub(super) on_delay_ms: Option<i64>,
     pub(super) clear_for_ms: Option<i64>,
+    #[serde(default)]
+    pub(super) expr: String,
     pub(super) priority: Option<String>,
     #[serde(default)]
     pub(super) message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCalculated {
+    #[serde(default)]
+    pub(super) device: String,
+    #[serde(default)]
+    pub(super) point: String,
+    #[serde(default)]
+    pub(super) expr: String,
+    #[serde(default)]
+    pub(super) unit: String,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -86,7 +86,10 @@ impl Engine {
     pub fn new(config: &Config, active_alarms: &HashSet<String>, now: Instant) -> Engine {
         let mut by_point: HashMap<(usize, usize), Vec<usize>> = HashMap::new();
         for (i, r) in config.rules.iter().enumerate() {
-            by_point.entry((r.device, r.point)).or_default().push(i);
+            // An `expr` rule watches no one point: the calculator hands it its outcome.
+            if let Some(p) = r.point {
+                by_point.entry((r.device, p)).or_default().push(i);
+            }
         }
         Engine {
             state: config
@@ -200,7 +203,7 @@ impl Engine {
         };
         Draft {
             device: rule.device,
-            point: Some(rule.point),
+            point: rule.point,
             kind,
             // A clear keeps its alarm's priority: whoever saw the raise must see the clear.
             priority: rule.priority,
@@ -263,6 +266,7 @@ impl Engine {
                 return;
             }
             RuleKind::Rate { per_s } => return self.rate(r, per_s, (x, v), (ts, now), out),
+            RuleKind::Expr(_) => return,
             RuleKind::Stale => {
                 if st.active {
                     st.active = false;
@@ -278,7 +282,28 @@ impl Engine {
                 return;
             }
         };
-        self.threshold(r, raise, clear, (x, v), (ts, now), out);
+        self.threshold(r, raise, clear, (x, Some(v)), (ts, now), out);
+    }
+
+    /// An `expr` rule's expression evaluated with good inputs: whether it holds. Raised after
+    /// `on_delay_ms`, cleared once it has not held for `clear_for_ms`; its events carry no
+    /// value (no one point is its subject).
+    pub fn on_expr(
+        &mut self,
+        r: usize,
+        holds: bool,
+        ts: Millis,
+        now: Instant,
+        out: &mut Vec<Draft>,
+    ) {
+        self.threshold(
+            r,
+            holds,
+            !holds,
+            (f64::from(u8::from(holds)), None),
+            (ts, now),
+            out,
+        );
     }
 
     /// `rate`: raised when the value moves faster than `per_s` between two samples, cleared
@@ -334,7 +359,7 @@ impl Engine {
         r: usize,
         raise: bool,
         clear: bool,
-        (x, v): (f64, &Value),
+        (x, v): (f64, Option<&Value>),
         (ts, now): (Millis, Instant),
         out: &mut Vec<Draft>,
     ) {
@@ -352,7 +377,7 @@ impl Engine {
                         r,
                         EventType::ThresholdExceeded,
                         EventState::Active,
-                        Some(v.clone()),
+                        v.cloned(),
                         (ts, now),
                         msg,
                     ));
@@ -366,7 +391,7 @@ impl Engine {
             let since = *st.clearing_since.get_or_insert(now);
             st.clearing_value = Some(x);
             if now.duration_since(since) >= clear_delay {
-                out.push(self.cleared(r, Some(v.clone()), (ts, now)));
+                out.push(self.cleared(r, v.cloned(), (ts, now)));
             }
         } else {
             st.clearing_since = None;
@@ -418,16 +443,21 @@ impl Engine {
                             (ts, now),
                             msg,
                         );
-                        stale.push((rule.device, rule.point));
+                        stale.extend(rule.point.map(|p| (rule.device, p)));
                         self.state[r].active = true;
                         out.push(d);
                     }
                 }
-                RuleKind::Above { .. } | RuleKind::Below { .. } | RuleKind::Outside { .. } => {
+                RuleKind::Above { .. }
+                | RuleKind::Below { .. }
+                | RuleKind::Outside { .. }
+                | RuleKind::Expr(_) => {
+                    // An `expr` rule's events carry no value.
+                    let valued = |x: Option<f64>| x.filter(|_| rule.point.is_some());
                     // An off-delay that ran out with no new sample.
                     if let (true, Some(since)) = (st.active, st.clearing_since) {
                         if now.duration_since(since) >= Duration::from_millis(rule.clear_for_ms) {
-                            let x = st.clearing_value;
+                            let x = valued(st.clearing_value);
                             let d = self.cleared(r, x.map(Value::Float), (ts, now));
                             out.push(d);
                         }
@@ -435,7 +465,7 @@ impl Engine {
                     }
                     if let (false, Some(since)) = (st.active, st.pending_since) {
                         if now.duration_since(since) >= for_delay {
-                            let x = st.pending_value;
+                            let x = valued(st.pending_value);
                             let msg = self.message(r, "threshold exceeded");
                             let d = self.draft(
                                 r,

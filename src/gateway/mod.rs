@@ -546,6 +546,7 @@ fn spawn_pipeline(
         store: shared.store.clone(),
         push: push.clone(),
         opcua: opcua.clone(),
+        calc: crate::calc::Calculator::new(config),
         engine,
         queues: queues.clone(),
         settle: settle_rx,

@@ -220,7 +220,8 @@ fn spans(dev: &Device, layout: Layout, table: Table) -> Vec<Span> {
             .points
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.format.table == table)
+            // A calculated point has no registers of the device to mirror.
+            .filter(|(_, p)| p.format.table == table && !p.calculated)
             .map(|(i, p)| Span {
                 start: u32::from(p.address),
                 width: u32::from(p.format.width()),

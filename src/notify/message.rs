@@ -194,7 +194,11 @@ fn headline(config: &Config, event: &Json, alarm_key: &str) -> String {
     let Some(rule) = config.rules.iter().find(|r| r.id == alarm_key) else {
         return format!("{device} {message}");
     };
-    let point = &config.devices[rule.device].points[rule.point];
+    // An `expr` rule watches no one point: its message says what it is.
+    let (Some(p), false) = (rule.point, matches!(rule.kind, RuleKind::Expr(_))) else {
+        return format!("{device} {message}");
+    };
+    let point = &config.devices[rule.device].points[p];
     let mut out = format!("{device} {}", point.id);
     if let Some(v) = value_text(&event["value"]) {
         let _ = write!(out, " {v}");
@@ -209,6 +213,7 @@ fn headline(config: &Config, event: &Json, alarm_key: &str) -> String {
         RuleKind::Equals { threshold } => format!("= {threshold}"),
         RuleKind::Rate { per_s } => format!("changing faster than {per_s}/s"),
         RuleKind::Stale => "not changing".into(),
+        RuleKind::Expr(_) => String::new(),
     };
     if event["state"] == "cleared" {
         let _ = write!(out, " (back from {limit})");

@@ -357,6 +357,7 @@ impl Validator {
             max: rp.max,
             writable: rp.writable,
             poll_interval,
+            calculated: false,
         })
     }
 

@@ -2,6 +2,7 @@
 //! path (their lines are found afterwards, only when there are any). Buses, devices and points
 //! are checked in `devices`, rules in `rules`.
 
+mod calculated;
 mod devices;
 mod north;
 mod notifiers;
@@ -79,11 +80,12 @@ impl Validator {
         let push = self.push(raw.push, &root.key("push"));
         let buses = self.buses(raw.buses);
         let templates = raw.templates;
-        let devices = self.devices(
+        let mut devices = self.devices(
             std::iter::once(raw.devices).chain(more).flatten(),
             &buses,
             &templates,
         );
+        let calculated = self.calculated(raw.calculated, &mut devices);
         let rules = self.rules(raw.rules, &devices);
         let events = Events {
             max_per_device_per_s: self.int(
@@ -132,6 +134,7 @@ impl Validator {
             buses,
             devices,
             rules,
+            calculated,
             events,
             store,
             mysql,

@@ -3,6 +3,8 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{DataType, Device, KeyPath, Priority, RawRule, Rule, RuleKind, Validator};
+use crate::config::Names;
+use crate::expr::Ty;
 
 impl Validator {
     pub(super) fn rules(&mut self, raw: Vec<RawRule>, devices: &[Device]) -> Vec<Rule> {
@@ -13,6 +15,8 @@ impl Validator {
             .map(|(i, d)| (d.id.as_str(), i))
             .collect();
         let mut out = Vec::new();
+        // Built only for a config with `expr` rules: a map of every point's full name.
+        let mut names = None;
         for (i, r) in raw.into_iter().enumerate() {
             let p = KeyPath::default().key("rules").index(i);
             if self.required(&p.key("id"), r.id.is_empty()) {
@@ -25,6 +29,19 @@ impl Validator {
                 }
                 continue;
             };
+            if r.kind == "expr" {
+                let names = names.get_or_insert_with(|| Names::new(devices));
+                out.extend(self.expr_rule(&p, r, device, names));
+                continue;
+            }
+            for (key, given) in [
+                ("expr", !r.expr.is_empty()),
+                ("on_delay_ms", r.on_delay_ms.is_some()),
+            ] {
+                if given {
+                    self.err(&p.key(key), "only applies to kind = \"expr\" (the others watch one point, on-delay `for_ms`)");
+                }
+            }
             let Some(point) = devices[device]
                 .points
                 .iter()
@@ -38,49 +55,18 @@ impl Validator {
                 }
                 continue;
             };
-            // Every number of a rule must be finite: `threshold = nan` never compares true, and
-            // `inf` never false.
-            for (key, x) in [
-                ("threshold", r.threshold),
-                ("clear", r.clear),
-                ("low", r.low),
-                ("high", r.high),
-                ("per_s", r.per_s),
-            ] {
-                if x.is_some_and(|x| !x.is_finite()) {
-                    self.err(&p.key(key), "must be a finite number");
-                }
-            }
-            // Only `stale` watches a point of any type; the others compare numbers, which a
-            // string point never has: such a rule could never fire.
-            let pt = &devices[device].points[point];
-            if pt.format.data_type == DataType::String && r.kind != "stale" {
-                self.err(
-                    &p.key("kind"),
-                    format!(
-                        "`{}` compares numbers, but point `{}` is a string: it could never fire (only `stale` watches a string)",
-                        r.kind, r.point
-                    ),
-                );
-            }
+            self.rule_numbers(&p, &r, &devices[device].points[point]);
             if self.required(&p.key("kind"), r.kind.is_empty()) {
                 continue;
             }
             let Some(kind) = self.rule_kind(&p, &r) else {
                 continue;
             };
-            let name = r.priority.as_deref().unwrap_or("normal");
-            let priority = Priority::parse(name).unwrap_or_else(|| {
-                self.err(
-                    &p.key("priority"),
-                    format!("unknown priority `{name}` (expected emergency, high or normal)"),
-                );
-                Priority::Normal
-            });
+            let priority = self.priority(&p, r.priority.as_deref());
             out.push(Rule {
                 id: r.id,
                 device,
-                point,
+                point: Some(point),
                 kind,
                 for_ms: self.int(&p.key("for_ms"), r.for_ms, 0, 0, 86_400_000) as u64,
                 clear_for_ms: self.int(&p.key("clear_for_ms"), r.clear_for_ms, 0, 0, 86_400_000)
@@ -90,6 +76,104 @@ impl Validator {
             });
         }
         out
+    }
+
+    /// A rule's numbers are finite, and a rule comparing numbers watches a number.
+    fn rule_numbers(&mut self, p: &KeyPath, r: &RawRule, pt: &crate::config::Point) {
+        // Every number of a rule must be finite: `threshold = nan` never compares true, and
+        // `inf` never false.
+        for (key, x) in [
+            ("threshold", r.threshold),
+            ("clear", r.clear),
+            ("low", r.low),
+            ("high", r.high),
+            ("per_s", r.per_s),
+        ] {
+            if x.is_some_and(|x| !x.is_finite()) {
+                self.err(&p.key(key), "must be a finite number");
+            }
+        }
+        // Only `stale` watches a point of any type; the others compare numbers, which a
+        // string point never has: such a rule could never fire.
+        if pt.format.data_type == DataType::String && r.kind != "stale" {
+            self.err(
+            &p.key("kind"),
+            format!(
+                "`{}` compares numbers, but point `{}` is a string: it could never fire (only `stale` watches a string)",
+                r.kind, r.point
+            ),
+        );
+        }
+    }
+
+    fn priority(&mut self, p: &KeyPath, name: Option<&str>) -> Priority {
+        let name = name.unwrap_or("normal");
+        Priority::parse(name).unwrap_or_else(|| {
+            self.err(
+                &p.key("priority"),
+                format!("unknown priority `{name}` (expected emergency, high or normal)"),
+            );
+            Priority::Normal
+        })
+    }
+
+    /// `kind = "expr"`: a true/false expression over the points it names, on the device it
+    /// reports under; no point, no numbers of its own.
+    fn expr_rule(
+        &mut self,
+        p: &KeyPath,
+        r: RawRule,
+        device: usize,
+        names: &Names<'_>,
+    ) -> Option<Rule> {
+        if !r.point.is_empty() {
+            self.err(
+                &p.key("point"),
+                "an `expr` rule has no point: its expression names the points it watches",
+            );
+        }
+        for (key, x) in [
+            ("threshold", r.threshold),
+            ("clear", r.clear),
+            ("low", r.low),
+            ("high", r.high),
+            ("per_s", r.per_s),
+        ] {
+            if x.is_some() {
+                self.err(&p.key(key), "does not apply to kind = \"expr\"");
+            }
+        }
+        if r.for_ms.is_some() && r.on_delay_ms.is_some() {
+            self.err(&p.key("for_ms"), "give on_delay_ms or for_ms, not both");
+        }
+        let path = p.key("expr");
+        if self.required(&path, r.expr.trim().is_empty()) {
+            return None;
+        }
+        let (parsed, inputs) = self.parse_formula(names, device, &r.expr, &path)?;
+        let ty_of = |k: usize| names.ty(inputs[k]).unwrap_or(Ty::Number);
+        let formula = self.compile_formula(&parsed, &inputs, &ty_of, &r.expr, &path)?;
+        if formula.program.ty != Ty::Bool {
+            self.err(
+                &path,
+                "an `expr` rule needs a true/false expression (a comparison), this is a number",
+            );
+            return None;
+        }
+        let (delay_key, delay) = match r.on_delay_ms {
+            Some(ms) => ("on_delay_ms", Some(ms)),
+            None => ("for_ms", r.for_ms),
+        };
+        Some(Rule {
+            priority: self.priority(p, r.priority.as_deref()),
+            for_ms: self.int(&p.key(delay_key), delay, 0, 0, 86_400_000) as u64,
+            clear_for_ms: self.int(&p.key("clear_for_ms"), r.clear_for_ms, 0, 0, 86_400_000) as u64,
+            id: r.id,
+            device,
+            point: None,
+            kind: RuleKind::Expr(formula),
+            message: r.message,
+        })
     }
 
     /// The rule's kind with the numbers it needs, each checked; `None` for an unknown kind.
@@ -156,7 +240,7 @@ impl Validator {
             other => {
                 self.err(
                 &p.key("kind"),
-                format!("unknown rule kind `{other}` (expected above, below, outside, equals, rate or stale)"),
+                format!("unknown rule kind `{other}` (expected above, below, outside, equals, rate, stale or expr)"),
             );
                 return None;
             }
@@ -255,7 +339,7 @@ mod tests {
         .unwrap()
         .config;
         let r = &c.rules[0];
-        assert_eq!((r.device, r.point, r.for_ms), (0, 0, 2000));
+        assert_eq!((r.device, r.point, r.for_ms), (0, Some(0), 2000));
         assert_eq!(r.priority, Priority::Normal);
         assert!(matches!(r.kind, RuleKind::Above { .. }), "{:?}", r.kind);
     }

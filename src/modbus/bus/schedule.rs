@@ -19,14 +19,19 @@ pub(super) struct Group {
 
 /// A device's points grouped by how often they are read, the device's own rate first.
 pub(super) fn groups(d: &crate::config::Device, spans: &[Span], first: Instant) -> Vec<Group> {
-    let mut rates: Vec<Duration> = (0..d.points.len()).map(|p| d.point_interval(p)).collect();
+    // Calculated points are never read from the device.
+    let read = |p: &usize| !d.points[*p].calculated;
+    let mut rates: Vec<Duration> = (0..d.points.len())
+        .filter(read)
+        .map(|p| d.point_interval(p))
+        .collect();
     rates.sort_by_key(|&r| (r != d.poll_interval, r));
     rates.dedup();
     rates
         .into_iter()
         .map(|interval| {
             let points = (0..d.points.len())
-                .filter(|&p| d.point_interval(p) == interval)
+                .filter(|&p| read(&p) && d.point_interval(p) == interval)
                 .collect();
             Group {
                 interval,

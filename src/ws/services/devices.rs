@@ -85,7 +85,7 @@ fn thresholds(config: &crate::config::Config, device: usize, point: usize) -> Ve
     for r in config
         .rules
         .iter()
-        .filter(|r| r.device == device && r.point == point)
+        .filter(|r| r.device == device && r.point == Some(point))
     {
         let mut line = |value: f64, clear: bool| {
             out.push(json!({ "rule": r.id, "value": value, "clear": clear }));
@@ -106,7 +106,7 @@ fn thresholds(config: &crate::config::Config, device: usize, point: usize) -> Ve
                 }
             }
             RuleKind::Equals { threshold } => line(threshold, false),
-            RuleKind::Rate { .. } | RuleKind::Stale => {}
+            RuleKind::Rate { .. } | RuleKind::Stale | RuleKind::Expr(_) => {}
         }
     }
     out
