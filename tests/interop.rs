@@ -11,16 +11,6 @@ use common::*;
 use edge_gateway::model::{Quality, Value};
 use edge_gateway::Gateway;
 
-fn python() -> Option<String> {
-    match std::env::var("EDGE_PYMODBUS_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            skipped("EDGE_PYMODBUS_PYTHON is not set (run .ci/run, which installs pymodbus)");
-            None
-        }
-    }
-}
-
 /// Every type and order pymodbus serves (see pymodbus_server.py), as gateway points.
 fn points() -> String {
     let mut p = vec![

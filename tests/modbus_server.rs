@@ -12,16 +12,6 @@ use common::*;
 use edge_gateway::Gateway;
 use serde_json::{json, Value as Json};
 
-fn python() -> Option<String> {
-    match std::env::var("EDGE_PYMODBUS_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            skipped("EDGE_PYMODBUS_PYTHON is not set (run scripts/test, which installs pymodbus)");
-            None
-        }
-    }
-}
-
 /// The field device's points (pymodbus_server.py's unit 1), with the gaps pymodbus has no
 /// registers for left out; the writable ones at 100 and 104 and coil 1.
 const POINTS: &str = r#"
@@ -67,27 +57,6 @@ device = "py"
 layout = "float32"
 "#
     )
-}
-
-/// pymodbus's client: each operation's result as one JSON value, in order.
-fn pymodbus_client(py: &str, port: u16, ops: &Json) -> Vec<Json> {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/modbus_client.py"
-    );
-    let out = Command::new(py)
-        .args([script, "127.0.0.1", &port.to_string(), &ops.to_string()])
-        .output()
-        .expect("run the pymodbus client");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "pymodbus client failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text.lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
 }
 
 fn read(table: &str, unit: u8, address: u16, count: u16) -> Json {

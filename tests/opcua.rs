@@ -15,16 +15,6 @@ use edge_gateway::modbus::simulator::Profile;
 use edge_gateway::Gateway;
 use serde_json::Value as Json;
 
-fn python() -> Option<String> {
-    let p = std::env::var("EDGE_PYMODBUS_PYTHON")
-        .ok()
-        .filter(|p| !p.is_empty());
-    if p.is_none() {
-        skipped("EDGE_PYMODBUS_PYTHON (with asyncua) is not set (./scripts/test sets it)");
-    }
-    p
-}
-
 /// A client we did not write, run as a program: asyncua (Python) or node-opcua (Node.js).
 #[derive(Clone)]
 enum Peer {

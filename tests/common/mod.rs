@@ -11,10 +11,13 @@ pub mod hook;
 pub mod line;
 pub mod mqtt;
 pub mod opcua;
+pub mod pymodbus;
 pub mod target;
 pub mod tls;
 pub mod ws;
 pub mod wsclient;
+
+pub use pymodbus::{pymodbus_client, python, start_pymodbus};
 
 use edge_gateway::config;
 use edge_gateway::modbus::simulator::{Profile, Simulator};
@@ -389,36 +392,6 @@ pub fn spawn(args: &[&str]) -> Child {
 pub async fn backlog_of(http: u16, sink: &str) -> Option<i64> {
     let addr: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
     healthz_json(addr).await?["sinks"][sink]["backlog"].as_i64()
-}
-
-/// Starts pymodbus and waits for its "serving KIND WHERE" line, printed once it listens (a
-/// TCP server on port 0 names the port it got). Returns the server (killed when dropped) and
-/// WHERE. `extra`: more arguments (`units=N`).
-pub fn start_pymodbus(python: &str, kind: &str, at: &str, extra: &[&str]) -> (Child, String) {
-    use std::io::BufRead;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/pymodbus_server.py"
-    );
-    let mut child = std::process::Command::new(python)
-        .args([script, kind, at])
-        .args(extra)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start pymodbus");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let server = Child(child);
-    let mut reader = std::io::BufReader::new(stdout);
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("pymodbus's first line");
-    // Whatever else it prints is read and dropped, so it never writes into a closed pipe.
-    std::thread::spawn(move || reader.lines().for_each(drop));
-    let at = line
-        .strip_prefix(&format!("serving {kind} "))
-        .unwrap_or_else(|| panic!("pymodbus did not start: {line:?}"))
-        .trim()
-        .to_string();
-    (server, at)
 }
 
 /// SIGKILL: no shutdown, no flush.
