@@ -17,6 +17,8 @@ pub mod tls;
 pub mod ws;
 pub mod wsclient;
 
+// Not every test binary uses them.
+#[allow(unused_imports)]
 pub use pymodbus::{pymodbus_client, python, start_pymodbus};
 
 use edge_gateway::config;
