@@ -106,6 +106,50 @@ fn event_ms(e: &Json) -> i64 {
         .timestamp_millis()
 }
 
+/// The expression rule: raised no sooner than its on-delay after the flag went up, cleared
+/// no sooner than its off-delay after it went down; it names no point.
+async fn expr_rule_waits_its_delays(gw: &Gateway) {
+    let up = now_ms();
+    gw.write("boiler-1", "flag", Value::UInt(1)).await.unwrap();
+    let raised = event_of(gw, "threshold_exceeded", "burning with the flag up").await;
+    assert!(
+        event_ms(&raised) >= up + 1500,
+        "{raised} raised before its delay"
+    );
+    assert_eq!(
+        (&raised["pointId"], &raised["priority"], &raised["state"]),
+        (&Json::Null, &json!("high"), &json!("active")),
+        "{raised}"
+    );
+    let down = now_ms();
+    gw.write("boiler-1", "flag", Value::UInt(0)).await.unwrap();
+    let cleared = event_of(gw, "threshold_cleared", "burning with the flag up").await;
+    assert!(
+        event_ms(&cleared) >= down + 1500,
+        "{cleared} cleared before its delay"
+    );
+}
+
+/// History has the calculated point's good and bad rows like any point's.
+async fn history_has_every_state(gw: &Gateway) {
+    gw.settle().await;
+    let conn = edge_gateway::store::open_reader(&gw.config.gateway.data_dir).unwrap();
+    let dev = &gw.config.devices[0];
+    let rows =
+        edge_gateway::store::history(&conn, dev, &dev.points[3], 0, now_ms() + 1, 1000).unwrap();
+    let seen: Vec<(Option<f64>, Quality)> = rows
+        .iter()
+        .map(|(_, v, q)| (v.as_ref().and_then(Value::as_f64), *q))
+        .collect();
+    for want in [
+        (Some(1000.0), Quality::Good),
+        (Some(1000.0), Quality::Bad),
+        (Some(0.0), Quality::Good),
+    ] {
+        assert!(seen.contains(&want), "{want:?} not in {seen:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calculated_points_follow_their_inputs_everywhere_and_expr_rules_wait_their_delays() {
     let Some(py) = python() else { return };
@@ -153,27 +197,7 @@ async fn calculated_points_follow_their_inputs_everywhere_and_expr_rules_wait_th
     assert_eq!(f32::from_bits(bits), 1000.0, "{got:?}");
     assert_eq!(got[1], json!({"exception": 1}), "{got:?}");
 
-    // The expression rule: raised no sooner than its on-delay after the flag went up,
-    // cleared no sooner than its off-delay after it went down; it names no point.
-    let up = now_ms();
-    gw.write("boiler-1", "flag", Value::UInt(1)).await.unwrap();
-    let raised = event_of(&gw, "threshold_exceeded", "burning with the flag up").await;
-    assert!(
-        event_ms(&raised) >= up + 1500,
-        "{raised} raised before its delay"
-    );
-    assert_eq!(
-        (&raised["pointId"], &raised["priority"], &raised["state"]),
-        (&Json::Null, &json!("high"), &json!("active")),
-        "{raised}"
-    );
-    let down = now_ms();
-    gw.write("boiler-1", "flag", Value::UInt(0)).await.unwrap();
-    let cleared = event_of(&gw, "threshold_cleared", "burning with the flag up").await;
-    assert!(
-        event_ms(&cleared) >= down + 1500,
-        "{cleared} cleared before its delay"
-    );
+    expr_rule_waits_its_delays(&gw).await;
 
     // An input gone bad makes the result bad; back good, good again (pymodbus restarts
     // with zeros: 0 / 0.001 × 100 = 0).
@@ -196,23 +220,7 @@ async fn calculated_points_follow_their_inputs_everywhere_and_expr_rules_wait_th
     })
     .await;
 
-    // History has the calculated point's good and bad rows like any point's.
-    gw.settle().await;
-    let conn = edge_gateway::store::open_reader(&gw.config.gateway.data_dir).unwrap();
-    let dev = &gw.config.devices[0];
-    let rows =
-        edge_gateway::store::history(&conn, dev, &dev.points[3], 0, now_ms() + 1, 1000).unwrap();
-    let seen: Vec<(Option<f64>, Quality)> = rows
-        .iter()
-        .map(|(_, v, q)| (v.as_ref().and_then(Value::as_f64), *q))
-        .collect();
-    for want in [
-        (Some(1000.0), Quality::Good),
-        (Some(1000.0), Quality::Bad),
-        (Some(0.0), Quality::Good),
-    ] {
-        assert!(seen.contains(&want), "{want:?} not in {seen:?}");
-    }
+    history_has_every_state(&gw).await;
     gw.shutdown().await;
 }
 
