@@ -55,6 +55,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../web/app/configure.js"),
     ),
     (
+        "/app/calcform.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../web/app/calcform.js"),
+    ),
+    (
         "/app/diagnostics.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../web/app/diagnostics.js"),

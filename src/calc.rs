@@ -7,6 +7,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use crate::config::{Config, Formula, RuleKind};
+use crate::expr::Ty;
 use crate::model::{Millis, Quality, Value};
 use crate::state::{self, Live};
 use crate::store::Row;
@@ -154,57 +155,99 @@ impl Calculator {
 
     fn evaluate(&mut self, config: &Config, live: &mut Live, t: usize, out: &mut Outcome) {
         let (target, formula) = &self.targets[t];
-        self.inputs.clear();
-        let mut quality = Quality::Good;
-        let mut ts = 0;
-        let mut missing = None;
-        for &(d, p) in &formula.inputs {
-            let pl = &live.devices[d].points[p];
-            quality = worse(quality, pl.quality);
-            ts = ts.max(pl.ts);
-            if let Some(x) = pl.value.as_ref().and_then(Value::as_f64) {
-                self.inputs.push(x);
-            } else {
-                missing.get_or_insert((d, p));
-                self.inputs.push(f64::NAN);
-            }
-        }
+        let read = read_inputs(formula, live, &mut self.inputs);
         let x = formula.program.eval(&self.inputs, &mut self.stack);
         let (device, point) = match *target {
             Target::Rule(r) => {
-                if quality == Quality::Good && missing.is_none() {
-                    out.rules.push((r, x != 0.0, ts));
+                if read.quality == Quality::Good && read.missing.is_none() {
+                    out.rules.push((r, x != 0.0, read.ts));
                 }
                 return;
             }
             Target::Point(d, p) => (d, p),
         };
-        let (value, quality, error) = match missing {
-            Some((d, p)) => {
-                let dev = &config.devices[d];
-                let why = format!("input {}.{} has no value", dev.id, dev.points[p].id);
-                (None, Quality::Bad, Some(why))
-            }
-            None if !x.is_finite() => (None, Quality::Bad, Some(format!("result is {x}"))),
-            None => {
-                let v = match formula.program.ty {
-                    crate::expr::Ty::Bool => Value::Bool(x != 0.0),
-                    crate::expr::Ty::Number => Value::Float(x),
-                };
-                (Some(v), quality, None)
-            }
-        };
-        if quality == Quality::Good {
-            if let Some(v) = &value {
-                out.samples.push((device, point, v.clone(), ts));
-            }
+        let (value, quality, error) = judge(config, formula, &read, x);
+        if let (Some(v), Quality::Good) = (&value, quality) {
+            out.samples.push((device, point, v.clone(), read.ts));
         }
-        let row =
-            state::apply_calculated(config, live, (device, point), (value, quality, ts), error);
+        let row = state::apply_calculated(
+            config,
+            live,
+            (device, point),
+            (value, quality, read.ts),
+            error,
+        );
         out.rows.extend(row);
         // Its readers follow even when only its time moved: their `ts` is their newest input's.
         self.queue_readers(device, point);
     }
+}
+
+/// What a formula's inputs are now: the worst quality, the newest time, the first without a
+/// value.
+struct Read {
+    quality: Quality,
+    ts: Millis,
+    missing: Option<(usize, usize)>,
+}
+
+/// The inputs' values into `values` (NaN for none), in the program's order.
+fn read_inputs(formula: &Formula, live: &Live, values: &mut Vec<f64>) -> Read {
+    values.clear();
+    let mut read = Read {
+        quality: Quality::Good,
+        ts: 0,
+        missing: None,
+    };
+    for &(d, p) in &formula.inputs {
+        let pl = &live.devices[d].points[p];
+        read.quality = worse(read.quality, pl.quality);
+        read.ts = read.ts.max(pl.ts);
+        if let Some(x) = pl.value.as_ref().and_then(Value::as_f64) {
+            values.push(x);
+        } else {
+            read.missing.get_or_insert((d, p));
+            values.push(f64::NAN);
+        }
+    }
+    read
+}
+
+/// A result as a point's value, quality and why it has none: an input without a value, or a
+/// result that is not finite, is `bad` (the last value kept).
+fn judge(
+    config: &Config,
+    formula: &Formula,
+    read: &Read,
+    x: f64,
+) -> (Option<Value>, Quality, Option<String>) {
+    if let Some((d, p)) = read.missing {
+        let dev = &config.devices[d];
+        let why = format!("input {}.{} has no value", dev.id, dev.points[p].id);
+        return (None, Quality::Bad, Some(why));
+    }
+    if !x.is_finite() {
+        return (None, Quality::Bad, Some(format!("result is {x}")));
+    }
+    let v = match formula.program.ty {
+        Ty::Bool => Value::Bool(x != 0.0),
+        Ty::Number => Value::Float(x),
+    };
+    (Some(v), read.quality, None)
+}
+
+/// One formula over the live state as it is (the Configure view's preview): value, quality,
+/// time and why there is no value.
+pub fn evaluate_once(
+    config: &Config,
+    live: &Live,
+    formula: &Formula,
+) -> (Option<Value>, Quality, Millis, Option<String>) {
+    let mut values = Vec::new();
+    let read = read_inputs(formula, live, &mut values);
+    let x = formula.program.eval(&values, &mut Vec::new());
+    let (v, q, why) = judge(config, formula, &read, x);
+    (v, q, read.ts, why)
 }
 
 #[cfg(test)]

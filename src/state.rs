@@ -22,11 +22,23 @@ pub struct PointLive {
     reported: Option<(Option<Value>, Quality, Millis)>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct DeviceLive {
     pub online: bool,
     pub last_seen: Option<Millis>,
     pub points: Vec<PointLive>,
+}
+
+impl DeviceLive {
+    /// A device's state carried over a reload: its read points as they were (the bus reads
+    /// them unchanged), its calculated points, which come after them and may have been added,
+    /// changed or removed, as `fresh` (restored from the store) has them.
+    pub fn carried(mut self, fresh: DeviceLive, device: &crate::config::Device) -> DeviceLive {
+        let read = device.points.iter().filter(|p| !p.calculated).count();
+        self.points.truncate(read);
+        self.points.extend(fresh.points.into_iter().skip(read));
+        self
+    }
 }
 
 #[derive(Debug, Clone, Default)]

@@ -283,3 +283,45 @@ async fn check_config_names_every_problem_of_calculated_points_with_its_line() {
         assert!(err.contains(&want), "{want}\nnot in:\n{err}");
     }
 }
+
+/// A reload adds, changes and removes calculated points while the device's bus carries on:
+/// the read points keep their state, the calculated ones start from their inputs.
+#[tokio::test]
+async fn a_reload_adds_changes_and_removes_calculated_points_of_a_running_device() {
+    let (_sim, addr, _cancel) = start_sim(edge_gateway::modbus::simulator::Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!(
+        "{}\n[[devices]]\nid = \"meter-1\"\nbus = \"b\"\nunit = 3\npoll_interval_ms = 100\n\
+         points = [{{ id = \"voltage\", table = \"input\", address = 0, type = \"f32\" }}]\n",
+        tcp_bus(&addr.to_string())
+    );
+    let with = |expr: &str| {
+        format!(
+            "{base}[[calculated]]\ndevice = \"meter-1\"\npoint = \"double\"\nexpr = \"{expr}\"\n"
+        )
+    };
+    let gw = Gateway::start(config(dir.path(), &base)).await.unwrap();
+    wait_for("voltage", || {
+        quality(&gw, "meter-1", "voltage") == Quality::Good
+    })
+    .await;
+    let mut gw = gw;
+    for (expr, factor) in [("voltage * 2", 2.0), ("voltage * 3", 3.0)] {
+        gw = gw.reload(config(dir.path(), &with(expr))).await.unwrap().0;
+        wait_for(expr, || {
+            let v = point(&gw, "meter-1", "voltage")
+                .value
+                .and_then(|v| v.as_f64());
+            let d = point(&gw, "meter-1", "double");
+            d.quality == Quality::Good && d.value.and_then(|x| x.as_f64()) == v.map(|v| v * factor)
+        })
+        .await;
+    }
+    let gw = gw.reload(config(dir.path(), &base)).await.unwrap().0;
+    assert_eq!(gw.config.devices[0].points.len(), 1);
+    wait_for("voltage still read", || {
+        quality(&gw, "meter-1", "voltage") == Quality::Good
+    })
+    .await;
+    gw.shutdown().await;
+}

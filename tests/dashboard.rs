@@ -1,4 +1,4 @@
-//! The dashboard end to end in headless Chromium (`tests/e2e/dashboard.mjs` with `accounts.mjs`, playwright-core)
+//! The dashboard end to end in headless Chromium (`tests/e2e/dashboard.mjs` with `accounts.mjs` and `calculated.mjs`, playwright-core)
 //! against `edge-gateway demo`, once over plain HTTP and once over HTTPS (`demo --tls`, its
 //! self-signed certificate accepted). Needs `EDGE_TEST_CHROMIUM` (set by `./scripts/test`, which
 //! installs Debian's chromium and the script's npm dependency); without it, says it skipped

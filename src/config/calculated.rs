@@ -4,8 +4,11 @@
 use std::collections::HashMap;
 
 use super::Device;
-use crate::expr::{Program, Ty};
+use crate::expr::{self, Parsed, Program, Ty};
 use crate::model::format::DataType;
+
+/// A parsed expression and the point each of its names reads, in the order of its names.
+pub type Resolved = (Parsed, Vec<(usize, usize)>);
 
 /// A compiled expression and the points it reads, one per name of the program in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,5 +66,53 @@ impl<'a> Names<'a> {
             DataType::String => None,
             _ => Some(Ty::Number),
         }
+    }
+}
+
+impl Names<'_> {
+    /// `text` read with the names of device `own`, and the point each of its names reads; a
+    /// name of a string point is a problem. Every problem as a message with its column.
+    pub fn parse(&self, own: usize, text: &str) -> Result<Resolved, Vec<String>> {
+        let known = |n: &str| self.resolve(own, n).is_some();
+        let parsed = expr::parse(text, &known).map_err(|e| vec![e.to_string()])?;
+        let inputs: Vec<(usize, usize)> = (parsed.names.iter())
+            .filter_map(|n| self.resolve(own, n))
+            .collect();
+        let strings: Vec<String> = (parsed.names.iter().zip(&inputs))
+            .filter(|(_, &input)| self.ty(input).is_none())
+            .map(|(n, _)| {
+                format!("`{n}` is a string point: an expression reads numbers and true/false")
+            })
+            .collect();
+        if strings.is_empty() {
+            Ok((parsed, inputs))
+        } else {
+            Err(strings)
+        }
+    }
+
+    /// A standalone expression of device `own` (the Configure view's preview): parsed and
+    /// compiled with every point's type as the running config has it.
+    pub fn formula(&self, own: usize, text: &str) -> Result<Formula, Vec<String>> {
+        let (parsed, inputs) = self.parse(own, text)?;
+        let ty_of = |k: usize| self.ty(inputs[k]).unwrap_or(Ty::Number);
+        formula(&parsed, &inputs, &ty_of, text)
+    }
+}
+
+/// Compiled with each input's type, or every type problem with its column.
+pub fn formula(
+    parsed: &Parsed,
+    inputs: &[(usize, usize)],
+    ty_of: &dyn Fn(usize) -> Ty,
+    text: &str,
+) -> Result<Formula, Vec<String>> {
+    match parsed.compile(ty_of) {
+        Ok(program) => Ok(Formula {
+            text: text.to_string(),
+            program,
+            inputs: inputs.to_vec(),
+        }),
+        Err(errors) => Err(errors.iter().map(ToString::to_string).collect()),
     }
 }

@@ -1,7 +1,7 @@
 //! Configuration: TOML parsed into raw types (unknown keys refused), then validated into domain
 //! types with every problem named by key path and line.
 
-mod calculated;
+pub mod calculated;
 pub mod edit;
 mod keypath;
 mod north;

@@ -86,7 +86,7 @@ impl Carry {
         let mut live = state::Live::restored(config, restored);
         for (d, dev) in config.devices.iter().enumerate() {
             if let Some(l) = self.live.remove(&dev.id) {
-                live.devices[d] = l;
+                live.devices[d] = l.carried(std::mem::take(&mut live.devices[d]), dev);
             }
         }
         Arc::new(RwLock::new(live))

@@ -17,6 +17,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 import { notifierSendTest, usersAndPasswords } from "./accounts.mjs";
+import { calculatedPoint } from "./calculated.mjs";
 
 const bin = process.env.EDGE_BIN;
 const shots = process.env.SCREENSHOTS;
@@ -498,6 +499,7 @@ try {
   if (shots) await desk.screenshot({ path: join(shots, "desktop-diagnostics.png"), fullPage: true });
   await contrastOk(desk, "diagnostics, light");
 
+  await calculatedPoint({ desk, demo, step, confirmApplied });
   await notifierSendTest({ desk, viewer, demo, step, confirmApplied });
   await usersAndPasswords({ browser, desk, demo, step, TLS });
 

@@ -1,12 +1,13 @@
-// The Configure view (admin): the running config's buses, devices and rules; a device added,
-// edited field by field (devform.js) or removed; a bus, a rule and the upstreams by form
-// (forms.js); the file itself edited, checked by the gateway's own validator (problems by line
+// The Configure view (admin): the running config's buses, devices, calculated points and rules;
+// a device added, edited field by field (devform.js) or removed; a bus, a rule and the upstreams
+// by form (forms.js), a calculated point with a live preview (calcform.js); the file itself edited, checked by the gateway's own validator (problems by line
 // and key path) and applied as a reload; every applied version listed with who and what, to
 // roll back.
 
 import { h, setText, field, problemText } from "./dom.js";
 import { deviceForm } from "./devform.js";
 import { busForm, ruleForm, upstreamForm } from "./forms.js";
+import { calculatedForm } from "./calcform.js";
 
 /** `env`: { conn, S, confirmDialog }. */
 export function configureView(env) {
@@ -87,6 +88,12 @@ export function configureView(env) {
     formBox.scrollIntoView({ block: "start" });
   }
 
+  function openCalculated(id) {
+    const raw = id ? (file?.calculated || []).find((k) => `${k.device}.${k.point}` === id) : null;
+    formBox.replaceChildren(calculatedForm(raw, formCtx()));
+    formBox.scrollIntoView({ block: "start" });
+  }
+
   /** A bus or rule taken out of the file (a bus's devices stay: the validator names them). */
   async function removeEntry(op, params, what) {
     try {
@@ -125,8 +132,19 @@ export function configureView(env) {
       file ? h("div", { class: "toolbar" },
         h("button", { type: "button", text: "Add a bus", onclick: () => openBus(null) }),
         h("button", { type: "button", text: "Add a device", onclick: () => openForm(null) }),
-        h("button", { type: "button", text: "Add a rule", onclick: () => openRule(null) })) : null,
+        h("button", { type: "button", text: "Add a rule", onclick: () => openRule(null) }),
+        h("button", { type: "button", text: "Add a calculated point", onclick: () => openCalculated(null) })) : null,
       formBox,
+      h("h2", { text: "Calculated points" }),
+      c.calculated.length
+        ? h("ul", { class: "calculated" }, ...c.calculated.map((k) => {
+          const id = `${k.device}.${k.point}`;
+          return h("li", { "data-calculated": id },
+            h("span", { text: `${id} = ${k.expr}${k.unit ? ` (${k.unit})` : ""}` }),
+            file ? h("button", { type: "button", class: "ghost", text: `Edit ${id}`, onclick: () => openCalculated(id) }) : null,
+            file ? h("button", { type: "button", class: "ghost", text: `Remove ${id}`, onclick: () => removeEntry("removeCalculated", { calculatedId: id }, `Calculated point ${id} removed`) }) : null);
+        }))
+        : h("p", { class: "small", text: "None: a point computed from others (an efficiency, a total) is added here." }),
       h("h2", { text: "Rules" }),
       c.rules.length
         ? h("ul", { class: "rules" }, ...c.rules.map((r) => h("li", { "data-rule": r.id },

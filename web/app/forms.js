@@ -20,7 +20,7 @@ const RULE_KINDS = ["above", "below", "outside", "equals", "rate", "stale"];
  * applied), extra? (nodes under the fields),
  * buttons? (more buttons) }. A field hidden by `when` is taken out of the file on save.
  */
-function entryForm(spec, ctx) {
+export function entryForm(spec, ctx) {
   const raw = spec.raw || {};
   const controls = spec.fields.map((f) => {
     const id = `ef-${spec.name}-${f.key}`;
@@ -92,7 +92,7 @@ function entryForm(spec, ctx) {
 
 /** Sends one `config.edit`; its problems marked on the form (`mark`), or, with none, the text
  * applied. */
-async function editAndApply(ctx, params, what, mark = () => {}) {
+export async function editAndApply(ctx, params, what, mark = () => {}) {
   const r = await ctx.conn.call("config.edit", { ...params, text: ctx.text() });
   mark(r);
   if (!r.problems.length) await ctx.apply(r.text, `${what}: ${r.summary || "no change to the running config"}.`);

@@ -1,6 +1,7 @@
-//! The Configure view's other forms as edits of the text: a `[[buses]]` or `[[rules]]` entry set
-//! key by key (a new one added after the others) or removed, and a whole `[mysql]` or `[mqtt]`
-//! section set or taken out. Comments and the rest of the layout stay.
+//! The Configure view's other forms as edits of the text: a `[[buses]]`, `[[rules]]` or
+//! `[[calculated]]` entry set key by key (a new one added after the others) or removed, and a
+//! whole `[mysql]` or `[mqtt]` section set or taken out. Comments and the rest of the layout
+//! stay.
 
 use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, Value};
 
@@ -13,6 +14,8 @@ pub enum Entries {
     Buses,
     /// `[[rules]]` by `id`.
     Rules,
+    /// `[[calculated]]` by `device.point`.
+    Calculated,
 }
 
 impl Entries {
@@ -20,13 +23,31 @@ impl Entries {
         match self {
             Entries::Buses => "buses",
             Entries::Rules => "rules",
+            Entries::Calculated => "calculated",
         }
     }
 
     fn key(self) -> &'static str {
         match self {
             Entries::Buses => "name",
-            Entries::Rules => "id",
+            Entries::Rules | Entries::Calculated => "id",
+        }
+    }
+
+    /// Whether table `t` is the entry named `id`.
+    fn is(self, t: &Table, id: &str) -> bool {
+        let s = |k: &str| t.get(k).and_then(Item::as_str);
+        match self {
+            Entries::Calculated => {
+                let (Some(d), Some(p)) = (s("device"), s("point")) else {
+                    return false;
+                };
+                id.len() == d.len() + 1 + p.len()
+                    && id.starts_with(d)
+                    && id.ends_with(p)
+                    && id.as_bytes()[d.len()] == b'.'
+            }
+            _ => s(self.key()) == Some(id),
         }
     }
 }
@@ -55,7 +76,7 @@ pub fn set_entry(
     let index = if let Some(id) = was {
         entries
             .iter()
-            .position(|t| t.get(key).and_then(Item::as_str) == Some(id))
+            .position(|t| what.is(t, id))
             .ok_or_else(|| format!("no {list} entry `{id}` in the file"))?
     } else {
         let mut t = Table::new();
@@ -89,13 +110,13 @@ pub fn set_entry(
 /// The text without entry `id` (a bus's devices stay: the validator names them).
 pub fn remove_entry(text: &str, what: Entries, id: &str) -> Result<String, String> {
     let mut doc = parse(text)?;
-    let (list, key) = (what.list(), what.key());
+    let list = what.list();
     let entries = doc
         .get_mut(list)
         .and_then(Item::as_array_of_tables_mut)
         .ok_or_else(|| format!("no {list} entry `{id}` in the file"))?;
     let before = entries.len();
-    entries.retain(|t| t.get(key).and_then(Item::as_str) != Some(id));
+    entries.retain(|t| !what.is(t, id));
     if entries.len() == before {
         return Err(format!("no {list} entry `{id}` in the file"));
     }
@@ -153,6 +174,33 @@ mod tests {
         let t = remove_entry(&t, Entries::Buses, "c").unwrap();
         assert!(!t.contains("name = \"c\""), "{t}");
         assert!(remove_entry(&t, Entries::Rules, "x").is_err());
+    }
+
+    #[test]
+    fn a_calculated_point_is_named_by_its_device_and_point() {
+        let (t, i) = set_entry(
+            TEXT,
+            Entries::Calculated,
+            None,
+            &[kv("device", "d"), kv("point", "eff"), kv("expr", "a / b")],
+        )
+        .unwrap();
+        assert_eq!(i, 0);
+        assert!(
+            t.contains("[[calculated]]\ndevice = \"d\"\npoint = \"eff\"\nexpr = \"a / b\""),
+            "{t}"
+        );
+        let (t, _) = set_entry(
+            &t,
+            Entries::Calculated,
+            Some("d.eff"),
+            &[kv("expr", "a * b")],
+        )
+        .unwrap();
+        assert!(t.contains("expr = \"a * b\""), "{t}");
+        assert!(set_entry(&t, Entries::Calculated, Some("d.ef"), &[]).is_err());
+        let t = remove_entry(&t, Entries::Calculated, "d.eff").unwrap();
+        assert!(!t.contains("calculated"), "{t}");
     }
 
     #[test]

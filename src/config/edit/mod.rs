@@ -183,13 +183,16 @@ pub fn remove_device(text: &str, id: &str) -> Result<(String, usize), String> {
     if devices.len() == before {
         return Err(format!("no device `{id}` in the file"));
     }
-    let mut rules_removed = 0;
-    if let Some(rules) = doc.get_mut("rules").and_then(Item::as_array_of_tables_mut) {
-        let n = rules.len();
-        rules.retain(|t| t.get("device").and_then(Item::as_str) != Some(id));
-        rules_removed = n - rules.len();
+    // Its rules and calculated points go with it.
+    let mut removed = 0;
+    for list in ["rules", "calculated"] {
+        if let Some(entries) = doc.get_mut(list).and_then(Item::as_array_of_tables_mut) {
+            let n = entries.len();
+            entries.retain(|t| t.get("device").and_then(Item::as_str) != Some(id));
+            removed += n - entries.len();
+        }
     }
-    Ok((doc.to_string(), rules_removed))
+    Ok((doc.to_string(), removed))
 }
 
 /// A key of a table set to a value, or removed (`None`).

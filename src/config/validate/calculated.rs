@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use super::super::raw::RawCalculated;
 use super::{DataType, Device, Format, KeyPath, Point, Table, Validator};
+use crate::config::calculated::{self, Resolved};
 use crate::config::{Calculated, Formula, Names};
-use crate::expr::{self, Parsed, Ty};
+use crate::expr::{Parsed, Ty};
 
 /// One entry read so far: where it is, the point it became, its text.
 struct Entry {
@@ -16,9 +17,6 @@ struct Entry {
     device: usize,
     point: usize,
 }
-
-/// A parsed expression and the point each of its names reads.
-type Resolved = (Parsed, Vec<(usize, usize)>);
 
 impl Validator {
     /// Each entry becomes a point of its device, then every expression is read against all
@@ -124,7 +122,7 @@ impl Validator {
         (entries, texts)
     }
 
-    /// `text` read with the names of device `own`; a name of a string point is a problem.
+    /// `text` read with the names of device `own`; every problem at `path`.
     pub(super) fn parse_formula(
         &mut self,
         names: &Names<'_>,
@@ -132,31 +130,10 @@ impl Validator {
         text: &str,
         path: &KeyPath,
     ) -> Option<Resolved> {
-        let known = |n: &str| names.resolve(own, n).is_some();
-        let parsed = match expr::parse(text, &known) {
-            Ok(p) => p,
-            Err(e) => {
-                self.err(path, e.to_string());
-                return None;
-            }
-        };
-        let inputs: Vec<(usize, usize)> = (parsed.names.iter())
-            .filter_map(|n| names.resolve(own, n))
-            .collect();
-        let mut ok = true;
-        for (n, &input) in parsed.names.iter().zip(&inputs) {
-            if names.ty(input).is_none() {
-                self.err(
-                    path,
-                    format!("`{n}` is a string point: an expression reads numbers and true/false"),
-                );
-                ok = false;
-            }
-        }
-        ok.then_some((parsed, inputs))
+        names.parse(own, text).map_err(|e| self.errs(path, e)).ok()
     }
 
-    /// Compiled, or every type problem named.
+    /// Compiled, or every type problem at `path`.
     pub(super) fn compile_formula(
         &mut self,
         parsed: &Parsed,
@@ -165,18 +142,14 @@ impl Validator {
         text: &str,
         path: &KeyPath,
     ) -> Option<Formula> {
-        match parsed.compile(ty_of) {
-            Ok(program) => Some(Formula {
-                text: text.to_string(),
-                program,
-                inputs: inputs.to_vec(),
-            }),
-            Err(errors) => {
-                for e in errors {
-                    self.err(path, e.to_string());
-                }
-                None
-            }
+        calculated::formula(parsed, inputs, ty_of, text)
+            .map_err(|e| self.errs(path, e))
+            .ok()
+    }
+
+    fn errs(&mut self, path: &KeyPath, messages: Vec<String>) {
+        for m in messages {
+            self.err(path, m);
         }
     }
 

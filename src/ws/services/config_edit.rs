@@ -102,7 +102,7 @@ pub async fn edit(ctx: Ctx) -> HandlerResult {
         Some(d) => d,
         None => entry_op(&ctx, &op, &text)?.ok_or_else(|| {
             ServiceError::bad_request(format!(
-                "unknown op `{op}` (addPoints, setDevice, removeDevice, setBus, removeBus, setRule, removeRule or setUpstream)"
+                "unknown op `{op}` (addPoints, setDevice, removeDevice, setBus, removeBus, setRule, removeRule, setCalculated, removeCalculated or setUpstream)"
             ))
         })?,
     };
@@ -173,7 +173,7 @@ fn device_op(ctx: &Ctx, op: &str, text: &str) -> Result<Option<Edited>, ServiceE
                     note: if n == 0 {
                         String::new()
                     } else {
-                        format!("{n} rule(s) watching `{id}` removed with it")
+                        format!("{n} rule(s) and calculated point(s) of `{id}` removed with it")
                     },
                     path: Json::Null,
                 },
@@ -213,6 +213,20 @@ fn entry_op(ctx: &Ctx, op: &str, text: &str) -> Result<Option<Edited>, ServiceEr
             ),
             "rules",
         ),
+        "setCalculated" => Edited::at(
+            edit::set_entry(
+                text,
+                Entries::Calculated,
+                ctx.opt_string("calculatedId")?.as_deref(),
+                &key_edits("calculated", &ctx.value("calculated")?)?,
+            ),
+            "calculated",
+        ),
+        "removeCalculated" => Edited::text(edit::remove_entry(
+            text,
+            Entries::Calculated,
+            &ctx.string("calculatedId")?,
+        )),
         "removeBus" => Edited::text(edit::remove_entry(
             text,
             Entries::Buses,

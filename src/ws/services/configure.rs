@@ -112,6 +112,7 @@ fn structure(c: &Config) -> Json {
                     "type": super::devices::word(p.format.data_type),
                     "unit": p.unit,
                     "writable": p.writable,
+                    "calculated": p.calculated,
                 })).collect::<Vec<_>>(),
             })
         })
@@ -121,7 +122,40 @@ fn structure(c: &Config) -> Json {
         .iter()
         .map(|r| json!({ "id": r.id, "device": c.devices[r.device].id }))
         .collect();
-    json!({ "buses": buses, "devices": devices, "rules": rules })
+    let calculated: Vec<Json> = (c.calculated.iter())
+        .map(|k| {
+            let d = &c.devices[k.device];
+            let p = &d.points[k.point];
+            json!({ "device": d.id, "point": p.id, "expr": k.formula.text, "unit": p.unit })
+        })
+        .collect();
+    json!({ "buses": buses, "devices": devices, "rules": rules, "calculated": calculated })
+}
+
+/// `calc.preview` `{deviceId, expr}` (beyond SPEC, for the Configure view): the expression as a
+/// calculated point of that device would be, from the current values: `{problems}` when it
+/// does not compile, else `{value, quality, ts, error, type}`.
+pub async fn preview(ctx: Ctx) -> HandlerResult {
+    let d = ctx.device(&ctx.string("deviceId")?)?;
+    let text = ctx.string("expr")?;
+    let config = &ctx.shared.config;
+    let formula = match crate::config::Names::new(&config.devices).formula(d, &text) {
+        Ok(f) => f,
+        Err(problems) => return Ok(json!({ "problems": problems })),
+    };
+    let live = crate::state::read(&ctx.shared.live);
+    let (value, quality, ts, error) = crate::calc::evaluate_once(config, &live, &formula);
+    Ok(json!({
+        "problems": [],
+        "value": value.as_ref().map(crate::model::Value::to_json),
+        "quality": quality.as_str(),
+        "ts": (ts > 0).then(|| crate::model::rfc3339(ts)),
+        "error": error,
+        "type": match formula.program.ty {
+            crate::expr::Ty::Bool => "bool",
+            crate::expr::Ty::Number => "number",
+        },
+    }))
 }
 
 /// `config.get`: the file's text as it is on disk, and the running config's structure.

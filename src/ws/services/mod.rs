@@ -109,6 +109,11 @@ pub static SERVICES: &[Service] = &[
         handler: |c| Box::pin(config_edit::edit(c)),
     },
     Service {
+        name: "calc.preview",
+        access: Access::Admin,
+        handler: |c| Box::pin(configure::preview(c)),
+    },
+    Service {
         name: "upstream.test",
         access: Access::Admin,
         handler: |c| Box::pin(upstream::test(c)),
