@@ -126,16 +126,30 @@ impl Calculator {
         device: usize,
         points: impl IntoIterator<Item = usize>,
     ) -> &mut Outcome {
+        self.queue(device, points);
+        self.run(config, live)
+    }
+
+    /// The formulas fed by these points of `device` queued for the next [`Calculator::run`]
+    /// (the pipeline queues a poll's points before it applies them: no copy of the list);
+    /// whether any was.
+    pub fn queue(&mut self, device: usize, points: impl IntoIterator<Item = usize>) -> bool {
+        if !self.reads(device) {
+            return false;
+        }
+        self.round = self.round.wrapping_add(1).max(1);
+        for p in points {
+            self.queue_readers(device, p);
+        }
+        !self.pending.is_empty()
+    }
+
+    /// Every queued formula evaluated from the live state, through chains, in order.
+    pub fn run(&mut self, config: &Config, live: &mut Live) -> &mut Outcome {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        if self.reads(device) {
-            self.round = self.round.wrapping_add(1).max(1);
-            for p in points {
-                self.queue_readers(device, p);
-            }
-            while let Some(Reverse(t)) = self.pending.pop() {
-                self.evaluate(config, live, t as usize, &mut out);
-            }
+        while let Some(Reverse(t)) = self.pending.pop() {
+            self.evaluate(config, live, t as usize, &mut out);
         }
         self.out = out;
         &mut self.out

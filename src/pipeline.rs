@@ -86,8 +86,9 @@ impl Pipeline {
                     let mut calculated = Vec::new();
                     for cmd in &reports {
                         if let StoreCmd::Report { device, rows, .. } = cmd {
-                            let points = rows.iter().map(|r| r.point);
-                            calculated.extend(self.calculate(*device, points, None, now, &mut drafts));
+                            if self.calc.queue(*device, rows.iter().map(|r| r.point)) {
+                                calculated.extend(self.calculate(None, now, &mut drafts));
+                            }
                         }
                     }
                     for cmd in reports.into_iter().chain(calculated) {
@@ -156,19 +157,18 @@ impl Pipeline {
                 now
             }
         };
-        // The points a poll read, when a formula reads any of them (no copy otherwise).
-        let polled = match &ev {
+        // The formulas the poll's points feed, queued before the results move into the state.
+        let queued = match &ev {
             BusEvent::Polled {
                 device, results, ..
-            } if self.calc.reads(*device) => {
-                Some((*device, results.iter().map(|r| r.0).collect::<Vec<_>>()))
-            }
-            _ => None,
+            } => self.calc.queue(*device, results.iter().map(|r| r.0)),
+            _ => false,
         };
         let mut cmd = state::apply(&self.config, &self.live, ev);
-        let calculated = match polled {
-            Some((device, points)) => self.calculate(device, points, cmd.as_mut(), read_at, drafts),
-            None => Vec::new(),
+        let calculated = if queued {
+            self.calculate(cmd.as_mut(), read_at, drafts)
+        } else {
+            Vec::new()
         };
         for cmd in cmd.into_iter().chain(calculated) {
             if !self.report(cmd, read_at).await {
@@ -178,20 +178,18 @@ impl Pipeline {
         true
     }
 
-    /// Formulas fed by points of `device` evaluated: the rules on their results told, their
-    /// rows joined to `report` when of the same device and time (one stored sample), else
-    /// returned as reports of their own.
+    /// The queued formulas evaluated: the rules on their results told, their rows joined to
+    /// `report` when of the same device and time (one stored sample), else returned as reports
+    /// of their own.
     fn calculate(
         &mut self,
-        device: usize,
-        points: impl IntoIterator<Item = usize>,
         mut report: Option<&mut StoreCmd>,
         at: tokio::time::Instant,
         drafts: &mut Vec<Draft>,
     ) -> Vec<StoreCmd> {
         let out = {
             let mut live = state::write(&self.live);
-            self.calc.changed(&self.config, &mut live, device, points)
+            self.calc.run(&self.config, &mut live)
         };
         for (d, p, v, ts) in out.samples.drain(..) {
             self.engine.on_sample(d, p, &Ok(v), ts, at, drafts);
