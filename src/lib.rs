@@ -19,7 +19,11 @@
 //!   server framing, and the simulator.
 //! - [`gateway`]: starts every stage from a valid config, reloads it as a difference, stops it
 //!   with the store flushed last.
-//! - [`pipeline`]: bus events → rules → live state → pushes and the store.
+//! - [`pipeline`]: bus events → rules → live state → calculated points → pushes and the store.
+//! - [`expr`]: the expression language of calculated points and `expr` rules (names resolved
+//!   against the config, types checked, a stack program over `f64`).
+//! - [`calc`]: calculated points and `expr` rules evaluated when an input changes, in order
+//!   through chains, quality the worst of the inputs'.
 //! - [`state`]: the live state of every point and the report-on-change decision.
 //! - [`store`]: SQLite schema and migrations, the writer thread with group commits, compact
 //!   history (one row per device sample), restore at start, retention, the size cap, a bounded

@@ -325,3 +325,28 @@ async fn a_reload_adds_changes_and_removes_calculated_points_of_a_running_device
     .await;
     gw.shutdown().await;
 }
+
+/// Upstream like any point: the MQTT telemetry of its device carries it with its quality.
+#[tokio::test]
+async fn a_calculated_point_goes_upstream_in_its_devices_telemetry() {
+    use common::mqtt::{broker, clear_retained, start_gateway, Watcher};
+    let Some(broker) = broker() else { return };
+    let (_sim, addr, _c) = start_sim(edge_gateway::modbus::simulator::Profile::Demo).await;
+    let id = unique_id("calc-mqtt");
+    let mut w = Watcher::start(&broker, &id).await;
+    let calc = "[[calculated]]\ndevice = \"boiler\"\npoint = \"setpoint_f\"\nexpr = \"setpoint * 9 / 5 + 32\"\nunit = \"°F\"\n";
+    let (gw, _dir) = start_gateway(&id, &broker, addr, "", calc).await;
+    gw.write("boiler", "setpoint", Value::Float(65.5))
+        .await
+        .unwrap();
+    let (_, t, _) = w
+        .next("/devices/boiler/telemetry", |b| {
+            b["points"]["setpoint_f"]["v"]
+                .as_f64()
+                .is_some_and(|v| (v - 149.9).abs() < 1e-9)
+        })
+        .await;
+    assert_eq!(t["points"]["setpoint_f"]["q"], "good", "{t}");
+    clear_retained(&mut w, &id).await;
+    gw.shutdown().await;
+}
