@@ -108,10 +108,6 @@ impl Calculator {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.targets.is_empty()
-    }
-
     /// Whether any formula reads a point of `device`.
     pub fn reads(&self, device: usize) -> bool {
         self.readers.get(device).is_some_and(|d| !d.is_empty())
@@ -137,7 +133,12 @@ impl Calculator {
         if !self.reads(device) {
             return false;
         }
-        self.round = self.round.wrapping_add(1).max(1);
+        self.round = self.round.wrapping_add(1);
+        if self.round == 0 {
+            // Wrapped: a mark from 2³² rounds ago must not read as this round's.
+            self.queued.fill(0);
+            self.round = 1;
+        }
         for p in points {
             self.queue_readers(device, p);
         }
@@ -245,7 +246,8 @@ fn judge(
     }
     let v = match formula.program.ty {
         Ty::Bool => Value::Bool(x != 0.0),
-        Ty::Number => Value::Float(x),
+        // Rid of the binary noise the arithmetic adds (66.60000000000001), as a scaled read is.
+        Ty::Number => Value::Float(crate::model::float::tidy(x)),
     };
     (Some(v), read.quality, None)
 }

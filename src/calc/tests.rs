@@ -145,3 +145,13 @@ fn an_expr_rule_is_told_whether_it_holds_only_with_good_inputs() {
     let out = calc.changed(&config, &mut live, 1, [0]);
     assert!(out.rules.is_empty());
 }
+
+#[test]
+fn a_result_is_rid_of_binary_noise_as_a_scaled_read_is() {
+    let (config, mut live, mut calc) = setup();
+    // per_heat = flow / boiler-1.heat_out: 21 / 0.7 is 30.000000000000004 in f64.
+    read(&mut live, 0, 0, Value::Float(0.7), Quality::Good, 1000);
+    read(&mut live, 1, 0, Value::UInt(21), Quality::Good, 1000);
+    calc.changed(&config, &mut live, 1, [0]);
+    assert_eq!(live.devices[1].points[1].value, Some(Value::Float(30.0)));
+}

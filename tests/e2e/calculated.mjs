@@ -4,7 +4,7 @@
 
 /** `ctx`: { desk (admin page), demo, step, confirmApplied }. */
 export async function calculatedPoint({ desk, demo, step, confirmApplied }) {
-  step("a calculated point added in Configure: a typo named with its column, the live preview, saved and shown on the overview");
+  step("a calculated point added in Configure: a typo named with its column, the live preview, saved and shown with the device's points");
   await desk.goto(`${demo.url}#/configure`);
   await desk.getByRole("button", { name: "Add a calculated point" }).click();
   await desk.getByLabel("Device", { exact: true }).selectOption("meter-1");
@@ -18,6 +18,8 @@ export async function calculatedPoint({ desk, demo, step, confirmApplied }) {
   await desk.getByRole("button", { name: "Add calculated point" }).click();
   await confirmApplied(desk);
   await desk.locator('li[data-calculated="meter-1.apparent"]', { hasText: "voltage * current / 1000" }).waitFor({ timeout: 30000 });
-  await desk.goto(`${demo.url}#/overview`);
-  await desk.waitForFunction(() => /\d/.test(document.querySelector('[data-device="meter-1"] [data-point="apparent"] .value')?.textContent || ""), null, { timeout: 30000 });
+  // The device's view lists it with its own points, its value live (the overview's card shows
+  // the first six).
+  await desk.goto(`${demo.url}#/device/meter-1`);
+  await desk.waitForFunction(() => /\d.*kVA/.test(document.querySelector('section.point-row[data-point="apparent"] .value')?.textContent || ""), null, { timeout: 30000 });
 }

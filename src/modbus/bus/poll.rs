@@ -41,8 +41,11 @@ impl BusTask {
     /// Polls one device. Returns false when the pipeline is gone and the bus should stop.
     pub(super) async fn poll(&mut self, k: usize) -> bool {
         let device = self.slots[k].index;
-        let dev = self.config.devices[device].clone();
-        if self.slots[k].online == Some(false) && !self.probe(k, &dev).await {
+        // The config shared, not the device copied: a copy of its points (their ids and units)
+        // at every poll was 9 % of the gateway's CPU on the 10 × 50 × 30 load.
+        let config = self.config.clone();
+        let dev = &config.devices[device];
+        if self.slots[k].online == Some(false) && !self.probe(k, dev).await {
             // Silent through the bus's outage, and still now that the bus is back: its own
             // alarm at last.
             if self.slots[k].silenced && self.bus_down.is_none() {
@@ -58,9 +61,9 @@ impl BusTask {
             }
             return true;
         }
-        let pass = self.read_device(k, &dev).await;
+        let pass = self.read_device(k, dev).await;
         let ts = now_ms();
-        let change = self.settle(k, &dev, &pass.groups, pass.answered, pass.problem);
+        let change = self.settle(k, dev, &pass.groups, pass.answered, pass.problem);
         // The bus first: a device's offline under a dead bus is part of the bus's alarm.
         let Some(bus_down) = self.announce_bus(ts).await else {
             return false;
