@@ -157,11 +157,21 @@ async function upstreams(page) {
   }, null, { timeout: 15000 });
 }
 
+/** Logs in as a person would: a login refused for a moment (a reload under way) is tried
+ * again; one still refused names why. */
 async function login(page, url, user) {
   await page.goto(url);
-  await page.getByLabel("User").fill(user);
-  await page.getByLabel("Password").fill(user);
-  await page.getByRole("button", { name: "Log in" }).click();
+  for (let i = 0; ; i++) {
+    await page.getByLabel("User").fill(user);
+    await page.getByLabel("Password").fill(user);
+    await page.getByRole("button", { name: "Log in" }).click();
+    await page.waitForFunction(() => document.querySelector("#devices article[data-device]")
+      || document.querySelector(".login .error")?.textContent, null, { timeout: 30000 });
+    if (!(await page.locator("form.login").count())) break;
+    const why = await page.locator(".login .error").textContent();
+    if (i === 3) throw new Error(`login as ${user} refused: ${why}`);
+    await page.waitForTimeout(1000);
+  }
   await page.waitForSelector("#devices article[data-device]");
 }
 
@@ -551,7 +561,13 @@ try {
 } catch (e) {
   failed = true;
   console.error(`dashboard e2e FAILED: ${e.stack || e}`);
-  // What each page showed when it failed, for a person to look at.
+  // What each page showed when it failed: its address and text here, a picture with FAIL_SHOTS.
+  for (const ctx of browser.contexts()) {
+    for (const p of ctx.pages()) {
+      const text = await p.evaluate(() => document.body.innerText.slice(0, 800)).catch((e) => `(${e.message})`);
+      console.error(`-- page ${p.url()}:\n${text}`);
+    }
+  }
   if (process.env.FAIL_SHOTS) {
     mkdirSync(process.env.FAIL_SHOTS, { recursive: true });
     let i = 0;
