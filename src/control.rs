@@ -14,6 +14,11 @@ use crate::state::{self, SharedLive};
 use crate::store::{self, StoreCmd, StoreHandle};
 
 /// The ways into the buses for an operator, and what a write is audited against.
+/// Operator requests (writes, the inspector's reads, a reload's handover) waiting for one bus,
+/// served ahead of its polls; past it a caller waits for a place (a queued MQTT or Sparkplug
+/// write that cannot wait is answered busy by its sink).
+pub const REQUESTS_PER_BUS: usize = 16;
+
 pub struct Control {
     pub config: Arc<Config>,
     pub live: SharedLive,

@@ -10,6 +10,7 @@
 //!   and events. It imports nothing of the crate's own; no module imports one that imports
 //!   it back (`scripts/check-layers`).
 //! - [`backoff`]: exponential backoff with jitter, for every retry loop.
+//! - [`build_info`]: the version and git commit the binary was built from.
 //! - [`sync`]: locks used as they are after a panic elsewhere (one idiom, written once).
 //! - [`fair`]: places shared fairly between peer addresses (the dashboard's sockets not logged
 //!   in, HTTP connections): the greediest address gives way to a newcomer.
@@ -57,15 +58,16 @@
 //! - [`host`]: this box's name and interface addresses.
 //! - [`log_limit`]: log lines outside parties can trigger, at most one per source per period.
 //! - [`metrics`]: counters kept by every stage, rendered for Prometheus.
-//! - [`cli`]: the commissioning commands `read` and `write`, and `demo`.
+//! - [`cli`]: the commissioning commands `read` and `write`, `demo`, and every subcommand's body
+//!   (`cli::commands`: `main.rs` only parses the command line).
 //! - [`probe`]: `run --once` / `check-config --probe`: every device polled once, shown raw and
 //!   decoded.
-//! - [`account`]: the password prompt, `user add`, and the refusal of the demo's logins
-//!   beyond loopback.
+//! - [`account`]: the password prompt and `user add`.
 
 pub mod account;
 pub mod assets;
 pub mod backoff;
+pub mod build_info;
 pub mod calc;
 pub mod cli;
 pub mod clock;
@@ -111,15 +113,7 @@ pub use gateway::{Gateway, ReloadError, ReloadSummary, StartError};
 use metrics::Reload;
 pub use ws::{Shared, Sinks};
 
-/// The version and the git commit it was built from, as `--version` and `edge_build_info` say.
-pub const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (git ",
-    env!("EDGE_GATEWAY_GIT"),
-    ")"
-);
-/// The git commit alone (`unknown` outside a checkout).
-pub const GIT: &str = env!("EDGE_GATEWAY_GIT");
+pub use build_info::{GIT, VERSION};
 
 /// When this process started its first gateway: uptime counts from here, not from the last
 /// reload.

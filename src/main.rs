@@ -1,17 +1,14 @@
-//! The `edge-gateway` binary: parses the command line, sets up logging and signals, and hands
-//! over to the library.
+//! The `edge-gateway` binary: parses the command line and hands each subcommand to the library
+//! (`cli::commands`), which sets up logging and signals.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
-use edge_gateway::account;
+use edge_gateway::cli::commands::{self, code};
 use edge_gateway::cli::{self, Target, EXIT_USAGE};
-use edge_gateway::config::{self, ConfigError};
-use edge_gateway::modbus::simulator::{Profile, Simulator};
 
 #[derive(Parser)]
 #[command(
@@ -223,63 +220,6 @@ fn target(link: LinkArgs, at: AtArgs) -> Result<Target, String> {
     })
 }
 
-/// Logging to stderr and the last lines in memory (`system.log`); `RUST_LOG` wins over `level` (the config's `gateway.log_level`).
-fn init_logging(level: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    // journald stamps every line itself (the in-memory copy for `system.log` gets a stamp).
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(edge_gateway::logs::Tee { stamp: journald });
-    // Colour only for a person at a terminal: a file or journald would keep the escapes.
-    use std::io::IsTerminal;
-    let builder = builder.with_ansi(std::io::stderr().is_terminal());
-    if journald {
-        builder.without_time().init();
-    } else {
-        builder.init();
-    }
-}
-
-/// Cancelled on SIGTERM or SIGINT.
-fn shutdown_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        t.cancel();
-    });
-    token
-}
-
-fn print_config_error(path: &Path, e: &ConfigError) {
-    match e {
-        ConfigError::Read { .. } => eprintln!("{e}"),
-        ConfigError::Invalid(problems) => {
-            for p in problems {
-                eprintln!("{}: {p}", path.display());
-            }
-        }
-    }
-}
-
-fn code(c: i32) -> ExitCode {
-    ExitCode::from(c as u8)
-}
-
 fn main() -> ExitCode {
     // Before the runtime starts its threads.
     edge_gateway::tune_allocator();
@@ -290,16 +230,6 @@ fn main() -> ExitCode {
         Ok(rt) => rt.block_on(run_cli()),
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn demo(listen: &str, data: PathBuf, tls: bool) -> ExitCode {
-    match cli::demo(listen, data, tls, shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -320,35 +250,35 @@ async fn run_cli() -> ExitCode {
     };
     // `run` starts logging once its config (which may set the level) is read.
     if !matches!(cli.command, Command::Run { .. }) {
-        init_logging("info");
+        commands::init_logging("info");
     }
     match cli.command {
-        Command::Run { config, once: true } => probe(&config).await,
-        Command::Run { config, .. } => run_daemon(config).await,
-        Command::Demo { listen, data, tls } => demo(&listen, data, tls).await,
+        Command::Run { config, once: true } => commands::probe(&config).await,
+        Command::Run { config, .. } => commands::run_daemon(config).await,
+        Command::Demo { listen, data, tls } => commands::demo(&listen, data, tls).await,
         Command::CheckConfig {
             config,
             probe: true,
-        } => match check_config(&config) {
-            ExitCode::SUCCESS => probe(&config).await,
+        } => match commands::check_config(&config) {
+            ExitCode::SUCCESS => commands::probe(&config).await,
             failed => failed,
         },
-        Command::CheckConfig { config, .. } => check_config(&config),
-        Command::UnitCaps { config, drop_in } => unit_caps(&config, &drop_in),
+        Command::CheckConfig { config, .. } => commands::check_config(&config),
+        Command::UnitCaps { config, drop_in } => commands::unit_caps(&config, &drop_in),
         Command::Fleet { action } => edge_gateway::fleet::command::run(action).await,
         Command::Simulate {
             listen,
             profile,
             serial,
             baud,
-        } => simulate(&listen, &profile, serial, baud).await,
-        Command::HashPassword => hash_password(),
+        } => commands::simulate(&listen, &profile, serial, baud).await,
+        Command::HashPassword => commands::hash_password(),
         Command::Cert {
             action: CertAction::Show { config },
         } => code(cli::cert_show(&config)),
         Command::User {
             action: UserAction::Add { name, role, config },
-        } => user_add(&name, &role, &config),
+        } => commands::user_add(&name, &role, &config),
         Command::Read {
             link,
             at,
@@ -380,177 +310,5 @@ async fn run_cli() -> ExitCode {
                 code(EXIT_USAGE)
             }
         },
-    }
-}
-
-/// `run`: the config is checked (and the demo's logins refused beyond loopback) before
-/// logging starts at its level and before any port is opened.
-async fn run_daemon(config: PathBuf) -> ExitCode {
-    let loaded = match config::load(&config) {
-        Ok(l) => l,
-        Err(e) => {
-            print_config_error(&config, &e);
-            return code(64);
-        }
-    };
-    if let Some(why) = account::well_known_login(&loaded.config) {
-        eprintln!("{}: {why}", config.display());
-        return code(64);
-    }
-    init_logging(&loaded.config.gateway.log_level);
-    for w in &loaded.warnings {
-        tracing::warn!("{}: {w}", config.display());
-    }
-    edge_gateway::raise_fd_limit();
-    match edge_gateway::run(loaded.config, Some(config.clone()), shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `check-config`: one line per problem, or a summary of what the file configures.
-/// `run --once`: the config proved against the devices (SPEC: exit 0 when every device
-/// answered, 3 otherwise, 64 for an invalid config before any port is opened).
-async fn probe(config: &Path) -> ExitCode {
-    let loaded = match config::load(config) {
-        Ok(l) => l,
-        Err(e) => {
-            print_config_error(config, &e);
-            return code(64);
-        }
-    };
-    let mut out = std::io::stdout().lock();
-    if edge_gateway::probe::once(&loaded.config, &mut out).await {
-        ExitCode::SUCCESS
-    } else {
-        code(cli::EXIT_LINK)
-    }
-}
-
-fn check_config(config: &Path) -> ExitCode {
-    match config::load(config) {
-        Ok(l) => {
-            for w in &l.warnings {
-                eprintln!("{}: {w} (warning)", config.display());
-            }
-            let points: usize = l.config.devices.iter().map(|d| d.points.len()).sum();
-            println!(
-                "{}: ok ({} buses, {} devices, {points} points)",
-                config.display(),
-                l.config.buses.len(),
-                l.config.devices.len(),
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            print_config_error(config, &e);
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `unit-caps`: the systemd generator's drop-in, and what it granted.
-fn unit_caps(config: &Path, drop_in: &Path) -> ExitCode {
-    match edge_gateway::service::write_caps_drop_in(config, drop_in) {
-        Ok(did) => {
-            println!("{did}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {}: {e}", drop_in.display());
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `simulate`: the simulator on TCP, or RTU on a serial device, until a signal.
-async fn simulate(listen: &str, profile: &str, serial: Option<String>, baud: u32) -> ExitCode {
-    let Some(p) = Profile::parse(profile) else {
-        eprintln!("error: unknown profile `{profile}` (expected demo, bench or changing)");
-        return code(EXIT_USAGE);
-    };
-    let sim = Simulator::new(p);
-    let cancel = shutdown_signal();
-    if let Some(dev) = serial {
-        use tokio_serial::SerialPortBuilderExt;
-        let port = match tokio_serial::new(&dev, baud).open_native_async() {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("error: cannot open {dev}: {e}");
-                return code(cli::EXIT_LINK);
-            }
-        };
-        println!("simulator: modbus rtu on {dev}, units {:?}", sim.unit_ids());
-        tokio::spawn(sim.clone().animate(cancel.clone()));
-        sim.serve_rtu(port, cancel).await;
-    } else {
-        let spawned =
-            edge_gateway::modbus::simulator::spawn_tcp(sim.clone(), listen, cancel.clone()).await;
-        match spawned {
-            Ok(addr) => println!(
-                "simulator: modbus tcp on {addr}, units {:?}",
-                sim.unit_ids()
-            ),
-            Err(e) => {
-                eprintln!("error: cannot listen on {listen}: {e}");
-                return code(cli::EXIT_LINK);
-            }
-        }
-        cancel.cancelled().await;
-    }
-    ExitCode::SUCCESS
-}
-
-/// `hash-password`: the PHC string on stdout, nothing of the password anywhere.
-fn hash_password() -> ExitCode {
-    let pw = match account::read_password() {
-        Ok(pw) => pw,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return code(EXIT_USAGE);
-        }
-    };
-    match cli::hash_password(&pw) {
-        Ok(h) => {
-            println!("{h}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `user add`: prompted password, hashed, written into the config with its comments kept.
-fn user_add(name: &str, role: &str, config: &Path) -> ExitCode {
-    let role = match role {
-        "admin" => config::Role::Admin,
-        "viewer" => config::Role::Viewer,
-        other => {
-            eprintln!("error: unknown role `{other}` (expected admin or viewer)");
-            return code(EXIT_USAGE);
-        }
-    };
-    let added = account::read_password()
-        .and_then(|pw| cli::hash_password(&pw))
-        .and_then(|hash| account::add_user(config, name, role, &hash));
-    match added {
-        Ok(new) => {
-            println!(
-                "{} user `{name}` in {}; check it with: edge-gateway check-config --config {}",
-                if new { "added" } else { "updated" },
-                config.display(),
-                config.display()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
     }
 }

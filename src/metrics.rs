@@ -566,7 +566,7 @@ impl Metrics {
             out,
             "# TYPE edge_build_info gauge\nedge_build_info{{version=\"{}\",git=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION"),
-            crate::GIT
+            crate::build_info::GIT
         );
         let _ = writeln!(
             out,

@@ -350,3 +350,53 @@ async fn a_calculated_point_goes_upstream_in_its_devices_telemetry() {
     clear_retained(&mut w, &id).await;
     gw.shutdown().await;
 }
+
+/// Upstream like any point: MySQL's `edge_telemetry` has the calculated point's rows, its value
+/// and quality as the gateway had them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calculated_point_reaches_mysql_like_any_point() {
+    use mysql_async::prelude::Queryable;
+    let url = match std::env::var("EDGE_TEST_MYSQL_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => {
+            skipped("EDGE_TEST_MYSQL_URL is not set (./scripts/test sets it to the local MariaDB)");
+            return;
+        }
+    };
+    let (_sim, addr, _c) = start_sim(edge_gateway::modbus::simulator::Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let id = unique_id("calc-mysql");
+    let body = format!(
+        "[mysql]\nurl = \"{url}\"\n{}{BOILER_AND_PUMP}\n[[calculated]]\ndevice = \"boiler\"\n\
+         point = \"setpoint_f\"\nexpr = \"setpoint * 9 / 5 + 32\"\n",
+        tcp_bus(&addr.to_string())
+    );
+    let gw = Gateway::start(config_id(&id, dir.path(), &body))
+        .await
+        .unwrap();
+    gw.write("boiler", "setpoint", Value::Float(65.5))
+        .await
+        .unwrap();
+    wait_for("149.9 °F", || {
+        point(&gw, "boiler", "setpoint_f").value == Some(Value::Float(149.9))
+    })
+    .await;
+    caught_up(&gw, "mysql").await;
+    let pool = mysql_async::Pool::new(url.as_str());
+    let mut c = pool.get_conn().await.unwrap();
+    let rows: Vec<(Option<String>, String)> = c
+        .exec(
+            "SELECT value, quality FROM edge_telemetry WHERE gateway_id = ? AND device_id = 'boiler' \
+             AND point_id = 'setpoint_f' ORDER BY ts",
+            (id.as_str(),),
+        )
+        .await
+        .unwrap();
+    drop(c);
+    let _ = pool.disconnect().await;
+    assert!(
+        rows.contains(&(Some("149.9".into()), "good".into())),
+        "{rows:?}"
+    );
+    gw.shutdown().await;
+}

@@ -225,6 +225,54 @@ fn with_stdin(args: &[&str], input: &str) -> (i32, String, String) {
     )
 }
 
+/// `user add` on a terminal, as a person runs it: asked twice, nothing of the password shown,
+/// the terminal left as it was (a pseudo-terminal driven by `tests/interop/on_a_terminal.py`).
+#[test]
+fn user_add_on_a_terminal_asks_twice_and_shows_nothing_of_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        "[gateway]\nid = \"gw\"\n[[buses]]\nname = \"b\"\nkind = \"tcp\"\naddress = \"127.0.0.1:502\"\n",
+    )
+    .unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/on_a_terminal.py"
+    );
+    let python = std::env::var("EDGE_PYMODBUS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let run = |answers: &str| {
+        let out = Command::new(&python)
+            .args([script, answers, env!("CARGO_BIN_EXE_edge-gateway")])
+            .args(["user", "add", "tech", "--role", "viewer", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, shown) = run(r#"[["Password: ", "valve-room-12"], ["Again: ", "valve-room-13"]]"#);
+    assert_eq!(code, Some(1), "{shown}");
+    assert!(shown.contains("the two passwords differ"), "{shown}");
+    let (code, shown) = run(r#"[["Password: ", "valve-room-12"], ["Again: ", "valve-room-12"]]"#);
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(
+        shown.contains("<Password:>") && shown.contains("<Again:>"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("valve-room"),
+        "the password was echoed: {shown}"
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        text.contains("name = \"tech\"") && text.contains("$argon2id$"),
+        "{text}"
+    );
+}
+
 /// From the shipped example to a config that loads, without an editor: `user add` sets the
 /// placeholder's password, adds another user, and keeps every comment.
 #[test]

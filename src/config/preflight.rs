@@ -1,10 +1,11 @@
 //! What a valid config needs of this box before it may replace the running one: HTTP and OPC
 //! UA addresses it can bind and a data directory it can write. A config that validates but cannot
-//! start was answered "ok" and left the next start to exit 1; now it is refused up front.
+//! start was answered "ok" and left the next start to exit 1; now it is refused up front. And
+//! the demo's well-known logins, which `run` refuses beyond loopback.
 
 use std::path::Path;
 
-use super::{Config, Problem};
+use super::{Config, Problem, Role};
 
 /// The problems a valid `new` config would meet at start, beside the `running` one (whose
 /// address and directory are in use by this very process, so only changed ones are tried).
@@ -60,9 +61,55 @@ fn writable(dir: &Path) -> std::io::Result<()> {
     result
 }
 
+/// Why `run` must not start: a user whose hash is the demo's admin/admin or viewer/viewer
+/// while the dashboard listens beyond loopback, where anyone on the network could log in.
+pub fn well_known_login(config: &Config) -> Option<String> {
+    let demo = super::parse(super::DEMO).ok()?.config;
+    let user = config.users.iter().find(|u| {
+        demo.users
+            .iter()
+            .any(|d| d.password_hash.0 == u.password_hash.0)
+    })?;
+    if loopback_only(&config.http.listen) {
+        return None;
+    }
+    Some(format!(
+        "users: `{}` has the demo's well-known password and http.listen ({}) is reachable from \
+         the network; set a password with `edge-gateway user add {} --role {} --config PATH`",
+        user.name,
+        config.http.listen,
+        user.name,
+        match user.role {
+            Role::Admin => "admin",
+            Role::Viewer => "viewer",
+        }
+    ))
+}
+
+/// Whether a listen address only takes connections from this machine.
+fn loopback_only(listen: &str) -> bool {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(a) => a.ip().is_loopback(),
+        Err(_) => listen
+            .rsplit_once(':')
+            .is_some_and(|(host, _)| host == "localhost"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_addresses_are_private() {
+        assert!(loopback_only("127.0.0.1:8080"));
+        assert!(loopback_only("[::1]:8080"));
+        assert!(loopback_only("localhost:8080"));
+        assert!(!loopback_only("0.0.0.0:8080"));
+        assert!(!loopback_only("[::]:8080"));
+        assert!(!loopback_only("192.168.1.10:8080"));
+        assert!(!loopback_only("gw.local:8080"));
+    }
 
     #[test]
     fn a_taken_address_and_an_unwritable_directory_are_named_by_key() {

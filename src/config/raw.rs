@@ -188,6 +188,19 @@ pub(super) struct RawRule {
     pub(super) message: String,
 }
 
+impl RawRule {
+    /// The numbers a rule's kind may take, by key.
+    pub(super) fn numbers(&self) -> [(&'static str, Option<f64>); 5] {
+        [
+            ("threshold", self.threshold),
+            ("clear", self.clear),
+            ("low", self.low),
+            ("high", self.high),
+            ("per_s", self.per_s),
+        ]
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCalculated {

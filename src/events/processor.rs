@@ -18,6 +18,12 @@ use crate::store::{self, StoreCmd, StoreHandle};
 
 /// Capacity of each priority queue.
 pub const QUEUE: usize = 1024;
+/// Barriers (tests, replay) waiting for the pipeline and then the processor: few are ever in
+/// flight; a caller waits.
+pub const SETTLE_CAPACITY: usize = 4;
+/// Committed batches waiting for the pushes (and OPC UA's events); past it the processor waits:
+/// pushing only queues frames, so this hardly ever fills.
+pub const COMMITTED_CAPACITY: usize = 64;
 /// Most drafts taken into one commit.
 const BATCH: usize = 256;
 
@@ -68,7 +74,7 @@ pub fn queues(metrics: Arc<Metrics>) -> (Queues, Receivers) {
     let (e, er) = mpsc::channel(QUEUE);
     let (h, hr) = mpsc::channel(QUEUE);
     let (n, nr) = mpsc::channel(QUEUE);
-    let (s, sr) = mpsc::channel(4);
+    let (s, sr) = mpsc::channel(SETTLE_CAPACITY);
     (
         Queues {
             emergency: e,

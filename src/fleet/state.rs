@@ -101,7 +101,7 @@ fn state(shared: &Shared, config: &ConfigId, conn_alarms: (u64, u64, u64)) -> (K
     let payload = json!({
         "ts": crate::model::rfc3339(crate::model::now_ms()),
         "version": env!("CARGO_PKG_VERSION"),
-        "git": crate::GIT,
+        "git": crate::build_info::GIT,
         "uptimeS": shared.started.elapsed().as_secs(),
         "config": { "version": config.version, "sha256": config.sha256 },
         "devices": { "online": online, "total": total },

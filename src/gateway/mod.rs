@@ -226,8 +226,7 @@ impl Gateway {
             shared.push_interval.send_replace(set);
         }
 
-        // Bounded: a slow store slows the buses down instead of growing memory.
-        let (events_tx, events_rx) = mpsc::channel(256);
+        let (events_tx, events_rx) = mpsc::channel(modbus::bus::EVENTS_CAPACITY);
         let images = modbus::image::Images::for_config(&config, &mut carry.images);
         for (b, wrx) in write_rxs.into_iter().enumerate() {
             let task = bus_task(&mut carry, b, &config, &events_tx, wrx, &metrics, &images);
@@ -481,7 +480,9 @@ fn control(
     live: &SharedLive,
     store: &StoreHandle,
 ) -> (Control, Vec<mpsc::Receiver<BusRequest>>) {
-    let (writes, write_rxs) = config.buses.iter().map(|_| mpsc::channel(16)).unzip();
+    let (writes, write_rxs) = (config.buses.iter())
+        .map(|_| mpsc::channel(crate::control::REQUESTS_PER_BUS))
+        .unzip();
     let control = Control {
         config: config.clone(),
         live: live.clone(),
@@ -538,7 +539,7 @@ fn spawn_pipeline(
         config.clone(),
         shared.live.clone(),
     ));
-    let (settle, settle_rx) = mpsc::channel(4);
+    let (settle, settle_rx) = mpsc::channel(events::processor::SETTLE_CAPACITY);
     let pipeline = Pipeline {
         config: config.clone(),
         live: shared.live.clone(),
@@ -552,8 +553,7 @@ fn spawn_pipeline(
         settle: settle_rx,
     };
     tasks.spawn(pipeline.run(bus_events));
-    // Bounded: pushing is quick (it only queues frames), so this hardly ever waits.
-    let (committed, committed_rx) = mpsc::channel(64);
+    let (committed, committed_rx) = mpsc::channel(events::processor::COMMITTED_CAPACITY);
     let processor = events::processor::Processor::new(
         config.clone(),
         shared.metrics.clone(),

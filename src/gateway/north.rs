@@ -41,7 +41,7 @@ pub(super) fn alarms_to_opcua(
     mut committed: mpsc::Receiver<Vec<events::Event>>,
     tasks: &TaskTracker,
 ) -> mpsc::Receiver<Vec<events::Event>> {
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, rx) = mpsc::channel(events::processor::COMMITTED_CAPACITY);
     tasks.spawn(async move {
         while let Some(batch) = committed.recv().await {
             feed.events(&gateway_id, &batch);

@@ -102,6 +102,10 @@ impl WriteError {
     }
 }
 
+/// Polls and status changes a bus task may have waiting for the pipeline; past it the bus
+/// waits: a slow store slows the buses down instead of growing memory (nothing is dropped).
+pub const EVENTS_CAPACITY: usize = 256;
+
 /// An idle bus stamps its progress this often; a bus is stalled when its last stamp is older
 /// than [`stall_limit`].
 pub const BEAT_EVERY: Duration = Duration::from_secs(1);

@@ -49,6 +49,13 @@ pub use writer::GROUP_COMMIT;
 
 pub const DB_FILE: &str = "gateway.db";
 
+/// Commands someone waits for (events, status, audits, acknowledgements) queued for the writer;
+/// past it the sender waits (backpressure, nothing dropped).
+const URGENT_CAPACITY: usize = 1024;
+/// Telemetry reports for the next group commit: a 200 ms group holds up to 20,000 device
+/// samples a second before the pipeline waits.
+const LAZY_CAPACITY: usize = 4096;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot create the data directory {path}: {source}")]
@@ -445,9 +452,8 @@ pub fn open(
         .spawn(move || checkpoint::checkpoints(checkpointer, wal_for_checkpoints, limit, stopped))
         .map_err(spawn_err)?;
     let readers = Readers::open(dir)?;
-    let (tx, rx) = mpsc::channel(1024);
-    // A 200 ms group holds up to 20,000 device samples a second before the pipeline waits.
-    let (lazy, lazy_rx) = mpsc::channel(4096);
+    let (tx, rx) = mpsc::channel(URGENT_CAPACITY);
+    let (lazy, lazy_rx) = mpsc::channel(LAZY_CAPACITY);
     let healthy = Arc::new(AtomicBool::new(true));
     let gone = Arc::new(AtomicBool::new(false));
     let gaps = Arc::default();

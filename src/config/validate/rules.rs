@@ -82,13 +82,7 @@ impl Validator {
     fn rule_numbers(&mut self, p: &KeyPath, r: &RawRule, pt: &crate::config::Point) {
         // Every number of a rule must be finite: `threshold = nan` never compares true, and
         // `inf` never false.
-        for (key, x) in [
-            ("threshold", r.threshold),
-            ("clear", r.clear),
-            ("low", r.low),
-            ("high", r.high),
-            ("per_s", r.per_s),
-        ] {
+        for (key, x) in r.numbers() {
             if x.is_some_and(|x| !x.is_finite()) {
                 self.err(&p.key(key), "must be a finite number");
             }
@@ -132,13 +126,7 @@ impl Validator {
                 "an `expr` rule has no point: its expression names the points it watches",
             );
         }
-        for (key, x) in [
-            ("threshold", r.threshold),
-            ("clear", r.clear),
-            ("low", r.low),
-            ("high", r.high),
-            ("per_s", r.per_s),
-        ] {
+        for (key, x) in r.numbers() {
             if x.is_some() {
                 self.err(&p.key(key), "does not apply to kind = \"expr\"");
             }

@@ -44,8 +44,8 @@ pub(super) fn problems_json(problems: &[config::Problem]) -> Json {
 pub(super) fn check(text: &str, running: &Config) -> (Vec<config::Problem>, Option<Config>) {
     match config::parse(text) {
         Ok(l) => {
-            let well_known = crate::account::well_known_login(&l.config)
-                .filter(|_| crate::account::well_known_login(running).is_none());
+            let well_known = crate::config::preflight::well_known_login(&l.config)
+                .filter(|_| crate::config::preflight::well_known_login(running).is_none());
             // Valid, but could it start here? A taken port or an unwritable directory is a
             // problem now, not an exit at the next start.
             let problems = match well_known {

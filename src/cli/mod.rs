@@ -1,5 +1,7 @@
 //! The commands besides `run`: one-off `read`/`write` for commissioning, `demo`, `simulate`,
-//! `check-config` and `hash-password`.
+//! `check-config` and `hash-password`; the subcommands' bodies the binary calls in `commands`.
+
+pub mod commands;
 
 use std::io::Write as _;
 use std::path::PathBuf;
