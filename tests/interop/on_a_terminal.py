@@ -2,12 +2,15 @@
 ANSWERS_JSON PROGRAM ARGS...` answers each prompt of ANSWERS_JSON (`[["Password: ",
 "secret"], ...]`) in turn, then prints everything the terminal showed and exits with the
 program's code. What the terminal echoes is in the output: a prompt with echo off shows none of
-the answer."""
+the answer. Each answer is typed once the terminal stops echoing (or after 2 s), as a person
+types after the prompt: a program may print its prompt a moment before it turns echo off."""
 
 import json
 import os
 import pty
 import sys
+import termios
+import time
 
 
 def main() -> int:
@@ -31,6 +34,10 @@ def main() -> int:
             if not read_more():
                 break
         shown = shown.replace(prompt.encode(), b"<" + prompt.strip().encode() + b">", 1)
+        # The master shares the terminal's settings with the program's side.
+        until = time.monotonic() + 2.0
+        while termios.tcgetattr(fd)[3] & termios.ECHO and time.monotonic() < until:
+            time.sleep(0.01)
         os.write(fd, answer.encode() + b"\n")
     while read_more():
         pass
