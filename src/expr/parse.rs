@@ -180,7 +180,16 @@ struct Parser<'a> {
     lexer: Lexer<'a>,
     tok: Tok,
     at: usize,
+    /// Brackets, unary operators and `^` open inside each other this deep.
+    depth: usize,
 }
+
+/// The longest expression: a formula is a line, and the parser and compiler recurse over its
+/// tree, which a long enough text (from a dashboard request) would make deep enough to
+/// overflow a thread's stack.
+const MAX_LEN: usize = 1000;
+/// The deepest nesting of brackets, unary operators and `^`.
+const MAX_DEPTH: usize = 64;
 
 /// Binding power of a binary operator (higher binds tighter), and whether it groups right.
 fn binary(op: &str) -> Option<(BinOp, u8, bool)> {
@@ -218,6 +227,16 @@ impl Parser<'_> {
     }
 
     fn expr(&mut self, min: u8) -> Result<Expr, ExprError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.err(format!("nested more than {MAX_DEPTH} deep")));
+        }
+        let e = self.expr_at_depth(min);
+        self.depth -= 1;
+        e
+    }
+
+    fn expr_at_depth(&mut self, min: u8) -> Result<Expr, ExprError> {
         let mut left = self.unary()?;
         while let Tok::Op(op) = self.tok {
             let Some((bin, power, right)) = binary(op) else {
@@ -308,6 +327,12 @@ impl Parser<'_> {
 /// Parses `text`; `known` says which names exist (a point of the expression's own device, or
 /// `device.point`).
 pub fn parse(text: &str, known: &dyn Fn(&str) -> bool) -> Result<Parsed, ExprError> {
+    if text.len() > MAX_LEN {
+        return Err(ExprError::new(
+            MAX_LEN,
+            format!("longer than {MAX_LEN} characters"),
+        ));
+    }
     let mut p = Parser {
         lexer: Lexer {
             text,
@@ -317,6 +342,7 @@ pub fn parse(text: &str, known: &dyn Fn(&str) -> bool) -> Result<Parsed, ExprErr
         },
         tok: Tok::End,
         at: 0,
+        depth: 0,
     };
     p.bump()?;
     if p.tok == Tok::End {

@@ -190,6 +190,21 @@ fn a_constant_division_by_zero_is_refused_and_a_variable_one_is_not() {
 }
 
 #[test]
+fn a_hostile_text_is_refused_before_it_can_nest_deep() {
+    // Either would overflow the stack of the thread that parses or compiles it.
+    let deep = format!("{}1{}", "(".repeat(300), ")".repeat(300));
+    assert_eq!(errors(&deep)[0].message, "nested more than 64 deep");
+    assert_eq!(
+        errors(&"-".repeat(200))[0].message,
+        "nested more than 64 deep"
+    );
+    let long = vec!["1"; 600].join("+");
+    assert_eq!(errors(&long)[0].message, "longer than 1000 characters");
+    // A long chain within the limit compiles.
+    assert_eq!(eval(&vec!["1"; 400].join("+"), &[]), 400.0);
+}
+
+#[test]
 fn a_program_knows_its_type() {
     let p = parse("running && a > 1", &known).unwrap();
     let names = p.names.clone();
