@@ -8,9 +8,9 @@ use std::collections::BinaryHeap;
 
 use crate::config::{Config, Formula, RuleKind};
 use crate::expr::Ty;
+use crate::model::Row;
 use crate::model::{Millis, Quality, Value};
 use crate::state::{self, Live};
-use crate::store::Row;
 
 /// What a formula's result is for.
 enum Target {

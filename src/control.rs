@@ -130,7 +130,7 @@ impl Control {
         table: modbus::codec::Table,
         address: u16,
         count: u16,
-    ) -> modbus::link::Reply<modbus::link::Data> {
+    ) -> modbus::reply::Reply<modbus::reply::Data> {
         let (reply, rx) = oneshot::channel();
         let req = BusRequest::Read(modbus::bus::RawRead {
             unit,
@@ -140,7 +140,7 @@ impl Control {
             reply,
         });
         let gone = || {
-            Err(modbus::link::LinkError::Transport(
+            Err(modbus::reply::LinkError::Transport(
                 "the bus is not running".into(),
             ))
         };

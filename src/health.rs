@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::{json, Value as Json};
 
+use crate::api::Shared;
 use crate::state;
-use crate::ws::Shared;
 
 /// A sink this far behind is backing up (outbox rows not yet confirmed upstream).
 pub const BACKING_UP_ROWS: i64 = 10_000;

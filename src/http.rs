@@ -20,17 +20,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::api::Shared;
 use crate::fair::FairShare;
 use crate::log_limit::{suppressed, LogLimit};
 use crate::state;
 use crate::tls::server::ServerTls;
-use crate::ws::Shared;
 
 type AppState = Arc<Shared>;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/ws", get(crate::ws::upgrade))
+        .route("/ws", get(crate::api::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         // `/` and `/app/…`: the dashboard's embedded files.

@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! Data flows one way: bus poller → pipeline (state, rules) → store (SQLite) → sinks, with the
-//! pipeline and the event processor handing pushes to `ws::push`.
+//! pipeline and the event processor handing pushes to `api::push`.
 //!
 //! - [`config`]: TOML → raw types → validated domain types, problems with key path and line.
 //! - [`model`]: the vocabulary every stage shares: values, quality, timestamps, point formats
@@ -35,9 +35,12 @@
 //! - [`sinks`]: upstream store-and-forward: each sink reads the SQLite outbox after its cursor
 //!   and advances it only after its upstream confirmed (a MySQL commit, an MQTT PUBACK); MQTT
 //!   in SPEC's JSON topics or as a Sparkplug B edge node.
-//! - [`ws`]: the WebSocket service: admission (Host/Origin, connection caps), sessions and
-//!   logins, roles, services, client hub, what is pushed (`ws::push`), and the handlers'
-//!   context (`ws::shared`, which `/healthz` and `/metrics` read too).
+//! - [`ws`]: the WebSocket plumbing: the handshake and the split socket, each connection's
+//!   writer (heartbeats, bounded writes), the client hub with bounded push queues, admission
+//!   (Host/Origin, connection caps).
+//! - [`api`]: the dashboard's API over it: the request loop, sessions and logins, roles,
+//!   services, what is pushed (`api::push`), diagnostics, and the handlers' context
+//!   (`api::shared`, which `/healthz` and `/metrics` read too).
 //! - [`opcua`]: the OPC UA server a SCADA reads: the config as an address space, fed from the
 //!   pipeline's reports, its users those of the dashboard (cargo feature `opcua`, on by
 //!   default; `opcua/off.rs` stands in without it).
@@ -55,6 +58,7 @@
 //! - [`notify`]: alarm notifications by webhook and e-mail from the store's queue, at least
 //!   once, digests in a storm, reminders and escalation.
 //! - [`tls`]: TLS as a client with the system's roots, for every upstream dialled.
+//! - [`broker`]: an MQTT broker's URL read once (the sink, the fleet, the connection test).
 //! - [`host`]: this box's name and interface addresses.
 //! - [`log_limit`]: log lines outside parties can trigger, at most one per source per period.
 //! - [`metrics`]: counters kept by every stage, rendered for Prometheus.
@@ -65,8 +69,10 @@
 //! - [`account`]: the password prompt and `user add`.
 
 pub mod account;
+pub mod api;
 pub mod assets;
 pub mod backoff;
+pub mod broker;
 pub mod build_info;
 pub mod calc;
 pub mod cli;
@@ -108,10 +114,11 @@ pub mod ws;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use api::Shared;
 use config::Config;
 pub use gateway::{Gateway, ReloadError, ReloadSummary, StartError};
+pub use metrics::sinks::Sinks;
 use metrics::Reload;
-pub use ws::{Shared, Sinks};
 
 pub use build_info::{GIT, VERSION};
 

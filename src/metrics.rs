@@ -11,6 +11,7 @@ pub mod modbus_server;
 pub mod notify;
 pub mod opcua;
 mod process;
+pub mod sinks;
 pub use process::{fd_limit, kernel_written_bytes, open_fds, rss_bytes};
 pub mod wire;
 

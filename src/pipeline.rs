@@ -1,6 +1,6 @@
 //! The pipeline between the buses and the store: bus events → live state (report on change) →
-//! rules → store, with reported changes pushed to WebSocket subscribers and rule events handed
-//! to the event processor.
+//! rules → store, with reported changes told to its telemetry port (the dashboard's pushes,
+//! OPC UA) and rule events handed to the event processor.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -15,11 +15,10 @@ use crate::events::rules::Engine;
 use crate::events::{Draft, EventState, EventType};
 use crate::metrics::Metrics;
 use crate::modbus::bus::BusEvent;
-use crate::model::now_ms;
-use crate::state::{self, SharedLive};
+use crate::model::{now_ms, Report};
+use crate::state::{self, Change, SharedLive, Telemetry};
 use crate::store::{StoreCmd, StoreHandle};
 use crate::sync::Locked;
-use crate::ws::push::Pusher;
 
 /// How often on-delays, `stale` rules and the store's gap notices are looked at.
 const TICK: Duration = Duration::from_millis(100);
@@ -32,9 +31,8 @@ pub struct Pipeline {
     pub live: SharedLive,
     pub metrics: Arc<Metrics>,
     pub store: StoreHandle,
-    pub push: Arc<Pusher>,
-    /// The OPC UA server's variables, when it runs.
-    pub opcua: Option<Arc<crate::opcua::Feed>>,
+    /// Told of every report as it happens: the WebSocket pushes, the OPC UA server's variables.
+    pub telemetry: Vec<Arc<dyn Telemetry>>,
     pub engine: Engine,
     /// Calculated points and `expr` rules, evaluated as their inputs change.
     pub calc: Calculator,
@@ -84,15 +82,13 @@ impl Pipeline {
                     }
                     let now = tokio::time::Instant::now();
                     let mut calculated = Vec::new();
-                    for cmd in &reports {
-                        if let StoreCmd::Report { device, rows, .. } = cmd {
-                            if self.calc.queue(*device, rows.iter().map(|r| r.point)) {
-                                calculated.extend(self.calculate(None, now, &mut drafts));
-                            }
+                    for r in &reports {
+                        if self.calc.queue(r.device, r.rows.iter().map(|r| r.point)) {
+                            calculated.extend(self.calculate(None, now, &mut drafts));
                         }
                     }
-                    for cmd in reports.into_iter().chain(calculated) {
-                        if !self.report(cmd, now).await {
+                    for r in reports.into_iter().chain(calculated) {
+                        if !self.report(r, now).await {
                             return;
                         }
                     }
@@ -164,16 +160,36 @@ impl Pipeline {
             } => self.calc.queue(*device, results.iter().map(|r| r.0)),
             _ => false,
         };
-        let mut cmd = state::apply(&self.config, &self.live, ev);
+        let (mut report, status) = match state::apply(&self.config, &self.live, ev) {
+            Some(Change::Report(r)) => (Some(r), None),
+            Some(status @ Change::Status { .. }) => (None, Some(status)),
+            None => (None, None),
+        };
         let calculated = if queued {
-            self.calculate(cmd.as_mut(), read_at, drafts)
+            self.calculate(report.as_mut(), read_at, drafts)
         } else {
             Vec::new()
         };
-        for cmd in cmd.into_iter().chain(calculated) {
-            if !self.report(cmd, read_at).await {
+        for r in report.into_iter().chain(calculated) {
+            if !self.report(r, read_at).await {
                 return false;
             }
+        }
+        if let Some(Change::Status {
+            device,
+            online,
+            last_seen,
+            ts,
+        }) = status
+        {
+            return self
+                .store(StoreCmd::Status {
+                    device,
+                    online,
+                    last_seen,
+                    ts,
+                })
+                .await;
         }
         true
     }
@@ -183,10 +199,10 @@ impl Pipeline {
     /// of their own.
     fn calculate(
         &mut self,
-        mut report: Option<&mut StoreCmd>,
+        mut report: Option<&mut Report>,
         at: tokio::time::Instant,
         drafts: &mut Vec<Draft>,
-    ) -> Vec<StoreCmd> {
+    ) -> Vec<Report> {
         let out = {
             let mut live = state::write(&self.live);
             self.calc.run(&self.config, &mut live)
@@ -197,18 +213,18 @@ impl Pipeline {
         for &(r, holds, ts) in &out.rules {
             self.engine.on_expr(r, holds, ts, at, drafts);
         }
-        let mut reports: Vec<StoreCmd> = Vec::new();
+        let mut reports: Vec<Report> = Vec::new();
         for row in out.rows.drain(..) {
             let key = (row.device, row.ts);
-            let same = |c: &StoreCmd| matches!(c, StoreCmd::Report { device, ts, .. } if (*device, *ts) == key);
+            let same = |r: &Report| (r.device, r.ts) == key;
             let target = match report.as_deref_mut() {
-                Some(c) if same(c) => Some(c),
-                _ => reports.iter_mut().find(|c| same(c)),
+                Some(r) if same(r) => Some(r),
+                _ => reports.iter_mut().find(|r| same(r)),
             };
-            if let Some(StoreCmd::Report { rows, .. }) = target {
-                rows.push(row);
+            if let Some(r) = target {
+                r.rows.push(row);
             } else {
-                reports.push(StoreCmd::Report {
+                reports.push(Report {
                     device: row.device,
                     ts: row.ts,
                     rows: vec![row],
@@ -218,14 +234,17 @@ impl Pipeline {
         reports
     }
 
-    /// A state change to push (a report) and store. False when the store is gone.
-    async fn report(&self, cmd: StoreCmd, read_at: tokio::time::Instant) -> bool {
-        if let StoreCmd::Report { device, ts, rows } = &cmd {
-            self.push.telemetry(*device, *ts, rows, read_at.into_std());
-            if let Some(o) = &self.opcua {
-                o.telemetry(*device, *ts, rows);
-            }
+    /// A report told to the telemetry port, then stored. False when the store is gone.
+    async fn report(&self, report: Report, read_at: tokio::time::Instant) -> bool {
+        let read_at = read_at.into_std();
+        for t in &self.telemetry {
+            t.report(&report, read_at);
         }
+        self.store(StoreCmd::Report(report)).await
+    }
+
+    /// False when the store is gone.
+    async fn store(&self, cmd: StoreCmd) -> bool {
         if !self.store.send(cmd).await {
             tracing::error!("store writer is gone; stopping the pipeline");
             return false;
@@ -235,7 +254,7 @@ impl Pipeline {
 
     /// Timed rules (on-delays, `stale`), and the gaps the store's size cap made. Returns the
     /// reports of points a `stale` rule flagged.
-    fn on_tick(&mut self, drafts: &mut Vec<Draft>) -> Vec<StoreCmd> {
+    fn on_tick(&mut self, drafts: &mut Vec<Draft>) -> Vec<Report> {
         let mut reports = Vec::new();
         if self.engine.rule_count() > 0 {
             let now = now_ms();

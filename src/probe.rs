@@ -7,8 +7,9 @@ use std::fmt::Write as _;
 use crate::config::Config;
 use crate::modbus::bus::decode_point;
 use crate::modbus::codec::CodecError;
-use crate::modbus::link::{exception_name, Data, Link, LinkError};
+use crate::modbus::link::Link;
 use crate::modbus::plan;
+use crate::modbus::reply::{Data, LinkError};
 
 /// Polls every device of `config` once, buses in turn, and writes the report to `out`.
 /// Returns whether every device answered every read.
@@ -72,7 +73,7 @@ async fn device(link: &mut Link, d: &crate::config::Device, retries: u32) -> (St
                 ),
                 Ok(Err(code)) => (
                     "-".into(),
-                    format!("bad (exception 0x{code:02X}: {})", exception_name(*code)),
+                    format!("bad (exception 0x{:02X}: {code})", code.code()),
                 ),
                 Err(e) => ("-".into(), format!("bad ({e})")),
             };

@@ -1,13 +1,35 @@
 //! The live state of every device and point, and the report-on-change decision (deadband and
-//! `report_every_s`) that turns polls into history rows for the store.
+//! `report_every_s`) that turns polls into reports: what changed, for the stages after it.
 
 use std::sync::{Arc, RwLock};
 
 use crate::config::{Config, Point};
 use crate::modbus::bus::BusEvent;
-use crate::model::{Millis, Quality, Value};
-use crate::store::{Restored, Row, StoreCmd};
+use crate::model::{Millis, Quality, Report, Row, Value};
+use crate::store::Restored;
 use crate::sync::RwLocked;
+
+/// What a bus event changed in the live state, for the stages after it: the pipeline hands a
+/// report to its [`Telemetry`] port and the store, a status to the store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Points whose new reading must be reported (history, pushes, upstreams).
+    Report(Report),
+    /// A device went online or offline.
+    Status {
+        device: usize,
+        online: bool,
+        last_seen: Option<Millis>,
+        ts: Millis,
+    },
+}
+
+/// Who is told of each report as it happens, besides the store: the dashboard's pushes and the
+/// OPC UA server's variables. The pipeline's port, so that it names neither.
+pub trait Telemetry: Send + Sync {
+    /// `read_at`: when the poll's answer arrived (the push's latency is counted from it).
+    fn report(&self, report: &Report, read_at: std::time::Instant);
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PointLive {
@@ -123,7 +145,7 @@ fn must_report(point: &Point, p: &PointLive, ts: Millis) -> bool {
 /// the next good read makes them good again. Checked once a second; the write lock is taken
 /// only when something turns stale. Returns the reports the change calls for (see
 /// [`turn_stale`]).
-pub fn mark_stale(config: &Config, live: &SharedLive, now: Millis) -> Vec<StoreCmd> {
+pub fn mark_stale(config: &Config, live: &SharedLive, now: Millis) -> Vec<Report> {
     let limit =
         |d: usize, p: usize| (config.devices[d].point_interval(p).as_millis() as i64 * 3).max(3000);
     let due: Vec<(usize, usize)> = read(live)
@@ -150,12 +172,12 @@ pub fn mark_stale(config: &Config, live: &SharedLive, now: Millis) -> Vec<StoreC
 /// (SPEC, Quality): one report per device, its rows the points' last values marked stale, for
 /// the push, the store and every upstream — a stale value was shown as good everywhere but
 /// the live state.
-pub fn turn_stale(live: &SharedLive, points: &[(usize, usize)], now: Millis) -> Vec<StoreCmd> {
+pub fn turn_stale(live: &SharedLive, points: &[(usize, usize)], now: Millis) -> Vec<Report> {
     if points.is_empty() {
         return Vec::new();
     }
     let mut l = write(live);
-    let mut reports: Vec<StoreCmd> = Vec::new();
+    let mut reports: Vec<Report> = Vec::new();
     for &(device, point) in points {
         let pl = &mut l.devices[device].points[point];
         if pl.quality == Quality::Stale {
@@ -171,10 +193,8 @@ pub fn turn_stale(live: &SharedLive, points: &[(usize, usize)], now: Millis) -> 
             quality: Quality::Stale,
         };
         match reports.last_mut() {
-            Some(StoreCmd::Report {
-                device: d, rows, ..
-            }) if *d == device => rows.push(row),
-            _ => reports.push(StoreCmd::Report {
+            Some(r) if r.device == device => r.rows.push(row),
+            _ => reports.push(Report {
                 device,
                 ts: now,
                 rows: vec![row],
@@ -213,8 +233,8 @@ pub fn apply_calculated(
     })
 }
 
-/// One bus event → the state change, and the store command it calls for.
-pub fn apply(config: &Config, live: &SharedLive, ev: BusEvent) -> Option<StoreCmd> {
+/// One bus event → the state changed, and what the change calls for.
+pub fn apply(config: &Config, live: &SharedLive, ev: BusEvent) -> Option<Change> {
     match ev {
         BusEvent::Polled {
             device,
@@ -257,7 +277,7 @@ pub fn apply(config: &Config, live: &SharedLive, ev: BusEvent) -> Option<StoreCm
             if any_good {
                 d.last_seen = Some(ts);
             }
-            (!rows.is_empty()).then_some(StoreCmd::Report { device, ts, rows })
+            (!rows.is_empty()).then_some(Change::Report(Report { device, ts, rows }))
         }
         BusEvent::Status {
             device, ts, online, ..
@@ -268,7 +288,7 @@ pub fn apply(config: &Config, live: &SharedLive, ev: BusEvent) -> Option<StoreCm
             if online {
                 d.last_seen = Some(ts);
             }
-            Some(StoreCmd::Status {
+            Some(Change::Status {
                 device,
                 online,
                 last_seen: d.last_seen,

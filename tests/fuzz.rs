@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use edge_gateway::api::context::Ctx;
 use edge_gateway::config::Role;
 use edge_gateway::modbus::codec::{self, ByteOrder, DataType, Format, Table, WordOrder};
 use edge_gateway::modbus::simulator::Profile;
 use edge_gateway::model::Value;
-use edge_gateway::ws::context::Ctx;
 use edge_gateway::ws::hub::{Client, Login};
 use edge_gateway::Gateway;
 use rand::rngs::StdRng;
@@ -258,7 +258,7 @@ async fn the_websocket_envelope_and_every_service_take_any_input() {
         let Ok(text) = std::str::from_utf8(&input) else {
             continue;
         };
-        let outcome = match edge_gateway::ws::context::parse(text) {
+        let outcome = match edge_gateway::api::context::parse(text) {
             Err(reply) => shape(&reply),
             Ok(req) => {
                 // auth.login runs argon2 (50 ms): its params are checked like every other's
@@ -271,11 +271,11 @@ async fn the_websocket_envelope_and_every_service_take_any_input() {
                     client: client.clone(),
                     remote: "127.0.0.1".parse().unwrap(),
                     params: req.params,
-                    later: edge_gateway::ws::context::Later::default(),
+                    later: edge_gateway::api::context::Later::default(),
                 };
-                let result = edge_gateway::ws::services::dispatch(&req.service, ctx).await;
+                let result = edge_gateway::api::services::dispatch(&req.service, ctx).await;
                 let reply =
-                    edge_gateway::ws::context::reply(&req.request_id, Some(&req.service), result);
+                    edge_gateway::api::context::reply(&req.request_id, Some(&req.service), result);
                 // The service names only a known service's outcome (an unknown name is 404).
                 let known = !shape(&reply).starts_with("404 unknown service");
                 let service = if known { req.service.as_str() } else { "?" };
@@ -286,14 +286,14 @@ async fn the_websocket_envelope_and_every_service_take_any_input() {
     }
     run.report();
     // Still serving after all that.
-    let r = edge_gateway::ws::services::dispatch(
+    let r = edge_gateway::api::services::dispatch(
         "devices.list",
         Ctx {
             shared: gw.shared.clone(),
             client,
             remote: "127.0.0.1".parse().unwrap(),
             params: serde_json::Map::default(),
-            later: edge_gateway::ws::context::Later::default(),
+            later: edge_gateway::api::context::Later::default(),
         },
     )
     .await;
@@ -306,7 +306,7 @@ async fn the_websocket_envelope_and_every_service_take_any_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modbus_tcp_and_rtu_answers_are_parsed_against_their_request() {
     use edge_gateway::modbus::codec::Table;
-    use edge_gateway::modbus::link::LinkError;
+    use edge_gateway::modbus::reply::LinkError;
     use edge_gateway::modbus::rtu::{LineTiming, Rtu};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_modbus::client::Reader;

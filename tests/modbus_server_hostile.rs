@@ -182,7 +182,7 @@ async fn a_thousand_connections_get_max_connections_and_polling_goes_on() {
     let m = http_get(gw.http_addr, "/metrics").await;
     assert!(m.contains("edge_modbus_server_connections 4"), "{m}");
     // The Diagnostics view's figures.
-    let d = edge_gateway::ws::diagnostics::report(&gw.shared, true);
+    let d = edge_gateway::api::diagnostics::report(&gw.shared, true);
     let ms = &d["modbusServer"];
     assert_eq!(
         (&ms["connections"], &ms["maxConnections"], &ms["refused"]),

@@ -114,15 +114,15 @@ async fn a_scada_client_browses_reads_subscribes_and_writes(peer: Peer) {
     });
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
+    // A calculated point is a point of its device here too: browsed, read-only, a Double.
     let body = format!(
         "{}{}[opcua]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n\
-         security = [\"basic256sha256\", \"none\"]\nanonymous = true\ntrust_client_certs = true\n{}",
+         security = [\"basic256sha256\", \"none\"]\nanonymous = true\ntrust_client_certs = true\n{}\
+         [[calculated]]\ndevice = \"boiler\"\npoint = \"temperature_f\"\n\
+         expr = \"temperature * 1.8 + 32\"\nunit = \"°F\"\n",
         users_and_push(""),
         tcp_bus(&sim_addr.to_string()),
-        BOILER_AND_PUMP.replace(
-            "type = \"f32\" }",
-            "type = \"f32\", unit = \"°C\" }"
-        ),
+        BOILER_AND_PUMP.replace("type = \"f32\" }", "type = \"f32\", unit = \"°C\" }"),
     );
     let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
     wait_for("online", || online(&gw, "boiler")).await;
@@ -145,7 +145,13 @@ async fn a_scada_client_browses_reads_subscribes_and_writes(peer: Peer) {
     );
     assert_eq!(
         browse["points"],
-        serde_json::json!(["Online", "burner", "setpoint", "temperature"]),
+        serde_json::json!([
+            "Online",
+            "burner",
+            "setpoint",
+            "temperature",
+            "temperature_f"
+        ]),
         "{all}"
     );
     let read = |node: &str| {
@@ -165,6 +171,13 @@ async fn a_scada_client_browses_reads_subscribes_and_writes(peer: Peer) {
     assert_eq!(read("setpoint")["type"], "Double", "{all}");
     assert_eq!(read("burner")["type"], "Boolean", "{all}");
     assert_eq!(read("Online")["value"], true, "{all}");
+    let f = read("temperature_f");
+    assert_eq!(
+        (&f["type"], &f["status"], &f["unit"]),
+        (&"Double".into(), &"Good".into(), &"°F".into()),
+        "{all}"
+    );
+    assert!((f["value"].as_f64().unwrap() - 70.7).abs() < 1e-6, "{all}");
     assert!(
         step(&found, "subscribe")[0]["changes"].as_u64().unwrap() >= 1,
         "{all}"

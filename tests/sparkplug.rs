@@ -187,6 +187,10 @@ points = [
   {{ id = "coil0", table = "coil", address = 0, type = "bool" }},
   {{ id = "w_u16", table = "holding", address = 104, type = "u16", writable = true }},
 ]
+[[calculated]]
+device = "py"
+point = "u16_half"
+expr = "u16 / 2"
 "#,
         bus = tcp_bus(device)
     )
@@ -254,7 +258,8 @@ async fn a_host_decodes_births_data_and_commands_against_the_device() {
         .count();
     assert_eq!(births, 1, "a DBIRTH before the device answered");
     let d = metrics(&dbirth);
-    let expect: [(&str, &str, Json); 10] = [
+    // A calculated point is a metric of its device like any other.
+    let expect: [(&str, &str, Json); 11] = [
         ("i32", "INT32", (-123_456).into()),
         ("u64", "UINT64", 0x0102_0304_0506_0708_u64.into()),
         ("i16", "INT16", (-2).into()),
@@ -264,6 +269,7 @@ async fn a_host_decodes_births_data_and_commands_against_the_device() {
         ("scaled", "DOUBLE", 550.0.into()),
         ("coil0", "BOOLEAN", true.into()),
         ("w_u16", "UINT16", 0.into()),
+        ("u16_half", "DOUBLE", 32500.0.into()),
         ("f32", "FLOAT", Json::Null),
     ];
     for (name, datatype, value) in &expect {

@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Link, Parity};
 use crate::modbus::codec::{self, DataType, Format, Table};
-use crate::modbus::link::{self, exception_name, Data, LinkError, WriteOp};
+use crate::modbus::link;
 use crate::modbus::plan::{MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ};
+use crate::modbus::reply::{Data, LinkError, WriteOp};
 use crate::modbus::simulator::{self, Profile, Simulator};
 use crate::model::Value;
 
@@ -307,8 +308,8 @@ async fn fetch(t: &Target, count: u16) -> Result<(Vec<bool>, Vec<u16>), i32> {
             Ok(Ok(Data::Registers(r))) => regs.extend(r),
             Ok(Err(code)) => {
                 eprintln!(
-                    "error: device answered exception 0x{code:02X}: {}",
-                    exception_name(code)
+                    "error: device answered exception 0x{:02X}: {code}",
+                    code.code()
                 );
                 return Err(EXIT_EXCEPTION);
             }
@@ -384,8 +385,8 @@ pub async fn write(t: Target, value: &str) -> i32 {
         }
         Ok(Err(code)) => {
             eprintln!(
-                "error: device answered exception 0x{code:02X}: {}",
-                exception_name(code)
+                "error: device answered exception 0x{:02X}: {code}",
+                code.code()
             );
             EXIT_EXCEPTION
         }
@@ -394,7 +395,7 @@ pub async fn write(t: Target, value: &str) -> i32 {
 }
 
 /// `hash-password`: an argon2id PHC string for `[[users]]`.
-pub use crate::ws::auth::hash_password;
+pub use crate::api::auth::hash_password;
 
 /// The demo's embedded config; `demo` points its bus at the in-process simulator.
 pub use config::DEMO as DEMO_CONFIG;

@@ -17,9 +17,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::state::ConfigId;
+use crate::api::services::configure;
+use crate::api::Shared;
 use crate::model::now_ms;
-use crate::ws::services::configure;
-use crate::ws::Shared;
 
 /// A rollback that could not start (another apply under way, the old config cannot start just
 /// now) is tried again after this long.

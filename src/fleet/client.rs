@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS, Transport};
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, QoS};
 use serde_json::{json, Value as Json};
 
 use super::signed::{self, Signer};
@@ -40,22 +40,12 @@ pub fn keygen(out: &Path) -> Result<String, String> {
 
 /// A client of the broker at `url` (`mqtt[s]://[user:pass@]host[:port]`).
 fn connect(url: &str) -> Result<(AsyncClient, EventLoop), String> {
-    let t = crate::sinks::mqtt::parse_url(url)?;
-    let mut o = MqttOptions::new(
+    let mut o = crate::broker::options(
+        url,
         format!("edge-fleet-{:08x}", rand::random::<u32>()),
-        t.host.clone(),
-        t.port,
-    );
-    o.set_keep_alive(Duration::from_secs(15))
-        .set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
-    if let Some((u, p)) = &t.credentials {
-        o.set_credentials(u.clone(), p.clone());
-    }
-    if t.tls {
-        o.set_transport(Transport::tls_with_config(crate::sinks::mqtt::tls_config(
-            None,
-        )?));
-    }
+        Duration::from_secs(15),
+    )?;
+    o.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
     Ok(AsyncClient::new(o, 64))
 }
 

@@ -11,12 +11,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::apply::{self, Trial};
 use super::signed::{self, Seen};
+use crate::api::context::{Ctx, Later, ServiceError};
+use crate::api::Shared;
 use crate::config::Role;
 use crate::log_limit::{suppressed, LogLimit};
 use crate::sinks::FleetPort;
-use crate::ws::context::{Ctx, Later, ServiceError};
 use crate::ws::hub::{Client, Login};
-use crate::ws::Shared;
 
 /// What a fleet may ask over the broker: reads only (SPEC).
 pub const READ_ONLY: [&str; 6] = [
@@ -221,8 +221,8 @@ async fn rpc(shared: &Arc<Shared>, seen: &mut Seen, payload: &[u8]) -> Json {
         params,
         later: Later::default(),
     };
-    let result: Result<Json, ServiceError> = crate::ws::services::dispatch(service, ctx).await;
-    let mut reply = crate::ws::context::reply(&json!(id), Some(service), result);
+    let result: Result<Json, ServiceError> = crate::api::services::dispatch(service, ctx).await;
+    let mut reply = crate::api::context::reply(&json!(id), Some(service), result);
     reply["id"] = json!(id);
     reply
 }

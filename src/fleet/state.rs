@@ -13,7 +13,7 @@ use super::hex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::ws::Shared;
+use crate::api::Shared;
 
 /// A `state` is published at least this often.
 const EVERY: Duration = Duration::from_secs(60);

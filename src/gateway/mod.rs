@@ -15,6 +15,8 @@ mod north;
 mod open;
 mod upstream;
 
+use crate::api::push::Pusher;
+use crate::api::Shared;
 use crate::config::Config;
 use crate::control::Control;
 use crate::metrics::Metrics;
@@ -23,9 +25,7 @@ use crate::model::Value;
 use crate::pipeline::Pipeline;
 use crate::state::{self, SharedLive};
 use crate::store::{self, StoreHandle};
-use crate::ws::push::Pusher;
-use crate::ws::Shared;
-use crate::{events, http, modbus, ws};
+use crate::{api, events, http, modbus, ws};
 use north::{alarms_to_opcua, opcua_parts, start_modbus_server, start_opcua};
 use open::{bus_task, open, Opened};
 use upstream::spawn_sinks;
@@ -44,7 +44,7 @@ pub(crate) struct Carry {
     /// Their raw words a Modbus server mirrors, by device id.
     images: HashMap<String, Arc<modbus::image::Image>>,
     /// Logged-in sessions (token, session).
-    sessions: Vec<(String, ws::auth::Session)>,
+    sessions: Vec<(String, api::auth::Session)>,
     /// The listening socket and the `http.listen` it was bound for: kept open across the
     /// reload, so a client that connects meanwhile waits in its backlog instead of being
     /// refused.
@@ -53,7 +53,7 @@ pub(crate) struct Carry {
     config_file: Option<Arc<crate::config::versions::ConfigFile>>,
     /// Where open WebSocket connections wait for the next gateway, and the admission that
     /// counts them (when `push.max_clients` is unchanged).
-    front: Option<Arc<ws::shared::Front>>,
+    front: Option<Arc<api::shared::Front>>,
     admission: Option<Arc<ws::admit::Admission>>,
     /// The OPC UA server, when `[opcua]` and the gateway id are unchanged: its clients keep
     /// their sessions.
@@ -458,6 +458,7 @@ impl Gateway {
         self.event_queues.take();
         self.cancel.cancel();
         self.tasks.wait().await;
+        self.shared.front.stopped().await;
         if let Some(s) = self.opcua.take() {
             s.stop().await;
         }
@@ -500,15 +501,15 @@ fn spawn_housekeeping(shared: &Arc<Shared>, tasks: &TaskTracker, cancel: &Cancel
             .clone()
             .probe(STORE_PROBE_EVERY, cancel.child_token()),
     );
-    tasks.spawn(ws::diagnostics::sampler(
+    tasks.spawn(api::diagnostics::sampler(
         shared.metrics.clone(),
         cancel.child_token(),
     ));
-    tasks.spawn(ws::services::expire_sessions(
+    tasks.spawn(api::services::expire_sessions(
         shared.clone(),
         cancel.child_token(),
     ));
-    tasks.spawn(ws::services::expire_shelves(
+    tasks.spawn(api::services::expire_shelves(
         shared.clone(),
         cancel.child_token(),
     ));
@@ -545,8 +546,9 @@ fn spawn_pipeline(
         live: shared.live.clone(),
         metrics: shared.metrics.clone(),
         store: shared.store.clone(),
-        push: push.clone(),
-        opcua: opcua.clone(),
+        telemetry: std::iter::once(push.clone() as Arc<dyn crate::state::Telemetry>)
+            .chain(opcua.clone().map(|f| f as Arc<dyn crate::state::Telemetry>))
+            .collect(),
         calc: crate::calc::Calculator::new(config),
         engine,
         queues: queues.clone(),
@@ -567,8 +569,8 @@ fn spawn_pipeline(
         Some(feed) => alarms_to_opcua(feed, config.gateway.id.clone(), committed_rx, tasks),
         None => committed_rx,
     };
-    tasks.spawn(ws::push::committed_events(push.clone(), committed_rx));
-    tasks.spawn(ws::push::snapshot_ticker(
+    tasks.spawn(api::push::committed_events(push.clone(), committed_rx));
+    tasks.spawn(api::push::snapshot_ticker(
         push,
         shared.push_interval.subscribe(),
         cancel.child_token(),

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
+use crate::api::Shared;
 use crate::events;
-use crate::ws::Shared;
 
 /// What the OPC UA server takes from a gateway.
 pub(super) fn opcua_parts(shared: &Shared) -> crate::opcua::Parts {

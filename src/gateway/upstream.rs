@@ -8,8 +8,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::Shared;
 use crate::sinks;
-use crate::ws::Shared;
 
 /// What a sink is given: the narrow handles it uses, none of the HTTP side.
 fn sink_context(
@@ -17,6 +17,7 @@ fn sink_context(
     status: &Arc<sinks::SinkStatus>,
     fleet_state: &watch::Receiver<Option<Arc<str>>>,
     fleet: Option<Arc<sinks::FleetPort>>,
+    tasks: &TaskTracker,
 ) -> sinks::SinkContext {
     sinks::SinkContext {
         config: shared.config.clone(),
@@ -26,6 +27,7 @@ fn sink_context(
         fleet_state: fleet_state.clone(),
         fleet,
         operator: shared.operator_events.get().cloned(),
+        tasks: tasks.clone(),
     }
 }
 
@@ -43,7 +45,7 @@ pub(super) fn spawn_sinks(
     let port = crate::fleet::remote::start(shared, trial, tasks, cancel);
     if shared.config.mysql.is_some() {
         tasks.spawn(sinks::mysql::run(
-            sink_context(shared, &shared.sinks.mysql, &state, None),
+            sink_context(shared, &shared.sinks.mysql, &state, None, tasks),
             cancel.child_token(),
         ));
     }
@@ -54,7 +56,7 @@ pub(super) fn spawn_sinks(
             cancel.child_token(),
         ));
         tasks.spawn(sinks::mqtt::run(
-            sink_context(shared, &shared.sinks.mqtt, &state, port),
+            sink_context(shared, &shared.sinks.mqtt, &state, port, tasks),
             cancel.child_token(),
         ));
     }

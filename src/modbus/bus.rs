@@ -21,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::codec::{self, CodecError, DataType, Table};
 use super::image::Images;
-use super::link::{exception_name, Data, Fault, Link, LinkError, Reply, WriteOp};
+use super::link::Link;
 use super::plan::{self, Block};
+use super::reply::{Data, Exception, Fault, LinkError, Reply, WriteOp};
 use crate::config::Config;
 use crate::metrics::{Metrics, RequestResult};
 use crate::model::{Millis, Value};
@@ -31,8 +32,8 @@ use crate::sync::Locked;
 /// Why one point has no fresh value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PointError {
-    #[error("device answered {}", exception_name(*.0))]
-    Exception(u8),
+    #[error("device answered {0}")]
+    Exception(Exception),
     #[error("{0}")]
     Link(LinkError),
     #[error("decode: {0}")]
@@ -74,8 +75,8 @@ pub enum WriteError {
     NotWritable,
     #[error("cannot encode value: {0}")]
     Encode(CodecError),
-    #[error("device answered {}", exception_name(*.0))]
-    Exception(u8),
+    #[error("device answered {0}")]
+    Exception(Exception),
     #[error("device unreachable: {0}")]
     Link(LinkError),
     #[error("the bus is not running")]

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use crate::config::{Config, Device, Layout};
 use crate::sync::Locked as _;
 
-use super::link::Data;
 use super::plan::Block;
+use super::reply::Data;
 
 /// Per device (config order): its image when a `mirror` unit serves it, else `None` (the bus
 /// then copies nothing).

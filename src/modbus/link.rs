@@ -12,124 +12,11 @@ use tokio_modbus::{ProtocolError, Slave};
 
 use super::codec::Table;
 use super::counted::Counted;
+use super::reply::{Data, Exception, Fault, LinkError, Reply, WriteOp};
 use super::rtu::{LineTiming, Rtu};
 use crate::backoff::Backoff;
 use crate::config::{self, Parity};
 use crate::metrics::wire::Wire;
-
-/// What a read returns.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Data {
-    Bits(Vec<bool>),
-    Registers(Vec<u16>),
-}
-
-/// A write request on the wire.
-#[derive(Debug, Clone, PartialEq)]
-pub enum WriteOp {
-    /// FC 5.
-    Coil(bool),
-    /// FC 15.
-    Coils(Vec<bool>),
-    /// FC 6.
-    Register(u16),
-    /// FC 16.
-    Registers(Vec<u16>),
-}
-
-/// A fault of the link, as opposed to an exception, which is the device's answer.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum LinkError {
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    #[error("cannot connect to {target}: {reason}")]
-    Connect { target: String, reason: String },
-    /// Waiting out the reconnect backoff; `cause` is why the last attempt failed. In whole
-    /// seconds: the text goes into events and the log, where a nanosecond figure is noise.
-    #[error("link down ({cause}); next connect attempt in {} s", .retry_in.as_secs_f64().ceil())]
-    Down { retry_in: Duration, cause: String },
-    #[error("transport error: {0}")]
-    Transport(String),
-    #[error("protocol error: {1}")]
-    Protocol(Fault, String),
-}
-
-/// What was wrong with an answer that arrived: the reason of a `device_abnormal` event
-/// (`link:<kind>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// Bytes that do not decode as a frame.
-    Garbage,
-    /// An RTU frame whose CRC does not match: noise on the line, a bad termination.
-    Crc,
-    /// An answer that began and stopped before its length (RTU).
-    Truncated,
-    /// The answer to another request: transaction or unit id.
-    Id,
-    /// Another function code than the request's.
-    Function,
-    /// Not the register or bit count asked for.
-    Length,
-    /// An answer to an earlier, timed-out request came instead of this one's (RTU): thrown
-    /// away, never taken for this request's.
-    Late,
-}
-
-impl Fault {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Fault::Garbage => "garbage",
-            Fault::Crc => "crc",
-            Fault::Truncated => "truncated",
-            Fault::Id => "id",
-            Fault::Function => "function",
-            Fault::Length => "length",
-            Fault::Late => "late",
-        }
-    }
-}
-
-impl LinkError {
-    /// A fault on a link that answers (bad frames, wrong ids), as opposed to one that does not
-    /// answer at all: timeouts, refused connections and a connection or port that was lost
-    /// (the offline alarm's, and the bus's when the whole link is gone; a closed connection
-    /// raised both a device's `link:transport` and its bus's alarm when it counted here).
-    pub fn line_fault(&self) -> Option<&'static str> {
-        match self {
-            LinkError::Protocol(f, _) => Some(f.as_str()),
-            LinkError::Transport(_)
-            | LinkError::Timeout(_)
-            | LinkError::Connect { .. }
-            | LinkError::Down { .. } => None,
-        }
-    }
-
-    /// The label used in counters and logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            LinkError::Timeout(_) => "timeout",
-            LinkError::Connect { .. } | LinkError::Down { .. } => "connect",
-            LinkError::Transport(_) => "transport",
-            LinkError::Protocol(..) => "protocol",
-        }
-    }
-}
-
-/// The name SPEC.md uses for an exception code (`illegal data address`).
-pub fn exception_name(code: u8) -> String {
-    match code {
-        0x01 => "illegal function".into(),
-        0x02 => "illegal data address".into(),
-        0x03 => "illegal data value".into(),
-        0x04 => "server device failure".into(),
-        0x05 => "acknowledge".into(),
-        0x06 => "server device busy".into(),
-        0x08 => "memory parity error".into(),
-        0x0A => "gateway path unavailable".into(),
-        0x0B => "gateway target device failed to respond".into(),
-        other => format!("exception 0x{other:02X}"),
-    }
-}
 
 /// Why tokio-modbus's TCP connection failed. It reports a connection the peer closed as
 /// whatever the last OS error of the thread happened to be ("operation would block", "No such
@@ -161,9 +48,6 @@ pub(crate) fn lost(e: &std::io::Error) -> String {
         _ => e.to_string(),
     }
 }
-
-/// A Modbus request result: outer = the link, inner = the device's exception code.
-pub type Reply<T> = Result<Result<T, u8>, LinkError>;
 
 /// Reconnects: 100 ms after the first failure, doubling to 30 s.
 const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
@@ -482,7 +366,7 @@ async fn tcp_call<T>(
                 )
             }
         }),
-        Ok(Ok(Err(code))) => Ok(Err(u8::from(code))),
+        Ok(Ok(Err(code))) => Ok(Err(Exception(u8::from(code)))),
         Ok(Ok(Ok(v))) => Ok(Ok(v)),
     }
 }

@@ -7,6 +7,7 @@ pub mod frame;
 pub mod image;
 pub mod link;
 pub mod plan;
+pub mod reply;
 pub mod request;
 pub mod rtu;
 pub mod simulator;

@@ -1,15 +1,16 @@
 //! A master's request as the server end reads it: a PDU checked into a typed [`Request`] (or
 //! the exception it earns), and the answers' PDUs. The simulator and the Modbus server share it.
 
+use super::reply::Exception;
 use crate::model::format::Table;
 
-/// Exception codes a server answers with.
-pub const ILLEGAL_FUNCTION: u8 = 0x01;
-pub const ILLEGAL_ADDRESS: u8 = 0x02;
-pub const ILLEGAL_VALUE: u8 = 0x03;
-pub const DEVICE_FAILURE: u8 = 0x04;
-pub const PATH_UNAVAILABLE: u8 = 0x0A;
-pub const TARGET_FAILED: u8 = 0x0B;
+/// Exception codes a server answers with, as the bytes of its answer.
+pub const ILLEGAL_FUNCTION: u8 = Exception::ILLEGAL_FUNCTION.0;
+pub const ILLEGAL_ADDRESS: u8 = Exception::ILLEGAL_ADDRESS.0;
+pub const ILLEGAL_VALUE: u8 = Exception::ILLEGAL_VALUE.0;
+pub const DEVICE_FAILURE: u8 = Exception::DEVICE_FAILURE.0;
+pub const PATH_UNAVAILABLE: u8 = Exception::PATH_UNAVAILABLE.0;
+pub const TARGET_FAILED: u8 = Exception::TARGET_FAILED.0;
 
 /// The most a request may ask for, by the Modbus application protocol (1.1b3, 6.1–6.12).
 const MAX_READ_BITS: u16 = 2000;

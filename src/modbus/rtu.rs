@@ -13,7 +13,7 @@ use tokio::time::{timeout_at, Instant};
 
 use super::codec::Table;
 use super::frame::{crc16, rtu_frame};
-use super::link::{Data, Fault, LinkError, Reply, WriteOp};
+use super::reply::{Data, Exception, Fault, LinkError, Reply, WriteOp};
 use crate::config::Parity;
 
 /// A byte stream an RTU line runs on: a serial port, or TCP to a serial server.
@@ -209,7 +209,7 @@ impl Rtu {
         unit: u8,
         pdu: &[u8],
         deadline: Duration,
-    ) -> Result<Result<Vec<u8>, u8>, LinkError> {
+    ) -> Result<Result<Vec<u8>, Exception>, LinkError> {
         let until = Instant::now() + deadline;
         let quiet = if self.recovering {
             self.timing.silence.max(RECOVERY_QUIET)
@@ -384,7 +384,12 @@ impl Rtu {
     }
 
     /// CRC first (a corrupted byte says nothing reliable), then unit, then function code.
-    fn check(&mut self, unit: u8, fc: u8, len: usize) -> Result<Result<Vec<u8>, u8>, LinkError> {
+    fn check(
+        &mut self,
+        unit: u8,
+        fc: u8,
+        len: usize,
+    ) -> Result<Result<Vec<u8>, Exception>, LinkError> {
         let frame = &self.buf[..len];
         let (body, crc) = frame.split_at(len - 2);
         if crc16(body).to_le_bytes() != crc {
@@ -405,7 +410,7 @@ impl Rtu {
             ));
         }
         if got & 0x80 != 0 {
-            return Ok(Err(body[2]));
+            return Ok(Err(Exception(body[2])));
         }
         Ok(Ok(body[1..].to_vec()))
     }

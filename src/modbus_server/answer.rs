@@ -295,7 +295,7 @@ fn exception_of(e: &WriteError) -> u8 {
         WriteError::NotWritable => ILLEGAL_FUNCTION,
         WriteError::Encode(_) => ILLEGAL_VALUE,
         // The device's own refusal, passed on as a gateway does.
-        WriteError::Exception(code) if (1..0x80).contains(code) => *code,
+        WriteError::Exception(e) if (1..0x80).contains(&e.code()) => e.code(),
         WriteError::Exception(_) => DEVICE_FAILURE,
         WriteError::Busy => BUSY,
         WriteError::Link(_) | WriteError::BusGone | WriteError::TooOld { .. } => TARGET_FAILED,

@@ -1,6 +1,6 @@
 //! The event vocabulary every stage shares: types, states, priorities, drafts, numbered events
 //! and their SPEC wire shape. Rules make drafts (`events::rules`), the processor numbers them
-//! (`events::processor`), the store keeps them, the sinks and `ws::push` send them.
+//! (`events::processor`), the store keeps them, the sinks and `api::push` send them.
 
 use serde_json::{json, Value as Json};
 

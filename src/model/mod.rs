@@ -4,6 +4,9 @@
 pub mod event;
 pub mod float;
 pub mod format;
+pub mod report;
+
+pub use report::{Report, Row};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -23,9 +23,8 @@ use ua::types::{ByteString, DateTime, LocalizedText, NodeId, ObjectId, ObjectTyp
 
 use crate::config::{Config, Priority};
 use crate::model::event::Event;
-use crate::model::Millis;
-use crate::state::SharedLive;
-use crate::store::Row;
+use crate::model::Report;
+use crate::state::{SharedLive, Telemetry};
 use crate::sync::Locked as _;
 
 pub use server::Server;
@@ -62,22 +61,6 @@ pub struct Feed {
 }
 
 impl Feed {
-    /// A device's reported changes, as the WebSocket push gets them: each point's value,
-    /// status and source timestamp, subscribers notified.
-    pub fn telemetry(&self, device: usize, ts: Millis, rows: &[Row]) {
-        let mut values = Vec::new();
-        // A device that has just come online (or gone offline) turns now, not at the tick.
-        if let Some(dev) = crate::state::read(&self.live).devices.get(device) {
-            self.online_changes(device, dev, &mut values);
-        }
-        let online = self.online.get(device).is_some_and(|o| o.load(Relaxed));
-        values.extend(rows.iter().filter_map(|r| {
-            self.space
-                .value(device, r.point, r.value.as_ref(), r.quality, ts, online)
-        }));
-        self.set(values);
-    }
-
     /// When device `d`'s `online` differs from what was served: its `Online` and every
     /// point's status (`Bad_NoCommunication` while offline), into `values`.
     fn online_changes<'a>(
@@ -162,10 +145,30 @@ impl Feed {
     }
 }
 
+impl Telemetry for Feed {
+    /// A device's reported changes, as the WebSocket push gets them: each point's value,
+    /// status and source timestamp, subscribers notified.
+    fn report(&self, report: &Report, _: std::time::Instant) {
+        let Report { device, ts, rows } = report;
+        let (device, ts) = (*device, *ts);
+        let mut values = Vec::new();
+        // A device that has just come online (or gone offline) turns now, not at the tick.
+        if let Some(dev) = crate::state::read(&self.live).devices.get(device) {
+            self.online_changes(device, dev, &mut values);
+        }
+        let online = self.online.get(device).is_some_and(|o| o.load(Relaxed));
+        values.extend(rows.iter().filter_map(|r| {
+            self.space
+                .value(device, r.point, r.value.as_ref(), r.quality, ts, online)
+        }));
+        self.set(values);
+    }
+}
+
 /// What the server takes from the gateway: the password checker, the way to the buses, the
 /// counters.
 pub struct Parts {
-    pub auth: Arc<crate::ws::auth::Auth>,
+    pub auth: Arc<crate::api::auth::Auth>,
     pub control: Arc<crate::control::Control>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }

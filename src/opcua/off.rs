@@ -9,9 +9,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::model::event::Event;
-use crate::model::Millis;
+use crate::model::Report;
 use crate::state::SharedLive;
-use crate::store::Row;
+use crate::state::Telemetry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpcuaError {
@@ -21,7 +21,7 @@ pub enum OpcuaError {
 
 /// What the server would take from the gateway.
 pub struct Parts {
-    pub auth: Arc<crate::ws::auth::Auth>,
+    pub auth: Arc<crate::api::auth::Auth>,
     pub control: Arc<crate::control::Control>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -66,11 +66,13 @@ impl Server {
 pub enum Feed {}
 
 impl Feed {
-    pub fn telemetry(&self, _: usize, _: Millis, _: &[Row]) {
+    pub fn events(&self, _: &str, _: &[Event]) {
         match *self {}
     }
+}
 
-    pub fn events(&self, _: &str, _: &[Event]) {
+impl Telemetry for Feed {
+    fn report(&self, _: &Report, _: std::time::Instant) {
         match *self {}
     }
 }

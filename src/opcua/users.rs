@@ -10,7 +10,7 @@ use ua::server::authenticator::{
 use ua::server::ServerEndpoint;
 use ua::types::{Error, NodeId, StatusCode, UAString, UserTokenPolicy, UserTokenType};
 
-use crate::ws::auth::{Auth, LoginError};
+use crate::api::auth::{Auth, LoginError};
 
 /// The OPC UA server's authenticator: the users of the gateway now running (a reload
 /// attaches the next gateway's).

@@ -8,16 +8,14 @@ pub mod mqtt;
 pub mod mysql;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, AtomicU64};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::Config;
+pub use crate::metrics::sinks::{configured, SinkStatus};
 use crate::store::StoreHandle;
-use crate::sync::Locked;
 use feed::Feed;
 
 /// Reconnects to an upstream: 0.5 s after a failure, doubling to 30 s.
@@ -25,51 +23,6 @@ const RECONNECT: Backoff = Backoff::new(
     std::time::Duration::from_millis(500),
     std::time::Duration::from_secs(30),
 );
-
-/// The sinks the config turns on, by name (the name keys their cursors and metrics).
-pub fn configured(config: &Config) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    if config.mysql.is_some() {
-        out.push(mysql::SINK);
-    }
-    if config.mqtt.is_some() {
-        out.push(mqtt::SINK);
-    }
-    out
-}
-
-/// What `/healthz` and `/metrics` show of a sink.
-#[derive(Default)]
-pub struct SinkStatus {
-    /// Outbox rows not yet confirmed upstream.
-    pub backlog: AtomicI64,
-    pub rows_ok: AtomicU64,
-    pub rows_failed: AtomicU64,
-    /// Commands from upstream that were not carried out (Sparkplug: a DCMD on an unknown or
-    /// read-only metric, or while writes are off).
-    pub commands_ignored: AtomicU64,
-    /// The last error, while the upstream is failing.
-    pub error: Mutex<Option<String>>,
-}
-
-impl SinkStatus {
-    pub fn error(&self) -> Option<String> {
-        self.error.locked().clone()
-    }
-
-    /// Records the state of the connection; logs only when it changes.
-    pub fn set_error(&self, sink: &str, e: Option<String>) {
-        let mut cur = self.error.locked();
-        if *cur != e {
-            if let Some(msg) = &e {
-                tracing::error!(sink, "upstream failing: {msg}");
-            } else {
-                tracing::info!(sink, "upstream reachable again");
-            }
-            *cur = e;
-        }
-    }
-}
 
 /// What a sink is given: narrow handles, none of the HTTP side.
 pub struct SinkContext {
@@ -85,6 +38,9 @@ pub struct SinkContext {
     pub fleet: Option<std::sync::Arc<FleetPort>>,
     /// Operator events in (acknowledgements from upstream); `None` without a pipeline.
     pub operator: Option<crate::events::processor::OperatorEvents>,
+    /// The gateway's tasks: what a sink starts besides itself (the MQTT session's write
+    /// worker) goes here, so a stop waits for a write under way as for every stage.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// The MQTT session's side of the fleet: the topics it subscribes to for the fleet, what

@@ -1,7 +1,7 @@
 //! The MQTT sink: publishes the outbox in one of two formats — SPEC's JSON topics
 //! ([`json`]) or Sparkplug B ([`sparkplug`]) — and moves each cursor only after the broker
 //! confirmed the message (PUBACK for QoS 1, PUBCOMP for QoS 2). What both share lives here: the
-//! URL, TLS, one connection's life, the publish window and the acks.
+//! broker (see [`crate::broker`]), one connection's life, the publish window and the acks.
 //!
 //! rumqttc keeps unconfirmed publishes only in memory, so a lost connection drops the client
 //! and its event loop whole and the next connection resends from the persisted cursors: the
@@ -10,10 +10,6 @@
 mod ack;
 mod json;
 pub mod sparkplug;
-mod url;
-
-pub(crate) use url::tls_config;
-pub use url::{parse_url, Target};
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -30,11 +26,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::feed::{Batch, Feed};
 use super::{SinkContext, SinkError, Upstream};
+use crate::broker::{parse_url, tls_config, Target};
 use crate::config::Mqtt;
 use crate::control::Control;
 use crate::store;
 
-pub const SINK: &str = "mqtt";
+pub const SINK: &str = crate::metrics::sinks::MQTT;
 
 /// Outbox rows read ahead of the broker's confirmations: the publish window.
 const WINDOW: usize = 4000;
@@ -304,9 +301,10 @@ impl<F: Format> Session<'_, F> {
         let (replies_tx, mut replies) = mpsc::channel::<F::Reply>(COMMAND_QUEUE);
         // One worker per session carries commands out one at a time, in the order they came:
         // a task per message raced for the bus, and 378 of 3,000 writes to one point landed
-        // after a later one. It ends once the session drops the sender.
+        // after a later one. It ends once the session drops the sender; a stop waits for it
+        // (the gateway's tasks), so a write under way is finished and audited.
         let (commands, queue) = mpsc::channel::<F::Request>(COMMAND_QUEUE);
-        tokio::spawn(serve_in_order::<F>(
+        self.ctx.tasks.spawn(serve_in_order::<F>(
             self.ctx.control.clone(),
             queue,
             replies_tx,
@@ -558,6 +556,3 @@ async fn connack(eventloop: &mut EventLoop) -> Result<(), SinkError> {
         }),
     }
 }
-
-#[cfg(test)]
-mod tests;

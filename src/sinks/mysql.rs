@@ -15,7 +15,7 @@ use super::{SinkContext, SinkError, SinkStatus, Upstream};
 use crate::model::{Millis, Value};
 use crate::store::{self, OutboxRow, StoreHandle, Stream};
 
-pub const SINK: &str = "mysql";
+pub const SINK: &str = crate::metrics::sinks::MYSQL;
 
 const SCHEMA: [&str; 3] = [
     "CREATE TABLE IF NOT EXISTS edge_events (

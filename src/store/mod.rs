@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Point};
 use crate::metrics::Metrics;
-use crate::model::{Millis, Quality, Value};
+use crate::model::{Millis, Quality, Report, Value};
 
 pub use outbox::{OutboxRow, Stream};
 pub use query::{
@@ -113,16 +113,6 @@ fn advice(e: &rusqlite::Error) -> &'static str {
     }
 }
 
-/// One telemetry report: goes into the history and replaces the point's latest row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    pub device: usize,
-    pub point: usize,
-    pub ts: Millis,
-    pub value: Option<Value>,
-    pub quality: Quality,
-}
-
 /// One write attempt or config apply, for the audit table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Audit {
@@ -147,11 +137,7 @@ pub const AUDIT_SHELVE: &str = "shelve";
 #[derive(Debug)]
 pub enum StoreCmd {
     /// One poll's reported changes of one device.
-    Report {
-        device: usize,
-        ts: Millis,
-        rows: Vec<Row>,
-    },
+    Report(Report),
     Audit(Audit),
     Status {
         device: usize,

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::{packed, sql_value, AckError, Audit, Gap, Keys, StoreCmd};
 use crate::config::{Config, Device};
 use crate::metrics::Metrics;
-use crate::model::{now_ms, Millis, Quality, Value};
+use crate::model::{now_ms, Millis, Quality, Report, Value};
 
 /// How long telemetry may wait for company before it is committed. Each commit appends every
 /// page it touched to the WAL, and the newest pages are touched by every commit, so fewer
@@ -121,7 +121,7 @@ impl Latest {
 pub(super) fn may_wait(cmd: &StoreCmd) -> bool {
     matches!(
         cmd,
-        StoreCmd::Report { .. } | StoreCmd::Cursor { .. } | StoreCmd::Probe
+        StoreCmd::Report(_) | StoreCmd::Cursor { .. } | StoreCmd::Probe
     )
 }
 
@@ -312,11 +312,11 @@ impl Writer {
                     write_audit(&tx, a)?;
                     rows += 1;
                 }
-                StoreCmd::Report {
+                StoreCmd::Report(Report {
                     device,
                     ts,
                     rows: list,
-                } => {
+                }) => {
                     let keys = &self.keys.points[*device];
                     let blob = packed::encode(
                         list.iter()

@@ -226,7 +226,7 @@ impl Client {
     /// the lowest queued push that is not urgent makes room for it (snapshots, then telemetry,
     /// then normal events), and when every queued push is urgent the client is closed rather
     /// than left without it.
-    pub(super) fn offer(&self, push: Push, metrics: &Metrics) -> bool {
+    pub fn offer(&self, push: Push, metrics: &Metrics) -> bool {
         let mut q = self.queue.locked();
         if q.len() >= self.capacity {
             let evict_for_urgent = push.urgent && self.overflow != Overflow::Disconnect;

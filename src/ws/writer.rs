@@ -22,7 +22,7 @@ use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::{Bytes, Utf8Bytes};
 
 use super::hub::Client;
-use super::{Shared, MIN_SNAPSHOT_PERIOD};
+use super::MIN_SNAPSHOT_PERIOD;
 
 /// What the connection's other tasks hand the writer.
 pub enum Out {
@@ -207,19 +207,23 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 /// What the writer needs of its gateway: none of its store or buses, so a writer never holds a
 /// stopping gateway open; sent again when a reload moves the connection to the next one.
 #[derive(Clone)]
-pub(super) struct WriterCtx {
+pub struct WriterCtx {
     metrics: Arc<crate::metrics::Metrics>,
     push_interval: watch::Receiver<Duration>,
     heartbeat: (Duration, Duration),
 }
 
 impl WriterCtx {
-    pub(super) fn of(shared: &Shared) -> WriterCtx {
-        let push = &shared.config.push;
+    /// `heartbeat`: the ping interval and how long a client may stay silent.
+    pub fn new(
+        metrics: Arc<crate::metrics::Metrics>,
+        push_interval: watch::Receiver<Duration>,
+        heartbeat: (Duration, Duration),
+    ) -> WriterCtx {
         WriterCtx {
-            metrics: shared.metrics.clone(),
-            push_interval: shared.push_interval.subscribe(),
-            heartbeat: (push.heartbeat_interval, push.heartbeat_timeout),
+            metrics,
+            push_interval,
+            heartbeat,
         }
     }
 
@@ -231,14 +235,14 @@ impl WriterCtx {
     }
 
     /// The gateway's counters, for the connection's last count.
-    pub(super) fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.metrics
     }
 }
 
 /// The writer task: replies first, then queued pushes; pings on the heartbeat and drops a
 /// client that went silent past the timeout or cannot take a frame within it.
-pub(super) async fn writer(
+pub async fn writer(
     socket: WriteIo,
     client: Arc<Client>,
     mut replies: mpsc::Receiver<Out>,

@@ -21,7 +21,7 @@ const [url, gw, certDir, mode] = process.argv.slice(2);
 const APP_URI = "urn:edge-gateway-test:node-opcua";
 
 function say(obj) {
-  process.stdout.write(JSON.stringify(obj) + "\n");
+  process.stdout.write(`${JSON.stringify(obj)}\n`);
 }
 
 function client(secure) {
@@ -81,12 +81,10 @@ async function anonymous() {
     const top = await children(session, "ns=0;i=85");
     const gateway = top.find((r) => r.browseName.name === gw);
     const devices = (await children(session, gateway.nodeId)).map((r) => r.browseName.name);
-    const boiler = (await children(session, gateway.nodeId)).find(
-      (r) => r.browseName.name === "boiler",
-    );
+    const boiler = (await children(session, gateway.nodeId)).find((r) => r.browseName.name === "boiler");
     const points = (await children(session, boiler.nodeId)).map((r) => r.browseName.name);
     say({ step: "browse", devices: devices.sort(), points: points.sort() });
-    for (const pid of ["temperature", "setpoint", "burner", "Online"]) {
+    for (const pid of ["temperature", "setpoint", "burner", "Online", "temperature_f"]) {
       const nodeId = `ns=${ns};s=boiler.${pid}`;
       const dv = await session.read({ nodeId, attributeId: AttributeIds.Value });
       const dt = await session.read({ nodeId, attributeId: AttributeIds.DataType });

@@ -72,7 +72,7 @@ async def anonymous(url, gw):
         boiler = await gateway.get_child([f"{ns}:boiler"])
         points = [(await p.read_browse_name()).Name for p in await boiler.get_children()]
         say(step="browse", devices=sorted(devices), points=sorted(points))
-        for pid in ["temperature", "setpoint", "burner", "Online"]:
+        for pid in ["temperature", "setpoint", "burner", "Online", "temperature_f"]:
             node = c.get_node(f"ns={ns};s=boiler.{pid}")
             dv = await node.read_data_value(raise_on_bad_status=False)
             dtype = await node.read_data_type_as_variant_type()

@@ -301,7 +301,14 @@ fn offline_then_online_and_abnormal_values_are_built_in() {
     );
     assert!(sample(&mut e, 0, 700.0, t0).is_empty());
     let mut out = Vec::new();
-    e.on_sample(0, 0, &Err(PointError::Exception(2)), 0, t0, &mut out);
+    e.on_sample(
+        0,
+        0,
+        &Err(PointError::Exception(crate::modbus::reply::Exception(2))),
+        0,
+        t0,
+        &mut out,
+    );
     assert!(out.is_empty(), "already abnormal");
     assert_eq!(
         kinds(&sample(&mut e, 0, 20.0, t0)),
@@ -325,7 +332,7 @@ fn offline_then_online_and_abnormal_values_are_built_in() {
     e.on_sample(
         0,
         1,
-        &Err(PointError::Link(crate::modbus::link::LinkError::Timeout(
+        &Err(PointError::Link(crate::modbus::reply::LinkError::Timeout(
             Duration::from_secs(1),
         ))),
         0,
@@ -363,7 +370,7 @@ fn alarms_active_before_a_restart_are_not_raised_again() {
 
 #[test]
 fn a_line_fault_raises_link_kind_once_and_three_good_polls_clear_it() {
-    use crate::modbus::link::{Fault, LinkError};
+    use crate::modbus::reply::{Fault, LinkError};
     let (mut e, t0) = setup("");
     let poll = |e: &mut Engine, r: Result<Value, PointError>, ms: u64| {
         let mut out = Vec::new();

@@ -8,8 +8,8 @@ use tokio::time::Instant;
 
 use super::{decode_point, BusEvent, BusTask, PointError};
 use crate::config::Device;
-use crate::modbus::link::{exception_name, LinkError};
 use crate::modbus::plan::{self, Block};
+use crate::modbus::reply::{Exception, LinkError};
 use crate::model::{now_ms, Value};
 use crate::sync::Locked;
 
@@ -223,7 +223,7 @@ impl BusTask {
                     self.decode_block(&mut pass, dev, device, &block, &data);
                     plan_after[g].push(block);
                 }
-                Ok(Err(0x02)) if block.points.len() > 1 => {
+                Ok(Err(Exception::ILLEGAL_ADDRESS)) if block.points.len() > 1 => {
                     pass.answered = true;
                     replanned[g] = true;
                     let (a, b) =
@@ -233,14 +233,11 @@ impl BusTask {
                 }
                 Ok(Err(code)) => {
                     // 0A/0B come from a gateway in front of the device: the device itself is absent.
-                    pass.answered |= !matches!(code, 0x0A | 0x0B);
+                    pass.answered |= !code.from_gateway();
                     pass.problem.get_or_insert_with(|| {
                         let text = format!(
                             "{} at {} {}+{}",
-                            exception_name(code),
-                            block.table,
-                            block.start,
-                            block.count
+                            code, block.table, block.start, block.count
                         );
                         (text.clone(), text)
                     });
@@ -274,7 +271,7 @@ impl BusTask {
         dev: &Device,
         device: usize,
         block: &Block,
-        data: &crate::modbus::link::Data,
+        data: &crate::modbus::reply::Data,
     ) {
         pass.answered = true;
         if let Some(image) = self.images.device(device) {

@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::BusTask;
 use crate::modbus::codec::Table;
-use crate::modbus::link::LinkError;
+use crate::modbus::reply::{Exception, LinkError};
 
 /// Which unit ids to probe, and with what one-register (or one-bit) read.
 #[derive(Debug)]
@@ -30,7 +30,7 @@ pub struct ScanRequest {
 pub struct ScanStep {
     pub unit: u8,
     pub found: bool,
-    pub exception: Option<u8>,
+    pub exception: Option<Exception>,
 }
 
 #[derive(Debug)]
@@ -43,7 +43,7 @@ pub struct ScanDone {
     /// The exception most ids answered (more than half of those probed, at least 3): a
     /// server's way of saying "no device with this id" (pymodbus answers 04). The units that
     /// gave it are left out of `found`.
-    pub no_device_answer: Option<u8>,
+    pub no_device_answer: Option<Exception>,
 }
 
 impl ScanDone {
@@ -74,8 +74,8 @@ impl ScanDone {
 /// What a probed unit answered, to tell whether all answered alike.
 #[derive(Debug, PartialEq)]
 enum Answer {
-    Data(crate::modbus::link::Data),
-    Exception(u8),
+    Data(crate::modbus::reply::Data),
+    Exception(Exception),
 }
 
 /// A scan in progress on a bus task.
@@ -119,7 +119,7 @@ impl BusTask {
             // All "no device behind this id" is an empty gateway, not one device.
             let every_id = s.probed > 1
                 && s.alike
-                    .is_some_and(|a| !matches!(a, Answer::Exception(0x0A | 0x0B)));
+                    .is_some_and(|a| !matches!(a, Answer::Exception(e) if e.from_gateway()));
             let _ = s
                 .req
                 .reply
@@ -147,7 +147,7 @@ impl BusTask {
             Ok(Err(code)) => (
                 ScanStep {
                     unit,
-                    found: !matches!(code, 0x0A | 0x0B),
+                    found: !code.from_gateway(),
                     exception: Some(code),
                 },
                 Some(Answer::Exception(code)),
@@ -188,7 +188,7 @@ mod tests {
         ScanStep {
             unit,
             found: true,
-            exception,
+            exception: exception.map(Exception),
         }
     }
 
@@ -201,7 +201,7 @@ mod tests {
             step(4, Some(4)),
         ];
         let d = ScanDone::new(found, 5, false, false);
-        assert_eq!(d.no_device_answer, Some(4));
+        assert_eq!(d.no_device_answer, Some(Exception::DEVICE_FAILURE));
         assert_eq!(d.found, vec![step(1, None)]);
         // Two devices answering 02 on a line of ten probed: devices, kept.
         let found = vec![step(3, Some(2)), step(7, Some(2))];

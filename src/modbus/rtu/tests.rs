@@ -10,7 +10,7 @@ use super::{LineTiming, Rtu};
 use crate::config::Parity;
 use crate::modbus::codec::Table;
 use crate::modbus::frame::{handle_pdu, rtu_frame, rtu_request_len, Memory};
-use crate::modbus::link::{Data, Fault, LinkError, WriteOp};
+use crate::modbus::reply::{Data, Exception, Fault, LinkError, WriteOp};
 
 const DEADLINE: Duration = Duration::from_millis(200);
 
@@ -94,7 +94,7 @@ fn device(script: fn(usize) -> Answer) -> (Rtu, Times, Times) {
     (Rtu::new(Box::new(ours), timing), arrivals, answered)
 }
 
-async fn read3(rtu: &mut Rtu) -> Result<Result<Data, u8>, LinkError> {
+async fn read3(rtu: &mut Rtu) -> Result<Result<Data, Exception>, LinkError> {
     rtu.read(1, Table::Holding, 2, 3, DEADLINE).await
 }
 
@@ -157,7 +157,7 @@ async fn exceptions_and_writes() {
     let (mut rtu, _, _) = device(|_| Answer::Right);
     assert_eq!(
         rtu.read(1, Table::Holding, 63, 2, DEADLINE).await,
-        Ok(Err(0x02))
+        Ok(Err(Exception::ILLEGAL_ADDRESS))
     );
     let w = WriteOp::Registers(vec![7, 8]);
     assert_eq!(rtu.write(1, 10, &w, DEADLINE).await, Ok(Ok(())));
@@ -210,7 +210,7 @@ fn line_timing_follows_the_serial_spec() {
     );
 }
 
-async fn read_at(rtu: &mut Rtu, address: u16) -> Result<Result<Data, u8>, LinkError> {
+async fn read_at(rtu: &mut Rtu, address: u16) -> Result<Result<Data, Exception>, LinkError> {
     rtu.read(1, Table::Holding, address, 3, DEADLINE).await
 }
 

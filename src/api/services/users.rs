@@ -7,10 +7,10 @@
 use serde_json::json;
 
 use super::configure::{apply_text, no_file};
+use crate::api::auth::{hash_password, password_problem};
+use crate::api::context::{Ctx, HandlerResult, ServiceError};
 use crate::config::edit::users::{remove_user, set_user};
 use crate::config::Role;
-use crate::ws::auth::{hash_password, password_problem};
-use crate::ws::context::{Ctx, HandlerResult, ServiceError};
 
 /// `users.list`: each user, their role, and how many sessions they have open now.
 pub async fn list(ctx: Ctx) -> HandlerResult {

@@ -1,6 +1,6 @@
 //! The dashboard's commissioning and config services over a real socket: devices described,
 //! raw registers, bus scans, the config edited, applied and rolled back (reloads themselves:
-//! `ws_reload.rs`).
+//! `api_reload.rs`).
 
 mod common;
 

@@ -1,9 +1,11 @@
-//! The broker's address and TLS: `mqtt[s]://[user[:password]@]host[:port]`, and rustls with
-//! the ring provider and the system's roots.
+//! An MQTT broker's address and TLS: `mqtt[s]://[user[:password]@]host[:port]` read once for
+//! the MQTT sink, the fleet client and the dashboard's connection test, and
+//! rustls with the ring provider and the system's roots.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use rumqttc::TlsConfiguration;
+use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 
 /// Where and how to connect, from `mqtt[s]://[user[:password]@]host[:port]`.
 #[derive(Debug, PartialEq)]
@@ -60,9 +62,46 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
 }
 
 /// TLS with the system's roots (see [`crate::tls`]), and the client's certificate when given.
-pub(crate) fn tls_config(
+pub fn tls_config(
     identity: Option<(&std::path::Path, &std::path::Path)>,
 ) -> Result<TlsConfiguration, String> {
     let config = crate::tls::client_config("mqtts://", identity)?;
     Ok(TlsConfiguration::Rustls(Arc::new(config)))
+}
+
+/// A client's options for the broker at `url` (no client certificate), `keep_alive` as given:
+/// the fleet's client and the connection test.
+pub fn options(url: &str, client_id: String, keep_alive: Duration) -> Result<MqttOptions, String> {
+    let t = parse_url(url)?;
+    let mut o = MqttOptions::new(client_id, t.host, t.port);
+    o.set_keep_alive(keep_alive);
+    if let Some((u, p)) = t.credentials {
+        o.set_credentials(u, p);
+    }
+    if t.tls {
+        o.set_transport(Transport::tls_with_config(tls_config(None)?));
+    }
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let t = parse_url("mqtt://broker.plant:1883").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.tls),
+            ("broker.plant", 1883, false)
+        );
+        let t = parse_url("mqtts://u:p%w@host").unwrap();
+        assert_eq!((t.port, t.tls), (8883, true));
+        assert_eq!(t.credentials, Some(("u".into(), "p%w".into())));
+        let t = parse_url("mqtt://[::1]:1884/").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 1884));
+        assert!(parse_url("mqtt://:1883").is_err());
+        assert!(parse_url("mqtt://h:99999").is_err());
+        assert!(parse_url("http://h").is_err());
+    }
 }

@@ -4,10 +4,10 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::json;
 
+use crate::api::context::{Ctx, HandlerResult, ServiceError};
 use crate::config::Role;
 use crate::model::rfc3339;
 use crate::state;
-use crate::ws::context::{Ctx, HandlerResult, ServiceError};
 
 pub async fn stats(ctx: Ctx) -> HandlerResult {
     let s = &ctx.shared;
@@ -44,7 +44,7 @@ pub async fn log(ctx: Ctx) -> HandlerResult {
 /// `system.diagnostics`: the diagnostics view's figures; admins also get addresses and errors.
 pub async fn diagnostics(ctx: Ctx) -> HandlerResult {
     let admin = ctx.client.login().is_some_and(|l| l.role == Role::Admin);
-    Ok(crate::ws::diagnostics::report(&ctx.shared, admin))
+    Ok(crate::api::diagnostics::report(&ctx.shared, admin))
 }
 
 /// Every open connection: its user (null before a login), address, since when, its queue now

@@ -2,10 +2,10 @@
 
 use serde_json::json;
 
+use crate::api::auth::{Auth, LoginError, Session};
+use crate::api::context::{Ctx, HandlerResult, ServiceError};
 use crate::config::Role;
 use crate::sync::Locked;
-use crate::ws::auth::{Auth, LoginError, Session};
-use crate::ws::context::{Ctx, HandlerResult, ServiceError};
 use crate::ws::hub::Login;
 
 fn role_name(r: Role) -> &'static str {
@@ -90,7 +90,7 @@ pub async fn logout(ctx: Ctx) -> HandlerResult {
 /// Ends the sessions whose token expired (or was dropped) on every socket that still uses it,
 /// each told `push.session` `{"reason":"expired"}`; checked every second until `cancel`.
 pub async fn expire_sessions(
-    shared: std::sync::Arc<crate::ws::Shared>,
+    shared: std::sync::Arc<crate::api::Shared>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));

@@ -5,9 +5,9 @@
 use serde_json::{json, Value as Json};
 
 use super::configure::{check, file, problems_json};
+use crate::api::context::{Ctx, HandlerResult, ServiceError};
 use crate::config::edit::{self, Entries, NewPoint, PointEdit, Target};
 use crate::config::versions;
-use crate::ws::context::{Ctx, HandlerResult, ServiceError};
 
 fn new_point(j: &Json) -> Result<NewPoint, ServiceError> {
     let s = |k: &str, default: &str| -> Result<String, ServiceError> {

@@ -9,13 +9,13 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tungstenite::Utf8Bytes;
 
-use super::hub::{Hub, Push};
 use crate::config::{Config, Priority};
 use crate::events::Event;
 use crate::metrics::PushKind;
+use crate::model::Report;
 use crate::model::{now_ms, rfc3339};
-use crate::state::SharedLive;
-use crate::store::Row;
+use crate::state::{SharedLive, Telemetry};
+use crate::ws::hub::{Hub, Push};
 
 /// What the pipeline and the event processor hand their pushes to.
 pub struct Pusher {
@@ -27,37 +27,6 @@ pub struct Pusher {
 impl Pusher {
     pub fn new(hub: Arc<Hub>, config: Arc<Config>, live: SharedLive) -> Pusher {
         Pusher { hub, config, live }
-    }
-
-    /// `push.telemetry` for one device's reported changes.
-    pub fn telemetry(&self, device: usize, ts: i64, rows: &[Row], read_at: Instant) {
-        if self.hub.is_empty() || rows.is_empty() {
-            return;
-        }
-        let dev = &self.config.devices[device];
-        let points: serde_json::Map<String, serde_json::Value> = rows
-            .iter()
-            .map(|r| {
-                (
-                    dev.points[r.point].id.clone(),
-                    json!({"v": r.value.as_ref().map(crate::model::Value::to_json), "q": r.quality.as_str()}),
-                )
-            })
-            .collect();
-        let frame = json!({
-            "service": "push.telemetry",
-            "data": {"deviceId": dev.id, "ts": rfc3339(ts), "points": points},
-        });
-        self.hub.publish_telemetry(
-            device,
-            Push {
-                frame: Utf8Bytes::from(frame.to_string()),
-                kind: PushKind::Telemetry,
-                since: read_at,
-                urgent: false,
-                priority: None,
-            },
-        );
     }
 
     /// `push.event` for one committed event, to the clients whose filters take it (or into
@@ -94,6 +63,41 @@ impl Pusher {
             urgent: false,
             priority: None,
         });
+    }
+}
+
+impl Telemetry for Pusher {
+    /// `push.telemetry` for one device's reported changes.
+    fn report(&self, report: &Report, read_at: Instant) {
+        let Report { device, ts, rows } = report;
+        let (device, ts) = (*device, *ts);
+        if self.hub.is_empty() || rows.is_empty() {
+            return;
+        }
+        let dev = &self.config.devices[device];
+        let points: serde_json::Map<String, serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                (
+                    dev.points[r.point].id.clone(),
+                    json!({"v": r.value.as_ref().map(crate::model::Value::to_json), "q": r.quality.as_str()}),
+                )
+            })
+            .collect();
+        let frame = json!({
+            "service": "push.telemetry",
+            "data": {"deviceId": dev.id, "ts": rfc3339(ts), "points": points},
+        });
+        self.hub.publish_telemetry(
+            device,
+            Push {
+                frame: Utf8Bytes::from(frame.to_string()),
+                kind: PushKind::Telemetry,
+                since: read_at,
+                urgent: false,
+                priority: None,
+            },
+        );
     }
 }
 

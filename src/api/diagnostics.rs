@@ -9,12 +9,12 @@ use std::time::Duration;
 use serde_json::{json, Value as Json};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::Shared;
 use crate::config::Link;
 use crate::metrics::{Metrics, RequestResult, Sample};
 use crate::model::rfc3339;
 use crate::state;
 use crate::sync::Locked;
-use crate::ws::Shared;
 
 /// How often the request counters are kept for the windows.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(30);

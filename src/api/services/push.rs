@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::api::context::{Ctx, HandlerResult, ServiceError};
 use crate::config::Priority;
 use crate::events::EventType;
-use crate::ws::context::{Ctx, HandlerResult, ServiceError};
 use crate::ws::hub::Subscription;
 
 pub async fn subscribe(ctx: Ctx) -> HandlerResult {

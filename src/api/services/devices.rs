@@ -2,12 +2,12 @@
 
 use serde_json::{json, Value as Json};
 
+use crate::api::context::{Ctx, HandlerResult, ServiceError};
 use crate::config::Config;
 use crate::modbus::bus::WriteError;
 use crate::model::{now_ms, rfc3339, Value};
 use crate::state::{self, SharedLive};
 use crate::store::Lane;
-use crate::ws::context::{Ctx, HandlerResult, ServiceError};
 
 /// Every device as `devices.list` and `push.snapshot` give it (SPEC shape).
 pub fn devices_json(config: &Config, live: &SharedLive) -> Json {

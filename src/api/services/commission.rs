@@ -8,12 +8,12 @@ use serde_json::{json, Value as Json};
 use tokio::sync::{mpsc, oneshot};
 use tungstenite::Utf8Bytes;
 
+use crate::api::context::{Ctx, HandlerResult, ServiceError};
 use crate::metrics::PushKind;
 use crate::modbus::bus::{ScanDone, ScanRequest, ScanStep};
 use crate::modbus::codec::Table;
-use crate::modbus::link::{exception_name, Data};
+use crate::modbus::reply::Data;
 use crate::ws::client::Push;
-use crate::ws::context::{Ctx, HandlerResult, ServiceError};
 
 /// Unit ids a scan or a raw read may address: 0 is broadcast (nobody answers it).
 const UNITS: std::ops::RangeInclusive<i64> = 1..=247;
@@ -76,12 +76,7 @@ pub async fn read_registers(ctx: Ctx) -> HandlerResult {
     let data = match r {
         Ok(Ok(Data::Registers(regs))) => json!({ "registers": regs }),
         Ok(Ok(Data::Bits(bits))) => json!({ "bits": bits }),
-        Ok(Err(code)) => {
-            return Err(ServiceError::new(
-                503,
-                format!("device answered {}", exception_name(code)),
-            ))
-        }
+        Ok(Err(code)) => return Err(ServiceError::new(503, format!("device answered {code}"))),
         Err(e) => return Err(ServiceError::new(503, format!("device unreachable: {e}"))),
     };
     let mut out = json!({
@@ -102,7 +97,7 @@ pub async fn read_registers(ctx: Ctx) -> HandlerResult {
 fn step_json(bus: &str, s: &ScanStep) -> Json {
     let mut j = json!({ "bus": bus, "unit": s.unit, "found": s.found });
     if let Some(code) = s.exception {
-        j["exception"] = json!(exception_name(code));
+        j["exception"] = json!(code.to_string());
     }
     j
 }
@@ -197,8 +192,7 @@ fn scan_reply(
                 reply["note"] = json!("answers every unit id the same way: probably a single device or a gateway; try unit 1 or 255");
             } else if let Some(code) = d.no_device_answer {
                 reply["note"] = json!(format!(
-                    "most ids answered \"{}\": the server's way of saying no device has that id; those are not listed",
-                    exception_name(code)
+                    "most ids answered \"{code}\": the server's way of saying no device has that id; those are not listed"
                 ));
             }
             Ok(reply)

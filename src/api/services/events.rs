@@ -3,11 +3,11 @@
 use serde_json::json;
 
 use super::read_store;
+use crate::api::context::{Ctx, HandlerResult, ServiceError};
 use crate::config::Priority;
 use crate::events::ack::{acknowledge, AckFailure, AckPort, Which};
 use crate::events::EventType;
 use crate::store::{self, EventFilter};
-use crate::ws::context::{Ctx, HandlerResult, ServiceError};
 
 pub async fn query(ctx: Ctx) -> HandlerResult {
     let device_id = ctx.opt_string("deviceId")?;

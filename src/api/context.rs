@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value as Json};
 
-use super::hub::Client;
 use super::Shared;
 use crate::sync::Locked as _;
+use crate::ws::hub::Client;
 
 /// A handler's error: becomes the reply's `code` and `msg`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -144,14 +144,14 @@ pub struct Later(Arc<std::sync::Mutex<Option<Deferred>>>);
 pub struct Deferred {
     request_id: Json,
     service: String,
-    replies: tokio::sync::mpsc::Sender<super::writer::Out>,
+    replies: tokio::sync::mpsc::Sender<crate::ws::writer::Out>,
 }
 
 impl Later {
     pub(super) fn to(
         request_id: Json,
         service: String,
-        replies: tokio::sync::mpsc::Sender<super::writer::Out>,
+        replies: tokio::sync::mpsc::Sender<crate::ws::writer::Out>,
     ) -> Later {
         Later(Arc::new(std::sync::Mutex::new(Some(Deferred {
             request_id,
@@ -167,9 +167,9 @@ impl Later {
 }
 
 impl Deferred {
-    fn frame(&self, result: HandlerResult) -> super::writer::Out {
+    fn frame(&self, result: HandlerResult) -> crate::ws::writer::Out {
         let r = reply(&self.request_id, Some(&self.service), result);
-        super::writer::Out::Text(r.to_string().into())
+        crate::ws::writer::Out::Text(r.to_string().into())
     }
 
     /// Sends the reply (into the connection's queue, which outlives a reload).

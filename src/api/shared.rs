@@ -1,6 +1,6 @@
 //! The handlers' context: what the WebSocket services (and the HTTP routes beside them) share —
 //! the config, the live state, and the ways into the buses (`Control`), the store and the
-//! connected clients. It lives in `ws` because most of it is the WebSocket service's own.
+//! connected clients. It lives in `api` because most of it is the dashboard API's own.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
@@ -8,14 +8,16 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::{admit, auth, hub};
+use super::auth;
 use crate::config::Config;
 use crate::control::Control;
+use crate::metrics::sinks::Sinks;
 use crate::metrics::Metrics;
-use crate::sinks;
 use crate::state::SharedLive;
 use crate::store::StoreHandle;
+use crate::ws::{admit, hub};
 
 /// What every task and handler shares: the config, the live state, and the ways into the
 /// buses, the store and the connected clients.
@@ -93,6 +95,8 @@ pub struct Front {
     reloading: AtomicBool,
     /// Connection ids, unique across reloads (a moved connection keeps its id).
     pub next_client_id: AtomicU64,
+    /// Every connection's task, across reloads: a real stop waits for them to close.
+    pub connections: TaskTracker,
 }
 
 impl Default for Front {
@@ -101,14 +105,28 @@ impl Default for Front {
             current: watch::channel(Weak::new()).0,
             reloading: AtomicBool::new(false),
             next_client_id: AtomicU64::new(1),
+            connections: TaskTracker::new(),
         }
     }
 }
 
 /// How long an open connection waits for the next gateway during a reload before it closes.
 const RELOAD_WAIT: Duration = Duration::from_secs(30);
+/// How long a real stop waits for the connections to close: each gives its requests in flight
+/// a second and its writer a second to send the close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 impl Front {
+    /// A real stop (no reload under way): waits for every connection to close, as they are told
+    /// to (1001) once their gateway stops, at most [`CLOSE_WAIT`].
+    pub async fn stopped(&self) {
+        if self.reloading.load(Relaxed) {
+            return;
+        }
+        self.connections.close();
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.connections.wait()).await;
+    }
+
     /// A reload begins: connections of the stopping gateway wait for the next one.
     pub fn reload_begins(&self) {
         self.reloading.store(true, Relaxed);
@@ -144,29 +162,5 @@ impl Front {
             Ok(Ok(w)) => w.upgrade(),
             _ => None,
         }
-    }
-}
-
-/// The state of each upstream sink (shown only for the sinks that are configured).
-#[derive(Default)]
-pub struct Sinks {
-    pub mysql: Arc<sinks::SinkStatus>,
-    pub mqtt: Arc<sinks::SinkStatus>,
-}
-
-impl Sinks {
-    /// The sinks the config turns on, by name.
-    pub fn configured<'a>(&'a self, config: &Config) -> Vec<(&'static str, &'a sinks::SinkStatus)> {
-        sinks::configured(config)
-            .into_iter()
-            .map(|name| {
-                let status = if name == sinks::mqtt::SINK {
-                    &*self.mqtt
-                } else {
-                    &*self.mysql
-                };
-                (name, status)
-            })
-            .collect()
     }
 }

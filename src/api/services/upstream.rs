@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::ws::context::{Ctx, HandlerResult, ServiceError};
+use crate::api::context::{Ctx, HandlerResult, ServiceError};
 
 /// A test gives up after this long: a firewall that drops packets answers with nothing.
 const WAIT: Duration = Duration::from_secs(5);
@@ -85,22 +85,13 @@ async fn mysql(url: &str) -> Result<String, String> {
 }
 
 async fn mqtt(url: &str) -> Result<String, String> {
-    use rumqttc::{ConnectionError, Event, Incoming, MqttOptions, Transport};
-    let t = crate::sinks::mqtt::parse_url(url).map_err(|e| format!("the URL {e}"))?;
-    let mut o = MqttOptions::new(
+    use rumqttc::{ConnectionError, Event, Incoming};
+    let t = crate::broker::parse_url(url).map_err(|e| format!("the URL {e}"))?;
+    let o = crate::broker::options(
+        url,
         format!("edge-test-{:08x}", rand::random::<u32>()),
-        t.host.clone(),
-        t.port,
-    );
-    o.set_keep_alive(Duration::from_secs(5));
-    if let Some((u, p)) = &t.credentials {
-        o.set_credentials(u.clone(), p.clone());
-    }
-    if t.tls {
-        o.set_transport(Transport::tls_with_config(crate::sinks::mqtt::tls_config(
-            None,
-        )?));
-    }
+        Duration::from_secs(5),
+    )?;
     let (client, mut el) = rumqttc::AsyncClient::new(o, 4);
     let at = format!("{}:{}", t.host, t.port);
     let said = loop {

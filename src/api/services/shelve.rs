@@ -8,13 +8,13 @@ use serde_json::{json, Value as Json};
 use tokio_util::sync::CancellationToken;
 
 use super::read_store;
+use crate::api::context::{Ctx, HandlerResult, ServiceError};
+use crate::api::Shared;
 use crate::config::Priority;
 use crate::events::{Draft, EventState, EventType};
 use crate::model::{now_ms, rfc3339, Millis};
 use crate::shelves::{Shelf, Target, MAX_S};
 use crate::store;
-use crate::ws::context::{Ctx, HandlerResult, ServiceError};
-use crate::ws::Shared;
 
 /// The longest comment kept.
 const MAX_COMMENT: usize = 500;

@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use serde_json::{json, Value as Json};
 
+use crate::api::context::{Ctx, HandlerResult, ServiceError};
+use crate::api::Shared;
 use crate::config::versions::{self, ConfigFile};
 use crate::config::{self, Config, ConfigError, Link, Priority};
 use crate::events::{Draft, EventState, EventType};
 use crate::model::rfc3339;
 use crate::sync::Locked as _;
-use crate::ws::context::{Ctx, HandlerResult, ServiceError};
-use crate::ws::Shared;
 
 /// The largest config text accepted (a frame is at most 64 KiB anyway).
 const MAX_TEXT: usize = 64 * 1024;
