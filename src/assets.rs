@@ -25,6 +25,31 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../web/app/main.js"),
     ),
     (
+        "/app/session.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../web/app/session.js"),
+    ),
+    (
+        "/app/live.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../web/app/live.js"),
+    ),
+    (
+        "/app/alarmstate.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../web/app/alarmstate.js"),
+    ),
+    (
+        "/app/overview.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../web/app/overview.js"),
+    ),
+    (
+        "/app/dialog.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../web/app/dialog.js"),
+    ),
+    (
         "/app/conn.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../web/app/conn.js"),

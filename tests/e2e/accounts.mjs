@@ -7,7 +7,9 @@ import { createHmac } from "node:crypto";
 
 /** `ctx`: { desk (admin page), viewer (viewer page), demo, step, confirmApplied }. */
 export async function notifierSendTest({ desk, viewer, demo, step, confirmApplied }) {
-  step("a webhook notifier added in the file editor; Send test on Diagnostics reaches a receiver that checks its signature");
+  step(
+    "a webhook notifier added in the file editor; Send test on Diagnostics reaches a receiver that checks its signature",
+  );
   const hooks = [];
   const receiver = createServer((req, res) => {
     const chunks = [];
@@ -32,9 +34,14 @@ export async function notifierSendTest({ desk, viewer, demo, step, confirmApplie
     await desk.getByRole("button", { name: "Send a test message through shift" }).click();
     await desk.locator('tr[data-notifier="shift"]', { hasText: "✓ delivered" }).waitFor();
     const test = hooks.find((x) => x.body.notification === "test");
-    if (!test || !test.signed || test.body.by !== "admin") throw new Error(`the receiver got ${JSON.stringify(hooks)}`);
-    if (await viewer.goto(`${demo.url}#/diagnostics`).then(() => viewer.waitForSelector('tr[data-notifier="shift"]'))
-      .then(() => viewer.getByRole("button", { name: /Send a test message/ }).count())) throw new Error("a viewer can send a test");
+    if (!test?.signed || test.body.by !== "admin") throw new Error(`the receiver got ${JSON.stringify(hooks)}`);
+    if (
+      await viewer
+        .goto(`${demo.url}#/diagnostics`)
+        .then(() => viewer.waitForSelector('tr[data-notifier="shift"]'))
+        .then(() => viewer.getByRole("button", { name: /Send a test message/ }).count())
+    )
+      throw new Error("a viewer can send a test");
   } finally {
     receiver.close();
   }
@@ -42,7 +49,9 @@ export async function notifierSendTest({ desk, viewer, demo, step, confirmApplie
 
 /** `ctx`: { browser, desk (admin page), demo, step, TLS }. */
 export async function usersAndPasswords({ browser, desk, demo, step, TLS }) {
-  step("users: an admin adds a technician in the Users view; the technician logs in, changes the password, is logged out, logs in with the new one");
+  step(
+    "users: an admin adds a technician in the Users view; the technician logs in, changes the password, is logged out, logs in with the new one",
+  );
   await desk.goto(`${demo.url}#/users`);
   await desk.waitForSelector('tr[data-user="viewer"]');
   await desk.getByLabel("User name").fill("tech1");
@@ -74,8 +83,11 @@ export async function usersAndPasswords({ browser, desk, demo, step, TLS }) {
     await tech.getByLabel("Password").fill("valve-room-13");
     await tech.getByRole("button", { name: "Log in" }).click();
     // In: the login form gives way to the view the page was on (Change password).
-    await tech.waitForFunction(() => !document.querySelector("form.login")
-      || document.querySelector(".login .error")?.textContent, null, { timeout: 30000 });
+    await tech.waitForFunction(
+      () => !document.querySelector("form.login") || document.querySelector(".login .error")?.textContent,
+      null,
+      { timeout: 30000 },
+    );
     if (!(await tech.locator("form.login").count())) break;
     if (i === 5) throw new Error(`the new password is refused: ${await tech.locator(".login .error").textContent()}`);
     await tech.waitForTimeout(500);

@@ -4,7 +4,9 @@
 
 /** `ctx`: { desk (admin page), demo, step, confirmApplied }. */
 export async function calculatedPoint({ desk, demo, step, confirmApplied }) {
-  step("a calculated point added in Configure: a typo named with its column, the live preview, saved and shown with the device's points");
+  step(
+    "a calculated point added in Configure: a typo named with its column, the live preview, saved and shown with the device's points",
+  );
   await desk.goto(`${demo.url}#/configure`);
   await desk.getByRole("button", { name: "Add a calculated point" }).click();
   await desk.getByLabel("Device", { exact: true }).selectOption("meter-1");
@@ -17,9 +19,15 @@ export async function calculatedPoint({ desk, demo, step, confirmApplied }) {
   await desk.locator(".calc-preview", { hasText: /^= -?\d[\d.,]* kVA \(good/ }).waitFor({ timeout: 15000 });
   await desk.getByRole("button", { name: "Add calculated point" }).click();
   await confirmApplied(desk);
-  await desk.locator('li[data-calculated="meter-1.apparent"]', { hasText: "voltage * current / 1000" }).waitFor({ timeout: 30000 });
+  await desk
+    .locator('li[data-calculated="meter-1.apparent"]', { hasText: "voltage * current / 1000" })
+    .waitFor({ timeout: 30000 });
   // The device's view lists it with its own points, its value live (the overview's card shows
   // the first six).
   await desk.goto(`${demo.url}#/device/meter-1`);
-  await desk.waitForFunction(() => /\d.*kVA/.test(document.querySelector('section.point-row[data-point="apparent"] .value')?.textContent || ""), null, { timeout: 30000 });
+  await desk.waitForFunction(
+    () => /\d.*kVA/.test(document.querySelector('section.point-row[data-point="apparent"] .value')?.textContent || ""),
+    null,
+    { timeout: 30000 },
+  );
 }

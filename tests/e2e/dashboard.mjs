@@ -11,13 +11,23 @@
 // Env: EDGE_BIN (the gateway binary), CHROMIUM (default /usr/bin/chromium), SCREENSHOTS,
 // EDGE_PYMODBUS_PYTHON (a python with pymodbus: the device to commission).
 
-import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, mkdirSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { execFileSync } from "node:child_process";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 import { notifierSendTest, usersAndPasswords } from "./accounts.mjs";
 import { calculatedPoint } from "./calculated.mjs";
+import {
+  addPoint,
+  confirmApplied,
+  contrastOk,
+  fits,
+  login,
+  startDemo,
+  startPymodbus,
+  step,
+  upstreams,
+} from "./pages.mjs";
 
 const bin = process.env.EDGE_BIN;
 const shots = process.env.SCREENSHOTS;
@@ -25,211 +35,19 @@ const shots = process.env.SCREENSHOTS;
 const TLS = process.env.EDGE_E2E_TLS === "1";
 if (!bin) throw new Error("EDGE_BIN is not set");
 
-function step(name) {
-  console.log(`-- ${name}`);
-}
-
-/** Starts the demo on a free port; resolves with its dashboard URL and simulator address. */
-function startDemo() {
-  const data = mkdtempSync(join(tmpdir(), "edge-e2e-"));
-  const child = spawn(bin, ["demo", "--listen", "127.0.0.1:0", "--data", data, ...(TLS ? ["--tls"] : [])], {
-    env: { ...process.env, RUST_LOG: "warn" },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  return new Promise((resolve, reject) => {
-    let out = "";
-    const timer = setTimeout(() => reject(new Error(`demo did not start: ${out}`)), 30000);
-    child.stdout.on("data", (b) => {
-      out += b;
-      const url = out.match(/dashboard:\s+(\S+)/);
-      const sim = out.match(/simulator:\s+modbus tcp (\S+)/);
-      if (url && sim) {
-        clearTimeout(timer);
-        resolve({ child, url: url[1], sim: sim[1] });
-      }
-    });
-    child.on("exit", (c) => reject(new Error(`demo exited with ${c}: ${out}`)));
-  });
-}
-
-/** pymodbus (tests/interop/pymodbus_server.py) on `port` (0: a free one); resolves with the port. */
-function startPymodbus(port = 0) {
-  const python = process.env.EDGE_PYMODBUS_PYTHON;
-  if (!python) throw new Error("EDGE_PYMODBUS_PYTHON is not set");
-  const child = spawn(python, ["../interop/pymodbus_server.py", "tcp", String(port)], { stdio: ["ignore", "pipe", "inherit"] });
-  return new Promise((resolve, reject) => {
-    let out = "";
-    const timer = setTimeout(() => reject(new Error(`pymodbus did not start: ${out}`)), 30000);
-    child.stdout.on("data", (b) => {
-      out += b;
-      const m = out.match(/serving tcp (\d+)/);
-      if (m) {
-        clearTimeout(timer);
-        resolve({ child, port: Number(m[1]) });
-      }
-    });
-    child.on("exit", (c) => reject(new Error(`pymodbus exited with ${c}: ${out}`)));
-  });
-}
-
-/** Confirms the dialog and waits for the reload that an applied config causes to reconnect. */
-async function confirmApplied(page) {
-  const logins = await page.evaluate(() => window.__edgeLogins);
-  await page.locator("#confirm-ok").click();
-  try {
-    await page.getByText(/Applied as version \d+|Rolled back: applied as version/).waitFor({ timeout: 30000 });
-  } catch (e) {
-    // What the page said instead: the reason is in it.
-    const said = await page.$$eval(".error, .result, [role=status]", (es) => es.map((x) => x.textContent).filter(Boolean));
-    throw new Error(`no "Applied as version": the page says ${JSON.stringify(said)}`);
-  }
-  // The reload keeps the socket open; the snapshot the moved socket gets shows the new
-  // structure, and the page reads everything again, as after a login.
-  await page.waitForFunction((n) => window.__edgeLogins > n, logins, { timeout: 30000 });
-}
-
-/** One point from the inspector's "Add as point" form, read at `address` on bus py, unit 1. */
-async function addPoint(page, url, { address, count, register, type, order, scale, unit, id, device }) {
-  await page.goto(`${url}#/inspector`);
-  await page.getByLabel("Bus", { exact: true }).selectOption("py");
-  await page.getByLabel("Unit id").fill("1");
-  await page.getByLabel("Table", { exact: true }).selectOption("holding");
-  await page.getByLabel("Address", { exact: true }).fill(String(address));
-  await page.getByLabel("Registers", { exact: true }).fill(String(count));
-  await page.getByRole("button", { name: "Read", exact: true }).click();
-  await page.waitForSelector("table.decoded");
-  await page.getByLabel("Starting at register").selectOption({ label: String(register) });
-  await page.getByLabel("Type", { exact: true }).selectOption(type);
-  await page.getByLabel("Byte/word order").selectOption(order);
-  await page.getByLabel("Scale").fill(String(scale));
-  await page.getByLabel("Engineering unit").fill(unit);
-  await page.getByLabel("Point id").fill(id);
-  if (device.existing) {
-    await page.getByLabel("To device").selectOption(device.existing);
-  } else {
-    await page.getByLabel("To device").selectOption("");
-    await page.getByLabel("New device id").fill(device.id);
-    await page.getByLabel("Device type").fill(device.type);
-  }
-  const preview = await page.textContent(".preview");
-  await page.getByRole("button", { name: "Add as point" }).click();
-  await confirmApplied(page);
-  return preview;
-}
-
-/** Both upstreams from their forms: a wrong login and a dead port said so by the test, the
- * right ones tested and turned on. Against the machine's MariaDB and Mosquitto. */
-async function upstreams(page) {
-  const mysql = process.env.EDGE_TEST_MYSQL_URL;
-  const mqtt = process.env.EDGE_TEST_MQTT_ADDR;
-  if (!mysql || !mqtt) {
-    if (process.env.CI) throw new Error("EDGE_TEST_MYSQL_URL and EDGE_TEST_MQTT_ADDR must be set in CI");
-    console.log("SKIPPED the upstream forms: EDGE_TEST_MYSQL_URL / EDGE_TEST_MQTT_ADDR not set (./scripts/test sets them)");
-    return;
-  }
-  const tested = async (form, url, want) => {
-    await form.getByLabel("URL").fill(url);
-    await form.getByRole("button", { name: "Test connection" }).click();
-    try {
-      await form.getByText(want).waitFor({ timeout: 15000 });
-    } catch {
-      throw new Error(`testing ${url}: the form says ${JSON.stringify(await form.locator("[role=status]").first().textContent())}, not ${want}`);
-    }
-  };
-  const my = page.locator("form.entry-form", { hasText: "MySQL / MariaDB upstream" });
-  const wrong = new URL(mysql);
-  wrong.password = "wrong-password";
-  await tested(my, wrong.toString(), /✗ .*refused the user or password/);
-  await tested(my, mysql, /✓ connected to .* and logged in/);
-  await my.getByRole("button", { name: "Turn MySQL on" }).click();
-  await confirmApplied(page);
-  // The view reads the file again: its forms are then those of the new text.
-  await my.getByRole("button", { name: "Turn MySQL off" }).waitFor({ timeout: 15000 });
-  const mq = page.locator("form.entry-form", { hasText: "MQTT upstream" });
-  await tested(mq, "mqtt://127.0.0.1:1", /✗ cannot reach 127\.0\.0\.1:1/);
-  await tested(mq, `mqtt://${mqtt}`, /✓ connected to .*accepted/);
-  await mq.getByLabel("Topic prefix").fill("edge-e2e");
-  await mq.getByRole("button", { name: "Turn MQTT on" }).click();
-  await confirmApplied(page);
-  await page.waitForFunction(() => {
-    const t = document.querySelector("#c-text")?.value || "";
-    return t.includes("[mysql]") && t.includes("[mqtt]") && t.includes('url = "mqtt://') && t.includes('topic_prefix = "edge-e2e"');
-  }, null, { timeout: 15000 });
-}
-
-/** Logs in as a person would: a login refused for a moment (a reload under way) is tried
- * again; one still refused names why. */
-async function login(page, url, user) {
-  await page.goto(url);
-  for (let i = 0; ; i++) {
-    await page.getByLabel("User").fill(user);
-    await page.getByLabel("Password").fill(user);
-    await page.getByRole("button", { name: "Log in" }).click();
-    await page.waitForFunction(() => document.querySelector("#devices article[data-device]")
-      || document.querySelector(".login .error")?.textContent, null, { timeout: 30000 });
-    if (!(await page.locator("form.login").count())) break;
-    const why = await page.locator(".login .error").textContent();
-    if (i === 3) throw new Error(`login as ${user} refused: ${why}`);
-    await page.waitForTimeout(1000);
-  }
-  await page.waitForSelector("#devices article[data-device]");
-}
-
-/** The page is no wider than its viewport: nothing to scroll sideways. */
-async function fits(page, where) {
-  const { scroll, width } = await page.evaluate(() => ({
-    scroll: document.documentElement.scrollWidth,
-    width: window.innerWidth,
-  }));
-  if (scroll > width) throw new Error(`${where}: page is ${scroll}px wide in a ${width}px viewport`);
-}
-
-/**
- * Text whose contrast against its background is below WCAG AA (4.5:1, or 3:1 for large text),
- * computed from the rendered colours.
- */
-async function lowContrast(page) {
-  return page.evaluate(() => {
-    const rgb = (c) => (c.match(/[\d.]+/g) || []).map(Number);
-    const lum = ([r, g, b]) => {
-      const f = (v) => ((v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
-      return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
-    };
-    const background = (e) => {
-      for (; e; e = e.parentElement) {
-        const c = rgb(getComputedStyle(e).backgroundColor);
-        if (c.length === 3 || (c.length === 4 && c[3] > 0.5)) return c.slice(0, 3);
-      }
-      return [255, 255, 255];
-    };
-    const out = [];
-    for (const e of document.querySelectorAll("body *")) {
-      const own = [...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
-      if (!own || e.offsetParent === null || e.closest("[hidden], dialog:not([open]), option")) continue;
-      const st = getComputedStyle(e);
-      const fg = rgb(st.color).slice(0, 3);
-      const [a, b] = [lum(fg), lum(background(e))].sort((x, y) => y - x);
-      const ratio = (a + 0.05) / (b + 0.05);
-      const size = parseFloat(st.fontSize), bold = Number(st.fontWeight) >= 700;
-      const need = size >= 24 || (bold && size >= 18.66) ? 3 : 4.5;
-      if (ratio < need) out.push(`${e.tagName.toLowerCase()}.${e.className} "${e.textContent.trim().slice(0, 30)}" ${ratio.toFixed(2)}`);
-    }
-    return out;
-  });
-}
-
-async function contrastOk(page, where) {
-  const bad = await lowContrast(page);
-  if (bad.length) throw new Error(`${where}: contrast under WCAG AA: ${bad.join(" | ")}`);
-}
-
-const demo = await startDemo();
+const demo = await startDemo(bin, TLS);
 if (TLS !== demo.url.startsWith("https://")) throw new Error(`the demo's URL ${demo.url} with TLS=${TLS}`);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
   ],
 });
 let failed = false;
@@ -238,7 +56,9 @@ try {
 
   step("admin logs in; all demo devices are shown");
   const desk = await browser.newPage({ ignoreHTTPSErrors: TLS, viewport: { width: 1280, height: 900 } });
-  desk.on("pageerror", (e) => { throw new Error(`page error: ${e.message}`); });
+  desk.on("pageerror", (e) => {
+    throw new Error(`page error: ${e.message}`);
+  });
   await login(desk, demo.url, "admin");
   const ids = await desk.$$eval("#devices article[data-device]", (a) => a.map((x) => x.dataset.device));
   if (ids.join(",") !== "boiler-1,pump-1,meter-1") throw new Error(`devices shown: ${ids}`);
@@ -248,7 +68,9 @@ try {
   const voltage = '[data-device="meter-1"] [data-point="voltage"] .value';
   await desk.waitForFunction((sel) => /\d/.test(document.querySelector(sel).textContent), voltage);
   const first = await desk.textContent(voltage);
-  await desk.waitForFunction(([sel, v]) => document.querySelector(sel).textContent !== v, [voltage, first], { timeout: 20000 });
+  await desk.waitForFunction(([sel, v]) => document.querySelector(sel).textContent !== v, [voltage, first], {
+    timeout: 20000,
+  });
   if (shots) await desk.screenshot({ path: join(shots, "desktop-overview.png") });
   await contrastOk(desk, "overview, light");
 
@@ -267,34 +89,53 @@ try {
   // write shows what the device holds afterwards, read back.
   await desk.getByLabel("New setpoint (°C)").fill("80.05");
   await desk.locator('[data-point="setpoint"] form.write button').click();
-  await desk.waitForFunction(() => /takes steps of 0\.1 °C between 0 and 6,553\.5 °C/.test(document.querySelector('[data-point="setpoint"] .result').textContent));
+  await desk.waitForFunction(() =>
+    /takes steps of 0\.1 °C between 0 and 6,553\.5 °C/.test(
+      document.querySelector('[data-point="setpoint"] .result').textContent,
+    ),
+  );
   if (await desk.locator("#confirm[open]").count()) throw new Error("the confirmation opened for 80.05");
   await desk.getByLabel("New setpoint (°C)").fill("80.1");
   await desk.locator('[data-point="setpoint"] form.write button').click();
   await desk.locator("#confirm-ok").click();
-  await desk.waitForFunction(() => /→ 80\.10 °C, read back from the device/.test(document.querySelector('[data-point="setpoint"] .result').textContent));
+  await desk.waitForFunction(() =>
+    /→ 80\.10 °C, read back from the device/.test(
+      document.querySelector('[data-point="setpoint"] .result').textContent,
+    ),
+  );
   await desk.getByLabel("New setpoint (°C)").fill("100");
   await desk.locator('[data-point="setpoint"] form.write button').click();
   const body = await desk.textContent("#confirm-body");
   if (!/→ 100 °C/.test(body)) throw new Error(`confirmation shows ${body}`);
   await desk.locator("#confirm-ok").click();
-  await desk.waitForFunction(() => /Written: .* → 100/.test(document.querySelector('[data-point="setpoint"] .result').textContent));
-  const reg = execFileSync(bin, ["read", "--tcp", demo.sim, "--unit", "1", "--table", "holding", "--address", "2"]).toString().trim();
+  await desk.waitForFunction(() =>
+    /Written: .* → 100/.test(document.querySelector('[data-point="setpoint"] .result').textContent),
+  );
+  const reg = execFileSync(bin, ["read", "--tcp", demo.sim, "--unit", "1", "--table", "holding", "--address", "2"])
+    .toString()
+    .trim();
   if (reg !== "1000") throw new Error(`simulator setpoint register is ${reg}, expected 1000`);
-  await desk.waitForFunction(() => document.querySelector('[data-point="setpoint"] .value').textContent.startsWith("100"));
+  await desk.waitForFunction(() =>
+    document.querySelector('[data-point="setpoint"] .value').textContent.startsWith("100"),
+  );
   if (shots) await desk.screenshot({ path: join(shots, "desktop-device.png") });
   // Trends over 10 minutes and 24 hours: the store's buckets for each (the history is young, so
   // both hold the same few readings).
   for (const range of ["10 min", "24 h"]) {
-    await desk.evaluate(() => { document.querySelector('[data-point="temperature"]').dataset.history = ""; });
+    await desk.evaluate(() => {
+      document.querySelector('[data-point="temperature"]').dataset.history = "";
+    });
     await desk.getByRole("button", { name: range, exact: true }).click();
     await desk.waitForFunction(() => Number(document.querySelector('[data-point="temperature"]').dataset.history) > 0);
   }
   if (shots) await desk.screenshot({ path: join(shots, "desktop-trend-24h.png") });
 
-  step("the simulator crosses the threshold; its push.event is lost; after a reconnect the page finds the missed emergency: banner");
+  step(
+    "the simulator crosses the threshold; its push.event is lost; after a reconnect the page finds the missed emergency: banner",
+  );
   await desk.waitForFunction(() => window.__edgeEmergencyLost === true, null, { timeout: 60000 });
-  if (await desk.isVisible("#banner")) throw new Error("the banner showed although the emergency's push.event was lost");
+  if (await desk.isVisible("#banner"))
+    throw new Error("the banner showed although the emergency's push.event was lost");
   await desk.evaluate(() => {
     window.__edgeDrop = null;
     window.__edgeConn.ws.close();
@@ -311,12 +152,17 @@ try {
   await alarm.getByRole("button", { name: /Acknowledge/ }).click();
   await desk.locator(".alarm-item.p-emergency", { hasText: "acknowledged by admin" }).waitFor();
   // The acknowledgement is in the event log with who and the comment.
-  await desk.locator("table.events td", { hasText: "acknowledged by admin: checked on site" }).first().waitFor({ timeout: 15000 });
+  await desk
+    .locator("table.events td", { hasText: "acknowledged by admin: checked on site" })
+    .first()
+    .waitFor({ timeout: 15000 });
   // One count everywhere: the nav badge and the header pill say the same number.
   await desk.waitForFunction(() => {
     const listed = document.querySelectorAll("#alarm-list li.alarm-item").length;
-    return document.querySelector("#nav-alarms").textContent === String(listed)
-      && document.querySelector("#count-alarms").textContent.startsWith(`${listed} alarm`);
+    return (
+      document.querySelector("#nav-alarms").textContent === String(listed) &&
+      document.querySelector("#count-alarms").textContent.startsWith(`${listed} alarm`)
+    );
   });
   if (await desk.locator("button.ack").count()) {
     await desk.getByRole("button", { name: "Acknowledge all" }).click();
@@ -330,7 +176,8 @@ try {
   await alarm.getByRole("button", { name: "Shelve", exact: true }).click();
   const shelvedRow = desk.locator("#shelved li", { hasText: "Boiler over temperature" });
   await shelvedRow.getByText(/shelved by admin until .*: sensor swap/).waitFor({ timeout: 15000 });
-  if (await desk.locator("#alarm-list li", { hasText: "Boiler over temperature" }).count()) throw new Error("a shelved alarm is still in the list");
+  if (await desk.locator("#alarm-list li", { hasText: "Boiler over temperature" }).count())
+    throw new Error("a shelved alarm is still in the list");
   await shelvedRow.getByRole("button", { name: "Unshelve" }).click();
   await alarm.waitFor({ timeout: 15000 });
 
@@ -375,9 +222,29 @@ try {
     if (shots) await desk.screenshot({ path: join(shots, "desktop-inspector-scan.png"), fullPage: true });
 
     // f32 123.456 in CDAB at holding 36; u16 65000 at holding 9, scaled by 0.1.
-    const flow = await addPoint(desk, demo.url, { address: 30, count: 8, register: 36, type: "f32", order: "CDAB", scale: 1, unit: "m³/h", id: "flow", device: { id: "py-1", type: "flowmeter" } });
+    const flow = await addPoint(desk, demo.url, {
+      address: 30,
+      count: 8,
+      register: 36,
+      type: "f32",
+      order: "CDAB",
+      scale: 1,
+      unit: "m³/h",
+      id: "flow",
+      device: { id: "py-1", type: "flowmeter" },
+    });
     if (!/= 123\.456/.test(flow)) throw new Error(`preview of flow: ${flow}`);
-    const level = await addPoint(desk, demo.url, { address: 9, count: 1, register: 9, type: "u16", order: "ABCD", scale: 0.1, unit: "cm", id: "level", device: { existing: "py-1" } });
+    const level = await addPoint(desk, demo.url, {
+      address: 9,
+      count: 1,
+      register: 9,
+      type: "u16",
+      order: "ABCD",
+      scale: 0.1,
+      unit: "cm",
+      id: "level",
+      device: { existing: "py-1" },
+    });
     if (!/= 6500/.test(level)) throw new Error(`preview of level: ${level}`);
 
     step("a rule by its form, its threshold drawn on the point's trend; the upstreams tested and turned on");
@@ -402,11 +269,15 @@ try {
 
     step("the new device's live values on the overview; the config keeps its comments");
     await desk.goto(`${demo.url}#/overview`);
-    await desk.waitForFunction(() => {
-      const v = (p) => document.querySelector(`[data-device="py-1"] [data-point="${p}"] .value`)?.textContent || "";
-      // Digits grouped by the browser's locale: 6,500 here.
-      return v("flow").startsWith("123.") && /^6\D?500/.test(v("level"));
-    }, null, { timeout: 30000 });
+    await desk.waitForFunction(
+      () => {
+        const v = (p) => document.querySelector(`[data-device="py-1"] [data-point="${p}"] .value`)?.textContent || "";
+        // Digits grouped by the browser's locale: 6,500 here.
+        return v("flow").startsWith("123.") && /^6\D?500/.test(v("level"));
+      },
+      null,
+      { timeout: 30000 },
+    );
     if (shots) await desk.screenshot({ path: join(shots, "desktop-overview-commissioned.png") });
 
     step("the device form: a poll rate set and a point added field by field; a bad address is named next to its field");
@@ -425,31 +296,54 @@ try {
       await desk.locator(".device-form h3").evaluate((e) => window.scrollBy(0, e.getBoundingClientRect().top - 130));
       await desk.screenshot({ path: join(shots, "desktop-device-form.png") });
     }
-    if (!/65535/.test(await row.locator(".field-problem").textContent())) throw new Error(`address problem: ${await row.locator(".field-problem").textContent()}`);
+    if (!/65535/.test(await row.locator(".field-problem").textContent()))
+      throw new Error(`address problem: ${await row.locator(".field-problem").textContent()}`);
     await row.getByLabel("Address").fill("8");
     await desk.getByRole("button", { name: "Save py-1" }).click();
     await confirmApplied(desk);
     await desk.goto(`${demo.url}#/overview`);
-    await desk.waitForFunction(() => /^-2/.test(document.querySelector('[data-device="py-1"] [data-point="trim"] .value')?.textContent || ""), null, { timeout: 30000 });
+    await desk.waitForFunction(
+      () => /^-2/.test(document.querySelector('[data-device="py-1"] [data-point="trim"] .value')?.textContent || ""),
+      null,
+      { timeout: 30000 },
+    );
 
-    step("the line goes dead: one bus alarm, none per device; back, then dead again: the same row, raised twice; ack all");
+    step(
+      "the line goes dead: one bus alarm, none per device; back, then dead again: the same row, raised twice; ack all",
+    );
     py.child.kill("SIGTERM");
     await desk.goto(`${demo.url}#/alarms`);
     const busRow = desk.locator(".alarm-item", { has: desk.locator("a.device-link", { hasText: /^py$/ }) });
     await busRow.waitFor({ timeout: 30000 });
-    await busRow.evaluate((li) => { li.__edgeMarked = true; });
-    const lineRows = () => desk.$$eval("#alarm-list li.alarm-item a.device-link", (a) => a.filter((x) => /^py(-1)?$/.test(x.textContent)).length);
+    await busRow.evaluate((li) => {
+      li.__edgeMarked = true;
+    });
+    const lineRows = () =>
+      desk.$$eval(
+        "#alarm-list li.alarm-item a.device-link",
+        (a) => a.filter((x) => /^py(-1)?$/.test(x.textContent)).length,
+      );
     // The device's own offline event is in the log, not an alarm: give it time to arrive.
-    await desk.locator("table.events tr", { hasText: "py-1" }).filter({ hasText: "device offline" }).first().waitFor({ timeout: 15000 });
+    await desk
+      .locator("table.events tr", { hasText: "py-1" })
+      .filter({ hasText: "device offline" })
+      .first()
+      .waitFor({ timeout: 15000 });
     if ((await lineRows()) !== 1) throw new Error(`a dead line with one device listed ${await lineRows()} alarms`);
     py = await startPymodbus(py.port);
     await busRow.filter({ hasText: "CLEARED" }).waitFor({ timeout: 60000 });
     py.child.kill("SIGTERM");
     await busRow.filter({ hasText: "raised 2 times" }).waitFor({ timeout: 60000 });
-    if (!(await busRow.evaluate((li) => li.__edgeMarked === true))) throw new Error("the raised-again alarm's row was replaced, not updated in place");
+    if (!(await busRow.evaluate((li) => li.__edgeMarked === true)))
+      throw new Error("the raised-again alarm's row was replaced, not updated in place");
     if ((await lineRows()) !== 1) throw new Error(`raised again, the line lists ${await lineRows()} alarms`);
     if (shots) {
-      const phone = await browser.newPage({ ignoreHTTPSErrors: TLS, viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+      const phone = await browser.newPage({
+        ignoreHTTPSErrors: TLS,
+        viewport: { width: 390, height: 844 },
+        isMobile: true,
+        hasTouch: true,
+      });
       await login(phone, demo.url, "admin");
       await phone.goto(`${demo.url}#/alarms`);
       await phone.locator(".alarm-item").first().waitFor();
@@ -462,12 +356,23 @@ try {
     await desk.goto(`${demo.url}#/configure`);
     await desk.waitForFunction(() => document.querySelector("#c-text").value.includes("py-1"));
     const file = await desk.getByLabel("Config (TOML)").inputValue();
-    for (const kept of ["# The demo:", 'name = "py"', 'id = "flow-high"', 'word_order = "little"', "scale = 0.1", "poll_interval_ms = 500", 'id = "trim"']) {
+    for (const kept of [
+      "# The demo:",
+      'name = "py"',
+      'id = "flow-high"',
+      'word_order = "little"',
+      "scale = 0.1",
+      "poll_interval_ms = 500",
+      'id = "trim"',
+    ]) {
       if (!file.includes(kept)) throw new Error(`the config lost ${kept}:\n${file}`);
     }
 
     step("rolled back to the file the demo started with: the device and its bus are gone");
-    await desk.locator(".versions li", { hasText: "startup" }).getByRole("button", { name: /Roll back/ }).click();
+    await desk
+      .locator(".versions li", { hasText: "startup" })
+      .getByRole("button", { name: /Roll back/ })
+      .click();
     await confirmApplied(desk);
     await desk.goto(`${demo.url}#/overview`);
     await desk.waitForSelector("#devices article[data-device]");
@@ -480,9 +385,15 @@ try {
 
   step("the audit lists the writes and the config changes, newest first");
   await desk.goto(`${demo.url}#/audit`);
-  await desk.locator("table.audit tr", { hasText: "boiler-1 / setpoint" }).filter({ hasText: "→ 100" }).first().waitFor();
+  await desk
+    .locator("table.audit tr", { hasText: "boiler-1 / setpoint" })
+    .filter({ hasText: "→ 100" })
+    .first()
+    .waitFor();
   // Newest first: the rollback is the top row.
-  await desk.waitForFunction(() => /config file.*version \d+: .*-py-1/.test(document.querySelector("table.audit tbody tr")?.textContent || ""));
+  await desk.waitForFunction(() =>
+    /config file.*version \d+: .*-py-1/.test(document.querySelector("table.audit tbody tr")?.textContent || ""),
+  );
   if (shots) await desk.screenshot({ path: join(shots, "desktop-audit.png") });
 
   step("a viewer sees no write or ack controls");
@@ -503,7 +414,8 @@ try {
   await viewer.goto(`${demo.url}#/diagnostics`);
   await viewer.waitForFunction(() => document.querySelector('tr[data-bus="sim"] td.ok')?.textContent === "up");
   await viewer.waitForSelector('tr[data-device="boiler-1"]');
-  if (await viewer.locator('tr[data-bus="sim"] th', { hasText: "127.0.0.1" }).count()) throw new Error("a viewer sees the bus address");
+  if (await viewer.locator('tr[data-bus="sim"] th', { hasText: "127.0.0.1" }).count())
+    throw new Error("a viewer sees the bus address");
   await desk.goto(`${demo.url}#/diagnostics`);
   await desk.waitForFunction(() => document.querySelector('tr[data-bus="sim"] th')?.textContent.includes("127.0.0.1"));
   if (shots) await desk.screenshot({ path: join(shots, "desktop-diagnostics.png"), fullPage: true });
@@ -516,16 +428,26 @@ try {
   step("log: an admin reads the gateway's last log lines; a viewer has no Log view");
   await desk.goto(`${demo.url}#/log`);
   // The demo here logs at `warn`: whatever it said so far (maybe nothing) is what shows.
-  await desk.waitForFunction(() => document.querySelector("pre.log")?.previousElementSibling?.textContent.startsWith("The last "));
+  await desk.waitForFunction(() =>
+    document.querySelector("pre.log")?.previousElementSibling?.textContent.startsWith("The last "),
+  );
   if (await viewer.locator('#nav a[data-view="log"]').isVisible()) throw new Error("viewer sees the log");
   await contrastOk(desk, "log, light");
 
   step("the page fits 390 px (phone)");
-  const phone = await browser.newPage({ ignoreHTTPSErrors: TLS, viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  const phone = await browser.newPage({
+    ignoreHTTPSErrors: TLS,
+    viewport: { width: 390, height: 844 },
+    isMobile: true,
+    hasTouch: true,
+  });
   await login(phone, demo.url, "admin");
   await fits(phone, "overview");
-  const chrome = await phone.evaluate(() => document.querySelector("#top").getBoundingClientRect().height
-    + document.querySelector("#status-bar").getBoundingClientRect().height);
+  const chrome = await phone.evaluate(
+    () =>
+      document.querySelector("#top").getBoundingClientRect().height +
+      document.querySelector("#status-bar").getBoundingClientRect().height,
+  );
   if (chrome > 120) throw new Error(`header and footer take ${chrome}px at 390 px (at most 120)`);
   if (shots) await phone.screenshot({ path: join(shots, "phone-overview.png") });
   await phone.goto(`${demo.url}#/device/boiler-1`);
@@ -543,7 +465,10 @@ try {
   await phone.waitForSelector('tr[data-device="boiler-1"]');
   await fits(phone, "diagnostics");
   const small = await phone.$$eval("button, nav a, input, select", (els) =>
-    els.filter((e) => e.offsetParent !== null && e.getBoundingClientRect().height < 44).map((e) => e.outerHTML.slice(0, 60)));
+    els
+      .filter((e) => e.offsetParent !== null && e.getBoundingClientRect().height < 44)
+      .map((e) => e.outerHTML.slice(0, 60)),
+  );
   if (small.length) throw new Error(`touch targets under 44 px: ${small.join(" | ")}`);
   step("the dark theme keeps WCAG AA contrast");
   await desk.emulateMedia({ colorScheme: "dark" });
@@ -564,6 +489,8 @@ try {
   // What each page showed when it failed: its address and text here, a picture with FAIL_SHOTS.
   for (const ctx of browser.contexts()) {
     for (const p of ctx.pages()) {
+      // The text as laid out (innerText), as a person saw it.
+      // biome-ignore lint/performance/useDomNodeTextContent: the rendered text is what is wanted
       const text = await p.evaluate(() => document.body.innerText.slice(0, 800)).catch((e) => `(${e.message})`);
       console.error(`-- page ${p.url()}:\n${text}`);
     }
@@ -572,7 +499,8 @@ try {
     mkdirSync(process.env.FAIL_SHOTS, { recursive: true });
     let i = 0;
     for (const ctx of browser.contexts()) {
-      for (const p of ctx.pages()) await p.screenshot({ path: join(process.env.FAIL_SHOTS, `failed-${i++}.png`), fullPage: true }).catch(() => {});
+      for (const p of ctx.pages())
+        await p.screenshot({ path: join(process.env.FAIL_SHOTS, `failed-${i++}.png`), fullPage: true }).catch(() => {});
     }
   }
 } finally {

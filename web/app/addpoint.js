@@ -17,7 +17,12 @@ function tomlValue(v) {
 
 /** The point as the config's inline table, defaults left out. */
 function pointToml(p) {
-  const parts = [`id = ${tomlValue(p.id)}`, `table = ${tomlValue(p.table)}`, `address = ${p.address}`, `type = ${tomlValue(p.type)}`];
+  const parts = [
+    `id = ${tomlValue(p.id)}`,
+    `table = ${tomlValue(p.table)}`,
+    `address = ${p.address}`,
+    `type = ${tomlValue(p.type)}`,
+  ];
   if (p.byteOrder !== "big") parts.push(`byte_order = ${tomlValue(p.byteOrder)}`);
   if (p.wordOrder !== "big") parts.push(`word_order = ${tomlValue(p.wordOrder)}`);
   if (p.scale !== 1) parts.push(`scale = ${p.scale}`);
@@ -55,11 +60,17 @@ export function costText(pollMs, deadband) {
  * unit, table and address, `configured` the order the device's point there has. */
 export function addPointForm(env, regs, offset, at, configured, bits = false) {
   const { conn, S, confirmDialog } = env;
-  const type = h("select", { id: "p-type" }, ...(bits ? [h("option", { value: "bool", text: "bool" })]
-    : TYPES.map((t) => h("option", { value: t.type, text: t.type }))));
+  const type = h(
+    "select",
+    { id: "p-type" },
+    ...(bits
+      ? [h("option", { value: "bool", text: "bool" })]
+      : TYPES.map((t) => h("option", { value: t.type, text: t.type }))),
+  );
   const order = h("select", { id: "p-order" }, ...ORDERS.map((o) => h("option", { value: o.name, text: o.name })));
   if (configured) order.value = configured.name;
-  const num = (id, value, attrs = {}) => h("input", { id, type: "number", step: "any", value, inputmode: "decimal", ...attrs });
+  const num = (id, value, attrs = {}) =>
+    h("input", { id, type: "number", step: "any", value, inputmode: "decimal", ...attrs });
   const scale = num("p-scale", 1);
   const shift = num("p-offset", 0);
   const deadband = num("p-deadband", "", { min: 0, placeholder: "0" });
@@ -69,10 +80,19 @@ export function addPointForm(env, regs, offset, at, configured, bits = false) {
   const canWrite = at.table === "holding" || at.table === "coil";
   writable.disabled = !canWrite;
   const eng = h("input", { id: "p-unit", type: "text", placeholder: "°C, V, kWh…", autocomplete: "off" });
-  const id = h("input", { id: "p-id", type: "text", required: true, autocomplete: "off", pattern: "[A-Za-z0-9_.\\-]+" });
-  const target = h("select", { id: "p-device" },
+  const id = h("input", {
+    id: "p-id",
+    type: "text",
+    required: true,
+    autocomplete: "off",
+    pattern: "[A-Za-z0-9_.\\-]+",
+  });
+  const target = h(
+    "select",
+    { id: "p-device" },
     h("option", { value: "", text: "New device…" }),
-    ...S.order.map((d) => h("option", { value: d, text: d })));
+    ...S.order.map((d) => h("option", { value: d, text: d })),
+  );
   const newId = h("input", { id: "p-new-id", type: "text", autocomplete: "off" });
   const newType = h("input", { id: "p-new-type", type: "text", autocomplete: "off", placeholder: "meter, drive…" });
   const newFields = h("div", { class: "toolbar" }, field("New device id", newId), field("Device type", newType));
@@ -83,16 +103,27 @@ export function addPointForm(env, regs, offset, at, configured, bits = false) {
   if (same) target.value = same;
   // The deadband follows the type and range until the technician types one.
   let deadbandTyped = false;
-  deadband.addEventListener("input", () => { deadbandTyped = deadband.value !== ""; });
+  deadband.addEventListener("input", () => {
+    deadbandTyped = deadband.value !== "";
+  });
 
   const optNum = (e) => (e.value.trim() === "" ? null : Number(e.value));
   function point() {
     const o = ORDERS.find((x) => x.name === order.value);
     return {
-      id: id.value.trim(), table: at.table, address: at.address + Number(offset.value), type: type.value,
-      byteOrder: bits ? "big" : o.byteOrder, wordOrder: bits ? "big" : o.wordOrder,
-      scale: bits ? 1 : Number(scale.value) || 1, offset: bits ? 0 : Number(shift.value) || 0, unit: eng.value.trim(),
-      deadband: Number(deadband.value) || 0, min: optNum(min), max: optNum(max), writable: canWrite && writable.checked,
+      id: id.value.trim(),
+      table: at.table,
+      address: at.address + Number(offset.value),
+      type: type.value,
+      byteOrder: bits ? "big" : o.byteOrder,
+      wordOrder: bits ? "big" : o.wordOrder,
+      scale: bits ? 1 : Number(scale.value) || 1,
+      offset: bits ? 0 : Number(shift.value) || 0,
+      unit: eng.value.trim(),
+      deadband: Number(deadband.value) || 0,
+      min: optNum(min),
+      max: optNum(max),
+      writable: canWrite && writable.checked,
     };
   }
   function value(p) {
@@ -110,7 +141,10 @@ export function addPointForm(env, regs, offset, at, configured, bits = false) {
     } else if (got === null) {
       setText(preview, "Too few registers read for this type.");
     } else {
-      setText(preview, `Register ${p.address}: ${show(got.raw)} × ${p.scale} + ${p.offset} = ${show(got.v)}${p.unit ? ` ${p.unit}` : ""}`);
+      setText(
+        preview,
+        `Register ${p.address}: ${show(got.raw)} × ${p.scale} + ${p.offset} = ${show(got.v)}${p.unit ? ` ${p.unit}` : ""}`,
+      );
       if (!deadbandTyped) {
         const d = defaultDeadband(p.type, got.v, p.min, p.max);
         deadband.value = d ? String(d) : "";
@@ -120,7 +154,8 @@ export function addPointForm(env, regs, offset, at, configured, bits = false) {
     const desc = S.desc.get(target.value);
     setText(cost, costText(desc?.pollIntervalMs || 1000, p.deadband));
   }
-  for (const e of [type, order, scale, shift, eng, target, offset, deadband, min, max]) e.addEventListener("input", paint);
+  for (const e of [type, order, scale, shift, eng, target, offset, deadband, min, max])
+    e.addEventListener("input", paint);
   for (const e of [type, order, target, offset]) e.addEventListener("change", paint);
   paint();
 
@@ -136,27 +171,37 @@ export function addPointForm(env, regs, offset, at, configured, bits = false) {
       "points = [",
       `  ${pointToml(p)},`,
       "]",
-    ].filter((x) => x !== null).join("\n");
+    ]
+      .filter((x) => x !== null)
+      .join("\n");
   }
 
   async function add() {
     const p = point();
-    if (!p.id) { result.replaceChildren(h("p", { class: "error", text: "Give the point an id." })); return; }
+    if (!p.id) {
+      result.replaceChildren(h("p", { class: "error", text: "Give the point an id." }));
+      return;
+    }
     const params = { op: "addPoints", points: [p] };
     if (target.value) params.deviceId = target.value;
     else params.newDevice = { id: newId.value.trim(), bus: at.bus, unit: at.unit, type: newType.value.trim() };
     try {
       const e = await conn.call("config.edit", params);
       if (e.problems.length) {
-        result.replaceChildren(h("p", { class: "error", text: "Not added: the config would have these problems:" }),
-          h("ul", { class: "problems" }, ...e.problems.map((x) => h("li", { text: problemText(x) }))));
+        result.replaceChildren(
+          h("p", { class: "error", text: "Not added: the config would have these problems:" }),
+          h("ul", { class: "problems" }, ...e.problems.map((x) => h("li", { text: problemText(x) }))),
+        );
         return;
       }
       const what = bits ? `${p.id} (bool)` : `${p.id} (${p.type} ${order.value})`;
-      if (!(await confirmDialog("Add to the config and apply", `${e.summary}: ${what} at ${p.table} ${p.address}`))) return;
+      if (!(await confirmDialog("Add to the config and apply", `${e.summary}: ${what} at ${p.table} ${p.address}`)))
+        return;
       const r = await conn.call("config.apply", { text: e.text }, 60000);
       env.reloaded();
-      result.replaceChildren(h("p", { class: "result ok", text: `Applied as version ${r.id} (${r.summary}); the gateway reloads.` }));
+      result.replaceChildren(
+        h("p", { class: "result ok", text: `Applied as version ${r.id} (${r.summary}); the gateway reloads.` }),
+      );
     } catch (err) {
       result.replaceChildren(h("p", { class: "error", text: `Not added (${err.code}): ${err.message}` }));
     }
@@ -169,19 +214,41 @@ export function addPointForm(env, regs, offset, at, configured, bits = false) {
   }
 
   const check = h("label", { class: "check", for: "p-writable" }, writable, " Writable");
-  return h("section", { class: "add-point" },
+  return h(
+    "section",
+    { class: "add-point" },
     h("h2", { text: "Add as point" }),
-    bits ? h("div", { class: "toolbar" }, field("Type", type), field("Engineering unit", eng))
-      : h("div", { class: "toolbar" }, field("Type", type), field("Byte/word order", order),
-        field("Scale", scale), field("Offset", shift), field("Engineering unit", eng)),
+    bits
+      ? h("div", { class: "toolbar" }, field("Type", type), field("Engineering unit", eng))
+      : h(
+          "div",
+          { class: "toolbar" },
+          field("Type", type),
+          field("Byte/word order", order),
+          field("Scale", scale),
+          field("Offset", shift),
+          field("Engineering unit", eng),
+        ),
     preview,
-    bits ? h("div", { class: "toolbar" }, check)
-      : h("div", { class: "toolbar" }, field("Deadband", deadband), field("Min (valid range)", min), field("Max", max), check),
+    bits
+      ? h("div", { class: "toolbar" }, check)
+      : h(
+          "div",
+          { class: "toolbar" },
+          field("Deadband", deadband),
+          field("Min (valid range)", min),
+          field("Max", max),
+          check,
+        ),
     bits ? null : cost,
     h("div", { class: "toolbar" }, field("Point id", id), field("To device", target)),
     newFields,
-    h("div", { class: "toolbar" },
+    h(
+      "div",
+      { class: "toolbar" },
       h("button", { type: "button", class: "primary", text: "Add as point", onclick: add }),
-      h("button", { type: "button", text: "Copy as TOML", onclick: copy })),
-    result);
+      h("button", { type: "button", text: "Copy as TOML", onclick: copy }),
+    ),
+    result,
+  );
 }

@@ -11,12 +11,15 @@ function row(e) {
   const what = config ? "config file" : `${e.deviceId} / ${e.pointId}`;
   const change = config ? String(e.value) : `${fmtValue(e.old)} → ${fmtValue(e.value)}`;
   const ok = e.result === "ok";
-  return h("tr", { "data-audit": e.id },
+  return h(
+    "tr",
+    { "data-audit": e.id },
     h("td", { "data-label": "Time", text: fmtTime(e.ts) }),
     h("td", { "data-label": "User", text: `${e.user || "—"} (${e.source})` }),
     h("td", { "data-label": "Point", text: what }),
     h("td", { "data-label": "Change", text: change }),
-    h("td", { "data-label": "Result", class: ok ? "ok" : "bad", text: ok ? "ok" : `FAILED: ${e.result}` }));
+    h("td", { "data-label": "Result", class: ok ? "ok" : "bad", text: ok ? "ok" : `FAILED: ${e.result}` }),
+  );
 }
 
 /** `env`: { conn }. */
@@ -36,9 +39,12 @@ export function auditView(env) {
       const trs = d.entries.map(row);
       if (append) rows.append(...trs);
       else rows.replaceChildren(...trs);
-      if (!append && !trs.length) rows.replaceChildren(h("tr", {}, h("td", { colspan: 5, text: "No writes or config changes yet." })));
+      if (!append && !trs.length)
+        rows.replaceChildren(h("tr", {}, h("td", { colspan: 5, text: "No writes or config changes yet." })));
     } catch (e) {
-      rows.replaceChildren(h("tr", {}, h("td", { colspan: 5, class: "error", text: `Cannot load the audit: ${e.message}` })));
+      rows.replaceChildren(
+        h("tr", {}, h("td", { colspan: 5, class: "error", text: `Cannot load the audit: ${e.message}` })),
+      );
     }
   }
   more.addEventListener("click", () => load(true));
@@ -46,13 +52,22 @@ export function auditView(env) {
 
   return {
     name: "audit",
-    node: h("section", {},
+    node: h(
+      "section",
+      {},
       h("h1", { text: "Audit" }),
-      h("p", { class: "small", text: "Writes to devices (from this dashboard, MQTT or the API) and config changes, newest first." }),
-      h("table", { class: "events audit" },
+      h("p", {
+        class: "small",
+        text: "Writes to devices (from this dashboard, MQTT or the API) and config changes, newest first.",
+      }),
+      h(
+        "table",
+        { class: "events audit" },
         h("thead", {}, h("tr", {}, ...["Time", "User", "Point", "Change", "Result"].map((t) => h("th", { text: t })))),
-        rows),
-      more),
+        rows,
+      ),
+      more,
+    ),
     update() {},
   };
 }

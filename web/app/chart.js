@@ -7,7 +7,20 @@
 const MIN = 60_000;
 const HOUR = 60 * MIN;
 const DAY = 24 * HOUR;
-const TIME_STEPS = [MIN, 2 * MIN, 5 * MIN, 10 * MIN, 15 * MIN, 30 * MIN, HOUR, 2 * HOUR, 3 * HOUR, 6 * HOUR, 12 * HOUR, DAY];
+const TIME_STEPS = [
+  MIN,
+  2 * MIN,
+  5 * MIN,
+  10 * MIN,
+  15 * MIN,
+  30 * MIN,
+  HOUR,
+  2 * HOUR,
+  3 * HOUR,
+  6 * HOUR,
+  12 * HOUR,
+  DAY,
+];
 
 /** Round value-axis steps: 1, 2 or 5 times a power of ten, about `n` of them over the span. */
 function niceTicks(lo, hi, n) {
@@ -45,7 +58,11 @@ export class Trend {
     this.onHover = null;
     canvas.addEventListener("pointermove", (e) => this.pick(e));
     canvas.addEventListener("pointerdown", (e) => this.pick(e));
-    canvas.addEventListener("pointerleave", () => { this.hover = null; this.draw(); if (this.onHover) this.onHover(null); });
+    canvas.addEventListener("pointerleave", () => {
+      this.hover = null;
+      this.draw();
+      if (this.onHover) this.onHover(null);
+    });
   }
 
   /** The history of `rangeMs` up to `until`, as the store's buckets. */
@@ -79,7 +96,8 @@ export class Trend {
   draw() {
     const c = this.canvas;
     const ratio = window.devicePixelRatio || 1;
-    const w = c.clientWidth, h = c.clientHeight;
+    const w = c.clientWidth,
+      h = c.clientHeight;
     if (!w || !h) return;
     if (c.width !== Math.round(w * ratio) || c.height !== Math.round(h * ratio)) {
       c.width = Math.round(w * ratio);
@@ -90,7 +108,9 @@ export class Trend {
     g.clearRect(0, 0, w, h);
     const css = getComputedStyle(document.documentElement);
     const color = (name, fallback) => css.getPropertyValue(name).trim() || fallback;
-    const fg = color("--accent", "#0b5cad"), muted = color("--muted", "#555"), line = color("--line", "#8a94a0");
+    const fg = color("--accent", "#0b5cad"),
+      muted = color("--muted", "#555"),
+      line = color("--line", "#8a94a0");
     const alarm = color("--alarm", "#a4141a");
     g.font = "11px system-ui, sans-serif";
     this.t0 = this.until - this.rangeMs;
@@ -102,16 +122,27 @@ export class Trend {
       g.fillText("no readings in this range", 8, h / 2);
       return;
     }
-    let lo = Math.min(...values), hi = Math.max(...values);
-    if (this.opts.step && lo >= 0 && hi <= 1) { lo = 0; hi = 1; }
-    if (hi - lo < 1e-9) { hi += 1; lo -= 1; }
+    let lo = Math.min(...values),
+      hi = Math.max(...values);
+    if (this.opts.step && lo >= 0 && hi <= 1) {
+      lo = 0;
+      hi = 1;
+    }
+    if (hi - lo < 1e-9) {
+      hi += 1;
+      lo -= 1;
+    }
     const span = hi - lo;
     lo -= span * 0.05;
     hi += span * 0.05;
-    const { ticks, step } = this.opts.step && hi - lo <= 1.2 ? { ticks: [0, 1], step: 1 } : niceTicks(lo, hi, Math.max(2, Math.floor(h / 28)));
+    const { ticks, step } =
+      this.opts.step && hi - lo <= 1.2
+        ? { ticks: [0, 1], step: 1 }
+        : niceTicks(lo, hi, Math.max(2, Math.floor(h / 28)));
     const labels = ticks.map((v) => (this.opts.bool ? (v ? "ON" : "OFF") : fmtNumber(v, step)));
     this.left = Math.ceil(Math.max(...labels.map((s) => g.measureText(s).width))) + 8;
-    const top = 14, bottom = 16;
+    const top = 14,
+      bottom = 16;
     this.plotW = w - this.left - 4;
     const plotH = h - top - bottom;
     const x = (t) => this.left + ((t - this.t0) / this.rangeMs) * this.plotW;
@@ -122,10 +153,15 @@ export class Trend {
     g.strokeStyle = line;
     g.lineWidth = 1;
     g.globalAlpha = 0.35;
-    ticks.forEach((v) => { g.beginPath(); g.moveTo(this.left, y(v)); g.lineTo(w - 4, y(v)); g.stroke(); });
+    ticks.forEach((v) => {
+      g.beginPath();
+      g.moveTo(this.left, y(v));
+      g.lineTo(w - 4, y(v));
+      g.stroke();
+    });
     g.globalAlpha = 1;
     g.textAlign = "right";
-    ticks.forEach((v, i) => g.fillText(labels[i], this.left - 4, y(v) + 4));
+    for (const [i, v] of ticks.entries()) g.fillText(labels[i], this.left - 4, y(v) + 4);
     g.textAlign = "left";
     if (this.opts.unit) g.fillText(this.opts.unit, 2, 10);
     const tstep = TIME_STEPS.find((s) => this.plotW / (this.rangeMs / s) >= 70) || DAY;
@@ -141,7 +177,10 @@ export class Trend {
       if (l.value < lo || l.value > hi) continue;
       g.strokeStyle = l.kind === "limit" ? muted : alarm;
       g.setLineDash(l.kind === "threshold" ? [] : l.kind === "clear" ? [6, 4] : [2, 3]);
-      g.beginPath(); g.moveTo(this.left, y(l.value)); g.lineTo(w - 4, y(l.value)); g.stroke();
+      g.beginPath();
+      g.moveTo(this.left, y(l.value));
+      g.lineTo(w - 4, y(l.value));
+      g.stroke();
       g.setLineDash([]);
       g.fillStyle = l.kind === "limit" ? muted : alarm;
       // Raising values labelled at the left, clearing ones at the right: close pairs stay legible.
@@ -160,12 +199,20 @@ export class Trend {
     g.strokeStyle = fg;
     g.lineWidth = 2;
     g.beginPath();
-    let drawing = false, prevY = 0;
+    let drawing = false,
+      prevY = 0;
     for (const b of this.buckets) {
-      if (b.v == null) { drawing = false; continue; }
-      const px = x(b.t), py = y(b.v);
+      if (b.v == null) {
+        drawing = false;
+        continue;
+      }
+      const px = x(b.t),
+        py = y(b.v);
       if (!drawing) g.moveTo(px, py);
-      else if (this.opts.step) { g.lineTo(px, prevY); g.lineTo(px, py); } else g.lineTo(px, py);
+      else if (this.opts.step) {
+        g.lineTo(px, prevY);
+        g.lineTo(px, py);
+      } else g.lineTo(px, py);
       drawing = true;
       prevY = py;
     }
@@ -177,10 +224,15 @@ export class Trend {
     if (this.hover) {
       g.strokeStyle = muted;
       g.setLineDash([3, 3]);
-      g.beginPath(); g.moveTo(x(this.hover.t), top); g.lineTo(x(this.hover.t), top + plotH); g.stroke();
+      g.beginPath();
+      g.moveTo(x(this.hover.t), top);
+      g.lineTo(x(this.hover.t), top + plotH);
+      g.stroke();
       g.setLineDash([]);
       g.fillStyle = fg;
-      g.beginPath(); g.arc(x(this.hover.t), y(this.hover.v), 4, 0, 2 * Math.PI); g.fill();
+      g.beginPath();
+      g.arc(x(this.hover.t), y(this.hover.v), 4, 0, 2 * Math.PI);
+      g.fill();
     }
   }
 }

@@ -45,7 +45,7 @@ export class Conn {
         this.pending.delete(msg.requestId);
         if (msg.code === 0) resolve(msg.data);
         else reject(Object.assign(new Error(msg.msg || `error ${msg.code}`), { code: msg.code, data: msg.data }));
-      } else if (msg.service && msg.service.startsWith("push.")) {
+      } else if (msg.service?.startsWith("push.")) {
         this.onPush(msg.service, msg.data);
       }
     };

@@ -9,9 +9,14 @@ export const ORDERS = [
 ];
 
 export const TYPES = [
-  { type: "u16", regs: 1 }, { type: "i16", regs: 1 },
-  { type: "u32", regs: 2 }, { type: "i32", regs: 2 }, { type: "f32", regs: 2 },
-  { type: "u64", regs: 4 }, { type: "i64", regs: 4 }, { type: "f64", regs: 4 },
+  { type: "u16", regs: 1 },
+  { type: "i16", regs: 1 },
+  { type: "u32", regs: 2 },
+  { type: "i32", regs: 2 },
+  { type: "f32", regs: 2 },
+  { type: "u64", regs: 4 },
+  { type: "i64", regs: 4 },
+  { type: "f64", regs: 4 },
 ];
 
 /** The bytes of `regs` (16-bit values), most significant first, under the given orders. */
@@ -19,7 +24,8 @@ export function bytesOf(regs, byteOrder, wordOrder) {
   const words = wordOrder === "little" ? [...regs].reverse() : regs;
   const out = new Uint8Array(words.length * 2);
   words.forEach((w, i) => {
-    const hi = (w >> 8) & 0xff, lo = w & 0xff;
+    const hi = (w >> 8) & 0xff,
+      lo = w & 0xff;
     out[2 * i] = byteOrder === "little" ? lo : hi;
     out[2 * i + 1] = byteOrder === "little" ? hi : lo;
   });
@@ -32,14 +38,22 @@ export function decode(regs, type, byteOrder, wordOrder) {
   if (!t || regs.length < t.regs) return null;
   const v = new DataView(bytesOf(regs.slice(0, t.regs), byteOrder, wordOrder).buffer);
   switch (type) {
-    case "u16": return v.getUint16(0);
-    case "i16": return v.getInt16(0);
-    case "u32": return v.getUint32(0);
-    case "i32": return v.getInt32(0);
-    case "f32": return v.getFloat32(0);
-    case "u64": return v.getBigUint64(0);
-    case "i64": return v.getBigInt64(0);
-    case "f64": return v.getFloat64(0);
+    case "u16":
+      return v.getUint16(0);
+    case "i16":
+      return v.getInt16(0);
+    case "u32":
+      return v.getUint32(0);
+    case "i32":
+      return v.getInt32(0);
+    case "f32":
+      return v.getFloat32(0);
+    case "u64":
+      return v.getBigUint64(0);
+    case "i64":
+      return v.getBigInt64(0);
+    case "f64":
+      return v.getFloat64(0);
   }
   return null;
 }

@@ -22,8 +22,11 @@ export function input(key, value, attrs = {}) {
 }
 
 export function select(key, value, options) {
-  return h("select", { "data-key": key },
-    ...options.map((o) => h("option", { value: o, text: o, selected: o === value })));
+  return h(
+    "select",
+    { "data-key": key },
+    ...options.map((o) => h("option", { value: o, text: o, selected: o === value })),
+  );
 }
 
 /** The keys of `inputs` whose value differs from `orig`'s (for a new item, every one set). */
@@ -32,7 +35,7 @@ export function changes(inputs, orig) {
   for (const i of inputs) {
     const k = i.dataset.key;
     const v = read(i);
-    const was = orig ? orig[k] ?? null : null;
+    const was = orig ? (orig[k] ?? null) : null;
     if (orig ? v !== was : v !== null) out[k] = v;
   }
   return out;
@@ -44,18 +47,21 @@ export function changes(inputs, orig) {
  */
 export function deviceForm(raw, ctx) {
   const d = raw || {};
-  const n = (p, label, key, attrs) => {
+  const n = (_p, label, key, attrs) => {
     const c = input(key, d[key], { id: `df-${key}`, ...attrs });
     return h("div", { class: "df-field" }, h("label", { for: c.id, text: label }), c);
   };
   const busSelect = select("bus", d.bus || ctx.buses[0], ctx.buses);
   busSelect.id = "df-bus";
-  const head = h("div", { class: "toolbar df-device" },
+  const head = h(
+    "div",
+    { class: "toolbar df-device" },
     n(d, "Device id", "id", { required: true }),
     n(d, "Type", "type"),
     h("div", { class: "df-field" }, h("label", { for: "df-bus", text: "Bus" }), busSelect),
     n(d, "Unit id", "unit", { "data-kind": "number", inputmode: "numeric" }),
-    n(d, "Poll every (ms)", "poll_interval_ms", { "data-kind": "number", inputmode: "numeric", placeholder: "1000" }));
+    n(d, "Poll every (ms)", "poll_interval_ms", { "data-kind": "number", inputmode: "numeric", placeholder: "1000" }),
+  );
   const template = d.template && ctx.templates[d.template];
   const rows = h("tbody", {});
   function pointRow(p) {
@@ -64,33 +70,81 @@ export function deviceForm(raw, ctx) {
       select("table", p?.table || "holding", TABLES),
       input("address", p?.address, { "data-kind": "number", inputmode: "numeric", "aria-label": "Address", size: 6 }),
       select("type", p?.type || "u16", TYPES),
-      input("scale", p?.scale, { "data-kind": "number", inputmode: "decimal", "aria-label": "Scale", placeholder: "1", size: 6 }),
+      input("scale", p?.scale, {
+        "data-kind": "number",
+        inputmode: "decimal",
+        "aria-label": "Scale",
+        placeholder: "1",
+        size: 6,
+      }),
       input("unit", p?.unit, { "aria-label": "Engineering unit", size: 5 }),
       h("input", { type: "checkbox", "data-key": "writable", checked: !!p?.writable, "aria-label": "Writable" }),
-      input("poll_interval_ms", p?.poll_interval_ms, { "data-kind": "number", inputmode: "numeric", "aria-label": "Own poll rate (ms)", placeholder: "device's", size: 7 }),
+      input("poll_interval_ms", p?.poll_interval_ms, {
+        "data-kind": "number",
+        inputmode: "numeric",
+        "aria-label": "Own poll rate (ms)",
+        placeholder: "device's",
+        size: 7,
+      }),
     ];
     cells[1].setAttribute("aria-label", "Table");
     cells[3].setAttribute("aria-label", "Type");
-    const tr = h("tr", { "data-was": p?.id ?? "" }, ...cells.map((c) => h("td", {}, c)),
-      h("td", {}, h("button", { type: "button", class: "ghost", text: "Remove", onclick: () => tr.remove() })));
+    const tr = h(
+      "tr",
+      { "data-was": p?.id ?? "" },
+      ...cells.map((c) => h("td", {}, c)),
+      h("td", {}, h("button", { type: "button", class: "ghost", text: "Remove", onclick: () => tr.remove() })),
+    );
     tr.orig = p || null;
     return tr;
   }
   for (const p of d.points || []) rows.append(pointRow(p));
   const general = h("div", { role: "status" });
-  const form = h("form", { class: "device-form", onsubmit: (e) => { e.preventDefault(); save(); } },
+  const form = h(
+    "form",
+    {
+      class: "device-form",
+      onsubmit: (e) => {
+        e.preventDefault();
+        save();
+      },
+    },
     h("h3", { text: raw ? `Edit ${d.id}` : "New device" }),
     head,
     template
-      ? h("p", { class: "small", text: `From template ${d.template} (edit [templates.${d.template}] in the file): ${(template.points || []).map((p) => p.id).join(", ")}` })
+      ? h("p", {
+          class: "small",
+          text: `From template ${d.template} (edit [templates.${d.template}] in the file): ${(template.points || []).map((p) => p.id).join(", ")}`,
+        })
       : null,
-    h("div", { class: "scroll" }, h("table", { class: "points-form" },
-      h("thead", {}, h("tr", {}, ...["Point id", "Table", "Address", "Type", "Scale", "Unit", "Writable", "Own poll (ms)", ""].map((t) => h("th", { text: t })))),
-      rows)),
-    h("div", { class: "toolbar" },
+    h(
+      "div",
+      { class: "scroll" },
+      h(
+        "table",
+        { class: "points-form" },
+        h(
+          "thead",
+          {},
+          h(
+            "tr",
+            {},
+            ...["Point id", "Table", "Address", "Type", "Scale", "Unit", "Writable", "Own poll (ms)", ""].map((t) =>
+              h("th", { text: t }),
+            ),
+          ),
+        ),
+        rows,
+      ),
+    ),
+    h(
+      "div",
+      { class: "toolbar" },
       h("button", { type: "button", text: "Add a point", onclick: () => rows.append(pointRow(null)) }),
-      h("button", { type: "submit", class: "primary", text: raw ? `Save ${d.id}` : "Add device" })),
-    general);
+      h("button", { type: "submit", class: "primary", text: raw ? `Save ${d.id}` : "Add device" }),
+    ),
+    general,
+  );
 
   /** Each problem next to its field (by key path under this device), the rest below. */
   function mark(problems, prefix) {
@@ -98,11 +152,17 @@ export function deviceForm(raw, ctx) {
     for (const e of form.querySelectorAll("[aria-invalid]")) e.removeAttribute("aria-invalid");
     const rest = [];
     for (const p of problems) {
-      const m = prefix && p.path && p.path.startsWith(`${prefix}.`) ? p.path.slice(prefix.length + 1) : null;
-      const pm = m && m.match(/^points\[(\d+)\]\.(\w+)/);
-      const el = pm ? rows.children[Number(pm[1])]?.querySelector(`[data-key="${pm[2]}"]`)
-        : m ? head.querySelector(`[data-key="${m}"]`) : null;
-      if (!el) { rest.push(p); continue; }
+      const m = prefix && p.path?.startsWith(`${prefix}.`) ? p.path.slice(prefix.length + 1) : null;
+      const pm = m?.match(/^points\[(\d+)\]\.(\w+)/);
+      const el = pm
+        ? rows.children[Number(pm[1])]?.querySelector(`[data-key="${pm[2]}"]`)
+        : m
+          ? head.querySelector(`[data-key="${m}"]`)
+          : null;
+      if (!el) {
+        rest.push(p);
+        continue;
+      }
       el.setAttribute("aria-invalid", "true");
       el.after(h("span", { class: "field-problem error", text: p.message }));
     }

@@ -3,7 +3,7 @@
 // decoded value turned into a point of a new or existing device — applied to the config, or
 // copied as TOML. The bus task does every read and probe between its polls.
 
-import { h, setText, setClass, field, problemText } from "./dom.js";
+import { h, setText, field } from "./dom.js";
 import { ORDERS, TYPES, ascii, decode, show } from "./decode.js";
 import { addPointForm } from "./addpoint.js";
 
@@ -11,14 +11,45 @@ import { addPointForm } from "./addpoint.js";
 export function inspectorView(env, deviceId) {
   const { conn, S } = env;
   const first = S.desc.get(deviceId) || S.desc.get(S.order[0]);
-  const device = h("select", { id: "i-device" },
+  const device = h(
+    "select",
+    { id: "i-device" },
     h("option", { value: "", text: "(any unit)" }),
-    ...S.order.map((id) => h("option", { value: id, text: id })));
+    ...S.order.map((id) => h("option", { value: id, text: id })),
+  );
   const bus = h("select", { id: "i-bus" }, ...S.buses.map((b) => h("option", { value: b, text: b })));
-  const unit = h("input", { id: "i-unit", type: "number", min: 1, max: 247, value: 1, required: true, inputmode: "numeric" });
-  const table = h("select", { id: "i-table" }, ...["holding", "input", "coil", "discrete"].map((t) => h("option", { value: t, text: t })));
-  const address = h("input", { id: "i-address", type: "number", min: 0, max: 65535, value: 0, required: true, inputmode: "numeric" });
-  const count = h("input", { id: "i-count", type: "number", min: 1, max: 125, value: 4, required: true, inputmode: "numeric" });
+  const unit = h("input", {
+    id: "i-unit",
+    type: "number",
+    min: 1,
+    max: 247,
+    value: 1,
+    required: true,
+    inputmode: "numeric",
+  });
+  const table = h(
+    "select",
+    { id: "i-table" },
+    ...["holding", "input", "coil", "discrete"].map((t) => h("option", { value: t, text: t })),
+  );
+  const address = h("input", {
+    id: "i-address",
+    type: "number",
+    min: 0,
+    max: 65535,
+    value: 0,
+    required: true,
+    inputmode: "numeric",
+  });
+  const count = h("input", {
+    id: "i-count",
+    type: "number",
+    min: 1,
+    max: 125,
+    value: 4,
+    required: true,
+    inputmode: "numeric",
+  });
   const out = h("div", { "aria-live": "polite" });
   // What is counted, said: registers here, bits on a coil or discrete table (the CLI's
   // `--count` counts values of a type).
@@ -48,7 +79,11 @@ export function inspectorView(env, deviceId) {
     device.value = first.id;
     pickDevice();
     const p = first.points.find((x) => x.table === "holding" || x.table === "input") || first.points[0];
-    if (p) { table.value = p.table; address.value = p.address; table.dispatchEvent(new Event("change")); }
+    if (p) {
+      table.value = p.table;
+      address.value = p.address;
+      table.dispatchEvent(new Event("change"));
+    }
   }
 
   async function read() {
@@ -56,25 +91,44 @@ export function inspectorView(env, deviceId) {
     const at = { bus: bus.value, unit: Number(unit.value), table: table.value, address: Number(address.value) };
     try {
       const r = await conn.call("registers.read", { ...at, count: Number(count.value) });
-      out.replaceChildren(r.bits
-        ? bitsOut(env, r, at)
-        : registersOut(env, r, S.desc.get(device.value), at));
+      out.replaceChildren(r.bits ? bitsOut(env, r, at) : registersOut(env, r, S.desc.get(device.value), at));
     } catch (e) {
       out.replaceChildren(h("p", { class: "error", text: `Read failed (${e.code}): ${e.message}` }));
     }
   }
 
-  const form = h("form", { class: "toolbar", onsubmit: (ev) => { ev.preventDefault(); read(); } },
-    field("Device", device), field("Bus", bus), field("Unit id", unit),
-    field("Table", table), field("Address", address), countField,
-    h("button", { type: "submit", class: "primary", text: "Read" }));
+  const form = h(
+    "form",
+    {
+      class: "toolbar",
+      onsubmit: (ev) => {
+        ev.preventDefault();
+        read();
+      },
+    },
+    field("Device", device),
+    field("Bus", bus),
+    field("Unit id", unit),
+    field("Table", table),
+    field("Address", address),
+    countField,
+    h("button", { type: "submit", class: "primary", text: "Read" }),
+  );
 
   return {
     name: "inspector",
-    node: h("section", {},
+    node: h(
+      "section",
+      {},
       h("h1", { text: "Register inspector" }),
-      h("p", { class: "small", text: "Reads raw registers of any unit on a bus, in the bus's turn between polls, and decodes them in every type, byte order and word order, so the right combination can be picked on the spot — and added as a point." }),
-      form, out, scanPanel(env, bus, unit, read)),
+      h("p", {
+        class: "small",
+        text: "Reads raw registers of any unit on a bus, in the bus's turn between polls, and decodes them in every type, byte order and word order, so the right combination can be picked on the spot — and added as a point.",
+      }),
+      form,
+      out,
+      scanPanel(env, bus, unit, read),
+    ),
     update() {},
   };
 }
@@ -88,12 +142,24 @@ function scanPanel(env, bus, unit, read) {
   const progress = h("p", { role: "status", class: "small" });
   const found = h("div", { class: "found" });
   const start = h("button", { type: "submit", text: "Scan bus" });
-  const cancel = h("button", { type: "button", text: "Cancel scan", hidden: true,
-    onclick: () => conn.call("bus.scanCancel", { bus: bus.value }).catch(() => {}) });
+  const cancel = h("button", {
+    type: "button",
+    text: "Cancel scan",
+    hidden: true,
+    onclick: () => conn.call("bus.scanCancel", { bus: bus.value }).catch(() => {}),
+  });
 
   function foundButton(u, exception) {
-    return h("button", { type: "button", class: "ghost", text: `Unit ${u}${exception ? ` (${exception})` : ""}`,
-      onclick: () => { unit.value = u; unit.dispatchEvent(new Event("change")); read(); } });
+    return h("button", {
+      type: "button",
+      class: "ghost",
+      text: `Unit ${u}${exception ? ` (${exception})` : ""}`,
+      onclick: () => {
+        unit.value = u;
+        unit.dispatchEvent(new Event("change"));
+        read();
+      },
+    });
   }
 
   async function scan() {
@@ -108,9 +174,14 @@ function scanPanel(env, bus, unit, read) {
       if (d.found) found.append(foundButton(d.unit, d.exception));
     };
     try {
-      const r = await conn.call("bus.scan", { bus: bus.value, fromUnit: a, toUnit: b, timeoutMs: Number(wait.value) }, 600000);
+      const r = await conn.call(
+        "bus.scan",
+        { bus: bus.value, fromUnit: a, toUnit: b, timeoutMs: Number(wait.value) },
+        600000,
+      );
       found.replaceChildren(...r.found.map((x) => foundButton(x.unit, x.exception)));
-      const said = r.everyId ? `unit ${r.units[0]} ${r.note}`
+      const said = r.everyId
+        ? `unit ${r.units[0]} ${r.note}`
         : `${r.units.length ? `units ${r.units.join(", ")} answered` : "no unit answered"}${r.note ? ` (${r.note})` : ""}`;
       setText(progress, `${r.cancelled ? "Cancelled" : "Done"}: ${said}.`);
     } catch (e) {
@@ -122,20 +193,47 @@ function scanPanel(env, bus, unit, read) {
     }
   }
 
-  return h("section", {},
+  return h(
+    "section",
+    {},
     h("h2", { text: "Scan the bus" }),
-    h("p", { class: "small", text: "Probes each unit id with one short read between the polls; configured devices keep their rate. A unit that answers with an exception is there too, but a gateway's 0A/0B says no device is behind that id." }),
-    h("form", { class: "toolbar", onsubmit: (ev) => { ev.preventDefault(); scan(); } },
-      field("From unit", from), field("To unit", to), field("Wait per unit (ms)", wait), start, cancel),
-    progress, found);
+    h("p", {
+      class: "small",
+      text: "Probes each unit id with one short read between the polls; configured devices keep their rate. A unit that answers with an exception is there too, but a gateway's 0A/0B says no device is behind that id.",
+    }),
+    h(
+      "form",
+      {
+        class: "toolbar",
+        onsubmit: (ev) => {
+          ev.preventDefault();
+          scan();
+        },
+      },
+      field("From unit", from),
+      field("To unit", to),
+      field("Wait per unit (ms)", wait),
+      start,
+      cancel,
+    ),
+    progress,
+    found,
+  );
 }
 
 function bitsOut(env, r, at) {
-  const offset = h("select", { id: "i-offset" }, ...r.bits.map((_, i) => h("option", { value: i, text: `${r.address + i}` })));
-  return h("div", {},
+  const offset = h(
+    "select",
+    { id: "i-offset" },
+    ...r.bits.map((_, i) => h("option", { value: i, text: `${r.address + i}` })),
+  );
+  return h(
+    "div",
+    {},
     h("div", { class: "regs" }, ...r.bits.map((b, i) => h("span", { text: `${r.address + i}: ${b ? 1 : 0}` }))),
     h("div", { class: "toolbar" }, field("Bit", offset)),
-    addPointForm(env, r.bits, offset, at, null, true));
+    addPointForm(env, r.bits, offset, at, null, true),
+  );
 }
 
 /** The device's points in what was read, each with the order it is configured in: a device's
@@ -149,36 +247,73 @@ function pointsHere(desc, r, at) {
 
 function registersOut(env, r, desc, at) {
   const regs = r.registers;
-  const offset = h("select", { id: "i-offset" }, ...regs.map((_, i) => h("option", { value: i, text: `${r.address + i}` })));
+  const offset = h(
+    "select",
+    { id: "i-offset" },
+    ...regs.map((_, i) => h("option", { value: i, text: `${r.address + i}` })),
+  );
   const body = h("tbody", {});
   const here = pointsHere(desc, r, at);
   // The order marked: that of the point at the chosen register, if one is configured there.
   const configuredAt = () => here.find((p) => p.address === r.address + Number(offset.value))?.order || null;
-  const heads = ORDERS.map((o) => h("th", { scope: "col", title: `bytes ${o.byteOrder}, words ${o.wordOrder}`, text: o.name }));
+  const heads = ORDERS.map((o) =>
+    h("th", { scope: "col", title: `bytes ${o.byteOrder}, words ${o.wordOrder}`, text: o.name }),
+  );
 
   function paint() {
     const mark = configuredAt();
-    ORDERS.forEach((o, i) => setText(heads[i], o.name + (mark === o ? " ✓" : "")));
+    for (const [i, o] of ORDERS.entries()) setText(heads[i], o.name + (mark === o ? " ✓" : ""));
     const from = regs.slice(Number(offset.value));
     const lines = TYPES.map(({ type, regs: n }) =>
-      h("tr", {}, h("th", { scope: "row", text: type }),
-        ...ORDERS.map((o) => h("td", { text: from.length >= n ? show(decode(from, type, o.byteOrder, o.wordOrder)) : "—" }))));
-    lines.push(h("tr", {}, h("th", { scope: "row", text: "text" }),
-      ...ORDERS.map((o) => h("td", { text: o.wordOrder === "big" ? ascii(from, o.byteOrder) : "" }))));
+      h(
+        "tr",
+        {},
+        h("th", { scope: "row", text: type }),
+        ...ORDERS.map((o) =>
+          h("td", { text: from.length >= n ? show(decode(from, type, o.byteOrder, o.wordOrder)) : "—" }),
+        ),
+      ),
+    );
+    lines.push(
+      h(
+        "tr",
+        {},
+        h("th", { scope: "row", text: "text" }),
+        ...ORDERS.map((o) => h("td", { text: o.wordOrder === "big" ? ascii(from, o.byteOrder) : "" })),
+      ),
+    );
     body.replaceChildren(...lines);
   }
   offset.addEventListener("change", paint);
   paint();
 
-  return h("div", {},
+  return h(
+    "div",
+    {},
     h("h2", { text: "Raw registers" }),
-    h("div", { class: "regs" }, ...regs.map((v, i) => h("span", { text: `${r.address + i}: ${v} (0x${v.toString(16).padStart(4, "0")})` }))),
+    h(
+      "div",
+      { class: "regs" },
+      ...regs.map((v, i) => h("span", { text: `${r.address + i}: ${v} (0x${v.toString(16).padStart(4, "0")})` })),
+    ),
     h("h2", { text: "Decoded" }),
     h("div", { class: "toolbar" }, field("Starting at register", offset)),
-    here.length ? h("ul", { class: "small configured-here" }, ...here.map((p) =>
-      h("li", { text: `${p.address}: ${p.id}, ${p.type}${p.order ? ` ${p.order.name} (bytes ${p.order.byteOrder}, words ${p.order.wordOrder})` : ""}` }))) : null,
-    h("div", { class: "scroll" }, h("table", { class: "decoded" },
-      h("thead", {}, h("tr", {}, h("th", { text: "type" }), ...heads)),
-      body)),
-    addPointForm(env, regs, offset, at, configuredAt() || here[0]?.order || null));
+    here.length
+      ? h(
+          "ul",
+          { class: "small configured-here" },
+          ...here.map((p) =>
+            h("li", {
+              text: `${p.address}: ${p.id}, ${p.type}${p.order ? ` ${p.order.name} (bytes ${p.order.byteOrder}, words ${p.order.wordOrder})` : ""}`,
+            }),
+          ),
+        )
+      : null,
+    h(
+      "div",
+      { class: "scroll" },
+      h("table", { class: "decoded" }, h("thead", {}, h("tr", {}, h("th", { text: "type" }), ...heads)), body),
+    ),
+    addPointForm(env, regs, offset, at, configuredAt() || here[0]?.order || null),
+  );
 }
