@@ -29,7 +29,7 @@
 //! - [`store`]: SQLite schema and migrations, the writer thread with group commits, compact
 //!   history (one row per device sample), restore at start, retention, the size cap, a bounded
 //!   WAL, event numbers reserved ahead of a lost store, and the outbox the sinks read as typed
-//!   rows.
+//!   rows (the telemetry just committed from memory, `store::tail`).
 //! - [`events`]: the rule engine (thresholds, rate, stale, abnormal, online/offline), and the
 //!   processor that orders events by priority, limits storms, numbers, commits and pushes them.
 //! - [`sinks`]: upstream store-and-forward: each sink reads the SQLite outbox after its cursor

@@ -269,6 +269,64 @@ async fn a_sink_sends_new_telemetry_first_while_its_backlog_drains() {
     assert!(feed.advanced().contains(&(Stream::Telemetry, end)));
 }
 
+/// A sink that keeps up takes telemetry from the store's tail and reads none of it back from
+/// SQLite: the same rows, once each and in the same order, as a sink reading the file gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_keeps_up_gets_from_the_tail_the_rows_the_file_holds() {
+    use edge_gateway::sinks::feed::{Batch, Feed};
+    let (sim, addr, _c) = start_sim(Profile::Demo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(config(dir.path(), &body(&addr.to_string())))
+        .await
+        .unwrap();
+    let feed = |tail: bool| {
+        let f = Feed::new(
+            "test",
+            edge_gateway::store::open_reader(dir.path()).unwrap(),
+            gw.config.clone(),
+            20,
+        );
+        if tail {
+            f.with_tail(gw.store.tail.clone())
+        } else {
+            f
+        }
+    };
+    let (mut live, mut file) = (feed(true), feed(false));
+    live.reset().await.unwrap();
+    file.reset().await.unwrap();
+    let take = |batches: Vec<Batch>, f: &mut Feed, out: &mut Vec<OutboxRow>| {
+        let n = out.len();
+        for b in batches
+            .into_iter()
+            .filter(|b| b.stream == Stream::Telemetry)
+        {
+            f.confirm(b.stream, b.rows.iter().map(OutboxRow::id));
+            out.extend(b.rows);
+        }
+        out.len() > n
+    };
+    let (mut from_live, mut from_file) = (Vec::new(), Vec::new());
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        // A setpoint that moves: a sample at every poll.
+        sim.with_memory(BOILER, |m| m.holding[2] = m.holding[2].wrapping_add(1));
+        take(live.next().await.unwrap(), &mut live, &mut from_live);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    gw.shutdown().await;
+    while take(live.next().await.unwrap(), &mut live, &mut from_live) {}
+    while take(file.next().await.unwrap(), &mut file, &mut from_file) {}
+    assert!(from_file.len() > 10, "{} samples stored", from_file.len());
+    assert_eq!(from_live, from_file);
+    assert_eq!(
+        live.from_tail(),
+        from_live.len() as u64,
+        "all from the tail"
+    );
+    assert_eq!(file.from_tail(), 0);
+}
+
 /// `max_db_mb`: history already upstream goes first; only when that is not enough does unsent
 /// telemetry go, and then one gap event per device says exactly what was lost. Events stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,11 +18,14 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
 use crate::store::outbox::{self, Outbox};
+use crate::store::tail::Tail;
 use crate::store::{OutboxRow, StoreCmd, StoreHandle, Stream};
 use crate::sync::Locked;
 
 /// Telemetry further behind than this many batches drains beside live data.
 pub const LIVE_LAG: usize = 10;
+
+const TELEMETRY: usize = Stream::Telemetry as usize;
 
 /// One batch of one stream, oldest first.
 pub struct Batch {
@@ -59,12 +62,27 @@ pub struct Feed {
     /// Set when the store's file was lost under the gateway: nothing more is read for
     /// upstream, since what would go the next start no longer has (its ids, its rows).
     held: Option<Arc<AtomicBool>>,
+    /// The store's just-committed telemetry, when the sink is given it.
+    tail: Option<Arc<Tail>>,
+    /// The tail's count of commits with events or status changes at the last read of those
+    /// streams (`None`: read them next round).
+    others_seen: Option<u64>,
+    /// The newest telemetry id last seen.
+    newest: i64,
+    /// Telemetry rows taken from the tail so far (the rest were read from SQLite).
+    from_tail: u64,
 }
 
 impl Feed {
     /// Sends nothing more once `gone` is set (the store's [`crate::store::StoreHandle::gone`]).
     pub fn held_while(mut self, gone: Arc<AtomicBool>) -> Feed {
         self.held = Some(gone);
+        self
+    }
+
+    /// Takes telemetry from the store's tail while the sink keeps up.
+    pub fn with_tail(mut self, tail: Arc<Tail>) -> Feed {
+        self.tail = Some(tail);
         self
     }
 
@@ -80,6 +98,10 @@ impl Feed {
             streams: Default::default(),
             batch,
             held: None,
+            tail: None,
+            others_seen: None,
+            newest: 0,
+            from_tail: 0,
         }
     }
 
@@ -102,6 +124,7 @@ impl Feed {
                 ..Cursors::default()
             };
         }
+        self.others_seen = None;
         Ok(())
     }
 
@@ -112,37 +135,99 @@ impl Feed {
 
     /// The next batches to send, at most one per stream and two of telemetry (live, backlog);
     /// empty when everything has been read. Their rows count as read until confirmed.
+    /// Telemetry comes from the store's tail when it holds every row asked for, events and
+    /// status from SQLite only when a commit wrote some since the last look: a sink that keeps
+    /// up reads nothing back from the file.
     pub async fn next(&mut self) -> rusqlite::Result<Vec<Batch>> {
         if self.held.as_ref().is_some_and(|g| g.load(Relaxed)) {
             return Ok(Vec::new());
         }
-        const TELEMETRY: usize = Stream::Telemetry as usize;
-        let limit = self.batch;
-        let tele = &self.streams[TELEMETRY];
-        let (backs, live) = (
-            self.streams.iter().map(|s| s.back).collect::<Vec<_>>(),
-            tele.live,
-        );
-        let (batches, newest) = self
-            .blocking(move |o| {
-                let mut out = Vec::new();
-                for stream in Stream::ALL {
-                    let i = stream.index();
-                    let upto = match (i, live) {
-                        (TELEMETRY, Some((frozen, front))) => {
-                            out.push((i, true, o.read(stream, front, i64::MAX, limit)?));
-                            frozen
-                        }
-                        _ => i64::MAX,
-                    };
-                    out.push((i, false, o.read(stream, backs[i], upto, limit)?));
+        // Read before the streams are: a commit during the read is looked at again next time.
+        let others = self.tail.as_ref().map(|t| t.others());
+        let others_due = others.is_none() || others != self.others_seen;
+        let reads = self.reads(others_due);
+        let found = self.fetch(&reads).await?;
+        if others_due {
+            self.others_seen = others;
+        }
+        Ok(self.take(&reads, found))
+    }
+
+    /// This round's reads in the order they are sent: (stream, live, after, upto).
+    fn reads(&self, others_due: bool) -> Vec<(usize, bool, i64, i64)> {
+        let mut reads = Vec::with_capacity(4);
+        for stream in Stream::ALL {
+            let i = stream.index();
+            let s = &self.streams[i];
+            match (i, s.live) {
+                (TELEMETRY, Some((frozen, front))) => {
+                    reads.push((i, true, front, i64::MAX));
+                    reads.push((i, false, s.back, frozen));
                 }
-                let newest = o.newest(Stream::Telemetry)?;
-                Ok((out, newest))
+                (TELEMETRY, None) => reads.push((i, false, s.back, i64::MAX)),
+                _ if others_due => reads.push((i, false, s.back, i64::MAX)),
+                _ => {}
+            }
+        }
+        reads
+    }
+
+    /// The rows of each read: what the tail answers, the rest from SQLite in one blocking call;
+    /// the newest telemetry id noted.
+    async fn fetch(
+        &mut self,
+        reads: &[(usize, bool, i64, i64)],
+    ) -> rusqlite::Result<Vec<Option<Vec<OutboxRow>>>> {
+        let limit = self.batch;
+        let mut found: Vec<Option<Vec<OutboxRow>>> = reads
+            .iter()
+            .map(|&(i, _, after, upto)| {
+                let tail = self.tail.as_ref().filter(|_| i == TELEMETRY)?;
+                tail.read(after, upto, limit)
+            })
+            .collect();
+        self.from_tail += found.iter().flatten().map(|r| r.len() as u64).sum::<u64>();
+        let missing: Vec<(usize, Stream, i64, i64)> = reads
+            .iter()
+            .zip(&found)
+            .enumerate()
+            .filter(|(_, (_, f))| f.is_none())
+            .map(|(k, (&(i, _, after, upto), _))| (k, Stream::ALL[i], after, upto))
+            .collect();
+        let tail_newest = self.tail.as_ref().map(|t| t.newest());
+        if missing.is_empty() && tail_newest.is_some() {
+            self.newest = tail_newest.unwrap_or(self.newest);
+            return Ok(found);
+        }
+        let (rows, newest) = self
+            .blocking(move |o| {
+                let mut rows = Vec::with_capacity(missing.len());
+                for (k, stream, after, upto) in missing {
+                    rows.push((k, o.read(stream, after, upto, limit)?));
+                }
+                let newest = match tail_newest {
+                    Some(n) => n,
+                    None => o.newest(Stream::Telemetry)?,
+                };
+                Ok((rows, newest))
             })
             .await?;
+        for (k, r) in rows {
+            found[k] = Some(r);
+        }
+        self.newest = newest;
+        Ok(found)
+    }
+
+    /// The rows read counted as read, the cursors moved, the batches to send.
+    fn take(
+        &mut self,
+        reads: &[(usize, bool, i64, i64)],
+        found: Vec<Option<Vec<OutboxRow>>>,
+    ) -> Vec<Batch> {
         let mut result = Vec::new();
-        for (i, is_live, rows) in batches {
+        for (&(i, is_live, _, _), rows) in reads.iter().zip(found) {
+            let rows = rows.unwrap_or_default();
             let Some(last) = rows.last().map(OutboxRow::id) else {
                 if i == TELEMETRY && !is_live {
                     // The backlog is drained: one reader again, from the live front.
@@ -165,10 +250,15 @@ impl Feed {
             });
         }
         let s = &mut self.streams[TELEMETRY];
-        if s.live.is_none() && newest - s.back > (LIVE_LAG * limit) as i64 {
-            s.live = Some((newest, newest));
+        if s.live.is_none() && self.newest - s.back > (LIVE_LAG * self.batch) as i64 {
+            s.live = Some((self.newest, self.newest));
         }
-        Ok(result)
+        result
+    }
+
+    /// Telemetry rows taken from the store's tail so far, not read back from SQLite.
+    pub fn from_tail(&self) -> u64 {
+        self.from_tail
     }
 
     /// Marks rows of a stream as confirmed upstream.

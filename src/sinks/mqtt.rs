@@ -240,7 +240,9 @@ async fn serve(ctx: SinkContext, cfg: Mqtt, format: impl Format, cancel: Cancell
         None
     };
     let feed = match store::open_reader(&ctx.config.gateway.data_dir) {
-        Ok(c) => Feed::new(SINK, c, ctx.config.clone(), BATCH).held_while(ctx.store.gone.clone()),
+        Ok(c) => Feed::new(SINK, c, ctx.config.clone(), BATCH)
+            .held_while(ctx.store.gone.clone())
+            .with_tail(ctx.store.tail.clone()),
         Err(e) => {
             status.set_error(SINK, Some(e.to_string()));
             return;

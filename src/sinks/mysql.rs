@@ -391,7 +391,8 @@ pub async fn run(ctx: SinkContext, cancel: CancellationToken) {
     };
     let feed = match store::open_reader(&ctx.config.gateway.data_dir) {
         Ok(c) => Feed::new(SINK, c, ctx.config.clone(), cfg.batch_size)
-            .held_while(ctx.store.gone.clone()),
+            .held_while(ctx.store.gone.clone())
+            .with_tail(ctx.store.tail.clone()),
         Err(e) => {
             status.set_error(SINK, Some(e.to_string()));
             return;
@@ -430,12 +431,12 @@ mod tests {
             .collect();
         let rows: Vec<OutboxRow> = (0..40)
             .map(|id| {
-                OutboxRow::Sample(SampleRow {
+                OutboxRow::Sample(Arc::new(SampleRow {
                     id,
                     device_id: Arc::from("d"),
                     ts: 1000 + id,
                     points: points.clone(),
-                })
+                }))
             })
             .collect();
         let all = |rows: &[OutboxRow]| {

@@ -1,6 +1,6 @@
 //! The checkpoint thread: keeps the WAL bounded without making commits wait on an fsync.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -43,4 +43,27 @@ pub(super) fn checkpoints(
             return;
         }
     }
+}
+
+/// The checkpoint thread on its own connection, and its stop.
+pub(super) fn start(
+    path: &Path,
+    wal: &Path,
+    limit: u64,
+) -> Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>), super::StoreError> {
+    let checkpointer = super::schema::open_connection(path)?;
+    super::readers::small_cache(&checkpointer).map_err(|source| super::StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let wal = wal.to_path_buf();
+    let thread = std::thread::Builder::new()
+        .name("store-checkpoint".into())
+        .spawn(move || checkpoints(checkpointer, wal, limit, stopped))
+        .map_err(|source| super::StoreError::Dir {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok((stop, thread))
 }

@@ -21,6 +21,7 @@ mod query;
 mod readers;
 mod schema;
 pub mod seq;
+pub mod tail;
 mod writer;
 
 use file::FileId;
@@ -43,7 +44,6 @@ pub use query::{
     active_alarms, alarm_counts, audit_page, event_seq, history, history_buckets, query_events,
     values_before, Bucket, EventFilter,
 };
-use readers::small_cache;
 pub use readers::{open_reader, Lane, Readers};
 pub use writer::GROUP_COMMIT;
 
@@ -230,6 +230,8 @@ pub struct StoreHandle {
     pub gaps: Arc<std::sync::Mutex<Vec<Gap>>>,
     /// Read connections for queries, opened at start.
     pub readers: Arc<Readers>,
+    /// Telemetry just committed, for the sinks that keep up.
+    pub tail: Arc<tail::Tail>,
 }
 
 /// Telemetry of one device that no upstream had confirmed, dropped to keep the store under
@@ -425,18 +427,11 @@ pub fn open(
     // After the pragma above, which sets a WAL hook of its own.
     count_writes(&mut conn, Arc::clone(&metrics)).map_err(err)?;
     let wal = wal_path(dir);
-    let checkpointer = schema::open_connection(&path)?;
-    small_cache(&checkpointer).map_err(err)?;
-    let (stop_checkpoints, stopped) = std::sync::mpsc::channel::<()>();
+    let checkpoints = checkpoint::start(&path, &wal, limit)?;
     let spawn_err = |source| StoreError::Dir {
         path: path.clone(),
         source,
     };
-    let wal_for_checkpoints = wal.clone();
-    let checkpoint_thread = std::thread::Builder::new()
-        .name("store-checkpoint".into())
-        .spawn(move || checkpoint::checkpoints(checkpointer, wal_for_checkpoints, limit, stopped))
-        .map_err(spawn_err)?;
     let readers = Readers::open(dir)?;
     let (tx, rx) = mpsc::channel(URGENT_CAPACITY);
     let (lazy, lazy_rx) = mpsc::channel(LAZY_CAPACITY);
@@ -444,6 +439,8 @@ pub fn open(
     let gone = Arc::new(AtomicBool::new(false));
     let gaps = Arc::default();
     let dirty = writer::Latest::new(&keys);
+    let newest = outbox::newest(&conn, Stream::Telemetry).map_err(err)?;
+    let tail = Arc::new(tail::Tail::new(&config, newest));
     let writer = writer::Writer {
         conn,
         config,
@@ -457,13 +454,14 @@ pub fn open(
         last_latest: Instant::now(),
         last_prune: Instant::now(),
         last_cap: Instant::now(),
-        checkpoints: Some((stop_checkpoints, checkpoint_thread)),
+        checkpoints: Some(checkpoints),
         file: FileId::of(&path).map_err(|source| StoreError::Dir {
             path: path.clone(),
             source,
         })?,
         wal: FileId::of(&wal).ok(),
         gone: gone.clone(),
+        tail: Arc::clone(&tail),
     };
     let thread = std::thread::Builder::new()
         .name("store-writer".into())
@@ -477,6 +475,7 @@ pub fn open(
             gone,
             gaps,
             readers: Arc::new(readers),
+            tail,
         },
         restored,
         thread,
@@ -511,7 +510,7 @@ pub fn append_sample(
             .zip(points)
             .map(|(k, (_, v, q))| (*k, v.as_ref(), *q)),
     );
-    writer::insert_sample(conn, dev, ts, &blob)
+    outbox::insert_sample(conn, dev, ts, &blob)
 }
 
 /// How many point values the samples in an id range hold (what the MySQL sink turns into

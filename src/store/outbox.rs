@@ -109,7 +109,8 @@ pub struct SampleRow {
 pub enum OutboxRow {
     Event(EventRow),
     Status(StatusRow),
-    Sample(SampleRow),
+    /// Shared: the same committed sample goes to every sink (see `tail`).
+    Sample(Arc<SampleRow>),
 }
 
 impl OutboxRow {
@@ -214,7 +215,9 @@ impl Outbox {
                 };
                 let mut out = Vec::with_capacity(raw.len());
                 for (id, device, ts, blob) in raw {
-                    out.push(OutboxRow::Sample(self.sample(id, device, ts, &blob)?));
+                    out.push(OutboxRow::Sample(Arc::new(
+                        self.sample(id, device, ts, &blob)?,
+                    )));
                 }
                 Ok(out)
             }
@@ -284,4 +287,29 @@ pub fn backlog(conn: &Connection, sink: &str, sent: &[i64]) -> rusqlite::Result<
         total += (newest(conn, stream)? - cursor).max(0);
     }
     Ok(total)
+}
+
+/// The SQL that appends a sample to its device's chain (the writer's and
+/// [`super::append_sample`]'s). Ids continue from `meta.samples_hw` when every sample has been
+/// pruned: they are the sinks' cursors and are never handed out twice.
+pub(super) fn insert_sample(
+    conn: &Connection,
+    device: i64,
+    ts: Millis,
+    blob: &[u8],
+) -> rusqlite::Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO samples (id, device, ts, prev, points)
+         VALUES (COALESCE((SELECT MAX(id) FROM samples),
+                          (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'samples_hw'), 0) + 1,
+                 ?1, ?2, COALESCE((SELECT last FROM heads WHERE device = ?1), 0), ?3)",
+    )?
+    .execute(params![device, ts, blob])?;
+    let id = conn.last_insert_rowid();
+    conn.prepare_cached(
+        "INSERT INTO heads (device, last) VALUES (?1, ?2)
+         ON CONFLICT (device) DO UPDATE SET last = excluded.last",
+    )?
+    .execute([device, id])?;
+    Ok(id)
 }

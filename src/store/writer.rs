@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, Transaction};
 use tokio::sync::mpsc;
 
+use super::outbox::insert_sample;
 use super::{packed, sql_value, AckError, Audit, Gap, Keys, StoreCmd};
 use crate::config::{Config, Device};
 use crate::metrics::Metrics;
@@ -63,30 +64,34 @@ pub(super) struct Writer {
     /// Set once the file or its log was found removed or replaced: unhealthy until a restart,
     /// and the sinks send nothing more (what they would send, the next start no longer has).
     pub gone: Arc<AtomicBool>,
+    /// What was just committed, for the sinks.
+    pub tail: Arc<super::tail::Tail>,
 }
 
-/// The SQL that appends a sample to its device's chain (the writer's and
-/// [`super::append_sample`]'s). Ids continue from `meta.samples_hw` when every sample has been
-/// pruned: they are the sinks' cursors and are never handed out twice.
-pub(super) fn insert_sample(
-    conn: &Connection,
-    device: i64,
-    ts: Millis,
-    blob: &[u8],
+/// One device sample appended to the history and the outbox, its points' latest values noted
+/// in `dirty`; returns its id.
+fn write_report(
+    tx: &Transaction<'_>,
+    keys: &Keys,
+    dirty: &mut Latest,
+    report: &Report,
 ) -> rusqlite::Result<i64> {
-    conn.prepare_cached(
-        "INSERT INTO samples (id, device, ts, prev, points)
-         VALUES (COALESCE((SELECT MAX(id) FROM samples),
-                          (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'samples_hw'), 0) + 1,
-                 ?1, ?2, COALESCE((SELECT last FROM heads WHERE device = ?1), 0), ?3)",
-    )?
-    .execute(params![device, ts, blob])?;
-    let id = conn.last_insert_rowid();
-    conn.prepare_cached(
-        "INSERT INTO heads (device, last) VALUES (?1, ?2)
-         ON CONFLICT (device) DO UPDATE SET last = excluded.last",
-    )?
-    .execute([device, id])?;
+    let Report {
+        device,
+        ts,
+        rows: list,
+    } = report;
+    let point_keys = &keys.points[*device];
+    let blob = packed::encode(
+        list.iter()
+            .map(|r| (point_keys[r.point], r.value.as_ref(), r.quality)),
+    );
+    let id = insert_sample(tx, keys.devices[*device], *ts, &blob)?;
+    let latest = &mut dirty.points[*device];
+    for r in list {
+        latest[r.point] = Some((r.value.clone(), r.quality, r.ts));
+    }
+    dirty.any |= !list.is_empty();
     Ok(id)
 }
 
@@ -306,29 +311,21 @@ impl Writer {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut rows = 0;
+        // The samples written, for the sinks' tail once committed; and whether events or status
+        // changes were.
+        let (mut samples, mut others) = (Vec::new(), false);
         for cmd in batch {
             match cmd {
                 StoreCmd::Audit(a) => {
                     write_audit(&tx, a)?;
                     rows += 1;
                 }
-                StoreCmd::Report(Report {
-                    device,
-                    ts,
-                    rows: list,
-                }) => {
-                    let keys = &self.keys.points[*device];
-                    let blob = packed::encode(
-                        list.iter()
-                            .map(|r| (keys[r.point], r.value.as_ref(), r.quality)),
-                    );
-                    insert_sample(&tx, self.keys.devices[*device], *ts, &blob)?;
-                    let latest = &mut self.dirty.points[*device];
-                    for r in list {
-                        latest[r.point] = Some((r.value.clone(), r.quality, r.ts));
-                    }
-                    self.dirty.any |= !list.is_empty();
-                    rows += list.len() as u64;
+                StoreCmd::Report(report) => {
+                    samples.push((
+                        write_report(&tx, &self.keys, &mut self.dirty, report)?,
+                        report,
+                    ));
+                    rows += report.rows.len() as u64;
                 }
                 StoreCmd::Status {
                     device,
@@ -339,6 +336,7 @@ impl Writer {
                     let d = &self.config.devices[*device];
                     write_status(&tx, d, *online, *last_seen, *ts)?;
                     rows += 1;
+                    others = true;
                 }
                 StoreCmd::Cursor {
                     sink,
@@ -353,6 +351,7 @@ impl Writer {
                 }
                 StoreCmd::Events { events, .. } => {
                     rows += write_events(&self.config, &tx, events)?;
+                    others = true;
                 }
                 StoreCmd::Notified { update, .. } => super::notify::apply(&tx, update)?,
                 StoreCmd::PushInterval { ms, config_ms } => {
@@ -370,6 +369,10 @@ impl Writer {
             Self::save_latest(&tx, &self.keys, &self.dirty)?;
         }
         tx.commit()?;
+        self.tail.committed(&samples);
+        if others {
+            self.tail.others_committed();
+        }
         if save {
             self.dirty.clear();
             self.last_latest = Instant::now();
