@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::feed::Feed;
 use super::{SinkContext, SinkError, SinkStatus, Upstream};
-use crate::model::{Millis, Value};
+use crate::model::{Millis, Quality, Value};
+use crate::store::outbox::SampleRow;
 use crate::store::{self, OutboxRow, StoreHandle, Stream};
 
 pub const SINK: &str = crate::metrics::sinks::MYSQL;
@@ -53,15 +54,21 @@ const SCHEMA: [&str; 3] = [
 /// Rows per statement.
 const ROWS_PER_STATEMENT: usize = 1000;
 
-/// Literal SQL. Strings go in as hex literals (`X'…'`): no `sql_mode` reads them differently
-/// and no value can end them early, so nothing needs escaping. Numbers and times are digits we
-/// formatted ourselves. Literal statements over the text protocol, because the binary
+/// Literal SQL. A string of letters, digits and `-_.+` only (every id, every number) goes in
+/// as a plain literal: no `sql_mode` reads those characters differently and none can end it.
+/// Any other goes in as a hex literal (`X'…'`), so nothing ever needs escaping. Numbers and
+/// times are digits we formatted ourselves. Literal statements over the text protocol, because the binary
 /// protocol's prepared statements cost the sink most of its CPU at 15,000 values a second:
 /// six parameters per row, each an allocation, and every distinct batch size prepared anew with
 /// its parameters' metadata parsed again (BENCHMARKS.md, store endurance).
 fn string(out: &mut String, s: &str) {
-    if s.is_empty() {
-        out.push_str("''");
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+'))
+    {
+        // Half the bytes of hex, and no per-byte work (the ids of every telemetry row).
+        out.push('\'');
+        out.push_str(s);
+        out.push('\'');
         return;
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -84,10 +91,17 @@ fn opt_string(out: &mut String, s: Option<&str>) {
 /// A value as MySQL text (`value` columns keep every type losslessly as text; a bool is `1` or
 /// `0`, as it always was).
 fn value(out: &mut String, v: &Option<Value>) {
+    use std::fmt::Write;
     match v {
         None => out.push_str("NULL"),
-        Some(Value::Bool(b)) => string(out, if *b { "1" } else { "0" }),
-        Some(v) => string(out, &v.to_string()),
+        Some(Value::Bool(b)) => out.push_str(if *b { "'1'" } else { "'0'" }),
+        Some(Value::Text(t)) => string(out, t),
+        // Digits, `.`, `-`, `inf`, `NaN`: a plain literal, written in place.
+        Some(v) => {
+            out.push('\'');
+            let _ = write!(out, "{v}");
+            out.push('\'');
+        }
     }
 }
 
@@ -117,6 +131,44 @@ struct Statements<'a> {
     rows: &'a [OutboxRow],
     /// The next row to write, and for a sample the next of its points.
     next: (usize, usize),
+    /// The current sample's device and time literals, written once for all its points.
+    sample: SampleLiterals,
+}
+
+#[derive(Default)]
+struct SampleLiterals {
+    /// Which row of the batch they are of.
+    row: Option<usize>,
+    device: String,
+    time: String,
+}
+
+/// One telemetry row: a point of sample `i` of the batch.
+fn sample_row(
+    o: &mut String,
+    gw: &str,
+    lit: &mut SampleLiterals,
+    (i, t): (usize, &SampleRow),
+    (point, v, quality): &(Arc<str>, Option<Value>, Quality),
+) {
+    if lit.row != Some(i) {
+        lit.row = Some(i);
+        lit.device.clear();
+        string(&mut lit.device, &t.device_id);
+        lit.time.clear();
+        time(&mut lit.time, Some(t.ts));
+    }
+    for piece in ["(", gw, ", ", &lit.device, ", "] {
+        o.push_str(piece);
+    }
+    string(o, point);
+    for piece in [", ", &lit.time, ", "] {
+        o.push_str(piece);
+    }
+    value(o, v);
+    for piece in [", '", quality.as_str(), "')"] {
+        o.push_str(piece);
+    }
 }
 
 impl<'a> Statements<'a> {
@@ -148,6 +200,7 @@ impl<'a> Statements<'a> {
             gateway: gw,
             rows,
             next: (0, 0),
+            sample: SampleLiterals::default(),
         }
     }
 
@@ -206,20 +259,12 @@ impl<'a> Statements<'a> {
                     self.next = (i + 1, 0);
                 }
                 OutboxRow::Sample(t) => {
-                    let Some((point, v, quality)) = t.points.get(p) else {
+                    let Some(entry) = t.points.get(p) else {
                         self.next = (i + 1, 0);
                         continue;
                     };
                     start(o, &mut n);
-                    let _ = write!(o, "({gw}, ");
-                    string(o, &t.device_id);
-                    o.push_str(", ");
-                    string(o, point);
-                    o.push_str(", ");
-                    time(o, Some(t.ts));
-                    o.push_str(", ");
-                    value(o, v);
-                    let _ = write!(o, ", '{}')", quality.as_str());
+                    sample_row(o, gw, &mut self.sample, (i, t), entry);
                     self.next = (i, p + 1);
                 }
             }
@@ -456,23 +501,16 @@ mod tests {
         let joined = st.join("");
         for id in [0, 33, 39] {
             for i in [0, 9, 29] {
-                let row = format!("X'{}', FROM_UNIXTIME(1.{:03})", hex(&format!("r{i}")), id);
+                let row = format!("'r{i}', FROM_UNIXTIME(1.{id:03})");
                 assert_eq!(joined.matches(&row).count(), 1, "{row}");
             }
         }
-        // 'r7' = 72 37, "7" = 37; the time as digits.
+        // Ids and numbers as plain literals; the time as digits.
         assert!(
-            st[0].contains("(X'6777', X'64', X'7237', FROM_UNIXTIME(1.000), X'37', 'good')"),
+            st[0].contains("('gw', 'd', 'r7', FROM_UNIXTIME(1.000), '7', 'good')"),
             "{}",
             &st[0][..300]
         );
-    }
-
-    fn hex(s: &str) -> String {
-        s.bytes().fold(String::new(), |mut out, b| {
-            let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{b:02x}"));
-            out
-        })
     }
 
     #[test]
@@ -486,6 +524,15 @@ mod tests {
         );
         let mut out = String::new();
         value(&mut out, &Some(Value::Bool(true)));
-        assert_eq!(out, "X'31'");
+        assert_eq!(out, "'1'");
+        // Text with anything but letters, digits and `-_.+` goes as hex; plain ones as they are.
+        let mut out = String::new();
+        value(&mut out, &Some(Value::Text("on/off".into())));
+        assert_eq!(out, "X'6f6e2f6f6666'");
+        let mut out = String::new();
+        for v in [Value::Float(-21.5), Value::Int(-3), Value::UInt(7)] {
+            value(&mut out, &Some(v));
+        }
+        assert_eq!(out, "'-21.5''-3''7'");
     }
 }
