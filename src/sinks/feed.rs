@@ -148,7 +148,14 @@ impl Feed {
         let reads = self.reads(others_due);
         let found = self.fetch(&reads).await?;
         if others_due {
-            self.others_seen = others;
+            // Read to the end first: a stream longer than a batch is read again next round,
+            // whether or not another commit writes to it.
+            let drained = reads
+                .iter()
+                .zip(&found)
+                .filter(|((i, ..), _)| *i != TELEMETRY)
+                .all(|(_, rows)| rows.as_ref().is_none_or(Vec::is_empty));
+            self.others_seen = if drained { others } else { None };
         }
         Ok(self.take(&reads, found))
     }
