@@ -19,8 +19,9 @@ use crate::state::SharedLive;
 use crate::store::StoreHandle;
 use crate::ws::{admit, hub};
 
-/// What every task and handler shares: the config, the live state, and the ways into the
-/// buses, the store and the connected clients.
+/// What the HTTP side's tasks and handlers share: the config, the live state, and the ways
+/// into the buses, the store and the connected clients. A starting gateway makes it last, from
+/// the handles it gave its stages (`gateway::handles`).
 pub struct Shared {
     pub config: Arc<Config>,
     pub live: SharedLive,
@@ -44,42 +45,13 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Upstream sinks' state, for `/healthz` and `/metrics`.
     pub sinks: Sinks,
-    /// Operator `info` events (acknowledgements) into the event processor; set once the
-    /// pipeline runs.
-    pub operator_events: std::sync::OnceLock<crate::events::processor::OperatorEvents>,
+    /// Operator `info` events (acknowledgements) into the event processor; `None` without a
+    /// pipeline.
+    pub operator_events: Option<crate::events::processor::OperatorEvents>,
     /// The config file the `config.*` services edit; `None` without one (tests).
     pub config_file: Option<Arc<crate::config::versions::ConfigFile>>,
     /// Alarms an operator shelved (read again from `data_dir` at each start).
     pub shelves: Arc<crate::shelves::Shelves>,
-}
-
-impl Shared {
-    /// The handlers' context for a gateway starting: config, live state and store are the
-    /// ones `control` reaches the buses with; no client, session or sink state yet.
-    pub fn new(control: Control, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Shared {
-        let config = control.config.clone();
-        Shared {
-            live: control.live.clone(),
-            store: control.store.clone(),
-            hub: Arc::new(hub::Hub::new(config.devices.len(), metrics.clone())),
-            auth: Arc::new(auth::Auth::new(
-                config.users.clone(),
-                config.http.session_idle,
-            )),
-            push_interval: watch::channel(config.push.interval).0,
-            admission: Arc::new(admit::Admission::new(config.push.max_clients)),
-            front: Arc::default(),
-            started: crate::process_started(),
-            shutdown,
-            sinks: Sinks::default(),
-            config_file: None,
-            shelves: Arc::new(crate::shelves::Shelves::load(&config.gateway.data_dir)),
-            operator_events: std::sync::OnceLock::new(),
-            control: Arc::new(control),
-            metrics,
-            config,
-        }
-    }
 }
 
 /// What outlives a reload on the WebSocket side (SPEC "Reload": connections and their

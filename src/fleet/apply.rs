@@ -258,7 +258,11 @@ pub async fn step(
         }
     }
     let from_disk = trial.from_disk.swap(false, Relaxed);
-    let running = || ConfigId::of(shared).sha256.unwrap_or_default();
+    let running = || {
+        ConfigId::of(shared.config_file.as_deref())
+            .sha256
+            .unwrap_or_default()
+    };
     match r.stage {
         Stage::Applying if from_disk => trial.update(|r| {
             if running() == r.sha256 {
@@ -268,7 +272,7 @@ pub async fn step(
                     Stage::Settled
                 };
                 r.deadline_ms = now_ms() + i64::try_from(r.confirm_s).unwrap_or(0) * 1000;
-                let version = ConfigId::of(shared).version;
+                let version = ConfigId::of(shared.config_file.as_deref()).version;
                 r.result = Some(result(&r.id, "applied", json!({ "version": version })));
             } else {
                 r.stage = Stage::Settled;
@@ -282,7 +286,10 @@ pub async fn step(
         Stage::RollingBack if from_disk && running() == sha256(&r.previous) => {
             trial.update(|r| {
                 r.stage = Stage::Settled;
-                r.result = Some(rolled_back(r, ConfigId::of(shared).version));
+                r.result = Some(rolled_back(
+                    r,
+                    ConfigId::of(shared.config_file.as_deref()).version,
+                ));
             });
         }
         Stage::RollingBack if from_disk => roll_back(shared, trial, r).await,

@@ -13,7 +13,7 @@ use super::apply::{self, Trial};
 use super::signed::{self, Seen};
 use crate::api::context::{Ctx, Later, ServiceError};
 use crate::api::Shared;
-use crate::config::Role;
+use crate::config::{Config, Role};
 use crate::log_limit::{suppressed, LogLimit};
 use crate::sinks::FleetPort;
 use crate::ws::hub::{Client, Login};
@@ -31,49 +31,50 @@ pub const READ_ONLY: [&str; 6] = [
 /// Signed messages waiting to be checked; past it they are dropped (a flood costs nothing).
 const INBOUND: usize = 16;
 
-/// The task that serves the fleet: signed messages from the MQTT session's port (returned, for
-/// the session, when `[fleet]` lists a key and there is a broker), and a remote config's trial
-/// carried on (when the gateway runs from a file).
+/// The MQTT session's side of the fleet when `[fleet]` lists a key and there is a broker: the
+/// port the sink is given, and the channels [`start`]'s task serves it through.
+pub fn port(c: &Config) -> (Option<Arc<FleetPort>>, Option<Channels>) {
+    if c.fleet.keys.is_empty() || c.mqtt.is_none() {
+        return (None, None);
+    }
+    let (in_tx, in_rx) = mpsc::channel(INBOUND);
+    let (out_tx, out_rx) = mpsc::channel(INBOUND);
+    let topics = vec![
+        c.fleet_topic("rpc/request"),
+        c.fleet_topic("config/apply"),
+        format!("{}/_all/config/apply", c.fleet_prefix()),
+        c.fleet_topic("config/confirm"),
+    ];
+    let port = Arc::new(FleetPort {
+        topics,
+        inbound: in_tx,
+        outbound: tokio::sync::Mutex::new(out_rx),
+    });
+    (Some(port), Some((in_rx, out_tx)))
+}
+
+/// The task that serves the fleet: signed messages from the MQTT session's [`port`], and a
+/// remote config's trial carried on (when the gateway runs from a file). It answers through the
+/// dashboard's services, so it starts with the HTTP side.
 pub fn start(
     shared: &Arc<Shared>,
     trial: &Arc<Trial>,
+    channels: Option<Channels>,
     tasks: &tokio_util::task::TaskTracker,
     cancel: &CancellationToken,
-) -> Option<Arc<FleetPort>> {
-    let c = &shared.config;
-    let port = (!c.fleet.keys.is_empty() && c.mqtt.is_some()).then(|| {
-        let (in_tx, in_rx) = mpsc::channel(INBOUND);
-        let (out_tx, out_rx) = mpsc::channel(INBOUND);
-        let topics = vec![
-            c.fleet_topic("rpc/request"),
-            c.fleet_topic("config/apply"),
-            format!("{}/_all/config/apply", c.fleet_prefix()),
-            c.fleet_topic("config/confirm"),
-        ];
-        let port = Arc::new(FleetPort {
-            topics,
-            inbound: in_tx,
-            outbound: tokio::sync::Mutex::new(out_rx),
-        });
-        (port, in_rx, out_tx)
-    });
-    if port.is_none() && shared.config_file.is_none() {
-        return None;
+) {
+    if channels.is_none() && shared.config_file.is_none() {
+        return;
     }
-    let (port, channels) = match port {
-        Some((port, rx, tx)) => (Some(port), Some((rx, tx))),
-        None => (None, None),
-    };
     tasks.spawn(serve(
         shared.clone(),
         trial.clone(),
         channels,
         cancel.child_token(),
     ));
-    port
 }
 
-type Channels = (
+pub type Channels = (
     mpsc::Receiver<(String, Vec<u8>)>,
     mpsc::Sender<(String, Vec<u8>)>,
 );

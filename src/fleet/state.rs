@@ -13,7 +13,21 @@ use super::hex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::Shared;
+use crate::config::versions::ConfigFile;
+use crate::config::Config;
+use crate::metrics::sinks::Sinks;
+use crate::state::SharedLive;
+use crate::store::StoreHandle;
+
+/// What the `state` message is made of: the gateway's own figures, none of the HTTP side.
+pub struct Sources {
+    pub config: Arc<Config>,
+    pub live: SharedLive,
+    pub store: StoreHandle,
+    pub sinks: Sinks,
+    /// The file the gateway runs from, for the config's version and digest.
+    pub config_file: Option<Arc<ConfigFile>>,
+}
 
 /// A `state` is published at least this often.
 const EVERY: Duration = Duration::from_secs(60);
@@ -39,8 +53,8 @@ pub struct ConfigId {
 
 impl ConfigId {
     /// Of the file the gateway runs from: its text now, and the newest recorded version.
-    pub fn of(shared: &Shared) -> ConfigId {
-        let Some(file) = &shared.config_file else {
+    pub fn of(file: Option<&ConfigFile>) -> ConfigId {
+        let Some(file) = file else {
             return ConfigId::default();
         };
         let sha256 = std::fs::read(&file.path)
@@ -57,9 +71,8 @@ impl ConfigId {
 
 /// Active alarms, of those not acknowledged, and active emergencies, from the store (a small
 /// query on one of its read connections, off the runtime's threads).
-async fn alarm_counts(shared: &Shared) -> (u64, u64, u64) {
-    let counted = shared
-        .store
+async fn alarm_counts(store: &StoreHandle) -> (u64, u64, u64) {
+    let counted = store
         .readers
         .query_for(crate::store::Lane::Short, "fleet", |conn| {
             crate::store::alarm_counts(conn)
@@ -82,12 +95,12 @@ fn disk_free(path: &std::path::Path) -> Option<u64> {
 }
 
 /// The `state` payload and the key that decides when the next must go.
-fn state(shared: &Shared, config: &ConfigId, conn_alarms: (u64, u64, u64)) -> (Key, Json) {
-    let live = crate::state::read(&shared.live);
+fn state(from: &Sources, config: &ConfigId, conn_alarms: (u64, u64, u64)) -> (Key, Json) {
+    let live = crate::state::read(&from.live);
     let online = live.online_count();
     let total = live.devices.len();
     drop(live);
-    let sinks = shared.sinks.configured(&shared.config);
+    let sinks = from.sinks.configured(&from.config);
     let sinks_ok: Vec<bool> = sinks.iter().map(|(_, s)| s.error().is_none()).collect();
     let backlog = |name: &str| {
         sinks
@@ -95,14 +108,14 @@ fn state(shared: &Shared, config: &ConfigId, conn_alarms: (u64, u64, u64)) -> (K
             .find(|(n, _)| *n == name)
             .map(|(_, s)| json!({ "backlog": s.backlog.load(Relaxed) }))
     };
-    let dir = &shared.config.gateway.data_dir;
+    let dir = &from.config.gateway.data_dir;
     let (db, wal) = crate::store::file_sizes(dir);
     let (active, unacked, emergency) = conn_alarms;
     let payload = json!({
         "ts": crate::model::rfc3339(crate::model::now_ms()),
         "version": env!("CARGO_PKG_VERSION"),
         "git": crate::build_info::GIT,
-        "uptimeS": shared.started.elapsed().as_secs(),
+        "uptimeS": crate::process_started().elapsed().as_secs(),
         "config": { "version": config.version, "sha256": config.sha256 },
         "devices": { "online": online, "total": total },
         "alarms": { "active": active, "unacked": unacked, "emergency": emergency },
@@ -110,7 +123,7 @@ fn state(shared: &Shared, config: &ConfigId, conn_alarms: (u64, u64, u64)) -> (K
         "store": {
             "dbBytes": db,
             "walBytes": wal,
-            "capBytes": shared.config.store.max_db_mb * 1024 * 1024,
+            "capBytes": from.config.store.max_db_mb * 1024 * 1024,
         },
         "diskFreeBytes": disk_free(dir),
         "clockSynced": crate::clock::synchronised(),
@@ -126,11 +139,11 @@ fn state(shared: &Shared, config: &ConfigId, conn_alarms: (u64, u64, u64)) -> (K
 /// Keeps `tx` holding the latest `state` text: a new one at once on a change of the key, and
 /// every 60 s regardless. Runs until `cancel`.
 pub async fn publish_states(
-    shared: Arc<Shared>,
+    from: Sources,
     tx: watch::Sender<Option<Arc<str>>>,
     cancel: CancellationToken,
 ) {
-    let config = ConfigId::of(&shared);
+    let config = ConfigId::of(from.config_file.as_deref());
     let mut last: Option<(Key, tokio::time::Instant)> = None;
     let mut look = tokio::time::interval(LOOK);
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -139,8 +152,8 @@ pub async fn publish_states(
             () = cancel.cancelled() => return,
             _ = look.tick() => {}
         }
-        let alarms = alarm_counts(&shared).await;
-        let (key, payload) = state(&shared, &config, alarms);
+        let alarms = alarm_counts(&from.store).await;
+        let (key, payload) = state(&from, &config, alarms);
         let due = last
             .as_ref()
             .is_none_or(|(k, at)| *k != key || at.elapsed() >= EVERY);

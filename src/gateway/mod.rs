@@ -11,28 +11,25 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod handles;
 mod north;
 mod open;
+mod stages;
 mod upstream;
 
-use crate::api::push::Pusher;
 use crate::api::Shared;
 use crate::config::Config;
-use crate::control::Control;
 use crate::metrics::Metrics;
 use crate::modbus::bus::{same_device, BusRequest, BusTask, WriteError};
 use crate::model::Value;
-use crate::pipeline::Pipeline;
 use crate::state::{self, SharedLive};
 use crate::store::{self, StoreHandle};
-use crate::{api, events, http, modbus, ws};
-use north::{alarms_to_opcua, opcua_parts, start_modbus_server, start_opcua};
+use crate::{api, events, modbus, ws};
+use handles::Handles;
+use north::{start_modbus_server, start_opcua};
 use open::{bus_task, open, Opened};
+use stages::{spawn_housekeeping, spawn_http_side, spawn_pipeline};
 use upstream::spawn_sinks;
-
-/// How often the store writer is made to take its write lock even with nothing to write, so
-/// `/healthz` knows within seconds that a quiet gateway's store cannot write.
-const STORE_PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// What a live reload carries from the running gateway into the next one.
 #[derive(Default)]
@@ -65,21 +62,6 @@ pub(crate) struct Carry {
 }
 
 impl Carry {
-    /// The handlers' context of a gateway starting, with what carries over: the config file,
-    /// the WebSocket front and admission, the sessions.
-    fn shared(&mut self, mut shared: Shared) -> Arc<Shared> {
-        shared.config_file = self.config_file.take();
-        if let Some(front) = self.front.take() {
-            shared.front = front;
-        }
-        if let Some(admission) = self.admission.take() {
-            shared.admission = admission;
-        }
-        let shared = Arc::new(shared);
-        shared.auth.adopt(std::mem::take(&mut self.sessions));
-        shared
-    }
-
     /// The live state as restored from the store, but for the devices whose bus carries on:
     /// those keep theirs (not stale, not offline, just as they were a moment ago).
     fn live_for(&mut self, config: &Config, restored: &store::Restored) -> SharedLive {
@@ -220,48 +202,36 @@ impl Gateway {
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
 
-        let (control, write_rxs) = control(&config, &live, &store);
-        let shared = carry.shared(Shared::new(control, metrics.clone(), cancel.child_token()));
-        if let Some(set) = restored.push_interval {
-            shared.push_interval.send_replace(set);
-        }
-
+        // The stages' handles first; each stage takes the few it uses.
+        let (h, requests) = Handles::new(&config, &live, &metrics, &store, &restored, &mut carry);
         let (events_tx, events_rx) = mpsc::channel(modbus::bus::EVENTS_CAPACITY);
         let images = modbus::image::Images::for_config(&config, &mut carry.images);
-        for (b, wrx) in write_rxs.into_iter().enumerate() {
+        for (b, wrx) in requests.into_iter().enumerate() {
             let task = bus_task(&mut carry, b, &config, &events_tx, wrx, &metrics, &images);
             tasks.spawn(task.run(cancel.child_token()));
         }
         let modbus_server =
-            start_modbus_server(&shared, carry.modbus_server.take(), modbus_server, &images);
+            start_modbus_server(&h, carry.modbus_server.take(), modbus_server, &images);
         let bus_events = Some(events_tx);
-        let opcua = start_opcua(&shared, carry.opcua.take(), opcua);
-        let (event_queues, settle) = spawn_pipeline(
-            &shared,
-            &restored,
-            events_rx,
-            opcua.as_ref(),
-            &tasks,
-            &cancel,
-        );
-        if let Some(q) = &event_queues {
-            let _ = shared.operator_events.set(q.operator());
-        }
-        spawn_housekeeping(&shared, &tasks, &cancel);
+        let opcua = start_opcua(&h, carry.opcua.take(), opcua);
+        let (queues, settle) =
+            spawn_pipeline(&h, &restored, events_rx, opcua.as_ref(), &tasks, &cancel);
+        let operator = Some(queues.operator());
+        spawn_housekeeping(&h, &tasks, &cancel);
         let fleet = carry
             .fleet
             .take()
             .unwrap_or_else(|| crate::fleet::apply::Trial::load(&config.gateway.data_dir));
-        spawn_sinks(&shared, &fleet, &tasks, &cancel);
-        tasks.spawn(http::serve(
-            listener,
-            shared.clone(),
-            tls,
-            cancel.child_token(),
-        ));
+        let (port, fleet_channels) = crate::fleet::remote::port(&config);
+        let file = carry.config_file.clone();
+        spawn_sinks(&h, operator.as_ref(), (port, file), &tasks, &cancel);
+
+        // Last, the HTTP side's context, from the same handles.
+        let shared = h.into_shared(&mut carry, operator, cancel.child_token());
+        let http = (listener, tls);
+        spawn_http_side(&shared, http, (&fleet, fleet_channels), &tasks, &cancel);
         tasks.close();
-        // Connections waiting through a reload move here now.
-        shared.front.serve(&shared);
+        let event_queues = Some(queues);
         Ok(Gateway {
             shared,
             config,
@@ -473,109 +443,6 @@ impl Gateway {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
     }
-}
-
-/// The operators' way into the buses: a bounded queue of requests per bus, ahead of its polls.
-fn control(
-    config: &Arc<Config>,
-    live: &SharedLive,
-    store: &StoreHandle,
-) -> (Control, Vec<mpsc::Receiver<BusRequest>>) {
-    let (writes, write_rxs) = (config.buses.iter())
-        .map(|_| mpsc::channel(crate::control::REQUESTS_PER_BUS))
-        .unzip();
-    let control = Control {
-        config: config.clone(),
-        live: live.clone(),
-        store: store.clone(),
-        buses: writes,
-    };
-    (control, write_rxs)
-}
-
-/// The store's write probe, the diagnostics' counter samples and the session expiry sweep.
-fn spawn_housekeeping(shared: &Arc<Shared>, tasks: &TaskTracker, cancel: &CancellationToken) {
-    tasks.spawn(
-        shared
-            .store
-            .clone()
-            .probe(STORE_PROBE_EVERY, cancel.child_token()),
-    );
-    tasks.spawn(api::diagnostics::sampler(
-        shared.metrics.clone(),
-        cancel.child_token(),
-    ));
-    tasks.spawn(api::services::expire_sessions(
-        shared.clone(),
-        cancel.child_token(),
-    ));
-    tasks.spawn(api::services::expire_shelves(
-        shared.clone(),
-        cancel.child_token(),
-    ));
-}
-
-/// The pipeline (rules, live state, pushes, store), the event processor behind it, and the
-/// pushes of committed events and of snapshots. Returns the processor's queues and the settle
-/// channel, for tests that feed and wait on them.
-fn spawn_pipeline(
-    shared: &Shared,
-    restored: &store::Restored,
-    bus_events: mpsc::Receiver<modbus::bus::BusEvent>,
-    opcua: Option<&crate::opcua::Server>,
-    tasks: &TaskTracker,
-    cancel: &CancellationToken,
-) -> (
-    Option<events::processor::Queues>,
-    mpsc::Sender<oneshot::Sender<()>>,
-) {
-    let config = &shared.config;
-    // The OPC UA server first: the pipeline reports to it.
-    let opcua = opcua.map(|s| s.attach(config, opcua_parts(shared), &shared.live, tasks, cancel));
-    let engine =
-        events::rules::Engine::new(config, &restored.active_alarms, tokio::time::Instant::now());
-    let (queues, queue_rx) = events::processor::queues(shared.metrics.clone());
-    let push = Arc::new(Pusher::new(
-        shared.hub.clone(),
-        config.clone(),
-        shared.live.clone(),
-    ));
-    let (settle, settle_rx) = mpsc::channel(events::processor::SETTLE_CAPACITY);
-    let pipeline = Pipeline {
-        config: config.clone(),
-        live: shared.live.clone(),
-        metrics: shared.metrics.clone(),
-        store: shared.store.clone(),
-        telemetry: std::iter::once(push.clone() as Arc<dyn crate::state::Telemetry>)
-            .chain(opcua.clone().map(|f| f as Arc<dyn crate::state::Telemetry>))
-            .collect(),
-        calc: crate::calc::Calculator::new(config),
-        engine,
-        queues: queues.clone(),
-        settle: settle_rx,
-    };
-    tasks.spawn(pipeline.run(bus_events));
-    let (committed, committed_rx) = mpsc::channel(events::processor::COMMITTED_CAPACITY);
-    let processor = events::processor::Processor::new(
-        config.clone(),
-        shared.metrics.clone(),
-        shared.store.clone(),
-        committed,
-        restored.last_seq,
-        restored.device_seq.clone(),
-    );
-    tasks.spawn(processor.run(queue_rx));
-    let committed_rx = match opcua {
-        Some(feed) => alarms_to_opcua(feed, config.gateway.id.clone(), committed_rx, tasks),
-        None => committed_rx,
-    };
-    tasks.spawn(api::push::committed_events(push.clone(), committed_rx));
-    tasks.spawn(api::push::snapshot_ticker(
-        push,
-        shared.push_interval.subscribe(),
-        cancel.child_token(),
-    ));
-    (Some(queues), settle)
 }
 
 /// A reload that removes a user, changes a role or a password ends that user's sessions:

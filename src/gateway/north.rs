@@ -6,27 +6,28 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
-use crate::api::Shared;
+use super::handles::Handles;
 use crate::events;
 
 /// What the OPC UA server takes from a gateway.
-pub(super) fn opcua_parts(shared: &Shared) -> crate::opcua::Parts {
+pub(super) fn opcua_parts(handles: &Handles) -> crate::opcua::Parts {
     crate::opcua::Parts {
-        auth: shared.auth.clone(),
-        control: shared.control.clone(),
-        metrics: shared.metrics.clone(),
+        auth: handles.auth.clone(),
+        control: handles.control.clone(),
+        metrics: handles.metrics.clone(),
     }
 }
 
 /// The OPC UA server a reload carried, or a new one on `listener`; none when `[opcua]` is
 /// off or it could not be built (logged: the gateway runs on without it).
 pub(super) fn start_opcua(
-    shared: &Shared,
+    handles: &Handles,
     carried: Option<crate::opcua::Server>,
     listener: Option<std::net::TcpListener>,
 ) -> Option<crate::opcua::Server> {
     carried.or_else(|| {
-        let started = crate::opcua::Server::start(&shared.config, listener?, &opcua_parts(shared));
+        let started =
+            crate::opcua::Server::start(&handles.config, listener?, &opcua_parts(handles));
         started
             .inspect_err(|e| tracing::error!("the OPC UA server did not start: {e}"))
             .ok()
@@ -56,22 +57,22 @@ pub(super) fn alarms_to_opcua(
 /// The Modbus TCP server a reload carried, or a new one on `listener`, answering from this
 /// gateway (its live state, its mirrored raw words, its audited writes); none while off.
 pub(super) fn start_modbus_server(
-    shared: &Shared,
+    handles: &Handles,
     carried: Option<crate::modbus_server::Server>,
     listener: Option<std::net::TcpListener>,
     images: &Arc<crate::modbus::image::Images>,
 ) -> Option<crate::modbus_server::Server> {
-    let listen = shared.config.modbus_server.listen;
+    let listen = handles.config.modbus_server.listen;
     let server = carried.or_else(|| {
         crate::modbus_server::Server::start(listener?, listen)
             .inspect_err(|e| tracing::error!("the Modbus TCP server did not start: {e}"))
             .ok()
     })?;
     server.attach(crate::modbus_server::Attached::new(
-        shared.config.clone(),
-        shared.control.clone(),
+        handles.config.clone(),
+        handles.control.clone(),
         images.clone(),
-        shared.metrics.clone(),
+        handles.metrics.clone(),
     ));
     Some(server)
 }

@@ -8,63 +8,69 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::Shared;
+use super::handles::Handles;
+use crate::config::versions::ConfigFile;
+use crate::events::processor::OperatorEvents;
 use crate::sinks;
 
 /// What a sink is given: the narrow handles it uses, none of the HTTP side.
 fn sink_context(
-    shared: &Shared,
+    handles: &Handles,
     status: &Arc<sinks::SinkStatus>,
     fleet_state: &watch::Receiver<Option<Arc<str>>>,
     fleet: Option<Arc<sinks::FleetPort>>,
+    operator: Option<&OperatorEvents>,
     tasks: &TaskTracker,
 ) -> sinks::SinkContext {
     sinks::SinkContext {
-        config: shared.config.clone(),
-        store: shared.store.clone(),
+        config: handles.config.clone(),
+        store: handles.store.clone(),
         status: status.clone(),
-        control: shared.control.clone(),
+        control: handles.control.clone(),
         fleet_state: fleet_state.clone(),
         fleet,
-        operator: shared.operator_events.get().cloned(),
+        operator: operator.cloned(),
         tasks: tasks.clone(),
     }
 }
 
 /// The upstream sinks the config turns on, each with its own context and stop token; with
-/// MQTT, the fleet's `state` kept up to date for it and, with `[fleet]` keys, signed requests
-/// served.
+/// MQTT, the fleet's `state` kept up to date for it and the fleet's `port` (signed requests,
+/// served with the HTTP side) in its session.
 pub(super) fn spawn_sinks(
-    shared: &Arc<Shared>,
-    trial: &Arc<crate::fleet::apply::Trial>,
+    handles: &Handles,
+    operator: Option<&OperatorEvents>,
+    (port, config_file): (Option<Arc<sinks::FleetPort>>, Option<Arc<ConfigFile>>),
     tasks: &TaskTracker,
     cancel: &CancellationToken,
 ) {
     let (state_tx, state) = watch::channel(None);
-    // With or without a broker: a remote config on trial is rolled back by whichever runs.
-    let port = crate::fleet::remote::start(shared, trial, tasks, cancel);
-    if shared.config.mysql.is_some() {
-        tasks.spawn(sinks::mysql::run(
-            sink_context(shared, &shared.sinks.mysql, &state, None, tasks),
-            cancel.child_token(),
-        ));
+    let h = handles;
+    if h.config.mysql.is_some() {
+        let context = sink_context(h, &h.sinks.mysql, &state, None, operator, tasks);
+        tasks.spawn(sinks::mysql::run(context, cancel.child_token()));
     }
-    if shared.config.mqtt.is_some() {
+    if h.config.mqtt.is_some() {
+        let sources = crate::fleet::state::Sources {
+            config: h.config.clone(),
+            live: h.live.clone(),
+            store: h.store.clone(),
+            sinks: h.sinks.clone(),
+            config_file,
+        };
         tasks.spawn(crate::fleet::publish_states(
-            shared.clone(),
+            sources,
             state_tx,
             cancel.child_token(),
         ));
-        tasks.spawn(sinks::mqtt::run(
-            sink_context(shared, &shared.sinks.mqtt, &state, port, tasks),
-            cancel.child_token(),
-        ));
+        let context = sink_context(h, &h.sinks.mqtt, &state, port, operator, tasks);
+        tasks.spawn(sinks::mqtt::run(context, cancel.child_token()));
     }
     let ports = crate::notify::Ports {
-        config: shared.config.clone(),
-        store: shared.store.clone(),
-        shelves: shared.shelves.clone(),
-        metrics: shared.metrics.clone(),
+        config: h.config.clone(),
+        store: h.store.clone(),
+        shelves: h.shelves.clone(),
+        metrics: h.metrics.clone(),
     };
     crate::notify::start(&ports, tasks, cancel);
 }

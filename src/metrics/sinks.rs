@@ -57,7 +57,7 @@ impl SinkStatus {
 }
 
 /// The state of each upstream sink (shown only for the sinks that are configured).
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Sinks {
     pub mysql: Arc<SinkStatus>,
     pub mqtt: Arc<SinkStatus>,

@@ -1,6 +1,9 @@
 // The WebSocket link to the gateway: requests as promises, pushes to a callback, and automatic
 // reconnection with back-off (0.5 s doubling to 30 s, with jitter) and session resume.
 
+/** How long a request made while the socket is still connecting waits for it to open. */
+const CONNECTING_WAIT_MS = 5000;
+
 export class Conn {
   constructor({ onPush, onState, onOpen }) {
     this.onPush = onPush;
@@ -11,6 +14,9 @@ export class Conn {
     this.backoff = 500;
     this.ws = null;
     this.closed = false;
+    // Requests made while the socket was connecting: sent once it is open and the session
+    // resumed (a login clicked the moment the page appears is not refused).
+    this.waiting = new Set();
   }
 
   url() {
@@ -31,6 +37,8 @@ export class Conn {
       } catch (e) {
         console.warn("after connect:", e);
       }
+      for (const go of this.waiting) go();
+      this.waiting.clear();
     };
     ws.onmessage = (m) => {
       let msg;
@@ -68,10 +76,29 @@ export class Conn {
     if (this.ws) this.ws.close();
   }
 
-  /** One request; resolves with `data`, rejects with an Error carrying `code`. */
-  call(service, params = {}, timeoutMs = 15000) {
+  /** Resolves once the socket is open; while it is connecting, waits up to `ms` for that. */
+  open(ms) {
+    if (this.ws?.readyState === WebSocket.OPEN) return Promise.resolve();
+    const notConnected = () => Object.assign(new Error("not connected"), { code: -1 });
+    if (this.ws?.readyState !== WebSocket.CONNECTING) return Promise.reject(notConnected());
     return new Promise((resolve, reject) => {
-      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
+      const go = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        this.waiting.delete(go);
+        reject(notConnected());
+      }, ms);
+      this.waiting.add(go);
+    });
+  }
+
+  /** One request; resolves with `data`, rejects with an Error carrying `code`. */
+  async call(service, params = {}, timeoutMs = 15000) {
+    await this.open(Math.min(timeoutMs, CONNECTING_WAIT_MS));
+    return new Promise((resolve, reject) => {
+      if (this.ws?.readyState !== WebSocket.OPEN) {
         reject(Object.assign(new Error("not connected"), { code: -1 }));
         return;
       }

@@ -347,7 +347,7 @@ async fn write_version(
     })?;
     tracing::info!(user, version = v.id, "config applied: {summary}");
     // In the event log, pushed and synced upstream like any operator action.
-    if let Some(events) = shared.operator_events.get() {
+    if let Some(events) = shared.operator_events.as_ref() {
         let config = &shared.config;
         events
             .send(Draft {

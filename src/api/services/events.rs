@@ -86,7 +86,7 @@ pub async fn ack(ctx: Ctx) -> HandlerResult {
     let port = AckPort {
         config: ctx.shared.config.clone(),
         store: ctx.shared.store.clone(),
-        operator: ctx.shared.operator_events.get().cloned(),
+        operator: ctx.shared.operator_events.clone(),
     };
     let done = acknowledge(&port, which, &user, &comment)
         .await

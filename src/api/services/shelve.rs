@@ -91,7 +91,7 @@ async fn record(
         result: "ok".into(),
     };
     shared.store.send(store::StoreCmd::Audit(audit)).await;
-    if let Some(events) = shared.operator_events.get() {
+    if let Some(events) = shared.operator_events.as_ref() {
         events
             .send(Draft {
                 device: source,
