@@ -305,10 +305,28 @@ impl Feed {
     /// Rows of all streams not yet confirmed by this sink. The cursors just handed to the store
     /// count before their commit, so the figure does not lag a round behind what was sent.
     pub async fn backlog(&self) -> rusqlite::Result<i64> {
+        if let Some(b) = self.caught_up_backlog() {
+            return Ok(b);
+        }
         let sink = self.sink;
         let sent: Vec<i64> = self.streams.iter().map(|s| s.persisted).collect();
         self.blocking(move |o| outbox::backlog(o.conn(), sink, &sent))
             .await
+    }
+
+    /// The backlog without a query, when this sink has read every committed row: events and
+    /// status to the end as of the last commit that wrote some, telemetry from the tail, not
+    /// draining a backlog live-first. Then it is what was read and is not yet confirmed, and the
+    /// tail's rows not read yet. (Twice a second per sink, the query was 2 % of the gateway's
+    /// CPU on the 10 × 50 × 30 load.)
+    fn caught_up_backlog(&self) -> Option<i64> {
+        let tail = self.tail.as_ref()?;
+        let telemetry = &self.streams[TELEMETRY];
+        if self.others_seen != Some(tail.others()) || telemetry.live.is_some() {
+            return None;
+        }
+        let read: i64 = self.streams.iter().map(|s| s.back - s.cursor()).sum();
+        Some(read + (tail.newest() - telemetry.back).max(0))
     }
 
     async fn blocking<T: Send + 'static>(
