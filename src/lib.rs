@@ -216,7 +216,8 @@ pub async fn run_with(
     let config_file = file.clone();
     let carry = file
         .map(gateway::Carry::with_config_file)
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .on_field_thread();
     // Before the line that says the gateway runs: a SIGHUP sent as soon as it is read must
     // reload, not end the process (SIGHUP's default action).
     let mut hup = sighup().await;

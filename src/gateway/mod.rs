@@ -59,6 +59,8 @@ pub(crate) struct Carry {
     modbus_server: Option<crate::modbus_server::Server>,
     /// A remote config under way or on trial, which the next gateway carries on.
     fleet: Option<Arc<crate::fleet::apply::Trial>>,
+    /// Where the buses and the pipeline run (see [`Field`]).
+    field: Field,
 }
 
 impl Carry {
@@ -79,6 +81,57 @@ impl Carry {
         Carry {
             config_file: Some(file),
             ..Carry::default()
+        }
+    }
+
+    /// The buses and the pipeline on a thread of their own, for this gateway and every one a
+    /// reload starts after it (the daemon).
+    pub fn on_field_thread(mut self) -> Carry {
+        self.field = Field::own_thread();
+        self
+    }
+}
+
+/// Where the field side runs — the bus tasks and the pipeline they feed: the runtime of
+/// whoever starts the gateway (tests, with their paused clocks), or in the daemon one thread of
+/// its own. There a Modbus answer and its trip through the pipeline wake one thread, which
+/// sleeps in the kernel's event wait and shares its run queue with no one: on the 10 × 50 × 30
+/// load the work-stealing pool's wake-ups (a parked worker woken to steal a second ready task)
+/// were the largest cost after the kernel's TCP work. A TLS handshake or an OPC UA session's
+/// RSA on the pool never holds up a poll either.
+#[derive(Clone, Default)]
+pub(crate) struct Field(Option<tokio::runtime::Handle>);
+
+impl Field {
+    /// A current-thread runtime on a thread named `field`, alive for the process; the caller's
+    /// runtime (logged) if it cannot start.
+    fn own_thread() -> Field {
+        let built = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .and_then(|rt| {
+                let handle = rt.handle().clone();
+                std::thread::Builder::new()
+                    .name("field".into())
+                    .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+                Ok(handle)
+            });
+        match built {
+            Ok(handle) => Field(Some(handle)),
+            Err(e) => {
+                tracing::warn!("the buses run on the shared pool: no thread of their own ({e})");
+                Field(None)
+            }
+        }
+    }
+
+    fn spawn<F>(&self, tasks: &TaskTracker, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        match &self.0 {
+            Some(handle) => drop(tasks.spawn_on(task, handle)),
+            None => drop(tasks.spawn(task)),
         }
     }
 }
@@ -121,6 +174,7 @@ pub struct Gateway {
     /// The raw words the server mirrors, kept for devices a reload leaves unchanged.
     images: Arc<modbus::image::Images>,
     fleet: Arc<crate::fleet::apply::Trial>,
+    field: Field,
     /// Another way into the pipeline, as a bus would feed it (replay, tests); dropped at
     /// shutdown so the pipeline can drain and end.
     bus_events: Option<mpsc::Sender<modbus::bus::BusEvent>>,
@@ -208,14 +262,20 @@ impl Gateway {
         let images = modbus::image::Images::for_config(&config, &mut carry.images);
         for (b, wrx) in requests.into_iter().enumerate() {
             let task = bus_task(&mut carry, b, &config, &events_tx, wrx, &metrics, &images);
-            tasks.spawn(task.run(cancel.child_token()));
+            carry.field.spawn(&tasks, task.run(cancel.child_token()));
         }
         let modbus_server =
             start_modbus_server(&h, carry.modbus_server.take(), modbus_server, &images);
         let bus_events = Some(events_tx);
         let opcua = start_opcua(&h, carry.opcua.take(), opcua);
-        let (queues, settle) =
-            spawn_pipeline(&h, &restored, events_rx, opcua.as_ref(), &tasks, &cancel);
+        let (queues, settle) = spawn_pipeline(
+            &h,
+            &restored,
+            events_rx,
+            opcua.as_ref(),
+            (&tasks, &carry.field),
+            &cancel,
+        );
         let operator = Some(queues.operator());
         spawn_housekeeping(&h, &tasks, &cancel);
         let fleet = carry
@@ -247,6 +307,7 @@ impl Gateway {
             modbus_server,
             images,
             fleet,
+            field: carry.field.clone(),
             bus_events,
             event_queues,
             settle,
@@ -377,6 +438,7 @@ impl Gateway {
         carry.sessions = self.shared.auth.sessions();
         carry.config_file = self.shared.config_file.clone();
         carry.fleet = Some(self.fleet.clone());
+        carry.field = self.field.clone();
         carry.listener = self.listener.take().map(|l| (old.http.listen.clone(), l));
         // Open WebSocket connections wait for the new gateway instead of closing (SPEC
         // "Reload": nobody else notices).

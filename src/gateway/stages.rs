@@ -40,7 +40,7 @@ pub(super) fn spawn_pipeline(
     restored: &store::Restored,
     bus_events: mpsc::Receiver<modbus::bus::BusEvent>,
     opcua: Option<&crate::opcua::Server>,
-    tasks: &TaskTracker,
+    (tasks, field): (&TaskTracker, &super::Field),
     cancel: &CancellationToken,
 ) -> (events::processor::Queues, mpsc::Sender<oneshot::Sender<()>>) {
     let config = &h.config;
@@ -64,7 +64,7 @@ pub(super) fn spawn_pipeline(
         queues: queues.clone(),
         settle: settle_rx,
     };
-    tasks.spawn(pipeline.run(bus_events));
+    field.spawn(tasks, pipeline.run(bus_events));
     let (committed, committed_rx) = mpsc::channel(events::processor::COMMITTED_CAPACITY);
     let processor = events::processor::Processor::new(
         config.clone(),
