@@ -12,11 +12,16 @@
 //! `store.max_db_mb`, so a soak reaches its cap).
 //!
 //! The ratio printed beside the CPU figure is the gateway's CPU over the simulator's, which
-//! answers the same 500 requests/s: a peer on the same load, from the same run.
+//! answers the same 500 requests/s: a peer on the same load, from the same run. With
+//! `BENCH_NODE_RED=1` (and the broker) Node-RED with node-red-contrib-modbus (`benches/peer`,
+//! installed by `npm ci` on first use) polls the same simulator and publishes the same telemetry
+//! JSON in the same window, and the gateway's CPU and RSS are printed over its: the peer our
+//! users compare us with, side by side.
 
 mod common;
 use common::env_or;
 use common::load::{devices, POINTS, UNITS};
+use common::peer::Peer;
 use common::process::{
     cpu_seconds, free_port, gateway, http_get, metric, pid_status_kb, simulator, write_bytes,
 };
@@ -86,15 +91,23 @@ struct Reading {
     sim_cpu: f64,
     written: u64,
     samples: f64,
+    /// The peer's CPU seconds and messages delivered, when it runs.
+    peer: (f64, u64),
 }
 
-fn read(pid: u32, sim: u32, http: u16) -> Reading {
+fn read(pid: u32, sim: u32, http: u16, peer: Option<&Peer>) -> Reading {
     Reading {
         at: Instant::now(),
         cpu: cpu_seconds(pid),
         sim_cpu: cpu_seconds(sim),
         written: write_bytes(pid),
         samples: metric(http, "edge_store_rows_total", ""),
+        peer: peer.map_or((0.0, 0), |p| {
+            (
+                cpu_seconds(p.pid()),
+                p.messages.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        }),
     }
 }
 
@@ -130,13 +143,15 @@ fn main() {
     let start = Instant::now();
     let gw = gateway(&cfg, http);
     let (pid, sim_pid) = (gw.0.id(), sim.0.id());
+    let peer = Peer::start(&dir.path().join("node-red"), buses, sim_port);
     println!(
         "store benchmark: {buses} buses x {UNITS} units x {POINTS} u16 points, every one changing every second, deadband 0; sinks: {}; {secs} s measured after 10 s",
         if sinks.is_empty() { "none (set EDGE_TEST_MYSQL_URL / EDGE_TEST_MQTT_ADDR)".to_string() } else { sinks.join(" + ") }
     );
     std::thread::sleep(Duration::from_secs(10));
-    let first = read(pid, sim_pid, http);
-    let (mut wal_max, mut rss_max, mut last) = (0u64, 0u64, read(pid, sim_pid, http));
+    let first = read(pid, sim_pid, http, peer.as_ref());
+    let (mut wal_max, mut rss_max, mut last) = (0u64, 0u64, read(pid, sim_pid, http, None));
+    let mut peer_rss_max = 0u64;
     if every > 0 {
         println!("  minute  CPU%   RSS MB  db MB   WAL MB  written KB/s  B/sample  backlog");
     }
@@ -145,8 +160,11 @@ fn main() {
         let (db, wal) = edge_gateway::store::file_sizes(&data);
         wal_max = wal_max.max(wal);
         rss_max = rss_max.max(pid_status_kb(pid, "VmRSS"));
+        if let Some(p) = &peer {
+            peer_rss_max = peer_rss_max.max(pid_status_kb(p.pid(), "VmRSS"));
+        }
         if every > 0 && last.at.elapsed() >= Duration::from_secs(every) {
-            let now = read(pid, sim_pid, http);
+            let now = read(pid, sim_pid, http, None);
             let dt = now.at.duration_since(last.at).as_secs_f64();
             let backlog = metric(http, "edge_sink_backlog", "");
             println!(
@@ -162,11 +180,12 @@ fn main() {
             last = now;
         }
     }
-    let end = read(pid, sim_pid, http);
+    let end = read(pid, sim_pid, http, peer.as_ref());
     let wall = end.at.duration_since(first.at).as_secs_f64();
     let (db, _) = edge_gateway::store::file_sizes(&data);
     let health = http_get(http, "/healthz");
     drop(gw);
+    drop(peer);
     drop(sim);
     if let Some(url) = &mysql_url {
         mysql(url, "DROP DATABASE IF EXISTS edge_bench");
@@ -185,9 +204,23 @@ fn main() {
         cpu / sim_cpu.max(0.01)
     );
     println!(
+        "  gateway CPU per value: {:.2} us (goal <= 1.5)",
+        (end.cpu - first.cpu) / samples.max(1.0) * 1e6
+    );
+    println!(
         "  gateway RSS:           max {:.1} MB over the window",
         rss_max as f64 / 1024.0
     );
+    if end.peer.1 > 0 {
+        let peer_cpu = (end.peer.0 - first.peer.0) / wall * 100.0;
+        let peer_values = (end.peer.1 - first.peer.1) as f64 * POINTS as f64 / wall;
+        println!(
+            "  Node-RED, same load:   {peer_values:.0} values/s to MQTT only, CPU {peer_cpu:.1} %, RSS max {:.1} MB; gateway / Node-RED: CPU {:.2}, RSS {:.2}",
+            peer_rss_max as f64 / 1024.0,
+            cpu / peer_cpu.max(0.01),
+            rss_max as f64 / peer_rss_max.max(1) as f64
+        );
+    }
     println!(
         "  written to storage:    {:.0} KB/s, {per_sample:.1} bytes per point sample (target <= 64, stretch <= 32)",
         written / wall / 1024.0

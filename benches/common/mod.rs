@@ -3,6 +3,7 @@
 
 pub mod fanout;
 pub mod load;
+pub mod peer;
 pub mod process;
 
 /// A bench setting from the environment (`BENCH_SECS` and the like), else `default`.
