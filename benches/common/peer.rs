@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +41,7 @@ pub fn flow(buses: usize, sim: u16, mqtt: &str, topic: &str) -> Value {
     ];
     for b in 0..buses {
         nodes.push(
-            json!({"id": format!("bus{b}"), "type": "modbus-client", "clienttype": "tcp",
+            json!({"id": format!("client{b}"), "type": "modbus-client", "clienttype": "tcp",
             "bufferCommands": true, "tcpHost": "127.0.0.1", "tcpPort": sim.to_string(),
             "tcpType": "DEFAULT", "unit_id": "1", "commandDelay": "1", "clientTimeout": "1000",
             "reconnectOnTimeout": true, "reconnectTimeout": "2000",
@@ -49,10 +49,10 @@ pub fn flow(buses: usize, sim: u16, mqtt: &str, topic: &str) -> Value {
         );
         for u in 1..=UNITS {
             nodes.push(
-                json!({"id": format!("b{b}u{u}"), "type": "modbus-read", "z": "tab",
+                json!({"id": format!("read{b}_{u}"), "type": "modbus-read", "z": "tab",
                 "topic": format!("b{b}u{u}"), "unitid": u.to_string(),
                 "dataType": "HoldingRegister", "adr": "0", "quantity": POINTS.to_string(),
-                "rate": "1", "rateUnit": "s", "delayOnStart": false, "server": format!("bus{b}"),
+                "rate": "1", "rateUnit": "s", "delayOnStart": false, "server": format!("client{b}"),
                 "showStatusActivities": false, "logIOActivities": false, "showErrors": false,
                 "useIOFile": false, "useIOForPayload": false, "emptyMsgOnFail": false,
                 "wires": [["telemetry"], []]}),
@@ -76,13 +76,14 @@ pub fn node_red(work: &Path, flow: &Value) -> Proc {
     std::fs::create_dir_all(work).unwrap();
     let flows = work.join("flows.json");
     std::fs::write(&flows, flow.to_string()).unwrap();
+    let log = std::fs::File::create(work.join("node-red.log")).unwrap();
     Proc(
         Command::new("node")
             .arg(peer.join("node_modules/node-red/red.js"))
             .args(["-u", work.to_str().unwrap(), "-p", &free_port().to_string()])
             .arg(&flows)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .expect("node (Node.js) to run Node-RED"),
     )
@@ -141,7 +142,8 @@ impl Peer {
         while messages.load(Relaxed) == 0 {
             assert!(
                 start.elapsed() < Duration::from_secs(60),
-                "Node-RED published nothing in 60 s"
+                "Node-RED published nothing in 60 s; its log:\n{}",
+                std::fs::read_to_string(work.join("node-red.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(250));
         }
