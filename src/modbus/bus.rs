@@ -337,7 +337,7 @@ impl BusTask {
                     None => break,
                 },
                 // Wake at least every BEAT_EVERY so an idle bus still shows it is alive.
-                () = tokio::time::sleep_until(due.min(Instant::now() + BEAT_EVERY)) => {
+                () = super::sleep_until(due.min(Instant::now() + BEAT_EVERY)) => {
                     if Instant::now() >= due {
                         self.scan_turn = true;
                         poll_turn = false;

@@ -132,7 +132,8 @@ impl Link {
             .map(|end| end + self.inter_request_delay);
         async move {
             if let Some(at) = at {
-                tokio::time::sleep_until(at).await;
+                // A zero delay (every TCP bus by default) is due at once: no timer.
+                super::sleep_until(at).await;
             }
         }
     }
@@ -402,6 +403,29 @@ mod tests {
     use super::serial_cause;
     use super::{Duration, LinkError};
     use std::io::ErrorKind;
+
+    /// The pace before a request is a timer only when a wait is still ahead: a zero delay
+    /// (every TCP bus by default) is ready at its first poll, with no timer rounded up to the
+    /// wheel's next millisecond.
+    #[tokio::test]
+    async fn a_request_already_due_waits_on_no_timer() {
+        use std::future::Future;
+        let cfg = || crate::config::Link::Tcp {
+            address: "127.0.0.1:502".into(),
+        };
+        let first_poll = |link: &super::Link| {
+            let mut pace = std::pin::pin!(link.pace());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            pace.as_mut().poll(&mut cx).is_ready()
+        };
+        let mut due = super::Link::new(cfg(), Duration::from_secs(1), Duration::ZERO);
+        assert!(first_poll(&due), "no request yet");
+        due.last_request_end = Some(super::Instant::now());
+        assert!(first_poll(&due), "a zero delay is due at once");
+        let mut ahead = super::Link::new(cfg(), Duration::from_secs(1), Duration::from_secs(5));
+        ahead.last_request_end = Some(super::Instant::now());
+        assert!(!first_poll(&ahead), "a delay still ahead is waited");
+    }
 
     #[test]
     fn a_link_down_names_its_cause_and_waits_in_whole_seconds() {
