@@ -76,11 +76,20 @@ pub fn node_red(work: &Path, flow: &Value) -> Proc {
     std::fs::create_dir_all(work).unwrap();
     let flows = work.join("flows.json");
     std::fs::write(&flows, flow.to_string()).unwrap();
+    // Its editor on the loopback only (Node-RED listens on every interface by default).
+    std::fs::write(
+        work.join("settings.js"),
+        format!(
+            "module.exports = {{ uiHost: \"127.0.0.1\", uiPort: {}, credentialSecret: false }};\n",
+            free_port()
+        ),
+    )
+    .unwrap();
     let log = std::fs::File::create(work.join("node-red.log")).unwrap();
     Proc(
         Command::new("node")
             .arg(peer.join("node_modules/node-red/red.js"))
-            .args(["-u", work.to_str().unwrap(), "-p", &free_port().to_string()])
+            .args(["-u", work.to_str().unwrap()])
             .arg(&flows)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
