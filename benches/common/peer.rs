@@ -19,15 +19,23 @@ fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peer")
 }
 
+/// `host:port` of the broker (`EDGE_TEST_MQTT_ADDR`), the port 1883 when not given.
+fn broker(mqtt: &str) -> (&str, u16) {
+    match mqtt.rsplit_once(':') {
+        Some((host, port)) => (host, port.parse().expect("EDGE_TEST_MQTT_ADDR's port")),
+        None => (mqtt, 1883),
+    }
+}
+
 /// The flow a Node-RED user would build for the gateway's job, as lean as it goes: per bus a
 /// Modbus TCP client, per unit a read of its POINTS holding registers every second, one
 /// function node that makes the gateway's telemetry JSON (`{"ts", "points": {id: {v, q}}}`)
 /// and one MQTT out node at QoS 1. No store, no MySQL, no rules: the peer does less work.
 pub fn flow(buses: usize, sim: u16, mqtt: &str, topic: &str) -> Value {
-    let (host, port) = mqtt.rsplit_once(':').unwrap_or((mqtt, "1883"));
+    let (host, port) = broker(mqtt);
     let mut nodes = vec![
         json!({"id": "tab", "type": "tab", "label": "bench"}),
-        json!({"id": "broker", "type": "mqtt-broker", "broker": host, "port": port,
+        json!({"id": "broker", "type": "mqtt-broker", "broker": host, "port": port.to_string(),
             "clientid": topic, "autoConnect": true, "usetls": false, "protocolVersion": "4",
             "keepalive": "60", "cleansession": true}),
         json!({"id": "telemetry", "type": "function", "z": "tab", "outputs": 1,
@@ -100,12 +108,8 @@ pub fn node_red(work: &Path, flow: &Value) -> Proc {
 
 /// Counts the messages published under `{topic}/#`: what the peer delivered.
 pub fn count_messages(mqtt: &str, topic: &str) -> Arc<AtomicU64> {
-    let (host, port) = mqtt.rsplit_once(':').unwrap_or((mqtt, "1883"));
-    let mut opts = rumqttc::MqttOptions::new(
-        format!("{topic}-counter"),
-        host,
-        port.parse().unwrap_or(1883),
-    );
+    let (host, port) = broker(mqtt);
+    let mut opts = rumqttc::MqttOptions::new(format!("{topic}-counter"), host, port);
     opts.set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut conn) = rumqttc::Client::new(opts, 16);
