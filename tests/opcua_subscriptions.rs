@@ -1,6 +1,7 @@
 //! OPC UA data-change filters on the gateway's variables (async-opcua's client): an absolute
 //! deadband and a percent deadband (of the point's `min` … `max`, served as `EURange`) each
-//! report only the changes past them.
+//! report only the changes past them; a read gives the value last polled (changes are only
+//! notified, a read brings its points up to the live state).
 #![cfg(feature = "opcua")]
 
 mod common;
@@ -84,7 +85,7 @@ async fn absolute_and_percent_deadbands_report_only_the_changes_past_them() {
     let node = NodeId::new(ns, "boiler.setpoint");
     // Absolute 5.0; percent 20 of the range 0 … 100, so 20.0.
     let absolute = watch(&s, node.clone(), (DeadbandType::Absolute, 5.0)).await;
-    let percent = watch(&s, node, (DeadbandType::Percent, 20.0)).await;
+    let percent = watch(&s, node.clone(), (DeadbandType::Percent, 20.0)).await;
     let has = |seen: &Arc<Mutex<Vec<f64>>>, v: f64| {
         seen.lock().unwrap().iter().any(|x| (x - v).abs() < 1e-9)
     };
@@ -110,5 +111,11 @@ async fn absolute_and_percent_deadbands_report_only_the_changes_past_them() {
         vec![10.0, 35.0],
         "16.0 is within 20 % of the range"
     );
+    let read = s
+        .read(&[ReadValueId::from(node)], TimestampsToReturn::Both, 0.0)
+        .await
+        .unwrap();
+    assert_eq!(read[0].value, Some(Variant::Double(35.0)), "{read:?}");
+    assert!(read[0].status.is_none_or(|s| s.is_good()), "{read:?}");
     gw.shutdown().await;
 }

@@ -19,7 +19,10 @@ use ua::server::node_manager::memory::InMemoryNodeManager;
 use ua::server::SubscriptionCache;
 
 use ua::server::address_space::BaseEventType;
-use ua::types::{ByteString, DateTime, LocalizedText, NodeId, ObjectId, ObjectTypeId, Variant};
+use ua::types::{
+    AttributeId, ByteString, DataValue, DateTime, LocalizedText, NodeId, NumericRange, ObjectId,
+    ObjectTypeId, Variant,
+};
 
 use crate::config::{Config, Priority};
 use crate::model::event::Event;
@@ -49,7 +52,7 @@ pub enum OpcuaError {
 pub struct Feed {
     manager: Arc<InMemoryNodeManager<nodes::GatewayNodes>>,
     subscriptions: Arc<SubscriptionCache>,
-    space: space::Space,
+    space: Arc<space::Space>,
     /// Each device's `Online` as last served: an offline device's points are
     /// `Bad_NoCommunication`.
     online: Vec<AtomicBool>,
@@ -60,14 +63,23 @@ pub struct Feed {
     metrics: Arc<crate::metrics::Metrics>,
 }
 
+/// What a report or the online tick changes: `Online` variables (seldom changed, kept in the
+/// address space) and points' values (only notified: 15,000 a second are not written into the
+/// address space for the odd read, which brings its points up to the live state itself).
+#[derive(Default)]
+struct Changes<'a> {
+    online: Vec<(&'a NodeId, DataValue)>,
+    points: Vec<(&'a NodeId, DataValue)>,
+}
+
 impl Feed {
     /// When device `d`'s `online` differs from what was served: its `Online` and every
-    /// point's status (`Bad_NoCommunication` while offline), into `values`.
+    /// point's status (`Bad_NoCommunication` while offline), into `changes`.
     fn online_changes<'a>(
         &'a self,
         d: usize,
         dev: &crate::state::DeviceLive,
-        values: &mut Vec<(&'a NodeId, ua::types::DataValue)>,
+        changes: &mut Changes<'a>,
     ) {
         let Some(shown) = self.online.get(d) else {
             return;
@@ -76,26 +88,58 @@ impl Feed {
             return;
         }
         if let Some(id) = self.space.online(d) {
-            values.push((id, ua::types::DataValue::new_now(dev.online)));
+            changes.online.push((id, DataValue::new_now(dev.online)));
         }
         for (p, l) in dev.points.iter().enumerate() {
             let v = self
                 .space
                 .value(d, p, l.value.as_ref(), l.quality, l.ts, dev.online);
-            values.extend(v);
+            changes.points.extend(v);
         }
     }
 
-    /// New values into the address space, their subscribers notified.
-    fn set(&self, values: Vec<(&NodeId, ua::types::DataValue)>) {
-        if values.is_empty() {
+    /// New values to their subscribers; `Online` into the address space as well.
+    fn set(&self, changes: Changes<'_>) {
+        if !changes.online.is_empty() {
+            let _ = self.manager.set_values(
+                &self.subscriptions,
+                changes.online.into_iter().map(|(id, v)| (id, None, v)),
+            );
+        }
+        if changes.points.is_empty() {
             return;
         }
-        let _ = self.manager.set_values(
-            &self.subscriptions,
-            values.into_iter().map(|(id, v)| (id, None, v)),
-        );
+        let mut notifier = self.subscriptions.data_notifier();
+        for (id, value) in changes.points {
+            let Some(mut batch) = notifier.notify_for(id, AttributeId::Value) else {
+                continue;
+            };
+            for (handle, item) in batch.entries() {
+                let v = if item.index_range == NumericRange::None {
+                    value.clone()
+                } else {
+                    ranged(&value, &item.index_range)
+                };
+                batch.data_value_to_item(v, handle);
+            }
+        }
     }
+}
+
+/// A value as an item monitoring an index range of it gets it (as the library's own read
+/// gives it: a point is a scalar, so a range finds no data).
+fn ranged(value: &DataValue, range: &NumericRange) -> DataValue {
+    let mut out = value.clone();
+    if let Some(v) = &value.value {
+        match v.range_of(range) {
+            Ok(r) => out.value = Some(r),
+            Err(status) => {
+                out.value = None;
+                out.status = Some(status);
+            }
+        }
+    }
+    out
 }
 
 /// Severity of an alarm's events (SPEC: emergency 1000, high 700, normal 300).
@@ -151,17 +195,17 @@ impl Telemetry for Feed {
     fn report(&self, report: &Report, _: std::time::Instant) {
         let Report { device, ts, rows } = report;
         let (device, ts) = (*device, *ts);
-        let mut values = Vec::new();
+        let mut changes = Changes::default();
         // A device that has just come online (or gone offline) turns now, not at the tick.
         if let Some(dev) = crate::state::read(&self.live).devices.get(device) {
-            self.online_changes(device, dev, &mut values);
+            self.online_changes(device, dev, &mut changes);
         }
         let online = self.online.get(device).is_some_and(|o| o.load(Relaxed));
-        values.extend(rows.iter().filter_map(|r| {
+        changes.points.extend(rows.iter().filter_map(|r| {
             self.space
                 .value(device, r.point, r.value.as_ref(), r.quality, ts, online)
         }));
-        self.set(values);
+        self.set(changes);
     }
 }
 
@@ -230,13 +274,13 @@ async fn keep_online(feed: Arc<Feed>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         feed.count_from_diagnostics();
-        let mut values = Vec::new();
+        let mut changes = Changes::default();
         {
             let live = crate::state::read(&feed.live);
             for (d, dev) in live.devices.iter().enumerate() {
-                feed.online_changes(d, dev, &mut values);
+                feed.online_changes(d, dev, &mut changes);
             }
         }
-        feed.set(values);
+        feed.set(changes);
     }
 }

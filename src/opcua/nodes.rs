@@ -1,8 +1,8 @@
 //! The gateway's node manager: its address space kept in memory (reads and subscriptions are
-//! the library's), and writes that go the audited, strict path of `device.write` of the
+//! the library's; a read's points are first brought up to the live state), and writes that go the audited, strict path of `device.write` of the
 //! gateway now running (a reload attaches the next one; the server and its sessions stay).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use ua::server::address_space::AddressSpace;
@@ -18,13 +18,14 @@ use ua::types::{
     AttributeId, DataValue, NodeId, NumericRange, StatusCode, TimestampsToReturn, Variant,
 };
 
-use super::space::Kind;
+use super::space::{Kind, Space};
 use crate::config::{Config, Role};
 use crate::control::Control;
 use crate::metrics::Metrics;
 use crate::modbus::bus::WriteError;
 use crate::modbus::codec::CodecError;
 use crate::model::Value;
+use crate::state::SharedLive;
 
 /// A writable point behind a variable.
 #[derive(Debug, Clone, Copy)]
@@ -35,13 +36,14 @@ pub struct Target {
 }
 
 /// What a running gateway lends the node manager: its write path, its counters, who may
-/// write, and which variables are writable points.
+/// write, its points (which are writable) and the live state their values are read from.
 pub struct Attached {
     pub control: Arc<Control>,
     pub metrics: Arc<Metrics>,
     /// Users who may write (`admin`), by name.
     pub admins: HashSet<String>,
-    pub targets: HashMap<NodeId, Target>,
+    pub space: Arc<Space>,
+    pub live: SharedLive,
 }
 
 impl Attached {
@@ -66,8 +68,8 @@ pub struct GatewayNodes {
 }
 
 impl GatewayNodes {
-    /// The node manager for `namespace`, lent to the gateway starting it.
-    pub fn builder(namespace: String, attached: Attached) -> impl NodeManagerBuilder {
+    /// The node manager for `namespace`; the gateway starting attaches itself.
+    pub fn builder(namespace: String) -> impl NodeManagerBuilder {
         InMemoryNodeManagerBuilder::new(move |context: ServerContext, space: &mut AddressSpace| {
             let index = context
                 .type_tree
@@ -81,7 +83,7 @@ impl GatewayNodes {
                     namespace_index: index,
                     ..Default::default()
                 }],
-                attached: std::sync::RwLock::new(Some(Arc::new(attached))),
+                attached: std::sync::RwLock::new(None),
                 sessions: super::sessions::Sessions::default(),
             }
         })
@@ -102,6 +104,13 @@ impl GatewayNodes {
             .clone()
     }
 
+    /// The points among `ids` brought up to the running gateway's live state.
+    fn refresh<'a>(&self, space: &RwLock<AddressSpace>, ids: impl Iterator<Item = &'a NodeId>) {
+        if let Some(a) = self.attached() {
+            a.space.refresh(space, &a.live, ids);
+        }
+    }
+
     /// One request of `service` on the gateway's nodes, in the running gateway's counters.
     fn count(&self, service: &'static str, result: &str) {
         if let Some(a) = self.attached() {
@@ -120,7 +129,7 @@ impl GatewayNodes {
         let Some(a) = self.attached() else {
             return StatusCode::BadResourceUnavailable;
         };
-        let Some(t) = a.targets.get(&v.node_id).copied() else {
+        let Some(t) = a.space.target(&v.node_id) else {
             return StatusCode::BadNotWritable;
         };
         let user = &context.token.0;
@@ -184,7 +193,8 @@ impl InMemoryNodeManagerImpl for GatewayNodes {
         Ok(())
     }
 
-    /// The values as the address space holds them (the library's own way), counted.
+    /// The values as the address space holds them (the library's own way), brought up to the
+    /// live state first, counted.
     async fn read_values(
         &self,
         context: &RequestContext,
@@ -195,6 +205,7 @@ impl InMemoryNodeManagerImpl for GatewayNodes {
     ) -> Vec<DataValue> {
         self.count("read", "Good");
         self.sessions.seen(context, 0);
+        self.refresh(space, nodes.iter().map(|n| &n.node_id));
         let space = space.read();
         nodes
             .iter()
@@ -211,6 +222,7 @@ impl InMemoryNodeManagerImpl for GatewayNodes {
         space: &RwLock<AddressSpace>,
         items: &mut [&mut &mut CreateMonitoredItem],
     ) {
+        self.refresh(space, items.iter().map(|i| &i.item_to_monitor().node_id));
         let space = space.read();
         for item in items.iter_mut() {
             let value = space.read(

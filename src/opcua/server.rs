@@ -60,7 +60,7 @@ impl Server {
             config.opcua.anonymous,
         ));
         let stop = CancellationToken::new();
-        let builder = builder(config, addr, parts, users.clone(), max_items).token(stop.clone());
+        let builder = builder(config, addr, users.clone(), max_items).token(stop.clone());
         let (server, handle) = builder.build().map_err(OpcuaError::Build)?;
         let manager = handle
             .node_managers()
@@ -117,7 +117,12 @@ impl Server {
             let live = crate::state::read(live);
             let mut built = self.built.locked();
             space::Space::remove(self.manager.address_space(), &built);
-            let space = space::Space::build(config, self.ns, self.manager.address_space(), &live);
+            let space = Arc::new(space::Space::build(
+                config,
+                self.ns,
+                self.manager.address_space(),
+                &live,
+            ));
             *built = space.created().to_vec();
             let online = live
                 .devices
@@ -131,7 +136,8 @@ impl Server {
             control: parts.control.clone(),
             metrics: parts.metrics.clone(),
             admins: nodes::Attached::admins(config),
-            targets: space.targets(),
+            space: space.clone(),
+            live: live.clone(),
         }));
         parts.metrics.opcua.enabled.store(true, Relaxed);
         let feed = Arc::new(Feed {
@@ -177,7 +183,6 @@ impl Server {
 fn builder(
     config: &Config,
     addr: SocketAddr,
-    parts: &Parts,
     users: Arc<users::Users>,
     max_items: usize,
 ) -> ServerBuilder {
@@ -186,12 +191,6 @@ fn builder(
         crate::host::name().unwrap_or_else(|| "localhost".into())
     } else {
         addr.ip().to_string()
-    };
-    let attached = nodes::Attached {
-        control: parts.control.clone(),
-        metrics: parts.metrics.clone(),
-        admins: nodes::Attached::admins(config),
-        targets: std::collections::HashMap::new(),
     };
     let mut builder = ServerBuilder::new()
         .application_name(format!("edge-gateway {}", config.gateway.id))
@@ -207,10 +206,9 @@ fn builder(
         .max_sessions(o.max_sessions)
         .discovery_urls(vec!["/".to_owned()])
         .with_authenticator(users)
-        .with_node_manager(nodes::GatewayNodes::builder(
-            namespace_uri(&config.gateway.id),
-            attached,
-        ))
+        .with_node_manager(nodes::GatewayNodes::builder(namespace_uri(
+            &config.gateway.id,
+        )))
         // For the current session count (`edge_opcua_sessions`).
         .diagnostics_enabled(true);
     builder

@@ -2,8 +2,12 @@
 //! DataType and EngineeringUnits, an `Online` variable per device, and the values the live
 //! state has as they start.
 
+use indexmap::map::Entry;
+use indexmap::IndexMap;
 use ua::server::address_space::AddressSpace;
-use ua::server::address_space::{AccessLevel, EventNotifier, ObjectBuilder, VariableBuilder};
+use ua::server::address_space::{
+    AccessLevel, EventNotifier, NodeType, ObjectBuilder, VariableBuilder,
+};
 use ua::sync::RwLock;
 use ua::types::{
     DataTypeId, DataValue, DateTime, EUInformation, LocalizedText, NodeId, ObjectId, QualifiedName,
@@ -21,8 +25,14 @@ pub fn namespace_uri(gateway_id: &str) -> String {
 }
 
 /// The node ids of the config's points and devices, by index.
+#[derive(Default)]
 pub struct Space {
-    points: Vec<Vec<NodeId>>,
+    /// Each point's node and its place (device, point): a client's read finds the live value
+    /// through it, a reported change its node through `slots`.
+    nodes: IndexMap<NodeId, (usize, usize)>,
+    /// Each point's entry in `nodes`, by device and point; `None` for a point whose NodeId
+    /// another point already has (`a.b` + `c` and `a` + `b.c`): it is not served.
+    slots: Vec<Vec<Option<usize>>>,
     kinds: Vec<Vec<Kind>>,
     writable: Vec<Vec<bool>>,
     /// Each device's folder, where its alarms are notified.
@@ -47,7 +57,8 @@ impl Space {
             config.gateway.id.as_str(),
             &ObjectId::ObjectsFolder.into(),
         );
-        let mut points = Vec::with_capacity(config.devices.len());
+        let mut nodes = IndexMap::new();
+        let mut slots = Vec::with_capacity(config.devices.len());
         let mut kinds = Vec::with_capacity(config.devices.len());
         let writable = config
             .devices
@@ -76,7 +87,7 @@ impl Space {
                 device_live.is_some_and(|l| l.online),
             );
             online.push(on);
-            let mut ids = Vec::with_capacity(dev.points.len());
+            let mut device_slots = Vec::with_capacity(dev.points.len());
             let mut device_kinds = Vec::with_capacity(dev.points.len());
             for (p, point) in dev.points.iter().enumerate() {
                 let key = format!("{}.{}", dev.id, point.id);
@@ -97,18 +108,20 @@ impl Space {
                     value,
                 );
                 add_properties(&mut space, ns, (&id, &key), point, &mut created);
-                ids.push(id);
+                let slot = enter(&mut nodes, &id, (d, p), (&dev.id, &point.id));
+                device_slots.push(slot);
+                created.push(id);
                 device_kinds.push(kind);
             }
             created.push(folder);
             created.push(online.last().cloned().unwrap_or_default());
-            created.extend(ids.iter().cloned());
-            points.push(ids);
+            slots.push(device_slots);
             kinds.push(device_kinds);
         }
         Space {
             created,
-            points,
+            nodes,
+            slots,
             kinds,
             writable,
             online,
@@ -132,25 +145,15 @@ impl Space {
         }
     }
 
-    /// The writable points by node, for the write service.
-    pub fn targets(&self) -> std::collections::HashMap<NodeId, super::nodes::Target> {
-        let mut out = std::collections::HashMap::new();
-        for (device, ids) in self.points.iter().enumerate() {
-            for (point, id) in ids.iter().enumerate() {
-                if self.writable[device][point] {
-                    let kind = self.kinds[device][point];
-                    out.insert(
-                        id.clone(),
-                        super::nodes::Target {
-                            device,
-                            point,
-                            kind,
-                        },
-                    );
-                }
-            }
-        }
-        out
+    /// The writable point behind `id`, for the write service.
+    pub fn target(&self, id: &NodeId) -> Option<super::nodes::Target> {
+        let &(device, point) = self.nodes.get(id)?;
+        let writable = *self.writable.get(device)?.get(point)?;
+        writable.then(|| super::nodes::Target {
+            device,
+            point,
+            kind: self.kinds[device][point],
+        })
     }
 
     /// A point's node and its value as served, for a reported change.
@@ -163,9 +166,44 @@ impl Space {
         ts: Millis,
         online: bool,
     ) -> Option<(&NodeId, DataValue)> {
-        let id = self.points.get(device)?.get(point)?;
+        let slot = (*self.slots.get(device)?.get(point)?)?;
+        let (id, _) = self.nodes.get_index(slot)?;
         let kind = *self.kinds.get(device)?.get(point)?;
         Some((id, data_value(value, quality, ts, kind, online)))
+    }
+
+    /// Brings the variables of `ids` that are points up to the live state before a client
+    /// reads them: a reported change only notifies the monitored items (the address space
+    /// is not written 15,000 times a second for the odd read).
+    pub fn refresh<'a>(
+        &self,
+        space: &RwLock<AddressSpace>,
+        live: &crate::state::SharedLive,
+        ids: impl Iterator<Item = &'a NodeId>,
+    ) {
+        let live = crate::state::read(live);
+        let mut space = space.write();
+        for id in ids {
+            let Some(&(d, p)) = self.nodes.get(id) else {
+                continue;
+            };
+            let Some(dev) = live.devices.get(d) else {
+                continue;
+            };
+            let Some(l) = dev.points.get(p) else {
+                continue;
+            };
+            let value = data_value(
+                l.value.as_ref(),
+                l.quality,
+                l.ts,
+                self.kinds[d][p],
+                dev.online,
+            );
+            if let Some(NodeType::Variable(v)) = space.find_mut(id) {
+                v.set_data_value(value);
+            }
+        }
     }
 
     pub fn device(&self, device: usize) -> Option<&NodeId> {
@@ -179,6 +217,29 @@ impl Space {
 
     pub fn online(&self, device: usize) -> Option<&NodeId> {
         self.online.get(device)
+    }
+}
+
+/// Enters a point's node in `nodes`, at its place; `None` when another point has its NodeId
+/// (`a.b` + `c` and `a` + `b.c`): the first is served, this one is not.
+fn enter(
+    nodes: &mut IndexMap<NodeId, (usize, usize)>,
+    id: &NodeId,
+    place: (usize, usize),
+    (device, point): (&str, &str),
+) -> Option<usize> {
+    match nodes.entry(id.clone()) {
+        Entry::Vacant(v) => {
+            let slot = v.index();
+            v.insert(place);
+            Some(slot)
+        }
+        Entry::Occupied(_) => {
+            tracing::warn!(
+                "OPC UA: point `{point}` of device `{device}` has the NodeId of another point ({id}): not served"
+            );
+            None
+        }
     }
 }
 
@@ -207,7 +268,7 @@ fn add_point(
         .user_access_level(access)
         .insert(space);
     // With its status and source timestamp, not only the value.
-    if let Some(ua::server::address_space::NodeType::Variable(v)) = space.find_mut(id) {
+    if let Some(NodeType::Variable(v)) = space.find_mut(id) {
         v.set_data_value(value);
     }
 }
@@ -393,5 +454,19 @@ fn data_value(
         source_picoseconds: Some(0),
         server_timestamp: Some(DateTime::now()),
         server_picoseconds: Some(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_point_whose_node_id_another_point_has_is_not_served() {
+        let mut nodes = IndexMap::new();
+        let id = NodeId::new(2, "a.b.c");
+        assert_eq!(enter(&mut nodes, &id, (0, 1), ("a.b", "c")), Some(0));
+        assert_eq!(enter(&mut nodes, &id, (1, 0), ("a", "b.c")), None);
+        assert_eq!(nodes.get(&id), Some(&(0, 1)), "the first keeps its node");
     }
 }
