@@ -1,6 +1,7 @@
 //! The gateway's node manager: its address space kept in memory (reads and subscriptions are
-//! the library's; a read's points are first brought up to the live state), and writes that go the audited, strict path of `device.write` of the
-//! gateway now running (a reload attaches the next one; the server and its sessions stay).
+//! the library's; a read's points are first brought up to the live state), and writes that go
+//! the audited, strict path of `device.write` of the gateway now running (a reload attaches
+//! the next one; the server and its sessions stay).
 
 use std::collections::HashSet;
 use std::sync::Arc;

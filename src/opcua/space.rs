@@ -24,8 +24,10 @@ pub fn namespace_uri(gateway_id: &str) -> String {
     format!("urn:edge-gateway:{gateway_id}")
 }
 
+/// Points a client's read brings up to the live state under one take of its lock.
+const REFRESH_CHUNK: usize = 256;
+
 /// The node ids of the config's points and devices, by index.
-#[derive(Default)]
 pub struct Space {
     /// Each point's node and its place (device, point): a client's read finds the live value
     /// through it, a reported change its node through `slots`.
@@ -181,27 +183,31 @@ impl Space {
         live: &crate::state::SharedLive,
         ids: impl Iterator<Item = &'a NodeId>,
     ) {
-        let live = crate::state::read(live);
-        let mut space = space.write();
-        for id in ids {
-            let Some(&(d, p)) = self.nodes.get(id) else {
-                continue;
+        let mut points = ids
+            .filter_map(|id| Some((id, *self.nodes.get(id)?)))
+            .peekable();
+        // A chunk at a time: the live state's lock is the field thread's too, and a client
+        // may read thousands of nodes at once.
+        while points.peek().is_some() {
+            let values: Vec<(&NodeId, DataValue)> = {
+                let live = crate::state::read(live);
+                points
+                    .by_ref()
+                    .take(REFRESH_CHUNK)
+                    .filter_map(|(id, (d, p))| {
+                        let dev = live.devices.get(d)?;
+                        let l = dev.points.get(p)?;
+                        let kind = self.kinds[d][p];
+                        let value = data_value(l.value.as_ref(), l.quality, l.ts, kind, dev.online);
+                        Some((id, value))
+                    })
+                    .collect()
             };
-            let Some(dev) = live.devices.get(d) else {
-                continue;
-            };
-            let Some(l) = dev.points.get(p) else {
-                continue;
-            };
-            let value = data_value(
-                l.value.as_ref(),
-                l.quality,
-                l.ts,
-                self.kinds[d][p],
-                dev.online,
-            );
-            if let Some(NodeType::Variable(v)) = space.find_mut(id) {
-                v.set_data_value(value);
+            let mut space = space.write();
+            for (id, value) in values {
+                if let Some(NodeType::Variable(v)) = space.find_mut(id) {
+                    v.set_data_value(value);
+                }
             }
         }
     }
