@@ -2,7 +2,6 @@
 //! DataType and EngineeringUnits, an `Online` variable per device, and the values the live
 //! state has as they start.
 
-use indexmap::map::Entry;
 use indexmap::IndexMap;
 use ua::server::address_space::AddressSpace;
 use ua::server::address_space::{
@@ -33,14 +32,14 @@ pub struct Space {
     /// through it, a reported change its node through `slots`.
     nodes: IndexMap<NodeId, (usize, usize)>,
     /// Each point's entry in `nodes`, by device and point; `None` for a point whose NodeId
-    /// another point already has (`a.b` + `c` and `a` + `b.c`): it is not served.
+    /// another node already has (`a.b` + `c` and `a` + `b.c`): it is not served.
     slots: Vec<Vec<Option<usize>>>,
     kinds: Vec<Vec<Kind>>,
     writable: Vec<Vec<bool>>,
-    /// Each device's folder, where its alarms are notified.
-    devices: Vec<NodeId>,
+    /// Each device's folder, where its alarms are notified (`None`: not served).
+    devices: Vec<Option<NodeId>>,
     names: Vec<String>,
-    online: Vec<NodeId>,
+    online: Vec<Option<NodeId>>,
     /// Every node added, for the next reload to take away.
     created: Vec<NodeId>,
 }
@@ -52,84 +51,93 @@ impl Space {
         let mut space = space.write();
         let gateway = NodeId::new(ns, config.gateway.id.clone());
         // Browse names in the gateway's namespace, as a client asks for them (`ns:name`).
-        let name = |n: &str| QualifiedName::new(ns, n);
         space.add_folder(
             &gateway,
-            name(&config.gateway.id),
+            QualifiedName::new(ns, &config.gateway.id),
             config.gateway.id.as_str(),
             &ObjectId::ObjectsFolder.into(),
         );
-        let mut nodes = IndexMap::new();
-        let mut slots = Vec::with_capacity(config.devices.len());
-        let mut kinds = Vec::with_capacity(config.devices.len());
-        let writable = config
-            .devices
-            .iter()
-            .map(|d| d.points.iter().map(|p| p.writable).collect())
-            .collect();
-        let mut online = Vec::with_capacity(config.devices.len());
-        let mut devices = Vec::with_capacity(config.devices.len());
-        let mut created = vec![gateway.clone()];
+        let devices = config.devices.len();
+        let mut built = Space {
+            nodes: IndexMap::new(),
+            slots: Vec::with_capacity(devices),
+            kinds: Vec::with_capacity(devices),
+            writable: config
+                .devices
+                .iter()
+                .map(|d| d.points.iter().map(|p| p.writable).collect())
+                .collect(),
+            devices: Vec::with_capacity(devices),
+            names: config.devices.iter().map(|d| d.id.clone()).collect(),
+            online: Vec::with_capacity(devices),
+            created: vec![gateway.clone()],
+        };
         for (d, dev) in config.devices.iter().enumerate() {
-            let folder = NodeId::new(ns, dev.id.clone());
+            built.add_device(&mut space, (ns, &gateway), (d, dev), live.devices.get(d));
+        }
+        built
+    }
+
+    /// Device `d`'s folder, its `Online` and its points, each left out with a warning where
+    /// another node has its NodeId already (device `a.b` and point `b` of device `a`, a point
+    /// named `Online`, ...): one variable must never show two things.
+    fn add_device(
+        &mut self,
+        space: &mut AddressSpace,
+        (ns, gateway): (u16, &NodeId),
+        (d, dev): (usize, &crate::config::Device),
+        live: Option<&crate::state::DeviceLive>,
+    ) {
+        let kinds: Vec<Kind> = dev
+            .points
+            .iter()
+            .map(|p| Kind::of(p.format.data_type, p.format.scaled()))
+            .collect();
+        let online = live.is_some_and(|l| l.online);
+        let folder = NodeId::new(ns, dev.id.clone());
+        let mut slots = vec![None; dev.points.len()];
+        let served = free(space, &folder, format_args!("device `{}`", dev.id));
+        if served {
             // A device's folder notifies its alarms (and the Server object all of them).
-            ObjectBuilder::new(&folder, name(&dev.id), dev.id.as_str())
+            ObjectBuilder::new(&folder, QualifiedName::new(ns, &dev.id), dev.id.as_str())
                 .is_folder()
-                .organized_by(&gateway)
+                .organized_by(gateway)
                 .event_notifier(EventNotifier::SUBSCRIBE_TO_EVENTS)
-                .insert(&mut *space);
-            devices.push(folder.clone());
-            let device_live = live.devices.get(d);
+                .insert(space);
+            self.created.push(folder.clone());
             let on = NodeId::new(ns, format!("{}.Online", dev.id));
-            add_online(
-                &mut space,
+            let on = free(
+                space,
                 &on,
-                &folder,
-                ns,
-                device_live.is_some_and(|l| l.online),
-            );
-            online.push(on);
-            let mut device_slots = Vec::with_capacity(dev.points.len());
-            let mut device_kinds = Vec::with_capacity(dev.points.len());
+                format_args!("the `Online` of device `{}`", dev.id),
+            )
+            .then(|| add_online(space, &on, &folder, ns, online))
+            .map(|()| on);
+            self.created.extend(on.clone());
+            self.online.push(on);
             for (p, point) in dev.points.iter().enumerate() {
                 let key = format!("{}.{}", dev.id, point.id);
                 let id = NodeId::new(ns, key.clone());
-                let kind = Kind::of(point.format.data_type, point.format.scaled());
-                let online = device_live.is_some_and(|l| l.online);
-                let value = device_live.and_then(|l| l.points.get(p)).map_or_else(
-                    || data_value(None, Quality::Stale, 0, kind, online),
-                    |l| data_value(l.value.as_ref(), l.quality, l.ts, kind, online),
+                let what = format_args!("point `{}` of device `{}`", point.id, dev.id);
+                if !free(space, &id, what) {
+                    continue;
+                }
+                let value = live.and_then(|l| l.points.get(p)).map_or_else(
+                    || data_value(None, Quality::Stale, 0, kinds[p], online),
+                    |l| data_value(l.value.as_ref(), l.quality, l.ts, kinds[p], online),
                 );
-                add_point(
-                    &mut space,
-                    &id,
-                    &folder,
-                    name(&point.id),
-                    point,
-                    kind,
-                    value,
-                );
-                add_properties(&mut space, ns, (&id, &key), point, &mut created);
-                let slot = enter(&mut nodes, &id, (d, p), (&dev.id, &point.id));
-                device_slots.push(slot);
-                created.push(id);
-                device_kinds.push(kind);
+                let name = QualifiedName::new(ns, &point.id);
+                add_point(space, &id, &folder, name, point, kinds[p], value);
+                add_properties(space, ns, (&id, &key), point, &mut self.created);
+                self.created.push(id.clone());
+                slots[p] = Some(self.nodes.insert_full(id, (d, p)).0);
             }
-            created.push(folder);
-            created.push(online.last().cloned().unwrap_or_default());
-            slots.push(device_slots);
-            kinds.push(device_kinds);
+        } else {
+            self.online.push(None);
         }
-        Space {
-            created,
-            nodes,
-            slots,
-            kinds,
-            writable,
-            online,
-            devices,
-            names: config.devices.iter().map(|d| d.id.clone()).collect(),
-        }
+        self.devices.push(served.then_some(folder));
+        self.slots.push(slots);
+        self.kinds.push(kinds);
     }
 
     /// Every node this space added.
@@ -213,7 +221,7 @@ impl Space {
     }
 
     pub fn device(&self, device: usize) -> Option<&NodeId> {
-        self.devices.get(device)
+        self.devices.get(device)?.as_ref()
     }
 
     /// A device's id, as the events' SourceName.
@@ -222,31 +230,17 @@ impl Space {
     }
 
     pub fn online(&self, device: usize) -> Option<&NodeId> {
-        self.online.get(device)
+        self.online.get(device)?.as_ref()
     }
 }
 
-/// Enters a point's node in `nodes`, at its place; `None` when another point has its NodeId
-/// (`a.b` + `c` and `a` + `b.c`): the first is served, this one is not.
-fn enter(
-    nodes: &mut IndexMap<NodeId, (usize, usize)>,
-    id: &NodeId,
-    place: (usize, usize),
-    (device, point): (&str, &str),
-) -> Option<usize> {
-    match nodes.entry(id.clone()) {
-        Entry::Vacant(v) => {
-            let slot = v.index();
-            v.insert(place);
-            Some(slot)
-        }
-        Entry::Occupied(_) => {
-            tracing::warn!(
-                "OPC UA: point `{point}` of device `{device}` has the NodeId of another point ({id}): not served"
-            );
-            None
-        }
+/// Whether `id` is still free; when another node has it, a warning that `what` is not served.
+fn free(space: &AddressSpace, id: &NodeId, what: std::fmt::Arguments) -> bool {
+    let free = !space.node_exists(id);
+    if !free {
+        tracing::warn!("OPC UA: {what} has the NodeId of another node ({id}): not served");
     }
+    free
 }
 
 /// A point's variable, holding `value`. A writable point may be written by an admin's session
@@ -300,15 +294,21 @@ fn add_properties(
     created: &mut Vec<NodeId>,
 ) {
     let of = |name: &str| NodeId::new(ns, format!("{key}.{name}"));
+    let property = |space: &AddressSpace, name: &str| {
+        let pid = of(name);
+        free(space, &pid, format_args!("the `{name}` of {key}")).then_some(pid)
+    };
     if !point.unit.is_empty() {
-        let eu = of("EngineeringUnits");
-        add_unit(space, &eu, id, &point.unit);
-        created.push(eu);
+        if let Some(eu) = property(space, "EngineeringUnits") {
+            add_unit(space, &eu, id, &point.unit);
+            created.push(eu);
+        }
     }
     if let (Some(low), Some(high)) = (point.min, point.max) {
-        let range = of("EURange");
-        add_range(space, &range, id, low, high);
-        created.push(range);
+        if let Some(range) = property(space, "EURange") {
+            add_range(space, &range, id, low, high);
+            created.push(range);
+        }
     }
 }
 
@@ -467,12 +467,75 @@ fn data_value(
 mod tests {
     use super::*;
 
+    fn point(id: &str, address: u16, extra: &str) -> String {
+        format!(
+            "{{ id = \"{id}\", table = \"holding\", address = {address}, type = \"u16\"{extra} }},"
+        )
+    }
+
     #[test]
-    fn a_point_whose_node_id_another_point_has_is_not_served() {
-        let mut nodes = IndexMap::new();
-        let id = NodeId::new(2, "a.b.c");
-        assert_eq!(enter(&mut nodes, &id, (0, 1), ("a.b", "c")), Some(0));
-        assert_eq!(enter(&mut nodes, &id, (1, 0), ("a", "b.c")), None);
-        assert_eq!(nodes.get(&id), Some(&(0, 1)), "the first keeps its node");
+    fn a_node_id_another_node_has_is_served_once() {
+        let device = |id: &str, unit: u8, points: &[String]| {
+            format!(
+                "[[devices]]\nid = \"{id}\"\nbus = \"b\"\nunit = {unit}\npoints = [{}]\n",
+                points.concat()
+            )
+        };
+        let text = [
+            "[gateway]\nid = \"gw\"\n[[buses]]\nname = \"b\"\nkind = \"tcp\"\naddress = \"h:502\"\n"
+                .to_string(),
+            device(
+                "a",
+                1,
+                &[
+                    point("b.c", 0, ""),
+                    point("Online", 1, ""),
+                    point("level", 2, ", unit = \"m\""),
+                    point("level.EngineeringUnits", 3, ""),
+                ],
+            ),
+            device("a.b", 2, &[point("c", 0, ""), point("d", 1, "")]),
+            device("gw", 3, &[point("x", 0, "")]),
+        ]
+        .concat();
+        let config = crate::config::parse(&text).unwrap().config;
+        let mut address_space = AddressSpace::new();
+        address_space.add_namespace("http://opcfoundation.org/UA/", 0);
+        address_space.add_namespace(&namespace_uri("gw"), 2);
+        let address_space = RwLock::new(address_space);
+        let space = Space::build(&config, 2, &address_space, &Live::default());
+        let served = |d: usize, p: usize| {
+            let v = space.value(d, p, None, Quality::Stale, 0, true);
+            v.map(|(id, _)| id.to_string())
+        };
+        assert_eq!(served(0, 0).as_deref(), Some("ns=2;s=a.b.c"));
+        assert_eq!(
+            served(0, 1),
+            None,
+            "a point named Online is not the device's Online"
+        );
+        assert_eq!(served(0, 2).as_deref(), Some("ns=2;s=a.level"));
+        assert_eq!(served(0, 3), None, "a point named as another's property");
+        assert_eq!(served(1, 0), None, "a.b + c is a + b.c, served first");
+        assert_eq!(served(1, 1).as_deref(), Some("ns=2;s=a.b.d"));
+        assert!(space.online(1).is_some());
+        assert_eq!(served(2, 0), None, "a device named as the gateway");
+        assert!(space.device(2).is_none() && space.online(2).is_none());
+        let address_space = address_space.read();
+        let online = address_space.find(&NodeId::new(2, "a.Online"));
+        let Some(NodeType::Variable(online)) = online else {
+            panic!("a.Online is a variable");
+        };
+        assert_eq!(
+            online
+                .value(
+                    ua::types::TimestampsToReturn::Neither,
+                    &ua::types::NumericRange::None,
+                    &ua::types::DataEncoding::Binary,
+                    0.0
+                )
+                .value,
+            Some(Variant::Boolean(false))
+        );
     }
 }
