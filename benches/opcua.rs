@@ -14,7 +14,7 @@
 mod common;
 use common::env_or;
 use common::load::{devices, POINTS, UNITS};
-use common::process::{cpu_seconds, free_port, gateway, pid_status_kb, simulator};
+use common::process::{cpu_seconds, free_port, gateway, http_get, pid_status_kb, simulator};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -112,6 +112,46 @@ struct Figures {
     rss_growth_mb: f64,
 }
 
+/// Bounds (s) of the request-duration buckets looked at: polls stretched by work on the
+/// field thread (the OPC UA feed, if it held it up) move up them.
+const LE: [&str; 8] = [
+    "0.0005", "0.001", "0.0015", "0.002", "0.003", "0.005", "0.01", "+Inf",
+];
+
+/// The gateway's Modbus requests so far, all buses, cumulative by `LE`.
+fn request_buckets(http: u16) -> [f64; LE.len()] {
+    let text = http_get(http, "/metrics");
+    let mut out = [0.0; LE.len()];
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("edge_modbus_request_duration_seconds_bucket{") else {
+            continue;
+        };
+        for (i, le) in LE.iter().enumerate() {
+            if rest.contains(&format!("le=\"{le}\"}}")) {
+                out[i] += line
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0.0);
+            }
+        }
+    }
+    out
+}
+
+/// The share of the window's requests over 1 ms, and the bound under which 99 % fell.
+fn request_figures(before: &[f64; LE.len()], after: &[f64; LE.len()]) -> (f64, &'static str) {
+    let d: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    let total = d[LE.len() - 1].max(1.0);
+    let over_1ms = (total - d[1]) / total;
+    let p99 = LE
+        .iter()
+        .zip(&d)
+        .find(|(_, n)| **n >= 0.99 * total)
+        .map_or("+Inf", |(le, _)| *le);
+    (over_1ms, p99)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -168,6 +208,7 @@ fn run(opcua: bool, buses: usize, secs: u64, publish: Duration) -> Figures {
     };
     std::thread::sleep(Duration::from_secs(15));
     let rss0 = pid_status_kb(pid, "VmRSS");
+    let requests0 = request_buckets(http);
     let (cpu0, sim0, t0) = (cpu_seconds(pid), cpu_seconds(sim_pid), Instant::now());
     for s in &seen {
         s.on.store(true, Relaxed);
@@ -184,6 +225,7 @@ fn run(opcua: bool, buses: usize, secs: u64, publish: Duration) -> Figures {
     let cpu = (cpu_seconds(pid) - cpu0) / wall * 100.0;
     let sim_cpu = (cpu_seconds(sim_pid) - sim0) / wall * 100.0;
     let rss_end = pid_status_kb(pid, "VmRSS");
+    let (over_1ms, p99) = request_figures(&requests0, &request_buckets(http));
     let f = Figures {
         cpu,
         ratio: cpu / sim_cpu.max(0.01),
@@ -197,6 +239,10 @@ fn run(opcua: bool, buses: usize, secs: u64, publish: Duration) -> Figures {
         f.ratio,
         f.rss_mb,
         f.rss_growth_mb
+    );
+    println!(
+        "    field: Modbus requests over 1 ms {:.2} %, p99 ≤ {p99} s",
+        over_1ms * 100.0
     );
     for (i, s) in seen.iter().enumerate().filter(|_| opcua) {
         let mut l = s.latency_ms.lock().unwrap().clone();

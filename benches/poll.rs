@@ -73,6 +73,9 @@ fn main() {
     let cpu_pct = (cpu1 - cpu0) / wall * 100.0;
     let peak_rss = pid_status_kb(pid, "VmHWM");
     let rss = pid_status_kb(pid, "VmRSS");
+    // Heap and stacks apart from the binary's own pages (file-backed: shared, given back
+    // under pressure), which grow with the code, not with the load.
+    let (anon, file) = (pid_status_kb(pid, "RssAnon"), pid_status_kb(pid, "RssFile"));
     drop(gw);
     drop(sim);
 
@@ -89,6 +92,11 @@ fn main() {
         "  gateway RSS:           {:.1} MB now, {:.1} MB peak (target < 30 MB)",
         rss as f64 / 1024.0,
         peak_rss as f64 / 1024.0
+    );
+    println!(
+        "                         of which now {:.1} MB anonymous (heap, stacks), {:.1} MB file-backed (the binary)",
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0
     );
     println!(
         "  healthz:               {}",
