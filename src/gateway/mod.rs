@@ -98,7 +98,8 @@ impl Carry {
 /// sleeps in the kernel's event wait and shares its run queue with no one: on the 10 × 50 × 30
 /// load the work-stealing pool's wake-ups (a parked worker woken to steal a second ready task)
 /// were the largest cost after the kernel's TCP work. A TLS handshake or an OPC UA session's
-/// RSA on the pool never holds up a poll either.
+/// RSA on the pool never holds up a poll either, nor the OPC UA library's locks (the feed hands
+/// its changes to the server's task).
 #[derive(Clone, Default)]
 pub(crate) struct Field(Option<tokio::runtime::Handle>);
 

@@ -11,9 +11,10 @@ mod space;
 mod users;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use ua::server::node_manager::memory::InMemoryNodeManager;
 use ua::server::SubscriptionCache;
@@ -36,6 +37,13 @@ pub use space::namespace_uri;
 /// How often the devices' `Online` variables are compared with the live state.
 const ONLINE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// Reports waiting for the server's task. When full, a report is left out and its device
+/// marked: its next turn (its next report, or the tick) brings every point of it from the live
+/// state, so the newest value still arrives and nothing older after it. The field thread
+/// never waits for the server: the library's locks are held by its publish tick (which walks
+/// every monitored item) and by clients creating items.
+const FEED_QUEUE: usize = 256;
+
 /// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum OpcuaError {
@@ -48,14 +56,23 @@ pub enum OpcuaError {
     Build(String),
 }
 
-/// Where the pipeline's reports reach the server's variables.
+/// Where the pipeline's reports reach the server's variables: made on the field thread,
+/// handed to the server's task (`serve`).
 pub struct Feed {
     manager: Arc<InMemoryNodeManager<nodes::GatewayNodes>>,
     subscriptions: Arc<SubscriptionCache>,
     space: Arc<space::Space>,
+    queue: mpsc::Sender<Changes>,
     /// Each device's `Online` as last served: an offline device's points are
     /// `Bad_NoCommunication`.
     online: Vec<AtomicBool>,
+    /// Each device with a report left out (`FEED_QUEUE`), until its points are sent whole.
+    behind: Vec<AtomicBool>,
+    /// Each device's sendings whole by the tick, from the live state: a report made before
+    /// its device's last one is older than what that sent, and is left out.
+    turns: Vec<AtomicU64>,
+    /// Reports left out, logged once a minute at most.
+    behind_log: crate::log_limit::LogLimit<()>,
     /// The server's own state (its diagnostics count the sessions).
     info: Arc<ua::server::ServerInfo>,
     /// The gateway's live state, for each device's `online`.
@@ -63,54 +80,68 @@ pub struct Feed {
     metrics: Arc<crate::metrics::Metrics>,
 }
 
-/// What a report or the online tick changes: `Online` variables (seldom changed, kept in the
-/// address space) and points' values (only notified: 15,000 a second are not written into the
-/// address space for the odd read, which brings its points up to the live state itself).
+/// What a report or the online tick changes, by place (it crosses to the server's task):
+/// `Online` variables by device (seldom changed, kept in the address space) and points'
+/// values by node (only notified: 15,000 a second are not written into the address space for
+/// the odd read, which brings its points up to the live state itself).
 #[derive(Default)]
-struct Changes<'a> {
-    online: Vec<(&'a NodeId, DataValue)>,
-    points: Vec<(&'a NodeId, DataValue)>,
+struct Changes {
+    /// A report's device and its turn (`Feed::turns`) when the report was made.
+    from: Option<(usize, u64)>,
+    online: Vec<(usize, DataValue)>,
+    points: Vec<(usize, DataValue)>,
 }
 
 impl Feed {
-    /// When device `d`'s `online` differs from what was served: its `Online` and every
-    /// point's status (`Bad_NoCommunication` while offline), into `changes`.
-    fn online_changes<'a>(
-        &'a self,
+    /// When device `d`'s `online` differs from what was served, or a report of it was left
+    /// out: its `Online` and every point (`Bad_NoCommunication` while offline), into `changes`.
+    /// True when it did.
+    fn device_changes(
+        &self,
         d: usize,
         dev: &crate::state::DeviceLive,
-        changes: &mut Changes<'a>,
-    ) {
-        let Some(shown) = self.online.get(d) else {
-            return;
+        changes: &mut Changes,
+    ) -> bool {
+        let (Some(shown), Some(behind)) = (self.online.get(d), self.behind.get(d)) else {
+            return false;
         };
-        if shown.swap(dev.online, Relaxed) == dev.online {
-            return;
+        let turned = shown.swap(dev.online, Relaxed) != dev.online;
+        if !(turned | behind.swap(false, Relaxed)) {
+            return false;
         }
-        if let Some(id) = self.space.online(d) {
-            changes.online.push((id, DataValue::new_now(dev.online)));
-        }
+        changes.online.push((d, DataValue::new_now(dev.online)));
         for (p, l) in dev.points.iter().enumerate() {
             let v = self
                 .space
                 .value(d, p, l.value.as_ref(), l.quality, l.ts, dev.online);
             changes.points.extend(v);
         }
+        true
     }
 
-    /// New values to their subscribers; `Online` into the address space as well.
-    fn set(&self, changes: Changes<'_>) {
+    /// New values to their subscribers; `Online` into the address space as well. On the
+    /// server's task: it takes the library's locks.
+    fn set(&self, changes: Changes) {
+        if let Some((d, turn)) = changes.from {
+            if self.turns.get(d).is_some_and(|t| t.load(Relaxed) > turn) {
+                return;
+            }
+        }
         if !changes.online.is_empty() {
-            let _ = self.manager.set_values(
-                &self.subscriptions,
-                changes.online.into_iter().map(|(id, v)| (id, None, v)),
-            );
+            let online = changes
+                .online
+                .into_iter()
+                .filter_map(|(d, v)| Some((self.space.online(d)?, None, v)));
+            let _ = self.manager.set_values(&self.subscriptions, online);
         }
         if changes.points.is_empty() {
             return;
         }
         let mut notifier = self.subscriptions.data_notifier();
-        for (id, value) in changes.points {
+        for (slot, value) in changes.points {
+            let Some(id) = self.space.node(slot) else {
+                continue;
+            };
             let Some(mut batch) = notifier.notify_for(id, AttributeId::Value) else {
                 continue;
             };
@@ -195,17 +226,34 @@ impl Telemetry for Feed {
     fn report(&self, report: &Report, _: std::time::Instant) {
         let Report { device, ts, rows } = report;
         let (device, ts) = (*device, *ts);
-        let mut changes = Changes::default();
+        let turn = self.turns.get(device).map_or(0, |t| t.load(Relaxed));
+        let mut changes = Changes {
+            from: Some((device, turn)),
+            ..Changes::default()
+        };
         // A device that has just come online (or gone offline) turns now, not at the tick.
         if let Some(dev) = crate::state::read(&self.live).devices.get(device) {
-            self.online_changes(device, dev, &mut changes);
+            self.device_changes(device, dev, &mut changes);
         }
         let online = self.online.get(device).is_some_and(|o| o.load(Relaxed));
         changes.points.extend(rows.iter().filter_map(|r| {
             self.space
                 .value(device, r.point, r.value.as_ref(), r.quality, ts, online)
         }));
-        self.set(changes);
+        if changes.points.is_empty() && changes.online.is_empty() {
+            return;
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(changes) {
+            if let Some(behind) = self.behind.get(device) {
+                behind.store(true, Relaxed);
+            }
+            if let Some(held) = self.behind_log.allow(()) {
+                tracing::warn!(
+                    "OPC UA: the server is {FEED_QUEUE} reports behind the field; left out and sent again whole from the live state{}",
+                    crate::log_limit::suppressed(held)
+                );
+            }
+        }
     }
 }
 
@@ -264,23 +312,36 @@ impl Feed {
     }
 }
 
-/// Keeps each device's `Online` variable as the live state says, until `stop`; a device that
-/// goes offline has its points turned `Bad_NoCommunication` (and back when it returns).
-async fn keep_online(feed: Arc<Feed>, stop: CancellationToken) {
+/// The server's side of the feed, until `stop`: the field's changes to their subscribers as
+/// they come; every `ONLINE_EVERY` the counts, and each device whose `online` turned (a device
+/// going offline reports nothing) or whose report was left out, from the live state.
+async fn serve(feed: Arc<Feed>, mut queue: mpsc::Receiver<Changes>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(ONLINE_EVERY);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        feed.count_from_diagnostics();
-        let mut changes = Changes::default();
-        {
-            let live = crate::state::read(&feed.live);
-            for (d, dev) in live.devices.iter().enumerate() {
-                feed.online_changes(d, dev, &mut changes);
+            Some(changes) = queue.recv() => feed.set(changes),
+            _ = tick.tick() => {
+                // What was queued before this tick goes first (a report queued after the
+                // live state is read below is older than it, and left out by its turn).
+                for _ in 0..queue.len() {
+                    let Ok(changes) = queue.try_recv() else { break };
+                    feed.set(changes);
+                }
+                feed.count_from_diagnostics();
+                let mut changes = Changes::default();
+                {
+                    // Under the live state's lock: a report made after it counts this turn.
+                    let live = crate::state::read(&feed.live);
+                    for (d, dev) in live.devices.iter().enumerate() {
+                        let sent = feed.device_changes(d, dev, &mut changes);
+                        if let Some(turn) = feed.turns.get(d).filter(|_| sent) {
+                            turn.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+                feed.set(changes);
             }
         }
-        feed.set(changes);
     }
 }

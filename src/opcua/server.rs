@@ -3,7 +3,7 @@
 //! writes and counters) to the same server, so clients keep their sessions and subscriptions.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
@@ -12,7 +12,7 @@ use ua::server::node_manager::memory::InMemoryNodeManager;
 use ua::server::{ServerBuilder, ServerEndpoint, SubscriptionCache};
 use ua::types::NodeId;
 
-use super::{keep_online, namespace_uri, nodes, space, users, Feed, OpcuaError, Parts};
+use super::{namespace_uri, nodes, space, users, Feed, OpcuaError, Parts};
 use crate::config::{Config, Opcua, OpcuaSecurity};
 use crate::state::SharedLive;
 use crate::sync::Locked as _;
@@ -124,7 +124,7 @@ impl Server {
                 &live,
             ));
             *built = space.created().to_vec();
-            let online = live
+            let online: Vec<AtomicBool> = live
                 .devices
                 .iter()
                 .map(|d| AtomicBool::new(d.online))
@@ -140,16 +140,21 @@ impl Server {
             live: live.clone(),
         }));
         parts.metrics.opcua.enabled.store(true, Relaxed);
+        let (queue, reports) = tokio::sync::mpsc::channel(super::FEED_QUEUE);
         let feed = Arc::new(Feed {
             manager: self.manager.clone(),
             subscriptions: self.subscriptions.clone(),
             space,
+            queue,
+            behind: online.iter().map(|_| AtomicBool::new(false)).collect(),
+            turns: online.iter().map(|_| AtomicU64::new(0)).collect(),
+            behind_log: crate::log_limit::LogLimit::new(std::time::Duration::from_secs(60)),
             online,
             info: self.info.clone(),
             live: live.clone(),
             metrics: parts.metrics,
         });
-        tasks.spawn(keep_online(feed.clone(), cancel.child_token()));
+        tasks.spawn(super::serve(feed.clone(), reports, cancel.child_token()));
         feed
     }
 

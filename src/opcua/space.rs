@@ -166,7 +166,8 @@ impl Space {
         })
     }
 
-    /// A point's node and its value as served, for a reported change.
+    /// A point's node (by its slot: see `node`) and its value as served, for a reported
+    /// change; `None` for a point not served.
     pub fn value(
         &self,
         device: usize,
@@ -175,11 +176,15 @@ impl Space {
         quality: Quality,
         ts: Millis,
         online: bool,
-    ) -> Option<(&NodeId, DataValue)> {
+    ) -> Option<(usize, DataValue)> {
         let slot = (*self.slots.get(device)?.get(point)?)?;
-        let (id, _) = self.nodes.get_index(slot)?;
         let kind = *self.kinds.get(device)?.get(point)?;
-        Some((id, data_value(value, quality, ts, kind, online)))
+        Some((slot, data_value(value, quality, ts, kind, online)))
+    }
+
+    /// The NodeId of a point's slot.
+    pub fn node(&self, slot: usize) -> Option<&NodeId> {
+        self.nodes.get_index(slot).map(|(id, _)| id)
     }
 
     /// Brings the variables of `ids` that are points up to the live state before a client
@@ -506,7 +511,8 @@ mod tests {
         let space = Space::build(&config, 2, &address_space, &Live::default());
         let served = |d: usize, p: usize| {
             let v = space.value(d, p, None, Quality::Stale, 0, true);
-            v.map(|(id, _)| id.to_string())
+            v.and_then(|(slot, _)| space.node(slot))
+                .map(ToString::to_string)
         };
         assert_eq!(served(0, 0).as_deref(), Some("ns=2;s=a.b.c"));
         assert_eq!(
