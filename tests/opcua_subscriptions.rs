@@ -1,7 +1,8 @@
-//! OPC UA data-change filters on the gateway's variables (async-opcua's client): an absolute
+//! OPC UA subscriptions to the gateway's variables (async-opcua's client): an absolute
 //! deadband and a percent deadband (of the point's `min` … `max`, served as `EURange`) each
 //! report only the changes past them; a read gives the value last polled (changes are only
-//! notified, a read brings its points up to the live state).
+//! notified, a read brings its points up to the live state); a device gone offline turns its
+//! points `Bad_NoCommunication` and its `Online` false, and back when it answers again.
 #![cfg(feature = "opcua")]
 
 mod common;
@@ -10,17 +11,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use edge_gateway::modbus::simulator::Fault;
 use edge_gateway::modbus::simulator::Profile;
 use edge_gateway::model::Value;
 use edge_gateway::Gateway;
 use ua::client::{DataChangeCallback, Session};
 use ua::types::{
-    DataChangeFilter, DataChangeTrigger, DeadbandType, ExtensionObject, MonitoredItemCreateRequest,
-    MonitoringMode, MonitoringParameters, NodeId, ReadValueId, TimestampsToReturn, Variant,
+    DataChangeFilter, DataChangeTrigger, DataValue, DeadbandType, ExtensionObject,
+    MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId, ReadValueId,
+    StatusCode, TimestampsToReturn, Variant,
 };
 
-/// A subscription (every 100 ms) with one item on `node` filtered by `deadband`; the values it
-/// reports.
+type Seen = Arc<Mutex<Vec<DataValue>>>;
+
+/// A subscription (every 100 ms) with one item on `node` filtered by `deadband`; the Double
+/// values it reports.
 async fn watch(s: &Session, node: NodeId, deadband: (DeadbandType, f64)) -> Arc<Mutex<Vec<f64>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let into = seen.clone();
@@ -62,6 +67,55 @@ async fn watch(s: &Session, node: NodeId, deadband: (DeadbandType, f64)) -> Arc<
         .unwrap();
     assert!(made[0].result.status_code.is_good(), "{made:?}");
     seen
+}
+
+/// A subscription (every 100 ms) with one item on `node`, with a data-change filter of
+/// `trigger` or none: every value with its status as it is reported.
+async fn watch_all(s: &Session, node: NodeId, trigger: Option<DataChangeTrigger>) -> Seen {
+    let seen = Seen::default();
+    let into = seen.clone();
+    let sub = s
+        .create_subscription(
+            Duration::from_millis(100),
+            30,
+            10,
+            0,
+            0,
+            true,
+            DataChangeCallback::new(move |dv, _| into.lock().unwrap().push(dv)),
+        )
+        .await
+        .unwrap();
+    let item = MonitoredItemCreateRequest::new(
+        ReadValueId::from(node),
+        MonitoringMode::Reporting,
+        MonitoringParameters {
+            queue_size: 10,
+            discard_oldest: true,
+            filter: trigger.map_or_else(ExtensionObject::null, |trigger| {
+                ExtensionObject::from_message(DataChangeFilter {
+                    trigger,
+                    deadband_type: DeadbandType::None as u32,
+                    deadband_value: 0.0,
+                })
+            }),
+            ..Default::default()
+        },
+    );
+    let made = s
+        .create_monitored_items(sub, TimestampsToReturn::Both, vec![item])
+        .await
+        .unwrap();
+    assert!(made[0].result.status_code.is_good(), "{made:?}");
+    seen
+}
+
+/// The status of the last value `seen`, and that value (`None` for a null).
+fn last(seen: &Seen) -> Option<(StatusCode, Option<Variant>)> {
+    let seen = seen.lock().unwrap();
+    let dv = seen.last()?;
+    let value = dv.value.clone().filter(|v| *v != Variant::Empty);
+    Some((dv.status.unwrap_or(StatusCode::Good), value))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,5 +171,84 @@ async fn absolute_and_percent_deadbands_report_only_the_changes_past_them() {
         .unwrap();
     assert_eq!(read[0].value, Some(Variant::Double(35.0)), "{read:?}");
     assert!(read[0].status.is_none_or(|s| s.is_good()), "{read:?}");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_gone_offline_turns_its_points_bad_no_communication_and_back() {
+    let (sim, sim_addr, _c) = start_sim(Profile::Demo).await;
+    sim.with_memory(1, |m| m.holding[2] = 100);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let body = format!(
+        "{}[opcua]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nsecurity = [\"none\"]\nanonymous = true\n\
+         [[devices]]\nid = \"boiler\"\nbus = \"b\"\nunit = 1\npoll_interval_ms = 100\n\
+         points = [{{ id = \"setpoint\", table = \"holding\", address = 2, type = \"u16\", scale = 0.1 }}]\n",
+        tcp_bus(&sim_addr.to_string()),
+    );
+    let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
+    wait_for("10.0 polled", || {
+        point(&gw, "boiler", "setpoint").value == Some(Value::Float(10.0))
+    })
+    .await;
+    let url = format!("opc.tcp://127.0.0.1:{port}/");
+    let (s, ns) = common::opcua::anonymous(&url, &dir.path().join("pki")).await;
+    let node = NodeId::new(ns, "boiler.setpoint");
+    // Most SCADA subscribe without a filter; a StatusValue filter is told of every status.
+    let plain = watch_all(&s, node.clone(), None).await;
+    let setpoint = watch_all(&s, node, Some(DataChangeTrigger::StatusValue)).await;
+    let online = watch_all(&s, NodeId::new(ns, "boiler.Online"), None).await;
+    let good = Some((StatusCode::Good, Some(Variant::Double(10.0))));
+    wait_for("10.0, Good", || {
+        last(&setpoint) == good && last(&plain) == good
+    })
+    .await;
+    wait_for("online", || {
+        last(&online) == Some((StatusCode::Good, Some(Variant::Boolean(true))))
+    })
+    .await;
+
+    sim.set_fault(1, Some(Fault::Silent));
+    // The failed reads first (`Bad`), then offline.
+    wait_for("the setpoint Bad_NoCommunication", || {
+        last(&setpoint) == Some((StatusCode::BadNoCommunication, None))
+    })
+    .await;
+    // Without a filter the library tells an item by its value alone: the last good value kept
+    // beside a Bad status never reached it (it showed 10.0, Good, all along). A null does.
+    assert!(
+        last(&plain).is_some_and(|(s, v)| s.is_bad() && v.is_none()),
+        "{:?}",
+        plain.lock().unwrap()
+    );
+    wait_for("offline", || {
+        last(&online).is_some_and(|(_, v)| v == Some(Variant::Boolean(false)))
+    })
+    .await;
+    let read = s
+        .read(
+            &[ReadValueId::from(NodeId::new(ns, "boiler.setpoint"))],
+            TimestampsToReturn::Both,
+            0.0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (read[0].status, read[0].value.clone().unwrap_or_default()),
+        (Some(StatusCode::BadNoCommunication), Variant::Empty),
+        "a read says so too: {read:?}"
+    );
+
+    sim.with_memory(1, |m| m.holding[2] = 120);
+    sim.set_fault(1, None);
+    let good = Some((StatusCode::Good, Some(Variant::Double(12.0))));
+    wait_for("12.0, Good again", || {
+        last(&setpoint) == good && last(&plain) == good
+    })
+    .await;
+    wait_for("online again", || {
+        last(&online).is_some_and(|(_, v)| v == Some(Variant::Boolean(true)))
+    })
+    .await;
     gw.shutdown().await;
 }

@@ -448,6 +448,17 @@ fn data_value(
         (Some(_), Quality::Stale) => StatusCode::UncertainLastUsableValue,
         (Some(_), Quality::Bad) => StatusCode::Bad,
     };
+    // A Bad status carries a null value (OPC UA Part 4, DataValue: the server sets it to null).
+    // It is also what a subscriber without a filter is told by: async-opcua compares only the
+    // values for such an item, so the last good value kept under Bad_NoCommunication never
+    // reached it as a change. Null as `Variant::Empty`, not as no value: the library's read
+    // drops the status of a variable without one.
+    if status.is_bad() {
+        return DataValue {
+            value: Some(Variant::Empty),
+            ..served(status, ts)
+        };
+    }
     let variant = value
         .map(|v| match v {
             Value::Bool(b) => Variant::Boolean(*b),
@@ -457,9 +468,17 @@ fn data_value(
             Value::Text(s) => Variant::String(s.as_str().into()),
         })
         .map(|v| kind.cast(v));
-    let at = chrono::DateTime::from_timestamp_millis(ts).map_or_else(DateTime::now, DateTime::from);
     DataValue {
         value: variant,
+        ..served(status, ts)
+    }
+}
+
+/// A value's status and timestamps: the sample's `ts` as its source, now as the server's.
+fn served(status: StatusCode, ts: Millis) -> DataValue {
+    let at = chrono::DateTime::from_timestamp_millis(ts).map_or_else(DateTime::now, DateTime::from);
+    DataValue {
+        value: None,
         status: Some(status),
         source_timestamp: Some(at),
         source_picoseconds: Some(0),
