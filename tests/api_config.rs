@@ -271,9 +271,17 @@ async fn the_config_is_edited_applied_and_rolled_back_from_the_websocket() {
         edited,
         "comments kept"
     );
+    // The added device reaches the viewer in a telemetry push, or in the snapshot a moved
+    // socket is sent on joining the new gateway: the pump's first poll (its values do not
+    // change after it) may come before the viewer has moved, and then the snapshot has it.
     loop {
-        let p = viewer.next_push("push.telemetry").await;
-        if p["data"]["deviceId"] == "pump" {
+        let p = viewer.next_push_any().await;
+        let pump = |d: &Json| d["id"] == "pump" && d["online"] == true;
+        let in_snapshot = p["service"] == "push.snapshot"
+            && p["data"]["devices"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(pump));
+        if in_snapshot || (p["service"] == "push.telemetry" && p["data"]["deviceId"] == "pump") {
             break;
         }
     }
