@@ -24,54 +24,9 @@ use ua::types::{
 
 type Seen = Arc<Mutex<Vec<DataValue>>>;
 
-/// A subscription (every 100 ms) with one item on `node` filtered by `deadband`; the Double
-/// values it reports.
-async fn watch(s: &Session, node: NodeId, deadband: (DeadbandType, f64)) -> Arc<Mutex<Vec<f64>>> {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let into = seen.clone();
-    let sub = s
-        .create_subscription(
-            Duration::from_millis(100),
-            30,
-            10,
-            0,
-            0,
-            true,
-            DataChangeCallback::new(move |dv, _| {
-                if let Some(Variant::Double(v)) = dv.value {
-                    into.lock().unwrap().push(v);
-                }
-            }),
-        )
-        .await
-        .unwrap();
-    let filter = DataChangeFilter {
-        trigger: DataChangeTrigger::StatusValue,
-        deadband_type: deadband.0 as u32,
-        deadband_value: deadband.1,
-    };
-    let item = MonitoredItemCreateRequest::new(
-        ReadValueId::from(node),
-        MonitoringMode::Reporting,
-        MonitoringParameters {
-            sampling_interval: 0.0,
-            filter: ExtensionObject::from_message(filter),
-            queue_size: 10,
-            discard_oldest: true,
-            ..Default::default()
-        },
-    );
-    let made = s
-        .create_monitored_items(sub, TimestampsToReturn::Both, vec![item])
-        .await
-        .unwrap();
-    assert!(made[0].result.status_code.is_good(), "{made:?}");
-    seen
-}
-
-/// A subscription (every 100 ms) with one item on `node`, with a data-change filter of
-/// `trigger` or none: every value with its status as it is reported.
-async fn watch_all(s: &Session, node: NodeId, trigger: Option<DataChangeTrigger>) -> Seen {
+/// A subscription (every 100 ms) with one item on `node`, with `filter` or none: every value
+/// it reports, with its status.
+async fn watch(s: &Session, node: NodeId, filter: Option<DataChangeFilter>) -> Seen {
     let seen = Seen::default();
     let into = seen.clone();
     let sub = s
@@ -92,13 +47,7 @@ async fn watch_all(s: &Session, node: NodeId, trigger: Option<DataChangeTrigger>
         MonitoringParameters {
             queue_size: 10,
             discard_oldest: true,
-            filter: trigger.map_or_else(ExtensionObject::null, |trigger| {
-                ExtensionObject::from_message(DataChangeFilter {
-                    trigger,
-                    deadband_type: DeadbandType::None as u32,
-                    deadband_value: 0.0,
-                })
-            }),
+            filter: filter.map_or_else(ExtensionObject::null, ExtensionObject::from_message),
             ..Default::default()
         },
     );
@@ -110,6 +59,26 @@ async fn watch_all(s: &Session, node: NodeId, trigger: Option<DataChangeTrigger>
     seen
 }
 
+/// A data-change filter on status and value, with `deadband`.
+fn status_value(deadband: DeadbandType, value: f64) -> DataChangeFilter {
+    DataChangeFilter {
+        trigger: DataChangeTrigger::StatusValue,
+        deadband_type: deadband as u32,
+        deadband_value: value,
+    }
+}
+
+/// The Double values `seen`.
+fn doubles(seen: &Seen) -> Vec<f64> {
+    let seen = seen.lock().unwrap();
+    seen.iter()
+        .filter_map(|dv| match dv.value {
+            Some(Variant::Double(v)) => Some(v),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The status of the last value `seen`, and that value (`None` for a null).
 fn last(seen: &Seen) -> Option<(StatusCode, Option<Variant>)> {
     let seen = seen.lock().unwrap();
@@ -118,9 +87,19 @@ fn last(seen: &Seen) -> Option<(StatusCode, Option<Variant>)> {
     Some((dv.status.unwrap_or(StatusCode::Good), value))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn absolute_and_percent_deadbands_report_only_the_changes_past_them() {
-    let (sim, sim_addr, _c) = start_sim(Profile::Demo).await;
+/// The demo boiler's setpoint (holding 2 of unit 1, 0 … 100, 10.0 to start) polled every
+/// 100 ms by a gateway serving OPC UA (no security, anonymous), and an anonymous session.
+struct Served {
+    sim: edge_gateway::modbus::simulator::Simulator,
+    gw: Gateway,
+    s: Arc<Session>,
+    ns: u16,
+    _stop: tokio_util::sync::CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+async fn served() -> Served {
+    let (sim, sim_addr, stop) = start_sim(Profile::Demo).await;
     sim.with_memory(1, |m| m.holding[2] = 100);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -131,18 +110,41 @@ async fn absolute_and_percent_deadbands_report_only_the_changes_past_them() {
         tcp_bus(&sim_addr.to_string()),
     );
     let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
-    let setpoint =
-        |gw: &Gateway, v: f64| point(gw, "boiler", "setpoint").value == Some(Value::Float(v));
-    wait_for("10.0 polled", || setpoint(&gw, 10.0)).await;
+    wait_for("10.0 polled", || {
+        point(&gw, "boiler", "setpoint").value == Some(Value::Float(10.0))
+    })
+    .await;
     let url = format!("opc.tcp://127.0.0.1:{port}/");
     let (s, ns) = common::opcua::anonymous(&url, &dir.path().join("pki")).await;
+    Served {
+        sim,
+        gw,
+        s,
+        ns,
+        _stop: stop,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_and_percent_deadbands_report_only_the_changes_past_them() {
+    let t = served().await;
+    let (sim, s, ns) = (&t.sim, &*t.s, t.ns);
     let node = NodeId::new(ns, "boiler.setpoint");
     // Absolute 5.0; percent 20 of the range 0 … 100, so 20.0.
-    let absolute = watch(&s, node.clone(), (DeadbandType::Absolute, 5.0)).await;
-    let percent = watch(&s, node.clone(), (DeadbandType::Percent, 20.0)).await;
-    let has = |seen: &Arc<Mutex<Vec<f64>>>, v: f64| {
-        seen.lock().unwrap().iter().any(|x| (x - v).abs() < 1e-9)
-    };
+    let absolute = watch(
+        s,
+        node.clone(),
+        Some(status_value(DeadbandType::Absolute, 5.0)),
+    )
+    .await;
+    let percent = watch(
+        s,
+        node.clone(),
+        Some(status_value(DeadbandType::Percent, 20.0)),
+    )
+    .await;
+    let has = |seen: &Seen, v: f64| doubles(seen).iter().any(|x| (x - v).abs() < 1e-9);
     wait_for("both start with 10.0", || {
         has(&absolute, 10.0) && has(&percent, 10.0)
     })
@@ -159,9 +161,9 @@ async fn absolute_and_percent_deadbands_report_only_the_changes_past_them() {
         has(&absolute, 35.0) && has(&percent, 35.0)
     })
     .await;
-    assert_eq!(*absolute.lock().unwrap(), vec![10.0, 16.0, 35.0]);
+    assert_eq!(doubles(&absolute), vec![10.0, 16.0, 35.0]);
     assert_eq!(
-        *percent.lock().unwrap(),
+        doubles(&percent),
         vec![10.0, 35.0],
         "16.0 is within 20 % of the range"
     );
@@ -171,33 +173,18 @@ async fn absolute_and_percent_deadbands_report_only_the_changes_past_them() {
         .unwrap();
     assert_eq!(read[0].value, Some(Variant::Double(35.0)), "{read:?}");
     assert!(read[0].status.is_none_or(|s| s.is_good()), "{read:?}");
-    gw.shutdown().await;
+    t.gw.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_gone_offline_turns_its_points_bad_no_communication_and_back() {
-    let (sim, sim_addr, _c) = start_sim(Profile::Demo).await;
-    sim.with_memory(1, |m| m.holding[2] = 100);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let body = format!(
-        "{}[opcua]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nsecurity = [\"none\"]\nanonymous = true\n\
-         [[devices]]\nid = \"boiler\"\nbus = \"b\"\nunit = 1\npoll_interval_ms = 100\n\
-         points = [{{ id = \"setpoint\", table = \"holding\", address = 2, type = \"u16\", scale = 0.1 }}]\n",
-        tcp_bus(&sim_addr.to_string()),
-    );
-    let gw = Gateway::start(config(dir.path(), &body)).await.unwrap();
-    wait_for("10.0 polled", || {
-        point(&gw, "boiler", "setpoint").value == Some(Value::Float(10.0))
-    })
-    .await;
-    let url = format!("opc.tcp://127.0.0.1:{port}/");
-    let (s, ns) = common::opcua::anonymous(&url, &dir.path().join("pki")).await;
+    let t = served().await;
+    let (sim, s, ns) = (&t.sim, &*t.s, t.ns);
     let node = NodeId::new(ns, "boiler.setpoint");
     // Most SCADA subscribe without a filter; a StatusValue filter is told of every status.
-    let plain = watch_all(&s, node.clone(), None).await;
-    let setpoint = watch_all(&s, node, Some(DataChangeTrigger::StatusValue)).await;
-    let online = watch_all(&s, NodeId::new(ns, "boiler.Online"), None).await;
+    let plain = watch(s, node.clone(), None).await;
+    let setpoint = watch(s, node, Some(status_value(DeadbandType::None, 0.0))).await;
+    let online = watch(s, NodeId::new(ns, "boiler.Online"), None).await;
     let good = Some((StatusCode::Good, Some(Variant::Double(10.0))));
     wait_for("10.0, Good", || {
         last(&setpoint) == good && last(&plain) == good
@@ -250,5 +237,5 @@ async fn a_device_gone_offline_turns_its_points_bad_no_communication_and_back() 
         last(&online).is_some_and(|(_, v)| v == Some(Variant::Boolean(true)))
     })
     .await;
-    gw.shutdown().await;
+    t.gw.shutdown().await;
 }
