@@ -66,7 +66,8 @@ pub struct Feed {
     /// Each device's `Online` as last served: an offline device's points are
     /// `Bad_NoCommunication`.
     online: Vec<AtomicBool>,
-    /// Each device with a report left out (`FEED_QUEUE`), until its points are sent whole.
+    /// Each device with a report left out (`FEED_QUEUE`), or not sent since the feed began,
+    /// until its points are sent whole.
     behind: Vec<AtomicBool>,
     /// Each device's sendings whole by the tick, from the live state: a report made before
     /// its device's last one is older than what that sent, and is left out.

@@ -146,7 +146,10 @@ impl Server {
             subscriptions: self.subscriptions.clone(),
             space,
             queue,
-            behind: online.iter().map(|_| AtomicBool::new(false)).collect(),
+            // Every device sent whole at the first tick: the monitored items of sessions a
+            // reload kept get the carried live state, whatever the stopping gateway's feed had
+            // queued and not yet sent when it was cancelled.
+            behind: online.iter().map(|_| AtomicBool::new(true)).collect(),
             turns: online.iter().map(|_| AtomicU64::new(0)).collect(),
             behind_log: crate::log_limit::LogLimit::new(std::time::Duration::from_secs(60)),
             online,
