@@ -36,6 +36,29 @@ async fn stalled_client(addr: SocketAddr) -> Stream {
     s
 }
 
+/// The stalled client reads at last, as a client that caught up does: its receive buffer grows
+/// back to a normal size. Kept at 2 KB, every 2 KB it drained cost a round trip through both
+/// kernels (its window is all the server may send), so the megabytes of snapshots queued in
+/// the server's socket took 400 ms to drain on a quiet machine and over 30 s on a loaded one.
+fn reads_at_last(s: &Stream) {
+    use std::os::fd::AsRawFd;
+    let MaybeTlsStream::Plain(tcp) = s.get_ref() else {
+        unreachable!("a stalled client is plain TCP")
+    };
+    let size: libc::c_int = 1 << 20;
+    // SAFETY: setsockopt on a socket this stream owns, with a c_int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
 async fn login_stalled(s: &mut Stream) {
     s.send(Message::Text(json!({"requestId": "1", "service": "auth.login", "params": {"username": "viewer", "password": "viewer"}}).to_string().into()))
         .await
@@ -462,6 +485,7 @@ async fn a_slow_client_gets_every_emergency_in_order_or_is_disconnected() {
         }
         assert_eq!(got, expected, "{policy}: the healthy client");
         // The slow one, reading at last: every emergency in order, or closed with 1008.
+        reads_at_last(&slow);
         let mut slow_got = Vec::new();
         let mut closed = None;
         while slow_got.len() < 20 {
