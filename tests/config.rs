@@ -125,6 +125,62 @@ points = [
     assert_eq!(l.warnings[0].path, "devices[0].points[1].address");
 }
 
+/// With `[opcua]` on, a node whose NodeId a node before it has is left out by the server:
+/// `check-config` says which, at the device's `id`, in the order the server adds them.
+#[cfg(feature = "opcua")]
+#[test]
+fn nodes_the_opcua_server_would_name_alike_are_warnings() {
+    let head =
+        "[gateway]\nid = \"gw\"\n[[buses]]\nname = \"b\"\nkind = \"tcp\"\naddress = \"h:502\"\n";
+    let devices = r#"
+[[devices]]
+id = "gw"
+bus = "b"
+unit = 1
+points = [{ id = "p", table = "holding", address = 0, type = "u16" }]
+[[devices]]
+id = "a"
+bus = "b"
+unit = 2
+points = [
+  { id = "b", table = "holding", address = 0, type = "u16", unit = "bar" },
+  { id = "Online", table = "holding", address = 1, type = "u16" },
+  { id = "b.EngineeringUnits", table = "holding", address = 2, type = "u16" },
+]
+[[devices]]
+id = "a.b"
+bus = "b"
+unit = 3
+points = [{ id = "p", table = "holding", address = 0, type = "u16" }]
+"#;
+    let on = config::parse(&format!("{head}[opcua]\nenabled = true\n{devices}")).unwrap();
+    let said: Vec<(&str, &str)> = on
+        .warnings
+        .iter()
+        .map(|w| (w.path.as_str(), w.message.as_str()))
+        .collect();
+    let expected = [
+        ("devices[0].id", "device `gw` has the NodeId `gw`"),
+        ("devices[1].id", "point `Online` has the NodeId `a.Online`"),
+        (
+            "devices[1].id",
+            "point `b.EngineeringUnits` has the NodeId `a.b.EngineeringUnits`",
+        ),
+        ("devices[2].id", "device `a.b` has the NodeId `a.b`"),
+    ];
+    assert_eq!(said.len(), expected.len(), "{said:#?}");
+    for ((path, message), (want_path, want)) in said.iter().zip(expected) {
+        assert_eq!(*path, want_path);
+        assert!(
+            message.starts_with(&format!("OPC UA: {want} of another node")),
+            "{message}"
+        );
+    }
+    // The server off: nothing is served, nothing to say.
+    let off = config::parse(&format!("{head}{devices}")).unwrap();
+    assert!(off.warnings.is_empty(), "{:?}", off.warnings);
+}
+
 #[test]
 fn secrets_are_masked_in_debug_output() {
     let l = config::load(

@@ -26,7 +26,8 @@ use raw::RawConfig;
 use validate::Validator;
 
 pub use north::{
-    Cidr, Fleet, FleetKey, Layout, ModbusServer, Opcua, OpcuaSecurity, ServerUnit, OPCUA_MISSING,
+    opcua_ids, Cidr, Fleet, FleetKey, Layout, ModbusServer, Opcua, OpcuaSecurity, ServerUnit,
+    OPCUA_MISSING,
 };
 
 pub use crate::model::event::Priority;

@@ -27,6 +27,35 @@ pub struct Opcua {
     pub max_sessions: usize,
 }
 
+/// The string NodeIds the OPC UA server gives the config's nodes in its namespace: one rule
+/// for the server and for `check-config`, which warns of two nodes named alike.
+pub mod opcua_ids {
+    use super::super::Point;
+
+    /// A device's `Online` variable.
+    pub fn online(device: &str) -> String {
+        format!("{device}.Online")
+    }
+
+    /// A point's variable.
+    pub fn point(device: &str, point: &str) -> String {
+        format!("{device}.{point}")
+    }
+
+    /// One of a point's properties, under its variable's NodeId.
+    pub fn property(point: &str, name: &str) -> String {
+        format!("{point}.{name}")
+    }
+
+    /// The properties a point has: `EngineeringUnits` with a `unit`, `EURange` with both `min`
+    /// and `max`.
+    pub fn properties(point: &Point) -> impl Iterator<Item = &'static str> {
+        let unit = (!point.unit.is_empty()).then_some("EngineeringUnits");
+        let range = (point.min.is_some() && point.max.is_some()).then_some("EURange");
+        unit.into_iter().chain(range)
+    }
+}
+
 /// An OPC UA endpoint's security policy, as `[opcua] security` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpcuaSecurity {

@@ -13,7 +13,7 @@ use ua::types::{
     Range, StatusCode, UAString, VariableTypeId, Variant,
 };
 
-use crate::config::Config;
+use crate::config::{opcua_ids, Config};
 use crate::model::format::DataType;
 use crate::model::{Millis, Quality, Value};
 use crate::state::Live;
@@ -105,7 +105,7 @@ impl Space {
                 .event_notifier(EventNotifier::SUBSCRIBE_TO_EVENTS)
                 .insert(space);
             self.created.push(folder.clone());
-            let on = NodeId::new(ns, format!("{}.Online", dev.id));
+            let on = NodeId::new(ns, opcua_ids::online(&dev.id));
             let on = free(
                 space,
                 &on,
@@ -116,7 +116,7 @@ impl Space {
             self.created.extend(on.clone());
             self.online.push(on);
             for (p, point) in dev.points.iter().enumerate() {
-                let key = format!("{}.{}", dev.id, point.id);
+                let key = opcua_ids::point(&dev.id, &point.id);
                 let id = NodeId::new(ns, key.clone());
                 let what = format_args!("point `{}` of device `{}`", point.id, dev.id);
                 if !free(space, &id, what) {
@@ -289,8 +289,8 @@ fn add_online(space: &mut AddressSpace, id: &NodeId, folder: &NodeId, ns: u16, o
         .insert(space);
 }
 
-/// A point's standard properties, each `{its NodeId}.{name}`: `EngineeringUnits` from its
-/// `unit`, `EURange` from its `min` … `max`.
+/// A point's standard properties ([`opcua_ids::properties`]), each `{its NodeId}.{name}`:
+/// `EngineeringUnits` from its `unit`, `EURange` from its `min` … `max`.
 fn add_properties(
     space: &mut AddressSpace,
     ns: u16,
@@ -298,22 +298,16 @@ fn add_properties(
     point: &crate::config::Point,
     created: &mut Vec<NodeId>,
 ) {
-    let of = |name: &str| NodeId::new(ns, format!("{key}.{name}"));
-    let property = |space: &AddressSpace, name: &str| {
-        let pid = of(name);
-        free(space, &pid, format_args!("the `{name}` of {key}")).then_some(pid)
-    };
-    if !point.unit.is_empty() {
-        if let Some(eu) = property(space, "EngineeringUnits") {
-            add_unit(space, &eu, id, &point.unit);
-            created.push(eu);
+    for name in opcua_ids::properties(point) {
+        let pid = NodeId::new(ns, opcua_ids::property(key, name));
+        if !free(space, &pid, format_args!("the `{name}` of {key}")) {
+            continue;
         }
-    }
-    if let (Some(low), Some(high)) = (point.min, point.max) {
-        if let Some(range) = property(space, "EURange") {
-            add_range(space, &range, id, low, high);
-            created.push(range);
+        match (name, point.min, point.max) {
+            ("EURange", Some(low), Some(high)) => add_range(space, &pid, id, low, high),
+            _ => add_unit(space, &pid, id, &point.unit),
         }
+        created.push(pid);
     }
 }
 

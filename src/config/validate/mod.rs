@@ -122,6 +122,7 @@ impl Validator {
             .mqtt
             .map(|m| self.mqtt(m, &root.key("mqtt"), &gateway.id));
         let opcua = self.opcua(raw.opcua, &root.key("opcua"), &gateway.data_dir);
+        self.opcua_names(&opcua, &gateway.id, &devices);
         let modbus_server =
             self.modbus_server(raw.modbus_server, &root.key("modbus_server"), &devices);
         let fleet = self.fleet(raw.fleet, &root.key("fleet"));

@@ -1,12 +1,13 @@
 //! The sections of the north side: the servers others read the gateway through (`[opcua]`,
 //! `[modbus_server]`) and the keys a fleet signs with (`[fleet]`).
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use super::super::raw::{RawFleet, RawModbusServer, RawOpcua, RawServerUnit};
 use super::super::{
-    Cidr, Device, Fleet, FleetKey, Layout, ModbusServer, Opcua, OpcuaSecurity, ServerUnit,
-    OPCUA_MISSING,
+    opcua_ids, Cidr, Device, Fleet, FleetKey, Layout, ModbusServer, Opcua, OpcuaSecurity,
+    ServerUnit, OPCUA_MISSING,
 };
 use super::{KeyPath, Validator};
 
@@ -70,6 +71,47 @@ impl Validator {
             pki_dir,
             trust_client_certs: raw.trust_client_certs,
             max_sessions: self.int(&p.key("max_sessions"), raw.max_sessions, 20, 1, 1000) as usize,
+        }
+    }
+
+    /// `[opcua]` on: a node whose NodeId a node added before it has (a device named as the
+    /// gateway, device `a.b` beside point `b` of device `a`, a point named `Online`) is left out
+    /// by the server, which warns at start; said here before, at the device's `id`.
+    pub(super) fn opcua_names(&mut self, opcua: &Opcua, gateway: &str, devices: &[Device]) {
+        if !opcua.enabled {
+            return;
+        }
+        // In the order the server adds them: the gateway's folder, then each device's folder,
+        // its `Online`, and each point with its properties.
+        let mut taken = HashSet::from([gateway.to_owned()]);
+        for (i, dev) in devices.iter().enumerate() {
+            let p = KeyPath::default().key("devices").index(i).key("id");
+            let mut claim = |id: String, what: &dyn std::fmt::Display| {
+                let free = !taken.contains(&id);
+                if free {
+                    taken.insert(id);
+                } else {
+                    self.warn(
+                        &p,
+                        format!("OPC UA: {what} has the NodeId `{id}` of another node, so the server leaves it out (rename one)"),
+                    );
+                }
+                free
+            };
+            if !claim(dev.id.clone(), &format_args!("device `{}`", dev.id)) {
+                continue;
+            }
+            claim(opcua_ids::online(&dev.id), &"its `Online`");
+            for point in &dev.points {
+                let key = opcua_ids::point(&dev.id, &point.id);
+                if !claim(key.clone(), &format_args!("point `{}`", point.id)) {
+                    continue;
+                }
+                for name in opcua_ids::properties(point) {
+                    let what = format_args!("the `{name}` of point `{}`", point.id);
+                    claim(opcua_ids::property(&key, name), &what);
+                }
+            }
         }
     }
 
