@@ -136,6 +136,17 @@ async fn an_alarm_is_posted_signed_reminded_until_acked_escalated_and_its_clear_
     ids.dedup();
     assert_eq!(ids.len(), got.len(), "{got:#?}");
     assert!(got.iter().all(|g| g.signed));
+    // The receiver has the clear before the gateway has read its answer, and counts it.
+    let (sent, gw_ref) = (got.len(), &gw);
+    wait_for_async("every delivery counted", || async move {
+        let m = metrics(gw_ref).await;
+        let ok = metric(
+            &m,
+            "edge_notifications_total{notifier=\"ops\",result=\"ok\"}",
+        );
+        ok as usize == sent
+    })
+    .await;
     let m = metrics(&gw).await;
     let ok = metric(
         &m,
