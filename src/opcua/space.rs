@@ -179,7 +179,15 @@ impl Space {
     ) -> Option<(usize, DataValue)> {
         let slot = (*self.slots.get(device)?.get(point)?)?;
         let kind = *self.kinds.get(device)?.get(point)?;
-        Some((slot, data_value(value, quality, ts, kind, online)))
+        let mut dv = data_value(value, quality, ts, kind, online);
+        // Offline's null without a value, a failed read's as the null Variant: both are null on
+        // the wire, but async-opcua tells an item without a filter of a change only when the
+        // values differ, so only this way does such an item see `Bad` turn `Bad_NoCommunication`
+        // (and back). Notified only: a variable in the address space keeps the null Variant.
+        if dv.status == Some(StatusCode::BadNoCommunication) {
+            dv.value = None;
+        }
+        Some((slot, dv))
     }
 
     /// The NodeId of a point's slot.
