@@ -16,15 +16,17 @@
 //! `BENCH_NODE_RED=1` (and the broker) Node-RED with node-red-contrib-modbus (`benches/peer`,
 //! installed by `npm ci` on first use) polls the same simulator and publishes the same telemetry
 //! JSON in the same window, and the gateway's CPU and RSS are printed over its: the peer our
-//! users compare us with, side by side.
+//! users compare us with, side by side. `BENCH_NODE_RED=same` gives the peer the gateway's
+//! whole job (it also stores every value in SQLite, sends it to MySQL and runs the rules: see
+//! `common::peer::Job`).
 
 mod common;
-use common::env_or;
 use common::load::{devices, POINTS, UNITS};
 use common::peer::Peer;
 use common::process::{
     cpu_seconds, free_port, gateway, http_get, metric, pid_status_kb, simulator, write_bytes,
 };
+use common::{env_or, mysql};
 use std::fmt::Write as _;
 
 use std::time::{Duration, Instant};
@@ -69,21 +71,6 @@ fn bench_db(url: &str) -> String {
     format!("{base}/edge_bench")
 }
 
-fn mysql(url: &str, sql: &str) {
-    use mysql_async::prelude::Queryable;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let pool = mysql_async::Pool::new(url);
-        let mut c = pool.get_conn().await.unwrap();
-        c.query_drop(sql).await.unwrap();
-        drop(c);
-        pool.disconnect().await.unwrap();
-    });
-}
-
 /// One reading of everything the bench reports.
 struct Reading {
     at: Instant,
@@ -91,8 +78,9 @@ struct Reading {
     sim_cpu: f64,
     written: u64,
     samples: f64,
-    /// The peer's CPU seconds and messages delivered, when it runs.
-    peer: (f64, u64),
+    /// The peer's CPU seconds and messages delivered, when it runs; the rows its `same` job
+    /// stored in SQLite and MySQL.
+    peer: (f64, u64, Option<(u64, u64)>),
 }
 
 fn read(pid: u32, sim: u32, http: u16, peer: Option<&Peer>) -> Reading {
@@ -102,10 +90,11 @@ fn read(pid: u32, sim: u32, http: u16, peer: Option<&Peer>) -> Reading {
         sim_cpu: cpu_seconds(sim),
         written: write_bytes(pid),
         samples: metric(http, "edge_store_rows_total", ""),
-        peer: peer.map_or((0.0, 0), |p| {
+        peer: peer.map_or((0.0, 0, None), |p| {
             (
                 cpu_seconds(p.pid()),
                 p.messages.load(std::sync::atomic::Ordering::Relaxed),
+                p.stored(),
             )
         }),
     }
@@ -184,6 +173,7 @@ fn main() {
     let wall = end.at.duration_since(first.at).as_secs_f64();
     let (db, _) = edge_gateway::store::file_sizes(&data);
     let health = http_get(http, "/healthz");
+    let peer_doing = peer.as_ref().map_or("", Peer::doing);
     drop(gw);
     drop(peer);
     drop(sim);
@@ -215,11 +205,19 @@ fn main() {
         let peer_cpu = (end.peer.0 - first.peer.0) / wall * 100.0;
         let peer_values = (end.peer.1 - first.peer.1) as f64 * POINTS as f64 / wall;
         println!(
-            "  Node-RED, same load:   {peer_values:.0} values/s to MQTT only, CPU {peer_cpu:.1} %, RSS max {:.1} MB; gateway / Node-RED: CPU {:.2}, RSS {:.2}",
+            "  Node-RED, same load:   {peer_values:.0} values/s {peer_doing}, CPU {peer_cpu:.1} %, RSS max {:.1} MB; gateway / Node-RED: CPU {:.2}, RSS {:.2}",
             peer_rss_max as f64 / 1024.0,
             cpu / peer_cpu.max(0.01),
             rss_max as f64 / peer_rss_max.max(1) as f64
         );
+        if let (Some((lite0, my0)), Some((lite1, my1))) = (first.peer.2, end.peer.2) {
+            // What it kept up with: the rows it stored in the window.
+            println!(
+                "  Node-RED stored:       {:.0} values/s in SQLite, {:.0} in MySQL",
+                (lite1 - lite0) as f64 / wall,
+                (my1 - my0) as f64 / wall
+            );
+        }
     }
     println!(
         "  written to storage:    {:.0} KB/s, {per_sample:.1} bytes per point sample (target <= 64, stretch <= 32)",

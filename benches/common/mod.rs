@@ -14,6 +14,24 @@ pub fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// One statement on the MySQL server of `url`; the first column of its first row, when it has
+/// one and that is a number (a count).
+pub fn mysql(url: &str, sql: &str) -> Option<u64> {
+    use mysql_async::prelude::Queryable;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pool = mysql_async::Pool::new(url);
+        let mut c = pool.get_conn().await.unwrap();
+        let first: Option<u64> = c.query_first(sql).await.unwrap();
+        drop(c);
+        pool.disconnect().await.unwrap();
+        first
+    })
+}
+
 /// A `VmRSS`/`VmHWM`-style field of /proc/self/status, in kB (0 where there is no /proc).
 pub fn status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
