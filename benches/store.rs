@@ -214,8 +214,8 @@ fn main() {
             // What it kept up with: the rows it stored in the window.
             println!(
                 "  Node-RED stored:       {:.0} values/s in SQLite, {:.0} in MySQL",
-                (lite1 - lite0) as f64 / wall,
-                (my1 - my0) as f64 / wall
+                lite1.saturating_sub(lite0) as f64 / wall,
+                my1.saturating_sub(my0) as f64 / wall
             );
         }
     }
