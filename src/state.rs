@@ -49,6 +49,9 @@ pub struct DeviceLive {
     pub online: bool,
     pub last_seen: Option<Millis>,
     pub points: Vec<PointLive>,
+    /// No point of the device can turn stale by time before `.0` (see [`mark_stale`]), as
+    /// worked out at `.1`; the default makes the next check look.
+    stale_check: (Millis, Millis),
 }
 
 impl DeviceLive {
@@ -59,6 +62,8 @@ impl DeviceLive {
         let read = device.points.iter().filter(|p| !p.calculated).count();
         self.points.truncate(read);
         self.points.extend(fresh.points.into_iter().skip(read));
+        // The new config may poll faster: looked at again whole.
+        self.stale_check = (Millis::MIN, Millis::MIN);
         self
     }
 }
@@ -81,6 +86,7 @@ impl Live {
             .map(|(d, dev)| DeviceLive {
                 online: false,
                 last_seen: restored.devices.get(d).and_then(|x| x.1),
+                stale_check: (Millis::MIN, Millis::MIN),
                 points: dev
                     .points
                     .iter()
@@ -142,30 +148,46 @@ fn must_report(point: &Point, p: &PointLive, ts: Millis) -> bool {
 /// SPEC: a point not refreshed within 3 × its poll interval (at least 3 s) is
 /// `stale` by itself, with no rule: its polls stopped arriving (a stalled bus, a slave that
 /// answers too slowly). Only `good` values turn stale (a failed read is `bad` already), and
-/// the next good read makes them good again. Checked once a second; the write lock is taken
-/// only when something turns stale. Returns the reports the change calls for (see
-/// [`turn_stale`]).
+/// the next good read makes them good again. Checked once a second. Returns the reports the
+/// change calls for (see [`turn_stale`]).
+///
+/// A device is looked at only once the earliest time one of its points could go stale has
+/// passed (`DeviceLive::stale_check`, lowered by [`apply`] when a point turns good): walking
+/// all 15,000 points of the store bench every second, a few MB of memory, was 7 % of the
+/// gateway's time in session 28's profile.
 pub fn mark_stale(config: &Config, live: &SharedLive, now: Millis) -> Vec<Report> {
-    let limit =
-        |d: usize, p: usize| (config.devices[d].point_interval(p).as_millis() as i64 * 3).max(3000);
-    let due: Vec<(usize, usize)> = read(live)
-        .devices
-        .iter()
-        .enumerate()
-        .flat_map(|(d, dev)| {
-            dev.points
-                .iter()
-                .enumerate()
+    let limit = |d: usize, p: usize| stale_after(config.devices[d].point_interval(p));
+    let mut due: Vec<(usize, usize)> = Vec::new();
+    {
+        let mut l = write(live);
+        for (d, dev) in l.devices.iter_mut().enumerate() {
+            let (until, at) = dev.stale_check;
+            // A clock set back makes the bound meaningless: looked at whole.
+            if now <= until && now >= at {
+                continue;
+            }
+            let mut next = Millis::MAX;
+            for (k, p) in dev.points.iter().enumerate() {
                 // A calculated point's quality follows its inputs', never its own clock.
-                .filter(move |(k, p)| {
-                    p.quality == Quality::Good
-                        && !config.devices[d].points[*k].calculated
-                        && now - p.ts > limit(d, *k)
-                })
-                .map(move |(k, _)| (d, k))
-        })
-        .collect();
+                if p.quality != Quality::Good || config.devices[d].points[k].calculated {
+                    continue;
+                }
+                let by = p.ts.saturating_add(limit(d, k));
+                if now > by {
+                    due.push((d, k));
+                } else {
+                    next = next.min(by);
+                }
+            }
+            dev.stale_check = (next, now);
+        }
+    }
     turn_stale(live, &due, now)
+}
+
+/// How long a good value stays good without a fresh read, for a point polled this often.
+fn stale_after(interval: std::time::Duration) -> Millis {
+    (interval.as_millis() as Millis * 3).max(3000)
 }
 
 /// Points turned `stale` (by time, or by a `stale` rule), reported like a change of value
@@ -253,6 +275,11 @@ pub fn apply(config: &Config, live: &SharedLive, ev: BusEvent) -> Option<Change>
                 match r {
                     Ok(v) => {
                         any_good = true;
+                        if pl.quality != Quality::Good {
+                            // Good again from now: it may go stale before the device's bound.
+                            let by = ts.saturating_add(stale_after(dev.point_interval(p)));
+                            d.stale_check.0 = d.stale_check.0.min(by);
+                        }
                         pl.value = Some(v);
                         pl.quality = Quality::Good;
                         pl.error = None;
@@ -297,5 +324,89 @@ pub fn apply(config: &Config, live: &SharedLive, ev: BusEvent) -> Option<Change>
         }
         // The bus's alarm is an event; the state keeps devices only.
         BusEvent::Bus { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modbus::bus::PointError;
+    use crate::modbus::reply::Exception;
+
+    /// One device: `fast` polled every second (stale after 3 s), `slow` every minute (3 min).
+    fn setup() -> (Config, SharedLive) {
+        let text = r#"
+[gateway]
+id = "gw"
+[[buses]]
+name = "b"
+kind = "tcp"
+address = "h:502"
+[[devices]]
+id = "d"
+bus = "b"
+unit = 1
+poll_interval_ms = 1000
+points = [
+  { id = "fast", table = "holding", address = 0, type = "u16" },
+  { id = "slow", table = "holding", address = 1, type = "u16", poll_interval_ms = 60000 },
+]
+"#;
+        let config = crate::config::parse(text).unwrap().config;
+        let live = Arc::new(RwLock::new(Live::restored(&config, &Restored::default())));
+        (config, live)
+    }
+
+    fn poll(config: &Config, live: &SharedLive, ts: Millis, fast: bool) {
+        let fast = if fast {
+            Ok(Value::UInt(1))
+        } else {
+            Err(PointError::Exception(Exception::ILLEGAL_ADDRESS))
+        };
+        let results = vec![(0, fast), (1, Ok(Value::UInt(2)))];
+        let at = tokio::time::Instant::now();
+        apply(
+            config,
+            live,
+            BusEvent::Polled {
+                device: 0,
+                ts,
+                at,
+                results,
+            },
+        );
+    }
+
+    fn stale(config: &Config, live: &SharedLive, now: Millis) -> Vec<usize> {
+        let reports = mark_stale(config, live, now);
+        reports
+            .iter()
+            .flat_map(|r| r.rows.iter().map(|w| w.point))
+            .collect()
+    }
+
+    #[test]
+    fn a_point_turning_good_after_a_check_is_still_found_stale_in_time() {
+        let (config, live) = setup();
+        poll(&config, &live, 0, false);
+        // Only `slow` is good: the device need not be looked at for three minutes...
+        assert!(stale(&config, &live, 1000).is_empty());
+        // ...until `fast` turns good, which brings its check forward to its own limit.
+        poll(&config, &live, 1500, true);
+        assert!(stale(&config, &live, 4500).is_empty());
+        assert_eq!(stale(&config, &live, 4501), vec![0]);
+        assert_eq!(read(&live).devices[0].points[0].quality, Quality::Stale);
+        assert!(stale(&config, &live, 181_500).is_empty());
+        assert_eq!(stale(&config, &live, 181_501), vec![1]);
+    }
+
+    #[test]
+    fn a_clock_set_back_makes_the_check_look_at_every_point() {
+        let (config, live) = setup();
+        poll(&config, &live, 100_000, true);
+        assert!(stale(&config, &live, 101_000).is_empty());
+        // The clock goes back an hour and the polls stop: found by the points' own times.
+        poll(&config, &live, 50_000, true);
+        assert_eq!(stale(&config, &live, 53_001), vec![0]);
     }
 }

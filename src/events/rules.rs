@@ -35,6 +35,11 @@ struct RuleState {
 pub struct Engine {
     rules: Vec<crate::config::Rule>,
     state: Vec<RuleState>,
+    /// The earliest instant `tick` can find an on-delay, off-delay or `stale` rule run out
+    /// (`None`: none is waiting). Worked out on each pass and brought forward as samples
+    /// change a rule's state: walking every rule ten times a second was 3 % of the gateway's
+    /// time on the store bench in session 28's profile, with nothing due.
+    next_tick: Option<Instant>,
     /// (device, point) → rules on it.
     by_point: HashMap<(usize, usize), Vec<usize>>,
     /// Raised built-in alarms, by key.
@@ -108,6 +113,7 @@ impl Engine {
                 })
                 .collect(),
             rules: config.rules.clone(),
+            next_tick: Some(now),
             abnormal: config
                 .devices
                 .iter()
@@ -180,6 +186,7 @@ impl Engine {
         };
         for &r in &rules {
             self.evaluate(r, x, v, ts, now, out);
+            self.arm(r);
         }
         self.by_point.insert((device, point), rules);
     }
@@ -234,14 +241,19 @@ impl Engine {
         now: Instant,
         out: &mut Vec<Draft>,
     ) {
-        let rule = self.rules[r].clone();
         let st = &mut self.state[r];
         // Stale bookkeeping for every rule kind is cheap; only `stale` rules read it.
         if st.last_value != Some(x) {
             st.last_change = now;
             st.last_value = Some(x);
         }
-        let (raise, clear) = match rule.kind {
+        // Only the kind is needed, and it is plain numbers but for `expr`, which watches no
+        // point: no clone of the rule's strings on every sample.
+        let kind = match &self.rules[r].kind {
+            RuleKind::Expr(_) => return,
+            k => k.clone(),
+        };
+        let (raise, clear) = match kind {
             RuleKind::Above { threshold, clear } => (x > threshold, x <= clear),
             RuleKind::Below { threshold, clear } => (x < threshold, x >= clear),
             RuleKind::Outside { low, high, clear } => {
@@ -304,6 +316,14 @@ impl Engine {
             (ts, now),
             out,
         );
+        self.arm(r);
+    }
+
+    /// Rule `r`'s state just changed: `tick` looks no later than when it runs out.
+    fn arm(&mut self, r: usize) {
+        if let Some(due) = tick_due(&self.rules[r], &self.state[r]) {
+            self.next_tick = Some(self.next_tick.map_or(due, |t| t.min(due)));
+        }
     }
 
     /// `rate`: raised when the value moves faster than `per_s` between two samples, cleared
@@ -419,6 +439,9 @@ impl Engine {
     /// the (device, point) of points that just went stale.
     pub fn tick(&mut self, ts: Millis, now: Instant, out: &mut Vec<Draft>) -> Vec<(usize, usize)> {
         let mut stale = Vec::new();
+        if self.next_tick.is_none_or(|t| now < t) {
+            return stale;
+        }
         for r in 0..self.rules.len() {
             let rule = &self.rules[r];
             let for_delay = Duration::from_millis(rule.for_ms);
@@ -485,7 +508,30 @@ impl Engine {
                 _ => {}
             }
         }
+        self.next_tick = (0..self.rules.len())
+            .filter_map(|r| tick_due(&self.rules[r], &self.state[r]))
+            .min();
         stale
+    }
+}
+
+/// When `tick` would act on a rule in this state: its on-delay or off-delay running out, or
+/// a `stale` rule's value staying unchanged for `for_ms`; `None` when it would not.
+fn tick_due(rule: &crate::config::Rule, st: &RuleState) -> Option<Instant> {
+    let after = |since: Instant, ms: u64| since.checked_add(Duration::from_millis(ms));
+    match rule.kind {
+        RuleKind::Stale if !st.active => after(st.last_change, rule.for_ms),
+        RuleKind::Above { .. }
+        | RuleKind::Below { .. }
+        | RuleKind::Outside { .. }
+        | RuleKind::Expr(_) => {
+            if st.active {
+                st.clearing_since.and_then(|s| after(s, rule.clear_for_ms))
+            } else {
+                st.pending_since.and_then(|s| after(s, rule.for_ms))
+            }
+        }
+        _ => None,
     }
 }
 

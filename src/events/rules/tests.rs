@@ -275,6 +275,40 @@ for_ms = 10000"#,
     );
 }
 
+/// What a tick did: its drafts' kinds and the points it turned stale.
+type Ticked = (Vec<(EventType, EventState)>, Vec<(usize, usize)>);
+
+/// A tick at `ms`.
+fn ticked(e: &mut Engine, t0: Instant, ms: u64) -> Ticked {
+    let mut out = Vec::new();
+    let stale = e.tick(0, at(t0, ms), &mut out);
+    (kinds(&out), stale)
+}
+
+#[test]
+fn a_tick_that_found_nothing_due_still_sees_what_a_later_sample_set_running() {
+    let frozen = "[[rules]]\nid = \"frozen\"\ndevice = \"d\"\npoint = \"c\"\nkind = \"stale\"\nfor_ms = 10000";
+    let (mut e, t0) = setup(&format!("{ABOVE}\nclear_for_ms = 1000\n{frozen}"));
+    let nothing = (vec![], vec![]);
+    // Nothing is waiting but the stale rule's ten seconds: a tick finds nothing.
+    assert_eq!(ticked(&mut e, t0, 100), nothing);
+    // An on-delay started by a sample runs out before that, and is seen when it does...
+    sample(&mut e, 0, 95.0, at(t0, 3000));
+    assert_eq!(ticked(&mut e, t0, 4999), nothing);
+    let raised = (EventType::ThresholdExceeded, EventState::Active);
+    assert_eq!(ticked(&mut e, t0, 5000), (vec![raised], vec![]));
+    let stale = (EventType::DeviceAbnormal, EventState::Active);
+    assert_eq!(ticked(&mut e, t0, 10_000), (vec![stale], vec![(0, 1)]));
+    // ...as are an off-delay and a stale rule cleared by a value that then stays frozen.
+    sample(&mut e, 0, 80.0, at(t0, 11_000));
+    sample(&mut e, 1, 5.0, at(t0, 11_000));
+    assert_eq!(ticked(&mut e, t0, 11_999), nothing);
+    let cleared = (EventType::ThresholdCleared, EventState::Cleared);
+    assert_eq!(ticked(&mut e, t0, 12_000), (vec![cleared], vec![]));
+    assert_eq!(ticked(&mut e, t0, 20_999), nothing);
+    assert_eq!(ticked(&mut e, t0, 21_000), (vec![stale], vec![(0, 1)]));
+}
+
 #[test]
 fn offline_then_online_and_abnormal_values_are_built_in() {
     let (mut e, t0) = setup("");
