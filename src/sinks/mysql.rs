@@ -96,26 +96,37 @@ fn value(out: &mut String, v: &Option<Value>) {
         None => out.push_str("NULL"),
         Some(Value::Bool(b)) => out.push_str(if *b { "'1'" } else { "'0'" }),
         Some(Value::Text(t)) => string(out, t),
-        // Digits, `.`, `-`, `inf`, `NaN`: a plain literal, written in place.
-        Some(v) => {
+        // Digits, `.`, `-`, `inf`, `NaN`: a plain literal, written in place. Integers by
+        // `itoa`: `write!` through `Value`'s `Display` cost ~300 instructions a value, 7 % of
+        // the gateway's on the store bench (callgrind).
+        Some(Value::Int(i)) => quoted(out, itoa::Buffer::new().format(*i)),
+        Some(Value::UInt(u)) => quoted(out, itoa::Buffer::new().format(*u)),
+        Some(Value::Float(x)) => {
             out.push('\'');
-            let _ = write!(out, "{v}");
+            let _ = write!(out, "{x}");
             out.push('\'');
         }
     }
 }
 
+fn quoted(out: &mut String, digits: &str) {
+    out.push('\'');
+    out.push_str(digits);
+    out.push('\'');
+}
+
 /// Milliseconds since the epoch as a DATETIME(3) (the session is in UTC).
 fn time(out: &mut String, ms: Option<Millis>) {
-    use std::fmt::Write;
     match ms {
         Some(v) => {
-            let _ = write!(
-                out,
-                "FROM_UNIXTIME({}.{:03})",
-                v.div_euclid(1000),
-                v.rem_euclid(1000)
-            );
+            out.push_str("FROM_UNIXTIME(");
+            out.push_str(itoa::Buffer::new().format(v.div_euclid(1000)));
+            let ms = v.rem_euclid(1000);
+            out.push('.');
+            for d in [ms / 100, ms / 10 % 10, ms % 10] {
+                out.push(char::from(b'0' + d as u8));
+            }
+            out.push(')');
         }
         None => out.push_str("NULL"),
     }
@@ -534,5 +545,27 @@ mod tests {
             value(&mut out, &Some(v));
         }
         assert_eq!(out, "'-21.5''-3''7'");
+        let mut out = String::new();
+        for v in [
+            Value::Int(i64::MIN),
+            Value::UInt(u64::MAX),
+            Value::Float(f64::NAN),
+        ] {
+            value(&mut out, &Some(v));
+        }
+        assert_eq!(out, "'-9223372036854775808''18446744073709551615''NaN'");
+    }
+
+    #[test]
+    fn times_keep_their_milliseconds_before_and_after_the_epoch() {
+        let mut out = String::new();
+        for ms in [1_700_000_000_042, 5, -1, 0] {
+            time(&mut out, Some(ms));
+        }
+        time(&mut out, None);
+        assert_eq!(
+            out,
+            "FROM_UNIXTIME(1700000000.042)FROM_UNIXTIME(0.005)FROM_UNIXTIME(-1.999)FROM_UNIXTIME(0.000)NULL"
+        );
     }
 }
