@@ -405,7 +405,7 @@ points = [
         let (config, live) = setup();
         poll(&config, &live, 100_000, true);
         assert!(stale(&config, &live, 101_000).is_empty());
-        // The clock goes back an hour and the polls stop: found by the points' own times.
+        // The clock goes back 50 s and the polls stop: found by the points' own times.
         poll(&config, &live, 50_000, true);
         assert_eq!(stale(&config, &live, 53_001), vec![0]);
     }
