@@ -38,6 +38,39 @@ pub async fn next(s: &mut Stream) -> Json {
 }
 
 pub async fn call(s: &mut Stream, service: &str, params: Json) -> Json {
+    call_seeing(s, service, params, |_| true).await
+}
+
+/// Calls `service` and reads on until a frame `wanted` takes has come too (the reply itself,
+/// for `call`); returns the reply. A push the call itself set off (a write's read-back raising an alarm) may come before the
+/// reply, where `call` would pass over it.
+pub async fn call_seeing(
+    s: &mut Stream,
+    service: &str,
+    params: Json,
+    wanted: impl Fn(&Json) -> bool,
+) -> Json {
+    let id = send(s, service, params).await;
+    // Pushes keep coming, so `next` alone never times out: a reply (or frame) that never
+    // comes fails here instead of hanging the test.
+    let read = async {
+        let (mut reply, mut seen) = (None, false);
+        while reply.is_none() || !seen {
+            let m = next(s).await;
+            seen |= wanted(&m);
+            if m["requestId"] == id {
+                reply = Some(m);
+            }
+        }
+        reply.unwrap()
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .unwrap_or_else(|_| panic!("{id}: no reply, or not the frame waited for, within 60 s"))
+}
+
+/// Sends a request; returns its id.
+async fn send(s: &mut Stream, service: &str, params: Json) -> String {
     let id = format!("{service}-{}", rand_id());
     s.send(Message::Text(
         json!({"requestId": id, "service": service, "params": params})
@@ -46,12 +79,7 @@ pub async fn call(s: &mut Stream, service: &str, params: Json) -> Json {
     ))
     .await
     .unwrap();
-    loop {
-        let m = next(s).await;
-        if m["requestId"] == id {
-            return m;
-        }
-    }
+    id
 }
 
 fn rand_id() -> u64 {
