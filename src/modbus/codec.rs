@@ -30,19 +30,35 @@ pub enum CodecError {
 
 /// Register words in wire order to big-endian bytes, applying byte and word order.
 fn regs_to_be_bytes(regs: &[u16], bo: ByteOrder, wo: WordOrder) -> Vec<u8> {
-    let mut out = Vec::with_capacity(regs.len() * 2);
-    let mut push = |r: u16| {
-        let [hi, lo] = r.to_be_bytes();
-        match bo {
-            ByteOrder::Big => out.extend_from_slice(&[hi, lo]),
-            ByteOrder::Little => out.extend_from_slice(&[lo, hi]),
-        }
-    };
-    match wo {
-        WordOrder::Big => regs.iter().copied().for_each(&mut push),
-        WordOrder::Little => regs.iter().rev().copied().for_each(&mut push),
-    }
+    let mut out = vec![0; regs.len() * 2];
+    put_be_bytes(regs, bo, wo, &mut out);
     out
+}
+
+/// [`regs_to_be_bytes`] for a number (at most four words), on the stack: a number is decoded
+/// for every point of every poll, and a heap buffer each time was ~4 % of the gateway's
+/// instructions (callgrind, BENCHMARKS.md).
+fn number_be_bytes(regs: &[u16], bo: ByteOrder, wo: WordOrder) -> [u8; 8] {
+    let mut out = [0; 8];
+    let n = regs.len().min(4);
+    put_be_bytes(&regs[..n], bo, wo, &mut out[..n * 2]);
+    out
+}
+
+/// Writes `regs` into `out` (two bytes a word) in big-endian order.
+fn put_be_bytes(regs: &[u16], bo: ByteOrder, wo: WordOrder, out: &mut [u8]) {
+    let n = regs.len();
+    for (i, pair) in out.chunks_exact_mut(2).enumerate() {
+        let r = match wo {
+            WordOrder::Big => regs[i],
+            WordOrder::Little => regs[n - 1 - i],
+        };
+        let [hi, lo] = r.to_be_bytes();
+        pair.copy_from_slice(&match bo {
+            ByteOrder::Big => [hi, lo],
+            ByteOrder::Little => [lo, hi],
+        });
+    }
 }
 
 /// The inverse of [`regs_to_be_bytes`].
@@ -87,7 +103,10 @@ pub fn decode_registers(f: &Format, regs: &[u16]) -> Result<Value, CodecError> {
         });
     }
     let regs = &regs[..need];
-    let bytes = regs_to_be_bytes(regs, f.byte_order, f.word_order);
+    let bytes = match f.data_type {
+        DataType::String => [0; 8],
+        _ => number_be_bytes(regs, f.byte_order, f.word_order),
+    };
     let value = match f.data_type {
         DataType::Bool => {
             let r = u16::from_be_bytes([bytes[0], bytes[1]]);

@@ -510,7 +510,7 @@ pub fn append_sample(
             .zip(points)
             .map(|(k, (_, v, q))| (*k, v.as_ref(), *q)),
     );
-    outbox::insert_sample(conn, dev, ts, &blob)
+    outbox::SampleInsert::prepare(conn)?.run(dev, ts, &blob)
 }
 
 /// How many point values the samples in an id range hold (what the MySQL sink turns into

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, Transaction};
 use tokio::sync::mpsc;
 
-use super::outbox::insert_sample;
+use super::outbox::SampleInsert;
 use super::{packed, sql_value, AckError, Audit, Gap, Keys, StoreCmd};
 use crate::config::{Config, Device};
 use crate::metrics::Metrics;
@@ -71,7 +71,7 @@ pub(super) struct Writer {
 /// One device sample appended to the history and the outbox, its points' latest values noted
 /// in `dirty`; returns its id.
 fn write_report(
-    tx: &Transaction<'_>,
+    inserts: &mut SampleInsert<'_>,
     keys: &Keys,
     dirty: &mut Latest,
     report: &Report,
@@ -86,7 +86,7 @@ fn write_report(
         list.iter()
             .map(|r| (point_keys[r.point], r.value.as_ref(), r.quality)),
     );
-    let id = insert_sample(tx, keys.devices[*device], *ts, &blob)?;
+    let id = inserts.run(keys.devices[*device], *ts, &blob)?;
     let latest = &mut dirty.points[*device];
     for r in list {
         latest[r.point] = Some((r.value.clone(), r.quality, r.ts));
@@ -314,6 +314,7 @@ impl Writer {
         // The samples written, for the sinks' tail once committed; and whether events or status
         // changes were.
         let (mut samples, mut others) = (Vec::new(), false);
+        let mut inserts = SampleInsert::prepare(&tx)?;
         for cmd in batch {
             match cmd {
                 StoreCmd::Audit(a) => {
@@ -322,7 +323,7 @@ impl Writer {
                 }
                 StoreCmd::Report(report) => {
                     samples.push((
-                        write_report(&tx, &self.keys, &mut self.dirty, report)?,
+                        write_report(&mut inserts, &self.keys, &mut self.dirty, report)?,
                         report,
                     ));
                     rows += report.rows.len() as u64;
@@ -361,6 +362,7 @@ impl Writer {
                 StoreCmd::Ack { .. } | StoreCmd::Flush(_) | StoreCmd::Probe => {}
             }
         }
+        drop(inserts);
         if prove {
             set_meta(&tx, "store_probe", now_ms())?;
         }

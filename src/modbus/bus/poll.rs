@@ -260,7 +260,9 @@ impl BusTask {
                 self.slots[k].groups[g].blocks = blocks;
             }
         }
-        pass.results.sort_by_key(|(p, _)| *p);
+        // Each point once: an unstable sort is the same order, without the stable sort's
+        // scratch buffer (an allocation a poll, ~1 % of the gateway's instructions).
+        pass.results.sort_unstable_by_key(|(p, _)| *p);
         pass
     }
 
