@@ -150,9 +150,9 @@ struct Statements<'a> {
 struct SampleLiterals {
     /// Which row of the batch they are of.
     row: Option<usize>,
-    /// `(gateway, device, ` and `, time, `: what every point of the sample repeats, written
-    /// once (a push of a few bytes is a call to `memcpy`; a dozen a value were ~3 % of the
-    /// gateway's instructions, callgrind).
+    /// `(gateway, device, ` and `, time, `: what every point of the sample repeats, made once
+    /// a sample and pushed whole (each push of a few bytes is a call to `memcpy`: a row took a
+    /// dozen).
     head: String,
     time: String,
 }
