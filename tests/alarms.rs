@@ -12,13 +12,24 @@ use edge_gateway::modbus::simulator::{Profile, BOILER};
 use edge_gateway::Gateway;
 use serde_json::{json, Value as Json};
 
+/// The next `push.event` of `kind`: within 60 s (other pushes keep coming, so `next`'s own
+/// timeout would never fire and a missed event would hang the test).
 async fn next_event(s: &mut Stream, kind: &str) -> Json {
-    loop {
-        let m = next(s).await;
-        if m["service"] == "push.event" && m["data"]["type"] == kind {
-            return m["data"].clone();
+    let wait = async {
+        loop {
+            let m = next(s).await;
+            if is_event(&m, kind) {
+                return m["data"].clone();
+            }
         }
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no {kind} event within 60 s"))
+}
+
+fn is_event(m: &Json, kind: &str) -> bool {
+    m["service"] == "push.event" && m["data"]["type"] == kind
 }
 
 fn body(addr: &str) -> String {
@@ -250,15 +261,11 @@ async fn alarms_are_acked_together_with_a_comment_each_ack_logged_and_writes_rea
             "threshold_cleared"
         };
         // The event may be pushed before the write's reply (its read-back raised it).
-        let r = call_seeing(
+        let (r, _) = call_seeing(
             &mut admin,
             "device.write",
             json!({"deviceId": "boiler", "pointId": "setpoint", "value": value}),
-            |e| {
-                e["service"] == "push.event"
-                    && e["data"]["type"] == want
-                    && e["data"]["pointId"] == "setpoint"
-            },
+            |e| is_event(e, want) && e["data"]["pointId"] == "setpoint",
         )
         .await;
         assert_eq!(r["code"], 0, "{r}");
@@ -431,15 +438,17 @@ async fn an_alarm_shelved_is_listed_apart_until_it_comes_back_by_itself() {
         .await;
         assert_eq!(r["code"], 400, "{bad}: {r}");
     }
-    let r = call(
+    // Its `info` event may be pushed before the reply.
+    let (r, info) = call_seeing(
         &mut admin,
         "alarms.shelve",
         json!({"eventId": e["id"], "durationS": 2, "comment": "burner maintenance"}),
+        |m| is_event(m, "alarm_shelved"),
     )
     .await;
     assert_eq!(r["code"], 0, "{r}");
     assert_eq!(r["data"]["shelvedBy"], "admin");
-    let info = next_event(&mut admin, "alarm_shelved").await;
+    let info = &info["data"];
     assert_eq!(
         (info["state"].as_str(), info["deviceId"].as_str()),
         (Some("info"), Some("boiler"))
@@ -500,9 +509,14 @@ async fn an_alarm_shelved_is_listed_apart_until_it_comes_back_by_itself() {
         json!({"deviceId": "boiler"}),
         "{r}"
     );
-    let r = call(&mut admin, "alarms.unshelve", json!({"deviceId": "boiler"})).await;
+    let (r, _) = call_seeing(
+        &mut admin,
+        "alarms.unshelve",
+        json!({"deviceId": "boiler"}),
+        |m| is_event(m, "alarm_unshelved"),
+    )
+    .await;
     assert_eq!(r["code"], 0, "{r}");
-    next_event(&mut admin, "alarm_unshelved").await;
     let r = call(&mut admin, "alarms.unshelve", json!({"deviceId": "boiler"})).await;
     assert_eq!(r["code"], 404, "not shelved any more: {r}");
     let r = call(

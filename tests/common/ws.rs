@@ -38,31 +38,35 @@ pub async fn next(s: &mut Stream) -> Json {
 }
 
 pub async fn call(s: &mut Stream, service: &str, params: Json) -> Json {
-    call_seeing(s, service, params, |_| true).await
+    call_seeing(s, service, params, |_| true).await.0
 }
 
 /// Calls `service` and reads on until a frame `wanted` takes has come too (the reply itself,
-/// for `call`); returns the reply. A push the call itself set off (a write's read-back raising an alarm) may come before the
+/// for `call`); returns the reply and that frame. A push the call itself set off (a write's read-back raising an alarm) may come before the
 /// reply, where `call` would pass over it.
 pub async fn call_seeing(
     s: &mut Stream,
     service: &str,
     params: Json,
     wanted: impl Fn(&Json) -> bool,
-) -> Json {
+) -> (Json, Json) {
     let id = send(s, service, params).await;
     // Pushes keep coming, so `next` alone never times out: a reply (or frame) that never
     // comes fails here instead of hanging the test.
     let read = async {
-        let (mut reply, mut seen) = (None, false);
-        while reply.is_none() || !seen {
+        let (mut reply, mut seen) = (None, None);
+        loop {
             let m = next(s).await;
-            seen |= wanted(&m);
+            if seen.is_none() && wanted(&m) {
+                seen = Some(m.clone());
+            }
             if m["requestId"] == id {
                 reply = Some(m);
             }
+            if let (Some(r), Some(w)) = (&reply, &seen) {
+                return (r.clone(), w.clone());
+            }
         }
-        reply.unwrap()
     };
     tokio::time::timeout(Duration::from_secs(60), read)
         .await
