@@ -539,12 +539,17 @@ pub fn sample_values(
         .collect::<rusqlite::Result<_>>()?;
     let mut out = Vec::new();
     for (dev, ts, blob) in raw {
-        let Some((d, _)) = names.get(conn, dev)?.cloned() else {
+        let entries = packed::decode(&blob).unwrap_or_default();
+        names.cover(
+            conn,
+            std::iter::once(dev).chain(entries.iter().map(|e| e.0)),
+        )?;
+        if names.get(dev).is_none() {
             continue;
-        };
-        for (key, _, _) in packed::decode(&blob).unwrap_or_default() {
-            if let Some((_, p)) = names.get(conn, key)? {
-                out.push((d.to_string(), p.to_string(), ts));
+        }
+        for (key, _, _) in entries {
+            if let Some((t, p)) = names.get(key) {
+                out.push((t.device.clone(), t.points[*p as usize].clone(), ts));
             }
         }
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+pub use super::packed::DeviceNames;
 use super::packed::{self, Names};
 use crate::config::Config;
 use crate::model::{Millis, Quality, Value};
@@ -97,18 +98,76 @@ pub struct StatusRow {
 }
 
 /// One device sample: the points reported at one poll.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct SampleRow {
     pub id: i64,
-    pub device_id: Arc<str>,
+    pub names: Arc<DeviceNames>,
     pub ts: Millis,
-    pub points: Vec<(Arc<str>, Option<Value>, Quality)>,
+    /// Each point reported: its index in `names.points`, its value and quality.
+    pub points: Vec<(u32, Option<Value>, Quality)>,
+}
+
+/// The same sample whichever table names its points (the tail's is the config's, a reader of
+/// the file makes its own from the `names` table).
+impl PartialEq for SampleRow {
+    fn eq(&self, other: &SampleRow) -> bool {
+        (self.id, self.ts, self.device_id(), self.points.len())
+            == (other.id, other.ts, other.device_id(), other.points.len())
+            && self.iter().eq(other.iter())
+    }
+}
+
+impl SampleRow {
+    pub fn device_id(&self) -> &str {
+        &self.names.device
+    }
+
+    /// The `i`th point reported: its id, value and quality.
+    pub fn point(&self, i: usize) -> Option<(&str, Option<&Value>, Quality)> {
+        let (p, v, q) = self.points.get(i)?;
+        let id = self
+            .names
+            .points
+            .get(*p as usize)
+            .map_or("", String::as_str);
+        Some((id, v.as_ref(), *q))
+    }
+
+    /// Every point reported, in order: its id, value and quality.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&Value>, Quality)> {
+        (0..self.points.len()).filter_map(|i| self.point(i))
+    }
+
+    /// A sample of a table made for it (tests).
+    #[cfg(test)]
+    pub fn named(
+        id: i64,
+        device: &str,
+        ts: Millis,
+        points: Vec<(&str, Option<Value>, Quality)>,
+    ) -> SampleRow {
+        let names = DeviceNames {
+            device: device.into(),
+            points: points.iter().map(|p| p.0.to_string()).collect(),
+        };
+        SampleRow {
+            id,
+            names: Arc::new(names),
+            ts,
+            points: (0u32..)
+                .zip(points)
+                .map(|(i, (_, v, q))| (i, v, q))
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutboxRow {
-    Event(EventRow),
-    Status(StatusRow),
+    // Boxed: rare beside samples, and ~300 bytes where a sample is a pointer; every batch of
+    // samples from the tail was a vector of rows that size.
+    Event(Box<EventRow>),
+    Status(Box<StatusRow>),
     /// Shared: the same committed sample goes to every sink (see `tail`).
     Sample(Arc<SampleRow>),
 }
@@ -166,7 +225,7 @@ impl Outbox {
                     let point_id: Option<String> = r.get(3)?;
                     let value =
                         super::event_value(config, &device_id, point_id.as_deref(), r.get(7)?);
-                    Ok(OutboxRow::Event(EventRow {
+                    Ok(OutboxRow::Event(Box::new(EventRow {
                         seq: r.get(0)?,
                         event_id: r.get(1)?,
                         device_id,
@@ -181,7 +240,7 @@ impl Outbox {
                         acked_by: r.get(11)?,
                         acked_at: r.get(12)?,
                         acks: r.get(13)?,
-                    }))
+                    })))
                 })?;
                 rows.collect()
             }
@@ -192,14 +251,14 @@ impl Outbox {
                      WHERE s.id > ?1 AND s.id <= ?2 ORDER BY s.id LIMIT ?3",
                 )?;
                 let rows = q.query_map(args, |r| {
-                    Ok(OutboxRow::Status(StatusRow {
+                    Ok(OutboxRow::Status(Box::new(StatusRow {
                         id: r.get(0)?,
                         device_id: r.get(1)?,
                         device_type: r.get(2)?,
                         online: r.get::<_, i64>(3)? != 0,
                         last_seen: r.get(4)?,
                         ts: r.get(5)?,
-                    }))
+                    })))
                 })?;
                 rows.collect()
             }
@@ -233,23 +292,35 @@ impl Outbox {
         ts: Millis,
         blob: &[u8],
     ) -> rusqlite::Result<SampleRow> {
+        let entries = packed::decode(blob).ok();
+        if let Some(entries) = &entries {
+            let keys = entries.iter().map(|e| e.0);
+            self.names
+                .cover(&self.conn, std::iter::once(device).chain(keys))?;
+        }
+        let (Some(entries), Some((names, _))) = (entries, self.names.get(device)) else {
+            tracing::warn!("telemetry sample {id} is damaged: skipped");
+            return Ok(SampleRow {
+                id,
+                names: Arc::new(DeviceNames {
+                    device: String::new(),
+                    points: Vec::new(),
+                }),
+                ts,
+                points: Vec::new(),
+            });
+        };
         let mut row = SampleRow {
             id,
-            device_id: Arc::from(""),
+            names: names.clone(),
             ts,
-            points: Vec::new(),
+            points: Vec::with_capacity(entries.len()),
         };
-        let (Ok(entries), Some((d, _))) =
-            (packed::decode(blob), self.names.get(&self.conn, device)?)
-        else {
-            tracing::warn!("telemetry sample {id} is damaged: skipped");
-            return Ok(row);
-        };
-        row.device_id = d.clone();
-        row.points.reserve(entries.len());
         for (key, value, quality) in entries {
-            if let Some((_, p)) = self.names.get(&self.conn, key)? {
-                row.points.push((p.clone(), value, quality));
+            // A key of another device's would be a damaged row: the point is left out.
+            match self.names.get(key) {
+                Some((t, p)) if Arc::ptr_eq(t, &row.names) => row.points.push((*p, value, quality)),
+                _ => {}
             }
         }
         Ok(row)

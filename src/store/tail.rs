@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use super::outbox::{OutboxRow, SampleRow};
+use super::outbox::{DeviceNames, OutboxRow, SampleRow};
 use crate::config::Config;
 use crate::model::Report;
 use crate::sync::Locked;
@@ -25,7 +25,7 @@ pub struct Tail {
     /// streams from SQLite only when this moved since its last look.
     others: AtomicU64,
     /// Each device's id and its points' ids, shared by every row.
-    names: Vec<(Arc<str>, Vec<Arc<str>>)>,
+    names: Vec<Arc<DeviceNames>>,
 }
 
 struct Inner {
@@ -51,8 +51,10 @@ impl Tail {
                 .devices
                 .iter()
                 .map(|d| {
-                    let points = d.points.iter().map(|p| Arc::from(p.id.as_str())).collect();
-                    (Arc::from(d.id.as_str()), points)
+                    Arc::new(DeviceNames {
+                        device: d.id.clone(),
+                        points: d.points.iter().map(|p| p.id.clone()).collect(),
+                    })
                 })
                 .collect(),
         }
@@ -87,15 +89,17 @@ impl Tail {
     }
 
     fn sample(&self, id: i64, r: &Report) -> SampleRow {
-        let (device, points) = &self.names[r.device];
         SampleRow {
             id,
-            device_id: device.clone(),
+            names: self.names[r.device].clone(),
             ts: r.ts,
             points: r
                 .rows
                 .iter()
-                .map(|row| (points[row.point].clone(), row.value.clone(), row.quality))
+                .map(|row| {
+                    let p = u32::try_from(row.point).unwrap_or(u32::MAX);
+                    (p, row.value.clone(), row.quality)
+                })
                 .collect(),
         }
     }
@@ -188,8 +192,8 @@ mod tests {
         let OutboxRow::Sample(s) = &rows[0] else {
             panic!("{rows:?}")
         };
-        assert_eq!((&*s.device_id, s.ts, s.points.len()), ("d", 3, 1));
-        assert_eq!(&*s.points[0].0, "a");
+        assert_eq!((s.device_id(), s.ts, s.points.len()), ("d", 3, 1));
+        assert_eq!(s.point(0).map(|p| p.0), Some("a"));
         // A sample written by someone else (id 14) is not here: the tail answers only after it.
         let r15 = report(0, 4, 1);
         tail.committed(&[(15, &r15)]);

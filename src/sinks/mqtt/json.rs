@@ -262,11 +262,11 @@ fn telemetry_payload(t: &store::outbox::SampleRow) -> Vec<u8> {
     out.extend_from_slice(b"{\"ts\":\"");
     out.extend_from_slice(rfc3339(t.ts).as_bytes());
     out.extend_from_slice(b"\",\"points\":{");
-    for (i, (point, value, quality)) in t.points.iter().enumerate() {
+    for (i, (point, value, quality)) in t.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        let _ = serde_json::to_writer(&mut out, &**point);
+        let _ = serde_json::to_writer(&mut out, point);
         out.extend_from_slice(b":{\"v\":");
         let _ = match value {
             None => serde_json::to_writer(&mut out, &()),
@@ -313,7 +313,7 @@ fn messages(topics: &Topics, batch: &Batch) -> Vec<(String, Vec<u8>, bool, i64)>
                 OutboxRow::Sample(t) if t.points.is_empty() => return None,
                 OutboxRow::Sample(t) => {
                     return Some((
-                        topics.device(&t.device_id, "telemetry"),
+                        topics.device(t.device_id(), "telemetry"),
                         telemetry_payload(t),
                         false,
                         t.id,
@@ -415,27 +415,23 @@ mod tests {
     #[test]
     fn a_telemetry_payload_is_the_json_the_spec_shows() {
         use crate::model::Quality;
-        let t = store::outbox::SampleRow {
-            id: 1,
-            device_id: std::sync::Arc::from("boiler"),
-            ts: 1_700_000_000_123,
-            points: vec![
+        let t = store::outbox::SampleRow::named(
+            1,
+            "boiler",
+            1_700_000_000_123,
+            vec![
+                ("temperature", Some(Value::Float(71.5)), Quality::Good),
+                ("on", Some(Value::Bool(true)), Quality::Good),
+                ("energy", Some(Value::UInt(u64::MAX)), Quality::Stale),
                 (
-                    "temperature".into(),
-                    Some(Value::Float(71.5)),
-                    Quality::Good,
-                ),
-                ("on".into(), Some(Value::Bool(true)), Quality::Good),
-                ("energy".into(), Some(Value::UInt(u64::MAX)), Quality::Stale),
-                (
-                    "name \"x\"".into(),
+                    "name \"x\"",
                     Some(Value::Text("a\nb".into())),
                     Quality::Good,
                 ),
-                ("nan".into(), Some(Value::Float(f64::NAN)), Quality::Bad),
-                ("gone".into(), None, Quality::Bad),
+                ("nan", Some(Value::Float(f64::NAN)), Quality::Bad),
+                ("gone", None, Quality::Bad),
             ],
-        };
+        );
         let got: Json = serde_json::from_slice(&telemetry_payload(&t)).unwrap();
         assert_eq!(
             got,

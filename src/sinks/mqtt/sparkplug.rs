@@ -328,20 +328,19 @@ impl Node {
                 }
             }
             OutboxRow::Sample(t) => {
-                let d = *self.devices.get(&*t.device_id)?;
+                let d = *self.devices.get(t.device_id())?;
                 let historical = self.historical(t.ts) || !self.alive[d];
                 let metrics: Vec<Metric> = t
-                    .points
                     .iter()
                     .filter_map(|(id, value, quality)| {
-                        let m = &self.metrics[d][*self.points[d].get(&**id)?];
-                        Some(data_metric(m, t.ts, value.as_ref(), *quality, historical))
+                        let m = &self.metrics[d][*self.points[d].get(id)?];
+                        Some(data_metric(m, t.ts, value, quality, historical))
                     })
                     .collect();
                 if metrics.is_empty() {
                     return None;
                 }
-                let topic = self.topics.device("DDATA", &t.device_id);
+                let topic = self.topics.device("DDATA", t.device_id());
                 Some(Publish {
                     tag,
                     ..Publish::own(topic, self.payload(metrics))
