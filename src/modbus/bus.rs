@@ -304,7 +304,10 @@ impl BusTask {
                 .map(|(k, s)| (k, s.next_due()))
                 .min_by_key(|&(_, due)| due)
                 .expect("slots is not empty");
-            if !(poll_turn && due <= Instant::now()) {
+            // The clock read once a turn (it was read four times: clock reads were 1.8 % of the
+            // gateway's CPU on the store bench, session 30); the sleep's wake reads it again.
+            let now = Instant::now();
+            if !(poll_turn && due <= now) {
                 if let Ok(cmd) = self.writes.try_recv() {
                     poll_turn = true;
                     if let Err(tx) = self.request(cmd).await {
@@ -315,7 +318,7 @@ impl BusTask {
                 }
             }
             // A scan takes turns with due polls: neither waits more than one request.
-            if self.scan.is_some() && (self.scan_turn || due > Instant::now()) {
+            if self.scan.is_some() && (self.scan_turn || due > now) {
                 if cancel.is_cancelled() {
                     break;
                 }
@@ -326,7 +329,7 @@ impl BusTask {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
-                cmd = self.writes.recv(), if !(poll_turn && due <= Instant::now()) => match cmd {
+                cmd = self.writes.recv(), if !(poll_turn && due <= now) => match cmd {
                     Some(cmd) => {
                         poll_turn = true;
                         if let Err(tx) = self.request(cmd).await {
@@ -337,7 +340,7 @@ impl BusTask {
                     None => break,
                 },
                 // Wake at least every BEAT_EVERY so an idle bus still shows it is alive.
-                () = super::sleep_until(due.min(Instant::now() + BEAT_EVERY)) => {
+                () = super::sleep_until(due.min(now + BEAT_EVERY)) => {
                     if Instant::now() >= due {
                         self.scan_turn = true;
                         poll_turn = false;

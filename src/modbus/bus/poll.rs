@@ -1,8 +1,9 @@
 //! One poll of one device: the offline probe, its planned reads (a refused merged read is
 //! bisected and the plan kept), the episode's log line, and online/offline by failures in a row.
 
-use std::collections::VecDeque;
+use std::borrow::Cow;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
@@ -138,12 +139,14 @@ impl BusTask {
         if let Some(cause) = self.metrics.buses[self.bus].down.locked().clone() {
             return Some(cause);
         }
-        let failing = self
-            .slots
-            .iter()
-            .all(|s| s.failures > 0 || s.online == Some(false));
-        let offline = self.slots.iter().any(|s| s.online == Some(false));
-        (failing && offline).then(|| "no answer from any device".to_string())
+        // Asked after every poll: the walk for an offline device only when none answers.
+        let failing = || {
+            self.slots
+                .iter()
+                .all(|s| s.failures > 0 || s.online == Some(false))
+        };
+        let offline = || self.slots.iter().any(|s| s.online == Some(false));
+        (failing() && offline()).then(|| "no answer from any device".to_string())
     }
 
     /// An offline device gets one probe, no retries, so a dead slave costs at most one timeout
@@ -192,72 +195,79 @@ impl BusTask {
     async fn read_device(&mut self, k: usize, dev: &Device) -> Pass {
         let device = self.slots[k].index;
         let retries = self.config.buses[self.bus].retries;
-        let groups = self.due_groups(k);
-        let mut work: VecDeque<(usize, Block)> = groups
-            .iter()
-            .flat_map(|&g| {
-                self.slots[k].groups[g]
-                    .blocks
-                    .iter()
-                    .map(move |b| (g, b.clone()))
-            })
-            .collect();
-        let mut plan_after: Vec<Vec<Block>> = vec![Vec::new(); self.slots[k].groups.len()];
         let mut pass = Pass {
-            groups,
+            groups: self.due_groups(k),
             results: Vec::with_capacity(dev.points.len()),
             answered: false,
             problem: None,
             image: self.images.device(device).cloned(),
         };
         let mut link_failure: Option<LinkError> = None;
-        let mut replanned = vec![false; plan_after.len()];
-        while let Some((g, block)) = work.pop_front() {
-            if let Some(e) = &link_failure {
-                pass.fail_all(&block, &PointError::Link(e.clone()));
-                plan_after[g].push(block);
-                continue;
-            }
-            match self.read(k, &block, retries).await {
-                Ok(Ok(data)) => {
-                    self.decode_block(&mut pass, dev, device, &block, &data);
-                    plan_after[g].push(block);
-                }
-                Ok(Err(Exception::ILLEGAL_ADDRESS)) if block.points.len() > 1 => {
-                    pass.answered = true;
-                    replanned[g] = true;
-                    let (a, b) =
-                        plan::split(&block, &self.slots[k].spans).expect("two or more points");
-                    work.push_front((g, b));
-                    work.push_front((g, a));
-                }
-                Ok(Err(code)) => {
-                    // 0A/0B come from a gateway in front of the device: the device itself is absent.
-                    pass.answered |= !code.from_gateway();
-                    pass.problem.get_or_insert_with(|| {
-                        let text = format!(
-                            "{} at {} {}+{}",
-                            code, block.table, block.start, block.count
-                        );
-                        (text.clone(), text)
-                    });
-                    pass.fail_all(&block, &PointError::Exception(code));
-                    plan_after[g].push(block);
-                }
-                Err(e) => {
-                    pass.problem
-                        .get_or_insert_with(|| (format!("link {}", e.kind()), e.to_string()));
+        for i in 0..pass.groups.len() {
+            let g = pass.groups[i];
+            // The plan shared, its blocks read in place: copying each block (its points) and
+            // the plan after every poll was an allocation a block, to keep a plan that
+            // changes only when a refused read is split.
+            let planned = self.slots[k].groups[g].blocks.clone();
+            let mut next = 0;
+            // The halves of a refused block, read before the plan's next.
+            let mut halves: Vec<Block> = Vec::new();
+            // The group's new plan, once one of its blocks was split.
+            let mut replan: Option<Vec<Block>> = None;
+            loop {
+                let block = if let Some(b) = halves.pop() {
+                    Cow::Owned(b)
+                } else if let Some(b) = planned.get(next) {
+                    next += 1;
+                    Cow::Borrowed(b)
+                } else {
+                    break;
+                };
+                if let Some(e) = &link_failure {
                     pass.fail_all(&block, &PointError::Link(e.clone()));
-                    link_failure = Some(e);
-                    plan_after[g].push(block);
+                } else {
+                    match self.read(k, &block, retries).await {
+                        Ok(Ok(data)) => self.decode_block(&mut pass, dev, device, &block, &data),
+                        Ok(Err(Exception::ILLEGAL_ADDRESS)) if block.points.len() > 1 => {
+                            pass.answered = true;
+                            let (a, b) = plan::split(&block, &self.slots[k].spans)
+                                .expect("two or more points");
+                            halves.push(b);
+                            halves.push(a);
+                            // The blocks before it were kept as planned.
+                            replan.get_or_insert_with(|| planned[..next - 1].to_vec());
+                            continue;
+                        }
+                        Ok(Err(code)) => {
+                            // 0A/0B come from a gateway in front of the device: the device
+                            // itself is absent.
+                            pass.answered |= !code.from_gateway();
+                            pass.problem.get_or_insert_with(|| {
+                                let text = format!(
+                                    "{} at {} {}+{}",
+                                    code, block.table, block.start, block.count
+                                );
+                                (text.clone(), text)
+                            });
+                            pass.fail_all(&block, &PointError::Exception(code));
+                        }
+                        Err(e) => {
+                            pass.problem.get_or_insert_with(|| {
+                                (format!("link {}", e.kind()), e.to_string())
+                            });
+                            pass.fail_all(&block, &PointError::Link(e.clone()));
+                            link_failure = Some(e);
+                        }
+                    }
+                }
+                if let Some(blocks) = &mut replan {
+                    blocks.push(block.into_owned());
                 }
             }
-        }
-        for (g, mut blocks) in plan_after.into_iter().enumerate() {
-            if replanned[g] {
+            if let Some(mut blocks) = replan {
                 blocks.sort_by_key(|b| (b.table, b.start));
                 tracing::info!(device = %dev.id, requests = blocks.len(), "read plan split around a refused address");
-                self.slots[k].groups[g].blocks = blocks;
+                self.slots[k].groups[g].blocks = Arc::new(blocks);
             }
         }
         // Each point once: an unstable sort is the same order, without the stable sort's

@@ -1,6 +1,7 @@
 //! A device's poll schedule: its points grouped by read rate (the device's, or a point's own
 //! `poll_interval_ms`), a read plan and a due time per group.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -13,7 +14,7 @@ use crate::modbus::plan::{self, Block, Span};
 pub(super) struct Group {
     pub(super) interval: Duration,
     /// The current read plan; blocks refused with exception 02 are replaced by their halves.
-    pub(super) blocks: Vec<Block>,
+    pub(super) blocks: Arc<Vec<Block>>,
     pub(super) next_due: Instant,
 }
 
@@ -35,7 +36,12 @@ pub(super) fn groups(d: &crate::config::Device, spans: &[Span], first: Instant) 
                 .collect();
             Group {
                 interval,
-                blocks: plan::plan_some(spans, points, d.max_registers_per_read, d.max_gap),
+                blocks: Arc::new(plan::plan_some(
+                    spans,
+                    points,
+                    d.max_registers_per_read,
+                    d.max_gap,
+                )),
                 next_due: first,
             }
         })
