@@ -410,6 +410,11 @@ pub fn unique_id(name: &str) -> String {
 
 /// Waits until a sink has confirmed everything the store holds.
 pub async fn caught_up(gw: &Gateway, sink: &str) {
+    // Everything the buses reported before is committed first, events too: they reach the
+    // store through the event processor, a moment after the state and the status rows a test
+    // waited on. (A flush alone let an empty backlog be read before the `device_online`
+    // events were written: CI saw MySQL hold none of them.)
+    gw.settle().await;
     wait_for_async(&format!("{sink} backlog drained"), || async {
         gw.store.flush().await;
         let c = edge_gateway::store::open_reader(&gw.config.gateway.data_dir).unwrap();
