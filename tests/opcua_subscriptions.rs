@@ -2,7 +2,8 @@
 //! deadband and a percent deadband (of the point's `min` … `max`, served as `EURange`) each
 //! report only the changes past them; a read gives the value last polled (changes are only
 //! notified, a read brings its points up to the live state); a device gone offline turns its
-//! points `Bad_NoCommunication` and its `Online` false, and back when it answers again.
+//! points `Bad_NoCommunication` and its `Online` false, and back when it answers again; a
+//! server too busy to take the field's reports catches up to the newest value, in order.
 #![cfg(feature = "opcua")]
 
 mod common;
@@ -11,9 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use edge_gateway::modbus::bus::BusEvent;
 use edge_gateway::modbus::simulator::Fault;
 use edge_gateway::modbus::simulator::Profile;
-use edge_gateway::model::Value;
+use edge_gateway::model::{now_ms, Value};
 use edge_gateway::Gateway;
 use ua::client::{DataChangeCallback, Session};
 use ua::types::{
@@ -89,6 +91,9 @@ fn last(seen: &Seen) -> Option<(StatusCode, Option<Variant>)> {
 
 /// The demo boiler's setpoint (holding 2 of unit 1, 0 … 100, 10.0 to start) polled every
 /// 100 ms by a gateway serving OPC UA (no security, anonymous), and an anonymous session.
+async fn served() -> Served {
+    served_polled_every(100).await
+}
 struct Served {
     sim: edge_gateway::modbus::simulator::Simulator,
     gw: Gateway,
@@ -98,14 +103,15 @@ struct Served {
     _dir: tempfile::TempDir,
 }
 
-async fn served() -> Served {
+/// [`served`] with the setpoint polled every `poll_ms`.
+async fn served_polled_every(poll_ms: u64) -> Served {
     let (sim, sim_addr, stop) = start_sim(Profile::Demo).await;
     sim.with_memory(1, |m| m.holding[2] = 100);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let body = format!(
         "{}[opcua]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nsecurity = [\"none\"]\nanonymous = true\n\
-         [[devices]]\nid = \"boiler\"\nbus = \"b\"\nunit = 1\npoll_interval_ms = 100\n\
+         [[devices]]\nid = \"boiler\"\nbus = \"b\"\nunit = 1\npoll_interval_ms = {poll_ms}\n\
          points = [{{ id = \"setpoint\", table = \"holding\", address = 2, type = \"u16\", scale = 0.1, min = 0.0, max = 100.0 }}]\n",
         tcp_bus(&sim_addr.to_string()),
     );
@@ -249,5 +255,48 @@ async fn a_device_gone_offline_turns_its_points_bad_no_communication_and_back() 
         last(&online).is_some_and(|(_, v)| v == Some(Variant::Boolean(true)))
     })
     .await;
+    t.gw.shutdown().await;
+}
+
+/// A server too busy to take the field's reports: with its feed held, more reports than
+/// `FEED_QUEUE` holds are made, and the ones that do not fit are left out. Once it takes them
+/// again a subscriber gets the newest value last (brought from the live state: it was never
+/// queued), and never an older value after a newer one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_behind_the_field_catches_up_to_the_newest_value_in_order() {
+    // Read once at the start: the values that follow are the test's.
+    let t = served_polled_every(3_600_000).await;
+    let seen = watch(&t.s, NodeId::new(t.ns, "boiler.setpoint"), None).await;
+    wait_for("10.0 seen", || doubles(&seen).contains(&10.0)).await;
+
+    let held = t.gw.hold_opcua_feed().await.expect("the server");
+    let n = edge_gateway::opcua::FEED_QUEUE + 50;
+    let ts = now_ms();
+    for i in 1..=n {
+        t.gw.inject(BusEvent::Polled {
+            device: 0,
+            ts: ts + i as i64,
+            at: tokio::time::Instant::now(),
+            results: vec![(0, Ok(Value::Float(100.0 + i as f64)))],
+        })
+        .await;
+    }
+    // Every report made (the pipeline told the feed of each) while the server stood still.
+    t.gw.settle().await;
+    let newest = 100.0 + n as f64;
+    assert_eq!(
+        point(&t.gw, "boiler", "setpoint").value,
+        Some(Value::Float(newest))
+    );
+    drop(held);
+    wait_for("the newest value seen", || {
+        doubles(&seen).last() == Some(&newest)
+    })
+    .await;
+    let values = doubles(&seen);
+    assert!(
+        values.windows(2).all(|w| w[0] <= w[1]),
+        "never an older value after a newer one: {values:?}"
+    );
     t.gw.shutdown().await;
 }

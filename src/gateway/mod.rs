@@ -360,6 +360,15 @@ impl Gateway {
         }
     }
 
+    /// Holds the OPC UA server's feed still until the guard is dropped (`None` without the
+    /// server): what a server too busy to keep up looks like to the field, for tests.
+    pub async fn hold_opcua_feed(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.opcua {
+            Some(server) => Some(server.hold_feed().await),
+            None => None,
+        }
+    }
+
     /// Writes a point by ids (as the local operator "gateway"); see [`Control::write_audited`].
     pub async fn write(&self, device: &str, point: &str, value: Value) -> Result<(), WriteError> {
         let (d, p) = self.find(device, point).ok_or(WriteError::NotWritable)?;

@@ -41,8 +41,8 @@ const ONLINE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 /// marked: its next turn (its next report, or the tick) brings every point of it from the live
 /// state, so the newest value still arrives and nothing older after it. The field thread
 /// never waits for the server: the library's locks are held by its publish tick (which walks
-/// every monitored item) and by clients creating items.
-const FEED_QUEUE: usize = 256;
+/// every monitored item) and by clients creating items. (Public for the test that overflows it.)
+pub const FEED_QUEUE: usize = 256;
 
 /// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +79,9 @@ pub struct Feed {
     /// The gateway's live state, for each device's `online`.
     live: SharedLive,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Taken before each turn of the server's task: held, the task stands still
+    /// ([`Server::hold_feed`]).
+    held: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What a report or the online tick changes, by place (it crosses to the server's task):
@@ -319,6 +322,11 @@ impl Feed {
 async fn serve(feed: Arc<Feed>, mut queue: mpsc::Receiver<Changes>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(ONLINE_EVERY);
     loop {
+        // Uncontended but for a test holding the task (a few atomics a turn).
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = feed.held.lock() => {}
+        }
         tokio::select! {
             () = stop.cancelled() => return,
             Some(changes) = queue.recv() => feed.set(changes),

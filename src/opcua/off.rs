@@ -50,6 +50,10 @@ impl Server {
         match self {}
     }
 
+    pub async fn hold_feed(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        match *self {}
+    }
+
     pub fn attach(
         &self,
         _: &Arc<Config>,

@@ -33,6 +33,8 @@ pub struct Server {
     built: Mutex<Vec<NodeId>>,
     stop: CancellationToken,
     run: tokio::task::JoinHandle<()>,
+    /// Shared with each attached gateway's feed ([`Server::hold_feed`]).
+    held: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Monitored items one subscription may hold for `config`: a SCADA monitors every point in one
@@ -92,6 +94,7 @@ impl Server {
             built: Mutex::new(Vec::new()),
             stop,
             run,
+            held: Arc::default(),
         })
     }
 
@@ -156,6 +159,7 @@ impl Server {
             info: self.info.clone(),
             live: live.clone(),
             metrics: parts.metrics,
+            held: self.held.clone(),
         });
         tasks.spawn(super::serve(feed.clone(), reports, cancel.child_token()));
         feed
@@ -177,6 +181,13 @@ impl Server {
     /// Lets go of the stopping gateway (its store must close); the next start attaches again.
     pub fn detach(&self) {
         self.manager.inner().attach(None);
+    }
+
+    /// Holds the feed's task still until the guard is dropped: the field's reports queue up
+    /// (and past [`super::FEED_QUEUE`] are left out), as under a server too busy to take them.
+    /// For tests of that path; a stop does not wait for the guard.
+    pub async fn hold_feed(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.held.clone().lock_owned().await
     }
 
     /// Stops the server (its sessions end) and waits for it.
